@@ -1,9 +1,11 @@
 // qforge — llama2.c tokenizer.bin loader and the BPE encode/decode of llama2.c.
 #include "tokenizer.h"
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <queue>
 
 #include "error.h"
@@ -29,27 +31,72 @@ std::string byte_piece(int b) {
 
 // One symbol of the working sequence: a doubly-linked list over the initial tokens.
 struct Sym {
-  int32_t id;     // current token id; -1 once merged into its left neighbour
-  int32_t prev;   // index of the previous live symbol, -1 at the head
-  int32_t next;   // index of the next live symbol, -1 at the tail
-  uint32_t ver;   // bumped whenever id changes, so heap entries can detect staleness
+  int32_t id;    // current token id; -1 once merged into its left neighbour
+  int32_t prev;  // index of the previous live symbol, -1 at the head
+  int32_t next;  // index of the next live symbol, -1 at the tail
+  uint32_t ver;  // bumped whenever the pair (this, next) changes: heap entries carry it
 };
 
-// A candidate merge of the adjacent symbols left,right. The left symbol's index is its
-// position in the initial sequence, and the list keeps that order, so "smallest left"
-// is exactly llama2.c's "leftmost pair".
+// A candidate merge of symbol `left` with its next symbol. key orders the heap: score
+// high, then left low. The list keeps the initial order, so "smallest left index" is
+// exactly llama2.c's "leftmost pair".
 struct Cand {
-  float score;
-  int32_t left, right;
-  uint32_t lver, rver;
-  int32_t merged;
+  uint64_t key;
+  uint32_t ver;    // sym[left].ver when pushed; any other value means stale
+  int32_t merged;  // id of the merged token
+  int32_t left() const { return (int32_t)(0xFFFFFFFFu - (uint32_t)key); }
+  bool operator<(const Cand& o) const { return key < o.key; }
 };
 
-struct CandWorse {
-  bool operator()(const Cand& a, const Cand& b) const {
-    if (a.score != b.score) return a.score < b.score;  // higher score first
-    return a.left > b.left;                            // then leftmost
+Cand make_cand(float score, int32_t left, uint32_t ver, int32_t merged) {
+  if (score == 0.0f) score = 0.0f;  // -0 ties with +0 under llama2.c's '>', so give them one key
+  uint32_t bits;
+  std::memcpy(&bits, &score, 4);
+  bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // float order as unsigned order
+  return Cand{((uint64_t)bits << 32) | (0xFFFFFFFFu - (uint32_t)left), ver, merged};
+}
+
+// Open-addressing cache (a, b) -> merged id or -1 for one encode() call: text repeats the
+// same few thousand pairs, and a string concat + hash per pair dominated the run time.
+class PairCache {
+ public:
+  PairCache() : keys_(1024, kEmpty), vals_(1024) {}
+  // Returns a pointer to the slot for (a, b); *found says whether it was filled.
+  int32_t* slot(int32_t a, int32_t b, bool* found) {
+    if (used_ * 2 >= keys_.size()) grow();
+    const uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t i = pos(key);
+    while (keys_[i] != kEmpty && keys_[i] != key) i = (i + 1) & (keys_.size() - 1);
+    *found = keys_[i] == key;
+    if (!*found) {
+      keys_[i] = key;
+      used_++;
+    }
+    return &vals_[i];
   }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;  // ids are < 2^31, so never a real key
+  // Fibonacci hashing: the top bits of the product depend on every bit of the key.
+  size_t pos(uint64_t key) const { return (size_t)((key * 0x9E3779B97F4A7C15ull) >> shift_); }
+  void grow() {
+    std::vector<uint64_t> keys(keys_.size() * 2, kEmpty);
+    shift_--;
+    std::vector<int32_t> vals(keys.size());
+    keys.swap(keys_);
+    vals.swap(vals_);
+    for (size_t j = 0; j < keys.size(); j++) {
+      if (keys[j] == kEmpty) continue;
+      size_t i = pos(keys[j]);
+      while (keys_[i] != kEmpty) i = (i + 1) & (keys_.size() - 1);
+      keys_[i] = keys[j];
+      vals_[i] = vals[j];
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<int32_t> vals_;
+  size_t used_ = 0;
+  int shift_ = 64 - 10;  // log2 of the table size is 64 - shift_
 };
 
 }  // namespace
@@ -119,6 +166,9 @@ int32_t Tokenizer::lookup(const std::string& s) const {
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool eos) const {
+  // Symbol indices, and the per-symbol version counters (at most 2 bumps per merge), fit 32 bits.
+  if (text.size() > (size_t)INT32_MAX - 8)
+    fail("tokenizer '", path_, "': encode: text of ", text.size(), " bytes is too long (max ", INT32_MAX - 8, ")");
   std::vector<int32_t> ids;
   ids.reserve(text.size() + 3);
   if (bos) ids.push_back(bos_id());
@@ -137,12 +187,19 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
   // Group a byte with up to 3 following continuation bytes (llama2.c's UTF-8 splitting,
   // which also accepts stray continuation bytes without a lead).
   const size_t n = text.size();
+  PairCache cp_cache;  // (length, bytes) of a codepoint -> id or -1
   for (size_t i = 0; i < n;) {
     size_t j = i + 1;
     while (j < n && j - i < 4 && ((unsigned char)text[j] & 0xC0) == 0x80) j++;
-    buf.assign(text, i, j - i);
-    const int32_t id = lookup(buf);
-    if (id >= 0) ids.push_back(id);
+    uint32_t packed = 0;
+    std::memcpy(&packed, text.data() + i, j - i);
+    bool found;
+    int32_t* id = cp_cache.slot((int32_t)(j - i), (int32_t)packed, &found);
+    if (!found) {
+      buf.assign(text, i, j - i);
+      *id = lookup(buf);
+    }
+    if (*id >= 0) ids.push_back(*id);
     else push_bytes(text.data() + i, j - i);
     i = j;
   }
@@ -153,36 +210,50 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
     std::vector<Sym> sym(m);
     for (int32_t i = 0; i < m; i++) sym[i] = Sym{ids[i], i - 1, i + 1 < m ? i + 1 : -1, 0};
 
-    std::vector<Cand> store;
-    store.reserve((size_t)m * 2);
-    std::priority_queue<Cand, std::vector<Cand>, CandWorse> heap(CandWorse{}, std::move(store));
-
-    auto try_pair = [&](int32_t l, int32_t r) {
-      if (l < 0 || r < 0) return;
-      const std::string& a = vocab_[sym[l].id];
-      const std::string& b = vocab_[sym[r].id];
-      buf.assign(a);
-      buf += b;
-      const int32_t id = lookup(buf);
-      if (id < 0 || !(scores_[id] > kMergeFloor)) return;
-      heap.push(Cand{scores_[id], l, r, sym[l].ver, sym[r].ver, id});
+    PairCache cache;
+    // The candidate for the pair (l, l.next), if its concatenation is a vocab token above the floor.
+    auto pair_cand = [&](int32_t l, Cand* out) {
+      if (l < 0 || sym[l].next < 0) return false;
+      const int32_t a = sym[l].id, b = sym[sym[l].next].id;
+      bool found;
+      int32_t* merged = cache.slot(a, b, &found);
+      if (!found) {
+        buf.assign(vocab_[a]);
+        buf += vocab_[b];
+        const int32_t id = lookup(buf);
+        *merged = (id >= 0 && scores_[id] > kMergeFloor) ? id : -1;
+      }
+      if (*merged < 0) return false;
+      *out = make_cand(scores_[*merged], l, sym[l].ver, *merged);
+      return true;
     };
 
-    for (int32_t i = 0; i + 1 < m; i++) try_pair(i, i + 1);
+    std::vector<Cand> initial;  // heapified in O(n) rather than pushed one by one
+    initial.reserve((size_t)m);
+    for (int32_t i = 0; i + 1 < m; i++) {
+      Cand c;
+      if (pair_cand(i, &c)) initial.push_back(c);
+    }
+    std::priority_queue<Cand> heap(std::less<Cand>{}, std::move(initial));
 
     while (!heap.empty()) {
       const Cand c = heap.top();
       heap.pop();
-      Sym& L = sym[c.left];
-      Sym& R = sym[c.right];
-      if (L.id < 0 || R.id < 0 || L.next != c.right || L.ver != c.lver || R.ver != c.rver) continue;
+      const int32_t l = c.left();
+      Sym& L = sym[l];
+      if (L.id < 0 || L.ver != c.ver) continue;
+      // Merge L with its next symbol R. The pairs (L, R), (R, R.next) and (P, L) change.
+      const int32_t r = L.next;
+      Sym& R = sym[r];
       L.id = c.merged;
-      L.ver++;
-      R.id = -1;
       L.next = R.next;
-      if (R.next >= 0) sym[R.next].prev = c.left;
-      try_pair(L.prev, c.left);
-      try_pair(c.left, L.next);
+      if (R.next >= 0) sym[R.next].prev = l;
+      R.id = -1;
+      L.ver++;
+      if (L.prev >= 0) sym[L.prev].ver++;
+      Cand nc;
+      if (pair_cand(L.prev, &nc)) heap.push(nc);
+      if (pair_cand(l, &nc)) heap.push(nc);
     }
 
     // Symbol 0 is never merged away (it is always a left side), so the list starts there.
@@ -198,7 +269,8 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   bool first = true;
   for (int32_t id : ids) {
-    if (id < 0 || id >= vocab_size()) fail("decode: token id ", id, " out of range (vocab size ", vocab_size(), ")");
+    if (id < 0 || id >= vocab_size())
+      fail("tokenizer '", path_, "': decode: token id ", id, " out of range (vocab size ", vocab_size(), ")");
     if (id == bos_id() || id == eos_id()) continue;
     std::string_view s;
     char byte;

@@ -371,6 +371,49 @@ TEST_CASE("ties: equal scores merge leftmost first, like llama2.c") {
   }
 }
 
+TEST_CASE("scores -0 and +0 tie, as under llama2.c's '>'") {
+  TempDir tmp;
+  auto v = base_vocab();
+  v.push_back({" ", -1});     // 259
+  v.push_back({"x", -1});     // 260
+  v.push_back({"y", -1});     // 261
+  v.push_back({"xy", -0.0f}); // 262
+  v.push_back({"yx", 0.0f});  // 263
+  const Tokenizer t = Tokenizer::load(tmp.file("zeros.bin", tok_bytes(v)));
+  // Pairs "xy" (-0) and "yx" (+0) tie; the leftmost, "xy", merges.
+  CHECK(t.encode("xyx", false, false) == Ids{259, 262, 260});
+  CHECK(t.encode("yxy", false, false) == Ids{259, 263, 261});
+  const NaiveVocab nv(t);
+  CHECK(naive_encode(nv, "xyx", false, false) == Ids{259, 262, 260});
+}
+
+TEST_CASE("codepoints are grouped as llama2.c does: a byte plus up to 3 continuation bytes") {
+  TempDir tmp;
+  auto v = base_vocab();
+  v.push_back({" ", -1});                  // 259
+  v.push_back({"\xF0\x9F\x99\x82", -1});  // 260: U+1F642, a 4-byte codepoint
+  v.push_back({"\xC3\xA9", -1});          // 261: e-acute
+  v.push_back({"\x82", -1});               // 262: a lone continuation byte
+  const Tokenizer t = Tokenizer::load(tmp.file("cp.bin", tok_bytes(v)));
+  CHECK(t.encode("\xF0\x9F\x99\x82\xC3\xA9", false, false) == Ids{259, 260, 261});
+  // A fifth continuation byte starts a new group (llama2.c stops at 4 bytes).
+  CHECK(t.encode("\xF0\x9F\x99\x82\x82", false, false) == Ids{259, 260, 262});
+  // Stray continuation bytes group among themselves; "\x82\x82" is absent, so bytes.
+  CHECK(t.encode("a\x82\x82", false, false) == Ids{259, 3 + 'a', 3 + 0x82, 3 + 0x82});
+
+  // Arbitrary bytes (not UTF-8; no NUL, as llama2.c takes C strings): same ids as the
+  // reference, and decode gives the bytes back.
+  const NaiveVocab nv512(tok512());
+  std::mt19937 rng(5);
+  for (int i = 0; i < 100; i++) {
+    std::string s;
+    const int n = 1 + (int)(rng() % 40);
+    for (int k = 0; k < n; k++) s += (char)(1 + rng() % 255);
+    REQUIRE(tok512().encode(s, true, false) == naive_encode(nv512, s, true, false));
+    CHECK(tok512().decode(tok512().encode(s, true, false)) == s);
+  }
+}
+
 TEST_CASE("without a ' ' token the dummy prefix falls back to byte 0x20") {
   TempDir tmp;
   auto v = base_vocab();
@@ -413,7 +456,7 @@ TEST_CASE("loader errors name the file and the record") {
   TempDir tmp;
   std::string good;  // 17 well-formed tokens, reused as a prefix
   put_i32(good, 8);
-  for (int i = 0; i < 17; i++) put_token(good, "t" + std::to_string(i), -(float)i);
+  for (int i = 0; i < 17; i++) put_token(good, std::string(1, (char)('A' + i)) + std::to_string(i), -(float)i);
 
   check_load_error(tmp.file("empty.bin", ""), "empty");
   check_load_error(tmp.file("header.bin", std::string("\x07\x00", 2)), "truncated header");
@@ -429,8 +472,10 @@ TEST_CASE("loader errors name the file and the record") {
     put_i32(s, 5);
     s += "ab";
     const std::string p = tmp.file("trunc.bin", s);
-    CHECK_THROWS_WITH_AS(Tokenizer::load(p), ("tokenizer file '" + p + "': truncated at token 17 (needs 5 bytes, 2 left)").c_str(),
-                         qf::Error);
+    std::string want = "tokenizer file '";
+    want += p;
+    want += "': truncated at token 17 (needs 5 bytes, 2 left)";
+    CHECK_THROWS_WITH_AS(Tokenizer::load(p), want.c_str(), qf::Error);
   }
   {
     std::string s = good + std::string("\x00\x00\x80", 3);  // half a record header
