@@ -1,0 +1,376 @@
+// qforge — the Lua Model and Tokenizer: userdata "qforge.Model" and "qforge.Tokenizer".
+//
+// Block numbers are 1-based in Lua; token ids are values, not indices, and are passed
+// through unchanged. m:weight() and friends return views: writing them edits the model.
+#include <cstdio>
+#include <memory>
+
+#include "eval.h"
+#include "forward.h"
+#include "io.h"
+#include "loader.h"
+#include "lua_util.h"
+#include "runner.h"
+#include "tokenizer.h"
+
+namespace qf::lua {
+
+static const char* kModelMT = "qforge.Model";
+static const char* kTokMT = "qforge.Tokenizer";
+
+struct LModel {
+  std::shared_ptr<Model> m;
+  std::shared_ptr<Tokenizer> tok;  // null when none was found
+};
+struct LTok {
+  std::shared_ptr<Tokenizer> tok;
+};
+
+static LModel& check_model(lua_State* L, int arg, const char* fn) {
+  return *static_cast<LModel*>(check_udata(L, arg, kModelMT, fn));
+}
+static const Tokenizer& check_tok(lua_State* L, int arg, const char* fn) {
+  return *static_cast<LTok*>(check_udata(L, arg, kTokMT, fn))->tok;
+}
+
+// 1-based block argument -> 0-based.
+static int block_arg(lua_State* L, int arg, const char* fn, const Model& m) {
+  int64_t b = check_int(L, arg, fn);
+  if (b < 1 || b > (int64_t)m.blocks.size())
+    fail(fn, ": block ", b, " out of range (the model has ", m.blocks.size(), " blocks, numbered from 1)");
+  return (int)b - 1;
+}
+
+// ---- loading ------------------------------------------------------------------------
+// qf.load_model(path [, {tokenizer = path}])
+static int f_load_model(lua_State* L) {
+  std::string path = check_str(L, 1, "load_model");
+  check_opts(L, 2, "load_model", {"tokenizer"});
+  std::string tok_path = opt_field_str(L, 2, "tokenizer", "load_model", "");
+  if (!path_exists(path)) fail("load_model: '", path, "' does not exist");
+  ModelFiles files = resolve_model_files(path);
+  if (!tok_path.empty()) files.tokenizer = tok_path;
+  LModel lm;
+  lm.m = std::make_shared<Model>(load_model(files));
+  if (!files.tokenizer.empty()) lm.tok = std::make_shared<Tokenizer>(Tokenizer::load(files.tokenizer));
+  if (RunContext* ctx = run_context(L)) {
+    ctx->note_input(files.model);
+    if (!files.tokenizer.empty()) ctx->note_input(files.tokenizer);
+  }
+  new_udata<LModel>(L, kModelMT, std::move(lm));
+  return 1;
+}
+
+static int f_load_tokenizer(lua_State* L) {
+  std::string path = check_str(L, 1, "load_tokenizer");
+  LTok t{std::make_shared<Tokenizer>(Tokenizer::load(path))};
+  if (RunContext* ctx = run_context(L)) ctx->note_input(path);
+  new_udata<LTok>(L, kTokMT, std::move(t));
+  return 1;
+}
+
+// ---- model methods --------------------------------------------------------------------
+static int m_config(lua_State* L) {
+  const ModelConfig& c = check_model(L, 1, "config").m->cfg;
+  lua_createtable(L, 0, 14);
+  auto seti = [&](const char* k, int64_t v) { lua_pushinteger(L, v); lua_setfield(L, -2, k); };
+  seti("dim", c.dim);
+  seti("hidden_dim", c.hidden_dim);
+  seti("n_layers", c.n_layers);
+  seti("n_heads", c.n_heads);
+  seti("n_kv_heads", c.n_kv_heads);
+  seti("vocab_size", c.vocab_size);
+  seti("seq_len", c.seq_len);
+  seti("head_dim", c.n_heads ? c.head_dim() : 0);
+  lua_pushnumber(L, c.norm_eps);
+  lua_setfield(L, -2, "norm_eps");
+  lua_pushnumber(L, c.rope_theta);
+  lua_setfield(L, -2, "rope_theta");
+  lua_pushboolean(L, c.rope_interleaved);
+  lua_setfield(L, -2, "rope_interleaved");
+  lua_pushboolean(L, c.tied_classifier);
+  lua_setfield(L, -2, "tied_classifier");
+  push_str(L, c.arch);
+  lua_setfield(L, -2, "arch");
+  return 1;
+}
+
+static int m_nblocks(lua_State* L) {
+  lua_pushinteger(L, (lua_Integer)check_model(L, 1, "nblocks").m->blocks.size());
+  return 1;
+}
+
+static int m_linear_names(lua_State* L) {
+  check_model(L, 1, "linear_names");
+  lua_createtable(L, (int)kLlamaLinears.size(), 0);
+  for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
+    lua_pushstring(L, kLlamaLinears[i].name);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static int m_linears(lua_State* L) {
+  const Model& m = *check_model(L, 1, "linears").m;
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (size_t b = 0; b < m.blocks.size(); ++b) {
+    for (const Linear& lin : m.blocks[b].linears) {
+      lua_createtable(L, 0, 4);
+      lua_pushinteger(L, (lua_Integer)b + 1);
+      lua_setfield(L, -2, "block");
+      push_str(L, lin.name);
+      lua_setfield(L, -2, "name");
+      push_shape(L, lin.weight.shape());
+      lua_setfield(L, -2, "shape");
+      lua_pushstring(L, site_name(lin.input));
+      lua_setfield(L, -2, "input");
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  return 1;
+}
+
+static int m_weight(lua_State* L) {
+  Model& m = *check_model(L, 1, "weight").m;
+  int b = block_arg(L, 2, "weight", m);
+  std::string name = check_str(L, 3, "weight");
+  push_tensor(L, m.blocks[b].linear(name).weight);
+  return 1;
+}
+
+static int m_norm(lua_State* L) {
+  Model& m = *check_model(L, 1, "norm").m;
+  int b = block_arg(L, 2, "norm", m);
+  std::string name = check_str(L, 3, "norm");
+  push_tensor(L, m.blocks[b].norm(name));
+  return 1;
+}
+
+static int m_embedding(lua_State* L) {
+  push_tensor(L, check_model(L, 1, "embedding").m->tok_emb);
+  return 1;
+}
+static int m_final_norm(lua_State* L) {
+  push_tensor(L, check_model(L, 1, "final_norm").m->final_norm);
+  return 1;
+}
+static int m_classifier(lua_State* L) {
+  push_tensor(L, check_model(L, 1, "classifier").m->classifier);
+  return 1;
+}
+
+static int m_clone(lua_State* L) {
+  const LModel& src = check_model(L, 1, "clone");
+  LModel lm{std::make_shared<Model>(src.m->clone()), src.tok};
+  new_udata<LModel>(L, kModelMT, std::move(lm));
+  return 1;
+}
+
+static int m_n_params(lua_State* L) {
+  lua_pushinteger(L, check_model(L, 1, "n_params").m->n_params());
+  return 1;
+}
+
+static int m_tokenizer(lua_State* L) {
+  const LModel& lm = check_model(L, 1, "tokenizer");
+  if (!lm.tok)
+    fail("tokenizer: model '", lm.m->source, "' has no tokenizer (pass {tokenizer = path} to qf.load_model)");
+  new_udata<LTok>(L, kTokMT, LTok{lm.tok});
+  return 1;
+}
+
+// m:forward(ids) with ids a list of token ids (one window) or a list of equal-length lists.
+static int m_forward(lua_State* L) {
+  const Model& m = *check_model(L, 1, "forward").m;
+  if (lua_type(L, 2) != LUA_TTABLE) type_error(L, 2, "forward", "table of token ids");
+  lua_rawgeti(L, 2, 1);
+  const bool batch = lua_type(L, -1) == LUA_TTABLE;
+  lua_pop(L, 1);
+  std::vector<int32_t> tokens;
+  int B = 1, T = 0;
+  if (!batch) {
+    tokens = ids_from_table(L, 2, "forward");
+    T = (int)tokens.size();
+  } else {
+    B = (int)lua_rawlen(L, 2);
+    for (int b = 1; b <= B; ++b) {
+      lua_rawgeti(L, 2, b);
+      if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        fail("forward: window ", b, " of the batch is not a table of token ids");
+      }
+      std::vector<int32_t> w = ids_from_table(L, -1, "forward");
+      lua_pop(L, 1);
+      if (b == 1) T = (int)w.size();
+      if ((int)w.size() != T) fail("forward: window ", b, " has ", w.size(), " tokens, window 1 has ", T);
+      tokens.insert(tokens.end(), w.begin(), w.end());
+    }
+  }
+  if (T == 0) fail("forward: no tokens");
+  push_tensor(L, forward(m, tokens, B, T));
+  return 1;
+}
+
+// m:perplexity(text_or_ids [, {seqlen=, max_windows=, batch=}])
+static int m_perplexity(lua_State* L) {
+  const LModel& lm = check_model(L, 1, "perplexity");
+  check_opts(L, 3, "perplexity", {"seqlen", "max_windows", "batch"});
+  PplOptions o;
+  o.seqlen = (int)opt_field_int(L, 3, "seqlen", "perplexity", 0);
+  o.max_windows = (int)opt_field_int(L, 3, "max_windows", "perplexity", 0);
+  o.batch = (int)opt_field_int(L, 3, "batch", "perplexity", 0);
+  std::vector<int32_t> tokens;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    if (!lm.tok) fail("perplexity: model '", lm.m->source, "' has no tokenizer to encode the text (pass token ids)");
+    tokens = lm.tok->encode(check_str(L, 2, "perplexity"), true, false);
+  } else if (lua_type(L, 2) == LUA_TTABLE) {
+    tokens = ids_from_table(L, 2, "perplexity");
+  } else {
+    type_error(L, 2, "perplexity", "string or table of token ids");
+  }
+
+  RunContext* ctx = run_context(L);
+  double last = -1;
+  auto progress = [ctx, &last](int done, int total, double secs) {
+    if (done < total && last >= 0 && secs - last < 0.5) return;
+    last = secs;
+    const double eta = done > 0 ? secs / done * (total - done) : 0;
+    std::fprintf(stderr, "ppl: window %d/%d  elapsed %.1fs  ETA %.1fs\n", done, total, secs, eta);
+    if (ctx) {
+      try {
+        ctx->log({{"event", "ppl_progress"}, {"window", done}, {"windows", total}, {"elapsed", secs}, {"eta", eta}});
+      } catch (...) {  // progress must never fail the evaluation
+      }
+    }
+  };
+  const PplResult r = perplexity(*lm.m, tokens, o, progress);
+
+  lua_createtable(L, 0, 8);
+  lua_pushnumber(L, r.ppl);
+  lua_setfield(L, -2, "ppl");
+  lua_pushnumber(L, r.nll);
+  lua_setfield(L, -2, "nll");
+  lua_pushinteger(L, r.tokens_scored);
+  lua_setfield(L, -2, "tokens_scored");
+  lua_pushinteger(L, r.text_tokens);
+  lua_setfield(L, -2, "text_tokens");
+  lua_pushinteger(L, r.windows);
+  lua_setfield(L, -2, "windows");
+  lua_pushinteger(L, r.seqlen);
+  lua_setfield(L, -2, "seqlen");
+  lua_pushnumber(L, r.seconds);
+  lua_setfield(L, -2, "seconds");
+  push_str(L, r.protocol);
+  lua_setfield(L, -2, "protocol");
+  return 1;
+}
+
+static int m_tostring(lua_State* L) {
+  const Model& m = *check_model(L, 1, "__tostring").m;
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "qforge.Model %s: %s dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, %lld params",
+                m.source.c_str(), m.cfg.arch.c_str(), m.cfg.dim, m.cfg.hidden_dim, m.cfg.n_layers, m.cfg.n_heads,
+                m.cfg.n_kv_heads, m.cfg.vocab_size, (long long)m.n_params());
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+// ---- tokenizer methods ------------------------------------------------------------------
+static int k_encode(lua_State* L) {
+  const Tokenizer& tok = check_tok(L, 1, "encode");
+  std::string text = check_str(L, 2, "encode");
+  check_opts(L, 3, "encode", {"bos", "eos"});
+  bool bos = opt_field_bool(L, 3, "bos", "encode", true);
+  bool eos = opt_field_bool(L, 3, "eos", "encode", false);
+  std::vector<int32_t> ids = tok.encode(text, bos, eos);
+  lua_createtable(L, (int)ids.size(), 0);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    lua_pushinteger(L, ids[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static int k_decode(lua_State* L) {
+  const Tokenizer& tok = check_tok(L, 1, "decode");
+  push_str(L, tok.decode(ids_from_table(L, 2, "decode")));
+  return 1;
+}
+
+static int k_vocab_size(lua_State* L) {
+  lua_pushinteger(L, check_tok(L, 1, "vocab_size").vocab_size());
+  return 1;
+}
+
+static int k_piece(lua_State* L) {
+  const Tokenizer& tok = check_tok(L, 1, "piece");
+  int64_t id = check_int(L, 2, "piece");
+  if (id < 0 || id >= tok.vocab_size()) fail("piece: token id ", id, " out of range [0, ", tok.vocab_size(), ")");
+  push_str(L, tok.piece((int32_t)id));
+  return 1;
+}
+
+static int k_bos_id(lua_State* L) {
+  lua_pushinteger(L, check_tok(L, 1, "bos_id").bos_id());
+  return 1;
+}
+static int k_eos_id(lua_State* L) {
+  lua_pushinteger(L, check_tok(L, 1, "eos_id").eos_id());
+  return 1;
+}
+
+static int k_tostring(lua_State* L) {
+  const Tokenizer& tok = check_tok(L, 1, "__tostring");
+  push_str(L, "qforge.Tokenizer " + tok.path() + " (" + std::to_string(tok.vocab_size()) + " tokens)");
+  return 1;
+}
+
+void open_model(lua_State* L, int mod) {
+  mod = lua_absindex(L, mod);
+  static const luaL_Reg model_methods[] = {
+      {"config", qf_guard<m_config>},
+      {"nblocks", qf_guard<m_nblocks>},
+      {"linear_names", qf_guard<m_linear_names>},
+      {"linears", qf_guard<m_linears>},
+      {"weight", qf_guard<m_weight>},
+      {"norm", qf_guard<m_norm>},
+      {"embedding", qf_guard<m_embedding>},
+      {"final_norm", qf_guard<m_final_norm>},
+      {"classifier", qf_guard<m_classifier>},
+      {"clone", qf_guard<m_clone>},
+      {"n_params", qf_guard<m_n_params>},
+      {"tokenizer", qf_guard<m_tokenizer>},
+      {"forward", qf_guard<m_forward>},
+      {"perplexity", qf_guard<m_perplexity>},
+      {nullptr, nullptr}};
+  luaL_newmetatable(L, kModelMT);
+  lua_pushcfunction(L, udata_gc<LModel>);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, qf_guard<m_tostring>);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, model_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+
+  static const luaL_Reg tok_methods[] = {
+      {"encode", qf_guard<k_encode>},         {"decode", qf_guard<k_decode>}, {"vocab_size", qf_guard<k_vocab_size>},
+      {"piece", qf_guard<k_piece>},           {"bos_id", qf_guard<k_bos_id>}, {"eos_id", qf_guard<k_eos_id>},
+      {nullptr, nullptr}};
+  luaL_newmetatable(L, kTokMT);
+  lua_pushcfunction(L, udata_gc<LTok>);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, qf_guard<k_tostring>);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, tok_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {
+      {"load_model", qf_guard<f_load_model>}, {"load_tokenizer", qf_guard<f_load_tokenizer>}, {nullptr, nullptr}};
+  lua_pushvalue(L, mod);
+  luaL_setfuncs(L, funcs, 0);
+  lua_pop(L, 1);
+}
+
+}  // namespace qf::lua

@@ -1,0 +1,329 @@
+// qforge — the `qforge` Lua module table: qf.options, qf.record, qf.log, qf.read_text,
+// qf.run_dir, qf.version, qf.seed, qf.now, qf.threads, plus the tensor and model functions.
+#include <omp.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <strings.h>
+
+#include "io.h"
+#include "lua_util.h"
+#include "qforge_version.h"
+#include "runner.h"
+
+namespace qf::lua {
+
+using json = nlohmann::json;
+
+// ---- Lua value -> JSON ----------------------------------------------------------------
+static json to_json(lua_State* L, int idx, const char* fn, int depth) {
+  if (depth > 64) fail(fn, ": table nested too deeply (a cycle?)");
+  need_stack(L, 4);
+  idx = lua_absindex(L, idx);
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return nullptr;
+    case LUA_TBOOLEAN: return (bool)lua_toboolean(L, idx);
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
+      return lua_tonumber(L, idx);  // NaN/inf become null in the file
+    case LUA_TSTRING: {
+      size_t n = 0;
+      const char* s = lua_tolstring(L, idx, &n);
+      return std::string(s, n);
+    }
+    case LUA_TTABLE: {
+      const lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+      lua_Integer count = 0;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        ++count;
+        lua_pop(L, 1);
+      }
+      if (n > 0 && count == n) {  // a sequence: JSON array
+        json a = json::array();
+        for (lua_Integer i = 1; i <= n; ++i) {
+          lua_rawgeti(L, idx, i);
+          a.push_back(to_json(L, -1, fn, depth + 1));
+          lua_pop(L, 1);
+        }
+        return a;
+      }
+      json o = json::object();
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        std::string key;
+        if (lua_type(L, -2) == LUA_TSTRING) key = lua_tostring(L, -2);
+        else if (lua_type(L, -2) == LUA_TNUMBER) {
+          lua_pushvalue(L, -2);  // tostring on a copy: never convert a key lua_next uses
+          key = lua_tostring(L, -1);
+          lua_pop(L, 1);
+        } else {
+          std::string t = luaL_typename(L, -2);
+          lua_pop(L, 2);
+          fail(fn, ": table keys must be strings or numbers, got a ", t, " key");
+        }
+        o[key] = to_json(L, -1, fn, depth + 1);
+        lua_pop(L, 1);
+      }
+      return o;
+    }
+    default:
+      fail(fn, ": cannot store a value of type ", type_name(L, idx), " (expected number, string, boolean or table)");
+  }
+}
+
+// ---- qf.options ---------------------------------------------------------------------
+enum class OptType { Int, Num, Bool, Str };
+struct OptDecl {
+  OptType type;
+  json def;
+  std::string help;
+};
+
+static const char* opt_type_name(OptType t) {
+  switch (t) {
+    case OptType::Int: return "integer";
+    case OptType::Num: return "number";
+    case OptType::Bool: return "boolean";
+    case OptType::Str: return "string";
+  }
+  return "?";
+}
+
+static std::string value_str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+static json coerce(const std::string& name, const OptDecl& d, const std::string& v) {
+  switch (d.type) {
+    case OptType::Int: {
+      int64_t x = 0;
+      const char* b = v.data() + (!v.empty() && v[0] == '+' ? 1 : 0);
+      auto [p, ec] = std::from_chars(b, v.data() + v.size(), x);
+      if (ec != std::errc() || p != v.data() + v.size() || b == v.data() + v.size())
+        fail("option '", name, "' expects an integer, got '", v, "'");
+      return x;
+    }
+    case OptType::Num: {
+      char* end = nullptr;
+      double x = v.empty() ? 0 : std::strtod(v.c_str(), &end);
+      if (v.empty() || *end) fail("option '", name, "' expects a number, got '", v, "'");
+      return x;
+    }
+    case OptType::Bool: {
+      for (const char* t : {"true", "1", "yes", "on"})
+        if (strcasecmp(v.c_str(), t) == 0) return true;
+      for (const char* f : {"false", "0", "no", "off"})
+        if (strcasecmp(v.c_str(), f) == 0) return false;
+      fail("option '", name, "' expects a boolean (true/false, 1/0, yes/no, on/off), got '", v, "'");
+    }
+    case OptType::Str: return v;
+  }
+  return v;
+}
+
+static void push_json_scalar(lua_State* L, const json& v) {
+  if (v.is_boolean()) lua_pushboolean(L, v.get<bool>());
+  else if (v.is_number_integer()) lua_pushinteger(L, v.get<int64_t>());
+  else if (v.is_number()) lua_pushnumber(L, v.get<double>());
+  else if (v.is_string()) push_str(L, v.get<std::string>());
+  else lua_pushnil(L);
+}
+
+static void print_help(const RunContext& ctx, const std::map<std::string, OptDecl>& decl) {
+  std::ostream& os = std::cout;
+  os << "usage: qforge run " << ctx.recipe_path << " [key=value ...]\n\noptions of " << ctx.recipe_name << ":\n";
+  size_t w = 0;
+  for (const auto& [k, d] : decl) w = std::max(w, k.size() + 3 + value_str(d.def).size());
+  for (const auto& [k, d] : decl) {
+    std::string lhs = k + " = " + value_str(d.def);
+    const std::string type = std::string("(") + opt_type_name(d.type) + ")";
+    os << "  " << lhs << std::string(w - lhs.size() + 2, ' ') << type;
+    if (!d.help.empty()) os << std::string(11 - type.size(), ' ') << d.help;
+    os << "\n";
+  }
+  os << "\nrunner options (always accepted):\n"
+     << "  out=DIR      run directory (default runs/<recipe>-<YYYYmmdd-HHMMSS>)\n"
+     << "  seed=N       the run's seed, qf.seed() (default 0)\n"
+     << "  threads=N    OpenMP threads (default: all cores)\n";
+}
+
+// qf.options{ name = default, ... } [, { name = "help" }] -> resolved table
+static int f_options(lua_State* L) {
+  check_table(L, 1, "options");
+  if (!is_none_or_nil(L, 2)) check_table(L, 2, "options");
+  RunContext* ctx = run_context(L);
+  if (ctx && ctx->options_declared) fail("qf.options may be called only once");
+
+  std::map<std::string, OptDecl> decl;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pop(L, 2);
+      fail("qf.options: option names must be strings");
+    }
+    const std::string name = lua_tostring(L, -2);
+    OptDecl d;
+    switch (lua_type(L, -1)) {
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) d = {OptType::Int, (int64_t)lua_tointeger(L, -1), ""};
+        else d = {OptType::Num, lua_tonumber(L, -1), ""};
+        break;
+      case LUA_TBOOLEAN: d = {OptType::Bool, (bool)lua_toboolean(L, -1), ""}; break;
+      case LUA_TSTRING: d = {OptType::Str, std::string(lua_tostring(L, -1)), ""}; break;
+      default: {
+        std::string t = luaL_typename(L, -1);
+        lua_pop(L, 2);
+        fail("qf.options: option '", name, "' has a default of type ", t,
+             " (expected integer, number, boolean or string)");
+      }
+    }
+    lua_pop(L, 1);
+    if (name == "out" || name == "threads") fail("qf.options: option '", name, "' is reserved by the runner");
+    if (name == "seed" && d.type != OptType::Int) fail("qf.options: option 'seed' must have an integer default");
+    decl[name] = d;
+  }
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      std::string name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      std::string help = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+      lua_pop(L, 1);
+      if (!decl.count(name)) {
+        lua_pop(L, 1);
+        fail("qf.options: help given for undeclared option '", name, "'");
+      }
+      decl[name].help = help;
+    }
+  }
+
+  if (ctx && ctx->help) {
+    print_help(*ctx, decl);
+    throw ExitRequest{0};
+  }
+
+  std::map<std::string, json> val;
+  for (const auto& [k, d] : decl) val[k] = d.def;
+  if (ctx) {
+    for (const auto& [k, v] : ctx->cli) {
+      auto it = decl.find(k);
+      if (it == decl.end()) {
+        std::string known;
+        for (const auto& [k2, d2] : decl) known += (known.empty() ? "" : ", ") + k2;
+        fail("unknown option '", k, "' for recipe ", ctx->recipe_name, " (known: ", known.empty() ? "none" : known,
+             "; runner: out, seed, threads)");
+      }
+      val[k] = coerce(k, it->second, v);
+    }
+    if (decl.count("seed")) {
+      if (ctx->seed_given) val["seed"] = ctx->seed;
+      ctx->seed = val["seed"].get<int64_t>();
+    } else {
+      val["seed"] = ctx->seed;
+    }
+    for (const auto& [k, v] : val) {
+      auto it = decl.find(k);
+      std::cerr << "option " << k << " = " << value_str(v);
+      if (it != decl.end()) std::cerr << " (default " << value_str(it->second.def) << ")";
+      std::cerr << "\n";
+    }
+    json j = json::object();
+    for (const auto& [k, v] : val) j[k] = v;
+    ctx->options = j;
+    ctx->options_declared = true;
+    if (!ctx->run_dir.empty()) {
+      write_file_atomic(ctx->run_dir + "/options.json", j.dump(2) + "\n");
+      ctx->write_run_json("running");
+      ctx->write_rerun_sh();
+    }
+  }
+
+  lua_createtable(L, 0, (int)val.size());
+  for (const auto& [k, v] : val) {
+    push_json_scalar(L, v);
+    lua_setfield(L, -2, k.c_str());
+  }
+  return 1;
+}
+
+// ---- run records ----------------------------------------------------------------------
+static RunContext& need_ctx(lua_State* L, const char* fn) {
+  RunContext* ctx = run_context(L);
+  if (!ctx) fail("qf.", fn, ": no run (only available under 'qforge run')");
+  return *ctx;
+}
+
+// qf.record(key, value)
+static int f_record(lua_State* L) {
+  std::string key = check_str(L, 1, "record");
+  if (lua_isnone(L, 2)) type_error(L, 2, "record", "value");
+  json v = to_json(L, 2, "qf.record", 0);
+  need_ctx(L, "record").record(key, std::move(v));
+  return 0;
+}
+
+// qf.log{event = "...", ...}
+static int f_log(lua_State* L) {
+  check_table(L, 1, "log");
+  json v = to_json(L, 1, "qf.log", 0);
+  if (!v.is_object()) v = json{{"value", v}};
+  need_ctx(L, "log").log(std::move(v));
+  return 0;
+}
+
+static int f_read_text(lua_State* L) {
+  std::string path = check_str(L, 1, "read_text");
+  std::string text = read_file(path);
+  if (RunContext* ctx = run_context(L)) ctx->note_input(path);
+  push_str(L, text);
+  return 1;
+}
+
+static int f_run_dir(lua_State* L) {
+  RunContext* ctx = run_context(L);
+  if (ctx && !ctx->run_dir.empty()) push_str(L, ctx->run_dir);
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int f_version(lua_State* L) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, QFORGE_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, QFORGE_GIT_COMMIT);
+  lua_setfield(L, -2, "commit");
+  return 1;
+}
+
+static int f_seed(lua_State* L) {
+  RunContext* ctx = run_context(L);
+  lua_pushinteger(L, ctx ? ctx->seed : 0);
+  return 1;
+}
+
+static int f_now(lua_State* L) {
+  lua_pushnumber(L, std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  return 1;
+}
+
+static int f_threads(lua_State* L) {
+  lua_pushinteger(L, omp_get_max_threads());
+  return 1;
+}
+
+}  // namespace qf::lua
+
+int luaopen_qforge(lua_State* L) {
+  using namespace qf::lua;
+  static const luaL_Reg funcs[] = {
+      {"options", qf_guard<f_options>}, {"record", qf_guard<f_record>},   {"log", qf_guard<f_log>},
+      {"read_text", qf_guard<f_read_text>}, {"run_dir", qf_guard<f_run_dir>}, {"version", qf_guard<f_version>},
+      {"seed", qf_guard<f_seed>},       {"now", qf_guard<f_now>},         {"threads", qf_guard<f_threads>},
+      {nullptr, nullptr}};
+  luaL_newlib(L, funcs);
+  open_tensor(L, -1);
+  open_model(L, -1);
+  return 1;
+}

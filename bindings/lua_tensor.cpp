@@ -1,0 +1,603 @@
+// qforge — the Lua Tensor: userdata "qforge.Tensor" holding a qf::Tensor (a view).
+//
+// Indices and dimensions are 1-based in Lua (Torch7 convention) and converted here;
+// bounds are checked here too, so messages speak in the caller's (1-based) terms.
+// Arithmetic is f32 only; the small math helpers live in this file.
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "lua_util.h"
+
+namespace qf::lua {
+
+static std::atomic<int64_t> g_live{0};
+int64_t live_tensors() { return g_live.load(); }
+
+void push_tensor(lua_State* L, Tensor t) {
+  new_udata<Tensor>(L, kTensorMT, std::move(t));
+  ++g_live;
+}
+
+bool is_tensor(lua_State* L, int idx) { return luaL_testudata(L, idx, kTensorMT) != nullptr; }
+
+Tensor& check_tensor(lua_State* L, int arg, const char* fn) {
+  return *static_cast<Tensor*>(check_udata(L, arg, kTensorMT, fn));
+}
+
+static int t_gc(lua_State* L) {
+  if (luaL_testudata(L, 1, kTensorMT)) --g_live;
+  return udata_gc<Tensor>(L);
+}
+
+// ---- 1-based argument conversion ----------------------------------------------------
+// A 1-based dimension argument -> 0-based.
+static int dim_arg(lua_State* L, int arg, const char* fn, const Tensor& t) {
+  int64_t d = check_int(L, arg, fn);
+  if (d < 1 || d > t.dim())
+    fail(fn, ": dimension ", d, " out of range for a ", t.dim(), "-d tensor of shape ", shape_str(t.shape()),
+         t.dim() ? " (valid: 1.." + std::to_string(t.dim()) + ")" : std::string());
+  return (int)d - 1;
+}
+
+// 1-based indices at stack positions first..first+n-1 -> 0-based, bounds-checked.
+static std::vector<int64_t> index_args(lua_State* L, int first, int n, const char* fn, const Tensor& t) {
+  if (n != t.dim())
+    fail(fn, ": expected ", t.dim(), " indices for a tensor of shape ", shape_str(t.shape()), ", got ", n);
+  std::vector<int64_t> idx(n);
+  for (int d = 0; d < n; ++d) {
+    int64_t i = check_int(L, first + d, fn);
+    if (i < 1 || i > t.size(d))
+      fail(fn, ": index ", i, " out of bounds for dimension ", d + 1, " of size ", t.size(d), " (shape ",
+           shape_str(t.shape()), ")");
+    idx[d] = i - 1;
+  }
+  return idx;
+}
+
+static void need_f32(const Tensor& t, const char* fn) {
+  if (t.dtype() != DType::F32)
+    fail(fn, ": tensor has dtype ", dtype_name(t.dtype()), ": convert with :to('f32') first");
+}
+
+static void same_shape(const Tensor& a, const Tensor& b, const char* fn) {
+  if (a.shape() != b.shape()) fail(fn, ": shape mismatch ", shape_str(a.shape()), " vs ", shape_str(b.shape()));
+}
+
+// ---- small math helpers (f32) -------------------------------------------------------
+template <class Op>
+static void apply_scalar(Tensor& t, float s, Op op) {
+  float* b = static_cast<float*>(t.storage()->data);
+  for_each_offset(t, [&](int64_t, int64_t o) { b[o] = op(b[o], s); });
+}
+
+template <class Op>
+static void apply_tensor(Tensor& t, const Tensor& x, Op op) {
+  float* b = static_cast<float*>(t.storage()->data);
+  if (!t.same_storage(x) && t.is_contiguous() && x.is_contiguous()) {
+    float* d = t.f32();
+    const float* s = x.f32();
+    const int64_t n = t.numel();
+    for (int64_t k = 0; k < n; ++k) d[k] = op(d[k], s[k]);
+    return;
+  }
+  const std::vector<float> xv = x.to_vector();  // also makes overlapping views safe
+  for_each_offset(t, [&](int64_t k, int64_t o) { b[o] = op(b[o], xv[k]); });
+}
+
+// t op= x, where x (stack index `arg`) is a number or a same-shape f32 tensor.
+template <class Op>
+static void inplace(lua_State* L, Tensor& t, int arg, const char* fn, Op op) {
+  need_f32(t, fn);
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    apply_scalar(t, (float)lua_tonumber(L, arg), op);
+    return;
+  }
+  if (!is_tensor(L, arg)) type_error(L, arg, fn, "number or qforge.Tensor");
+  const Tensor& x = check_tensor(L, arg, fn);
+  need_f32(x, fn);
+  same_shape(t, x, fn);
+  apply_tensor(t, x, op);
+}
+
+struct Stats {
+  double sum = 0, sumsq = 0, absmax = 0;
+  float min = std::numeric_limits<float>::infinity(), max = -std::numeric_limits<float>::infinity();
+  int64_t n = 0;
+};
+
+static Stats stats(const Tensor& t) {
+  Stats s;
+  auto add = [&](float v) {
+    s.sum += v;
+    s.sumsq += (double)v * v;
+    s.absmax = std::max(s.absmax, (double)std::fabs(v));
+    s.min = std::min(s.min, v);
+    s.max = std::max(s.max, v);
+    ++s.n;
+  };
+  if (t.dtype() == DType::F32) {
+    const float* b = static_cast<const float*>(t.storage()->data);
+    for_each_offset(t, [&](int64_t, int64_t o) { add(b[o]); });
+  } else {
+    for (float v : t.to_vector()) add(v);
+  }
+  return s;
+}
+
+static Stats nonempty_stats(const Tensor& t, const char* fn) {
+  if (!t.defined() || t.numel() == 0) fail(fn, ": empty tensor");
+  return stats(t);
+}
+
+// ---- methods ------------------------------------------------------------------------
+static int t_get(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "get");
+  std::vector<int64_t> idx = index_args(L, 2, lua_gettop(L) - 1, "get", t);
+  lua_pushnumber(L, t.get(idx.data(), (int)idx.size()));
+  return 1;
+}
+
+static int t_set(lua_State* L) {
+  Tensor& t = check_tensor(L, 1, "set");
+  const int top = lua_gettop(L);
+  if (top < 2) fail("set: expected indices and a value");
+  float v = (float)check_num(L, top, "set");
+  std::vector<int64_t> idx = index_args(L, 2, top - 2, "set", t);
+  t.set(idx.data(), (int)idx.size(), v);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static Tensor narrow_impl(lua_State* L, const Tensor& t, int d, int arg, const char* fn) {
+  int64_t start = check_int(L, arg, fn), len = check_int(L, arg + 1, fn);
+  const int64_t n = t.size(d);
+  if (start < 1 || len < 0 || start - 1 + len > n)
+    fail(fn, ": range start ", start, ", length ", len, " out of bounds for dimension ", d + 1, " of size ", n,
+         " (shape ", shape_str(t.shape()), ")");
+  return t.narrow(d, start - 1, len);
+}
+
+static int t_narrow(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "narrow");
+  int d = dim_arg(L, 2, "narrow", t);
+  push_tensor(L, narrow_impl(L, t, d, 3, "narrow"));
+  return 1;
+}
+
+static int t_rows(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "rows");
+  if (t.dim() < 1) fail("rows: tensor of shape ", shape_str(t.shape()), " has no rows");
+  push_tensor(L, narrow_impl(L, t, 0, 2, "rows"));
+  return 1;
+}
+
+static int t_cols(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "cols");
+  if (t.dim() < 2) fail("cols: expected a tensor with at least 2 dimensions, got shape ", shape_str(t.shape()));
+  push_tensor(L, narrow_impl(L, t, 1, 2, "cols"));
+  return 1;
+}
+
+static int t_select(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "select");
+  int d = dim_arg(L, 2, "select", t);
+  int64_t i = check_int(L, 3, "select");
+  if (i < 1 || i > t.size(d))
+    fail("select: index ", i, " out of bounds for dimension ", d + 1, " of size ", t.size(d), " (shape ",
+         shape_str(t.shape()), ")");
+  push_tensor(L, t.select(d, i - 1));
+  return 1;
+}
+
+static int t_transpose(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "transpose");
+  int d0 = dim_arg(L, 2, "transpose", t), d1 = dim_arg(L, 3, "transpose", t);
+  push_tensor(L, t.transpose(d0, d1));
+  return 1;
+}
+
+static int t_t(lua_State* L) {
+  push_tensor(L, check_tensor(L, 1, "t").t());
+  return 1;
+}
+
+static int t_view(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "view");
+  push_tensor(L, t.view(shape_arg(L, 2, "view")));
+  return 1;
+}
+
+static int t_contiguous(lua_State* L) {
+  push_tensor(L, check_tensor(L, 1, "contiguous").contiguous());
+  return 1;
+}
+
+static int t_clone(lua_State* L) {
+  push_tensor(L, check_tensor(L, 1, "clone").clone());
+  return 1;
+}
+
+static int t_copy(lua_State* L) {
+  Tensor& t = check_tensor(L, 1, "copy");
+  const Tensor& src = check_tensor(L, 2, "copy");
+  t.copy_(src);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_fill(lua_State* L) {
+  Tensor& t = check_tensor(L, 1, "fill");
+  t.fill_((float)check_num(L, 2, "fill"));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_zero(lua_State* L) {
+  check_tensor(L, 1, "zero").fill_(0.f);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_to(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "to");
+  push_tensor(L, t.to(dtype_from_name(check_str(L, 2, "to"))));
+  return 1;
+}
+
+static int t_dtype(lua_State* L) {
+  lua_pushstring(L, dtype_name(check_tensor(L, 1, "dtype").dtype()));
+  return 1;
+}
+
+static int t_shape(lua_State* L) {
+  push_shape(L, check_tensor(L, 1, "shape").shape());
+  return 1;
+}
+
+static int t_size(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "size");
+  if (is_none_or_nil(L, 2)) {
+    push_shape(L, t.shape());
+  } else {
+    lua_pushinteger(L, t.size(dim_arg(L, 2, "size", t)));
+  }
+  return 1;
+}
+
+static int t_dim(lua_State* L) {
+  lua_pushinteger(L, check_tensor(L, 1, "dim").dim());
+  return 1;
+}
+
+static int t_numel(lua_State* L) {
+  lua_pushinteger(L, check_tensor(L, 1, "numel").numel());
+  return 1;
+}
+
+static int t_is_contiguous(lua_State* L) {
+  lua_pushboolean(L, check_tensor(L, 1, "is_contiguous").is_contiguous());
+  return 1;
+}
+
+static int t_same_storage(lua_State* L) {
+  const Tensor& a = check_tensor(L, 1, "same_storage");
+  const Tensor& b = check_tensor(L, 2, "same_storage");
+  lua_pushboolean(L, a.same_storage(b));
+  return 1;
+}
+
+static int t_item(lua_State* L) {
+  lua_pushnumber(L, check_tensor(L, 1, "item").item());
+  return 1;
+}
+
+// Nested tables of dimension d from values v starting at *k.
+static void push_nested(lua_State* L, const Shape& s, size_t d, const std::vector<float>& v, size_t* k) {
+  need_stack(L, 2);
+  if (d == s.size()) {
+    lua_pushnumber(L, v[(*k)++]);
+    return;
+  }
+  lua_createtable(L, (int)s[d], 0);
+  for (int64_t i = 0; i < s[d]; ++i) {
+    push_nested(L, s, d + 1, v, k);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+static int t_to_table(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "to_table");
+  const std::vector<float> v = t.to_vector();
+  size_t k = 0;
+  push_nested(L, t.shape(), 0, v, &k);
+  return 1;
+}
+
+static int t_sum(lua_State* L) {
+  lua_pushnumber(L, stats(check_tensor(L, 1, "sum")).sum);
+  return 1;
+}
+static int t_mean(lua_State* L) {
+  Stats s = nonempty_stats(check_tensor(L, 1, "mean"), "mean");
+  lua_pushnumber(L, s.sum / (double)s.n);
+  return 1;
+}
+static int t_min(lua_State* L) {
+  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "min"), "min").min);
+  return 1;
+}
+static int t_max(lua_State* L) {
+  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "max"), "max").max);
+  return 1;
+}
+static int t_norm(lua_State* L) {
+  lua_pushnumber(L, std::sqrt(stats(check_tensor(L, 1, "norm")).sumsq));
+  return 1;
+}
+static int t_abs_max(lua_State* L) {
+  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "abs_max"), "abs_max").absmax);
+  return 1;
+}
+
+// In place: t:add(x [, alpha]) is t += alpha·x.
+static int t_add(lua_State* L) {
+  Tensor& t = check_tensor(L, 1, "add");
+  const float alpha = is_none_or_nil(L, 3) ? 1.f : (float)check_num(L, 3, "add");
+  inplace(L, t, 2, "add", [alpha](float a, float b) { return a + alpha * b; });
+  lua_settop(L, 1);
+  return 1;
+}
+static int t_sub(lua_State* L) {
+  inplace(L, check_tensor(L, 1, "sub"), 2, "sub", [](float a, float b) { return a - b; });
+  lua_settop(L, 1);
+  return 1;
+}
+static int t_mul(lua_State* L) {
+  inplace(L, check_tensor(L, 1, "mul"), 2, "mul", [](float a, float b) { return a * b; });
+  lua_settop(L, 1);
+  return 1;
+}
+static int t_div(lua_State* L) {
+  inplace(L, check_tensor(L, 1, "div"), 2, "div", [](float a, float b) { return a / b; });
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_matmul(lua_State* L) {
+  const Tensor& a = check_tensor(L, 1, "matmul");
+  const Tensor& b = check_tensor(L, 2, "matmul");
+  need_f32(a, "matmul");
+  need_f32(b, "matmul");
+  if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
+    fail("matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()),
+         " (expected 2-d [m, k] x [k, n])");
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  Tensor r = Tensor::empty({a.size(0), b.size(1)});
+  if (r.numel() > 0) r.mat().noalias() = ac.cmat() * bc.cmat();
+  push_tensor(L, std::move(r));
+  return 1;
+}
+
+// ---- metamethods --------------------------------------------------------------------
+// Allocating a op b, where one side is a tensor and the other a number or a tensor.
+template <class Op>
+static int binop(lua_State* L, const char* fn, Op op) {
+  Tensor r;
+  if (is_tensor(L, 1)) {
+    const Tensor& a = check_tensor(L, 1, fn);
+    need_f32(a, fn);
+    r = a.clone();
+    inplace(L, r, 2, fn, op);
+  } else {
+    const Tensor& b = check_tensor(L, 2, fn);
+    need_f32(b, fn);
+    const float s = (float)check_num(L, 1, fn);
+    r = Tensor::full(b.shape(), s);
+    apply_tensor(r, b, op);
+  }
+  push_tensor(L, std::move(r));
+  return 1;
+}
+
+static int m_add(lua_State* L) { return binop(L, "__add", [](float a, float b) { return a + b; }); }
+static int m_sub(lua_State* L) { return binop(L, "__sub", [](float a, float b) { return a - b; }); }
+static int m_mul(lua_State* L) { return binop(L, "__mul", [](float a, float b) { return a * b; }); }
+static int m_div(lua_State* L) { return binop(L, "__div", [](float a, float b) { return a / b; }); }
+
+static int m_unm(lua_State* L) {
+  const Tensor& a = check_tensor(L, 1, "__unm");
+  need_f32(a, "__unm");
+  Tensor r = a.clone();
+  apply_scalar(r, 0.f, [](float x, float) { return -x; });
+  push_tensor(L, std::move(r));
+  return 1;
+}
+
+static int m_len(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "__len");
+  lua_pushinteger(L, t.dim() ? t.size(0) : 0);
+  return 1;
+}
+
+static int m_tostring(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "__tostring");
+  std::string s = std::string("qforge.Tensor ") + dtype_name(t.dtype()) + " " + shape_str(t.shape());
+  if (!t.is_contiguous()) s += " (non-contiguous view)";
+  const int64_t n = t.numel(), shown = std::min<int64_t>(n, 8);
+  std::vector<float> v;
+  if (shown > 0) v = t.contiguous().view({-1}).narrow(0, 0, shown).to_vector();
+  s += " {";
+  char buf[32];
+  for (int64_t i = 0; i < shown; ++i) {
+    std::snprintf(buf, sizeof buf, "%s%.6g", i ? ", " : "", v[i]);
+    s += buf;
+  }
+  s += n > shown ? ", ...}" : "}";
+  push_str(L, s);
+  return 1;
+}
+
+// ---- module functions ---------------------------------------------------------------
+// Shape of a nested table of numbers: follow the first elements down to a number.
+static Shape nested_shape(lua_State* L, int idx) {
+  Shape shape;
+  need_stack(L, 2);
+  lua_pushvalue(L, idx);
+  while (lua_type(L, -1) == LUA_TTABLE) {
+    const int64_t n = (int64_t)lua_rawlen(L, -1);
+    shape.push_back(n);
+    if (n == 0) break;
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+  return shape;
+}
+
+// Checks that the value at idx is a table of shape[d..] all the way down (not ragged).
+static void check_nested(lua_State* L, int idx, const Shape& shape, size_t d, const std::string& where) {
+  idx = lua_absindex(L, idx);
+  need_stack(L, 2);
+  const char* at = where.empty() ? "the top level" : where.c_str();
+  if (d == shape.size()) {
+    if (lua_type(L, idx) != LUA_TNUMBER)
+      fail("qf.tensor: expected a number at ", at, ", got ", luaL_typename(L, idx), " (ragged or non-numeric table)");
+    return;
+  }
+  if (lua_type(L, idx) != LUA_TTABLE)
+    fail("qf.tensor: ragged nested table: expected a table of ", shape[d], " elements at ", at, ", got ",
+         luaL_typename(L, idx));
+  const int64_t n = (int64_t)lua_rawlen(L, idx);
+  if (n != shape[d])
+    fail("qf.tensor: ragged nested table: expected ", shape[d], " elements at ", at, ", got ", n);
+  for (int64_t i = 1; i <= n; ++i) {
+    lua_rawgeti(L, idx, i);
+    check_nested(L, -1, shape, d + 1, where + "[" + std::to_string(i) + "]");
+    lua_pop(L, 1);
+  }
+}
+
+static void nested_values(lua_State* L, int idx, std::vector<float>& out) {
+  idx = lua_absindex(L, idx);
+  need_stack(L, 2);
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    out.push_back((float)lua_tonumber(L, idx));
+    return;
+  }
+  const lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+  for (lua_Integer i = 1; i <= n; ++i) {
+    lua_rawgeti(L, idx, i);
+    nested_values(L, -1, out);
+    lua_pop(L, 1);
+  }
+}
+
+// qf.tensor(nested_table [, dtype])
+static int f_tensor(lua_State* L) {
+  if (lua_type(L, 1) != LUA_TTABLE && lua_type(L, 1) != LUA_TNUMBER) type_error(L, 1, "tensor", "table");
+  const Shape shape = nested_shape(L, 1);
+  check_nested(L, 1, shape, 0, "");
+  std::vector<float> v;
+  nested_values(L, 1, v);
+  Tensor t = Tensor::from_data(shape, v);
+  if (!is_none_or_nil(L, 2)) t = t.to(dtype_from_name(check_str(L, 2, "tensor")));
+  push_tensor(L, std::move(t));
+  return 1;
+}
+
+// qf.zeros(shape [, dtype]), qf.ones(...), qf.full(shape, v [, dtype])
+static Tensor make_filled(lua_State* L, const char* fn, bool has_value, float value) {
+  int next = 0;
+  Shape s = shape_arg(L, 1, fn, &next);
+  for (int64_t x : s)
+    if (x < 0) fail(fn, ": invalid shape ", shape_str(s));
+  if (has_value) value = (float)check_num(L, next++, fn);
+  DType dt = is_none_or_nil(L, next) ? DType::F32 : dtype_from_name(check_str(L, next, fn));
+  Tensor t = Tensor::empty(s, dt);
+  if (value != 0.f) t.fill_(value);
+  return t;
+}
+
+static int f_zeros(lua_State* L) {
+  push_tensor(L, make_filled(L, "zeros", false, 0.f));
+  return 1;
+}
+static int f_ones(lua_State* L) {
+  push_tensor(L, make_filled(L, "ones", false, 1.f));
+  return 1;
+}
+static int f_full(lua_State* L) {
+  push_tensor(L, make_filled(L, "full", true, 0.f));
+  return 1;
+}
+static int f_is_tensor(lua_State* L) {
+  lua_pushboolean(L, is_tensor(L, 1));
+  return 1;
+}
+
+void open_tensor(lua_State* L, int mod) {
+  mod = lua_absindex(L, mod);
+  static const luaL_Reg methods[] = {
+      {"get", qf_guard<t_get>},
+      {"set", qf_guard<t_set>},
+      {"narrow", qf_guard<t_narrow>},
+      {"select", qf_guard<t_select>},
+      {"rows", qf_guard<t_rows>},
+      {"cols", qf_guard<t_cols>},
+      {"transpose", qf_guard<t_transpose>},
+      {"t", qf_guard<t_t>},
+      {"view", qf_guard<t_view>},
+      {"contiguous", qf_guard<t_contiguous>},
+      {"clone", qf_guard<t_clone>},
+      {"copy", qf_guard<t_copy>},
+      {"fill", qf_guard<t_fill>},
+      {"zero", qf_guard<t_zero>},
+      {"to", qf_guard<t_to>},
+      {"dtype", qf_guard<t_dtype>},
+      {"shape", qf_guard<t_shape>},
+      {"size", qf_guard<t_size>},
+      {"dim", qf_guard<t_dim>},
+      {"numel", qf_guard<t_numel>},
+      {"is_contiguous", qf_guard<t_is_contiguous>},
+      {"same_storage", qf_guard<t_same_storage>},
+      {"item", qf_guard<t_item>},
+      {"to_table", qf_guard<t_to_table>},
+      {"sum", qf_guard<t_sum>},
+      {"mean", qf_guard<t_mean>},
+      {"min", qf_guard<t_min>},
+      {"max", qf_guard<t_max>},
+      {"norm", qf_guard<t_norm>},
+      {"abs_max", qf_guard<t_abs_max>},
+      {"add", qf_guard<t_add>},
+      {"sub", qf_guard<t_sub>},
+      {"mul", qf_guard<t_mul>},
+      {"div", qf_guard<t_div>},
+      {"matmul", qf_guard<t_matmul>},
+      {nullptr, nullptr}};
+  static const luaL_Reg meta[] = {
+      {"__gc", t_gc},  // cannot throw
+      {"__tostring", qf_guard<m_tostring>},
+      {"__len", qf_guard<m_len>},
+      {"__add", qf_guard<m_add>},
+      {"__sub", qf_guard<m_sub>},
+      {"__mul", qf_guard<m_mul>},
+      {"__div", qf_guard<m_div>},
+      {"__unm", qf_guard<m_unm>},
+      {nullptr, nullptr}};
+  luaL_newmetatable(L, kTensorMT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {
+      {"tensor", qf_guard<f_tensor>}, {"zeros", qf_guard<f_zeros>},         {"ones", qf_guard<f_ones>},
+      {"full", qf_guard<f_full>},     {"is_tensor", qf_guard<f_is_tensor>}, {nullptr, nullptr}};
+  lua_pushvalue(L, mod);
+  luaL_setfuncs(L, funcs, 0);
+  lua_pop(L, 1);
+}
+
+}  // namespace qf::lua

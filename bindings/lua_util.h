@@ -1,0 +1,127 @@
+// qforge — helpers shared by the Lua bindings: the exception trampoline, argument checks
+// that throw, push helpers, the Tensor userdata accessors.
+//
+// Debian's Lua is compiled as C, so lua_error longjmps and skips C++ destructors. Rules:
+//  * every C function registered with Lua is wrapped as qf_guard<F>: F runs inside
+//    try/catch, and the Lua error is raised only after the catch block has ended, from a
+//    frame that holds no C++ object with a destructor;
+//  * inside F, never call luaL_check*/luaL_error/lua_error: use the helpers below, which
+//    throw qf::Error with Lua-style messages ("bad argument #2 to 'narrow' (integer
+//    expected, got string)");
+//  * read tables with raw access (lua_rawget*, lua_next) so no metamethod can raise.
+// Lua memory errors inside F can still longjmp; they leak, they do not corrupt.
+#pragma once
+#include <lua.hpp>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "error.h"
+#include "tensor.h"
+
+// Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
+int luaopen_qforge(lua_State* L);
+
+namespace qf::lua {
+
+// Thrown to end the recipe with an exit code without an error (qf.options under --help).
+// qf_guard turns it into a Lua error and leaves the code in the registry (exit_request()).
+struct ExitRequest {
+  int code = 0;
+};
+// The code left by an ExitRequest in this state, or -1.
+int exit_request(lua_State* L);
+
+namespace detail {
+void stash_message(const char* msg);  // copies into a fixed buffer: no allocation
+[[noreturn]] void raise_stashed(lua_State* L, int exit_code);  // where + message, lua_error
+}  // namespace detail
+
+// The trampoline: no C++ exception ever unwinds through a Lua frame.
+template <lua_CFunction F>
+int qf_guard(lua_State* L) {
+  int exit_code = -1;
+  try {
+    return F(L);
+  } catch (const ExitRequest& e) {
+    exit_code = e.code;
+  } catch (const std::exception& e) {
+    detail::stash_message(e.what());
+  } catch (...) {
+    detail::stash_message("unknown C++ exception");
+  }
+  detail::raise_stashed(L, exit_code);  // outside the catch blocks; nothing to destroy here
+}
+
+// ---- argument checks (throw qf::Error) ----
+// `arg` is a stack index; messages count arguments the way Lua does (self excluded in
+// a method call t:f(...)). `fn` names the function.
+const char* type_name(lua_State* L, int idx);  // "number", "string", "qforge.Tensor", ...
+[[noreturn]] void arg_error(lua_State* L, int arg, const char* fn, const std::string& msg);
+[[noreturn]] void type_error(lua_State* L, int arg, const char* fn, const char* expected);
+int64_t check_int(lua_State* L, int arg, const char* fn);
+double check_num(lua_State* L, int arg, const char* fn);
+std::string check_str(lua_State* L, int arg, const char* fn);  // strings only (no number coercion)
+bool check_bool(lua_State* L, int arg, const char* fn);
+void check_table(lua_State* L, int arg, const char* fn);
+int64_t opt_int(lua_State* L, int arg, const char* fn, int64_t def);  // none/nil -> def
+std::string opt_str(lua_State* L, int arg, const char* fn, const std::string& def);
+bool is_none_or_nil(lua_State* L, int arg);
+// Makes room for n more stack slots (recursive readers/writers of nested tables).
+void need_stack(lua_State* L, int n);
+
+// ---- options tables: f(x, {key = value, ...}) ----
+// Checks that the argument is nil or a table whose keys are all in `known`; an unknown
+// key is an error naming the key, the function and the known keys.
+void check_opts(lua_State* L, int arg, const char* fn, std::initializer_list<const char*> known);
+// Typed optional fields of the options table at `arg` (absent table or nil field -> def).
+int64_t opt_field_int(lua_State* L, int arg, const char* key, const char* fn, int64_t def);
+double opt_field_num(lua_State* L, int arg, const char* key, const char* fn, double def);
+bool opt_field_bool(lua_State* L, int arg, const char* key, const char* fn, bool def);
+std::string opt_field_str(lua_State* L, int arg, const char* key, const char* fn, const std::string& def);
+
+// ---- shapes and pushes ----
+// A shape given as a table {2, 3} at `arg`, or as integers f(2, 3) from `arg` on.
+// *next (if given) receives the first stack index after the shape.
+Shape shape_arg(lua_State* L, int arg, const char* fn, int* next = nullptr);
+void push_shape(lua_State* L, const Shape& s);  // 1-indexed table of integers
+void push_str(lua_State* L, const std::string& s);
+std::vector<int32_t> ids_from_table(lua_State* L, int idx, const char* fn);  // list of token ids
+
+// ---- userdata ----
+template <class T>
+T* new_udata(lua_State* L, const char* mt, T&& v) {
+  void* p = lua_newuserdatauv(L, sizeof(T), 0);
+  T* o = new (p) T(std::move(v));
+  luaL_setmetatable(L, mt);
+  return o;
+}
+// The userdata of metatable `mt` at `arg`, or a "bad argument" error naming `expected`.
+void* check_udata(lua_State* L, int arg, const char* mt, const char* fn);
+// __gc: destroys the C++ object and clears the metatable so a resurrected object is inert.
+template <class T>
+int udata_gc(lua_State* L) {
+  T* p = static_cast<T*>(lua_touserdata(L, 1));
+  if (p && lua_getmetatable(L, 1)) {
+    lua_pop(L, 1);
+    p->~T();
+    lua_pushnil(L);
+    lua_setmetatable(L, 1);
+  }
+  return 0;
+}
+
+// ---- tensors (lua_tensor.cpp) ----
+constexpr const char* kTensorMT = "qforge.Tensor";
+void push_tensor(lua_State* L, Tensor t);
+bool is_tensor(lua_State* L, int idx);
+Tensor& check_tensor(lua_State* L, int arg, const char* fn);
+int64_t live_tensors();  // Tensor userdata alive (created minus collected): a debug counter
+
+// Module registration (each adds its functions to the module table at `mod`).
+void open_tensor(lua_State* L, int mod);
+void open_model(lua_State* L, int mod);
+
+}  // namespace qf::lua

@@ -1,0 +1,61 @@
+// qforge — running a recipe: the run directory, its records, and `qforge run`.
+//
+// A run directory holds recipe.lua (copy of the source), options.json, run.json,
+// results.json, log.jsonl and rerun.sh. The RunContext lives for one `qforge run`; the
+// Lua functions reach it through the registry (run_context). Outside `qforge run`
+// (e.g. a test opening the module in its own lua_State) there is no context.
+#pragma once
+#include <lua.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace qf::lua {
+
+struct RunContext {
+  std::string recipe_path;  // as given on the command line
+  std::string recipe_name;  // basename, e.g. "eval.lua"
+  std::string run_dir;      // absolute; empty under --help (nothing is written)
+  std::vector<std::string> argv;
+  std::vector<std::pair<std::string, std::string>> cli;  // recipe key=value pairs, in order
+  std::string out_arg;      // out= as given ("" when defaulted)
+  bool help = false;
+  bool options_declared = false;
+  int64_t seed = 0;
+  bool seed_given = false;
+  int threads = 0;
+  bool threads_given = false;
+  nlohmann::json options = nlohmann::json::object();  // resolved by qf.options
+  nlohmann::json results = nlohmann::json::object();
+  nlohmann::json inputs = nlohmann::json::array();
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  std::string start_time;   // ISO-8601 UTC
+
+  double elapsed() const;
+  // Records a file read through qf (path, size, fingerprint) once in run.json's inputs.
+  void note_input(const std::string& path);
+  void record(const std::string& key, nlohmann::json value);  // results.json, atomically
+  void log(nlohmann::json event);                             // one line of log.jsonl
+  void write_run_json(const std::string& status, const std::string& error = "") const;
+  void write_rerun_sh() const;
+};
+
+// The context of the run executing in L, or nullptr.
+RunContext* run_context(lua_State* L);
+void set_run_context(lua_State* L, RunContext* ctx);
+
+struct RunArgs {
+  std::string recipe;
+  std::vector<std::string> kv;  // "key=value" arguments after the recipe
+  bool help = false;            // --help after the recipe
+  std::vector<std::string> argv;
+};
+
+// Runs a recipe; returns the process exit code (0 ok, 1 recipe error, 2 usage error).
+int run_recipe(const RunArgs& args);
+
+}  // namespace qf::lua

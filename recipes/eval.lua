@@ -1,0 +1,33 @@
+-- eval.lua — the default recipe: perplexity of a model on a text, with its protocol.
+--   qforge run recipes/eval.lua [model=DIR_OR_BIN] [text=FILE] [seqlen=N] [max_windows=N]
+local opt = qf.options({
+  model = "../shared/models/stories260K",
+  text = "../shared/data/tinystories_head.txt",
+  seqlen = 0,
+  max_windows = 0,
+}, {
+  model = "model directory or checkpoint file",
+  text = "text file to score",
+  seqlen = "window length in tokens (0 = the model's seq_len)",
+  max_windows = "score at most this many windows (0 = all)",
+})
+
+local m = qf.load_model(opt.model)
+local c = m:config()
+print(string.format("model %s: %s, dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, seq_len %d",
+  opt.model, c.arch, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len))
+print(string.format("params %d", m:n_params()))
+
+local r = m:perplexity(qf.read_text(opt.text), { seqlen = opt.seqlen, max_windows = opt.max_windows })
+print(string.format("perplexity %s on %s: %.4f", opt.model, opt.text, r.ppl))
+print(r.protocol)
+print(string.format("(%d windows of %d tokens, %d tokens scored of %d, %.2f s)",
+  r.windows, r.seqlen, r.tokens_scored, r.text_tokens, r.seconds))
+
+qf.record("ppl", r.ppl)
+qf.record("nll", r.nll)
+qf.record("tokens", r.tokens_scored)
+qf.record("text_tokens", r.text_tokens)
+qf.record("windows", r.windows)
+qf.record("seqlen", r.seqlen)
+qf.record("protocol", r.protocol)
