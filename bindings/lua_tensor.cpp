@@ -2,13 +2,14 @@
 //
 // Indices and dimensions are 1-based in Lua (Torch7 convention) and converted here;
 // bounds are checked here too, so messages speak in the caller's (1-based) terms.
-// Arithmetic is f32 only; the small math helpers live in this file.
+// Arithmetic is f32 only and lives in engine/tensor_ops.
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 
 #include "lua_util.h"
+#include "tensor_ops.h"
 
 namespace qf::lua {
 
@@ -56,79 +57,19 @@ static std::vector<int64_t> index_args(lua_State* L, int first, int n, const cha
   return idx;
 }
 
-static void need_f32(const Tensor& t, const char* fn) {
-  if (t.dtype() != DType::F32)
-    fail(fn, ": tensor has dtype ", dtype_name(t.dtype()), ": convert with :to('f32') first");
-}
-
-static void same_shape(const Tensor& a, const Tensor& b, const char* fn) {
-  if (a.shape() != b.shape()) fail(fn, ": shape mismatch ", shape_str(a.shape()), " vs ", shape_str(b.shape()));
-}
-
-// ---- small math helpers (f32) -------------------------------------------------------
-template <class Op>
-static void apply_scalar(Tensor& t, float s, Op op) {
-  float* b = static_cast<float*>(t.storage()->data);
-  for_each_offset(t, [&](int64_t, int64_t o) { b[o] = op(b[o], s); });
-}
-
-template <class Op>
-static void apply_tensor(Tensor& t, const Tensor& x, Op op) {
-  float* b = static_cast<float*>(t.storage()->data);
-  if (!t.same_storage(x) && t.is_contiguous() && x.is_contiguous()) {
-    float* d = t.f32();
-    const float* s = x.f32();
-    const int64_t n = t.numel();
-    for (int64_t k = 0; k < n; ++k) d[k] = op(d[k], s[k]);
-    return;
-  }
-  const std::vector<float> xv = x.to_vector();  // also makes overlapping views safe
-  for_each_offset(t, [&](int64_t k, int64_t o) { b[o] = op(b[o], xv[k]); });
-}
-
 // t op= x, where x (stack index `arg`) is a number or a same-shape f32 tensor.
-template <class Op>
-static void inplace(lua_State* L, Tensor& t, int arg, const char* fn, Op op) {
-  need_f32(t, fn);
+static void inplace(lua_State* L, Tensor& t, int arg, const char* fn, BinOp op, float alpha = 1.f) {
   if (lua_type(L, arg) == LUA_TNUMBER) {
-    apply_scalar(t, (float)lua_tonumber(L, arg), op);
+    apply_(t, op, alpha * (float)lua_tonumber(L, arg));
     return;
   }
   if (!is_tensor(L, arg)) type_error(L, arg, fn, "number or qforge.Tensor");
-  const Tensor& x = check_tensor(L, arg, fn);
-  need_f32(x, fn);
-  same_shape(t, x, fn);
-  apply_tensor(t, x, op);
+  apply_(t, op, check_tensor(L, arg, fn), alpha);
 }
 
-struct Stats {
-  double sum = 0, sumsq = 0, absmax = 0;
-  float min = std::numeric_limits<float>::infinity(), max = -std::numeric_limits<float>::infinity();
-  int64_t n = 0;
-};
-
-static Stats stats(const Tensor& t) {
-  Stats s;
-  auto add = [&](float v) {
-    s.sum += v;
-    s.sumsq += (double)v * v;
-    s.absmax = std::max(s.absmax, (double)std::fabs(v));
-    s.min = std::min(s.min, v);
-    s.max = std::max(s.max, v);
-    ++s.n;
-  };
-  if (t.dtype() == DType::F32) {
-    const float* b = static_cast<const float*>(t.storage()->data);
-    for_each_offset(t, [&](int64_t, int64_t o) { add(b[o]); });
-  } else {
-    for (float v : t.to_vector()) add(v);
-  }
-  return s;
-}
-
-static Stats nonempty_stats(const Tensor& t, const char* fn) {
+static TensorStats nonempty_stats(const Tensor& t, const char* fn) {
   if (!t.defined() || t.numel() == 0) fail(fn, ": empty tensor");
-  return stats(t);
+  return tensor_stats(t);
 }
 
 // ---- methods ------------------------------------------------------------------------
@@ -316,12 +257,11 @@ static int t_to_table(lua_State* L) {
 }
 
 static int t_sum(lua_State* L) {
-  lua_pushnumber(L, stats(check_tensor(L, 1, "sum")).sum);
+  lua_pushnumber(L, tensor_stats(check_tensor(L, 1, "sum")).sum);
   return 1;
 }
 static int t_mean(lua_State* L) {
-  Stats s = nonempty_stats(check_tensor(L, 1, "mean"), "mean");
-  lua_pushnumber(L, s.sum / (double)s.n);
+  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "mean"), "mean").mean());
   return 1;
 }
 static int t_min(lua_State* L) {
@@ -333,7 +273,7 @@ static int t_max(lua_State* L) {
   return 1;
 }
 static int t_norm(lua_State* L) {
-  lua_pushnumber(L, std::sqrt(stats(check_tensor(L, 1, "norm")).sumsq));
+  lua_pushnumber(L, tensor_stats(check_tensor(L, 1, "norm")).norm());
   return 1;
 }
 static int t_abs_max(lua_State* L) {
@@ -341,76 +281,47 @@ static int t_abs_max(lua_State* L) {
   return 1;
 }
 
-// In place: t:add(x [, alpha]) is t += alpha·x.
+// In place, returning self: t:add(x [, alpha]) is t += alpha·x.
 static int t_add(lua_State* L) {
   Tensor& t = check_tensor(L, 1, "add");
   const float alpha = is_none_or_nil(L, 3) ? 1.f : (float)check_num(L, 3, "add");
-  inplace(L, t, 2, "add", [alpha](float a, float b) { return a + alpha * b; });
+  inplace(L, t, 2, "add", BinOp::Add, alpha);
   lua_settop(L, 1);
   return 1;
 }
-static int t_sub(lua_State* L) {
-  inplace(L, check_tensor(L, 1, "sub"), 2, "sub", [](float a, float b) { return a - b; });
-  lua_settop(L, 1);
-  return 1;
-}
-static int t_mul(lua_State* L) {
-  inplace(L, check_tensor(L, 1, "mul"), 2, "mul", [](float a, float b) { return a * b; });
-  lua_settop(L, 1);
-  return 1;
-}
-static int t_div(lua_State* L) {
-  inplace(L, check_tensor(L, 1, "div"), 2, "div", [](float a, float b) { return a / b; });
+template <BinOp op>
+static int t_inplace(lua_State* L) {
+  inplace(L, check_tensor(L, 1, binop_name(op)), 2, binop_name(op), op);
   lua_settop(L, 1);
   return 1;
 }
 
 static int t_matmul(lua_State* L) {
-  const Tensor& a = check_tensor(L, 1, "matmul");
-  const Tensor& b = check_tensor(L, 2, "matmul");
-  need_f32(a, "matmul");
-  need_f32(b, "matmul");
-  if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
-    fail("matmul: cannot multiply ", shape_str(a.shape()), " by ", shape_str(b.shape()),
-         " (expected 2-d [m, k] x [k, n])");
-  const Tensor ac = a.contiguous(), bc = b.contiguous();
-  Tensor r = Tensor::empty({a.size(0), b.size(1)});
-  if (r.numel() > 0) r.mat().noalias() = ac.cmat() * bc.cmat();
-  push_tensor(L, std::move(r));
+  push_tensor(L, matmul(check_tensor(L, 1, "matmul"), check_tensor(L, 2, "matmul")));
   return 1;
 }
 
 // ---- metamethods --------------------------------------------------------------------
 // Allocating a op b, where one side is a tensor and the other a number or a tensor.
-template <class Op>
-static int binop(lua_State* L, const char* fn, Op op) {
+template <BinOp op>
+static int binop(lua_State* L) {
+  static const std::string fn = std::string("__") + binop_name(op);
   Tensor r;
   if (is_tensor(L, 1)) {
-    const Tensor& a = check_tensor(L, 1, fn);
-    need_f32(a, fn);
-    r = a.clone();
-    inplace(L, r, 2, fn, op);
+    r = check_tensor(L, 1, fn.c_str()).clone();
+    inplace(L, r, 2, fn.c_str(), op);
   } else {
-    const Tensor& b = check_tensor(L, 2, fn);
-    need_f32(b, fn);
-    const float s = (float)check_num(L, 1, fn);
-    r = Tensor::full(b.shape(), s);
-    apply_tensor(r, b, op);
+    const Tensor& b = check_tensor(L, 2, fn.c_str());
+    r = Tensor::full(b.shape(), (float)check_num(L, 1, fn.c_str()));
+    apply_(r, op, b);
   }
   push_tensor(L, std::move(r));
   return 1;
 }
 
-static int m_add(lua_State* L) { return binop(L, "__add", [](float a, float b) { return a + b; }); }
-static int m_sub(lua_State* L) { return binop(L, "__sub", [](float a, float b) { return a - b; }); }
-static int m_mul(lua_State* L) { return binop(L, "__mul", [](float a, float b) { return a * b; }); }
-static int m_div(lua_State* L) { return binop(L, "__div", [](float a, float b) { return a / b; }); }
-
 static int m_unm(lua_State* L) {
-  const Tensor& a = check_tensor(L, 1, "__unm");
-  need_f32(a, "__unm");
-  Tensor r = a.clone();
-  apply_scalar(r, 0.f, [](float x, float) { return -x; });
+  Tensor r = check_tensor(L, 1, "__unm").clone();
+  neg_(r);
   push_tensor(L, std::move(r));
   return 1;
 }
@@ -571,19 +482,19 @@ void open_tensor(lua_State* L, int mod) {
       {"norm", qf_guard<t_norm>},
       {"abs_max", qf_guard<t_abs_max>},
       {"add", qf_guard<t_add>},
-      {"sub", qf_guard<t_sub>},
-      {"mul", qf_guard<t_mul>},
-      {"div", qf_guard<t_div>},
+      {"sub", qf_guard<t_inplace<BinOp::Sub>>},
+      {"mul", qf_guard<t_inplace<BinOp::Mul>>},
+      {"div", qf_guard<t_inplace<BinOp::Div>>},
       {"matmul", qf_guard<t_matmul>},
       {nullptr, nullptr}};
   static const luaL_Reg meta[] = {
       {"__gc", t_gc},  // cannot throw
       {"__tostring", qf_guard<m_tostring>},
       {"__len", qf_guard<m_len>},
-      {"__add", qf_guard<m_add>},
-      {"__sub", qf_guard<m_sub>},
-      {"__mul", qf_guard<m_mul>},
-      {"__div", qf_guard<m_div>},
+      {"__add", qf_guard<binop<BinOp::Add>>},
+      {"__sub", qf_guard<binop<BinOp::Sub>>},
+      {"__mul", qf_guard<binop<BinOp::Mul>>},
+      {"__div", qf_guard<binop<BinOp::Div>>},
       {"__unm", qf_guard<m_unm>},
       {nullptr, nullptr}};
   luaL_newmetatable(L, kTensorMT);

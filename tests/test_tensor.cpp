@@ -143,3 +143,28 @@ TEST_CASE("bounds and shape errors name what is wrong") {
   auto st = Storage::alloc(16);
   CHECK_THROWS_WITH_AS(Tensor::wrap(st, DType::F32, {5}), doctest::Contains("exceeds its storage"), Error);
 }
+
+#include "tensor_ops.h"
+
+TEST_CASE("tensor_ops: elementwise on strided views, aliasing, reductions, matmul") {
+  Tensor a = iota({2, 3});
+  Tensor c = a.cols(1, 2);  // {1,2},{4,5}
+  apply_(c, BinOp::Mul, 2.f);
+  CHECK(a.to_vector() == std::vector<float>{0, 2, 4, 3, 8, 10});
+  apply_(c, BinOp::Add, Tensor::from_data({2, 2}, {1, 1, 1, 1}), -3.f);
+  CHECK(a.to_vector() == std::vector<float>{0, -1, 1, 3, 5, 7});
+  Tensor sq = iota({2, 2});
+  apply_(sq, BinOp::Sub, sq.t());  // aliasing: x - xᵀ
+  CHECK(sq.to_vector() == std::vector<float>{0, -1, 1, 0});
+  CHECK_THROWS_WITH_AS(apply_(a, BinOp::Div, iota({3, 2})), doctest::Contains("div: shape mismatch [2, 3] vs [3, 2]"), Error);
+  Tensor h = a.to(DType::F16);
+  CHECK_THROWS_WITH_AS(apply_(h, BinOp::Add, 1.f), doctest::Contains("dtype f16"), Error);
+  TensorStats s = tensor_stats(Tensor::from_data({2}, {3, -4}));
+  CHECK(s.norm() == 5.0);
+  CHECK(s.mean() == -0.5);
+  CHECK(s.absmax == 4.0);
+  CHECK(s.min == -4.f);
+  Tensor m = matmul(Tensor::from_data({2, 3}, {1, 2, 3, 4, 5, 6}), iota({3, 2}).t().t());
+  CHECK(m.to_vector() == std::vector<float>{16, 22, 34, 49});
+  CHECK_THROWS_WITH_AS(matmul(iota({2, 3}), iota({2, 3})), doctest::Contains("cannot multiply [2, 3] by [2, 3]"), Error);
+}
