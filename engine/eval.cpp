@@ -20,6 +20,8 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
   if (opt.max_windows < 0) fail("perplexity: max_windows must be >= 0 (0 = all), got ", opt.max_windows);
   if (opt.batch < 0) fail("perplexity: batch must be >= 0 (0 = automatic), got ", opt.batch);
   if (L < 2) fail("perplexity: seqlen ", L, " is too short (need at least 2 tokens per window)");
+  if (L > m.cfg.seq_len)
+    fail("perplexity: seqlen ", L, " exceeds the model's context length ", m.cfg.seq_len, " (seq_len of '", m.source, "')");
   int nwin = (int)(tokens.size() / (size_t)L);
   if (nwin == 0) fail("perplexity: text has ", tokens.size(), " tokens, fewer than one window of ", L);
   if (opt.max_windows > 0) nwin = std::min(nwin, opt.max_windows);

@@ -90,33 +90,40 @@ void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int 
   const float scale = 1.0f / std::sqrt((float)head_dim);
   using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
   using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
-#pragma omp parallel
-  {
-    MatRM S;
-#pragma omp for schedule(static) collapse(2)
-    for (int b = 0; b < B; ++b)
-      for (int h = 0; h < n_heads; ++h) {
+  // Query rows go in blocks of kQBlock: block [i0, i1) needs keys [0, i1) only, so the
+  // score buffer is kQBlock×T per thread (not T×T) and the masked upper half is mostly skipped.
+  constexpr int kQBlock = 128;
+  const int nqb = (T + kQBlock - 1) / kQBlock;
+  // Scratch allocated here, outside the parallel region: an exception must not escape OpenMP.
+  std::vector<MatRM> scratch(omp_get_max_threads(), MatRM(std::min(kQBlock, T), T));
+#pragma omp parallel for schedule(dynamic) collapse(3)
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < n_heads; ++h)
+      for (int qb = 0; qb < nqb; ++qb) {
+        MatRM& S = scratch[omp_get_thread_num()];
         const int kh = h / group;
         const int64_t r0 = (int64_t)b * T;
-        Strided Q(qp + r0 * QW + (int64_t)h * head_dim, T, head_dim, Eigen::OuterStride<>(QW));
-        Strided K(kp + r0 * KW + (int64_t)kh * head_dim, T, head_dim, Eigen::OuterStride<>(KW));
-        Strided V(vp + r0 * KW + (int64_t)kh * head_dim, T, head_dim, Eigen::OuterStride<>(KW));
-        StridedOut O(op + r0 * QW + (int64_t)h * head_dim, T, head_dim, Eigen::OuterStride<>(QW));
-        S.noalias() = (Q * K.transpose()) * scale;
-        // causal softmax, row by row (only j <= i)
-        for (int i = 0; i < T; ++i) {
-          float* s = S.data() + (int64_t)i * T;
+        const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
+        Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+        Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+        Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+        StridedOut O(op + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+        auto Sb = S.topLeftCorner(nq, i1);
+        Sb.noalias() = (Q * K.transpose()) * scale;
+        // causal softmax, row by row: query i0+r sees keys 0..i0+r
+        for (int r = 0; r < nq; ++r) {
+          float* s = S.data() + (int64_t)r * S.cols();
+          const int last = i0 + r;
           float mx = s[0];
-          for (int j = 1; j <= i; ++j) mx = std::max(mx, s[j]);
+          for (int j = 1; j <= last; ++j) mx = std::max(mx, s[j]);
           float sum = 0;
-          for (int j = 0; j <= i; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+          for (int j = 0; j <= last; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
           const float inv = 1.0f / sum;
-          for (int j = 0; j <= i; ++j) s[j] *= inv;
-          for (int j = i + 1; j < T; ++j) s[j] = 0.f;
+          for (int j = 0; j <= last; ++j) s[j] *= inv;
+          for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
         }
-        O.noalias() = S * V;
+        O.noalias() = Sb * V;
       }
-  }
 }
 
 Tensor linear_forward(const Tensor& x_, const Linear& lin) {

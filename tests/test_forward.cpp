@@ -55,7 +55,8 @@ TEST_CASE("rope rotates pairs by position times frequency, both layouts") {
 }
 
 TEST_CASE("attention equals a brute-force causal softmax, with grouped kv heads") {
-  const int B = 2, T = 5, H = 4, KVH = 2, hd = 3;
+  // T = 300 spans three query blocks of the blocked kernel
+  const int B = 2, T = 300, H = 4, KVH = 2, hd = 3;
   std::vector<float> qv(B * T * H * hd), kv(B * T * KVH * hd), vv(B * T * KVH * hd);
   uint32_t s = 12345;
   auto rnd = [&] { s = s * 1664525u + 1013904223u; return (float)((s >> 8) & 0xffff) / 65536.f - 0.5f; };
@@ -196,7 +197,10 @@ TEST_CASE("perplexity protocol: window count, scored tokens, bad options") {
   o.seqlen = 1;
   CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("too short"), Error);
   o.seqlen = 4096;
-  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("fewer than one window"), Error);
+  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("exceeds the model's context length 512"), Error);
+  o.seqlen = 512;
+  CHECK_THROWS_WITH_AS(perplexity(m, std::vector<int32_t>(toks.begin(), toks.begin() + 300), o),
+                       doctest::Contains("fewer than one window"), Error);
   toks[5] = 9999;
   o.seqlen = 256;
   CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("token id 9999 at position 5"), Error);
