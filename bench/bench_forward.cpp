@@ -48,7 +48,10 @@ int main(int argc, char** argv) {
     for (auto& b : m.blocks)
       for (auto& l : b.linears) lin += 2.0 * (double)l.weight.numel();
     lin += 2.0 * m.cfg.vocab_size * m.cfg.dim;
-    const double att = 4.0 * T * m.cfg.head_dim() * m.cfg.n_heads * m.cfg.n_layers;  // per token
+    // attention as executed: query blocks of 128 rows against keys [0, block end), QKᵀ and PV
+    double keys = 0;
+    for (int i0 = 0; i0 < T; i0 += 128) keys += (double)std::min(128, T - i0) * std::min(T, i0 + 128);
+    const double att = 4.0 * keys / T * m.cfg.head_dim() * m.cfg.n_heads * m.cfg.n_layers;  // per token
     const double flops = ((double)B * T) * (lin + att);
     forward(m, ids, B, T);  // warm up
     double best = 1e30;
