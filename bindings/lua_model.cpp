@@ -73,25 +73,19 @@ static int f_load_tokenizer(lua_State* L) {
 static int m_config(lua_State* L) {
   const ModelConfig& c = check_model(L, 1, "config").m->cfg;
   lua_createtable(L, 0, 14);
-  auto seti = [&](const char* k, int64_t v) { lua_pushinteger(L, v); lua_setfield(L, -2, k); };
-  seti("dim", c.dim);
-  seti("hidden_dim", c.hidden_dim);
-  seti("n_layers", c.n_layers);
-  seti("n_heads", c.n_heads);
-  seti("n_kv_heads", c.n_kv_heads);
-  seti("vocab_size", c.vocab_size);
-  seti("seq_len", c.seq_len);
-  seti("head_dim", c.n_heads ? c.head_dim() : 0);
-  lua_pushnumber(L, c.norm_eps);
-  lua_setfield(L, -2, "norm_eps");
-  lua_pushnumber(L, c.rope_theta);
-  lua_setfield(L, -2, "rope_theta");
-  lua_pushboolean(L, c.rope_interleaved);
-  lua_setfield(L, -2, "rope_interleaved");
-  lua_pushboolean(L, c.tied_classifier);
-  lua_setfield(L, -2, "tied_classifier");
-  push_str(L, c.arch);
-  lua_setfield(L, -2, "arch");
+  set_field(L, "dim", c.dim);
+  set_field(L, "hidden_dim", c.hidden_dim);
+  set_field(L, "n_layers", c.n_layers);
+  set_field(L, "n_heads", c.n_heads);
+  set_field(L, "n_kv_heads", c.n_kv_heads);
+  set_field(L, "vocab_size", c.vocab_size);
+  set_field(L, "seq_len", c.seq_len);
+  set_field(L, "head_dim", c.n_heads ? c.head_dim() : 0);
+  set_field(L, "norm_eps", c.norm_eps);
+  set_field(L, "rope_theta", c.rope_theta);
+  set_field(L, "rope_interleaved", c.rope_interleaved);
+  set_field(L, "tied_classifier", c.tied_classifier);
+  set_field(L, "arch", c.arch);
   return 1;
 }
 
@@ -247,22 +241,14 @@ static int m_perplexity(lua_State* L) {
   const PplResult r = perplexity(*lm.m, tokens, o, progress);
 
   lua_createtable(L, 0, 8);
-  lua_pushnumber(L, r.ppl);
-  lua_setfield(L, -2, "ppl");
-  lua_pushnumber(L, r.nll);
-  lua_setfield(L, -2, "nll");
-  lua_pushinteger(L, r.tokens_scored);
-  lua_setfield(L, -2, "tokens_scored");
-  lua_pushinteger(L, r.text_tokens);
-  lua_setfield(L, -2, "text_tokens");
-  lua_pushinteger(L, r.windows);
-  lua_setfield(L, -2, "windows");
-  lua_pushinteger(L, r.seqlen);
-  lua_setfield(L, -2, "seqlen");
-  lua_pushnumber(L, r.seconds);
-  lua_setfield(L, -2, "seconds");
-  push_str(L, r.protocol);
-  lua_setfield(L, -2, "protocol");
+  set_field(L, "ppl", r.ppl);
+  set_field(L, "nll", r.nll);
+  set_field(L, "tokens_scored", r.tokens_scored);
+  set_field(L, "text_tokens", r.text_tokens);
+  set_field(L, "windows", r.windows);
+  set_field(L, "seqlen", r.seqlen);
+  set_field(L, "seconds", r.seconds);
+  set_field(L, "protocol", r.protocol);
   return 1;
 }
 

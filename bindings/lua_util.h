@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "error.h"
@@ -88,6 +89,15 @@ std::string opt_field_str(lua_State* L, int arg, const char* key, const char* fn
 Shape shape_arg(lua_State* L, int arg, const char* fn, int* next = nullptr);
 void push_shape(lua_State* L, const Shape& s);  // 1-indexed table of integers
 void push_str(lua_State* L, const std::string& s);
+// t[k] = v for the table on top of the stack; v an integer, float, bool or string.
+template <class T>
+void set_field(lua_State* L, const char* k, const T& v) {
+  if constexpr (std::is_same_v<T, bool>) lua_pushboolean(L, v);
+  else if constexpr (std::is_integral_v<T>) lua_pushinteger(L, (lua_Integer)v);
+  else if constexpr (std::is_floating_point_v<T>) lua_pushnumber(L, (lua_Number)v);
+  else push_str(L, v);
+  lua_setfield(L, -2, k);
+}
 std::vector<int32_t> ids_from_table(lua_State* L, int idx, const char* fn);  // list of token ids
 
 // ---- userdata ----
