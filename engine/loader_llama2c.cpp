@@ -6,6 +6,7 @@
 #include "loader_llama2c.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "io.h"
@@ -55,12 +56,15 @@ Model load_llama2c(const std::string& path) {
   if (fsize > expect)
     fail(what, ": ", fsize - expect, " unexpected trailing bytes (header implies ", expect, " bytes): not a legacy llama2.c checkpoint?");
 
-  std::string bytes = read_file(path);
-  if ((int64_t)bytes.size() != fsize) fail(what, ": file changed while reading");
+  // Read the weights straight into the tensor storage (no second full-size copy).
   auto st = Storage::alloc((size_t)(fsize - 28));
-  std::memcpy(st->data, bytes.data() + 28, (size_t)(fsize - 28));
-  bytes.clear();
-  bytes.shrink_to_fit();
+  {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) fail("cannot open file '", path, "'");
+    const bool ok = std::fseek(f, 28, SEEK_SET) == 0 && std::fread(st->data, 1, st->nbytes, f) == st->nbytes;
+    std::fclose(f);
+    if (!ok) fail(what, ": read error (file changed while reading?)");
+  }
 
   // Views into the one storage, in file order.
   int64_t at = 0;
