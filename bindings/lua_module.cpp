@@ -325,5 +325,6 @@ int luaopen_qforge(lua_State* L) {
   luaL_newlib(L, funcs);
   open_tensor(L, -1);
   open_model(L, -1);
+  open_rng(L, -1);
   return 1;
 }

@@ -133,5 +133,6 @@ int64_t live_tensors();  // Tensor userdata alive (created minus collected): a d
 // Module registration (each adds its functions to the module table at `mod`).
 void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
+void open_rng(lua_State* L, int mod);
 
 }  // namespace qf::lua
