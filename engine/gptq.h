@@ -1,0 +1,27 @@
+// qforge — GPTQ / OPTQ (algorithms.md §3): column-sequential rounding with the optimal
+// update of the not-yet-quantized columns, lazy-batch Cholesky form.
+#pragma once
+#include "grid.h"
+#include "layer_problem.h"
+
+namespace qf {
+
+struct GptqOptions {
+  int64_t blocksize = 128;
+  double percdamp = 0.01;
+  bool act_order = false;      // columns by decreasing diag(Σ)
+  bool static_groups = false;  // group params from the original W up front (needs group > 0)
+  int max_damp_tries = 8;      // Cholesky failure: multiply the damping by 10 and retry, logged
+};
+
+struct GptqResult {
+  QuantizedLinear q;        // codes, grid (g_idx reflects act-order when groups follow the permutation)
+  double percdamp_used = 0; // after any escalation
+  double proxy_loss = 0;    // Σ_j (w_j − q_j)² / U_jj² / 2 bookkeeping of the reference code
+};
+
+// W [rows, cols] f32, Sigma [cols, cols] (any positive scaling: H = 2/n·XXᵀ or raw XXᵀ).
+GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
+                const SolverLog& log = nullptr);
+
+}  // namespace qf
