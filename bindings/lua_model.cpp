@@ -15,18 +15,13 @@
 
 namespace qf::lua {
 
-static const char* kModelMT = "qforge.Model";
 static const char* kTokMT = "qforge.Tokenizer";
 
-struct LModel {
-  std::shared_ptr<Model> m;
-  std::shared_ptr<Tokenizer> tok;  // null when none was found
-};
 struct LTok {
   std::shared_ptr<Tokenizer> tok;
 };
 
-static LModel& check_model(lua_State* L, int arg, const char* fn) {
+LModel& check_model(lua_State* L, int arg, const char* fn) {
   return *static_cast<LModel*>(check_udata(L, arg, kModelMT, fn));
 }
 static const Tokenizer& check_tok(lua_State* L, int arg, const char* fn) {
@@ -218,8 +213,10 @@ static int m_perplexity(lua_State* L) {
   if (lua_type(L, 2) == LUA_TSTRING) {
     if (!lm.tok) fail("perplexity: model '", lm.m->source, "' has no tokenizer to encode the text (pass token ids)");
     tokens = lm.tok->encode(check_str(L, 2, "perplexity"), true, false);
+    o.stream = "text tokenized with BOS once at its start";
   } else if (lua_type(L, 2) == LUA_TTABLE) {
     tokens = ids_from_table(L, 2, "perplexity");
+    o.stream = !tokens.empty() && tokens[0] == (lm.tok ? lm.tok->bos_id() : 1) ? "token ids as given (starting with BOS)" : "token ids as given (no BOS)";
   } else {
     type_error(L, 2, "perplexity", "string or table of token ids");
   }

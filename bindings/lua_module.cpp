@@ -6,11 +6,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <strings.h>
 
 #include "io.h"
+
+#include "embedded_lua.h"
 #include "lua_util.h"
 #include "qforge_version.h"
 #include "runner.h"
@@ -315,7 +318,36 @@ static int f_threads(lua_State* L) {
 
 }  // namespace qf::lua
 
+// package.preload loader for the Lua modules compiled into the binary (bindings/lua/*.lua).
+// Plain C style on purpose: it may raise Lua errors, so it holds no C++ objects.
+static int load_embedded(lua_State* L) {
+  const char* name = lua_tostring(L, 1);
+  for (const auto& e : kEmbeddedLua)
+    if (name && std::strcmp(name, e.module) == 0) {
+      char chunk[256];
+      std::snprintf(chunk, sizeof chunk, "=%s.lua", e.module);
+      if (luaL_loadbuffer(L, e.source, std::strlen(e.source), chunk) != LUA_OK) return lua_error(L);
+      lua_call(L, 0, 1);
+      return 1;
+    }
+  return luaL_error(L, "qforge: no embedded module '%s'", name ? name : "?");
+}
+
+static void register_embedded(lua_State* L) {
+  if (lua_getglobal(L, "package") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, -1, "preload");
+  for (const auto& e : kEmbeddedLua) {
+    lua_pushcfunction(L, load_embedded);
+    lua_setfield(L, -2, e.module);
+  }
+  lua_pop(L, 2);
+}
+
 int luaopen_qforge(lua_State* L) {
+  register_embedded(L);
   using namespace qf::lua;
   static const luaL_Reg funcs[] = {
       {"options", qf_guard<f_options>}, {"record", qf_guard<f_record>},   {"log", qf_guard<f_log>},
@@ -326,5 +358,6 @@ int luaopen_qforge(lua_State* L) {
   open_tensor(L, -1);
   open_model(L, -1);
   open_rng(L, -1);
+  open_quant(L, -1);
   return 1;
 }

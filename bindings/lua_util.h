@@ -15,12 +15,15 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "error.h"
+#include "model.h"
 #include "tensor.h"
+#include "tokenizer.h"
 
 // Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
 int luaopen_qforge(lua_State* L);
@@ -130,9 +133,18 @@ bool is_tensor(lua_State* L, int idx);
 Tensor& check_tensor(lua_State* L, int arg, const char* fn);
 int64_t live_tensors();  // Tensor userdata alive (created minus collected): a debug counter
 
+// ---- models (lua_model.cpp) ----
+constexpr const char* kModelMT = "qforge.Model";
+struct LModel {
+  std::shared_ptr<Model> m;
+  std::shared_ptr<Tokenizer> tok;  // null when none was found
+};
+LModel& check_model(lua_State* L, int arg, const char* fn);
+
 // Module registration (each adds its functions to the module table at `mod`).
 void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
+void open_quant(lua_State* L, int mod);
 
 }  // namespace qf::lua

@@ -77,7 +77,7 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
   r.seqlen = L;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::ostringstream p;
-  p << "protocol nonoverlap-L" << L << ": BOS once at text start, " << nwin << " non-overlapping " << L
+  p << "protocol nonoverlap-L" << L << ": " << opt.stream << ", " << nwin << " non-overlapping " << L
     << "-token windows (tail dropped), " << (L - 1) << " next-token predictions per window, " << scored
     << " scored, PPL = exp(mean NLL)";
   r.protocol = p.str();

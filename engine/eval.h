@@ -12,6 +12,8 @@ struct PplOptions {
   int seqlen = 0;       // 0: the model's seq_len
   int max_windows = 0;  // 0: all
   int batch = 0;        // windows per forward call; 0: automatic
+  // How the token stream was made, for the protocol line (the caller knows; the engine does not).
+  std::string stream = "token ids as given";
 };
 
 struct PplResult {
@@ -25,7 +27,7 @@ struct PplResult {
 // Progress callback: (windows done, windows total, seconds so far).
 using ProgressFn = std::function<void(int done, int total, double seconds)>;
 
-// Protocol "nonoverlap": BOS once at the start of the token stream, non-overlapping windows
+// Protocol "nonoverlap": the token stream (e.g. a text tokenized with BOS once at its start), non-overlapping windows
 // of seqlen tokens, tail dropped, every next-token prediction inside a window scored
 // (seqlen−1 per window), PPL = exp(mean NLL). NLL accumulated in f64.
 PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const PplOptions& opt,

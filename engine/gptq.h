@@ -24,4 +24,8 @@ struct GptqResult {
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
                 const SolverLog& log = nullptr);
 
+// §3 step 3: U upper triangular with H⁻¹ = UᵀU (f64). False when H is not numerically positive
+// definite (LLT failure, a Cholesky pivot² ≤ 1e-10·max diag H, or a non-finite U).
+bool gptq_inverse_cholesky(const Eigen::MatrixXd& H, Eigen::MatrixXd& U);
+
 }  // namespace qf

@@ -1,0 +1,128 @@
+-- qforge.pipeline — the sequential layer-wise quantization loop and the standard
+-- calibrate/evaluate protocol, in plain Lua over the engine primitives.
+--   local P = require("qforge.pipeline")
+-- Compiled into the qforge binary, so a run directory's recipe copy reruns as is.
+local P = {}
+
+-- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
+P.common_options = {
+  model = "../shared/models/stories260K",
+  bits = 4, group = -1, sym = false, mse = false,
+  calib_text = "../shared/data/tinystories_head.txt",
+  calib_fraction = 0.5,   -- calibration windows come from the first fraction of the text's tokens
+  nsamples = 128, seqlen = 256,
+  eval_seqlen = 512,      -- perplexity on the remaining tokens of calib_text
+  wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
+  true_sequential = false,
+}
+
+P.common_help = {
+  calib_fraction = "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest",
+  nsamples = "calibration windows", seqlen = "calibration window length (tokens)",
+  wiki_windows = "WikiText-2 windows to evaluate (0: skip)",
+  true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
+}
+
+function P.options(own, help)
+  local d, h = {}, {}
+  for k, v in pairs(P.common_options) do d[k] = v end
+  for k, v in pairs(own or {}) do d[k] = v end
+  for k, v in pairs(P.common_help) do h[k] = v end
+  for k, v in pairs(help or {}) do h[k] = v end
+  return qf.options(d, h)
+end
+
+local function slice(t, first, last)
+  local r = {}
+  for i = first, last do r[#r + 1] = t[i] end
+  return r
+end
+
+-- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
+-- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping.
+function P.prepare(opt)
+  local m = qf.load_model(opt.model)
+  local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
+  local split = math.floor(#ids * opt.calib_fraction)
+  local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
+                              seqlen = opt.seqlen, seed = opt.seed }
+  local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids }
+  io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
+  return ctx
+end
+
+local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gate = "ffn_in", up = "ffn_in", down = "ffn_mid" }
+
+-- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, tokens=} returns a
+-- QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced by Ŵ. Prints and
+-- logs block i/N, layer, objective, seconds and ETA; returns {layers = {...}, objective = Σ, seconds}.
+function P.quantize_model(m, cal, solve, opts)
+  opts = opts or {}
+  local groups = opts.true_sequential and { { "q", "k", "v" }, { "o" }, { "gate", "up" }, { "down" } }
+                 or { { "q", "k", "v", "o", "gate", "up", "down" } }
+  local nb, t0 = cal:nblocks(), qf.now()
+  local total, nlayers = 0, nb * 7
+  local layers = {}
+  for b = 1, nb do
+    local stats = cal:capture()
+    for gi, group in ipairs(groups) do
+      if gi > 1 then  -- true-sequential: Σ of this sub-group sees the quantized earlier ones
+        local sites, seen = {}, {}
+        for _, name in ipairs(group) do
+          if not seen[SITES[name]] then sites[#sites + 1] = SITES[name]; seen[SITES[name]] = true end
+        end
+        stats = cal:capture(sites)
+      end
+      for _, name in ipairs(group) do
+        local W = m:weight(b, name)
+        local st = stats[SITES[name]]
+        local tl = qf.now()
+        local q, info = solve{ block = b, name = name, W = W, sigma = st.sigma, tokens = st.tokens }
+        local What = qf.is_tensor(q) and q or q:dequantize()
+        local obj, rel = qf.objective(W, What, st.sigma)
+        W:copy(What)
+        local secs = qf.now() - tl
+        total = total + obj
+        layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
+                                outliers = (not qf.is_tensor(q)) and q:nnz() or 0 }
+        local elapsed = qf.now() - t0
+        local eta = elapsed / #layers * (nlayers - #layers)
+        io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs\n",
+          b, nb, name, obj, rel, secs, elapsed, eta))
+        qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
+                seconds = secs, elapsed = elapsed, eta = eta, info = info }
+      end
+    end
+    cal:advance()
+  end
+  return { layers = layers, objective = total, seconds = qf.now() - t0 }
+end
+
+-- Perplexity on the held-out tokens and on the first wiki_windows windows of WikiText-2;
+-- printed with their protocols and recorded.
+function P.evaluate(ctx, opt, prefix)
+  prefix = prefix or ""
+  local m = ctx.model
+  local r = m:perplexity(ctx.heldout, { seqlen = opt.eval_seqlen })
+  print(string.format("%sheld-out TinyStories ppl %.4f  [tokens %d..%d of the text; %s]", prefix, r.ppl,
+    ctx.split + 1, ctx.ntokens, r.protocol))
+  qf.record(prefix .. "ppl_tinystories", r.ppl)
+  qf.record(prefix .. "protocol_tinystories", string.format("held-out tokens %d..%d of the text; %s",
+    ctx.split + 1, ctx.ntokens, r.protocol))
+  if opt.wiki_windows > 0 then
+    local w = m:perplexity(qf.read_text(opt.wiki_text), { seqlen = opt.eval_seqlen, max_windows = opt.wiki_windows })
+    print(string.format("%sWikiText-2 ppl %.4f  [%s]", prefix, w.ppl, w.protocol))
+    qf.record(prefix .. "ppl_wikitext2", w.ppl)
+    qf.record(prefix .. "protocol_wikitext2", w.protocol)
+  end
+end
+
+-- Records a quantize_model summary (total objective, per-layer table).
+function P.record_summary(summary)
+  qf.record("objective_total", summary.objective)
+  qf.record("quantize_seconds", summary.seconds)
+  qf.record("layers", summary.layers)
+  print(string.format("summed layer objective %.6g over %d layers, %.1f s", summary.objective, #summary.layers, summary.seconds))
+end
+
+return P

@@ -1,0 +1,199 @@
+// GPTQ / OPTQ, algorithms.md §3 (IST-DASLab/gptq fasterquant), lazy-batch Cholesky form.
+//
+// Layout: the working weight is column-major f32 [rows, cols] in processing order, so a column
+// is contiguous and the block GEMM is a plain Eigen product. U (Cholesky of H⁻¹) is computed in
+// f64 and used in f32, like the reference's W/H updates.
+#include "gptq.h"
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <omp.h>
+#include <chrono>
+#include <cstdio>
+static double tnow() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+namespace qf {
+
+using MatD = Eigen::MatrixXd;
+using MatF = Eigen::MatrixXf;  // column-major
+
+// H = R Rᵀ with R upper (R = J·chol(JHJ)·J, J = reversal) ⇒ H⁻¹ = R⁻ᵀR⁻¹, so by uniqueness the
+// upper Cholesky factor of H⁻¹ is U = R⁻¹ = J·L⁻¹·J with L = chol(JHJ). Same U as the
+// reference's chol(H) → cholesky_inverse → chol(upper), without forming H⁻¹ (one LLT + one trsm).
+bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
+  const int64_t n = H.rows();
+  if (n == 0 || H.cols() != n) return false;
+  const MatD Hr = H.reverse();  // J H J
+  Eigen::LLT<MatD> llt(Hr);
+  if (llt.info() != Eigen::Success) return false;
+  const MatD& L = llt.matrixLLT();  // lower part holds L
+  const double dmax = H.diagonal().maxCoeff();
+  for (int64_t k = 0; k < n; ++k) {
+    const double p = L(k, k);
+    if (!(p * p > 1e-10 * dmax)) return false;  // numerically singular: U would be noise
+  }
+  // L⁻¹ by column blocks: block [k0, k0+b) of L⁻¹ is zero above row k0 and solves the trailing
+  // system L[k0:, k0:]·X = I[k0:, k0:k0+b] (c³/3 flops instead of c³; blocks are independent).
+  MatD Linv = MatD::Zero(n, n);
+  const int64_t nb = 128, nblk = (n + nb - 1) / nb;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t k = 0; k < nblk; ++k) {
+    const int64_t k0 = k * nb, b = std::min(nb, n - k0), m = n - k0;
+    auto X = Linv.block(k0, k0, m, b);
+    X.topRows(b).setIdentity();
+    L.block(k0, k0, m, m).triangularView<Eigen::Lower>().solveInPlace(X);
+  }
+  U = Linv.reverse();
+  U.triangularView<Eigen::StrictlyLower>().setZero();
+  return U.allFinite();
+}
+
+GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
+  double T0 = tnow();
+  const char* fn = "gptq";
+  check_layer_problem(fn, W, Sigma);
+  spec.validate();
+  if (opt.blocksize < 1) fail(fn, ": blocksize must be >= 1, got ", opt.blocksize);
+  if (!(opt.percdamp >= 0) || !std::isfinite(opt.percdamp)) fail(fn, ": percdamp must be >= 0, got ", opt.percdamp);
+  if (opt.max_damp_tries < 0) fail(fn, ": max_damp_tries must be >= 0, got ", opt.max_damp_tries);
+  const int64_t r = W.size(0), c = W.size(1);
+  const int64_t G = spec.group > 0 ? spec.group : c;
+  const bool grouped = spec.group > 0;
+  // static_groups with a per-channel grid is a no-op (the per-row grid is already fit up front).
+  const bool stat = grouped && opt.static_groups;
+
+  // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
+  Grid grid = grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
+
+  // §1 dead inputs: H_jj = 0 → H_jj = 1, W[:, j] = 0.
+  MatD H = Sigma.cmat().cast<double>();
+  std::vector<char> dead((size_t)c, 0);
+  for (int64_t j = 0; j < c; ++j)
+    if (H(j, j) == 0) {
+      H(j, j) = 1;
+      dead[(size_t)j] = 1;
+    }
+  Tensor W0 = W.clone();  // row-major original with dead columns zeroed
+  {
+    auto M = W0.mat();
+    for (int64_t j = 0; j < c; ++j)
+      if (dead[(size_t)j]) M.col(j).setZero();
+  }
+  // static_groups: every group's params from the original (unpermuted, dead-zeroed) W, up front.
+  if (stat) grid = grid_fit(W0, spec);
+
+  // act_order: perm = stable argsort(diag H, descending); processing position p holds column perm[p].
+  std::vector<int64_t> perm((size_t)c);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (opt.act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
+  MatD Hp(c, c);
+  for (int64_t q = 0; q < c; ++q)
+    for (int64_t p = 0; p < c; ++p) Hp(p, q) = H(perm[p], perm[q]);
+  H.resize(0, 0);
+
+  // §3 steps 2–3: H += percdamp·mean(diag H)·I (after the permutation, as the reference), U = chol(H⁻¹)
+  // upper. Cholesky failure: percdamp ×10 (0 → 1e-4) and retry, logged.
+  fprintf(stderr, "prep %.3f\n", tnow() - T0);
+  const double mean_diag = Hp.diagonal().mean();
+  double pd = opt.percdamp;
+  MatD Ud;
+  for (int t = 0;; ++t) {
+    MatD Hd = Hp;
+    Hd.diagonal().array() += pd * mean_diag;
+    if (gptq_inverse_cholesky(Hd, Ud)) break;
+    if (t >= opt.max_damp_tries)
+      fail(fn, ": Sigma ", shape_str(Sigma.shape()), " (W ", shape_str(W.shape()), ") is not positive definite even with percdamp ",
+           pd, " after ", t, " damping escalations");
+    pd = pd > 0 ? pd * 10 : 1e-4;
+    if (log) log("damping", "Cholesky failed; retrying with percdamp " + std::to_string(pd));
+  }
+  fprintf(stderr, "chol %.3f\n", tnow() - T0);
+  Hp.resize(0, 0);
+  const MatF U = Ud.cast<float>();
+  Ud.resize(0, 0);
+
+  // Working weight, column-major, processing order.
+  MatF Wp(r, c);
+  {
+    const auto M = W0.cmat();
+    for (int64_t p = 0; p < c; ++p) Wp.col(p) = M.col(perm[p]);
+  }
+  // Column-major Tensor view onto Wp for grid_fit_group: [c, r] row-major storage, transposed.
+  Tensor Wt = Tensor::empty({c, r});
+  float* wt = Wt.f32();
+  const Tensor Wv = Wt.t();
+
+  // Group used by processing position p; g_idx (original column → group) follows it.
+  std::vector<int64_t> gsel((size_t)c, 0);
+  for (int64_t p = 0; p < c; ++p) gsel[(size_t)p] = stat ? perm[p] / G : p / G;
+  if (grouped && !stat)
+    for (int64_t p = 0; p < c; ++p) grid.g_idx[(size_t)perm[p]] = (int32_t)(p / G);
+
+  fprintf(stderr, "setup %.3f\n", tnow() - T0);
+  double tg = 0, tb = 0;
+  GptqResult res;
+  res.percdamp_used = pd;
+  res.q.codes = Tensor::empty({r, c}, DType::U8);
+  uint8_t* codes = res.q.codes.data<uint8_t>();
+  const int64_t B = opt.blocksize;
+  MatF E(r, std::min(B, c));
+  const int64_t RCH = 256;  // rows per task: a [256, B] slice of the block stays in L2
+  const int64_t nch = (r + RCH - 1) / RCH;
+  std::vector<double> loss((size_t)nch, 0.0);  // per row chunk: a deterministic sum
+
+  for (int64_t i1 = 0; i1 < c; i1 += B) {
+    const int64_t i2 = std::min(c, i1 + B), n = i2 - i1;
+    // Dynamic groups (§3 note): the reference fits the group starting at column j from
+    // W[:, j:j+g], i.e. the weights as of the start of this block (updates of earlier blocks
+    // only; earlier columns of this block live in W1). W does not change inside a block, so
+    // every group starting in [i1, i2) is fit here, before the block is touched. For g < B the
+    // later groups of a block therefore see partially stale weights — reproduced on purpose.
+    if (grouped && !stat)
+      for (int64_t p = i1; p < i2; ++p)
+        if (p % G == 0) {
+          const int64_t w = std::min(G, c - p);
+          for (int64_t k = 0; k < w; ++k) std::copy(Wp.col(p + k).data(), Wp.col(p + k).data() + r, wt + (p + k) * r);
+          grid_fit_group(grid, p / G, Wv.cols(p, w));
+        }
+
+    // §3 step 4, inside the block (W1 = Wp[:, i1:i2] updated in place), rows independent:
+    //   q = Q(w_j),  e_j = (w_j − q)/U_jj,  W1[:, j+1:i2] −= e_j·U[j, j+1:i2].
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      const int64_t r0 = ch * RCH, r1 = std::min(r, r0 + RCH);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t p = i1 + j, col = perm[p], g = gsel[(size_t)p];
+        const float d = U(p, p);
+        float* w = Wp.col(p).data();
+        float* e = E.col(j).data();
+        for (int64_t i = r0; i < r1; ++i) {
+          const int q = grid.code(w[i], i, g);
+          const float v = grid.s(i, g) * ((float)q - grid.z(i, g));  // = QuantizedLinear::dequantize
+          codes[i * c + col] = (uint8_t)q;
+          const float diff = w[i] - v;
+          loss[(size_t)ch] += (double)(diff * diff / (d * d));  // §3 step 5 bookkeeping
+          e[i] = diff / d;
+        }
+        for (int64_t k = j + 1; k < n; ++k) {
+          const float u = U(p, i1 + k);
+          float* wk = Wp.col(i1 + k).data();
+          for (int64_t i = r0; i < r1; ++i) wk[i] -= e[i] * u;
+        }
+      }
+    }
+    // Lazy batch: W[:, i2:] −= E_block·U[i1:i2, i2:] (one GEMM).
+    double ta = tnow();
+    if (i2 < c) Wp.rightCols(c - i2).noalias() -= E.leftCols(n) * U.block(i1, i2, n, c - i2);
+    tg += tnow() - ta;
+  }
+  fprintf(stderr, "loop %.3f gemm %.3f\n", tnow() - T0, tg);
+  res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;
+  res.q.grid = std::move(grid);
+  return res;
+}
+
+}  // namespace qf

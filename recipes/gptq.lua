@@ -1,0 +1,13 @@
+-- gptq.lua — GPTQ (lazy-batch Cholesky form, §3) layer by layer on calibration Σ.
+--   qforge run recipes/gptq.lua bits=3 act_order=true
+local P = require("qforge.pipeline")
+local opt = P.options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false })
+local ctx = P.prepare(opt)
+local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+print("grid: " .. tostring(grid))
+local s = P.quantize_model(ctx.model, ctx.cal, function(l)
+  return qf.gptq(l.W, l.sigma, grid, { blocksize = opt.blocksize, percdamp = opt.percdamp,
+                                       act_order = opt.act_order, static_groups = opt.static_groups })
+end, { true_sequential = opt.true_sequential })
+P.record_summary(s)
+P.evaluate(ctx, opt)

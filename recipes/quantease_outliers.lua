@@ -1,0 +1,15 @@
+-- quantease_outliers.lua — QuantEase with a sparse full-precision outlier matrix found by
+-- iterative hard thresholding (§5). ratio=0.005 keeps 0.5% of the weights in full precision.
+--   qforge run recipes/quantease_outliers.lua bits=3 ratio=0.01
+local P = require("qforge.pipeline")
+local opt = P.options({ ratio = 0.005, structured = false, iters = 30, alpha = 1.0 },
+  { ratio = "fraction of weights (or of columns when structured) kept in full precision" })
+local ctx = P.prepare(opt)
+local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+print("grid: " .. tostring(grid))
+local s = P.quantize_model(ctx.model, ctx.cal, function(l)
+  return qf.quantease_outliers(l.W, l.sigma, grid, { ratio = opt.ratio, structured = opt.structured,
+                                                     iters = opt.iters, alpha = opt.alpha })
+end, { true_sequential = opt.true_sequential })
+P.record_summary(s)
+P.evaluate(ctx, opt)

@@ -1,0 +1,13 @@
+-- rtn.lua — round to nearest on the §1 grid (no calibration needed; the calibration pipeline
+-- still runs so the per-layer objective is reported on the same Σ as the other methods).
+--   qforge run recipes/rtn.lua bits=3 group=32
+local P = require("qforge.pipeline")
+local opt = P.options({ eval_fp = false }, { eval_fp = "also evaluate the full-precision model first" })
+local ctx = P.prepare(opt)
+if opt.eval_fp then P.evaluate(ctx, opt, "fp_") end
+local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+print("grid: " .. tostring(grid))
+local s = P.quantize_model(ctx.model, ctx.cal, function(l) return qf.rtn(l.W, grid) end,
+  { true_sequential = opt.true_sequential })
+P.record_summary(s)
+P.evaluate(ctx, opt)

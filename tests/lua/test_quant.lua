@@ -1,0 +1,91 @@
+-- Quantization primitives from Lua: grids, solvers, objective, calibration, errors.
+local H = dofile("tests/lua/harness.lua")
+local check, check_eq, check_error = H.check, H.check_eq, H.check_error
+
+H.section("grid specs")
+local g2 = qf.grid{ bits = 2 }
+check_eq(g2.bits, 2)
+check_eq(g2.group, -1)
+check(tostring(g2):find("2-bit asym per-channel", 1, true), "tostring names the grid")
+check_error(function() qf.grid{ bits = 9 } end, "bits must be in 1..8, got 9")
+check_error(function() qf.grid{ bits = 0 } end, "bits must be in 1..8")
+check_error(function() qf.grid{ bits = 4, group = 0 } end, "group must be %-1")
+check_error(function() qf.grid{ bits = 4, grup = 32 } end, "unknown option 'grup'")
+
+H.section("rtn on a hand-checked row")
+-- row {-1, 0.5, 2} at 2 bits: xmin -1, xmax 2, scale 1, zero 1; code = round(0.5/1) + 1 = 0 + 1
+-- (round half to even before adding the zero point, as the reference quantizer)
+local W = qf.tensor{ { -1, 0.5, 2 } }
+local q = qf.rtn(W, g2)
+check_eq(q:dequantize():to_table(), { { -1, 0, 2 } })
+check_eq(q:codes():to_table(), { { 0, 1, 3 } })
+check_eq(q:grid():scales():to_table(), { { 1 } })
+check_eq(q:grid():zeros():to_table(), { { 1 } })
+
+H.section("solvers agree with the objective")
+local rng = qf.rng(5)
+local X = rng:randn({ 24, 400 })          -- 24 input features, 400 tokens
+local Mix = rng:randn({ 24, 24 })
+X = Mix:matmul(X)                          -- correlated inputs
+local S = X:matmul(X:t())                  -- Σ = XXᵀ
+local Wr = rng:randn({ 16, 24 })
+local spec = qf.grid{ bits = 3 }
+local o_rtn = qf.objective(Wr, qf.rtn(Wr, spec):dequantize(), S)
+local qg, ginfo = qf.gptq(Wr, S, spec)
+local o_gptq, rel = qf.objective(Wr, qg:dequantize(), S)
+check(o_gptq <= o_rtn, "GPTQ objective <= RTN objective")
+check(rel > 0 and rel < 1, "relative objective in (0, 1)")
+check_eq(ginfo.percdamp, 0.01)
+local qe, info = qf.quantease(Wr, S, spec, { init = "gptq", iters = 5 })
+check(qf.objective(Wr, qe:dequantize(), S) <= o_gptq * (1 + 1e-9), "QuantEase(init gptq) <= GPTQ")
+check_eq(#info.objective, 5)
+-- a hand-written loop: CD sweeps never increase the objective on a fixed grid
+local grid = qf.fit_grid(Wr, spec)
+local What = grid:quantize(Wr):dequantize()
+local prev = qf.objective(Wr, What, S)
+local mono = true
+for _ = 1, 4 do
+  qf.cd_sweep(Wr, S, What, grid)
+  local o = qf.objective(Wr, What, S)
+  mono = mono and o <= prev * (1 + 1e-6)
+  prev = o
+end
+check(mono, "quantized CD sweeps are monotone")
+local Hs = qf.zeros({ 16, 24 })
+qf.iht_step(Wr, S, What, Hs, { k = 7 })
+local nz = 0
+for _, row in ipairs(Hs:to_table()) do for _, v in ipairs(row) do if v ~= 0 then nz = nz + 1 end end end
+check_eq(nz, 7, "IHT keeps exactly k entries")
+local qo = qf.quantease_outliers(Wr, S, spec, { ratio = 0.05, iters = 6 })
+check_eq(qo:nnz(), math.floor(16 * 24 * 0.05 + 0.5))
+check_eq(#qo:outliers(), qo:nnz())
+
+H.section("solver errors reach Lua")
+check_error(function() qf.gptq(Wr, qf.zeros({ 23, 23 }), spec) end, "23")
+local bad = S:clone(); bad:set(1, 1, 0 / 0)
+check_error(function() qf.gptq(Wr, bad, spec) end, "NaN")
+check_error(function() qf.quantease(Wr, S, spec, { init = "zero" }) end, "init")
+check_error(function() qf.iht_step(Wr, S, What, Hs, {}) end, "'k'")
+
+H.section("calibration")
+local m = qf.load_model("../shared/models/stories260K")
+local ids = m:tokenizer():encode(qf.read_text("../shared/data/tinystories_head.txt"))
+local cal = qf.calibration{ model = m, tokens = ids, range = { 1, 5000 }, nsamples = 4, seqlen = 64, seed = 1 }
+check_eq(cal:nblocks(), 5)
+check_eq(cal:block(), 1)
+check_eq(cal:tokens(), 256)
+local st = cal:capture()
+check_eq(st.attn_in.sigma:shape(), { 64, 64 })
+check_eq(st.ffn_mid.sigma:shape(), { 172, 172 })
+check_eq(st.attn_in.tokens, 256)
+check(math.abs(st.attn_in.mean:get(2, 3) * 256 - st.attn_in.sigma:get(2, 3)) < 1e-3 * math.abs(st.attn_in.sigma:get(2, 3)) + 1e-6,
+  "mean = sum / tokens")
+check_eq(cal:fp_outputs():shape(), { 256, 64 })
+cal:advance()
+check_eq(cal:block(), 2)
+check_error(function() cal:capture({ "attn_mid" }) end, "unknown site 'attn_mid'")
+check_error(function() qf.calibration{ model = m, tokens = ids, range = { 1, 10 }, seqlen = 64 } end, "fewer than one window")
+check_error(function() qf.calibration{ model = m, text = "x", tokens = ids } end, "exactly one of")
+check_eq(qf.input_site("w2"), "ffn_mid")
+
+H.summary()
