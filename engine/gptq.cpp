@@ -10,11 +10,6 @@
 #include <cmath>
 #include <numeric>
 
-#include <omp.h>
-#include <chrono>
-#include <cstdio>
-static double tnow() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
 namespace qf {
 
 using MatD = Eigen::MatrixXd;
@@ -22,37 +17,40 @@ using MatF = Eigen::MatrixXf;  // column-major
 
 // H = R Rᵀ with R upper (R = J·chol(JHJ)·J, J = reversal) ⇒ H⁻¹ = R⁻ᵀR⁻¹, so by uniqueness the
 // upper Cholesky factor of H⁻¹ is U = R⁻¹ = J·L⁻¹·J with L = chol(JHJ). Same U as the
-// reference's chol(H) → cholesky_inverse → chol(upper), without forming H⁻¹ (one LLT + one trsm).
-bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
-  const int64_t n = H.rows();
-  if (n == 0 || H.cols() != n) return false;
-  const MatD Hr = H.reverse();  // J H J
-  Eigen::LLT<MatD> llt(Hr);
+// reference's chol(H) → cholesky_inverse → chol(upper), without forming H⁻¹ (one LLT + one
+// triangular inverse). A is consumed (holds the factor); peak memory is two c×c f64 matrices.
+static bool inverse_cholesky_inplace(MatD& A, MatD& U) {
+  const int64_t n = A.rows();
+  if (n == 0 || A.cols() != n) return false;
+  const double dmax = A.diagonal().maxCoeff();
+  A.reverseInPlace();  // J H J
+  Eigen::LLT<Eigen::Ref<MatD>> llt(A);  // in place: A's lower part becomes L
   if (llt.info() != Eigen::Success) return false;
-  const MatD& L = llt.matrixLLT();  // lower part holds L
-  const double dmax = H.diagonal().maxCoeff();
   for (int64_t k = 0; k < n; ++k) {
-    const double p = L(k, k);
+    const double p = A(k, k);
     if (!(p * p > 1e-10 * dmax)) return false;  // numerically singular: U would be noise
   }
   // L⁻¹ by column blocks: block [k0, k0+b) of L⁻¹ is zero above row k0 and solves the trailing
   // system L[k0:, k0:]·X = I[k0:, k0:k0+b] (c³/3 flops instead of c³; blocks are independent).
-  MatD Linv = MatD::Zero(n, n);
+  U.setZero(n, n);
   const int64_t nb = 128, nblk = (n + nb - 1) / nb;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < nblk; ++k) {
     const int64_t k0 = k * nb, b = std::min(nb, n - k0), m = n - k0;
-    auto X = Linv.block(k0, k0, m, b);
+    auto X = U.block(k0, k0, m, b);
     X.topRows(b).setIdentity();
-    L.block(k0, k0, m, m).triangularView<Eigen::Lower>().solveInPlace(X);
+    A.block(k0, k0, m, m).triangularView<Eigen::Lower>().solveInPlace(X);
   }
-  U = Linv.reverse();
-  U.triangularView<Eigen::StrictlyLower>().setZero();
+  U.reverseInPlace();  // J L⁻¹ J: upper
   return U.allFinite();
 }
 
+bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
+  MatD A = H;
+  return inverse_cholesky_inplace(A, U);
+}
+
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
-  double T0 = tnow();
   const char* fn = "gptq";
   check_layer_problem(fn, W, Sigma);
   spec.validate();
@@ -68,14 +66,11 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
   // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
   Grid grid = grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
 
-  // §1 dead inputs: H_jj = 0 → H_jj = 1, W[:, j] = 0.
-  MatD H = Sigma.cmat().cast<double>();
+  // §1 dead inputs: Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
+  const auto S = Sigma.cmat();
   std::vector<char> dead((size_t)c, 0);
-  for (int64_t j = 0; j < c; ++j)
-    if (H(j, j) == 0) {
-      H(j, j) = 1;
-      dead[(size_t)j] = 1;
-    }
+  for (int64_t j = 0; j < c; ++j) dead[(size_t)j] = S(j, j) == 0.f;
+  auto hdiag = [&](int64_t j) { return dead[(size_t)j] ? 1.0 : (double)S(j, j); };
   Tensor W0 = W.clone();  // row-major original with dead columns zeroed
   {
     auto M = W0.mat();
@@ -88,31 +83,29 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
   // act_order: perm = stable argsort(diag H, descending); processing position p holds column perm[p].
   std::vector<int64_t> perm((size_t)c);
   std::iota(perm.begin(), perm.end(), 0);
-  if (opt.act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
-  MatD Hp(c, c);
-  for (int64_t q = 0; q < c; ++q)
-    for (int64_t p = 0; p < c; ++p) Hp(p, q) = H(perm[p], perm[q]);
-  H.resize(0, 0);
+  if (opt.act_order) std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return hdiag(a) > hdiag(b); });
 
-  // §3 steps 2–3: H += percdamp·mean(diag H)·I (after the permutation, as the reference), U = chol(H⁻¹)
-  // upper. Cholesky failure: percdamp ×10 (0 → 1e-4) and retry, logged.
-  fprintf(stderr, "prep %.3f\n", tnow() - T0);
-  const double mean_diag = Hp.diagonal().mean();
+  // §3 steps 2–3: H = P(Σ, dead fixed)Pᵀ + percdamp·mean(diag H)·I (mean over the permuted diagonal,
+  // as the reference damps after permuting), U = upper Cholesky of H⁻¹ in f64.
+  // Cholesky failure: percdamp ×10 (0 → 1e-4) and retry, logged; H is rebuilt from Σ each try.
+  double mean_diag = 0;
+  for (int64_t p = 0; p < c; ++p) mean_diag += hdiag(perm[p]);
+  mean_diag /= (double)c;
   double pd = opt.percdamp;
   MatD Ud;
   for (int t = 0;; ++t) {
-    MatD Hd = Hp;
-    Hd.diagonal().array() += pd * mean_diag;
-    if (gptq_inverse_cholesky(Hd, Ud)) break;
+    // Filled as H(q, p) = Σ(perm[p], perm[q]) (reads Σ by rows, writes H by columns); the LLT
+    // reads H's upper triangle = Σ's lower triangle, as torch.linalg.cholesky.
+    MatD H(c, c);
+    for (int64_t p = 0; p < c; ++p)
+      for (int64_t q = 0; q < c; ++q) H(q, p) = p == q ? hdiag(perm[p]) + pd * mean_diag : (double)S(perm[p], perm[q]);
+    if (inverse_cholesky_inplace(H, Ud)) break;
     if (t >= opt.max_damp_tries)
       fail(fn, ": Sigma ", shape_str(Sigma.shape()), " (W ", shape_str(W.shape()), ") is not positive definite even with percdamp ",
            pd, " after ", t, " damping escalations");
     pd = pd > 0 ? pd * 10 : 1e-4;
     if (log) log("damping", "Cholesky failed; retrying with percdamp " + std::to_string(pd));
   }
-  fprintf(stderr, "chol %.3f\n", tnow() - T0);
-  Hp.resize(0, 0);
   const MatF U = Ud.cast<float>();
   Ud.resize(0, 0);
 
@@ -122,10 +115,6 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
     const auto M = W0.cmat();
     for (int64_t p = 0; p < c; ++p) Wp.col(p) = M.col(perm[p]);
   }
-  // Column-major Tensor view onto Wp for grid_fit_group: [c, r] row-major storage, transposed.
-  Tensor Wt = Tensor::empty({c, r});
-  float* wt = Wt.f32();
-  const Tensor Wv = Wt.t();
 
   // Group used by processing position p; g_idx (original column → group) follows it.
   std::vector<int64_t> gsel((size_t)c, 0);
@@ -133,8 +122,6 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
   if (grouped && !stat)
     for (int64_t p = 0; p < c; ++p) grid.g_idx[(size_t)perm[p]] = (int32_t)(p / G);
 
-  fprintf(stderr, "setup %.3f\n", tnow() - T0);
-  double tg = 0, tb = 0;
   GptqResult res;
   res.percdamp_used = pd;
   res.q.codes = Tensor::empty({r, c}, DType::U8);
@@ -155,9 +142,11 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
     if (grouped && !stat)
       for (int64_t p = i1; p < i2; ++p)
         if (p % G == 0) {
+          // The group's columns as a Tensor: [w, r] storage (= column-major [r, w]) viewed transposed.
           const int64_t w = std::min(G, c - p);
-          for (int64_t k = 0; k < w; ++k) std::copy(Wp.col(p + k).data(), Wp.col(p + k).data() + r, wt + (p + k) * r);
-          grid_fit_group(grid, p / G, Wv.cols(p, w));
+          Tensor blk = Tensor::empty({w, r});
+          std::copy(Wp.col(p).data(), Wp.col(p).data() + w * r, blk.f32());
+          grid_fit_group(grid, p / G, blk.t());
         }
 
     // §3 step 4, inside the block (W1 = Wp[:, i1:i2] updated in place), rows independent:
@@ -170,14 +159,16 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
         const float d = U(p, p);
         float* w = Wp.col(p).data();
         float* e = E.col(j).data();
+        double l = 0;
         for (int64_t i = r0; i < r1; ++i) {
           const int q = grid.code(w[i], i, g);
           const float v = grid.s(i, g) * ((float)q - grid.z(i, g));  // = QuantizedLinear::dequantize
           codes[i * c + col] = (uint8_t)q;
           const float diff = w[i] - v;
-          loss[(size_t)ch] += (double)(diff * diff / (d * d));  // §3 step 5 bookkeeping
+          l += (double)(diff * diff / (d * d));  // §3 step 5 bookkeeping
           e[i] = diff / d;
         }
+        loss[(size_t)ch] += l;
         for (int64_t k = j + 1; k < n; ++k) {
           const float u = U(p, i1 + k);
           float* wk = Wp.col(i1 + k).data();
@@ -186,11 +177,8 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
       }
     }
     // Lazy batch: W[:, i2:] −= E_block·U[i1:i2, i2:] (one GEMM).
-    double ta = tnow();
     if (i2 < c) Wp.rightCols(c - i2).noalias() -= E.leftCols(n) * U.block(i1, i2, n, c - i2);
-    tg += tnow() - ta;
   }
-  fprintf(stderr, "loop %.3f gemm %.3f\n", tnow() - T0, tg);
   res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;
   res.q.grid = std::move(grid);
   return res;

@@ -14,11 +14,19 @@ struct IhtOptions {
 };
 
 // Hs ← P_k(Hs − η (Ŵ + Hs − W) Σ), η = α/(2 λmax(Σ)). Updates Hs [rows, cols] in place.
+// P_k keeps exactly k entries (structured: k columns); ties go to the lower row-major index
+// (column index). λmax(Σ) = 0 (Σ = 0) skips the gradient step.
 void iht_step(const Tensor& W, const Tensor& Sigma, const Tensor& What, Tensor& Hs, const IhtOptions& opt);
 
 // Largest eigenvalue of a symmetric PSD matrix (power iteration, f64).
 double lambda_max(const Tensor& Sigma, int iters = 100);
 
+// s = round(rows·cols·ratio) entries (structured: round(cols·ratio) columns). Init: Hs = the s
+// largest |w| (structured: largest-norm columns), Ŵ = W − Hs. Dense grid: unstructured — per
+// (row, group) range with the round(width·ratio/2) smallest and largest values excluded;
+// structured — per (row, group) min/max over the non-outlier columns, refitted from the current
+// outlier columns before every sweep. spec.mse is not applied (logged). Iteration = one cd_sweep
+// (target W − Hs, quantease's continuous schedule for init "w") + one iht_step with λmax computed once.
 struct OutlierOptions {
   double ratio = 0.005;     // fraction of entries (unstructured) or of columns (structured)
   bool structured = false;
@@ -29,7 +37,7 @@ struct OutlierOptions {
 
 struct OutlierResult {
   QuantizedLinear q;  // dense part on the grid, outliers in q.outliers (Ŵ + Hs = q.dequantize())
-  std::vector<double> objective;
+  std::vector<double> objective;  // objective() of Ŵ + Hs after every iteration
 };
 
 OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,

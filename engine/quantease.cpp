@@ -4,11 +4,14 @@
 //   (TΣ)_:j − Σ_{k≠j} Ŵ_:k Σ_kj = (EΣ)_:j + Ŵ_:j Σ_jj   ⇒   β_:j = Ŵ_:j + (EΣ)_:j / Σ_jj,      (§4)
 // so no TΣ precompute is needed and β is formed from a small residual (no cancellation).
 // Columns go in blocks of kBlock: one GEMM R = E Σ_:,blk gives (EΣ) for the whole block from
-// the current Ŵ (Gauss–Seidel: columns before the block already updated, after it not yet);
-// inside the block each update Ŵ_:j += d is folded into the block's later columns by the
-// rank-1 correction R_:,l −= d Σ_jl. Rows are independent problems (f separates over rows),
-// so row chunks of kRowChunk run on separate threads with no communication; each chunk's GEMM
-// is single-threaded, so results do not depend on the thread count.
+// the current Ŵ (Gauss–Seidel: columns before the block already updated, after it not yet).
+// Inside the block the columns are done one by one in sub-blocks of kSub: an update Ŵ_:j += d_j
+// is folded into the sub-block's later columns by the rank-1 correction R_:,l −= d_j Σ_jl, and
+// into later sub-blocks by one small GEMM R_:,sub −= Δ_:,earlier Σ_earlier,sub. So ≈ 2·rows·cols²
+// flops per sweep, almost all in GEMMs. Σ is symmetric (Σ_jl = Σ_lj; its rows are used as columns).
+// Rows are independent problems (f separates over rows), so row chunks of kRowChunk run on
+// separate threads with no communication; each chunk's GEMMs are single-threaded (Eigen does not
+// nest inside an OpenMP region), so results do not depend on the thread count.
 #include "quantease.h"
 
 #include <omp.h>
@@ -25,12 +28,11 @@ using MatCM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMaj
 
 namespace {
 
-#ifndef QF_CD_BLOCK
-#define QF_CD_BLOCK 128
-#define QF_CD_ROWS 128
-#endif
-constexpr int64_t kBlock = QF_CD_BLOCK;     // columns per GEMM block
-constexpr int64_t kRowChunk = QF_CD_ROWS;  // rows per task
+// Measured on dev-2c (bench_solvers): B = 128…256 and 256-row chunks are within noise of each
+// other; 32-column sub-blocks cut the sequential rank-1 work 8× against unblocked blocks.
+constexpr int64_t kBlock = 256;     // columns per GEMM block
+constexpr int64_t kSub = 32;        // columns per sequential sub-block inside a block
+constexpr int64_t kRowChunk = 256;  // rows per task (fixed: results do not depend on the thread count)
 
 // The full column permutation: `order` first (validated: distinct, in range), then the rest.
 std::vector<int64_t> full_order(const std::vector<int64_t>& order, int64_t c, const char* fn) {
@@ -68,9 +70,9 @@ bool is_identity(const std::vector<int64_t>& p) {
 
 }  // namespace
 
-double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
+// The sweep, after check_layer_problem (quantease checks once, not every sweep).
+static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
   const char* fn = "cd_sweep";
-  check_layer_problem(fn, target, Sigma);
   const int64_t r = target.size(0), c = target.size(1);
   if (!What.defined() || What.dim() != 2 || What.size(0) != r || What.size(1) != c || What.dtype() != DType::F32)
     fail(fn, ": What must be f32 ", shape_str({r, c}), " like the target, got ",
@@ -96,7 +98,7 @@ double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const G
       for (int64_t b = 0; b < c; ++b) Sbuf(a, b) = S0(perm[a], perm[b]);
   }
   const Eigen::Map<const MatRM> Sp(ident ? Sc.f32() : Sbuf.data(), c, c);
-  const bool in_place = ident && What.is_contiguous();
+  const bool in_place = ident && What.is_contiguous() && !What.same_storage(target) && !What.same_storage(Sigma);
   MatRM Wbuf;
   if (!in_place) {
     Wbuf.resize(r, c);
@@ -119,8 +121,8 @@ double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const G
     const int64_t r0 = ch * kRowChunk, nr = std::min(kRowChunk, r - r0);
     // Column-major chunk buffers: one column over the chunk's rows is contiguous, so each
     // column update is a vector operation over rows (no per-row dependency chain).
-    MatCM R(nr, kBlock), Wb(nr, kBlock);
-    Eigen::VectorXf sc(nr), zr(nr), q(nr), d(nr);
+    MatCM R(nr, kBlock), Wb(nr, kBlock), D(nr, kBlock);  // (EΣ)_:,blk, Ŵ_:,blk, updates Δ_:,blk
+    Eigen::VectorXf sc(nr), zr(nr), q(nr);
     double dfc = 0;
     for (int64_t b0 = 0; b0 < nsweep; b0 += kBlock) {
       const int64_t nb = std::min(kBlock, nsweep - b0);
@@ -128,34 +130,40 @@ double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const G
       R.leftCols(nb).noalias() = E.middleRows(r0, nr) * Sp.middleRows(b0, nb).transpose();
       Wb.leftCols(nb) = Wp.block(r0, b0, nr, nb);
       int64_t gcur = -1;
-      for (int64_t jj = 0; jj < nb; ++jj) {
-        const int64_t p = b0 + jj, col = perm[p];
-        const int64_t g = grid.g_idx[col];
-        const float sjj = Sp(p, p);
-        if (g != gcur) {  // this group's (scale, zero) for the chunk's rows
-          for (int64_t i = 0; i < nr; ++i) {
-            sc(i) = grid.s(r0 + i, g);
-            zr(i) = grid.z(r0 + i, g);
+      for (int64_t s0 = 0; s0 < nb; s0 += kSub) {
+        const int64_t ns = std::min(kSub, nb - s0);
+        // updates of the block's earlier sub-blocks: (EΣ)_:,sub −= D_:,<s0 Σ_<s0,sub (a small GEMM)
+        if (s0 > 0) R.middleCols(s0, ns).noalias() -= D.leftCols(s0) * Sp.block(b0, b0 + s0, s0, ns);
+        for (int64_t jj = s0; jj < s0 + ns; ++jj) {
+          const int64_t p = b0 + jj, col = perm[p];
+          const int64_t g = grid.g_idx[col];
+          const float sjj = Sp(p, p);
+          if (g != gcur) {  // this group's (scale, zero) for the chunk's rows
+            for (int64_t i = 0; i < nr; ++i) {
+              sc(i) = grid.s(r0 + i, g);
+              zr(i) = grid.z(r0 + i, g);
+            }
+            gcur = g;
           }
-          gcur = g;
-        }
-        if (!(sjj > 0.f)) {
-          for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (§4)
-        } else {
-          const float* rc = &R(0, jj);
-          const float* wc = &Wb(0, jj);
-          for (int64_t i = 0; i < nr; ++i) {
-            const float beta = wc[i] + rc[i] / sjj;  // §4 coordinate minimiser
-            q(i) = opt.continuous ? beta : qvalue(beta, sc(i), zr(i), maxq);
+          if (!(sjj > 0.f)) {
+            for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (§4)
+          } else {
+            const float* rc = &R(0, jj);
+            const float* wc = &Wb(0, jj);
+            for (int64_t i = 0; i < nr; ++i) {
+              const float beta = wc[i] + rc[i] / sjj;  // §4 coordinate minimiser
+              q(i) = opt.continuous ? beta : qvalue(beta, sc(i), zr(i), maxq);
+            }
           }
+          D.col(jj) = q - Wb.col(jj);
+          // exact change of f_i = e_iᵀ Σ e_i when e_ij decreases by d_i: d_i (d_i Σ_jj − 2 (EΣ)_ij)
+          const auto dd = D.col(jj).cast<double>().array();
+          dfc += (dd * (dd * (double)sjj - 2.0 * R.col(jj).cast<double>().array())).sum();
+          Wb.col(jj) = q;
+          // fold the update into the sub-block's later columns: (EΣ)_:l −= d Σ_jl (rank 1)
+          const int64_t rest = s0 + ns - jj - 1;
+          if (rest > 0) R.middleCols(jj + 1, rest).noalias() -= D.col(jj) * Sp.row(p).segment(p + 1, rest);
         }
-        d = q - Wb.col(jj);
-        // exact change of f_i = e_iᵀ Σ e_i when e_ij decreases by d_i: d_i (d_i Σ_jj − 2 (EΣ)_ij)
-        dfc += (d.cast<double>().array() * (d.cast<double>().array() * (double)sjj - 2.0 * R.col(jj).cast<double>().array())).sum();
-        Wb.col(jj) = q;
-        // fold the update into the block's later columns: (EΣ)_:l −= d Σ_jl (rank 1)
-        const int64_t rest = nb - jj - 1;
-        if (rest > 0) R.middleCols(jj + 1, rest).noalias() -= d * Sp.row(p).segment(p + 1, rest);
       }
       // write the block back; E_:j = T_:j − Ŵ_:j for the next blocks' GEMMs
       Wp.block(r0, b0, nr, nb) = Wb.leftCols(nb);
@@ -174,6 +182,11 @@ double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const G
       for (int64_t p = 0; p < c; ++p) Wout(i, perm[p]) = Wp(i, p);
   }
   return std::accumulate(df.begin(), df.end(), 0.0);
+}
+
+double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
+  check_layer_problem("cd_sweep", target, Sigma);
+  return sweep(target, Sigma, What, grid, opt);
 }
 
 // f under Σ from f under the damped S (S − Σ is diagonal): f_Σ = f_S − Σ_j (S_jj − Σ_jj)·‖(W − Ŵ)_:j‖².
@@ -252,7 +265,7 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
     // none after an rtn/gptq init (fmchisel: the init is already on the grid).
     const int ce = opt.continuous_every;
     so.continuous = opt.init == "w" && ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;
-    fS += cd_sweep(Wc, S, What, grid, so);
+    fS += sweep(Wc, S, What, grid, so);
     const double f = opt.percdamp > 0 ? undamp_objective(fS, Wc, What, ddiag) : fS;
     res.objective.push_back(f);
     if (log) log("sweep", "it=" + std::to_string(it) + (so.continuous ? " continuous" : " quantized") + " objective=" + std::to_string(f));

@@ -19,12 +19,22 @@ struct CdSweepOptions {
 // Blocked so most work is matrix–matrix (≈ 2·rows·cols² flops per sweep). Updates What in place.
 // Returns f(Ŵ after) − f(Ŵ before) under this Σ, summed exactly per coordinate in f64 (free).
 double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid,
-              const CdSweepOptions& opt = {});
+                const CdSweepOptions& opt = {});
 
+// The grid is fitted once from the original W (grid_fit; group params never change). Sweep `it`
+// (1-based) is continuous iff continuous_every > 0, it % every == 1 % every, it <= iters − 5 and
+// it != iters — and never after an "rtn"/"gptq" init (fmchisel: the init is already on the grid).
+//   init "w": Ŵ = W, the first sweep quantizes; "rtn": Ŵ = W rounded on the grid; "gptq": Ŵ = GPTQ
+//   (percdamp max(percdamp, 0.01), same act_order, static groups so its grid is grid_fit(W)),
+//   projected onto the grid, then CD with target = the original W.
+// act_order: sweep order = stable argsort of diag Σ, descending; groups stay contiguous in the
+// original column order (g_idx = identity), so no g_idx is needed at inference.
+// After an rtn/gptq init the result is never worse than the init under Σ: if the last sweep ends
+// above init_objective (only via damping or f32 near-ties), the init is returned (logged "keep_init").
 struct QuantEaseOptions {
   int iters = 30;
   std::string init = "w";     // "w" | "rtn" | "gptq"
-  int continuous_every = 3;   // sweeps with iter % every == 1 and iter <= iters−5 are continuous (0: never)
+  int continuous_every = 3;   // see above (0: never continuous)
   double percdamp = 0.0;      // damping of Σ before solving (reference QuantEase: none)
   bool act_order = false;
 };
@@ -34,7 +44,7 @@ struct QuantEaseResult {
   std::vector<double> objective;  // after every sweep: f of the current Ŵ under the undamped Σ, tracked
                                   // from cd_sweep's exact per-coordinate changes; the last entry is
                                   // objective() of the returned weight
-  double init_objective = 0;
+  double init_objective = 0;      // f of the init (0 for init "w")
 };
 
 QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const QuantEaseOptions& opt = {},
