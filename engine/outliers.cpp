@@ -4,8 +4,6 @@
 // Implemented from the formulas, not from quantease_outlier.py (which never writes Ŵ; §5 caveat).
 #include "outliers.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>

@@ -14,8 +14,6 @@
 // nest inside an OpenMP region), so results do not depend on the thread count.
 #include "quantease.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -191,13 +189,13 @@ double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const G
 
 // f under Σ from f under the damped S (S − Σ is diagonal): f_Σ = f_S − Σ_j (S_jj − Σ_jj)·‖(W − Ŵ)_:j‖².
 static double undamp_objective(double f_damped, const Tensor& W, const Tensor& What, const std::vector<double>& ddiag) {
-  const auto A = W.cmat();
-  const auto B = What.cmat();
+  const CMatMap A = W.cmat(), B = What.cmat();
   double corr = 0;
-  for (int64_t j = 0; j < A.cols(); ++j) {
-    if (ddiag[(size_t)j] == 0) continue;
-    corr += ddiag[(size_t)j] * (A.col(j) - B.col(j)).cast<double>().squaredNorm();
-  }
+  for (int64_t i = 0; i < A.rows(); ++i)
+    for (int64_t j = 0; j < A.cols(); ++j) {
+      const double e = (double)A(i, j) - (double)B(i, j);
+      corr += ddiag[(size_t)j] * e * e;
+    }
   return f_damped - corr;
 }
 

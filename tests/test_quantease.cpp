@@ -260,6 +260,28 @@ TEST_CASE("objective never increases across quantized sweeps; cd_sweep's Δf mat
     }
 }
 
+TEST_CASE("quantease's objective trace equals objective() of each sweep's weight (damped and not)") {
+  const Problem P = make_problem(30, 70, 4000);
+  const GridSpec sp = spec_bits(3, 32);
+  for (double damp : {0.0, 0.1}) {
+    QuantEaseOptions o;
+    o.init = "rtn";
+    o.iters = 4;
+    o.percdamp = damp;
+    const QuantEaseResult r = quantease(P.W, P.S, sp, o);
+    // replay with the public primitives
+    const Tensor S = damp > 0 ? damp_sigma(P.S, damp) : P.S;
+    const Grid g = grid_fit(P.W, sp);
+    Tensor What = quantize_to_grid(P.W, g).dequantize();
+    CHECK(r.init_objective == doctest::Approx(objective(P.W, What, P.S).value).epsilon(1e-12));
+    for (int it = 0; it < 4; ++it) {
+      cd_sweep(P.W, S, What, g);
+      CHECK(r.objective[(size_t)it] == doctest::Approx(objective(P.W, What, P.S).value).epsilon(1e-6));
+    }
+    CHECK(r.q.dequantize().to_vector() == What.to_vector());
+  }
+}
+
 TEST_CASE("quantease never ends worse than its init (rtn, gptq), results on the grid fitted once from W") {
   int kept = 0;  // the keep-init guard (CD minimises the damped f, the check is on the true f)
   int projected = 0;  // GPTQ init with static groups: its grid is grid_fit(W), projection is a no-op
