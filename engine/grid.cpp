@@ -39,7 +39,7 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
 }
 
 // (scale, zero) from a range, §1 (f32 like the reference Quantizer).
-static void params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
   if (sym) {
     xmax = std::max(std::fabs(xmin), xmax);
     if (xmin < 0) xmin = -xmax;
@@ -68,7 +68,7 @@ void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
       xmax = std::max(xmax, x);
     }
     float scale, zero;
-    params_from_range(xmin, xmax, maxq, sp.sym, &scale, &zero);
+    grid_params_from_range(xmin, xmax, maxq, sp.sym, &scale, &zero);
     if (sp.mse) {
       // Shrink search: keep the p minimizing Σ|Q(x) − x|^norm (ties keep the larger range).
       double best = INFINITY;
@@ -77,7 +77,7 @@ void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
         const float p = 1.f - (float)i / (float)sp.grid_points;
         const float xmin1 = p * xmin, xmax1 = p * xmax;
         float s1, z1;
-        params_from_range(xmin1, xmax1, maxq, sp.sym, &s1, &z1);
+        grid_params_from_range(xmin1, xmax1, maxq, sp.sym, &s1, &z1);
         if (sp.sym) z1 = zero;
         double err = 0;
         for (int64_t c = 0; c < B.cols(); ++c) {

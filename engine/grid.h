@@ -48,6 +48,8 @@ struct Grid {
   float quantize(float x, int64_t r, int64_t g) const { return s(r, g) * ((float)code(x, r, g) - z(r, g)); }
 };
 
+// (scale, zero) of one (row, group) from its range [xmin, xmax] (the caller makes it hold 0).
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero);
 // An empty grid for W's shape (params unset; groups contiguous).
 Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
 // Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.

@@ -15,26 +15,12 @@ namespace qf {
 
 namespace {
 
-// (scale, zero) from a range — the §1 formula, identical to grid.cpp's params_from_range.
-void params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
-  if (sym) {
-    xmax = std::max(std::fabs(xmin), xmax);
-    if (xmin < 0) xmin = -xmax;
-  }
-  if (xmin == 0.f && xmax == 0.f) {
-    xmin = -1.f;
-    xmax = 1.f;
-  }
-  *scale = (xmax - xmin) / (float)maxq;
-  *zero = sym ? (float)(maxq + 1) / 2.f : std::nearbyint(-xmin / *scale);
-}
-
 // A grid from per-(row, group) ranges [rows × ngroups, row-major]; each range is widened to hold 0 (§1).
 Grid grid_from_ranges(const GridSpec& spec, int64_t rows, int64_t cols, const std::vector<float>& xmin,
                       const std::vector<float>& xmax) {
   Grid g = grid_new(spec, rows, cols);
   for (size_t k = 0; k < g.scale.size(); ++k)
-    params_from_range(std::min(0.f, xmin[k]), std::max(0.f, xmax[k]), g.maxq(), spec.sym, &g.scale[k], &g.zero[k]);
+    grid_params_from_range(std::min(0.f, xmin[k]), std::max(0.f, xmax[k]), g.maxq(), spec.sym, &g.scale[k], &g.zero[k]);
   return g;
 }
 
