@@ -327,27 +327,13 @@ void open_model(lua_State* L, int mod) {
       {"forward", qf_guard<m_forward>},
       {"perplexity", qf_guard<m_perplexity>},
       {nullptr, nullptr}};
-  luaL_newmetatable(L, kModelMT);
-  lua_pushcfunction(L, udata_gc<LModel>);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, qf_guard<m_tostring>);
-  lua_setfield(L, -2, "__tostring");
-  luaL_newlib(L, model_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  register_class(L, kModelMT, model_methods, udata_gc<LModel>, qf_guard<m_tostring>);
 
   static const luaL_Reg tok_methods[] = {
       {"encode", qf_guard<k_encode>},         {"decode", qf_guard<k_decode>}, {"vocab_size", qf_guard<k_vocab_size>},
       {"piece", qf_guard<k_piece>},           {"bos_id", qf_guard<k_bos_id>}, {"eos_id", qf_guard<k_eos_id>},
       {nullptr, nullptr}};
-  luaL_newmetatable(L, kTokMT);
-  lua_pushcfunction(L, udata_gc<LTok>);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, qf_guard<k_tostring>);
-  lua_setfield(L, -2, "__tostring");
-  luaL_newlib(L, tok_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  register_class(L, kTokMT, tok_methods, udata_gc<LTok>, qf_guard<k_tostring>);
 
   static const luaL_Reg funcs[] = {
       {"load_model", qf_guard<f_load_model>}, {"load_tokenizer", qf_guard<f_load_tokenizer>}, {nullptr, nullptr}};

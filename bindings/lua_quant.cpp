@@ -450,23 +450,6 @@ static int f_input_site(lua_State* L) {
   fail("input_site: unknown linear '", n, "'");
 }
 
-static void new_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_CFunction gc, lua_CFunction tostr) {
-  luaL_newmetatable(L, mt);
-  if (gc) {
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  if (tostr) {
-    lua_pushcfunction(L, tostr);
-    lua_setfield(L, -2, "__tostring");
-  }
-  if (methods) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-}
-
 void open_quant(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   static const luaL_Reg grid_methods[] = {{"scales", qf_guard<g_scales>}, {"zeros", qf_guard<g_zeros>},
@@ -480,10 +463,10 @@ void open_quant(lua_State* L, int mod) {
                                          {"memory_bytes", qf_guard<c_memory_bytes>}, {"tokens", qf_guard<c_tokens>},
                                          {"inputs", qf_guard<c_inputs>},       {"fp_inputs", qf_guard<c_fp_inputs>},
                                          {"fp_outputs", qf_guard<c_fp_outputs>}, {nullptr, nullptr}};
-  new_class(L, kSpecMT, nullptr, nullptr, qf_guard<spec_tostring>);
-  new_class(L, kGridMT, grid_methods, udata_gc<Grid>, qf_guard<g_tostring>);
-  new_class(L, kQLinMT, qlin_methods, udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
-  new_class(L, kCalMT, cal_methods, udata_gc<LCal>, nullptr);
+  register_class(L, kSpecMT, nullptr, nullptr, qf_guard<spec_tostring>);
+  register_class(L, kGridMT, grid_methods, udata_gc<Grid>, qf_guard<g_tostring>);
+  register_class(L, kQLinMT, qlin_methods, udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
+  register_class(L, kCalMT, cal_methods, udata_gc<LCal>, nullptr);
   static const luaL_Reg funcs[] = {{"grid", qf_guard<f_grid>},
                                    {"fit_grid", qf_guard<f_fit_grid>},
                                    {"rtn", qf_guard<f_rtn>},

@@ -65,12 +65,7 @@ void open_rng(lua_State* L, int mod) {
                                      {"rand", qf_guard<r_tensor<false>>},
                                      {"randn", qf_guard<r_tensor<true>>},
                                      {nullptr, nullptr}};
-  luaL_newmetatable(L, kRngMT);
-  lua_pushcfunction(L, udata_gc<Rng>);
-  lua_setfield(L, -2, "__gc");
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  register_class(L, kRngMT, methods, udata_gc<Rng>, nullptr);
   lua_pushcfunction(L, qf_guard<f_rng>);
   lua_setfield(L, mod, "rng");
 }

@@ -244,4 +244,21 @@ void* check_udata(lua_State* L, int arg, const char* mt, const char* fn) {
   return p;
 }
 
+void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_CFunction gc, lua_CFunction tostr) {
+  luaL_newmetatable(L, mt);
+  if (gc) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (tostr) {
+    lua_pushcfunction(L, tostr);
+    lua_setfield(L, -2, "__tostring");
+  }
+  if (methods) {
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
 }  // namespace qf::lua

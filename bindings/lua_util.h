@@ -126,6 +126,9 @@ int udata_gc(lua_State* L) {
   return 0;
 }
 
+// Creates metatable `mt` with optional __gc, __tostring and an __index table of methods.
+void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_CFunction gc, lua_CFunction tostr);
+
 // ---- tensors (lua_tensor.cpp) ----
 constexpr const char* kTensorMT = "qforge.Tensor";
 void push_tensor(lua_State* L, Tensor t);

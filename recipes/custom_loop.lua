@@ -6,7 +6,7 @@ local P = require("qforge.pipeline")
 local opt = P.options({ rounds = 4, sweeps = 5, ratio = 0.005, alpha = 1.0 },
   { rounds = "outer rounds of (CD sweeps, IHT step)", sweeps = "CD sweeps per round" })
 local ctx = P.prepare(opt)
-local spec = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+local spec = P.grid(opt)
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   local W, S = l.W:clone(), l.sigma
   local q = qf.gptq(W, S, spec, { static_groups = opt.group > 0 })

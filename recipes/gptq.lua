@@ -3,7 +3,7 @@
 local P = require("qforge.pipeline")
 local opt = P.options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false })
 local ctx = P.prepare(opt)
-local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   return qf.gptq(l.W, l.sigma, grid, { blocksize = opt.blocksize, percdamp = opt.percdamp,

@@ -4,7 +4,7 @@ local P = require("qforge.pipeline")
 local opt = P.options({ iters = 30, init = "w", continuous_every = 3, percdamp = 0.0, act_order = false },
   { init = "w | rtn | gptq", continuous_every = "every k-th early sweep is unquantized (0: never)" })
 local ctx = P.prepare(opt)
-local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   return qf.quantease(l.W, l.sigma, grid, { iters = opt.iters, init = opt.init, continuous_every = opt.continuous_every,

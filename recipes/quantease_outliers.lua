@@ -5,7 +5,7 @@ local P = require("qforge.pipeline")
 local opt = P.options({ ratio = 0.005, structured = false, iters = 30, alpha = 1.0 },
   { ratio = "fraction of weights (or of columns when structured) kept in full precision" })
 local ctx = P.prepare(opt)
-local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   return qf.quantease_outliers(l.W, l.sigma, grid, { ratio = opt.ratio, structured = opt.structured,

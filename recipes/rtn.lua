@@ -5,7 +5,7 @@ local P = require("qforge.pipeline")
 local opt = P.options({ eval_fp = false }, { eval_fp = "also evaluate the full-precision model first" })
 local ctx = P.prepare(opt)
 if opt.eval_fp then P.evaluate(ctx, opt, "fp_") end
-local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l) return qf.rtn(l.W, grid) end,
   { true_sequential = opt.true_sequential })

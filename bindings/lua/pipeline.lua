@@ -38,6 +38,11 @@ local function slice(t, first, last)
   return r
 end
 
+-- The grid spec of the common options.
+function P.grid(opt)
+  return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+end
+
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
 -- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping.
 function P.prepare(opt)
