@@ -6,9 +6,11 @@
 #include <memory>
 
 #include "eval.h"
+#include "export.h"
 #include "forward.h"
 #include "io.h"
 #include "loader.h"
+#include "model_source.h"
 #include "lua_util.h"
 #include "runner.h"
 #include "tokenizer.h"
@@ -37,19 +39,26 @@ static int block_arg(lua_State* L, int arg, const char* fn, const Model& m) {
 }
 
 // ---- loading ------------------------------------------------------------------------
-// qf.load_model(path [, {tokenizer = path}])
+// qf.load_model(path [, {tokenizer = path, lazy = false}])
 static int f_load_model(lua_State* L) {
   std::string path = check_str(L, 1, "load_model");
-  check_opts(L, 2, "load_model", {"tokenizer"});
+  check_opts(L, 2, "load_model", {"tokenizer", "lazy"});
   std::string tok_path = opt_field_str(L, 2, "tokenizer", "load_model", "");
+  const bool lazy = opt_field_bool(L, 2, "lazy", "load_model", false);
   if (!path_exists(path)) fail("load_model: '", path, "' does not exist");
   ModelFiles files = resolve_model_files(path);
   if (!tok_path.empty()) files.tokenizer = tok_path;
   LModel lm;
-  lm.m = std::make_shared<Model>(load_model(files));
+  lm.m = std::make_shared<Model>(load_model(files, lazy));
   if (!files.tokenizer.empty()) lm.tok = std::make_shared<Tokenizer>(Tokenizer::load(files.tokenizer));
+  else if (lm.m->src && !lm.m->src->tokenizer.model.empty())  // carried inside the checkpoint (GGUF)
+    lm.tok = std::make_shared<Tokenizer>(Tokenizer::from_spec(lm.m->src->tokenizer));
   if (RunContext* ctx = run_context(L)) {
-    ctx->note_input(files.model);
+    if (lm.m->src) {
+      for (const std::string& f : lm.m->src->files) ctx->note_input(f);
+    } else {
+      ctx->note_input(files.model);
+    }
     if (!files.tokenizer.empty()) ctx->note_input(files.tokenizer);
   }
   new_udata<LModel>(L, kModelMT, std::move(lm));
@@ -103,8 +112,8 @@ static int m_linears(lua_State* L) {
   const Model& m = *check_model(L, 1, "linears").m;
   lua_newtable(L);
   lua_Integer n = 0;
-  for (size_t b = 0; b < m.blocks.size(); ++b) {
-    for (const Linear& lin : m.blocks[b].linears) {
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    for (const Linear& lin : m.block(b).linears) {
       lua_createtable(L, 0, 4);
       lua_pushinteger(L, (lua_Integer)b + 1);
       lua_setfield(L, -2, "block");
@@ -116,6 +125,7 @@ static int m_linears(lua_State* L) {
       lua_setfield(L, -2, "input");
       lua_rawseti(L, -2, ++n);
     }
+    m.release_block(b);  // lazy: listing shapes keeps nothing converted
   }
   return 1;
 }
@@ -124,7 +134,7 @@ static int m_weight(lua_State* L) {
   Model& m = *check_model(L, 1, "weight").m;
   int b = block_arg(L, 2, "weight", m);
   std::string name = check_str(L, 3, "weight");
-  push_tensor(L, m.blocks[b].linear(name).weight);
+  push_tensor(L, m.block_mut(b).linear(name).weight);
   return 1;
 }
 
@@ -132,7 +142,7 @@ static int m_norm(lua_State* L) {
   Model& m = *check_model(L, 1, "norm").m;
   int b = block_arg(L, 2, "norm", m);
   std::string name = check_str(L, 3, "norm");
-  push_tensor(L, m.blocks[b].norm(name));
+  push_tensor(L, m.block_mut(b).norm(name));
   return 1;
 }
 
@@ -303,6 +313,19 @@ static int k_eos_id(lua_State* L) {
   return 1;
 }
 
+// m:save(path, {format = "hf"|"gguf"|"gptq"|"qforge", dtype = ...})
+static int m_save(lua_State* L) {
+  LModel& lm = check_model(L, 1, "save");
+  std::string path = check_str(L, 2, "save");
+  check_opts(L, 3, "save", {"format", "dtype"});
+  SaveOptions o;
+  o.format = opt_field_str(L, 3, "format", "save", "");
+  o.dtype = opt_field_str(L, 3, "dtype", "save", "");
+  if (o.format.empty()) fail("save: option 'format' is required (hf, gguf, gptq or qforge)");
+  save_model(*lm.m, lm.tok.get(), path, o);
+  return 0;
+}
+
 static int k_tostring(lua_State* L) {
   const Tokenizer& tok = check_tok(L, 1, "__tostring");
   push_str(L, "qforge.Tokenizer " + tok.path() + " (" + std::to_string(tok.vocab_size()) + " tokens)");
@@ -326,6 +349,7 @@ void open_model(lua_State* L, int mod) {
       {"tokenizer", qf_guard<m_tokenizer>},
       {"forward", qf_guard<m_forward>},
       {"perplexity", qf_guard<m_perplexity>},
+      {"save", qf_guard<m_save>},
       {nullptr, nullptr}};
   register_class(L, kModelMT, model_methods, udata_gc<LModel>, qf_guard<m_tostring>);
 

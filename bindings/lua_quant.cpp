@@ -86,6 +86,30 @@ static SolverLog solver_log(lua_State* L, const char* solver) {
   };
 }
 
+// m:set_linear(block, name, q): replaces a linear's weight by a QLinear (its dequantized
+// values; the codes are kept for exports that store them) or by a Tensor (codes dropped).
+static QuantizedLinear& check_qlin(lua_State* L, int arg, const char* fn);
+static int m_set_linear(lua_State* L) {
+  Model& m = *check_model(L, 1, "set_linear").m;
+  const int64_t b = check_int(L, 2, "set_linear");
+  if (b < 1 || b > m.n_blocks()) fail("set_linear: block ", b, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
+  Linear& lin = m.block_mut((int)b - 1).linear(check_str(L, 3, "set_linear"));
+  if (is_tensor(L, 4)) {
+    const Tensor& W = check_tensor(L, 4, "set_linear");
+    if (W.shape() != lin.weight.shape())
+      fail("set_linear: block ", b, " linear '", lin.name, "' is ", shape_str(lin.weight.shape()), ", the tensor is ", shape_str(W.shape()));
+    lin.weight.copy_(W);
+    lin.quant.reset();
+    return 0;
+  }
+  const QuantizedLinear& q = check_qlin(L, 4, "set_linear");
+  if (q.grid.rows != lin.weight.size(0) || q.grid.cols != lin.weight.size(1))
+    fail("set_linear: block ", b, " linear '", lin.name, "' is ", shape_str(lin.weight.shape()), ", the QLinear is [", q.grid.rows, ", ", q.grid.cols, "]");
+  lin.weight.copy_(q.dequantize());
+  lin.quant = std::make_shared<const QuantizedLinear>(q);
+  return 0;
+}
+
 // ---- Grid and QLinear userdata ------------------------------------------------------------
 static Grid& check_grid(lua_State* L, int arg, const char* fn) { return *static_cast<Grid*>(check_udata(L, arg, kGridMT, fn)); }
 static QuantizedLinear& check_qlin(lua_State* L, int arg, const char* fn) {
@@ -467,6 +491,12 @@ void open_quant(lua_State* L, int mod) {
   register_class(L, kGridMT, grid_methods, udata_gc<Grid>, qf_guard<g_tostring>);
   register_class(L, kQLinMT, qlin_methods, udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
   register_class(L, kCalMT, cal_methods, udata_gc<LCal>, nullptr);
+  // m:set_linear lives here (it needs QLinear) but is a Model method: add it to Model's __index.
+  luaL_getmetatable(L, kModelMT);
+  lua_getfield(L, -1, "__index");
+  lua_pushcfunction(L, qf_guard<m_set_linear>);
+  lua_setfield(L, -2, "set_linear");
+  lua_pop(L, 2);
   static const luaL_Reg funcs[] = {{"grid", qf_guard<f_grid>},
                                    {"fit_grid", qf_guard<f_fit_grid>},
                                    {"rtn", qf_guard<f_rtn>},

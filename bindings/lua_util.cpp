@@ -255,7 +255,8 @@ void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_C
     lua_setfield(L, -2, "__tostring");
   }
   if (methods) {
-    luaL_newlib(L, methods);
+    lua_newtable(L);  // not luaL_newlib: `methods` is a pointer, its size hint would be bogus
+    luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);

@@ -38,7 +38,10 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     const int B = std::min(batch, nwin - w0);
     std::vector<int32_t> ids(tokens.begin() + (int64_t)w0 * L, tokens.begin() + (int64_t)(w0 + B) * L);
     Tensor x = embed(m, ids);
-    for (int l = 0; l < (int)m.blocks.size(); ++l) x = block_forward(m, l, x, B, L);
+    for (int l = 0; l < m.n_blocks(); ++l) {
+      x = block_forward(m, l, x, B, L);
+      m.release_block(l);  // lazy models stream: one converted block at a time
+    }
     const int64_t N = (int64_t)B * L;
     for (int64_t r0 = 0; r0 < N; r0 += kHeadRows) {
       const int64_t nr = std::min(kHeadRows, N - r0);

@@ -180,7 +180,7 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   if (layer < 0 || layer >= (int)m.blocks.size()) fail("block index ", layer, " out of range (model has ", m.blocks.size(), " blocks)");
   check_2d(x, c.dim, "block input");
   if (x.size(0) != (int64_t)B * T) fail("block input has ", x.size(0), " rows, expected B·T = ", (int64_t)B * T);
-  const Block& blk = m.blocks[layer];
+  const Block& blk = m.block(layer);
   const int hd = c.head_dim();
 
   Tensor xn;
@@ -226,7 +226,10 @@ Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T)
   if (B <= 0 || T <= 0 || (int64_t)tokens.size() != (int64_t)B * T)
     fail("forward: ", tokens.size(), " tokens is not B·T = ", B, "·", T);
   Tensor x = embed(m, tokens);
-  for (int l = 0; l < (int)m.blocks.size(); ++l) x = block_forward(m, l, x, B, T);
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    x = block_forward(m, l, x, B, T);
+    m.release_block(l);  // lazy models stream: one converted block at a time
+  }
   return head_forward(m, x);
 }
 

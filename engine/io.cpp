@@ -1,5 +1,6 @@
 #include "io.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -108,6 +109,95 @@ std::string file_fingerprint(const std::string& path) {
   char hex[32];
   std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
   return std::string("fnv1a64:") + hex;
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st{};
+  if (lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = opendir(path.c_str())) {
+      while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") remove_tree(path + "/" + n);
+      }
+      closedir(d);
+    }
+    ::rmdir(path.c_str());
+  } else {
+    ::unlink(path.c_str());
+  }
+}
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd_ < 0) fail("cannot write file '", path_, "': ", std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  if (fd_ < 0) fail("file '", path_, "': write after commit");
+  const char* p = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t w = ::write(fd_, p + done, n - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail("error writing file '", path_, "': ", std::strerror(errno));
+    }
+    done += (size_t)w;
+  }
+  written_ += n;
+}
+
+void AtomicFile::commit() {
+  if (fd_ < 0) fail("file '", path_, "': committed twice");
+  const int fd = fd_;
+  fd_ = -1;
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int e = errno;
+    ::unlink(tmp_.c_str());
+    fail("error writing file '", path_, "': ", std::strerror(e));
+  }
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp_.c_str());
+    fail("cannot rename '", tmp_, "' to '", path_, "': ", std::strerror(e));
+  }
+}
+
+AtomicDir::AtomicDir(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
+  while (!path_.empty() && path_.back() == '/') path_.pop_back();
+  tmp_ = path_ + ".tmp." + std::to_string(getpid());
+  if (path_exists(path_) && !is_directory(path_)) fail("cannot write directory '", path_, "': a file is in the way");
+  remove_tree(tmp_);
+  make_dirs(tmp_);
+}
+
+AtomicDir::~AtomicDir() {
+  if (!done_) remove_tree(tmp_);
+}
+
+void AtomicDir::commit() {
+  if (done_) fail("directory '", path_, "': committed twice");
+  std::string old;
+  if (path_exists(path_)) {
+    old = path_ + ".old." + std::to_string(getpid());
+    remove_tree(old);
+    if (std::rename(path_.c_str(), old.c_str()) != 0) fail("cannot move aside '", path_, "': ", std::strerror(errno));
+  }
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    if (!old.empty()) std::rename(old.c_str(), path_.c_str());
+    fail("cannot rename '", tmp_, "' to '", path_, "': ", std::strerror(e));
+  }
+  done_ = true;
+  if (!old.empty()) remove_tree(old);
 }
 
 }  // namespace qf

@@ -3,8 +3,12 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 
 #include "io.h"
+#include "loader_gguf.h"
+#include "loader_hf.h"
 #include "loader_llama2c.h"
 
 namespace qf {
@@ -33,9 +37,49 @@ static std::string find_tokenizer(const std::string& dir) {
   return "";
 }
 
+static std::string parent_dir(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+static bool has_gguf_magic(const std::string& path) {
+  char m[4] = {0, 0, 0, 0};
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  const size_t n = std::fread(m, 1, 4, f);
+  std::fclose(f);
+  return n == 4 && std::memcmp(m, "GGUF", 4) == 0;
+}
+
 ModelFiles resolve_model_files(const std::string& path) {
   if (!path_exists(path)) fail("model path '", path, "' does not exist");
   ModelFiles f;
+  // Hugging Face directory (or a file inside one).
+  const std::string hf_dir = is_directory(path) ? path : (ends_with(path, ".safetensors") || ends_with(path, "config.json")) ? parent_dir(path) : "";
+  if (!hf_dir.empty() && path_exists(hf_dir + "/config.json")) {
+    f.format = "hf";
+    f.model = hf_dir;
+    if (path_exists(hf_dir + "/tokenizer.json")) f.tokenizer = hf_dir + "/tokenizer.json";
+    return f;
+  }
+  // GGUF file, or a directory holding exactly one.
+  if (!is_directory(path) && has_gguf_magic(path)) {
+    f.format = "gguf";
+    f.model = path;
+    return f;
+  }
+  if (is_directory(path)) {
+    std::vector<std::string> ggufs;
+    for (auto& n : list_dir(path))
+      if (ends_with(n, ".gguf")) ggufs.push_back(n);
+    if (ggufs.size() == 1) {
+      f.format = "gguf";
+      f.model = path + "/" + ggufs[0];
+      return f;
+    }
+    if (ggufs.size() > 1) fail("model directory '", path, "' holds several GGUF files: name one");
+  }
+  if (ends_with(path, ".gguf")) fail("file '", path, "': not a GGUF file (wrong magic, expected 'GGUF')");
   f.format = "llama2c";
   if (is_directory(path)) {
     std::vector<std::string> ckpts;
@@ -51,15 +95,22 @@ ModelFiles resolve_model_files(const std::string& path) {
     f.tokenizer = find_tokenizer(path);
   } else {
     f.model = path;
-    size_t slash = path.find_last_of('/');
-    f.tokenizer = find_tokenizer(slash == std::string::npos ? "." : path.substr(0, slash));
+    f.tokenizer = find_tokenizer(parent_dir(path));
   }
   return f;
 }
 
-Model load_model(const ModelFiles& files) {
-  if (files.format != "llama2c") fail("model '", files.model, "': unsupported format '", files.format, "'");
-  return load_llama2c(files.model);
+Model load_model(const ModelFiles& files, bool lazy) {
+  if (files.format == "llama2c") {
+    Model m = load_llama2c(files.model);  // small by construction: always converted eagerly
+    m.format = "llama2c";
+    return m;
+  }
+  std::shared_ptr<ModelSource> src;
+  if (files.format == "hf") src = std::make_shared<ModelSource>(open_hf(files.model));
+  else if (files.format == "gguf") src = std::make_shared<ModelSource>(open_gguf(files.model));
+  else fail("model '", files.model, "': unsupported format '", files.format, "'");
+  return assemble_model(src, lazy);
 }
 
 }  // namespace qf

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "model_source.h"
+
 namespace qf {
 
 const char* site_name(Site s) {
@@ -48,15 +50,39 @@ Tensor& Block::norm(const std::string& name) {
   fail("unknown norm '", name, "' (expected attn_norm or ffn_norm)");
 }
 
+const Block& Model::block(int i) const {
+  if (i < 0 || i >= (int)blocks.size()) fail("block ", i, " out of range (the model has ", blocks.size(), " blocks)");
+  if (!resident.empty() && resident[i] == 0) {
+    blocks[i] = load_block(*src, i);
+    resident[i] = 1;
+  }
+  return blocks[i];
+}
+
+Block& Model::block_mut(int i) {
+  block(i);
+  if (!resident.empty()) resident[i] = 2;
+  return blocks[i];
+}
+
+void Model::release_block(int i) const {
+  if (resident.empty() || i < 0 || i >= (int)blocks.size() || resident[i] != 1) return;
+  blocks[i] = Block{};
+  resident[i] = 0;
+}
+
 Model Model::clone() const {
   Model m;
   m.cfg = cfg;
   m.source = source;
+  m.format = format;
+  m.src = src;
   m.tok_emb = tok_emb.clone();
   m.final_norm = final_norm.clone();
   m.classifier = cfg.tied_classifier ? m.tok_emb : classifier.clone();
   m.blocks.reserve(blocks.size());
-  for (const Block& b : blocks) {
+  for (int i = 0; i < (int)blocks.size(); ++i) {
+    const Block& b = block(i);
     Block nb;
     nb.attn_norm = b.attn_norm.clone();
     nb.ffn_norm = b.ffn_norm.clone();
@@ -74,7 +100,17 @@ Model Model::clone() const {
 int64_t Model::n_params() const {
   int64_t n = tok_emb.numel() + final_norm.numel();
   if (!cfg.tied_classifier) n += classifier.numel();
-  for (const Block& b : blocks) {
+  for (int i = 0; i < (int)blocks.size(); ++i) {
+    if (!resident.empty() && resident[i] == 0) {  // count from the file without converting
+      const std::string pre = "blocks." + std::to_string(i) + ".";
+      for (auto it = src->tensors.lower_bound(pre); it != src->tensors.end() && it->first.rfind(pre, 0) == 0; ++it) {
+        int64_t k = 1;
+        for (int64_t d : it->second.shape) k *= d;
+        n += k;
+      }
+      continue;
+    }
+    const Block& b = blocks[i];
     n += b.attn_norm.numel() + b.ffn_norm.numel();
     for (const Linear& l : b.linears) n += l.weight.numel() + (l.bias.defined() ? l.bias.numel() : 0);
   }

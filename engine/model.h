@@ -5,9 +5,11 @@
 // table (kLlamaLinears), so calibration capture and weight replacement never need to
 // know the forward code: they look a linear up by name and read its input site.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "grid.h"
 #include "tensor.h"
 
 namespace qf {
@@ -23,6 +25,11 @@ struct ModelConfig {
   int seq_len = 0;     // max context the model was trained for
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
+  // RoPE frequency scaling as HF configs state it: "" none, "linear" (positions / factor),
+  // "llama3" (wavelength-dependent: low_freq_factor, high_freq_factor, original context).
+  std::string rope_scaling;
+  float rope_factor = 1.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
+  int rope_orig_ctx = 8192;
   bool rope_interleaved = true;  // llama2.c/GGUF pairs (2i, 2i+1); false = HF rotate-half halves
   bool tied_classifier = true;   // classifier shares the token embedding
   int head_dim() const { return dim / n_heads; }
@@ -48,6 +55,9 @@ struct Linear {
   Site input = Site::AttnIn;
   Tensor weight;
   Tensor bias;  // undefined when the layer has none
+  // The integer form of `weight` when a solver produced it (codes, grid, outliers); exports
+  // that store codes (GPTQ, GGUF Q4/Q8, qforge) read it and check it still dequantizes to `weight`.
+  std::shared_ptr<const QuantizedLinear> quant;
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
 };
@@ -60,15 +70,30 @@ struct Block {
   Tensor& norm(const std::string& name);  // "attn_norm" | "ffn_norm" (aliases rms_att, rms_ffn)
 };
 
+struct ModelSource;
+
 struct Model {
   ModelConfig cfg;
   Tensor tok_emb;     // [vocab, dim]
-  std::vector<Block> blocks;
+  // blocks[i] is only valid after block(i) when the model was loaded lazily; use block(i).
+  mutable std::vector<Block> blocks;
   Tensor final_norm;  // [dim]
   Tensor classifier;  // [vocab, dim]; a view of tok_emb when tied
   std::string source; // file it came from
+  std::string format; // "llama2c" | "hf" | "gguf" | "" (built in memory)
+  std::shared_ptr<const ModelSource> src;  // the opened checkpoint (null when built in memory)
 
-  Model clone() const;  // deep copy of every weight (ties preserved)
+  // Lazy loading: a block's f32 weights are converted from the file mapping on first use.
+  // block(i) converts if needed; block_mut(i) also pins it (edits must survive);
+  // release_block(i) drops an unpinned lazy block's f32 copy again (streaming evaluation).
+  int n_blocks() const { return (int)blocks.size(); }
+  const Block& block(int i) const;
+  Block& block_mut(int i);
+  void release_block(int i) const;
+  bool is_lazy() const { return !resident.empty(); }
+  mutable std::vector<uint8_t> resident;  // lazy only: 0 unconverted, 1 converted, 2 pinned
+
+  Model clone() const;  // deep copy of every weight (ties preserved); materializes lazy blocks
   int64_t n_params() const;
 };
 

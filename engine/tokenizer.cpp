@@ -300,4 +300,8 @@ float Tokenizer::score(int32_t id) const {
   return scores_[id];
 }
 
+// Placeholders until the tokenizer work lands.
+Tokenizer Tokenizer::from_spec(const TokenizerSpec& spec) { fail("tokenizer from '", spec.source, "': not built yet"); }
+TokenizerSpec Tokenizer::spec() const { fail("tokenizer '", path_, "': spec() not built yet"); }
+
 }  // namespace qf

@@ -12,11 +12,17 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tokenizer_spec.h"
+
 namespace qf {
 
 class Tokenizer {
  public:
   static Tokenizer load(const std::string& path);  // errors name the file and the record
+  // From a checkpoint's tokenizer description (GGUF metadata, tokenizer.json).
+  static Tokenizer from_spec(const TokenizerSpec& spec);
+  // This tokenizer as a spec (what exports embed or write out).
+  TokenizerSpec spec() const;
 
   std::vector<int32_t> encode(const std::string& text, bool bos = true, bool eos = false) const;
   std::string decode(const std::vector<int32_t>& ids) const;  // skips BOS/EOS, strips the dummy-prefix space

@@ -85,7 +85,7 @@ function P.quantize_model(m, cal, solve, opts)
         local q, info = solve{ block = b, name = name, W = W, sigma = st.sigma, tokens = st.tokens }
         local What = qf.is_tensor(q) and q or q:dequantize()
         local obj, rel = qf.objective(W, What, st.sigma)
-        W:copy(What)
+        m:set_linear(b, name, q)  -- keeps a QLinear's codes for exports that store them
         local secs = qf.now() - tl
         total = total + obj
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
