@@ -14,12 +14,12 @@ row() {  # name config recipe args...
   local dir="$out/${name// /_}-${cfg// /_}"
   "$Q" run "recipes/$recipe" "$@" out="$dir" >/dev/null 2>"$dir.log" || { echo "| $name | $cfg | FAILED (see $dir.log) | | | |"; return; }
   printf "| %s | %s | %.4g | %.4f | %.3f | %.1f |\n" "$name" "$cfg" "$(get "$dir/results.json" objective_total)" \
-    "$(get "$dir/results.json" ppl_tinystories)" "$(get "$dir/results.json" ppl_wikitext2)" "$(get "$dir/results.json" quantize_seconds)"
+    "$(get "$dir/results.json" ppl_heldout)" "$(get "$dir/results.json" ppl_wikitext2)" "$(get "$dir/results.json" quantize_seconds)"
 }
 echo "| method | grid | summed layer objective | held-out TinyStories PPL | WikiText-2 PPL (40 win) | quantize s |"
 echo "|---|---|---|---|---|---|"
 "$Q" run recipes/rtn.lua eval_fp=true bits=8 out="$out/fp" >/dev/null 2>"$out/fp.log"
-printf "| full precision | f32 | 0 | %.4f | %.3f | |\n" "$(get "$out/fp/results.json" fp_ppl_tinystories)" "$(get "$out/fp/results.json" fp_ppl_wikitext2)"
+printf "| full precision | f32 | 0 | %.4f | %.3f | |\n" "$(get "$out/fp/results.json" fp_ppl_heldout)" "$(get "$out/fp/results.json" fp_ppl_wikitext2)"
 for cfg in "4 -1" "3 -1" "2 -1" "3 32"; do
   set -- $cfg
   b=$1 g=$2

@@ -109,11 +109,11 @@ function P.evaluate(ctx, opt, prefix)
   prefix = prefix or ""
   local m = ctx.model
   local r = m:perplexity(ctx.heldout, { seqlen = opt.eval_seqlen })
-  print(string.format("%sheld-out TinyStories ppl %.4f  [tokens %d..%d of the text; %s]", prefix, r.ppl,
-    ctx.split + 1, ctx.ntokens, r.protocol))
-  qf.record(prefix .. "ppl_tinystories", r.ppl)
-  qf.record(prefix .. "protocol_tinystories", string.format("held-out tokens %d..%d of the text; %s",
-    ctx.split + 1, ctx.ntokens, r.protocol))
+  local name = opt.calib_text:match("([^/]+)$")
+  print(string.format("%sheld-out ppl %.4f  [%s tokens %d..%d; %s]", prefix, r.ppl, name, ctx.split + 1, ctx.ntokens, r.protocol))
+  qf.record(prefix .. "ppl_heldout", r.ppl)
+  qf.record(prefix .. "protocol_heldout", string.format("held-out tokens %d..%d of %s; %s",
+    ctx.split + 1, ctx.ntokens, opt.calib_text, r.protocol))
   if opt.wiki_windows > 0 then
     local w = m:perplexity(qf.read_text(opt.wiki_text), { seqlen = opt.eval_seqlen, max_windows = opt.wiki_windows })
     print(string.format("%sWikiText-2 ppl %.4f  [%s]", prefix, w.ppl, w.protocol))
