@@ -61,8 +61,26 @@ void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X_) {
   }
 }
 
+// block_forward over the windows in chunks of ~kChunkTokens tokens (whole windows), so the
+// block's transient activations (q, k, v, attention, gate, up: ~10 buffers of [N, ·]) are
+// bounded by the chunk, not by nsamples·seqlen. Rows are independent between windows, and
+// 8192 is a multiple of accumulate_gram's 512-token and linear_forward's 64-row blocks, so
+// when seqlen divides it the result is bit-identical to one call on all windows.
+static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
+  constexpr int64_t kChunkTokens = 8192;
+  const int wc = (int)std::max<int64_t>(1, kChunkTokens / T);
+  if (wc >= B) return block_forward(m, layer, x, B, T, obs);
+  Tensor out = Tensor::empty(x.shape());
+  for (int w0 = 0; w0 < B; w0 += wc) {
+    const int nb = std::min(wc, B - w0);
+    const Tensor y = block_forward(m, layer, x.rows((int64_t)w0 * T, (int64_t)nb * T), nb, T, obs);
+    out.rows((int64_t)w0 * T, (int64_t)nb * T).copy_(y);
+  }
+  return out;
+}
+
 Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen)
-    : B_(nsamples), T_(seqlen), nblocks_((int)m.blocks.size()) {
+    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()) {
   if (nsamples <= 0 || seqlen <= 0 || (int64_t)windows.size() != (int64_t)nsamples * seqlen)
     fail("calibration: ", windows.size(), " tokens is not nsamples·seqlen = ", nsamples, "·", seqlen);
   if (seqlen > m.cfg.seq_len) fail("calibration: seqlen ", seqlen, " exceeds the model's context length ", m.cfg.seq_len);
@@ -87,16 +105,16 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
     accumulate_gram(st.sum, x);
     st.tokens += x.size(0);
   };
-  block_forward(m, block_, xq_, B_, T_, obs);
+  chunked_block_forward(m, block_, xq_, B_, T_, obs);
   for (auto& [s, st] : out) st.sum = 0.5 * (st.sum + st.sum.transpose());  // exact symmetry
-  if (!yfp_.defined()) yfp_ = block_forward(m, block_, xfp_, B_, T_);  // weights still full precision here
+  if (!yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
   return out;
 }
 
 void Calibration::advance(const Model& m) {
   if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done");
-  if (!yfp_.defined()) yfp_ = block_forward(m, block_, xfp_, B_, T_);
-  xq_ = block_forward(m, block_, xq_, B_, T_);
+  if (!yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);
+  xq_ = chunked_block_forward(m, block_, xq_, B_, T_, nullptr);
   xfp_ = yfp_;
   yfp_ = Tensor();
   ++block_;
