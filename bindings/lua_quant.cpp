@@ -26,9 +26,42 @@ struct LCal {
 };
 
 // ---- grid specs: plain tables {bits=, sym=, group=, mse=, ...} ------------------------
+// Integer values of a tensor or a Lua array field (for allocations), checked against [lo, hi].
+static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* key, const char* fn, int64_t lo, int64_t hi) {
+  std::vector<int64_t> out;
+  lua_getfield(L, arg, key);
+  const int top = lua_gettop(L);
+  std::vector<double> vals;
+  if (is_tensor(L, top)) {
+    const Tensor& t = check_tensor(L, top, fn);
+    vals.assign(t.numel(), 0.0);
+    const std::vector<float> v = t.contiguous().to_vector();
+    for (size_t k = 0; k < v.size(); ++k) vals[k] = v[k];
+  } else if (lua_type(L, top) == LUA_TTABLE) {
+    const lua_Integer n = luaL_len(L, top);
+    for (lua_Integer k = 1; k <= n; ++k) {
+      lua_rawgeti(L, top, k);
+      if (!lua_isnumber(L, -1)) fail(fn, ": option '", key, "' entry ", k, " is not a number");
+      vals.push_back(lua_tonumber(L, -1));
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, top)) {
+    fail(fn, ": option '", key, "' must be a tensor or an array of integers, got ", luaL_typename(L, top));
+  }
+  lua_pop(L, 1);
+  for (size_t k = 0; k < vals.size(); ++k) {
+    const double v = vals[k];
+    if (v != std::floor(v) || v < (double)lo || v > (double)hi)
+      fail(fn, ": option '", key, "' entry ", k + 1, " is ", v, ", expected an integer in ", lo, "..", hi);
+    out.push_back((int64_t)v);
+  }
+  return out;
+}
+
 static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
-  check_opts(L, arg, fn, {"bits", "sym", "group", "mse", "maxshrink", "grid_points", "norm"});
+  check_opts(L, arg, fn, {"bits", "sym", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
+                          "compand_bias", "compand_search", "alloc", "row_groups"});
   GridSpec s;
   s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
   s.sym = opt_field_bool(L, arg, "sym", fn, s.sym);
@@ -37,6 +70,25 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   s.maxshrink = (float)opt_field_num(L, arg, "maxshrink", fn, s.maxshrink);
   s.grid_points = (int)opt_field_int(L, arg, "grid_points", fn, s.grid_points);
   s.norm = (float)opt_field_num(L, arg, "norm", fn, s.norm);
+  const std::string kind = opt_field_str(L, arg, "kind", fn, "uniform");
+  if (kind == "compand") s.kind = GridKind::Compand;
+  else if (kind != "uniform") fail(fn, ": option 'kind' must be \"uniform\" or \"compand\", got \"", kind, "\"");
+  s.compand_mult = (float)opt_field_num(L, arg, "compand_mult", fn, s.compand_mult);
+  s.compand_bias = (float)opt_field_num(L, arg, "compand_bias", fn, s.compand_bias);
+  s.compand_search = opt_field_bool(L, arg, "compand_search", fn, s.compand_search);
+  // Allocation: alloc = bits per (row group, column group) [nrowgroups, ngroups]; row_groups =
+  // 1-based row group of every row (absent: each row its own).
+  for (int64_t b : int_list_field(L, arg, "alloc", fn, 0, 8)) s.group_bits.push_back((uint8_t)b);
+  for (int64_t k : int_list_field(L, arg, "row_groups", fn, 1, 1 << 30)) {
+    s.row_group.push_back((int32_t)(k - 1));
+    s.nrowgroups = std::max<int64_t>(s.nrowgroups, k);
+  }
+  lua_getfield(L, arg, "alloc");
+  if (is_tensor(L, -1) && !s.row_group.empty()) {  // the allocation's rows are the row groups
+    const Tensor& a = check_tensor(L, -1, fn);
+    if (a.dim() == 2) s.nrowgroups = std::max<int64_t>(s.nrowgroups, a.size(0));
+  }
+  lua_pop(L, 1);
   try {
     s.validate();
   } catch (const Error& e) {
@@ -55,6 +107,25 @@ static void push_spec(lua_State* L, const GridSpec& s) {
     set_field(L, "maxshrink", (double)s.maxshrink);
     set_field(L, "grid_points", s.grid_points);
     set_field(L, "norm", (double)s.norm);
+  }
+  if (s.kind == GridKind::Compand) {
+    set_field(L, "kind", std::string("compand"));
+    set_field(L, "compand_mult", (double)s.compand_mult);
+    set_field(L, "compand_bias", (double)s.compand_bias);
+    set_field(L, "compand_search", s.compand_search);
+  }
+  if (!s.group_bits.empty()) {
+    std::vector<float> v(s.group_bits.begin(), s.group_bits.end());
+    push_tensor(L, Tensor::from_data({(int64_t)v.size()}, v));
+    lua_setfield(L, -2, "alloc");
+  }
+  if (!s.row_group.empty()) {
+    lua_createtable(L, (int)s.row_group.size(), 0);
+    for (size_t k = 0; k < s.row_group.size(); ++k) {
+      lua_pushinteger(L, s.row_group[k] + 1);
+      lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+    lua_setfield(L, -2, "row_groups");
   }
   luaL_setmetatable(L, kSpecMT);
 }
@@ -119,7 +190,7 @@ static void push_grid(lua_State* L, Grid g) { new_udata<Grid>(L, kGridMT, std::m
 static void push_qlin(lua_State* L, QuantizedLinear q) { new_udata<QuantizedLinear>(L, kQLinMT, std::move(q)); }
 
 static Tensor params_tensor(const Grid& g, const std::vector<float>& v) {
-  return Tensor::from_data({g.rows, g.ngroups}, v);
+  return Tensor::from_data({g.nrowgroups(), g.ngroups}, v);
 }
 
 static int g_scales(lua_State* L) {

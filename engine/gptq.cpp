@@ -162,7 +162,7 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
         double l = 0;
         for (int64_t i = r0; i < r1; ++i) {
           const int q = grid.code(w[i], i, g);
-          const float v = grid.s(i, g) * ((float)q - grid.z(i, g));  // = QuantizedLinear::dequantize
+          const float v = grid.value(q, i, g);  // = QuantizedLinear::dequantize
           codes[i * c + col] = (uint8_t)q;
           const float diff = w[i] - v;
           l += (double)(diff * diff / (d * d));  // §3 step 5 bookkeeping

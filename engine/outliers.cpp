@@ -181,6 +181,9 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
   if (!(opt.alpha > 0) || !std::isfinite(opt.alpha)) fail(fn, ": alpha must be > 0, got ", opt.alpha);
   if (opt.continuous_every < 0) fail(fn, ": continuous_every must be >= 0, got ", opt.continuous_every);
   spec.validate();
+  if (spec.kind != GridKind::Uniform || spec.mixed_bits() || !spec.row_group.empty())
+    fail(fn, ": the outlier grid of §5 is a per-row uniform min-max grid; got ", spec.str(),
+         " (mixed bits, row groups and companded grids are not supported here)");
   if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range of §5, no MSE search");
   const int64_t r = W.size(0), c = W.size(1);
   const Tensor Wc = W.contiguous();

@@ -113,6 +113,8 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
 
   const int64_t nchunks = (r + kRowChunk - 1) / kRowChunk;
   const float maxq = (float)grid.maxq();
+  // Mixed bits, pruned groups and companded grids take the general nearest-value path.
+  const bool fast = grid.fast_uniform();
   std::vector<double> df((size_t)nchunks, 0.0);  // f(after) − f(before), per chunk, summed in order
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
@@ -150,7 +152,7 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
             const float* wc = &Wb(0, jj);
             for (int64_t i = 0; i < nr; ++i) {
               const float beta = wc[i] + rc[i] / sjj;  // §4 coordinate minimiser
-              q(i) = opt.continuous ? beta : qvalue(beta, sc(i), zr(i), maxq);
+              q(i) = opt.continuous ? beta : fast ? qvalue(beta, sc(i), zr(i), maxq) : grid.quantize(beta, r0 + i, g);
             }
           }
           D.col(jj) = q - Wb.col(jj);

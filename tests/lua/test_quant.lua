@@ -88,4 +88,25 @@ check_error(function() qf.calibration{ model = m, tokens = ids, range = { 1, 10 
 check_error(function() qf.calibration{ model = m, text = "x", tokens = ids } end, "exactly one of")
 check_eq(qf.input_site("w2"), "ffn_mid")
 
+H.section("allocations and companded grids")
+-- 4 rows in 2 row groups, 3 columns each its own group; row group 1 gets {0, 2, 3} bits, row group 2 {1, 1, 8}
+local Wa = qf.tensor{ { 1, -2, 3 }, { 4, 5, -6 }, { 0.5, 0.25, -1 }, { 2, 2, 2 } }
+local ga = qf.grid{ group = 1, alloc = qf.tensor{ { 0, 2, 3 }, { 1, 1, 8 } }, row_groups = { 1, 1, 2, 2 } }
+check(tostring(ga):find("mixed-bit asym g1 rowgroups 2", 1, true), "tostring names the allocation")
+local qa = qf.rtn(Wa, ga)
+local Da = qa:dequantize()
+check_eq(Da:get(1, 1), 1.0, "0-bit group: median of {1, 4} (lower middle)")
+check_eq(Da:get(2, 1), 1.0)
+check_eq(qa:grid():scales():shape(), { 2, 3 })
+check_eq(Da:get(3, 3), -1.0, "8 bits reproduce the pooled range's endpoints")
+local gc = qf.grid{ bits = 2, group = 3, kind = "compand", compand_search = true }
+check_eq(gc.kind, "compand")
+local Dc = qf.rtn(Wa, gc):dequantize()
+local I3 = qf.tensor{ { 1, 0, 0 }, { 0, 1, 0 }, { 0, 0, 1 } }
+check(qf.objective(Wa, Dc, I3) < qf.objective(Wa, qf.zeros({ 4, 3 }), I3), "companded RTN beats zero")
+check_error(function() qf.grid{ kind = "log" } end, "option 'kind' must be \"uniform\" or \"compand\"")
+check_error(function() qf.grid{ alloc = { 1, 9 } } end, "option 'alloc' entry 2 is 9, expected an integer in 0..8")
+check_error(function() qf.grid{ row_groups = { 1, 0 } } end, "option 'row_groups' entry 2 is 0")
+check_error(function() qf.rtn(Wa, qf.grid{ group = 1, alloc = { 1, 2 } }) end, "bit allocation has 2 entries, expected 4 row groups")
+
 H.summary()
