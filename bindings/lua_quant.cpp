@@ -492,6 +492,8 @@ static int c_capture(lua_State* L) {
     lua_setfield(L, -2, "sigma");
     push_tensor(L, s.mean());
     lua_setfield(L, -2, "mean");
+    push_tensor(L, s.mu());
+    lua_setfield(L, -2, "mu");
     set_field(L, "tokens", s.tokens);
     lua_setfield(L, -2, site_name(site));
   }

@@ -149,5 +149,6 @@ void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
 void open_quant(lua_State* L, int mod);
+void open_cvxq(lua_State* L, int mod);  // after open_model (adds Model methods)
 
 }  // namespace qf::lua

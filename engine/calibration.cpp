@@ -34,6 +34,13 @@ Tensor SiteStats::sigma() const {
   return t;
 }
 
+Tensor SiteStats::mu() const {
+  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
+  Tensor t = Tensor::empty({(int64_t)xsum.size()});
+  for (int64_t j = 0; j < (int64_t)xsum.size(); ++j) t.f32()[j] = (float)(xsum(j) / (double)tokens);
+  return t;
+}
+
 Tensor SiteStats::mean() const {
   if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
   Tensor t = Tensor::empty({sum.rows(), sum.cols()});
@@ -101,8 +108,14 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
     auto it = out.find(s);
     if (it == out.end()) return;
     SiteStats& st = it->second;
-    if (st.sum.size() == 0) st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+    if (st.sum.size() == 0) {
+      st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+      st.xsum = Eigen::VectorXd::Zero(x.size(1));
+    }
     accumulate_gram(st.sum, x);
+    const Tensor xc = x.contiguous();
+    for (int64_t i = 0; i < xc.size(0); ++i)  // sequential f64 sum: deterministic
+      st.xsum += Eigen::Map<const Eigen::VectorXf>(xc.f32() + i * xc.size(1), xc.size(1)).cast<double>();
     st.tokens += x.size(0);
   };
   chunked_block_forward(m, block_, xq_, B_, T_, obs);

@@ -35,9 +35,11 @@ std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const Cali
 struct SiteStats {
   Site site = Site::AttnIn;
   Eigen::MatrixXd sum;   // Σ_tokens x xᵀ  [c, c]
+  Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction §6)
   int64_t tokens = 0;
   Tensor sigma() const;  // f32 copy of the raw sum
   Tensor mean() const;   // f32 copy of sum / tokens
+  Tensor mu() const;     // f32 mean input xsum / tokens  [c]
 };
 
 // Adds XᵀX (X [N, c] f32 rows = tokens) into S (f64) deterministically: fixed 512-token

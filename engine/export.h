@@ -23,7 +23,7 @@ struct SaveOptions {
 
 void save_model(const Model& m, const Tokenizer* tok, const std::string& path, const SaveOptions& o);
 
-// Implemented per format (export_hf.cpp, export_gguf.cpp).
+// Implemented per format (export_hf.cpp, export_gptq.cpp, export_qforge.cpp, export_gguf.cpp).
 void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const std::string& dtype);
 void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir);
 void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path);

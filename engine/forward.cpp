@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <numbers>
 
 namespace qf {
 
@@ -37,19 +38,58 @@ void rmsnorm(const Tensor& x_, const Tensor& g_, float eps, Tensor& out) {
   }
 }
 
+std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim) {
+  const int half = head_dim / 2;
+  std::vector<float> f(half);
+  // Unscaled: llama2.c's f32 formula (bit-identical logits for llama2.c checkpoints).
+  for (int i = 0; i < half; ++i) f[i] = 1.0f / std::pow(c.rope_theta, (float)(2 * i) / (float)head_dim);
+  if (c.rope_scaling.empty()) return f;
+  if (!(c.rope_factor > 0.f)) fail("rope: scaling '", c.rope_scaling, "' needs a positive factor, got ", c.rope_factor);
+  if (c.rope_scaling == "linear") {  // positions / factor == frequencies / factor
+    for (float& v : f) v /= c.rope_factor;
+    return f;
+  }
+  if (c.rope_scaling == "llama3") {
+    // Long wavelengths (> orig_ctx / low_freq_factor) are slowed by `factor`, short ones
+    // (< orig_ctx / high_freq_factor) kept, the band between interpolated smoothly.
+    const float lo = c.rope_low_freq_factor, hi = c.rope_high_freq_factor, ctx = (float)c.rope_orig_ctx;
+    if (!(hi > lo) || !(lo > 0.f) || c.rope_orig_ctx <= 0)
+      fail("rope: llama3 scaling needs 0 < low_freq_factor < high_freq_factor and a positive original context");
+    const float lo_wl = ctx / lo, hi_wl = ctx / hi;
+    for (float& v : f) {
+      const float wl = 2.0f * std::numbers::pi_v<float> / v;
+      if (wl < hi_wl) continue;
+      if (wl > lo_wl) {
+        v /= c.rope_factor;
+        continue;
+      }
+      const float s = (ctx / wl - lo) / (hi - lo);
+      v = (1.0f - s) * v / c.rope_factor + s * v;
+    }
+    return f;
+  }
+  fail("rope: unknown scaling '", c.rope_scaling, "' (expected linear or llama3)");
+}
+
 void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interleaved) {
+  ModelConfig c;
+  c.rope_theta = theta;
+  rope(x, n_heads, head_dim, T, rope_inv_freq(c, head_dim), interleaved);
+}
+
+void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved) {
   check_2d(x, (int64_t)n_heads * head_dim, "rope input");
   if (!x.is_contiguous()) fail("rope: input must be contiguous");
   if (head_dim % 2) fail("rope: head dimension ", head_dim, " is odd");
   const int64_t N = x.size(0), W = (int64_t)n_heads * head_dim;
   if (T <= 0 || N % T) fail("rope: ", N, " rows is not a whole number of ", T, "-token windows");
   const int half = head_dim / 2;
+  if ((int)inv_freq.size() != half) fail("rope: ", inv_freq.size(), " frequencies for head dimension ", head_dim);
   // cos/sin table [T, half], computed in f32 exactly as llama2.c does.
   std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
   for (int p = 0; p < T; ++p)
     for (int i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(theta, (float)(2 * i) / (float)head_dim);
-      const float val = (float)p * freq;
+      const float val = (float)p * inv_freq[i];
       cs[(size_t)p * half + i] = std::cos(val);
       sn[(size_t)p * half + i] = std::sin(val);
     }
@@ -189,8 +229,9 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   Tensor q = linear_forward(xn, blk.linear("q"));
   Tensor k = linear_forward(xn, blk.linear("k"));
   Tensor v = linear_forward(xn, blk.linear("v"));
-  rope(q, c.n_heads, hd, T, c.rope_theta, c.rope_interleaved);
-  rope(k, c.n_kv_heads, hd, T, c.rope_theta, c.rope_interleaved);
+  const std::vector<float> inv_freq = rope_inv_freq(c, hd);
+  rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
+  rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
   Tensor att;
   attention(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, att);
   if (obs) obs(Site::AttnOut, att);

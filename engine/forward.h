@@ -19,6 +19,11 @@ using SiteObserver = std::function<void(Site site, const Tensor& x)>;
 void rmsnorm(const Tensor& x, const Tensor& g, float eps, Tensor& out);
 // Rotates q [N, n_heads·hd] in place; token i of each window sits at position i % T.
 void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interleaved);
+void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved);
+// The head_dim/2 RoPE frequencies θ^(−2i/hd) with c's scaling applied: "linear" divides by
+// rope_factor; "llama3" divides long wavelengths (> rope_orig_ctx/low_freq_factor) by it, keeps
+// short ones (< rope_orig_ctx/high_freq_factor) and interpolates between (HF's formulas, f32).
+std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim);
 // Causal grouped-query attention on rotated q/k and v; out [N, n_heads·hd].
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, int n_heads, int n_kv_heads,
                int head_dim, Tensor& out);

@@ -10,6 +10,7 @@
 #include "loader_gguf.h"
 #include "loader_hf.h"
 #include "loader_llama2c.h"
+#include "loader_qforge.h"
 
 namespace qf {
 
@@ -54,12 +55,26 @@ static bool has_gguf_magic(const std::string& path) {
 ModelFiles resolve_model_files(const std::string& path) {
   if (!path_exists(path)) fail("model path '", path, "' does not exist");
   ModelFiles f;
-  // Hugging Face directory (or a file inside one).
+  // qforge's own format: a safetensors file whose metadata has qforge_format (or a directory
+  // without config.json holding one as model.safetensors). Its tokenizer travels inside.
+  if (!is_directory(path) && ends_with(path, ".safetensors") && is_qforge_file(path)) {
+    f.format = "qforge";
+    f.model = path;
+    return f;
+  }
+  if (is_directory(path) && !path_exists(path + "/config.json") && is_qforge_file(path + "/model.safetensors")) {
+    f.format = "qforge";
+    f.model = path + "/model.safetensors";
+    return f;
+  }
+  // Hugging Face directory (or a file inside one). Tokenizer: tokenizer.json, else a llama2.c
+  // tokenizer.bin (what save_hf writes for a llama2.c model).
   const std::string hf_dir = is_directory(path) ? path : (ends_with(path, ".safetensors") || ends_with(path, "config.json")) ? parent_dir(path) : "";
   if (!hf_dir.empty() && path_exists(hf_dir + "/config.json")) {
     f.format = "hf";
     f.model = hf_dir;
     if (path_exists(hf_dir + "/tokenizer.json")) f.tokenizer = hf_dir + "/tokenizer.json";
+    else if (path_exists(hf_dir + "/tokenizer.bin")) f.tokenizer = hf_dir + "/tokenizer.bin";
     return f;
   }
   // GGUF file, or a directory holding exactly one.
@@ -106,6 +121,7 @@ Model load_model(const ModelFiles& files, bool lazy) {
     m.format = "llama2c";
     return m;
   }
+  if (files.format == "qforge") return load_qforge(files.model);  // always eager: codes are rebuilt at load
   std::shared_ptr<ModelSource> src;
   if (files.format == "hf") src = std::make_shared<ModelSource>(open_hf(files.model));
   else if (files.format == "gguf") src = std::make_shared<ModelSource>(open_gguf(files.model));

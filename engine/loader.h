@@ -9,11 +9,14 @@ namespace qf {
 struct ModelFiles {
   std::string model;      // checkpoint file
   std::string tokenizer;  // "" when none was found
-  std::string format;     // "llama2c" | "hf" | "gguf"
+  std::string format;     // "llama2c" | "hf" | "gguf" | "qforge"
 };
 
 // `path` is a checkpoint file or a directory holding one:
-//   a directory with config.json (or a *.safetensors file inside one)  -> hf; tokenizer.json
+//   a *.safetensors file with qforge_format metadata (or a directory holding one as
+//   model.safetensors and no config.json)                               -> qforge; tokenizer inside
+//   a directory with config.json (or a *.safetensors file inside one)  -> hf; tokenizer.json,
+//                                                                          else tokenizer.bin
 //   a file starting with the GGUF magic, or a directory with one *.gguf -> gguf; tokenizer inside
 //   otherwise llama2.c: the tokenizer is tokenizer.bin or tok*.bin and the checkpoint the
 //   other *.bin; beside a file, the same names are looked for in its directory.

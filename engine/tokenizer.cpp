@@ -1,6 +1,9 @@
-// qforge — llama2.c tokenizer.bin loader and the BPE encode/decode of llama2.c.
+// qforge — the Tokenizer core, the llama2.c tokenizer.bin loader and the llama (SentencePiece
+// scores) kind's encode. The gpt2 kind lives in tokenizer_bpe.cpp, specs in tokenizer_spec.cpp,
+// tokenizer.json in tokenizer_json.cpp.
 #include "tokenizer.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -27,6 +30,20 @@ std::string byte_piece(int b) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "<0x%02X>", b);
   return buf;
+}
+
+// tokenizer.json starts with '{' and then (after spaces) a key or '}'; a tokenizer.bin whose
+// max_token_length happens to be 123 ('{') is followed by zero bytes.
+bool looks_like_json(const std::string& d) {
+  size_t i = 0;
+  auto skip = [&]() {
+    while (i < d.size() && (d[i] == ' ' || d[i] == '\t' || d[i] == '\n' || d[i] == '\r')) i++;
+  };
+  skip();
+  if (i >= d.size() || d[i] != '{') return false;
+  i++;
+  skip();
+  return i < d.size() && (d[i] == '"' || d[i] == '}');
 }
 
 // One symbol of the working sequence: a doubly-linked list over the initial tokens.
@@ -103,6 +120,17 @@ class PairCache {
 
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string data = read_file(path);
+  if (looks_like_json(data)) {
+    bool ignore_merges = false;
+    Tokenizer t = from_spec(tokenizer_json_spec(path, data, &ignore_merges));
+    t.ignore_merges_ = ignore_merges;  // the file says; from_spec's default follows llama.cpp
+    t.format_ = "tokenizer.json";
+    return t;
+  }
+  return load_bin(path, data);
+}
+
+Tokenizer Tokenizer::load_bin(const std::string& path, const std::string& data) {
   const size_t size = data.size();
   const char* p = data.data();
   auto where = [&]() { return "tokenizer file '" + path + "': "; };
@@ -116,6 +144,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
 
   Tokenizer t;
   t.path_ = path;
+  t.format_ = "llama2c";
   size_t off = 4;
   while (off < size) {
     const size_t idx = t.vocab_.size();
@@ -148,15 +177,28 @@ Tokenizer Tokenizer::load(const std::string& path) {
 
   if (t.vocab_[3] != "<0x00>")
     fail(where(), "token 3 is '", t.vocab_[3], "', expected the first byte token '<0x00>'");
-  t.byte_base_ = t.lookup("<0x00>");
-  if (t.byte_base_ != 3)
-    fail(where(), "byte token '<0x00>' first appears at id ", t.byte_base_, ", expected 3");
+  if (t.lookup("<0x00>") != 3)
+    fail(where(), "byte token '<0x00>' first appears at id ", t.lookup("<0x00>"), ", expected 3");
   for (int b = 0; b < 256; b++) {
     const std::string want = byte_piece(b);
-    if (t.vocab_[t.byte_base_ + b] != want)
-      fail(where(), "token ", t.byte_base_ + b, " is '", t.vocab_[t.byte_base_ + b], "', expected byte token '",
-           want, "'");
+    if (t.vocab_[3 + b] != want)
+      fail(where(), "token ", 3 + b, " is '", t.vocab_[3 + b], "', expected byte token '", want, "'");
   }
+  // llama2.c's fixed layout: 0 <unk>, 1 BOS, 2 EOS, 3..258 bytes. Its special tokens are
+  // never matched in the text (llama2.c did not), so specials_ stays empty.
+  t.types_.assign((size_t)n, 1);
+  t.types_[0] = 2;
+  t.types_[1] = t.types_[2] = 3;
+  t.byte_of_.assign((size_t)n, -1);
+  for (int b = 0; b < 256; b++) {
+    t.types_[3 + b] = 6;
+    t.byte_id_[b] = 3 + b;
+    t.byte_of_[3 + b] = (int16_t)b;
+  }
+  t.bos_ = 1;
+  t.eos_ = 2;
+  t.unk_ = 0;
+  t.special_start_.fill(0);
   return t;
 }
 
@@ -165,21 +207,96 @@ int32_t Tokenizer::lookup(const std::string& s) const {
   return it == index_.end() ? -1 : it->second;
 }
 
+// Special tokens (unknown, control, user-defined) by first byte, longest first, so the
+// scan tries at most the few that start with the byte at hand.
+void Tokenizer::index_specials() {
+  specials_.clear();
+  for (int32_t i = 0; i < vocab_size(); i++) {
+    const int32_t ty = types_[i];
+    if (ty != 2 && ty != 3 && ty != 4) continue;
+    const std::string& s = kind_ == Kind::gpt2 ? raw_[i] : vocab_[i];
+    if (!s.empty()) specials_.emplace_back(s, i);
+  }
+  std::stable_sort(specials_.begin(), specials_.end(), [](const auto& a, const auto& b) {
+    if (a.first[0] != b.first[0]) return (unsigned char)a.first[0] < (unsigned char)b.first[0];
+    return a.first.size() > b.first.size();
+  });
+  special_start_.fill(0);
+  for (const auto& sp : specials_) special_start_[(unsigned char)sp.first[0] + 1]++;
+  for (int b = 0; b < 256; b++) special_start_[b + 1] += special_start_[b];
+}
+
+std::vector<Tokenizer::Section> Tokenizer::sections(std::string_view text) const {
+  std::vector<Section> out;
+  const size_t n = text.size();
+  size_t start = 0;
+  for (size_t i = 0; i < n && !specials_.empty();) {
+    const unsigned char c = (unsigned char)text[i];
+    int32_t hit = -1;
+    size_t len = 0;
+    for (uint32_t k = special_start_[c]; k < special_start_[c + 1]; k++) {
+      const std::string& s = specials_[k].first;
+      if (s.size() <= n - i && std::memcmp(text.data() + i, s.data(), s.size()) == 0) {
+        hit = specials_[k].second;
+        len = s.size();
+        break;
+      }
+    }
+    if (hit < 0) {
+      i++;
+      continue;
+    }
+    if (i > start) out.push_back({start, i, -1});
+    out.push_back({i, i + len, hit});
+    i += len;
+    start = i;
+  }
+  if (start < n) out.push_back({start, n, -1});
+  return out;
+}
+
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool eos) const {
   // Symbol indices, and the per-symbol version counters (at most 2 bumps per merge), fit 32 bits.
   if (text.size() > (size_t)INT32_MAX - 8)
     fail("tokenizer '", path_, "': encode: text of ", text.size(), " bytes is too long (max ", INT32_MAX - 8, ")");
   std::vector<int32_t> ids;
-  ids.reserve(text.size() + 3);
-  if (bos) ids.push_back(bos_id());
+  ids.reserve(text.size() / 2 + 3);
+  if (bos && add_bos_ && bos_ >= 0) ids.push_back(bos_);
+  const std::vector<Section> secs = sections(text);
+  if (kind_ == Kind::gpt2) {
+    encode_bpe(text, secs, ids);
+  } else {
+    for (const Section& s : secs) {
+      if (s.special >= 0) ids.push_back(s.special);
+      else encode_spm(std::string_view(text).substr(s.begin, s.end - s.begin), ids);
+    }
+  }
+  if (eos && eos_ >= 0) ids.push_back(eos_);
+  return ids;
+}
 
+void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() + 1);
   std::string buf;  // reused for every lookup: no allocation per codepoint or pair
   auto push_bytes = [&](const char* s, size_t n) {
-    for (size_t i = 0; i < n; i++) ids.push_back(byte_base_ + (unsigned char)s[i]);
+    for (size_t i = 0; i < n; i++) {
+      const int32_t id = byte_id_[(unsigned char)s[i]];
+      if (id >= 0) {
+        ids.push_back(id);
+      } else {  // no byte tokens: SentencePiece's <unk> (one per codepoint)
+        if (unk_ < 0) fail("tokenizer '", path_, "': encode: byte 0x", std::hex, (int)(unsigned char)s[i], std::dec,
+                           " has no byte token and the vocabulary has no unknown token");
+        ids.push_back(unk_);
+        break;
+      }
+    }
   };
 
-  if (!text.empty()) {
-    const int32_t sp = lookup(" ");  // dummy prefix, as SentencePiece's add_dummy_prefix
+  // The dummy prefix of SentencePiece's add_dummy_prefix, on every stretch between special
+  // tokens (as llama.cpp, and HF's Prepend("▁") normalizer, which runs on each stretch).
+  if (!text.empty() && add_space_prefix_) {
+    const int32_t sp = lookup(" ");
     if (sp >= 0) ids.push_back(sp);
     else push_bytes(" ", 1);
   }
@@ -196,8 +313,10 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
     bool found;
     int32_t* id = cp_cache.slot((int32_t)(j - i), (int32_t)packed, &found);
     if (!found) {
-      buf.assign(text, i, j - i);
+      buf.assign(text.data() + i, j - i);
       *id = lookup(buf);
+      // Special tokens are matched before (or, in tokenizer.bin, never): not as text.
+      if (*id >= 0 && types_[*id] != 1 && types_[*id] != 6 && types_[*id] != 0) *id = -1;
     }
     if (*id >= 0) ids.push_back(*id);
     else push_bytes(text.data() + i, j - i);
@@ -212,7 +331,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
 
     PairCache cache;
     // The candidate for the pair (l, l.next), if its concatenation is a vocab token above the floor.
-    auto pair_cand = [&](int32_t l, Cand* out) {
+    auto pair_cand = [&](int32_t l, Cand* c) {
       if (l < 0 || sym[l].next < 0) return false;
       const int32_t a = sym[l].id, b = sym[sym[l].next].id;
       bool found;
@@ -224,7 +343,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
         *merged = (id >= 0 && scores_[id] > kMergeFloor) ? id : -1;
       }
       if (*merged < 0) return false;
-      *out = make_cand(scores_[*merged], l, sym[l].ver, *merged);
+      *c = make_cand(scores_[*merged], l, sym[l].ver, *merged);
       return true;
     };
 
@@ -257,12 +376,10 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
     }
 
     // Symbol 0 is never merged away (it is always a left side), so the list starts there.
-    ids.clear();
-    for (int32_t i = 0; i >= 0; i = sym[i].next) ids.push_back(sym[i].id);
+    for (int32_t i = 0; i >= 0; i = sym[i].next) out.push_back(sym[i].id);
+  } else {
+    out.insert(out.end(), ids.begin(), ids.end());
   }
-
-  if (eos) ids.push_back(eos_id());
-  return ids;
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
@@ -271,17 +388,21 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab_size())
       fail("tokenizer '", path_, "': decode: token id ", id, " out of range (vocab size ", vocab_size(), ")");
-    if (id == bos_id() || id == eos_id()) continue;
+    if (types_[id] == 3) continue;  // BOS, EOS and other control tokens
+    if (kind_ == Kind::gpt2) {
+      out += raw_[id];
+      continue;
+    }
     std::string_view s;
     char byte;
-    if (id >= byte_base_ && id < byte_base_ + 256) {
-      byte = (char)(id - byte_base_);
+    if (byte_of_[id] >= 0) {
+      byte = (char)byte_of_[id];
       s = std::string_view(&byte, 1);
     } else {
       s = vocab_[id];
     }
     // The encoder's dummy-prefix space sits at the start of the first piece.
-    if (first && !s.empty() && s[0] == ' ') s.remove_prefix(1);
+    if (first && add_space_prefix_ && !s.empty() && s[0] == ' ') s.remove_prefix(1);
     first = false;
     out += s;
   }
@@ -297,11 +418,13 @@ std::string Tokenizer::piece(int32_t id) const {
 float Tokenizer::score(int32_t id) const {
   if (id < 0 || id >= vocab_size())
     fail("tokenizer '", path_, "': token id ", id, " out of range (vocab size ", vocab_size(), ")");
-  return scores_[id];
+  return scores_.empty() ? 0.0f : scores_[id];
 }
 
-// Placeholders until the tokenizer work lands.
-Tokenizer Tokenizer::from_spec(const TokenizerSpec& spec) { fail("tokenizer from '", spec.source, "': not built yet"); }
-TokenizerSpec Tokenizer::spec() const { fail("tokenizer '", path_, "': spec() not built yet"); }
+int32_t Tokenizer::token_type(int32_t id) const {
+  if (id < 0 || id >= vocab_size())
+    fail("tokenizer '", path_, "': token id ", id, " out of range (vocab size ", vocab_size(), ")");
+  return types_[id];
+}
 
 }  // namespace qf

@@ -1,0 +1,60 @@
+-- Model formats from a recipe: save as hf / qforge / gptq and load back with the same
+-- perplexity; bad formats and unquantized GPTQ exports are errors.
+local H = dofile("tests/lua/harness.lua")
+local check, check_eq, check_error = H.check, H.check_eq, H.check_error
+
+local MODEL = "../shared/models/stories260K"
+local TEXT = "../shared/data/tinystories_head.txt"
+local out = assert(qf.run_dir(), "run with `qforge run ... out=DIR`")
+local txt = qf.read_text(TEXT)
+local win = { seqlen = 128, max_windows = 4 }
+
+local function exists(p)
+  local f = io.open(p, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local m = qf.load_model(MODEL)
+local base = m:perplexity(txt, win)
+
+H.section("hf: F32 round trip")
+m:save(out .. "/hf", { format = "hf" })
+check(exists(out .. "/hf/config.json"), "config.json written")
+check(exists(out .. "/hf/model.safetensors"), "model.safetensors written")
+check(exists(out .. "/hf/tokenizer.bin"), "tokenizer carried over")
+local h = qf.load_model(out .. "/hf")
+check_eq(h:config().rope_interleaved, false)
+check_eq(h:n_params(), m:n_params())
+local rh = h:perplexity(txt, win)
+check_eq(rh.tokens_scored, base.tokens_scored, "same tokens through the carried tokenizer")
+check_eq(rh.ppl, base.ppl, 1e-5 * base.ppl, "hf F32 ppl")
+check_eq(qf.load_model(out .. "/hf", { lazy = true }):perplexity(txt, win).ppl, rh.ppl, "lazy == eager")
+
+H.section("hf: F16")
+m:save(out .. "/hf16", { format = "hf", dtype = "F16" })
+local r16 = qf.load_model(out .. "/hf16"):perplexity(txt, win)
+check_eq(r16.ppl, base.ppl, 1e-3 * base.ppl, "hf F16 ppl within fp16 rounding")
+
+H.section("qforge and gptq of an RTN model")
+local q = m:clone()
+local grid = qf.grid{ bits = 4, sym = true, group = 32 }
+for b = 1, q:nblocks() do
+  for _, name in ipairs(q:linear_names()) do q:set_linear(b, name, qf.rtn(q:weight(b, name), grid)) end
+end
+local rq = q:perplexity(txt, win)
+check(rq.ppl ~= base.ppl, "quantization changed the model")
+q:save(out .. "/q.safetensors", { format = "qforge" })
+local q2 = qf.load_model(out .. "/q.safetensors")
+check_eq(q2:perplexity(txt, win).ppl, rq.ppl, "qforge round trip is exact")
+q:save(out .. "/gptq", { format = "gptq" })
+check(exists(out .. "/gptq/config.json") and exists(out .. "/gptq/model.safetensors"), "gptq directory written")
+check(qf.read_text(out .. "/gptq/config.json"):find('"quant_method": "gptq"', 1, true), "quantization_config in config.json")
+
+H.section("errors")
+check_error(function() m:save(out .. "/x", { format = "onnx" }) end, "unknown format 'onnx'")
+check_error(function() m:save(out .. "/x", { format = "hf", dtype = "Q4_0" }) end, "dtype 'Q4_0' is not supported")
+check_error(function() m:save(out .. "/g", { format = "gptq" }) end, "block 1 linear 'q': not quantized")
+check(not exists(out .. "/g/config.json"), "a refused export leaves nothing behind")
+
+H.summary()
