@@ -4,6 +4,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "half.h"
+
 namespace qf {
 
 void GridSpec::validate() const {
@@ -13,6 +15,7 @@ void GridSpec::validate() const {
     if (group_bits[k] > 8) fail("grid: allocated bits must be in 0..8, got ", (int)group_bits[k], " at group ", k + 1);
   if (!row_group.empty() && nrowgroups < 1) fail("grid: row_group is set but nrowgroups = ", nrowgroups);
   if (kind == GridKind::Compand) {
+    if (f16_scales) fail("grid: f16_scales applies to uniform grids");
     if (mse) fail("grid: mse (clip search) applies to uniform grids; a companded grid searches with compand_search");
     if (!std::isfinite(compand_mult) || !std::isfinite(compand_bias)) fail("grid: compand_mult and compand_bias must be finite");
   }
@@ -57,6 +60,7 @@ std::string GridSpec::str() const {
   o << " " << (group > 0 ? "g" + std::to_string(group) : std::string("per-channel"));
   if (!row_group.empty()) o << " rowgroups " << nrowgroups;
   if (mse) o << " mse";
+  if (f16_scales) o << " f16-scales";
   return o.str();
 }
 
@@ -206,6 +210,21 @@ static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, flo
   params(mult, bias, b_out, mu_out);
 }
 
+// Rounds a fitted uniform scale for f16_scales (see GridSpec): to fp16, and for asymmetric grids
+// to 11 − ⌈log₂(maxq + 1)⌉ significant bits so that scale·zero (zero ≤ maxq) is fp16-exact —
+// only up to 4 bits (the Q4_1 case); wider asymmetric grids would lose too much scale precision.
+static float round_scale_f16(float s, int maxq, bool sym) {
+  float r = f16_to_f32(f32_to_f16(s));
+  if (!sym && maxq <= 15) {  // Q4_1's m = −scale·zero must be fp16 too
+    int e;
+    const double m = std::frexp((double)r, &e);
+    const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
+    r = f16_to_f32(f32_to_f16((float)std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits)));
+  }
+  if (!(r > 0.f) || !std::isfinite(r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
+  return r;
+}
+
 static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float* scale, float* zero) {
   if (v.empty()) return;  // a row group with no rows: params unused
   if (bits == 0) {        // pruned: every weight becomes the median
@@ -213,8 +232,12 @@ static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float*
     *zero = median_of(v);
     return;
   }
-  if (sp.kind == GridKind::Compand) fit_compand(v, bits, sp, scale, zero);
-  else fit_uniform(v, (1 << bits) - 1, sp, scale, zero);
+  if (sp.kind == GridKind::Compand) {
+    fit_compand(v, bits, sp, scale, zero);
+  } else {
+    fit_uniform(v, (1 << bits) - 1, sp, scale, zero);
+    if (sp.f16_scales) *scale = round_scale_f16(*scale, (1 << bits) - 1, sp.sym);
+  }
 }
 
 void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {

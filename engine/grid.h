@@ -39,6 +39,10 @@ struct GridSpec {
   float maxshrink = 0.8f;
   int grid_points = 100;
   float norm = 2.4f;
+  // Scales rounded to fp16 after fitting (uniform grids), and for asymmetric grids of ≤ 4 bits to
+  // fewer mantissa bits so that scale·zero is fp16-exact too: such grids map exactly onto GGUF
+  // Q8_0/Q4_0/Q4_1 blocks and lose nothing in GPTQ's fp16 scales.
+  bool f16_scales = false;
   GridKind kind = GridKind::Uniform;
   float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
   float compand_bias = 0.f;      // location shift, in units of s·2^mult

@@ -14,6 +14,8 @@ P.common_options = {
   eval_seqlen = 512,      -- perplexity on the remaining tokens of calib_text
   wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
   true_sequential = false,
+  f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q8_0 and GPTQ lose nothing
+  save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
 }
 
 P.common_help = {
@@ -21,6 +23,9 @@ P.common_help = {
   nsamples = "calibration windows", seqlen = "calibration window length (tokens)",
   wiki_windows = "WikiText-2 windows to evaluate (0: skip)",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
+  f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
+  save = "write the quantized model here after evaluation (empty: don't)",
+  save_format = "qforge | gguf | gptq | hf", save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1; hf: F32 F16 BF16",
 }
 
 function P.options(own, help)
@@ -40,7 +45,7 @@ end
 
 -- The grid spec of the common options.
 function P.grid(opt)
-  return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse }
+  return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales }
 end
 
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
@@ -119,6 +124,12 @@ function P.evaluate(ctx, opt, prefix)
     print(string.format("%sWikiText-2 ppl %.4f  [%s]", prefix, w.ppl, w.protocol))
     qf.record(prefix .. "ppl_wikitext2", w.ppl)
     qf.record(prefix .. "protocol_wikitext2", w.protocol)
+  end
+  if prefix == "" and opt.save ~= "" then
+    local t = qf.now()
+    m:save(opt.save, { format = opt.save_format, dtype = opt.save_dtype ~= "" and opt.save_dtype or nil })
+    print(string.format("saved %s (%s) in %.2f s", opt.save, opt.save_format, qf.now() - t))
+    qf.record("saved", { path = opt.save, format = opt.save_format, dtype = opt.save_dtype })
   end
 end
 

@@ -51,6 +51,41 @@ q:save(out .. "/gptq", { format = "gptq" })
 check(exists(out .. "/gptq/config.json") and exists(out .. "/gptq/model.safetensors"), "gptq directory written")
 check(qf.read_text(out .. "/gptq/config.json"):find('"quant_method": "gptq"', 1, true), "quantization_config in config.json")
 
+H.section("GGUF Q4_0 / Q4_1 / Q8_0 exports of Lua-quantized models are exact (f16_scales)")
+for _, case in ipairs({ { "Q4_0", { bits = 4, sym = true, group = 32 } }, { "Q4_1", { bits = 4, group = 32 } },
+                        { "Q8_0", { bits = 8, sym = true, group = 64 } } }) do
+  local dtype, gspec = case[1], case[2]
+  gspec.f16_scales = true
+  local g = qf.grid(gspec)
+  local mq = m:clone()
+  for b = 1, mq:nblocks() do
+    for _, name in ipairs(mq:linear_names()) do mq:set_linear(b, name, qf.rtn(mq:weight(b, name), g)) end
+  end
+  local path = out .. "/q_" .. dtype .. ".gguf"
+  mq:save(path, { format = "gguf", dtype = dtype })
+  local back = qf.load_model(path)
+  -- GGUF stores q/k in RoPE-pair order and loads them in HF order: compare the linears that keep
+  -- their row order, and the whole model through its perplexity.
+  local worst = 0
+  for b = 1, mq:nblocks() do
+    for _, name in ipairs({ "v", "o", "gate", "up", "down" }) do
+      worst = math.max(worst, mq:weight(b, name):clone():sub(back:weight(b, name)):abs_max())
+    end
+  end
+  check_eq(worst, 0, dtype .. ": dequantized weights identical after the round trip")
+  -- the token embedding is stored F16 in block exports (as llama.cpp does): ppl within its rounding
+  local pq = mq:perplexity(txt, win).ppl
+  check_eq(back:perplexity(txt, win).ppl, pq, 1e-3 * pq, dtype .. ": same perplexity up to the F16 embedding")
+  check_eq(back:embedding():clone():sub(mq:embedding()):abs_max() <= 1e-3, true, dtype .. ": embedding is its F16 rounding")
+end
+local mf = m:clone()
+local g32 = qf.grid{ bits = 4, sym = true, group = 32 }
+for b = 1, mf:nblocks() do
+  for _, name in ipairs(mf:linear_names()) do mf:set_linear(b, name, qf.rtn(mf:weight(b, name), g32)) end
+end
+check_error(function() mf:save(out .. "/f32scales.gguf", { format = "gguf", dtype = "Q4_0" }) end, "not representable in fp16")
+check(not exists(out .. "/f32scales.gguf"), "a refused GGUF export leaves nothing behind")
+
 H.section("errors")
 check_error(function() m:save(out .. "/x", { format = "onnx" }) end, "unknown format 'onnx'")
 check_error(function() m:save(out .. "/x", { format = "hf", dtype = "Q4_0" }) end, "dtype 'Q4_0' is not supported")

@@ -1,0 +1,61 @@
+-- CVXQ primitives from Lua (§6): dual_ascent over mixed groupings, row clusters, group spread,
+-- bias correction and set_bias — hand values and the defining properties.
+local H = dofile("tests/lua/harness.lua")
+local check, check_eq, check_error = H.check, H.check_eq, H.check_error
+
+H.section("dual_ascent over a whole layer, rows and row-cluster × column groups at once")
+local rng = qf.rng(7)
+local layer = { var = 1e-4, g2 = 2.0, n = 4096 }                      -- one group: a whole layer
+local rows = { var = rng:rand({ 64 }):add(0.01), g2 = rng:rand({ 64 }), n = 64 }
+local cells = { var = rng:rand({ 4, 32 }):mul(1e-3):add(1e-5), g2 = rng:rand({ 4, 32 }):add(0.1), n = 16 }
+local a = qf.dual_ascent{ groups = { layer, rows, cells }, target_bits = 3 }
+check(a.converged, "converged")
+check(math.abs(a.rate - 3) <= 0.01, "rate within 0.01 bit of the target: " .. a.rate)
+check_eq(a.bits[3]:shape(), { 4, 32 }, "bits come back in each entry's shape")
+local total, count = a.bits[1]:get(1) * 4096, 4096
+for i = 1, 64 do total = total + a.bits[2]:get(i) * 64; count = count + 64 end
+for i = 1, 4 do for j = 1, 32 do total = total + a.bits[3]:get(i, j) * 16; count = count + 16 end end
+check_eq(total / count, a.rate, 1e-12, "rate = Σ n·B / Σ n, recomputed here")
+check_eq(#a.history, a.steps + a.bisections)
+-- B_g = clamp(round(½(log2 σ² + log2 G² − log2 λ))) at the returned λ
+local want = math.floor(0.5 * (math.log(1e-4, 2) + 1 - a.log2_lambda) + 0.5)
+check(math.abs(a.bits[1]:get(1) - math.max(0, math.min(8, want))) <= 1, "layer bits follow the closed form")
+check_error(function() qf.dual_ascent{ groups = { layer }, target_bits = 9 } end, "target_bits 9 is outside")
+check_error(function() qf.dual_ascent{ groups = {}, target_bits = 3 } end, "'groups' is empty")
+check_error(function() qf.dual_ascent{ groups = { { var = -1, g2 = 1, n = 1 } }, target_bits = 3 } end, "must be >= 0")
+check_error(function() qf.dual_ascent{ groups = { { var = 1, g2 = 1, n = 0 } }, target_bits = 3 } end, "size 0")
+check_error(function() qf.dual_ascent{ groups = { layer } } end, "'target_bits' is required")
+
+H.section("row clusters and group spread")
+check_eq(qf.row_clusters({ 2, 0, 7, -5, 9, 1, 2 }, 3), { 2, 1, 3, 1, 3, 1, 2 })
+local W = qf.tensor{ { 1, 2, 3, 3 }, { 0, 0, 1, -1 }, { 5, 9, 3, 3 } }
+local s = qf.group_spread(W, { group = 2, row_groups = { 1, 2, 1 } })
+check_eq(s:shape(), { 2, 2 })
+check_eq(s:get(1, 1), 59 / 4, 1e-6, "{1,2,5,9}: lower median 2")
+check_eq(qf.row_log2_variance(W):get(1), math.log(11 / 16, 2), 1e-6)
+
+H.section("bias correction through set_bias keeps the mean output")
+local m = qf.load_model("../shared/models/stories260K")
+local ids = m:tokenizer():encode(qf.read_text("../shared/data/tinystories_head.txt"))
+local cal = qf.calibration{ model = m, tokens = ids, range = { 1, 5000 }, nsamples = 4, seqlen = 64, seed = 1 }
+local st = cal:capture({ "ffn_mid" })
+local Wd = m:weight(1, "down"):clone()
+local q = qf.rtn(Wd, qf.grid{ bits = 2 })
+check(m:bias(1, "down") == nil, "llama linears have no bias")
+m:set_linear(1, "down", q)
+m:set_bias(1, "down", qf.bias_correction(Wd, q:dequantize(), st.ffn_mid.mu))
+local b = m:bias(1, "down")
+-- mean output change (Ŵ − W) μ + b must vanish
+local mu = st.ffn_mid.mu
+local worst = 0
+for i = 1, 64 do
+  local d = b:get(i)
+  for j = 1, 172 do d = d + (q:dequantize():get(i, j) - Wd:get(i, j)) * mu:get(j) end
+  worst = math.max(worst, math.abs(d))
+end
+check(worst < 1e-5, "mean output preserved (worst " .. worst .. ")")
+check_error(function() m:set_bias(1, "down", qf.zeros({ 3 })) end, "has 64 outputs, the bias has 3 entries")
+m:set_bias(1, "down", nil)
+check(m:bias(1, "down") == nil, "set_bias(nil) removes it")
+
+H.summary()
