@@ -138,38 +138,7 @@ void rope_backward(Tensor& dy, int n_heads, int head_dim, int T, float theta, bo
 }
 
 void rope_backward(Tensor& dy, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved) {
-  check_2d(dy, (int64_t)n_heads * head_dim, "rope_backward gradient");
-  if (!dy.is_contiguous()) fail("rope_backward: gradient must be contiguous");
-  if (head_dim % 2) fail("rope_backward: head dimension ", head_dim, " is odd");
-  const int64_t N = dy.size(0), W = (int64_t)n_heads * head_dim;
-  if (T <= 0 || N % T) fail("rope_backward: ", N, " rows is not a whole number of ", T, "-token windows");
-  const int half = head_dim / 2;
-  if ((int)inv_freq.size() != half) fail("rope_backward: ", inv_freq.size(), " frequencies for head dimension ", head_dim);
-  // the forward's cos/sin table (angle = position · freq, in f32)
-  std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
-  for (int p = 0; p < T; ++p)
-    for (int i = 0; i < half; ++i) {
-      const float val = (float)p * inv_freq[i];
-      cs[(size_t)p * half + i] = std::cos(val);
-      sn[(size_t)p * half + i] = std::sin(val);
-    }
-  float* xp = dy.f32();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N; ++r) {
-    const int p = (int)(r % T);
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = xp + r * W + (int64_t)h * head_dim;
-      for (int i = 0; i < half; ++i) {
-        const float c = cs[(size_t)p * half + i], s = sn[(size_t)p * half + i];
-        float& a = interleaved ? v[2 * i] : v[i];
-        float& b = interleaved ? v[2 * i + 1] : v[i + half];
-        const float a0 = a, b0 = b;
-        // forward [a; b] = [c −s; s c][a0; b0], so the backward applies the transpose
-        a = a0 * c + b0 * s;
-        b = -a0 * s + b0 * c;
-      }
-    }
-  }
+  rope_rotate(dy, n_heads, head_dim, T, inv_freq, interleaved, true);  // dx = Rᵀ dy
 }
 
 // ---------------------------------------------------------------- attention

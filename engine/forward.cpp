@@ -78,6 +78,13 @@ void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interle
 }
 
 void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved) {
+  rope_rotate(x, n_heads, head_dim, T, inv_freq, interleaved, false);
+}
+
+// Rotates (transpose = false) or applies the inverse rotation Rᵀ (the backward, transpose = true:
+// the angle's sine negated, which is exact, so Rᵀ is bit-for-bit the rotation by −angle).
+void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved,
+                 bool transpose) {
   check_2d(x, (int64_t)n_heads * head_dim, "rope input");
   if (!x.is_contiguous()) fail("rope: input must be contiguous");
   if (head_dim % 2) fail("rope: head dimension ", head_dim, " is odd");
@@ -91,7 +98,7 @@ void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>&
     for (int i = 0; i < half; ++i) {
       const float val = (float)p * inv_freq[i];
       cs[(size_t)p * half + i] = std::cos(val);
-      sn[(size_t)p * half + i] = std::sin(val);
+      sn[(size_t)p * half + i] = transpose ? -std::sin(val) : std::sin(val);
     }
   float* xp = x.f32();
 #pragma omp parallel for schedule(static)

@@ -20,6 +20,9 @@ void rmsnorm(const Tensor& x, const Tensor& g, float eps, Tensor& out);
 // Rotates q [N, n_heads·hd] in place; token i of each window sits at position i % T.
 void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interleaved);
 void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved);
+// The rotation (transpose = false) or its transpose Rᵀ (the backward of rope).
+void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved,
+                 bool transpose);
 // The head_dim/2 RoPE frequencies θ^(−2i/hd) with c's scaling applied: "linear" divides by
 // rope_factor; "llama3" divides long wavelengths (> rope_orig_ctx/low_freq_factor) by it, keeps
 // short ones (< rope_orig_ctx/high_freq_factor) and interpolates between (HF's formulas, f32).
