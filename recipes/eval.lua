@@ -5,14 +5,19 @@ local opt = qf.options({
   text = "../shared/data/tinystories_head.txt",
   seqlen = 0,
   max_windows = 0,
+  lazy = false,
 }, {
   model = "model directory or checkpoint file",
   text = "text file to score",
   seqlen = "window length in tokens (0 = the model's seq_len)",
   max_windows = "score at most this many windows (0 = all)",
+  lazy = "convert each block from the file when it is used (streams models larger than RAM-for-f32)",
 })
 
-local m = qf.load_model(opt.model)
+local t_load = qf.now()
+local m = qf.load_model(opt.model, { lazy = opt.lazy })
+qf.record("load_seconds", qf.now() - t_load)
+print(string.format("loaded in %.2f s%s", qf.now() - t_load, opt.lazy and " (lazy)" or ""))
 local c = m:config()
 print(string.format("model %s: %s, dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, seq_len %d",
   opt.model, c.arch, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len))
