@@ -56,15 +56,33 @@ function P.prepare(opt)
   local split = math.floor(#ids * opt.calib_fraction)
   local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
                               seqlen = opt.seqlen, seed = opt.seed }
-  local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids }
+  local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   return ctx
 end
 
 local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gate = "ffn_in", up = "ffn_in", down = "ffn_mid" }
 
--- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, tokens=} returns a
--- QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced by Ŵ. Prints and
+-- A fresh calibration over the same windows as ctx.cal (same ids, range, seed): for a second
+-- sequential pass after a statistics pass.
+function P.calibration(ctx, opt)
+  return qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
+                         seqlen = opt.seqlen, seed = opt.seed }
+end
+
+-- Runs cal through every block without changing the model: the full-precision Σ, mean input μ
+-- and token count of every site of every block, stats[b][site] = {sigma=, mu=, tokens=}.
+function P.fp_statistics(cal)
+  local stats = {}
+  for b = 1, cal:nblocks() do
+    stats[b] = cal:capture()
+    cal:advance()
+  end
+  return stats
+end
+
+-- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, mu=, tokens=} (mu: the
+-- mean input) returns a QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced by Ŵ. Prints and
 -- logs block i/N, layer, objective, seconds and ETA; returns {layers = {...}, objective = Σ, seconds}.
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
@@ -87,7 +105,7 @@ function P.quantize_model(m, cal, solve, opts)
         local W = m:weight(b, name)
         local st = stats[SITES[name]]
         local tl = qf.now()
-        local q, info = solve{ block = b, name = name, W = W, sigma = st.sigma, tokens = st.tokens }
+        local q, info = solve{ block = b, name = name, W = W, sigma = st.sigma, mu = st.mu, tokens = st.tokens }
         local What = qf.is_tensor(q) and q or q:dequantize()
         local obj, rel = qf.objective(W, What, st.sigma)
         m:set_linear(b, name, q)  -- keeps a QLinear's codes for exports that store them

@@ -58,4 +58,30 @@ check_error(function() m:set_bias(1, "down", qf.zeros({ 3 })) end, "has 64 outpu
 m:set_bias(1, "down", nil)
 check(m:bias(1, "down") == nil, "set_bias(nil) removes it")
 
+H.section("qforge.cvxq: allocation over a real model hits the target and drives the solvers")
+local C = require("qforge.cvxq")
+local P = require("qforge.pipeline")
+local m2 = qf.load_model("../shared/models/stories260K")
+local cal2 = qf.calibration{ model = m2, tokens = ids, range = { 1, 5000 }, nsamples = 4, seqlen = 64, seed = 2 }
+local stats = P.fp_statistics(cal2)
+check_eq(#stats, 5)
+local alloc = C.allocate(m2, stats, { target_bits = 2.5, cluster_rows = 16 })
+check(alloc.converged and math.abs(alloc.rate - 2.5) <= 0.01, "rate " .. alloc.rate .. " within 0.01 of 2.5")
+check_eq(#alloc.keys, 35)
+local L = alloc.layers["2.down"]
+check_eq(L.bits:shape(), { 4, 172 }, "64 rows / 16 = 4 clusters × 172 columns")
+check_eq(#L.row_groups, 64)
+local qd = qf.rtn(m2:weight(2, "down"), C.grid(L, { kind = "compand", compand_search = true }))
+local D = qd:dequantize()
+local zero_bits = 0
+for i = 1, 64 do
+  for j = 1, 172 do
+    if L.bits:get(L.row_groups[i], j) == 0 then
+      zero_bits = zero_bits + 1
+      check_eq(D:get(i, j), qd:grid():zeros():get(L.row_groups[i], j), "0-bit group holds its median")
+    end
+  end
+end
+check(alloc.pruned_fraction >= 0 and alloc.pruned_fraction < 0.5, "pruned fraction " .. alloc.pruned_fraction)
+
 H.summary()

@@ -1,0 +1,38 @@
+-- cvxq.lua — CVXQ (algorithms.md §6): full-precision statistics → bit allocation by dual ascent
+-- to a target average rate over (row cluster × column) groups → companded RTN at the allocated
+-- bits (0-bit groups pruned to their median) → bias correction b' = b − (Ŵ − W) μ_x.
+-- Sensitivity: the mean squared layer input (diag Σ proxy). Checkpoint selection on evaluation
+-- data (the published code's quirk) is not done: one run, one model.
+--   qforge run recipes/cvxq.lua target_bits=3
+local P = require("qforge.pipeline")
+local C = require("qforge.cvxq")
+local opt = P.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
+                        bmax = 8 },
+  { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
+    kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
+    bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get" })
+local ctx = P.prepare(opt)
+local m = ctx.model
+local t0 = qf.now()
+local stats = P.fp_statistics(ctx.cal)
+local alloc = C.allocate(m, stats, opt)
+print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%",
+  alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction))
+qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
+                          log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction, history = alloc.history })
+local total, layers = 0, {}
+for _, key in ipairs(alloc.keys) do
+  local L = alloc.layers[key]
+  local W = m:weight(L.block, L.name):clone()
+  local st = stats[L.block][C.SITES[L.name]]
+  local q = qf.rtn(W, C.grid(L, opt))
+  local What = q:dequantize()
+  local obj, rel = qf.objective(W, What, st.sigma)
+  m:set_linear(L.block, L.name, q)
+  if opt.bias_correction then m:set_bias(L.block, L.name, qf.bias_correction(W, What, st.mu, m:bias(L.block, L.name))) end
+  total = total + obj
+  layers[#layers + 1] = { block = L.block, layer = L.name, objective = obj, relative = rel, bits = L.bits:mean() }
+  io.stderr:write(string.format("block %d %-5s %.2f bits  objective %.5g (rel %.3e)\n", L.block, L.name, L.bits:mean(), obj, rel))
+end
+P.record_summary({ layers = layers, objective = total, seconds = qf.now() - t0 })
+P.evaluate(ctx, opt)

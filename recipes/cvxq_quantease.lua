@@ -1,0 +1,30 @@
+-- cvxq_quantease.lua — CVXQ's bit allocation (§6, from full-precision statistics) with QuantEase
+-- (§4) as the solver: a second, sequential pass quantizes each linear on its allocated
+-- (row cluster × column) grid against the quantized-prefix Σ; optional bias correction.
+--   qforge run recipes/cvxq_quantease.lua target_bits=3 kind=uniform
+local P = require("qforge.pipeline")
+local C = require("qforge.cvxq")
+local opt = P.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
+                        bmax = 8, iters = 30, init = "rtn" },
+  { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
+    kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
+    bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get",
+    iters = "QuantEase sweeps", init = "QuantEase start: w | rtn | gptq" })
+local ctx = P.prepare(opt)
+local m = ctx.model
+local alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt)
+print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, pruned %.2f%%",
+  alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, 100 * alloc.pruned_fraction))
+qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
+                          log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction })
+local cal = P.calibration(ctx, opt)
+local s = P.quantize_model(m, cal, function(l)
+  local L = alloc.layers[l.block .. "." .. l.name]
+  local q = qf.quantease(l.W, l.sigma, C.grid(L, opt), { iters = opt.iters, init = opt.init })
+  if opt.bias_correction then
+    m:set_bias(l.block, l.name, qf.bias_correction(l.W, q:dequantize(), l.mu, m:bias(l.block, l.name)))
+  end
+  return q
+end, { true_sequential = opt.true_sequential })
+P.record_summary(s)
+P.evaluate(ctx, opt)
