@@ -16,9 +16,14 @@ namespace qf::lua {
 static std::atomic<int64_t> g_live{0};
 int64_t live_tensors() { return g_live.load(); }
 
+// Lua's collector sees only the small Tensor handle, not the storage behind it, so garbage
+// tensors would pile up (GBs in a sequential pipeline over a 135M model). Pace it: every new
+// tensor handle counts as an allocation of its bytes (views count too — pacing, not accounting).
 void push_tensor(lua_State* L, Tensor t) {
+  const int64_t kb = t.defined() ? t.numel() * (int64_t)dtype_size(t.dtype()) / 1024 : 0;
   new_udata<Tensor>(L, kTensorMT, std::move(t));
   ++g_live;
+  if (kb >= 64) lua_gc(L, LUA_GCSTEP, (int)std::min<int64_t>(kb, 1 << 30));
 }
 
 bool is_tensor(lua_State* L, int idx) { return luaL_testudata(L, idx, kTensorMT) != nullptr; }

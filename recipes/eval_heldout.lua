@@ -1,0 +1,8 @@
+-- eval_heldout.lua — the full-precision baseline of the layer-wise recipes: the same options,
+-- the same calibration/held-out split and the same evaluation (held-out part of calib_text and
+-- WikiText-2), nothing quantized.
+--   qforge run recipes/eval_heldout.lua model=... calib_text=../shared/data/ptb_valid.txt eval_seqlen=2048
+local P = require("qforge.pipeline")
+local opt = P.options({})
+local ctx = P.prepare(opt)
+P.evaluate(ctx, opt)
