@@ -223,7 +223,8 @@ static int m_perplexity(lua_State* L) {
   if (lua_type(L, 2) == LUA_TSTRING) {
     if (!lm.tok) fail("perplexity: model '", lm.m->source, "' has no tokenizer to encode the text (pass token ids)");
     tokens = lm.tok->encode(check_str(L, 2, "perplexity"), true, false);
-    o.stream = "text tokenized with BOS once at its start";
+    o.stream = lm.tok->add_bos() ? "text tokenized with BOS once at its start"
+                                 : "text tokenized without BOS (the tokenizer adds none)";
   } else if (lua_type(L, 2) == LUA_TTABLE) {
     tokens = ids_from_table(L, 2, "perplexity");
     o.stream = !tokens.empty() && tokens[0] == (lm.tok ? lm.tok->bos_id() : 1) ? "token ids as given (starting with BOS)" : "token ids as given (no BOS)";
