@@ -160,8 +160,8 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
     for (const LinearSpec& ls : kLlamaLinears) {
       const std::string lname = ls.name;
       const int heads = c.rope_interleaved ? 0 : lname == "q" ? c.n_heads : lname == "k" ? c.n_kv_heads : 0;
-      const int64_t out_f = lname == "k" || lname == "v" ? c.kv_dim() : lname == "gate" || lname == "up" ? c.hidden_dim : c.dim;
-      const int64_t in_f = lname == "down" ? c.hidden_dim : c.dim;
+      const Shape shp = linear_shape(c, lname);
+      const int64_t out_f = shp[0], in_f = shp[1];
       const uint32_t type = quant && in_f % 32 ? 0 : lin_type;
       w.add_tensor(pre + gguf_linear_name(lname) + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, type,
                    [&m, &dtype, &what, b, lname, heads, type](const GGUFWriter::Sink& out) {

@@ -113,13 +113,6 @@ static std::vector<T> load_vec(const SafetensorsFile& st, const std::string& nam
   return safetensors_read<T>(ts, dtype);
 }
 
-static Shape linear_shape(const ModelConfig& c, const std::string& n) {
-  int64_t out = c.dim, in = c.dim;
-  if (n == "k" || n == "v") out = c.kv_dim();
-  if (n == "gate" || n == "up") out = c.hidden_dim;
-  if (n == "down") in = c.hidden_dim;
-  return {out, in};
-}
 
 static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& st, const std::string& ln, const json& d,
                                                          const Shape& shape, const std::string& what) {

@@ -22,6 +22,14 @@ const std::vector<LinearSpec> kLlamaLinears = {
     {"down", "w2", Site::FfnMid},
 };
 
+Shape linear_shape(const ModelConfig& c, const std::string& n) {
+  int64_t out = c.dim, in = c.dim;
+  if (n == "k" || n == "v") out = c.kv_dim();
+  if (n == "gate" || n == "up") out = c.hidden_dim;
+  if (n == "down") in = c.hidden_dim;
+  return {out, in};
+}
+
 static std::string known_linears(const Block& b) {
   std::string s;
   for (auto& l : b.linears) s += (s.empty() ? "" : ", ") + l.name;

@@ -49,6 +49,9 @@ struct LinearSpec {
 // The llama architecture's block map, in forward order.
 extern const std::vector<LinearSpec> kLlamaLinears;
 
+// [out, in] of the block linear `name` (canonical) under config c.
+Shape linear_shape(const ModelConfig& c, const std::string& name);
+
 // y = x Wᵀ (+ b). W is [out, in], row-major, f32.
 struct Linear {
   std::string name;

@@ -95,14 +95,6 @@ static const TensorSource& need(const ModelSource& src, const std::string& name,
   return it->second;
 }
 
-// [out, in] of a block linear under config c.
-static Shape linear_shape(const ModelConfig& c, const std::string& n) {
-  int64_t out = c.dim, in = c.dim;
-  if (n == "k" || n == "v") out = c.kv_dim();
-  if (n == "gate" || n == "up") out = c.hidden_dim;
-  if (n == "down") in = c.hidden_dim;
-  return {out, in};
-}
 
 static Linear make_linear(const ModelSource& src, const std::string& pre, const LinearSpec& spec) {
   const Shape shape = linear_shape(src.cfg, spec.name);
