@@ -61,7 +61,7 @@ static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* ke
 static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
   check_opts(L, arg, fn, {"bits", "sym", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
-                          "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales"});
+                          "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"});
   GridSpec s;
   s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
   s.sym = opt_field_bool(L, arg, "sym", fn, s.sym);
@@ -77,6 +77,7 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   s.compand_bias = (float)opt_field_num(L, arg, "compand_bias", fn, s.compand_bias);
   s.compand_search = opt_field_bool(L, arg, "compand_search", fn, s.compand_search);
   s.f16_scales = opt_field_bool(L, arg, "f16_scales", fn, s.f16_scales);
+  s.float_zero = opt_field_bool(L, arg, "float_zero", fn, s.float_zero);
   // Allocation: alloc = bits per (row group, column group) [nrowgroups, ngroups]; row_groups =
   // 1-based row group of every row (absent: each row its own).
   for (int64_t b : int_list_field(L, arg, "alloc", fn, 0, 8)) s.group_bits.push_back((uint8_t)b);
@@ -110,6 +111,7 @@ static void push_spec(lua_State* L, const GridSpec& s) {
     set_field(L, "norm", (double)s.norm);
   }
   if (s.f16_scales) set_field(L, "f16_scales", true);
+  if (s.float_zero) set_field(L, "float_zero", true);
   if (s.kind == GridKind::Compand) {
     set_field(L, "kind", std::string("compand"));
     set_field(L, "compand_mult", (double)s.compand_mult);

@@ -88,6 +88,7 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
                   {"compand_mult", s.compand_mult},
                   {"compand_bias", s.compand_bias},
                   {"compand_search", s.compand_search},
+                  {"float_zero", s.float_zero},
                   {"row_groups", s.row_group.empty() ? 0 : s.nrowgroups},  // 0: every row its own params
                   {"mixed_bits", s.mixed_bits()},
                   {"rows", g.rows},

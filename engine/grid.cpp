@@ -16,6 +16,7 @@ void GridSpec::validate() const {
   if (!row_group.empty() && nrowgroups < 1) fail("grid: row_group is set but nrowgroups = ", nrowgroups);
   if (kind == GridKind::Compand) {
     if (f16_scales) fail("grid: f16_scales applies to uniform grids");
+    if (float_zero) fail("grid: float_zero applies to uniform grids");
     if (mse) fail("grid: mse (clip search) applies to uniform grids; a companded grid searches with compand_search");
     if (!std::isfinite(compand_mult) || !std::isfinite(compand_bias)) fail("grid: compand_mult and compand_bias must be finite");
   }
@@ -61,6 +62,7 @@ std::string GridSpec::str() const {
   if (!row_group.empty()) o << " rowgroups " << nrowgroups;
   if (mse) o << " mse";
   if (f16_scales) o << " f16-scales";
+  if (float_zero) o << " float-zero";
   return o.str();
 }
 

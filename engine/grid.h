@@ -47,6 +47,10 @@ struct GridSpec {
   float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
   float compand_bias = 0.f;      // location shift, in units of s·2^mult
   bool compand_search = false;   // per group: mult ∈ {−2, −1.875, …, 2}, then bias over the same grid (MSE)
+  // decoupleQ's scale/offset form Ŵ = s·w_int + z (§7): the zero may be any float (value =
+  // scale·(code − zero), zero = −z/s), so the nearest code is round(x/scale + zero). Exports to
+  // GGUF and GPTQ refuse such grids; the qforge format keeps them exactly.
+  bool float_zero = false;
   // Allocation (optional). row_group[r] = row group of row r (0-based; empty: each row its own);
   // group_bits[rg·ngroups + g] overrides `bits` (empty: `bits` everywhere; 0 = pruned to the median).
   std::vector<int32_t> row_group;
@@ -77,7 +81,7 @@ struct Grid {
   int bits_at(int64_t r, int64_t g) const { return spec.group_bits.empty() ? spec.bits : spec.group_bits[pidx(r, g)]; }
   int maxq_at(int64_t r, int64_t g) const { return (1 << bits_at(r, g)) - 1; }
   int maxq() const { return (1 << spec.bits) - 1; }  // the uniform-bits maximum code
-  bool fast_uniform() const { return spec.kind == GridKind::Uniform && spec.group_bits.empty(); }
+  bool fast_uniform() const { return spec.kind == GridKind::Uniform && spec.group_bits.empty() && !spec.float_zero; }
   float s(int64_t r, int64_t g) const { return scale[pidx(r, g)]; }
   float z(int64_t r, int64_t g) const { return zero[pidx(r, g)]; }
   // Code of the nearest representable value of x in (row r, group g), and a code's value.
@@ -91,7 +95,7 @@ struct Grid {
     if (b == 0) return 0;
     if (spec.kind == GridKind::Compand) return compand_code(x, zero[p], scale[p], b);
     const int mq = (1 << b) - 1;
-    const float q = std::nearbyint(x / scale[p]) + zero[p];
+    const float q = spec.float_zero ? std::nearbyint(x / scale[p] + zero[p]) : std::nearbyint(x / scale[p]) + zero[p];
     return q < 0.f ? 0 : q > (float)mq ? mq : (int)q;
   }
   float value(int code, int64_t r, int64_t g) const {

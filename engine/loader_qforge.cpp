@@ -133,6 +133,8 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   g.spec.compand_mult = f.number("compand_mult");
   g.spec.compand_bias = f.number("compand_bias");
   g.spec.compand_search = f.boolean("compand_search");
+  // float_zero arrived after format version 1's first files: absent means integer zeros.
+  if (d.contains("float_zero")) g.spec.float_zero = f.boolean("float_zero");
   g.rows = f.integer("rows", 1, 1 << 20);
   g.cols = f.integer("cols", 1, 1 << 20);
   g.ngroups = f.integer("ngroups", 1, 1 << 20);
