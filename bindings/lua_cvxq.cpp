@@ -1,13 +1,19 @@
 // qforge — CVXQ pieces in Lua (§6): qf.dual_ascent, qf.row_clusters, qf.row_log2_variance,
-// qf.group_spread, qf.bias_correction, and m:bias / m:set_bias.
+// qf.group_spread, qf.group_mean, qf.bias_correction, m:bias / m:set_bias, and the gradient
+// statistics cal:gradient_statistics{...} (sensitivity.h).
 //
 // An allocation is plain Lua data: dual_ascent returns one bits tensor per input entry, in the
 // entry's shape, which a recipe can inspect, edit, and hand to qf.grid{alloc = ...}.
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 
+#include "calibration.h"
 #include "cvxq.h"
 #include "dual_ascent.h"
 #include "lua_util.h"
+#include "runner.h"
+#include "sensitivity.h"
 
 namespace qf::lua {
 
@@ -139,9 +145,10 @@ static int f_row_log2_variance(lua_State* L) {
   return 1;
 }
 
-// qf.group_spread(W, {group = -1, row_groups = {...}}) -> σ² tensor [row groups, column groups]
-static int f_group_spread(lua_State* L) {
-  const char* fn = "group_spread";
+// Shared by qf.group_spread and qf.group_mean: (M, {group = -1, row_groups = {...}}) -> tensor
+// [row groups, column groups] of reduce(M, row groups, group).
+using GroupReduce = std::vector<double> (*)(const Tensor&, const std::vector<int32_t>&, int64_t, int64_t);
+static int push_group_reduce(lua_State* L, const char* fn, GroupReduce reduce) {
   const Tensor& W = check_tensor(L, 1, fn);
   check_opts(L, 2, fn, {"group", "row_groups"});
   const int64_t group = opt_field_int(L, 2, "group", fn, -1);
@@ -154,11 +161,15 @@ static int f_group_spread(lua_State* L) {
       nrg = std::max<int64_t>(nrg, (int64_t)v);
     }
   }
-  const std::vector<double> s = group_spread(W, rg, nrg, group);
+  const std::vector<double> s = reduce(W, rg, nrg, group);
   const int64_t rows = rg.empty() ? W.size(0) : nrg;
   push_tensor(L, Tensor::from_data({rows, (int64_t)s.size() / rows}, std::vector<float>(s.begin(), s.end())));
   return 1;
 }
+// σ²_g: mean squared deviation from the group median.
+static int f_group_spread(lua_State* L) { return push_group_reduce(L, "group_spread", group_spread); }
+// G²_g: the mean of a per-weight statistic (e.g. a squared-gradient mean) over each group.
+static int f_group_mean(lua_State* L) { return push_group_reduce(L, "group_mean", group_mean); }
 
 // qf.bias_correction(W, What, mu [, bias]) -> corrected bias tensor
 static int f_bias_correction(lua_State* L) {
@@ -202,6 +213,76 @@ static int m_set_bias(lua_State* L) {
   return 0;
 }
 
+// cal:gradient_statistics{pca = 1024, stride = 128, iters = 0, batch = 1, joint_positions = false}
+// CVXQ's squared gradients of PCA-projected final hidden states (sensitivity.h) over the
+// calibration's windows, on the model's current weights (run it before quantizing). Returns
+//   { [block] = { q = {g2 = Tensor [out, in], row = Tensor [out]}, ... },
+//     pca = {k =, eigenvalues = {...}, explained = fraction of the variance}, iters =, samples =,
+//     seconds =, pca_seconds = }
+static int c_gradient_statistics(lua_State* L) {
+  const char* fn = "gradient_statistics";
+  LCal& c = check_cal(L, 1, fn);
+  if (!is_none_or_nil(L, 2)) check_table(L, 2, fn);
+  check_opts(L, 2, fn, {"pca", "stride", "iters", "batch", "joint_positions"});
+  const Model& m = *c.m;
+  const int k = (int)opt_field_int(L, 2, "pca", fn, 1024);
+  if (k < 1) fail(fn, ": option 'pca' must be >= 1, got ", k);
+  GradStatsOptions o;
+  o.stride = (int)opt_field_int(L, 2, "stride", fn, o.stride);
+  o.iters = (int)opt_field_int(L, 2, "iters", fn, o.iters);
+  o.batch = (int)opt_field_int(L, 2, "batch", fn, o.batch);
+  o.joint_positions = opt_field_bool(L, 2, "joint_positions", fn, o.joint_positions);
+  const int nwin = c.cal->nsamples(), T = c.cal->seqlen();
+  check_grad_stats_options(o, nwin);  // before the PCA's forward pass
+  RunContext* ctx = run_context(L);
+  auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  const double tp = now();
+  // CVXQ keeps the top 1024 of 4096+ dimensions; a narrower model keeps all it has.
+  const HiddenPca pca = hidden_pca(m, c.cal->windows(), nwin, T, std::min(k, m.cfg.dim));
+  const double pca_seconds = now() - tp;
+  double top = 0;
+  for (double e : pca.eigenvalues) top += e;
+  std::fprintf(stderr, "gradient statistics: PCA of %lld final hidden states, %d components hold %.1f%% of the variance (%.1f s)\n",
+               (long long)pca.tokens, (int)pca.eigenvalues.size(), 100 * top / pca.total_variance, pca_seconds);
+  auto progress = [&](int done, int total, double secs) {
+    if (done == total || done % std::max(1, total / 20) == 0) {
+      std::fprintf(stderr, "gradient statistics: iteration %d/%d  %.1f s  ETA %.0f s\n", done, total, secs,
+                   secs / done * (total - done));
+      if (ctx) ctx->log({{"event", "gradient_statistics"}, {"iteration", done}, {"iters", total}, {"seconds", secs}});
+    }
+  };
+  const GradStats gs = gradient_statistics(m, c.cal->windows(), nwin, T, pca, o, progress);
+  lua_createtable(L, m.n_blocks(), 6);
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    lua_createtable(L, 0, (int)gs.names[l].size());
+    for (size_t j = 0; j < gs.names[l].size(); ++j) {
+      lua_createtable(L, 0, 2);
+      push_tensor(L, gs.g2[l][j]);
+      lua_setfield(L, -2, "g2");
+      const std::vector<double> r = row_means(gs.g2[l][j]);
+      push_tensor(L, Tensor::from_data({(int64_t)r.size()}, std::vector<float>(r.begin(), r.end())));
+      lua_setfield(L, -2, "row");
+      lua_setfield(L, -2, gs.names[l][j].c_str());
+    }
+    lua_rawseti(L, -2, l + 1);
+  }
+  lua_createtable(L, 0, 3);
+  set_field(L, "k", (int64_t)pca.eigenvalues.size());
+  set_field(L, "explained", top / pca.total_variance);
+  lua_createtable(L, (int)pca.eigenvalues.size(), 0);
+  for (size_t i = 0; i < pca.eigenvalues.size(); ++i) {
+    lua_pushnumber(L, pca.eigenvalues[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "eigenvalues");
+  lua_setfield(L, -2, "pca");
+  set_field(L, "iters", (int64_t)gs.iters);
+  set_field(L, "samples", gs.samples);
+  set_field(L, "seconds", gs.seconds);
+  set_field(L, "pca_seconds", pca_seconds);
+  return 1;
+}
+
 void open_cvxq(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   luaL_getmetatable(L, kModelMT);
@@ -211,10 +292,16 @@ void open_cvxq(lua_State* L, int mod) {
   lua_pushcfunction(L, qf_guard<m_set_bias>);
   lua_setfield(L, -2, "set_bias");
   lua_pop(L, 2);
+  luaL_getmetatable(L, kCalMT);  // registered by open_quant
+  lua_getfield(L, -1, "__index");
+  lua_pushcfunction(L, qf_guard<c_gradient_statistics>);
+  lua_setfield(L, -2, "gradient_statistics");
+  lua_pop(L, 2);
   static const luaL_Reg funcs[] = {{"dual_ascent", qf_guard<f_dual_ascent>},
                                    {"row_clusters", qf_guard<f_row_clusters>},
                                    {"row_log2_variance", qf_guard<f_row_log2_variance>},
                                    {"group_spread", qf_guard<f_group_spread>},
+                                   {"group_mean", qf_guard<f_group_mean>},
                                    {"bias_correction", qf_guard<f_bias_correction>},
                                    {nullptr, nullptr}};
   lua_pushvalue(L, mod);

@@ -17,13 +17,7 @@ namespace qf::lua {
 
 static constexpr const char* kGridMT = "qforge.Grid";
 static constexpr const char* kQLinMT = "qforge.QLinear";
-static constexpr const char* kCalMT = "qforge.Calibration";
 static constexpr const char* kSpecMT = "qforge.GridSpec";
-
-struct LCal {
-  std::shared_ptr<Model> m;
-  std::shared_ptr<Calibration> cal;
-};
 
 // ---- grid specs: plain tables {bits=, sym=, group=, mse=, ...} ------------------------
 // Integer values of a tensor or a Lua array field (for allocations), checked against [lo, hi].
@@ -415,7 +409,7 @@ static int f_objective(lua_State* L) {
 }
 
 // ---- calibration -------------------------------------------------------------------------------
-static LCal& check_cal(lua_State* L, int arg, const char* fn) { return *static_cast<LCal*>(check_udata(L, arg, kCalMT, fn)); }
+LCal& check_cal(lua_State* L, int arg, const char* fn) { return *static_cast<LCal*>(check_udata(L, arg, kCalMT, fn)); }
 
 static Site site_from_name(const std::string& s, const char* fn) {
   for (Site x : {Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid})

@@ -28,6 +28,10 @@
 // Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
 int luaopen_qforge(lua_State* L);
 
+namespace qf {
+class Calibration;
+}
+
 namespace qf::lua {
 
 // Thrown to end the recipe with an exit code without an error (qf.options under --help).
@@ -144,11 +148,20 @@ struct LModel {
 };
 LModel& check_model(lua_State* L, int arg, const char* fn);
 
+// ---- calibration pipelines (lua_quant.cpp) ----
+constexpr const char* kCalMT = "qforge.Calibration";
+struct LCal {
+  std::shared_ptr<Model> m;
+  std::shared_ptr<Calibration> cal;
+};
+LCal& check_cal(lua_State* L, int arg, const char* fn);
+
 // Module registration (each adds its functions to the module table at `mod`).
 void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
 void open_quant(lua_State* L, int mod);
 void open_cvxq(lua_State* L, int mod);  // after open_model (adds Model methods)
+void open_finetune(lua_State* L, int mod);  // after open_model and open_quant (adds Model and Calibration methods)
 
 }  // namespace qf::lua

@@ -87,7 +87,7 @@ static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, 
 }
 
 Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen)
-    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()) {
+    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()), windows_(windows) {
   if (nsamples <= 0 || seqlen <= 0 || (int64_t)windows.size() != (int64_t)nsamples * seqlen)
     fail("calibration: ", windows.size(), " tokens is not nsamples·seqlen = ", nsamples, "·", seqlen);
   if (seqlen > m.cfg.seq_len) fail("calibration: seqlen ", seqlen, " exceeds the model's context length ", m.cfg.seq_len);

@@ -63,6 +63,7 @@ class Calibration {
   // Re-runs the current block with the model's current weights; moves to the next block.
   void advance(const Model& m);
 
+  const std::vector<int32_t>& windows() const { return windows_; }  // the token ids, window-major
   const Tensor& inputs() const { return xq_; }       // quantized-prefix inputs of the current block
   const Tensor& fp_inputs() const { return xfp_; }   // full-precision inputs of the current block
   const Tensor& fp_outputs() const { return yfp_; }  // FP block on FP inputs (after the first capture)
@@ -71,6 +72,7 @@ class Calibration {
  private:
   int B_, T_, nblocks_, block_ = 0;
   Tensor xq_, xfp_, yfp_;
+  std::vector<int32_t> windows_;
 };
 
 }  // namespace qf

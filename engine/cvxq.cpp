@@ -1,6 +1,7 @@
 #include "cvxq.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 
@@ -44,11 +45,9 @@ std::vector<double> row_log2_variance(const Tensor& W_) {
   return out;
 }
 
-std::vector<double> group_spread(const Tensor& W_, const std::vector<int32_t>& row_group, int64_t nrowgroups, int64_t group) {
-  const char* fn = "group_spread";
-  if (W_.dim() != 2) fail(fn, ": expected a 2-d weight, got ", shape_str(W_.shape()));
-  const Tensor W = W_.contiguous();
-  const int64_t r = W.size(0), c = W.size(1);
+// Checks a (row group × column group) layout against a [r, c] matrix; returns {G, ng, nrg}.
+static std::array<int64_t, 3> group_layout(const char* fn, int64_t r, int64_t c, const std::vector<int32_t>& row_group,
+                                           int64_t nrowgroups, int64_t group) {
   if (group == 0 || group < -1) fail(fn, ": group must be -1 or >= 1, got ", group);
   const int64_t G = group > 0 ? group : c, ng = (c + G - 1) / G;
   const int64_t nrg = row_group.empty() ? r : nrowgroups;
@@ -57,6 +56,15 @@ std::vector<double> group_spread(const Tensor& W_, const std::vector<int32_t>& r
     for (int32_t k : row_group)
       if (k < 0 || k >= nrg) fail(fn, ": row group ", k + 1, " outside 1..", nrg);
   }
+  return {G, ng, nrg};
+}
+
+std::vector<double> group_spread(const Tensor& W_, const std::vector<int32_t>& row_group, int64_t nrowgroups, int64_t group) {
+  const char* fn = "group_spread";
+  if (W_.dim() != 2) fail(fn, ": expected a 2-d weight, got ", shape_str(W_.shape()));
+  const Tensor W = W_.contiguous();
+  const int64_t r = W.size(0), c = W.size(1);
+  const auto [G, ng, nrg] = group_layout(fn, r, c, row_group, nrowgroups, group);
   std::vector<std::vector<float>> cells((size_t)(nrg * ng));
   for (int64_t i = 0; i < r; ++i) {
     const int64_t k = row_group.empty() ? i : row_group[(size_t)i];
@@ -75,6 +83,24 @@ std::vector<double> group_spread(const Tensor& W_, const std::vector<int32_t>& r
     out[p] = s / (double)v.size();
   }
   return out;
+}
+
+std::vector<double> group_mean(const Tensor& M_, const std::vector<int32_t>& row_group, int64_t nrowgroups, int64_t group) {
+  const char* fn = "group_mean";
+  if (M_.dim() != 2) fail(fn, ": expected a 2-d tensor, got ", shape_str(M_.shape()));
+  const Tensor M = M_.contiguous();
+  const int64_t r = M.size(0), c = M.size(1);
+  const auto [G, ng, nrg] = group_layout(fn, r, c, row_group, nrowgroups, group);
+  std::vector<double> sum((size_t)(nrg * ng), 0.0), cnt(sum.size(), 0.0);
+  for (int64_t i = 0; i < r; ++i) {
+    const int64_t k = row_group.empty() ? i : row_group[(size_t)i];
+    for (int64_t j = 0; j < c; ++j) {
+      sum[(size_t)(k * ng + j / G)] += M.f32()[i * c + j];
+      cnt[(size_t)(k * ng + j / G)] += 1;
+    }
+  }
+  for (size_t p = 0; p < sum.size(); ++p) sum[p] = cnt[p] > 0 ? sum[p] / cnt[p] : 0.0;
+  return sum;
 }
 
 Tensor bias_correction(const Tensor& W_, const Tensor& What_, const Tensor& mu_, const Tensor& bias) {

@@ -23,6 +23,10 @@ std::vector<double> row_log2_variance(const Tensor& W);
 std::vector<double> group_spread(const Tensor& W, const std::vector<int32_t>& row_group, int64_t nrowgroups,
                                  int64_t group);
 
+// The mean of M's entries over every (row group, column group), same layout and result shape as
+// group_spread: CVXQ's G²_g from a per-weight squared-gradient mean (sensitivity.h). f64 sums.
+std::vector<double> group_mean(const Tensor& M, const std::vector<int32_t>& row_group, int64_t nrowgroups, int64_t group);
+
 // Bias correction (§6): b' = b − (Ŵ − W) μ_x, so the layer's mean output on the calibration
 // inputs is unchanged. bias may be undefined (treated as 0: the linear gains a bias). f64 sums.
 Tensor bias_correction(const Tensor& W, const Tensor& What, const Tensor& mu, const Tensor& bias);

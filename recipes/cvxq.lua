@@ -1,21 +1,24 @@
 -- cvxq.lua — CVXQ (algorithms.md §6): full-precision statistics → bit allocation by dual ascent
 -- to a target average rate over (row cluster × column) groups → companded RTN at the allocated
 -- bits (0-bit groups pruned to their median) → bias correction b' = b − (Ŵ − W) μ_x.
--- Sensitivity: the mean squared layer input (diag Σ proxy). Checkpoint selection on evaluation
+-- Sensitivity: CVXQ's squared gradients of PCA-projected final hidden states (default), or the
+-- mean squared layer input (diag Σ proxy, sensitivity=proxy). Checkpoint selection on evaluation
 -- data (the published code's quirk) is not done: one run, one model.
 --   qforge run recipes/cvxq.lua target_bits=3
 local P = require("qforge.pipeline")
 local C = require("qforge.cvxq")
-local opt = P.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
+local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
                         bmax = 8 },
   { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
     kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
-    bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get" })
+    bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get" }))
 local ctx = P.prepare(opt)
 local m = ctx.model
 local t0 = qf.now()
+local grads = C.sensitivity(ctx.cal, opt)
 local stats = P.fp_statistics(ctx.cal)
-local alloc = C.allocate(m, stats, opt)
+local alloc = C.allocate(m, stats, opt, grads)
+grads = nil
 print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%",
   alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction))
 qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,

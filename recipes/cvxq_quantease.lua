@@ -4,15 +4,15 @@
 --   qforge run recipes/cvxq_quantease.lua target_bits=3 kind=uniform
 local P = require("qforge.pipeline")
 local C = require("qforge.cvxq")
-local opt = P.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
+local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
                         bmax = 8, iters = 30, init = "rtn" },
   { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
     kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get",
-    iters = "QuantEase sweeps", init = "QuantEase start: w | rtn | gptq" })
+    iters = "QuantEase sweeps", init = "QuantEase start: w | rtn | gptq" }))
 local ctx = P.prepare(opt)
 local m = ctx.model
-local alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt)
+local alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt, C.sensitivity(ctx.cal, opt))
 print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, pruned %.2f%%",
   alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, 100 * alloc.pruned_fraction))
 qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,

@@ -17,6 +17,7 @@
 #include "forward.h"
 #include "loader_llama2c.h"
 #include "rng.h"
+#include "tiny_model.h"
 
 using namespace qf;
 
@@ -268,47 +269,7 @@ static std::vector<int32_t> next_targets(const std::vector<int32_t>& tok, int B,
 
 // ---------------------------------------------------------------- the tiny random model
 
-// dim 16, hidden 24, 4 heads / 2 kv heads (head_dim 4), 2 layers, vocab 11, seq 8.
-static Model tiny_model(uint64_t seed, bool interleaved = true, bool qkv_bias = false, bool tied = true) {
-  Model m;
-  ModelConfig& c = m.cfg;
-  c.dim = 16;
-  c.hidden_dim = 24;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 11;
-  c.seq_len = 8;
-  c.rope_interleaved = interleaved;
-  c.tied_classifier = tied;
-  validate_config(c, "tiny model");
-  Rng rng(seed);
-  auto mk = [&](Shape s, double sd, double mean = 0.0) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return to_tensor(randn(rng, (size_t)n, sd, mean), s);
-  };
-  const int64_t D = c.dim, F = c.hidden_dim, QW = c.n_heads * c.head_dim(), KW = c.kv_dim();
-  m.tok_emb = mk({c.vocab_size, D}, 1.0);
-  for (int l = 0; l < c.n_layers; ++l) {
-    Block b;
-    b.attn_norm = mk({D}, 0.2, 1.0);
-    b.ffn_norm = mk({D}, 0.2, 1.0);
-    const int64_t shapes[7][2] = {{QW, D}, {KW, D}, {KW, D}, {D, QW}, {F, D}, {F, D}, {D, F}};
-    for (int i = 0; i < 7; ++i) {
-      Linear lin;
-      lin.name = kLlamaLinears[i].name;
-      lin.input = kLlamaLinears[i].input;
-      lin.weight = mk({shapes[i][0], shapes[i][1]}, 1.0 / std::sqrt((double)shapes[i][1]));
-      if (qkv_bias && i < 3) lin.bias = mk({shapes[i][0]}, 0.3);
-      b.linears.push_back(std::move(lin));
-    }
-    m.blocks.push_back(std::move(b));
-  }
-  m.final_norm = mk({D}, 0.2, 1.0);
-  m.classifier = tied ? m.tok_emb : mk({c.vocab_size, D}, 0.5);
-  return m;
-}
+using qf::test::tiny_model;  // tests/tiny_model.h
 
 static const Model& stories() {
   static Model m = load_llama2c(kShared + "/models/stories260K/stories260K.bin");

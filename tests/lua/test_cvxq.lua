@@ -84,4 +84,45 @@ for i = 1, 64 do
 end
 check(alloc.pruned_fraction >= 0 and alloc.pruned_fraction < 0.5, "pruned fraction " .. alloc.pruned_fraction)
 
+H.section("gradient statistics: CVXQ's squared gradients of PCA-projected hidden states")
+local m3 = qf.load_model("../shared/models/stories260K")
+local cal3 = qf.calibration{ model = m3, tokens = ids, range = { 1, 5000 }, nsamples = 3, seqlen = 64, seed = 3 }
+local g = cal3:gradient_statistics{ pca = 8, stride = 32 }
+check_eq(g.iters, 3, "one iteration per window")
+check_eq(g.samples, 6, "positions 31 and 63 of each window")
+check_eq(g.pca.k, 8)
+check(g.pca.explained > 0 and g.pca.explained < 1, "8 of 64 components explain part of the variance: " .. g.pca.explained)
+check_eq(#g, 5)
+check_eq(g[2].gate.g2:shape(), { 172, 64 })
+local r = g[4].o.row
+for _, i in ipairs({ 1, 17, 64 }) do
+  local s = 0
+  for j = 1, 64 do s = s + g[4].o.g2:get(i, j) end
+  check_eq(r:get(i), s / 64, 1e-6 * s, "row = mean of the row of g2")
+end
+check(g[1].q.g2:min() >= 0 and g[1].q.g2:max() > 0, "squares: non-negative, not all zero")
+-- group_mean of g2 over row clusters × columns, by hand for one cell
+local rg = {}
+for i = 1, 172 do rg[i] = (i - 1) % 4 + 1 end
+local gm = qf.group_mean(g[2].gate.g2, { group = 1, row_groups = rg })
+check_eq(gm:shape(), { 4, 64 })
+local s = 0
+for i = 2, 172, 4 do s = s + g[2].gate.g2:get(i, 5) end
+check_eq(gm:get(2, 5), s / 43, 1e-6 * s)
+-- the allocation consumes them and still hits the target
+local m3stats = P.fp_statistics(cal3)
+local ag = C.allocate(m3, m3stats, { target_bits = 3, cluster_rows = 16 }, g)
+check(ag.converged and math.abs(ag.rate - 3) <= 0.01, "gradient allocation rate " .. ag.rate)
+local differs = false
+local ap = C.allocate(m3, m3stats, { target_bits = 3, cluster_rows = 16 })
+for _, key in ipairs(ag.keys) do
+  local a1, a2 = ag.layers[key].bits, ap.layers[key].bits
+  for i = 1, a1:size(1) do for j = 1, a1:size(2) do if a1:get(i, j) ~= a2:get(i, j) then differs = true end end end
+end
+check(differs, "gradient and proxy sensitivities give different allocations")
+check_error(function() cal3:gradient_statistics{ pca = 0 } end, "option 'pca' must be >= 1")
+check_error(function() cal3:gradient_statistics{ stride = 0 } end, "stride must be >= 1")
+check_error(function() cal3:gradient_statistics{ bogus = 1 } end, "bogus")
+check_error(function() C.sensitivity(cal3, { sensitivity = "hessian" }) end, "option 'sensitivity' must be")
+
 H.summary()

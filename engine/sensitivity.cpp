@@ -1,0 +1,171 @@
+#include "sensitivity.h"
+
+#include <Eigen/Eigenvalues>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "backward.h"
+#include "calibration.h"
+#include "error.h"
+#include "forward.h"
+
+namespace qf {
+
+static void check_windows(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, const char* fn) {
+  if (nwin < 1 || T < 1 || (int64_t)windows.size() != (int64_t)nwin * T)
+    fail(fn, ": ", windows.size(), " tokens is not nwin·T = ", nwin, "·", T);
+  if (T > m.cfg.seq_len) fail(fn, ": windows of ", T, " tokens exceed the model's context length ", m.cfg.seq_len);
+}
+
+HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, int k, int chunk) {
+  check_windows(m, windows, nwin, T, "hidden_pca");
+  const int D = m.cfg.dim;
+  if (k < 1 || k > D) fail("hidden_pca: components must be in 1..", D, " (the model width), got ", k);
+  if (chunk < 1) fail("hidden_pca: chunk must be >= 1, got ", chunk);
+  Eigen::MatrixXd S = Eigen::MatrixXd::Zero(D, D);
+  Eigen::VectorXd sum = Eigen::VectorXd::Zero(D);
+  for (int w0 = 0; w0 < nwin; w0 += chunk) {
+    const int nb = std::min(chunk, nwin - w0);
+    const std::vector<int32_t> tok(windows.begin() + (int64_t)w0 * T, windows.begin() + (int64_t)(w0 + nb) * T);
+    Tensor x = embed(m, tok);
+    for (int l = 0; l < m.n_blocks(); ++l) {
+      x = block_forward(m, l, x, nb, T);
+      m.release_block(l);
+    }
+    Tensor hn;
+    rmsnorm(x, m.final_norm, m.cfg.norm_eps, hn);
+    accumulate_gram(S, hn);
+    const float* h = hn.f32();
+    for (int64_t i = 0; i < hn.size(0); ++i)
+      for (int d = 0; d < D; ++d) sum[d] += h[i * D + d];
+  }
+  HiddenPca r;
+  r.tokens = (int64_t)nwin * T;
+  const Eigen::VectorXd mean = sum / (double)r.tokens;
+  // Centred covariance: E[h hᵀ] − μ μᵀ.
+  const Eigen::MatrixXd C = S / (double)r.tokens - mean * mean.transpose();
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(C);
+  if (es.info() != Eigen::Success) fail("hidden_pca: the eigen-decomposition of the hidden-state covariance failed");
+  r.total_variance = C.trace();
+  r.components = Tensor::empty({k, D});
+  for (int c = 0; c < k; ++c) {
+    const int col = D - 1 - c;  // Eigen sorts eigenvalues increasingly
+    Eigen::VectorXd v = es.eigenvectors().col(col);
+    Eigen::Index imax = 0;
+    v.cwiseAbs().maxCoeff(&imax);
+    if (v[imax] < 0) v = -v;
+    r.eigenvalues.push_back(es.eigenvalues()[col]);
+    for (int d = 0; d < D; ++d) r.components.f32()[(int64_t)c * D + d] = (float)v[d];
+  }
+  return r;
+}
+
+// The stride grid of positions inside a window of T tokens.
+static std::vector<int> stride_positions(int T, int stride) {
+  std::vector<int> p;
+  for (int t = stride - 1; t < T; t += stride) p.push_back(t);
+  if (p.empty()) p.push_back(T - 1);
+  return p;
+}
+
+void check_grad_stats_options(const GradStatsOptions& opt, int nwin) {
+  const char* fn = "gradient_statistics";
+  if (opt.batch < 1 || opt.batch > nwin) fail(fn, ": batch must be in 1..", nwin, " (the windows), got ", opt.batch);
+  if (opt.stride < 1) fail(fn, ": stride must be >= 1, got ", opt.stride);
+  if (opt.iters < 0) fail(fn, ": iters must be >= 0, got ", opt.iters);
+}
+
+GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& windows, int nwin, int T,
+                              const HiddenPca& pca, const GradStatsOptions& opt, const GradStatsProgress& progress) {
+  const char* fn = "gradient_statistics";
+  check_windows(m, windows, nwin, T, fn);
+  const int D = m.cfg.dim;
+  if (!pca.components.defined() || pca.components.dim() != 2 || pca.components.size(1) != D || pca.components.size(0) < 1)
+    fail(fn, ": the PCA basis must be [k, ", D, "] (hidden_pca of this model)");
+  check_grad_stats_options(opt, nwin);
+  const int K = (int)pca.components.size(0);
+  const int nbatches = (nwin + opt.batch - 1) / opt.batch;
+  const int iters = opt.iters > 0 ? opt.iters : nbatches;
+  const std::vector<int> positions = stride_positions(T, opt.stride);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  GradStats gs;
+  gs.iters = iters;
+  gs.g2.resize(m.n_blocks());
+  gs.names.resize(m.n_blocks());
+  BlockGradRequest req;
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    const Block& b = m.block(l);
+    for (const Linear& lin : b.linears) {
+      gs.g2[l].push_back(Tensor::zeros({lin.out_features(), lin.in_features()}));
+      gs.names[l].push_back(lin.name);
+      if (l == 0) req.linears.push_back(lin.name);
+    }
+    m.release_block(l);
+  }
+  // Adds dW² of every linear into the running sums (elementwise: deterministic for any threads).
+  auto accumulate = [&](int l, BlockGrads& g) {
+    for (size_t j = 0; j < g.names.size(); ++j) {
+      const Tensor dW = g.dW[j].contiguous();
+      float* acc = gs.g2[l][j].f32();
+      const float* d = dW.f32();
+      const int64_t n = dW.numel();
+#pragma omp parallel for schedule(static)
+      for (int64_t e = 0; e < n; ++e) acc[e] += d[e] * d[e];
+    }
+  };
+
+  for (int it = 0; it < iters; ++it) {
+    const int first = (it % nbatches) * opt.batch, nb = std::min(opt.batch, nwin - first);
+    const float* v = pca.components.f32() + (int64_t)(it % K) * D;
+    // One backward per position t (on the windows' prefixes 0..t), or one for all positions.
+    std::vector<std::vector<int>> passes;
+    if (opt.joint_positions) passes.push_back(positions);
+    else
+      for (int t : positions) passes.push_back({t});
+    for (const std::vector<int>& ts : passes) {
+      const int Tp = ts.back() + 1;  // causal: tokens after the last scored position do not matter
+      std::vector<int32_t> tok;
+      tok.reserve((size_t)nb * Tp);
+      for (int b = 0; b < nb; ++b) {
+        const auto w = windows.begin() + (int64_t)(first + b) * T;
+        tok.insert(tok.end(), w, w + Tp);
+      }
+      // dz/dhn: v_k at every scored position of every window of the batch, 0 elsewhere.
+      auto dH = [&](const Tensor& hn) {
+        Tensor d = Tensor::zeros(hn.shape());
+        for (int b = 0; b < nb; ++b)
+          for (int t : ts) std::copy(v, v + D, d.f32() + ((int64_t)b * Tp + t) * D);
+        return d;
+      };
+      model_backward_from_hidden(m, tok, nb, Tp, dH, [&](int) { return req; }, accumulate);
+      ++gs.samples;
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress) progress(it + 1, iters, secs);
+  }
+  const float inv = 1.f / (float)gs.samples;
+  for (auto& layer : gs.g2)
+    for (Tensor& t : layer) {
+      float* p = t.f32();
+      for (int64_t e = 0; e < t.numel(); ++e) p[e] *= inv;
+    }
+  gs.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return gs;
+}
+
+std::vector<double> row_means(const Tensor& g2_) {
+  if (g2_.dim() != 2) fail("row_means: expected a 2-d tensor, got ", shape_str(g2_.shape()));
+  const Tensor g2 = g2_.contiguous();
+  const int64_t r = g2.size(0), c = g2.size(1);
+  std::vector<double> out((size_t)r);
+  for (int64_t i = 0; i < r; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < c; ++j) s += g2.f32()[i * c + j];
+    out[(size_t)i] = s / (double)c;
+  }
+  return out;
+}
+
+}  // namespace qf
