@@ -14,6 +14,7 @@
 #include "lua_util.h"
 #include "runner.h"
 #include "sensitivity.h"
+#include "storage.h"
 
 namespace qf::lua {
 
@@ -283,6 +284,23 @@ static int c_gradient_statistics(lua_State* L) {
   return 1;
 }
 
+// m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, fp16 = (bits per weight
+// each), weights =, pruned_fraction =} over the block linears (storage.h's accounting).
+static int m_storage(lua_State* L) {
+  const StorageBits s = model_storage(*check_model(L, 1, "storage").m);
+  const double n = (double)std::max<int64_t>(s.weights, 1);
+  lua_createtable(L, 0, 8);
+  set_field(L, "bits_per_weight", s.per_weight());
+  set_field(L, "codes", s.codes / n);
+  set_field(L, "params", s.params / n);
+  set_field(L, "side", s.side / n);
+  set_field(L, "outliers", s.outliers / n);
+  set_field(L, "fp16", s.fp16 / n);
+  set_field(L, "weights", s.weights);
+  set_field(L, "pruned_fraction", (double)s.pruned / n);
+  return 1;
+}
+
 void open_cvxq(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   luaL_getmetatable(L, kModelMT);
@@ -291,6 +309,8 @@ void open_cvxq(lua_State* L, int mod) {
   lua_setfield(L, -2, "bias");
   lua_pushcfunction(L, qf_guard<m_set_bias>);
   lua_setfield(L, -2, "set_bias");
+  lua_pushcfunction(L, qf_guard<m_storage>);
+  lua_setfield(L, -2, "storage");
   lua_pop(L, 2);
   luaL_getmetatable(L, kCalMT);  // registered by open_quant
   lua_getfield(L, -1, "__index");

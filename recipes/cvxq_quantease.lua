@@ -1,15 +1,20 @@
 -- cvxq_quantease.lua — CVXQ's bit allocation (§6, from full-precision statistics) with QuantEase
 -- (§4) as the solver: a second, sequential pass quantizes each linear on its allocated
 -- (row cluster × column) grid against the quantized-prefix Σ; optional bias correction.
+-- solver=gptq puts GPTQ (§3) on the same allocated grids instead.
 --   qforge run recipes/cvxq_quantease.lua target_bits=3 kind=uniform
 local P = require("qforge.pipeline")
 local C = require("qforge.cvxq")
 local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "compand", compand_search = true, bias_correction = true,
-                        bmax = 8, iters = 30, init = "rtn" },
+                        bmax = 8, iters = 30, init = "rtn", solver = "quantease" },
   { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
     kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get",
-    iters = "QuantEase sweeps", init = "QuantEase start: w | rtn | gptq" }))
+    iters = "QuantEase sweeps", init = "QuantEase start: w | rtn | gptq",
+    solver = "quantease | gptq: the solver on the allocated grids" }))
+if opt.solver ~= "quantease" and opt.solver ~= "gptq" then
+  error("option 'solver' must be \"quantease\" or \"gptq\", got \"" .. opt.solver .. "\"", 0)
+end
 local ctx = P.prepare(opt)
 local m = ctx.model
 local alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt, C.sensitivity(ctx.cal, opt))
@@ -20,7 +25,9 @@ qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = a
 local cal = P.calibration(ctx, opt)
 local s = P.quantize_model(m, cal, function(l)
   local L = alloc.layers[l.block .. "." .. l.name]
-  local q = qf.quantease(l.W, l.sigma, C.grid(L, opt), { iters = opt.iters, init = opt.init })
+  local q
+  if opt.solver == "gptq" then q = qf.gptq(l.W, l.sigma, C.grid(L, opt))
+  else q = qf.quantease(l.W, l.sigma, C.grid(L, opt), { iters = opt.iters, init = opt.init }) end
   if opt.bias_correction then
     m:set_bias(l.block, l.name, qf.bias_correction(l.W, q:dequantize(), l.mu, m:bias(l.block, l.name)))
   end

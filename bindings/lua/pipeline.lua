@@ -84,13 +84,16 @@ end
 -- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, mu=, tokens=} (mu: the
 -- mean input) returns a QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced by Ŵ. Prints and
 -- logs block i/N, layer, objective, seconds and ETA; returns {layers = {...}, objective = Σ, seconds}.
+-- opts.finetune = {params=, lr=, epochs=, ...} (cal:finetune's options): after a block's linears are
+-- quantized, train its floats against its full-precision outputs (decoupleQ's block stage); the
+-- per-block losses are recorded as "finetune" and returned as .finetune.
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
   local groups = opts.true_sequential and { { "q", "k", "v" }, { "o" }, { "gate", "up" }, { "down" } }
                  or { { "q", "k", "v", "o", "gate", "up", "down" } }
   local nb, t0 = cal:nblocks(), qf.now()
   local total, nlayers = 0, nb * 7
-  local layers = {}
+  local layers, finetunes = {}, {}
   for b = 1, nb do
     local stats = cal:capture()
     for gi, group in ipairs(groups) do
@@ -121,9 +124,14 @@ function P.quantize_model(m, cal, solve, opts)
                 seconds = secs, elapsed = elapsed, eta = eta, info = info }
       end
     end
+    if opts.finetune then
+      local ft = cal:finetune(opts.finetune)
+      finetunes[#finetunes + 1] = { block = b, losses = ft.losses, after = ft.after, seconds = ft.seconds }
+      qf.record("finetune", finetunes)
+    end
     cal:advance()
   end
-  return { layers = layers, objective = total, seconds = qf.now() - t0 }
+  return { layers = layers, objective = total, seconds = qf.now() - t0, finetune = opts.finetune and finetunes or nil }
 end
 
 -- Perplexity on the held-out tokens and on the first wiki_windows windows of WikiText-2;
@@ -131,6 +139,10 @@ end
 function P.evaluate(ctx, opt, prefix)
   prefix = prefix or ""
   local m = ctx.model
+  local st = m:storage()
+  print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + fp16 %.4f), %.2f%% pruned",
+    prefix, st.bits_per_weight, st.codes, st.params, st.side, st.outliers, st.fp16, 100 * st.pruned_fraction))
+  qf.record(prefix .. "storage", st)
   local r = m:perplexity(ctx.heldout, { seqlen = opt.eval_seqlen })
   local name = opt.calib_text:match("([^/]+)$")
   print(string.format("%sheld-out ppl %.4f  [%s tokens %d..%d; %s]", prefix, r.ppl, name, ctx.split + 1, ctx.ntokens, r.protocol))

@@ -1,0 +1,81 @@
+// Realized storage accounting (storage.h) against hand counts: per-channel and grouped uniform
+// grids, row clusters with mixed bits and pruned groups, outliers, unquantized linears and biases.
+#include <doctest/doctest.h>
+
+#include "grid.h"
+#include "rng.h"
+#include "storage.h"
+#include "tiny_model.h"
+
+using namespace qf;
+
+static Tensor random_weight(uint64_t seed, int64_t r, int64_t c) {
+  Rng rng(seed);
+  return qf::test::randn_tensor(rng, {r, c}, 1.0);
+}
+
+TEST_CASE("storage_bits: uniform grids are bits + 32 bits per (row, group)") {
+  const Tensor W = random_weight(1, 6, 40);
+  GridSpec s;
+  s.bits = 3;
+  QuantizedLinear q = quantize_to_grid(W, grid_fit(W, s));
+  StorageBits b = storage_bits(q);
+  CHECK(b.weights == 240);
+  CHECK(b.codes == 720);
+  CHECK(b.params == 6 * 32);
+  CHECK(b.side == 0);
+  CHECK(b.per_weight() == doctest::Approx(3 + 32.0 / 40));
+  s.group = 16;  // groups of 16, 16, 8 columns
+  q = quantize_to_grid(W, grid_fit(W, s));
+  b = storage_bits(q);
+  CHECK(b.params == 6 * 3 * 32);
+  CHECK(b.per_weight() == doctest::Approx(3 + 6 * 3 * 32.0 / 240));
+  // outliers: 32 bits each + a 32-bit row pointer per row
+  q.outliers.row = {0, 4};
+  q.outliers.col = {3, 7};
+  q.outliers.val = {1.f, -2.f};
+  CHECK(storage_bits(q).outliers == 2 * 32 + 6 * 32);
+}
+
+TEST_CASE("storage_bits: row clusters × columns with mixed bits and pruned groups") {
+  const Tensor W = random_weight(2, 5, 3);
+  GridSpec s;
+  s.group = 1;
+  s.row_group = {0, 1, 2, 1, 0};  // clusters of 2, 2, 1 rows
+  s.nrowgroups = 3;
+  s.group_bits = {2, 0, 4, 3, 3, 1, 0, 8, 2};  // [cluster, column]
+  const QuantizedLinear q = quantize_to_grid(W, grid_fit(W, s));
+  const StorageBits b = storage_bits(q);
+  const int rows_in[3] = {2, 2, 1};
+  double codes = 0, params = 0;
+  int64_t pruned = 0;
+  for (int k = 0; k < 3; ++k)
+    for (int c = 0; c < 3; ++c) {
+      const int bits = s.group_bits[(size_t)(k * 3 + c)];
+      codes += bits * rows_in[k];
+      params += bits == 0 ? 16 : 32;
+      if (bits == 0) pruned += rows_in[k];
+    }
+  CHECK(b.codes == codes);
+  CHECK(b.params == params);
+  CHECK(b.pruned == pruned);
+  CHECK(b.side == 9 * 4 + 5 * 2);  // 4-bit depth per group, ⌈log2 3⌉ = 2 bits of cluster index per row
+}
+
+TEST_CASE("model_storage: quantized linears, fp16 for the rest, biases") {
+  Model m = qf::test::tiny_model(3);
+  const StorageBits fp = model_storage(m);
+  int64_t n = 0;
+  for (const Block& b : m.blocks)
+    for (const Linear& l : b.linears) n += l.weight.numel();
+  CHECK(fp.weights == n);
+  CHECK(fp.per_weight() == doctest::Approx(16.0));
+  Linear& q = m.blocks[1].linears[4];
+  GridSpec s;
+  s.bits = 2;
+  q.quant = std::make_shared<QuantizedLinear>(quantize_to_grid(q.weight, grid_fit(q.weight, s)));
+  q.bias = Tensor::zeros({q.out_features()});
+  const StorageBits b = model_storage(m);
+  const double want = 16.0 * (n - q.weight.numel()) + 2.0 * q.weight.numel() + 32.0 * q.out_features() + 16.0 * q.out_features();
+  CHECK(b.total() == doctest::Approx(want));
+}
