@@ -181,9 +181,13 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
   if (!(opt.alpha > 0) || !std::isfinite(opt.alpha)) fail(fn, ": alpha must be > 0, got ", opt.alpha);
   if (opt.continuous_every < 0) fail(fn, ": continuous_every must be >= 0, got ", opt.continuous_every);
   spec.validate();
-  if (spec.kind != GridKind::Uniform || spec.mixed_bits() || !spec.row_group.empty())
-    fail(fn, ": the outlier grid of §5 is a per-row uniform min-max grid; got ", spec.str(),
-         " (mixed bits, row groups and companded grids are not supported here)");
+  // An allocated grid (§6: row clusters, mixed bits, companded) has no "trimmed per-row range";
+  // it is fitted by its own rule on the Ŵ the sweeps start from (W with the initial outliers
+  // zeroed), so the outliers still leave its ranges. Structured outliers keep §5's grid.
+  const bool allocated = spec.kind != GridKind::Uniform || spec.mixed_bits() || !spec.row_group.empty();
+  if (allocated && opt.structured)
+    fail(fn, ": structured outliers refresh §5's per-row min-max grid; got ", spec.str(),
+         " (use unstructured outliers with mixed bits, row groups or companded grids)");
   if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range of §5, no MSE search");
   const int64_t r = W.size(0), c = W.size(1);
   const Tensor Wc = W.contiguous();
@@ -207,7 +211,9 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
     for (int64_t j = 0; j < c; ++j) m[(size_t)j] = !H.col(j).isZero(0);
     return m;
   };
-  Grid grid = opt.structured ? support_grid(Wc, spec, outlier_cols()) : trimmed_grid(Wc, spec, opt.ratio);
+  Grid grid = opt.structured ? support_grid(Wc, spec, outlier_cols())
+              : allocated    ? grid_fit(What, spec)
+                             : trimmed_grid(Wc, spec, opt.ratio);
 
   IhtOptions io;
   io.k = s;

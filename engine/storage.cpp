@@ -33,7 +33,7 @@ StorageBits storage_bits(const QuantizedLinear& q) {
       if (g.spec.mixed_bits()) s.side += 4;
     }
   if (!g.spec.row_group.empty() && nrg > 1) s.side += (double)g.rows * std::ceil(std::log2((double)nrg));
-  if (q.outliers.nnz() > 0) s.outliers = 32.0 * (double)q.outliers.nnz() + 32.0 * (double)g.rows;
+  s.outliers = 48.0 * (double)q.outliers.nnz();
   return s;
 }
 

@@ -8,7 +8,7 @@
 //             0-bit group (its median only);
 //   side      4 bits per group when bit depths vary (0..8), plus ⌈log2 nrowgroups⌉ per row when
 //             rows are clustered;
-//   outliers  32 bits per entry (fp16 value + 16-bit column index, CSR) + 32 bits per row pointer;
+//   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO);
 // linears without codes count 16 bits per weight (fp16); a bias adds 16 bits per output to params.
 #pragma once
 #include <cstdint>

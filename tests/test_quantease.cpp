@@ -6,6 +6,7 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -455,6 +456,44 @@ TEST_CASE("outlier QuantEase beats plain QuantEase at equal bits on heavy-tailed
   o.ratio = 0.05;
   const OutlierResult r2 = quantease_outliers(P.W, P.S, spec_bits(4), o);
   for (size_t k = 0; k < g.scale.size(); ++k) CHECK(r2.q.grid.scale[k] <= g.scale[k]);
+}
+
+TEST_CASE("outliers on allocated grids (row clusters × columns, mixed bits, companded)") {
+  for (GridKind kind : {GridKind::Uniform, GridKind::Compand}) {
+    const Problem P = make_problem(32, 48, 1400 + (int)kind, 0.7, true);
+    GridSpec sp;
+    sp.kind = kind;
+    sp.group = 1;
+    sp.row_group.resize(32);
+    for (int i = 0; i < 32; ++i) sp.row_group[(size_t)i] = i % 4;
+    sp.nrowgroups = 4;
+    Rng rng(5);
+    for (int k = 0; k < 4 * 48; ++k) sp.group_bits.push_back((uint8_t)rng.randint(1, 4));
+    OutlierOptions o;
+    o.ratio = 0.02;
+    o.iters = 10;
+    const OutlierResult r = quantease_outliers(P.W, P.S, sp, o);
+    QuantEaseOptions qo;
+    qo.iters = 10;
+    const QuantEaseResult q = quantease(P.W, P.S, sp, qo);
+    const double fo = objective(P.W, r.q.dequantize(), P.S).value, fq = q.objective.back();
+    MESSAGE(std::string(kind == GridKind::Compand ? "compand" : "uniform"), ": outliers ", fo, " vs plain ", fq);
+    CHECK(fo < fq);
+    CHECK(r.q.outliers.nnz() == std::llround(32 * 48 * 0.02));
+    CHECK(fo == doctest::Approx(r.objective.back()).epsilon(1e-6));
+    CHECK(r.q.grid.spec.group_bits == sp.group_bits);  // the allocation is kept
+    // the dense part is on the grid: re-quantizing it changes nothing
+    const QuantizedLinear dense{r.q.grid, r.q.codes, {}};
+    const Tensor Dd = dense.dequantize();
+    CHECK(std::memcmp(quantize_to_grid(Dd, r.q.grid).dequantize().f32(), Dd.f32(), sizeof(float) * Dd.numel()) == 0);
+  }
+  GridSpec sp;
+  sp.kind = GridKind::Compand;
+  OutlierOptions o;
+  o.structured = true;
+  o.ratio = 0.05;
+  const Problem P = make_problem(8, 16, 1500);
+  CHECK_THROWS_WITH_AS(quantease_outliers(P.W, P.S, sp, o), doctest::Contains("structured outliers refresh"), Error);
 }
 
 TEST_CASE("dead input columns give finite results and a rounded column") {

@@ -30,11 +30,11 @@ TEST_CASE("storage_bits: uniform grids are bits + 32 bits per (row, group)") {
   b = storage_bits(q);
   CHECK(b.params == 6 * 3 * 32);
   CHECK(b.per_weight() == doctest::Approx(3 + 6 * 3 * 32.0 / 240));
-  // outliers: 32 bits each + a 32-bit row pointer per row
+  // outliers: 48 bits each (COO)
   q.outliers.row = {0, 4};
   q.outliers.col = {3, 7};
   q.outliers.val = {1.f, -2.f};
-  CHECK(storage_bits(q).outliers == 2 * 32 + 6 * 32);
+  CHECK(storage_bits(q).outliers == 2 * 48);
 }
 
 TEST_CASE("storage_bits: row clusters × columns with mixed bits and pruned groups") {

@@ -1,0 +1,59 @@
+-- cvxq_quantease_outliers_ft.lua — the composed pipeline qforge exists for:
+--   1. CVXQ bit allocation (§6): gradient statistics of the full-precision model → dual ascent to
+--      target_bits over (row cluster × column) groups;
+--   2. QuantEase with unstructured full-precision outliers (§4, §5: IHT, ratio of the weights) on
+--      each linear's allocated grid, sequentially on quantized-prefix Σ;
+--   3. block-wise finetuning (§7 block stage): after each block, Adam on its scales, zeros and norms
+--      against the full-precision block output (integer codes and outliers frozen).
+-- Any stage switches off from the command line, so an ablation is a command, not an edit:
+--   alloc=false     uniform `bits` everywhere (no statistics, no dual ascent)
+--   ratio=0         plain QuantEase (no outliers)
+--   finetune=false  no block finetuning
+--   qforge run recipes/cvxq_quantease_outliers_ft.lua target_bits=3 ratio=0.005 ft_lr=1e-3
+local P = require("qforge.pipeline")
+local C = require("qforge.cvxq")
+local opt = P.options(C.options({
+    alloc = true, target_bits = 3.0, cluster_rows = 64, kind = "compand", compand_search = true, bmax = 8,
+    ratio = 0.005, iters = 30, init = "rtn",
+    finetune = true, ft_params = "scales,zeros,norms", ft_lr = 1e-3, ft_epochs = 4, ft_batch = 1 },
+  { alloc = "CVXQ allocation to target_bits (false: uniform bits= everywhere)",
+    target_bits = "average code bits per weight over all linears (alloc=true)",
+    cluster_rows = "rows per CVXQ row cluster", kind = "compand | uniform grid (alloc=true)",
+    compand_search = "grid-search the compander's scale and offset per group", bmax = "most bits a group may get",
+    ratio = "fraction of each linear's weights kept in full precision as outliers (0: plain QuantEase)",
+    iters = "QuantEase sweeps", init = "QuantEase start when ratio=0: w | rtn | gptq",
+    finetune = "after each block: Adam on its scales/zeros/norms against the FP block output",
+    ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = "finetune learning rate",
+    ft_epochs = "finetune epochs over the calibration windows", ft_batch = "finetune windows per Adam step" }))
+if opt.ratio < 0 or opt.ratio >= 1 then error("option 'ratio' must be in [0, 1), got " .. opt.ratio, 0) end
+local ctx = P.prepare(opt)
+local m = ctx.model
+
+-- 1. allocation (or the uniform grid)
+local alloc, cal = nil, ctx.cal
+if opt.alloc then
+  alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt, C.sensitivity(ctx.cal, opt))
+  print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, pruned %.2f%%",
+    alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, 100 * alloc.pruned_fraction))
+  qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
+                            log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction })
+  cal = P.calibration(ctx, opt)  -- the statistics pass consumed ctx.cal
+end
+local uniform = P.grid(opt)
+local function grid_of(l) return alloc and C.grid(alloc.layers[l.block .. "." .. l.name], opt) or uniform end
+
+-- 2. QuantEase (+ outliers), 3. block finetuning after each block
+local ft = nil
+if opt.finetune then
+  local params = {}
+  for p in opt.ft_params:gmatch("[^,%s]+") do params[#params + 1] = p end
+  ft = { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
+end
+local s = P.quantize_model(m, cal, function(l)
+  if opt.ratio > 0 then
+    return qf.quantease_outliers(l.W, l.sigma, grid_of(l), { ratio = opt.ratio, iters = opt.iters })
+  end
+  return qf.quantease(l.W, l.sigma, grid_of(l), { iters = opt.iters, init = opt.init })
+end, { true_sequential = opt.true_sequential, finetune = ft })
+P.record_summary(s)
+P.evaluate(ctx, opt)
