@@ -5,6 +5,7 @@
 # statistics vs the diag-Σ proxy. Default protocol of qforge.pipeline (128 × 256 TinyStories
 # calibration windows, held-out second half, WikiText-2 40 × 512). Run dirs under runs/cvxq/.
 #   scripts/cvxq_table.sh [build/qforge] [section ...]   sections: uniform cvxq grid proxy (default all)
+#   env: TARGETS="2.0 2.5 3.0 4.0" (CVXQ target code bits), BITS="2 3 4", UGROUPS="pc g64" (uniform rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:-build/qforge}; shift || true
@@ -25,13 +26,13 @@ hdr() { echo; echo "$1"; echo; echo "| run | code bits | realized bits/weight | 
 for s in "${sections[@]}"; do case $s in
 uniform)
   hdr "Uniform allocation (same bits everywhere), per-channel and g64 asymmetric min/max grids"
-  for b in 2 3 4; do for r in rtn gptq quantease; do
-    row "$r $b-bit per-channel" ${r}_${b}_pc recipes/$r.lua bits=$b
-    row "$r $b-bit g64" ${r}_${b}_g64 recipes/$r.lua bits=$b group=64
-  done; done ;;
+  for g in ${UGROUPS:-pc g64}; do for b in ${BITS:-2 3 4}; do for r in rtn gptq quantease; do
+    if [ "$g" = pc ]; then row "$r $b-bit per-channel" ${r}_${b}_pc recipes/$r.lua bits=$b
+    else row "$r $b-bit $g" ${r}_${b}_$g recipes/$r.lua bits=$b group=${g#g}; fi
+  done; done; done ;;
 cvxq)
   hdr "CVXQ allocation (gradient statistics, 64-row clusters × columns), companded grid + bias correction"
-  for t in 2.0 2.5 3.0 4.0; do
+  for t in ${TARGETS:-2.0 2.5 3.0 4.0}; do
     row "CVXQ RTN target $t" cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64
     row "CVXQ GPTQ target $t" cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq
     row "CVXQ QuantEase target $t" cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64
