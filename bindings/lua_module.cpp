@@ -359,6 +359,8 @@ int luaopen_qforge(lua_State* L) {
   open_model(L, -1);
   open_rng(L, -1);
   open_quant(L, -1);
+  open_decoupleq(L, -1);
   open_cvxq(L, -1);
+  open_finetune(L, -1);
   return 1;
 }

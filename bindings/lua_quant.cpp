@@ -586,4 +586,9 @@ void open_quant(lua_State* L, int mod) {
   lua_pop(L, 1);
 }
 
+// Exported through lua_util.h for other binding files.
+GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn) { return spec_arg(L, arg, fn); }
+void push_qlinear(lua_State* L, QuantizedLinear q) { push_qlin(L, std::move(q)); }
+SolverLog lua_solver_log(lua_State* L, const char* solver) { return solver_log(L, solver); }
+
 }  // namespace qf::lua

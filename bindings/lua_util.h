@@ -14,6 +14,7 @@
 #include <lua.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -155,12 +156,18 @@ struct LCal {
   std::shared_ptr<Calibration> cal;
 };
 LCal& check_cal(lua_State* L, int arg, const char* fn);
+// Shared with other binding files (lua_decoupleq.cpp): the qf.grid{...} spec argument, the QLinear
+// push (the userdata qf.gptq returns), and the solver log sink (stderr + the run log).
+GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn);
+void push_qlinear(lua_State* L, QuantizedLinear q);
+std::function<void(const std::string&, const std::string&)> lua_solver_log(lua_State* L, const char* solver);
 
 // Module registration (each adds its functions to the module table at `mod`).
 void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
 void open_quant(lua_State* L, int mod);
+void open_decoupleq(lua_State* L, int mod);  // after open_quant (returns QLinear)
 void open_cvxq(lua_State* L, int mod);  // after open_model (adds Model methods)
 void open_finetune(lua_State* L, int mod);  // after open_model and open_quant (adds Model and Calibration methods)
 

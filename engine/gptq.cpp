@@ -50,8 +50,11 @@ bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
   return inverse_cholesky_inplace(A, U);
 }
 
-GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
-  const char* fn = "gptq";
+// The §3 machinery shared by gptq() and gptq_on_grid(). fixed = nullptr: gptq()'s own grid
+// (per-channel or static groups fit up front, dynamic groups fit lazily from the updated W);
+// otherwise every column is rounded on *fixed (never refit), column col in group g_idx[col].
+static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const Grid* fixed,
+                            const GptqOptions& opt, const SolverLog& log) {
   check_layer_problem(fn, W, Sigma);
   spec.validate();
   if (opt.blocksize < 1) fail(fn, ": blocksize must be >= 1, got ", opt.blocksize);
@@ -62,9 +65,10 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
   const bool grouped = spec.group > 0;
   // static_groups with a per-channel grid is a no-op (the per-row grid is already fit up front).
   const bool stat = grouped && opt.static_groups;
+  const bool dynamic = !fixed && grouped && !stat;  // groups fit lazily inside the column loop
 
   // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
-  Grid grid = grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
+  Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
 
   // §1 dead inputs: Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
   const auto S = Sigma.cmat();
@@ -78,7 +82,7 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
       if (dead[(size_t)j]) M.col(j).setZero();
   }
   // static_groups: every group's params from the original (unpermuted, dead-zeroed) W, up front.
-  if (stat) grid = grid_fit(W0, spec);
+  if (stat && !fixed) grid = grid_fit(W0, spec);
 
   // act_order: perm = stable argsort(diag H, descending); processing position p holds column perm[p].
   std::vector<int64_t> perm((size_t)c);
@@ -118,8 +122,8 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
 
   // Group used by processing position p; g_idx (original column → group) follows it.
   std::vector<int64_t> gsel((size_t)c, 0);
-  for (int64_t p = 0; p < c; ++p) gsel[(size_t)p] = stat ? perm[p] / G : p / G;
-  if (grouped && !stat)
+  for (int64_t p = 0; p < c; ++p) gsel[(size_t)p] = fixed ? grid.g_idx[(size_t)perm[p]] : stat ? perm[p] / G : p / G;
+  if (dynamic)
     for (int64_t p = 0; p < c; ++p) grid.g_idx[(size_t)perm[p]] = (int32_t)(p / G);
 
   GptqResult res;
@@ -139,7 +143,7 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
     // only; earlier columns of this block live in W1). W does not change inside a block, so
     // every group starting in [i1, i2) is fit here, before the block is touched. For g < B the
     // later groups of a block therefore see partially stale weights — reproduced on purpose.
-    if (grouped && !stat)
+    if (dynamic)
       for (int64_t p = i1; p < i2; ++p)
         if (p % G == 0) {
           // The group's columns as a Tensor: [w, r] storage (= column-major [r, w]) viewed transposed.
@@ -182,6 +186,23 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
   res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;
   res.q.grid = std::move(grid);
   return res;
+}
+
+GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
+  return gptq_impl("gptq", W, Sigma, spec, nullptr, opt, log);
+}
+
+GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt, const SolverLog& log) {
+  const char* fn = "gptq_on_grid";
+  if (!W.defined() || W.dim() != 2) fail(fn, ": expected a 2-d weight, got ", W.defined() ? shape_str(W.shape()) : std::string("undefined"));
+  if (grid.rows != W.size(0) || grid.cols != W.size(1))
+    fail(fn, ": the grid is [", grid.rows, ", ", grid.cols, "] but W is ", shape_str(W.shape()));
+  const size_t np = (size_t)(grid.nrowgroups() * grid.ngroups);
+  if (grid.ngroups < 1 || grid.scale.size() != np || grid.zero.size() != np || grid.g_idx.size() != (size_t)grid.cols)
+    fail(fn, ": the grid's parameter arrays do not match its shape");
+  for (int32_t g : grid.g_idx)
+    if (g < 0 || g >= grid.ngroups) fail(fn, ": g_idx holds group ", g, " outside 0..", grid.ngroups - 1);
+  return gptq_impl(fn, W, Sigma, grid.spec, &grid, opt, log);
 }
 
 }  // namespace qf

@@ -12,19 +12,16 @@
 --   qforge run recipes/cvxq_quantease_outliers_ft.lua target_bits=3 ratio=0.005 ft_lr=1e-3
 local P = require("qforge.pipeline")
 local C = require("qforge.cvxq")
-local opt = P.options(C.options({
+local opt = P.options(P.finetune_options(C.options({
     alloc = true, target_bits = 3.0, cluster_rows = 64, kind = "compand", compand_search = true, bmax = 8,
     ratio = 0.005, iters = 30, init = "rtn",
-    finetune = true, ft_params = "scales,zeros,norms", ft_lr = 1e-3, ft_epochs = 4, ft_batch = 1 },
+    finetune = true, ft_lr = 1e-3 },
   { alloc = "CVXQ allocation to target_bits (false: uniform bits= everywhere)",
     target_bits = "average code bits per weight over all linears (alloc=true)",
     cluster_rows = "rows per CVXQ row cluster", kind = "compand | uniform grid (alloc=true)",
     compand_search = "grid-search the compander's scale and offset per group", bmax = "most bits a group may get",
     ratio = "fraction of each linear's weights kept in full precision as outliers (0: plain QuantEase)",
-    iters = "QuantEase sweeps", init = "QuantEase start when ratio=0: w | rtn | gptq",
-    finetune = "after each block: Adam on its scales/zeros/norms against the FP block output",
-    ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = "finetune learning rate",
-    ft_epochs = "finetune epochs over the calibration windows", ft_batch = "finetune windows per Adam step" }))
+    iters = "QuantEase sweeps", init = "QuantEase start when ratio=0: w | rtn | gptq" })))
 if opt.ratio < 0 or opt.ratio >= 1 then error("option 'ratio' must be in [0, 1), got " .. opt.ratio, 0) end
 local ctx = P.prepare(opt)
 local m = ctx.model
@@ -43,17 +40,11 @@ local uniform = P.grid(opt)
 local function grid_of(l) return alloc and C.grid(alloc.layers[l.block .. "." .. l.name], opt) or uniform end
 
 -- 2. QuantEase (+ outliers), 3. block finetuning after each block
-local ft = nil
-if opt.finetune then
-  local params = {}
-  for p in opt.ft_params:gmatch("[^,%s]+") do params[#params + 1] = p end
-  ft = { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
-end
 local s = P.quantize_model(m, cal, function(l)
   if opt.ratio > 0 then
     return qf.quantease_outliers(l.W, l.sigma, grid_of(l), { ratio = opt.ratio, iters = opt.iters })
   end
   return qf.quantease(l.W, l.sigma, grid_of(l), { iters = opt.iters, init = opt.init })
-end, { true_sequential = opt.true_sequential, finetune = ft })
+end, { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -1,13 +1,16 @@
--- gptq.lua — GPTQ (lazy-batch Cholesky form, §3) layer by layer on calibration Σ.
+-- gptq.lua — GPTQ (lazy-batch Cholesky form, §3) layer by layer on calibration Σ; finetune=true adds
+-- decoupleQ's block stage (Adam on each block's scales/zeros/norms against its FP output).
 --   qforge run recipes/gptq.lua bits=3 act_order=true
+--   qforge run recipes/gptq.lua bits=2 finetune=true ft_lr=1e-3
 local P = require("qforge.pipeline")
-local opt = P.options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false })
+local opt = P.options(P.finetune_options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false }))
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   return qf.gptq(l.W, l.sigma, grid, { blocksize = opt.blocksize, percdamp = opt.percdamp,
                                        act_order = opt.act_order, static_groups = opt.static_groups })
-end, { true_sequential = opt.true_sequential })
+end, { true_sequential = opt.true_sequential,
+       finetune = P.finetune(opt) })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -2,14 +2,14 @@
 -- iterative hard thresholding (§5). ratio=0.005 keeps 0.5% of the weights in full precision.
 --   qforge run recipes/quantease_outliers.lua bits=3 ratio=0.01
 local P = require("qforge.pipeline")
-local opt = P.options({ ratio = 0.005, structured = false, iters = 30, alpha = 1.0 },
-  { ratio = "fraction of weights (or of columns when structured) kept in full precision" })
+local opt = P.options(P.finetune_options({ ratio = 0.005, structured = false, iters = 30, alpha = 1.0 },
+  { ratio = "fraction of weights (or of columns when structured) kept in full precision" }))
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
   return qf.quantease_outliers(l.W, l.sigma, grid, { ratio = opt.ratio, structured = opt.structured,
                                                      iters = opt.iters, alpha = opt.alpha })
-end, { true_sequential = opt.true_sequential })
+end, { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -1,5 +1,5 @@
 // qforge tests — a tiny random Llama model (dim 16, hidden 24, 4 heads / 2 kv heads, head_dim
-// 4, 2 layers, vocab 11, context 8) for finite-difference and brute-force checks.
+// 4, 2 layers by default, vocab 11, context 8) for finite-difference and brute-force checks.
 #pragma once
 #include <cmath>
 
@@ -8,7 +8,7 @@
 
 namespace qf::test {
 
-inline Tensor randn_tensor(Rng& rng, const Shape& s, double sd, double mean = 0.0) {
+inline Tensor randn_tensor(Rng& rng, const Shape& s, double sd = 1.0, double mean = 0.0) {
   int64_t n = 1;
   for (int64_t d : s) n *= d;
   std::vector<float> v((size_t)n);
@@ -16,12 +16,13 @@ inline Tensor randn_tensor(Rng& rng, const Shape& s, double sd, double mean = 0.
   return Tensor::from_data(s, v);
 }
 
-inline Model tiny_model(uint64_t seed, bool interleaved = true, bool qkv_bias = false, bool tied = true) {
+inline Model tiny_model(uint64_t seed, bool interleaved = true, bool qkv_bias = false, bool tied = true,
+                        int n_layers = 2) {
   Model m;
   ModelConfig& c = m.cfg;
   c.dim = 16;
   c.hidden_dim = 24;
-  c.n_layers = 2;
+  c.n_layers = n_layers;
   c.n_heads = 4;
   c.n_kv_heads = 2;
   c.vocab_size = 11;

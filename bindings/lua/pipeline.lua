@@ -37,6 +37,29 @@ function P.options(own, help)
   return qf.options(d, h)
 end
 
+-- The block-finetune options (decoupleQ §7 block stage) a recipe offers, merged into its own
+-- option and help tables; a recipe's own value of any of them (e.g. finetune = true, ft_lr = 1e-3)
+-- is its default. P.finetune(opt) turns them into quantize_model's `finetune` table (nil when off).
+local FT = { finetune = false, ft_params = "scales,zeros,norms", ft_lr = 1e-5, ft_epochs = 4, ft_batch = 1 }
+local FT_HELP = {
+  finetune = "after each block: Adam on its floats against the full-precision block output (decoupleQ §7)",
+  ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = "finetune learning rate",
+  ft_epochs = "finetune epochs over the calibration windows", ft_batch = "finetune windows per Adam step",
+}
+function P.finetune_options(own, help)
+  own, help = own or {}, help or {}
+  for k, v in pairs(FT) do if own[k] == nil then own[k] = v end end
+  for k, v in pairs(FT_HELP) do if help[k] == nil then help[k] = v end end
+  return own, help
+end
+
+function P.finetune(opt)
+  if not opt.finetune then return nil end
+  local params = {}
+  for p in opt.ft_params:gmatch("[^,%s]+") do params[#params + 1] = p end
+  return { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
+end
+
 local function slice(t, first, last)
   local r = {}
   for i = first, last do r[#r + 1] = t[i] end
