@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     double t_proxy = 0, t_grad = 0;
     if (mode == "both" || mode == "proxy") {
       const auto t0 = clk::now();
-      Calibration cal(m, windows, nsamples, T);
+      Calibration cal(m, windows, nsamples, T, /*fp_chain=*/false);  // Σ only, as the CVXQ recipes run it
       for (int b = 0; b < cal.nblocks(); ++b) {
         cal.capture(m);
         cal.advance(m);

@@ -183,6 +183,8 @@ static int c_finetune(lua_State* L) {
   check_opts(L, 2, fn, {"params", "lr", "betas", "eps", "weight_decay", "epochs", "batch", "shuffle", "seed"});
   const Calibration& cal = *c.cal;
   if (cal.block() >= cal.nblocks()) fail(fn, ": the calibration has passed its last block");
+  if (!cal.fp_chain())
+    fail(fn, ": this calibration has no full-precision chain (made with fp_chain=false); block finetuning needs its outputs");
   if (!cal.fp_outputs().defined())
     fail(fn, ": block ", cal.block() + 1, " has no full-precision outputs yet (call cal:capture() before cal:finetune())");
   const FinetuneOptions o = lua_type(L, 2) == LUA_TTABLE ? finetune_options(L, 2, fn) : FinetuneOptions{};

@@ -417,11 +417,11 @@ static Site site_from_name(const std::string& s, const char* fn) {
   fail(fn, ": unknown site '", s, "' (expected attn_in, attn_out, ffn_in or ffn_mid)");
 }
 
-// qf.calibration{model=, text= | tokens=, nsamples=128, seqlen=0, seed=run seed, range={first, last}}
+// qf.calibration{model=, text= | tokens=, nsamples=128, seqlen=0, seed=run seed, range={first, last}, fp_chain=true}
 static int f_calibration(lua_State* L) {
   const char* fn = "calibration";
   check_table(L, 1, fn);
-  check_opts(L, 1, fn, {"model", "text", "tokens", "nsamples", "seqlen", "seed", "range"});
+  check_opts(L, 1, fn, {"model", "text", "tokens", "nsamples", "seqlen", "seed", "range", "fp_chain"});
   lua_getfield(L, 1, "model");
   LModel& lm = check_model(L, -1, fn);
   std::shared_ptr<Model> model = lm.m;
@@ -458,8 +458,9 @@ static int f_calibration(lua_State* L) {
     o.end = b;
   }
   lua_pop(L, 1);
+  const bool fp_chain = opt_field_bool(L, 1, "fp_chain", fn, true);
   const std::vector<int32_t> windows = draw_windows(tokens, o);
-  LCal c{model, std::make_shared<Calibration>(*model, windows, o.nsamples, o.seqlen)};
+  LCal c{model, std::make_shared<Calibration>(*model, windows, o.nsamples, o.seqlen, fp_chain)};
   std::fprintf(stderr, "calibration: %d windows x %d tokens (seed %llu, tokens [%lld, %lld) of %zu), %.1f MB of block activations\n",
                o.nsamples, o.seqlen, (unsigned long long)o.seed, (long long)o.begin, (long long)(o.end < 0 ? (int64_t)tokens.size() : o.end),
                tokens.size(), c.cal->memory_bytes() / 1e6);
@@ -523,11 +524,17 @@ static int c_inputs(lua_State* L) {
   push_tensor(L, check_cal(L, 1, "inputs").cal->inputs());
   return 1;
 }
+static void need_fp_chain(const Calibration& cal, const char* fn) {
+  if (!cal.fp_chain()) fail(fn, ": this calibration has no full-precision chain (made with fp_chain=false)");
+}
 static int c_fp_inputs(lua_State* L) {
-  push_tensor(L, check_cal(L, 1, "fp_inputs").cal->fp_inputs());
+  const Calibration& cal = *check_cal(L, 1, "fp_inputs").cal;
+  need_fp_chain(cal, "fp_inputs");
+  push_tensor(L, cal.fp_inputs());
   return 1;
 }
 static int c_fp_outputs(lua_State* L) {
+  need_fp_chain(*check_cal(L, 1, "fp_outputs").cal, "fp_outputs");
   const Tensor& t = check_cal(L, 1, "fp_outputs").cal->fp_outputs();
   if (!t.defined()) fail("fp_outputs: not available before the block's first capture");
   push_tensor(L, t);

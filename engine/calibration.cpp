@@ -86,13 +86,13 @@ static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, 
   return out;
 }
 
-Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen)
-    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()), windows_(windows) {
+Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen, bool fp_chain)
+    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()), fp_chain_(fp_chain), windows_(windows) {
   if (nsamples <= 0 || seqlen <= 0 || (int64_t)windows.size() != (int64_t)nsamples * seqlen)
     fail("calibration: ", windows.size(), " tokens is not nsamples·seqlen = ", nsamples, "·", seqlen);
   if (seqlen > m.cfg.seq_len) fail("calibration: seqlen ", seqlen, " exceeds the model's context length ", m.cfg.seq_len);
   xq_ = embed(m, windows);
-  xfp_ = xq_.clone();
+  if (fp_chain_) xfp_ = xq_.clone();
 }
 
 std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector<Site>& sites_) {
@@ -120,16 +120,18 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
   };
   chunked_block_forward(m, block_, xq_, B_, T_, obs);
   for (auto& [s, st] : out) st.sum = 0.5 * (st.sum + st.sum.transpose());  // exact symmetry
-  if (!yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
+  if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
   return out;
 }
 
 void Calibration::advance(const Model& m) {
   if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done");
-  if (!yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);
+  if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);
   xq_ = chunked_block_forward(m, block_, xq_, B_, T_, nullptr);
-  xfp_ = yfp_;
-  yfp_ = Tensor();
+  if (fp_chain_) {
+    xfp_ = yfp_;
+    yfp_ = Tensor();
+  }
   ++block_;
 }
 

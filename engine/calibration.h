@@ -48,13 +48,17 @@ void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X);
 
 class Calibration {
  public:
-  Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen);
+  // fp_chain: also carry the full-precision chain (FP inputs of every block and the FP block's
+  // outputs, the targets of block-wise finetuning). It costs one more block forward per block and
+  // the memory of two more activation sets; without it fp_inputs()/fp_outputs() are undefined.
+  Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen, bool fp_chain = true);
 
   int block() const { return block_; }  // current block, 0-based
   int nblocks() const { return nblocks_; }
   int nsamples() const { return B_; }
   int seqlen() const { return T_; }
   int64_t tokens() const { return (int64_t)B_ * T_; }
+  bool fp_chain() const { return fp_chain_; }
 
   // Runs the current block on the quantized-prefix inputs and returns Σ of each requested
   // site (empty: all four). With true-sequential quantization call it again after each
@@ -71,6 +75,7 @@ class Calibration {
 
  private:
   int B_, T_, nblocks_, block_ = 0;
+  bool fp_chain_ = true;
   Tensor xq_, xfp_, yfp_;
   std::vector<int32_t> windows_;
 };

@@ -14,15 +14,8 @@ local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get" }))
 local ctx = P.prepare(opt)
 local m = ctx.model
+local alloc, stats = C.allocate_model(ctx, opt)
 local t0 = qf.now()
-local grads = C.sensitivity(ctx.cal, opt)
-local stats = P.fp_statistics(ctx.cal)
-local alloc = C.allocate(m, stats, opt, grads)
-grads = nil
-print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%",
-  alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction))
-qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
-                          log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction, history = alloc.history })
 local total, layers = 0, {}
 for _, key in ipairs(alloc.keys) do
   local L = alloc.layers[key]

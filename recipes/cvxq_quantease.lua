@@ -17,11 +17,7 @@ if opt.solver ~= "quantease" and opt.solver ~= "gptq" then
 end
 local ctx = P.prepare(opt)
 local m = ctx.model
-local alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt, C.sensitivity(ctx.cal, opt))
-print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, pruned %.2f%%",
-  alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, 100 * alloc.pruned_fraction))
-qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
-                          log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction })
+local alloc = C.allocate_model(ctx, opt)
 local cal = P.calibration(ctx, opt)
 local s = P.quantize_model(m, cal, function(l)
   local L = alloc.layers[l.block .. "." .. l.name]

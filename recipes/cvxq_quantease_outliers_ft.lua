@@ -29,11 +29,7 @@ local m = ctx.model
 -- 1. allocation (or the uniform grid)
 local alloc, cal = nil, ctx.cal
 if opt.alloc then
-  alloc = C.allocate(m, P.fp_statistics(ctx.cal), opt, C.sensitivity(ctx.cal, opt))
-  print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, pruned %.2f%%",
-    alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, 100 * alloc.pruned_fraction))
-  qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
-                            log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction })
+  alloc = C.allocate_model(ctx, opt)
   cal = P.calibration(ctx, opt)  -- the statistics pass consumed ctx.cal
 end
 local uniform = P.grid(opt)

@@ -4,25 +4,16 @@
 # information and row-cluster indices (m:storage()); companded vs uniform grid; gradient
 # statistics vs the diag-Σ proxy. Default protocol of qforge.pipeline (128 × 256 TinyStories
 # calibration windows, held-out second half, WikiText-2 40 × 512). Run dirs under runs/cvxq/.
-#   scripts/cvxq_table.sh [build/qforge] [section ...]   sections: uniform cvxq grid proxy (default all)
+#   scripts/cvxq_table.sh [build/qforge] [section ...]   sections: uniform cvxq equal equal_nobias grid bias proxy (default all)
 #   env: TARGETS="2.0 2.5 3.0 4.0" (CVXQ target code bits), BITS="2 3 4", UGROUPS="pc g64" (uniform rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:-build/qforge}; shift || true
-sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(uniform cvxq grid proxy)
-mkdir -p runs/cvxq
-row() {  # label, run dir, then the qforge run arguments
-  local label=$1 d=runs/cvxq/$2; shift 2
-  "$Q" run "$@" out="$d" > "$d.log" 2>&1 || { echo "| $label | FAILED (see $d.log) |"; return; }
-  python3 - "$label" "$d/results.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[2])); s = d["storage"]; a = d.get("allocation", {}); g = d.get("gradient_statistics", {})
-print("| %s | %.3f | %.3f | %.2f%% | %.4g | %.3f | %.2f | %s |" % (sys.argv[1], s["codes"], s["bits_per_weight"],
-      100 * s["pruned_fraction"], d["objective_total"], d["ppl_heldout"], d["ppl_wikitext2"],
-      "%d steps" % (a["steps"] + a["bisections"]) if a else ""))
-PY
-}
-hdr() { echo; echo "$1"; echo; echo "| run | code bits | realized bits/weight | pruned | summed objective | held-out PPL | WikiText-2 PPL | dual ascent |"; echo "|---|---|---|---|---|---|---|---|"; }
+sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(uniform cvxq equal equal_nobias grid bias proxy)
+RUNS=runs/cvxq
+source scripts/table_lib.sh
+row() { qf_row "$@"; }
+hdr() { qf_hdr "$1"; }
 for s in "${sections[@]}"; do case $s in
 uniform)
   hdr "Uniform allocation (same bits everywhere), per-channel and g64 asymmetric min/max grids"
@@ -36,6 +27,30 @@ cvxq)
     row "CVXQ RTN target $t" cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64
     row "CVXQ GPTQ target $t" cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq
     row "CVXQ QuantEase target $t" cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64
+  done ;;
+equal)
+  # CVXQ's side information (per (cluster, column) fp16 scale + zero, 4-bit depths, cluster
+  # indices, the bias correction's new biases) costs ~0.34 bits/weight more than a per-channel
+  # grid's: targets 1.66 / 2.66 / 3.66 land on the realized bits of uniform 2 / 3 / 4-bit.
+  hdr "CVXQ allocation at the realized bits of the uniform per-channel rows (companded grid + bias correction)"
+  for t in ${EQ_TARGETS:-1.66 2.66 3.66}; do
+    row "CVXQ RTN target $t" cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64
+    row "CVXQ GPTQ target $t" cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq
+    row "CVXQ QuantEase target $t" cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64
+  done ;;
+equal_nobias)
+  # Without the bias correction's new biases the side information is ~0.13 bits/weight above a
+  # per-channel grid's: targets 1.87 / 2.87 / 3.87 land on uniform 2 / 3 / 4-bit realized bits.
+  hdr "CVXQ allocation without bias correction at the realized bits of the uniform per-channel rows (companded grid)"
+  for t in ${EQ_NB_TARGETS:-1.87 2.87 3.87}; do
+    row "CVXQ RTN target $t, no BC" nb_cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 bias_correction=false
+    row "CVXQ GPTQ target $t, no BC" nb_cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq bias_correction=false
+    row "CVXQ QuantEase target $t, no BC" nb_cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 bias_correction=false
+  done ;;
+bias)
+  hdr "Without bias correction (saves the new biases' 16 bits per output row; compare the CVXQ RTN rows)"
+  for t in 2.0 3.0; do
+    row "no bias correction, target $t" nobias_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 bias_correction=false
   done ;;
 grid)
   hdr "Uniform min/max grid instead of the compander on the same CVXQ allocation (RTN + bias correction; compare CVXQ RTN rows)"

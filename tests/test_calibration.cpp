@@ -131,3 +131,27 @@ TEST_CASE("pipeline: a changed block changes the quantized-prefix chain only") {
   CHECK(std::memcmp(cal.inputs().f32(), q_out.f32(), (size_t)q_out.numel() * 4) == 0);
   CHECK(cal.memory_bytes() == 2 * 64 * 64 * 4);
 }
+
+TEST_CASE("pipeline: fp_chain=false gives the same quantized-prefix chain and Σ, without the FP chain") {
+  Model m = stories().clone();
+  CalibWindowsOptions o;
+  o.nsamples = 2;
+  o.seqlen = 32;
+  o.seed = 5;
+  const auto windows = draw_windows(fake_tokens(1000), o);
+  Calibration with(m, windows, 2, 32), without(m, windows, 2, 32, /*fp_chain=*/false);
+  CHECK(with.fp_chain());
+  CHECK_FALSE(without.fp_chain());
+  for (int b = 0; b < 2; ++b) {
+    auto a = with.capture(m), c = without.capture(m);
+    for (auto& [site, st] : a) CHECK(st.sum == c.at(site).sum);
+    CHECK_FALSE(without.fp_outputs().defined());
+    m.blocks[b].linear("up").weight.rows(0, 8).fill_(0.f);  // a change: the chains would now differ
+    with.advance(m);
+    without.advance(m);
+    CHECK(std::memcmp(with.inputs().f32(), without.inputs().f32(), (size_t)with.tokens() * 64 * 4) == 0);
+    CHECK_FALSE(without.fp_inputs().defined());
+  }
+  CHECK(without.memory_bytes() == 2 * 32 * 64 * 4);
+  CHECK(with.memory_bytes() == 2 * 2 * 32 * 64 * 4);
+}

@@ -91,6 +91,24 @@ function C.allocate(m, stats, opt, grads)
            bisections = r.bisections, converged = r.converged, history = r.history, pruned_fraction = pruned / total }
 end
 
+-- The whole allocation stage of a recipe: sensitivity statistics (gradient or proxy) and the
+-- full-precision Σ/μ of every site over ctx.cal, then dual ascent; prints the result and records
+-- it as "allocation" (with its seconds and the dual ascent history). ctx.cal is consumed (its
+-- blocks advanced): returns alloc and the statistics, stats[b][site] = {sigma=, mu=, tokens=}.
+function C.allocate_model(ctx, opt)
+  local t0 = qf.now()
+  local grads = C.sensitivity(ctx.cal, opt)
+  local stats = require("qforge.pipeline").fp_statistics(ctx.cal)
+  local alloc = C.allocate(ctx.model, stats, opt, grads)
+  alloc.seconds = qf.now() - t0
+  print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%  (%.1fs)",
+    alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction, alloc.seconds))
+  qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
+                            log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction, history = alloc.history,
+                            seconds = alloc.seconds })
+  return alloc, stats
+end
+
 -- The grid of one allocated linear: (row cluster × column) groups with their bits.
 function C.grid(L, opt)
   return qf.grid{ group = 1, row_groups = L.row_groups, alloc = L.bits, kind = opt.kind or "uniform",

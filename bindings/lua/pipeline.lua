@@ -72,13 +72,14 @@ function P.grid(opt)
 end
 
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
--- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping.
+-- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping. The
+-- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it.
 function P.prepare(opt)
   local m = qf.load_model(opt.model)
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
   local split = math.floor(#ids * opt.calib_fraction)
   local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
-                              seqlen = opt.seqlen, seed = opt.seed }
+                              seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
   local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   return ctx
@@ -90,7 +91,7 @@ local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gat
 -- sequential pass after a statistics pass.
 function P.calibration(ctx, opt)
   return qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
-                         seqlen = opt.seqlen, seed = opt.seed }
+                         seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
 end
 
 -- Runs cal through every block without changing the model: the full-precision Σ, mean input μ

@@ -86,6 +86,12 @@ check_eq(cal:block(), 2)
 check_error(function() cal:capture({ "attn_mid" }) end, "unknown site 'attn_mid'")
 check_error(function() qf.calibration{ model = m, tokens = ids, range = { 1, 10 }, seqlen = 64 } end, "fewer than one window")
 check_error(function() qf.calibration{ model = m, text = "x", tokens = ids } end, "exactly one of")
+local cal_nofp = qf.calibration{ model = m, tokens = ids, nsamples = 2, seqlen = 64, fp_chain = false }
+cal_nofp:capture()
+check_error(function() cal_nofp:fp_outputs() end, "no full-precision chain")
+check_error(function() cal_nofp:fp_inputs() end, "no full-precision chain")
+check_error(function() cal_nofp:finetune{ lr = 0 } end, "no full-precision chain")
+check_error(function() qf.calibration{ model = m, tokens = ids, nsamples = 2, seqlen = 64, fp_chain = 1 } end, "fp_chain")
 check_eq(qf.input_site("w2"), "ffn_mid")
 
 H.section("allocations and companded grids")
