@@ -145,6 +145,18 @@ expect_in "recipe --help" stdout "bits per weight"
 expect_in "recipe --help" stdout "name = rtn"
 expect_in "recipe --help" stdout "seed=N"
 
+# Bad block-finetune options of a pipeline recipe fail before any calibration work.
+run badft run recipes/gptq.lua finetune=true ft_params=scales,scale out="$WORK/r_badft"
+expect_fail "bad ft_params"
+expect_in "bad ft_params" stderr "option 'ft_params': unknown parameter group 'scale'"
+run badft2 run recipes/decoupleq.lua finetune=true ft_epochs=0 out="$WORK/r_badft2"
+expect_fail "ft_epochs=0"
+expect_in "ft_epochs=0" stderr "option 'ft_epochs' must be an integer >= 1"
+run badft3 run recipes/cvxq_quantease_outliers_ft.lua ft_lr=-1 out="$WORK/r_badft3"
+expect_fail "ft_lr=-1"
+expect_in "ft_lr=-1" stderr "option 'ft_lr' must be a finite number >= 0"
+grep -q "calibration:" "$WORK/stderr" && bad "ft_lr=-1: calibration ran before the option check" || ok
+
 # ---- a successful run and its directory -------------------------------------------------
 R="$WORK/r_ok"
 run ok run "$WORK/ok.lua" bits=3 seed=7 out="$R"

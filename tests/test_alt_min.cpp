@@ -15,6 +15,7 @@
 
 #include "alt_min.h"
 #include "gptq.h"
+#include "layer_problems.h"
 #include "rng.h"
 #include "rtn.h"
 
@@ -24,35 +25,12 @@ using Eigen::VectorXd;
 
 namespace {
 
-Tensor to_tensor(const MatrixXd& M) {
-  Tensor t = Tensor::empty({M.rows(), M.cols()});
-  t.mat() = M.cast<float>();
-  return t;
-}
-MatrixXd to_md(const Tensor& t) { return t.cmat().cast<double>(); }
+using test::Problem;
+using test::to_md;
+using test::to_tensor;
 
-struct Problem {
-  Tensor W, S;
-};
-
-// W [r, c] normal; Σ = XXᵀ with correlated inputs X = A·Z (A = I + corr·randn/√c, Z [c, N] with
-// per-input scales in [0.3, 2.3)): a full, well-conditioned but far from diagonal Σ.
 Problem make_problem(int64_t r, int64_t c, uint64_t seed, int64_t N = 0, double corr = 0.8) {
-  Rng g(seed);
-  if (N == 0) N = 3 * c;
-  MatrixXd W(r, c), A = MatrixXd::Identity(c, c), Z(c, N);
-  for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < c; ++j) W(i, j) = g.normal();
-  for (int64_t i = 0; i < c; ++i)
-    for (int64_t j = 0; j < c; ++j) A(i, j) += corr * g.normal() / std::sqrt((double)c);
-  for (int64_t i = 0; i < c; ++i) {
-    const double s = 0.3 + 2 * g.uniform();
-    for (int64_t j = 0; j < N; ++j) Z(i, j) = s * g.normal();
-  }
-  const MatrixXd X = A * Z;
-  MatrixXd S = X * X.transpose();
-  S = 0.5 * (S + S.transpose()).eval();
-  return {to_tensor(W), to_tensor(S)};
+  return test::scaled_problem(r, c, seed, N == 0 ? 3 * c : N, corr);
 }
 
 GridSpec spec_of(int bits, int64_t group = -1, bool sym = false) {

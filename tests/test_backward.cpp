@@ -17,12 +17,18 @@
 #include "forward.h"
 #include "loader_llama2c.h"
 #include "rng.h"
+#include "ref_llama.h"
 #include "tiny_model.h"
 
 using namespace qf;
 
 static const std::string kShared = QF_SHARED_DIR;
-using Vec = std::vector<double>;
+using qf::test::Vec;
+using qf::test::ref_attention;
+using qf::test::ref_linear;
+using qf::test::ref_rmsnorm;
+using qf::test::ref_rope;
+using qf::test::ref_swiglu;
 
 // ---------------------------------------------------------------- helpers
 
@@ -116,58 +122,8 @@ static RefCfg ref_cfg(const ModelConfig& c) {
   return {c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim(), (double)c.norm_eps, freq, c.rope_interleaved};
 }
 
-static Vec ref_rmsnorm(const Vec& x, const Vec& g, double eps) {
-  const size_t D = g.size(), N = x.size() / D;
-  Vec y(x.size());
-  for (size_t i = 0; i < N; ++i) {
-    double ss = 0;
-    for (size_t j = 0; j < D; ++j) ss += x[i * D + j] * x[i * D + j];
-    const double inv = 1.0 / std::sqrt(ss / D + eps);
-    for (size_t j = 0; j < D; ++j) y[i * D + j] = g[j] * x[i * D + j] * inv;
-  }
-  return y;
-}
 
-static Vec ref_rope(Vec x, int H, int hd, int T, const Vec& freq, bool inter) {
-  const size_t W = (size_t)H * hd, N = x.size() / W;
-  for (size_t r = 0; r < N; ++r)
-    for (int h = 0; h < H; ++h)
-      for (int i = 0; i < hd / 2; ++i) {
-        const double ang = (double)(r % T) * freq[i];
-        double& a = x[r * W + h * hd + (inter ? 2 * i : i)];
-        double& b = x[r * W + h * hd + (inter ? 2 * i + 1 : i + hd / 2)];
-        const double a0 = a, b0 = b;
-        a = a0 * std::cos(ang) - b0 * std::sin(ang);
-        b = a0 * std::sin(ang) + b0 * std::cos(ang);
-      }
-  return x;
-}
 
-static Vec ref_attention(const Vec& q, const Vec& k, const Vec& v, int B, int T, int H, int KVH, int hd) {
-  const int QW = H * hd, KW = KVH * hd;
-  Vec out((size_t)B * T * QW);
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h) {
-      const int kh = h / (H / KVH);
-      for (int i = 0; i < T; ++i) {
-        Vec w(i + 1);
-        double mx = -1e300, sum = 0;
-        for (int j = 0; j <= i; ++j) {
-          double d = 0;
-          for (int c = 0; c < hd; ++c) d += q[(size_t)(b * T + i) * QW + h * hd + c] * k[(size_t)(b * T + j) * KW + kh * hd + c];
-          w[j] = d / std::sqrt((double)hd);
-          mx = std::max(mx, w[j]);
-        }
-        for (auto& e : w) sum += (e = std::exp(e - mx));
-        for (int c = 0; c < hd; ++c) {
-          double o = 0;
-          for (int j = 0; j <= i; ++j) o += w[j] / sum * v[(size_t)(b * T + j) * KW + kh * hd + c];
-          out[(size_t)(b * T + i) * QW + h * hd + c] = o;
-        }
-      }
-    }
-  return out;
-}
 
 struct RefLin {
   int out = 0, in = 0;
@@ -178,22 +134,7 @@ static RefLin ref_lin(const Linear& l) {
   if (l.bias.defined()) r.b = to_vec(l.bias);
   return r;
 }
-static Vec ref_linear(const Vec& x, const RefLin& l) {
-  const size_t N = x.size() / l.in;
-  Vec y(N * l.out);
-  for (size_t n = 0; n < N; ++n)
-    for (int o = 0; o < l.out; ++o) {
-      double s = l.b.empty() ? 0.0 : l.b[o];
-      for (int i = 0; i < l.in; ++i) s += x[n * l.in + i] * l.w[(size_t)o * l.in + i];
-      y[n * l.out + o] = s;
-    }
-  return y;
-}
-static Vec ref_swiglu(const Vec& a, const Vec& u) {
-  Vec h(a.size());
-  for (size_t i = 0; i < a.size(); ++i) h[i] = a[i] / (1 + std::exp(-a[i])) * u[i];
-  return h;
-}
+static Vec ref_linear(const Vec& x, const RefLin& l) { return ref_linear(x, l.w, l.b, l.out, l.in); }
 
 struct RefBlock {
   Vec g1, g2;

@@ -16,12 +16,18 @@
 #include "loader_llama2c.h"
 #include "rng.h"
 #include "rtn.h"
+#include "ref_llama.h"
 #include "tiny_model.h"
 
 using namespace qf;
 
 static const std::string kShared = QF_SHARED_DIR;
-using Vec = std::vector<double>;
+using qf::test::Vec;
+using qf::test::ref_attention;
+using qf::test::ref_linear;
+using qf::test::ref_rmsnorm;
+using qf::test::ref_rope;
+using qf::test::ref_swiglu;
 
 // ---------------------------------------------------------------- helpers
 
@@ -137,67 +143,6 @@ static Vec ref_weight(const Linear& l, const Vec& sc, const Vec& ze) {
   return w;
 }
 
-static Vec ref_rmsnorm(const Vec& x, const Vec& g, double eps) {
-  const size_t D = g.size(), N = x.size() / D;
-  Vec y(x.size());
-  for (size_t n = 0; n < N; ++n) {
-    double ss = 0;
-    for (size_t j = 0; j < D; ++j) ss += x[n * D + j] * x[n * D + j];
-    const double inv = 1 / std::sqrt(ss / D + eps);
-    for (size_t j = 0; j < D; ++j) y[n * D + j] = g[j] * x[n * D + j] * inv;
-  }
-  return y;
-}
-static Vec ref_linear(const Vec& x, const Vec& w, const Vec& b, int out, int in) {
-  const size_t N = x.size() / in;
-  Vec y(N * out);
-  for (size_t n = 0; n < N; ++n)
-    for (int o = 0; o < out; ++o) {
-      double s = b.empty() ? 0.0 : b[o];
-      for (int i = 0; i < in; ++i) s += x[n * in + i] * w[(size_t)o * in + i];
-      y[n * out + o] = s;
-    }
-  return y;
-}
-// interleaved RoPE, position = row % T
-static Vec ref_rope(Vec x, int heads, int hd, int T, const std::vector<float>& freq) {
-  const size_t W = (size_t)heads * hd, N = x.size() / W;
-  for (size_t n = 0; n < N; ++n)
-    for (int h = 0; h < heads; ++h)
-      for (int i = 0; i < hd / 2; ++i) {
-        const double a = (double)(n % T) * freq[i], c = std::cos(a), s = std::sin(a);
-        double& u = x[n * W + h * hd + 2 * i];
-        double& v = x[n * W + h * hd + 2 * i + 1];
-        const double u0 = u, v0 = v;
-        u = u0 * c - v0 * s;
-        v = u0 * s + v0 * c;
-      }
-  return x;
-}
-static Vec ref_attention(const Vec& q, const Vec& k, const Vec& v, int B, int T, int H, int KVH, int hd) {
-  const size_t QW = (size_t)H * hd, KW = (size_t)KVH * hd;
-  Vec out((size_t)B * T * QW, 0.0);
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h) {
-      const int kh = h / (H / KVH);
-      for (int i = 0; i < T; ++i) {
-        Vec w(i + 1);
-        double mx = -1e300, sum = 0;
-        for (int j = 0; j <= i; ++j) {
-          double d = 0;
-          for (int c = 0; c < hd; ++c) d += q[(size_t)(b * T + i) * QW + h * hd + c] * k[(size_t)(b * T + j) * KW + kh * hd + c];
-          mx = std::max(mx, w[j] = d / std::sqrt((double)hd));
-        }
-        for (auto& e : w) sum += (e = std::exp(e - mx));
-        for (int c = 0; c < hd; ++c) {
-          double o = 0;
-          for (int j = 0; j <= i; ++j) o += w[j] / sum * v[(size_t)(b * T + j) * KW + kh * hd + c];
-          out[(size_t)(b * T + i) * QW + h * hd + c] = o;
-        }
-      }
-    }
-  return out;
-}
 // Mean squared error of the block output (f64 everywhere) against target.
 static double ref_loss(const Model& m, const RefParams& p, const Vec& x, const Vec& target, int B, int T) {
   const ModelConfig& c = m.cfg;
@@ -208,17 +153,16 @@ static double ref_loss(const Model& m, const RefParams& p, const Vec& x, const V
     return ref_linear(in, ref_weight(l, p.scale[(size_t)i], p.zero[(size_t)i]), p.bias[(size_t)i], (int)l.out_features(),
                       (int)l.in_features());
   };
-  const std::vector<float> freq = rope_inv_freq(c, hd);
+  const std::vector<float> f32freq = rope_inv_freq(c, hd);
+  const Vec freq(f32freq.begin(), f32freq.end());
   const Vec xn = ref_rmsnorm(x, p.g1, c.norm_eps);
-  const Vec q = ref_rope(lin(0, xn), c.n_heads, hd, T, freq), k = ref_rope(lin(1, xn), c.n_kv_heads, hd, T, freq);
+  const Vec q = ref_rope(lin(0, xn), c.n_heads, hd, T, freq, c.rope_interleaved),
+            k = ref_rope(lin(1, xn), c.n_kv_heads, hd, T, freq, c.rope_interleaved);
   const Vec o = lin(3, ref_attention(q, k, lin(2, xn), B, T, c.n_heads, c.n_kv_heads, hd));
   Vec h = x;
   for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
   const Vec xn2 = ref_rmsnorm(h, p.g2, c.norm_eps);
-  Vec a = lin(4, xn2);
-  const Vec u = lin(5, xn2);
-  for (size_t i = 0; i < a.size(); ++i) a[i] = a[i] / (1 + std::exp(-a[i])) * u[i];
-  const Vec d = lin(6, a);
+  const Vec d = lin(6, ref_swiglu(lin(4, xn2), lin(5, xn2)));
   double s = 0;
   for (size_t i = 0; i < h.size(); ++i) {
     const double e = h[i] + d[i] - target[i];

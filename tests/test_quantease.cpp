@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gptq.h"
+#include "layer_problems.h"
 #include "outliers.h"
 #include "quantease.h"
 #include "rng.h"
@@ -21,16 +22,9 @@ using Eigen::MatrixXd;
 
 namespace {
 
-Tensor to_tensor(const MatrixXd& M) {
-  Tensor t = Tensor::empty({M.rows(), M.cols()});
-  t.mat() = M.cast<float>();
-  return t;
-}
-MatrixXd to_md(const Tensor& t) { return t.cmat().cast<double>(); }
-
-struct Problem {
-  Tensor W, S;
-};
+using test::Problem;
+using test::to_md;
+using test::to_tensor;
 
 // W [r, c] (normal, or heavy-tailed: normal / sqrt(uniform) — a t-like tail), Σ = X Xᵀ with
 // correlated inputs X = A·Z, A = I + corr·randn/√c, Z [c, 2c] standard normal.

@@ -53,10 +53,21 @@ function P.finetune_options(own, help)
   return own, help
 end
 
+-- Checked here, before any calibration work, so a bad option fails the run at once.
+local FT_GROUPS = { scales = true, zeros = true, norms = true, biases = true }
 function P.finetune(opt)
   if not opt.finetune then return nil end
   local params = {}
-  for p in opt.ft_params:gmatch("[^,%s]+") do params[#params + 1] = p end
+  for p in opt.ft_params:gmatch("[^,%s]+") do
+    if not FT_GROUPS[p] then
+      error("option 'ft_params': unknown parameter group '" .. p .. "' (scales, zeros, norms, biases)", 0)
+    end
+    params[#params + 1] = p
+  end
+  if #params == 0 then error("option 'ft_params' is empty (scales, zeros, norms, biases)", 0) end
+  if not (opt.ft_lr >= 0 and opt.ft_lr < math.huge) then error("option 'ft_lr' must be a finite number >= 0, got " .. opt.ft_lr, 0) end
+  if opt.ft_epochs < 1 or opt.ft_epochs % 1 ~= 0 then error("option 'ft_epochs' must be an integer >= 1, got " .. opt.ft_epochs, 0) end
+  if opt.ft_batch < 1 or opt.ft_batch % 1 ~= 0 then error("option 'ft_batch' must be an integer >= 1, got " .. opt.ft_batch, 0) end
   return { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
 end
 
@@ -75,6 +86,7 @@ end
 -- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping. The
 -- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it.
 function P.prepare(opt)
+  if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
   local m = qf.load_model(opt.model)
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
   local split = math.floor(#ids * opt.calib_fraction)
