@@ -239,7 +239,12 @@ static int c_gradient_statistics(lua_State* L) {
   auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
   const double tp = now();
   // CVXQ keeps the top 1024 of 4096+ dimensions; a narrower model keeps all it has.
-  const HiddenPca pca = hidden_pca(m, c.cal->windows(), nwin, T, std::min(k, m.cfg.dim));
+  auto pca_progress = [&](int done, int total, double secs) {
+    std::fprintf(stderr, "gradient statistics: PCA forward %d/%d windows  %.1f s  ETA %.0f s\n", done, total, secs,
+                 secs / done * (total - done));
+    if (ctx) ctx->log({{"event", "gradient_statistics_pca"}, {"windows", done}, {"nwin", total}, {"seconds", secs}});
+  };
+  const HiddenPca pca = hidden_pca(m, c.cal->windows(), nwin, T, std::min(k, m.cfg.dim), 8, pca_progress);
   const double pca_seconds = now() - tp;
   double top = 0;
   for (double e : pca.eigenvalues) top += e;

@@ -18,13 +18,15 @@ static void check_windows(const Model& m, const std::vector<int32_t>& windows, i
   if (T > m.cfg.seq_len) fail(fn, ": windows of ", T, " tokens exceed the model's context length ", m.cfg.seq_len);
 }
 
-HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, int k, int chunk) {
+HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, int k, int chunk,
+                     const GradStatsProgress& progress) {
   check_windows(m, windows, nwin, T, "hidden_pca");
   const int D = m.cfg.dim;
   if (k < 1 || k > D) fail("hidden_pca: components must be in 1..", D, " (the model width), got ", k);
   if (chunk < 1) fail("hidden_pca: chunk must be >= 1, got ", chunk);
   Eigen::MatrixXd S = Eigen::MatrixXd::Zero(D, D);
   Eigen::VectorXd sum = Eigen::VectorXd::Zero(D);
+  const auto t0 = std::chrono::steady_clock::now();
   for (int w0 = 0; w0 < nwin; w0 += chunk) {
     const int nb = std::min(chunk, nwin - w0);
     const std::vector<int32_t> tok(windows.begin() + (int64_t)w0 * T, windows.begin() + (int64_t)(w0 + nb) * T);
@@ -39,6 +41,7 @@ HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nw
     const float* h = hn.f32();
     for (int64_t i = 0; i < hn.size(0); ++i)
       for (int d = 0; d < D; ++d) sum[d] += h[i * D + d];
+    if (progress) progress(w0 + nb, nwin, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   HiddenPca r;
   r.tokens = (int64_t)nwin * T;

@@ -35,7 +35,10 @@ struct HiddenPca {
 // windows: nwin·T token ids (window-major, as Calibration holds them). The covariance is
 // centred, accumulated in f64; windows run `chunk` at a time. Each eigenvector's sign is fixed
 // (largest-magnitude entry positive) so the basis is reproducible.
-HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, int k, int chunk = 8);
+// progress(windows done, nwin, seconds) after every chunk of windows.
+using GradStatsProgress = std::function<void(int done, int total, double seconds)>;
+HiddenPca hidden_pca(const Model& m, const std::vector<int32_t>& windows, int nwin, int T, int k, int chunk = 8,
+                     const GradStatsProgress& progress = nullptr);
 
 struct GradStatsOptions {
   int iters = 0;                 // calibration iterations (0: one per window-batch, each window once)
@@ -57,8 +60,6 @@ struct GradStats {
 void check_grad_stats_options(const GradStatsOptions& opt, int nwin);
 
 // Progress: called after each iteration with (i + 1, iters, seconds so far).
-using GradStatsProgress = std::function<void(int done, int total, double seconds)>;
-
 GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& windows, int nwin, int T,
                               const HiddenPca& pca, const GradStatsOptions& opt,
                               const GradStatsProgress& progress = nullptr);

@@ -37,7 +37,10 @@ TEST_CASE("hidden_pca: orthonormal eigenvectors of the centred hidden-state cova
   const Model m = tiny_model(21);
   const int B = 5, T = 8, D = m.cfg.dim;
   const std::vector<int32_t> tok = random_tokens(3, B * T, m.cfg.vocab_size);
-  const HiddenPca p = hidden_pca(m, tok, B, T, 6, /*chunk=*/2);  // chunks of 2 windows: 2 + 2 + 1
+  std::vector<int> seen;
+  const HiddenPca p = hidden_pca(m, tok, B, T, 6, /*chunk=*/2,  // chunks of 2 windows: 2 + 2 + 1
+                                 [&](int done, int total, double) { seen.push_back(done * 100 + total); });
+  CHECK(seen == std::vector<int>{205, 405, 505});  // progress after every chunk: (done, total)
   REQUIRE(p.components.shape() == Shape{6, D});
   CHECK(p.tokens == B * T);
   // The covariance by hand, in f64.
