@@ -114,11 +114,7 @@ static int f_dual_ascent(lua_State* L) {
   set_field(L, "steps", r.steps);
   set_field(L, "bisections", r.bisections);
   set_field(L, "converged", r.converged);
-  lua_createtable(L, (int)r.rate_history.size(), 0);
-  for (size_t k = 0; k < r.rate_history.size(); ++k) {
-    lua_pushnumber(L, r.rate_history[k]);
-    lua_rawseti(L, -2, (lua_Integer)k + 1);
-  }
+  push_numbers(L, r.rate_history);
   lua_setfield(L, -2, "history");
   return 1;
 }
@@ -275,11 +271,7 @@ static int c_gradient_statistics(lua_State* L) {
   lua_createtable(L, 0, 3);
   set_field(L, "k", (int64_t)pca.eigenvalues.size());
   set_field(L, "explained", top / pca.total_variance);
-  lua_createtable(L, (int)pca.eigenvalues.size(), 0);
-  for (size_t i = 0; i < pca.eigenvalues.size(); ++i) {
-    lua_pushnumber(L, pca.eigenvalues[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  push_numbers(L, pca.eigenvalues);
   lua_setfield(L, -2, "eigenvalues");
   lua_setfield(L, -2, "pca");
   set_field(L, "iters", (int64_t)gs.iters);

@@ -15,14 +15,6 @@ static int int_option(lua_State* L, int arg, const char* key, const char* fn, in
   return (int)v;
 }
 
-static void push_numbers(lua_State* L, const std::vector<double>& v) {
-  lua_createtable(L, (int)v.size(), 0);
-  for (size_t i = 0; i < v.size(); ++i) {
-    lua_pushnumber(L, v[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-}
-
 static int f_alt_min(lua_State* L) {
   const char* fn = "alt_min";
   const Tensor& W = check_tensor(L, 1, fn);

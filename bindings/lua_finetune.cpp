@@ -104,11 +104,7 @@ static void push_result(lua_State* L, const FinetuneResult& r) {
     lua_rawseti(L, -2, (lua_Integer)i + 2);
   }
   lua_setfield(L, -2, "losses");
-  lua_createtable(L, (int)r.epoch_seconds.size(), 0);
-  for (size_t i = 0; i < r.epoch_seconds.size(); ++i) {
-    lua_pushnumber(L, r.epoch_seconds[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  push_numbers(L, r.epoch_seconds);
   lua_setfield(L, -2, "epoch_seconds");
   set_field(L, "after", r.loss_after);
   set_field(L, "seconds", r.seconds);

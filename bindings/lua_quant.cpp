@@ -275,14 +275,6 @@ static int f_rtn(lua_State* L) {
   return 1;
 }
 
-static void push_objectives(lua_State* L, const std::vector<double>& v) {
-  lua_createtable(L, (int)v.size(), 0);
-  for (size_t i = 0; i < v.size(); ++i) {
-    lua_pushnumber(L, v[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-}
-
 static int f_gptq(lua_State* L) {
   const char* fn = "gptq";
   const Tensor& W = check_tensor(L, 1, fn);
@@ -352,7 +344,7 @@ static int f_quantease(lua_State* L) {
   QuantEaseResult r = quantease(W, H, spec, o, solver_log(L, fn));
   push_qlin(L, std::move(r.q));
   lua_createtable(L, 0, 2);
-  push_objectives(L, r.objective);
+  push_numbers(L, r.objective);
   lua_setfield(L, -2, "objective");
   set_field(L, "init_objective", r.init_objective);
   return 2;
@@ -396,7 +388,7 @@ static int f_quantease_outliers(lua_State* L) {
   OutlierResult r = quantease_outliers(W, H, spec, o, solver_log(L, fn));
   push_qlin(L, std::move(r.q));
   lua_createtable(L, 0, 1);
-  push_objectives(L, r.objective);
+  push_numbers(L, r.objective);
   lua_setfield(L, -2, "objective");
   return 2;
 }

@@ -218,6 +218,14 @@ void push_shape(lua_State* L, const Shape& s) {
   }
 }
 
+void push_numbers(lua_State* L, const std::vector<double>& v) {
+  lua_createtable(L, (int)v.size(), 0);
+  for (size_t i = 0; i < v.size(); ++i) {
+    lua_pushnumber(L, v[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+}
+
 void push_str(lua_State* L, const std::string& s) { lua_pushlstring(L, s.data(), s.size()); }
 
 std::vector<int32_t> ids_from_table(lua_State* L, int idx, const char* fn) {

@@ -96,6 +96,7 @@ std::string opt_field_str(lua_State* L, int arg, const char* key, const char* fn
 // *next (if given) receives the first stack index after the shape.
 Shape shape_arg(lua_State* L, int arg, const char* fn, int* next = nullptr);
 void push_shape(lua_State* L, const Shape& s);  // 1-indexed table of integers
+void push_numbers(lua_State* L, const std::vector<double>& v);  // 1-indexed table of numbers
 void push_str(lua_State* L, const std::string& s);
 // t[k] = v for the table on top of the stack; v an integer, float, bool or string.
 template <class T>

@@ -23,7 +23,8 @@ local opt = P.options(P.finetune_options(C.options({
     ratio = "fraction of each linear's weights kept in full precision as outliers (0: plain QuantEase)",
     iters = "QuantEase sweeps", init = "QuantEase start when ratio=0: w | rtn | gptq" })))
 if opt.ratio < 0 or opt.ratio >= 1 then error("option 'ratio' must be in [0, 1), got " .. opt.ratio, 0) end
-local ctx = P.prepare(opt)
+-- With the allocation, ctx.cal only feeds the statistics pass: no full-precision chain there.
+local ctx = P.prepare(opt, opt.finetune and not opt.alloc)
 local m = ctx.model
 
 -- 1. allocation (or the uniform grid)

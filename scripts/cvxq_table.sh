@@ -12,56 +12,55 @@ Q=${1:-build/qforge}; shift || true
 sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(uniform cvxq equal equal_nobias grid bias proxy)
 RUNS=runs/cvxq
 source scripts/table_lib.sh
-row() { qf_row "$@"; }
-hdr() { qf_hdr "$1"; }
+# The three solvers on one CVXQ allocation: trio TARGET LABEL_SUFFIX DIR_PREFIX [recipe options]
+trio() {
+  local t=$1 suf=$2 pre=$3; shift 3
+  qf_row "CVXQ RTN target $t$suf" ${pre}cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 "$@"
+  qf_row "CVXQ GPTQ target $t$suf" ${pre}cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq "$@"
+  qf_row "CVXQ QuantEase target $t$suf" ${pre}cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 "$@"
+}
 for s in "${sections[@]}"; do case $s in
 uniform)
-  hdr "Uniform allocation (same bits everywhere), per-channel and g64 asymmetric min/max grids"
+  qf_hdr "Uniform allocation (same bits everywhere), per-channel and g64 asymmetric min/max grids"
   for g in ${UGROUPS:-pc g64}; do for b in ${BITS:-2 3 4}; do for r in rtn gptq quantease; do
-    if [ "$g" = pc ]; then row "$r $b-bit per-channel" ${r}_${b}_pc recipes/$r.lua bits=$b
-    else row "$r $b-bit $g" ${r}_${b}_$g recipes/$r.lua bits=$b group=${g#g}; fi
+    if [ "$g" = pc ]; then qf_row "$r $b-bit per-channel" ${r}_${b}_pc recipes/$r.lua bits=$b
+    else qf_row "$r $b-bit $g" ${r}_${b}_$g recipes/$r.lua bits=$b group=${g#g}; fi
   done; done; done ;;
 cvxq)
-  hdr "CVXQ allocation (gradient statistics, 64-row clusters × columns), companded grid + bias correction"
+  qf_hdr "CVXQ allocation (gradient statistics, 64-row clusters × columns), companded grid + bias correction"
   for t in ${TARGETS:-2.0 2.5 3.0 4.0}; do
-    row "CVXQ RTN target $t" cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64
-    row "CVXQ GPTQ target $t" cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq
-    row "CVXQ QuantEase target $t" cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64
+    trio $t "" ""
   done ;;
 equal)
   # CVXQ's side information (per (cluster, column) fp16 scale + zero, 4-bit depths, cluster
   # indices, the bias correction's new biases) costs ~0.34 bits/weight more than a per-channel
   # grid's: targets 1.66 / 2.66 / 3.66 land on the realized bits of uniform 2 / 3 / 4-bit.
-  hdr "CVXQ allocation at the realized bits of the uniform per-channel rows (companded grid + bias correction)"
+  qf_hdr "CVXQ allocation at the realized bits of the uniform per-channel rows (companded grid + bias correction)"
   for t in ${EQ_TARGETS:-1.66 2.66 3.66}; do
-    row "CVXQ RTN target $t" cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64
-    row "CVXQ GPTQ target $t" cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq
-    row "CVXQ QuantEase target $t" cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64
+    trio $t "" ""
   done ;;
 equal_nobias)
   # Without the bias correction's new biases the side information is ~0.13 bits/weight above a
   # per-channel grid's: targets 1.87 / 2.87 / 3.87 land on uniform 2 / 3 / 4-bit realized bits.
-  hdr "CVXQ allocation without bias correction at the realized bits of the uniform per-channel rows (companded grid)"
+  qf_hdr "CVXQ allocation without bias correction at the realized bits of the uniform per-channel rows (companded grid)"
   for t in ${EQ_NB_TARGETS:-1.87 2.87 3.87}; do
-    row "CVXQ RTN target $t, no BC" nb_cvxq_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 bias_correction=false
-    row "CVXQ GPTQ target $t, no BC" nb_cvxq_gptq_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 solver=gptq bias_correction=false
-    row "CVXQ QuantEase target $t, no BC" nb_cvxq_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 bias_correction=false
+    trio $t ", no BC" nb_ bias_correction=false
   done ;;
 bias)
-  hdr "Without bias correction (saves the new biases' 16 bits per output row; compare the CVXQ RTN rows)"
+  qf_hdr "Without bias correction (saves the new biases' 16 bits per output row; compare the CVXQ RTN rows)"
   for t in 2.0 3.0; do
-    row "no bias correction, target $t" nobias_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 bias_correction=false
+    qf_row "no bias correction, target $t" nobias_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 bias_correction=false
   done ;;
 grid)
-  hdr "Uniform min/max grid instead of the compander on the same CVXQ allocation (RTN + bias correction; compare CVXQ RTN rows)"
+  qf_hdr "Uniform min/max grid instead of the compander on the same CVXQ allocation (RTN + bias correction; compare CVXQ RTN rows)"
   for t in 2.0 3.0; do
-    row "uniform grid, target $t" grid_uniform_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 kind=uniform
+    qf_row "uniform grid, target $t" grid_uniform_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 kind=uniform
   done ;;
 proxy)
-  hdr "diag-Σ proxy instead of the gradient statistics (compare CVXQ RTN / QuantEase rows)"
+  qf_hdr "diag-Σ proxy instead of the gradient statistics (compare CVXQ RTN / QuantEase rows)"
   for t in 2.0 3.0; do
-    row "proxy RTN, target $t" sens_proxy_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 sensitivity=proxy
-    row "proxy QuantEase, target $t" sens_proxy_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 sensitivity=proxy
+    qf_row "proxy RTN, target $t" sens_proxy_rtn_$t recipes/cvxq.lua target_bits=$t cluster_rows=64 sensitivity=proxy
+    qf_row "proxy QuantEase, target $t" sens_proxy_qe_$t recipes/cvxq_quantease.lua target_bits=$t cluster_rows=64 sensitivity=proxy
   done ;;
 *) echo "unknown section $s" >&2; exit 2 ;;
 esac; done

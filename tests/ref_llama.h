@@ -6,9 +6,16 @@
 #include <cmath>
 #include <vector>
 
+#include "tensor.h"
+
 namespace qf::test {
 
 using Vec = std::vector<double>;
+
+inline Vec to_vec(const Tensor& t) {
+  const std::vector<float> f = t.contiguous().to_vector();
+  return Vec(f.begin(), f.end());
+}
 
 inline Vec ref_rmsnorm(const Vec& x, const Vec& g, double eps) {
   const size_t D = g.size(), N = x.size() / D;

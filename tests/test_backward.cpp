@@ -29,13 +29,10 @@ using qf::test::ref_linear;
 using qf::test::ref_rmsnorm;
 using qf::test::ref_rope;
 using qf::test::ref_swiglu;
+using qf::test::to_vec;
 
 // ---------------------------------------------------------------- helpers
 
-static Vec to_vec(const Tensor& t) {
-  const std::vector<float> f = t.to_vector();
-  return Vec(f.begin(), f.end());
-}
 static Tensor to_tensor(const Vec& v, const Shape& s) { return Tensor::from_data(s, std::vector<float>(v.begin(), v.end())); }
 static Vec randn(Rng& rng, size_t n, double sd = 1.0, double mean = 0.0) {
   Vec v(n);

@@ -28,13 +28,10 @@ using qf::test::ref_linear;
 using qf::test::ref_rmsnorm;
 using qf::test::ref_rope;
 using qf::test::ref_swiglu;
+using qf::test::to_vec;
 
 // ---------------------------------------------------------------- helpers
 
-static Vec to_vec(const Tensor& t) {
-  const std::vector<float> f = t.contiguous().to_vector();
-  return Vec(f.begin(), f.end());
-}
 using qf::test::randn_tensor;
 static bool same_bits(const Tensor& a, const Tensor& b) {
   if (a.defined() != b.defined()) return false;

@@ -84,14 +84,16 @@ end
 
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
 -- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping. The
--- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it.
-function P.prepare(opt)
+-- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it,
+-- or as `fp_chain` says (a recipe whose ctx.cal only feeds a statistics pass passes false).
+function P.prepare(opt, fp_chain)
+  if fp_chain == nil then fp_chain = opt.finetune == true end
   if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
   local m = qf.load_model(opt.model)
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
   local split = math.floor(#ids * opt.calib_fraction)
   local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
-                              seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
+                              seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   return ctx
