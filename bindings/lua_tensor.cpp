@@ -6,9 +6,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
+#include <map>
 
 #include "lua_util.h"
+#include "safetensors.h"
 #include "tensor_ops.h"
 
 namespace qf::lua {
@@ -453,6 +456,96 @@ static int f_is_tensor(lua_State* L) {
   return 1;
 }
 
+// safetensors dtype names of the storage types (formats.md §2.6).
+static const char* st_dtype(DType dt) {
+  switch (dt) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::I32: return "I32";
+  }
+  return "";
+}
+
+// qf.save_tensors(path, {name = Tensor, ...} [, {key = "string", ...}]): one safetensors file,
+// each tensor in its own dtype, written atomically (temporary + rename). Names are sorted so
+// the same table always gives the same bytes.
+static int f_save_tensors(lua_State* L) {
+  const char* fn = "save_tensors";
+  const std::string path = check_str(L, 1, fn);
+  check_table(L, 2, fn);
+  std::map<std::string, Tensor> named;
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    if (lua_type(L, -2) != LUA_TSTRING) arg_error(L, 2, fn, "tensor names must be strings");
+    std::string name = lua_tostring(L, -2);
+    if (!is_tensor(L, -1)) arg_error(L, 2, fn, "'" + name + "' is a " + type_name(L, -1) + ", not a qforge.Tensor");
+    named[name] = *static_cast<Tensor*>(lua_touserdata(L, -1));
+    lua_pop(L, 1);
+  }
+  std::map<std::string, std::string> meta;
+  if (!is_none_or_nil(L, 3)) {
+    check_table(L, 3, fn);
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        arg_error(L, 3, fn, "metadata must map strings to strings");
+      meta[lua_tostring(L, -2)] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  std::vector<SafetensorsEntry> entries;
+  for (auto& [name, t] : named) {
+    const Tensor c = t.contiguous();
+    SafetensorsEntry e{name, st_dtype(c.dtype()), c.shape(), {}, {}};
+    e.bytes.assign(static_cast<const char*>(c.raw()), (size_t)c.numel() * dtype_size(c.dtype()));
+    entries.push_back(std::move(e));
+  }
+  lua_pushinteger(L, (lua_Integer)safetensors_write(path, entries, meta));
+  return 1;
+}
+
+// qf.load_tensors(path) -> {name = Tensor, ...}, {metadata}: the reader validates every
+// header field and offset against the file before anything is read.
+static int f_load_tensors(lua_State* L) {
+  const std::string path = check_str(L, 1, "load_tensors");
+  const SafetensorsFile f = safetensors_open(path);
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const TensorSource& ts : f.tensors) {
+    DType dt;
+    if (ts.dtype == "F32") dt = DType::F32;
+    else if (ts.dtype == "F16") dt = DType::F16;
+    else if (ts.dtype == "BF16") dt = DType::BF16;
+    else if (ts.dtype == "I8") dt = DType::I8;
+    else if (ts.dtype == "U8") dt = DType::U8;
+    else if (ts.dtype == "I32") dt = DType::I32;
+    else fail("file '", path, "': tensor '", ts.name, "' has dtype ", ts.dtype, ", which a qforge.Tensor cannot hold");
+    // The reader has checked nbytes = dtype × shape and that the bytes lie in the file, so this
+    // allocation is bounded by the file's size; checked again here before allocating.
+    uint64_t numel = 1;
+    for (int64_t d : ts.shape) numel *= (uint64_t)d;
+    if (ts.nbytes != numel * dtype_size(dt))
+      fail("file '", path, "': tensor '", ts.name, "' has ", ts.nbytes, " bytes for shape ", shape_str(ts.shape));
+    Tensor t = Tensor::empty(ts.shape, dt);
+    if (ts.nbytes) std::memcpy(t.raw(), ts.file->at(ts.offset, ts.nbytes, "tensor '" + ts.name + "'"), ts.nbytes);
+    if (dt == DType::F32)
+      for (int64_t i = 0; i < t.numel(); ++i)
+        if (!std::isfinite(t.f32()[i])) fail("file '", path, "': tensor '", ts.name, "' holds a non-finite value");
+    out.emplace_back(ts.name, std::move(t));
+  }
+  need_stack(L, 4);
+  lua_createtable(L, 0, (int)out.size());
+  for (auto& [name, t] : out) {
+    push_tensor(L, std::move(t));
+    lua_setfield(L, -2, name.c_str());
+  }
+  lua_createtable(L, 0, (int)f.metadata.size());
+  for (auto& [k, v] : f.metadata) set_field(L, k.c_str(), v);
+  return 2;
+}
+
 void open_tensor(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   static const luaL_Reg methods[] = {
@@ -510,7 +603,8 @@ void open_tensor(lua_State* L, int mod) {
 
   static const luaL_Reg funcs[] = {
       {"tensor", qf_guard<f_tensor>}, {"zeros", qf_guard<f_zeros>},         {"ones", qf_guard<f_ones>},
-      {"full", qf_guard<f_full>},     {"is_tensor", qf_guard<f_is_tensor>}, {nullptr, nullptr}};
+      {"full", qf_guard<f_full>},     {"is_tensor", qf_guard<f_is_tensor>},
+      {"save_tensors", qf_guard<f_save_tensors>}, {"load_tensors", qf_guard<f_load_tensors>}, {nullptr, nullptr}};
   lua_pushvalue(L, mod);
   luaL_setfuncs(L, funcs, 0);
   lua_pop(L, 1);

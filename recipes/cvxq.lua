@@ -12,6 +12,7 @@ local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "
   { target_bits = "average bits per weight over all linears", cluster_rows = "rows per row cluster",
     kind = "compand | uniform", compand_search = "grid-search the compander's scale and offset per group",
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = "most bits a group may get" }))
+C.check_options(opt)
 local ctx = P.prepare(opt)
 local m = ctx.model
 local alloc, stats = C.allocate_model(ctx, opt)

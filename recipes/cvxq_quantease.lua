@@ -15,9 +15,10 @@ local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 16, kind = "
 if opt.solver ~= "quantease" and opt.solver ~= "gptq" then
   error("option 'solver' must be \"quantease\" or \"gptq\", got \"" .. opt.solver .. "\"", 0)
 end
+C.check_options(opt)
 local ctx = P.prepare(opt)
 local m = ctx.model
-local alloc = C.allocate_model(ctx, opt)
+local alloc = C.allocate_model(ctx, opt, false)
 local cal = P.calibration(ctx, opt)
 local s = P.quantize_model(m, cal, function(l)
   local L = alloc.layers[l.block .. "." .. l.name]

@@ -24,13 +24,14 @@ local opt = P.options(P.finetune_options(C.options({
     iters = "QuantEase sweeps", init = "QuantEase start when ratio=0: w | rtn | gptq" })))
 if opt.ratio < 0 or opt.ratio >= 1 then error("option 'ratio' must be in [0, 1), got " .. opt.ratio, 0) end
 -- With the allocation, ctx.cal only feeds the statistics pass: no full-precision chain there.
+if opt.alloc then C.check_options(opt) end
 local ctx = P.prepare(opt, opt.finetune and not opt.alloc)
 local m = ctx.model
 
 -- 1. allocation (or the uniform grid)
 local alloc, cal = nil, ctx.cal
 if opt.alloc then
-  alloc = C.allocate_model(ctx, opt)
+  alloc = C.allocate_model(ctx, opt, false)
   cal = P.calibration(ctx, opt)  -- the statistics pass consumed ctx.cal
 end
 local uniform = P.grid(opt)

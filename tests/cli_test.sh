@@ -157,6 +157,22 @@ expect_fail "ft_lr=-1"
 expect_in "ft_lr=-1" stderr "option 'ft_lr' must be a finite number >= 0"
 grep -q "calibration:" "$WORK/stderr" && bad "ft_lr=-1: calibration ran before the option check" || ok
 
+# A bad allocation file fails before any calibration work, naming the option and the file.
+run badalloc run recipes/cvxq_quantease.lua alloc_file="$WORK/no_such_alloc.safetensors" out="$WORK/r_badalloc"
+expect_fail "missing alloc_file"
+expect_in "missing alloc_file" stderr "error: option 'alloc_file': "
+expect_in "missing alloc_file" stderr "no_such_alloc.safetensors'"
+grep -q "calibration:" "$WORK/stderr" && bad "missing alloc_file: calibration ran before the check" || ok
+printf 'not a safetensors file' > "$WORK/junk.safetensors"
+run badalloc2 run recipes/cvxq.lua alloc_file="$WORK/junk.safetensors" out="$WORK/r_badalloc2"
+expect_fail "corrupt alloc_file"
+expect_in "corrupt alloc_file" stderr "error: option 'alloc_file': "
+expect_in "corrupt alloc_file" stderr "junk.safetensors'"
+run badsens run recipes/cvxq.lua sensitivity=hessian out="$WORK/r_badsens"
+expect_fail "sensitivity=hessian"
+expect_in "sensitivity=hessian" stderr "option 'sensitivity' must be"
+grep -q "calibration:" "$WORK/stderr" && bad "sensitivity=hessian: calibration ran before the check" || ok
+
 # ---- a successful run and its directory -------------------------------------------------
 R="$WORK/r_ok"
 run ok run "$WORK/ok.lua" bits=3 seed=7 out="$R"

@@ -13,12 +13,13 @@ local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gat
 C.SITES = SITES
 
 -- Recipe options of the sensitivity statistics; C.options(own, help) adds them to a recipe's own.
-local SENS = { sensitivity = "gradient", pca = 1024, stride = 128, grad_iters = 0 }
+local SENS = { sensitivity = "gradient", pca = 1024, stride = 128, grad_iters = 0, alloc_file = "" }
 local SENS_HELP = {
   sensitivity = "gradient (CVXQ's squared gradients of PCA-projected hidden states) | proxy (diag Sigma, no backward pass)",
   pca = "PCA components of the final hidden states (capped at the model width)",
   stride = "gradient statistics: token positions every stride tokens",
-  grad_iters = "gradient statistics: calibration iterations (0: each window once)" }
+  grad_iters = "gradient statistics: calibration iterations (0: each window once)",
+  alloc_file = "an allocation.safetensors saved by an earlier run: reuse it instead of statistics + dual ascent" }
 function C.options(own, help)
   for k, v in pairs(SENS) do own[k] = v end
   for k, v in pairs(SENS_HELP) do help[k] = v end
@@ -37,13 +38,13 @@ function C.sensitivity(cal, opt)
   return g
 end
 
+-- stats (P.fp_statistics) is needed only without grads (the proxy).
 function C.allocate(m, stats, opt, grads)
   local groups, keys, meta = {}, {}, {}
   for b = 1, m:nblocks() do
     for _, name in ipairs(m:linear_names()) do
       local W = m:weight(b, name)
       local out, inn = W:size(1), W:size(2)
-      local st = stats[b][SITES[name]]
       local key = b .. "." .. name
       local rowvar = qf.row_log2_variance(W)
       local k = math.max(1, out // opt.cluster_rows)
@@ -54,6 +55,8 @@ function C.allocate(m, stats, opt, grads)
         rg = qf.row_clusters(score, k)
         g2 = qf.group_mean(gs.g2, { group = 1, row_groups = rg })
       else
+        if not stats then error("C.allocate: the diag-Sigma proxy needs the full-precision statistics (stats is nil)", 0) end
+        local st = stats[b][SITES[name]]
         local colg = qf.zeros({ inn })
         for j = 1, inn do colg:set(j, st.sigma:get(j, j) / st.tokens) end
         local lg = math.log(math.max(colg:mean(), 1e-300), 2)  -- Ḡ² is the same for every row
@@ -91,21 +94,127 @@ function C.allocate(m, stats, opt, grads)
            bisections = r.bisections, converged = r.converged, history = r.history, pruned_fraction = pruned / total }
 end
 
--- The whole allocation stage of a recipe: sensitivity statistics (gradient or proxy) and the
--- full-precision Σ/μ of every site over ctx.cal, then dual ascent; prints the result and records
--- it as "allocation" (with its seconds and the dual ascent history). ctx.cal is consumed (its
--- blocks advanced): returns alloc and the statistics, stats[b][site] = {sigma=, mu=, tokens=}.
-function C.allocate_model(ctx, opt)
+-- An allocation as a safetensors file (qf.save_tensors): per linear "<block>.<name>.bits" (I32
+-- [clusters, in]) and "<block>.<name>.row_groups" (I32 [out], 1-based cluster of each row), and
+-- the dual ascent's outcome in the metadata. Every allocating recipe writes one into its run
+-- directory, so the expensive statistics are paid once and any solver can reuse them
+-- (alloc_file=run/allocation.safetensors), and an edited allocation is a file a run can take.
+local ALLOC_FORMAT = "1"
+function C.save_allocation(alloc, path, opt)
+  local t = {}
+  for _, key in ipairs(alloc.keys) do
+    local L = alloc.layers[key]
+    t[key .. ".bits"] = L.bits:to("i32")
+    t[key .. ".row_groups"] = qf.tensor(L.row_groups):to("i32")
+  end
+  qf.save_tensors(path, t, {
+    qforge_allocation = ALLOC_FORMAT, keys = table.concat(alloc.keys, ","),
+    target_bits = string.format("%.17g", opt.target_bits), rate = string.format("%.17g", alloc.rate),
+    log2_lambda = string.format("%.17g", alloc.log2_lambda), pruned_fraction = string.format("%.17g", alloc.pruned_fraction),
+    steps = tostring(alloc.steps), bisections = tostring(alloc.bisections), converged = tostring(alloc.converged),
+    sensitivity = tostring(opt.sensitivity), cluster_rows = tostring(opt.cluster_rows), bmax = tostring(opt.bmax or 8) })
+end
+
+-- Reads an allocation written by C.save_allocation and checks it against model m: every linear
+-- present with its shapes, cluster indices in range and every cluster used, bits in [0, bmax];
+-- errors name the file and the tensor. The rate and the pruned fraction are recomputed from the
+-- file (the metadata is only a record).
+function C.load_allocation(path, m, opt)
+  local t, md = qf.load_tensors(path)
+  local function bad(what) error("allocation file '" .. path .. "': " .. what, 0) end
+  if md.qforge_allocation ~= ALLOC_FORMAT then bad("not a qforge allocation (metadata qforge_allocation missing or not " .. ALLOC_FORMAT .. ")") end
+  local target = tonumber(md.target_bits)
+  if target == nil then bad("metadata target_bits missing") end
+  if math.abs(target - opt.target_bits) > 1e-9 then
+    bad(string.format("made for target_bits=%s, this run asks for target_bits=%s (pass target_bits=%s)", md.target_bits, opt.target_bits, md.target_bits))
+  end
+  local bmax = opt.bmax or 8
+  local layers, keys, bits_sum, pruned, total = {}, {}, 0, 0, 0
+  for b = 1, m:nblocks() do
+    for _, name in ipairs(m:linear_names()) do
+      local key = b .. "." .. name
+      local W = m:weight(b, name)
+      local out, inn = W:size(1), W:size(2)
+      local bt, rt = t[key .. ".bits"], t[key .. ".row_groups"]
+      if bt == nil or rt == nil then bad("no allocation for linear " .. key .. " (tensors '" .. key .. ".bits' and '" .. key .. ".row_groups')") end
+      if rt:dim() ~= 1 or rt:size(1) ~= out then bad(string.format("tensor '%s.row_groups' has shape %s, linear %s has %d rows", key, tostring(rt:size(1)), key, out)) end
+      if bt:dim() ~= 2 or bt:size(2) ~= inn then bad(string.format("tensor '%s.bits' must be [clusters, %d]", key, inn)) end
+      local k = bt:size(1)
+      local rg, used = {}, {}
+      for i = 1, out do
+        local c = math.tointeger(rt:get(i))
+        if c == nil or c < 1 or c > k then bad(string.format("tensor '%s.row_groups': row %d names cluster %g of %d", key, i, rt:get(i), k)) end
+        rg[i] = c
+        used[c] = (used[c] or 0) + 1
+      end
+      local bits = bt:to("f32")
+      for c = 1, k do
+        if not used[c] then bad(string.format("tensor '%s.row_groups': cluster %d has no rows", key, c)) end
+        for j = 1, inn do
+          local v = bits:get(c, j)
+          if v < 0 or v > bmax then bad(string.format("tensor '%s.bits' [%d, %d] = %g is outside [0, %d]", key, c, j, v, bmax)) end
+          bits_sum = bits_sum + v * used[c]
+          if v == 0 then pruned = pruned + used[c] end
+        end
+      end
+      total = total + out * inn
+      layers[key] = { block = b, name = name, row_groups = rg, bits = bits }
+      keys[#keys + 1] = key
+    end
+  end
+  return { layers = layers, keys = keys, rate = bits_sum / total, pruned_fraction = pruned / total,
+           log2_lambda = tonumber(md.log2_lambda) or 0 / 0, steps = math.tointeger(tonumber(md.steps)) or 0,
+           bisections = math.tointeger(tonumber(md.bisections)) or 0, converged = md.converged == "true", history = {},
+           file = path }
+end
+
+-- Checks the allocation options before any work (a recipe calls it right after P.options): the
+-- sensitivity name, and that alloc_file is a qforge allocation made for this target_bits. The
+-- model-dependent checks follow in C.load_allocation.
+function C.check_options(opt)
+  if opt.sensitivity ~= "gradient" and opt.sensitivity ~= "proxy" then
+    error("option 'sensitivity' must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"", 0)
+  end
+  if opt.alloc_file ~= nil and opt.alloc_file ~= "" then
+    local ok, _, md = pcall(qf.load_tensors, opt.alloc_file)
+    if not ok then error("option 'alloc_file': " .. tostring(_), 0) end
+    if md.qforge_allocation ~= ALLOC_FORMAT then
+      error("option 'alloc_file': '" .. opt.alloc_file .. "' is not a qforge allocation (no qforge_allocation metadata)", 0)
+    end
+    if math.abs((tonumber(md.target_bits) or -1) - opt.target_bits) > 1e-9 then
+      error(string.format("option 'alloc_file': '%s' was made for target_bits=%s, this run asks for target_bits=%s (pass target_bits=%s)",
+        opt.alloc_file, tostring(md.target_bits), opt.target_bits, tostring(md.target_bits)), 0)
+    end
+  end
+end
+
+-- The whole allocation stage of a recipe: sensitivity statistics (gradient or proxy) over
+-- ctx.cal, then dual ascent — or, with opt.alloc_file, the allocation an earlier run saved;
+-- prints the result, records it as "allocation" (with its seconds and the dual ascent history)
+-- and saves it to the run directory as allocation.safetensors. want_stats (default true): also
+-- return the full-precision Σ/μ of every site over ctx.cal, stats[b][site] = {sigma=, mu=,
+-- tokens=}. ctx.cal is consumed (its blocks advanced) whenever a pass ran.
+function C.allocate_model(ctx, opt, want_stats)
+  if want_stats == nil then want_stats = true end
   local t0 = qf.now()
-  local grads = C.sensitivity(ctx.cal, opt)
-  local stats = require("qforge.pipeline").fp_statistics(ctx.cal)
-  local alloc = C.allocate(ctx.model, stats, opt, grads)
+  local alloc, stats
+  if opt.alloc_file ~= nil and opt.alloc_file ~= "" then
+    alloc = C.load_allocation(opt.alloc_file, ctx.model, opt)
+    if want_stats then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
+  else
+    local grads = C.sensitivity(ctx.cal, opt)
+    if want_stats or not grads then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
+    alloc = C.allocate(ctx.model, stats, opt, grads)
+  end
   alloc.seconds = qf.now() - t0
-  print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%  (%.1fs)",
-    alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction, alloc.seconds))
+  local saved = qf.run_dir() and (qf.run_dir() .. "/allocation.safetensors") or ""
+  if saved ~= "" then C.save_allocation(alloc, saved, opt) end
+  print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%  (%.1fs)%s",
+    alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction, alloc.seconds,
+    alloc.file and ("  [loaded from " .. alloc.file .. "]") or ""))
   qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
                             log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction, history = alloc.history,
-                            seconds = alloc.seconds })
+                            seconds = alloc.seconds, loaded_from = alloc.file or "", saved = saved })
   return alloc, stats
 end
 

@@ -84,6 +84,49 @@ for i = 1, 64 do
 end
 check(alloc.pruned_fraction >= 0 and alloc.pruned_fraction < 0.5, "pruned fraction " .. alloc.pruned_fraction)
 
+
+H.section("an allocation saved and loaded back is the same allocation; a bad file is a clear error")
+local dir = qf.run_dir()
+local apath = dir .. "/alloc_test.safetensors"
+local aopt = { target_bits = 2.5, cluster_rows = 16, sensitivity = "proxy" }
+C.save_allocation(alloc, apath, aopt)
+local back = C.load_allocation(apath, m2, aopt)
+check_eq(back.keys, alloc.keys, "keys in model order")
+check_eq(back.rate, alloc.rate, 1e-12, "rate recomputed from the file equals the dual ascent's")
+check_eq(back.pruned_fraction, alloc.pruned_fraction, 1e-12)
+local same = true
+for _, key in ipairs(alloc.keys) do
+  local a1, a2 = alloc.layers[key], back.layers[key]
+  if H.show(a1.row_groups) ~= H.show(a2.row_groups) then same = false end
+  for i = 1, a1.bits:size(1) do for j = 1, a1.bits:size(2) do if a1.bits:get(i, j) ~= a2.bits:get(i, j) then same = false end end end
+end
+check(same, "row clusters and bits identical after the round trip")
+local qb = qf.rtn(m2:weight(2, "down"), C.grid(back.layers["2.down"], { kind = "compand", compand_search = true }))
+check_eq((qb:dequantize() - D):abs_max(), 0, "the loaded allocation quantizes bit-identically")
+check_error(function() C.load_allocation(apath, m2, { target_bits = 3 }) end, "made for target_bits=2.5")
+check_error(function() C.load_allocation(dir .. "/nope.safetensors", m2, aopt) end, "nope.safetensors")
+-- edited files: bits out of range, a cluster index out of range, a missing linear, not an allocation
+local t, md = qf.load_tensors(apath)
+local function edited(name, edit)
+  local tt, mm = {}, {}
+  for k, v in pairs(t) do tt[k] = v:clone() end
+  for k, v in pairs(md) do mm[k] = v end
+  edit(tt, mm)
+  local p = dir .. "/" .. name .. ".safetensors"
+  qf.save_tensors(p, tt, mm)
+  return p
+end
+local p1 = edited("bits9", function(tt) tt["3.up.bits"]:set(1, 1, 9) end)
+check_error(function() C.load_allocation(p1, m2, aopt) end, "tensor '3.up.bits' %[1, 1%] = 9 is outside %[0, 8%]")
+local p2 = edited("rg7", function(tt) tt["1.q.row_groups"]:set(5, 7) end)
+check_error(function() C.load_allocation(p2, m2, aopt) end, "tensor '1.q.row_groups': row 5 names cluster 7 of 4")
+local p3 = edited("missing", function(tt) tt["5.down.bits"] = nil end)
+check_error(function() C.load_allocation(p3, m2, aopt) end, "no allocation for linear 5.down")
+local p4 = edited("notalloc", function(_, mm) mm.qforge_allocation = nil end)
+check_error(function() C.load_allocation(p4, m2, aopt) end, "not a qforge allocation")
+local p5 = edited("shape", function(tt) tt["2.o.bits"] = qf.zeros({ 4, 63 }, "i32") end)
+check_error(function() C.load_allocation(p5, m2, aopt) end, "tensor '2.o.bits' must be %[clusters, 64%]")
+
 H.section("gradient statistics: CVXQ's squared gradients of PCA-projected hidden states")
 local m3 = qf.load_model("../shared/models/stories260K")
 local cal3 = qf.calibration{ model = m3, tokens = ids, range = { 1, 5000 }, nsamples = 3, seqlen = 64, seed = 3 }

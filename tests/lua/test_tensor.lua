@@ -109,6 +109,37 @@ h:set(1, 1 / 3)
 check_eq(h:get(1), 0.333251953125, "set on f16 rounds")
 check_eq(qf.tensor{1, 2}:to("f16"):sum(), 3, "reductions read any dtype")
 
+H.section("save_tensors / load_tensors: a safetensors file round trip")
+do
+  local dir = qf.run_dir()
+  local src = qf.tensor{{1, 2, 3}, {4, 5, 6}}
+  local tens = { a = src:t(), h = third:to("f16"), b = third:to("bf16"), i = qf.tensor{-7, 0, 100000}:to("i32"),
+                 s = qf.tensor{-3, 4}:to("i8"), u = qf.tensor{0, 255}:to("u8"), e = qf.zeros({ 0, 4 }) }
+  local path = dir .. "/t.safetensors"
+  qf.save_tensors(path, tens, { note = "hello", n = "3" })
+  local got, md = qf.load_tensors(path)
+  check_eq(md, { note = "hello", n = "3" }, "metadata")
+  check_eq(got.a:to_table(), {{1, 4}, {2, 5}, {3, 6}}, "a transposed view is written in its logical order")
+  for k, v in pairs(tens) do
+    check_eq(got[k]:dtype(), v:dtype(), k .. " keeps its dtype")
+    check_eq(got[k]:shape(), v:shape(), k .. " keeps its shape")
+    if v:numel() > 0 then check_eq(got[k]:to_table(), v:to_table(), k .. " keeps its values") end
+  end
+  -- the same table gives the same bytes (names sorted)
+  qf.save_tensors(dir .. "/t2.safetensors", tens, { note = "hello", n = "3" })
+  check_eq(qf.read_text(dir .. "/t2.safetensors"), qf.read_text(path), "byte-identical rewrite")
+  check_error(function() qf.save_tensors(path, { x = 1 }) end, "'x' is a number, not a qforge.Tensor")
+  check_error(function() qf.save_tensors(path, { src }) end, "tensor names must be strings")
+  check_error(function() qf.save_tensors(path, { x = src }, { k = 1 }) end, "metadata must map strings to strings")
+  check_error(function() qf.load_tensors(dir .. "/absent.safetensors") end, "absent.safetensors")
+  -- a truncated file and a non-finite value are errors naming the file
+  local bytes = qf.read_text(path)
+  local f = io.open(dir .. "/cut.safetensors", "wb"); f:write(bytes:sub(1, #bytes - 5)); f:close()
+  check_error(function() qf.load_tensors(dir .. "/cut.safetensors") end, "cut.safetensors")
+  qf.save_tensors(dir .. "/nan.safetensors", { x = qf.tensor{ 1, math.huge } })
+  check_error(function() qf.load_tensors(dir .. "/nan.safetensors") end, "tensor 'x' holds a non-finite value")
+end
+
 H.section("math")
 local m = qf.tensor{{1, 2}, {3, 4}}
 check_eq(m:sum(), 10)
