@@ -110,11 +110,16 @@ end
 
 -- Runs cal through every block without changing the model: the full-precision Σ, mean input μ
 -- and token count of every site of every block, stats[b][site] = {sigma=, mu=, tokens=}.
+-- Progress (block i/N, seconds, ETA) goes to stderr and the run log ("fp_statistics").
 function P.fp_statistics(cal)
-  local stats = {}
-  for b = 1, cal:nblocks() do
+  local stats, nb, t0 = {}, cal:nblocks(), qf.now()
+  for b = 1, nb do
     stats[b] = cal:capture()
     cal:advance()
+    local el = qf.now() - t0
+    local eta = el / b * (nb - b)
+    io.stderr:write(string.format("full-precision statistics: block %d/%d  elapsed %.1fs  ETA %.1fs\n", b, nb, el, eta))
+    qf.log{ event = "fp_statistics", block = b, nblocks = nb, seconds = el, eta = eta }
   end
   return stats
 end

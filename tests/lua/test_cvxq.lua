@@ -65,6 +65,15 @@ local m2 = qf.load_model("../shared/models/stories260K")
 local cal2 = qf.calibration{ model = m2, tokens = ids, range = { 1, 5000 }, nsamples = 4, seqlen = 64, seed = 2 }
 local stats = P.fp_statistics(cal2)
 check_eq(#stats, 5)
+-- its progress reaches the run log: one event per block, in order, with an ETA
+local seen = {}
+for line in io.lines(qf.run_dir() .. "/log.jsonl") do
+  if line:find('"event":"fp_statistics"', 1, true) then
+    seen[#seen + 1] = tonumber(line:match('"block":(%d+)'))
+    check(line:find('"nblocks":5', 1, true) and line:find('"eta":', 1, true), "fp_statistics event: " .. line)
+  end
+end
+check_eq(seen, { 1, 2, 3, 4, 5 }, "fp_statistics progress events for blocks 1..5")
 local alloc = C.allocate(m2, stats, { target_bits = 2.5, cluster_rows = 16 })
 check(alloc.converged and math.abs(alloc.rate - 2.5) <= 0.01, "rate " .. alloc.rate .. " within 0.01 of 2.5")
 check_eq(#alloc.keys, 35)
