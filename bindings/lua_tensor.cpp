@@ -3,6 +3,7 @@
 // Indices and dimensions are 1-based in Lua (Torch7 convention) and converted here;
 // bounds are checked here too, so messages speak in the caller's (1-based) terms.
 // Arithmetic is f32 only and lives in engine/tensor_ops.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -456,16 +457,13 @@ static int f_is_tensor(lua_State* L) {
   return 1;
 }
 
-// safetensors dtype names of the storage types (formats.md §2.6).
+// safetensors dtype names of the storage types (formats.md §2.6), both directions.
+static const struct { DType dt; const char* name; } kStDtypes[] = {
+    {DType::F32, "F32"}, {DType::F16, "F16"}, {DType::BF16, "BF16"},
+    {DType::I8, "I8"},   {DType::U8, "U8"},   {DType::I32, "I32"}};
 static const char* st_dtype(DType dt) {
-  switch (dt) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I8: return "I8";
-    case DType::U8: return "U8";
-    case DType::I32: return "I32";
-  }
+  for (const auto& e : kStDtypes)
+    if (e.dt == dt) return e.name;
   return "";
 }
 
@@ -514,14 +512,10 @@ static int f_load_tensors(lua_State* L) {
   const SafetensorsFile f = safetensors_open(path);
   std::vector<std::pair<std::string, Tensor>> out;
   for (const TensorSource& ts : f.tensors) {
-    DType dt;
-    if (ts.dtype == "F32") dt = DType::F32;
-    else if (ts.dtype == "F16") dt = DType::F16;
-    else if (ts.dtype == "BF16") dt = DType::BF16;
-    else if (ts.dtype == "I8") dt = DType::I8;
-    else if (ts.dtype == "U8") dt = DType::U8;
-    else if (ts.dtype == "I32") dt = DType::I32;
-    else fail("file '", path, "': tensor '", ts.name, "' has dtype ", ts.dtype, ", which a qforge.Tensor cannot hold");
+    const auto* e = std::find_if(std::begin(kStDtypes), std::end(kStDtypes), [&](const auto& x) { return ts.dtype == x.name; });
+    if (e == std::end(kStDtypes))
+      fail("file '", path, "': tensor '", ts.name, "' has dtype ", ts.dtype, ", which a qforge.Tensor cannot hold");
+    const DType dt = e->dt;
     // The reader has checked nbytes = dtype × shape and that the bytes lie in the file, so this
     // allocation is bounded by the file's size; checked again here before allocating.
     uint64_t numel = 1;

@@ -27,11 +27,15 @@ function C.options(own, help)
 end
 
 -- The gradient statistics of the full-precision model over cal's windows (nil for the proxy).
-function C.sensitivity(cal, opt)
-  if opt.sensitivity == "proxy" then return nil end
-  if opt.sensitivity ~= "gradient" then
+local function check_sensitivity(opt)
+  if opt.sensitivity ~= "gradient" and opt.sensitivity ~= "proxy" then
     error("option 'sensitivity' must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"", 0)
   end
+end
+
+function C.sensitivity(cal, opt)
+  check_sensitivity(opt)
+  if opt.sensitivity == "proxy" then return nil end
   local g = cal:gradient_statistics{ pca = opt.pca, stride = opt.stride, iters = opt.grad_iters }
   qf.record("gradient_statistics", { seconds = g.seconds, pca_seconds = g.pca_seconds, iters = g.iters, samples = g.samples,
                                      pca_components = g.pca.k, pca_explained = g.pca.explained })
@@ -119,15 +123,22 @@ end
 -- present with its shapes, cluster indices in range and every cluster used, bits in [0, bmax];
 -- errors name the file and the tensor. The rate and the pruned fraction are recomputed from the
 -- file (the metadata is only a record).
-function C.load_allocation(path, m, opt)
-  local t, md = qf.load_tensors(path)
+-- The metadata checks shared by C.load_allocation and C.check_options (no model needed).
+local function check_allocation_header(path, md, opt)
   local function bad(what) error("allocation file '" .. path .. "': " .. what, 0) end
   if md.qforge_allocation ~= ALLOC_FORMAT then bad("not a qforge allocation (metadata qforge_allocation missing or not " .. ALLOC_FORMAT .. ")") end
-  local target = tonumber(md.target_bits)
-  if target == nil then bad("metadata target_bits missing") end
-  if math.abs(target - opt.target_bits) > 1e-9 then
+  for _, k in ipairs({ "target_bits", "log2_lambda" }) do
+    if tonumber(md[k]) == nil then bad("metadata " .. k .. " missing or not a number") end
+  end
+  if math.abs(tonumber(md.target_bits) - opt.target_bits) > 1e-9 then
     bad(string.format("made for target_bits=%s, this run asks for target_bits=%s (pass target_bits=%s)", md.target_bits, opt.target_bits, md.target_bits))
   end
+  return bad
+end
+
+function C.load_allocation(path, m, opt)
+  local t, md = qf.load_tensors(path)
+  local bad = check_allocation_header(path, md, opt)
   local bmax = opt.bmax or 8
   local layers, keys, bits_sum, pruned, total = {}, {}, 0, 0, 0
   for b = 1, m:nblocks() do
@@ -163,7 +174,7 @@ function C.load_allocation(path, m, opt)
     end
   end
   return { layers = layers, keys = keys, rate = bits_sum / total, pruned_fraction = pruned / total,
-           log2_lambda = tonumber(md.log2_lambda) or 0 / 0, steps = math.tointeger(tonumber(md.steps)) or 0,
+           log2_lambda = tonumber(md.log2_lambda), steps = math.tointeger(tonumber(md.steps)) or 0,
            bisections = math.tointeger(tonumber(md.bisections)) or 0, converged = md.converged == "true", history = {},
            file = path }
 end
@@ -172,19 +183,13 @@ end
 -- sensitivity name, and that alloc_file is a qforge allocation made for this target_bits. The
 -- model-dependent checks follow in C.load_allocation.
 function C.check_options(opt)
-  if opt.sensitivity ~= "gradient" and opt.sensitivity ~= "proxy" then
-    error("option 'sensitivity' must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"", 0)
-  end
+  check_sensitivity(opt)
   if opt.alloc_file ~= nil and opt.alloc_file ~= "" then
-    local ok, _, md = pcall(qf.load_tensors, opt.alloc_file)
-    if not ok then error("option 'alloc_file': " .. tostring(_), 0) end
-    if md.qforge_allocation ~= ALLOC_FORMAT then
-      error("option 'alloc_file': '" .. opt.alloc_file .. "' is not a qforge allocation (no qforge_allocation metadata)", 0)
-    end
-    if math.abs((tonumber(md.target_bits) or -1) - opt.target_bits) > 1e-9 then
-      error(string.format("option 'alloc_file': '%s' was made for target_bits=%s, this run asks for target_bits=%s (pass target_bits=%s)",
-        opt.alloc_file, tostring(md.target_bits), opt.target_bits, tostring(md.target_bits)), 0)
-    end
+    local ok, err = pcall(function()
+      local _, md = qf.load_tensors(opt.alloc_file)
+      check_allocation_header(opt.alloc_file, md, opt)
+    end)
+    if not ok then error("option 'alloc_file': " .. tostring(err), 0) end
   end
 end
 

@@ -133,6 +133,10 @@ local p3 = edited("missing", function(tt) tt["5.down.bits"] = nil end)
 check_error(function() C.load_allocation(p3, m2, aopt) end, "no allocation for linear 5.down")
 local p4 = edited("notalloc", function(_, mm) mm.qforge_allocation = nil end)
 check_error(function() C.load_allocation(p4, m2, aopt) end, "not a qforge allocation")
+local p6 = edited("nolambda", function(_, mm) mm.log2_lambda = nil end)
+check_error(function() C.load_allocation(p6, m2, aopt) end, "metadata log2_lambda missing or not a number")
+check_error(function() C.check_options({ sensitivity = "gradient", target_bits = 2.5, alloc_file = p6 }) end,
+            "option 'alloc_file': allocation file '" .. p6 .. "': metadata log2_lambda missing")
 local p5 = edited("shape", function(tt) tt["2.o.bits"] = qf.zeros({ 4, 63 }, "i32") end)
 check_error(function() C.load_allocation(p5, m2, aopt) end, "tensor '2.o.bits' must be %[clusters, 64%]")
 
