@@ -6,40 +6,7 @@ QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks ch
 WORK="$2"
 rm -rf "$WORK"
 mkdir -p "$WORK"
-failed=0
-passed=0
-
-ok() { passed=$((passed + 1)); }
-bad() {
-  failed=$((failed + 1))
-  echo "FAIL: $*" >&2
-  [ -f "$WORK/stdout" ] && sed 's/^/  stdout: /' "$WORK/stdout" | head -20 >&2
-  [ -f "$WORK/stderr" ] && sed 's/^/  stderr: /' "$WORK/stderr" | head -20 >&2
-}
-
-# run NAME ARGS...: runs qforge, keeps stdout/stderr in $WORK, sets $rc.
-run() {
-  local name="$1"
-  shift
-  "$QF" "$@" >"$WORK/stdout" 2>"$WORK/stderr"
-  rc=$?
-  cp "$WORK/stdout" "$WORK/$name.stdout"
-  cp "$WORK/stderr" "$WORK/$name.stderr"
-}
-expect_rc() { # expect_rc WHAT CODE
-  if [ "$rc" -eq "$2" ]; then ok; else bad "$1: exit code $rc, expected $2"; fi
-}
-expect_fail() { # expect_fail WHAT
-  if [ "$rc" -ne 0 ]; then ok; else bad "$1: exit code 0, expected failure"; fi
-}
-expect_in() { # expect_in WHAT FILE(stdout|stderr) FIXED_STRING
-  if grep -qF -- "$3" "$WORK/$2"; then ok; else bad "$1: $2 lacks '$3'"; fi
-}
-expect_file_has() { # expect_file_has WHAT FILE FIXED_STRING
-  if [ -f "$2" ] && grep -qF -- "$3" "$2"; then ok; else bad "$1: $2 lacks '$3'"; fi
-}
-# json_value FILE KEY: the value of "KEY": ... on its line (pretty-printed JSON).
-json_value() { grep -E "^  \"$2\": " "$1" | head -1 | sed -E 's/^[^:]*: //; s/,$//'; }
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 
 # ---- commands ------------------------------------------------------------------------
 run version version
@@ -213,5 +180,4 @@ done
 (cd "$WORK" && "$QF" run ok.lua >/dev/null 2>&1)
 if ls -d "$WORK"/runs/ok-2* >/dev/null 2>&1; then ok; else bad "default run directory runs/ok-<timestamp> not created"; fi
 
-echo "cli: $((passed + failed)) checks, $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli
