@@ -300,30 +300,17 @@ static int m_storage(lua_State* L) {
 
 void open_cvxq(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  luaL_getmetatable(L, kModelMT);
-  lua_getfield(L, -1, "__index");
-  lua_pushcfunction(L, qf_guard<m_bias>);
-  lua_setfield(L, -2, "bias");
-  lua_pushcfunction(L, qf_guard<m_set_bias>);
-  lua_setfield(L, -2, "set_bias");
-  lua_pushcfunction(L, qf_guard<m_storage>);
-  lua_setfield(L, -2, "storage");
-  lua_pop(L, 2);
-  luaL_getmetatable(L, kCalMT);  // registered by open_quant
-  lua_getfield(L, -1, "__index");
-  lua_pushcfunction(L, qf_guard<c_gradient_statistics>);
-  lua_setfield(L, -2, "gradient_statistics");
-  lua_pop(L, 2);
-  static const luaL_Reg funcs[] = {{"dual_ascent", qf_guard<f_dual_ascent>},
-                                   {"row_clusters", qf_guard<f_row_clusters>},
-                                   {"row_log2_variance", qf_guard<f_row_log2_variance>},
-                                   {"group_spread", qf_guard<f_group_spread>},
-                                   {"group_mean", qf_guard<f_group_mean>},
-                                   {"bias_correction", qf_guard<f_bias_correction>},
-                                   {nullptr, nullptr}};
-  lua_pushvalue(L, mod);
-  luaL_setfuncs(L, funcs, 0);
-  lua_pop(L, 1);
+  // Arities (the most arguments used, self included): lua_util.h.
+  add_methods(L, kModelMT,
+              {{"bias", qf_guard<m_bias>, 3}, {"set_bias", qf_guard<m_set_bias>, 4}, {"storage", qf_guard<m_storage>, 1}});
+  add_methods(L, kCalMT, {{"gradient_statistics", qf_guard<c_gradient_statistics>, 2}});  // registered by open_quant
+  set_funcs(L, mod,
+            {{"dual_ascent", qf_guard<f_dual_ascent>, 1},
+             {"row_clusters", qf_guard<f_row_clusters>, 2},
+             {"row_log2_variance", qf_guard<f_row_log2_variance>, 1},
+             {"group_spread", qf_guard<f_group_spread>, 2},
+             {"group_mean", qf_guard<f_group_mean>, 2},
+             {"bias_correction", qf_guard<f_bias_correction>, 4}});
 }
 
 }  // namespace qf::lua

@@ -63,8 +63,7 @@ static int f_alt_min(lua_State* L) {
 
 void open_decoupleq(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  lua_pushcfunction(L, qf_guard<f_alt_min>);
-  lua_setfield(L, mod, "alt_min");
+  set_funcs(L, mod, {{"alt_min", qf_guard<f_alt_min>, 4}});  // arity: lua_util.h
 }
 
 }  // namespace qf::lua

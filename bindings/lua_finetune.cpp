@@ -189,22 +189,13 @@ static int c_finetune(lua_State* L) {
 }
 
 void open_finetune(lua_State* L, int mod) {
-  static const luaL_Reg block_methods[] = {{"finetune", qf_guard<b_finetune>},
-                                           {"qlinear", qf_guard<b_qlinear>},
-                                           {"index", qf_guard<b_index>},
-                                           {nullptr, nullptr}};
-  register_class(L, kBlockMT, block_methods, udata_gc<LBlock>, qf_guard<b_tostring>);
-  // m:block is a Model method, cal:finetune a Calibration method: add them to those __index tables.
-  luaL_getmetatable(L, kModelMT);
-  lua_getfield(L, -1, "__index");
-  lua_pushcfunction(L, qf_guard<m_block>);
-  lua_setfield(L, -2, "block");
-  lua_pop(L, 2);
-  luaL_getmetatable(L, kCalMT);
-  lua_getfield(L, -1, "__index");
-  lua_pushcfunction(L, qf_guard<c_finetune>);
-  lua_setfield(L, -2, "finetune");
-  lua_pop(L, 2);
+  // Arities (the most arguments used, self included): lua_util.h.
+  register_class(L, kBlockMT,
+                 {{"finetune", qf_guard<b_finetune>, 2}, {"qlinear", qf_guard<b_qlinear>, 2}, {"index", qf_guard<b_index>, 1}},
+                 udata_gc<LBlock>, qf_guard<b_tostring>);
+  // m:block is a Model method, cal:finetune a Calibration method.
+  add_methods(L, kModelMT, {{"block", qf_guard<m_block>, 2}});
+  add_methods(L, kCalMT, {{"finetune", qf_guard<c_finetune>, 2}});
   (void)mod;
 }
 

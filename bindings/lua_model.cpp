@@ -335,36 +335,31 @@ static int k_tostring(lua_State* L) {
 
 void open_model(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  static const luaL_Reg model_methods[] = {
-      {"config", qf_guard<m_config>},
-      {"nblocks", qf_guard<m_nblocks>},
-      {"linear_names", qf_guard<m_linear_names>},
-      {"linears", qf_guard<m_linears>},
-      {"weight", qf_guard<m_weight>},
-      {"norm", qf_guard<m_norm>},
-      {"embedding", qf_guard<m_embedding>},
-      {"final_norm", qf_guard<m_final_norm>},
-      {"classifier", qf_guard<m_classifier>},
-      {"clone", qf_guard<m_clone>},
-      {"n_params", qf_guard<m_n_params>},
-      {"tokenizer", qf_guard<m_tokenizer>},
-      {"forward", qf_guard<m_forward>},
-      {"perplexity", qf_guard<m_perplexity>},
-      {"save", qf_guard<m_save>},
-      {nullptr, nullptr}};
-  register_class(L, kModelMT, model_methods, udata_gc<LModel>, qf_guard<m_tostring>);
+  // Arities (the most arguments used, self included): lua_util.h.
+  register_class(L, kModelMT,
+                 {{"config", qf_guard<m_config>, 1},
+                  {"nblocks", qf_guard<m_nblocks>, 1},
+                  {"linear_names", qf_guard<m_linear_names>, 1},
+                  {"linears", qf_guard<m_linears>, 1},
+                  {"weight", qf_guard<m_weight>, 3},
+                  {"norm", qf_guard<m_norm>, 3},
+                  {"embedding", qf_guard<m_embedding>, 1},
+                  {"final_norm", qf_guard<m_final_norm>, 1},
+                  {"classifier", qf_guard<m_classifier>, 1},
+                  {"clone", qf_guard<m_clone>, 1},
+                  {"n_params", qf_guard<m_n_params>, 1},
+                  {"tokenizer", qf_guard<m_tokenizer>, 1},
+                  {"forward", qf_guard<m_forward>, 2},
+                  {"perplexity", qf_guard<m_perplexity>, 3},
+                  {"save", qf_guard<m_save>, 3}},
+                 udata_gc<LModel>, qf_guard<m_tostring>);
 
-  static const luaL_Reg tok_methods[] = {
-      {"encode", qf_guard<k_encode>},         {"decode", qf_guard<k_decode>}, {"vocab_size", qf_guard<k_vocab_size>},
-      {"piece", qf_guard<k_piece>},           {"bos_id", qf_guard<k_bos_id>}, {"eos_id", qf_guard<k_eos_id>},
-      {nullptr, nullptr}};
-  register_class(L, kTokMT, tok_methods, udata_gc<LTok>, qf_guard<k_tostring>);
+  register_class(L, kTokMT,
+                 {{"encode", qf_guard<k_encode>, 3}, {"decode", qf_guard<k_decode>, 2}, {"vocab_size", qf_guard<k_vocab_size>, 1},
+                  {"piece", qf_guard<k_piece>, 2},   {"bos_id", qf_guard<k_bos_id>, 1}, {"eos_id", qf_guard<k_eos_id>, 1}},
+                 udata_gc<LTok>, qf_guard<k_tostring>);
 
-  static const luaL_Reg funcs[] = {
-      {"load_model", qf_guard<f_load_model>}, {"load_tokenizer", qf_guard<f_load_tokenizer>}, {nullptr, nullptr}};
-  lua_pushvalue(L, mod);
-  luaL_setfuncs(L, funcs, 0);
-  lua_pop(L, 1);
+  set_funcs(L, mod, {{"load_model", qf_guard<f_load_model>, 2}, {"load_tokenizer", qf_guard<f_load_tokenizer>, 1}});
 }
 
 }  // namespace qf::lua

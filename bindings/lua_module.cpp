@@ -349,12 +349,11 @@ static void register_embedded(lua_State* L) {
 int luaopen_qforge(lua_State* L) {
   register_embedded(L);
   using namespace qf::lua;
-  static const luaL_Reg funcs[] = {
-      {"options", qf_guard<f_options>}, {"record", qf_guard<f_record>},   {"log", qf_guard<f_log>},
-      {"read_text", qf_guard<f_read_text>}, {"run_dir", qf_guard<f_run_dir>}, {"version", qf_guard<f_version>},
-      {"seed", qf_guard<f_seed>},       {"now", qf_guard<f_now>},         {"threads", qf_guard<f_threads>},
-      {nullptr, nullptr}};
-  luaL_newlib(L, funcs);
+  lua_newtable(L);
+  set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
+            {{"options", qf_guard<f_options>, 2}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
+             {"read_text", qf_guard<f_read_text>, 1}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
+             {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
   open_tensor(L, -1);
   open_model(L, -1);
   open_rng(L, -1);
@@ -362,5 +361,6 @@ int luaopen_qforge(lua_State* L) {
   open_decoupleq(L, -1);
   open_cvxq(L, -1);
   open_finetune(L, -1);
+  set_introspection(L, -1);
   return 1;
 }

@@ -546,43 +546,37 @@ static int f_input_site(lua_State* L) {
 
 void open_quant(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  static const luaL_Reg grid_methods[] = {{"scales", qf_guard<g_scales>}, {"zeros", qf_guard<g_zeros>},
-                                          {"g_idx", qf_guard<g_g_idx>},   {"spec", qf_guard<g_spec>},
-                                          {"quantize", qf_guard<g_quantize>}, {nullptr, nullptr}};
-  static const luaL_Reg qlin_methods[] = {{"dequantize", qf_guard<q_dequantize>}, {"codes", qf_guard<q_codes>},
-                                          {"grid", qf_guard<q_grid>},             {"nnz", qf_guard<q_nnz>},
-                                          {"outliers", qf_guard<q_outliers>},     {nullptr, nullptr}};
-  static const luaL_Reg cal_methods[] = {{"capture", qf_guard<c_capture>},     {"advance", qf_guard<c_advance>},
-                                         {"block", qf_guard<c_block>},         {"nblocks", qf_guard<c_nblocks>},
-                                         {"memory_bytes", qf_guard<c_memory_bytes>}, {"tokens", qf_guard<c_tokens>},
-                                         {"inputs", qf_guard<c_inputs>},       {"fp_inputs", qf_guard<c_fp_inputs>},
-                                         {"fp_outputs", qf_guard<c_fp_outputs>}, {nullptr, nullptr}};
-  register_class(L, kSpecMT, nullptr, nullptr, qf_guard<spec_tostring>);
-  register_class(L, kGridMT, grid_methods, udata_gc<Grid>, qf_guard<g_tostring>);
-  register_class(L, kQLinMT, qlin_methods, udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
-  register_class(L, kCalMT, cal_methods, udata_gc<LCal>, nullptr);
-  // m:set_linear lives here (it needs QLinear) but is a Model method: add it to Model's __index.
-  luaL_getmetatable(L, kModelMT);
-  lua_getfield(L, -1, "__index");
-  lua_pushcfunction(L, qf_guard<m_set_linear>);
-  lua_setfield(L, -2, "set_linear");
-  lua_pop(L, 2);
-  static const luaL_Reg funcs[] = {{"grid", qf_guard<f_grid>},
-                                   {"fit_grid", qf_guard<f_fit_grid>},
-                                   {"rtn", qf_guard<f_rtn>},
-                                   {"gptq", qf_guard<f_gptq>},
-                                   {"cd_sweep", qf_guard<f_cd_sweep>},
-                                   {"quantease", qf_guard<f_quantease>},
-                                   {"iht_step", qf_guard<f_iht_step>},
-                                   {"lambda_max", qf_guard<f_lambda_max>},
-                                   {"quantease_outliers", qf_guard<f_quantease_outliers>},
-                                   {"objective", qf_guard<f_objective>},
-                                   {"calibration", qf_guard<f_calibration>},
-                                   {"input_site", qf_guard<f_input_site>},
-                                   {nullptr, nullptr}};
-  lua_pushvalue(L, mod);
-  luaL_setfuncs(L, funcs, 0);
-  lua_pop(L, 1);
+  // Arities (the most arguments used, self included): lua_util.h.
+  register_class(L, kSpecMT, {}, nullptr, qf_guard<spec_tostring>);
+  register_class(L, kGridMT,
+                 {{"scales", qf_guard<g_scales>, 1}, {"zeros", qf_guard<g_zeros>, 1}, {"g_idx", qf_guard<g_g_idx>, 1},
+                  {"spec", qf_guard<g_spec>, 1}, {"quantize", qf_guard<g_quantize>, 2}},
+                 udata_gc<Grid>, qf_guard<g_tostring>);
+  register_class(L, kQLinMT,
+                 {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
+                  {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1}},
+                 udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
+  register_class(L, kCalMT,
+                 {{"capture", qf_guard<c_capture>, 2}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
+                  {"nblocks", qf_guard<c_nblocks>, 1}, {"memory_bytes", qf_guard<c_memory_bytes>, 1},
+                  {"tokens", qf_guard<c_tokens>, 1}, {"inputs", qf_guard<c_inputs>, 1},
+                  {"fp_inputs", qf_guard<c_fp_inputs>, 1}, {"fp_outputs", qf_guard<c_fp_outputs>, 1}},
+                 udata_gc<LCal>, nullptr);
+  // m:set_linear lives here (it needs QLinear) but is a Model method.
+  add_methods(L, kModelMT, {{"set_linear", qf_guard<m_set_linear>, 4}});
+  set_funcs(L, mod,
+            {{"grid", qf_guard<f_grid>, 1},
+             {"fit_grid", qf_guard<f_fit_grid>, 2},
+             {"rtn", qf_guard<f_rtn>, 2},
+             {"gptq", qf_guard<f_gptq>, 4},
+             {"cd_sweep", qf_guard<f_cd_sweep>, 5},
+             {"quantease", qf_guard<f_quantease>, 4},
+             {"iht_step", qf_guard<f_iht_step>, 5},
+             {"lambda_max", qf_guard<f_lambda_max>, 1},
+             {"quantease_outliers", qf_guard<f_quantease_outliers>, 4},
+             {"objective", qf_guard<f_objective>, 3},
+             {"calibration", qf_guard<f_calibration>, 1},
+             {"input_site", qf_guard<f_input_site>, 1}});
 }
 
 // Exported through lua_util.h for other binding files.

@@ -50,7 +50,9 @@ template <bool normal>
 static int r_tensor(lua_State* L) {
   const char* fn = normal ? "randn" : "rand";
   Rng& g = check_rng(L, 1, fn);
-  Tensor t = Tensor::empty(shape_arg(L, 2, fn));
+  int next = 0;
+  Tensor t = Tensor::empty(shape_arg(L, 2, fn, &next));
+  if (lua_gettop(L) >= next) too_many_args(L, next, fn);
   float* p = t.f32();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = (float)(normal ? g.normal() : g.uniform());
   push_tensor(L, std::move(t));
@@ -59,15 +61,16 @@ static int r_tensor(lua_State* L) {
 
 void open_rng(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  static const luaL_Reg methods[] = {{"uniform", qf_guard<r_uniform>},
-                                     {"randint", qf_guard<r_randint>},
-                                     {"normal", qf_guard<r_normal>},
-                                     {"rand", qf_guard<r_tensor<false>>},
-                                     {"randn", qf_guard<r_tensor<true>>},
-                                     {nullptr, nullptr}};
-  register_class(L, kRngMT, methods, udata_gc<Rng>, nullptr);
-  lua_pushcfunction(L, qf_guard<f_rng>);
-  lua_setfield(L, mod, "rng");
+  // Arities (the most arguments used, self included): lua_util.h. rand/randn take a shape
+  // given as integers too and check the count themselves.
+  register_class(L, kRngMT,
+                 {{"uniform", qf_guard<r_uniform>, 3},
+                  {"randint", qf_guard<r_randint>, 3},
+                  {"normal", qf_guard<r_normal>, 3},
+                  {"rand", qf_guard<r_tensor<false>>, kVariadic},
+                  {"randn", qf_guard<r_tensor<true>>, kVariadic}},
+                 udata_gc<Rng>, nullptr);
+  set_funcs(L, mod, {{"rng", qf_guard<f_rng>, 1}});
 }
 
 }  // namespace qf::lua

@@ -155,7 +155,10 @@ static int t_t(lua_State* L) {
 
 static int t_view(lua_State* L) {
   const Tensor& t = check_tensor(L, 1, "view");
-  push_tensor(L, t.view(shape_arg(L, 2, "view")));
+  int next = 0;
+  const Shape s = shape_arg(L, 2, "view", &next);
+  if (lua_gettop(L) >= next) too_many_args(L, next, "view");
+  push_tensor(L, t.view(s));
   return 1;
 }
 
@@ -265,24 +268,69 @@ static int t_to_table(lua_State* L) {
   return 1;
 }
 
+// ---- reductions: t:sum([dim [, keepdim]]), mean, min, max; t:norm([p [, dim [, keepdim]]]) ----
+// Without a dimension: one number over all values (f64). With one: an f32 tensor (engine/tensor_ops).
+// The optional (dim, keepdim) at stack positions arg, arg + 1 -> 0-based dim, or -1 when absent.
+static int reduce_dim_arg(lua_State* L, int arg, const char* fn, const Tensor& t, bool* keepdim) {
+  *keepdim = false;
+  if (is_none_or_nil(L, arg)) {
+    if (!is_none_or_nil(L, arg + 1)) arg_error(L, arg + 1, fn, "keepdim given without a dimension");
+    return -1;
+  }
+  const int d = dim_arg(L, arg, fn, t);
+  if (!is_none_or_nil(L, arg + 1)) *keepdim = check_bool(L, arg + 1, fn);
+  return d;
+}
+
+// min/max along a dimension return (values, indices): indices 1-based, as an i32 tensor.
+static int push_extremum(lua_State* L, ArgExtremum r) {
+  int32_t* ix = r.indices.data<int32_t>();
+  for (int64_t k = 0; k < r.indices.numel(); ++k) ++ix[k];
+  push_tensor(L, std::move(r.values));
+  push_tensor(L, std::move(r.indices));
+  return 2;
+}
+
 static int t_sum(lua_State* L) {
-  lua_pushnumber(L, tensor_stats(check_tensor(L, 1, "sum")).sum);
+  const Tensor& t = check_tensor(L, 1, "sum");
+  bool kd = false;
+  const int d = reduce_dim_arg(L, 2, "sum", t, &kd);
+  if (d < 0) lua_pushnumber(L, tensor_stats(t).sum);
+  else push_tensor(L, sum_dim(t, d, kd));
   return 1;
 }
 static int t_mean(lua_State* L) {
-  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "mean"), "mean").mean());
+  const Tensor& t = check_tensor(L, 1, "mean");
+  bool kd = false;
+  const int d = reduce_dim_arg(L, 2, "mean", t, &kd);
+  if (d < 0) lua_pushnumber(L, nonempty_stats(t, "mean").mean());
+  else push_tensor(L, mean_dim(t, d, kd));
   return 1;
 }
 static int t_min(lua_State* L) {
-  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "min"), "min").min);
+  const Tensor& t = check_tensor(L, 1, "min");
+  bool kd = false;
+  const int d = reduce_dim_arg(L, 2, "min", t, &kd);
+  if (d >= 0) return push_extremum(L, min_dim(t, d, kd));
+  lua_pushnumber(L, nonempty_stats(t, "min").min);
   return 1;
 }
 static int t_max(lua_State* L) {
-  lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "max"), "max").max);
+  const Tensor& t = check_tensor(L, 1, "max");
+  bool kd = false;
+  const int d = reduce_dim_arg(L, 2, "max", t, &kd);
+  if (d >= 0) return push_extremum(L, max_dim(t, d, kd));
+  lua_pushnumber(L, nonempty_stats(t, "max").max);
   return 1;
 }
 static int t_norm(lua_State* L) {
-  lua_pushnumber(L, tensor_stats(check_tensor(L, 1, "norm")).norm());
+  const Tensor& t = check_tensor(L, 1, "norm");
+  const double p = is_none_or_nil(L, 2) ? 2.0 : check_num(L, 2, "norm");
+  if (!(p > 0)) arg_error(L, 2, "norm", "p must be > 0 (or math.huge)");
+  bool kd = false;
+  const int d = reduce_dim_arg(L, 3, "norm", t, &kd);
+  if (d >= 0) push_tensor(L, norm_dim(t, p, d, kd));
+  else lua_pushnumber(L, p == 2 ? tensor_stats(t).norm() : norm_all(t, p));
   return 1;
 }
 static int t_abs_max(lua_State* L) {
@@ -435,6 +483,7 @@ static Tensor make_filled(lua_State* L, const char* fn, bool has_value, float va
     if (x < 0) fail(fn, ": invalid shape ", shape_str(s));
   if (has_value) value = (float)check_num(L, next++, fn);
   DType dt = is_none_or_nil(L, next) ? DType::F32 : dtype_from_name(check_str(L, next, fn));
+  if (lua_gettop(L) > next) too_many_args(L, next + 1, fn);
   Tensor t = Tensor::empty(s, dt);
   if (value != 0.f) t.fill_(value);
   return t;
@@ -542,46 +591,46 @@ static int f_load_tensors(lua_State* L) {
 
 void open_tensor(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  static const luaL_Reg methods[] = {
-      {"get", qf_guard<t_get>},
-      {"set", qf_guard<t_set>},
-      {"narrow", qf_guard<t_narrow>},
-      {"select", qf_guard<t_select>},
-      {"rows", qf_guard<t_rows>},
-      {"cols", qf_guard<t_cols>},
-      {"transpose", qf_guard<t_transpose>},
-      {"t", qf_guard<t_t>},
-      {"view", qf_guard<t_view>},
-      {"contiguous", qf_guard<t_contiguous>},
-      {"clone", qf_guard<t_clone>},
-      {"copy", qf_guard<t_copy>},
-      {"fill", qf_guard<t_fill>},
-      {"zero", qf_guard<t_zero>},
-      {"to", qf_guard<t_to>},
-      {"dtype", qf_guard<t_dtype>},
-      {"shape", qf_guard<t_shape>},
-      {"size", qf_guard<t_size>},
-      {"dim", qf_guard<t_dim>},
-      {"numel", qf_guard<t_numel>},
-      {"is_contiguous", qf_guard<t_is_contiguous>},
-      {"same_storage", qf_guard<t_same_storage>},
-      {"item", qf_guard<t_item>},
-      {"to_table", qf_guard<t_to_table>},
-      {"sum", qf_guard<t_sum>},
-      {"mean", qf_guard<t_mean>},
-      {"min", qf_guard<t_min>},
-      {"max", qf_guard<t_max>},
-      {"norm", qf_guard<t_norm>},
-      {"abs_max", qf_guard<t_abs_max>},
-      {"add", qf_guard<t_add>},
-      {"sub", qf_guard<t_inplace<BinOp::Sub>>},
-      {"mul", qf_guard<t_inplace<BinOp::Mul>>},
-      {"div", qf_guard<t_inplace<BinOp::Div>>},
-      {"matmul", qf_guard<t_matmul>},
-      {nullptr, nullptr}};
+  // Arities count self. get/set/view take a variable count and check it themselves.
+  register_class(L, kTensorMT,
+                 {{"get", qf_guard<t_get>, kVariadic},
+                  {"set", qf_guard<t_set>, kVariadic},
+                  {"narrow", qf_guard<t_narrow>, 4},
+                  {"select", qf_guard<t_select>, 3},
+                  {"rows", qf_guard<t_rows>, 3},
+                  {"cols", qf_guard<t_cols>, 3},
+                  {"transpose", qf_guard<t_transpose>, 3},
+                  {"t", qf_guard<t_t>, 1},
+                  {"view", qf_guard<t_view>, kVariadic},
+                  {"contiguous", qf_guard<t_contiguous>, 1},
+                  {"clone", qf_guard<t_clone>, 1},
+                  {"copy", qf_guard<t_copy>, 2},
+                  {"fill", qf_guard<t_fill>, 2},
+                  {"zero", qf_guard<t_zero>, 1},
+                  {"to", qf_guard<t_to>, 2},
+                  {"dtype", qf_guard<t_dtype>, 1},
+                  {"shape", qf_guard<t_shape>, 1},
+                  {"size", qf_guard<t_size>, 2},
+                  {"dim", qf_guard<t_dim>, 1},
+                  {"numel", qf_guard<t_numel>, 1},
+                  {"is_contiguous", qf_guard<t_is_contiguous>, 1},
+                  {"same_storage", qf_guard<t_same_storage>, 2},
+                  {"item", qf_guard<t_item>, 1},
+                  {"to_table", qf_guard<t_to_table>, 1},
+                  {"sum", qf_guard<t_sum>, 3},
+                  {"mean", qf_guard<t_mean>, 3},
+                  {"min", qf_guard<t_min>, 3},
+                  {"max", qf_guard<t_max>, 3},
+                  {"norm", qf_guard<t_norm>, 4},
+                  {"abs_max", qf_guard<t_abs_max>, 1},
+                  {"add", qf_guard<t_add>, 3},
+                  {"sub", qf_guard<t_inplace<BinOp::Sub>>, 2},
+                  {"mul", qf_guard<t_inplace<BinOp::Mul>>, 2},
+                  {"div", qf_guard<t_inplace<BinOp::Div>>, 2},
+                  {"matmul", qf_guard<t_matmul>, 2}},
+                 t_gc /* cannot throw */, qf_guard<m_tostring>, "use t:get(i, j) / t:select(1, i)");
+  // Operators: Lua calls them with a fixed number of operands.
   static const luaL_Reg meta[] = {
-      {"__gc", t_gc},  // cannot throw
-      {"__tostring", qf_guard<m_tostring>},
       {"__len", qf_guard<m_len>},
       {"__add", qf_guard<binop<BinOp::Add>>},
       {"__sub", qf_guard<binop<BinOp::Sub>>},
@@ -589,19 +638,18 @@ void open_tensor(lua_State* L, int mod) {
       {"__div", qf_guard<binop<BinOp::Div>>},
       {"__unm", qf_guard<m_unm>},
       {nullptr, nullptr}};
-  luaL_newmetatable(L, kTensorMT);
+  luaL_getmetatable(L, kTensorMT);
   luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {
-      {"tensor", qf_guard<f_tensor>}, {"zeros", qf_guard<f_zeros>},         {"ones", qf_guard<f_ones>},
-      {"full", qf_guard<f_full>},     {"is_tensor", qf_guard<f_is_tensor>},
-      {"save_tensors", qf_guard<f_save_tensors>}, {"load_tensors", qf_guard<f_load_tensors>}, {nullptr, nullptr}};
-  lua_pushvalue(L, mod);
-  luaL_setfuncs(L, funcs, 0);
-  lua_pop(L, 1);
+  set_funcs(L, mod,
+            {{"tensor", qf_guard<f_tensor>, 2},
+             {"zeros", qf_guard<f_zeros>, kVariadic},
+             {"ones", qf_guard<f_ones>, kVariadic},
+             {"full", qf_guard<f_full>, kVariadic},
+             {"is_tensor", qf_guard<f_is_tensor>, 1},
+             {"save_tensors", qf_guard<f_save_tensors>, 3},
+             {"load_tensors", qf_guard<f_load_tensors>, 1}});
 }
 
 }  // namespace qf::lua

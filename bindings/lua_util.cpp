@@ -1,6 +1,7 @@
 #include "lua_util.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 namespace qf::lua {
@@ -252,7 +253,94 @@ void* check_udata(lua_State* L, int arg, const char* mt, const char* fn) {
   return p;
 }
 
-void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_CFunction gc, lua_CFunction tostr) {
+// ---- registration with a declared arity ------------------------------------------------
+static const char* kArityKey = "qforge.arity";
+static const char* kClassesKey = "qforge.classes";
+
+// Pushes registry[key], creating the table the first time.
+static void registry_table(lua_State* L, const char* key) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, key);
+  }
+}
+
+// The message for a call whose arguments from `first_extra` on are unused. Counts like
+// luaL_argerror: self is not counted in a method call t:f(...).
+static void too_many_message(lua_State* L, int first_extra, const char* fn, char* buf, size_t n) {
+  int got = lua_gettop(L), max = first_extra - 1;
+  lua_Debug ar;
+  if (lua_getstack(L, 0, &ar)) {
+    lua_getinfo(L, "n", &ar);
+    if (ar.namewhat && std::strcmp(ar.namewhat, "method") == 0 && max > 0) --max, --got, --first_extra;
+  }
+  if (max == 0) std::snprintf(buf, n, "bad argument #%d to '%s' (no arguments expected, got %d)", first_extra, fn, got);
+  else
+    std::snprintf(buf, n, "bad argument #%d to '%s' (at most %d argument%s expected, got %d)", first_extra, fn, max,
+                  max == 1 ? "" : "s", got);
+}
+
+void too_many_args(lua_State* L, int first_extra, const char* fn) {
+  char buf[256];
+  too_many_message(L, first_extra, fn, buf, sizeof buf);
+  fail(buf);
+}
+
+// Upvalues: the guarded body (a light C function), the arity, the name. Plain C style: it may
+// raise a Lua error, so it holds no C++ object; the body is called directly, in this frame.
+static int checked_call(lua_State* L) {
+  const lua_Integer max = lua_tointeger(L, lua_upvalueindex(2));
+  if (max >= 0 && lua_gettop(L) > max) {
+    char buf[256];
+    too_many_message(L, (int)max + 1, lua_tostring(L, lua_upvalueindex(3)), buf, sizeof buf);
+    detail::stash_message(buf);
+    detail::raise_stashed(L, -1);
+  }
+  return lua_tocfunction(L, lua_upvalueindex(1))(L);
+}
+
+void set_funcs(lua_State* L, int t, std::initializer_list<Fn> fns) {
+  t = lua_absindex(L, t);
+  registry_table(L, kArityKey);
+  for (const Fn& f : fns) {
+    lua_pushcfunction(L, f.f);
+    lua_pushinteger(L, f.max_args);
+    lua_pushstring(L, f.name);
+    lua_pushcclosure(L, checked_call, 3);
+    lua_pushvalue(L, -1);
+    lua_pushinteger(L, f.max_args);
+    lua_rawset(L, -4);  // arity[closure] = max_args
+    lua_setfield(L, t, f.name);
+  }
+  lua_pop(L, 1);
+}
+
+void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> fns) {
+  registry_table(L, kClassesKey);
+  if (lua_getfield(L, -1, mt) != LUA_TTABLE) luaL_error(L, "add_methods: class %s is not registered", mt);  // open time
+  set_funcs(L, -1, fns);
+  lua_pop(L, 2);
+}
+
+// __index of a class. Upvalues: the methods table, the class name, the hint (or nil).
+static int class_index(lua_State* L) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+    fail("no method '", lua_tostring(L, 2), "' on ", lua_tostring(L, lua_upvalueindex(2)));
+  }
+  char key[96];
+  if (lua_isinteger(L, 2)) std::snprintf(key, sizeof key, "[%lld]", (long long)lua_tointeger(L, 2));
+  else if (lua_type(L, 2) == LUA_TNUMBER) std::snprintf(key, sizeof key, "[%.14g]", lua_tonumber(L, 2));
+  else std::snprintf(key, sizeof key, "a %s key", type_name(L, 2));
+  const char* hint = lua_tostring(L, lua_upvalueindex(3));
+  fail(lua_tostring(L, lua_upvalueindex(2)), " cannot be indexed with ", key, hint ? "; " : "", hint ? hint : "");
+}
+
+void register_class(lua_State* L, const char* mt, std::initializer_list<Fn> methods, lua_CFunction gc,
+                    lua_CFunction tostr, const char* index_hint) {
   luaL_newmetatable(L, mt);
   if (gc) {
     lua_pushcfunction(L, gc);
@@ -262,12 +350,28 @@ void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_C
     lua_pushcfunction(L, tostr);
     lua_setfield(L, -2, "__tostring");
   }
-  if (methods) {
-    lua_newtable(L);  // not luaL_newlib: `methods` is a pointer, its size hint would be bogus
-    luaL_setfuncs(L, methods, 0);
+  if (methods.size()) {
+    lua_createtable(L, 0, (int)methods.size());
+    set_funcs(L, -1, methods);
+    registry_table(L, kClassesKey);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, mt);  // classes[mt] = methods
+    lua_pop(L, 1);
+    lua_pushstring(L, mt);
+    if (index_hint) lua_pushstring(L, index_hint);
+    else lua_pushnil(L);
+    lua_pushcclosure(L, qf_guard<class_index>, 3);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+}
+
+void set_introspection(lua_State* L, int mod) {
+  mod = lua_absindex(L, mod);
+  registry_table(L, kArityKey);
+  lua_setfield(L, mod, "_arity");
+  registry_table(L, kClassesKey);
+  lua_setfield(L, mod, "_classes");
 }
 
 }  // namespace qf::lua

@@ -64,6 +64,26 @@ int qf_guard(lua_State* L) {
   detail::raise_stashed(L, exit_code);  // outside the catch blocks; nothing to destroy here
 }
 
+// ---- registration with a declared arity ----
+// Every Lua-facing function is registered as an Fn: its name, its qf_guard'ed body and the most
+// arguments it uses (self included for methods), or kVariadic for the few that take a variable
+// count (shapes given as integers) and check the rest themselves. A call with more arguments
+// fails before the body runs: "bad argument #3 to 'sum' (at most 2 arguments expected, got 3)".
+// The arities are recorded in qf._arity[function] (tests enumerate every function with it).
+constexpr int kVariadic = -1;
+struct Fn {
+  constexpr Fn(const char* n, lua_CFunction fn, int max) : name(n), f(fn), max_args(max) {}  // no default arity
+  const char* name;
+  lua_CFunction f;
+  int max_args;
+};
+// t[name] = a checked closure for each entry (t: a stack index).
+void set_funcs(lua_State* L, int t, std::initializer_list<Fn> fns);
+// Adds methods to a class registered by register_class (e.g. Model methods from other files).
+void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> fns);
+// The error for a call with too many arguments (variadic functions: the first extra is at `first_extra`).
+[[noreturn]] void too_many_args(lua_State* L, int first_extra, const char* fn);
+
 // ---- argument checks (throw qf::Error) ----
 // `arg` is a stack index; messages count arguments the way Lua does (self excluded in
 // a method call t:f(...)). `fn` names the function.
@@ -132,8 +152,14 @@ int udata_gc(lua_State* L) {
   return 0;
 }
 
-// Creates metatable `mt` with optional __gc, __tostring and an __index table of methods.
-void register_class(lua_State* L, const char* mt, const luaL_Reg* methods, lua_CFunction gc, lua_CFunction tostr);
+// Creates metatable `mt` with optional __gc, __tostring and methods. Indexing an object with a
+// name that is not a method, or with a non-string key, is an error naming the class
+// ("no method 'frobnicate' on qforge.Tensor"); `index_hint` is appended to the non-string-key
+// error. Method tables are listed in qf._classes[mt].
+void register_class(lua_State* L, const char* mt, std::initializer_list<Fn> methods, lua_CFunction gc,
+                    lua_CFunction tostr, const char* index_hint = nullptr);
+// The module's qf._arity and qf._classes tables (luaopen_qforge, after all registrations).
+void set_introspection(lua_State* L, int mod);
 
 // ---- tensors (lua_tensor.cpp) ----
 constexpr const char* kTensorMT = "qforge.Tensor";
