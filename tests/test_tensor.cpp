@@ -1,11 +1,15 @@
 // Tensor core: views share storage, strides, copies, dtype conversions (exact values),
 // Eigen maps, and clear errors.
 #include <doctest/doctest.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "half.h"
+#include "rng.h"
 #include "tensor.h"
 
 using namespace qf;
@@ -167,4 +171,103 @@ TEST_CASE("tensor_ops: elementwise on strided views, aliasing, reductions, matmu
   Tensor m = matmul(Tensor::from_data({2, 3}, {1, 2, 3, 4, 5, 6}), iota({3, 2}).t().t());
   CHECK(m.to_vector() == std::vector<float>{16, 22, 34, 49});
   CHECK_THROWS_WITH_AS(matmul(iota({2, 3}), iota({2, 3})), doctest::Contains("cannot multiply [2, 3] by [2, 3]"), Error);
+}
+
+// ---- reductions along a dimension (tensor_ops.h) ----
+// f64 reference by element access: fold along d at every output position, row-major.
+static std::vector<double> ref_reduce(const Tensor& t, int d, const std::function<double(const std::vector<double>&)>& op) {
+  Shape os = t.shape();
+  os.erase(os.begin() + d);
+  int64_t n = 1;
+  for (int64_t s : os) n *= s;
+  std::vector<double> out;
+  std::vector<int64_t> oi(os.size(), 0);
+  for (int64_t k = 0; k < n; ++k) {
+    std::vector<double> vals;
+    for (int64_t i = 0; i < t.size(d); ++i) {
+      std::vector<int64_t> idx(oi);
+      idx.insert(idx.begin() + d, i);
+      vals.push_back(t.get(idx.data(), (int)idx.size()));
+    }
+    out.push_back(op(vals));
+    for (int q = (int)os.size() - 1; q >= 0; --q) {
+      if (++oi[q] < os[q]) break;
+      oi[q] = 0;
+    }
+  }
+  return out;
+}
+
+static std::vector<float> rounded(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+TEST_CASE("reductions along a dim match an f64 reference on strided views, bit for bit") {
+  Rng g(5);
+  Tensor base = Tensor::empty({4, 5, 6});
+  for (int64_t i = 0; i < base.numel(); ++i) base.f32()[i] = (float)g.normal();
+  const Tensor views[] = {base, base.transpose(0, 2), base.narrow(1, 1, 3), base.select(2, 4), base.to(DType::F16)};
+  for (const Tensor& t : views) {
+    for (int d = 0; d < t.dim(); ++d) {
+      CAPTURE(shape_str(t.shape()));
+      CAPTURE(d);
+      auto sum = [](const std::vector<double>& v) { double s = 0; for (double x : v) s += x; return s; };
+      // Same order along d, one f64 accumulator, one rounding: exactly the reference.
+      CHECK(sum_dim(t, d).to_vector() == rounded(ref_reduce(t, d, sum)));
+      CHECK(mean_dim(t, d).to_vector() == rounded(ref_reduce(t, d, [&](const std::vector<double>& v) { return sum(v) / (double)v.size(); })));
+      CHECK(norm_dim(t, 2, d).to_vector() == rounded(ref_reduce(t, d, [](const std::vector<double>& v) {
+              double s = 0; for (double x : v) s += x * x; return std::sqrt(s); })));
+      CHECK(norm_dim(t, 3, d).to_vector() == rounded(ref_reduce(t, d, [](const std::vector<double>& v) {
+              double s = 0; for (double x : v) s += std::pow(std::fabs(x), 3.0); return std::pow(s, 1.0 / 3); })));
+      const ArgExtremum mx = max_dim(t, d), mn = min_dim(t, d);
+      CHECK(mx.indices.dtype() == DType::I32);
+      CHECK(mx.values.to_vector() == rounded(ref_reduce(t, d, [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); })));
+      CHECK(mx.indices.to_vector() == rounded(ref_reduce(t, d, [](const std::vector<double>& v) { return (double)(std::max_element(v.begin(), v.end()) - v.begin()); })));
+      CHECK(mn.indices.to_vector() == rounded(ref_reduce(t, d, [](const std::vector<double>& v) { return (double)(std::min_element(v.begin(), v.end()) - v.begin()); })));
+      Shape kept = t.shape();
+      kept[d] = 1;
+      CHECK(sum_dim(t, d, true).shape() == kept);
+      CHECK(max_dim(t, d, true).indices.shape() == kept);
+    }
+  }
+}
+
+TEST_CASE("reductions along a dim do not depend on the thread count") {
+  Rng g(9);
+  Tensor t = Tensor::empty({517, 1031});
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = (float)g.normal();
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> runs[2];
+  for (int r = 0; r < 2; ++r) {
+    omp_set_num_threads(r == 0 ? 1 : 7);
+    for (int d = 0; d < 2; ++d) {
+      runs[r].push_back(sum_dim(t, d).to_vector());
+      runs[r].push_back(norm_dim(t.t(), 2, d).to_vector());
+      runs[r].push_back(max_dim(t, d).indices.to_vector());
+    }
+  }
+  omp_set_num_threads(saved);
+  CHECK(runs[0] == runs[1]);
+}
+
+TEST_CASE("reductions along a dim: ties, NaN, empty dims, errors") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor ties = Tensor::from_data({2, 3}, {1, 3, 3, 2, 1, 1});
+  CHECK(max_dim(ties, 1).indices.to_vector() == std::vector<float>{1, 0});  // first index
+  CHECK(min_dim(ties, 1).indices.to_vector() == std::vector<float>{0, 1});
+  const Tensor n = Tensor::from_data({2, 3}, {1, nan, 5, 2, 3, nan});
+  const ArgExtremum mx = max_dim(n, 1);
+  CHECK(std::isnan(mx.values.to_vector()[0]));
+  CHECK(std::isnan(mx.values.to_vector()[1]));
+  CHECK(mx.indices.to_vector() == std::vector<float>{1, 2});
+  CHECK(std::isnan(tensor_stats(n).max));  // the old code skipped NaN here (max 5)
+  CHECK(std::isnan(tensor_stats(n).min));
+  const Tensor e = Tensor::empty({3, 0});
+  CHECK(sum_dim(e, 1).to_vector() == std::vector<float>{0, 0, 0});
+  CHECK(norm_dim(e, 2, 1).to_vector() == std::vector<float>{0, 0, 0});
+  CHECK_THROWS_WITH_AS(mean_dim(e, 1), doctest::Contains("mean: dimension 2 of shape [3, 0] is empty"), Error);
+  CHECK_THROWS_WITH_AS(max_dim(e, 1), doctest::Contains("max: dimension 2 of shape [3, 0] is empty"), Error);
+  CHECK_THROWS_WITH_AS(sum_dim(ties, 2), doctest::Contains("sum: dimension 3 out of range for a 2-d tensor"), Error);
+  CHECK_THROWS_WITH_AS(norm_dim(ties, 0, 0), doctest::Contains("norm: p must be > 0"), Error);
+  CHECK(norm_all(ties, 1) == 11.0);
+  CHECK(norm_all(ties, std::numeric_limits<double>::infinity()) == 3.0);
+  CHECK(norm_dim(Tensor::from_data({3}, {1, -4, 2}), std::numeric_limits<double>::infinity(), 0).item() == 4.f);
 }
