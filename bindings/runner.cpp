@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -35,6 +36,18 @@ void set_run_context(lua_State* L, RunContext* ctx) {
 
 static std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
 
+// JSON has no NaN/inf (nlohmann writes null): records and log events keep them as the strings
+// "nan", "inf", "-inf", whichever side (Lua or C++) produced the value.
+static void finite_json(json& j) {
+  if (j.is_number_float()) {
+    const double x = j.get<double>();
+    if (std::isnan(x)) j = "nan";
+    else if (std::isinf(x)) j = x > 0 ? "inf" : "-inf";
+  } else if (j.is_structured()) {
+    for (auto& e : j) finite_json(e);
+  }
+}
+
 double RunContext::elapsed() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -47,12 +60,14 @@ void RunContext::note_input(const std::string& path) {
 }
 
 void RunContext::record(const std::string& key, json value) {
+  finite_json(value);
   results[key] = std::move(value);
   if (!run_dir.empty()) write_file_atomic(run_dir + "/results.json", dump(results));
 }
 
 void RunContext::log(json event) {
   if (run_dir.empty()) return;
+  finite_json(event);
   if (!event.contains("time")) event["time"] = elapsed();
   const std::string line = event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   const std::string path = run_dir + "/log.jsonl";
