@@ -1,5 +1,9 @@
-// qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge version`, `qforge help`.
+// qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge rerun RUN_DIR`,
+// `qforge version`, `qforge help`.
 // Exit codes: 0 ok, 1 the recipe failed, 2 usage error.
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <exception>
 #include <iostream>
 #include <string>
@@ -13,6 +17,9 @@ static const char* kUsage =
     "\n"
     "commands:\n"
     "  run RECIPE.lua [key=value ...]   run a Lua recipe (see 'qforge run --help')\n"
+    "  rerun RUN_DIR [out=DIR] [--force]\n"
+    "                                   rerun a run directory with its recorded options, after\n"
+    "                                   checking the commit and every input's fingerprint\n"
     "  version                          print the version and git commit\n"
     "  help                             print this help\n"
     "\n"
@@ -29,10 +36,28 @@ static const char* kRunUsage =
     "  seed=N       the run's seed, qf.seed() (default 0)\n"
     "  threads=N    OpenMP threads (default: all cores)\n"
     "\n"
-    "The run directory receives recipe.lua, options.json, run.json, results.json,\n"
-    "log.jsonl and rerun.sh.\n";
+    "Waiting threads: qforge sets OMP_WAIT_POLICY=PASSIVE unless it is already set, so idle\n"
+    "OpenMP threads sleep instead of spinning (spinning slows a run 10-100x beside any other\n"
+    "busy process). OMP_WAIT_POLICY=ACTIVE restores spinning; run.json records the policy.\n"
+    "\n"
+    "The run directory receives recipe.lua, lua/ (local modules it required), options.json\n"
+    "(every resolved option), run.json, results.json, log.jsonl and rerun.sh\n"
+    "(= qforge rerun RUN_DIR).\n";
+
+// OpenMP's wait policy is read once when libgomp loads (before main), so a default can only
+// take effect in a fresh process image: set it and re-execute ourselves, once. A value the
+// user set is respected.
+static void default_passive_wait(char** argv) {
+  if (getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  setenv("QFORGE_DEFAULT_WAIT_POLICY", "1", 1);  // tells run.json where the value came from
+  execv("/proc/self/exe", argv);
+  // exec failed (no /proc): carry on with the runtime's default policy.
+  unsetenv("QFORGE_DEFAULT_WAIT_POLICY");
+}
 
 int main(int argc, char** argv) {
+  default_passive_wait(argv);
   std::vector<std::string> args(argv, argv + argc);
   if (argc < 2) {
     std::cerr << kUsage;
@@ -46,6 +71,30 @@ int main(int argc, char** argv) {
   if (cmd == "version" || cmd == "--version") {
     std::cout << "qforge " << QFORGE_VERSION << " (commit " << QFORGE_GIT_COMMIT << ")\n";
     return 0;
+  }
+  if (cmd == "rerun") {
+    qf::lua::RerunArgs ra;
+    ra.argv = args;
+    for (int i = 2; i < argc; ++i) {
+      if (args[i] == "--force") ra.force = true;
+      else if (args[i].rfind("out=", 0) == 0 && args[i].size() > 4) ra.out = args[i].substr(4);
+      else if (ra.run_dir.empty() && args[i].find('=') == std::string::npos && args[i][0] != '-') ra.run_dir = args[i];
+      else {
+        std::cerr << "qforge: error: unexpected argument '" << args[i] << "'\n"
+                  << "usage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+        return 2;
+      }
+    }
+    if (ra.run_dir.empty()) {
+      std::cerr << "qforge: error: 'rerun' needs a run directory\nusage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+      return 2;
+    }
+    try {
+      return qf::lua::rerun(ra);
+    } catch (const std::exception& e) {
+      std::cerr << "qforge: error: " << e.what() << "\n";
+      return 1;
+    }
   }
   if (cmd != "run") {
     std::cerr << "qforge: error: unknown command '" << cmd << "'\n\n" << kUsage;
