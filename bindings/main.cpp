@@ -1,14 +1,12 @@
 // qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge rerun RUN_DIR`,
 // `qforge version`, `qforge help`.
 // Exit codes: 0 ok, 1 the recipe failed, 2 usage error.
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <exception>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "omp_wait.h"
 #include "qforge_version.h"
 #include "runner.h"
 
@@ -44,20 +42,8 @@ static const char* kRunUsage =
     "(every resolved option), run.json, results.json, log.jsonl and rerun.sh\n"
     "(= qforge rerun RUN_DIR).\n";
 
-// OpenMP's wait policy is read once when libgomp loads (before main), so a default can only
-// take effect in a fresh process image: set it and re-execute ourselves, once. A value the
-// user set is respected.
-static void default_passive_wait(char** argv) {
-  if (getenv("OMP_WAIT_POLICY")) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  setenv("QFORGE_DEFAULT_WAIT_POLICY", "1", 1);  // tells run.json where the value came from
-  execv("/proc/self/exe", argv);
-  // exec failed (no /proc): carry on with the runtime's default policy.
-  unsetenv("QFORGE_DEFAULT_WAIT_POLICY");
-}
-
 int main(int argc, char** argv) {
-  default_passive_wait(argv);
+  qf::default_passive_wait(argv);  // before any OpenMP use; see omp_wait.h
   std::vector<std::string> args(argv, argv + argc);
   if (argc < 2) {
     std::cerr << kUsage;

@@ -123,6 +123,7 @@ void RunContext::write_run_json(const std::string& status, const std::string& er
     if (!rerun_differences.empty()) j["rerun_forced_over"] = rerun_differences;
   }
   j["argv"] = argv;
+  j["args"] = args;  // the key=value arguments the recipe ran with (for a rerun: every resolved option)
   j["seed"] = seed;
   j["threads"] = threads;
   // main() defaults OMP_WAIT_POLICY to PASSIVE (re-executing itself) unless the user set it.
@@ -275,6 +276,7 @@ int run_recipe(const RunArgs& a) {
   ctx.recipe_path = a.recipe;
   ctx.recipe_name = a.recipe.substr(a.recipe.find_last_of('/') == std::string::npos ? 0 : a.recipe.find_last_of('/') + 1);
   ctx.argv = a.argv;
+  ctx.args = a.kv;
   ctx.help = a.help;
   ctx.start_time = time_str("%Y-%m-%dT%H:%M:%SZ", true);
 

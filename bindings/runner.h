@@ -22,6 +22,7 @@ struct RunContext {
   std::string recipe_name;  // basename, e.g. "eval.lua"
   std::string run_dir;      // absolute; empty under --help (nothing is written)
   std::vector<std::string> argv;
+  std::vector<std::string> args;  // key=value arguments (a rerun's are generated)
   std::vector<std::pair<std::string, std::string>> cli;  // recipe key=value pairs, in order
   std::string out_arg;      // out= as given ("" when defaulted)
   bool help = false;
