@@ -413,13 +413,18 @@ static std::string option_arg(const std::string& k, const json& v) {
   fail("options.json: option '", k, "' has a value of JSON type ", v.type_name(), " (expected a string, number or boolean)");
 }
 
+static int rerun_usage_error(const std::string& msg) {
+  std::cerr << "qforge: error: " << msg << "\nusage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+  return 2;
+}
+
 int rerun(const RerunArgs& a) {
   std::string dir = a.run_dir;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  if (!is_directory(dir)) return usage_error("run directory '" + dir + "' not found");
+  if (!is_directory(dir)) return rerun_usage_error("run directory '" + dir + "' not found");
   dir = abs_path(dir);
   for (const char* f : {"run.json", "options.json", "recipe.lua"})
-    if (!path_exists(dir + "/" + f)) return usage_error("'" + dir + "' is not a run directory (no " + f + ")");
+    if (!path_exists(dir + "/" + f)) return rerun_usage_error("'" + dir + "' is not a run directory (no " + f + ")");
   const json run = read_json_file(dir + "/run.json");
   const json opts = read_json_file(dir + "/options.json");
 
