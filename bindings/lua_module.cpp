@@ -156,7 +156,8 @@ static void print_help(const RunContext& ctx, const std::map<std::string, OptDec
   os << "\nrunner options (always accepted):\n"
      << "  out=DIR      run directory (default runs/<recipe>-<YYYYmmdd-HHMMSS>)\n"
      << "  seed=N       the run's seed, qf.seed() (default 0)\n"
-     << "  threads=N    OpenMP threads (default: all cores)\n";
+     << "  threads=N    OpenMP threads (default: all cores; idle threads sleep, OMP_WAIT_POLICY=PASSIVE,\n"
+     << "               unless OMP_WAIT_POLICY is set)\n";
 }
 
 // qf.options{ name = default, ... } [, { name = "help" }] -> resolved table

@@ -83,6 +83,25 @@ expect_file_has "forced rerun records the differences" "$WORK/r1_forced/run.json
 [ "$(json_value "$WORK/r1_forced/results.json" chars)" != "$(json_value "$R/results.json" chars)" ] && ok || bad "forced rerun did not read the changed input"
 cp "$WORK/input.orig" "$WORK/input.txt"
 
+# A tensors file read with qf.load_tensors (e.g. alloc_file=) is fingerprinted and checked too.
+cat >"$WORK/tensors.lua" <<'LUA'
+local o = qf.options({ file = "", make = false })
+if o.make then qf.save_tensors(o.file, { x = qf.ones({ 3 }) }) return end
+local t = qf.load_tensors(o.file)
+qf.record("sum", t.x:sum())
+LUA
+"$QF" run "$WORK/tensors.lua" file="$WORK/t.safetensors" make=true out="$WORK/r_make" >/dev/null 2>&1
+run tensors run "$WORK/tensors.lua" file="$WORK/t.safetensors" out="$WORK/r_tensors"
+expect_rc "load_tensors run" 0
+expect_file_has "load_tensors input noted" "$WORK/r_tensors/run.json" "\"path\": \"$WORK/t.safetensors\""
+"$QF" run "$WORK/tensors.lua" file="$WORK/t.safetensors" make=true out="$WORK/r_make2" >/dev/null 2>&1  # rewritten, same bytes: same fingerprint
+run tensors_same rerun "$WORK/r_tensors" out="$WORK/r_tensors_rerun"
+expect_rc "rerun with the same tensors file" 0
+printf 'x' >>"$WORK/t.safetensors"
+run tensors_changed rerun "$WORK/r_tensors" out="$WORK/r_tensors_changed"
+expect_rc "rerun with a changed tensors file" 1
+expect_in "rerun with a changed tensors file" stderr "input '$WORK/t.safetensors': fingerprint"
+
 # A different commit, an edited recipe copy or module copy: refused, each difference printed.
 cp -r "$R" "$WORK/r_edit"
 sed -i 's/"git_commit": "[^"]*"/"git_commit": "0123456789abcdef"/' "$WORK/r_edit/run.json"
