@@ -62,6 +62,15 @@ int main(int argc, char** argv) {
     qf::lua::RerunArgs ra;
     ra.argv = args;
     for (int i = 2; i < argc; ++i) {
+      if (args[i] == "--help" || args[i] == "-h") {
+        std::cout << "usage: qforge rerun RUN_DIR [out=DIR] [--force]\n\n"
+                     "Reruns RUN_DIR/recipe.lua with every option of RUN_DIR/options.json, the seed and\n"
+                     "the recorded threads, from the run's working directory, into out=DIR (default\n"
+                     "RUN_DIR-rerun-<timestamp>). First checks that this binary's git commit, the recipe\n"
+                     "and module copies and every input file's fingerprint are those in run.json;\n"
+                     "prints each difference and exits 1 unless --force.\n";
+        return 0;
+      }
       if (args[i] == "--force") ra.force = true;
       else if (args[i].rfind("out=", 0) == 0 && args[i].size() > 4) ra.out = args[i].substr(4);
       else if (ra.run_dir.empty() && args[i].find('=') == std::string::npos && args[i][0] != '-') ra.run_dir = args[i];

@@ -116,6 +116,9 @@ expect_in "rerun: module" stderr "module 'helper'"
 expect_in "rerun: missing input" stderr "input 'input.txt': missing"
 expect_in "rerun: count" stderr "4 differences"
 cp "$WORK/input.orig" "$WORK/input.txt"
+run rerun_help rerun --help
+expect_rc "qforge rerun --help" 0
+expect_in "qforge rerun --help" stdout "--force"
 run rerun_nodir rerun "$WORK/no_such_run"
 expect_rc "rerun of a missing directory" 2
 run rerun_notrun rerun "$WORK/rec"
