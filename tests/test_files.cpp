@@ -92,16 +92,19 @@ TEST_CASE("AtomicDir: killed mid-commit (SIGKILL) leaves a complete destination;
       d.commit();
     }
     pid_t child = fork();
-    if (child == 0) {
-      AtomicDir d(dest);
-      put(d.tmp() + "/marker", "new");
-      put(d.tmp() + "/big", std::string(1 << 16, 'x'));
-      if (!kill_at) raise(SIGKILL);  // killed while writing, before the commit
-      d.on_step = [&](const char* s) {
-        if (std::string(s) == kill_at) raise(SIGKILL);  // killed between the swap and the cleanup
-      };
-      d.commit();
-      _exit(0);
+    if (child == 0) {  // never returns into doctest: SIGKILL, or _exit on any error
+      try {
+        AtomicDir d(dest);
+        put(d.tmp() + "/marker", "new");
+        put(d.tmp() + "/big", std::string(1 << 16, 'x'));
+        if (!kill_at) raise(SIGKILL);  // killed while writing, before the commit
+        d.on_step = [&](const char* s) {
+          if (std::string(s) == kill_at) raise(SIGKILL);  // killed between the swap and the cleanup
+        };
+        d.commit();
+      } catch (...) {
+      }
+      _exit(3);
     }
     int status = 0;
     waitpid(child, &status, 0);
