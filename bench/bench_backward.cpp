@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <string>
 
+#include "omp_wait.h"
 #include "backward.h"
 #include "forward.h"
 #include "loader_llama2c.h"
@@ -85,6 +86,7 @@ static void bench(const char* name, const Model& m, int layer, const Tensor& x, 
 }
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // same OpenMP wait policy as qforge
   const std::string path = argc > 1 ? argv[1] : "../shared/models/stories260K/stories260K.bin";
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   try {

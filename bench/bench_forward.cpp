@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "omp_wait.h"
 #include "forward.h"
 #include "loader.h"
 
@@ -29,6 +30,7 @@ static double gemm_gflops(int n, int reps) {
 }
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // same OpenMP wait policy as qforge
   const std::string path = argc > 1 ? argv[1] : "../shared/models/stories260K";
   const int B = argc > 2 ? std::atoi(argv[2]) : 8;
   try {

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <string>
 
+#include "omp_wait.h"
 #include "calibration.h"
 #include "loader.h"
 #include "rng.h"
@@ -29,6 +30,7 @@ static double peak_rss_mb() {
 }
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // same OpenMP wait policy as qforge
   const std::string path = argc > 1 ? argv[1] : "../shared/models/stories260K";
   const std::string mode = argc > 2 ? argv[2] : "both";
   const int nsamples = argc > 3 ? std::atoi(argv[3]) : 128;

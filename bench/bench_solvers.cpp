@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "omp_wait.h"
 #include "calibration.h"
 #include "gptq.h"
 #include "outliers.h"
@@ -110,6 +111,7 @@ static void bench_size(int64_t rows, int64_t cols, int sweeps) {
 }
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // same OpenMP wait policy as qforge
   std::vector<std::pair<int64_t, int64_t>> sizes;
   int sweeps = 30;
   for (int i = 1; i < argc; ++i) {

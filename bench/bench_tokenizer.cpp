@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "omp_wait.h"
 #include "error.h"
 #include "io.h"
 #include "tokenizer.h"
@@ -144,6 +145,7 @@ qf::TokenizerSpec as_byte_level(const Tokenizer& sp) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // same OpenMP wait policy as qforge
   if (argc == 4 && std::string(argv[1]) == "--to-json") {
     try {
       qf::write_file_atomic(argv[3], qf::tokenizer_json(Tokenizer::load(argv[2]).spec()));

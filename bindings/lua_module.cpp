@@ -30,9 +30,15 @@ static json to_json(lua_State* L, int idx, const char* fn, int depth) {
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return nullptr;
     case LUA_TBOOLEAN: return (bool)lua_toboolean(L, idx);
-    case LUA_TNUMBER:
+    case LUA_TNUMBER: {
       if (lua_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
-      return lua_tonumber(L, idx);  // NaN/inf become null in the file
+      // JSON has no NaN/inf: record them as the strings "nan", "inf", "-inf" (a diverged
+      // perplexity must not turn into null).
+      const double x = lua_tonumber(L, idx);
+      if (std::isnan(x)) return "nan";
+      if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+      return x;
+    }
     case LUA_TSTRING: {
       size_t n = 0;
       const char* s = lua_tolstring(L, idx, &n);
@@ -150,7 +156,8 @@ static void print_help(const RunContext& ctx, const std::map<std::string, OptDec
   os << "\nrunner options (always accepted):\n"
      << "  out=DIR      run directory (default runs/<recipe>-<YYYYmmdd-HHMMSS>)\n"
      << "  seed=N       the run's seed, qf.seed() (default 0)\n"
-     << "  threads=N    OpenMP threads (default: all cores)\n";
+     << "  threads=N    OpenMP threads (default: all cores; idle threads sleep, OMP_WAIT_POLICY=PASSIVE,\n"
+     << "               unless OMP_WAIT_POLICY is set)\n";
 }
 
 // qf.options{ name = default, ... } [, { name = "help" }] -> resolved table
@@ -276,9 +283,16 @@ static int f_log(lua_State* L) {
   return 0;
 }
 
+// qf.read_text reads regular files of at most 1 GiB: a Lua string holds the whole text, and a
+// device such as /dev/zero would otherwise grow memory without bound.
+static constexpr uint64_t kReadTextLimit = 1ull << 30;
+
 static int f_read_text(lua_State* L) {
   std::string path = check_str(L, 1, "read_text");
-  std::string text = read_file(path);
+  const int64_t size = file_size(path);  // refuses FIFOs, devices and directories, naming the path
+  if ((uint64_t)size > kReadTextLimit)
+    fail("qf.read_text: file '", path, "' is ", size, " bytes, over the limit of ", kReadTextLimit, " bytes (1 GiB)");
+  std::string text = read_file(path, kReadTextLimit);
   if (RunContext* ctx = run_context(L)) ctx->note_input(path);
   push_str(L, text);
   return 1;

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "lua_util.h"
+#include "runner.h"
 #include "safetensors.h"
 #include "tensor_ops.h"
 
@@ -559,6 +560,7 @@ static int f_save_tensors(lua_State* L) {
 static int f_load_tensors(lua_State* L) {
   const std::string path = check_str(L, 1, "load_tensors");
   const SafetensorsFile f = safetensors_open(path);
+  if (RunContext* ctx = run_context(L)) ctx->note_input(path);  // fingerprinted: qforge rerun checks it
   std::vector<std::pair<std::string, Tensor>> out;
   for (const TensorSource& ts : f.tensors) {
     const auto* e = std::find_if(std::begin(kStDtypes), std::end(kStDtypes), [&](const auto& x) { return ts.dtype == x.name; });

@@ -1,10 +1,12 @@
-// qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge version`, `qforge help`.
+// qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge rerun RUN_DIR`,
+// `qforge version`, `qforge help`.
 // Exit codes: 0 ok, 1 the recipe failed, 2 usage error.
 #include <exception>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "omp_wait.h"
 #include "qforge_version.h"
 #include "runner.h"
 
@@ -13,6 +15,9 @@ static const char* kUsage =
     "\n"
     "commands:\n"
     "  run RECIPE.lua [key=value ...]   run a Lua recipe (see 'qforge run --help')\n"
+    "  rerun RUN_DIR [out=DIR] [--force]\n"
+    "                                   rerun a run directory with its recorded options, after\n"
+    "                                   checking the commit and every input's fingerprint\n"
     "  version                          print the version and git commit\n"
     "  help                             print this help\n"
     "\n"
@@ -29,10 +34,16 @@ static const char* kRunUsage =
     "  seed=N       the run's seed, qf.seed() (default 0)\n"
     "  threads=N    OpenMP threads (default: all cores)\n"
     "\n"
-    "The run directory receives recipe.lua, options.json, run.json, results.json,\n"
-    "log.jsonl and rerun.sh.\n";
+    "Waiting threads: qforge sets OMP_WAIT_POLICY=PASSIVE unless it is already set, so idle\n"
+    "OpenMP threads sleep instead of spinning (spinning slows a run 10-100x beside any other\n"
+    "busy process). OMP_WAIT_POLICY=ACTIVE restores spinning; run.json records the policy.\n"
+    "\n"
+    "The run directory receives recipe.lua, lua/ (local modules it required), options.json\n"
+    "(every resolved option), run.json, results.json, log.jsonl and rerun.sh\n"
+    "(= qforge rerun RUN_DIR).\n";
 
 int main(int argc, char** argv) {
+  qf::default_passive_wait(argv);  // before any OpenMP use; see omp_wait.h
   std::vector<std::string> args(argv, argv + argc);
   if (argc < 2) {
     std::cerr << kUsage;
@@ -46,6 +57,39 @@ int main(int argc, char** argv) {
   if (cmd == "version" || cmd == "--version") {
     std::cout << "qforge " << QFORGE_VERSION << " (commit " << QFORGE_GIT_COMMIT << ")\n";
     return 0;
+  }
+  if (cmd == "rerun") {
+    qf::lua::RerunArgs ra;
+    ra.argv = args;
+    for (int i = 2; i < argc; ++i) {
+      if (args[i] == "--help" || args[i] == "-h") {
+        std::cout << "usage: qforge rerun RUN_DIR [out=DIR] [--force]\n\n"
+                     "Reruns RUN_DIR/recipe.lua with every option of RUN_DIR/options.json, the seed and\n"
+                     "the recorded threads, from the run's working directory, into out=DIR (default\n"
+                     "RUN_DIR-rerun-<timestamp>). First checks that this binary's git commit, the recipe\n"
+                     "and module copies and every input file's fingerprint are those in run.json;\n"
+                     "prints each difference and exits 1 unless --force.\n";
+        return 0;
+      }
+      if (args[i] == "--force") ra.force = true;
+      else if (args[i].rfind("out=", 0) == 0 && args[i].size() > 4) ra.out = args[i].substr(4);
+      else if (ra.run_dir.empty() && args[i].find('=') == std::string::npos && args[i][0] != '-') ra.run_dir = args[i];
+      else {
+        std::cerr << "qforge: error: unexpected argument '" << args[i] << "'\n"
+                  << "usage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+        return 2;
+      }
+    }
+    if (ra.run_dir.empty()) {
+      std::cerr << "qforge: error: 'rerun' needs a run directory\nusage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+      return 2;
+    }
+    try {
+      return qf::lua::rerun(ra);
+    } catch (const std::exception& e) {
+      std::cerr << "qforge: error: " << e.what() << "\n";
+      return 1;
+    }
   }
   if (cmd != "run") {
     std::cerr << "qforge: error: unknown command '" << cmd << "'\n\n" << kUsage;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -35,24 +36,65 @@ void set_run_context(lua_State* L, RunContext* ctx) {
 
 static std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
 
+// JSON has no NaN/inf (nlohmann writes null): records and log events keep them as the strings
+// "nan", "inf", "-inf", whichever side (Lua or C++) produced the value.
+static void finite_json(json& j) {
+  if (j.is_number_float()) {
+    const double x = j.get<double>();
+    if (std::isnan(x)) j = "nan";
+    else if (std::isinf(x)) j = x > 0 ? "inf" : "-inf";
+  } else if (j.is_structured()) {
+    for (auto& e : j) finite_json(e);
+  }
+}
+
 double RunContext::elapsed() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+static std::string abs_path(const std::string& p) {
+  char buf[PATH_MAX];
+  return realpath(p.c_str(), buf) ? std::string(buf) : p;
 }
 
 void RunContext::note_input(const std::string& path) {
   for (const auto& in : inputs)
     if (in["path"] == path) return;
-  inputs.push_back({{"path", path}, {"size", file_size(path)}, {"fingerprint", file_fingerprint(path)}});
+  json in = {{"path", path}, {"size", file_size(path)}, {"fingerprint", file_fingerprint(path)}};
+  // A file this run wrote and read back (e.g. a saved model) is an output, not an input.
+  if (!run_dir.empty() && abs_path(path).rfind(run_dir + "/", 0) == 0) in["in_run_dir"] = true;
+  inputs.push_back(std::move(in));
   if (!run_dir.empty()) write_run_json("running");
 }
 
+static std::string fingerprint_of(const std::string& bytes) {
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fnv1a64(bytes.data(), bytes.size()));
+  return std::string("fnv1a64:") + hex;
+}
+
+void RunContext::note_module(const std::string& name, const std::string& file, const std::string& rel,
+                             const std::string& source) {
+  for (const auto& in : inputs)
+    if (in.value("module", "") == name) return;
+  inputs.push_back({{"path", file}, {"module", name}, {"copy", "lua/" + rel}, {"size", source.size()},
+                    {"fingerprint", fingerprint_of(source)}});
+  if (run_dir.empty()) return;
+  const std::string dst = run_dir + "/lua/" + rel;
+  make_dirs(dst.substr(0, dst.find_last_of('/')));
+  write_file_atomic(dst, source);
+  write_run_json("running");
+}
+
 void RunContext::record(const std::string& key, json value) {
+  finite_json(value);
   results[key] = std::move(value);
   if (!run_dir.empty()) write_file_atomic(run_dir + "/results.json", dump(results));
 }
 
 void RunContext::log(json event) {
   if (run_dir.empty()) return;
+  finite_json(event);
   if (!event.contains("time")) event["time"] = elapsed();
   const std::string line = event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   const std::string path = run_dir + "/log.jsonl";
@@ -75,9 +117,19 @@ void RunContext::write_run_json(const std::string& status, const std::string& er
   j["git_commit"] = QFORGE_GIT_COMMIT;
   j["recipe"] = recipe_path;
   j["recipe_copy"] = run_dir + "/recipe.lua";
+  j["recipe_fingerprint"] = recipe_fingerprint;
+  if (!rerun_of.empty()) {
+    j["rerun_of"] = rerun_of;
+    if (!rerun_differences.empty()) j["rerun_forced_over"] = rerun_differences;
+  }
   j["argv"] = argv;
+  j["args"] = args;  // the key=value arguments the recipe ran with (for a rerun: every resolved option)
   j["seed"] = seed;
   j["threads"] = threads;
+  // main() defaults OMP_WAIT_POLICY to PASSIVE (re-executing itself) unless the user set it.
+  const char* wp = getenv("OMP_WAIT_POLICY");
+  j["omp_wait_policy"] = wp ? wp : "";
+  j["omp_wait_policy_source"] = getenv("QFORGE_DEFAULT_WAIT_POLICY") ? "qforge default" : wp ? "environment" : "unset";
   j["hostname"] = hostname();
   char cwd[PATH_MAX];
   j["cwd"] = getcwd(cwd, sizeof cwd) ? std::string(cwd) : std::string();
@@ -105,17 +157,11 @@ static std::string self_exe() {
 
 void RunContext::write_rerun_sh() const {
   if (run_dir.empty()) return;
-  char cwd[PATH_MAX];
   std::string s = "#!/bin/sh\n";
-  s += "# Reruns this run's recipe copy with the same options. Usage: rerun.sh [OUT_DIR]\n";
-  s += "# (default OUT_DIR: this directory's name + -rerun-<timestamp>)\n";
-  s += "cd " + shell_quote(getcwd(cwd, sizeof cwd) ? cwd : ".") + " || exit 1\n";
-  s += "default=" + shell_quote(run_dir) + "-rerun-$(date +%Y%m%d-%H%M%S)\n";
-  s += "exec " + shell_quote(self_exe()) + " run " + shell_quote(run_dir + "/recipe.lua");
-  for (const auto& [k, v] : cli) s += " " + shell_quote(k + "=" + v);
-  s += " " + shell_quote("seed=" + std::to_string(seed));
-  if (threads_given) s += " " + shell_quote("threads=" + std::to_string(threads));
-  s += " \"out=${1:-$default}\"\n";
+  s += "# Reruns this run with 'qforge rerun': every resolved option, the recorded threads, after\n";
+  s += "# checking the binary's commit and every input's fingerprint. Usage: rerun.sh [OUT_DIR] [--force]\n";
+  s += "case \"${1:-}\" in \"\"|*=*|-*) ;; *) o=\"$1\"; shift; set -- \"out=$o\" \"$@\" ;; esac\n";
+  s += "exec " + shell_quote(self_exe()) + " rerun \"$(cd \"$(dirname \"$0\")\" && pwd)\" \"$@\"\n";
   const std::string path = run_dir + "/rerun.sh";
   write_file_atomic(path, s);
   chmod(path.c_str(), 0755);
@@ -147,6 +193,62 @@ static std::string make_run_dir(const std::string& out, const std::string& recip
   return abs;
 }
 
+// ---- require of local modules --------------------------------------------------------
+// package.searchers[2] (after preload, before package.path): a module beside the recipe, or in
+// RUN_DIR/lua when the recipe is a run directory's copy. The source that is loaded is the one
+// copied into the run directory, so the copy is exactly what ran.
+static int search_local(lua_State* L) {
+  const std::string name = check_str(L, 1, "require");
+  RunContext* ctx = run_context(L);
+  if (!ctx || ctx->module_root.empty()) {
+    lua_pushliteral(L, "\n\tno recipe directory");
+    return 1;
+  }
+  std::string rel = name;
+  for (char& c : rel)
+    if (c == '.') c = '/';
+  std::string tried, file, used;
+  const std::string cands[2] = {rel + ".lua", rel + "/init.lua"};
+  for (const std::string& cand : cands) {
+    const std::string f = ctx->module_root + "/" + cand;
+    struct stat st{};
+    if (stat(f.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      file = f;
+      used = cand;
+      break;
+    }
+    tried += "\n\tno file '" + f + "'";
+  }
+  if (file.empty()) {
+    push_str(L, tried);
+    return 1;
+  }
+  const std::string source = read_file(file);
+  if (luaL_loadbufferx(L, source.data(), source.size(), ("@" + file).c_str(), "t") != LUA_OK)
+    fail("error loading module '", name, "' from file '", file, "':\n\t", lua_tostring(L, -1));
+  ctx->note_module(name, file, used, source);
+  push_str(L, file);
+  return 2;
+}
+
+static void install_local_searcher(lua_State* L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  const lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = n; i >= 2; --i) {  // shift searchers[2..n] up by one
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushcfunction(L, qf_guard<search_local>);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+}
+
+static std::string dir_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
 // ---- the message handler: message + traceback ----------------------------------------
 static int msghandler(lua_State* L) {
   const char* msg = lua_tostring(L, 1);
@@ -174,6 +276,7 @@ int run_recipe(const RunArgs& a) {
   ctx.recipe_path = a.recipe;
   ctx.recipe_name = a.recipe.substr(a.recipe.find_last_of('/') == std::string::npos ? 0 : a.recipe.find_last_of('/') + 1);
   ctx.argv = a.argv;
+  ctx.args = a.kv;
   ctx.help = a.help;
   ctx.start_time = time_str("%Y-%m-%dT%H:%M:%SZ", true);
 
@@ -203,6 +306,15 @@ int run_recipe(const RunArgs& a) {
   if (!path_exists(a.recipe) || is_directory(a.recipe))
     return usage_error("recipe file '" + a.recipe + "' not found");
   const std::string source = read_file(a.recipe);
+  ctx.recipe_fingerprint = fingerprint_of(source);
+  ctx.rerun_of = a.rerun_of;
+  ctx.rerun_differences = a.rerun_differences;
+  {
+    // Local modules: beside the recipe, or a run directory's lua/ for its recipe.lua copy.
+    const std::string dir = abs_path(dir_of(a.recipe));
+    const bool run_copy = ctx.recipe_name == "recipe.lua" && path_exists(dir + "/run.json");
+    ctx.module_root = run_copy ? dir + "/lua" : dir;
+  }
 
   if (ctx.threads <= 0) ctx.threads = omp_get_num_procs();
   omp_set_num_threads(ctx.threads);
@@ -225,6 +337,7 @@ int run_recipe(const RunArgs& a) {
   luaL_requiref(L, "qforge", luaopen_qforge, 1);  // package.loaded.qforge and global qforge
   lua_setglobal(L, "qf");
   set_run_context(L, &ctx);
+  install_local_searcher(L);
 
   // arg: arg[0] = recipe, arg[1..n] = key=value arguments, arg[-1] = "run", arg[-2] = qforge
   lua_createtable(L, (int)a.kv.size(), 3);
@@ -284,6 +397,107 @@ int run_recipe(const RunArgs& a) {
     std::cerr << "qforge: run directory " << ctx.run_dir << " (status error)\n";
   }
   return 1;
+}
+
+// ---- qforge rerun ----------------------------------------------------------------------
+static json read_json_file(const std::string& path) {
+  json j = json::parse(read_file(path), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("'", path, "' is not a JSON object");
+  return j;
+}
+
+static std::string option_arg(const std::string& k, const json& v) {
+  if (v.is_string()) return k + "=" + v.get<std::string>();
+  if (v.is_boolean()) return k + "=" + (v.get<bool>() ? "true" : "false");
+  if (v.is_number()) return k + "=" + v.dump();  // shortest text that reads back to the same double
+  fail("options.json: option '", k, "' has a value of JSON type ", v.type_name(), " (expected a string, number or boolean)");
+}
+
+static int rerun_usage_error(const std::string& msg) {
+  std::cerr << "qforge: error: " << msg << "\nusage: qforge rerun RUN_DIR [out=DIR] [--force]\n";
+  return 2;
+}
+
+int rerun(const RerunArgs& a) {
+  std::string dir = a.run_dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (!is_directory(dir)) return rerun_usage_error("run directory '" + dir + "' not found");
+  dir = abs_path(dir);
+  for (const char* f : {"run.json", "options.json", "recipe.lua"})
+    if (!path_exists(dir + "/" + f)) return rerun_usage_error("'" + dir + "' is not a run directory (no " + f + ")");
+  const json run = read_json_file(dir + "/run.json");
+  const json opts = read_json_file(dir + "/options.json");
+
+  // Every check before any work; each difference is printed.
+  std::vector<std::string> diffs;
+  const std::string commit = run.value("git_commit", "");
+  if (commit != QFORGE_GIT_COMMIT)
+    diffs.push_back("git commit: the run used " + (commit.empty() ? std::string("(none recorded)") : commit) +
+                    ", this binary is " + QFORGE_GIT_COMMIT);
+  else if (commit.find("-dirty") != std::string::npos || commit == "unknown")
+    std::cerr << "qforge: warning: commit '" << commit << "' does not identify the code exactly (uncommitted changes)\n";
+  const std::string rfp = run.value("recipe_fingerprint", "");
+  const std::string recipe = dir + "/recipe.lua";
+  if (!rfp.empty() && file_fingerprint(recipe) != rfp)
+    diffs.push_back("recipe '" + recipe + "': fingerprint " + file_fingerprint(recipe) + ", recorded " + rfp);
+  const std::string cwd = run.value("cwd", "");
+  const bool cwd_ok = !cwd.empty() && is_directory(cwd);
+  if (!cwd_ok) diffs.push_back("working directory '" + cwd + "' of the run no longer exists");
+  if (run.contains("inputs") && run["inputs"].is_array())
+    for (const json& in : run["inputs"]) {
+      if (!in.is_object() || in.value("in_run_dir", false)) continue;
+      const std::string path = in.value("path", ""), want = in.value("fingerprint", "");
+      // A module runs from its copy in the run directory; other inputs from the recorded cwd.
+      std::string file = in.contains("copy") ? dir + "/" + in.value("copy", "") : path;
+      if (!in.contains("copy") && !file.empty() && file[0] != '/' && cwd_ok) file = cwd + "/" + file;
+      std::string what = in.contains("module") ? "module '" + in.value("module", "") + "' (" + file + ")" : "input '" + path + "'";
+      struct stat st{};
+      if (stat(file.c_str(), &st) != 0) {
+        diffs.push_back(what + ": missing");
+        continue;
+      }
+      if (!S_ISREG(st.st_mode)) {
+        diffs.push_back(what + ": not a regular file");
+        continue;
+      }
+      const std::string now = file_fingerprint(file);
+      if (now != want)
+        diffs.push_back(what + ": fingerprint " + now + " (" + std::to_string((int64_t)st.st_size) + " bytes), recorded " +
+                        want + " (" + (in.contains("size") ? in["size"].dump() : std::string("?")) + " bytes)");
+    }
+
+  if (!diffs.empty()) {
+    std::cerr << "qforge: rerun of " << dir << ": " << diffs.size() << " difference" << (diffs.size() == 1 ? "" : "s")
+              << " from the recorded run:\n";
+    for (const std::string& d : diffs) std::cerr << "  " << d << "\n";
+    if (!a.force) {
+      std::cerr << "qforge: error: refusing to rerun (add --force to run anyway)\n";
+      return 1;
+    }
+    std::cerr << "qforge: --force: rerunning anyway\n";
+  }
+
+  RunArgs ra;
+  ra.recipe = recipe;
+  ra.argv = a.argv;
+  ra.rerun_of = dir;
+  ra.rerun_differences = diffs;
+  for (const auto& [k, v] : opts.items())
+    if (k != "out" && k != "threads") ra.kv.push_back(option_arg(k, v));
+  if (run.contains("threads") && run["threads"].is_number_integer() && run["threads"].get<int64_t>() > 0)
+    ra.kv.push_back("threads=" + std::to_string(run["threads"].get<int64_t>()));
+  // out= is taken from where the command was typed; the run itself starts in the recorded cwd.
+  std::string out = a.out.empty() ? dir + "-rerun-" + time_str("%Y%m%d-%H%M%S", false) : a.out;
+  if (out[0] != '/') {
+    char here[PATH_MAX];
+    if (getcwd(here, sizeof here)) out = std::string(here) + "/" + out;
+  }
+  ra.kv.push_back("out=" + out);
+  if (cwd_ok && chdir(cwd.c_str()) != 0) fail("cannot change to the run's working directory '", cwd, "'");
+  std::cerr << "qforge: rerunning " << dir << " from " << (cwd_ok ? cwd : std::string("the current directory")) << ":";
+  for (const std::string& kv : ra.kv) std::cerr << " " << kv;
+  std::cerr << "\n";
+  return run_recipe(ra);
 }
 
 }  // namespace qf::lua

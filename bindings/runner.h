@@ -1,7 +1,8 @@
 // qforge — running a recipe: the run directory, its records, and `qforge run`.
 //
-// A run directory holds recipe.lua (copy of the source), options.json, run.json,
-// results.json, log.jsonl and rerun.sh. The RunContext lives for one `qforge run`; the
+// A run directory holds recipe.lua (copy of the source), lua/ (copies of the local modules
+// it required), options.json (every resolved option and the seed), run.json (commit, threads,
+// inputs with fingerprints), results.json, log.jsonl and rerun.sh (calls `qforge rerun`). The RunContext lives for one `qforge run`; the
 // Lua functions reach it through the registry (run_context). Outside `qforge run`
 // (e.g. a test opening the module in its own lua_State) there is no context.
 #pragma once
@@ -21,6 +22,7 @@ struct RunContext {
   std::string recipe_name;  // basename, e.g. "eval.lua"
   std::string run_dir;      // absolute; empty under --help (nothing is written)
   std::vector<std::string> argv;
+  std::vector<std::string> args;  // key=value arguments (a rerun's are generated)
   std::vector<std::pair<std::string, std::string>> cli;  // recipe key=value pairs, in order
   std::string out_arg;      // out= as given ("" when defaulted)
   bool help = false;
@@ -32,12 +34,18 @@ struct RunContext {
   nlohmann::json options = nlohmann::json::object();  // resolved by qf.options
   nlohmann::json results = nlohmann::json::object();
   nlohmann::json inputs = nlohmann::json::array();
+  std::string recipe_fingerprint;
+  std::string module_root;  // absolute directory `require` searches first (the recipe's, or RUN_DIR/lua)
+  std::string rerun_of;     // `qforge rerun`: the run directory rerun
+  std::vector<std::string> rerun_differences;  // what differed (a --force rerun)
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   std::string start_time;   // ISO-8601 UTC
 
   double elapsed() const;
   // Records a file read through qf (path, size, fingerprint) once in run.json's inputs.
   void note_input(const std::string& path);
+  // A local module loaded by `require`: copied to RUN_DIR/lua/<rel> and noted with its fingerprint.
+  void note_module(const std::string& name, const std::string& file, const std::string& rel, const std::string& source);
   void record(const std::string& key, nlohmann::json value);  // results.json, atomically
   void log(nlohmann::json event);                             // one line of log.jsonl
   void write_run_json(const std::string& status, const std::string& error = "") const;
@@ -53,9 +61,23 @@ struct RunArgs {
   std::vector<std::string> kv;  // "key=value" arguments after the recipe
   bool help = false;            // --help after the recipe
   std::vector<std::string> argv;
+  std::string rerun_of;  // set by rerun()
+  std::vector<std::string> rerun_differences;
 };
 
 // Runs a recipe; returns the process exit code (0 ok, 1 recipe error, 2 usage error).
 int run_recipe(const RunArgs& args);
+
+// `qforge rerun RUN_DIR [out=DIR] [--force]`: reruns RUN_DIR/recipe.lua with every option of
+// RUN_DIR/options.json and the recorded threads, from the recorded working directory, after
+// checking the binary's commit and every input's fingerprint against RUN_DIR/run.json.
+// A difference is printed and refused (exit 1) unless force.
+struct RerunArgs {
+  std::string run_dir;
+  std::string out;
+  bool force = false;
+  std::vector<std::string> argv;
+};
+int rerun(const RerunArgs& args);
 
 }  // namespace qf::lua

@@ -54,6 +54,7 @@ static bool has_gguf_magic(const std::string& path) {
 
 ModelFiles resolve_model_files(const std::string& path) {
   if (!path_exists(path)) fail("model path '", path, "' does not exist");
+  if (!is_directory(path)) check_regular_file(path);  // never open a FIFO or a device
   ModelFiles f;
   // qforge's own format: a safetensors file whose metadata has qforge_format (or a directory
   // without config.json holding one as model.safetensors). Its tokenizer travels inside.

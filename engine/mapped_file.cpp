@@ -9,11 +9,13 @@
 #include <cstring>
 
 #include "error.h"
+#include "io.h"
 
 namespace qf {
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  check_regular_file(path);  // a FIFO would block the open, a device never ends
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK);
   if (fd < 0) fail("cannot open file '", path, "': ", std::strerror(errno));
   struct stat st{};
   if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {

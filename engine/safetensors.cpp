@@ -1,5 +1,7 @@
 #include "safetensors.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -130,6 +132,8 @@ SafetensorsFile safetensors_parse(std::shared_ptr<MappedFile> file) {
 SafetensorsFile safetensors_open(const std::string& path) { return safetensors_parse(MappedFile::open(path)); }
 
 bool safetensors_peek_metadata(const std::string& path, std::map<std::string, std::string>* md) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;  // never open a FIFO
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return false;
   bool ok = false;
