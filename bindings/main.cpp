@@ -1,5 +1,5 @@
 // qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge version`, `qforge help`.
-// Exit codes: 0 ok, 1 the recipe failed, 2 usage error.
+// Exit codes: 0 ok, 1 the run failed, 2 usage or option error (see kRunUsage).
 #include <exception>
 #include <iostream>
 #include <string>
@@ -16,6 +16,8 @@ static const char* kUsage =
     "  version                          print the version and git commit\n"
     "  help                             print this help\n"
     "\n"
+    "exit codes: 0 ok, 1 the run failed, 2 usage or option error (before any work)\n"
+    "\n"
     "The Lua API is documented in docs/lua_api.md.\n";
 
 static const char* kRunUsage =
@@ -30,7 +32,13 @@ static const char* kRunUsage =
     "  threads=N    OpenMP threads (default: all cores)\n"
     "\n"
     "The run directory receives recipe.lua, options.json, run.json, results.json,\n"
-    "log.jsonl and rerun.sh.\n";
+    "log.jsonl and rerun.sh.\n"
+    "\n"
+    "exit codes:\n"
+    "  0  ok (also --help)\n"
+    "  1  the run failed (an error while working: bad model file, a solver failure, ...)\n"
+    "  2  usage or option error: unknown command or option, an option value out of its\n"
+    "     range, options that contradict each other; found before any work is done\n";
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);

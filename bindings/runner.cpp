@@ -261,9 +261,11 @@ int run_recipe(const RunArgs& a) {
               << ctx.recipe_name << " declares no options (it never calls qf.options).\n";
     return 0;
   }
-  if (rc == LUA_OK && !ctx.options_declared && !ctx.cli.empty())
+  if (rc == LUA_OK && !ctx.options_declared && !ctx.cli.empty()) {
     err = "option '" + ctx.cli[0].first + "' given but recipe " + ctx.recipe_name +
           " declared no options (it never calls qf.options)";
+    ctx.option_error = err;
+  }
 
   if (!ctx.options_declared && !ctx.help)
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
@@ -283,7 +285,9 @@ int run_recipe(const RunArgs& a) {
     ctx.write_rerun_sh();
     std::cerr << "qforge: run directory " << ctx.run_dir << " (status error)\n";
   }
-  return 1;
+  // An option error (qf.options, qf.option_error) is a usage error: exit 2, whoever raised it.
+  // It counts only if the run ended with it (not one a recipe caught and moved past).
+  return !ctx.option_error.empty() && msg.find(ctx.option_error) != std::string::npos ? 2 : 1;
 }
 
 }  // namespace qf::lua

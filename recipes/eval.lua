@@ -9,8 +9,8 @@ local opt = qf.options({
 }, {
   model = "model directory or checkpoint file",
   text = "text file to score",
-  seqlen = "window length in tokens (0 = the model's seq_len)",
-  max_windows = "score at most this many windows (0 = all)",
+  seqlen = { "window length in tokens (0 = the model's seq_len)", min = 2, also = { 0 } },
+  max_windows = { "score at most this many windows (0 = all)", min = 0 },
   lazy = "convert each block from the file when it is used (streams models larger than RAM-for-f32)",
 })
 

@@ -203,5 +203,5 @@ TEST_CASE("perplexity protocol: window count, scored tokens, bad options") {
                        doctest::Contains("fewer than one window"), Error);
   toks[5] = 9999;
   o.seqlen = 256;
-  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("token id 9999 at position 5"), Error);
+  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("token id 9999 at position 6"), Error);
 }
