@@ -2,6 +2,7 @@
 // qf.run_dir, qf.version, qf.seed, qf.now, qf.threads, plus the tensor and model functions.
 #include <omp.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -111,28 +112,29 @@ static std::string num_str(double x) {
   return buf;
 }
 
-// "1..8", "> 0 and < 1", "-1 or >= 1", "one of w, rtn, gptq" (empty: anything of the type).
-static std::string accepted_str(const OptDecl& d) {
+// "1..8", "> 0 and < 1", "-1 or >= 1", "one of w, rtn, gptq" (empty: anything of the type); with
+// `typed`, as a message says it: "an integer in 1..8", "-1 or an integer >= 1", "a finite number > 0".
+static std::string accepted_str(const OptDecl& d, bool typed = false) {
   if (!d.choices.empty()) {
     std::string s = "one of ";
     for (size_t i = 0; i < d.choices.size(); ++i) s += (i ? ", " : "") + value_str(d.choices[i]);
     return s;
   }
+  std::vector<std::string> parts;
+  if (d.has_min && d.has_max) parts.push_back((typed ? "in " : "") + num_str(d.min) + ".." + num_str(d.max));
+  else if (d.has_min) parts.push_back(">= " + num_str(d.min));
+  else if (d.has_max) parts.push_back("<= " + num_str(d.max));
+  if (d.has_gt) parts.push_back("> " + num_str(d.gt));
+  if (d.has_lt) parts.push_back("< " + num_str(d.lt));
+  if (d.has_min && d.has_max) {  // keep "1..8" first, then any exclusive bound
+  } else if (d.has_max && !d.has_min && (d.has_gt || d.has_lt)) {
+    std::rotate(parts.begin(), parts.begin() + 1, parts.end());  // "> 0 and <= 8"
+  }
   std::string r;
-  if (d.has_min && d.has_max) r = num_str(d.min) + ".." + num_str(d.max);
-  else {
-    std::vector<std::string> parts;
-    if (d.has_min) parts.push_back(">= " + num_str(d.min));
-    if (d.has_gt) parts.push_back("> " + num_str(d.gt));
-    if (d.has_max) parts.push_back("<= " + num_str(d.max));
-    if (d.has_lt) parts.push_back("< " + num_str(d.lt));
-    for (size_t i = 0; i < parts.size(); ++i) r += (i ? " and " : "") + parts[i];
-  }
-  if (d.has_min && d.has_max && (d.has_gt || d.has_lt)) {
-    if (d.has_gt) r += " and > " + num_str(d.gt);
-    if (d.has_lt) r += " and < " + num_str(d.lt);
-  }
-  if (!r.empty() && !d.also.empty()) {
+  for (size_t i = 0; i < parts.size(); ++i) r += (i ? " and " : "") + parts[i];
+  if (r.empty()) return r;
+  if (typed) r = std::string(d.type == OptType::Int ? "an integer " : "a finite number ") + r;
+  if (!d.also.empty()) {
     std::string a;
     for (double x : d.also) a += num_str(x) + " or ";
     r = a + r;
@@ -188,7 +190,7 @@ static void validate(RunContext* ctx, const std::string& name, const OptDecl& d,
   for (double a : d.also)
     if (x == a) return;
   const bool ok = (!d.has_min || x >= d.min) && (!d.has_max || x <= d.max) && (!d.has_gt || x > d.gt) && (!d.has_lt || x < d.lt);
-  if (!ok) option_fail(ctx, "option '" + name + "' must be " + accepted_str(d) + ", got " + value_str(v));
+  if (!ok) option_fail(ctx, "option '" + name + "' must be " + accepted_str(d, true) + ", got " + value_str(v));
 }
 
 static void push_json_scalar(lua_State* L, const json& v) {

@@ -479,8 +479,8 @@ static int f_calibration(lua_State* L) {
   const bool fp_chain = opt_field_bool(L, 1, "fp_chain", fn, true);
   const std::vector<int32_t> windows = draw_windows(tokens, o);
   LCal c{model, std::make_shared<Calibration>(*model, windows, o.nsamples, o.seqlen, fp_chain)};
-  std::fprintf(stderr, "calibration: %d windows x %d tokens (seed %llu, tokens [%lld, %lld) of %zu), %.1f MB of block activations\n",
-               o.nsamples, o.seqlen, (unsigned long long)o.seed, (long long)o.begin, (long long)(o.end < 0 ? (int64_t)tokens.size() : o.end),
+  std::fprintf(stderr, "calibration: %d windows x %d tokens (seed %llu, tokens [%lld, %lld] of %zu, 1-based), %.1f MB of block activations\n",
+               o.nsamples, o.seqlen, (unsigned long long)o.seed, (long long)o.begin + 1, (long long)(o.end < 0 ? (int64_t)tokens.size() : o.end),
                tokens.size(), c.cal->memory_bytes() / 1e6);
   new_udata<LCal>(L, kCalMT, std::move(c));
   return 1;

@@ -24,82 +24,82 @@ opt_err() {
   local what="$recipe $*"
   expect_rc "$what" 2
   expect_in "$what" stderr "$want"
-  if grep -qE "calibration tokens|^block [0-9]+/|full-precision statistics|dual ascent" "$WORK/stderr" "$WORK/stdout"; then
+  if grep -qE "calibration tokens|^calibration: |^block [0-9]+/|full-precision statistics|dual ascent" "$WORK/stderr" "$WORK/stdout"; then
     bad "$what: work started before the option error"
   else ok; fi
 }
 
 # ---- item 14: every option of the pipeline and of every recipe ------------------------------
-opt_err rtn.lua "option 'bits' must be 1..8, got 0" bits=0
-opt_err rtn.lua "option 'bits' must be 1..8, got 9" bits=9
+opt_err rtn.lua "option 'bits' must be an integer in 1..8, got 0" bits=0
+opt_err rtn.lua "option 'bits' must be an integer in 1..8, got 9" bits=9
 opt_err rtn.lua "option 'bits' expects an integer, got '3.5'" bits=3.5
-opt_err rtn.lua "option 'group' must be -1 or >= 1, got 0" group=0
-opt_err rtn.lua "option 'group' must be -1 or >= 1, got -2" group=-2
+opt_err rtn.lua "option 'group' must be -1 or an integer >= 1, got 0" group=0
+opt_err rtn.lua "option 'group' must be -1 or an integer >= 1, got -2" group=-2
 opt_err rtn.lua "option 'sym' expects a boolean" sym=maybe
-opt_err rtn.lua "option 'nsamples' must be >= 1, got 0" nsamples=0
-opt_err rtn.lua "option 'nsamples' must be >= 1, got -4" nsamples=-4
-opt_err rtn.lua "option 'seqlen' must be >= 1, got 0" seqlen=0
+opt_err rtn.lua "option 'nsamples' must be an integer >= 1, got 0" nsamples=0
+opt_err rtn.lua "option 'nsamples' must be an integer >= 1, got -4" nsamples=-4
+opt_err rtn.lua "option 'seqlen' must be an integer >= 1, got 0" seqlen=0
 opt_err rtn.lua "option 'seqlen': 600 exceeds the model's context length 512" seqlen=600
-opt_err rtn.lua "option 'eval_seqlen' must be 0 or >= 2, got 1" eval_seqlen=1
+opt_err rtn.lua "option 'eval_seqlen' must be 0 or an integer >= 2, got 1" eval_seqlen=1
 opt_err rtn.lua "option 'eval_seqlen': 600 exceeds the model's context length 512" eval_seqlen=600
 opt_err rtn.lua "option 'calib_fraction' expects a finite number, got 'nan'" calib_fraction=nan
 opt_err rtn.lua "option 'calib_fraction' expects a finite number, got 'inf'" calib_fraction=inf
-opt_err rtn.lua "option 'calib_fraction' must be > 0 and < 1, got 0" calib_fraction=0
-opt_err rtn.lua "option 'calib_fraction' must be > 0 and < 1, got 1" calib_fraction=1
-opt_err rtn.lua "option 'calib_fraction' must be > 0 and < 1, got -0.5" calib_fraction=-0.5
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got 0" calib_fraction=0
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got 1" calib_fraction=1
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got -0.5" calib_fraction=-0.5
 opt_err rtn.lua "option 'calib_fraction': the first 0.0001 of" calib_fraction=0.0001
 opt_err rtn.lua "option 'eval_seqlen': the held-out tokens" calib_fraction=0.9999 eval_seqlen=512
-opt_err rtn.lua "option 'wiki_windows' must be >= 0, got -1" wiki_windows=-1
+opt_err rtn.lua "option 'wiki_windows' must be an integer >= 0, got -1" wiki_windows=-1
 opt_err rtn.lua "option 'wiki_text': cannot read" wiki_text=/nonexistent/wiki.txt
-opt_err rtn.lua "option 'ft_epochs' must be >= 1, got 0" ft_epochs=0
-opt_err rtn.lua "option 'ft_batch' must be >= 1, got 0" ft_batch=0
-opt_err rtn.lua "option 'ft_lr' must be >= 0, got -1" ft_lr=-1
+opt_err rtn.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
+opt_err rtn.lua "option 'ft_batch' must be an integer >= 1, got 0" ft_batch=0
+opt_err rtn.lua "option 'ft_lr' must be a finite number >= 0, got -1" ft_lr=-1
 opt_err rtn.lua "option 'ft_lr' expects a finite number" ft_lr=nan
 opt_err rtn.lua "option 'ft_params': unknown parameter group 'bogus'" finetune=true ft_params=bogus
 opt_err rtn.lua "unknown option 'bitz' for recipe rtn.lua" bitz=3
-opt_err gptq.lua "option 'blocksize' must be >= 1, got 0" blocksize=0
-opt_err gptq.lua "option 'percdamp' must be >= 0, got -0.1" percdamp=-0.1
+opt_err gptq.lua "option 'blocksize' must be an integer >= 1, got 0" blocksize=0
+opt_err gptq.lua "option 'percdamp' must be a finite number >= 0, got -0.1" percdamp=-0.1
 opt_err gptq.lua "option 'percdamp' expects a finite number" percdamp=inf
-opt_err quantease.lua "option 'iters' must be >= 1, got 0" iters=0
+opt_err quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
 opt_err quantease.lua "option 'init' must be one of w, rtn, gptq; got 'zero'" init=zero
-opt_err quantease.lua "option 'continuous_every' must be >= 0, got -1" continuous_every=-1
-opt_err quantease_outliers.lua "option 'ratio' must be >= 0 and < 1, got 1" ratio=1
-opt_err quantease_outliers.lua "option 'ratio' must be >= 0 and < 1, got -0.1" ratio=-0.1
-opt_err quantease_outliers.lua "option 'alpha' must be > 0, got 0" alpha=0
-opt_err quantease_outliers.lua "option 'iters' must be >= 1, got 0" iters=0
-opt_err custom_loop.lua "option 'rounds' must be >= 1, got 0" rounds=0
-opt_err custom_loop.lua "option 'sweeps' must be >= 1, got -1" sweeps=-1
-opt_err custom_loop.lua "option 'ratio' must be >= 0 and < 1, got 2" ratio=2
+opt_err quantease.lua "option 'continuous_every' must be an integer >= 0, got -1" continuous_every=-1
+opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
+opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got -0.1" ratio=-0.1
+opt_err quantease_outliers.lua "option 'alpha' must be a finite number > 0, got 0" alpha=0
+opt_err quantease_outliers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err custom_loop.lua "option 'rounds' must be an integer >= 1, got 0" rounds=0
+opt_err custom_loop.lua "option 'sweeps' must be an integer >= 1, got -1" sweeps=-1
+opt_err custom_loop.lua "option 'ratio' must be a finite number >= 0 and < 1, got 2" ratio=2
 opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got 'best'" apply=best
-opt_err compare_solvers.lua "option 'iters' must be >= 1, got 0" iters=0
-opt_err cvxq.lua "option 'cluster_rows' must be >= 1, got 0" cluster_rows=0
-opt_err cvxq.lua "option 'target_bits' must be > 0 and <= 8, got 0" target_bits=0
-opt_err cvxq.lua "option 'target_bits' must be > 0 and <= 8, got 9" target_bits=9
+opt_err compare_solvers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err cvxq.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
+opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 0" target_bits=0
+opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 9" target_bits=9
 opt_err cvxq.lua "option 'target_bits' expects a finite number, got 'nan'" target_bits=nan
 opt_err cvxq.lua "option 'target_bits': 5 exceeds bmax=4" target_bits=5 bmax=4
-opt_err cvxq.lua "option 'bmax' must be 1..8, got 0" bmax=0
+opt_err cvxq.lua "option 'bmax' must be an integer in 1..8, got 0" bmax=0
 opt_err cvxq.lua "option 'kind' must be one of compand, uniform; got 'laplace'" kind=laplace
 opt_err cvxq.lua "option 'sensitivity' must be one of gradient, proxy; got 'hessian'" sensitivity=hessian
-opt_err cvxq.lua "option 'pca' must be >= 1, got 0" pca=0
-opt_err cvxq.lua "option 'stride' must be >= 1, got 0" stride=0
-opt_err cvxq.lua "option 'grad_iters' must be >= 0, got -1" grad_iters=-1
+opt_err cvxq.lua "option 'pca' must be an integer >= 1, got 0" pca=0
+opt_err cvxq.lua "option 'stride' must be an integer >= 1, got 0" stride=0
+opt_err cvxq.lua "option 'grad_iters' must be an integer >= 0, got -1" grad_iters=-1
 opt_err cvxq.lua "option 'alloc_file'" alloc_file=/nonexistent/allocation.safetensors
 opt_err cvxq_quantease.lua "option 'solver' must be one of quantease, gptq; got 'rtn'" solver=rtn
-opt_err cvxq_quantease.lua "option 'iters' must be >= 1, got 0" iters=0
+opt_err cvxq_quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
 opt_err cvxq_quantease.lua "option 'init' must be one of w, rtn, gptq; got 'x'" init=x
-opt_err cvxq_quantease.lua "option 'cluster_rows' must be >= 1, got -3" cluster_rows=-3
-opt_err cvxq_quantease_outliers_ft.lua "option 'ratio' must be >= 0 and < 1, got 1" ratio=1
-opt_err cvxq_quantease_outliers_ft.lua "option 'cluster_rows' must be >= 1, got 0" cluster_rows=0
-opt_err cvxq_quantease_outliers_ft.lua "option 'ft_epochs' must be >= 1, got 0" ft_epochs=0
-opt_err decoupleq.lua "option 'iters' must be >= 1, got 0" iters=0
+opt_err cvxq_quantease.lua "option 'cluster_rows' must be an integer >= 1, got -3" cluster_rows=-3
+opt_err cvxq_quantease_outliers_ft.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
+opt_err cvxq_quantease_outliers_ft.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
+opt_err cvxq_quantease_outliers_ft.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
+opt_err decoupleq.lua "option 'iters' must be an integer >= 1, got 0" iters=0
 opt_err decoupleq.lua "option 'round' must be one of gptq, pgd; got 'nearest'" round=nearest
-opt_err decoupleq.lua "option 'pgd_lr' must be > 0, got 0" pgd_lr=0
-opt_err decoupleq.lua "option 'pgd_steps' must be >= 0, got -1" pgd_steps=-1
+opt_err decoupleq.lua "option 'pgd_lr' must be a finite number > 0, got 0" pgd_lr=0
+opt_err decoupleq.lua "option 'pgd_steps' must be an integer >= 0, got -1" pgd_steps=-1
 opt_err decoupleq.lua "option 'mse': does not apply to decoupleQ" mse=true
-opt_err eval_heldout.lua "option 'nsamples' must be >= 1, got 0" nsamples=0
-opt_err eval.lua "option 'seqlen' must be 0 or >= 2, got 1" seqlen=1
-opt_err eval.lua "option 'max_windows' must be >= 0, got -1" max_windows=-1
-opt_err zero_row.lua "option 'block' must be >= 1, got 0" block=0
+opt_err eval_heldout.lua "option 'nsamples' must be an integer >= 1, got 0" nsamples=0
+opt_err eval.lua "option 'seqlen' must be 0 or an integer >= 2, got 1" seqlen=1
+opt_err eval.lua "option 'max_windows' must be an integer >= 0, got -1" max_windows=-1
+opt_err zero_row.lua "option 'block' must be an integer >= 1, got 0" block=0
 opt_err zero_row.lua "option 'block': 99 is past the model's 5 blocks" block=99
 opt_err zero_row.lua "option 'row': 9999 is past the 64 rows of block 1 'q'" row=9999
 opt_err zero_row.lua "option 'linear' must be one of" linear=qq
@@ -176,6 +176,9 @@ outl=$(grep -A12 '"storage"' "$WORK/custom/results.json" | grep '"outliers"' | h
 if awk -v b="$bpw" -v c="$codes" -v o="$outl" 'BEGIN { exit !(c == 3 && o > 0.2 && o < 0.3 && b > 3.2 && b < 4.5) }'; then ok
 else bad "custom_loop realized bits: bits_per_weight=$bpw codes=$codes outliers=$outl (want 3 code bits + ~0.24 outliers + scales)"; fi
 expect_in "custom_loop storage line" stdout "unquantized 0.0000 [none]"
+# item 19: the calibration line's token range is 1-based, like the split line beside it
+expect_in "calibration range 1-based" stderr "tokens [1, "
+if grep -q "tokens \[0, " "$WORK/stderr"; then bad "a 0-based token range is printed"; else ok; fi
 
 # ---- item 4: an unquantized f32 model is 32 bits/weight, labelled f32 ----------------------
 run fp run recipes/eval_heldout.lua $FAST out="$WORK/fp"
@@ -184,7 +187,7 @@ expect_in "fp storage" stdout "storage 32.0000 bits/weight"
 expect_in "fp storage label" stdout "unquantized 32.0000 [f32]"
 
 # ---- item 21: the ETA counts the per-block capture/advance time ------------------------------
-run eta run recipes/rtn.lua $FAST nsamples=16 seqlen=256 out="$WORK/eta"
+run eta run recipes/rtn.lua nsamples=16 seqlen=256 eval_seqlen=64 wiki_windows=0 out="$WORK/eta"
 expect_rc "rtn.lua for the ETA" 0
 python3 - "$WORK/eta" <<'EOF' && ok || bad "ETA check (see above)"
 import json, sys
@@ -199,10 +202,10 @@ if not caps or "capture_seconds" not in layers[0]:
     print("no capture time logged"); sys.exit(1)
 # The formula, from the logged fields: remaining solves at the mean solve time, plus the per-block
 # overhead (capture, advance) of the rest of this block and of the blocks to come; in block 1 the
-# overhead per block is twice its capture (the advance is another forward of the block).
+# overhead per block is 1.5 times its capture (the advance: one more forward, no Σ).
 for i, e in enumerate(layers, 1):
     b = e["block"]
-    per = 2 * e["overhead_seconds"] if b == 1 else e["overhead_done"] / (b - 1)
+    per = 1.5 * e["overhead_seconds"] if b == 1 else e["overhead_done"] / (b - 1)
     left = max(0.0, per - (e["overhead_seconds"] - e["overhead_done"]))
     want = (nl - i) * e["solve_seconds"] / i + left + (nb - b) * per
     if abs(e["block_overhead"] - per) > 1e-9 * max(1, per) or abs(e["eta"] - want) > 1e-6 * max(1, want):
