@@ -45,6 +45,9 @@ end
 
 -- stats (P.fp_statistics) is needed only without grads (the proxy).
 function C.allocate(m, stats, opt, grads)
+  if math.type(opt.cluster_rows) ~= "integer" or opt.cluster_rows < 1 then
+    qf.option_error("cluster_rows", "must be an integer >= 1, got " .. tostring(opt.cluster_rows))
+  end
   local groups, keys, meta = {}, {}, {}
   for b = 1, m:nblocks() do
     for _, name in ipairs(m:linear_names()) do

@@ -133,4 +133,11 @@ do
   check_error(function() P.check_model_options({ seqlen = 64, eval_seqlen = 513 }, m) end, "option 'eval_seqlen': 513 exceeds")
 end
 
+H.section("C.allocate names a bad cluster_rows instead of dividing by zero")
+do
+  local C = require("qforge.cvxq")
+  local m = qf.load_model(MODEL)
+  check_error(function() C.allocate(m, nil, { target_bits = 3, cluster_rows = 0 }) end, "option 'cluster_rows': must be an integer >= 1, got 0")
+end
+
 H.summary()
