@@ -374,12 +374,23 @@ static int f_options(lua_State* L) {
 }
 
 // qf.option_error(name, msg): raises "option 'name': msg", which `qforge run` reports with exit
-// code 2 like every other option error (recipes' own cross-option checks).
-static int f_option_error(lua_State* L) {
+// code 2 like every other option error (recipes' own cross-option checks). The message carries no
+// file:line — it is about the command line, not the recipe's code.
+static int option_error_msg(lua_State* L) {  // pushes the message (records it in the run context)
   const std::string name = check_str(L, 1, "option_error"), msg = check_str(L, 2, "option_error");
   if (name.empty()) arg_error(L, 1, "option_error", "empty option name");
-  option_fail(run_context(L), "option '" + name + "': " + msg);
+  const std::string full = "option '" + name + "': " + msg;
+  if (RunContext* ctx = run_context(L)) ctx->option_error = full;
+  push_str(L, full);
+  return 1;
 }
+}  // namespace qf::lua
+// Plain C style on purpose: the C++ work is done (and destroyed) inside qf_guard before lua_error.
+static int f_option_error(lua_State* L) {
+  qf::lua::qf_guard<qf::lua::option_error_msg>(L);
+  return lua_error(L);
+}
+namespace qf::lua {
 
 // ---- run records ----------------------------------------------------------------------
 static RunContext& need_ctx(lua_State* L, const char* fn) {
@@ -480,7 +491,7 @@ int luaopen_qforge(lua_State* L) {
   register_embedded(L);
   using namespace qf::lua;
   static const luaL_Reg funcs[] = {
-      {"options", qf_guard<f_options>}, {"option_error", qf_guard<f_option_error>}, {"record", qf_guard<f_record>},   {"log", qf_guard<f_log>},
+      {"options", qf_guard<f_options>}, {"option_error", ::f_option_error}, {"record", qf_guard<f_record>},   {"log", qf_guard<f_log>},
       {"read_text", qf_guard<f_read_text>}, {"run_dir", qf_guard<f_run_dir>}, {"version", qf_guard<f_version>},
       {"seed", qf_guard<f_seed>},       {"now", qf_guard<f_now>},         {"threads", qf_guard<f_threads>},
       {nullptr, nullptr}};

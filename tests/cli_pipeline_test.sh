@@ -99,6 +99,7 @@ opt_err decoupleq.lua "option 'mse': does not apply to decoupleQ" mse=true
 opt_err eval_heldout.lua "option 'nsamples' must be an integer >= 1, got 0" nsamples=0
 opt_err eval.lua "option 'seqlen' must be 0 or an integer >= 2, got 1" seqlen=1
 opt_err eval.lua "option 'max_windows' must be an integer >= 0, got -1" max_windows=-1
+opt_err eval.lua "option 'seqlen': 600 exceeds the model's context length 512" seqlen=600
 opt_err zero_row.lua "option 'block' must be an integer >= 1, got 0" block=0
 opt_err zero_row.lua "option 'block': 99 is past the model's 5 blocks" block=99
 opt_err zero_row.lua "option 'row': 9999 is past the 64 rows of block 1 'q'" row=9999
@@ -148,6 +149,15 @@ for r in cvxq.lua cvxq_quantease.lua cvxq_quantease_outliers_ft.lua; do
   expect_in "$r --help: realized bits differ" stdout "realized bits/weight add scales"
 done
 expect_file_has "results.md: stories260K CVXQ uses 64-row clusters" docs/results.md "(64-row cluster × input column)"
+
+# ---- item 23: the docs say what solve gets and returns, ctx, P.grid, grid:spec(), copies; the
+# README lists every recipe ---------------------------------------------------------------------
+for r in recipes/*.lua; do
+  expect_file_has "README lists $r" README.md "\`$(basename "$r")\`"
+done
+for s in "solve(l)" "must return a \`QLinear\`" "\`W\` is a **copy**" "| \`ctx\` |" "| \`P.grid(opt)\` |" "| \`grid:spec()\` |" "copies: editing them does not change the grid"; do
+  expect_file_has "lua_api.md: $s" docs/lua_api.md "$s"
+done
 
 # ---- item 20: export options before any work -----------------------------------------------
 opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got 'onnx'" save="$WORK/m.onnx" save_format=onnx

@@ -479,7 +479,7 @@ TEST_CASE("head backward: final norm + classifier + mean cross-entropy") {
   report("head d final_norm", fd_check(rm.fnorm, hg.d_final_norm.to_vector(), L));
   report("head d classifier", fd_check(rm.cls, hg.d_classifier.to_vector(), L));
   targets[5] = 11;
-  CHECK_THROWS_WITH_AS(head_backward(m, to_tensor(x, {N, D}), targets), doctest::Contains("target 11 of row 5"), Error);
+  CHECK_THROWS_WITH_AS(head_backward(m, to_tensor(x, {N, D}), targets), doctest::Contains("target 11 of row 6"), Error);
 }
 
 TEST_CASE("model_loss_backward: full model against f64 finite differences") {
