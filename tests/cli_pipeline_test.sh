@@ -51,6 +51,8 @@ opt_err rtn.lua "option 'calib_fraction': the first 0.0001 of" calib_fraction=0.
 opt_err rtn.lua "option 'eval_seqlen': the held-out tokens" calib_fraction=0.9999 eval_seqlen=512
 opt_err rtn.lua "option 'wiki_windows' must be an integer >= 0, got -1" wiki_windows=-1
 opt_err rtn.lua "option 'wiki_text': cannot read" wiki_text=/nonexistent/wiki.txt
+opt_err rtn.lua "option 'model': cannot read '/nonexistent/model'" model=/nonexistent/model
+opt_err rtn.lua "option 'calib_text': cannot read" calib_text=/nonexistent/calib.txt
 opt_err rtn.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
 opt_err rtn.lua "option 'ft_batch' must be an integer >= 1, got 0" ft_batch=0
 opt_err rtn.lua "option 'ft_lr' must be a finite number >= 0, got -1" ft_lr=-1

@@ -184,11 +184,14 @@ function P.prepare(opt, fp_chain, grid)
   if grid.outliers == nil then grid.outliers = (opt.ratio or 0) > 0 end
   if grid.allocated == nil then grid.allocated = opt.target_bits ~= nil and opt.alloc ~= false end
   P.check_save(opt, grid)
-  if (opt.wiki_windows or 0) > 0 then
-    local f = io.open(opt.wiki_text, "rb")
-    if not f then qf.option_error("wiki_text", "cannot read '" .. opt.wiki_text .. "' (wiki_windows=0 skips it)") end
+  local function readable(name, extra)
+    local f = io.open(opt[name], "rb")
+    if not f then qf.option_error(name, "cannot read '" .. opt[name] .. "'" .. (extra or "")) end
     f:close()
   end
+  readable("model")
+  readable("calib_text")
+  if (opt.wiki_windows or 0) > 0 then readable("wiki_text", " (wiki_windows=0 skips it)") end
   local m = qf.load_model(opt.model)
   P.check_model_options(opt, m)
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
