@@ -426,7 +426,7 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   for (const std::string& name : req.linears) want[&blk.linear(name) - blk.linears.data()] = 1;
   bool any = req.norms;
   for (char w : want) any = any || w;
-  if (any && !g) fail("block_backward: gradients were requested for block ", layer, " but no BlockGrads was given");
+  if (any && !g) fail("block_backward: gradients were requested for block ", layer + 1, " but no BlockGrads was given");
   if (g) {
     *g = BlockGrads{};
     for (const Linear& l : blk.linears) g->names.push_back(l.name);
@@ -440,7 +440,7 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
     if (!want[i]) return;
     const Linear& l = blk.linears[i];
     if (l.bias.defined() && l.bias.numel() != l.out_features())
-      fail("linear '", l.name, "' of block ", layer, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
+      fail("linear '", l.name, "' of block ", layer + 1, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
     dyt_times_x(dy, x, g->dW[i], l.bias.defined() ? &g->db[i] : nullptr);
   };
   const Tensor x = x_.contiguous(), dy = dy_.contiguous();
