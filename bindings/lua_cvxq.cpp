@@ -281,18 +281,19 @@ static int c_gradient_statistics(lua_State* L) {
   return 1;
 }
 
-// m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, fp16 = (bits per weight
-// each), weights =, pruned_fraction =} over the block linears (storage.h's accounting).
+// m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, unquantized = (bits per
+// weight each), unquantized_dtype =, weights =, pruned_fraction =} over the block linears (storage.h).
 static int m_storage(lua_State* L) {
   const StorageBits s = model_storage(*check_model(L, 1, "storage").m);
   const double n = (double)std::max<int64_t>(s.weights, 1);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);
   set_field(L, "bits_per_weight", s.per_weight());
   set_field(L, "codes", s.codes / n);
   set_field(L, "params", s.params / n);
   set_field(L, "side", s.side / n);
   set_field(L, "outliers", s.outliers / n);
-  set_field(L, "fp16", s.fp16 / n);
+  set_field(L, "unquantized", s.unquantized / n);
+  set_field(L, "unquantized_dtype", std::string(s.unquantized_dtype()));
   set_field(L, "weights", s.weights);
   set_field(L, "pruned_fraction", (double)s.pruned / n);
   return 1;

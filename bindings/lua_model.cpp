@@ -207,6 +207,9 @@ static int m_forward(lua_State* L) {
     }
   }
   if (T == 0) fail("forward: no tokens");
+  // Positions past the context were never trained (RoPE); m:perplexity refuses them too.
+  if (T > m.cfg.seq_len)
+    fail("forward: a window of ", T, " tokens exceeds the model's context length ", m.cfg.seq_len, " (seq_len of '", m.source, "')");
   push_tensor(L, forward(m, tokens, B, T));
   return 1;
 }

@@ -2,6 +2,7 @@
 // qf.run_dir, qf.version, qf.seed, qf.now, qf.threads, plus the tensor and model functions.
 #include <omp.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -87,10 +88,16 @@ static json to_json(lua_State* L, int idx, const char* fn, int depth) {
 
 // ---- qf.options ---------------------------------------------------------------------
 enum class OptType { Int, Num, Bool, Str };
+// A declared option: its type (from the default), help, and the values it accepts
+// (declared in the help table as {"text", min=, max=, gt=, lt=, also={...}, choices={...}}).
 struct OptDecl {
   OptType type;
   json def;
   std::string help;
+  bool has_min = false, has_max = false, has_gt = false, has_lt = false;
+  double min = 0, max = 0, gt = 0, lt = 0;
+  std::vector<double> also;       // accepted besides the range (e.g. group = -1)
+  std::vector<json> choices;      // the only accepted values
 };
 
 static const char* opt_type_name(OptType t) {
@@ -105,20 +112,63 @@ static const char* opt_type_name(OptType t) {
 
 static std::string value_str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
-static json coerce(const std::string& name, const OptDecl& d, const std::string& v) {
+static std::string num_str(double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", x);
+  return buf;
+}
+
+// "1..8", "> 0 and < 1", "-1 or >= 1", "one of w, rtn, gptq" (empty: anything of the type); with
+// `typed`, as a message says it: "an integer in 1..8", "-1 or an integer >= 1", "a finite number > 0".
+static std::string accepted_str(const OptDecl& d, bool typed = false) {
+  if (!d.choices.empty()) {
+    std::string s = "one of ";
+    for (size_t i = 0; i < d.choices.size(); ++i) s += (i ? ", " : "") + value_str(d.choices[i]);
+    return s;
+  }
+  std::vector<std::string> parts;
+  if (d.has_min && d.has_max) parts.push_back((typed ? "in " : "") + num_str(d.min) + ".." + num_str(d.max));
+  else if (d.has_min) parts.push_back(">= " + num_str(d.min));
+  else if (d.has_max) parts.push_back("<= " + num_str(d.max));
+  if (d.has_gt) parts.push_back("> " + num_str(d.gt));
+  if (d.has_lt) parts.push_back("< " + num_str(d.lt));
+  if (d.has_min && d.has_max) {  // keep "1..8" first, then any exclusive bound
+  } else if (d.has_max && !d.has_min && (d.has_gt || d.has_lt)) {
+    std::rotate(parts.begin(), parts.begin() + 1, parts.end());  // "> 0 and <= 8"
+  }
+  std::string r;
+  for (size_t i = 0; i < parts.size(); ++i) r += (i ? " and " : "") + parts[i];
+  if (r.empty()) return r;
+  if (typed) r = std::string(d.type == OptType::Int ? "an integer " : "a finite number ") + r;
+  if (!d.also.empty()) {
+    std::string a;
+    for (double x : d.also) a += num_str(x) + " or ";
+    r = a + r;
+  }
+  return r;
+}
+
+// Raises an option error: the runner maps it to exit code 2 (RunContext::option_error).
+[[noreturn]] static void option_fail(RunContext* ctx, const std::string& msg) {
+  if (ctx) ctx->option_error = msg;
+  fail(msg);
+}
+
+static json coerce(RunContext* ctx, const std::string& name, const OptDecl& d, const std::string& v) {
   switch (d.type) {
     case OptType::Int: {
       int64_t x = 0;
       const char* b = v.data() + (!v.empty() && v[0] == '+' ? 1 : 0);
       auto [p, ec] = std::from_chars(b, v.data() + v.size(), x);
       if (ec != std::errc() || p != v.data() + v.size() || b == v.data() + v.size())
-        fail("option '", name, "' expects an integer, got '", v, "'");
+        option_fail(ctx, "option '" + name + "' expects an integer, got '" + v + "'");
       return x;
     }
     case OptType::Num: {
       char* end = nullptr;
       double x = v.empty() ? 0 : std::strtod(v.c_str(), &end);
-      if (v.empty() || *end) fail("option '", name, "' expects a number, got '", v, "'");
+      if (v.empty() || *end) option_fail(ctx, "option '" + name + "' expects a number, got '" + v + "'");
+      if (!std::isfinite(x)) option_fail(ctx, "option '" + name + "' expects a finite number, got '" + v + "'");
       return x;
     }
     case OptType::Bool: {
@@ -126,11 +176,27 @@ static json coerce(const std::string& name, const OptDecl& d, const std::string&
         if (strcasecmp(v.c_str(), t) == 0) return true;
       for (const char* f : {"false", "0", "no", "off"})
         if (strcasecmp(v.c_str(), f) == 0) return false;
-      fail("option '", name, "' expects a boolean (true/false, 1/0, yes/no, on/off), got '", v, "'");
+      option_fail(ctx, "option '" + name + "' expects a boolean (true/false, 1/0, yes/no, on/off), got '" + v + "'");
     }
     case OptType::Str: return v;
   }
   return v;
+}
+
+// The resolved value must be one the declaration accepts.
+static void validate(RunContext* ctx, const std::string& name, const OptDecl& d, const json& v) {
+  if (!d.choices.empty()) {
+    for (const json& c : d.choices)
+      if (c == v) return;
+    option_fail(ctx, "option '" + name + "' must be " + accepted_str(d) + "; got '" + value_str(v) + "'");
+  }
+  if (!v.is_number()) return;
+  const double x = v.get<double>();
+  if (!std::isfinite(x)) option_fail(ctx, "option '" + name + "' expects a finite number, got " + value_str(v));
+  for (double a : d.also)
+    if (x == a) return;
+  const bool ok = (!d.has_min || x >= d.min) && (!d.has_max || x <= d.max) && (!d.has_gt || x > d.gt) && (!d.has_lt || x < d.lt);
+  if (!ok) option_fail(ctx, "option '" + name + "' must be " + accepted_str(d, true) + ", got " + value_str(v));
 }
 
 static void push_json_scalar(lua_State* L, const json& v) {
@@ -150,17 +216,71 @@ static void print_help(const RunContext& ctx, const std::map<std::string, OptDec
     std::string lhs = k + " = " + value_str(d.def);
     const std::string type = std::string("(") + opt_type_name(d.type) + ")";
     os << "  " << lhs << std::string(w - lhs.size() + 2, ' ') << type;
-    if (!d.help.empty()) os << std::string(11 - type.size(), ' ') << d.help;
+    const std::string acc = accepted_str(d);
+    std::string help = d.help;
+    if (!acc.empty() && d.choices.empty()) help += std::string(help.empty() ? "" : " ") + "[" + acc + "]";
+    else if (!acc.empty() && help.find(value_str(d.choices[0])) == std::string::npos)
+      help += std::string(help.empty() ? "" : " ") + "[" + acc + "]";
+    if (!help.empty()) os << std::string(11 - type.size(), ' ') << help;
     os << "\n";
   }
   os << "\nrunner options (always accepted):\n"
      << "  out=DIR      run directory (default runs/<recipe>-<YYYYmmdd-HHMMSS>)\n"
      << "  seed=N       the run's seed, qf.seed() (default 0)\n"
      << "  threads=N    OpenMP threads (default: all cores; idle threads sleep, OMP_WAIT_POLICY=PASSIVE,\n"
-     << "               unless OMP_WAIT_POLICY is set)\n";
+     << "               unless OMP_WAIT_POLICY is set)\n"
+     << "\nexit codes: 0 ok, 1 the run failed, 2 usage or option error (nothing was computed)\n";
 }
 
-// qf.options{ name = default, ... } [, { name = "help" }] -> resolved table
+// One help entry at the top of the stack: a string, or {"text", min=, max=, gt=, lt=, also=, choices=}.
+static void read_decl(lua_State* L, const std::string& name, OptDecl& d) {
+  const int t = lua_gettop(L);
+  if (lua_type(L, t) == LUA_TSTRING) {
+    d.help = lua_tostring(L, t);
+    return;
+  }
+  if (lua_type(L, t) != LUA_TTABLE) fail("qf.options: help of option '", name, "' must be a string or a table");
+  const auto bad = [&](const std::string& what) { fail("qf.options: option '", name, "': ", what); };
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const int kt = lua_type(L, -2);
+    std::string key = kt == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (kt == LUA_TNUMBER && lua_isinteger(L, -2) && lua_tointeger(L, -2) == 1) {
+      if (lua_type(L, -1) != LUA_TSTRING) bad("help text [1] must be a string");
+      d.help = lua_tostring(L, -1);
+    } else if (key == "min" || key == "max" || key == "gt" || key == "lt") {
+      if (lua_type(L, -1) != LUA_TNUMBER) bad("'" + key + "' must be a number");
+      if (d.type != OptType::Int && d.type != OptType::Num) bad("'" + key + "' applies to number options");
+      const double x = lua_tonumber(L, -1);
+      if (key == "min") d.has_min = true, d.min = x;
+      else if (key == "max") d.has_max = true, d.max = x;
+      else if (key == "gt") d.has_gt = true, d.gt = x;
+      else d.has_lt = true, d.lt = x;
+    } else if (key == "also" || key == "choices") {
+      if (lua_type(L, -1) != LUA_TTABLE) bad("'" + key + "' must be a list");
+      const int lt = lua_gettop(L);
+      for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, lt); ++i) {
+        lua_rawgeti(L, lt, i);
+        if (key == "also") {
+          if (lua_type(L, -1) != LUA_TNUMBER) bad("'also' lists numbers");
+          d.also.push_back(lua_tonumber(L, -1));
+        } else if (d.type == OptType::Str && lua_type(L, -1) == LUA_TSTRING) {
+          d.choices.push_back(std::string(lua_tostring(L, -1)));
+        } else if (d.type == OptType::Int && lua_isinteger(L, -1)) {
+          d.choices.push_back((int64_t)lua_tointeger(L, -1));
+        } else {
+          bad("'choices' lists values of the option's type (" + std::string(opt_type_name(d.type)) + ")");
+        }
+        lua_pop(L, 1);
+      }
+    } else {
+      bad("unknown declaration key (known: [1] = help, min, max, gt, lt, also, choices)");
+    }
+    lua_pop(L, 1);
+  }
+}
+
+// qf.options{ name = default, ... } [, { name = "help" | {"help", min=, ...} }] -> resolved table
 static int f_options(lua_State* L) {
   check_table(L, 1, "options");
   if (!is_none_or_nil(L, 2)) check_table(L, 2, "options");
@@ -178,11 +298,11 @@ static int f_options(lua_State* L) {
     OptDecl d;
     switch (lua_type(L, -1)) {
       case LUA_TNUMBER:
-        if (lua_isinteger(L, -1)) d = {OptType::Int, (int64_t)lua_tointeger(L, -1), ""};
-        else d = {OptType::Num, lua_tonumber(L, -1), ""};
+        if (lua_isinteger(L, -1)) d.type = OptType::Int, d.def = (int64_t)lua_tointeger(L, -1);
+        else d.type = OptType::Num, d.def = lua_tonumber(L, -1);
         break;
-      case LUA_TBOOLEAN: d = {OptType::Bool, (bool)lua_toboolean(L, -1), ""}; break;
-      case LUA_TSTRING: d = {OptType::Str, std::string(lua_tostring(L, -1)), ""}; break;
+      case LUA_TBOOLEAN: d.type = OptType::Bool, d.def = (bool)lua_toboolean(L, -1); break;
+      case LUA_TSTRING: d.type = OptType::Str, d.def = std::string(lua_tostring(L, -1)); break;
       default: {
         std::string t = luaL_typename(L, -1);
         lua_pop(L, 2);
@@ -199,13 +319,12 @@ static int f_options(lua_State* L) {
     lua_pushnil(L);
     while (lua_next(L, 2)) {
       std::string name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      std::string help = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-      lua_pop(L, 1);
       if (!decl.count(name)) {
-        lua_pop(L, 1);
+        lua_pop(L, 2);
         fail("qf.options: help given for undeclared option '", name, "'");
       }
-      decl[name].help = help;
+      read_decl(L, name, decl[name]);
+      lua_pop(L, 1);
     }
   }
 
@@ -222,11 +341,14 @@ static int f_options(lua_State* L) {
       if (it == decl.end()) {
         std::string known;
         for (const auto& [k2, d2] : decl) known += (known.empty() ? "" : ", ") + k2;
-        fail("unknown option '", k, "' for recipe ", ctx->recipe_name, " (known: ", known.empty() ? "none" : known,
-             "; runner: out, seed, threads)");
+        option_fail(ctx, "unknown option '" + k + "' for recipe " + ctx->recipe_name + " (known: " +
+                             (known.empty() ? "none" : known) + "; runner: out, seed, threads)");
       }
-      val[k] = coerce(k, it->second, v);
+      val[k] = coerce(ctx, k, it->second, v);
     }
+  }
+  for (const auto& [k, d] : decl) validate(ctx, k, d, val[k]);
+  if (ctx) {
     if (decl.count("seed")) {
       if (ctx->seed_given) val["seed"] = ctx->seed;
       ctx->seed = val["seed"].get<int64_t>();
@@ -257,6 +379,25 @@ static int f_options(lua_State* L) {
   }
   return 1;
 }
+
+// qf.option_error(name, msg): raises "option 'name': msg", which `qforge run` reports with exit
+// code 2 like every other option error (recipes' own cross-option checks). The message carries no
+// file:line — it is about the command line, not the recipe's code.
+static int option_error_msg(lua_State* L) {  // pushes the message (records it in the run context)
+  const std::string name = check_str(L, 1, "option_error"), msg = check_str(L, 2, "option_error");
+  if (name.empty()) arg_error(L, 1, "option_error", "empty option name");
+  const std::string full = "option '" + name + "': " + msg;
+  if (RunContext* ctx = run_context(L)) ctx->option_error = full;
+  push_str(L, full);
+  return 1;
+}
+}  // namespace qf::lua
+// Plain C style on purpose: the C++ work is done (and destroyed) inside qf_guard before lua_error.
+static int f_option_error(lua_State* L) {
+  qf::lua::qf_guard<qf::lua::option_error_msg>(L);
+  return lua_error(L);
+}
+namespace qf::lua {
 
 // ---- run records ----------------------------------------------------------------------
 static RunContext& need_ctx(lua_State* L, const char* fn) {
@@ -365,7 +506,7 @@ int luaopen_qforge(lua_State* L) {
   using namespace qf::lua;
   lua_newtable(L);
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
-            {{"options", qf_guard<f_options>, 2}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
+            {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
              {"read_text", qf_guard<f_read_text>, 1}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
              {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
   open_tensor(L, -1);

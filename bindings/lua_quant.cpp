@@ -3,6 +3,7 @@
 //   qf.quantease_outliers, qf.objective, qf.calibration.
 // Userdata: qforge.Grid (fitted params), qforge.QLinear (codes + grid + outliers),
 // qforge.Calibration (the sequential block pipeline).
+#include <cmath>
 #include <cstdio>
 
 #include "calibration.h"
@@ -88,7 +89,10 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   try {
     s.validate();
   } catch (const Error& e) {
-    fail(fn, ": ", e.what());
+    // validate's messages start with "grid: "; qf.grid{} keeps them as they are (no "grid: grid:").
+    const std::string msg = e.what(), pre = std::string(fn) + ": ";
+    if (msg.rfind(pre, 0) == 0) throw;
+    fail(fn, ": ", msg);
   }
   return s;
 }
@@ -214,9 +218,31 @@ static int g_spec(lua_State* L) {
   push_spec(L, check_grid(L, 1, "spec").spec);
   return 1;
 }
-static int g_quantize(lua_State* L) {  // grid:quantize(W) -> QLinear (round every weight onto this grid)
+// grid:quantize(W [, outliers]) -> QLinear: rounds every weight of W onto this grid; the nonzero
+// entries of the dense tensor `outliers` (same shape) become the QLinear's sparse outliers, so
+// q:dequantize() = grid values + outliers (a solver that keeps Ŵ = on-grid part + sparse part).
+static int g_quantize(lua_State* L) {
   const Grid& g = check_grid(L, 1, "quantize");
-  push_qlin(L, quantize_to_grid(check_tensor(L, 2, "quantize"), g));
+  QuantizedLinear q = quantize_to_grid(check_tensor(L, 2, "quantize"), g);
+  if (!is_none_or_nil(L, 3)) {
+    const Tensor& H = check_tensor(L, 3, "quantize");
+    if (H.dtype() != DType::F32) fail("quantize: outliers tensor has dtype ", dtype_name(H.dtype()), ", expected f32");
+    if (H.dim() != 2 || H.size(0) != g.rows || H.size(1) != g.cols)
+      fail("quantize: outliers ", shape_str(H.shape()), " do not match the grid's [", g.rows, ", ", g.cols, "]");
+    const Tensor Hc = H.contiguous();
+    const float* h = Hc.f32();
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t c = 0; c < g.cols; ++c) {
+        const float v = h[r * g.cols + c];
+        if (!std::isfinite(v)) fail("quantize: outlier at row ", r + 1, ", column ", c + 1, " is not finite (", v, ")");
+        if (v != 0.f) {
+          q.outliers.row.push_back((int32_t)r);
+          q.outliers.col.push_back((int32_t)c);
+          q.outliers.val.push_back(v);
+        }
+      }
+  }
+  push_qlin(L, std::move(q));
   return 1;
 }
 static int g_tostring(lua_State* L) {
@@ -453,8 +479,8 @@ static int f_calibration(lua_State* L) {
   const bool fp_chain = opt_field_bool(L, 1, "fp_chain", fn, true);
   const std::vector<int32_t> windows = draw_windows(tokens, o);
   LCal c{model, std::make_shared<Calibration>(*model, windows, o.nsamples, o.seqlen, fp_chain)};
-  std::fprintf(stderr, "calibration: %d windows x %d tokens (seed %llu, tokens [%lld, %lld) of %zu), %.1f MB of block activations\n",
-               o.nsamples, o.seqlen, (unsigned long long)o.seed, (long long)o.begin, (long long)(o.end < 0 ? (int64_t)tokens.size() : o.end),
+  std::fprintf(stderr, "calibration: %d windows x %d tokens (seed %llu, tokens [%lld, %lld] of %zu, 1-based), %.1f MB of block activations\n",
+               o.nsamples, o.seqlen, (unsigned long long)o.seed, (long long)o.begin + 1, (long long)(o.end < 0 ? (int64_t)tokens.size() : o.end),
                tokens.size(), c.cal->memory_bytes() / 1e6);
   new_udata<LCal>(L, kCalMT, std::move(c));
   return 1;

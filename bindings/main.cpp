@@ -1,6 +1,6 @@
 // qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge rerun RUN_DIR`,
 // `qforge version`, `qforge help`.
-// Exit codes: 0 ok, 1 the recipe failed, 2 usage error.
+// Exit codes: 0 ok, 1 the run failed (or a rerun was refused), 2 usage or option error (see kRunUsage).
 #include <exception>
 #include <iostream>
 #include <string>
@@ -21,6 +21,8 @@ static const char* kUsage =
     "  version                          print the version and git commit\n"
     "  help                             print this help\n"
     "\n"
+    "exit codes: 0 ok, 1 the run failed, 2 usage or option error (before any work)\n"
+    "\n"
     "The Lua API is documented in docs/lua_api.md.\n";
 
 static const char* kRunUsage =
@@ -40,7 +42,13 @@ static const char* kRunUsage =
     "\n"
     "The run directory receives recipe.lua, lua/ (local modules it required), options.json\n"
     "(every resolved option), run.json, results.json, log.jsonl and rerun.sh\n"
-    "(= qforge rerun RUN_DIR).\n";
+    "(= qforge rerun RUN_DIR).\n"
+    "\n"
+    "exit codes:\n"
+    "  0  ok (also --help)\n"
+    "  1  the run failed (an error while working: bad model file, a solver failure, ...)\n"
+    "  2  usage or option error: unknown command or option, an option value out of its\n"
+    "     range, options that contradict each other; found before any work is done\n";
 
 int main(int argc, char** argv) {
   qf::default_passive_wait(argv);  // before any OpenMP use; see omp_wait.h

@@ -374,9 +374,11 @@ int run_recipe(const RunArgs& a) {
               << ctx.recipe_name << " declares no options (it never calls qf.options).\n";
     return 0;
   }
-  if (rc == LUA_OK && !ctx.options_declared && !ctx.cli.empty())
+  if (rc == LUA_OK && !ctx.options_declared && !ctx.cli.empty()) {
     err = "option '" + ctx.cli[0].first + "' given but recipe " + ctx.recipe_name +
           " declared no options (it never calls qf.options)";
+    ctx.option_error = err;
+  }
 
   if (!ctx.options_declared && !ctx.help)
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
@@ -387,16 +389,21 @@ int run_recipe(const RunArgs& a) {
     std::cerr << "qforge: ok (" << ctx.elapsed() << " s), results in " << ctx.run_dir << "\n";
     return 0;
   }
-  std::cerr << "qforge: error: " << err << "\n";
   const size_t tb = err.find("\nstack traceback:");
-  const std::string msg = tb == std::string::npos ? err : err.substr(0, tb);
+  std::string msg = tb == std::string::npos ? err : err.substr(0, tb);
+  // An option error (qf.options, qf.option_error) is a usage error: exit 2, whoever raised it, shown
+  // as itself (no file:line, no traceback: it is about the command line). It counts only if the
+  // run ended with it (not one a recipe caught and moved past).
+  const bool option_error = !ctx.option_error.empty() && msg.find(ctx.option_error) != std::string::npos;
+  if (option_error) msg = ctx.option_error;
+  std::cerr << "qforge: error: " << (option_error ? msg : err) << "\n";
   if (!ctx.help) {
     ctx.log({{"event", "end"}, {"status", "error"}, {"error", msg}});
     ctx.write_run_json("error", msg);
     ctx.write_rerun_sh();
     std::cerr << "qforge: run directory " << ctx.run_dir << " (status error)\n";
   }
-  return 1;
+  return option_error ? 2 : 1;
 }
 
 // ---- qforge rerun ----------------------------------------------------------------------

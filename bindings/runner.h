@@ -40,6 +40,7 @@ struct RunContext {
   std::vector<std::string> rerun_differences;  // what differed (a --force rerun)
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   std::string start_time;   // ISO-8601 UTC
+  std::string option_error;  // message of the last option error raised (qf.options, qf.option_error): exit code 2
 
   double elapsed() const;
   // Records a file read through qf (path, size, fingerprint) once in run.json's inputs.
@@ -65,7 +66,7 @@ struct RunArgs {
   std::vector<std::string> rerun_differences;
 };
 
-// Runs a recipe; returns the process exit code (0 ok, 1 recipe error, 2 usage error).
+// Runs a recipe; returns the process exit code (0 ok, 1 the run failed, 2 usage or option error).
 int run_recipe(const RunArgs& args);
 
 // `qforge rerun RUN_DIR [out=DIR] [--force]`: reruns RUN_DIR/recipe.lua with every option of

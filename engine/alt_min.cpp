@@ -509,7 +509,7 @@ AffineFit alt_min_fit_affine(const Tensor& W, const Tensor& Sigma, const Tensor&
   std::vector<char> ok((size_t)P.r, 0), damped((size_t)P.r, 0);
   for_chunks(P, [&](int64_t r0, int64_t n) { chunk_fit(P, cv.data(), r0, n, f.s.data(), f.z.data(), ok.data(), damped.data()); });
   for (int64_t i = 0; i < P.r; ++i) {
-    if (!ok[(size_t)i]) fail(fn, ": the normal equations of row ", i, " could not be solved even with damping");
+    if (!ok[(size_t)i]) fail(fn, ": the normal equations of row ", i + 1, " could not be solved even with damping");
     f.damped_rows += damped[(size_t)i];
   }
   return f;

@@ -298,7 +298,7 @@ void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx_, Tenso
   const float* dp = dx.f32();
   for (size_t i = 0; i < tokens.size(); ++i) {  // token order: repeated ids add up deterministically
     if (tokens[i] < 0 || tokens[i] >= V)
-      fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", V, ")");
+      fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
     float* row = ep + (int64_t)tokens[i] * D;
     for (int64_t j = 0; j < D; ++j) row[j] += dp[(int64_t)i * D + j];
   }
@@ -317,7 +317,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   int64_t scored = 0;
   for (int64_t i = 0; i < N; ++i) {
     if (targets[i] < -1 || targets[i] >= V)
-      fail("head_backward: target ", targets[i], " of row ", i, " is outside the vocabulary [0, ", V, ") (−1 skips a row)");
+      fail("head_backward: target ", targets[i], " of row ", i + 1, " is outside the vocabulary [0, ", V, ") (−1 skips a row)");
     scored += targets[i] >= 0;
   }
   if (scored == 0) fail("head_backward: no row has a target");
@@ -411,7 +411,7 @@ const Tensor& BlockGrads::weight(const std::string& name) const {
 Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T, const Tensor& dy_, BlockGrads* g,
                       const BlockGradRequest& req) {
   const ModelConfig& c = m.cfg;
-  if (layer < 0 || layer >= m.n_blocks()) fail("block_backward: block index ", layer, " out of range (model has ", m.n_blocks(), " blocks)");
+  if (layer < 0 || layer >= m.n_blocks()) fail("block_backward: block ", layer + 1, " out of range (model has ", m.n_blocks(), " blocks, numbered from 1)");
   if (B <= 0 || T <= 0) fail("block_backward: B = ", B, ", T = ", T, " must be positive");
   const int64_t N = (int64_t)B * T;
   check_2d(x_, c.dim, "block_backward input");
@@ -426,7 +426,7 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   for (const std::string& name : req.linears) want[&blk.linear(name) - blk.linears.data()] = 1;
   bool any = req.norms;
   for (char w : want) any = any || w;
-  if (any && !g) fail("block_backward: gradients were requested for block ", layer, " but no BlockGrads was given");
+  if (any && !g) fail("block_backward: gradients were requested for block ", layer + 1, " but no BlockGrads was given");
   if (g) {
     *g = BlockGrads{};
     for (const Linear& l : blk.linears) g->names.push_back(l.name);
@@ -440,7 +440,7 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
     if (!want[i]) return;
     const Linear& l = blk.linears[i];
     if (l.bias.defined() && l.bias.numel() != l.out_features())
-      fail("linear '", l.name, "' of block ", layer, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
+      fail("linear '", l.name, "' of block ", layer + 1, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
     dyt_times_x(dy, x, g->dW[i], l.bias.defined() ? &g->db[i] : nullptr);
   };
   const Tensor x = x_.contiguous(), dy = dy_.contiguous();

@@ -13,9 +13,9 @@ std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const Cali
   if (opt.nsamples <= 0) fail("calibration: nsamples must be >= 1, got ", opt.nsamples);
   if (opt.seqlen <= 0) fail("calibration: seqlen must be >= 1, got ", opt.seqlen);
   if (opt.begin < 0 || end > n || opt.begin >= end)
-    fail("calibration: token range [", opt.begin, ", ", end, ") is not inside the ", n, " tokens of the text");
+    fail("calibration: token range [", opt.begin + 1, ", ", end, "] (1-based) is not inside the ", n, " tokens [1, ", n, "] of the text");
   if (end - opt.begin < opt.seqlen)
-    fail("calibration: token range [", opt.begin, ", ", end, ") holds ", end - opt.begin, " tokens, fewer than one window of ",
+    fail("calibration: token range [", opt.begin + 1, ", ", end, "] holds ", end - opt.begin, " tokens, fewer than one window of ",
          opt.seqlen);
   Rng rng(opt.seed);
   std::vector<int32_t> out;

@@ -173,8 +173,8 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
                      const float *a = dq.f32(), *x = W.f32();
                      for (int64_t k = 0; k < dq.numel(); ++k)
                        if (!(a[k] == x[k]))
-                         fail(what(b, l), ": the weight no longer equals its codes' dequantization (element [", k / l.in_features(), ", ",
-                              k % l.in_features(), "] is ", x[k], ", the codes give ", a[k], "); re-quantize or export gguf F16");
+                         fail(what(b, l), ": the weight no longer equals its codes' dequantization (element [", k / l.in_features() + 1, ", ",
+                              k % l.in_features() + 1, "] is ", x[k], ", the codes give ", a[k], "); re-quantize or export gguf F16");
                      int64_t be = 0, bb = 0;
                      quant_block_info(dtype, &be, &bb);
                      std::vector<uint8_t> row((size_t)(l.in_features() / be * bb));

@@ -89,18 +89,18 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
       if (g.ngroups != want_groups || (int64_t)g.g_idx.size() != g.cols)
         fail(lw, ": ", g.ngroups, " groups for ", g.cols, " columns of group size ", gs, " (GPTQ needs ceil(in/group) = ", want_groups, ")");
       for (int64_t j = 0; j < g.cols; ++j)
-        if (g.g_idx[j] < 0 || g.g_idx[j] >= g.ngroups) fail(lw, ": g_idx[", j, "] = ", g.g_idx[j], " is not a group");
+        if (g.g_idx[j] < 0 || g.g_idx[j] >= g.ngroups) fail(lw, ": g_idx of column ", j + 1, " = ", g.g_idx[j] + 1, " is not a group (1..", g.ngroups, ")");
       const int maxq = g.maxq();
       for (int64_t r = 0; r < g.rows; ++r)
         for (int64_t k = 0; k < g.ngroups; ++k) {
           const float z = g.z(r, k), s = g.s(r, k);
-          if (z != std::floor(z) || z < 0 || z > maxq) fail(lw, ": zero point ", z, " at row ", r, " group ", k, " is not an integer in [0, ", maxq, "]");
+          if (z != std::floor(z) || z < 0 || z > maxq) fail(lw, ": zero point ", z, " at row ", r + 1, " group ", k + 1, " is not an integer in [0, ", maxq, "]");
           if (z == 0)
-            fail(lw, ": zero point 0 at row ", r, " group ", k, ": GPTQ v1 stores zero-1 and cannot hold 0 (tools clamp it, moving the ",
+            fail(lw, ": zero point 0 at row ", r + 1, " group ", k + 1, ": GPTQ v1 stores zero-1 and cannot hold 0 (tools clamp it, moving the ",
                  "group by one step); use a symmetric grid or format 'qforge'");
           const float s16 = f16_to_f32(f32_to_f16(s));
           if (!(s > 0) || !(s16 > 0) || !std::isfinite(s16))
-            fail(lw, ": scale ", s, " at row ", r, " group ", k, " is not a positive float16 (", s16, ")");
+            fail(lw, ": scale ", s, " at row ", r + 1, " group ", k + 1, " is not a positive float16 (", s16, ")");
         }
       // The codes must still be what the weight holds (a recipe may have edited it since).
       const Tensor d = q.dequantize();
@@ -108,7 +108,7 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
       const float *dp = d.f32(), *wp = w.f32();
       for (int64_t i = 0; i < d.numel(); ++i)
         if (dp[i] != wp[i])
-          fail(lw, ": weight was edited after quantization (element [", i / g.cols, ", ", i % g.cols, "] is ", wp[i], ", its codes give ", dp[i],
+          fail(lw, ": weight was edited after quantization (element [", i / g.cols + 1, ", ", i % g.cols + 1, "] is ", wp[i], ", its codes give ", dp[i],
                "); re-quantize it or save with format 'hf'");
       out->push_back({&l, &q, b, hf_row_order(m, l.name, g.rows)});
     }

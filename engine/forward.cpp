@@ -208,7 +208,7 @@ Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
   Tensor x = Tensor::empty({(int64_t)tokens.size(), D});
   const Tensor E = m.tok_emb.contiguous();
   for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= V) fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", V, ")");
+    if (tokens[i] < 0 || tokens[i] >= V) fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
     std::memcpy(x.f32() + i * D, E.f32() + (int64_t)tokens[i] * D, D * sizeof(float));
   }
   return x;
@@ -224,7 +224,7 @@ static void add_inplace(Tensor& a, const Tensor& b) {
 
 Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
   const ModelConfig& c = m.cfg;
-  if (layer < 0 || layer >= (int)m.blocks.size()) fail("block index ", layer, " out of range (model has ", m.blocks.size(), " blocks)");
+  if (layer < 0 || layer >= (int)m.blocks.size()) fail("block ", layer + 1, " out of range (model has ", m.blocks.size(), " blocks, numbered from 1)");
   check_2d(x, c.dim, "block input");
   if (x.size(0) != (int64_t)B * T) fail("block input has ", x.size(0), " rows, expected B·T = ", (int64_t)B * T);
   const Block& blk = m.block(layer);

@@ -201,7 +201,7 @@ GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, 
   if (grid.ngroups < 1 || grid.scale.size() != np || grid.zero.size() != np || grid.g_idx.size() != (size_t)grid.cols)
     fail(fn, ": the grid's parameter arrays do not match its shape");
   for (int32_t g : grid.g_idx)
-    if (g < 0 || g >= grid.ngroups) fail(fn, ": g_idx holds group ", g, " outside 0..", grid.ngroups - 1);
+    if (g < 0 || g >= grid.ngroups) fail(fn, ": g_idx holds group ", g + 1, " outside 1..", grid.ngroups, " (1-based)");
   return gptq_impl(fn, W, Sigma, grid.spec, &grid, opt, log);
 }
 

@@ -245,11 +245,11 @@ static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float*
 void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
   if (block.dim() != 2 || block.size(0) != grid.rows)
     fail("grid: group block ", shape_str(block.shape()), " does not have ", grid.rows, " rows");
-  if (g < 0 || g >= grid.ngroups) fail("grid: group ", g, " out of range (", grid.ngroups, " groups)");
+  if (g < 0 || g >= grid.ngroups) fail("grid: group ", g + 1, " out of range (", grid.ngroups, " groups, numbered from 1)");
   const auto B = block.cmat();
   for (int64_t r = 0; r < grid.rows; ++r)
     for (int64_t c = 0; c < B.cols(); ++c)
-      if (!std::isfinite(B(r, c))) fail("grid: non-finite weight at row ", r, ", column ", c, " of group ", g);
+      if (!std::isfinite(B(r, c))) fail("grid: non-finite weight at row ", r + 1, ", column ", c + 1, " of group ", g + 1, " (1-based; the column counted within the group)");
   // One cell per (row group, g): a row's values in column order, rows of a row group pooled.
   const int64_t nrg = grid.nrowgroups();
   std::vector<std::vector<float>> cells((size_t)nrg);

@@ -59,7 +59,7 @@ Tensor& Block::norm(const std::string& name) {
 }
 
 const Block& Model::block(int i) const {
-  if (i < 0 || i >= (int)blocks.size()) fail("block ", i, " out of range (the model has ", blocks.size(), " blocks)");
+  if (i < 0 || i >= (int)blocks.size()) fail("block ", i + 1, " out of range (the model has ", blocks.size(), " blocks, numbered from 1)");
   if (!resident.empty() && resident[i] == 0) {
     blocks[i] = load_block(*src, i);
     resident[i] = 1;

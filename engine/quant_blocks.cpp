@@ -197,7 +197,7 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
   for (int64_t c0 = 0; c0 < g.cols; c0 += 32)
     for (int64_t c = c0; c < c0 + 32; ++c)
       if (g.g_idx[c] != g.g_idx[c0])
-        fail(what, ": columns ", c0, "..", c0 + 31, " (one ", dtype, " block) span groups ", g.g_idx[c0], " and ", g.g_idx[c],
+        fail(what, ": columns ", c0 + 1, "..", c0 + 32, " (one ", dtype, " block) span groups ", g.g_idx[c0] + 1, " and ", g.g_idx[c] + 1,
              " (grid ", g.spec.str(), g.spec.group > 0 && g.spec.group % 32 == 0 ? ", act-order g_idx" : "",
              "); GGUF blocks need groups of a multiple of 32 columns in natural order", fix);
   if (g.spec.kind != GridKind::Uniform)
@@ -207,7 +207,7 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
     for (int64_t k = 0; k < g.ngroups; ++k) {
       const float s = g.s(r, k), z = g.z(r, k);
       const int bits = g.bits_at(r, k), maxq = (1 << bits) - 1;
-      const std::string at = " at row " + std::to_string(r) + ", group " + std::to_string(k);
+      const std::string at = " at row " + std::to_string(r + 1) + ", group " + std::to_string(k + 1);
       if (bits == 0) fail(what, ": group pruned to its median (0 bits)", at, " has no ", dtype, " encoding", fix);
       if (dtype == "Q4_1" && maxq > 15) fail(what, ": ", bits, "-bit codes", at, " do not fit Q4_1's 4-bit codes", fix);
       if (!(std::isfinite(s) && z == std::nearbyint(z) && std::fabs(z) <= 256.f))
@@ -245,7 +245,7 @@ void encode_grid_row(const QuantizedLinear& q, int64_t row, const std::string& d
     int qv[32];
     for (int j = 0; j < 32; ++j) {
       const int code = c[32 * b + j];
-      if (code > maxq) fail(what, ": code ", code, " at row ", row, ", column ", 32 * b + j, " exceeds the grid's maxq ", maxq);
+      if (code > maxq) fail(what, ": code ", code, " at row ", row + 1, ", column ", 32 * b + j + 1, " exceeds the grid's maxq ", maxq);
       qv[j] = dtype == "Q8_0" ? code - (int)z : dtype == "Q4_0" ? code - (int)z + 8 : code;
     }
     wr_f16(blk, s);
@@ -262,7 +262,7 @@ void encode_grid_row(const QuantizedLinear& q, int64_t row, const std::string& d
     for (int j = 0; j < 32; ++j) {
       const float want = g.value(c[32 * b + j], row, grp);
       if (!(y[j] == want))
-        fail(what, ": ", dtype, " block at row ", row, ", column ", 32 * b + j, " decodes to ", y[j], ", the grid gives ", want,
+        fail(what, ": ", dtype, " block at row ", row + 1, ", column ", 32 * b + j + 1, " decodes to ", y[j], ", the grid gives ", want,
              " (not exactly representable)");
     }
   }

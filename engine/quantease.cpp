@@ -44,8 +44,8 @@ std::vector<int64_t> full_order(const std::vector<int64_t>& order, int64_t c, co
   p.reserve((size_t)c);
   for (size_t i = 0; i < order.size(); ++i) {
     const int64_t j = order[i];
-    if (j < 0 || j >= c) fail(fn, ": order[", i, "] = ", j, " is not a column index in 0..", c - 1);
-    if (seen[(size_t)j]) fail(fn, ": order lists column ", j, " twice");
+    if (j < 0 || j >= c) fail(fn, ": order entry ", i + 1, " = ", j + 1, " is not a column index in 1..", c, " (1-based)");
+    if (seen[(size_t)j]) fail(fn, ": order lists column ", j + 1, " twice (1-based)");
     seen[(size_t)j] = 1;
     p.push_back(j);
   }

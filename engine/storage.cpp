@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "half.h"
+
 namespace qf {
 
 StorageBits& StorageBits::operator+=(const StorageBits& o) {
@@ -10,10 +12,40 @@ StorageBits& StorageBits::operator+=(const StorageBits& o) {
   params += o.params;
   side += o.side;
   outliers += o.outliers;
-  fp16 += o.fp16;
+  unquantized += o.unquantized;
   weights += o.weights;
   pruned += o.pruned;
+  unq_f16 += o.unq_f16;
+  unq_bf16 += o.unq_bf16;
+  unq_f32 += o.unq_f32;
   return *this;
+}
+
+const char* StorageBits::unquantized_dtype() const {
+  const int kinds = (unq_f16 > 0) + (unq_bf16 > 0) + (unq_f32 > 0);
+  if (kinds == 0) return "none";
+  if (kinds > 1) return "mixed";
+  return unq_f16 ? "f16" : unq_bf16 ? "bf16" : "f32";
+}
+
+StorageBits unquantized_bits(const Tensor& weight) {
+  StorageBits s;
+  s.weights = weight.numel();
+  bool f16 = weight.dtype() == DType::F16, bf16 = weight.dtype() == DType::BF16;
+  if (weight.dtype() == DType::F32) {  // f32 in memory: 16 bits only if nothing would be lost
+    const Tensor w = weight.contiguous();
+    const float* p = w.f32();
+    f16 = bf16 = true;
+    for (int64_t i = 0; i < s.weights && (f16 || bf16); ++i) {
+      if (f16 && f16_to_f32(f32_to_f16(p[i])) != p[i]) f16 = false;
+      if (bf16 && bf16_to_f32(f32_to_bf16(p[i])) != p[i]) bf16 = false;
+    }
+  }
+  if (f16) s.unq_f16 = s.weights;
+  else if (bf16) s.unq_bf16 = s.weights;
+  else s.unq_f32 = s.weights;
+  s.unquantized = (f16 || bf16 ? 16.0 : 32.0) * (double)s.weights;
+  return s;
 }
 
 StorageBits storage_bits(const QuantizedLinear& q) {
@@ -44,10 +76,7 @@ StorageBits model_storage(const Model& m) {
       if (lin.quant) {
         t += storage_bits(*lin.quant);
       } else {
-        StorageBits f;
-        f.weights = lin.weight.numel();
-        f.fp16 = 16.0 * (double)f.weights;
-        t += f;
+        t += unquantized_bits(lin.weight);
       }
       if (lin.bias.defined()) t.params += 16.0 * (double)lin.bias.numel();  // e.g. added by bias correction
     }

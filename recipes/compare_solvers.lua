@@ -8,13 +8,12 @@
 --   qforge run recipes/compare_solvers.lua bits=3 group=-1 apply=gptq
 local P = require("qforge.pipeline")
 local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0 },
-  { apply = "which result advances the sequential chain: rtn | gptq | qe_w | qe_gptq | qe_out05 | qe_out1" })
+  { apply = { "which result advances the sequential chain: rtn | gptq | qe_w | qe_gptq | qe_out05 | qe_out1",
+              choices = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" } },
+    iters = { "QuantEase sweeps", min = 1 } })
 local methods = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" }
-local known = {}
-for _, k in ipairs(methods) do known[k] = true end
-if not known[opt.apply] then error("option apply: unknown method '" .. opt.apply .. "' (expected " .. table.concat(methods, ", ") .. ")") end
 
-local ctx = P.prepare(opt)
+local ctx = P.prepare(opt, nil, { outliers = opt.apply:match("^qe_out") ~= nil })
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local rows = {}

@@ -11,21 +11,21 @@
 local P = require("qforge.pipeline")
 local opt = P.options(P.finetune_options({ bits = 2, iters = 4, round = "gptq", shrink_search = true, percdamp = 0.01, act_order = false,
                         pgd_steps = 200, pgd_inner_steps = 5, pgd_lr = 0.02 },
-  { iters = "decoupleQ max_iter_num: the init (min/max + RTN, then GPTQ) counts as one, then iters-1 rounds",
-    round = "integer step: gptq (error feedback on the fixed grid) | pgd (projected Adam, round-and-freeze)",
+  { iters = { "decoupleQ max_iter_num: the init (min/max + RTN, then GPTQ) counts as one, then iters-1 rounds", min = 1 },
+    round = { "integer step: gptq (error feedback on the fixed grid) | pgd (projected Adam, round-and-freeze)", choices = { "gptq", "pgd" } },
     shrink_search = "first round: (s, z) from range-shrink factors scored by the Sigma-weighted loss",
-    percdamp = "GPTQ rounding damping (fraction of mean diag Sigma)", act_order = "GPTQ rounding in decreasing diag(Sigma) order",
-    pgd_steps = "round=pgd: Adam steps before rounding", pgd_inner_steps = "round=pgd: Adam steps after each column is frozen",
-    pgd_lr = "round=pgd: Adam step size in code units" }))
-if opt.mse then error("option 'mse' does not apply to decoupleQ (its (s, z) search is shrink_search)", 0) end
-if opt.f16_scales then error("option 'f16_scales' does not apply to decoupleQ (s and z are free floats)", 0) end
+    percdamp = { "GPTQ rounding damping (fraction of mean diag Sigma)", min = 0 }, act_order = "GPTQ rounding in decreasing diag(Sigma) order",
+    pgd_steps = { "round=pgd: Adam steps before rounding", min = 0 }, pgd_inner_steps = { "round=pgd: Adam steps after each column is frozen", min = 0 },
+    pgd_lr = { "round=pgd: Adam step size in code units", gt = 0 } }))
+if opt.mse then qf.option_error("mse", "does not apply to decoupleQ (its (s, z) search is shrink_search)") end
+if opt.f16_scales then qf.option_error("f16_scales", "does not apply to decoupleQ (s and z are free floats)") end
 
 local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, float_zero = true }
 local solve_opts = { iters = opt.iters, round = opt.round, shrink_search = opt.shrink_search, percdamp = opt.percdamp,
                      act_order = opt.act_order, pgd_steps = opt.pgd_steps, pgd_inner_steps = opt.pgd_inner_steps,
                      pgd_lr = opt.pgd_lr }
 qf.alt_min(qf.tensor{ { 0.5, -1 } }, qf.tensor{ { 1, 0 }, { 0, 1 } }, grid, solve_opts)  -- bad options fail now, not after calibration
-local ctx = P.prepare(opt)
+local ctx = P.prepare(opt, nil, { float_zero = true })
 print("grid: " .. tostring(grid))
 
 -- §7 step 4, the block stage (finetune=true): after a block's linears, freeze w_int and train the

@@ -9,8 +9,8 @@ local opt = qf.options({
 }, {
   model = "model directory or checkpoint file",
   text = "text file to score",
-  seqlen = "window length in tokens (0 = the model's seq_len)",
-  max_windows = "score at most this many windows (0 = all)",
+  seqlen = { "window length in tokens (0 = the model's seq_len)", min = 2, also = { 0 } },
+  max_windows = { "score at most this many windows (0 = all)", min = 0 },
   lazy = "convert each block from the file when it is used (streams models larger than RAM-for-f32)",
 })
 
@@ -19,6 +19,7 @@ local m = qf.load_model(opt.model, { lazy = opt.lazy })
 qf.record("load_seconds", qf.now() - t_load)
 print(string.format("loaded in %.2f s%s", qf.now() - t_load, opt.lazy and " (lazy)" or ""))
 local c = m:config()
+if opt.seqlen > c.seq_len then qf.option_error("seqlen", string.format("%d exceeds the model's context length %d", opt.seqlen, c.seq_len)) end
 print(string.format("model %s: %s, dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, seq_len %d",
   opt.model, c.arch, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len))
 print(string.format("params %d", m:n_params()))

@@ -3,7 +3,9 @@
 --   qforge run recipes/gptq.lua bits=3 act_order=true
 --   qforge run recipes/gptq.lua bits=2 finetune=true ft_lr=1e-3
 local P = require("qforge.pipeline")
-local opt = P.options(P.finetune_options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false }))
+local opt = P.options(P.finetune_options({ blocksize = 128, percdamp = 0.01, act_order = false, static_groups = false },
+  { blocksize = { "columns per lazy-batch block", min = 1 }, percdamp = { "damping: fraction of mean diag Sigma added", min = 0 },
+    act_order = "columns in decreasing diag(Sigma) order", static_groups = "fit the group grids before the sweep (with act_order)" }))
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))

@@ -8,13 +8,19 @@ local opt = qf.options({
   row = 1,
   max_windows = 8,
 }, {
-  block = "block number (1-based)",
-  linear = "linear name: q, k, v, o, gate, up, down (or wq..w3)",
-  row = "row (output feature) to zero, 1-based",
-  max_windows = "windows to score (0 = all)",
+  block = { "block number (1-based)", min = 1 },
+  linear = { "linear name: q, k, v, o, gate, up, down (or wq..w3)",
+             choices = { "q", "k", "v", "o", "gate", "up", "down", "wq", "wk", "wv", "wo", "w1", "w2", "w3" } },
+  row = { "row (output feature) to zero, 1-based", min = 1 },
+  max_windows = { "windows to score (0 = all)", min = 0 },
 })
 
 local m = qf.load_model(opt.model)
+-- The model decides the ranges of block and row: checked before the first perplexity.
+if opt.block > m:nblocks() then qf.option_error("block", string.format("%d is past the model's %d blocks", opt.block, m:nblocks())) end
+if opt.row > m:weight(opt.block, opt.linear):size(1) then
+  qf.option_error("row", string.format("%d is past the %d rows of block %d '%s'", opt.row, m:weight(opt.block, opt.linear):size(1), opt.block, opt.linear))
+end
 local text = qf.read_text(opt.text)
 local ppl_opts = { max_windows = opt.max_windows }
 

@@ -365,7 +365,7 @@ TEST_CASE("gptq export refuses what it cannot hold, naming block and linear") {
     Model m = base.clone();
     quantize_all(m, g4);
     m.block_mut(2).linear("up").weight.set({5, 7}, 0.125f);
-    refuses(m, {"block 3 linear 'up'", "edited after quantization", "[5, 7]"});
+    refuses(m, {"block 3 linear 'up'", "edited after quantization", "[6, 8]"});
   }
   {
     Model m = base.clone();
@@ -426,7 +426,7 @@ TEST_CASE("gptq export refuses what it cannot hold, naming block and linear") {
     q.grid.zero[2 * q.grid.ngroups + 1] = 0.f;  // row 2, group 1
     o.weight.copy_(q.dequantize());
     o.quant = std::make_shared<const QuantizedLinear>(q);
-    refuses(m, {"block 5 linear 'o'", "zero point 0 at row 2 group 1"});
+    refuses(m, {"block 5 linear 'o'", "zero point 0 at row 3 group 2"});
   }
   {
     Model m = base.clone();

@@ -203,5 +203,9 @@ TEST_CASE("perplexity protocol: window count, scored tokens, bad options") {
                        doctest::Contains("fewer than one window"), Error);
   toks[5] = 9999;
   o.seqlen = 256;
-  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("token id 9999 at position 5"), Error);
+  CHECK_THROWS_WITH_AS(perplexity(m, toks, o), doctest::Contains("token id 9999 at position 6"), Error);
+  // Blocks are numbered from 1 in messages (index 5 of a 5-block model is block 6).
+  CHECK_THROWS_WITH_AS(m.block(5), doctest::Contains("block 6 out of range (the model has 5 blocks, numbered from 1)"), Error);
+  const Tensor x = embed(m, std::vector<int32_t>(toks.begin(), toks.begin() + 4));
+  CHECK_THROWS_WITH_AS(block_forward(m, 5, x, 1, 4), doctest::Contains("block 6 out of range (model has 5 blocks, numbered from 1)"), Error);
 }

@@ -571,12 +571,12 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
   }
   SUBCASE("group 16: a 32-block spans two groups") {
     quant_one(m, 1, "k", gs(4, true, 16), 11);
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 2 linear 'k' (blk.1.attn_k.weight): columns 0..31 (one Q4_0 block) span groups 0 and 1"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 2 linear 'k' (blk.1.attn_k.weight): columns 1..32 (one Q4_0 block) span groups 1 and 2"), Error);
   }
   SUBCASE("5 bits do not fit 4-bit blocks") {
     quant_one(m, 0, "q", gs(5, true, 32), 11);
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): zero 16 at row 0, group 0 with codes 0..31"), Error);
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_1"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): 5-bit codes at row 0, group 0 do not fit Q4_1"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): zero 16 at row 1, group 1 with codes 0..31"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_1"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): 5-bit codes at row 1, group 1 do not fit Q4_1"), Error);
   }
   SUBCASE("asymmetric 4-bit is not Q4_0; asymmetric 8-bit is not Q8_0") {
     quant_one(m, 4, "gate", gs(4, false, 32), 7);
@@ -609,7 +609,7 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
     auto q = std::make_shared<QuantizedLinear>(quantize_to_grid(l.weight, g));
     l.weight = q->dequantize();
     l.quant = q;
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'up' (blk.0.ffn_up.weight): columns 0..31 (one Q4_0 block) span groups 1 and 0 (grid 4-bit sym g32, act-order g_idx)"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'up' (blk.0.ffn_up.weight): columns 1..32 (one Q4_0 block) span groups 2 and 1 (grid 4-bit sym g32, act-order g_idx)"), Error);
   }
   SUBCASE("companded grids and pruned (0-bit) groups cannot be stored") {
     GridSpec c = gs(4, false, 32);
@@ -622,7 +622,7 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
     z.group_bits.assign(64 * 2, 4);
     z.group_bits[1] = 0;  // row 0, group 1 pruned to its median
     quant_one(m2, 0, "q", z, 11);
-    CHECK_THROWS_WITH_AS(save_gguf(m2, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): group pruned to its median (0 bits) at row 0, group 1"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m2, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): group pruned to its median (0 bits) at row 1, group 2"), Error);
   }
   SUBCASE("outliers cannot be stored") {
     auto q = std::make_shared<QuantizedLinear>(*m.block(0).linear("o").quant);
@@ -635,7 +635,7 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
   }
   SUBCASE("weight edited after quantization") {
     m.block_mut(4).linear("v").weight.set({3, 5}, 0.123f);
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 5 linear 'v' (blk.4.attn_v.weight): the weight no longer equals its codes' dequantization (element [3, 5]"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 5 linear 'v' (blk.4.attn_v.weight): the weight no longer equals its codes' dequantization (element [4, 6]"), Error);
   }
   SUBCASE("unknown dtype") {
     CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q5_K"), doctest::Contains("dtype 'Q5_K' is not supported"), Error);

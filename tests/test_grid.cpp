@@ -246,7 +246,7 @@ TEST_CASE("bad specs and weights are errors naming the field") {
   CHECK_THROWS_WITH_AS(grid_fit(W, s), doctest::Contains("grid_points"), Error);
   Tensor Wn = W.clone();
   Wn.set({1, 5}, NAN);
-  CHECK_THROWS_WITH_AS(rtn(Wn, spec_of(4)), doctest::Contains("non-finite weight at row 1, column 5"), Error);
+  CHECK_THROWS_WITH_AS(rtn(Wn, spec_of(4)), doctest::Contains("non-finite weight at row 2, column 6 of group 1 (1-based"), Error);
   Wn.set({1, 5}, INFINITY);
   CHECK_THROWS_WITH_AS(grid_fit(Wn, spec_of(4, false, 4)), doctest::Contains("non-finite"), Error);
   CHECK_THROWS_WITH_AS(rtn(Tensor::empty({8}), spec_of(4)), doctest::Contains("2-d"), Error);

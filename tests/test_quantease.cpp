@@ -548,9 +548,9 @@ TEST_CASE("errors name the problem") {
   Tensor What2 = P.W.clone();
   CdSweepOptions o;
   o.order = {0, 3, 3};
-  CHECK_THROWS_WITH_AS(cd_sweep(P.W, P.S, What2, g, o), doctest::Contains("order lists column 3 twice"), Error);
+  CHECK_THROWS_WITH_AS(cd_sweep(P.W, P.S, What2, g, o), doctest::Contains("order lists column 4 twice (1-based)"), Error);
   o.order = {12};
-  CHECK_THROWS_WITH_AS(cd_sweep(P.W, P.S, What2, g, o), doctest::Contains("not a column index"), Error);
+  CHECK_THROWS_WITH_AS(cd_sweep(P.W, P.S, What2, g, o), doctest::Contains("order entry 1 = 13 is not a column index in 1..12"), Error);
   const Grid g2 = grid_fit(bad_w, sp);
   CHECK_THROWS_WITH_AS(cd_sweep(P.W, P.S, What2, g2, {}), doctest::Contains("grid is for [8, 11]"), Error);
 

@@ -1,5 +1,6 @@
 // Realized storage accounting (storage.h) against hand counts: per-channel and grouped uniform
 // grids, row clusters with mixed bits and pruned groups, outliers, unquantized linears and biases.
+#include <string>
 #include <doctest/doctest.h>
 
 #include "grid.h"
@@ -62,20 +63,34 @@ TEST_CASE("storage_bits: row clusters × columns with mixed bits and pruned grou
   CHECK(b.side == 9 * 4 + 5 * 2);  // 4-bit depth per group, ⌈log2 3⌉ = 2 bits of cluster index per row
 }
 
-TEST_CASE("model_storage: quantized linears, fp16 for the rest, biases") {
+TEST_CASE("model_storage: quantized linears, unquantized ones by what they hold, biases") {
   Model m = qf::test::tiny_model(3);
   const StorageBits fp = model_storage(m);
   int64_t n = 0;
   for (const Block& b : m.blocks)
     for (const Linear& l : b.linears) n += l.weight.numel();
   CHECK(fp.weights == n);
-  CHECK(fp.per_weight() == doctest::Approx(16.0));
+  // Random f32 weights are not f16-representable: 32 bits each, not the 16 an "fp16" label claimed.
+  CHECK(fp.per_weight() == doctest::Approx(32.0));
+  CHECK(std::string(fp.unquantized_dtype()) == "f32");
   Linear& q = m.blocks[1].linears[4];
   GridSpec s;
   s.bits = 2;
   q.quant = std::make_shared<QuantizedLinear>(quantize_to_grid(q.weight, grid_fit(q.weight, s)));
   q.bias = Tensor::zeros({q.out_features()});
   const StorageBits b = model_storage(m);
-  const double want = 16.0 * (n - q.weight.numel()) + 2.0 * q.weight.numel() + 32.0 * q.out_features() + 16.0 * q.out_features();
+  const double want = 32.0 * (n - q.weight.numel()) + 2.0 * q.weight.numel() + 32.0 * q.out_features() + 16.0 * q.out_features();
   CHECK(b.total() == doctest::Approx(want));
+  // An f32 weight whose values are all exact in f16 (e.g. loaded from an F16 file) counts 16 bits,
+  // one stored as bf16 too; both f16 and f32 linears present: "mixed".
+  Linear& h = m.blocks[0].linears[0];
+  h.weight = h.weight.to(DType::F16).to(DType::F32);
+  const StorageBits hs = unquantized_bits(h.weight);
+  CHECK(hs.unquantized == 16.0 * (double)h.weight.numel());
+  CHECK(std::string(hs.unquantized_dtype()) == "f16");
+  const StorageBits bs = unquantized_bits(m.blocks[0].linears[1].weight.to(DType::BF16));
+  CHECK(bs.unquantized == 16.0 * (double)bs.weights);
+  CHECK(std::string(bs.unquantized_dtype()) == "bf16");
+  CHECK(std::string(model_storage(m).unquantized_dtype()) == "mixed");
+  CHECK(model_storage(m).total() == doctest::Approx(want - 16.0 * (double)h.weight.numel()));
 }

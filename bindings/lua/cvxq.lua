@@ -1,6 +1,6 @@
 -- qforge.cvxq — CVXQ's bit allocation (algorithms.md §6) as plain Lua over the engine primitives.
 --   local C = require("qforge.cvxq")
---   local alloc = C.allocate(m, stats, {target_bits = 3, cluster_rows = 16})
+--   local alloc = C.allocate(m, stats, {target_bits = 3, cluster_rows = 64})
 --   alloc.layers["3.q"] = {row_groups = {...}, bits = Tensor[clusters, in], block=, name=}
 -- Groups are (row cluster × input column). Sensitivity G²: with `grads` (cal:gradient_statistics,
 -- CVXQ's own squared gradients of PCA-projected hidden states) the mean of the per-weight
@@ -15,10 +15,11 @@ C.SITES = SITES
 -- Recipe options of the sensitivity statistics; C.options(own, help) adds them to a recipe's own.
 local SENS = { sensitivity = "gradient", pca = 1024, stride = 128, grad_iters = 0, alloc_file = "" }
 local SENS_HELP = {
-  sensitivity = "gradient (CVXQ's squared gradients of PCA-projected hidden states) | proxy (diag Sigma, no backward pass)",
-  pca = "PCA components of the final hidden states (capped at the model width)",
-  stride = "gradient statistics: token positions every stride tokens",
-  grad_iters = "gradient statistics: calibration iterations (0: each window once)",
+  sensitivity = { "gradient (CVXQ's squared gradients of PCA-projected hidden states) | proxy (diag Sigma, no backward pass)",
+                  choices = { "gradient", "proxy" } },
+  pca = { "PCA components of the final hidden states (capped at the model width)", min = 1 },
+  stride = { "gradient statistics: token positions every stride tokens", min = 1 },
+  grad_iters = { "gradient statistics: calibration iterations (0: each window once)", min = 0 },
   alloc_file = "an allocation.safetensors saved by an earlier run: reuse it instead of statistics + dual ascent" }
 function C.options(own, help)
   for k, v in pairs(SENS) do own[k] = v end
@@ -29,7 +30,7 @@ end
 -- The gradient statistics of the full-precision model over cal's windows (nil for the proxy).
 local function check_sensitivity(opt)
   if opt.sensitivity ~= "gradient" and opt.sensitivity ~= "proxy" then
-    error("option 'sensitivity' must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"", 0)
+    qf.option_error("sensitivity", "must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"")
   end
 end
 
@@ -44,6 +45,9 @@ end
 
 -- stats (P.fp_statistics) is needed only without grads (the proxy).
 function C.allocate(m, stats, opt, grads)
+  if math.type(opt.cluster_rows) ~= "integer" or opt.cluster_rows < 1 then
+    qf.option_error("cluster_rows", "must be an integer >= 1, got " .. tostring(opt.cluster_rows))
+  end
   local groups, keys, meta = {}, {}, {}
   for b = 1, m:nblocks() do
     for _, name in ipairs(m:linear_names()) do
@@ -184,12 +188,15 @@ end
 -- model-dependent checks follow in C.load_allocation.
 function C.check_options(opt)
   check_sensitivity(opt)
+  if opt.target_bits ~= nil and opt.bmax ~= nil and opt.target_bits > opt.bmax then
+    qf.option_error("target_bits", string.format("%g exceeds bmax=%d (the most bits a group may get)", opt.target_bits, opt.bmax))
+  end
   if opt.alloc_file ~= nil and opt.alloc_file ~= "" then
     local ok, err = pcall(function()
       local _, md = qf.load_tensors(opt.alloc_file)
       check_allocation_header(opt.alloc_file, md, opt)
     end)
-    if not ok then error("option 'alloc_file': " .. tostring(err), 0) end
+    if not ok then qf.option_error("alloc_file", tostring(err)) end
   end
 end
 

@@ -18,22 +18,48 @@ P.common_options = {
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
 }
 
+-- Help and accepted values (qf.options declarations: {"help", min=, max=, gt=, lt=, also=, choices=}).
 P.common_help = {
-  calib_fraction = "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest",
-  nsamples = "calibration windows", seqlen = "calibration window length (tokens)",
-  wiki_windows = "WikiText-2 windows to evaluate (0: skip)",
+  model = "model: llama2.c checkpoint or directory, HF directory, GGUF file or qforge .safetensors",
+  bits = { "code bits per weight of the uniform grid", min = 1, max = 8 },
+  group = { "columns per quantization group (-1: one group per row)", min = 1, also = { -1 } },
+  sym = "symmetric grid (zero point at the middle code) instead of asymmetric min/max",
+  mse = "fit each group's clipping range by squared error (shrink search) instead of min/max",
+  calib_text = "text file: calibration windows from its first calib_fraction of tokens, held-out perplexity on the rest",
+  calib_fraction = { "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest", gt = 0, lt = 1 },
+  nsamples = { "calibration windows", min = 1 },
+  seqlen = { "calibration window length (tokens; at most the model's context)", min = 1 },
+  eval_seqlen = { "window length of the held-out and WikiText-2 perplexity (tokens; 0: the model's context)", min = 2, also = { 0 } },
+  wiki_text = "WikiText-2 test text (read when wiki_windows > 0)",
+  wiki_windows = { "WikiText-2 windows to evaluate (0: skip)", min = 0 },
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
-  save = "write the quantized model here after evaluation (empty: don't)",
-  save_format = "qforge | gguf | gptq | hf", save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1; hf: F32 F16 BF16",
+  save = "write the quantized model here after evaluation (empty: don't); checked before any work",
+  save_format = { "qforge | gguf | gptq | hf", choices = { "qforge", "gguf", "gptq", "hf" } },
+  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
 }
+
+-- Merges help tables: a recipe's plain-string help for an option with a declaration keeps the
+-- declaration's accepted values.
+local function merge_help(h, extra)
+  for k, v in pairs(extra or {}) do
+    if type(v) == "string" and type(h[k]) == "table" then
+      local t = {}
+      for dk, dv in pairs(h[k]) do t[dk] = dv end
+      t[1] = v
+      h[k] = t
+    else
+      h[k] = v
+    end
+  end
+end
 
 function P.options(own, help)
   local d, h = {}, {}
   for k, v in pairs(P.common_options) do d[k] = v end
   for k, v in pairs(own or {}) do d[k] = v end
-  for k, v in pairs(P.common_help) do h[k] = v end
-  for k, v in pairs(help or {}) do h[k] = v end
+  merge_help(h, P.common_help)
+  merge_help(h, help)
   return qf.options(d, h)
 end
 
@@ -43,8 +69,8 @@ end
 local FT = { finetune = false, ft_params = "scales,zeros,norms", ft_lr = 1e-5, ft_epochs = 4, ft_batch = 1 }
 local FT_HELP = {
   finetune = "after each block: Adam on its floats against the full-precision block output (decoupleQ §7)",
-  ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = "finetune learning rate",
-  ft_epochs = "finetune epochs over the calibration windows", ft_batch = "finetune windows per Adam step",
+  ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = { "finetune learning rate", min = 0 },
+  ft_epochs = { "finetune epochs over the calibration windows", min = 1 }, ft_batch = { "finetune windows per Adam step", min = 1 },
 }
 function P.finetune_options(own, help)
   own, help = own or {}, help or {}
@@ -60,14 +86,14 @@ function P.finetune(opt)
   local params = {}
   for p in opt.ft_params:gmatch("[^,%s]+") do
     if not FT_GROUPS[p] then
-      error("option 'ft_params': unknown parameter group '" .. p .. "' (scales, zeros, norms, biases)", 0)
+      qf.option_error("ft_params", "unknown parameter group '" .. p .. "' (scales, zeros, norms, biases)")
     end
     params[#params + 1] = p
   end
-  if #params == 0 then error("option 'ft_params' is empty (scales, zeros, norms, biases)", 0) end
-  if not (opt.ft_lr >= 0 and opt.ft_lr < math.huge) then error("option 'ft_lr' must be a finite number >= 0, got " .. opt.ft_lr, 0) end
-  if opt.ft_epochs < 1 or opt.ft_epochs % 1 ~= 0 then error("option 'ft_epochs' must be an integer >= 1, got " .. opt.ft_epochs, 0) end
-  if opt.ft_batch < 1 or opt.ft_batch % 1 ~= 0 then error("option 'ft_batch' must be an integer >= 1, got " .. opt.ft_batch, 0) end
+  if #params == 0 then qf.option_error("ft_params", "is empty (scales, zeros, norms, biases)") end
+  if not (opt.ft_lr >= 0 and opt.ft_lr < math.huge) then qf.option_error("ft_lr", "must be a finite number >= 0, got " .. opt.ft_lr) end
+  if opt.ft_epochs < 1 or opt.ft_epochs % 1 ~= 0 then qf.option_error("ft_epochs", "must be an integer >= 1, got " .. opt.ft_epochs) end
+  if opt.ft_batch < 1 or opt.ft_batch % 1 ~= 0 then qf.option_error("ft_batch", "must be an integer >= 1, got " .. opt.ft_batch) end
   return { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
 end
 
@@ -82,16 +108,103 @@ function P.grid(opt)
   return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales }
 end
 
+-- The export options, checked before any work: the format takes the dtype, the grids the run
+-- will make can be stored in it (as far as the options tell: `grid` describes them, see
+-- P.prepare), and the output's directory is writable.
+local SAVE_DTYPES = { hf = { F32 = true, F16 = true, BF16 = true }, gguf = { F32 = true, F16 = true, Q8_0 = true, Q4_0 = true, Q4_1 = true } }
+function P.check_save(opt, grid)
+  grid = grid or {}
+  if opt.save == nil then return end
+  local fmt, dtype = opt.save_format, opt.save_dtype or ""
+  if opt.save == "" then
+    if dtype ~= "" then qf.option_error("save_dtype", "given without save= (nothing is written)") end
+    return
+  end
+  local function no(why) qf.option_error("save_format", fmt .. (dtype ~= "" and (" " .. dtype) or "") .. " cannot store this run's model: " .. why) end
+  if fmt == "qforge" or fmt == "gptq" then
+    if dtype ~= "" then qf.option_error("save_dtype", "format '" .. fmt .. "' takes no dtype, got '" .. dtype .. "'") end
+  else
+    local d = fmt == "gguf" and dtype:upper() or dtype
+    if dtype ~= "" and not SAVE_DTYPES[fmt][d] then
+      local known = {}
+      for k in pairs(SAVE_DTYPES[fmt]) do known[#known + 1] = k end
+      table.sort(known)
+      qf.option_error("save_dtype", "'" .. dtype .. "' is not a " .. fmt .. " dtype (" .. table.concat(known, ", ") .. ")")
+    end
+    dtype = d
+  end
+  local blocks = fmt == "gguf" and dtype:match("^Q") ~= nil
+  if blocks or fmt == "gptq" then
+    if grid.outliers then no("it stores no sparse outliers (use ratio=0 or save_format=qforge)") end
+    if grid.allocated then no("the CVXQ allocation gives every column its own bit depth (use save_format=qforge)") end
+    if grid.float_zero then no("decoupleQ's float zero points (use save_format=qforge)") end
+  end
+  if blocks then
+    if not (opt.group == -1 or opt.group % 32 == 0) then no("its 32-column blocks need group=-1 or a multiple of 32, got group=" .. opt.group) end
+    if not opt.f16_scales then no("its block scales are fp16: pass f16_scales=true") end
+    if dtype == "Q4_0" and not opt.sym then no("Q4_0 is symmetric: pass sym=true (an asymmetric grid exports as Q4_1)") end
+    if (dtype == "Q4_0" or dtype == "Q4_1") and opt.bits > 4 then no(dtype .. " holds 4-bit codes, got bits=" .. opt.bits) end
+    if dtype == "Q8_0" and not opt.sym and opt.bits > 7 then no("Q8_0 holds signed 8-bit codes: an asymmetric grid needs bits <= 7 (or sym=true)") end
+  end
+  if fmt == "gptq" and not (opt.bits == 2 or opt.bits == 3 or opt.bits == 4 or opt.bits == 8) then
+    no("GPTQ packs 2, 3, 4 or 8 bits, got bits=" .. opt.bits)
+  end
+  -- The output's directory must exist and take a file (the export writes a temporary, then renames).
+  local dir = opt.save:match("^(.*)/[^/]*$") or "."
+  if dir == "" then dir = "/" end
+  local probe = dir .. "/.qforge-write-test-" .. tostring(qf.now()):gsub("%.", "")
+  local f = io.open(probe, "w")
+  if not f then qf.option_error("save", "cannot write into directory '" .. dir .. "' (missing or not writable)") end
+  f:close()
+  os.remove(probe)
+end
+
+-- The options the model decides (window lengths within its context), checked after loading.
+function P.check_model_options(opt, m)
+  local ctxlen = m:config().seq_len
+  if opt.seqlen ~= nil and opt.seqlen > ctxlen then
+    qf.option_error("seqlen", string.format("%d exceeds the model's context length %d", opt.seqlen, ctxlen))
+  end
+  if opt.eval_seqlen ~= nil and opt.eval_seqlen > ctxlen then
+    qf.option_error("eval_seqlen", string.format("%d exceeds the model's context length %d", opt.eval_seqlen, ctxlen))
+  end
+end
+
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
 -- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping. The
 -- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it,
 -- or as `fp_chain` says (a recipe whose ctx.cal only feeds a statistics pass passes false).
-function P.prepare(opt, fp_chain)
+-- `grid` describes the grids the recipe will make, for the export checks: {outliers=, allocated=,
+-- float_zero=}; by default outliers when opt.ratio > 0, allocated when opt.target_bits is set
+-- (and opt.alloc is not false). Every option is checked before the calibration work starts.
+function P.prepare(opt, fp_chain, grid)
   if fp_chain == nil then fp_chain = opt.finetune == true end
   if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
+  grid = grid or {}
+  if grid.outliers == nil then grid.outliers = (opt.ratio or 0) > 0 end
+  if grid.allocated == nil then grid.allocated = opt.target_bits ~= nil and opt.alloc ~= false end
+  P.check_save(opt, grid)
+  local function readable(name, extra)
+    local f = io.open(opt[name], "rb")
+    if not f then qf.option_error(name, "cannot read '" .. opt[name] .. "'" .. (extra or "")) end
+    f:close()
+  end
+  readable("model")
+  readable("calib_text")
+  if (opt.wiki_windows or 0) > 0 then readable("wiki_text", " (wiki_windows=0 skips it)") end
   local m = qf.load_model(opt.model)
+  P.check_model_options(opt, m)
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
   local split = math.floor(#ids * opt.calib_fraction)
+  if split < opt.seqlen then
+    qf.option_error("calib_fraction", string.format("the first %g of %s's %d tokens are %d, fewer than one calibration window of seqlen=%d",
+      opt.calib_fraction, opt.calib_text, #ids, split, opt.seqlen))
+  end
+  local L = opt.eval_seqlen > 0 and opt.eval_seqlen or m:config().seq_len
+  if #ids - split < L then
+    qf.option_error("eval_seqlen", string.format("the held-out tokens [%d, %d] of %s are %d, fewer than one window of %d (lower eval_seqlen or calib_fraction)",
+      split + 1, #ids, opt.calib_text, #ids - split, L))
+  end
   local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
                               seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
@@ -125,11 +238,18 @@ function P.fp_statistics(cal)
 end
 
 -- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, mu=, tokens=} (mu: the
--- mean input) returns a QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced by Ŵ. Prints and
--- logs block i/N, layer, objective, seconds and ETA; returns {layers = {...}, objective = Σ, seconds}.
+-- mean input) returns a QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced
+-- by Ŵ. W is a copy of the weight: a solve may edit it, the objective is always measured against
+-- the original. Prints and logs block i/N, layer, objective, seconds and ETA; returns
+-- {layers = {...}, objective = Σ, seconds}.
 -- opts.finetune = {params=, lr=, epochs=, ...} (cal:finetune's options): after a block's linears are
 -- quantized, train its floats against its full-precision outputs (decoupleQ's block stage); the
 -- per-block losses are recorded as "finetune" and returned as .finetune.
+--
+-- ETA: remaining solves × the mean solve time so far, plus the remaining per-block work outside the
+-- solves (capture, advance, finetune: "overhead"), estimated per block from the finished blocks —
+-- in block 1 as 1.5 times its capture (the advance is one more forward of the block, without
+-- the Σ accumulation; measured at a third to a half of a capture).
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
   local groups = opts.true_sequential and { { "q", "k", "v" }, { "o" }, { "gate", "up" }, { "down" } }
@@ -137,8 +257,12 @@ function P.quantize_model(m, cal, solve, opts)
   local nb, t0 = cal:nblocks(), qf.now()
   local total, nlayers = 0, nb * 7
   local layers, finetunes = {}, {}
+  local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
   for b = 1, nb do
+    local tc = qf.now()
     local stats = cal:capture()
+    local capture_seconds = qf.now() - tc
+    qf.log{ event = "block_capture", block = b, nblocks = nb, seconds = capture_seconds }
     for gi, group in ipairs(groups) do
       if gi > 1 then  -- true-sequential: Σ of this sub-group sees the quantized earlier ones
         local sites, seen = {}, {}
@@ -148,23 +272,33 @@ function P.quantize_model(m, cal, solve, opts)
         stats = cal:capture(sites)
       end
       for _, name in ipairs(group) do
-        local W = m:weight(b, name)
+        local W = m:weight(b, name):clone()  -- the original: solve gets its own copy
         local st = stats[SITES[name]]
         local tl = qf.now()
-        local q, info = solve{ block = b, name = name, W = W, sigma = st.sigma, mu = st.mu, tokens = st.tokens }
+        local q, info = solve{ block = b, name = name, W = W:clone(), sigma = st.sigma, mu = st.mu, tokens = st.tokens }
+        if not (qf.is_tensor(q) or (type(q) == "userdata" and tostring(q):match("^qforge%.QLinear"))) then
+          error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
+            b, name, q == nil and "nothing" or type(q) == "userdata" and tostring(q) or type(q)), 0)
+        end
         local What = qf.is_tensor(q) and q or q:dequantize()
         local obj, rel = qf.objective(W, What, st.sigma)
         m:set_linear(b, name, q)  -- keeps a QLinear's codes for exports that store them
         local secs = qf.now() - tl
         total = total + obj
+        solve_sum = solve_sum + secs
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
                                 outliers = (not qf.is_tensor(q)) and q:nnz() or 0 }
         local elapsed = qf.now() - t0
-        local eta = elapsed / #layers * (nlayers - #layers)
+        local overhead = elapsed - solve_sum                      -- all non-solve time so far
+        local per_block = b == 1 and 1.5 * overhead or overhead_done / (b - 1)
+        local left_here = math.max(0, per_block - (overhead - overhead_done))
+        local eta = (nlayers - #layers) * solve_sum / #layers + left_here + (nb - b) * per_block
         io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs\n",
           b, nb, name, obj, rel, secs, elapsed, eta))
         qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
-                seconds = secs, elapsed = elapsed, eta = eta, info = info }
+                seconds = secs, elapsed = elapsed, eta = eta, info = info, solve_seconds = solve_sum,
+                overhead_seconds = overhead, overhead_done = overhead_done, block_overhead = per_block,
+                capture_seconds = capture_seconds }
       end
     end
     if opts.finetune then
@@ -173,6 +307,7 @@ function P.quantize_model(m, cal, solve, opts)
       qf.record("finetune", finetunes)
     end
     cal:advance()
+    overhead_done = (qf.now() - t0) - solve_sum
   end
   return { layers = layers, objective = total, seconds = qf.now() - t0, finetune = opts.finetune and finetunes or nil }
 end
@@ -183,8 +318,8 @@ function P.evaluate(ctx, opt, prefix)
   prefix = prefix or ""
   local m = ctx.model
   local st = m:storage()
-  print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + fp16 %.4f), %.2f%% pruned",
-    prefix, st.bits_per_weight, st.codes, st.params, st.side, st.outliers, st.fp16, 100 * st.pruned_fraction))
+  print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + unquantized %.4f [%s]), %.2f%% pruned",
+    prefix, st.bits_per_weight, st.codes, st.params, st.side, st.outliers, st.unquantized, st.unquantized_dtype, 100 * st.pruned_fraction))
   qf.record(prefix .. "storage", st)
   local r = m:perplexity(ctx.heldout, { seqlen = opt.eval_seqlen })
   local name = opt.calib_text:match("([^/]+)$")

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The pipeline recipes from the command line (issue 14): every bad option value exits 2 with a
+# message naming the option, before any calibration work; export options are checked up front;
+# help texts and defaults; realized bits of custom_loop.lua; the ETA counts capture time.
+# Usage: tests/cli_pipeline_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
+set -u
+QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
+WORK="$2"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+
+# Small and fast: stories260K, a few short windows, no WikiText-2.
+FAST="nsamples=2 seqlen=32 eval_seqlen=64 wiki_windows=0"
+
+# opt_err RECIPE 'EXPECTED TEXT' key=value...: exit 2, the message names the option, and the
+# run stopped before any work (no calibration split, no block progress line).
+n=0
+opt_err() {
+  local recipe="$1" want="$2"
+  shift 2
+  n=$((n + 1))
+  run "opt$n" run "recipes/$recipe" "$@" out="$WORK/opt$n"
+  local what="$recipe $*"
+  expect_rc "$what" 2
+  expect_in "$what" stderr "$want"
+  if grep -qE "calibration tokens|^calibration: |^block [0-9]+/|full-precision statistics|dual ascent" "$WORK/stderr" "$WORK/stdout"; then
+    bad "$what: work started before the option error"
+  else ok; fi
+}
+
+# ---- item 14: every option of the pipeline and of every recipe ------------------------------
+opt_err rtn.lua "option 'bits' must be an integer in 1..8, got 0" bits=0
+opt_err rtn.lua "option 'bits' must be an integer in 1..8, got 9" bits=9
+opt_err rtn.lua "option 'bits' expects an integer, got '3.5'" bits=3.5
+opt_err rtn.lua "option 'group' must be -1 or an integer >= 1, got 0" group=0
+opt_err rtn.lua "option 'group' must be -1 or an integer >= 1, got -2" group=-2
+opt_err rtn.lua "option 'sym' expects a boolean" sym=maybe
+opt_err rtn.lua "option 'nsamples' must be an integer >= 1, got 0" nsamples=0
+opt_err rtn.lua "option 'nsamples' must be an integer >= 1, got -4" nsamples=-4
+opt_err rtn.lua "option 'seqlen' must be an integer >= 1, got 0" seqlen=0
+opt_err rtn.lua "option 'seqlen': 600 exceeds the model's context length 512" seqlen=600
+opt_err rtn.lua "option 'eval_seqlen' must be 0 or an integer >= 2, got 1" eval_seqlen=1
+opt_err rtn.lua "option 'eval_seqlen': 600 exceeds the model's context length 512" eval_seqlen=600
+opt_err rtn.lua "option 'calib_fraction' expects a finite number, got 'nan'" calib_fraction=nan
+opt_err rtn.lua "option 'calib_fraction' expects a finite number, got 'inf'" calib_fraction=inf
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got 0" calib_fraction=0
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got 1" calib_fraction=1
+opt_err rtn.lua "option 'calib_fraction' must be a finite number > 0 and < 1, got -0.5" calib_fraction=-0.5
+opt_err rtn.lua "option 'calib_fraction': the first 0.0001 of" calib_fraction=0.0001
+opt_err rtn.lua "option 'eval_seqlen': the held-out tokens" calib_fraction=0.9999 eval_seqlen=512
+opt_err rtn.lua "option 'wiki_windows' must be an integer >= 0, got -1" wiki_windows=-1
+opt_err rtn.lua "option 'wiki_text': cannot read" wiki_text=/nonexistent/wiki.txt
+opt_err rtn.lua "option 'model': cannot read '/nonexistent/model'" model=/nonexistent/model
+opt_err rtn.lua "option 'calib_text': cannot read" calib_text=/nonexistent/calib.txt
+opt_err rtn.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
+opt_err rtn.lua "option 'ft_batch' must be an integer >= 1, got 0" ft_batch=0
+opt_err rtn.lua "option 'ft_lr' must be a finite number >= 0, got -1" ft_lr=-1
+opt_err rtn.lua "option 'ft_lr' expects a finite number" ft_lr=nan
+opt_err rtn.lua "option 'ft_params': unknown parameter group 'bogus'" finetune=true ft_params=bogus
+opt_err rtn.lua "unknown option 'bitz' for recipe rtn.lua" bitz=3
+opt_err gptq.lua "option 'blocksize' must be an integer >= 1, got 0" blocksize=0
+opt_err gptq.lua "option 'percdamp' must be a finite number >= 0, got -0.1" percdamp=-0.1
+opt_err gptq.lua "option 'percdamp' expects a finite number" percdamp=inf
+opt_err quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err quantease.lua "option 'init' must be one of w, rtn, gptq; got 'zero'" init=zero
+opt_err quantease.lua "option 'continuous_every' must be an integer >= 0, got -1" continuous_every=-1
+opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
+opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got -0.1" ratio=-0.1
+opt_err quantease_outliers.lua "option 'alpha' must be a finite number > 0, got 0" alpha=0
+opt_err quantease_outliers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err custom_loop.lua "option 'rounds' must be an integer >= 1, got 0" rounds=0
+opt_err custom_loop.lua "option 'sweeps' must be an integer >= 1, got -1" sweeps=-1
+opt_err custom_loop.lua "option 'ratio' must be a finite number >= 0 and < 1, got 2" ratio=2
+opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got 'best'" apply=best
+opt_err compare_solvers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err cvxq.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
+opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 0" target_bits=0
+opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 9" target_bits=9
+opt_err cvxq.lua "option 'target_bits' expects a finite number, got 'nan'" target_bits=nan
+opt_err cvxq.lua "option 'target_bits': 5 exceeds bmax=4" target_bits=5 bmax=4
+opt_err cvxq.lua "option 'bmax' must be an integer in 1..8, got 0" bmax=0
+opt_err cvxq.lua "option 'kind' must be one of compand, uniform; got 'laplace'" kind=laplace
+opt_err cvxq.lua "option 'sensitivity' must be one of gradient, proxy; got 'hessian'" sensitivity=hessian
+opt_err cvxq.lua "option 'pca' must be an integer >= 1, got 0" pca=0
+opt_err cvxq.lua "option 'stride' must be an integer >= 1, got 0" stride=0
+opt_err cvxq.lua "option 'grad_iters' must be an integer >= 0, got -1" grad_iters=-1
+opt_err cvxq.lua "option 'alloc_file'" alloc_file=/nonexistent/allocation.safetensors
+opt_err cvxq_quantease.lua "option 'solver' must be one of quantease, gptq; got 'rtn'" solver=rtn
+opt_err cvxq_quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err cvxq_quantease.lua "option 'init' must be one of w, rtn, gptq; got 'x'" init=x
+opt_err cvxq_quantease.lua "option 'cluster_rows' must be an integer >= 1, got -3" cluster_rows=-3
+opt_err cvxq_quantease_outliers_ft.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
+opt_err cvxq_quantease_outliers_ft.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
+opt_err cvxq_quantease_outliers_ft.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
+opt_err decoupleq.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err decoupleq.lua "option 'round' must be one of gptq, pgd; got 'nearest'" round=nearest
+opt_err decoupleq.lua "option 'pgd_lr' must be a finite number > 0, got 0" pgd_lr=0
+opt_err decoupleq.lua "option 'pgd_steps' must be an integer >= 0, got -1" pgd_steps=-1
+opt_err decoupleq.lua "option 'mse': does not apply to decoupleQ" mse=true
+opt_err eval_heldout.lua "option 'nsamples' must be an integer >= 1, got 0" nsamples=0
+opt_err eval.lua "option 'seqlen' must be 0 or an integer >= 2, got 1" seqlen=1
+opt_err eval.lua "option 'max_windows' must be an integer >= 0, got -1" max_windows=-1
+opt_err eval.lua "option 'seqlen': 600 exceeds the model's context length 512" seqlen=600
+opt_err zero_row.lua "option 'block' must be an integer >= 1, got 0" block=0
+opt_err zero_row.lua "option 'block': 99 is past the model's 5 blocks" block=99
+opt_err zero_row.lua "option 'row': 9999 is past the 64 rows of block 1 'q'" row=9999
+opt_err zero_row.lua "option 'linear' must be one of" linear=qq
+# A recipe that declares no options and gets one: the same kind, the same code.
+echo 'print("no options")' >"$WORK/noopts.lua"
+run noopts run "$WORK/noopts.lua" bits=3 out="$WORK/noopts"
+expect_rc "key=value to a recipe without qf.options" 2
+# qf.option_error from a recipe's own check; a plain error stays exit 1.
+cat >"$WORK/own_check.lua" <<'EOF'
+local o = qf.options({ k = 2 })
+if o.k > 3 then qf.option_error("k", "must be <= 3, got " .. o.k) end
+if o.k == 0 then error("a failure while working") end
+EOF
+run own1 run "$WORK/own_check.lua" k=4 out="$WORK/own1"
+expect_rc "qf.option_error" 2
+expect_in "qf.option_error" stderr "option 'k': must be <= 3, got 4"
+run own2 run "$WORK/own_check.lua" k=0 out="$WORK/own2"
+expect_rc "a run failure is exit 1" 1
+# A recipe's bad declaration is a recipe bug (exit 1), not an option error.
+echo 'qf.options({ k = 2 }, { k = { "help", min = "one" } })' >"$WORK/bad_decl.lua"
+run baddecl run "$WORK/bad_decl.lua" out="$WORK/baddecl"
+expect_rc "bad declaration" 1
+expect_in "bad declaration" stderr "qf.options: option 'k': 'min' must be a number"
+
+# ---- exit codes are documented -------------------------------------------------------------
+run help_top --help
+expect_in "qforge --help: exit codes" stdout "2 usage or option error"
+run help_run run --help
+expect_in "qforge run --help: exit codes" stdout "2  usage or option error"
+run help_recipe run recipes/rtn.lua --help
+expect_in "recipe --help: exit codes" stdout "exit codes: 0 ok, 1 the run failed, 2 usage or option error"
+
+# ---- item 22: help texts of the most used options ------------------------------------------
+for o in bits group sym mse model calib_text eval_seqlen wiki_text nsamples seqlen; do
+  line=$(grep -E "^  $o = " "$WORK/stdout" | head -1)
+  # a help text follows the "(type)" column
+  if echo "$line" | grep -qE "\((integer|number|boolean|string)\) +[^ ]"; then ok; else bad "rtn.lua --help: no help for '$o': $line"; fi
+done
+expect_in "help shows accepted values" stdout "[1..8]"
+
+# ---- item 5: cvxq target_bits means code bits; cluster_rows default 64 as in docs/results.md --
+for r in cvxq.lua cvxq_quantease.lua cvxq_quantease_outliers_ft.lua; do
+  run "help_$r" run "recipes/$r" --help
+  expect_in "$r --help: cluster_rows default" stdout "cluster_rows = 64 "
+  expect_in "$r --help: target_bits is code bits" stdout "average code bits per weight"
+  expect_in "$r --help: realized bits differ" stdout "realized bits/weight add scales"
+done
+expect_file_has "results.md: stories260K CVXQ uses 64-row clusters" docs/results.md "(64-row cluster × input column)"
+
+# ---- item 23: the docs say what solve gets and returns, ctx, P.grid, grid:spec(), copies; the
+# README lists every recipe ---------------------------------------------------------------------
+for r in recipes/*.lua; do
+  expect_file_has "README lists $r" README.md "\`$(basename "$r")\`"
+done
+for s in "solve(l)" "must return a \`QLinear\`" "\`W\` is a **copy**" "| \`ctx\` |" "| \`P.grid(opt)\` |" "| \`grid:spec()\` |" "copies: editing them does not change the grid"; do
+  expect_file_has "lua_api.md: $s" docs/lua_api.md "$s"
+done
+
+# ---- item 20: export options before any work -----------------------------------------------
+opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got 'onnx'" save="$WORK/m.onnx" save_format=onnx
+opt_err rtn.lua "option 'save_dtype': 'Q5_K' is not a gguf dtype" save="$WORK/m.gguf" save_format=gguf save_dtype=Q5_K
+opt_err rtn.lua "Q4_0 is symmetric: pass sym=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 f16_scales=true
+opt_err rtn.lua "pass f16_scales=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 sym=true
+opt_err rtn.lua "need group=-1 or a multiple of 32, got group=48" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_1 group=48 f16_scales=true
+opt_err rtn.lua "GPTQ packs 2, 3, 4 or 8 bits, got bits=5" save="$WORK/gptq" save_format=gptq bits=5
+opt_err rtn.lua "option 'save_dtype': format 'qforge' takes no dtype" save="$WORK/m.safetensors" save_dtype=F16
+opt_err rtn.lua "option 'save': cannot write into directory '/nonexistent/dir'" save=/nonexistent/dir/m.safetensors
+opt_err rtn.lua "option 'save_dtype': given without save=" save_dtype=F16
+opt_err quantease_outliers.lua "stores no sparse outliers" save="$WORK/m.gguf" save_format=gguf save_dtype=Q8_0 sym=true f16_scales=true
+opt_err cvxq.lua "the CVXQ allocation" save="$WORK/gptq" save_format=gptq
+opt_err decoupleq.lua "decoupleQ's float zero points" save="$WORK/gptq" save_format=gptq
+# ... and a storable configuration runs through and is written.
+run save_ok run recipes/rtn.lua $FAST bits=4 sym=true group=32 f16_scales=true save="$WORK/ok.gguf" save_format=gguf save_dtype=Q4_0 out="$WORK/save_ok"
+expect_rc "rtn -> gguf Q4_0 with storable options" 0
+if [ -s "$WORK/ok.gguf" ]; then ok; else bad "ok.gguf not written"; fi
+
+# ---- item 4: custom_loop.lua stores codes + outliers, not a 16-bit float tensor -------------
+run custom run recipes/custom_loop.lua $FAST bits=3 rounds=1 sweeps=1 ratio=0.005 out="$WORK/custom"
+expect_rc "custom_loop.lua" 0
+bpw=$(grep -A12 '"storage"' "$WORK/custom/results.json" | grep '"bits_per_weight"' | head -1 | sed -E 's/.*: ([0-9.e+-]+).*/\1/')
+codes=$(grep -A12 '"storage"' "$WORK/custom/results.json" | grep '"codes"' | head -1 | sed -E 's/.*: ([0-9.e+-]+).*/\1/')
+outl=$(grep -A12 '"storage"' "$WORK/custom/results.json" | grep '"outliers"' | head -1 | sed -E 's/.*: ([0-9.e+-]+).*/\1/')
+if awk -v b="$bpw" -v c="$codes" -v o="$outl" 'BEGIN { exit !(c == 3 && o > 0.2 && o < 0.3 && b > 3.2 && b < 4.5) }'; then ok
+else bad "custom_loop realized bits: bits_per_weight=$bpw codes=$codes outliers=$outl (want 3 code bits + ~0.24 outliers + scales)"; fi
+expect_in "custom_loop storage line" stdout "unquantized 0.0000 [none]"
+# item 19: the calibration line's token range is 1-based, like the split line beside it
+expect_in "calibration range 1-based" stderr "tokens [1, "
+if grep -q "tokens \[0, " "$WORK/stderr"; then bad "a 0-based token range is printed"; else ok; fi
+
+# ---- item 4: an unquantized f32 model is 32 bits/weight, labelled f32 ----------------------
+run fp run recipes/eval_heldout.lua $FAST out="$WORK/fp"
+expect_rc "eval_heldout.lua" 0
+expect_in "fp storage" stdout "storage 32.0000 bits/weight"
+expect_in "fp storage label" stdout "unquantized 32.0000 [f32]"
+
+# ---- item 21: the ETA counts the per-block capture/advance time ------------------------------
+run eta run recipes/rtn.lua nsamples=16 seqlen=256 eval_seqlen=64 wiki_windows=0 out="$WORK/eta"
+expect_rc "rtn.lua for the ETA" 0
+python3 - "$WORK/eta" <<'EOF' && ok || bad "ETA check (see above)"
+import json, sys
+d = sys.argv[1]
+ev = [json.loads(l) for l in open(d + "/log.jsonl")]
+layers = [e for e in ev if e.get("event") == "layer"]
+caps = [e for e in ev if e.get("event") == "block_capture"]
+res = json.load(open(d + "/results.json"))
+nb, nl = layers[0]["nblocks"], len(layers)
+bad = []
+if not caps or "capture_seconds" not in layers[0]:
+    print("no capture time logged"); sys.exit(1)
+# The formula, from the logged fields: remaining solves at the mean solve time, plus the per-block
+# overhead (capture, advance) of the rest of this block and of the blocks to come; in block 1 the
+# overhead per block is 1.5 times its capture (the advance: one more forward, no Σ).
+for i, e in enumerate(layers, 1):
+    b = e["block"]
+    per = 1.5 * e["overhead_seconds"] if b == 1 else e["overhead_done"] / (b - 1)
+    left = max(0.0, per - (e["overhead_seconds"] - e["overhead_done"]))
+    want = (nl - i) * e["solve_seconds"] / i + left + (nb - b) * per
+    if abs(e["block_overhead"] - per) > 1e-9 * max(1, per) or abs(e["eta"] - want) > 1e-6 * max(1, want):
+        bad.append((i, e["eta"], want))
+first = layers[0]
+# The first ETA must include the capture of every later block: at least (nb - 1) captures.
+if first["eta"] < (nb - 1) * first["capture_seconds"]:
+    bad.append(("first ETA leaves out capture", first["eta"], first["capture_seconds"]))
+pred = first["elapsed"] + first["eta"]
+actual = res["quantize_seconds"]
+print("first-line prediction %.3f s, actual %.3f s" % (pred, actual))
+if not (actual / 4 <= pred <= actual * 4):
+    bad.append(("prediction off by more than 4x", pred, actual))
+if bad:
+    print("ETA mismatches:", bad[:5]); sys.exit(1)
+EOF
+
+finish cli_pipeline
