@@ -576,7 +576,7 @@ void open_quant(lua_State* L, int mod) {
   register_class(L, kSpecMT, {}, nullptr, qf_guard<spec_tostring>);
   register_class(L, kGridMT,
                  {{"scales", qf_guard<g_scales>, 1}, {"zeros", qf_guard<g_zeros>, 1}, {"g_idx", qf_guard<g_g_idx>, 1},
-                  {"spec", qf_guard<g_spec>, 1}, {"quantize", qf_guard<g_quantize>, 2}},
+                  {"spec", qf_guard<g_spec>, 1}, {"quantize", qf_guard<g_quantize>, 3}},
                  udata_gc<Grid>, qf_guard<g_tostring>);
   register_class(L, kQLinMT,
                  {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
