@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "json_util.h"
 #include "model_source.h"
 #include "safetensors.h"
 
@@ -48,24 +49,24 @@ struct Fields {
   }
   int64_t integer(const char* f, int64_t lo, int64_t hi) const {
     const json& v = at(f);
-    if (!v.is_number_integer()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not an integer");
+    if (!v.is_number_integer()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not an integer");
     const int64_t x = v.get<int64_t>();
     if (x < lo || x > hi) fail(what, ": field '", where, f, "' = ", x, " is out of range (", lo, "..", hi, ")");
     return x;
   }
   float number(const char* f) const {
     const json& v = at(f);
-    if (!v.is_number()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not a number");
+    if (!v.is_number()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not a number");
     return (float)v.get<double>();
   }
   bool boolean(const char* f) const {
     const json& v = at(f);
-    if (!v.is_boolean()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not true/false");
+    if (!v.is_boolean()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not true/false");
     return v.get<bool>();
   }
   std::string str(const char* f) const {
     const json& v = at(f);
-    if (!v.is_string()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not a string");
+    if (!v.is_string()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not a string");
     return v.get<std::string>();
   }
 };
@@ -220,8 +221,8 @@ Model load_qforge(const std::string& path) {
     fail(what, ": field '__metadata__.qforge_format' = '", v->second, "' (this qforge reads version ", kQforgeFormat, ")");
   auto h = st.metadata.find("qforge");
   if (h == st.metadata.end()) fail(what, ": field '__metadata__.qforge' (the header) is missing");
-  const json header = json::parse(h->second, nullptr, false);
-  if (header.is_discarded() || !header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
+  const json header = parse_json_bounded(h->second, what + ": field '__metadata__.qforge'");
+  if (!header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
   const Fields top{header, what, ""};
   if (top.integer("qforge_format", 0, 1 << 30) != kQforgeFormat) fail(what, ": field 'qforge_format' disagrees with the metadata");
 
