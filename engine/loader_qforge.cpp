@@ -92,6 +92,11 @@ ModelConfig qforge_config_from_json(const json& j, const std::string& what) {
   c.rope_orig_ctx = (int)f.integer("rope_orig_ctx", 0, 1 << 24);
   c.rope_interleaved = f.boolean("rope_interleaved");
   c.tied_classifier = f.boolean("tied_classifier");
+  // Values the forward pass would turn into NaN silently.
+  if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail(what, ": field 'config.norm_eps' = ", c.norm_eps, " (expected in (0, 1))");
+  if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail(what, ": field 'config.rope_theta' = ", c.rope_theta, " (expected > 1)");
+  if (c.rope_scaling != "" && !(c.rope_factor > 0.f && std::isfinite(c.rope_factor)))
+    fail(what, ": field 'config.rope_factor' = ", c.rope_factor, " (expected > 0)");
   if (c.rope_scaling != "" && c.rope_scaling != "linear" && c.rope_scaling != "llama3")
     fail(what, ": field 'config.rope_scaling' = '", c.rope_scaling, "' (expected \"\", linear or llama3)");
   validate_config(c, what);
@@ -148,8 +153,12 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   }
   const int64_t nrg = g.nrowgroups();
   if (f.boolean("mixed_bits")) g.spec.group_bits = load_vec<uint8_t>(st, ln + ".group_bits", "U8", {nrg, g.ngroups});
-  g.spec.validate();
-  g.spec.validate_layout(g.rows, g.ngroups);
+  try {
+    g.spec.validate();
+    g.spec.validate_layout(g.rows, g.ngroups);
+  } catch (const Error& e) {
+    fail(w, ": ", e.what());
+  }
   g.scale = load_vec<float>(st, ln + ".scales", "F32", {nrg, g.ngroups});
   g.zero = load_vec<float>(st, ln + ".zeros", "F32", {nrg, g.ngroups});
   g.g_idx = load_vec<int32_t>(st, ln + ".g_idx", "I32", {g.cols});

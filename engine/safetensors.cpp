@@ -137,7 +137,10 @@ bool safetensors_peek_metadata(const std::string& path, std::map<std::string, st
   if (!f) return false;
   bool ok = false;
   uint64_t n = 0;
-  if (std::fread(&n, 1, 8, f) == 8 && n >= 2 && n <= kMaxHeader) {
+  // The header length is checked against the file's size before the buffer is allocated.
+  const bool sized = std::fseek(f, 0, SEEK_END) == 0 && std::ftell(f) >= 8;
+  const uint64_t fsize = sized ? (uint64_t)std::ftell(f) : 0;
+  if (sized && std::fseek(f, 0, SEEK_SET) == 0 && std::fread(&n, 1, 8, f) == 8 && n >= 2 && n <= kMaxHeader && n <= fsize - 8) {
     std::string text(n, '\0');
     if (std::fread(text.data(), 1, n, f) == n) {
       try {
