@@ -154,7 +154,18 @@ namespace {
 struct Cursor {
   const MappedFile& f;
   uint64_t pos = 0;
+  uint64_t budget = 0;  // bytes the parsed header may still take in memory
   uint64_t left() const { return f.size - pos; }
+  // Charges n bytes of memory the reader is about to allocate: a file cannot make the reader
+  // take more than a few times its own size (an empty nested array is 12 bytes in the file
+  // but a GGUFValue in memory).
+  void charge(uint64_t n, const std::string& what) {
+    if (n > budget)
+      fail("file '", f.path, "': ", what, ": the header would take more than ", kMemPerFileByte, " bytes of memory per byte of the ",
+           f.size, "-byte file (", n, " more bytes asked, ", budget, " left)");
+    budget -= n;
+  }
+  static constexpr uint64_t kMemPerFileByte = 4;
   const uint8_t* take(uint64_t n, const std::string& what) {
     const uint8_t* p = f.at(pos, n, what);
     pos += n;
@@ -166,6 +177,7 @@ struct Cursor {
     const uint64_t n = u64(what + " (string length)");
     if (n > left()) fail("file '", f.path, "': ", what, ": string length ", n, " exceeds the ", left(), " bytes left in the file");
     if (n > max_len) fail("file '", f.path, "': ", what, ": string length ", n, " exceeds the maximum ", max_len);
+    if (n > 15) charge(n + 1, what);  // longer than the in-place buffer of std::string
     const uint8_t* p = take(n, what);
     return std::string((const char*)p, n);
   }
@@ -193,15 +205,18 @@ static GGUFValue read_value(Cursor& c, GGUFType t, const std::string& what, int 
            " bytes left in the file");
     if (scalar_size(v.elem_type)) {
       const uint64_t n = v.count * scalar_size(v.elem_type);
+      c.charge(n, what);
       const uint8_t* p = c.take(n, what);
       v.raw.assign((const char*)p, n);
       if (v.elem_type == GGUFType::BOOL)
         for (uint64_t k = 0; k < v.count; ++k)
           if (p[k] > 1) fail("file '", path, "': ", what, ": bool element ", k, " is ", (int)p[k], " (expected 0 or 1)");
     } else if (v.elem_type == GGUFType::STRING) {
+      c.charge(v.count * sizeof(std::string), what);
       v.strs.reserve(v.count);
       for (uint64_t k = 0; k < v.count; ++k) v.strs.push_back(c.str(what + "[" + std::to_string(k) + "]", UINT64_MAX));
     } else {
+      c.charge(v.count * sizeof(GGUFValue), what);
       v.arr.reserve(v.count);
       for (uint64_t k = 0; k < v.count; ++k) v.arr.push_back(read_value(c, GGUFType::ARRAY, what + "[" + std::to_string(k) + "]", depth + 1));
     }
@@ -224,6 +239,7 @@ GGUFFile gguf_read(const std::string& path) {
   g.file = MappedFile::open(path);
   const MappedFile& f = *g.file;
   Cursor c{f};
+  c.budget = Cursor::kMemPerFileByte * f.size + (1 << 20);
   if (f.size < 4 || std::memcmp(f.data, "GGUF", 4) != 0) fail("file '", path, "': not a GGUF file (field 'magic': expected the bytes 'GGUF')");
   c.pos = 4;
   g.version = c.u32("header field 'version'");
@@ -240,6 +256,7 @@ GGUFFile gguf_read(const std::string& path) {
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     const std::string what = "metadata entry " + std::to_string(k);
+    c.charge(sizeof(std::pair<std::string, GGUFValue>) + 64, what);  // + its kv_index node
     std::string key = c.str(what + " key", 65535);
     if (g.kv_index.count(key)) fail("file '", path, "': duplicate metadata key '", key, "'");
     const uint32_t t = c.u32("metadata '" + key + "' (value type)");
@@ -257,18 +274,22 @@ GGUFFile gguf_read(const std::string& path) {
 
   std::set<std::string> names;
   for (uint64_t k = 0; k < n_tensors; ++k) {
+    c.charge(sizeof(GGUFTensorInfo) + 4 * 8 + 64, "tensor info " + std::to_string(k));  // + dims, its name set node
     GGUFTensorInfo t;
     t.name = c.str("tensor info " + std::to_string(k) + " name", 63);
     const std::string what = "tensor '" + t.name + "'";
     if (!names.insert(t.name).second) fail("file '", path, "': duplicate tensor name '", t.name, "'");
     const uint32_t nd = c.u32(what + " n_dims");
     if (nd < 1 || nd > 4) fail("file '", path, "': ", what, ": n_dims = ", nd, " (expected 1..4)");
-    uint64_t numel = 1;
+    // span: the product with zeros read as 1, which bounds every stride of the tensor (numel
+    // alone is 0 for dims [0, 2^40, 2^40] although its strides overflow).
+    uint64_t numel = 1, span = 1;
     for (uint32_t d = 0; d < nd; ++d) {
       const uint64_t n = c.u64(what + " dims[" + std::to_string(d) + "]");
-      if (n > (uint64_t)INT64_MAX || (n && numel > (uint64_t)INT64_MAX / n))
+      if (n > (uint64_t)INT64_MAX || (n && span > (uint64_t)INT64_MAX / n))
         fail("file '", path, "': ", what, ": dims[", d, "] = ", n, " makes the element count overflow");
       numel *= n;
+      span *= n ? n : 1;
       t.ne.push_back(n);
     }
     t.type = c.u32(what + " type");

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io.h"
+#include "json_util.h"
 #include "safetensors.h"
 
 namespace qf {
@@ -103,7 +104,7 @@ struct ConfigReader {
       if (dflt) return *dflt;
       fail(what, ": field '", field, "' is missing");
     }
-    if (!v->is_number_integer()) fail(what, ": field '", field, "' = ", v->dump(), " is not an integer");
+    if (!v->is_number_integer()) fail(what, ": field '", field, "' = ", json_brief(*v), " is not an integer");
     const int64_t x = v->get<int64_t>();
     if (x < lo || x > hi) fail(what, ": field '", field, "' = ", x, " is out of range (", lo, "..", hi, ")");
     return x;
@@ -114,7 +115,7 @@ struct ConfigReader {
       if (required) fail(what, ": field '", where, field, "' is missing");
       return dflt;
     }
-    if (!it->is_number()) fail(what, ": field '", where, field, "' = ", it->dump(), " is not a number");
+    if (!it->is_number()) fail(what, ": field '", where, field, "' = ", json_brief(*it), " is not a number");
     const double x = it->get<double>();
     if (!std::isfinite(x) || x <= 0) fail(what, ": field '", where, field, "' = ", x, " must be positive");
     return x;
@@ -123,7 +124,7 @@ struct ConfigReader {
   bool boolean(const char* field, bool dflt) const {
     const json* v = find(field);
     if (!v) return dflt;
-    if (!v->is_boolean()) fail(what, ": field '", field, "' = ", v->dump(), " is not true/false");
+    if (!v->is_boolean()) fail(what, ": field '", field, "' = ", json_brief(*v), " is not true/false");
     return v->get<bool>();
   }
 };
@@ -132,7 +133,7 @@ static std::string read_architecture(const ConfigReader& r) {
   const json* a = r.find("architectures");
   if (!a) fail(r.what, ": field 'architectures' is missing");
   if (!a->is_array() || a->size() != 1 || !(*a)[0].is_string())
-    fail(r.what, ": field 'architectures' = ", a->dump(), " is not a list of one name");
+    fail(r.what, ": field 'architectures' = ", json_brief(*a), " is not a list of one name");
   const std::string arch = (*a)[0].get<std::string>();
   if (!hf_model_type(arch)) {
     std::string known;
@@ -145,7 +146,7 @@ static std::string read_architecture(const ConfigReader& r) {
 // rope_scaling: null | {"type"|"rope_type": "linear", factor} | {"rope_type": "llama3", factor,
 // low_freq_factor, high_freq_factor, original_max_position_embeddings}.
 static void read_rope_scaling(const ConfigReader& r, const json& rs, const char* field, ModelConfig& c) {
-  if (!rs.is_object()) fail(r.what, ": field '", field, "' = ", rs.dump(), " is not an object or null");
+  if (!rs.is_object()) fail(r.what, ": field '", field, "' = ", json_brief(rs), " is not an object or null");
   std::string type;
   for (const char* k : {"rope_type", "type"}) {
     auto it = rs.find(k);
@@ -178,9 +179,8 @@ static void read_rope_scaling(const ConfigReader& r, const json& rs, const char*
 
 static ModelConfig read_config(const std::string& path, std::string* arch_out) {
   const std::string text = read_file(path);
-  const json j = json::parse(text, nullptr, false);
   const std::string what = "config.json '" + path + "'";
-  if (j.is_discarded()) fail(what, ": not valid JSON");
+  const json j = parse_json_bounded(text, what);
   if (!j.is_object()) fail(what, ": not a JSON object");
   const ConfigReader r{j, what};
   if (r.find("quantization_config"))
@@ -188,7 +188,7 @@ static ModelConfig read_config(const std::string& path, std::string* arch_out) {
   const std::string arch = read_architecture(r);
   *arch_out = arch;
   if (const json* act = r.find("hidden_act"))
-    if (!act->is_string() || act->get<std::string>() != "silu") fail(what, ": field 'hidden_act' = ", act->dump(), " (only silu)");
+    if (!act->is_string() || act->get<std::string>() != "silu") fail(what, ": field 'hidden_act' = ", json_brief(*act), " (only silu)");
   if (r.boolean("use_sliding_window", false))
     fail(what, ": field 'use_sliding_window' is true; sliding-window attention is not implemented");
 
@@ -270,16 +270,16 @@ ModelSource open_hf(const std::string& dir_in) {
     src.files.push_back(single);
     add_tensors(src, st, nullptr);
   } else if (path_exists(index)) {
-    const json j = json::parse(read_file(index), nullptr, false);
     const std::string what = "index '" + index + "'";
-    if (j.is_discarded() || !j.is_object()) fail(what, ": not a JSON object");
+    const json j = parse_json_bounded(read_file(index), what);
+    if (!j.is_object()) fail(what, ": not a JSON object");
     auto wm = j.find("weight_map");
     if (wm == j.end() || !wm->is_object() || wm->empty()) fail(what, ": field 'weight_map' is missing or not a non-empty object");
     src.files.push_back(index);
     std::map<std::string, std::set<std::string>> by_shard;  // every shard mapped once
     for (auto& [tensor, shard] : wm->items()) {
       if (!shard.is_string() || !plain_file_name(shard.get<std::string>()))
-        fail(what, ": field 'weight_map.", tensor, "' = ", shard.dump(), " is not a file name in the directory");
+        fail(what, ": field 'weight_map.", tensor, "' = ", json_brief(shard), " is not a file name in the directory");
       by_shard[shard.get<std::string>()].insert(tensor);
     }
     for (auto& [shard, names] : by_shard) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "json_util.h"
 #include "model_source.h"
 #include "safetensors.h"
 
@@ -48,24 +49,24 @@ struct Fields {
   }
   int64_t integer(const char* f, int64_t lo, int64_t hi) const {
     const json& v = at(f);
-    if (!v.is_number_integer()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not an integer");
+    if (!v.is_number_integer()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not an integer");
     const int64_t x = v.get<int64_t>();
     if (x < lo || x > hi) fail(what, ": field '", where, f, "' = ", x, " is out of range (", lo, "..", hi, ")");
     return x;
   }
   float number(const char* f) const {
     const json& v = at(f);
-    if (!v.is_number()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not a number");
+    if (!v.is_number()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not a number");
     return (float)v.get<double>();
   }
   bool boolean(const char* f) const {
     const json& v = at(f);
-    if (!v.is_boolean()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not true/false");
+    if (!v.is_boolean()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not true/false");
     return v.get<bool>();
   }
   std::string str(const char* f) const {
     const json& v = at(f);
-    if (!v.is_string()) fail(what, ": field '", where, f, "' = ", v.dump(), " is not a string");
+    if (!v.is_string()) fail(what, ": field '", where, f, "' = ", json_brief(v), " is not a string");
     return v.get<std::string>();
   }
 };
@@ -91,6 +92,11 @@ ModelConfig qforge_config_from_json(const json& j, const std::string& what) {
   c.rope_orig_ctx = (int)f.integer("rope_orig_ctx", 0, 1 << 24);
   c.rope_interleaved = f.boolean("rope_interleaved");
   c.tied_classifier = f.boolean("tied_classifier");
+  // Values the forward pass would turn into NaN silently.
+  if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail(what, ": field 'config.norm_eps' = ", c.norm_eps, " (expected in (0, 1))");
+  if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail(what, ": field 'config.rope_theta' = ", c.rope_theta, " (expected > 1)");
+  if (c.rope_scaling != "" && !(c.rope_factor > 0.f && std::isfinite(c.rope_factor)))
+    fail(what, ": field 'config.rope_factor' = ", c.rope_factor, " (expected > 0)");
   if (c.rope_scaling != "" && c.rope_scaling != "linear" && c.rope_scaling != "llama3")
     fail(what, ": field 'config.rope_scaling' = '", c.rope_scaling, "' (expected \"\", linear or llama3)");
   validate_config(c, what);
@@ -147,8 +153,12 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   }
   const int64_t nrg = g.nrowgroups();
   if (f.boolean("mixed_bits")) g.spec.group_bits = load_vec<uint8_t>(st, ln + ".group_bits", "U8", {nrg, g.ngroups});
-  g.spec.validate();
-  g.spec.validate_layout(g.rows, g.ngroups);
+  try {
+    g.spec.validate();
+    g.spec.validate_layout(g.rows, g.ngroups);
+  } catch (const Error& e) {
+    fail(w, ": ", e.what());
+  }
   g.scale = load_vec<float>(st, ln + ".scales", "F32", {nrg, g.ngroups});
   g.zero = load_vec<float>(st, ln + ".zeros", "F32", {nrg, g.ngroups});
   g.g_idx = load_vec<int32_t>(st, ln + ".g_idx", "I32", {g.cols});
@@ -220,8 +230,8 @@ Model load_qforge(const std::string& path) {
     fail(what, ": field '__metadata__.qforge_format' = '", v->second, "' (this qforge reads version ", kQforgeFormat, ")");
   auto h = st.metadata.find("qforge");
   if (h == st.metadata.end()) fail(what, ": field '__metadata__.qforge' (the header) is missing");
-  const json header = json::parse(h->second, nullptr, false);
-  if (header.is_discarded() || !header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
+  const json header = parse_json_bounded(h->second, what + ": field '__metadata__.qforge'");
+  if (!header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
   const Fields top{header, what, ""};
   if (top.integer("qforge_format", 0, 1 << 30) != kQforgeFormat) fail(what, ": field 'qforge_format' disagrees with the metadata");
 

@@ -10,6 +10,7 @@
 
 #include "half.h"
 #include "io.h"
+#include "json_util.h"
 
 namespace qf {
 
@@ -50,8 +51,7 @@ static std::string header_text(const MappedFile& f) {
 }
 
 static json parse_header(const std::string& text, const std::string& path) {
-  json h = json::parse(text, nullptr, false);
-  if (h.is_discarded()) fail("safetensors file '", path, "': the header is not valid JSON");
+  json h = parse_json_bounded(text, "safetensors file '" + path + "': the header");
   if (!h.is_object()) fail("safetensors file '", path, "': the header is JSON but not an object");
   return h;
 }
@@ -92,14 +92,17 @@ SafetensorsFile safetensors_parse(std::shared_ptr<MappedFile> file) {
     const uint64_t esize = safetensors_dtype_size(ts.dtype);
     if (!esize) fail(what, ": field 'dtype' has unsupported value '", ts.dtype, "'");
     if (sh->size() > 8) fail(what, ": field 'shape' has ", sh->size(), " dimensions (at most 8)");
-    uint64_t numel = 1;
+    // span: the product with zeros read as 1, which bounds every stride a tensor of this shape
+    // gets; numel alone is 0 for [0, 2^40, 2^40] although its strides overflow.
+    uint64_t numel = 1, span = 1;
     for (auto& d : *sh) {
-      if (!d.is_number_unsigned()) fail(what, ": field 'shape' holds ", d.dump(), ", not a non-negative integer");
+      if (!d.is_number_unsigned()) fail(what, ": field 'shape' holds ", json_brief(d), ", not a non-negative integer");
       const uint64_t v = d.get<uint64_t>();
       if (v > (1ull << 40)) fail(what, ": field 'shape' dimension ", v, " is absurd");
-      if (v && numel > (1ull << 62) / v) fail(what, ": field 'shape' ", sh->dump(), " has too many elements");
-      numel *= v;
       ts.shape.push_back((int64_t)v);
+      if (v && span > (1ull << 62) / v) fail(what, ": field 'shape' ", shape_str(ts.shape), "... has too many elements");
+      span *= v ? v : 1;
+      numel *= v;
     }
     const uint64_t b = (*off)[0].get<uint64_t>(), en = (*off)[1].get<uint64_t>();
     if (b > en) fail(what, ": field 'data_offsets' [", b, ", ", en, "] is reversed");
@@ -138,16 +141,19 @@ bool safetensors_peek_metadata(const std::string& path, std::map<std::string, st
   if (!f) return false;
   bool ok = false;
   uint64_t n = 0;
-  if (std::fread(&n, 1, 8, f) == 8 && n >= 2 && n <= kMaxHeader) {
+  // The header length is checked against the file's size before the buffer is allocated.
+  const bool sized = std::fseek(f, 0, SEEK_END) == 0 && std::ftell(f) >= 8;
+  const uint64_t fsize = sized ? (uint64_t)std::ftell(f) : 0;
+  if (sized && std::fseek(f, 0, SEEK_SET) == 0 && std::fread(&n, 1, 8, f) == 8 && n >= 2 && n <= kMaxHeader && n <= fsize - 8) {
     std::string text(n, '\0');
     if (std::fread(text.data(), 1, n, f) == n) {
-      json h = json::parse(text, nullptr, false);
-      if (!h.is_discarded() && h.is_object()) {
-        try {
+      try {
+        const json h = parse_json_bounded(text, path);
+        if (h.is_object()) {
           *md = parse_metadata(h, path);
           ok = true;
-        } catch (const Error&) {
         }
+      } catch (const Error&) {
       }
     }
   }

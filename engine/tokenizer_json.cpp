@@ -24,6 +24,7 @@
 
 #include "error.h"
 #include "io.h"
+#include "json_util.h"
 #include "tokenizer.h"
 #include "unicode.h"
 
@@ -74,12 +75,7 @@ namespace {
 
 TokenizerSpec read_json(const std::string& path, const std::string& text, bool* ignore_merges) {
   const std::string where = "tokenizer file '" + path + "': ";
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(where, "invalid JSON: ", e.what());
-  }
+  const json j = parse_json_bounded(text, where.substr(0, where.size() - 2));
   if (!j.is_object()) fail(where, "the top level is not a JSON object");
   if (!j.contains("model") || !j["model"].is_object()) fail(where, "field 'model' is missing or not an object");
   const json& model = j["model"];
@@ -101,7 +97,7 @@ TokenizerSpec read_json(const std::string& path, const std::string& text, bool* 
   int64_t max_id = -1;
   for (const auto& [tok, v] : vocab.items()) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t)kMaxVocab)
-      fail(where, "field 'model.vocab': token '", tok, "' has id ", v.dump(), ", expected an integer in 0..", kMaxVocab - 1);
+      fail(where, "field 'model.vocab': token '", tok, "' has id ", json_brief(v), ", expected an integer in 0..", kMaxVocab - 1);
     max_id = std::max(max_id, v.get<int64_t>());
   }
   for (size_t i = 0; i < added.size(); i++) {
@@ -270,12 +266,7 @@ TokenizerSpec read_json(const std::string& path, const std::string& text, bool* 
   const std::string cfg_path = dir_of(path) + "/tokenizer_config.json";
   if (path_exists(cfg_path)) {
     const std::string cw = "tokenizer config '" + cfg_path + "': ";
-    json c;
-    try {
-      c = json::parse(read_file(cfg_path));
-    } catch (const json::exception& e) {
-      fail(cw, "invalid JSON: ", e.what());
-    }
+    const json c = parse_json_bounded(read_file(cfg_path), cw.substr(0, cw.size() - 2));
     if (!c.is_object()) fail(cw, "the top level is not a JSON object");
     auto special = [&](const char* key, int32_t* id, bool* have) {
       std::string name;

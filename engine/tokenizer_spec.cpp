@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <unordered_map>
 
 #include "error.h"
 #include "tokenizer.h"
@@ -17,10 +19,50 @@ constexpr size_t kMaxMerges = 1 << 24;
 constexpr size_t kMaxTokenLen = 1 << 16;
 const std::string kSpace = "\xE2\x96\x81";  // '▁', SentencePiece's space
 
-std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  for (size_t p = s.find(from); p != std::string::npos; p = s.find(from, p + to.size())) s.replace(p, from.size(), to);
-  return s;
+// Linear in |s| (replacing in place would move the tail once per hit).
+std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
+  std::string out;
+  out.reserve(s.size());
+  size_t at = 0;
+  for (size_t p = s.find(from); p != std::string::npos; p = s.find(from, at)) {
+    out.append(s, at, p - at);
+    out += to;
+    at = p + from.size();
+  }
+  out.append(s, at, std::string::npos);
+  return out;
 }
+
+// A byte trie over the vocabulary (forward, or over the reversed tokens), so that one walk
+// along a merge string tells, for every cut, whether the part before (after) it is a token.
+// Without it, a merge of N spaces costs N lookups of O(N) bytes each.
+struct Trie {
+  std::unordered_map<uint64_t, uint32_t> edges;  // (node << 8 | byte) -> child
+  std::vector<char> terminal{0};
+  void insert(const std::string& t, bool reversed) {
+    uint32_t node = 0;
+    for (size_t k = 0; k < t.size(); k++) {
+      const unsigned char c = (unsigned char)t[reversed ? t.size() - 1 - k : k];
+      auto [it, fresh] = edges.emplace(((uint64_t)node << 8) | c, (uint32_t)terminal.size());
+      if (fresh) terminal.push_back(0);
+      node = it->second;
+    }
+    terminal[node] = 1;
+  }
+  // ok[i] = 1 when m[0, i) (forward) or m[i + 1, end) (reversed) is a token, for the cuts i
+  // where m[i] is a space.
+  void mark(const std::string& m, bool reversed, std::vector<char>* ok) const {
+    const size_t n = m.size();
+    uint32_t node = 0;
+    for (size_t k = 0; k < n; k++) {
+      const size_t i = reversed ? n - 1 - k : k;  // the cut at i needs the k bytes walked so far
+      if (m[i] == ' ' && terminal[node]) (*ok)[i] = 1;
+      auto it = edges.find(((uint64_t)node << 8) | (unsigned char)m[i]);
+      if (it == edges.end()) return;
+      node = it->second;
+    }
+  }
+};
 
 // "<0xAB>" -> 0xAB, or -1.
 int parse_byte_token(const std::string& s) {
@@ -146,12 +188,31 @@ Tokenizer Tokenizer::from_spec(const TokenizerSpec& s) {
   t.merges_.reserve(s.merges.size() * 2);
   t.merge_list_ = s.merges;
   std::string both;
+  std::unique_ptr<Trie> fwd, bwd;  // built on the first merge with several spaces
+  std::vector<char> pre_ok, suf_ok;
   for (size_t r = 0; r < s.merges.size(); r++) {
     const std::string& m = s.merges[r];
     int32_t a = -1, b = -1;
-    for (size_t sp = m.find(' '); sp != std::string::npos && a < 0; sp = m.find(' ', sp + 1)) {
-      const int32_t x = t.lookup(m.substr(0, sp)), y = t.lookup(m.substr(sp + 1));
+    const size_t sp1 = m.find(' ');
+    if (sp1 != std::string::npos && m.find(' ', sp1 + 1) == std::string::npos) {
+      const int32_t x = t.lookup(m.substr(0, sp1)), y = t.lookup(m.substr(sp1 + 1));
       if (x >= 0 && y >= 0) a = x, b = y;
+    } else if (sp1 != std::string::npos) {
+      if (!fwd) {
+        fwd = std::make_unique<Trie>();
+        bwd = std::make_unique<Trie>();
+        for (const std::string& v : t.vocab_) fwd->insert(v, false), bwd->insert(v, true);
+      }
+      pre_ok.assign(m.size(), 0);
+      suf_ok.assign(m.size(), 0);
+      fwd->mark(m, false, &pre_ok);
+      bwd->mark(m, true, &suf_ok);
+      for (size_t sp = sp1; sp < m.size(); sp++)
+        if (pre_ok[sp] && suf_ok[sp]) {
+          a = t.lookup(m.substr(0, sp));
+          b = t.lookup(m.substr(sp + 1));
+          break;
+        }
     }
     if (a < 0) {
       const size_t sp = m.find(' ');

@@ -956,3 +956,47 @@ TEST_CASE("SmolLM2-135M-Instruct Q4_1 GGUF loads (skipped without models/)") {
   for (float v : forward(m, toks, 1, 6).to_vector()) finite &= std::isfinite(v);
   CHECK(finite);
 }
+
+// ---- hostile headers (issue 14) ----------------------------------------------------------------
+
+TEST_CASE("GGUF dims whose product is 0 but whose strides overflow are refused naming the tensor") {
+  Spec s;
+  s.dims = {0, 1ull << 40, 1ull << 40, 1ull << 40};  // 0 elements, 0 bytes: the old reader took it
+  const std::string msg = read_error("zero_dims.gguf", build(s));
+  CHECK(msg.find("file '" + tmpdir() + "/zero_dims.gguf'") != std::string::npos);
+  CHECK_MESSAGE(msg.find("tensor 't': dims[2] = 1099511627776 makes the element count overflow") != std::string::npos, msg);
+}
+
+// One metadata entry: an array of n empty u8 arrays (12 bytes each in the file).
+static std::string nested_arrays(uint64_t n) {
+  Builder o;
+  o.b += "GGUF";
+  o.u32(3);
+  o.u64(0);
+  o.u64(1);
+  o.str("nested");
+  o.u32(9);  // array
+  o.u32(9);  // of arrays
+  o.u64(n);
+  for (uint64_t k = 0; k < n; ++k) {
+    o.u32(0);  // of u8
+    o.u64(0);  // empty
+  }
+  return o.b;
+}
+
+TEST_CASE("GGUF: what a header makes the reader allocate is bounded by the file's size") {
+  // 1 M empty nested arrays: a 12 MB file for which the old reader reserved 1 M GGUFValues
+  // (~160 MB) in one allocation. Now refused before that allocation.
+  const std::string big = nested_arrays(1000000);
+  size_t peak = 0;
+  const std::string msg = read_error("nested_big.gguf", big, &peak);
+  CHECK(msg.find("file '" + tmpdir() + "/nested_big.gguf': metadata 'nested'") != std::string::npos);
+  CHECK_MESSAGE(msg.find("bytes of memory per byte of the") != std::string::npos, msg);
+  CHECK(peak <= 4 * big.size());
+  // A few thousand nested arrays still load (the fixed 1 MiB allowance covers small headers).
+  const std::string small = nested_arrays(2000);
+  CHECK(read_error("nested_small.gguf", small, &peak) == "");
+  CHECK(peak <= 4 * small.size() + (1 << 20));
+  CHECK(gguf_read(tmpdir() + "/nested_small.gguf").get_array("nested").arr.size() == 2000);
+}

@@ -721,7 +721,7 @@ TEST_CASE("tokenizer.json with a Metaspace pre-tokenizer reads as the llama kind
 TEST_CASE("tokenizer.json errors name the file and the field") {
   TempDir tmp;
   const std::string good = tiny_json(false, kByteLevel);
-  check_json_error(tmp, "trunc", good.substr(0, good.size() / 2), "invalid JSON");
+  check_json_error(tmp, "trunc", good.substr(0, good.size() / 2), "not valid JSON");
   check_json_error(tmp, "notobj", "{\"model\": 3}", "field 'model'");
   check_json_error(tmp, "novocab", R"({"model": {"type": "BPE", "merges": []}})", "field 'model.vocab'");
   check_json_error(tmp, "unigram", R"({"model": {"type": "Unigram", "vocab": {}}})", "field 'model.type' is 'Unigram'");
@@ -756,7 +756,7 @@ TEST_CASE("tokenizer.json errors name the file and the field") {
     const std::string c = tmp.file("cfgbad/tokenizer_config.json", R"({"bos_token": "<nope>"})");
     check_error([&] { Tokenizer::load(p); }, {c, "field 'bos_token': '<nope>' is not a token"});
     tmp.file("cfgbad/tokenizer_config.json", "{\"bos_token\": ");
-    check_error([&] { Tokenizer::load(p); }, {c, "invalid JSON"});
+    check_error([&] { Tokenizer::load(p); }, {c, "not valid JSON"});
   }
   // A tokenizer.bin whose max_token_length is 123 ('{') is still read as tokenizer.bin.
   {

@@ -167,6 +167,9 @@ function C.load_allocation(path, m, opt)
         if not used[c] then bad(string.format("tensor '%s.row_groups': cluster %d has no rows", key, c)) end
         for j = 1, inn do
           local v = bits:get(c, j)
+          if v ~= v or v ~= math.floor(v) then  -- NaN fails every comparison, so test it first
+            bad(string.format("tensor '%s.bits' [%d, %d] = %g is not a whole number of bits", key, c, j, v))
+          end
           if v < 0 or v > bmax then bad(string.format("tensor '%s.bits' [%d, %d] = %g is outside [0, %d]", key, c, j, v, bmax)) end
           bits_sum = bits_sum + v * used[c]
           if v == 0 then pruned = pruned + used[c] end
