@@ -1,6 +1,7 @@
 // The Llama backward pass: op backwards, block_backward (recompute the block forward,
 // then backpropagate), and the whole-model drivers. f32 throughout; f64 only for the
 // reductions that need it (RMSNorm row dots and gain sums, softmax row sums, the loss).
+#include "parallel.h"
 #include "backward.h"
 
 #include <omp.h>
@@ -34,7 +35,7 @@ static void add_inplace(Tensor& a, const Tensor& b) {
   float* ap = a.f32();
   const float* bp = b.f32();
   const int64_t n = a.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
   for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
 }
 
@@ -46,7 +47,7 @@ static void dy_times_w(const Tensor& dy, const Tensor& W, Tensor& dx, bool accum
   const float* dyp = dy.f32();
   float* dxp = dx.f32();
   const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
     CMap DY(dyp + r0 * outf, nr, outf);
@@ -67,7 +68,7 @@ static void dyt_times_x(const Tensor& dy, const Tensor& x, Tensor& dW, Tensor* d
   float* dbp = db ? db->f32() : nullptr;
   const float* dyp = dy.f32();
   const int64_t nchunks = (outf + kOutChunk - 1) / kOutChunk;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t o0 = c * kOutChunk, no = std::min(kOutChunk, outf - o0);
     DW.middleRows(o0, no).noalias() = DY.middleCols(o0, no).transpose() * X;
@@ -98,7 +99,7 @@ RmsnormGrads rmsnorm_backward(const Tensor& x_, const Tensor& g_, float eps, con
   // dg = Σ_rows dy ⊙ x·inv: f64 partial sums per fixed row chunk, added in chunk order.
   const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
   std::vector<double> part(want_dg ? (size_t)(nchunks * D) : 0, 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
   for (int64_t c = 0; c < nchunks; ++c) {
     double* pc = want_dg ? part.data() + c * D : nullptr;
     for (int64_t i = c * kRowChunk; i < std::min(N, (c + 1) * kRowChunk); ++i) {
@@ -177,7 +178,7 @@ AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tens
   std::vector<MatRM> scratchS(omp_get_max_threads(), MatRM(rows, T)), scratchP(omp_get_max_threads(), MatRM(rows, T));
   // One task per (window, kv head): the heads sharing that kv head, and all query blocks,
   // accumulate into its dK/dV slice in a fixed order inside the task.
-#pragma omp parallel for schedule(dynamic) collapse(2)
+#pragma omp parallel for schedule(dynamic) collapse(2) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim * 2))
   for (int b = 0; b < B; ++b)
     for (int kh = 0; kh < n_kv_heads; ++kh) {
       MatRM& S = scratchS[omp_get_thread_num()];
@@ -257,7 +258,7 @@ Tensor swiglu(const Tensor& a_, const Tensor& u_) {
   float* hp = h.f32();
   const float* up = u.f32();
   const int64_t n = h.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
   for (int64_t i = 0; i < n; ++i) hp[i] = hp[i] / (1.0f + std::exp(-hp[i])) * up[i];  // as block_forward
   return h;
 }
@@ -268,7 +269,7 @@ static void swiglu_backward_inplace(Tensor& a, Tensor& u, const Tensor& dh) {
   float* up = u.f32();
   const float* dp = dh.f32();
   const int64_t n = a.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
   for (int64_t i = 0; i < n; ++i) {
     const float x = ap[i], sig = 1.0f / (1.0f + std::exp(-x));
     ap[i] = dp[i] * up[i] * sig * (1.0f + x * (1.0f - sig));
@@ -341,13 +342,13 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   for (int64_t s0 = 0; s0 < N; s0 += kSuper) {
     const int64_t ns = std::min(kSuper, N - s0);
     const int64_t nchunks = (ns + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
       L.middleRows(r0, nr).noalias() = Xn.middleRows(s0 + r0, nr) * Wm.transpose();
     }
     // softmax − one-hot, scaled by 1/scored: dL/dlogits, in place
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(ns * V * 4))
     for (int64_t r = 0; r < ns; ++r) {
       float* l = logits.f32() + r * V;
       const int32_t t = targets[s0 + r];
@@ -365,7 +366,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
       l[t] -= inv_count;
     }
     for (int64_t r = 0; r < ns; ++r) loss += row_loss[r];
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
       dXn.middleRows(s0 + r0, nr).noalias() = L.middleRows(r0, nr) * Wm;
@@ -373,7 +374,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
     if (param_grads) {
       Map dC(hg.d_classifier.f32(), V, D);
       const int64_t vchunks = (V + kOutChunk - 1) / kOutChunk;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * D * V))
       for (int64_t c = 0; c < vchunks; ++c) {
         const int64_t v0 = c * kOutChunk, nv = std::min(kOutChunk, V - v0);
         dC.middleRows(v0, nv).noalias() += L.block(0, v0, ns, nv).transpose() * Xn.middleRows(s0, ns);

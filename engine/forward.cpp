@@ -1,5 +1,6 @@
 // The Llama forward pass (llama2.c semantics: RMSNorm eps 1e-5, interleaved-pair RoPE,
 // grouped-query causal attention, SwiGLU MLP), full sequence, f32, OpenMP-parallel.
+#include "parallel.h"
 #include "forward.h"
 
 #include <omp.h>
@@ -28,7 +29,7 @@ void rmsnorm(const Tensor& x_, const Tensor& g_, float eps, Tensor& out) {
   const float* xp = x.f32();
   const float* gp = g.f32();
   float* op = out.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
   for (int64_t i = 0; i < N; ++i) {
     const float* r = xp + i * D;
     double ss = 0;
@@ -101,7 +102,7 @@ void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<
       sn[(size_t)p * half + i] = transpose ? -std::sin(val) : std::sin(val);
     }
   float* xp = x.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(N * W))
   for (int64_t r = 0; r < N; ++r) {
     const int p = (int)(r % T);
     for (int h = 0; h < n_heads; ++h) {
@@ -143,7 +144,7 @@ void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int 
   const int nqb = (T + kQBlock - 1) / kQBlock;
   // Scratch allocated here, outside the parallel region: an exception must not escape OpenMP.
   std::vector<MatRM> scratch(omp_get_max_threads(), MatRM(std::min(kQBlock, T), T));
-#pragma omp parallel for schedule(dynamic) collapse(3)
+#pragma omp parallel for schedule(dynamic) collapse(3) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim))
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < n_heads; ++h)
       for (int qb = 0; qb < nqb; ++qb) {
@@ -186,7 +187,7 @@ Tensor linear_forward(const Tensor& x_, const Linear& lin) {
   const float* xp = x.f32();
   float* yp = y.f32();
   const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
     CMap X(xp + r0 * in, nr, in);
@@ -196,7 +197,7 @@ Tensor linear_forward(const Tensor& x_, const Linear& lin) {
   if (lin.bias.defined()) {
     if (lin.bias.numel() != outf) fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
     const std::vector<float> b = lin.bias.to_vector();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(N * outf))
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < outf; ++j) yp[i * outf + j] += b[j];
   }
@@ -218,7 +219,7 @@ static void add_inplace(Tensor& a, const Tensor& b) {
   float* ap = a.f32();
   const float* bp = b.f32();
   const int64_t n = a.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
   for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
 }
 
@@ -253,7 +254,7 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
     float* gp = g.f32();
     const float* up = u.f32();
     const int64_t n = g.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
     for (int64_t i = 0; i < n; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * up[i];  // silu(gate)·up
   }
   if (obs) obs(Site::FfnMid, g);

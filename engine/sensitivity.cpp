@@ -1,3 +1,4 @@
+#include "parallel.h"
 #include "sensitivity.h"
 
 #include <Eigen/Eigenvalues>
@@ -114,7 +115,7 @@ GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& window
       float* acc = gs.g2[l][j].f32();
       const float* d = dW.f32();
       const int64_t n = dW.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
       for (int64_t e = 0; e < n; ++e) acc[e] += d[e] * d[e];
     }
   };

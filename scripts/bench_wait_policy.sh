@@ -2,7 +2,7 @@
 # Times one fixed workload under three OpenMP wait settings — libgomp's default (what qforge ran
 # with before it defaulted to passive: GOMP_SPINCOUNT=300000), OMP_WAIT_POLICY=ACTIVE and
 # PASSIVE (qforge's default) — at threads 1 and 2, alone and beside a busy process (`yes >
-# /dev/null` pinned to CPU 0), and prints a markdown table with the machine load. Usage (from the repository root, after scripts/build.sh):
+# /dev/null` pinned to CPU 0) and as two copies at once ("pair"), and prints a markdown table with the machine load. Usage (from the repository root, after scripts/build.sh):
 #   scripts/bench_wait_policy.sh [REPS]              # default workload: gradient statistics
 #   WORKLOAD=cvxq scripts/bench_wait_policy.sh 1     # qforge run recipes/cvxq.lua (~20 s each)
 # Each cell is the median of REPS wall-clock times (default 3). SAMPLES (default 16) sets the
@@ -19,6 +19,7 @@ model=../shared/models/stories260K
 out="$(mktemp -d)"
 trap 'kill $busy 2>/dev/null || true; rm -rf "$out"' EXIT
 busy=""
+copies=1
 
 workload_cmd() {  # workload_cmd THREADS
   case "$workload" in
@@ -36,7 +37,11 @@ time_once() {  # time_once POLICY THREADS -> seconds
     *) pol="OMP_WAIT_POLICY=$1" ;;
   esac
   t0=$(date +%s.%N)
-  timeout "$limit" env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$pol" OMP_NUM_THREADS="$2" $(workload_cmd "$2") >/dev/null 2>&1 || true
+  # "pair": two copies at once (two runs sharing the machine), timed until both end.
+  for _ in $(seq 1 "$copies"); do
+    timeout "$limit" env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$pol" OMP_NUM_THREADS="$2" $(workload_cmd "$2") >/dev/null 2>&1 &
+  done
+  wait
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
@@ -52,7 +57,9 @@ echo "host: $(nproc) CPUs; load before: $(uptime | sed 's/.*load average/load av
 echo
 echo "| condition | threads | libgomp default | ACTIVE | PASSIVE (qforge default) |"
 echo "|---|---|---|---|---|"
-for cond in alone busy; do
+for cond in alone busy pair; do
+  copies=1
+  [ "$cond" = pair ] && copies=2
   if [ "$cond" = busy ]; then
     taskset -c 0 yes >/dev/null &
     busy=$!
