@@ -4,11 +4,7 @@
 # dimension give the same bytes for any thread count.
 # Usage: tests/cli_bindings_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
-QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
-WORK="$2"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) and WORK (emptied)
 
 # ---- a call with one argument too many fails the run, naming the function ----
 cat >"$WORK/extra.lua" <<'LUA'

@@ -4,11 +4,7 @@
 # policy default, stale temporaries of directory exports, non-regular input files.
 # Usage: tests/cli_files_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
-QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
-WORK="$2"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) and WORK (emptied)
 T=10  # seconds: any check that could block (a FIFO, /dev/zero) runs under this timeout
 # runx NAME CMD...: like run, for a command that wraps qforge (timeout, env).
 runx() {

@@ -1,5 +1,10 @@
-# Shared helpers of the command-line tests (tests/cli*_test.sh): source it after setting
-# QF (absolute path of the qforge binary) and WORK (an emptied work directory).
+# Shared helpers of the command-line tests (tests/cli*_test.sh), sourced with the script's
+# arguments QFORGE_BIN WORKDIR: sets QF (the binary's absolute path: some checks change
+# directory) and WORK (the work directory, emptied).
+QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+WORK="$2"
+rm -rf "$WORK"
+mkdir -p "$WORK"
 failed=0
 passed=0
 

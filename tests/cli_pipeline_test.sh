@@ -4,11 +4,7 @@
 # help texts and defaults; realized bits of custom_loop.lua; the ETA counts capture time.
 # Usage: tests/cli_pipeline_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
-QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
-WORK="$2"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) and WORK (emptied)
 
 # Small and fast: stories260K, a few short windows, no WikiText-2.
 FAST="nsamples=2 seqlen=32 eval_seqlen=64 wiki_windows=0"

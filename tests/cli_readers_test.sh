@@ -3,11 +3,7 @@
 # levels deep in each reader of untrusted JSON is one clear error and exit 1, not a crash.
 # Usage: tests/cli_readers_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
-QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
-WORK="$2"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) and WORK (emptied)
 
 # The inputs, written by a Lua script (raw bytes where qforge's writers would refuse them).
 cat >"$WORK/gen.lua" <<'LUA'

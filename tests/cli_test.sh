@@ -2,11 +2,7 @@
 # Command-line behaviour of qforge: exit codes, messages, the run directory, rerun.sh.
 # Usage: tests/cli_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
-QF="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # absolute: some checks change directory
-WORK="$2"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) and WORK (emptied)
 
 # ---- commands ------------------------------------------------------------------------
 run version version

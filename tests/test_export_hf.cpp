@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "scratch_dir.h"
 #include "export.h"
 #include "forward.h"
 #include "half.h"
@@ -29,12 +30,7 @@ using json = nlohmann::json;
 static const std::string kShared = QF_SHARED_DIR;
 
 static std::string tmpdir() {
-  static std::string d = [] {
-    auto p = fs::temp_directory_path() / ("qf_export_hf_" + std::to_string(getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p.string();
-  }();
+  static const std::string d = qf_test::scratch_dir("export_hf");
   return d;
 }
 

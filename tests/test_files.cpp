@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "scratch_dir.h"
 #include "export.h"
 #include "grid.h"
 #include "io.h"
@@ -23,12 +24,7 @@ using namespace qf;
 namespace fs = std::filesystem;
 
 static std::string tmpdir() {
-  static std::string d = [] {
-    auto p = fs::temp_directory_path() / ("qf_files_" + std::to_string(getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p.string();
-  }();
+  static const std::string d = qf_test::scratch_dir("files");
   return d;
 }
 

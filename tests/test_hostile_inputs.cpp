@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "scratch_dir.h"
 #include "json_util.h"
 #include "loader_hf.h"
 #include "loader_qforge.h"
@@ -20,18 +21,12 @@ using namespace qf;
 namespace fs = std::filesystem;
 
 static std::string tmpdir() {
-  static std::string d = [] {
-    auto p = fs::temp_directory_path() / ("qf_hostile_" + std::to_string(getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p.string();
-  }();
+  static const std::string d = qf_test::scratch_dir("hostile");
   return d;
 }
 static std::string put(const std::string& name, const std::string& bytes) {
   const std::string p = tmpdir() + "/" + name;
-  fs::create_directories(fs::path(p).parent_path());
-  std::ofstream(p, std::ios::binary).write(bytes.data(), (std::streamsize)bytes.size());
+  qf_test::write_bytes(p, bytes);
   return p;
 }
 static std::string safetensors_bytes(const std::string& header) {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "scratch_dir.h"
 #include "forward.h"
 #include "io.h"
 #include "loader.h"
@@ -22,19 +23,13 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 static std::string tmpdir() {
-  static std::string d = [] {
-    auto p = fs::temp_directory_path() / ("qf_safetensors_" + std::to_string(getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p.string();
-  }();
+  static const std::string d = qf_test::scratch_dir("safetensors");
   return d;
 }
 
 static std::string put(const std::string& name, const std::string& bytes) {
   const std::string p = tmpdir() + "/" + name;
-  fs::create_directories(fs::path(p).parent_path());
-  std::ofstream(p, std::ios::binary).write(bytes.data(), (std::streamsize)bytes.size());
+  qf_test::write_bytes(p, bytes);
   return p;
 }
 
