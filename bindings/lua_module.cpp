@@ -33,12 +33,8 @@ static json to_json(lua_State* L, int idx, const char* fn, int depth) {
     case LUA_TBOOLEAN: return (bool)lua_toboolean(L, idx);
     case LUA_TNUMBER: {
       if (lua_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
-      // JSON has no NaN/inf: record them as the strings "nan", "inf", "-inf" (a diverged
-      // perplexity must not turn into null).
-      const double x = lua_tonumber(L, idx);
-      if (std::isnan(x)) return "nan";
-      if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-      return x;
+      // NaN/inf stay numbers here; RunContext::record/log write them as "nan", "inf", "-inf".
+      return lua_tonumber(L, idx);
     }
     case LUA_TSTRING: {
       size_t n = 0;
@@ -126,16 +122,14 @@ static std::string accepted_str(const OptDecl& d, bool typed = false) {
     for (size_t i = 0; i < d.choices.size(); ++i) s += (i ? ", " : "") + value_str(d.choices[i]);
     return s;
   }
+  // Lower bounds before upper ones: "1..8", ">= 1", "> 0 and <= 8".
   std::vector<std::string> parts;
-  if (d.has_min && d.has_max) parts.push_back((typed ? "in " : "") + num_str(d.min) + ".." + num_str(d.max));
+  const bool range = d.has_min && d.has_max;
+  if (range) parts.push_back((typed ? "in " : "") + num_str(d.min) + ".." + num_str(d.max));
   else if (d.has_min) parts.push_back(">= " + num_str(d.min));
-  else if (d.has_max) parts.push_back("<= " + num_str(d.max));
   if (d.has_gt) parts.push_back("> " + num_str(d.gt));
   if (d.has_lt) parts.push_back("< " + num_str(d.lt));
-  if (d.has_min && d.has_max) {  // keep "1..8" first, then any exclusive bound
-  } else if (d.has_max && !d.has_min && (d.has_gt || d.has_lt)) {
-    std::rotate(parts.begin(), parts.begin() + 1, parts.end());  // "> 0 and <= 8"
-  }
+  if (!range && d.has_max) parts.push_back("<= " + num_str(d.max));
   std::string r;
   for (size_t i = 0; i < parts.size(); ++i) r += (i ? " and " : "") + parts[i];
   if (r.empty()) return r;

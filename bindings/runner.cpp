@@ -13,6 +13,7 @@
 #include <iostream>
 
 #include "io.h"
+#include "json_util.h"
 #include "lua_util.h"
 #include "qforge_version.h"
 
@@ -67,18 +68,12 @@ void RunContext::note_input(const std::string& path) {
   if (!run_dir.empty()) write_run_json("running");
 }
 
-static std::string fingerprint_of(const std::string& bytes) {
-  char hex[32];
-  std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fnv1a64(bytes.data(), bytes.size()));
-  return std::string("fnv1a64:") + hex;
-}
-
 void RunContext::note_module(const std::string& name, const std::string& file, const std::string& rel,
                              const std::string& source) {
   for (const auto& in : inputs)
     if (in.value("module", "") == name) return;
   inputs.push_back({{"path", file}, {"module", name}, {"copy", "lua/" + rel}, {"size", source.size()},
-                    {"fingerprint", fingerprint_of(source)}});
+                    {"fingerprint", fingerprint(source)}});
   if (run_dir.empty()) return;
   const std::string dst = run_dir + "/lua/" + rel;
   make_dirs(dst.substr(0, dst.find_last_of('/')));
@@ -306,7 +301,7 @@ int run_recipe(const RunArgs& a) {
   if (!path_exists(a.recipe) || is_directory(a.recipe))
     return usage_error("recipe file '" + a.recipe + "' not found");
   const std::string source = read_file(a.recipe);
-  ctx.recipe_fingerprint = fingerprint_of(source);
+  ctx.recipe_fingerprint = fingerprint(source);
   ctx.rerun_of = a.rerun_of;
   ctx.rerun_differences = a.rerun_differences;
   {
@@ -408,8 +403,8 @@ int run_recipe(const RunArgs& a) {
 
 // ---- qforge rerun ----------------------------------------------------------------------
 static json read_json_file(const std::string& path) {
-  json j = json::parse(read_file(path), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) fail("'", path, "' is not a JSON object");
+  json j = parse_json_bounded(read_file(path), "'" + path + "'");
+  if (!j.is_object()) fail("'", path, "' is not a JSON object");
   return j;
 }
 
@@ -445,8 +440,9 @@ int rerun(const RerunArgs& a) {
     std::cerr << "qforge: warning: commit '" << commit << "' does not identify the code exactly (uncommitted changes)\n";
   const std::string rfp = run.value("recipe_fingerprint", "");
   const std::string recipe = dir + "/recipe.lua";
-  if (!rfp.empty() && file_fingerprint(recipe) != rfp)
-    diffs.push_back("recipe '" + recipe + "': fingerprint " + file_fingerprint(recipe) + ", recorded " + rfp);
+  const std::string recipe_now = file_fingerprint(recipe);
+  if (!rfp.empty() && recipe_now != rfp)
+    diffs.push_back("recipe '" + recipe + "': fingerprint " + recipe_now + ", recorded " + rfp);
   const std::string cwd = run.value("cwd", "");
   const bool cwd_ok = !cwd.empty() && is_directory(cwd);
   if (!cwd_ok) diffs.push_back("working directory '" + cwd + "' of the run no longer exists");

@@ -146,10 +146,16 @@ std::string file_fingerprint(const std::string& path) {
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) h = fnv1a64(buf, n, h);
   std::fclose(f);
+  return fingerprint_text(h);
+}
+
+std::string fingerprint_text(uint64_t h) {
   char hex[32];
   std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
   return std::string("fnv1a64:") + hex;
 }
+
+std::string fingerprint(const std::string& bytes) { return fingerprint_text(fnv1a64(bytes.data(), bytes.size())); }
 
 void remove_tree(const std::string& path) {
   struct stat st{};

@@ -60,5 +60,7 @@ class AtomicDir {
 void remove_stale_temps(const std::string& path);
 uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull);
 std::string file_fingerprint(const std::string& path);  // "fnv1a64:<hex>" of the content
+std::string fingerprint(const std::string& bytes);  // the same for bytes in memory
+std::string fingerprint_text(uint64_t h);  // "fnv1a64:<16 hex digits>"
 
 }  // namespace qf
