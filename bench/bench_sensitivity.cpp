@@ -6,7 +6,11 @@
 // Both run in one process (so the time ratio is measured on one machine state); peak RSS of each
 // needs its own process: pass the mode.
 //   build/bench_sensitivity [model] [both|proxy|gradient] [nsamples] [seqlen] [iters] [stride]
+//                           [resident|lazy] [concurrent passes]
+// resident (default, as the recipes load) or lazy (blocks converted on use; passes then run one at
+// a time); concurrent passes: GradStatsOptions::max_concurrent_passes (0 auto, 1 one at a time).
 // Windows are random token ids (statistics cost does not depend on the text).
+#include <omp.h>
 #include <sys/resource.h>
 
 #include <chrono>
@@ -37,14 +41,21 @@ int main(int argc, char** argv) {
   const int T0 = argc > 4 ? std::atoi(argv[4]) : 256;
   const int iters = argc > 5 ? std::atoi(argv[5]) : 0;
   const int stride = argc > 6 ? std::atoi(argv[6]) : 128;
+  const std::string load = argc > 7 ? argv[7] : "resident";
+  const int concurrent = argc > 8 ? std::atoi(argv[8]) : 0;
+  if (load != "resident" && load != "lazy") {
+    std::fprintf(stderr, "bench_sensitivity: argument 7 must be resident or lazy, got '%s'\n", load.c_str());
+    return 2;
+  }
   try {
-    const Model m = load_model(resolve_model_files(path), /*lazy=*/true);
+    const Model m = load_model(resolve_model_files(path), load == "lazy");
     const int T = std::min(T0, m.cfg.seq_len);
     Rng rng(7);
     std::vector<int32_t> windows((size_t)nsamples * T);
     for (auto& t : windows) t = (int32_t)rng.randint(0, m.cfg.vocab_size - 1);
-    std::printf("model %s: %d blocks, dim %d, hidden %d; %d windows x %d tokens; RSS after load %.0f MB\n", path.c_str(),
-                m.n_blocks(), m.cfg.dim, m.cfg.hidden_dim, nsamples, T, peak_rss_mb());
+    std::printf("model %s (%s): %d blocks, dim %d, hidden %d; %d windows x %d tokens; %d threads, concurrent passes %d; RSS after load %.0f MB\n",
+                path.c_str(), load.c_str(), m.n_blocks(), m.cfg.dim, m.cfg.hidden_dim, nsamples, T, omp_get_max_threads(),
+                concurrent, peak_rss_mb());
     double t_proxy = 0, t_grad = 0;
     if (mode == "both" || mode == "proxy") {
       const auto t0 = clk::now();
@@ -64,6 +75,7 @@ int main(int argc, char** argv) {
       GradStatsOptions o;
       o.iters = iters;
       o.stride = stride;
+      o.max_concurrent_passes = concurrent;
       t0 = clk::now();
       const GradStats gs = gradient_statistics(m, windows, nsamples, T, pca, o);
       const double t_g = secs(t0);

@@ -1,10 +1,18 @@
 #include "parallel.h"
 #include "sensitivity.h"
 
+#include <omp.h>
+#include <unistd.h>
+
 #include <Eigen/Eigenvalues>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <mutex>
 
 #include "backward.h"
 #include "calibration.h"
@@ -80,6 +88,37 @@ void check_grad_stats_options(const GradStatsOptions& opt, int nwin) {
   if (opt.iters < 0) fail(fn, ": iters must be >= 0, got ", opt.iters);
 }
 
+// How many backward passes run at once. A pass of a small model is hundreds of short loops
+// (stories260K: tens of microseconds each), too short to share among threads, and under passive
+// waiting every loop would pay for waking them; whole passes in parallel keep every thread busy.
+// Bounded by the threads, the passes, and memory: each pass in flight holds its activations and
+// one block's dW (backward.h), at most an eighth of physical memory for all of them. A lazy
+// model converts and frees blocks as passes reach them, which passes in parallel cannot share.
+struct PassPlan {
+  int passes = 1;         // backward passes at once
+  double park_bytes = 0;  // dW parked by passes ahead of their turn, at most
+};
+static PassPlan concurrent_passes(const Model& m, const GradStatsOptions& opt, int npasses, int batch, int T) {
+  if (opt.max_concurrent_passes == 1 || m.is_lazy()) return {};
+  int n = std::min(omp_get_max_threads(), npasses);
+  if (opt.max_concurrent_passes > 0) n = std::min(n, opt.max_concurrent_passes);
+  if (n <= 1) return {};
+  const ModelConfig& c = m.cfg;
+  const int64_t N = (int64_t)batch * T, hd = c.head_dim(), kv = c.kv_dim();
+  int64_t block_params = 0;
+  for (const Linear& lin : m.block(0).linears) block_params += lin.out_features() * lin.in_features();
+  const double pass_bytes =
+      4.0 * ((double)N * ((double)c.dim * m.n_blocks() + 3.0 * c.dim + 2.0 * c.n_heads * hd + 2.0 * kv + 3.0 * c.hidden_dim) +
+             (double)block_params);
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const double budget = pages > 0 && page > 0 ? (double)pages * (double)page / 8 : 1e9;
+  PassPlan plan;
+  plan.passes = (int)std::max<double>(1, std::min<double>(n, std::floor(budget / pass_bytes)));
+  // What is left parks dW; at least one block's, so a pass ahead can always go on one layer.
+  plan.park_bytes = std::max(budget - plan.passes * pass_bytes, 4.0 * (double)block_params);
+  return plan;
+}
+
 GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& windows, int nwin, int T,
                               const HiddenPca& pca, const GradStatsOptions& opt, const GradStatsProgress& progress) {
   const char* fn = "gradient_statistics";
@@ -120,34 +159,117 @@ GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& window
     }
   };
 
+  // Every backward pass of the run, in order: iteration it's passes are one per position t (on
+  // the windows' prefixes 0..t), or one for all positions.
+  struct Pass {
+    int it;
+    std::vector<int> ts;
+  };
+  std::vector<Pass> passes;
   for (int it = 0; it < iters; ++it) {
-    const int first = (it % nbatches) * opt.batch, nb = std::min(opt.batch, nwin - first);
-    const float* v = pca.components.f32() + (int64_t)(it % K) * D;
-    // One backward per position t (on the windows' prefixes 0..t), or one for all positions.
-    std::vector<std::vector<int>> passes;
-    if (opt.joint_positions) passes.push_back(positions);
+    if (opt.joint_positions) passes.push_back({it, positions});
     else
-      for (int t : positions) passes.push_back({t});
-    for (const std::vector<int>& ts : passes) {
-      const int Tp = ts.back() + 1;  // causal: tokens after the last scored position do not matter
-      std::vector<int32_t> tok;
-      tok.reserve((size_t)nb * Tp);
-      for (int b = 0; b < nb; ++b) {
-        const auto w = windows.begin() + (int64_t)(first + b) * T;
-        tok.insert(tok.end(), w, w + Tp);
-      }
-      // dz/dhn: v_k at every scored position of every window of the batch, 0 elsewhere.
-      auto dH = [&](const Tensor& hn) {
-        Tensor d = Tensor::zeros(hn.shape());
-        for (int b = 0; b < nb; ++b)
-          for (int t : ts) std::copy(v, v + D, d.f32() + ((int64_t)b * Tp + t) * D);
-        return d;
-      };
-      model_backward_from_hidden(m, tok, nb, Tp, dH, [&](int) { return req; }, accumulate);
-      ++gs.samples;
+      for (int t : positions) passes.push_back({it, {t}});
+  }
+  auto run_pass = [&](const Pass& ps, const BlockGradsFn& on_grads) {
+    const int first = (ps.it % nbatches) * opt.batch, nb = std::min(opt.batch, nwin - first);
+    const float* v = pca.components.f32() + (int64_t)(ps.it % K) * D;
+    const int Tp = ps.ts.back() + 1;  // causal: tokens after the last scored position do not matter
+    std::vector<int32_t> tok;
+    tok.reserve((size_t)nb * Tp);
+    for (int b = 0; b < nb; ++b) {
+      const auto w = windows.begin() + (int64_t)(first + b) * T;
+      tok.insert(tok.end(), w, w + Tp);
     }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (progress) progress(it + 1, iters, secs);
+    // dz/dhn: v_k at every scored position of every window of the batch, 0 elsewhere.
+    auto dH = [&](const Tensor& hn) {
+      Tensor d = Tensor::zeros(hn.shape());
+      for (int b = 0; b < nb; ++b)
+        for (int t : ps.ts) std::copy(v, v + D, d.f32() + ((int64_t)b * Tp + t) * D);
+      return d;
+    };
+    model_backward_from_hidden(m, tok, nb, Tp, dH, [&](int) { return req; }, on_grads);
+  };
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  auto ends_iteration = [&](size_t p) { return p + 1 == passes.size() || passes[p + 1].it != passes[p].it; };
+
+  const PassPlan plan = concurrent_passes(m, opt, (int)passes.size(), opt.batch, T);
+  if (plan.passes <= 1) {
+    for (size_t p = 0; p < passes.size(); ++p) {
+      run_pass(passes[p], accumulate);
+      ++gs.samples;
+      if (ends_iteration(p) && progress) progress(passes[p].it + 1, iters, seconds());
+    }
+  } else {
+    // Whole passes in parallel, each on one thread (its inner loops then run serially). The
+    // running sums still take every pass's dW² in pass order, layer by layer, so the bits are
+    // those of the serial loop: pass p adds into layer l when pass p − 1 has. A pass that
+    // reaches layer l before its turn parks its dW there (moved, not copied) and goes on; the
+    // thread that hands the turn on adds the parked dW of the next passes. Parking is bounded
+    // (plan.park_bytes); a pass that finds no room waits for its turn. The lowest unfinished
+    // pass always has its turn, so no wait can deadlock.
+    std::vector<size_t> added(m.n_blocks(), 0);       // passes already added into each layer
+    std::map<std::pair<int, size_t>, BlockGrads> parked;  // (layer, pass) → its dW, not yet added
+    double parked_bytes = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::atomic<size_t> next{0};
+    bool failed = false;
+    std::exception_ptr error;
+    struct Abandoned {};
+    auto grad_bytes = [](const BlockGrads& g) {
+      double n = 0;
+      for (const Tensor& t : g.dW) n += t.defined() ? 4.0 * (double)t.numel() : 0;
+      return n;
+    };
+    // With the lock held and layer l's turn at pass p: add g, then every parked pass after it.
+    auto add_in_turn = [&](std::unique_lock<std::mutex>& lock, int l, size_t p, BlockGrads& g) {
+      for (;;) {
+        lock.unlock();
+        accumulate(l, g);
+        lock.lock();
+        added[l] = p + 1;
+        // Layer 0 is a pass's last, added in pass order: progress is called in order.
+        if (l == 0 && ends_iteration(p) && progress) progress(passes[p].it + 1, iters, seconds());
+        auto it = parked.find({l, p + 1});
+        if (it == parked.end()) break;
+        ++p;
+        g = std::move(it->second);
+        parked.erase(it);
+        parked_bytes -= grad_bytes(g);
+      }
+      cv.notify_all();
+    };
+#pragma omp parallel num_threads(plan.passes)
+    for (;;) {
+      const size_t p = next.fetch_add(1);
+      if (p >= passes.size()) break;
+      try {
+        run_pass(passes[p], [&](int l, BlockGrads& g) {
+          std::unique_lock<std::mutex> lock(mu);
+          const double bytes = grad_bytes(g);
+          cv.wait(lock, [&] { return failed || added[l] == p || parked_bytes + bytes <= plan.park_bytes; });
+          if (failed) throw Abandoned{};
+          if (added[l] == p) {
+            add_in_turn(lock, l, p, g);
+          } else {
+            parked_bytes += bytes;
+            parked.emplace(std::make_pair(l, p), std::move(g));
+          }
+        });
+      } catch (const Abandoned&) {
+        break;
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!error) error = std::current_exception();
+        failed = true;
+        cv.notify_all();
+        break;
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    if (!parked.empty()) fail(fn, ": internal error: ", parked.size(), " parked gradients were never added");
+    gs.samples = (int64_t)passes.size();
   }
   const float inv = 1.f / (float)gs.samples;
   for (auto& layer : gs.g2)

@@ -15,7 +15,10 @@
 // joint_positions sums the positions of an iteration into one z instead (one backward per
 // iteration; the cross terms between positions then enter the square).
 //
-// Memory: one f32 per linear weight (the running means) plus one backward's activations.
+// Memory: one f32 per linear weight (the running means) plus one backward's activations per
+// pass in flight. Small models run whole passes in parallel (one per thread, see
+// max_concurrent_passes); their dW² still enter the sums in pass order, so results are
+// bit-identical for any thread count.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -45,6 +48,9 @@ struct GradStatsOptions {
   int batch = 1;                 // windows per iteration (z sums over them)
   int stride = 128;              // positions t = stride−1, 2·stride−1, … < T (T−1 if T < stride)
   bool joint_positions = false;  // one backward of Σ_t z_t per iteration instead of one per position
+  // Backward passes run at once (0: as many as threads and memory allow; 1: one at a time, each
+  // pass's loops shared among the threads). Speed only: the bits are the same for any value.
+  int max_concurrent_passes = 0;
 };
 
 struct GradStats {

@@ -174,16 +174,37 @@ TEST_CASE("gradient_statistics: bit-identical for any thread count; bad input") 
   GradStatsOptions o;
   o.batch = 2;
   o.stride = 4;
+  o.iters = 5;  // 5 iterations × 2 positions: passes of two prefix lengths interleave across threads
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
   const GradStats a = gradient_statistics(m, tok, nwin, T, p, o);
-  omp_set_num_threads(2);
-  const GradStats b = gradient_statistics(m, tok, nwin, T, p, o);
+  CHECK(a.iters == 5);
+  CHECK(a.samples == 10);
+  // Threads sharing each pass's loops (1 pass at a time) and whole passes in parallel (2, 3, 4
+  // at once; the sums take the passes in order): the same bits.
+  for (int threads : {2, 3, 4})
+    for (int concurrent : {1, 0}) {
+      CAPTURE(threads);
+      CAPTURE(concurrent);
+      omp_set_num_threads(threads);
+      GradStatsOptions oc = o;
+      oc.max_concurrent_passes = concurrent;
+      std::vector<int> seen;
+      const GradStats b = gradient_statistics(m, tok, nwin, T, p, oc, [&](int done, int, double) { seen.push_back(done); });
+      CHECK(seen == std::vector<int>{1, 2, 3, 4, 5});  // progress once per iteration, in order
+      CHECK(b.samples == a.samples);
+      for (int l = 0; l < m.n_blocks(); ++l)
+        for (size_t j = 0; j < 7; ++j)
+          CHECK(std::memcmp(a.g2[l][j].f32(), b.g2[l][j].f32(), sizeof(float) * a.g2[l][j].numel()) == 0);
+      // An error in one pass (here the progress callback's) reaches the caller; no thread hangs.
+      CHECK_THROWS_WITH_AS(gradient_statistics(m, tok, nwin, T, p, oc,
+                                               [](int done, int, double) {
+                                                 if (done == 2) fail("stop at iteration 2");
+                                               }),
+                           doctest::Contains("stop at iteration 2"), Error);
+    }
   omp_set_num_threads(saved);
-  CHECK(a.iters == 2);
-  for (int l = 0; l < m.n_blocks(); ++l)
-    for (size_t j = 0; j < 7; ++j)
-      CHECK(std::memcmp(a.g2[l][j].f32(), b.g2[l][j].f32(), sizeof(float) * a.g2[l][j].numel()) == 0);
+  o.iters = 0;
 
   o.batch = 5;
   CHECK_THROWS_WITH_AS(gradient_statistics(m, tok, nwin, T, p, o), doctest::Contains("batch must be in 1..4"), Error);
