@@ -15,6 +15,7 @@ case "$mode" in save | check) ;; *) echo "usage: scripts/check_results.sh save|c
 [ -x "$Q" ] || { echo "check_results: no qforge binary at $Q (run scripts/build.sh)" >&2; exit 2; }
 dirs="runs/quality runs/decoupleq runs/composed runs/cvxq"
 rm -rf $dirs
+mkdir -p runs
 t0=$(date +%s)
 for s in quality decoupleq composed cvxq; do
   echo "check_results: scripts/${s}_table.sh ($(( $(date +%s) - t0 )) s)" >&2

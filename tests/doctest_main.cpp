@@ -1,7 +1,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
-#include "omp_wait.h"
+#include "core/omp_wait.h"
 
 int main(int argc, char** argv) {
   qf::default_passive_wait(argv);  // the same OpenMP wait policy as qforge

@@ -3,8 +3,8 @@
 #include <Eigen/Dense>
 #include <cmath>
 
-#include "rng.h"
-#include "tensor.h"
+#include "core/rng.h"
+#include "core/tensor.h"
 
 namespace qf::test {
 

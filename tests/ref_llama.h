@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "tensor.h"
+#include "core/tensor.h"
 
 namespace qf::test {
 

@@ -13,10 +13,10 @@
 #include <cstring>
 #include <functional>
 
-#include "backward.h"
-#include "forward.h"
-#include "loader_llama2c.h"
-#include "rng.h"
+#include "model/backward.h"
+#include "model/forward.h"
+#include "formats/loader_llama2c.h"
+#include "core/rng.h"
 #include "ref_llama.h"
 #include "tiny_model.h"
 

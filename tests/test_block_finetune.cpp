@@ -10,12 +10,12 @@
 #include <cstring>
 #include <functional>
 
-#include "adam.h"
-#include "block_finetune.h"
-#include "forward.h"
-#include "loader_llama2c.h"
-#include "rng.h"
-#include "rtn.h"
+#include "solvers/adam.h"
+#include "solvers/block_finetune.h"
+#include "model/forward.h"
+#include "formats/loader_llama2c.h"
+#include "core/rng.h"
+#include "solvers/rtn.h"
 #include "ref_llama.h"
 #include "tiny_model.h"
 

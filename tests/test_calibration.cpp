@@ -5,9 +5,9 @@
 
 #include <cstring>
 
-#include "calibration.h"
-#include "forward.h"
-#include "loader.h"
+#include "calib/calibration.h"
+#include "model/forward.h"
+#include "formats/loader.h"
 
 using namespace qf;
 

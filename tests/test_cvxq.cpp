@@ -4,9 +4,9 @@
 
 #include <cmath>
 
-#include "cvxq.h"
-#include "error.h"
-#include "rng.h"
+#include "solvers/cvxq.h"
+#include "core/error.h"
+#include "core/rng.h"
 
 using namespace qf;
 

@@ -13,15 +13,15 @@
 #include <nlohmann/json.hpp>
 
 #include "scratch_dir.h"
-#include "export.h"
-#include "forward.h"
-#include "half.h"
-#include "io.h"
-#include "loader.h"
-#include "loader_qforge.h"
-#include "model_source.h"
-#include "rtn.h"
-#include "safetensors.h"
+#include "formats/export.h"
+#include "model/forward.h"
+#include "core/half.h"
+#include "core/io.h"
+#include "formats/loader.h"
+#include "formats/loader_qforge.h"
+#include "formats/model_source.h"
+#include "solvers/rtn.h"
+#include "formats/safetensors.h"
 
 using namespace qf;
 namespace fs = std::filesystem;

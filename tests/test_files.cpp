@@ -13,11 +13,11 @@
 #include <fstream>
 
 #include "scratch_dir.h"
-#include "export.h"
-#include "grid.h"
-#include "io.h"
-#include "loader.h"
-#include "mapped_file.h"
+#include "formats/export.h"
+#include "quant/grid.h"
+#include "core/io.h"
+#include "formats/loader.h"
+#include "core/mapped_file.h"
 #include "tiny_model.h"
 
 using namespace qf;

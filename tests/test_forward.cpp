@@ -7,9 +7,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "eval.h"
-#include "forward.h"
-#include "loader.h"
+#include "eval/eval.h"
+#include "model/forward.h"
+#include "formats/loader.h"
 
 using namespace qf;
 

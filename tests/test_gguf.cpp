@@ -15,17 +15,17 @@
 #include <new>
 #include <random>
 
-#include "export.h"
-#include "forward.h"
-#include "gguf.h"
-#include "half.h"
-#include "loader.h"
-#include "loader_gguf.h"
-#include "loader_llama2c.h"
-#include "model_source.h"
-#include "quant_blocks.h"
-#include "rtn.h"
-#include "tokenizer.h"
+#include "formats/export.h"
+#include "model/forward.h"
+#include "formats/gguf.h"
+#include "core/half.h"
+#include "formats/loader.h"
+#include "formats/loader_gguf.h"
+#include "formats/loader_llama2c.h"
+#include "formats/model_source.h"
+#include "formats/quant_blocks.h"
+#include "solvers/rtn.h"
+#include "tokenizer/tokenizer.h"
 
 // ---- allocation probe: the largest single operator new while armed ----------------------------
 // (GCC cannot see that the replaced new and delete below pair malloc with free.)

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "gptq.h"
+#include "solvers/gptq.h"
 #include "layer_problems.h"
-#include "rng.h"
-#include "rtn.h"
+#include "core/rng.h"
+#include "solvers/rtn.h"
 
 using namespace qf;
 using Eigen::MatrixXd;

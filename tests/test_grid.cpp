@@ -6,9 +6,9 @@
 #include <cmath>
 #include <vector>
 
-#include "grid.h"
-#include "rng.h"
-#include "rtn.h"
+#include "quant/grid.h"
+#include "core/rng.h"
+#include "solvers/rtn.h"
 
 using namespace qf;
 

@@ -8,13 +8,13 @@
 #include <cmath>
 #include <vector>
 
-#include "gptq.h"
-#include "grid.h"
-#include "half.h"
-#include "layer_problem.h"
-#include "quantease.h"
-#include "rng.h"
-#include "rtn.h"
+#include "solvers/gptq.h"
+#include "quant/grid.h"
+#include "core/half.h"
+#include "quant/layer_problem.h"
+#include "solvers/quantease.h"
+#include "core/rng.h"
+#include "solvers/rtn.h"
 
 using namespace qf;
 

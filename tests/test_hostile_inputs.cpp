@@ -11,11 +11,11 @@
 #include <fstream>
 
 #include "scratch_dir.h"
-#include "json_util.h"
-#include "loader_hf.h"
-#include "loader_qforge.h"
-#include "safetensors.h"
-#include "tokenizer.h"
+#include "core/json_util.h"
+#include "formats/loader_hf.h"
+#include "formats/loader_qforge.h"
+#include "formats/safetensors.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace qf;
 namespace fs = std::filesystem;

@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "io.h"
-#include "loader.h"
-#include "loader_llama2c.h"
+#include "core/io.h"
+#include "formats/loader.h"
+#include "formats/loader_llama2c.h"
 
 using namespace qf;
 namespace fs = std::filesystem;

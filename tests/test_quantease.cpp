@@ -10,12 +10,12 @@
 #include <numeric>
 #include <vector>
 
-#include "gptq.h"
+#include "solvers/gptq.h"
 #include "layer_problems.h"
-#include "outliers.h"
-#include "quantease.h"
-#include "rng.h"
-#include "rtn.h"
+#include "solvers/quantease_outliers.h"
+#include "solvers/quantease.h"
+#include "core/rng.h"
+#include "solvers/rtn.h"
 
 using namespace qf;
 using Eigen::MatrixXd;

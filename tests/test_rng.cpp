@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "rng.h"
+#include "core/rng.h"
 
 using namespace qf;
 

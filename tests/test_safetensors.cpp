@@ -12,11 +12,11 @@
 #include <nlohmann/json.hpp>
 
 #include "scratch_dir.h"
-#include "forward.h"
-#include "io.h"
-#include "loader.h"
-#include "loader_hf.h"
-#include "safetensors.h"
+#include "model/forward.h"
+#include "core/io.h"
+#include "formats/loader.h"
+#include "formats/loader_hf.h"
+#include "formats/safetensors.h"
 
 using namespace qf;
 namespace fs = std::filesystem;

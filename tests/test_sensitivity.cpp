@@ -8,10 +8,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "backward.h"
-#include "cvxq.h"
-#include "forward.h"
-#include "sensitivity.h"
+#include "model/backward.h"
+#include "solvers/cvxq.h"
+#include "model/forward.h"
+#include "calib/sensitivity.h"
 #include "tiny_model.h"
 
 using namespace qf;

@@ -3,9 +3,9 @@
 #include <string>
 #include <doctest/doctest.h>
 
-#include "grid.h"
-#include "rng.h"
-#include "storage.h"
+#include "quant/grid.h"
+#include "core/rng.h"
+#include "quant/storage.h"
 #include "tiny_model.h"
 
 using namespace qf;

@@ -8,9 +8,9 @@
 #include <functional>
 #include <limits>
 
-#include "half.h"
-#include "rng.h"
-#include "tensor.h"
+#include "core/half.h"
+#include "core/rng.h"
+#include "core/tensor.h"
 
 using namespace qf;
 
@@ -148,7 +148,7 @@ TEST_CASE("bounds and shape errors name what is wrong") {
   CHECK_THROWS_WITH_AS(Tensor::wrap(st, DType::F32, {5}), doctest::Contains("exceeds its storage"), Error);
 }
 
-#include "tensor_ops.h"
+#include "core/tensor_ops.h"
 
 TEST_CASE("tensor_ops: elementwise on strided views, aliasing, reductions, matmul") {
   Tensor a = iota({2, 3});

@@ -13,9 +13,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "error.h"
-#include "io.h"
-#include "tokenizer.h"
+#include "core/error.h"
+#include "core/io.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 using qf::Tokenizer;

@@ -13,11 +13,11 @@
 #include <unistd.h>
 #include <vector>
 
-#include "error.h"
-#include "io.h"
-#include "pretokenizer.h"
-#include "tokenizer.h"
-#include "unicode.h"
+#include "core/error.h"
+#include "core/io.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace fs = std::filesystem;
 using qf::Tokenizer;

@@ -3,8 +3,8 @@
 #pragma once
 #include <cmath>
 
-#include "model.h"
-#include "rng.h"
+#include "model/model.h"
+#include "core/rng.h"
 
 namespace qf::test {
 

@@ -1,0 +1,145 @@
+#include "calib/calibration.h"
+
+#include <omp.h>
+
+#include "model/forward.h"
+
+namespace qf {
+
+std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const CalibWindowsOptions& opt,
+                                  std::vector<int64_t>* offsets) {
+  const int64_t n = (int64_t)tokens.size();
+  const int64_t end = opt.end < 0 ? n : opt.end;
+  if (opt.nsamples <= 0) fail("calibration: nsamples must be >= 1, got ", opt.nsamples);
+  if (opt.seqlen <= 0) fail("calibration: seqlen must be >= 1, got ", opt.seqlen);
+  if (opt.begin < 0 || end > n || opt.begin >= end)
+    fail("calibration: token range [", opt.begin + 1, ", ", end, "] (1-based) is not inside the ", n, " tokens [1, ", n, "] of the text");
+  if (end - opt.begin < opt.seqlen)
+    fail("calibration: token range [", opt.begin + 1, ", ", end, "] holds ", end - opt.begin, " tokens, fewer than one window of ",
+         opt.seqlen);
+  Rng rng(opt.seed);
+  std::vector<int32_t> out;
+  out.reserve((size_t)opt.nsamples * opt.seqlen);
+  for (int s = 0; s < opt.nsamples; ++s) {
+    const int64_t o = rng.randint(opt.begin, end - opt.seqlen);
+    if (offsets) offsets->push_back(o);
+    out.insert(out.end(), tokens.begin() + o, tokens.begin() + o + opt.seqlen);
+  }
+  return out;
+}
+
+Tensor SiteStats::sigma() const {
+  Tensor t = Tensor::empty({sum.rows(), sum.cols()});
+  t.mat() = sum.cast<float>();
+  return t;
+}
+
+Tensor SiteStats::mu() const {
+  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
+  Tensor t = Tensor::empty({(int64_t)xsum.size()});
+  for (int64_t j = 0; j < (int64_t)xsum.size(); ++j) t.f32()[j] = (float)(xsum(j) / (double)tokens);
+  return t;
+}
+
+Tensor SiteStats::mean() const {
+  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
+  Tensor t = Tensor::empty({sum.rows(), sum.cols()});
+  t.mat() = (sum / (double)tokens).cast<float>();
+  return t;
+}
+
+void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X_) {
+  if (X_.dim() != 2 || X_.dtype() != DType::F32) fail("accumulate_gram: expected f32 [N, c], got ", shape_str(X_.shape()));
+  const Tensor X = X_.contiguous();
+  const int64_t N = X.size(0), c = X.size(1);
+  if (S.rows() != c || S.cols() != c) fail("accumulate_gram: Σ is [", S.rows(), ", ", S.cols(), "], inputs have ", c, " features");
+  constexpr int64_t kTok = 512, kRows = 64;
+  using CMap = Eigen::Map<const MatRM>;
+  const int64_t nrb = (c + kRows - 1) / kRows;
+  for (int64_t t0 = 0; t0 < N; t0 += kTok) {
+    const int64_t nt = std::min(kTok, N - t0);
+    CMap Xc(X.f32() + t0 * c, nt, c);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t rb = 0; rb < nrb; ++rb) {
+      const int64_t r0 = rb * kRows, nr = std::min(kRows, c - r0);
+      MatRM G = Xc.middleCols(r0, nr).transpose() * Xc;  // [nr, c], f32 over ≤ 512 tokens
+      S.middleRows(r0, nr) += G.cast<double>();
+    }
+  }
+}
+
+// block_forward over the windows in chunks of ~kChunkTokens tokens (whole windows), so the
+// block's transient activations (q, k, v, attention, gate, up: ~10 buffers of [N, ·]) are
+// bounded by the chunk, not by nsamples·seqlen. Rows are independent between windows, and
+// 8192 is a multiple of accumulate_gram's 512-token and linear_forward's 64-row blocks, so
+// when seqlen divides it the result is bit-identical to one call on all windows.
+static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
+  constexpr int64_t kChunkTokens = 8192;
+  const int wc = (int)std::max<int64_t>(1, kChunkTokens / T);
+  if (wc >= B) return block_forward(m, layer, x, B, T, obs);
+  Tensor out = Tensor::empty(x.shape());
+  for (int w0 = 0; w0 < B; w0 += wc) {
+    const int nb = std::min(wc, B - w0);
+    const Tensor y = block_forward(m, layer, x.rows((int64_t)w0 * T, (int64_t)nb * T), nb, T, obs);
+    out.rows((int64_t)w0 * T, (int64_t)nb * T).copy_(y);
+  }
+  return out;
+}
+
+Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen, bool fp_chain)
+    : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()), fp_chain_(fp_chain), windows_(windows) {
+  if (nsamples <= 0 || seqlen <= 0 || (int64_t)windows.size() != (int64_t)nsamples * seqlen)
+    fail("calibration: ", windows.size(), " tokens is not nsamples·seqlen = ", nsamples, "·", seqlen);
+  if (seqlen > m.cfg.seq_len) fail("calibration: seqlen ", seqlen, " exceeds the model's context length ", m.cfg.seq_len);
+  xq_ = embed(m, windows);
+  if (fp_chain_) xfp_ = xq_.clone();
+}
+
+std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector<Site>& sites_) {
+  if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done (capture after the last advance)");
+  const std::vector<Site> sites = sites_.empty() ? std::vector<Site>{Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid} : sites_;
+  std::map<Site, SiteStats> out;
+  for (Site s : sites) {
+    SiteStats st;
+    st.site = s;
+    out[s] = st;
+  }
+  auto obs = [&](Site s, const Tensor& x) {
+    auto it = out.find(s);
+    if (it == out.end()) return;
+    SiteStats& st = it->second;
+    if (st.sum.size() == 0) {
+      st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+      st.xsum = Eigen::VectorXd::Zero(x.size(1));
+    }
+    accumulate_gram(st.sum, x);
+    const Tensor xc = x.contiguous();
+    for (int64_t i = 0; i < xc.size(0); ++i)  // sequential f64 sum: deterministic
+      st.xsum += Eigen::Map<const Eigen::VectorXf>(xc.f32() + i * xc.size(1), xc.size(1)).cast<double>();
+    st.tokens += x.size(0);
+  };
+  chunked_block_forward(m, block_, xq_, B_, T_, obs);
+  for (auto& [s, st] : out) st.sum = 0.5 * (st.sum + st.sum.transpose());  // exact symmetry
+  if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
+  return out;
+}
+
+void Calibration::advance(const Model& m) {
+  if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done");
+  if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);
+  xq_ = chunked_block_forward(m, block_, xq_, B_, T_, nullptr);
+  if (fp_chain_) {
+    xfp_ = yfp_;
+    yfp_ = Tensor();
+  }
+  ++block_;
+}
+
+int64_t Calibration::memory_bytes() const {
+  int64_t b = 0;
+  for (const Tensor* t : {&xq_, &xfp_, &yfp_})
+    if (t->defined()) b += t->numel() * 4;
+  return b;
+}
+
+}  // namespace qf

@@ -1,0 +1,83 @@
+// qforge — calibration capture and the sequential block pipeline (algorithms.md §1, §14).
+//
+// Windows of `seqlen` tokens are drawn at seeded random offsets from a token range. The
+// pipeline keeps two chains of block inputs for all windows: the quantized-prefix chain
+// (inputs as produced by the already-quantized blocks) and the full-precision chain. For the
+// current block, capture() runs it on the quantized-prefix inputs and accumulates
+// Σ = Σ_tokens x xᵀ for each requested activation site (q/k/v share attn_in, gate/up share
+// ffn_in, o and down have their own); advance() re-runs the (now quantized) block to make
+// the next block's inputs. The full-precision outputs of the block are taken on the first
+// capture, before the recipe changes the block's weights.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "model/model.h"
+#include "core/rng.h"
+
+namespace qf {
+
+struct CalibWindowsOptions {
+  int nsamples = 128;
+  int seqlen = 0;           // 0: the model's seq_len
+  uint64_t seed = 0;
+  int64_t begin = 0;        // token range [begin, end) the windows are drawn from
+  int64_t end = -1;         // -1: end of the tokens
+};
+
+// nsamples windows, concatenated: each starts at a uniform offset in [begin, end − seqlen]
+// drawn from Rng(seed).randint (windows may overlap each other).
+std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const CalibWindowsOptions& opt,
+                                  std::vector<int64_t>* offsets = nullptr);
+
+// Gram matrix of one activation site, accumulated in f64.
+struct SiteStats {
+  Site site = Site::AttnIn;
+  Eigen::MatrixXd sum;   // Σ_tokens x xᵀ  [c, c]
+  Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction §6)
+  int64_t tokens = 0;
+  Tensor sigma() const;  // f32 copy of the raw sum
+  Tensor mean() const;   // f32 copy of sum / tokens
+  Tensor mu() const;     // f32 mean input xsum / tokens  [c]
+};
+
+// Adds XᵀX (X [N, c] f32 rows = tokens) into S (f64) deterministically: fixed 512-token
+// chunks and 64-row output blocks, f32 products summed into f64, the same for any thread count.
+void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X);
+
+class Calibration {
+ public:
+  // fp_chain: also carry the full-precision chain (FP inputs of every block and the FP block's
+  // outputs, the targets of block-wise finetuning). It costs one more block forward per block and
+  // the memory of two more activation sets; without it fp_inputs()/fp_outputs() are undefined.
+  Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen, bool fp_chain = true);
+
+  int block() const { return block_; }  // current block, 0-based
+  int nblocks() const { return nblocks_; }
+  int nsamples() const { return B_; }
+  int seqlen() const { return T_; }
+  int64_t tokens() const { return (int64_t)B_ * T_; }
+  bool fp_chain() const { return fp_chain_; }
+
+  // Runs the current block on the quantized-prefix inputs and returns Σ of each requested
+  // site (empty: all four). With true-sequential quantization call it again after each
+  // sub-group so later linears see the quantized earlier ones.
+  std::map<Site, SiteStats> capture(const Model& m, const std::vector<Site>& sites = {});
+  // Re-runs the current block with the model's current weights; moves to the next block.
+  void advance(const Model& m);
+
+  const std::vector<int32_t>& windows() const { return windows_; }  // the token ids, window-major
+  const Tensor& inputs() const { return xq_; }       // quantized-prefix inputs of the current block
+  const Tensor& fp_inputs() const { return xfp_; }   // full-precision inputs of the current block
+  const Tensor& fp_outputs() const { return yfp_; }  // FP block on FP inputs (after the first capture)
+  int64_t memory_bytes() const;  // activations held (both chains, FP outputs)
+
+ private:
+  int B_, T_, nblocks_, block_ = 0;
+  bool fp_chain_ = true;
+  Tensor xq_, xfp_, yfp_;
+  std::vector<int32_t> windows_;
+};
+
+}  // namespace qf

@@ -1,0 +1,249 @@
+// GPTQ v1 checkpoint export (formats.md §2.4): an HF directory whose linears are stored as
+// qweight/qzeros/scales/g_idx, everything else fp16, config.json with quantization_config.
+//
+// Exactness: the codes, zero points and g_idx are written exactly; every model linear must
+// carry codes that still dequantize to its weight, one bits/group/sym for all (the config
+// states one), no outliers, bits in {2, 3, 4, 8}. GPTQ stores scales in fp16, so an f32
+// scale is rounded: the export accepts this (every GPTQ tool does the same) and records the
+// largest relative scale error and weight deviation in quantization_config.meta. v1 stores
+// zero−1 and cannot hold zero 0 (real tools clamp it to 1, silently moving every weight of
+// the group by a step): the export refuses it. Row groups (shared params) are expanded per row;
+// companded grids and per-group bit allocations cannot be stated in GPTQ and are refused.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "formats/export.h"
+#include "formats/export_hf.h"
+#include "core/half.h"
+#include "core/io.h"
+#include "formats/loader_hf.h"
+#include "formats/safetensors.h"
+
+namespace qf {
+
+// Dense LSB-first bitstream: value k occupies bits [bits·k, bits·k + bits) of the words.
+// For 2/4/8 bits this is 32/bits values per word; for 3 bits it is GPTQ's layout of 32
+// values over 3 words with values 10 and 21 split across the word boundaries.
+static void pack_bits(const std::vector<uint32_t>& vals, int bits, uint32_t* words) {
+  for (size_t k = 0; k < vals.size(); ++k) {
+    const uint64_t pos = (uint64_t)k * bits;
+    const uint64_t w = pos / 32, off = pos % 32;
+    words[w] |= vals[k] << off;
+    if (off + bits > 32) words[w + 1] |= vals[k] >> (32 - off);
+  }
+}
+
+// Words holding n packed values: whole 32-value units for 3 bits (3 words each), whole words
+// otherwise. Dimensions that are not a multiple are padded with zero codes.
+static int64_t packed_words(int64_t n, int bits) {
+  if (bits == 3) return (n + 31) / 32 * 3;
+  const int per = 32 / bits;
+  return (n + per - 1) / per;
+}
+
+struct GptqLinear {
+  const Linear* lin;
+  const QuantizedLinear* q;
+  int block;
+  std::vector<int64_t> order;  // HF row o = our row order[o]
+};
+
+static std::string linear_what(const std::string& what, int b, const std::string& name) {
+  return what + ": block " + std::to_string(b + 1) + " linear '" + name + "'";
+}
+
+// Every check before anything is written; returns the common grid spec.
+static GridSpec check_linears(const Model& m, const std::string& what, std::vector<GptqLinear>* out) {
+  GridSpec common;
+  std::string first;
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    if (m.is_lazy() && m.resident[b] == 0)
+      fail(linear_what(what, b, "q"), ": not quantized (block ", b + 1, " was loaded lazily and never quantized); quantize every linear first");
+    for (const Linear& l : m.block(b).linears) {
+      const std::string lw = linear_what(what, b, l.name);
+      if (!l.quant) fail(lw, ": not quantized (no codes; attach them with m:set_linear(b, name, qlinear)); GPTQ stores every linear as codes");
+      const QuantizedLinear& q = *l.quant;
+      const Grid& g = q.grid;
+      if (g.rows != l.out_features() || g.cols != l.in_features() || q.codes.numel() != g.rows * g.cols)
+        fail(lw, ": codes [", g.rows, ", ", g.cols, "] do not match the weight ", shape_str(l.weight.shape()));
+      if (q.outliers.nnz())
+        fail(lw, ": has ", q.outliers.nnz(), " outliers, which GPTQ cannot store; save with format 'qforge' instead");
+      if (g.spec.kind != GridKind::Uniform)
+        fail(lw, ": companded (non-uniform) grid; GPTQ stores uniform affine grids only (use format 'qforge')");
+      if (g.spec.mixed_bits())
+        fail(lw, ": per-group bit allocation (", g.spec.str(), "); GPTQ stores one bit width (use format 'qforge')");
+      g.spec.validate_layout(g.rows, g.ngroups);
+      if ((int64_t)g.scale.size() != g.nrowgroups() * g.ngroups || g.zero.size() != g.scale.size())
+        fail(lw, ": grid holds ", g.scale.size(), " scales for ", g.nrowgroups(), " row groups × ", g.ngroups, " groups");
+      if (g.spec.bits != 2 && g.spec.bits != 3 && g.spec.bits != 4 && g.spec.bits != 8)
+        fail(lw, ": ", g.spec.bits, "-bit grid; GPTQ packs 2, 3, 4 or 8 bits (use format 'qforge' for others)");
+      if (first.empty()) {
+        common = g.spec;
+        first = "block 1 linear '" + l.name + "' (" + g.spec.str() + ")";
+      } else if (g.spec.bits != common.bits || g.spec.group != common.group || g.spec.sym != common.sym) {
+        fail(lw, ": grid ", g.spec.str(), " differs from ", first, "; GPTQ's config holds one bits/group_size/sym for all linears");
+      }
+      const int64_t gs = g.group_size(), want_groups = (g.cols + gs - 1) / gs;
+      if (g.ngroups != want_groups || (int64_t)g.g_idx.size() != g.cols)
+        fail(lw, ": ", g.ngroups, " groups for ", g.cols, " columns of group size ", gs, " (GPTQ needs ceil(in/group) = ", want_groups, ")");
+      for (int64_t j = 0; j < g.cols; ++j)
+        if (g.g_idx[j] < 0 || g.g_idx[j] >= g.ngroups) fail(lw, ": g_idx of column ", j + 1, " = ", g.g_idx[j] + 1, " is not a group (1..", g.ngroups, ")");
+      const int maxq = g.maxq();
+      for (int64_t r = 0; r < g.rows; ++r)
+        for (int64_t k = 0; k < g.ngroups; ++k) {
+          const float z = g.z(r, k), s = g.s(r, k);
+          if (z != std::floor(z) || z < 0 || z > maxq) fail(lw, ": zero point ", z, " at row ", r + 1, " group ", k + 1, " is not an integer in [0, ", maxq, "]");
+          if (z == 0)
+            fail(lw, ": zero point 0 at row ", r + 1, " group ", k + 1, ": GPTQ v1 stores zero-1 and cannot hold 0 (tools clamp it, moving the ",
+                 "group by one step); use a symmetric grid or format 'qforge'");
+          const float s16 = f16_to_f32(f32_to_f16(s));
+          if (!(s > 0) || !(s16 > 0) || !std::isfinite(s16))
+            fail(lw, ": scale ", s, " at row ", r + 1, " group ", k + 1, " is not a positive float16 (", s16, ")");
+        }
+      // The codes must still be what the weight holds (a recipe may have edited it since).
+      const Tensor d = q.dequantize();
+      const Tensor w = l.weight.contiguous();
+      const float *dp = d.f32(), *wp = w.f32();
+      for (int64_t i = 0; i < d.numel(); ++i)
+        if (dp[i] != wp[i])
+          fail(lw, ": weight was edited after quantization (element [", i / g.cols + 1, ", ", i % g.cols + 1, "] is ", wp[i], ", its codes give ", dp[i],
+               "); re-quantize it or save with format 'hf'");
+      out->push_back({&l, &q, b, hf_row_order(m, l.name, g.rows)});
+    }
+  }
+  return common;
+}
+
+static std::string hf_linear_prefix(int b, const std::string& name) {
+  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");
+  return w.substr(0, w.size() - 7);  // drop ".weight"
+}
+
+void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
+  const std::string what = "save gptq '" + dir + "'";
+  validate_config(m.cfg, what);
+  std::vector<GptqLinear> lins;
+  const GridSpec spec = check_linears(m, what, &lins);
+  const int bits = spec.bits;
+  const ModelConfig& c = m.cfg;
+
+  // desc_act: some g_idx is not the contiguous i / group map (act-order permutation).
+  bool desc_act = false;
+  for (const GptqLinear& gl : lins)
+    for (int64_t j = 0; j < gl.q->grid.cols; ++j) desc_act |= gl.q->grid.g_idx[j] != j / gl.q->grid.group_size();
+
+  // fp16 scale rounding: the one place the file differs from the model; measured, not hidden.
+  double max_rel_scale = 0, max_abs_dev = 0;
+  for (const GptqLinear& gl : lins) {
+    const Grid& g = gl.q->grid;
+    const uint8_t* codes = gl.q->codes.data<uint8_t>();
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t j = 0; j < g.cols; ++j) {
+        const int64_t k = g.g_idx[j];
+        const float s = g.s(r, k), s16 = f16_to_f32(f32_to_f16(s)), z = g.z(r, k);
+        max_rel_scale = std::max(max_rel_scale, std::fabs((double)s16 - s) / s);
+        const float code = codes[r * g.cols + j];
+        max_abs_dev = std::max(max_abs_dev, (double)std::fabs(s16 * (code - z) - s * (code - z)));
+      }
+  }
+
+  std::vector<SafetensorsEntry> entries;
+  auto add_float = [&](const std::string& hf_name, const Shape& shape, std::function<Tensor()> get) {
+    SafetensorsEntry e{hf_name, "F16", shape, "", nullptr};
+    e.produce = [get, hf_name, what] { return tensor_bytes(get(), "F16", what + ": tensor '" + hf_name + "'"); };
+    entries.push_back(std::move(e));
+  };
+  auto add_i32 = [&](const std::string& name, const Shape& shape, std::function<std::vector<int32_t>()> get) {
+    SafetensorsEntry e{name, "I32", shape, "", nullptr};
+    e.produce = [get] { return bytes_of_i32(get()); };
+    entries.push_back(std::move(e));
+  };
+  add_float("model.embed_tokens.weight", {c.vocab_size, c.dim}, [&m] { return m.tok_emb; });
+  size_t li = 0;
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    const Block& blk = m.block(b);
+    add_float(hf_tensor_name("blocks." + std::to_string(b) + ".attn_norm"), {c.dim}, [&blk] { return blk.attn_norm; });
+    add_float(hf_tensor_name("blocks." + std::to_string(b) + ".ffn_norm"), {c.dim}, [&blk] { return blk.ffn_norm; });
+    for (size_t k = 0; k < kLlamaLinears.size(); ++k, ++li) {
+      const GptqLinear* gl = &lins[li];
+      const Grid& g = gl->q->grid;
+      const int64_t out = g.rows, in = g.cols, ng = g.ngroups;
+      const std::string pre = hf_linear_prefix(b, gl->lin->name);
+      // qweight [words(in), out]: column o is the bitstream of the codes of HF row o along the inputs.
+      add_i32(pre + ".qweight", {packed_words(in, bits), out}, [gl, bits, out, in] {
+        const int64_t nw = packed_words(in, bits);
+        std::vector<int32_t> qw((size_t)(nw * out), 0);
+        std::vector<uint32_t> col((size_t)in), words((size_t)nw);
+        const uint8_t* codes = gl->q->codes.data<uint8_t>();
+        for (int64_t o = 0; o < out; ++o) {
+          const int64_t r = gl->order[o];
+          for (int64_t i = 0; i < in; ++i) col[i] = codes[r * in + i];
+          std::fill(words.begin(), words.end(), 0u);
+          pack_bits(col, bits, words.data());
+          for (int64_t w = 0; w < nw; ++w) qw[w * out + o] = (int32_t)words[w];
+        }
+        return qw;
+      });
+      // qzeros [groups, words(out)]: zero−1 of each HF row, packed along the outputs (v1).
+      add_i32(pre + ".qzeros", {ng, packed_words(out, bits)}, [gl, bits, out, ng] {
+        const int64_t nw = packed_words(out, bits);
+        std::vector<int32_t> qz((size_t)(ng * nw), 0);
+        std::vector<uint32_t> zs((size_t)out);
+        for (int64_t k = 0; k < ng; ++k) {
+          for (int64_t o = 0; o < out; ++o) zs[o] = (uint32_t)gl->q->grid.z(gl->order[o], k) - 1;
+          pack_bits(zs, bits, (uint32_t*)qz.data() + k * nw);
+        }
+        return qz;
+      });
+      SafetensorsEntry sc{pre + ".scales", "F16", {ng, out}, "", nullptr};
+      sc.produce = [gl, out, ng] {
+        std::string bytes((size_t)(ng * out * 2), '\0');
+        for (int64_t k = 0; k < ng; ++k)
+          for (int64_t o = 0; o < out; ++o) {
+            const uint16_t h = f32_to_f16(gl->q->grid.s(gl->order[o], k));
+            std::memcpy(bytes.data() + 2 * (k * out + o), &h, 2);
+          }
+        return bytes;
+      };
+      entries.push_back(std::move(sc));
+      add_i32(pre + ".g_idx", {in}, [gl] { return gl->q->grid.g_idx; });
+      if (gl->lin->bias.defined())
+        add_float(pre + ".bias", {out}, [&m, gl] { return hf_rows(m, gl->lin->name, gl->lin->bias); });
+    }
+  }
+  add_float("model.norm.weight", {c.dim}, [&m] { return m.final_norm; });
+  if (!c.tied_classifier) add_float("lm_head.weight", {c.vocab_size, c.dim}, [&m] { return m.classifier; });
+
+  nlohmann::ordered_json qc;
+  qc["quant_method"] = "gptq";
+  qc["bits"] = bits;
+  qc["group_size"] = spec.group > 0 ? spec.group : -1;
+  qc["desc_act"] = desc_act;
+  qc["sym"] = spec.sym;
+  qc["static_groups"] = false;
+  qc["true_sequential"] = true;
+  qc["lm_head"] = false;
+  qc["checkpoint_format"] = "gptq";
+  qc["pack_dtype"] = "int32";
+  qc["meta"] = {{"quantizer", {"qforge"}},
+                {"qforge_grid", spec.str()},
+                {"qforge_scale_fp16_max_rel_error", max_rel_scale},
+                {"qforge_weight_max_abs_deviation", max_abs_dev}};
+  nlohmann::ordered_json cfg = hf_config_json(m, tok, "float16", what);
+  cfg["quantization_config"] = qc;
+  // Old AutoGPTQ readers look for quantize_config.json beside the weights.
+  nlohmann::ordered_json old = {{"bits", bits}, {"group_size", qc["group_size"]}, {"desc_act", desc_act}, {"sym", spec.sym},
+                                {"static_groups", false}, {"true_sequential", true}, {"model_file_base_name", "model"},
+                                {"checkpoint_format", "gptq"}, {"quant_method", "gptq"}};
+
+  AtomicDir outdir(dir);
+  safetensors_write(outdir.tmp() + "/model.safetensors", entries, {{"format", "pt"}});
+  write_file_atomic(outdir.tmp() + "/config.json", cfg.dump(2) + "\n");
+  write_file_atomic(outdir.tmp() + "/quantize_config.json", old.dump(2) + "\n");
+  hf_write_tokenizer(m, tok, outdir.tmp());
+  outdir.commit();
+}
+
+}  // namespace qf

@@ -1,0 +1,126 @@
+// qforge format export (layout in loader_qforge.h): everything a quantized model holds, exactly.
+#include <cstring>
+
+#include "formats/export.h"
+#include "formats/loader_qforge.h"
+#include "formats/safetensors.h"
+
+namespace qf {
+
+static std::string blob(const std::vector<std::string>& items, std::vector<int32_t>* offsets) {
+  std::string all;
+  offsets->assign(1, 0);
+  for (const std::string& s : items) {
+    all += s;
+    if (all.size() > (size_t)INT32_MAX) fail("save qforge: tokenizer strings exceed 2 GB");
+    offsets->push_back((int32_t)all.size());
+  }
+  return all;
+}
+
+static void add_tokenizer(const TokenizerSpec& t, nlohmann::ordered_json& header, std::vector<SafetensorsEntry>& entries) {
+  header["tokenizer"] = {{"model", t.model},       {"pre", t.pre},           {"bos_id", t.bos_id},
+                         {"eos_id", t.eos_id},     {"unk_id", t.unk_id},     {"pad_id", t.pad_id},
+                         {"add_bos", t.add_bos},   {"add_eos", t.add_eos},   {"add_space_prefix", t.add_space_prefix},
+                         {"source", t.source}};
+  std::vector<int32_t> off;
+  std::string b = blob(t.tokens, &off);
+  entries.push_back({"tokenizer.tokens", "U8", {(int64_t)b.size()}, b, nullptr});
+  entries.push_back({"tokenizer.token_offsets", "I32", {(int64_t)off.size()}, bytes_of_i32(off), nullptr});
+  if (!t.scores.empty()) entries.push_back({"tokenizer.scores", "F32", {(int64_t)t.scores.size()}, bytes_of_f32(t.scores), nullptr});
+  if (!t.token_type.empty())
+    entries.push_back({"tokenizer.token_type", "I32", {(int64_t)t.token_type.size()}, bytes_of_i32(t.token_type), nullptr});
+  if (!t.merges.empty()) {
+    b = blob(t.merges, &off);
+    entries.push_back({"tokenizer.merges", "U8", {(int64_t)b.size()}, b, nullptr});
+    entries.push_back({"tokenizer.merge_offsets", "I32", {(int64_t)off.size()}, bytes_of_i32(off), nullptr});
+  }
+}
+
+void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) {
+  const std::string what = "save qforge '" + path + "'";
+  const ModelConfig& c = m.cfg;
+  validate_config(c, what);
+  nlohmann::ordered_json header;
+  header["qforge_format"] = kQforgeFormat;
+  header["config"] = qforge_config_json(c);
+  header["source"] = {{"path", m.source}, {"format", m.format}};
+  nlohmann::ordered_json lins = nlohmann::ordered_json::object();
+  std::vector<SafetensorsEntry> entries;
+
+  auto f32 = [&](const std::string& name, const Tensor& t) {
+    entries.push_back({name, "F32", t.shape(), "", [t] { return bytes_of_f32(t.to_vector()); }});
+  };
+  f32("tok_emb", m.tok_emb);
+  f32("final_norm", m.final_norm);
+  if (!c.tied_classifier) f32("classifier", m.classifier);
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    const Block& blk = m.block(b);  // small tensors are captured by reference-counted view
+    const std::string pre = "blocks." + std::to_string(b) + ".";
+    f32(pre + "attn_norm", blk.attn_norm);
+    f32(pre + "ffn_norm", blk.ffn_norm);
+    for (const Linear& l : blk.linears) {
+      const std::string ln = pre + l.name;
+      if (l.bias.defined()) f32(ln + ".bias", l.bias);
+      if (!l.quant) {
+        f32(ln + ".weight", l.weight);
+        continue;
+      }
+      const QuantizedLinear& q = *l.quant;
+      const Grid& g = q.grid;
+      const int64_t nrg = g.nrowgroups();
+      if (g.rows != l.out_features() || g.cols != l.in_features() || q.codes.numel() != g.rows * g.cols ||
+          (int64_t)g.scale.size() != nrg * g.ngroups || (int64_t)g.zero.size() != nrg * g.ngroups || (int64_t)g.g_idx.size() != g.cols)
+        fail(what, ": block ", b + 1, " linear '", l.name, "': codes/grid sizes do not match the weight ", shape_str(l.weight.shape()));
+      g.spec.validate_layout(g.rows, g.ngroups);
+      // Codes are the truth; the f32 weight is stored too only when it no longer equals them.
+      const Tensor d = q.dequantize(), w = l.weight.contiguous();
+      const bool same = std::memcmp(d.f32(), w.f32(), sizeof(float) * d.numel()) == 0;
+      const GridSpec& s = g.spec;
+      lins[ln] = {{"bits", s.bits},
+                  {"group", s.group},
+                  {"sym", s.sym},
+                  {"mse", s.mse},
+                  {"maxshrink", s.maxshrink},
+                  {"grid_points", s.grid_points},
+                  {"norm", s.norm},
+                  {"kind", s.kind == GridKind::Compand ? "compand" : "uniform"},
+                  {"compand_mult", s.compand_mult},
+                  {"compand_bias", s.compand_bias},
+                  {"compand_search", s.compand_search},
+                  {"float_zero", s.float_zero},
+                  {"row_groups", s.row_group.empty() ? 0 : s.nrowgroups},  // 0: every row its own params
+                  {"mixed_bits", s.mixed_bits()},
+                  {"rows", g.rows},
+                  {"cols", g.cols},
+                  {"ngroups", g.ngroups},
+                  {"outliers", q.outliers.nnz()},
+                  {"weight", same ? "codes" : "f32"}};
+      if (!same) f32(ln + ".weight", l.weight);
+      auto qp = l.quant;  // keeps the codes alive while the writer runs
+      entries.push_back({ln + ".codes", "U8", {g.rows, g.cols}, "", [qp] {
+                           return std::string((const char*)qp->codes.contiguous().data<uint8_t>(), qp->codes.numel());
+                         }});
+      entries.push_back({ln + ".scales", "F32", {nrg, g.ngroups}, bytes_of_f32(g.scale), nullptr});
+      entries.push_back({ln + ".zeros", "F32", {nrg, g.ngroups}, bytes_of_f32(g.zero), nullptr});
+      if (!s.row_group.empty()) entries.push_back({ln + ".row_group", "I32", {g.rows}, bytes_of_i32(s.row_group), nullptr});
+      if (s.mixed_bits())
+        entries.push_back({ln + ".group_bits", "U8", {nrg, g.ngroups}, std::string(s.group_bits.begin(), s.group_bits.end()), nullptr});
+      entries.push_back({ln + ".g_idx", "I32", {g.cols}, bytes_of_i32(g.g_idx), nullptr});
+      if (q.outliers.nnz()) {
+        const int64_t n = q.outliers.nnz();
+        entries.push_back({ln + ".outlier_rows", "I32", {n}, bytes_of_i32(q.outliers.row), nullptr});
+        entries.push_back({ln + ".outlier_cols", "I32", {n}, bytes_of_i32(q.outliers.col), nullptr});
+        entries.push_back({ln + ".outlier_vals", "F32", {n}, bytes_of_f32(q.outliers.val), nullptr});
+      }
+    }
+  }
+  header["linears"] = lins;
+  if (tok) add_tokenizer(tok->spec(), header, entries);
+  else if (m.src && !m.src->tokenizer.model.empty()) add_tokenizer(m.src->tokenizer, header, entries);
+  // Paths and tokenizer names may hold bytes that are not UTF-8: replaced in the JSON only.
+  const std::string text = header.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  safetensors_write(path, entries, {{"qforge_format", std::to_string(kQforgeFormat)}, {"qforge", text}});
+}
+
+}  // namespace qf

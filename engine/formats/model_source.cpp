@@ -1,0 +1,153 @@
+#include "formats/model_source.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/half.h"
+#include "formats/quant_blocks.h"
+
+namespace qf {
+
+uint64_t dtype_nbytes(const std::string& dtype, int64_t numel, const std::string& what) {
+  if (numel < 0) fail(what, ": negative element count");
+  if (dtype == "F32") return (uint64_t)numel * 4;
+  if (dtype == "F16" || dtype == "BF16") return (uint64_t)numel * 2;
+  int64_t be = 0, bb = 0;
+  if (!quant_block_info(dtype, &be, &bb)) fail(what, ": unsupported dtype '", dtype, "'");
+  if (numel % be) fail(what, ": ", numel, " elements is not a whole number of ", dtype, " blocks of ", be);
+  return (uint64_t)(numel / be) * (uint64_t)bb;
+}
+
+static int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+// Row permutation between the two RoPE layouts of a [n_heads*hd, ...] matrix.
+// pairs_from_halves: out row (h, 2i) = in row (h, i), out row (h, 2i+1) = in row (h, hd/2 + i).
+static Tensor permute_rows(const Tensor& w, int n_heads, bool pairs_from_halves) {
+  const int64_t rows = w.size(0), cols = w.dim() == 2 ? w.size(1) : 1;
+  if (n_heads <= 0 || rows % n_heads) fail("RoPE row permutation: ", rows, " rows is not a multiple of ", n_heads, " heads");
+  const int64_t hd = rows / n_heads;
+  if (hd % 2) fail("RoPE row permutation: head dimension ", hd, " is odd");
+  Tensor src = w.contiguous();
+  Tensor out = Tensor::empty(w.shape());
+  const float* a = src.data<float>();
+  float* b = out.data<float>();
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int which = 0; which < 2; ++which) {
+        const int64_t pair_row = h * hd + 2 * i + which, half_row = h * hd + which * (hd / 2) + i;
+        const int64_t to = pairs_from_halves ? pair_row : half_row, from = pairs_from_halves ? half_row : pair_row;
+        std::memcpy(b + to * cols, a + from * cols, sizeof(float) * cols);
+      }
+  return out;
+}
+
+Tensor rope_pairs_from_halves(const Tensor& w, int n_heads) { return permute_rows(w, n_heads, true); }
+Tensor rope_halves_from_pairs(const Tensor& w, int n_heads) { return permute_rows(w, n_heads, false); }
+
+void tensor_source_to_f32(const TensorSource& ts, float* dst) {
+  const std::string what = "tensor '" + ts.name + "'";
+  const int64_t n = shape_numel(ts.shape);
+  const uint64_t need = dtype_nbytes(ts.dtype, n, what);
+  if (ts.nbytes != need)
+    fail("file '", ts.file->path, "': ", what, " of dtype ", ts.dtype, " and shape ", shape_str(ts.shape), " needs ", need,
+         " bytes, the header gives ", ts.nbytes);
+  const uint8_t* p = ts.file->at(ts.offset, ts.nbytes, what);
+  if (ts.dtype == "F32") {
+    std::memcpy(dst, p, (size_t)n * 4);
+  } else if (ts.dtype == "F16") {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      dst[i] = f16_to_f32(h);
+    }
+  } else if (ts.dtype == "BF16") {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      dst[i] = bf16_to_f32(h);
+    }
+  } else {
+    dequantize_blocks(ts.dtype, p, n, dst);
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(dst[i])) fail("file '", ts.file->path, "': ", what, " holds a non-finite value at element ", i);
+}
+
+Tensor tensor_source_load(const TensorSource& ts) {
+  for (int64_t d : ts.shape)
+    if (d < 0 || d > (int64_t)1 << 32) fail("file '", ts.file->path, "': tensor '", ts.name, "' has absurd shape ", shape_str(ts.shape));
+  Tensor t = Tensor::empty(ts.shape);
+  tensor_source_to_f32(ts, t.data<float>());
+  if (ts.unpermute_heads > 0) t = rope_halves_from_pairs(t, ts.unpermute_heads);
+  return t;
+}
+
+static const TensorSource& need(const ModelSource& src, const std::string& name, const Shape& shape) {
+  auto it = src.tensors.find(name);
+  if (it == src.tensors.end()) fail("model '", src.path, "': tensor '", name, "' is missing");
+  if (it->second.shape != shape)
+    fail("model '", src.path, "': tensor '", name, "' (", it->second.name, ") has shape ", shape_str(it->second.shape),
+         ", the config implies ", shape_str(shape));
+  return it->second;
+}
+
+
+static Linear make_linear(const ModelSource& src, const std::string& pre, const LinearSpec& spec) {
+  const Shape shape = linear_shape(src.cfg, spec.name);
+  Linear l;
+  l.name = spec.name;
+  l.input = spec.input;
+  l.weight = tensor_source_load(need(src, pre + spec.name + ".weight", shape));
+  const std::string bname = pre + spec.name + ".bias";
+  if (src.tensors.count(bname)) l.bias = tensor_source_load(need(src, bname, {shape[0]}));
+  return l;
+}
+
+Block load_block(const ModelSource& src, int i) {
+  const ModelConfig& c = src.cfg;
+  const std::string pre = "blocks." + std::to_string(i) + ".";
+  Block b;
+  b.attn_norm = tensor_source_load(need(src, pre + "attn_norm", {c.dim}));
+  b.ffn_norm = tensor_source_load(need(src, pre + "ffn_norm", {c.dim}));
+  for (const LinearSpec& s : kLlamaLinears) b.linears.push_back(make_linear(src, pre, s));
+  return b;
+}
+
+Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
+  const ModelConfig& c = src->cfg;
+  validate_config(c, "model '" + src->path + "'");
+  Model m;
+  m.cfg = c;
+  m.source = src->path;
+  m.format = src->format;
+  m.src = src;
+  const int64_t V = c.vocab_size, D = c.dim;
+  m.tok_emb = tensor_source_load(need(*src, "tok_emb", {V, D}));
+  m.final_norm = tensor_source_load(need(*src, "final_norm", {D}));
+  if (c.tied_classifier) {
+    if (src->tensors.count("classifier")) fail("model '", src->path, "': config says tied embeddings but the file has a classifier");
+    m.classifier = m.tok_emb;
+  } else {
+    m.classifier = tensor_source_load(need(*src, "classifier", {V, D}));
+  }
+  m.blocks.resize(c.n_layers);
+  if (lazy) {
+    // Check every block's tensors exist with the right shapes now, convert later.
+    for (int i = 0; i < c.n_layers; ++i) {
+      const std::string pre = "blocks." + std::to_string(i) + ".";
+      need(*src, pre + "attn_norm", {D});
+      need(*src, pre + "ffn_norm", {D});
+      for (const LinearSpec& s : kLlamaLinears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
+    }
+    m.resident.assign(c.n_layers, 0);
+  } else {
+    for (int i = 0; i < c.n_layers; ++i) m.blocks[i] = load_block(*src, i);
+  }
+  return m;
+}
+
+}  // namespace qf

@@ -1,0 +1,271 @@
+#include "formats/quant_blocks.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace qf {
+
+static float rd_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+static void wr_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+static bool f16_exact(float v) { return f16_to_f32(f32_to_f16(v)) == v; }
+
+bool quant_block_info(const std::string& t, int64_t* be, int64_t* bb) {
+  int64_t e = 0, b = 0;
+  if (t == "Q8_0") e = 32, b = 34;
+  else if (t == "Q4_0") e = 32, b = 18;
+  else if (t == "Q4_1") e = 32, b = 20;
+  else if (t == "Q4_K") e = 256, b = 144;
+  else if (t == "Q6_K") e = 256, b = 210;
+  else return false;
+  if (be) *be = e;
+  if (bb) *bb = b;
+  return true;
+}
+
+// ---- dequantize ---------------------------------------------------------------------------
+
+static void deq_q8_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  for (int j = 0; j < 32; ++j) y[j] = (float)(int8_t)b[2 + j] * d;
+}
+
+static void deq_q4_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = (float)((b[2 + j] & 0xF) - 8) * d;
+    y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+  }
+}
+
+static void deq_q4_1(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), m = rd_f16(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = (float)(b[4 + j] & 0xF) * d + m;
+    y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
+  }
+}
+
+// Sub-block k (0..7) of a Q4_K super-block: 6-bit scale and min from the 12 packed bytes.
+// k < 4: low 6 bits of bytes k (scale) and k+4 (min). k >= 4: the nibbles of byte k+4 give
+// the low 4 bits, the top 2 bits of bytes k−4 (scale) and k (min) the high 2 bits.
+static void q4k_scale_min(const uint8_t* s, int k, int* sc, int* mn) {
+  if (k < 4) {
+    *sc = s[k] & 63;
+    *mn = s[k + 4] & 63;
+  } else {
+    *sc = (s[k + 4] & 0xF) | ((s[k - 4] >> 6) << 4);
+    *mn = (s[k + 4] >> 4) | ((s[k] >> 6) << 4);
+  }
+}
+
+static void deq_q4_k(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), dmin = rd_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qs = b + 16;
+  // Four 64-element chunks; each uses 32 bytes: low nibbles = first 32, high = next 32.
+  for (int c = 0; c < 4; ++c) {
+    int sc0, mn0, sc1, mn1;
+    q4k_scale_min(scales, 2 * c, &sc0, &mn0);
+    q4k_scale_min(scales, 2 * c + 1, &sc1, &mn1);
+    const float d0 = d * (float)sc0, m0 = dmin * (float)mn0;
+    const float d1 = d * (float)sc1, m1 = dmin * (float)mn1;
+    for (int l = 0; l < 32; ++l) y[64 * c + l] = d0 * (float)(qs[32 * c + l] & 0xF) - m0;
+    for (int l = 0; l < 32; ++l) y[64 * c + 32 + l] = d1 * (float)(qs[32 * c + l] >> 4) - m1;
+  }
+}
+
+static void deq_q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* sc = (const int8_t*)(b + 192);
+  const float d = rd_f16(b + 208);
+  // Two 128-element halves, each with 64 ql bytes, 32 qh bytes and 8 scales. Element
+  // l + 32·k (k = 0..3) of a half: low 4 bits from ql[l] / ql[l+32] (low nibble for k = 0, 1,
+  // high for k = 2, 3), high 2 bits from qh[l] at bit 2k; scale sc[l/16 + 2k].
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const int q0 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q1 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      const int is = l / 16;
+      y[l] = d * (float)sc[is + 0] * (float)q0;
+      y[l + 32] = d * (float)sc[is + 2] * (float)q1;
+      y[l + 64] = d * (float)sc[is + 4] * (float)q2;
+      y[l + 96] = d * (float)sc[is + 6] * (float)q3;
+    }
+    y += 128;
+    ql += 64;
+    qh += 32;
+    sc += 8;
+  }
+}
+
+void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst) {
+  int64_t be = 0, bb = 0;
+  if (!quant_block_info(dtype, &be, &bb)) fail("quantized block type '", dtype, "' is not supported");
+  if (n % be) fail("dequantize ", dtype, ": ", n, " elements is not a whole number of blocks of ", be);
+  void (*f)(const uint8_t*, float*) = dtype == "Q8_0" ? deq_q8_0 : dtype == "Q4_0" ? deq_q4_0 : dtype == "Q4_1" ? deq_q4_1
+                                    : dtype == "Q4_K" ? deq_q4_k : deq_q6_k;
+  for (int64_t i = 0; i < n / be; ++i) f(src + i * bb, dst + i * be);
+}
+
+// ---- reference quantizers (llama.cpp quantize_row_*_ref, no imatrix) -------------------------
+
+static void ref_q8_0(const float* x, uint8_t* b) {
+  float amax = 0.f;
+  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+  wr_f16(b, d);
+  for (int j = 0; j < 32; ++j) b[2 + j] = (uint8_t)(int8_t)std::round(x[j] * id);  // round: half away from zero
+}
+
+static void ref_q4_0(const float* x, uint8_t* b) {
+  float amax = 0.f, max = 0.f;  // max: the signed value of largest magnitude (first on ties)
+  for (int j = 0; j < 32; ++j)
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  const float d = max / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+  wr_f16(b, d);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 = std::min(15, (int)(int8_t)(x[j] * id + 8.5f));  // truncation, as the reference
+    const int q1 = std::min(15, (int)(int8_t)(x[j + 16] * id + 8.5f));
+    b[2 + j] = (uint8_t)(q0 | (q1 << 4));
+  }
+}
+
+static void ref_q4_1(const float* x, uint8_t* b) {
+  float min = x[0], max = x[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+  const float d = (max - min) / 15.f, id = d != 0.f ? 1.f / d : 0.f;
+  wr_f16(b, d);
+  wr_f16(b + 2, min);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 = std::min(15, (int)(int8_t)((x[j] - min) * id + 0.5f));
+    const int q1 = std::min(15, (int)(int8_t)((x[j + 16] - min) * id + 0.5f));
+    b[4 + j] = (uint8_t)(q0 | (q1 << 4));
+  }
+}
+
+void quantize_blocks_ref(const std::string& dtype, const float* src, int64_t n, uint8_t* dst) {
+  if (n % 32) fail("quantize ", dtype, ": ", n, " elements is not a whole number of blocks of 32");
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(src[i])) fail("quantize ", dtype, ": non-finite value at element ", i);
+  void (*f)(const float*, uint8_t*) = nullptr;
+  int64_t bb = 0;
+  if (dtype == "Q8_0") f = ref_q8_0, bb = 34;
+  else if (dtype == "Q4_0") f = ref_q4_0, bb = 18;
+  else if (dtype == "Q4_1") f = ref_q4_1, bb = 20;
+  else fail("quantize: type '", dtype, "' has no reference quantizer here (Q8_0, Q4_0, Q4_1)");
+  for (int64_t i = 0; i < n / 32; ++i) f(src + 32 * i, dst + bb * i);
+}
+
+// ---- exact encoders from a grid ---------------------------------------------------------------
+
+static int64_t encodable_block_bytes(const std::string& dtype, const std::string& what) {
+  if (dtype == "Q8_0") return 34;
+  if (dtype == "Q4_0") return 18;
+  if (dtype == "Q4_1") return 20;
+  fail(what, ": no exact encoding into GGUF type '", dtype, "' (Q8_0, Q4_0 or Q4_1)");
+}
+
+void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, const std::string& what) {
+  encodable_block_bytes(dtype, what);
+  const Grid& g = q.grid;
+  const std::string fix = "; export gguf F16 or F32 instead";
+  if (q.outliers.nnz() > 0)
+    fail(what, ": has ", q.outliers.nnz(), " sparse outliers, which ", dtype, " blocks cannot store", fix);
+  if (g.cols % 32) fail(what, ": ", g.cols, " input columns is not a multiple of the ", dtype, " block size 32", fix);
+  if ((int64_t)g.g_idx.size() != g.cols) fail(what, ": grid g_idx has ", g.g_idx.size(), " entries for ", g.cols, " columns");
+  // Each 32-column block stores one scale: all its columns must share one group.
+  for (int64_t c0 = 0; c0 < g.cols; c0 += 32)
+    for (int64_t c = c0; c < c0 + 32; ++c)
+      if (g.g_idx[c] != g.g_idx[c0])
+        fail(what, ": columns ", c0 + 1, "..", c0 + 32, " (one ", dtype, " block) span groups ", g.g_idx[c0] + 1, " and ", g.g_idx[c] + 1,
+             " (grid ", g.spec.str(), g.spec.group > 0 && g.spec.group % 32 == 0 ? ", act-order g_idx" : "",
+             "); GGUF blocks need groups of a multiple of 32 columns in natural order", fix);
+  if (g.spec.kind != GridKind::Uniform)
+    fail(what, ": a companded (non-uniform) grid (", g.spec.str(), ") cannot be stored in ", dtype, " blocks", fix);
+  // Per (row, group): row groups share params (Grid::s/z index them), bits may vary per group.
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t k = 0; k < g.ngroups; ++k) {
+      const float s = g.s(r, k), z = g.z(r, k);
+      const int bits = g.bits_at(r, k), maxq = (1 << bits) - 1;
+      const std::string at = " at row " + std::to_string(r + 1) + ", group " + std::to_string(k + 1);
+      if (bits == 0) fail(what, ": group pruned to its median (0 bits)", at, " has no ", dtype, " encoding", fix);
+      if (dtype == "Q4_1" && maxq > 15) fail(what, ": ", bits, "-bit codes", at, " do not fit Q4_1's 4-bit codes", fix);
+      if (!(std::isfinite(s) && z == std::nearbyint(z) && std::fabs(z) <= 256.f))
+        fail(what, ": grid scale ", s, " / zero ", z, at, " is not a finite scale with an integer zero");
+      // The codes 0..maxq minus the zero must land in the block's signed range.
+      const int lo = dtype == "Q8_0" ? -128 : -8, hi = dtype == "Q8_0" ? 127 : 7;
+      if (dtype != "Q4_1" && (-(int)z < lo || maxq - (int)z > hi))
+        fail(what, ": zero ", z, at, " with codes 0..", maxq, " (grid ", g.spec.str(), ") gives values outside ", dtype, "'s ",
+             lo, "..", hi, dtype == "Q4_0" && maxq <= 15 ? " (asymmetric grids export as Q4_1)" : "", fix);
+      if (!f16_exact(s))
+        fail(what, ": scale ", s, at, " is not representable in fp16; re-fit the grid with fp16 scales or export gguf F16");
+      if (dtype == "Q4_1") {
+        // Stored min m = −s·z. s has 11 significant bits and |z| <= 256, so s·z is exact in
+        // f32; it must also be exact in fp16, and then q·d + m = s·(q − z) exactly in f32.
+        const float m = -(s * z);
+        if (!f16_exact(m))
+          fail(what, ": Q4_1 min −scale·zero = ", m, at, " (scale ", s, ", zero ", z,
+               ") is not representable in fp16; re-fit the grid with fp16 scales and mins or export gguf F16");
+      }
+    }
+  if (q.codes.dtype() != DType::U8 || q.codes.dim() != 2 || q.codes.size(0) != g.rows || q.codes.size(1) != g.cols)
+    fail(what, ": codes tensor ", shape_str(q.codes.shape()), " does not match the grid [", g.rows, ", ", g.cols, "]");
+}
+
+void encode_grid_row(const QuantizedLinear& q, int64_t row, const std::string& dtype, uint8_t* dst, const std::string& what) {
+  const Grid& g = q.grid;
+  const int64_t bb = encodable_block_bytes(dtype, what);
+  const Tensor codes = q.codes.contiguous();
+  const uint8_t* c = codes.data<uint8_t>() + row * g.cols;
+  for (int64_t b = 0; b < g.cols / 32; ++b) {
+    const int64_t grp = g.g_idx[32 * b];
+    const float s = g.s(row, grp), z = g.z(row, grp);
+    const int maxq = g.maxq_at(row, grp);
+    uint8_t* blk = dst + b * bb;
+    int qv[32];
+    for (int j = 0; j < 32; ++j) {
+      const int code = c[32 * b + j];
+      if (code > maxq) fail(what, ": code ", code, " at row ", row + 1, ", column ", 32 * b + j + 1, " exceeds the grid's maxq ", maxq);
+      qv[j] = dtype == "Q8_0" ? code - (int)z : dtype == "Q4_0" ? code - (int)z + 8 : code;
+    }
+    wr_f16(blk, s);
+    if (dtype == "Q8_0") {
+      for (int j = 0; j < 32; ++j) blk[2 + j] = (uint8_t)(int8_t)qv[j];
+    } else {
+      uint8_t* qs = blk + (dtype == "Q4_1" ? 4 : 2);
+      if (dtype == "Q4_1") wr_f16(blk + 2, -(s * z));
+      for (int j = 0; j < 16; ++j) qs[j] = (uint8_t)(qv[j] | (qv[j + 16] << 4));
+    }
+    // The point of an exact encoder: what a GGUF reader decodes is what qforge evaluated.
+    float y[32];
+    dequantize_blocks(dtype, blk, 32, y);
+    for (int j = 0; j < 32; ++j) {
+      const float want = g.value(c[32 * b + j], row, grp);
+      if (!(y[j] == want))
+        fail(what, ": ", dtype, " block at row ", row + 1, ", column ", 32 * b + j + 1, " decodes to ", y[j], ", the grid gives ", want,
+             " (not exactly representable)");
+    }
+  }
+}
+
+}  // namespace qf

@@ -1,0 +1,47 @@
+// qforge — llama.cpp/GGML quantized block formats (formats.md §2.2): sizes, dequantize, quantize.
+//
+// Block layouts (little endian, fp16 = IEEE half):
+//   Q8_0 32 weights: fp16 d, int8 qs[32]                       x = d·q
+//   Q4_0 32 weights: fp16 d, u8 qs[16] (low nibbles 0..15, high 16..31)   x = d·(q − 8)
+//   Q4_1 32 weights: fp16 d, fp16 m, u8 qs[16]                  x = d·q + m
+//   Q4_K 256 weights: fp16 d, fp16 dmin, u8 scales[12] (8 packed 6-bit scale/min pairs),
+//        u8 qs[128]                                             x = d·sc·q − dmin·mn
+//   Q6_K 256 weights: u8 ql[128], u8 qh[64], int8 scales[16], fp16 d   x = d·sc·(q − 32)
+//
+// Two ways in: the reference quantizers (what llama.cpp's quantize does from f32, no imatrix)
+// and exact encoders of a QuantizedLinear whose grid maps onto the block type. The exact
+// encoders never re-round: a grid that does not map (block spanning two groups, codes out
+// of the block's range, a scale or min not representable in fp16, outliers) is an error.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "quant/grid.h"
+
+namespace qf {
+
+// Elements per block and bytes per block of a GGML type name; false if `dtype` is not a
+// block-quantized type qforge can dequantize.
+bool quant_block_info(const std::string& dtype, int64_t* block_elems, int64_t* block_bytes);
+// Dequantizes n elements (n a multiple of the block size) from src into dst.
+void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst);
+
+// llama.cpp's reference quantizers (quantize_row_*_ref) for Q8_0, Q4_0, Q4_1: codes from the
+// f32 scale, stored scale rounded to fp16. n a multiple of 32; dst holds n/32 blocks.
+void quantize_blocks_ref(const std::string& dtype, const float* src, int64_t n, uint8_t* dst);
+
+// Exact encoding of a quantized linear as Q8_0 | Q4_0 | Q4_1 rows.
+// check_grid_encodable: the grid-level conditions, cheap, before anything is written:
+//   a uniform grid (not companded), no outliers; cols a multiple of 32 and every 32-column
+//   block inside one group (group a multiple of 32, or a g_idx that keeps blocks whole); per
+//   (row, group) at least 1 bit (no pruned groups), an integer zero with code − zero in the
+//   block's range for all codes 0..maxq (Q8_0 [−128, 127], Q4_0 [−8, 7], Q4_1 codes 0..15),
+//   the scale (and for Q4_1 the min −scale·zero) exact in fp16. Row groups and per-group bits
+//   are fine when every group passes.
+// `what` names the linear ("block 3 linear 'q'") in errors.
+void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, const std::string& what);
+// Encodes row `row` of q into cols/32 blocks at dst and checks that they dequantize to exactly
+// q's values (fails otherwise). Call check_grid_encodable first.
+void encode_grid_row(const QuantizedLinear& q, int64_t row, const std::string& dtype, uint8_t* dst, const std::string& what);
+
+}  // namespace qf

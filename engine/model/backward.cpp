@@ -1,0 +1,599 @@
+// The Llama backward pass: op backwards, block_backward (recompute the block forward,
+// then backpropagate), and the whole-model drivers. f32 throughout; f64 only for the
+// reductions that need it (RMSNorm row dots and gain sums, softmax row sums, the loss).
+#include "core/parallel.h"
+#include "model/backward.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "model/forward.h"
+
+namespace qf {
+
+// Fixed chunking, as in forward.cpp: every GEMM and every partial sum has the same shape
+// and order whatever the thread count, so gradients are bit-identical for 1 or N threads.
+static constexpr int64_t kRowChunk = 64;  // rows of dx = dy W per GEMM
+static constexpr int64_t kOutChunk = 32;  // rows of dW = dyᵀ x per GEMM (full reduction over N)
+
+using CMap = Eigen::Map<const MatRM>;
+using Map = Eigen::Map<MatRM>;
+
+static void check_2d(const Tensor& t, int64_t cols, const char* what) {
+  if (!t.defined() || t.dim() != 2 || t.size(1) != cols || t.dtype() != DType::F32)
+    fail(what, ": expected an f32 [N, ", cols, "] tensor, got ",
+         t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) : std::string("nothing"));
+}
+
+static void check_rows(const Tensor& t, int64_t n, const char* what) {
+  if (t.size(0) != n) fail(what, " has ", t.size(0), " rows, expected ", n);
+}
+
+static void add_inplace(Tensor& a, const Tensor& b) {
+  float* ap = a.f32();
+  const float* bp = b.f32();
+  const int64_t n = a.numel();
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
+  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
+}
+
+// dx = dy W (or dx += dy W): dy [N, out], W [out, in] contiguous, dx [N, in] contiguous.
+static void dy_times_w(const Tensor& dy, const Tensor& W, Tensor& dx, bool accumulate) {
+  const int64_t N = dy.size(0), outf = W.size(0), in = W.size(1);
+  if (!accumulate) dx = Tensor::empty({N, in});
+  CMap Wm(W.f32(), outf, in);
+  const float* dyp = dy.f32();
+  float* dxp = dx.f32();
+  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
+    CMap DY(dyp + r0 * outf, nr, outf);
+    Map DX(dxp + r0 * in, nr, in);
+    if (accumulate) DX.noalias() += DY * Wm;
+    else DX.noalias() = DY * Wm;
+  }
+}
+
+// dW = dyᵀ x [out, in], one GEMM per block of kOutChunk output rows, each reducing over all
+// N rows; db[o] = Σ_n dy[n, o] in f64 when db is non-null.
+static void dyt_times_x(const Tensor& dy, const Tensor& x, Tensor& dW, Tensor* db) {
+  const int64_t N = dy.size(0), outf = dy.size(1), in = x.size(1);
+  dW = Tensor::empty({outf, in});
+  if (db) *db = Tensor::empty({outf});
+  CMap DY(dy.f32(), N, outf), X(x.f32(), N, in);
+  Map DW(dW.f32(), outf, in);
+  float* dbp = db ? db->f32() : nullptr;
+  const float* dyp = dy.f32();
+  const int64_t nchunks = (outf + kOutChunk - 1) / kOutChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t o0 = c * kOutChunk, no = std::min(kOutChunk, outf - o0);
+    DW.middleRows(o0, no).noalias() = DY.middleCols(o0, no).transpose() * X;
+    if (dbp)
+      for (int64_t o = o0; o < o0 + no; ++o) {
+        double s = 0;
+        for (int64_t n = 0; n < N; ++n) s += dyp[n * outf + o];
+        dbp[o] = (float)s;
+      }
+  }
+}
+
+// ---------------------------------------------------------------- rmsnorm
+
+RmsnormGrads rmsnorm_backward(const Tensor& x_, const Tensor& g_, float eps, const Tensor& dy_, bool want_dg) {
+  const int64_t D = g_.numel();
+  check_2d(x_, D, "rmsnorm_backward input");
+  check_2d(dy_, D, "rmsnorm_backward gradient");
+  const int64_t N = x_.size(0);
+  check_rows(dy_, N, "rmsnorm_backward gradient");
+  const Tensor x = x_.contiguous(), g = g_.contiguous(), dy = dy_.contiguous();
+  RmsnormGrads out;
+  out.dx = Tensor::empty({N, D});
+  const float* xp = x.f32();
+  const float* gp = g.f32();
+  const float* dyp = dy.f32();
+  float* dxp = out.dx.f32();
+  // dg = Σ_rows dy ⊙ x·inv: f64 partial sums per fixed row chunk, added in chunk order.
+  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
+  std::vector<double> part(want_dg ? (size_t)(nchunks * D) : 0, 0.0);
+#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
+  for (int64_t c = 0; c < nchunks; ++c) {
+    double* pc = want_dg ? part.data() + c * D : nullptr;
+    for (int64_t i = c * kRowChunk; i < std::min(N, (c + 1) * kRowChunk); ++i) {
+      const float* r = xp + i * D;
+      const float* d = dyp + i * D;
+      double ss = 0, dot = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        ss += (double)r[j] * r[j];
+        dot += (double)gp[j] * d[j] * r[j];
+      }
+      const float inv = 1.0f / std::sqrt((float)(ss / D) + eps);  // exactly as forward.cpp rmsnorm
+      // y = g x inv, inv = (Σx²/D + eps)^(−1/2):  dx = inv g dy − x inv³ (Σ g dy x) / D
+      const float k3 = (float)((double)inv * inv * inv * dot / (double)D);
+      for (int64_t j = 0; j < D; ++j) dxp[i * D + j] = inv * gp[j] * d[j] - k3 * r[j];
+      if (pc)
+        for (int64_t j = 0; j < D; ++j) pc[j] += (double)d[j] * r[j] * inv;
+    }
+  }
+  if (want_dg) {
+    out.dg = Tensor::empty({D});
+    float* dgp = out.dg.f32();
+    for (int64_t j = 0; j < D; ++j) {
+      double s = 0;
+      for (int64_t c = 0; c < nchunks; ++c) s += part[c * D + j];
+      dgp[j] = (float)s;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- rope
+
+void rope_backward(Tensor& dy, int n_heads, int head_dim, int T, float theta, bool interleaved) {
+  ModelConfig c;  // unscaled frequencies, as forward.h rope(…, theta, …)
+  c.rope_theta = theta;
+  rope_backward(dy, n_heads, head_dim, T, rope_inv_freq(c, head_dim), interleaved);
+}
+
+void rope_backward(Tensor& dy, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved) {
+  rope_rotate(dy, n_heads, head_dim, T, inv_freq, interleaved, true);  // dx = Rᵀ dy
+}
+
+// ---------------------------------------------------------------- attention
+
+AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int T, int n_heads,
+                                  int n_kv_heads, int head_dim, const Tensor& dy_) {
+  const int64_t N = (int64_t)B * T, QW = (int64_t)n_heads * head_dim, KW = (int64_t)n_kv_heads * head_dim;
+  check_2d(q_, QW, "attention_backward q");
+  check_2d(k_, KW, "attention_backward k");
+  check_2d(v_, KW, "attention_backward v");
+  check_2d(dy_, QW, "attention_backward gradient");
+  if (q_.size(0) != N || k_.size(0) != N || v_.size(0) != N || dy_.size(0) != N)
+    fail("attention_backward: q/k/v/dy rows (", q_.size(0), ", ", k_.size(0), ", ", v_.size(0), ", ", dy_.size(0),
+         ") != B·T = ", N);
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads)
+    fail("attention_backward: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dy = dy_.contiguous();
+  AttentionGrads g;
+  g.dq = Tensor::empty({N, QW});
+  g.dk = Tensor::empty({N, KW});  // zero-filled: accumulated into
+  g.dv = Tensor::empty({N, KW});
+  const float* qp = q.f32();
+  const float* kp = k.f32();
+  const float* vp = v.f32();
+  const float* dyp = dy.f32();
+  float* dqp = g.dq.f32();
+  float* dkp = g.dk.f32();
+  float* dvp = g.dv.f32();
+  const int group = n_heads / n_kv_heads;
+  const float scale = 1.0f / std::sqrt((float)head_dim);
+  using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
+  using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
+  constexpr int kQBlock = 128;  // as forward.cpp: query block [i0, i1) needs keys [0, i1) only
+  const int nqb = (T + kQBlock - 1) / kQBlock;
+  const int rows = std::min(kQBlock, T);
+  std::vector<MatRM> scratchS(omp_get_max_threads(), MatRM(rows, T)), scratchP(omp_get_max_threads(), MatRM(rows, T));
+  // One task per (window, kv head): the heads sharing that kv head, and all query blocks,
+  // accumulate into its dK/dV slice in a fixed order inside the task.
+#pragma omp parallel for schedule(dynamic) collapse(2) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim * 2))
+  for (int b = 0; b < B; ++b)
+    for (int kh = 0; kh < n_kv_heads; ++kh) {
+      MatRM& S = scratchS[omp_get_thread_num()];
+      MatRM& dP = scratchP[omp_get_thread_num()];
+      const int64_t r0 = (int64_t)b * T;
+      for (int h = kh * group; h < (kh + 1) * group; ++h)
+        for (int qb = 0; qb < nqb; ++qb) {
+          const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
+          Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+          Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          Strided dO(dyp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+          StridedOut dQ(dqp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+          StridedOut dK(dkp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          StridedOut dV(dvp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          // recompute P exactly as the forward does
+          auto Sb = S.topLeftCorner(nq, i1);
+          Sb.noalias() = (Q * K.transpose()) * scale;
+          for (int r = 0; r < nq; ++r) {
+            float* s = S.data() + (int64_t)r * S.cols();
+            const int last = i0 + r;
+            Eigen::Map<Eigen::ArrayXf> row(s, last + 1);
+            row = (row - row.maxCoeff()).exp();
+            row *= 1.0f / row.sum();
+            for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
+          }
+          // dP = dO Vᵀ; softmax backward dS = P ⊙ (dP − Σ_j P dP) row by row (masked entries: P = 0)
+          auto dPb = dP.topLeftCorner(nq, i1);
+          dPb.noalias() = dO * V.transpose();
+          for (int r = 0; r < nq; ++r) {
+            const float* s = S.data() + (int64_t)r * S.cols();
+            float* d = dP.data() + (int64_t)r * dP.cols();
+            const int last = i0 + r;
+            double sum = 0;
+            for (int j = 0; j <= last; ++j) sum += (double)s[j] * d[j];
+            const float rs = (float)sum;
+            for (int j = 0; j <= last; ++j) d[j] = s[j] * (d[j] - rs);
+            for (int j = last + 1; j < i1; ++j) d[j] = 0.f;
+          }
+          // S = Q Kᵀ·scale:  dQ = dS K·scale,  dK += dSᵀ Q·scale;  O = P V:  dV += Pᵀ dO
+          dQ.noalias() = (dPb * K) * scale;
+          dK.noalias() += (dPb.transpose() * Q) * scale;
+          dV.noalias() += Sb.transpose() * dO;
+        }
+    }
+  return g;
+}
+
+// ---------------------------------------------------------------- linear, swiglu, embedding
+
+LinearGrads linear_backward(const Tensor& x_, const Linear& lin, const Tensor& dy_, bool want_dx, bool want_dW) {
+  const Tensor W = lin.weight.contiguous();
+  if (W.dim() != 2 || W.dtype() != DType::F32)
+    fail("linear_backward '", lin.name, "': weight must be an f32 matrix, got ", shape_str(W.shape()));
+  const int64_t in = W.size(1), outf = W.size(0);
+  if (x_.dim() != 2 || x_.size(1) != in || x_.dtype() != DType::F32)
+    fail("linear_backward '", lin.name, "': input ", shape_str(x_.shape()), " does not match weight ", shape_str(W.shape()));
+  if (dy_.dim() != 2 || dy_.size(1) != outf || dy_.size(0) != x_.size(0) || dy_.dtype() != DType::F32)
+    fail("linear_backward '", lin.name, "': gradient ", shape_str(dy_.shape()), " does not match output [",
+         x_.size(0), ", ", outf, "]");
+  if (lin.bias.defined() && lin.bias.numel() != outf)
+    fail("linear_backward '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
+  const Tensor x = x_.contiguous(), dy = dy_.contiguous();
+  LinearGrads g;
+  if (want_dx) dy_times_w(dy, W, g.dx, false);
+  if (want_dW) dyt_times_x(dy, x, g.dW, lin.bias.defined() ? &g.db : nullptr);
+  return g;
+}
+
+static float silu(float a) { return a / (1.0f + std::exp(-a)); }
+
+Tensor swiglu(const Tensor& a_, const Tensor& u_) {
+  if (a_.shape() != u_.shape() || a_.dim() != 2 || a_.dtype() != DType::F32 || u_.dtype() != DType::F32)
+    fail("swiglu: gate ", shape_str(a_.shape()), " and up ", shape_str(u_.shape()), " must be f32 matrices of one shape");
+  Tensor h = a_.clone();
+  const Tensor u = u_.contiguous();
+  float* hp = h.f32();
+  const float* up = u.f32();
+  const int64_t n = h.numel();
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
+  for (int64_t i = 0; i < n; ++i) hp[i] = hp[i] / (1.0f + std::exp(-hp[i])) * up[i];  // as block_forward
+  return h;
+}
+
+// In place: a ← da, u ← du for h = silu(a)·u, silu'(a) = σ(a)(1 + a(1 − σ(a))).
+static void swiglu_backward_inplace(Tensor& a, Tensor& u, const Tensor& dh) {
+  float* ap = a.f32();
+  float* up = u.f32();
+  const float* dp = dh.f32();
+  const int64_t n = a.numel();
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = ap[i], sig = 1.0f / (1.0f + std::exp(-x));
+    ap[i] = dp[i] * up[i] * sig * (1.0f + x * (1.0f - sig));
+    up[i] = dp[i] * silu(x);
+  }
+}
+
+SwigluGrads swiglu_backward(const Tensor& a, const Tensor& u, const Tensor& dh) {
+  if (a.shape() != u.shape() || a.shape() != dh.shape() || a.dim() != 2)
+    fail("swiglu_backward: gate ", shape_str(a.shape()), ", up ", shape_str(u.shape()), " and gradient ",
+         shape_str(dh.shape()), " must be matrices of one shape");
+  SwigluGrads g{a.clone(), u.clone()};
+  if (g.da.dtype() != DType::F32 || g.du.dtype() != DType::F32 || dh.dtype() != DType::F32)
+    fail("swiglu_backward: f32 tensors expected");
+  swiglu_backward_inplace(g.da, g.du, dh.contiguous());
+  return g;
+}
+
+void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx_, Tensor& d_tok_emb) {
+  if (!d_tok_emb.defined() || d_tok_emb.dim() != 2 || d_tok_emb.dtype() != DType::F32 || !d_tok_emb.is_contiguous())
+    fail("embed_backward: the embedding gradient must be a contiguous f32 [vocab, dim] tensor");
+  const int64_t V = d_tok_emb.size(0), D = d_tok_emb.size(1);
+  check_2d(dx_, D, "embed_backward gradient");
+  check_rows(dx_, (int64_t)tokens.size(), "embed_backward gradient");
+  const Tensor dx = dx_.contiguous();
+  float* ep = d_tok_emb.f32();
+  const float* dp = dx.f32();
+  for (size_t i = 0; i < tokens.size(); ++i) {  // token order: repeated ids add up deterministically
+    if (tokens[i] < 0 || tokens[i] >= V)
+      fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
+    float* row = ep + (int64_t)tokens[i] * D;
+    for (int64_t j = 0; j < D; ++j) row[j] += dp[(int64_t)i * D + j];
+  }
+}
+
+// ---------------------------------------------------------------- head + cross-entropy
+
+HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int32_t>& targets, bool param_grads) {
+  const int64_t D = m.cfg.dim;
+  check_2d(x_, D, "head_backward input");
+  const int64_t N = x_.size(0);
+  if ((int64_t)targets.size() != N) fail("head_backward: ", targets.size(), " targets for ", N, " rows");
+  const Tensor x = x_.contiguous(), W = m.classifier.contiguous();
+  const int64_t V = W.size(0);
+  if (W.dim() != 2 || W.size(1) != D) fail("head_backward: classifier ", shape_str(W.shape()), " is not [vocab, ", D, "]");
+  int64_t scored = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (targets[i] < -1 || targets[i] >= V)
+      fail("head_backward: target ", targets[i], " of row ", i + 1, " is outside the vocabulary [0, ", V, ") (−1 skips a row)");
+    scored += targets[i] >= 0;
+  }
+  if (scored == 0) fail("head_backward: no row has a target");
+
+  HeadGrads hg;
+  hg.scored = scored;
+  Tensor xn;
+  rmsnorm(x, m.final_norm, m.cfg.norm_eps, xn);
+  Tensor dxn = Tensor::empty({N, D});
+  if (param_grads) hg.d_classifier = Tensor::empty({V, D});
+  const float inv_count = (float)(1.0 / (double)scored);
+  // Rows go in super-chunks of 256 (logits [256, vocab] at a time), sequentially, so the
+  // classifier gradient sums the super-chunks in a fixed order.
+  constexpr int64_t kSuper = 256;
+  Tensor logits = Tensor::empty({std::min(kSuper, N), V});
+  std::vector<double> row_loss(kSuper);
+  CMap Wm(W.f32(), V, D), Xn(xn.f32(), N, D);
+  Map dXn(dxn.f32(), N, D);
+  Map L(logits.f32(), logits.size(0), V);
+  double loss = 0;
+  for (int64_t s0 = 0; s0 < N; s0 += kSuper) {
+    const int64_t ns = std::min(kSuper, N - s0);
+    const int64_t nchunks = (ns + kRowChunk - 1) / kRowChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
+      L.middleRows(r0, nr).noalias() = Xn.middleRows(s0 + r0, nr) * Wm.transpose();
+    }
+    // softmax − one-hot, scaled by 1/scored: dL/dlogits, in place
+#pragma omp parallel for schedule(static) if (worth_parallel(ns * V * 4))
+    for (int64_t r = 0; r < ns; ++r) {
+      float* l = logits.f32() + r * V;
+      const int32_t t = targets[s0 + r];
+      if (t < 0) {
+        std::memset(l, 0, V * sizeof(float));
+        row_loss[r] = 0;
+        continue;
+      }
+      float mx = l[0];
+      for (int64_t j = 1; j < V; ++j) mx = std::max(mx, l[j]);
+      double se = 0;
+      for (int64_t j = 0; j < V; ++j) se += std::exp((double)l[j] - mx);
+      row_loss[r] = std::log(se) + mx - (double)l[t];
+      for (int64_t j = 0; j < V; ++j) l[j] = (float)(std::exp((double)l[j] - mx) / se) * inv_count;
+      l[t] -= inv_count;
+    }
+    for (int64_t r = 0; r < ns; ++r) loss += row_loss[r];
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
+      dXn.middleRows(s0 + r0, nr).noalias() = L.middleRows(r0, nr) * Wm;
+    }
+    if (param_grads) {
+      Map dC(hg.d_classifier.f32(), V, D);
+      const int64_t vchunks = (V + kOutChunk - 1) / kOutChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * D * V))
+      for (int64_t c = 0; c < vchunks; ++c) {
+        const int64_t v0 = c * kOutChunk, nv = std::min(kOutChunk, V - v0);
+        dC.middleRows(v0, nv).noalias() += L.block(0, v0, ns, nv).transpose() * Xn.middleRows(s0, ns);
+      }
+    }
+  }
+  hg.loss = loss / (double)scored;
+  RmsnormGrads ng = rmsnorm_backward(x, m.final_norm, m.cfg.norm_eps, dxn, param_grads);
+  hg.dx = std::move(ng.dx);
+  hg.d_final_norm = std::move(ng.dg);
+  return hg;
+}
+
+// ---------------------------------------------------------------- block
+
+BlockGradRequest BlockGradRequest::all() {
+  BlockGradRequest r;
+  for (const LinearSpec& s : kLlamaLinears) r.linears.push_back(s.name);
+  r.norms = true;
+  return r;
+}
+
+const Tensor& BlockGrads::weight(const std::string& name) const {
+  std::string canon = name;
+  for (const LinearSpec& s : kLlamaLinears)
+    if (name == s.alias) canon = s.name;
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == canon) {
+      if (!dW[i].defined()) fail("BlockGrads: the gradient of linear '", name, "' was not requested");
+      return dW[i];
+    }
+  fail("BlockGrads: no linear '", name, "' in this block's gradients");
+}
+
+Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T, const Tensor& dy_, BlockGrads* g,
+                      const BlockGradRequest& req) {
+  const ModelConfig& c = m.cfg;
+  if (layer < 0 || layer >= m.n_blocks()) fail("block_backward: block ", layer + 1, " out of range (model has ", m.n_blocks(), " blocks, numbered from 1)");
+  if (B <= 0 || T <= 0) fail("block_backward: B = ", B, ", T = ", T, " must be positive");
+  const int64_t N = (int64_t)B * T;
+  check_2d(x_, c.dim, "block_backward input");
+  check_2d(dy_, c.dim, "block_backward output gradient");
+  check_rows(x_, N, "block_backward input");
+  check_rows(dy_, N, "block_backward output gradient");
+  const Block& blk = m.block(layer);
+  const int hd = c.head_dim();
+
+  // resolve the request to indices of blk.linears (unknown names fail, naming the block's linears)
+  std::vector<char> want(blk.linears.size(), 0);
+  for (const std::string& name : req.linears) want[&blk.linear(name) - blk.linears.data()] = 1;
+  bool any = req.norms;
+  for (char w : want) any = any || w;
+  if (any && !g) fail("block_backward: gradients were requested for block ", layer + 1, " but no BlockGrads was given");
+  if (g) {
+    *g = BlockGrads{};
+    for (const Linear& l : blk.linears) g->names.push_back(l.name);
+    g->dW.resize(blk.linears.size());
+    g->db.resize(blk.linears.size());
+  }
+  auto idx = [&](const char* name) { return &blk.linear(name) - blk.linears.data(); };
+  // dW = dyᵀ x and db for linear `name` when requested
+  auto weight_grad = [&](const char* name, const Tensor& x, const Tensor& dy) {
+    const auto i = idx(name);
+    if (!want[i]) return;
+    const Linear& l = blk.linears[i];
+    if (l.bias.defined() && l.bias.numel() != l.out_features())
+      fail("linear '", l.name, "' of block ", layer + 1, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
+    dyt_times_x(dy, x, g->dW[i], l.bias.defined() ? &g->db[i] : nullptr);
+  };
+  const Tensor x = x_.contiguous(), dy = dy_.contiguous();
+
+  // ---- forward recompute: the same calls as block_forward; buffers a requested dW does
+  //      not need are dropped as soon as the forward is past them.
+  Tensor xn1;
+  rmsnorm(x, blk.attn_norm, c.norm_eps, xn1);
+  Tensor q = linear_forward(xn1, blk.linear("q"));
+  Tensor k = linear_forward(xn1, blk.linear("k"));
+  Tensor v = linear_forward(xn1, blk.linear("v"));
+  if (!want[idx("q")] && !want[idx("k")] && !want[idx("v")]) xn1 = Tensor();
+  const std::vector<float> inv_freq = rope_inv_freq(c, hd);  // RoPE scaling included
+  rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
+  rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
+  Tensor att;
+  attention(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, att);
+  Tensor h = x.clone();
+  add_inplace(h, linear_forward(att, blk.linear("o")));
+  if (!want[idx("o")]) att = Tensor();
+  Tensor xn2;
+  rmsnorm(h, blk.ffn_norm, c.norm_eps, xn2);
+  Tensor a = linear_forward(xn2, blk.linear("gate"));
+  Tensor u = linear_forward(xn2, blk.linear("up"));
+  if (!want[idx("gate")] && !want[idx("up")]) xn2 = Tensor();
+  // the block output itself is not needed; silu(a)·u only for down's dW
+  if (want[idx("down")]) weight_grad("down", swiglu(a, u), dy);
+
+  // ---- FFN: out = h + down(silu(a)·u)
+  const Tensor Wdown = blk.linear("down").weight.contiguous();
+  Tensor dmid;
+  dy_times_w(dy, Wdown, dmid, false);
+  swiglu_backward_inplace(a, u, dmid);  // a ← da, u ← du
+  dmid = Tensor();
+  weight_grad("gate", xn2, a);
+  weight_grad("up", xn2, u);
+  Tensor dxn2;
+  dy_times_w(a, blk.linear("gate").weight.contiguous(), dxn2, false);
+  dy_times_w(u, blk.linear("up").weight.contiguous(), dxn2, true);
+  a = u = xn2 = Tensor();
+  RmsnormGrads n2 = rmsnorm_backward(h, blk.ffn_norm, c.norm_eps, dxn2, req.norms);
+  h = dxn2 = Tensor();
+  Tensor dh = dy.clone();  // dL/dh: the residual path plus the FFN branch
+  add_inplace(dh, n2.dx);
+  n2.dx = Tensor();
+
+  // ---- attention: h = x + o(att)
+  weight_grad("o", att, dh);
+  att = Tensor();
+  Tensor datt;
+  dy_times_w(dh, blk.linear("o").weight.contiguous(), datt, false);
+  AttentionGrads ag = attention_backward(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, datt);
+  q = k = v = datt = Tensor();
+  rope_backward(ag.dq, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
+  rope_backward(ag.dk, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
+  weight_grad("q", xn1, ag.dq);
+  weight_grad("k", xn1, ag.dk);
+  weight_grad("v", xn1, ag.dv);
+  xn1 = Tensor();
+  Tensor dxn1;
+  dy_times_w(ag.dq, blk.linear("q").weight.contiguous(), dxn1, false);
+  dy_times_w(ag.dk, blk.linear("k").weight.contiguous(), dxn1, true);
+  dy_times_w(ag.dv, blk.linear("v").weight.contiguous(), dxn1, true);
+  ag = AttentionGrads{};
+  RmsnormGrads n1 = rmsnorm_backward(x, blk.attn_norm, c.norm_eps, dxn1, req.norms);
+  add_inplace(dh, n1.dx);  // dL/dx = dL/dh (residual) + the attention branch
+  if (req.norms) {
+    g->d_attn_norm = std::move(n1.dg);
+    g->d_ffn_norm = std::move(n2.dg);
+  }
+  return dh;
+}
+
+// ---------------------------------------------------------------- whole model
+
+static void check_tokens(const Model& m, const std::vector<int32_t>& tokens, int B, int T, const char* what) {
+  if (B <= 0 || T <= 0 || (int64_t)tokens.size() != (int64_t)B * T)
+    fail(what, ": ", tokens.size(), " tokens is not B·T = ", B, "·", T);
+}
+
+// Forward keeping every block's input; returns the last block's output.
+static Tensor forward_keeping_inputs(const Model& m, const std::vector<int32_t>& tokens, int B, int T,
+                                     std::vector<Tensor>& inputs) {
+  inputs.assign(m.n_blocks(), Tensor());
+  Tensor x = embed(m, tokens);
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    inputs[l] = x;
+    x = block_forward(m, l, x, B, T);
+    m.release_block(l);  // lazy models: one converted block at a time
+  }
+  return x;
+}
+
+// d (gradient on the last block's output) back to the embedding output, freeing inputs as it goes.
+static Tensor backward_blocks(const Model& m, std::vector<Tensor>& inputs, int B, int T, Tensor d,
+                              const BlockRequestFn& request, const BlockGradsFn& on_block_grads) {
+  for (int l = m.n_blocks() - 1; l >= 0; --l) {
+    BlockGrads g;
+    const BlockGradRequest req = request ? request(l) : BlockGradRequest::none();
+    d = block_backward(m, l, inputs[l], B, T, d, &g, req);
+    inputs[l] = Tensor();
+    if (on_block_grads) on_block_grads(l, g);
+    m.release_block(l);
+  }
+  return d;
+}
+
+ModelGrads model_backward_from_hidden(const Model& m, const std::vector<int32_t>& tokens, int B, int T,
+                                      const HiddenGradFn& dH, const BlockRequestFn& request,
+                                      const BlockGradsFn& on_block_grads, bool head_grads) {
+  check_tokens(m, tokens, B, T, "model_backward_from_hidden");
+  if (!dH) fail("model_backward_from_hidden: no gradient function for the final hidden states");
+  std::vector<Tensor> inputs;
+  const Tensor x = forward_keeping_inputs(m, tokens, B, T, inputs);
+  Tensor hn;
+  rmsnorm(x, m.final_norm, m.cfg.norm_eps, hn);
+  const Tensor dhn = dH(hn);
+  if (!dhn.defined() || dhn.shape() != hn.shape() || dhn.dtype() != DType::F32)
+    fail("model_backward_from_hidden: the hidden-state gradient must be f32 ", shape_str(hn.shape()), ", got ",
+         dhn.defined() ? shape_str(dhn.shape()) : std::string("nothing"));
+  RmsnormGrads fn = rmsnorm_backward(x, m.final_norm, m.cfg.norm_eps, dhn, head_grads);
+  ModelGrads mg;
+  mg.d_embed = backward_blocks(m, inputs, B, T, std::move(fn.dx), request, on_block_grads);
+  if (head_grads) {
+    mg.d_final_norm = std::move(fn.dg);
+    mg.d_tok_emb = Tensor::empty(m.tok_emb.shape());
+    embed_backward(tokens, mg.d_embed, mg.d_tok_emb);
+  }
+  return mg;
+}
+
+ModelGrads model_loss_backward(const Model& m, const std::vector<int32_t>& tokens, int B, int T,
+                               const BlockRequestFn& request, const BlockGradsFn& on_block_grads, bool head_grads) {
+  check_tokens(m, tokens, B, T, "model_loss_backward");
+  if (T < 2) fail("model_loss_backward: windows of ", T, " token(s) have no next token to predict");
+  std::vector<int32_t> targets(tokens.size(), -1);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t + 1 < T; ++t) targets[(size_t)b * T + t] = tokens[(size_t)b * T + t + 1];
+  std::vector<Tensor> inputs;
+  const Tensor x = forward_keeping_inputs(m, tokens, B, T, inputs);
+  HeadGrads hg = head_backward(m, x, targets, head_grads);
+  ModelGrads mg;
+  mg.loss = hg.loss;
+  mg.d_embed = backward_blocks(m, inputs, B, T, std::move(hg.dx), request, on_block_grads);
+  if (head_grads) {
+    mg.d_final_norm = std::move(hg.d_final_norm);
+    mg.d_tok_emb = Tensor::empty(m.tok_emb.shape());
+    embed_backward(tokens, mg.d_embed, mg.d_tok_emb);
+    if (m.cfg.tied_classifier) add_inplace(mg.d_tok_emb, hg.d_classifier);
+    else mg.d_classifier = std::move(hg.d_classifier);
+  }
+  return mg;
+}
+
+}  // namespace qf

@@ -1,0 +1,285 @@
+// The Llama forward pass (llama2.c semantics: RMSNorm eps 1e-5, interleaved-pair RoPE,
+// grouped-query causal attention, SwiGLU MLP), full sequence, f32, OpenMP-parallel.
+#include "core/parallel.h"
+#include "model/forward.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <numbers>
+
+namespace qf {
+
+// Rows are processed in fixed chunks so every GEMM has the same shape whatever the
+// thread count: results are bit-identical for 1 or N threads.
+static constexpr int64_t kRowChunk = 64;
+
+static void check_2d(const Tensor& t, int64_t cols, const char* what) {
+  if (t.dim() != 2 || t.size(1) != cols || t.dtype() != DType::F32)
+    fail(what, ": expected an f32 [N, ", cols, "] tensor, got ", dtype_name(t.dtype()), " ", shape_str(t.shape()));
+}
+
+void rmsnorm(const Tensor& x_, const Tensor& g_, float eps, Tensor& out) {
+  const int64_t D = g_.numel();
+  check_2d(x_, D, "rmsnorm input");
+  const Tensor x = x_.contiguous(), g = g_.contiguous();
+  const int64_t N = x.size(0);
+  if (!out.defined() || out.shape() != x.shape()) out = Tensor::empty({N, D});
+  const float* xp = x.f32();
+  const float* gp = g.f32();
+  float* op = out.f32();
+#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
+  for (int64_t i = 0; i < N; ++i) {
+    const float* r = xp + i * D;
+    double ss = 0;
+    for (int64_t j = 0; j < D; ++j) ss += (double)r[j] * r[j];
+    const float inv = 1.0f / std::sqrt((float)(ss / D) + eps);
+    for (int64_t j = 0; j < D; ++j) op[i * D + j] = gp[j] * (inv * r[j]);
+  }
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim) {
+  const int half = head_dim / 2;
+  std::vector<float> f(half);
+  // Unscaled: llama2.c's f32 formula (bit-identical logits for llama2.c checkpoints).
+  for (int i = 0; i < half; ++i) f[i] = 1.0f / std::pow(c.rope_theta, (float)(2 * i) / (float)head_dim);
+  if (c.rope_scaling.empty()) return f;
+  if (!(c.rope_factor > 0.f)) fail("rope: scaling '", c.rope_scaling, "' needs a positive factor, got ", c.rope_factor);
+  if (c.rope_scaling == "linear") {  // positions / factor == frequencies / factor
+    for (float& v : f) v /= c.rope_factor;
+    return f;
+  }
+  if (c.rope_scaling == "llama3") {
+    // Long wavelengths (> orig_ctx / low_freq_factor) are slowed by `factor`, short ones
+    // (< orig_ctx / high_freq_factor) kept, the band between interpolated smoothly.
+    const float lo = c.rope_low_freq_factor, hi = c.rope_high_freq_factor, ctx = (float)c.rope_orig_ctx;
+    if (!(hi > lo) || !(lo > 0.f) || c.rope_orig_ctx <= 0)
+      fail("rope: llama3 scaling needs 0 < low_freq_factor < high_freq_factor and a positive original context");
+    const float lo_wl = ctx / lo, hi_wl = ctx / hi;
+    for (float& v : f) {
+      const float wl = 2.0f * std::numbers::pi_v<float> / v;
+      if (wl < hi_wl) continue;
+      if (wl > lo_wl) {
+        v /= c.rope_factor;
+        continue;
+      }
+      const float s = (ctx / wl - lo) / (hi - lo);
+      v = (1.0f - s) * v / c.rope_factor + s * v;
+    }
+    return f;
+  }
+  fail("rope: unknown scaling '", c.rope_scaling, "' (expected linear or llama3)");
+}
+
+void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interleaved) {
+  ModelConfig c;
+  c.rope_theta = theta;
+  rope(x, n_heads, head_dim, T, rope_inv_freq(c, head_dim), interleaved);
+}
+
+void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved) {
+  rope_rotate(x, n_heads, head_dim, T, inv_freq, interleaved, false);
+}
+
+// Rotates (transpose = false) or applies the inverse rotation Rᵀ (the backward, transpose = true:
+// the angle's sine negated, which is exact, so Rᵀ is bit-for-bit the rotation by −angle).
+void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved,
+                 bool transpose) {
+  check_2d(x, (int64_t)n_heads * head_dim, "rope input");
+  if (!x.is_contiguous()) fail("rope: input must be contiguous");
+  if (head_dim % 2) fail("rope: head dimension ", head_dim, " is odd");
+  const int64_t N = x.size(0), W = (int64_t)n_heads * head_dim;
+  if (T <= 0 || N % T) fail("rope: ", N, " rows is not a whole number of ", T, "-token windows");
+  const int half = head_dim / 2;
+  if ((int)inv_freq.size() != half) fail("rope: ", inv_freq.size(), " frequencies for head dimension ", head_dim);
+  // cos/sin table [T, half], computed in f32 exactly as llama2.c does.
+  std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
+  for (int p = 0; p < T; ++p)
+    for (int i = 0; i < half; ++i) {
+      const float val = (float)p * inv_freq[i];
+      cs[(size_t)p * half + i] = std::cos(val);
+      sn[(size_t)p * half + i] = transpose ? -std::sin(val) : std::sin(val);
+    }
+  float* xp = x.f32();
+#pragma omp parallel for schedule(static) if (worth_parallel(N * W))
+  for (int64_t r = 0; r < N; ++r) {
+    const int p = (int)(r % T);
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = xp + r * W + (int64_t)h * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const float c = cs[(size_t)p * half + i], s = sn[(size_t)p * half + i];
+        float& a = interleaved ? v[2 * i] : v[i];
+        float& b = interleaved ? v[2 * i + 1] : v[i + half];
+        const float a0 = a, b0 = b;
+        a = a0 * c - b0 * s;
+        b = a0 * s + b0 * c;
+      }
+    }
+  }
+}
+
+void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int T, int n_heads, int n_kv_heads,
+               int head_dim, Tensor& out) {
+  const int64_t N = (int64_t)B * T, QW = (int64_t)n_heads * head_dim, KW = (int64_t)n_kv_heads * head_dim;
+  check_2d(q_, QW, "attention q");
+  check_2d(k_, KW, "attention k");
+  check_2d(v_, KW, "attention v");
+  if (q_.size(0) != N || k_.size(0) != N || v_.size(0) != N)
+    fail("attention: q/k/v rows (", q_.size(0), ", ", k_.size(0), ", ", v_.size(0), ") != B·T = ", N);
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads) fail("attention: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  if (!out.defined() || out.shape() != Shape{N, QW}) out = Tensor::empty({N, QW});
+  const float* qp = q.f32();
+  const float* kp = k.f32();
+  const float* vp = v.f32();
+  float* op = out.f32();
+  const int group = n_heads / n_kv_heads;
+  const float scale = 1.0f / std::sqrt((float)head_dim);
+  using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
+  using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
+  // Query rows go in blocks of kQBlock: block [i0, i1) needs keys [0, i1) only, so the
+  // score buffer is kQBlock×T per thread (not T×T) and the masked upper half is mostly skipped.
+  constexpr int kQBlock = 128;
+  const int nqb = (T + kQBlock - 1) / kQBlock;
+  // Scratch allocated here, outside the parallel region: an exception must not escape OpenMP.
+  std::vector<MatRM> scratch(omp_get_max_threads(), MatRM(std::min(kQBlock, T), T));
+#pragma omp parallel for schedule(dynamic) collapse(3) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim))
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < n_heads; ++h)
+      for (int qb = 0; qb < nqb; ++qb) {
+        MatRM& S = scratch[omp_get_thread_num()];
+        const int kh = h / group;
+        const int64_t r0 = (int64_t)b * T;
+        const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
+        Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+        Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+        Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+        StridedOut O(op + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
+        auto Sb = S.topLeftCorner(nq, i1);
+        Sb.noalias() = (Q * K.transpose()) * scale;
+        // causal softmax, row by row: query i0+r sees keys 0..i0+r
+        for (int r = 0; r < nq; ++r) {
+          float* s = S.data() + (int64_t)r * S.cols();
+          const int last = i0 + r;
+          // Eigen's vectorized exp: the scalar std::exp loop was most of the forward's time.
+          Eigen::Map<Eigen::ArrayXf> row(s, last + 1);
+          row = (row - row.maxCoeff()).exp();
+          row *= 1.0f / row.sum();
+          for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
+        }
+        O.noalias() = Sb * V;
+      }
+}
+
+Tensor linear_forward(const Tensor& x_, const Linear& lin) {
+  const Tensor W = lin.weight.contiguous();
+  if (W.dim() != 2 || W.dtype() != DType::F32) fail("linear '", lin.name, "': weight must be an f32 matrix, got ", shape_str(W.shape()));
+  const int64_t in = W.size(1), outf = W.size(0);
+  if (x_.dim() != 2 || x_.size(1) != in)
+    fail("linear '", lin.name, "': input ", shape_str(x_.shape()), " does not match weight ", shape_str(W.shape()));
+  const Tensor x = x_.contiguous();
+  const int64_t N = x.size(0);
+  Tensor y = Tensor::empty({N, outf});
+  using CMap = Eigen::Map<const MatRM>;
+  using Map = Eigen::Map<MatRM>;
+  CMap Wm(W.f32(), outf, in);
+  const float* xp = x.f32();
+  float* yp = y.f32();
+  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
+    CMap X(xp + r0 * in, nr, in);
+    Map Y(yp + r0 * outf, nr, outf);
+    Y.noalias() = X * Wm.transpose();
+  }
+  if (lin.bias.defined()) {
+    if (lin.bias.numel() != outf) fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
+    const std::vector<float> b = lin.bias.to_vector();
+#pragma omp parallel for schedule(static) if (worth_parallel(N * outf))
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < outf; ++j) yp[i * outf + j] += b[j];
+  }
+  return y;
+}
+
+Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
+  const int64_t D = m.cfg.dim, V = m.tok_emb.size(0);
+  Tensor x = Tensor::empty({(int64_t)tokens.size(), D});
+  const Tensor E = m.tok_emb.contiguous();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V) fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
+    std::memcpy(x.f32() + i * D, E.f32() + (int64_t)tokens[i] * D, D * sizeof(float));
+  }
+  return x;
+}
+
+static void add_inplace(Tensor& a, const Tensor& b) {
+  float* ap = a.f32();
+  const float* bp = b.f32();
+  const int64_t n = a.numel();
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
+  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
+}
+
+Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
+  const ModelConfig& c = m.cfg;
+  if (layer < 0 || layer >= (int)m.blocks.size()) fail("block ", layer + 1, " out of range (model has ", m.blocks.size(), " blocks, numbered from 1)");
+  check_2d(x, c.dim, "block input");
+  if (x.size(0) != (int64_t)B * T) fail("block input has ", x.size(0), " rows, expected B·T = ", (int64_t)B * T);
+  const Block& blk = m.block(layer);
+  const int hd = c.head_dim();
+
+  Tensor xn;
+  rmsnorm(x, blk.attn_norm, c.norm_eps, xn);
+  if (obs) obs(Site::AttnIn, xn);
+  Tensor q = linear_forward(xn, blk.linear("q"));
+  Tensor k = linear_forward(xn, blk.linear("k"));
+  Tensor v = linear_forward(xn, blk.linear("v"));
+  const std::vector<float> inv_freq = rope_inv_freq(c, hd);
+  rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
+  rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
+  Tensor att;
+  attention(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, att);
+  if (obs) obs(Site::AttnOut, att);
+  Tensor h = x.clone();
+  add_inplace(h, linear_forward(att, blk.linear("o")));
+
+  rmsnorm(h, blk.ffn_norm, c.norm_eps, xn);
+  if (obs) obs(Site::FfnIn, xn);
+  Tensor g = linear_forward(xn, blk.linear("gate"));
+  const Tensor u = linear_forward(xn, blk.linear("up"));
+  {
+    float* gp = g.f32();
+    const float* up = u.f32();
+    const int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
+    for (int64_t i = 0; i < n; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * up[i];  // silu(gate)·up
+  }
+  if (obs) obs(Site::FfnMid, g);
+  add_inplace(h, linear_forward(g, blk.linear("down")));
+  return h;
+}
+
+Tensor head_forward(const Model& m, const Tensor& x) {
+  Tensor xn;
+  rmsnorm(x, m.final_norm, m.cfg.norm_eps, xn);
+  Linear cls;
+  cls.name = "classifier";
+  cls.weight = m.classifier;
+  return linear_forward(xn, cls);
+}
+
+Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T) {
+  if (B <= 0 || T <= 0 || (int64_t)tokens.size() != (int64_t)B * T)
+    fail("forward: ", tokens.size(), " tokens is not B·T = ", B, "·", T);
+  Tensor x = embed(m, tokens);
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    x = block_forward(m, l, x, B, T);
+    m.release_block(l);  // lazy models stream: one converted block at a time
+  }
+  return head_forward(m, x);
+}
+
+}  // namespace qf

@@ -1,0 +1,44 @@
+// qforge — the transformer forward pass, block by block.
+//
+// Activations are [N, dim] row-major f32 tensors holding B windows of T tokens each
+// (N = B·T, window-major). block_forward runs one block on such a batch, so a calibration
+// pipeline can run "block i on these inputs" by itself and observe each linear's input.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "model/model.h"
+
+namespace qf {
+
+// Called with the activation feeding the linears of `site` (shape [N, in_features]).
+using SiteObserver = std::function<void(Site site, const Tensor& x)>;
+
+// ---- primitive ops (exposed for tests) ----
+// out[i,:] = x[i,:] / sqrt(mean(x[i,:]²) + eps) * g
+void rmsnorm(const Tensor& x, const Tensor& g, float eps, Tensor& out);
+// Rotates q [N, n_heads·hd] in place; token i of each window sits at position i % T.
+void rope(Tensor& x, int n_heads, int head_dim, int T, float theta, bool interleaved);
+void rope(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved);
+// The rotation (transpose = false) or its transpose Rᵀ (the backward of rope).
+void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<float>& inv_freq, bool interleaved,
+                 bool transpose);
+// The head_dim/2 RoPE frequencies θ^(−2i/hd) with c's scaling applied: "linear" divides by
+// rope_factor; "llama3" divides long wavelengths (> rope_orig_ctx/low_freq_factor) by it, keeps
+// short ones (< rope_orig_ctx/high_freq_factor) and interpolates between (HF's formulas, f32).
+std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim);
+// Causal grouped-query attention on rotated q/k and v; out [N, n_heads·hd].
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, int n_heads, int n_kv_heads,
+               int head_dim, Tensor& out);
+// y = x Wᵀ (+ bias); x [N, in], W [out, in].
+Tensor linear_forward(const Tensor& x, const Linear& lin);
+
+// ---- model pieces ----
+Tensor embed(const Model& m, const std::vector<int32_t>& tokens);  // [N, dim]; errors on an id out of range
+// One transformer block: x [B·T, dim] -> new tensor [B·T, dim].
+Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs = nullptr);
+Tensor head_forward(const Model& m, const Tensor& x);  // final norm + classifier -> [N, vocab]
+// Full forward of B windows of T tokens (tokens.size() == B·T) -> logits [B·T, vocab].
+Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T);
+
+}  // namespace qf

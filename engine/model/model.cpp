@@ -1,0 +1,145 @@
+#include "model/model.h"
+
+#include "formats/model_source.h"
+
+namespace qf {
+
+const char* site_name(Site s) {
+  switch (s) {
+    case Site::AttnIn: return "attn_in";
+    case Site::AttnOut: return "attn_out";
+    case Site::FfnIn: return "ffn_in";
+    case Site::FfnMid: return "ffn_mid";
+  }
+  return "?";
+}
+
+// The Llama block map: canonical names, llama2.c aliases, and the input site of each linear.
+// gate = w1, up = w3, down = w2 (llama2.c: out = w2(silu(w1 x) * w3 x)).
+const std::vector<LinearSpec> kLlamaLinears = {
+    {"q", "wq", Site::AttnIn},      {"k", "wk", Site::AttnIn},   {"v", "wv", Site::AttnIn},
+    {"o", "wo", Site::AttnOut},     {"gate", "w1", Site::FfnIn}, {"up", "w3", Site::FfnIn},
+    {"down", "w2", Site::FfnMid},
+};
+
+Shape linear_shape(const ModelConfig& c, const std::string& n) {
+  int64_t out = c.dim, in = c.dim;
+  if (n == "k" || n == "v") out = c.kv_dim();
+  if (n == "gate" || n == "up") out = c.hidden_dim;
+  if (n == "down") in = c.hidden_dim;
+  return {out, in};
+}
+
+static std::string known_linears(const Block& b) {
+  std::string s;
+  for (auto& l : b.linears) s += (s.empty() ? "" : ", ") + l.name;
+  return s;
+}
+
+const Linear& Block::linear(const std::string& name) const {
+  for (size_t i = 0; i < linears.size(); ++i) {
+    if (linears[i].name == name) return linears[i];
+  }
+  for (auto& spec : kLlamaLinears) {
+    if (name == spec.alias)
+      for (auto& l : linears)
+        if (l.name == spec.name) return l;
+  }
+  fail("unknown linear '", name, "' (this block has: ", known_linears(*this), "; llama2.c aliases wq wk wv wo w1 w2 w3)");
+}
+
+Linear& Block::linear(const std::string& name) {
+  return const_cast<Linear&>(static_cast<const Block*>(this)->linear(name));
+}
+
+Tensor& Block::norm(const std::string& name) {
+  if (name == "attn_norm" || name == "rms_att") return attn_norm;
+  if (name == "ffn_norm" || name == "rms_ffn") return ffn_norm;
+  fail("unknown norm '", name, "' (expected attn_norm or ffn_norm)");
+}
+
+const Block& Model::block(int i) const {
+  if (i < 0 || i >= (int)blocks.size()) fail("block ", i + 1, " out of range (the model has ", blocks.size(), " blocks, numbered from 1)");
+  if (!resident.empty() && resident[i] == 0) {
+    blocks[i] = load_block(*src, i);
+    resident[i] = 1;
+  }
+  return blocks[i];
+}
+
+Block& Model::block_mut(int i) {
+  block(i);
+  if (!resident.empty()) resident[i] = 2;
+  return blocks[i];
+}
+
+void Model::release_block(int i) const {
+  if (resident.empty() || i < 0 || i >= (int)blocks.size() || resident[i] != 1) return;
+  blocks[i] = Block{};
+  resident[i] = 0;
+}
+
+Model Model::clone() const {
+  Model m;
+  m.cfg = cfg;
+  m.source = source;
+  m.format = format;
+  m.src = src;
+  m.tok_emb = tok_emb.clone();
+  m.final_norm = final_norm.clone();
+  m.classifier = cfg.tied_classifier ? m.tok_emb : classifier.clone();
+  m.blocks.reserve(blocks.size());
+  for (int i = 0; i < (int)blocks.size(); ++i) {
+    const Block& b = block(i);
+    Block nb;
+    nb.attn_norm = b.attn_norm.clone();
+    nb.ffn_norm = b.ffn_norm.clone();
+    for (const Linear& l : b.linears) {
+      Linear nl = l;
+      nl.weight = l.weight.clone();
+      if (l.bias.defined()) nl.bias = l.bias.clone();
+      nb.linears.push_back(std::move(nl));
+    }
+    m.blocks.push_back(std::move(nb));
+  }
+  return m;
+}
+
+int64_t Model::n_params() const {
+  int64_t n = tok_emb.numel() + final_norm.numel();
+  if (!cfg.tied_classifier) n += classifier.numel();
+  for (int i = 0; i < (int)blocks.size(); ++i) {
+    if (!resident.empty() && resident[i] == 0) {  // count from the file without converting
+      const std::string pre = "blocks." + std::to_string(i) + ".";
+      for (auto it = src->tensors.lower_bound(pre); it != src->tensors.end() && it->first.rfind(pre, 0) == 0; ++it) {
+        int64_t k = 1;
+        for (int64_t d : it->second.shape) k *= d;
+        n += k;
+      }
+      continue;
+    }
+    const Block& b = blocks[i];
+    n += b.attn_norm.numel() + b.ffn_norm.numel();
+    for (const Linear& l : b.linears) n += l.weight.numel() + (l.bias.defined() ? l.bias.numel() : 0);
+  }
+  return n;
+}
+
+void validate_config(const ModelConfig& c, const std::string& what) {
+  auto bad = [&](const char* field, int64_t v, const char* why) {
+    fail(what, ": invalid config field '", field, "' = ", v, " (", why, ")");
+  };
+  // Generous upper bounds: reject lying headers before any allocation.
+  if (c.dim <= 0 || c.dim > (1 << 16)) bad("dim", c.dim, "expected 1..65536");
+  if (c.hidden_dim <= 0 || c.hidden_dim > (1 << 18)) bad("hidden_dim", c.hidden_dim, "expected 1..262144");
+  if (c.n_layers <= 0 || c.n_layers > 1024) bad("n_layers", c.n_layers, "expected 1..1024");
+  if (c.n_heads <= 0 || c.n_heads > c.dim) bad("n_heads", c.n_heads, "expected 1..dim");
+  if (c.dim % c.n_heads) bad("n_heads", c.n_heads, "must divide dim");
+  if (c.n_kv_heads <= 0 || c.n_kv_heads > c.n_heads) bad("n_kv_heads", c.n_kv_heads, "expected 1..n_heads");
+  if (c.n_heads % c.n_kv_heads) bad("n_kv_heads", c.n_kv_heads, "must divide n_heads");
+  if (c.vocab_size <= 0 || c.vocab_size > (1 << 22)) bad("vocab_size", c.vocab_size, "expected 1..4194304");
+  if (c.seq_len <= 0 || c.seq_len > (1 << 24)) bad("seq_len", c.seq_len, "expected 1..16777216");
+  if (c.rope_interleaved && c.head_dim() % 2) bad("head_dim", c.head_dim(), "RoPE needs an even head dimension");
+}
+
+}  // namespace qf

@@ -1,0 +1,106 @@
+// qforge — the Llama-family model as a list of blocks with a declarative linear map.
+//
+// Every block holds its linears by canonical name (q, k, v, o, gate, up, down) and its
+// norms (attn_norm, ffn_norm). Which activation feeds each linear is stated in the arch
+// table (kLlamaLinears), so calibration capture and weight replacement never need to
+// know the forward code: they look a linear up by name and read its input site.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quant/grid.h"
+#include "core/tensor.h"
+
+namespace qf {
+
+struct ModelConfig {
+  std::string arch = "llama";
+  int dim = 0;         // model width
+  int hidden_dim = 0;  // FFN width
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;  // grouped-query attention: n_heads % n_kv_heads == 0
+  int vocab_size = 0;
+  int seq_len = 0;     // max context the model was trained for
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  // RoPE frequency scaling as HF configs state it: "" none, "linear" (positions / factor),
+  // "llama3" (wavelength-dependent: low_freq_factor, high_freq_factor, original context).
+  std::string rope_scaling;
+  float rope_factor = 1.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
+  int rope_orig_ctx = 8192;
+  bool rope_interleaved = true;  // llama2.c/GGUF pairs (2i, 2i+1); false = HF rotate-half halves
+  bool tied_classifier = true;   // classifier shares the token embedding
+  int head_dim() const { return dim / n_heads; }
+  int kv_dim() const { return head_dim() * n_kv_heads; }
+};
+
+// Activation sites inside a block: each linear reads exactly one of them. Linears that
+// share a site share a calibration Gram matrix (q/k/v; gate/up).
+enum class Site { AttnIn, AttnOut, FfnIn, FfnMid };
+const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid"
+
+struct LinearSpec {
+  const char* name;   // canonical name
+  const char* alias;  // llama2.c name
+  Site input;         // which activation it multiplies
+};
+// The llama architecture's block map, in forward order.
+extern const std::vector<LinearSpec> kLlamaLinears;
+
+// [out, in] of the block linear `name` (canonical) under config c.
+Shape linear_shape(const ModelConfig& c, const std::string& name);
+
+// y = x Wᵀ (+ b). W is [out, in], row-major, f32.
+struct Linear {
+  std::string name;
+  Site input = Site::AttnIn;
+  Tensor weight;
+  Tensor bias;  // undefined when the layer has none
+  // The integer form of `weight` when a solver produced it (codes, grid, outliers); exports
+  // that store codes (GPTQ, GGUF Q4/Q8, qforge) read it and check it still dequantizes to `weight`.
+  std::shared_ptr<const QuantizedLinear> quant;
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+};
+
+struct Block {
+  std::vector<Linear> linears;  // in kLlamaLinears order
+  Tensor attn_norm, ffn_norm;   // RMSNorm gains [dim]
+  Linear& linear(const std::string& name_or_alias);  // error names the block's linears
+  const Linear& linear(const std::string& name_or_alias) const;
+  Tensor& norm(const std::string& name);  // "attn_norm" | "ffn_norm" (aliases rms_att, rms_ffn)
+};
+
+struct ModelSource;
+
+struct Model {
+  ModelConfig cfg;
+  Tensor tok_emb;     // [vocab, dim]
+  // blocks[i] is only valid after block(i) when the model was loaded lazily; use block(i).
+  mutable std::vector<Block> blocks;
+  Tensor final_norm;  // [dim]
+  Tensor classifier;  // [vocab, dim]; a view of tok_emb when tied
+  std::string source; // file it came from
+  std::string format; // "llama2c" | "hf" | "gguf" | "" (built in memory)
+  std::shared_ptr<const ModelSource> src;  // the opened checkpoint (null when built in memory)
+
+  // Lazy loading: a block's f32 weights are converted from the file mapping on first use.
+  // block(i) converts if needed; block_mut(i) also pins it (edits must survive);
+  // release_block(i) drops an unpinned lazy block's f32 copy again (streaming evaluation).
+  int n_blocks() const { return (int)blocks.size(); }
+  const Block& block(int i) const;
+  Block& block_mut(int i);
+  void release_block(int i) const;
+  bool is_lazy() const { return !resident.empty(); }
+  mutable std::vector<uint8_t> resident;  // lazy only: 0 unconverted, 1 converted, 2 pinned
+
+  Model clone() const;  // deep copy of every weight (ties preserved); materializes lazy blocks
+  int64_t n_params() const;
+};
+
+// Checks a config for internal consistency; `what` names the source in the message.
+void validate_config(const ModelConfig& c, const std::string& what);
+
+}  // namespace qf

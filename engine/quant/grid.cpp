@@ -1,0 +1,307 @@
+#include "quant/grid.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "core/half.h"
+
+namespace qf {
+
+void GridSpec::validate() const {
+  if (bits < 1 || bits > 8) fail("grid: bits must be in 1..8, got ", bits);
+  if (group == 0 || group < -1) fail("grid: group must be -1 (per channel) or >= 1, got ", group);
+  for (size_t k = 0; k < group_bits.size(); ++k)
+    if (group_bits[k] > 8) fail("grid: allocated bits must be in 0..8, got ", (int)group_bits[k], " at group ", k + 1);
+  if (!row_group.empty() && nrowgroups < 1) fail("grid: row_group is set but nrowgroups = ", nrowgroups);
+  if (kind == GridKind::Compand) {
+    if (f16_scales) fail("grid: f16_scales applies to uniform grids");
+    if (float_zero) fail("grid: float_zero applies to uniform grids");
+    if (mse) fail("grid: mse (clip search) applies to uniform grids; a companded grid searches with compand_search");
+    if (!std::isfinite(compand_mult) || !std::isfinite(compand_bias)) fail("grid: compand_mult and compand_bias must be finite");
+  }
+  if (mse) {
+    if (!(maxshrink > 0.f && maxshrink <= 1.f)) fail("grid: maxshrink must be in (0, 1], got ", maxshrink);
+    if (grid_points < 1) fail("grid: grid_points must be >= 1, got ", grid_points);
+    if (!(norm > 0.f) || !std::isfinite(norm)) fail("grid: norm must be > 0, got ", norm);
+  }
+}
+
+void GridSpec::validate_layout(int64_t rows, int64_t ngroups) const {
+  int64_t nrg = rows;
+  if (!row_group.empty()) {
+    if ((int64_t)row_group.size() != rows) fail("grid: row_group has ", row_group.size(), " entries, the weight has ", rows, " rows");
+    for (size_t r = 0; r < row_group.size(); ++r)
+      if (row_group[r] < 0 || row_group[r] >= nrowgroups)
+        fail("grid: row ", r + 1, " is in row group ", row_group[r] + 1, ", outside 1..", nrowgroups);
+    nrg = nrowgroups;
+  }
+  if (!group_bits.empty() && (int64_t)group_bits.size() != nrg * ngroups)
+    fail("grid: the bit allocation has ", group_bits.size(), " entries, expected ", nrg, " row groups × ", ngroups, " column groups = ", nrg * ngroups);
+}
+
+double GridSpec::mean_bits(int64_t rows, int64_t cols) const {
+  if (group_bits.empty()) return bits;
+  const int64_t G = group > 0 ? group : cols, ng = (cols + G - 1) / G;
+  const int64_t nrg = row_group.empty() ? rows : nrowgroups;
+  std::vector<int64_t> rows_in((size_t)nrg, row_group.empty() ? 1 : 0);
+  for (int32_t k : row_group) ++rows_in[(size_t)k];
+  double total = 0;
+  for (int64_t k = 0; k < nrg; ++k)
+    for (int64_t g = 0; g < ng; ++g) total += (double)group_bits[(size_t)(k * ng + g)] * rows_in[(size_t)k] * std::min(G, cols - g * G);
+  return total / ((double)rows * cols);
+}
+
+std::string GridSpec::str() const {
+  std::ostringstream o;
+  if (group_bits.empty()) o << bits << "-bit ";
+  else o << "mixed-bit ";
+  if (kind == GridKind::Compand) o << "compand";
+  else o << (sym ? "sym" : "asym");
+  o << " " << (group > 0 ? "g" + std::to_string(group) : std::string("per-channel"));
+  if (!row_group.empty()) o << " rowgroups " << nrowgroups;
+  if (mse) o << " mse";
+  if (f16_scales) o << " f16-scales";
+  if (float_zero) o << " float-zero";
+  return o.str();
+}
+
+// Laplace(μ, b): F(x) = ½e^{(x−μ)/b} (x < μ), 1 − ½e^{−(x−μ)/b} (x ≥ μ).
+static double laplace_cdf(double x, double mu, double b) {
+  const double t = (x - mu) / b;
+  return t < 0 ? 0.5 * std::exp(t) : 1.0 - 0.5 * std::exp(-t);
+}
+static double laplace_icdf(double u, double mu, double b) {
+  return u < 0.5 ? mu + b * std::log(2.0 * u) : mu - b * std::log(2.0 * (1.0 - u));
+}
+
+float compand_level(int k, float mu, float b, int bits) {
+  if (!(b > 0.f)) return mu;  // a constant group: every level is μ
+  const double n = std::ldexp(1.0, bits);
+  return (float)laplace_icdf((k + 0.5) / n, mu, b);
+}
+
+int compand_code(float x, float mu, float b, int bits) {
+  if (!(b > 0.f)) return 0;
+  const int n = 1 << bits;
+  int k = (int)std::floor(laplace_cdf(x, mu, b) * n);
+  k = std::min(std::max(k, 0), n - 1);
+  // x lies in F-cell k; the nearest level is level k or a neighbour (levels are increasing and
+  // each lies inside its own cell).
+  int best = k;
+  float bd = std::fabs(x - compand_level(k, mu, b, bits));
+  for (int j : {k - 1, k + 1}) {
+    if (j < 0 || j >= n) continue;
+    const float d = std::fabs(x - compand_level(j, mu, b, bits));
+    if (d < bd || (d == bd && j < best)) {
+      best = j;
+      bd = d;
+    }
+  }
+  return best;
+}
+
+Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
+  spec.validate();
+  if (rows <= 0 || cols <= 0) fail("grid: weight shape [", rows, ", ", cols, "] is empty");
+  Grid g;
+  g.spec = spec;
+  g.rows = rows;
+  g.cols = cols;
+  const int64_t G = g.group_size();
+  g.ngroups = (cols + G - 1) / G;
+  spec.validate_layout(rows, g.ngroups);
+  g.scale.assign((size_t)(g.nrowgroups() * g.ngroups), 1.f);
+  g.zero.assign((size_t)(g.nrowgroups() * g.ngroups), 0.f);
+  g.g_idx.resize((size_t)cols);
+  for (int64_t c = 0; c < cols; ++c) g.g_idx[c] = (int32_t)(c / G);
+  return g;
+}
+
+// (scale, zero) from a range, §1 (f32 like the reference Quantizer).
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
+  if (sym) {
+    xmax = std::max(std::fabs(xmin), xmax);
+    if (xmin < 0) xmin = -xmax;
+  }
+  if (xmin == 0.f && xmax == 0.f) {
+    xmin = -1.f;
+    xmax = 1.f;
+  }
+  *scale = (xmax - xmin) / (float)maxq;
+  *zero = sym ? (float)(maxq + 1) / 2.f : std::nearbyint(-xmin / *scale);
+}
+
+// Median (the lower middle for an even count, as torch.median) of v; reorders v.
+static float median_of(std::vector<float>& v) {
+  const size_t k = (v.size() - 1) / 2;
+  std::nth_element(v.begin(), v.begin() + (ptrdiff_t)k, v.end());
+  return v[k];
+}
+
+// Uniform (scale, zero) of one cell's values, §1: min/max range holding 0, optional MSE shrink.
+static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& sp, float* scale, float* zero) {
+  float xmin = 0.f, xmax = 0.f;  // range always contains 0
+  for (float x : v) {
+    xmin = std::min(xmin, x);
+    xmax = std::max(xmax, x);
+  }
+  grid_params_from_range(xmin, xmax, maxq, sp.sym, scale, zero);
+  if (!sp.mse) return;
+  // Shrink search: keep the p minimizing Σ|Q(x) − x|^norm (ties keep the larger range).
+  const float zero0 = *zero;
+  double best = INFINITY;
+  const int steps = (int)(sp.maxshrink * (float)sp.grid_points);
+  for (int i = 0; i < steps; ++i) {
+    const float p = 1.f - (float)i / (float)sp.grid_points;
+    float s1, z1;
+    grid_params_from_range(p * xmin, p * xmax, maxq, sp.sym, &s1, &z1);
+    if (sp.sym) z1 = zero0;
+    double err = 0;
+    for (float x : v) {
+      float q = std::nearbyint(x / s1) + z1;
+      q = q < 0.f ? 0.f : q > (float)maxq ? (float)maxq : q;
+      err += std::pow((double)std::fabs(s1 * (q - z1) - x), (double)sp.norm);
+    }
+    if (err < best) {
+      best = err;
+      *scale = s1;
+      *zero = z1;
+    }
+  }
+}
+
+// Companded (b, μ) of one cell (§6): median m, RMS s around it; optional search of the scale
+// multiplier, then of the location bias, each over {−2, −1.875, …, 2} by squared error.
+static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, float* b_out, float* mu_out) {
+  std::vector<float> tmp = v;
+  const float m = median_of(tmp);
+  double ss = 0;
+  for (float x : v) ss += ((double)x - m) * ((double)x - m);
+  const double s = std::sqrt(ss / (double)v.size());
+  auto params = [&](double mult, double bias, float* b, float* mu) {
+    const double sc = s * std::exp2(mult);
+    *b = (float)(3.0 / std::sqrt(2.0) * sc);
+    *mu = (float)(m + bias * sc);
+  };
+  auto sq_err = [&](float b, float mu) {
+    double e = 0;
+    for (float x : v) {
+      const double d = (double)x - compand_level(compand_code(x, mu, b, bits), mu, b, bits);
+      e += d * d;
+    }
+    return e;
+  };
+  double mult = sp.compand_mult, bias = sp.compand_bias;
+  if (sp.compand_search && s > 0) {
+    for (int pass = 0; pass < 2; ++pass) {  // pass 0: mult (bias fixed), pass 1: bias (mult fixed)
+      double best = INFINITY, arg = pass == 0 ? mult : bias;
+      for (int i = 0; i <= 32; ++i) {
+        const double t = -2.0 + 0.125 * i;
+        float b, mu;
+        params(pass == 0 ? t : mult, pass == 0 ? bias : t, &b, &mu);
+        const double e = sq_err(b, mu);
+        if (e < best) {
+          best = e;
+          arg = t;
+        }
+      }
+      (pass == 0 ? mult : bias) = arg;
+    }
+  }
+  params(mult, bias, b_out, mu_out);
+}
+
+// Rounds a fitted uniform scale for f16_scales (see GridSpec): to fp16, and for asymmetric grids
+// to 11 − ⌈log₂(maxq + 1)⌉ significant bits so that scale·zero (zero ≤ maxq) is fp16-exact —
+// only up to 4 bits (the Q4_1 case); wider asymmetric grids would lose too much scale precision.
+static float round_scale_f16(float s, int maxq, bool sym) {
+  float r = f16_to_f32(f32_to_f16(s));
+  if (!sym && maxq <= 15) {  // Q4_1's m = −scale·zero must be fp16 too
+    int e;
+    const double m = std::frexp((double)r, &e);
+    const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
+    r = f16_to_f32(f32_to_f16((float)std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits)));
+  }
+  if (!(r > 0.f) || !std::isfinite(r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
+  return r;
+}
+
+static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float* scale, float* zero) {
+  if (v.empty()) return;  // a row group with no rows: params unused
+  if (bits == 0) {        // pruned: every weight becomes the median
+    *scale = 0.f;
+    *zero = median_of(v);
+    return;
+  }
+  if (sp.kind == GridKind::Compand) {
+    fit_compand(v, bits, sp, scale, zero);
+  } else {
+    fit_uniform(v, (1 << bits) - 1, sp, scale, zero);
+    if (sp.f16_scales) *scale = round_scale_f16(*scale, (1 << bits) - 1, sp.sym);
+  }
+}
+
+void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
+  if (block.dim() != 2 || block.size(0) != grid.rows)
+    fail("grid: group block ", shape_str(block.shape()), " does not have ", grid.rows, " rows");
+  if (g < 0 || g >= grid.ngroups) fail("grid: group ", g + 1, " out of range (", grid.ngroups, " groups, numbered from 1)");
+  const auto B = block.cmat();
+  for (int64_t r = 0; r < grid.rows; ++r)
+    for (int64_t c = 0; c < B.cols(); ++c)
+      if (!std::isfinite(B(r, c))) fail("grid: non-finite weight at row ", r + 1, ", column ", c + 1, " of group ", g + 1, " (1-based; the column counted within the group)");
+  // One cell per (row group, g): a row's values in column order, rows of a row group pooled.
+  const int64_t nrg = grid.nrowgroups();
+  std::vector<std::vector<float>> cells((size_t)nrg);
+  for (int64_t r = 0; r < grid.rows; ++r) {
+    std::vector<float>& v = cells[(size_t)grid.rg(r)];
+    for (int64_t c = 0; c < B.cols(); ++c) v.push_back(B(r, c));
+  }
+  for (int64_t k = 0; k < nrg; ++k) {
+    const size_t p = (size_t)(k * grid.ngroups + g);
+    const int bits = grid.spec.group_bits.empty() ? grid.spec.bits : grid.spec.group_bits[p];
+    fit_cell(cells[(size_t)k], bits, grid.spec, &grid.scale[p], &grid.zero[p]);
+  }
+}
+
+Grid grid_fit(const Tensor& W, const GridSpec& spec) {
+  if (W.dim() != 2) fail("grid: expected a 2-d weight, got ", shape_str(W.shape()));
+  Grid g = grid_new(spec, W.size(0), W.size(1));
+  const int64_t G = g.group_size();
+  for (int64_t k = 0; k < g.ngroups; ++k) {
+    const int64_t c0 = k * G;
+    grid_fit_group(g, k, W.cols(c0, std::min(G, g.cols - c0)));
+  }
+  return g;
+}
+
+void grid_quantize_col(const Grid& grid, int64_t col, const float* x, int64_t xs, float* out, int64_t os) {
+  const int64_t g = grid.g_idx[col];
+  for (int64_t r = 0; r < grid.rows; ++r) out[r * os] = grid.quantize(x[r * xs], r, g);
+}
+
+Tensor QuantizedLinear::dequantize() const {
+  Tensor W = Tensor::empty({grid.rows, grid.cols});
+  const uint8_t* c = codes.data<uint8_t>();
+  float* w = W.f32();
+  for (int64_t r = 0; r < grid.rows; ++r)
+    for (int64_t j = 0; j < grid.cols; ++j) w[r * grid.cols + j] = grid.value(c[r * grid.cols + j], r, grid.g_idx[j]);
+  for (int64_t k = 0; k < outliers.nnz(); ++k) w[(int64_t)outliers.row[k] * grid.cols + outliers.col[k]] += outliers.val[k];
+  return W;
+}
+
+QuantizedLinear quantize_to_grid(const Tensor& W, const Grid& grid) {
+  if (W.dim() != 2 || W.size(0) != grid.rows || W.size(1) != grid.cols)
+    fail("quantize: weight ", shape_str(W.shape()), " does not match the grid's [", grid.rows, ", ", grid.cols, "]");
+  QuantizedLinear q;
+  q.grid = grid;
+  q.codes = Tensor::empty({grid.rows, grid.cols}, DType::U8);
+  uint8_t* c = q.codes.data<uint8_t>();
+  const Tensor Wc = W.contiguous();
+  const float* w = Wc.f32();
+  for (int64_t r = 0; r < grid.rows; ++r)
+    for (int64_t j = 0; j < grid.cols; ++j) c[r * grid.cols + j] = (uint8_t)grid.code(w[r * grid.cols + j], r, grid.g_idx[j]);
+  return q;
+}
+
+}  // namespace qf

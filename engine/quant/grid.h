@@ -1,0 +1,142 @@
+// qforge — uniform affine quantization grids and the quantized linear (algorithms.md §1).
+//
+// A grid assigns every (row, group) of a weight W [rows, cols] a scale and an integer zero:
+//   code = clamp(round(x/scale) + zero, 0, maxq),   value = scale·(code − zero),
+// maxq = 2^bits − 1, round = half to even, all in f32 exactly as the GPTQ Quantizer.
+// Fitting per (row, group): xmin = min(0, min x), xmax = max(0, max x) (0 always inside);
+// both 0 → (−1, +1); sym: xmax = max(|xmin|, xmax), xmin = −xmax if xmin < 0, zero = (maxq+1)/2;
+// else zero = round(−xmin/scale). mse: shrink the range by p = 1 − i/grid_points,
+// i < maxshrink·grid_points, keeping per row the p with the least Σ|Q(x) − x|^norm.
+// Groups are `group` consecutive input columns (−1: one group per row); the last group may
+// be ragged. g_idx maps each column to its group (identity order unless a solver permutes).
+//
+// Allocations (§6): rows may be pooled into row groups (CVXQ's row clusters: params are shared
+// by all rows of a row group), and bits may differ per (row group, column group). A 0-bit group
+// is pruned: every weight becomes the group's median, stored in `zero`.
+//
+// Companded grids (§6, kind = compand): per (row group, group) a Laplace CDF F with location
+// μ = median + bias·s·2^mult and scale b = (3/√2)·s·2^mult (s = RMS around the median); the
+// 2^B levels are F⁻¹((k + ½)/2^B). code() returns the *nearest* level (for the CD step's exact
+// coordinate minimiser on a non-uniform grid); CVXQ assigns the F-cell instead, which differs
+// only near cell edges and is never closer.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace qf {
+
+enum class GridKind : uint8_t { Uniform, Compand };
+
+struct GridSpec {
+  int bits = 4;
+  bool sym = false;
+  int64_t group = -1;  // columns per group; -1 = per channel (whole row)
+  bool mse = false;
+  float maxshrink = 0.8f;
+  int grid_points = 100;
+  float norm = 2.4f;
+  // Scales rounded to fp16 after fitting (uniform grids), and for asymmetric grids of ≤ 4 bits to
+  // fewer mantissa bits so that scale·zero is fp16-exact too: such grids map exactly onto GGUF
+  // Q8_0/Q4_0/Q4_1 blocks and lose nothing in GPTQ's fp16 scales.
+  bool f16_scales = false;
+  GridKind kind = GridKind::Uniform;
+  float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
+  float compand_bias = 0.f;      // location shift, in units of s·2^mult
+  bool compand_search = false;   // per group: mult ∈ {−2, −1.875, …, 2}, then bias over the same grid (MSE)
+  // decoupleQ's scale/offset form Ŵ = s·w_int + z (§7): the zero may be any float (value =
+  // scale·(code − zero), zero = −z/s), so the nearest code is round(x/scale + zero). Exports to
+  // GGUF and GPTQ refuse such grids; the qforge format keeps them exactly.
+  bool float_zero = false;
+  // Allocation (optional). row_group[r] = row group of row r (0-based; empty: each row its own);
+  // group_bits[rg·ngroups + g] overrides `bits` (empty: `bits` everywhere; 0 = pruned to the median).
+  std::vector<int32_t> row_group;
+  int64_t nrowgroups = 0;
+  std::vector<uint8_t> group_bits;
+  void validate() const;  // bits 1..8 (0..8 in group_bits), group -1 or >= 1, sane mse/compand settings
+  void validate_layout(int64_t rows, int64_t ngroups) const;  // allocation sizes against a weight
+  bool mixed_bits() const { return !group_bits.empty(); }
+  double mean_bits(int64_t rows, int64_t cols) const;  // average bits per weight (codes only)
+  std::string str() const;  // "4-bit asym g128 mse", "compand 2.51-bit mixed g1 rowgroups 9"
+};
+
+// Laplace compander pieces (f64 inside, f32 out).
+float compand_level(int k, float mu, float b, int bits);   // F⁻¹((k + ½)/2^bits)
+int compand_code(float x, float mu, float b, int bits);    // index of the nearest level (ties: lower)
+
+struct Grid {
+  GridSpec spec;
+  int64_t rows = 0, cols = 0, ngroups = 0;
+  // [row groups × ngroups], row-major. Uniform: scale and (integer-valued) zero; compand: Laplace
+  // scale b and location μ; a 0-bit group: zero = its single value.
+  std::vector<float> scale, zero;
+  std::vector<int32_t> g_idx;      // [cols]: group of each column
+  int64_t group_size() const { return spec.group > 0 ? spec.group : cols; }
+  int64_t nrowgroups() const { return spec.row_group.empty() ? rows : spec.nrowgroups; }
+  int64_t rg(int64_t r) const { return spec.row_group.empty() ? r : spec.row_group[(size_t)r]; }
+  size_t pidx(int64_t r, int64_t g) const { return (size_t)(rg(r) * ngroups + g); }
+  int bits_at(int64_t r, int64_t g) const { return spec.group_bits.empty() ? spec.bits : spec.group_bits[pidx(r, g)]; }
+  int maxq_at(int64_t r, int64_t g) const { return (1 << bits_at(r, g)) - 1; }
+  int maxq() const { return (1 << spec.bits) - 1; }  // the uniform-bits maximum code
+  bool fast_uniform() const { return spec.kind == GridKind::Uniform && spec.group_bits.empty() && !spec.float_zero; }
+  float s(int64_t r, int64_t g) const { return scale[pidx(r, g)]; }
+  float z(int64_t r, int64_t g) const { return zero[pidx(r, g)]; }
+  // Code of the nearest representable value of x in (row r, group g), and a code's value.
+  int code(float x, int64_t r, int64_t g) const {
+    const size_t p = pidx(r, g);
+    if (fast_uniform()) {
+      const float q = std::nearbyint(x / scale[p]) + zero[p];
+      return q < 0.f ? 0 : q > (float)maxq() ? maxq() : (int)q;
+    }
+    const int b = bits_at(r, g);
+    if (b == 0) return 0;
+    if (spec.kind == GridKind::Compand) return compand_code(x, zero[p], scale[p], b);
+    const int mq = (1 << b) - 1;
+    const float q = spec.float_zero ? std::nearbyint(x / scale[p] + zero[p]) : std::nearbyint(x / scale[p]) + zero[p];
+    return q < 0.f ? 0 : q > (float)mq ? mq : (int)q;
+  }
+  float value(int code, int64_t r, int64_t g) const {
+    const size_t p = pidx(r, g);
+    if (fast_uniform()) return scale[p] * ((float)code - zero[p]);
+    const int b = bits_at(r, g);
+    if (b == 0) return zero[p];
+    if (spec.kind == GridKind::Compand) return compand_level(code, zero[p], scale[p], b);
+    return scale[p] * ((float)code - zero[p]);
+  }
+  float quantize(float x, int64_t r, int64_t g) const { return value(code(x, r, g), r, g); }
+};
+
+// (scale, zero) of one (row, group) from its range [xmin, xmax] (the caller makes it hold 0).
+// maxq = 0 (a 0-bit group) is the caller's business: such groups hold their median in zero.
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero);
+// An empty grid for W's shape (params unset; groups contiguous).
+Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
+// Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.
+void grid_fit_group(Grid& grid, int64_t g, const Tensor& block);
+// Fits every group from W (2-d f32).
+Grid grid_fit(const Tensor& W, const GridSpec& spec);
+// Quantizes column `col` of every row: out[r] = Q_{r, g_idx[col]}(x[r]); x, out strided by stride.
+void grid_quantize_col(const Grid& grid, int64_t col, const float* x, int64_t xs, float* out, int64_t os);
+
+// Sparse full-precision additions (outliers) to a quantized weight.
+struct SparseEntries {
+  std::vector<int32_t> row, col;
+  std::vector<float> val;
+  int64_t nnz() const { return (int64_t)val.size(); }
+};
+
+// Integer codes + grid + optional outliers; dequantizes exactly to scale·(code − zero) + outliers.
+struct QuantizedLinear {
+  Grid grid;
+  Tensor codes;  // u8 [rows, cols]
+  SparseEntries outliers;
+  Tensor dequantize() const;  // f32 [rows, cols]
+};
+
+// Codes of a weight already on the grid (or rounded onto it): What → QuantizedLinear.
+QuantizedLinear quantize_to_grid(const Tensor& W, const Grid& grid);
+
+}  // namespace qf

@@ -1,0 +1,88 @@
+#include "quant/storage.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/half.h"
+
+namespace qf {
+
+StorageBits& StorageBits::operator+=(const StorageBits& o) {
+  codes += o.codes;
+  params += o.params;
+  side += o.side;
+  outliers += o.outliers;
+  unquantized += o.unquantized;
+  weights += o.weights;
+  pruned += o.pruned;
+  unq_f16 += o.unq_f16;
+  unq_bf16 += o.unq_bf16;
+  unq_f32 += o.unq_f32;
+  return *this;
+}
+
+const char* StorageBits::unquantized_dtype() const {
+  const int kinds = (unq_f16 > 0) + (unq_bf16 > 0) + (unq_f32 > 0);
+  if (kinds == 0) return "none";
+  if (kinds > 1) return "mixed";
+  return unq_f16 ? "f16" : unq_bf16 ? "bf16" : "f32";
+}
+
+StorageBits unquantized_bits(const Tensor& weight) {
+  StorageBits s;
+  s.weights = weight.numel();
+  bool f16 = weight.dtype() == DType::F16, bf16 = weight.dtype() == DType::BF16;
+  if (weight.dtype() == DType::F32) {  // f32 in memory: 16 bits only if nothing would be lost
+    const Tensor w = weight.contiguous();
+    const float* p = w.f32();
+    f16 = bf16 = true;
+    for (int64_t i = 0; i < s.weights && (f16 || bf16); ++i) {
+      if (f16 && f16_to_f32(f32_to_f16(p[i])) != p[i]) f16 = false;
+      if (bf16 && bf16_to_f32(f32_to_bf16(p[i])) != p[i]) bf16 = false;
+    }
+  }
+  if (f16) s.unq_f16 = s.weights;
+  else if (bf16) s.unq_bf16 = s.weights;
+  else s.unq_f32 = s.weights;
+  s.unquantized = (f16 || bf16 ? 16.0 : 32.0) * (double)s.weights;
+  return s;
+}
+
+StorageBits storage_bits(const QuantizedLinear& q) {
+  const Grid& g = q.grid;
+  StorageBits s;
+  s.weights = g.rows * g.cols;
+  const int64_t nrg = g.nrowgroups(), G = g.group_size();
+  std::vector<int64_t> rows_in((size_t)nrg, g.spec.row_group.empty() ? 1 : 0);
+  for (int32_t k : g.spec.row_group) ++rows_in[(size_t)k];
+  for (int64_t k = 0; k < nrg; ++k)
+    for (int64_t c = 0; c < g.ngroups; ++c) {
+      const int64_t ncols = std::min(G, g.cols - c * G), n = rows_in[(size_t)k] * ncols;
+      const int bits = g.spec.group_bits.empty() ? g.spec.bits : g.spec.group_bits[(size_t)(k * g.ngroups + c)];
+      s.codes += (double)bits * n;
+      s.params += bits == 0 ? 16 : 32;
+      if (bits == 0) s.pruned += n;
+      if (g.spec.mixed_bits()) s.side += 4;
+    }
+  if (!g.spec.row_group.empty() && nrg > 1) s.side += (double)g.rows * std::ceil(std::log2((double)nrg));
+  s.outliers = 48.0 * (double)q.outliers.nnz();
+  return s;
+}
+
+StorageBits model_storage(const Model& m) {
+  StorageBits t;
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    for (const Linear& lin : m.block(l).linears) {
+      if (lin.quant) {
+        t += storage_bits(*lin.quant);
+      } else {
+        t += unquantized_bits(lin.weight);
+      }
+      if (lin.bias.defined()) t.params += 16.0 * (double)lin.bias.numel();  // e.g. added by bias correction
+    }
+    m.release_block(l);
+  }
+  return t;
+}
+
+}  // namespace qf

@@ -1,0 +1,40 @@
+// qforge — realized storage of a quantized model: bits per weight including the overhead of
+// scales, zeros, bit-depth side information, row-cluster indices and outliers (the honest rate
+// the CVXQ evidence compares at; codes-only rates flatter small groups).
+//
+// Accounting (per quantized linear, the deployable convention of GPTQ/GGUF/CVXQ):
+//   codes     Σ over groups of bits × weights (0-bit groups store no codes);
+//   params    32 bits (fp16 scale + fp16 zero/offset) per (row group, column group), 16 for a
+//             0-bit group (its median only);
+//   side      4 bits per group when bit depths vary (0..8), plus ⌈log2 nrowgroups⌉ per row when
+//             rows are clustered;
+//   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO);
+// linears without codes ("unquantized") count what they hold: 16 bits per weight when stored as
+// f16/bf16 or when every f32 value is exactly representable in f16 (or bf16), else 32 (f32);
+// a bias adds 16 bits per output to params.
+#pragma once
+#include <cstdint>
+
+#include "model/model.h"
+
+namespace qf {
+
+struct StorageBits {
+  double codes = 0, params = 0, side = 0, outliers = 0, unquantized = 0;
+  int64_t weights = 0;
+  int64_t pruned = 0;  // weights in 0-bit groups
+  int64_t unq_f16 = 0, unq_bf16 = 0, unq_f32 = 0;  // weights of unquantized linears by the dtype counted
+  double total() const { return codes + params + side + outliers + unquantized; }
+  // "none", "f16", "bf16", "f32", or "mixed" (unquantized linears of several dtypes).
+  const char* unquantized_dtype() const;
+  double per_weight() const { return weights ? total() / (double)weights : 0.0; }
+  StorageBits& operator+=(const StorageBits& o);
+};
+
+StorageBits storage_bits(const QuantizedLinear& q);
+// An unquantized weight: 16 bits per weight if it is (or is exactly representable as) f16 or bf16, else 32.
+StorageBits unquantized_bits(const Tensor& weight);
+// Every block linear of the model (not the embedding, norms or classifier).
+StorageBits model_storage(const Model& m);
+
+}  // namespace qf

@@ -1,0 +1,38 @@
+// qforge — GPTQ / OPTQ (algorithms.md §3): column-sequential rounding with the optimal
+// update of the not-yet-quantized columns, lazy-batch Cholesky form.
+#pragma once
+#include "quant/grid.h"
+#include "quant/layer_problem.h"
+
+namespace qf {
+
+struct GptqOptions {
+  int64_t blocksize = 128;
+  double percdamp = 0.01;
+  bool act_order = false;      // columns by decreasing diag(Σ)
+  bool static_groups = false;  // group params from the original W up front (needs group > 0)
+  int max_damp_tries = 8;      // Cholesky failure: multiply the damping by 10 and retry, logged
+};
+
+struct GptqResult {
+  QuantizedLinear q;        // codes, grid (g_idx reflects act-order when groups follow the permutation)
+  double percdamp_used = 0; // after any escalation
+  double proxy_loss = 0;    // Σ_j (w_j − q_j)² / U_jj² / 2 bookkeeping of the reference code
+};
+
+// W [rows, cols] f32, Sigma [cols, cols] (any positive scaling: H = 2/n·XXᵀ or raw XXᵀ).
+GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
+                const SolverLog& log = nullptr);
+
+// §3 error-feedback rounding onto a FIXED grid (decoupleQ's integer step, §7 3(a)): the same
+// dead-input fix, damping (with escalation), act-order and lazy-batch loop as gptq(), but no grid
+// is fit — column col is rounded in group grid.g_idx[col] with the grid's own (scale, zero), which
+// the result keeps unchanged (static_groups is ignored). The grid must match W's shape.
+GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt = {},
+                        const SolverLog& log = nullptr);
+
+// §3 step 3: U upper triangular with H⁻¹ = UᵀU (f64). False when H is not numerically positive
+// definite (LLT failure, a Cholesky pivot² ≤ 1e-10·max diag H, or a non-finite U).
+bool gptq_inverse_cholesky(const Eigen::MatrixXd& H, Eigen::MatrixXd& U);
+
+}  // namespace qf

@@ -1,0 +1,286 @@
+// qforge — QuantEase cyclic coordinate descent (algorithms.md §4).
+//
+// The sweep works on the residual E = T − Ŵ instead of TΣ: for column j
+//   (TΣ)_:j − Σ_{k≠j} Ŵ_:k Σ_kj = (EΣ)_:j + Ŵ_:j Σ_jj   ⇒   β_:j = Ŵ_:j + (EΣ)_:j / Σ_jj,      (§4)
+// so no TΣ precompute is needed and β is formed from a small residual (no cancellation).
+// Columns go in blocks of kBlock: one GEMM R = E Σ_:,blk gives (EΣ) for the whole block from
+// the current Ŵ (Gauss–Seidel: columns before the block already updated, after it not yet).
+// Inside the block the columns are done one by one in sub-blocks of kSub: an update Ŵ_:j += d_j
+// is folded into the sub-block's later columns by the rank-1 correction R_:,l −= d_j Σ_jl, and
+// into later sub-blocks by one small GEMM R_:,sub −= Δ_:,earlier Σ_earlier,sub. So ≈ 2·rows·cols²
+// flops per sweep, almost all in GEMMs. Σ is symmetric (Σ_jl = Σ_lj; its rows are used as columns).
+// Rows are independent problems (f separates over rows), so row chunks of kRowChunk run on
+// separate threads with no communication; each chunk's GEMMs are single-threaded (Eigen does not
+// nest inside an OpenMP region), so results do not depend on the thread count.
+#include "solvers/quantease.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "solvers/gptq.h"
+
+namespace qf {
+
+using MatCM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+namespace {
+
+// Measured on dev-2c (bench_solvers): B = 128…256 and 256-row chunks are within noise of each
+// other; 32-column sub-blocks cut the sequential rank-1 work 8× against unblocked blocks.
+constexpr int64_t kBlock = 256;     // columns per GEMM block
+constexpr int64_t kSub = 32;        // columns per sequential sub-block inside a block
+constexpr int64_t kRowChunk = 256;  // rows per task (fixed: results do not depend on the thread count)
+
+// The full column permutation: `order` first (validated: distinct, in range), then the rest.
+std::vector<int64_t> full_order(const std::vector<int64_t>& order, int64_t c, const char* fn) {
+  if (order.empty()) {
+    std::vector<int64_t> p((size_t)c);
+    std::iota(p.begin(), p.end(), 0);
+    return p;
+  }
+  std::vector<char> seen((size_t)c, 0);
+  std::vector<int64_t> p;
+  p.reserve((size_t)c);
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int64_t j = order[i];
+    if (j < 0 || j >= c) fail(fn, ": order entry ", i + 1, " = ", j + 1, " is not a column index in 1..", c, " (1-based)");
+    if (seen[(size_t)j]) fail(fn, ": order lists column ", j + 1, " twice (1-based)");
+    seen[(size_t)j] = 1;
+    p.push_back(j);
+  }
+  for (int64_t j = 0; j < c; ++j)
+    if (!seen[(size_t)j]) p.push_back(j);
+  return p;
+}
+
+// grid.quantize with the row's (scale, zero) at hand: s·(clamp(round(x/s) + z, 0, maxq) − z), same f32 ops.
+inline float qvalue(float x, float s, float z, float maxq) {
+  const float code = std::min(std::max(std::nearbyint(x / s) + z, 0.f), maxq);
+  return s * (code - z);
+}
+
+bool is_identity(const std::vector<int64_t>& p) {
+  for (size_t i = 0; i < p.size(); ++i)
+    if (p[i] != (int64_t)i) return false;
+  return true;
+}
+
+}  // namespace
+
+// The sweep, after check_layer_problem (quantease checks once, not every sweep).
+static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
+  const char* fn = "cd_sweep";
+  const int64_t r = target.size(0), c = target.size(1);
+  if (!What.defined() || What.dim() != 2 || What.size(0) != r || What.size(1) != c || What.dtype() != DType::F32)
+    fail(fn, ": What must be f32 ", shape_str({r, c}), " like the target, got ",
+         What.defined() ? shape_str(What.shape()) + " " + dtype_name(What.dtype()) : std::string("undefined"));
+  if (grid.rows != r || grid.cols != c)
+    fail(fn, ": grid is for [", grid.rows, ", ", grid.cols, "], the weight is ", shape_str({r, c}));
+  const std::vector<int64_t> perm = full_order(opt.order, c, fn);
+  const int64_t nsweep = opt.order.empty() ? c : (int64_t)opt.order.size();  // positions swept
+  const bool ident = is_identity(perm);
+
+  // Permuted views (position p holds column perm[p]): Σp = Σ[π, π], Wp = Ŵ[:, π], E = T[:, π] − Wp.
+  // The identity order works in place (no copies of Σ or Ŵ). T stays in the original order
+  // (read for dead columns and for E_:j). Σ is symmetric (check_layer_problem), so its row
+  // Σ_j,: stands for the column Σ_:,j and every operand below is a contiguous slab.
+  const Tensor Tc = target.contiguous();
+  const float* T = Tc.f32();
+  const Tensor Sc = Sigma.contiguous();
+  MatRM Sbuf;
+  if (!ident) {
+    const CMatMap S0 = Sc.cmat();
+    Sbuf.resize(c, c);
+    for (int64_t a = 0; a < c; ++a)
+      for (int64_t b = 0; b < c; ++b) Sbuf(a, b) = S0(perm[a], perm[b]);
+  }
+  const Eigen::Map<const MatRM> Sp(ident ? Sc.f32() : Sbuf.data(), c, c);
+  const bool in_place = ident && What.is_contiguous() && !What.same_storage(target) && !What.same_storage(Sigma);
+  MatRM Wbuf;
+  if (!in_place) {
+    Wbuf.resize(r, c);
+    const CMatMap W0 = What.cmat();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t p = 0; p < c; ++p) Wbuf(i, p) = W0(i, perm[p]);
+  }
+  Eigen::Map<MatRM> Wp(in_place ? What.f32() : Wbuf.data(), r, c);
+  MatRM E(r, c);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t p = 0; p < c; ++p) E(i, p) = T[i * c + perm[p]] - Wp(i, p);
+
+  const int64_t nchunks = (r + kRowChunk - 1) / kRowChunk;
+  const float maxq = (float)grid.maxq();
+  // Mixed bits, pruned groups and companded grids take the general nearest-value path.
+  const bool fast = grid.fast_uniform();
+  std::vector<double> df((size_t)nchunks, 0.0);  // f(after) − f(before), per chunk, summed in order
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t r0 = ch * kRowChunk, nr = std::min(kRowChunk, r - r0);
+    // Column-major chunk buffers: one column over the chunk's rows is contiguous, so each
+    // column update is a vector operation over rows (no per-row dependency chain).
+    MatCM R(nr, kBlock), Wb(nr, kBlock), D(nr, kBlock);  // (EΣ)_:,blk, Ŵ_:,blk, updates Δ_:,blk
+    Eigen::VectorXf sc(nr), zr(nr), q(nr);
+    double dfc = 0;
+    for (int64_t b0 = 0; b0 < nsweep; b0 += kBlock) {
+      const int64_t nb = std::min(kBlock, nsweep - b0);
+      // (EΣ)_:,blk for this chunk's rows — the matrix–matrix part (2·nr·c·nb flops).
+      R.leftCols(nb).noalias() = E.middleRows(r0, nr) * Sp.middleRows(b0, nb).transpose();
+      Wb.leftCols(nb) = Wp.block(r0, b0, nr, nb);
+      int64_t gcur = -1;
+      for (int64_t s0 = 0; s0 < nb; s0 += kSub) {
+        const int64_t ns = std::min(kSub, nb - s0);
+        // updates of the block's earlier sub-blocks: (EΣ)_:,sub −= D_:,<s0 Σ_<s0,sub (a small GEMM)
+        if (s0 > 0) R.middleCols(s0, ns).noalias() -= D.leftCols(s0) * Sp.block(b0, b0 + s0, s0, ns);
+        for (int64_t jj = s0; jj < s0 + ns; ++jj) {
+          const int64_t p = b0 + jj, col = perm[p];
+          const int64_t g = grid.g_idx[col];
+          const float sjj = Sp(p, p);
+          if (g != gcur) {  // this group's (scale, zero) for the chunk's rows
+            for (int64_t i = 0; i < nr; ++i) {
+              sc(i) = grid.s(r0 + i, g);
+              zr(i) = grid.z(r0 + i, g);
+            }
+            gcur = g;
+          }
+          if (!(sjj > 0.f)) {
+            for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (§4)
+          } else {
+            const float* rc = &R(0, jj);
+            const float* wc = &Wb(0, jj);
+            for (int64_t i = 0; i < nr; ++i) {
+              const float beta = wc[i] + rc[i] / sjj;  // §4 coordinate minimiser
+              q(i) = opt.continuous ? beta : fast ? qvalue(beta, sc(i), zr(i), maxq) : grid.quantize(beta, r0 + i, g);
+            }
+          }
+          D.col(jj) = q - Wb.col(jj);
+          // exact change of f_i = e_iᵀ Σ e_i when e_ij decreases by d_i: d_i (d_i Σ_jj − 2 (EΣ)_ij)
+          const auto dd = D.col(jj).cast<double>().array();
+          dfc += (dd * (dd * (double)sjj - 2.0 * R.col(jj).cast<double>().array())).sum();
+          Wb.col(jj) = q;
+          // fold the update into the sub-block's later columns: (EΣ)_:l −= d Σ_jl (rank 1)
+          const int64_t rest = s0 + ns - jj - 1;
+          if (rest > 0) R.middleCols(jj + 1, rest).noalias() -= D.col(jj) * Sp.row(p).segment(p + 1, rest);
+        }
+      }
+      // write the block back; E_:j = T_:j − Ŵ_:j for the next blocks' GEMMs
+      Wp.block(r0, b0, nr, nb) = Wb.leftCols(nb);
+      for (int64_t i = 0; i < nr; ++i) {
+        const float* t = T + (r0 + i) * c;
+        for (int64_t p = b0; p < b0 + nb; ++p) E(r0 + i, p) = t[perm[p]] - Wp(r0 + i, p);
+      }
+    }
+    df[(size_t)ch] = dfc;
+  }
+
+  if (!in_place) {
+    MatMap Wout = What.mat();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t p = 0; p < c; ++p) Wout(i, perm[p]) = Wp(i, p);
+  }
+  return std::accumulate(df.begin(), df.end(), 0.0);
+}
+
+double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
+  check_layer_problem("cd_sweep", target, Sigma);
+  return sweep(target, Sigma, What, grid, opt);
+}
+
+// f under Σ from f under the damped S (S − Σ is diagonal): f_Σ = f_S − Σ_j (S_jj − Σ_jj)·‖(W − Ŵ)_:j‖².
+static double undamp_objective(double f_damped, const Tensor& W, const Tensor& What, const std::vector<double>& ddiag) {
+  const CMatMap A = W.cmat(), B = What.cmat();
+  double corr = 0;
+  for (int64_t i = 0; i < A.rows(); ++i)
+    for (int64_t j = 0; j < A.cols(); ++j) {
+      const double e = (double)A(i, j) - (double)B(i, j);
+      corr += ddiag[(size_t)j] * e * e;
+    }
+  return f_damped - corr;
+}
+
+QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const QuantEaseOptions& opt,
+                          const SolverLog& log) {
+  const char* fn = "quantease";
+  check_layer_problem(fn, W, Sigma);
+  if (opt.iters < 1) fail(fn, ": iters must be >= 1, got ", opt.iters);
+  if (opt.init != "w" && opt.init != "rtn" && opt.init != "gptq")
+    fail(fn, ": init must be \"w\", \"rtn\" or \"gptq\", got \"", opt.init, "\"");
+  if (opt.continuous_every < 0) fail(fn, ": continuous_every must be >= 0, got ", opt.continuous_every);
+  if (!(opt.percdamp >= 0) || !std::isfinite(opt.percdamp)) fail(fn, ": percdamp must be >= 0, got ", opt.percdamp);
+  const int64_t c = W.size(1);
+
+  const Tensor Wc = W.contiguous();
+  const Tensor Sc = Sigma.contiguous();
+  // Damping (off by default, as the reference): S = Σ + λI, dead Σ_jj → 1 (damp_sigma).
+  const Tensor S = opt.percdamp > 0 ? damp_sigma(Sc, opt.percdamp) : Sc;
+  std::vector<double> ddiag((size_t)c, 0.0);
+  if (opt.percdamp > 0)
+    for (int64_t j = 0; j < c; ++j) ddiag[(size_t)j] = (double)S.cmat()(j, j) - (double)Sc.cmat()(j, j);
+
+  // Grid fitted once from the original W (groups too: same params every sweep). With act_order
+  // the sweep order changes but groups stay contiguous in the original column order (g_idx = identity).
+  const Grid grid = grid_fit(Wc, spec);
+  CdSweepOptions so;
+  if (opt.act_order) {
+    const auto Sm = S.cmat();
+    so.order.resize((size_t)c);
+    std::iota(so.order.begin(), so.order.end(), 0);
+    std::stable_sort(so.order.begin(), so.order.end(), [&](int64_t a, int64_t b) { return Sm(a, a) > Sm(b, b); });
+  }
+
+  Tensor What;
+  if (opt.init == "w") {
+    What = Wc.clone();  // the first sweep quantizes
+  } else if (opt.init == "rtn") {
+    What = quantize_to_grid(Wc, grid).dequantize();  // RTN on this grid
+  } else {
+    // GPTQ init (fmchisel): damped GPTQ, then CD with target = the original W (not the no-op
+    // target = Q of gptq_quantease.py). Static groups make GPTQ's grid = grid_fit(W); the result is
+    // projected onto our grid anyway (a no-op when the grids coincide).
+    GptqOptions go;
+    go.percdamp = std::max(opt.percdamp, 0.01);
+    go.act_order = opt.act_order;
+    go.static_groups = spec.group > 0;
+    const Tensor G = gptq(Wc, Sc, spec, go, log).q.dequantize();
+    What = quantize_to_grid(G, grid).dequantize();
+    if (log) {
+      int64_t moved = 0;
+      const float* a = G.f32();
+      const float* b = What.f32();
+      for (int64_t k = 0; k < What.numel(); ++k) moved += a[k] != b[k];
+      if (moved) log("gptq_projected", std::to_string(moved) + " entries of the GPTQ init moved onto the QuantEase grid");
+    }
+  }
+  const Tensor Winit = opt.init == "w" ? Tensor() : What.clone();
+
+  QuantEaseResult res;
+  res.init_objective = opt.init == "w" ? 0.0 : objective(Wc, What, Sc).value;  // Ŵ = W: f = 0
+  // f under S, tracked exactly per coordinate by cd_sweep (one objective() per sweep would double the cost).
+  double fS = opt.percdamp > 0 ? objective(Wc, What, S).value : res.init_objective;
+  for (int it = 1; it <= opt.iters; ++it) {
+    // §4 schedule: continuous on it % every == 1 (1, 4, 7, …), it ≤ iters − 5, never the last sweep;
+    // none after an rtn/gptq init (fmchisel: the init is already on the grid).
+    const int ce = opt.continuous_every;
+    so.continuous = opt.init == "w" && ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;
+    fS += sweep(Wc, S, What, grid, so);
+    const double f = opt.percdamp > 0 ? undamp_objective(fS, Wc, What, ddiag) : fS;
+    res.objective.push_back(f);
+    if (log) log("sweep", "it=" + std::to_string(it) + (so.continuous ? " continuous" : " quantized") + " objective=" + std::to_string(f));
+  }
+  res.objective.back() = objective(Wc, What, Sc).value;  // exact final value (the trace above is incremental)
+
+  // Never end worse than an on-grid init (possible through damping or f32 near-ties).
+  if (Winit.defined() && res.objective.back() > res.init_objective) {
+    if (log) log("keep_init", "final objective " + std::to_string(res.objective.back()) + " > init " +
+                                  std::to_string(res.init_objective) + "; returning the " + opt.init + " init");
+    What = Winit;
+    res.objective.back() = res.init_objective;
+  }
+  res.q = quantize_to_grid(What, grid);
+  return res;
+}
+
+}  // namespace qf

@@ -1,0 +1,10 @@
+// qforge — round to nearest (algorithms.md §2): every weight to its grid's nearest value.
+#pragma once
+#include "quant/grid.h"
+
+namespace qf {
+
+// Fits the grid on W and rounds; returns the quantized linear (dequantize() gives Ŵ).
+QuantizedLinear rtn(const Tensor& W, const GridSpec& spec);
+
+}  // namespace qf
