@@ -9,11 +9,11 @@
 #include <cstdio>
 #include <string>
 
-#include "omp_wait.h"
-#include "backward.h"
-#include "forward.h"
-#include "loader_llama2c.h"
-#include "rng.h"
+#include "core/omp_wait.h"
+#include "model/backward.h"
+#include "model/forward.h"
+#include "formats/loader_llama2c.h"
+#include "core/rng.h"
 
 using namespace qf;
 using clk = std::chrono::steady_clock;

@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <string>
 
-#include "omp_wait.h"
-#include "forward.h"
-#include "loader.h"
+#include "core/omp_wait.h"
+#include "model/forward.h"
+#include "formats/loader.h"
 
 using namespace qf;
 using clk = std::chrono::steady_clock;

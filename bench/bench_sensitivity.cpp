@@ -17,11 +17,11 @@
 #include <cstdio>
 #include <string>
 
-#include "omp_wait.h"
-#include "calibration.h"
-#include "loader.h"
-#include "rng.h"
-#include "sensitivity.h"
+#include "core/omp_wait.h"
+#include "calib/calibration.h"
+#include "formats/loader.h"
+#include "core/rng.h"
+#include "calib/sensitivity.h"
 
 using namespace qf;
 using clk = std::chrono::steady_clock;

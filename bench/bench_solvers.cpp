@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
-#include "omp_wait.h"
-#include "calibration.h"
-#include "gptq.h"
-#include "outliers.h"
-#include "quantease.h"
-#include "rng.h"
+#include "core/omp_wait.h"
+#include "calib/calibration.h"
+#include "solvers/gptq.h"
+#include "solvers/quantease_outliers.h"
+#include "solvers/quantease.h"
+#include "core/rng.h"
 
 using namespace qf;
 using clk = std::chrono::steady_clock;

@@ -13,11 +13,11 @@
 #include <unistd.h>
 #include <vector>
 
-#include "omp_wait.h"
-#include "error.h"
-#include "io.h"
-#include "tokenizer.h"
-#include "unicode.h"
+#include "core/omp_wait.h"
+#include "core/error.h"
+#include "core/io.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 using qf::Tokenizer;
 using Clock = std::chrono::steady_clock;

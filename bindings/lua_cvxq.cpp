@@ -8,13 +8,13 @@
 #include <cmath>
 #include <cstdio>
 
-#include "calibration.h"
-#include "cvxq.h"
-#include "dual_ascent.h"
+#include "calib/calibration.h"
+#include "solvers/cvxq.h"
+#include "solvers/cvxq_dual_ascent.h"
 #include "lua_util.h"
 #include "runner.h"
-#include "sensitivity.h"
-#include "storage.h"
+#include "calib/sensitivity.h"
+#include "quant/storage.h"
 
 namespace qf::lua {
 

@@ -3,7 +3,7 @@
 //     -> QLinear (float_zero grid), info {history, rows_improved, iters, loss, damped_rows, steps}
 #include <climits>
 
-#include "alt_min.h"
+#include "solvers/decoupleq.h"
 #include "lua_util.h"
 
 namespace qf::lua {

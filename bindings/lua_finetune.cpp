@@ -1,4 +1,4 @@
-// qforge — decoupleQ's block-wise finetuning (engine/block_finetune.h) from Lua:
+// qforge — decoupleQ's block-wise finetuning (engine/solvers/block_finetune.h) from Lua:
 //   m:block(b)                     a block handle (the model + 1-based block index)
 //   blk:finetune{inputs=, targets=, windows=, params=, lr=, betas=, eps=, weight_decay=, epochs=,
 //                batch=, shuffle=, seed=}
@@ -10,8 +10,8 @@
 // params = floats trained, epoch_seconds = {...}} and print one line per epoch on stderr.
 #include <cstdio>
 
-#include "block_finetune.h"
-#include "calibration.h"
+#include "solvers/block_finetune.h"
+#include "calib/calibration.h"
 #include "lua_util.h"
 #include "runner.h"
 

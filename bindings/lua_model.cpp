@@ -5,15 +5,15 @@
 #include <cstdio>
 #include <memory>
 
-#include "eval.h"
-#include "export.h"
-#include "forward.h"
-#include "io.h"
-#include "loader.h"
-#include "model_source.h"
+#include "eval/eval.h"
+#include "formats/export.h"
+#include "model/forward.h"
+#include "core/io.h"
+#include "formats/loader.h"
+#include "formats/model_source.h"
 #include "lua_util.h"
 #include "runner.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qf::lua {
 

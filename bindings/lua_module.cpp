@@ -12,7 +12,7 @@
 #include <map>
 #include <strings.h>
 
-#include "io.h"
+#include "core/io.h"
 
 #include "embedded_lua.h"
 #include "lua_util.h"

@@ -6,12 +6,12 @@
 #include <cmath>
 #include <cstdio>
 
-#include "calibration.h"
-#include "gptq.h"
+#include "calib/calibration.h"
+#include "solvers/gptq.h"
 #include "lua_util.h"
-#include "outliers.h"
-#include "quantease.h"
-#include "rtn.h"
+#include "solvers/quantease_outliers.h"
+#include "solvers/quantease.h"
+#include "solvers/rtn.h"
 #include "runner.h"
 
 namespace qf::lua {

@@ -1,7 +1,7 @@
 // qforge — the Lua RNG: userdata "qforge.Rng" wrapping qf::Rng. Recipes own their RNGs:
 // qf.rng() is seeded from the run's seed (seed=N on the command line), qf.rng(s) from s.
 #include "lua_util.h"
-#include "rng.h"
+#include "core/rng.h"
 #include "runner.h"
 
 namespace qf::lua {

@@ -13,8 +13,8 @@
 
 #include "lua_util.h"
 #include "runner.h"
-#include "safetensors.h"
-#include "tensor_ops.h"
+#include "formats/safetensors.h"
+#include "core/tensor_ops.h"
 
 namespace qf::lua {
 

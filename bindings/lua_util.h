@@ -21,10 +21,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "error.h"
-#include "model.h"
-#include "tensor.h"
-#include "tokenizer.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "core/tensor.h"
+#include "tokenizer/tokenizer.h"
 
 // Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
 int luaopen_qforge(lua_State* L);

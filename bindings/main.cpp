@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "omp_wait.h"
+#include "core/omp_wait.h"
 #include "qforge_version.h"
 #include "runner.h"
 

@@ -12,8 +12,8 @@
 #include <ctime>
 #include <iostream>
 
-#include "io.h"
-#include "json_util.h"
+#include "core/io.h"
+#include "core/json_util.h"
 #include "lua_util.h"
 #include "qforge_version.h"
 

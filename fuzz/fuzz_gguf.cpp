@@ -1,10 +1,10 @@
 // GGUF: the container reader, the llama loader over it (config, tokenizer metadata, tensor
 // infos), the tokenizer built from its metadata, and every tensor converted to f32.
 #include "fuzz_util.h"
-#include "gguf.h"
-#include "loader_gguf.h"
-#include "model_source.h"
-#include "tokenizer.h"
+#include "formats/gguf.h"
+#include "formats/loader_gguf.h"
+#include "formats/model_source.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string p = qf_fuzz::input_file(data, size, "model.gguf");

@@ -1,7 +1,7 @@
 // HF checkpoint directory: the input is config.json; beside it an empty model.safetensors, so
 // the loader reads the whole config and then the (tensorless) checkpoint.
 #include "fuzz_util.h"
-#include "loader_hf.h"
+#include "formats/loader_hf.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string dir = qf_fuzz::fresh_dir();

@@ -1,9 +1,9 @@
 // safetensors: the header reader, every tensor read in its dtype, and an empty Tensor of every
 // shape (its strides are what overflowed in qf.load_tensors).
 #include "fuzz_util.h"
-#include "model_source.h"
-#include "safetensors.h"
-#include "tensor.h"
+#include "formats/model_source.h"
+#include "formats/safetensors.h"
+#include "core/tensor.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string p = qf_fuzz::input_file(data, size, "t.safetensors");

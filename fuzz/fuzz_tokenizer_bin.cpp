@@ -1,6 +1,6 @@
 // llama2.c tokenizer.bin: load, encode, decode, and the spec other formats are written from.
 #include "fuzz_util.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string p = qf_fuzz::input_file(data, size, "tokenizer.bin");

@@ -1,8 +1,8 @@
 // HF tokenizer.json (in its own directory, so no tokenizer_config.json is read): load, encode,
 // decode, and write it back out as tokenizer.json.
 #include "fuzz_util.h"
-#include "tokenizer.h"
-#include "tokenizer_spec.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_spec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string p = qf_fuzz::input_file(data, size, "tokenizer.json");

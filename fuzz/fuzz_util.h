@@ -13,8 +13,8 @@
 #include <exception>
 #include <string>
 
-#include "error.h"
-#include "io.h"
+#include "core/error.h"
+#include "core/io.h"
 
 namespace qf_fuzz {
 
