@@ -11,6 +11,8 @@
 #include "core/io.h"
 #include "formats/loader.h"
 #include "formats/model_source.h"
+#include <algorithm>
+
 #include "lua_util.h"
 #include "runner.h"
 #include "tokenizer/tokenizer.h"
@@ -99,12 +101,83 @@ static int m_nblocks(lua_State* L) {
 }
 
 static int m_linear_names(lua_State* L) {
-  check_model(L, 1, "linear_names");
-  lua_createtable(L, (int)kLlamaLinears.size(), 0);
-  for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
-    lua_pushstring(L, kLlamaLinears[i].name);
+  const ArchSpec& a = arch_of(check_model(L, 1, "linear_names").m->cfg);
+  lua_createtable(L, (int)a.linears.size(), 0);
+  for (size_t i = 0; i < a.linears.size(); ++i) {
+    lua_pushstring(L, a.linears[i].name);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  return 1;
+}
+
+// m:arch(): the architecture table of the model (model/arch.h) with shapes under its config:
+//   { name =, block_kind =, hf_layout = ("" plain), stages = N,
+//     linears = { {name =, alias =, site =, stage =, shape = {out, in}, rope = "heads"|"kv_heads"|"none",
+//                  gguf =, hf =}, ... }  (forward order),
+//     norms = { {name =, alias =, gguf =, hf =}, ... },
+//     site_of = { [linear] = site }, stage_groups = { {names of stage 1}, ... },
+//     sites = { the sites in forward order } }
+static int m_arch(lua_State* L) {
+  const Model& m = *check_model(L, 1, "arch").m;
+  const ArchSpec& a = arch_of(m.cfg);
+  lua_createtable(L, 0, 9);
+  set_field(L, "name", std::string(a.name));
+  set_field(L, "block_kind", std::string(a.kind == BlockKind::LlamaDense ? "llama_dense" : "?"));
+  set_field(L, "hf_layout", m.cfg.hf_layout);
+  set_field(L, "stages", (int64_t)a.stages());
+  lua_createtable(L, (int)a.linears.size(), 0);
+  for (size_t i = 0; i < a.linears.size(); ++i) {
+    const LinearSpec& s = a.linears[i];
+    lua_createtable(L, 0, 8);
+    set_field(L, "name", std::string(s.name));
+    set_field(L, "alias", std::string(s.alias));
+    set_field(L, "site", std::string(site_name(s.input)));
+    set_field(L, "stage", (int64_t)s.stage);
+    push_shape(L, linear_shape(m.cfg, s.name));
+    lua_setfield(L, -2, "shape");
+    set_field(L, "rope", std::string(s.rope == Rope::Heads ? "heads" : s.rope == Rope::KvHeads ? "kv_heads" : "none"));
+    set_field(L, "gguf", std::string(s.gguf));
+    set_field(L, "hf", std::string(s.hf));
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "linears");
+  lua_createtable(L, (int)a.norms.size(), 0);
+  for (size_t i = 0; i < a.norms.size(); ++i) {
+    lua_createtable(L, 0, 4);
+    set_field(L, "name", std::string(a.norms[i].name));
+    set_field(L, "alias", std::string(a.norms[i].alias));
+    set_field(L, "gguf", std::string(a.norms[i].gguf));
+    set_field(L, "hf", std::string(a.norms[i].hf));
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "norms");
+  lua_newtable(L);
+  for (const LinearSpec& s : a.linears) set_field(L, s.name, std::string(site_name(s.input)));
+  lua_setfield(L, -2, "site_of");
+  lua_createtable(L, a.stages(), 0);
+  for (int st = 1; st <= a.stages(); ++st) {
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (const LinearSpec& s : a.linears)
+      if (s.stage == st) {
+        lua_pushstring(L, s.name);
+        lua_rawseti(L, -2, ++n);
+      }
+    lua_rawseti(L, -2, st);
+  }
+  lua_setfield(L, -2, "stage_groups");
+  lua_newtable(L);
+  {
+    lua_Integer n = 0;
+    std::vector<Site> seen;
+    for (const LinearSpec& s : a.linears)
+      if (std::find(seen.begin(), seen.end(), s.input) == seen.end()) {
+        seen.push_back(s.input);
+        lua_pushstring(L, site_name(s.input));
+        lua_rawseti(L, -2, ++n);
+      }
+  }
+  lua_setfield(L, -2, "sites");
   return 1;
 }
 
@@ -344,6 +417,7 @@ void open_model(lua_State* L, int mod) {
                   {"nblocks", qf_guard<m_nblocks>, 1},
                   {"linear_names", qf_guard<m_linear_names>, 1},
                   {"linears", qf_guard<m_linears>, 1},
+                  {"arch", qf_guard<m_arch>, 1},
                   {"weight", qf_guard<m_weight>, 3},
                   {"norm", qf_guard<m_norm>, 3},
                   {"embedding", qf_guard<m_embedding>, 1},

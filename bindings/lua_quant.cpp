@@ -562,11 +562,10 @@ static int c_fp_outputs(lua_State* L) {
 // The site feeding a linear, by name ("q" -> "attn_in").
 static int f_input_site(lua_State* L) {
   const std::string n = check_str(L, 1, "input_site");
-  for (auto& s : kLlamaLinears)
-    if (n == s.name || n == s.alias) {
-      lua_pushstring(L, site_name(s.input));
-      return 1;
-    }
+  if (const LinearSpec* s = kLlama.find(n)) {
+    lua_pushstring(L, site_name(s->input));
+    return 1;
+  }
   fail("input_site: unknown linear '", n, "'");
 }
 

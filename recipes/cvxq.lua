@@ -22,7 +22,7 @@ local total, layers = 0, {}
 for _, key in ipairs(alloc.keys) do
   local L = alloc.layers[key]
   local W = m:weight(L.block, L.name):clone()
-  local st = stats[L.block][C.SITES[L.name]]
+  local st = stats[L.block][C.site(m, L.name)]
   local q = qf.rtn(W, C.grid(L, opt))
   local What = q:dequantize()
   local obj, rel = qf.objective(W, What, st.sigma)

@@ -9,14 +9,22 @@ local opt = qf.options({
   max_windows = 8,
 }, {
   block = { "block number (1-based)", min = 1 },
-  linear = { "linear name: q, k, v, o, gate, up, down (or wq..w3)",
-             choices = { "q", "k", "v", "o", "gate", "up", "down", "wq", "wk", "wv", "wo", "w1", "w2", "w3" } },
+  linear = "a linear of the model's architecture, by name or llama2.c alias (m:arch().linears)",
   row = { "row (output feature) to zero, 1-based", min = 1 },
   max_windows = { "windows to score (0 = all)", min = 0 },
 })
 
 local m = qf.load_model(opt.model)
--- The model decides the ranges of block and row: checked before the first perplexity.
+-- The model decides the names of linears and the ranges of block and row: checked before the
+-- first perplexity.
+local names, known = {}, false
+for _, l in ipairs(m:arch().linears) do
+  names[#names + 1] = l.name .. " (" .. l.alias .. ")"
+  known = known or opt.linear == l.name or opt.linear == l.alias
+end
+if not known then
+  qf.option_error("linear", string.format("must be one of %s, got '%s'", table.concat(names, ", "), opt.linear))
+end
 if opt.block > m:nblocks() then qf.option_error("block", string.format("%d is past the model's %d blocks", opt.block, m:nblocks())) end
 if opt.row > m:weight(opt.block, opt.linear):size(1) then
   qf.option_error("row", string.format("%d is past the %d rows of block %d '%s'", opt.row, m:weight(opt.block, opt.linear):size(1), opt.block, opt.linear))

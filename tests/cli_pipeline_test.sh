@@ -101,7 +101,7 @@ opt_err eval.lua "option 'seqlen': 600 exceeds the model's context length 512" s
 opt_err zero_row.lua "option 'block' must be an integer >= 1, got 0" block=0
 opt_err zero_row.lua "option 'block': 99 is past the model's 5 blocks" block=99
 opt_err zero_row.lua "option 'row': 9999 is past the 64 rows of block 1 'q'" row=9999
-opt_err zero_row.lua "option 'linear' must be one of" linear=qq
+opt_err zero_row.lua "option 'linear': must be one of q (wq), k (wk)" linear=qq  # names from m:arch()
 # A recipe that declares no options and gets one: the same kind, the same code.
 echo 'print("no options")' >"$WORK/noopts.lua"
 run noopts run "$WORK/noopts.lua" bits=3 out="$WORK/noopts"

@@ -135,11 +135,11 @@ static Vec ref_linear(const Vec& x, const RefLin& l) { return ref_linear(x, l.w,
 
 struct RefBlock {
   Vec g1, g2;
-  RefLin lin[7];  // kLlamaLinears order: q k v o gate up down
+  RefLin lin[7];  // kLlama.linears order: q k v o gate up down
 };
 static RefBlock ref_block_of(const Block& b) {
   RefBlock r{to_vec(b.attn_norm), to_vec(b.ffn_norm), {}};
-  for (int i = 0; i < 7; ++i) r.lin[i] = ref_lin(b.linear(kLlamaLinears[i].name));
+  for (int i = 0; i < 7; ++i) r.lin[i] = ref_lin(b.linear(kLlama.linears[i].name));
   return r;
 }
 static Vec ref_block_forward(const RefCfg& c, const RefBlock& rb, const Vec& x, int B, int T) {
@@ -386,7 +386,7 @@ static void check_block(const Model& m, int layer, int B, int T, uint64_t seed, 
   const std::string tag = "block " + std::to_string(layer) + " ";
   report(tag + "dx", fd_check(x, dx.to_vector(), L, p, sample));
   for (int i = 0; i < 7; ++i) {
-    const std::string name = kLlamaLinears[i].name;
+    const std::string name = kLlama.linears[i].name;
     report(tag + "dW " + name, fd_check(rb.lin[i].w, g.weight(name).to_vector(), L, p, sample));
     if (!rb.lin[i].b.empty()) {
       REQUIRE(g.db[i].defined());
@@ -504,8 +504,8 @@ TEST_CASE("model_loss_backward: full model against f64 finite differences") {
   MESSAGE("model loss " << mg.loss << " vs f64 reference " << L());
   CHECK(std::abs(mg.loss - L()) < 1e-5 * L());
   for (int i = 0; i < 7; ++i)
-    report("model d block0." + std::string(kLlamaLinears[i].name),
-           fd_check(rm.blocks[0].lin[i].w, g0.weight(kLlamaLinears[i].name).to_vector(), L));
+    report("model d block0." + std::string(kLlama.linears[i].name),
+           fd_check(rm.blocks[0].lin[i].w, g0.weight(kLlama.linears[i].name).to_vector(), L));
   report("model d block0.attn_norm", fd_check(rm.blocks[0].g1, g0.d_attn_norm.to_vector(), L));
   report("model d final_norm", fd_check(rm.fnorm, mg.d_final_norm.to_vector(), L));
   report("model d tok_emb (tied classifier)", fd_check(rm.emb, mg.d_tok_emb.to_vector(), L));

@@ -123,7 +123,7 @@ TEST_CASE("hf export: stories260K round-trips through save_hf (F32 exact weights
   CHECK(h.n_params() == m.n_params());
   // every weight is bit-exact (q/k rows in HF order)
   for (int b = 0; b < 5; ++b)
-    for (const LinearSpec& s : kLlamaLinears) {
+    for (const LinearSpec& s : kLlama.linears) {
       const Tensor& w = m.block(b).linear(s.name).weight;
       const Tensor want = std::string(s.name) == "q" ? to_hf_rows(w, 8) : std::string(s.name) == "k" ? to_hf_rows(w, 4) : w;
       CAPTURE(b);

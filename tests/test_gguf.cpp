@@ -487,7 +487,7 @@ static void check_exact_reload(const Model& m, const std::string& path, const st
   }
   Model g = load_path(path);
   for (int b = 0; b < m.n_blocks(); ++b)
-    for (const LinearSpec& s : kLlamaLinears) {
+    for (const LinearSpec& s : kLlama.linears) {
       Tensor want = m.block(b).linear(s.name).weight;
       const std::string n = s.name;
       if (m.cfg.rope_interleaved && n == "q") want = rope_halves_from_pairs(want, m.cfg.n_heads);

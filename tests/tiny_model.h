@@ -41,8 +41,8 @@ inline Model tiny_model(uint64_t seed, bool interleaved = true, bool qkv_bias = 
     const int64_t shapes[7][2] = {{QW, D}, {KW, D}, {KW, D}, {D, QW}, {F, D}, {F, D}, {D, F}};
     for (int i = 0; i < 7; ++i) {
       Linear lin;
-      lin.name = kLlamaLinears[i].name;
-      lin.input = kLlamaLinears[i].input;
+      lin.name = kLlama.linears[i].name;
+      lin.input = kLlama.linears[i].input;
       lin.weight = mk({shapes[i][0], shapes[i][1]}, 1.0 / std::sqrt((double)shapes[i][1]));
       if (qkv_bias && i < 3) lin.bias = mk({shapes[i][0]}, 0.3);
       b.linears.push_back(std::move(lin));

@@ -9,8 +9,8 @@
 -- input of column j), and rows cluster by spread.
 local C = {}
 
-local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gate = "ffn_in", up = "ffn_in", down = "ffn_mid" }
-C.SITES = SITES
+-- The activation site feeding linear `name` of model m (the architecture table, m:arch()).
+function C.site(m, name) return m:arch().site_of[name] end
 
 -- Recipe options of the sensitivity statistics; C.options(own, help) adds them to a recipe's own.
 local SENS = { sensitivity = "gradient", pca = 1024, stride = 128, grad_iters = 0, alloc_file = "" }
@@ -64,7 +64,7 @@ function C.allocate(m, stats, opt, grads)
         g2 = qf.group_mean(gs.g2, { group = 1, row_groups = rg })
       else
         if not stats then error("C.allocate: the diag-Sigma proxy needs the full-precision statistics (stats is nil)", 0) end
-        local st = stats[b][SITES[name]]
+        local st = stats[b][C.site(m, name)]
         local colg = qf.zeros({ inn })
         for j = 1, inn do colg:set(j, st.sigma:get(j, j) / st.tokens) end
         local lg = math.log(math.max(colg:mean(), 1e-300), 2)  -- Ḡ² is the same for every row

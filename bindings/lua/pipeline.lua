@@ -212,8 +212,6 @@ function P.prepare(opt, fp_chain, grid)
   return ctx
 end
 
-local SITES = { q = "attn_in", k = "attn_in", v = "attn_in", o = "attn_out", gate = "ffn_in", up = "ffn_in", down = "ffn_mid" }
-
 -- A fresh calibration over the same windows as ctx.cal (same ids, range, seed): for a second
 -- sequential pass after a statistics pass.
 function P.calibration(ctx, opt)
@@ -252,10 +250,12 @@ end
 -- the Σ accumulation; measured at a third to a half of a capture).
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
-  local groups = opts.true_sequential and { { "q", "k", "v" }, { "o" }, { "gate", "up" }, { "down" } }
-                 or { { "q", "k", "v", "o", "gate", "up", "down" } }
+  -- Names, sites and true-sequential stages come from the architecture table (m:arch()).
+  local arch = m:arch()
+  local SITES = arch.site_of
+  local groups = opts.true_sequential and arch.stage_groups or { m:linear_names() }
   local nb, t0 = cal:nblocks(), qf.now()
-  local total, nlayers = 0, nb * 7
+  local total, nlayers = 0, nb * #arch.linears
   local layers, finetunes = {}, {}
   local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
   for b = 1, nb do

@@ -19,16 +19,7 @@
 
 namespace qf {
 
-static const char* gguf_linear_name(const std::string& n) {
-  if (n == "q") return "attn_q";
-  if (n == "k") return "attn_k";
-  if (n == "v") return "attn_v";
-  if (n == "o") return "attn_output";
-  if (n == "gate") return "ffn_gate";
-  if (n == "up") return "ffn_up";
-  if (n == "down") return "ffn_down";
-  fail("save gguf: linear '", n, "' has no llama.cpp name");
-}
+static const char* gguf_linear_name(const std::string& n) { return kLlama.linear(n).gguf; }
 
 // Source row of each output row: identity, or RoPE-pair order from HF halves order
 // (out row (h, 2i + w) = in row (h, w·hd/2 + i)), matching rope_pairs_from_halves.
@@ -156,10 +147,10 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   for (int b = 0; b < m.n_blocks(); ++b) {
     const std::string pre = "blk." + std::to_string(b) + ".";
     const bool was_resident = !m.is_lazy() || m.resident[b] != 0;
-    w.add_tensor(pre + "attn_norm.weight", {D}, 0, [&m, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, 0, out); });
-    for (const LinearSpec& ls : kLlamaLinears) {
+    w.add_tensor(pre + kLlama.norm("attn_norm").gguf + ".weight", {D}, 0, [&m, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, 0, out); });
+    for (const LinearSpec& ls : kLlama.linears) {
       const std::string lname = ls.name;
-      const int heads = c.rope_interleaved ? 0 : lname == "q" ? c.n_heads : lname == "k" ? c.n_kv_heads : 0;
+      const int heads = c.rope_interleaved || ls.rope == Rope::None ? 0 : ls.rope == Rope::Heads ? c.n_heads : c.n_kv_heads;
       const Shape shp = linear_shape(c, lname);
       const int64_t out_f = shp[0], in_f = shp[1];
       const uint32_t type = quant && in_f % 32 ? 0 : lin_type;
@@ -183,16 +174,13 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
                        out(row.data(), row.size());
                      }
                    });
-      // Bias presence without converting a lazy block: the checkpoint says.
-      const bool has_bias = was_resident ? m.blocks[b].linear(lname).bias.defined()
-                                         : m.src && m.src->tensors.count("blocks." + std::to_string(b) + "." + lname + ".bias");
-      if (has_bias)
+      if (m.has_bias(b, lname))  // without converting a lazy block
         w.add_tensor(pre + gguf_linear_name(lname) + ".bias", {(uint64_t)out_f}, 0, [&m, b, lname, heads](const GGUFWriter::Sink& out) {
           const Tensor& bias = m.block(b).linear(lname).bias;
           write_rows(bias, row_order(bias.size(0), heads), 0, out);
         });
     }
-    w.add_tensor(pre + "ffn_norm.weight", {D}, 0, [&m, b, was_resident](const GGUFWriter::Sink& out) {
+    w.add_tensor(pre + kLlama.norm("ffn_norm").gguf + ".weight", {D}, 0, [&m, b, was_resident](const GGUFWriter::Sink& out) {
       write_rows(m.block(b).ffn_norm, {}, 0, out);
       if (!was_resident) m.release_block(b);  // lazy: keep one block converted at a time
     });

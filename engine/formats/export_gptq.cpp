@@ -123,6 +123,8 @@ static std::string hf_linear_prefix(int b, const std::string& name) {
 
 void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
   const std::string what = "save gptq '" + dir + "'";
+  if (!m.cfg.hf_layout.empty())
+    fail(what, ": the model came in the fused ", m.cfg.hf_layout, " layout; GPTQ export of fused layouts is not implemented (save hf keeps it)");
   validate_config(m.cfg, what);
   std::vector<GptqLinear> lins;
   const GridSpec spec = check_linears(m, what, &lins);
@@ -166,7 +168,7 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
     const Block& blk = m.block(b);
     add_float(hf_tensor_name("blocks." + std::to_string(b) + ".attn_norm"), {c.dim}, [&blk] { return blk.attn_norm; });
     add_float(hf_tensor_name("blocks." + std::to_string(b) + ".ffn_norm"), {c.dim}, [&blk] { return blk.ffn_norm; });
-    for (size_t k = 0; k < kLlamaLinears.size(); ++k, ++li) {
+    for (size_t k = 0; k < kLlama.linears.size(); ++k, ++li) {
       const GptqLinear* gl = &lins[li];
       const Grid& g = gl->q->grid;
       const int64_t out = g.rows, in = g.cols, ng = g.ngroups;

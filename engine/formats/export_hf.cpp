@@ -23,27 +23,26 @@ double json_float(float v) {
   return std::strtod(buf, nullptr);
 }
 
-bool hf_has_bias(const Model& m, int b, const std::string& linear) {
-  if (m.is_lazy() && m.resident[b] == 0) return m.src->tensors.count("blocks." + std::to_string(b) + "." + linear + ".bias") > 0;
-  return m.block(b).linear(linear).bias.defined();
-}
+bool hf_has_bias(const Model& m, int b, const std::string& linear) { return m.has_bias(b, linear); }
 
 std::vector<int64_t> hf_row_order(const Model& m, const std::string& linear, int64_t rows) {
   std::vector<int64_t> order(rows);
   for (int64_t i = 0; i < rows; ++i) order[i] = i;
-  if (!m.cfg.rope_interleaved || (linear != "q" && linear != "k")) return order;
+  const int heads = rope_heads(m.cfg, arch_of(m.cfg).linear(linear));
+  if (!m.cfg.rope_interleaved || heads == 0) return order;
   // Permute the row indices themselves (exact in f32 below 2^24), so the order is by
   // construction the one rope_halves_from_pairs applies to the weights.
   Tensor idx = Tensor::empty({rows});
   for (int64_t i = 0; i < rows; ++i) idx.f32()[i] = (float)i;
-  const Tensor p = rope_halves_from_pairs(idx, linear == "q" ? m.cfg.n_heads : m.cfg.n_kv_heads);
+  const Tensor p = rope_halves_from_pairs(idx, heads);
   for (int64_t i = 0; i < rows; ++i) order[i] = (int64_t)p.f32()[i];
   return order;
 }
 
 Tensor hf_rows(const Model& m, const std::string& linear, const Tensor& w) {
-  if (!m.cfg.rope_interleaved || (linear != "q" && linear != "k")) return w;
-  return rope_halves_from_pairs(w, linear == "q" ? m.cfg.n_heads : m.cfg.n_kv_heads);
+  const int heads = rope_heads(m.cfg, arch_of(m.cfg).linear(linear));
+  if (!m.cfg.rope_interleaved || heads == 0) return w;
+  return rope_halves_from_pairs(w, heads);
 }
 
 nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, const std::string& torch_dtype, const std::string& what) {
@@ -52,7 +51,7 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
   std::string pattern;
   for (int b = 0; b < m.n_blocks(); ++b) {
     std::string p;
-    for (const LinearSpec& s : kLlamaLinears)
+    for (const LinearSpec& s : kLlama.linears)
       if (hf_has_bias(m, b, s.name)) p += std::string(p.empty() ? "" : ",") + s.name;
     if (b == 0) pattern = p;
     else if (p != pattern)
@@ -64,9 +63,15 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
   if (!pattern.empty() && !qwen2 && !attn_bias && !mlp_bias)
     fail(what, ": biases on {", pattern, "} fit no HF architecture (Qwen2: q,k,v; Llama: q,k,v,o and/or gate,up,down)");
 
+  // A fused layout (kHfLayouts) the model was read from is written back; its architectures
+  // carry no biases.
+  const HfLayout* fused = c.hf_layout.empty() ? nullptr : hf_layout(c.hf_layout);
+  if (!c.hf_layout.empty() && !fused) fail(what, ": HF layout '", c.hf_layout, "' is unknown (known: ", hf_layout_names(), ")");
+  if (fused && !pattern.empty())
+    fail(what, ": biases on {", pattern, "} do not fit the ", fused->architecture, " layout, which has none");
   nlohmann::ordered_json j;
-  j["architectures"] = {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
-  j["model_type"] = qwen2 ? "qwen2" : "llama";
+  j["architectures"] = {fused ? fused->architecture : qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+  j["model_type"] = fused ? fused->model_type : qwen2 ? "qwen2" : "llama";
   j["hidden_size"] = c.dim;
   j["intermediate_size"] = c.hidden_dim;
   j["num_hidden_layers"] = c.n_layers;
@@ -92,7 +97,8 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
   }
   j["tie_word_embeddings"] = c.tied_classifier;
   j["hidden_act"] = "silu";
-  if (qwen2) {
+  if (fused) {
+  } else if (qwen2) {
     j["use_sliding_window"] = false;
   } else {
     j["attention_bias"] = attn_bias;
@@ -183,17 +189,39 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
     };
     entries.push_back(std::move(e));
   };
+  // A fused tensor: its parts' rows stacked in the layout's order (each part in HF row order).
+  auto add_fused = [&](const std::string& pre, const HfFused& f, int b, int release_block) {
+    SafetensorsEntry e;
+    e.name = "model.layers." + std::to_string(b) + "." + f.hf + ".weight";
+    e.dtype = dtype;
+    int64_t rows = 0;
+    for (const char* p : f.parts) rows += m.weight_shape(b, p)[0];
+    e.shape = {rows, m.weight_shape(b, f.parts[0])[1]};
+    e.produce = [&m, pre, &f, dtype, release_block, name = e.name, what] {
+      std::string bytes;
+      for (const char* p : f.parts) bytes += tensor_bytes(model_tensor(m, pre + p + ".weight"), dtype, what + ": tensor '" + name + "'");
+      if (release_block >= 0) m.release_block(release_block);
+      return bytes;
+    };
+    entries.push_back(std::move(e));
+  };
   const ModelConfig& c = m.cfg;
   add("tok_emb", {c.vocab_size, c.dim}, -1);
   for (int b = 0; b < m.n_blocks(); ++b) {
     const std::string pre = "blocks." + std::to_string(b) + ".";
     add(pre + "attn_norm", {c.dim}, -1);
     add(pre + "ffn_norm", {c.dim}, -1);
-    for (const LinearSpec& s : kLlamaLinears) {
-      const Shape w = m.is_lazy() && m.resident[b] == 0 ? m.src->tensors.at(pre + s.name + ".weight").shape
-                                                         : m.block(b).linear(s.name).weight.shape();
+    const HfLayout* layout = c.hf_layout.empty() ? nullptr : hf_layout(c.hf_layout);
+    for (const LinearSpec& s : kLlama.linears) {
+      const Shape w = m.weight_shape(b, s.name);
+      const int release = s.name == kLlama.linears.back().name ? b : -1;
+      if (const HfFused* f = layout ? layout->fused_of(s.name) : nullptr) {
+        if (s.name != std::string(f->parts[0])) continue;  // written once, with its first part
+        add_fused(pre, *f, b, release);
+        continue;
+      }
       if (hf_has_bias(m, b, s.name)) add(pre + s.name + ".bias", {w[0]}, -1);
-      add(pre + s.name + ".weight", w, s.name == kLlamaLinears.back().name ? b : -1);
+      add(pre + s.name + ".weight", w, release);
     }
   }
   add("final_norm", {c.dim}, -1);

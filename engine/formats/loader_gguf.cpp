@@ -11,16 +11,6 @@
 
 namespace qf {
 
-// llama.cpp block tensor name (after "blk.N.") → canonical name (after "blocks.N.").
-static const char* const kBlockNames[][2] = {
-    {"attn_norm.weight", "attn_norm"},   {"ffn_norm.weight", "ffn_norm"},     {"attn_q.weight", "q.weight"},
-    {"attn_k.weight", "k.weight"},       {"attn_v.weight", "v.weight"},       {"attn_output.weight", "o.weight"},
-    {"ffn_gate.weight", "gate.weight"},  {"ffn_up.weight", "up.weight"},      {"ffn_down.weight", "down.weight"},
-    {"attn_q.bias", "q.bias"},           {"attn_k.bias", "k.bias"},           {"attn_v.bias", "v.bias"},
-    {"attn_output.bias", "o.bias"},      {"ffn_gate.bias", "gate.bias"},      {"ffn_up.bias", "up.bias"},
-    {"ffn_down.bias", "down.bias"},
-};
-
 // Canonical name of a llama.cpp tensor name; "" if it is not one qforge knows.
 static std::string canonical_name(const std::string& n, int n_layers) {
   if (n == "token_embd.weight") return "tok_emb";
@@ -36,8 +26,14 @@ static std::string canonical_name(const std::string& n, int n_layers) {
   }
   if (layer >= n_layers || (dot > 5 && n[4] == '0')) return "";
   const std::string rest = n.substr(dot + 1);
-  for (auto& e : kBlockNames)
-    if (rest == e[0]) return "blocks." + std::to_string(layer) + "." + e[1];
+  // llama.cpp block tensor names (after "blk.N.") from the architecture table.
+  const std::string pre = "blocks." + std::to_string(layer) + ".";
+  for (const NormSpec& e : kLlama.norms)
+    if (rest == std::string(e.gguf) + ".weight") return pre + e.name;
+  for (const LinearSpec& e : kLlama.linears) {
+    if (rest == std::string(e.gguf) + ".weight") return pre + e.name + ".weight";
+    if (rest == std::string(e.gguf) + ".bias") return pre + e.name + ".bias";
+  }
   return "";
 }
 
@@ -168,9 +164,7 @@ ModelSource open_gguf(const std::string& path) {
     ts.nbytes = t.nbytes;
     ts.dtype = type;
     for (size_t d = t.ne.size(); d-- > 0;) ts.shape.push_back((int64_t)t.ne[d]);  // ggml dims are innermost first
-    const bool is_q = canon.find(".q.") != std::string::npos, is_k = canon.find(".k.") != std::string::npos;
-    if (is_q) ts.unpermute_heads = c.n_heads;
-    if (is_k) ts.unpermute_heads = c.n_kv_heads;
+    if (const LinearSpec* ls = linear_of_tensor(kLlama, canon)) ts.unpermute_heads = rope_heads(c, *ls);
     if (canon == "classifier") has_output = true;
     src.tensors[canon] = std::move(ts);
   }

@@ -1,5 +1,6 @@
-// HF checkpoint directory -> ModelSource. The model map is declarative: an architecture is a
-// row of kHfArchs, a tensor a row of kHfGlobal / kHfBlock; nothing else knows HF names.
+// HF checkpoint directory -> ModelSource. The model map is declarative: a checkpoint layout is a
+// row of kHfLayouts (model/arch.h), a block tensor's HF name comes from the architecture table,
+// the three model-level tensors from kHfGlobal.
 #include "formats/loader_hf.h"
 
 #include <cmath>
@@ -15,18 +16,6 @@ namespace qf {
 
 using json = nlohmann::json;
 
-struct HfArch {
-  const char* architecture;
-  const char* model_type;
-};
-// All three are the Llama block (RMSNorm, RoPE, GQA, SwiGLU); Qwen2 adds q/k/v biases, which
-// the loader picks up from the tensors whatever the architecture says.
-static const HfArch kHfArchs[] = {
-    {"LlamaForCausalLM", "llama"},
-    {"MistralForCausalLM", "mistral"},
-    {"Qwen2ForCausalLM", "qwen2"},
-};
-
 struct HfName {
   const char* canonical;
   const char* hf;
@@ -36,22 +25,10 @@ static const HfName kHfGlobal[] = {
     {"final_norm", "model.norm.weight"},
     {"classifier", "lm_head.weight"},
 };
-// Inside block i: canonical "blocks.<i>.<canonical>" <-> "model.layers.<i>.<hf>".
-static const HfName kHfBlock[] = {
-    {"attn_norm", "input_layernorm.weight"},    {"ffn_norm", "post_attention_layernorm.weight"},
-    {"q.weight", "self_attn.q_proj.weight"},    {"q.bias", "self_attn.q_proj.bias"},
-    {"k.weight", "self_attn.k_proj.weight"},    {"k.bias", "self_attn.k_proj.bias"},
-    {"v.weight", "self_attn.v_proj.weight"},    {"v.bias", "self_attn.v_proj.bias"},
-    {"o.weight", "self_attn.o_proj.weight"},    {"o.bias", "self_attn.o_proj.bias"},
-    {"gate.weight", "mlp.gate_proj.weight"},    {"gate.bias", "mlp.gate_proj.bias"},
-    {"up.weight", "mlp.up_proj.weight"},        {"up.bias", "mlp.up_proj.bias"},
-    {"down.weight", "mlp.down_proj.weight"},    {"down.bias", "mlp.down_proj.bias"},
-};
 
 const char* hf_model_type(const std::string& architecture) {
-  for (const HfArch& a : kHfArchs)
-    if (architecture == a.architecture) return a.model_type;
-  return nullptr;
+  const HfLayout* l = hf_layout(architecture);
+  return l ? l->model_type : nullptr;
 }
 
 // "<prefix><i>.<rest>" -> (i, rest); false when it does not parse.
@@ -71,9 +48,15 @@ std::string hf_tensor_name(const std::string& canonical) {
     if (canonical == e.canonical) return e.hf;
   long layer;
   std::string rest;
-  if (split_layer(canonical, "blocks.", &layer, &rest))
-    for (const HfName& e : kHfBlock)
-      if (rest == e.canonical) return "model.layers." + std::to_string(layer) + "." + e.hf;
+  if (split_layer(canonical, "blocks.", &layer, &rest)) {
+    const std::string pre = "model.layers." + std::to_string(layer) + ".";
+    for (const NormSpec& e : kLlama.norms)
+      if (rest == e.name) return pre + e.hf + ".weight";
+    for (const LinearSpec& e : kLlama.linears) {
+      if (rest == std::string(e.name) + ".weight") return pre + e.hf + ".weight";
+      if (rest == std::string(e.name) + ".bias") return pre + e.hf + ".bias";
+    }
+  }
   fail("tensor '", canonical, "' has no Hugging Face name");
 }
 
@@ -82,9 +65,15 @@ std::string hf_canonical_name(const std::string& hf) {
     if (hf == e.hf) return e.canonical;
   long layer;
   std::string rest;
-  if (split_layer(hf, "model.layers.", &layer, &rest))
-    for (const HfName& e : kHfBlock)
-      if (rest == e.hf) return "blocks." + std::to_string(layer) + "." + e.canonical;
+  if (split_layer(hf, "model.layers.", &layer, &rest)) {
+    const std::string pre = "blocks." + std::to_string(layer) + ".";
+    for (const NormSpec& e : kLlama.norms)
+      if (rest == std::string(e.hf) + ".weight") return pre + e.name;
+    for (const LinearSpec& e : kLlama.linears) {
+      if (rest == std::string(e.hf) + ".weight") return pre + e.name + ".weight";
+      if (rest == std::string(e.hf) + ".bias") return pre + e.name + ".bias";
+    }
+  }
   return "";
 }
 
@@ -129,18 +118,15 @@ struct ConfigReader {
   }
 };
 
-static std::string read_architecture(const ConfigReader& r) {
+static const HfLayout& read_architecture(const ConfigReader& r) {
   const json* a = r.find("architectures");
   if (!a) fail(r.what, ": field 'architectures' is missing");
   if (!a->is_array() || a->size() != 1 || !(*a)[0].is_string())
     fail(r.what, ": field 'architectures' = ", json_brief(*a), " is not a list of one name");
   const std::string arch = (*a)[0].get<std::string>();
-  if (!hf_model_type(arch)) {
-    std::string known;
-    for (const HfArch& k : kHfArchs) known += std::string(known.empty() ? "" : ", ") + k.architecture;
-    fail(r.what, ": field 'architectures' names '", arch, "', which qforge does not load (known: ", known, ")");
-  }
-  return arch;
+  const HfLayout* layout = hf_layout(arch);
+  if (!layout) fail(r.what, ": field 'architectures' names '", arch, "', which qforge does not load (known: ", hf_layout_names(), ")");
+  return *layout;
 }
 
 // rope_scaling: null | {"type"|"rope_type": "linear", factor} | {"rope_type": "llama3", factor,
@@ -177,7 +163,7 @@ static void read_rope_scaling(const ConfigReader& r, const json& rs, const char*
   fail(r.what, ": field '", field, "' has type '", type, "', which qforge does not implement (null, linear or llama3)");
 }
 
-static ModelConfig read_config(const std::string& path, std::string* arch_out) {
+static ModelConfig read_config(const std::string& path, const HfLayout** layout_out) {
   const std::string text = read_file(path);
   const std::string what = "config.json '" + path + "'";
   const json j = parse_json_bounded(text, what);
@@ -185,15 +171,19 @@ static ModelConfig read_config(const std::string& path, std::string* arch_out) {
   const ConfigReader r{j, what};
   if (r.find("quantization_config"))
     fail(what, ": field 'quantization_config' is set: quantized HF checkpoints (GPTQ, AWQ, ...) are not loaded; load the float model");
-  const std::string arch = read_architecture(r);
-  *arch_out = arch;
+  const HfLayout& layout = read_architecture(r);
+  *layout_out = &layout;
   if (const json* act = r.find("hidden_act"))
     if (!act->is_string() || act->get<std::string>() != "silu") fail(what, ": field 'hidden_act' = ", json_brief(*act), " (only silu)");
   if (r.boolean("use_sliding_window", false))
     fail(what, ": field 'use_sliding_window' is true; sliding-window attention is not implemented");
 
+  if (const json* prf = r.find("partial_rotary_factor"))
+    if (!prf->is_number() || prf->get<double>() != 1.0)
+      fail(what, ": field 'partial_rotary_factor' = ", json_brief(*prf), " (RoPE on part of each head is not implemented)");
   ModelConfig c;
-  c.arch = "llama";  // one block map for all three
+  c.arch = layout.arch;
+  c.hf_layout = layout.fused.empty() ? "" : layout.architecture;  // plain layouts are chosen again on export
   c.dim = (int)r.integer("hidden_size", 1, 1 << 16);
   c.hidden_dim = (int)r.integer("intermediate_size", 1, 1 << 18);
   c.n_layers = (int)r.integer("num_hidden_layers", 1, 1024);
@@ -229,17 +219,69 @@ static ModelConfig read_config(const std::string& path, std::string* arch_out) {
 
 // ---- tensors --------------------------------------------------------------------------------
 
-static void add_tensors(ModelSource& src, const SafetensorsFile& st, const std::set<std::string>* only) {
+// A fused tensor ("model.layers.N.<fused.hf>.weight|bias") split by rows into its parts: each
+// part is a TensorSource over its own rows of the file (rows are contiguous; nothing is copied).
+static void add_fused(ModelSource& src, const SafetensorsFile& st, const TensorSource& ts, const HfFused& f, long layer,
+                      const std::string& kind) {
+  const ModelConfig& c = src.cfg;
+  const std::string what = "safetensors file '" + st.file->path + "': tensor '" + ts.name + "'";
+  int64_t rows = 0;
+  for (const char* p : f.parts) rows += linear_shape(c, p)[0];
+  const bool weight = kind == "weight";
+  const Shape want = weight ? Shape{rows, (int64_t)linear_shape(c, f.parts[0])[1]} : Shape{rows};
+  if (ts.shape != want)
+    fail(what, " has shape ", shape_str(ts.shape), ", the config implies ", shape_str(want), " (", f.hf, " stacks ",
+         [&] {
+           std::string n;
+           for (const char* p : f.parts) n += (n.empty() ? "" : ", ") + std::string(p);
+           return n;
+         }(),
+         ")");
+  const uint64_t row_bytes = ts.nbytes / (uint64_t)rows;
+  int64_t r0 = 0;
+  for (const char* p : f.parts) {
+    const int64_t n = linear_shape(c, p)[0];
+    TensorSource part = ts;
+    part.offset = ts.offset + (uint64_t)r0 * row_bytes;
+    part.nbytes = (uint64_t)n * row_bytes;
+    part.shape = weight ? Shape{n, want[1]} : Shape{n};
+    const std::string canon = "blocks." + std::to_string(layer) + "." + p + "." + kind;
+    if (src.tensors.count(canon)) fail(what, " holds ", p, ", which another tensor of layer ", layer, " holds too");
+    src.tensors[canon] = part;
+    r0 += n;
+  }
+}
+
+static void add_tensors(ModelSource& src, const SafetensorsFile& st, const std::set<std::string>* only, const HfLayout& layout) {
   const ModelConfig& c = src.cfg;
   for (const TensorSource& ts : st.tensors) {
     if (only && !only->count(ts.name)) continue;
-    const std::string canon = hf_canonical_name(ts.name);
-    if (canon.empty()) continue;  // rotary_emb.inv_freq and other buffers the forward recomputes
     long layer;
     std::string rest;
+    if (!layout.fused.empty() && split_layer(ts.name, "model.layers.", &layer, &rest)) {
+      const HfFused* fused = nullptr;
+      std::string kind;
+      for (const HfFused& f : layout.fused)
+        for (const char* k : {"weight", "bias"})
+          if (rest == std::string(f.hf) + "." + k) fused = &f, kind = k;
+      if (fused) {
+        if (layer >= c.n_layers)
+          fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' is for layer ", layer,
+               " but config.json has num_hidden_layers = ", c.n_layers);
+        if (ts.dtype != "F32" && ts.dtype != "F16" && ts.dtype != "BF16")
+          fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' has dtype ", ts.dtype, " (weights must be F32, F16 or BF16)");
+        add_fused(src, st, ts, *fused, layer, kind);
+        continue;
+      }
+    }
+    const std::string canon = hf_canonical_name(ts.name);
+    if (canon.empty()) continue;  // rotary_emb.inv_freq and other buffers the forward recomputes
     if (split_layer(canon, "blocks.", &layer, &rest) && layer >= c.n_layers)
       fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' is for layer ", layer, " but config.json has num_hidden_layers = ",
            c.n_layers);
+    if (const LinearSpec* ls = linear_of_tensor(arch_of(c), canon); ls && layout.fused_of(ls->name))
+      fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' is stored unfused, but ", layout.architecture, " stores ", ls->name,
+           " in ", layout.fused_of(ls->name)->hf);
     if (canon == "classifier" && c.tied_classifier) continue;  // HF ignores a saved lm_head when tied
     if (ts.dtype != "F32" && ts.dtype != "F16" && ts.dtype != "BF16")
       fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' has dtype ", ts.dtype, " (weights must be F32, F16 or BF16)");
@@ -260,15 +302,15 @@ ModelSource open_hf(const std::string& dir_in) {
   src.path = dir;
   const std::string cfg_path = dir + "/config.json";
   if (!path_exists(cfg_path)) fail("HF directory '", dir, "': config.json is missing");
-  std::string arch;
-  src.cfg = read_config(cfg_path, &arch);
+  const HfLayout* layout = nullptr;
+  src.cfg = read_config(cfg_path, &layout);
   src.files.push_back(cfg_path);
 
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   if (path_exists(single)) {
     SafetensorsFile st = safetensors_open(single);
     src.files.push_back(single);
-    add_tensors(src, st, nullptr);
+    add_tensors(src, st, nullptr, *layout);
   } else if (path_exists(index)) {
     const std::string what = "index '" + index + "'";
     const json j = parse_json_bounded(read_file(index), what);
@@ -289,7 +331,7 @@ ModelSource open_hf(const std::string& dir_in) {
       for (const std::string& n : names)
         if (!st.find(n)) fail(what, ": field 'weight_map' puts tensor '", n, "' in shard '", shard, "', which does not hold it");
       src.files.push_back(p);
-      add_tensors(src, st, &names);
+      add_tensors(src, st, &names, *layout);
     }
   } else {
     fail("HF directory '", dir, "': neither model.safetensors nor model.safetensors.index.json is present");

@@ -88,11 +88,11 @@ Model load_llama2c(const std::string& path) {
     Block b;
     b.attn_norm = rms_att.select(0, l);
     b.ffn_norm = rms_ffn.select(0, l);
-    const Tensor* src[] = {&wq, &wk, &wv, &wo, &w1, &w3, &w2};  // kLlamaLinears order
-    for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
+    const Tensor* src[] = {&wq, &wk, &wv, &wo, &w1, &w3, &w2};  // kLlama.linears order
+    for (size_t i = 0; i < kLlama.linears.size(); ++i) {
       Linear lin;
-      lin.name = kLlamaLinears[i].name;
-      lin.input = kLlamaLinears[i].input;
+      lin.name = kLlama.linears[i].name;
+      lin.input = kLlama.linears[i].input;
       lin.weight = src[i]->select(0, l);
       b.linears.push_back(lin);
     }

@@ -257,7 +257,7 @@ Model load_qforge(const std::string& path) {
     Block blk;
     blk.attn_norm = load_f32(st, pre + "attn_norm", {c.dim});
     blk.ffn_norm = load_f32(st, pre + "ffn_norm", {c.dim});
-    for (const LinearSpec& s : kLlamaLinears) {
+    for (const LinearSpec& s : kLlama.linears) {
       const std::string ln = pre + s.name;
       const Shape shape = linear_shape(c, s.name);
       Linear l;

@@ -113,9 +113,32 @@ Block load_block(const ModelSource& src, int i) {
   Block b;
   b.attn_norm = tensor_source_load(need(src, pre + "attn_norm", {c.dim}));
   b.ffn_norm = tensor_source_load(need(src, pre + "ffn_norm", {c.dim}));
-  for (const LinearSpec& s : kLlamaLinears) b.linears.push_back(make_linear(src, pre, s));
+  for (const LinearSpec& s : kLlama.linears) b.linears.push_back(make_linear(src, pre, s));
   return b;
 }
+
+// A lazy model's blocks, converted from the opened checkpoint.
+struct SourceBlocks final : BlockLoader {
+  std::shared_ptr<const ModelSource> src;
+  explicit SourceBlocks(std::shared_ptr<const ModelSource> s) : src(std::move(s)) {}
+  Block load(int i) const override { return load_block(*src, i); }
+  int64_t n_params(int i) const override {
+    const std::string pre = "blocks." + std::to_string(i) + ".";
+    int64_t n = 0;
+    for (auto it = src->tensors.lower_bound(pre); it != src->tensors.end() && it->first.rfind(pre, 0) == 0; ++it) {
+      int64_t k = 1;
+      for (int64_t d : it->second.shape) k *= d;
+      n += k;
+    }
+    return n;
+  }
+  Shape weight_shape(int i, const std::string& linear) const override {
+    return need(*src, "blocks." + std::to_string(i) + "." + linear + ".weight", linear_shape(src->cfg, linear)).shape;
+  }
+  bool has_bias(int i, const std::string& linear) const override {
+    return src->tensors.count("blocks." + std::to_string(i) + "." + linear + ".bias") > 0;
+  }
+};
 
 Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
   const ModelConfig& c = src->cfg;
@@ -141,9 +164,10 @@ Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
       const std::string pre = "blocks." + std::to_string(i) + ".";
       need(*src, pre + "attn_norm", {D});
       need(*src, pre + "ffn_norm", {D});
-      for (const LinearSpec& s : kLlamaLinears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
+      for (const LinearSpec& s : kLlama.linears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
     }
     m.resident.assign(c.n_layers, 0);
+    m.lazy_blocks = std::make_shared<SourceBlocks>(src);
   } else {
     for (int i = 0; i < c.n_layers; ++i) m.blocks[i] = load_block(*src, i);
   }

@@ -392,14 +392,14 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
 
 BlockGradRequest BlockGradRequest::all() {
   BlockGradRequest r;
-  for (const LinearSpec& s : kLlamaLinears) r.linears.push_back(s.name);
+  for (const LinearSpec& s : kLlama.linears) r.linears.push_back(s.name);
   r.norms = true;
   return r;
 }
 
 const Tensor& BlockGrads::weight(const std::string& name) const {
   std::string canon = name;
-  for (const LinearSpec& s : kLlamaLinears)
+  for (const LinearSpec& s : kLlama.linears)
     if (name == s.alias) canon = s.name;
   for (size_t i = 0; i < names.size(); ++i)
     if (names[i] == canon) {

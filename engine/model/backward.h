@@ -85,7 +85,7 @@ struct BlockGradRequest {
   std::vector<std::string> linears;  // names (or llama2.c aliases) whose dW (and db) to compute
   bool norms = false;                // d attn_norm and d ffn_norm
   static BlockGradRequest none() { return {}; }
-  static BlockGradRequest all();     // every linear of kLlamaLinears and both norms
+  static BlockGradRequest all();     // every linear of kLlama.linears and both norms
 };
 
 struct BlockGrads {

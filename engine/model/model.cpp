@@ -1,34 +1,7 @@
 #include "model/model.h"
 
-#include "formats/model_source.h"
 
 namespace qf {
-
-const char* site_name(Site s) {
-  switch (s) {
-    case Site::AttnIn: return "attn_in";
-    case Site::AttnOut: return "attn_out";
-    case Site::FfnIn: return "ffn_in";
-    case Site::FfnMid: return "ffn_mid";
-  }
-  return "?";
-}
-
-// The Llama block map: canonical names, llama2.c aliases, and the input site of each linear.
-// gate = w1, up = w3, down = w2 (llama2.c: out = w2(silu(w1 x) * w3 x)).
-const std::vector<LinearSpec> kLlamaLinears = {
-    {"q", "wq", Site::AttnIn},      {"k", "wk", Site::AttnIn},   {"v", "wv", Site::AttnIn},
-    {"o", "wo", Site::AttnOut},     {"gate", "w1", Site::FfnIn}, {"up", "w3", Site::FfnIn},
-    {"down", "w2", Site::FfnMid},
-};
-
-Shape linear_shape(const ModelConfig& c, const std::string& n) {
-  int64_t out = c.dim, in = c.dim;
-  if (n == "k" || n == "v") out = c.kv_dim();
-  if (n == "gate" || n == "up") out = c.hidden_dim;
-  if (n == "down") in = c.hidden_dim;
-  return {out, in};
-}
 
 static std::string known_linears(const Block& b) {
   std::string s;
@@ -40,7 +13,7 @@ const Linear& Block::linear(const std::string& name) const {
   for (size_t i = 0; i < linears.size(); ++i) {
     if (linears[i].name == name) return linears[i];
   }
-  for (auto& spec : kLlamaLinears) {
+  for (auto& spec : kLlama.linears) {
     if (name == spec.alias)
       for (auto& l : linears)
         if (l.name == spec.name) return l;
@@ -61,7 +34,8 @@ Tensor& Block::norm(const std::string& name) {
 const Block& Model::block(int i) const {
   if (i < 0 || i >= (int)blocks.size()) fail("block ", i + 1, " out of range (the model has ", blocks.size(), " blocks, numbered from 1)");
   if (!resident.empty() && resident[i] == 0) {
-    blocks[i] = load_block(*src, i);
+    if (!lazy_blocks) fail("block ", i + 1, " of a lazy model has no loader");
+    blocks[i] = lazy_blocks->load(i);
     resident[i] = 1;
   }
   return blocks[i];
@@ -79,12 +53,23 @@ void Model::release_block(int i) const {
   resident[i] = 0;
 }
 
+Shape Model::weight_shape(int b, const std::string& name) const {
+  if (!resident.empty() && b >= 0 && b < (int)blocks.size() && resident[b] == 0) return lazy_blocks->weight_shape(b, name);
+  return block(b).linear(name).weight.shape();
+}
+
+bool Model::has_bias(int b, const std::string& name) const {
+  if (!resident.empty() && b >= 0 && b < (int)blocks.size() && resident[b] == 0) return lazy_blocks->has_bias(b, name);
+  return block(b).linear(name).bias.defined();
+}
+
 Model Model::clone() const {
   Model m;
   m.cfg = cfg;
   m.source = source;
   m.format = format;
   m.src = src;
+  m.lazy_blocks = lazy_blocks;
   m.tok_emb = tok_emb.clone();
   m.final_norm = final_norm.clone();
   m.classifier = cfg.tied_classifier ? m.tok_emb : classifier.clone();
@@ -110,12 +95,7 @@ int64_t Model::n_params() const {
   if (!cfg.tied_classifier) n += classifier.numel();
   for (int i = 0; i < (int)blocks.size(); ++i) {
     if (!resident.empty() && resident[i] == 0) {  // count from the file without converting
-      const std::string pre = "blocks." + std::to_string(i) + ".";
-      for (auto it = src->tensors.lower_bound(pre); it != src->tensors.end() && it->first.rfind(pre, 0) == 0; ++it) {
-        int64_t k = 1;
-        for (int64_t d : it->second.shape) k *= d;
-        n += k;
-      }
+      n += lazy_blocks->n_params(i);
       continue;
     }
     const Block& b = blocks[i];

@@ -1,16 +1,17 @@
 // qforge — the Llama-family model as a list of blocks with a declarative linear map.
 //
 // Every block holds its linears by canonical name (q, k, v, o, gate, up, down) and its
-// norms (attn_norm, ffn_norm). Which activation feeds each linear is stated in the arch
-// table (kLlamaLinears), so calibration capture and weight replacement never need to
-// know the forward code: they look a linear up by name and read its input site.
+// norms (attn_norm, ffn_norm). Which activation feeds each linear is stated in the
+// architecture table (model/arch.h), so calibration capture and weight replacement never need
+// to know the forward code: they look a linear up by name and read its input site.
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "quant/grid.h"
 #include "core/tensor.h"
+#include "model/arch.h"
+#include "quant/grid.h"
 
 namespace qf {
 
@@ -32,25 +33,12 @@ struct ModelConfig {
   int rope_orig_ctx = 8192;
   bool rope_interleaved = true;  // llama2.c/GGUF pairs (2i, 2i+1); false = HF rotate-half halves
   bool tied_classifier = true;   // classifier shares the token embedding
+  // The HF checkpoint layout (kHfLayouts) the model was read from; "" = the architecture's
+  // plain layout. The hf export writes it back (fused tensors stay fused).
+  std::string hf_layout;
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return head_dim() * n_kv_heads; }
 };
-
-// Activation sites inside a block: each linear reads exactly one of them. Linears that
-// share a site share a calibration Gram matrix (q/k/v; gate/up).
-enum class Site { AttnIn, AttnOut, FfnIn, FfnMid };
-const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid"
-
-struct LinearSpec {
-  const char* name;   // canonical name
-  const char* alias;  // llama2.c name
-  Site input;         // which activation it multiplies
-};
-// The llama architecture's block map, in forward order.
-extern const std::vector<LinearSpec> kLlamaLinears;
-
-// [out, in] of the block linear `name` (canonical) under config c.
-Shape linear_shape(const ModelConfig& c, const std::string& name);
 
 // y = x Wᵀ (+ b). W is [out, in], row-major, f32.
 struct Linear {
@@ -66,7 +54,7 @@ struct Linear {
 };
 
 struct Block {
-  std::vector<Linear> linears;  // in kLlamaLinears order
+  std::vector<Linear> linears;  // in the architecture table's order
   Tensor attn_norm, ffn_norm;   // RMSNorm gains [dim]
   Linear& linear(const std::string& name_or_alias);  // error names the block's linears
   const Linear& linear(const std::string& name_or_alias) const;
@@ -74,6 +62,16 @@ struct Block {
 };
 
 struct ModelSource;
+
+// How a lazily loaded model reaches its unconverted blocks. formats/ implements it over the
+// opened checkpoint, so the model depends on no file format.
+struct BlockLoader {
+  virtual ~BlockLoader() = default;
+  virtual Block load(int i) const = 0;                                   // block i in f32
+  virtual int64_t n_params(int i) const = 0;                             // without converting
+  virtual Shape weight_shape(int i, const std::string& linear) const = 0;  // canonical name
+  virtual bool has_bias(int i, const std::string& linear) const = 0;
+};
 
 struct Model {
   ModelConfig cfg;
@@ -85,6 +83,7 @@ struct Model {
   std::string source; // file it came from
   std::string format; // "llama2c" | "hf" | "gguf" | "" (built in memory)
   std::shared_ptr<const ModelSource> src;  // the opened checkpoint (null when built in memory)
+  std::shared_ptr<const BlockLoader> lazy_blocks;  // lazy models: converts blocks on first use
 
   // Lazy loading: a block's f32 weights are converted from the file mapping on first use.
   // block(i) converts if needed; block_mut(i) also pins it (edits must survive);
@@ -95,6 +94,11 @@ struct Model {
   void release_block(int i) const;
   bool is_lazy() const { return !resident.empty(); }
   mutable std::vector<uint8_t> resident;  // lazy only: 0 unconverted, 1 converted, 2 pinned
+
+  // Block b's linear `name` (canonical): its weight shape and whether it has a bias, without
+  // converting an unconverted lazy block.
+  Shape weight_shape(int b, const std::string& name) const;
+  bool has_bias(int b, const std::string& name) const;
 
   Model clone() const;  // deep copy of every weight (ties preserved); materializes lazy blocks
   int64_t n_params() const;

@@ -1,0 +1,94 @@
+// qforge — architectures as data: one table per architecture family says, for every linear of a
+// block, its canonical name and llama2.c alias, the activation site that feeds it, its shape in
+// terms of the config, its true-sequential stage, whether RoPE rotates its rows, and its GGUF and
+// Hugging Face tensor names; and for the block's norms their names. Loaders, exporters, forward,
+// backward, calibration, storage accounting and the Lua side (m:arch()) read these tables; nothing
+// else spells a linear's name. HF checkpoint layouts (which `architectures` entry, which tensors
+// are stored fused and how they split by rows) are rows of kHfLayouts.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace qf {
+
+struct ModelConfig;
+
+// Activation sites inside a block: each linear reads exactly one of them. Linears that share a
+// site share a calibration Gram matrix (q/k/v; gate/up).
+enum class Site { AttnIn, AttnOut, FfnIn, FfnMid };
+const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid"
+
+// A linear's out or in size, from the config.
+enum class Extent { Dim, KvDim, Hidden };
+int64_t extent(const ModelConfig& c, Extent e);
+
+// Whether RoPE rotates the linear's output rows, and over how many heads.
+enum class Rope { None, Heads, KvHeads };
+
+// Which forward/backward code runs a block.
+enum class BlockKind { LlamaDense };
+
+struct LinearSpec {
+  const char* name;   // canonical name
+  const char* alias;  // llama2.c name
+  Site input;         // which activation it multiplies
+  Extent out, in;     // weight shape [out, in]
+  int stage;          // true-sequential stage, 1-based: a stage's linears see the quantized outputs of earlier stages
+  Rope rope;
+  const char* gguf;   // llama.cpp tensor name inside "blk.N."
+  const char* hf;     // Hugging Face module inside "model.layers.N."
+};
+
+struct NormSpec {
+  const char* name;   // canonical name
+  const char* alias;  // llama2.c name
+  const char* gguf;   // "attn_norm" → "blk.N.attn_norm.weight"
+  const char* hf;     // "input_layernorm" → "model.layers.N.input_layernorm.weight"
+};
+
+struct ArchSpec {
+  const char* name;  // ModelConfig::arch
+  BlockKind kind;
+  std::vector<LinearSpec> linears;  // forward order; Block::linears holds them in this order
+  std::vector<NormSpec> norms;
+  int stages() const;                                 // the last stage number
+  const LinearSpec* find(const std::string& name_or_alias) const;  // nullptr when unknown
+  const LinearSpec& linear(const std::string& name_or_alias) const;  // error lists the names
+  std::string names() const;                          // "q, k, v, o, gate, up, down"
+  const NormSpec& norm(const std::string& name) const;  // canonical name; error when unknown
+};
+
+extern const ArchSpec kLlama;
+// The table of an architecture by name (ModelConfig::arch); error names the known ones.
+const ArchSpec& arch_spec(const std::string& name);
+const ArchSpec& arch_of(const ModelConfig& c);
+
+// [out, in] of the block linear `name` (canonical or alias) under config c.
+Shape linear_shape(const ModelConfig& c, const std::string& name);
+// Heads RoPE rotates a linear's rows over (n_heads or n_kv_heads), 0 when it does not.
+int rope_heads(const ModelConfig& c, const LinearSpec& s);
+// The linear of a canonical tensor name "blocks.<i>.<linear>.weight|bias", or nullptr.
+const LinearSpec* linear_of_tensor(const ArchSpec& a, const std::string& canonical);
+
+// ---- Hugging Face checkpoint layouts ----
+
+// A tensor stored fused: `hf` (inside "model.layers.N.") holds `parts` stacked by rows, in order.
+struct HfFused {
+  const char* hf;
+  std::vector<const char*> parts;  // canonical linear names
+};
+
+struct HfLayout {
+  const char* architecture;  // config.json "architectures" entry
+  const char* model_type;    // config.json "model_type"
+  const char* arch;          // ArchSpec name
+  std::vector<HfFused> fused;
+  const HfFused* fused_of(const std::string& linear) const;  // the fused tensor holding `linear`, or nullptr
+};
+extern const std::vector<HfLayout> kHfLayouts;
+const HfLayout* hf_layout(const std::string& architecture);  // nullptr when unknown
+std::string hf_layout_names();                                // the known architectures, for messages
+
+}  // namespace qf
