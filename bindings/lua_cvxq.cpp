@@ -1,6 +1,6 @@
-// qforge — CVXQ pieces in Lua (§6): qf.dual_ascent, qf.row_clusters, qf.row_log2_variance,
-// qf.group_spread, qf.group_mean, qf.bias_correction, m:bias / m:set_bias, and the gradient
-// statistics cal:gradient_statistics{...} (sensitivity.h).
+// qforge — CVXQ pieces in Lua (docs/methods.md#cvxq): qf.dual_ascent, qf.row_clusters,
+// qf.row_log2_variance, qf.group_spread, qf.group_mean, qf.bias_correction, m:bias / m:set_bias,
+// and the gradient statistics cal:gradient_statistics{...} (sensitivity.h).
 //
 // An allocation is plain Lua data: dual_ascent returns one bits tensor per input entry, in the
 // entry's shape, which a recipe can inspect, edit, and hand to qf.grid{alloc = ...}.

@@ -1,4 +1,4 @@
-// qforge — decoupleQ (algorithms.md §7) in Lua:
+// qforge — decoupleQ (docs/methods.md#decoupleq) in Lua:
 //   qf.alt_min(W, Sigma, grid [, {iters=4, round="gptq"|"pgd", shrink_search=true, ...}])
 //     -> QLinear (float_zero grid), info {history, rows_improved, iters, loss, damped_rows, steps}
 #include <climits>

@@ -507,7 +507,7 @@ static int f_is_tensor(lua_State* L) {
   return 1;
 }
 
-// safetensors dtype names of the storage types (formats.md §2.6), both directions.
+// safetensors dtype names of the storage types (docs/formats.md, "Loading"), both directions.
 static const struct { DType dt; const char* name; } kStDtypes[] = {
     {DType::F32, "F32"}, {DType::F16, "F16"}, {DType::BF16, "BF16"},
     {DType::I8, "I8"},   {DType::U8, "U8"},   {DType::I32, "I32"}};

@@ -1,4 +1,4 @@
--- cvxq.lua — CVXQ (algorithms.md §6): full-precision statistics → bit allocation by dual ascent
+-- cvxq.lua — CVXQ (docs/methods.md#cvxq): full-precision statistics → bit allocation by dual ascent
 -- to a target average rate over (row cluster × column) groups → companded RTN at the allocated
 -- bits (0-bit groups pruned to their median) → bias correction b' = b − (Ŵ − W) μ_x.
 -- Sensitivity: CVXQ's squared gradients of PCA-projected final hidden states (default), or the

@@ -1,7 +1,8 @@
--- cvxq_quantease.lua — CVXQ's bit allocation (§6, from full-precision statistics) with QuantEase
--- (§4) as the solver: a second, sequential pass quantizes each linear on its allocated
--- (row cluster × column) grid against the quantized-prefix Σ; optional bias correction.
--- solver=gptq puts GPTQ (§3) on the same allocated grids instead.
+-- cvxq_quantease.lua — CVXQ's bit allocation (docs/methods.md#dual-ascent, from full-precision
+-- statistics) with QuantEase (methods.md#quantease) as the solver: a second, sequential pass
+-- quantizes each linear on its allocated (row cluster × column) grid against the quantized-prefix
+-- Σ; optional bias correction. solver=gptq puts GPTQ (methods.md#gptq) on the same allocated
+-- grids instead.
 --   qforge run recipes/cvxq_quantease.lua target_bits=3 kind=uniform
 local P = require("qforge.pipeline")
 local C = require("qforge.cvxq")

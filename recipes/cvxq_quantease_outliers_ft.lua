@@ -1,10 +1,12 @@
 -- cvxq_quantease_outliers_ft.lua — the composed pipeline qforge exists for:
---   1. CVXQ bit allocation (§6): gradient statistics of the full-precision model → dual ascent to
---      target_bits over (row cluster × column) groups;
---   2. QuantEase with unstructured full-precision outliers (§4, §5: IHT, ratio of the weights) on
---      each linear's allocated grid, sequentially on quantized-prefix Σ;
---   3. block-wise finetuning (§7 block stage): after each block, Adam on its scales, zeros and norms
---      against the full-precision block output (integer codes and outliers frozen).
+--   1. CVXQ bit allocation (docs/methods.md#dual-ascent): gradient statistics of the
+--      full-precision model → dual ascent to target_bits over (row cluster × column) groups;
+--   2. QuantEase with unstructured full-precision outliers (methods.md#quantease,
+--      methods.md#outliers: IHT, ratio of the weights) on each linear's allocated grid,
+--      sequentially on quantized-prefix Σ;
+--   3. block-wise finetuning (decoupleQ's block stage, methods.md#block-finetune): after each
+--      block, Adam on its scales, zeros and norms against the full-precision block output
+--      (integer codes and outliers frozen).
 -- Any stage switches off from the command line, so an ablation is a command, not an edit:
 --   alloc=false     uniform `bits` everywhere (no statistics, no dual ascent)
 --   ratio=0         plain QuantEase (no outliers)

@@ -1,4 +1,4 @@
--- decoupleq.lua — decoupleQ (algorithms.md §7), layer stage: every linear, sequentially on the
+-- decoupleq.lua — decoupleQ (docs/methods.md#decoupleq), layer stage: every linear, sequentially on the
 -- quantized prefix's Σ, is solved by qf.alt_min — Ŵ = s·w_int + z per row (or per group), alternating
 --   integer step  GPTQ rounding on the fixed affine grid (round=gptq) or projected Adam on the
 --                 relaxed codes with column-wise round-and-freeze (round=pgd),
@@ -28,8 +28,9 @@ qf.alt_min(qf.tensor{ { 0.5, -1 } }, qf.tensor{ { 1, 0 }, { 0, 1 } }, grid, solv
 local ctx = P.prepare(opt, nil, { float_zero = true })
 print("grid: " .. tostring(grid))
 
--- §7 step 4, the block stage (finetune=true): after a block's linears, freeze w_int and train the
--- block's s, z and norms with Adam against the full-precision block output.
+-- Step 4, the block stage (finetune=true; methods.md#block-finetune): after a block's
+-- linears, freeze w_int and train the block's s, z and norms with Adam against the
+-- full-precision block output.
 local block_opts = { true_sequential = opt.true_sequential, finetune = P.finetune(opt) }
 
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)

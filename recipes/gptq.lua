@@ -1,5 +1,6 @@
--- gptq.lua — GPTQ (lazy-batch Cholesky form, §3) layer by layer on calibration Σ; finetune=true adds
--- decoupleQ's block stage (Adam on each block's scales/zeros/norms against its FP output).
+-- gptq.lua — GPTQ (lazy-batch Cholesky form, docs/methods.md#gptq) layer by layer on calibration
+-- Σ; finetune=true adds decoupleQ's block stage (Adam on each block's scales/zeros/norms against
+-- its FP output).
 --   qforge run recipes/gptq.lua bits=3 act_order=true
 --   qforge run recipes/gptq.lua bits=2 finetune=true ft_lr=1e-3
 local P = require("qforge.pipeline")

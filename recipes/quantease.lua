@@ -1,4 +1,5 @@
--- quantease.lua — QuantEase cyclic coordinate descent (§4), target always the original W.
+-- quantease.lua — QuantEase cyclic coordinate descent (docs/methods.md#quantease), target always
+-- the original W.
 --   qforge run recipes/quantease.lua bits=3 init=gptq iters=30
 local P = require("qforge.pipeline")
 local opt = P.options(P.finetune_options({ iters = 30, init = "w", continuous_every = 3, percdamp = 0.0, act_order = false },

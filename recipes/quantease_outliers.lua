@@ -1,5 +1,6 @@
 -- quantease_outliers.lua — QuantEase with a sparse full-precision outlier matrix found by
--- iterative hard thresholding (§5). ratio=0.005 keeps 0.5% of the weights in full precision.
+-- iterative hard thresholding (docs/methods.md#outliers). ratio=0.005 keeps 0.5% of the weights in
+-- full precision.
 --   qforge run recipes/quantease_outliers.lua bits=3 ratio=0.01
 local P = require("qforge.pipeline")
 local opt = P.options(P.finetune_options({ ratio = 0.005, structured = false, iters = 30, alpha = 1.0 },

@@ -1,5 +1,6 @@
--- rtn.lua — round to nearest on the §1 grid (no calibration needed; the calibration pipeline
--- still runs so the per-layer objective is reported on the same Σ as the other methods).
+-- rtn.lua — round to nearest on the uniform grid (docs/methods.md#grid) (no calibration needed;
+-- the calibration pipeline still runs so the per-layer objective is reported on the same Σ as the
+-- other methods).
 --   qforge run recipes/rtn.lua bits=3 group=32
 local P = require("qforge.pipeline")
 local opt = P.options(P.finetune_options({ eval_fp = false }, { eval_fp = "also evaluate the full-precision model first" }))

@@ -40,4 +40,28 @@ for f in $(git ls-files engine bindings | grep -E '\.(h|cpp|lua)$'; git ls-files
   grep -qxF "$f" <<<"$listed" || { echo "not in docs/architecture.md's map: $f"; fail=1; }
 done
 [ $fail = 0 ] && echo "docs_test: the map in $doc lists all $(wc -l <<<"$listed") engine and binding files"
+
+# Method citations: every methods.md#<anchor> cited in the code and docs must be an <a id> of
+# docs/methods.md, and only docs/methods.md's citation map may name the external algorithms
+# reference that the old "§N" citations pointed at.
+methods=docs/methods.md
+anchors=$(grep -o '<a id="[^"]*"' "$methods" | sed 's/^<a id="//; s/"$//' | sort -u)
+cites=$(git ls-files -co --exclude-standard -- engine bindings recipes tests bench fuzz scripts docs README.md |
+        xargs -d '\n' grep -InoE 'methods\.md#[A-Za-z0-9_-]+' -- 2>/dev/null || true)
+dangling=$(while IFS= read -r hit; do
+  [ -n "$hit" ] || continue
+  grep -qxF "${hit##*#}" <<<"$anchors" || echo "  $hit"
+done <<<"$cites")
+if [ -n "$dangling" ]; then
+  echo "cited anchors that $methods does not define (<a id=\"...\">):"; echo "$dangling"; fail=1
+fi
+old_ref='algorithms[.]md'
+map_line=$(grep -n 'id="citation-map"' "$methods" | head -1 | cut -d: -f1)
+stale=$( (git ls-files -co --exclude-standard | grep -vxF "$methods" | xargs -d '\n' grep -InE "$old_ref" -- 2>/dev/null || true)
+         grep -nE "$old_ref" "$methods" | awk -F: -v m="${map_line:-0}" -v f="$methods" '$1 < m || m == 0 { print f ":" $0 }' || true)
+if [ -n "$stale" ]; then
+  echo "files that still cite the external algorithms reference (only $methods's citation map may):"
+  sed 's/^/  /' <<<"$stale"; fail=1
+fi
+[ $fail = 0 ] && echo "docs_test: $(grep -c . <<<"$cites") methods.md citations, all to anchors of $methods; no other file names the old reference"
 exit $fail

@@ -1,8 +1,8 @@
-// Block-wise finetuning (decoupleQ §7 step 4): Adam itself, the chain rule from dL/dW to grid
-// scales/zeros (uniform, companded, row groups, mixed bits with pruned groups, outliers), norm
-// gains and biases against central finite differences of an f64 reference of the block loss;
-// then the finetuning loop: lr = 0 is a bit-exact no-op, codes never move, the loss goes down,
-// options are checked, and results are bit-identical for 1 and 2 threads.
+// Block-wise finetuning (decoupleQ's step 4, docs/methods.md#block-finetune): Adam itself, the
+// chain rule from dL/dW to grid scales/zeros (uniform, companded, row groups, mixed bits with
+// pruned groups, outliers), norm gains and biases against central finite differences of an f64
+// reference of the block loss; then the finetuning loop: lr = 0 is a bit-exact no-op, codes never
+// move, the loss goes down, options are checked, and results are bit-identical for 1 and 2 threads.
 #include <doctest/doctest.h>
 #include <omp.h>
 

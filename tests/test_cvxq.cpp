@@ -1,5 +1,5 @@
-// CVXQ's layer pieces (§6): row clustering, group spread, bias correction — against hand
-// values and the defining property.
+// CVXQ's layer pieces (docs/methods.md#cvxq): row clustering, group spread, bias correction —
+// against hand values and the defining property.
 #include <doctest/doctest.h>
 
 #include <cmath>

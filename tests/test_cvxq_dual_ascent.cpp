@@ -1,5 +1,5 @@
-// Bit allocation by dual ascent (§6): target reached, Lagrangian optimality against brute
-// force, clamps, and bad input.
+// Bit allocation by dual ascent (docs/methods.md#dual-ascent): target reached, Lagrangian
+// optimality against brute force, clamps, and bad input.
 #include <doctest/doctest.h>
 
 #include <cmath>

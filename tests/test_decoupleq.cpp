@@ -1,8 +1,9 @@
-// decoupleQ's layer stage (§7): the closed-form (s, z) against a generic least-squares solve
-// (per channel, grouped, ragged, sym, singular), the per-row accept rule (history and every row
-// never worse than the init), alt_min ≤ RTN and ≤ GPTQ, the integer step against exhaustive
-// search on tiny problems, the float_zero grid dequantizing exactly to the reported Ŵ, early
-// stopping, determinism across OpenMP thread counts, gptq_on_grid = gptq on gptq's own grid, errors.
+// decoupleQ's layer stage (docs/methods.md#decoupleq): the closed-form (s, z) against a generic
+// least-squares solve (per channel, grouped, ragged, sym, singular), the per-row accept rule
+// (history and every row never worse than the init), alt_min ≤ RTN and ≤ GPTQ, the integer step
+// against exhaustive search on tiny problems, the float_zero grid dequantizing exactly to the
+// reported Ŵ, early stopping, determinism across OpenMP thread counts, gptq_on_grid = gptq on
+// gptq's own grid, errors.
 #include <doctest/doctest.h>
 #include <omp.h>
 
@@ -66,7 +67,7 @@ QuantizedLinear minmax_rtn(const Tensor& W, const GridSpec& spec) {
       const int64_t j0 = k * g.group_size(), w = std::min(g.group_size(), g.cols - j0);
       const double lo = M.row(i).segment(j0, w).minCoeff(), hi = M.row(i).segment(j0, w).maxCoeff();
       const double amax = M.row(i).segment(j0, w).cwiseAbs().maxCoeff();
-      const float s = (float)(spec.sym ? 2 * amax / maxq : (hi - lo) / maxq);  // sym: §1's range, zero (maxq+1)/2
+      const float s = (float)(spec.sym ? 2 * amax / maxq : (hi - lo) / maxq);  // sym: the range of methods.md#grid, zero (maxq+1)/2
       g.scale[g.pidx(i, k)] = s;
       g.zero[g.pidx(i, k)] = spec.sym ? (float)(maxq + 1) / 2.f : (float)(-lo / (double)s);
     }

@@ -1,7 +1,8 @@
 // HF / GPTQ / qforge exports of stories260K: the HF directory loads back with the same logits
 // (F32) or within fp16 rounding (F16), lazily too; GPTQ files are unpacked here by an
-// independent unpacker written from formats.md §2.4 and compared with our codes and grid;
-// GPTQ refuses what it cannot hold, naming block and linear; qforge round-trips exactly.
+// independent unpacker written from the GPTQ v1 layout (docs/formats.md, "Exports": gptq) and
+// compared with our codes and grid; GPTQ refuses what it cannot hold, naming block and linear;
+// qforge round-trips exactly.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -205,7 +206,8 @@ static void quantize_all(Model& m, const GridSpec& spec) {
     }
 }
 
-// Independent GPTQ v1 unpacker, from formats.md §2.4: value j of input i along column o.
+// Independent GPTQ v1 unpacker, from the layout (docs/formats.md, "Exports": gptq): value j of
+// input i along column o.
 static uint32_t unpack_input(const std::vector<int32_t>& qw, int64_t out, int bits, int64_t i, int64_t o) {
   auto word = [&](int64_t r) { return (uint32_t)qw[r * out + o]; };
   if (bits != 3) {

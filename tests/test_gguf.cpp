@@ -188,7 +188,7 @@ TEST_CASE("Q4_K dequantization of a handcrafted super-block with known sub-scale
   std::memcpy(b, &d, 2);
   std::memcpy(b + 2, &dmin, 2);
   uint8_t* s = b + 4;
-  // formats.md: sub-blocks 0-3 in the low 6 bits of bytes j (scale) and j+4 (min);
+  // ggml's Q4_K scale packing: sub-blocks 0-3 in the low 6 bits of bytes j (scale) and j+4 (min);
   // sub-blocks 4-7 in the nibbles of byte j+4 (scale low, min high) plus the top 2 bits of
   // bytes j-4 (scale) and j (min).
   for (int j = 0; j < 4; ++j) {

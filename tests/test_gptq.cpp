@@ -1,7 +1,7 @@
-// GPTQ (§3) and the layer problem (§1): lazy batches vs B = 1, the sequential OBS form with
-// inverse downdating in f64 (§3 equivalence (b)), GPTQ ≤ RTN, act-order = permuted problem,
-// static-group g_idx, exhaustive optimum on tiny problems, dead inputs, damping escalation,
-// objective / damp_sigma / check_layer_problem, errors.
+// GPTQ (docs/methods.md#gptq) and the layer problem (methods.md#objective): lazy batches vs B = 1,
+// the sequential OBS form with inverse downdating in f64 (methods.md#gptq-checks (b)), GPTQ ≤ RTN,
+// act-order = permuted problem, static-group g_idx, exhaustive optimum on tiny problems, dead
+// inputs, damping escalation, objective / damp_sigma / check_layer_problem, errors.
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
@@ -57,14 +57,14 @@ int64_t count_diff(const Tensor& a, const Tensor& b) {
   return n;
 }
 
-// ---- the reference: sequential OBS with inverse downdating, f64 (§3 equivalence (b)) ----------
+// ---- the reference: sequential OBS with inverse downdating, f64 (methods.md#gptq-checks (b)) ----
 // Column p (processing order): q = Q(w_p); δ = (w_p − q)/[H⁻¹]_pp; W[:, >p] −= δ·H⁻¹[p, >p];
 // H⁻¹ ← H⁻¹ − H⁻¹[:, p] H⁻¹[p, :]/[H⁻¹]_pp;  f = Σ_p Σ_rows (w_p − q)²/[H⁻¹]_pp.
 // Grid as the reference code: per-channel from the original W, static groups from W up front,
 // dynamic groups from the weights as of the start of the lazy block holding the group's first
-// column (the §3 staleness, reproduced with a snapshot every `blocksize` columns).
-// Rounding decisions are compared with the tested codes; a disagreement within 1e-3 of a rounding
-// tie follows the tested code (so one tie does not cascade), anything else is a mismatch.
+// column (the staleness of methods.md#gptq-groups, reproduced with a snapshot every `blocksize`
+// columns). Rounding decisions are compared with the tested codes; a disagreement within 1e-3 of a
+// rounding tie follows the tested code (so one tie does not cascade), anything else is a mismatch.
 struct RefResult {
   MatrixXd What;       // original column order
   double loss = 0;     // Σ (w − q)²/[H⁻¹]_pp  (= f under the damped H)
@@ -246,8 +246,9 @@ TEST_CASE("diagonal Σ: GPTQ has nothing to propagate and equals RTN bitwise") {
 TEST_CASE("(1) lazy batches: blocksize 128 == blocksize 1") {
   int64_t total = 0, differing = 0;
   for (const Case& cs : cases()) {
-    // Dynamic groups with g < B fit the later groups of a block on stale weights (§3), so B is
-    // part of that variant's definition: there B = g (fresh, aligned) is compared with B = 1.
+    // Dynamic groups with g < B fit the later groups of a block on stale weights
+    // (methods.md#gptq-groups), so B is part of that variant's definition: there B = g (fresh,
+    // aligned) is compared with B = 1.
     const bool stale = cs.spec.group > 0 && !cs.opt.static_groups && cs.spec.group < 128;
     for (uint64_t seed = 1; seed <= 3; ++seed) {
       const Problem P = make_problem(cs.r, cs.c, 100 * seed + cs.c);
@@ -303,7 +304,8 @@ TEST_CASE("(2) equals the sequential OBS form with inverse downdating (f64)") {
       }
   MESSAGE("OBS reference: ", ties, " rounding ties decided differently out of ", total, " codes");
 
-  // The §3 staleness is real: with g32 dynamic groups, B = 128 and B = 32 give different grids.
+  // The staleness (methods.md#gptq-groups) is real: with g32 dynamic groups, B = 128 and B = 32
+  // give different grids.
   const Problem P = make_problem(24, 172, 9);
   GptqOptions a, b;
   b.blocksize = 32;

@@ -1,6 +1,6 @@
-// The §1 quantization grid and RTN (§2): hand-computed fits and codes, half-to-even rounding,
-// the all-zero / all-positive / sym conventions, clamping, ragged groups, the mse search,
-// quantize_to_grid round trips and spec errors.
+// The quantization grid (docs/methods.md#grid) and RTN (methods.md#rtn): hand-computed fits and
+// codes, half-to-even rounding, the all-zero / all-positive / sym conventions, clamping, ragged
+// groups, the mse search, quantize_to_grid round trips and spec errors.
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -1,6 +1,6 @@
-// Grids with allocations (§6): per-group bits, row groups (CVXQ row clusters), 0-bit groups
-// collapsing to the median, and the Laplace compander — semantics against hand values and
-// brute force, and the solvers (RTN, GPTQ, cd_sweep, QuantEase) on such grids.
+// Grids with allocations (docs/methods.md#allocated-grids): per-group bits, row groups (CVXQ row
+// clusters), 0-bit groups collapsing to the median, and the Laplace compander — semantics against
+// hand values and brute force, and the solvers (RTN, GPTQ, cd_sweep, QuantEase) on such grids.
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>

@@ -1,6 +1,7 @@
-// QuantEase (§4) and outlier-aware QuantEase (§5): coordinate steps against brute force, the
-// blocked sweep against a literal f64 implementation of the formula, monotonicity, the init
-// guarantees, exhaustive optimum on tiny problems, IHT sparsity, λmax, and errors.
+// QuantEase (docs/methods.md#quantease) and outlier-aware QuantEase (methods.md#outliers):
+// coordinate steps against brute force, the blocked sweep against a literal f64 implementation of
+// the formula, monotonicity, the init guarantees, exhaustive optimum on tiny problems, IHT
+// sparsity, λmax, and errors.
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
@@ -51,7 +52,8 @@ double fobj(const MatrixXd& T, const MatrixXd& Wh, const MatrixXd& S) {
   return (E * S).cwiseProduct(E).sum();
 }
 
-// The §4 coordinate formula, literally, in f64 (one column at a time over `order`).
+// The coordinate formula (methods.md#cd-update), literally, in f64 (one column at a time
+// over `order`).
 void ref_sweep(const MatrixXd& T, const MatrixXd& S, MatrixXd& Wh, const Grid& g, bool continuous,
                const std::vector<int64_t>& order) {
   for (int64_t j : order)

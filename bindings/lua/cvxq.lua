@@ -1,4 +1,5 @@
--- qforge.cvxq — CVXQ's bit allocation (algorithms.md §6) as plain Lua over the engine primitives.
+-- qforge.cvxq — CVXQ's bit allocation (docs/methods.md#dual-ascent) as plain Lua over the
+-- engine primitives.
 --   local C = require("qforge.cvxq")
 --   local alloc = C.allocate(m, stats, {target_bits = 3, cluster_rows = 64})
 --   alloc.layers["3.q"] = {row_groups = {...}, bits = Tensor[clusters, in], block=, name=}

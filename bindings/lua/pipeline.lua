@@ -63,12 +63,13 @@ function P.options(own, help)
   return qf.options(d, h)
 end
 
--- The block-finetune options (decoupleQ §7 block stage) a recipe offers, merged into its own
--- option and help tables; a recipe's own value of any of them (e.g. finetune = true, ft_lr = 1e-3)
--- is its default. P.finetune(opt) turns them into quantize_model's `finetune` table (nil when off).
+-- The block-finetune options (decoupleQ's block stage, docs/methods.md#block-finetune) a recipe
+-- offers, merged into its own option and help tables; a recipe's own value of any of them (e.g.
+-- finetune = true, ft_lr = 1e-3) is its default. P.finetune(opt) turns them into quantize_model's
+-- `finetune` table (nil when off).
 local FT = { finetune = false, ft_params = "scales,zeros,norms", ft_lr = 1e-5, ft_epochs = 4, ft_batch = 1 }
 local FT_HELP = {
-  finetune = "after each block: Adam on its floats against the full-precision block output (decoupleQ §7)",
+  finetune = "after each block: Adam on its floats against the full-precision block output (decoupleQ, docs/methods.md#block-finetune)",
   ft_params = "finetune parameter groups: scales,zeros,norms,biases", ft_lr = { "finetune learning rate", min = 0 },
   ft_epochs = { "finetune epochs over the calibration windows", min = 1 }, ft_batch = { "finetune windows per Adam step", min = 1 },
 }

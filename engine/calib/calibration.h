@@ -1,4 +1,4 @@
-// qforge — calibration capture and the sequential block pipeline (algorithms.md §1, §14).
+// qforge — calibration capture and the sequential block pipeline (docs/methods.md#calibration).
 //
 // Windows of `seqlen` tokens are drawn at seeded random offsets from a token range. The
 // pipeline keeps two chains of block inputs for all windows: the quantized-prefix chain
@@ -35,7 +35,7 @@ std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const Cali
 struct SiteStats {
   Site site = Site::AttnIn;
   Eigen::MatrixXd sum;   // Σ_tokens x xᵀ  [c, c]
-  Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction §6)
+  Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction, methods.md#bias-correction)
   int64_t tokens = 0;
   Tensor sigma() const;  // f32 copy of the raw sum
   Tensor mean() const;   // f32 copy of sum / tokens

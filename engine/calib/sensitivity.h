@@ -1,4 +1,4 @@
-// qforge — CVXQ's sensitivity statistics (algorithms.md §6 "Statistics"), a calibration product
+// qforge — CVXQ's sensitivity statistics (docs/methods.md#cvxq-statistics), a calibration product
 // built on the backward pass: squared gradients of PCA-projected final hidden states.
 //
 //  1. hidden_pca: the covariance of the final hidden states hn = rmsnorm(h_L) (the classifier

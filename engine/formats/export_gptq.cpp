@@ -1,5 +1,6 @@
-// GPTQ v1 checkpoint export (formats.md §2.4): an HF directory whose linears are stored as
-// qweight/qzeros/scales/g_idx, everything else fp16, config.json with quantization_config.
+// GPTQ v1 checkpoint export (docs/formats.md, "Exports": gptq): an HF directory whose linears are
+// stored as qweight/qzeros/scales/g_idx, everything else fp16, config.json with
+// quantization_config.
 //
 // Exactness: the codes, zero points and g_idx are written exactly; every model linear must
 // carry codes that still dequantize to its weight, one bits/group/sym for all (the config

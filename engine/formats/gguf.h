@@ -1,5 +1,5 @@
-// qforge — the GGUF container (formats.md §2.1): a validating reader over a mapped file and a
-// streaming writer.
+// qforge — the GGUF container (docs/formats.md, "Loading"): a validating reader over a mapped file
+// and a streaming writer.
 //
 // Reader: header (magic "GGUF", version 2 or 3, tensor and KV counts), typed metadata values
 // (scalars, strings, arrays, nested arrays), tensor infos (name, dims innermost first, ggml
@@ -55,7 +55,7 @@ struct GGUFValue {
   static GGUFValue make_i32_array(const std::vector<int32_t>& v);
 };
 
-// ggml tensor types qforge knows the size of (formats.md: F32 0, F16 1, Q4_0 2, ..., BF16 30).
+// ggml tensor types qforge knows the size of (ggml's type ids: F32 0, F16 1, Q4_0 2, ..., BF16 30).
 struct GGMLTypeInfo {
   uint32_t id;
   const char* name;

@@ -1,4 +1,5 @@
-// qforge — llama.cpp/GGML quantized block formats (formats.md §2.2): sizes, dequantize, quantize.
+// qforge — llama.cpp/GGML quantized block formats (docs/formats.md, "Exports": gguf): sizes,
+// dequantize, quantize.
 //
 // Block layouts (little endian, fp16 = IEEE half):
 //   Q8_0 32 weights: fp16 d, int8 qs[32]                       x = d·q

@@ -1,4 +1,5 @@
-// qforge — the safetensors container (formats.md §2.6): reader over a mapped file, streaming writer.
+// qforge — the safetensors container (docs/formats.md, "Loading"): reader over a mapped file,
+// streaming writer.
 //
 // Layout: u64 LE header length N, N bytes of UTF-8 JSON
 //   {name: {dtype, shape: [...], data_offsets: [begin, end]}, "__metadata__": {str: str}},

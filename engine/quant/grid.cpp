@@ -118,7 +118,7 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
   return g;
 }
 
-// (scale, zero) from a range, §1 (f32 like the reference Quantizer).
+// (scale, zero) from a range, docs/methods.md#grid (f32 like the reference Quantizer).
 void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
   if (sym) {
     xmax = std::max(std::fabs(xmin), xmax);
@@ -139,7 +139,8 @@ static float median_of(std::vector<float>& v) {
   return v[k];
 }
 
-// Uniform (scale, zero) of one cell's values, §1: min/max range holding 0, optional MSE shrink.
+// Uniform (scale, zero) of one cell's values (methods.md#grid): min/max range holding 0,
+// optional MSE shrink.
 static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& sp, float* scale, float* zero) {
   float xmin = 0.f, xmax = 0.f;  // range always contains 0
   for (float x : v) {
@@ -171,8 +172,8 @@ static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& s
   }
 }
 
-// Companded (b, μ) of one cell (§6): median m, RMS s around it; optional search of the scale
-// multiplier, then of the location bias, each over {−2, −1.875, …, 2} by squared error.
+// Companded (b, μ) of one cell (methods.md#compand): median m, RMS s around it; optional search of
+// the scale multiplier, then of the location bias, each over {−2, −1.875, …, 2} by squared error.
 static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, float* b_out, float* mu_out) {
   std::vector<float> tmp = v;
   const float m = median_of(tmp);

@@ -1,4 +1,4 @@
-// qforge — uniform affine quantization grids and the quantized linear (algorithms.md §1).
+// qforge — uniform affine quantization grids and the quantized linear (docs/methods.md#grid).
 //
 // A grid assigns every (row, group) of a weight W [rows, cols] a scale and an integer zero:
 //   code = clamp(round(x/scale) + zero, 0, maxq),   value = scale·(code − zero),
@@ -10,15 +10,16 @@
 // Groups are `group` consecutive input columns (−1: one group per row); the last group may
 // be ragged. g_idx maps each column to its group (identity order unless a solver permutes).
 //
-// Allocations (§6): rows may be pooled into row groups (CVXQ's row clusters: params are shared
-// by all rows of a row group), and bits may differ per (row group, column group). A 0-bit group
-// is pruned: every weight becomes the group's median, stored in `zero`.
+// Allocations (methods.md#allocated-grids): rows may be pooled into row groups (CVXQ's row
+// clusters: params are shared by all rows of a row group), and bits may differ per
+// (row group, column group). A 0-bit group is pruned: every weight becomes the group's median,
+// stored in `zero`.
 //
-// Companded grids (§6, kind = compand): per (row group, group) a Laplace CDF F with location
-// μ = median + bias·s·2^mult and scale b = (3/√2)·s·2^mult (s = RMS around the median); the
-// 2^B levels are F⁻¹((k + ½)/2^B). code() returns the *nearest* level (for the CD step's exact
-// coordinate minimiser on a non-uniform grid); CVXQ assigns the F-cell instead, which differs
-// only near cell edges and is never closer.
+// Companded grids (methods.md#compand, kind = compand): per (row group, group) a Laplace CDF F with
+// location μ = median + bias·s·2^mult and scale b = (3/√2)·s·2^mult (s = RMS around the median);
+// the 2^B levels are F⁻¹((k + ½)/2^B). code() returns the *nearest* level (for the CD step's exact
+// coordinate minimiser on a non-uniform grid); CVXQ assigns the F-cell instead, which differs only
+// near cell edges and is never closer.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -47,9 +48,9 @@ struct GridSpec {
   float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
   float compand_bias = 0.f;      // location shift, in units of s·2^mult
   bool compand_search = false;   // per group: mult ∈ {−2, −1.875, …, 2}, then bias over the same grid (MSE)
-  // decoupleQ's scale/offset form Ŵ = s·w_int + z (§7): the zero may be any float (value =
-  // scale·(code − zero), zero = −z/s), so the nearest code is round(x/scale + zero). Exports to
-  // GGUF and GPTQ refuse such grids; the qforge format keeps them exactly.
+  // decoupleQ's scale/offset form Ŵ = s·w_int + z (methods.md#decoupleq-form): the zero may be any
+  // float (value = scale·(code − zero), zero = −z/s), so the nearest code is round(x/scale + zero).
+  // Exports to GGUF and GPTQ refuse such grids; the qforge format keeps them exactly.
   bool float_zero = false;
   // Allocation (optional). row_group[r] = row group of row r (0-based; empty: each row its own);
   // group_bits[rg·ngroups + g] overrides `bits` (empty: `bits` everywhere; 0 = pruned to the median).

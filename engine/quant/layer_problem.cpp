@@ -107,7 +107,7 @@ Tensor damp_sigma(const Tensor& Sigma, double percdamp, std::vector<int64_t>* de
   auto M = H.mat();
   const int64_t c = M.rows();
   if (dead) dead->clear();
-  // §1 dead inputs: Σ_jj = 0 → Σ_jj = 1 (the caller zeroes W[:, j]).
+  // Dead inputs (docs/methods.md#dead-inputs): Σ_jj = 0 → Σ_jj = 1 (the caller zeroes W[:, j]).
   double tr = 0;
   for (int64_t j = 0; j < c; ++j) {
     if (M(j, j) == 0.f) {
@@ -116,7 +116,7 @@ Tensor damp_sigma(const Tensor& Sigma, double percdamp, std::vector<int64_t>* de
     }
     tr += M(j, j);
   }
-  // §1 damping: λ = percdamp·mean(diag Σ) (after the dead fix, as the reference).
+  // Damping (methods.md#damping): λ = percdamp·mean(diag Σ) (after the dead fix, as the reference).
   const double lambda = percdamp * tr / (double)c;
   for (int64_t j = 0; j < c; ++j) M(j, j) = (float)((double)M(j, j) + lambda);
   return H;

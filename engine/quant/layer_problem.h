@@ -1,4 +1,4 @@
-// qforge — the layer-wise problem shared by every solver (algorithms.md §1):
+// qforge — the layer-wise problem shared by every solver (docs/methods.md#objective):
 //   f(Ŵ) = ‖WX − ŴX‖² = tr((W − Ŵ) Σ (W − Ŵ)ᵀ),   Σ = X Xᵀ  [cols × cols].
 // W, Ŵ are [rows, cols] f32; Σ is f32 or f64-accumulated then stored f32 [cols, cols].
 #pragma once
@@ -19,7 +19,7 @@ Objective objective(const Tensor& W, const Tensor& What, const Tensor& Sigma);
 // enough to be a Gram matrix. `fn` names the caller in the message.
 void check_layer_problem(const char* fn, const Tensor& W, const Tensor& Sigma);
 
-// Σ + λI with λ = percdamp·mean(diag Σ); dead inputs (Σ_jj = 0) get Σ_jj = 1 (§1).
+// Σ + λI with λ = percdamp·mean(diag Σ); dead inputs (Σ_jj = 0) get Σ_jj = 1 (methods.md#damping).
 // Returns the damped copy; `dead` receives the dead column indices.
 Tensor damp_sigma(const Tensor& Sigma, double percdamp, std::vector<int64_t>* dead = nullptr);
 

@@ -1,5 +1,5 @@
 // qforge — a plain Adam optimizer over a flat vector of f32 parameters (Kingma & Ba 2015),
-// used by the block-wise finetuning stage (algorithms.md §7, step 4).
+// used by the block-wise finetuning stage (docs/methods.md#adam).
 //
 // Per step t = 1, 2, …, with gradient g (f64) and parameter p (f32):
 //   g ← g + weight_decay·p            (coupled L2, as torch.optim.Adam; 0 by default)

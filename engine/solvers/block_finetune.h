@@ -1,4 +1,4 @@
-// qforge — decoupleQ's block-wise stage (algorithms.md §7, step 4): with every integer code
+// qforge — decoupleQ's block-wise stage (docs/methods.md#block-finetune): with every integer code
 // frozen, train the float parameters of one transformer block — the grid scales and zeros of
 // its quantized linears, the RMSNorm gains, optionally the linear biases — with Adam, to
 // minimise the MSE between the block's output on the quantized-prefix inputs and the

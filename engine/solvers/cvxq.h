@@ -1,4 +1,4 @@
-// qforge — CVXQ's per-layer pieces (algorithms.md §6) other than the solvers: row clustering,
+// qforge — CVXQ's per-layer pieces (docs/methods.md#cvxq) other than the solvers: row clustering,
 // group weight spread, bias correction. Bit allocation itself is cvxq_dual_ascent.h; the companded
 // quantizer is a grid kind (grid.h); gradient statistics come from the backward pass.
 #pragma once
@@ -27,8 +27,9 @@ std::vector<double> group_spread(const Tensor& W, const std::vector<int32_t>& ro
 // group_spread: CVXQ's G²_g from a per-weight squared-gradient mean (sensitivity.h). f64 sums.
 std::vector<double> group_mean(const Tensor& M, const std::vector<int32_t>& row_group, int64_t nrowgroups, int64_t group);
 
-// Bias correction (§6): b' = b − (Ŵ − W) μ_x, so the layer's mean output on the calibration
-// inputs is unchanged. bias may be undefined (treated as 0: the linear gains a bias). f64 sums.
+// Bias correction (methods.md#bias-correction): b' = b − (Ŵ − W) μ_x, so the layer's mean output on
+// the calibration inputs is unchanged. bias may be undefined (treated as 0: the linear gains a
+// bias). f64 sums.
 Tensor bias_correction(const Tensor& W, const Tensor& What, const Tensor& mu, const Tensor& bias);
 
 }  // namespace qf

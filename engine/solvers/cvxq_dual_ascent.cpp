@@ -48,7 +48,8 @@ DualAscentResult dual_ascent(const std::vector<double>& score, const std::vector
     r.rate_history.push_back(r.rate);
     return r.rate;
   };
-  // 1. Dual ascent (§6): the rate falls as λ grows, so step λ up while the rate is too high.
+  // 1. Dual ascent (docs/methods.md#dual-ascent): the rate falls as λ grows, so step λ up while
+  //    the rate is too high.
   double l2l = o.log2_lambda0;
   for (int s = 0; s < o.steps; ++s) {
     const double rate = eval(l2l);

@@ -1,4 +1,4 @@
-// qforge — bit allocation by dual ascent (algorithms.md §6, CVXQ).
+// qforge — bit allocation by dual ascent (CVXQ, docs/methods.md#dual-ascent).
 //
 // Groups g (whole layers, rows, or row-cluster × column blocks — the caller decides) hold n_g
 // weights with spread σ²_g and mean squared output sensitivity G²_g. Modelled distortion

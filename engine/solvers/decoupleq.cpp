@@ -1,4 +1,4 @@
-// decoupleQ's layer stage, algorithms.md §7 (see decoupleq.h for the outline).
+// decoupleQ's layer stage, docs/methods.md#decoupleq (see decoupleq.h for the outline).
 //
 // Internally a row's weights are ŵ_j = s_g·a_j + z_g with a_j = code_j (asym) or
 // a_j = code_j − (maxq+1)/2 (sym, z_g ≡ 0) and the grid stores scale = s, zero = −z/s (asym). The
@@ -81,8 +81,8 @@ void rowwise_dot(const RowMatD& E, const RowMatD& Y, double* out) {
   }
 }
 
-// §7 layer problem on rows [r0, r0 + n): ℓ_i = (w_i − ŵ_i) Σ (w_i − ŵ_i)ᵀ with Ŵ = grid.value(code)
-// in f32, exactly as QuantizedLinear::dequantize.
+// The layer problem (methods.md#decoupleq-form) on rows [r0, r0 + n): ℓ_i = (w_i − ŵ_i) Σ
+// (w_i − ŵ_i)ᵀ with Ŵ = grid.value(code) in f32, exactly as QuantizedLinear::dequantize.
 void chunk_losses(const Problem& P, const Grid& g, const uint8_t* codes, int64_t r0, int64_t n, double* loss) {
   RowMatD E(n, P.c), Y;
   for (int64_t i = 0; i < n; ++i)
@@ -113,7 +113,8 @@ void copy_row(const Problem& P, State& to, const State& from, int64_t i) {
   to.loss[(size_t)i] = from.loss[(size_t)i];
 }
 
-// §7 accept rule: row i of `cand` replaces row i of `cur` only if it lowers ℓ_i. Returns the count.
+// Accept rule (methods.md#decoupleq-accept): row i of `cand` replaces row i of `cur` only if it
+// lowers ℓ_i. Returns the count.
 int64_t accept(const Problem& P, State& cur, const State& cand) {
   int64_t k = 0;
   for (int64_t i = 0; i < P.r; ++i)
@@ -136,10 +137,11 @@ bool to_grid_params(const Problem& P, double s, double z, float* scale, float* z
   return true;
 }
 
-// §7 Init A on rows [r0, r0 + n): plain min/max per (row, group), s = (xmax − xmin)/maxq, z = xmin
-// (code 0 ↔ xmin; §7's z = xmin − s·min_int is the same grid in signed integers); sym:
-// s = 2·max|x|/maxq with the fixed zero (§1's symmetric range). The range is scaled by p (the
-// shrink search). A constant group gets s = 1, z = its value (exactly representable).
+// Init A (methods.md#decoupleq-init) on rows [r0, r0 + n): plain min/max per (row, group),
+// s = (xmax − xmin)/maxq, z = xmin (code 0 ↔ xmin; decoupleQ's z = xmin − s·min_int is the same
+// grid in signed integers); sym: s = 2·max|x|/maxq with the fixed zero (the symmetric range of
+// methods.md#grid). The range is scaled by p (the shrink search). A constant group gets s = 1,
+// z = its value (exactly representable).
 void chunk_range_grid(const Problem& P, double p, Grid& g, int64_t r0, int64_t n) {
   for (int64_t i = r0; i < r0 + n; ++i)
     for (int64_t k = 0; k < P.ng; ++k) {
@@ -175,8 +177,8 @@ State init_rtn(const Problem& P) {
   return s;
 }
 
-// §7 3(a): GPTQ error-feedback rounding of W onto the fixed grid (Cholesky damping escalates in
-// gptq_on_grid and is logged there).
+// Integer step "gptq" (methods.md#decoupleq-gptq): GPTQ error-feedback rounding of W onto the fixed
+// grid (Cholesky damping escalates in gptq_on_grid and is logged there).
 std::vector<uint8_t> gptq_codes(const Problem& P, const Grid& g, const AltMinOptions& opt, const SolverLog& log) {
   GptqOptions o;
   o.blocksize = opt.blocksize;
@@ -187,11 +189,12 @@ std::vector<uint8_t> gptq_codes(const Problem& P, const Grid& g, const AltMinOpt
   return std::vector<uint8_t>(c, c + P.r * P.c);
 }
 
-// §7 3(b) on rows [r0, r0 + n): projected gradient on the codes relaxed to the box [0, maxq]
-// (ŵ = scale·(u − zero)): pgd_steps Adam steps from u = W clamped into the box, then for each
-// column in order: round it, freeze it, pgd_inner_steps Adam steps on the columns still free.
-// ∂ℓ/∂u = 2·s·((Ŵ − W)Σ); Adam sees it divided by 2·s²·mean(diag Σ), a fixed positive factor per
-// coordinate (Adam is invariant to it) that keeps the gradient O(1) next to eps.
+// Integer step "pgd" (methods.md#decoupleq-pgd) on rows [r0, r0 + n): projected gradient on the
+// codes relaxed to the box [0, maxq] (ŵ = scale·(u − zero)): pgd_steps Adam steps from u = W
+// clamped into the box, then for each column in order: round it, freeze it, pgd_inner_steps Adam
+// steps on the columns still free. ∂ℓ/∂u = 2·s·((Ŵ − W)Σ); Adam sees it divided by
+// 2·s²·mean(diag Σ), a fixed positive factor per coordinate (Adam is invariant to it) that keeps
+// the gradient O(1) next to eps.
 void chunk_pgd(const Problem& P, const Grid& g, const AltMinOptions& opt, uint8_t* codes, int64_t r0, int64_t n) {
   const int64_t c = P.c;
   const double maxq = P.maxq, b1 = 0.9, b2 = 0.999, eps = 1e-8, lr = opt.pgd_lr;
@@ -228,7 +231,8 @@ void chunk_pgd(const Problem& P, const Grid& g, const AltMinOptions& opt, uint8_
     for (int64_t j = 0; j < c; ++j) codes[(r0 + i) * c + j] = (uint8_t)U(i, j);
 }
 
-// The integer step's candidate on grid g: §7 3(a) GPTQ rounding or 3(b) projected gradient.
+// The integer step's candidate on grid g (methods.md#decoupleq-integer): GPTQ rounding or
+// projected gradient.
 State integer_step(const Problem& P, const Grid& g, const AltMinOptions& opt, const SolverLog& log) {
   State s{g, {}, std::vector<double>((size_t)P.r)};
   if (opt.round == AltMinOptions::Round::Gptq) {
@@ -244,11 +248,12 @@ State integer_step(const Problem& P, const Grid& g, const AltMinOptions& opt, co
   return s;
 }
 
-// Solves the normal equations M θ = b of one row (§7 float step). Parameters whose diagonal is 0
-// (the loss does not see them: a dead group, or all codes 0 for an s) stay NaN. The active block
-// is Jacobi-scaled to a unit diagonal; if its Cholesky fails or has a pivot² ≤ 1e-10 (collinear
-// columns, e.g. a group whose codes are all equal), λ·I is added with λ = 0.01, ×10 per retry.
-// Returns false if no solve succeeded; *damped is set when λ > 0 was needed.
+// Solves the normal equations M θ = b of one row (float step, methods.md#decoupleq-float).
+// Parameters whose diagonal is 0 (the loss does not see them: a dead group, or all codes 0 for
+// an s) stay NaN. The active block is Jacobi-scaled to a unit diagonal; if its Cholesky fails
+// or has a pivot² ≤ 1e-10 (collinear columns, e.g. a group whose codes are all equal), λ·I is
+// added with λ = 0.01, ×10 per retry. Returns false if no solve succeeded; *damped is set when
+// λ > 0 was needed.
 bool solve_normal(const MatD& M, const VecD& b, VecD& theta, bool* damped) {
   const int64_t k = M.rows();
   theta.setConstant(k, std::numeric_limits<double>::quiet_NaN());
@@ -290,9 +295,10 @@ bool solve_normal(const MatD& M, const VecD& b, VecD& theta, bool* damped) {
   return false;
 }
 
-// §7 float step on rows [r0, r0 + n): with a = codes (asym) or codes − zero_sym (sym) fixed and
-// ŵ_j = s_g a_j + z_g for j in group g, minimize ℓ_i = (w − ŵ)Σ(w − ŵ)ᵀ. Normal equations
-// (DᵀΣD)θ = DᵀΣw with the design D = [a∘1_g, 1_g]_g (block indicators); per channel this is §7's
+// The float step (methods.md#decoupleq-float) on rows [r0, r0 + n): with a = codes (asym) or
+// codes − zero_sym (sym) fixed and ŵ_j = s_g a_j + z_g for j in group g, minimize
+// ℓ_i = (w − ŵ)Σ(w − ŵ)ᵀ. Normal equations (DᵀΣD)θ = DᵀΣw with the design D = [a∘1_g, 1_g]_g
+// (block indicators); per channel this is methods.md's (D2)
 //   [aᵀΣa  aᵀΣ1; 1ᵀΣa  1ᵀΣ1]·[s; z] = [aᵀΣw; 1ᵀΣw],
 // with G groups the 2G×2G system (Σ couples the groups). Params ordered s_0, z_0, s_1, z_1, …
 // (sym: s_0, s_1, …); with q_h = Σ·(a∘1_h) (a row of the GEMM A_{:,h}·Σ_{h,:}) and t = Σw (a row of T):
@@ -388,9 +394,10 @@ State float_step(const Problem& P, const State& base, int64_t* damped_rows) {
   return out;
 }
 
-// §7 round 1: per row the shrink factor p = 1 − i/shrink_grid (i < shrink_steps) whose min/max
-// grid with RTN codes has the least ℓ_i (ties: the larger range), then the closed-form refit of
-// (s, z) on those codes where it lowers ℓ_i.
+// Round 1, range-shrink search (methods.md#decoupleq-shrink): per row the shrink factor
+// p = 1 − i/shrink_grid (i < shrink_steps) whose min/max grid with RTN codes has the least
+// ℓ_i (ties: the larger range), then the closed-form refit of (s, z) on those codes where
+// it lowers ℓ_i.
 State shrink_search(const Problem& P, const AltMinOptions& opt, int64_t* damped_rows) {
   State best{grid_new(P.spec, P.r, P.c), std::vector<uint8_t>((size_t)(P.r * P.c)), std::vector<double>((size_t)P.r)};
   State trial = best;  // each chunk writes only its own rows of both
@@ -544,11 +551,12 @@ AltMinResult alt_min(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,
     return k;
   };
 
-  // §7 1 (Init A): min/max (s, z), integers by RTN.
+  // Init A (methods.md#decoupleq-init): min/max (s, z), integers by RTN.
   State cur = init_rtn(P);
   note("init_rtn", 0, cur);
   const std::vector<double> start = cur.loss;
-  // §7 2 (Init B): GPTQ rounding with those (s, z) fixed; kept for the rows where it is better.
+  // Init B (methods.md#decoupleq-init): GPTQ rounding with those (s, z) fixed; kept for the rows
+  // where it is better.
   {
     State cand{cur.grid, gptq_codes(P, cur.grid, opt, log), {}};
     score(P, cand);
@@ -556,7 +564,7 @@ AltMinResult alt_min(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,
   }
   end_iteration(start, cur);
 
-  // §7 3: rounds t = 1 … iters − 1.
+  // Rounds t = 1 … iters − 1 (methods.md#decoupleq-rounds).
   for (int t = 1; t < opt.iters; ++t) {
     const std::vector<double> before = cur.loss;
     Grid on = cur.grid;  // the grid the integer step rounds on
@@ -569,7 +577,7 @@ AltMinResult alt_min(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,
       on = sh.grid;
       note("shrink_search", accept(P, cur, sh), cur);
     }
-    // Integer step with (s, z) fixed: §7 3(a) GPTQ or 3(b) projected gradient.
+    // Integer step with (s, z) fixed (methods.md#decoupleq-integer): GPTQ or projected gradient.
     {
       const State cand = integer_step(P, on, opt, log);
       note(opt.round == AltMinOptions::Round::Gptq ? "gptq" : "pgd", accept(P, cur, cand), cur);

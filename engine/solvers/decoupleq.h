@@ -1,15 +1,18 @@
-// qforge — decoupleQ's layer stage (algorithms.md §7): alternating minimization of the layer
-// problem f(Ŵ) = Σ_rows (w − ŵ) Σ (w − ŵ)ᵀ over integers and per-(row, group) floats,
+// qforge — decoupleQ's layer stage (docs/methods.md#decoupleq): alternating minimization of the
+// layer problem f(Ŵ) = Σ_rows (w − ŵ) Σ (w − ŵ)ᵀ over integers and per-(row, group) floats,
 //   ŵ_j = s·w_int,j + z   (j in the group),
 // stored as a float_zero grid (grid.h): code = w_int − min_int ∈ [0, maxq], value =
 // scale·(code − zero) with scale = s, zero = −(z + s·min_int)/s; sym drops z (zero = (maxq+1)/2,
 // i.e. decoupleQ's signed integers times s).
 //
-//   init     §7 1–2: min/max (s, z) with RTN integers, then GPTQ rounding on that fixed grid;
-//   round 1  (shrink_search) §7 3: (s, z) by a range-shrink search scored by the Σ-weighted loss,
-//            refit in closed form; the integer step of round 1 rounds on that grid;
-//   round t  integer step with (s, z) fixed — GPTQ error feedback on the fixed grid (§7 3(a)) or
-//            projected Adam on the relaxed codes, then column-wise round-and-freeze (§7 3(b)) —
+//   init     (methods.md#decoupleq-init, steps 1–2) min/max (s, z) with RTN integers, then GPTQ
+//            rounding on that fixed grid;
+//   round 1  (shrink_search, methods.md#decoupleq-shrink) (s, z) by a range-shrink search scored
+//            by the Σ-weighted loss, refit in closed form; the integer step of round 1 rounds on
+//            that grid;
+//   round t  integer step with (s, z) fixed — GPTQ error feedback on the fixed grid
+//            (methods.md#decoupleq-gptq) or projected Adam on the relaxed codes, then column-wise
+//            round-and-freeze (methods.md#decoupleq-pgd) —
 //            then the float step with the integers fixed: per row the closed-form least squares
 //            in (s, z) (2×2 normal equations per channel, 2G×2G with G groups; f64).
 // Every step is kept per row only where it lowers that row's loss, so the loss never increases;
@@ -26,17 +29,17 @@
 namespace qf {
 
 struct AltMinOptions {
-  int iters = 4;                // §7 max_iter_num: the init is iteration 1, then iters − 1 alternation rounds
+  int iters = 4;                // max_iter_num (methods.md#decoupleq-rounds): the init is iteration 1, then iters − 1 alternation rounds
   enum class Round { Gptq, Pgd };
-  Round round = Round::Gptq;    // integer step: §7 3(a) "gptq" or 3(b) "pgd" (projected gradient)
+  Round round = Round::Gptq;    // integer step (methods.md#decoupleq-integer): "gptq" or "pgd" (projected gradient)
   bool shrink_search = true;    // round 1: (s, z) from range-shrink factors p = 1 − i/shrink_grid
-  int shrink_steps = 160;       //   i = 0 … shrink_steps − 1 (§7: 160 of 200)
+  int shrink_steps = 160;       //   i = 0 … shrink_steps − 1 (methods.md#decoupleq-shrink: 160 of 200)
   int shrink_grid = 200;
   double percdamp = 0.01;       // GPTQ rounding: H = Σ + percdamp·mean(diag Σ)·I, ×10 on Cholesky failure
   bool act_order = false;       // GPTQ rounding in decreasing diag(Σ) order (the grid is fixed: no g_idx)
   int64_t blocksize = 128;      // GPTQ lazy batch
-  int pgd_steps = 200;          // §7 3(b) iters_before_round: projected Adam steps before rounding
-  int pgd_inner_steps = 5;      // §7 3(b) inner_iters_for_round: steps after each column is frozen
+  int pgd_steps = 200;          // iters_before_round (methods.md#decoupleq-pgd): projected Adam steps before rounding
+  int pgd_inner_steps = 5;      // inner_iters_for_round (methods.md#decoupleq-pgd): steps after each column is frozen
   double pgd_lr = 0.02;         // Adam step in code units (the box is [0, maxq])
   double min_improved = 1e-4;   // stop when fewer than this fraction of rows improved in a round (0.01 %)
 };
@@ -64,10 +67,11 @@ AltMinResult alt_min(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,
 // ℓ_i = (w_i − ŵ_i) Σ (w_i − ŵ_i)ᵀ per row, f64 with Σ's symmetric part (the rows of objective()).
 std::vector<double> alt_min_row_losses(const Tensor& W, const Tensor& What, const Tensor& Sigma);
 
-// §7 float step alone: with codes [rows, cols] (u8, 0..maxq) fixed, per row the (s, z) of every
-// group minimizing ℓ_i for ŵ_j = s_g·code_j + z_g (sym: ŵ_j = s_g·(code_j − (maxq+1)/2), z_g =
-// −s_g·(maxq+1)/2). f64 normal equations (2G×2G, G groups per row); a parameter the loss does not
-// see (its diagonal is 0) is NaN; singular systems are damped (counted in damped_rows).
+// The float step alone (methods.md#decoupleq-float): with codes [rows, cols] (u8, 0..maxq) fixed,
+// per row the (s, z) of every group minimizing ℓ_i for ŵ_j = s_g·code_j + z_g (sym:
+// ŵ_j = s_g·(code_j − (maxq+1)/2), z_g = −s_g·(maxq+1)/2). f64 normal equations (2G×2G, G groups
+// per row); a parameter the loss does not see (its diagonal is 0) is NaN; singular systems are
+// damped (counted in damped_rows).
 struct AffineFit {
   int64_t rows = 0, ngroups = 0;
   std::vector<double> s, z;  // [rows × ngroups], row-major

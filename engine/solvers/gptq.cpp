@@ -1,4 +1,4 @@
-// GPTQ / OPTQ, algorithms.md §3 (IST-DASLab/gptq fasterquant), lazy-batch Cholesky form.
+// GPTQ / OPTQ, docs/methods.md#gptq (IST-DASLab/gptq fasterquant), lazy-batch Cholesky form.
 //
 // Layout: the working weight is column-major f32 [rows, cols] in processing order, so a column
 // is contiguous and the block GEMM is a plain Eigen product. U (Cholesky of H⁻¹) is computed in
@@ -50,9 +50,10 @@ bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
   return inverse_cholesky_inplace(A, U);
 }
 
-// The §3 machinery shared by gptq() and gptq_on_grid(). fixed = nullptr: gptq()'s own grid
-// (per-channel or static groups fit up front, dynamic groups fit lazily from the updated W);
-// otherwise every column is rounded on *fixed (never refit), column col in group g_idx[col].
+// The GPTQ machinery (methods.md#gptq) shared by gptq() and gptq_on_grid(). fixed = nullptr:
+// gptq()'s own grid (per-channel or static groups fit up front, dynamic groups fit lazily from
+// the updated W); otherwise every column is rounded on *fixed (never refit), column col in
+// group g_idx[col].
 static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const Grid* fixed,
                             const GptqOptions& opt, const SolverLog& log) {
   check_layer_problem(fn, W, Sigma);
@@ -70,7 +71,7 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
   // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
   Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
 
-  // §1 dead inputs: Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
+  // Dead inputs (methods.md#dead-inputs): Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
   const auto S = Sigma.cmat();
   std::vector<char> dead((size_t)c, 0);
   for (int64_t j = 0; j < c; ++j) dead[(size_t)j] = S(j, j) == 0.f;
@@ -89,8 +90,9 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
   std::iota(perm.begin(), perm.end(), 0);
   if (opt.act_order) std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return hdiag(a) > hdiag(b); });
 
-  // §3 steps 2–3: H = P(Σ, dead fixed)Pᵀ + percdamp·mean(diag H)·I (mean over the permuted diagonal,
-  // as the reference damps after permuting), U = upper Cholesky of H⁻¹ in f64.
+  // Damped H and its inverse factor (methods.md#gptq-cholesky): H = P(Σ, dead fixed)Pᵀ +
+  // percdamp·mean(diag H)·I (mean over the permuted diagonal, as the reference damps after
+  // permuting), U = upper Cholesky of H⁻¹ in f64.
   // Cholesky failure: percdamp ×10 (0 → 1e-4) and retry, logged; H is rebuilt from Σ each try.
   double mean_diag = 0;
   for (int64_t p = 0; p < c; ++p) mean_diag += hdiag(perm[p]);
@@ -138,11 +140,11 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
 
   for (int64_t i1 = 0; i1 < c; i1 += B) {
     const int64_t i2 = std::min(c, i1 + B), n = i2 - i1;
-    // Dynamic groups (§3 note): the reference fits the group starting at column j from
-    // W[:, j:j+g], i.e. the weights as of the start of this block (updates of earlier blocks
-    // only; earlier columns of this block live in W1). W does not change inside a block, so
-    // every group starting in [i1, i2) is fit here, before the block is touched. For g < B the
-    // later groups of a block therefore see partially stale weights — reproduced on purpose.
+    // Dynamic groups (methods.md#gptq-groups): the reference fits the group starting at column j
+    // from W[:, j:j+g], i.e. the weights as of the start of this block (updates of earlier blocks
+    // only; earlier columns of this block live in W1). W does not change inside a block, so every
+    // group starting in [i1, i2) is fit here, before the block is touched. For g < B the later
+    // groups of a block therefore see partially stale weights — reproduced on purpose.
     if (dynamic)
       for (int64_t p = i1; p < i2; ++p)
         if (p % G == 0) {
@@ -153,7 +155,8 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
           grid_fit_group(grid, p / G, blk.t());
         }
 
-    // §3 step 4, inside the block (W1 = Wp[:, i1:i2] updated in place), rows independent:
+    // Lazy-batch update (methods.md#gptq-update), inside the block (W1 = Wp[:, i1:i2] updated in
+    // place), rows independent:
     //   q = Q(w_j),  e_j = (w_j − q)/U_jj,  W1[:, j+1:i2] −= e_j·U[j, j+1:i2].
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t ch = 0; ch < nch; ++ch) {
@@ -169,7 +172,7 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
           const float v = grid.value(q, i, g);  // = QuantizedLinear::dequantize
           codes[i * c + col] = (uint8_t)q;
           const float diff = w[i] - v;
-          l += (double)(diff * diff / (d * d));  // §3 step 5 bookkeeping
+          l += (double)(diff * diff / (d * d));  // proxy-loss bookkeeping (methods.md#gptq-update)
           e[i] = diff / d;
         }
         loss[(size_t)ch] += l;

@@ -1,4 +1,4 @@
-// qforge — GPTQ / OPTQ (algorithms.md §3): column-sequential rounding with the optimal
+// qforge — GPTQ / OPTQ (docs/methods.md#gptq): column-sequential rounding with the optimal
 // update of the not-yet-quantized columns, lazy-batch Cholesky form.
 #pragma once
 #include "quant/grid.h"
@@ -24,15 +24,17 @@ struct GptqResult {
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
                 const SolverLog& log = nullptr);
 
-// §3 error-feedback rounding onto a FIXED grid (decoupleQ's integer step, §7 3(a)): the same
-// dead-input fix, damping (with escalation), act-order and lazy-batch loop as gptq(), but no grid
-// is fit — column col is rounded in group grid.g_idx[col] with the grid's own (scale, zero), which
-// the result keeps unchanged (static_groups is ignored). The grid must match W's shape.
+// GPTQ's error-feedback rounding onto a FIXED grid (methods.md#gptq-on-grid; decoupleQ's integer
+// step, methods.md#decoupleq-gptq): the same dead-input fix, damping (with escalation), act-order
+// and lazy-batch loop as gptq(), but no grid is fit — column col is rounded in group
+// grid.g_idx[col] with the grid's own (scale, zero), which the result keeps unchanged
+// (static_groups is ignored). The grid must match W's shape.
 GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt = {},
                         const SolverLog& log = nullptr);
 
-// §3 step 3: U upper triangular with H⁻¹ = UᵀU (f64). False when H is not numerically positive
-// definite (LLT failure, a Cholesky pivot² ≤ 1e-10·max diag H, or a non-finite U).
+// The inverse factor (methods.md#gptq-cholesky): U upper triangular with H⁻¹ = UᵀU (f64). False
+// when H is not numerically positive definite (LLT failure, a Cholesky pivot² ≤ 1e-10·max diag H,
+// or a non-finite U).
 bool gptq_inverse_cholesky(const Eigen::MatrixXd& H, Eigen::MatrixXd& U);
 
 }  // namespace qf

@@ -1,7 +1,7 @@
-// qforge — QuantEase cyclic coordinate descent (algorithms.md §4).
+// qforge — QuantEase cyclic coordinate descent (docs/methods.md#quantease).
 //
 // The sweep works on the residual E = T − Ŵ instead of TΣ: for column j
-//   (TΣ)_:j − Σ_{k≠j} Ŵ_:k Σ_kj = (EΣ)_:j + Ŵ_:j Σ_jj   ⇒   β_:j = Ŵ_:j + (EΣ)_:j / Σ_jj,      (§4)
+//   (TΣ)_:j − Σ_{k≠j} Ŵ_:k Σ_kj = (EΣ)_:j + Ŵ_:j Σ_jj   ⇒   β_:j = Ŵ_:j + (EΣ)_:j / Σ_jj,   (Q2, methods.md#cd-update)
 // so no TΣ precompute is needed and β is formed from a small residual (no cancellation).
 // Columns go in blocks of kBlock: one GEMM R = E Σ_:,blk gives (EΣ) for the whole block from
 // the current Ŵ (Gauss–Seidel: columns before the block already updated, after it not yet).
@@ -146,12 +146,12 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
             gcur = g;
           }
           if (!(sjj > 0.f)) {
-            for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (§4)
+            for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (methods.md#cd-update)
           } else {
             const float* rc = &R(0, jj);
             const float* wc = &Wb(0, jj);
             for (int64_t i = 0; i < nr; ++i) {
-              const float beta = wc[i] + rc[i] / sjj;  // §4 coordinate minimiser
+              const float beta = wc[i] + rc[i] / sjj;  // coordinate minimiser (methods.md#cd-update)
               q(i) = opt.continuous ? beta : fast ? qvalue(beta, sc(i), zr(i), maxq) : grid.quantize(beta, r0 + i, g);
             }
           }
@@ -261,8 +261,9 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
   // f under S, tracked exactly per coordinate by cd_sweep (one objective() per sweep would double the cost).
   double fS = opt.percdamp > 0 ? objective(Wc, What, S).value : res.init_objective;
   for (int it = 1; it <= opt.iters; ++it) {
-    // §4 schedule: continuous on it % every == 1 (1, 4, 7, …), it ≤ iters − 5, never the last sweep;
-    // none after an rtn/gptq init (fmchisel: the init is already on the grid).
+    // Sweep schedule (methods.md#quantease-schedule): continuous on it % every == 1 (1, 4, 7, …),
+    // it ≤ iters − 5, never the last sweep; none after an rtn/gptq init (fmchisel: the init is
+    // already on the grid).
     const int ce = opt.continuous_every;
     so.continuous = opt.init == "w" && ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;
     fS += sweep(Wc, S, What, grid, so);

@@ -1,4 +1,4 @@
-// qforge — QuantEase cyclic coordinate descent (algorithms.md §4).
+// qforge — QuantEase cyclic coordinate descent (docs/methods.md#quantease).
 #pragma once
 #include <string>
 #include <vector>

@@ -1,7 +1,8 @@
-// qforge — outlier-aware QuantEase (algorithms.md §5):
+// qforge — outlier-aware QuantEase (docs/methods.md#outliers):
 //   min ‖(W − Ŵ − Hs) X‖²  over Ŵ on the grid and Hs with ‖Hs‖₀ ≤ s,
-// alternating one CD sweep on Ŵ (target W − Hs, §4) with one iterative-hard-thresholding step on Hs.
-// Implemented from the formulas, not from quantease_outlier.py (which never writes Ŵ; §5 caveat).
+// alternating one CD sweep on Ŵ (target W − Hs, methods.md#cd-update) with one
+// iterative-hard-thresholding step on Hs. Implemented from the formulas, not from
+// quantease_outlier.py (which never writes Ŵ; methods.md#outliers-caveat).
 #include "solvers/quantease_outliers.h"
 
 #include <algorithm>
@@ -15,7 +16,8 @@ namespace qf {
 
 namespace {
 
-// A grid from per-(row, group) ranges [rows × ngroups, row-major]; each range is widened to hold 0 (§1).
+// A grid from per-(row, group) ranges [rows × ngroups, row-major]; each range is widened to hold 0
+// (methods.md#grid).
 Grid grid_from_ranges(const GridSpec& spec, int64_t rows, int64_t cols, const std::vector<float>& xmin,
                       const std::vector<float>& xmax) {
   Grid g = grid_new(spec, rows, cols);
@@ -24,8 +26,9 @@ Grid grid_from_ranges(const GridSpec& spec, int64_t rows, int64_t cols, const st
   return g;
 }
 
-// Unstructured (§5): per (row, group) range with the n = round(width·ratio/2) smallest and n largest
-// values excluded: xmin = sorted[n], xmax = sorted[width − 1 − n] (per channel: width = cols).
+// Unstructured (methods.md#outlier-grid): per (row, group) range with the n = round(width·ratio/2)
+// smallest and n largest values excluded: xmin = sorted[n], xmax = sorted[width − 1 − n] (per
+// channel: width = cols).
 Grid trimmed_grid(const Tensor& W, const GridSpec& spec, double ratio) {
   const int64_t r = W.size(0), c = W.size(1);
   Grid g = grid_new(spec, r, c);
@@ -49,7 +52,8 @@ Grid trimmed_grid(const Tensor& W, const GridSpec& spec, double ratio) {
   return grid_from_ranges(spec, r, c, lo, hi);
 }
 
-// Structured (§5): per (row, group) min/max over the columns that are not outliers.
+// Structured (methods.md#outlier-grid): per (row, group) min/max over the columns that
+// are not outliers.
 Grid support_grid(const Tensor& W, const GridSpec& spec, const std::vector<char>& outlier_col) {
   const int64_t r = W.size(0), c = W.size(1);
   Grid g = grid_new(spec, r, c);
@@ -161,7 +165,7 @@ void iht_step(const Tensor& W, const Tensor& Sigma, const Tensor& What, Tensor& 
   if (!(opt.lambda_max >= 0) || !std::isfinite(opt.lambda_max)) fail(fn, ": lambda_max must be >= 0, got ", opt.lambda_max);
   const double lam = opt.lambda_max > 0 ? opt.lambda_max : lambda_max(Sigma);
 
-  // §5 step 2: R = (Ŵ + Hs − W) Σ;  Hs ← P_k(Hs − η R),  η = α / (2 λmax(Σ)).  (Σ = 0: no gradient step.)
+  // Step 2, IHT (methods.md#iht): R = (Ŵ + Hs − W) Σ;  Hs ← P_k(Hs − η R),  η = α / (2 λmax(Σ)).  (Σ = 0: no gradient step.)
   MatRM H = Hs.cmat();
   if (lam > 0) {
     const MatRM D = What.cmat() + H - W.cmat();
@@ -181,19 +185,20 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
   if (!(opt.alpha > 0) || !std::isfinite(opt.alpha)) fail(fn, ": alpha must be > 0, got ", opt.alpha);
   if (opt.continuous_every < 0) fail(fn, ": continuous_every must be >= 0, got ", opt.continuous_every);
   spec.validate();
-  // An allocated grid (§6: row clusters, mixed bits, companded) has no "trimmed per-row range";
-  // it is fitted by its own rule on the Ŵ the sweeps start from (W with the initial outliers
-  // zeroed), so the outliers still leave its ranges. Structured outliers keep §5's grid.
+  // An allocated grid (methods.md#allocated-grids: row clusters, mixed bits, companded) has no
+  // "trimmed per-row range"; it is fitted by its own rule on the Ŵ the sweeps start from (W with
+  // the initial outliers zeroed), so the outliers still leave its ranges. Structured outliers keep
+  // the grid of methods.md#outlier-grid.
   const bool allocated = spec.kind != GridKind::Uniform || spec.mixed_bits() || !spec.row_group.empty();
   if (allocated && opt.structured)
     fail(fn, ": structured outliers refresh §5's per-row min-max grid; got ", spec.str(),
          " (use unstructured outliers with mixed bits, row groups or companded grids)");
-  if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range of §5, no MSE search");
+  if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range (docs/methods.md#outlier-grid), no MSE search");
   const int64_t r = W.size(0), c = W.size(1);
   const Tensor Wc = W.contiguous();
   const Tensor Sc = Sigma.contiguous();
 
-  // Budget (§5): s entries (unstructured) or s whole input columns (structured).
+  // Budget (methods.md#outliers): s entries (unstructured) or s whole input columns (structured).
   const int64_t s = opt.structured ? std::llround((double)c * opt.ratio) : std::llround((double)r * (double)c * opt.ratio);
   // Init: Hs = the s largest |w| (structured: s largest-norm columns), Ŵ = W with those zeroed.
   Tensor Hs = Tensor::empty({r, c});
@@ -228,7 +233,8 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
     // Structured: the grid follows the current outlier columns (refreshed after each IHT step,
     // i.e. before the next sweep, so the last sweep's grid is the one returned).
     if (opt.structured && it > 1) grid = support_grid(Wc, spec, outlier_cols());
-    // 1. CD sweep on Ŵ with target W − Hs; the §4 schedule (continuous on 1, 4, 7, … ≤ iters − 5).
+    // 1. CD sweep on Ŵ with target W − Hs; the sweep schedule of methods.md#quantease-schedule
+    //    (continuous on 1, 4, 7, … ≤ iters − 5).
     const int ce = opt.continuous_every;
     CdSweepOptions so;
     so.continuous = ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;

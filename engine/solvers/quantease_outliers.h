@@ -1,5 +1,6 @@
 // qforge — outlier-aware QuantEase: a quantized dense part plus a sparse full-precision
-// outlier matrix Hs, by CD sweeps alternating with iterative hard thresholding (§5).
+// outlier matrix Hs, by CD sweeps alternating with iterative hard thresholding
+// (docs/methods.md#outliers).
 #pragma once
 #include "quant/grid.h"
 #include "quant/layer_problem.h"

@@ -2,7 +2,8 @@
 
 namespace qf {
 
-// §2: fit the §1 grid on W itself, then every weight to its nearest grid value.
+// RTN (docs/methods.md#rtn): fit the grid (methods.md#grid) on W itself, then every weight to its
+// nearest grid value.
 QuantizedLinear rtn(const Tensor& W, const GridSpec& spec) {
   if (!W.defined() || W.dim() != 2) fail("rtn: expected a 2-d weight, got ", W.defined() ? shape_str(W.shape()) : std::string("undefined"));
   const Grid g = grid_fit(W, spec);

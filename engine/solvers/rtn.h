@@ -1,4 +1,4 @@
-// qforge — round to nearest (algorithms.md §2): every weight to its grid's nearest value.
+// qforge — round to nearest (docs/methods.md#rtn): every weight to its grid's nearest value.
 #pragma once
 #include "quant/grid.h"
 

@@ -1,5 +1,5 @@
--- CVXQ primitives from Lua (§6): dual_ascent over mixed groupings, row clusters, group spread,
--- bias correction and set_bias — hand values and the defining properties.
+-- CVXQ primitives from Lua (docs/methods.md#cvxq): dual_ascent over mixed groupings, row clusters,
+-- group spread, bias correction and set_bias — hand values and the defining properties.
 local H = dofile("tests/lua/harness.lua")
 local check, check_eq, check_error = H.check, H.check_eq, H.check_error
 

@@ -1,6 +1,6 @@
--- decoupleQ's layer stage from Lua (§7): qf.alt_min returns a QLinear on a float_zero grid and an
--- info table; its loss is the objective of the returned weight, never above GPTQ's or RTN's on the
--- same problem; bad options are errors that name the option.
+-- decoupleQ's layer stage from Lua (docs/methods.md#decoupleq): qf.alt_min returns a QLinear on a
+-- float_zero grid and an info table; its loss is the objective of the returned weight, never above
+-- GPTQ's or RTN's on the same problem; bad options are errors that name the option.
 local H = dofile("tests/lua/harness.lua")
 local check, check_eq, check_error = H.check, H.check_eq, H.check_error
 

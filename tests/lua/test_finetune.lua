@@ -1,6 +1,6 @@
--- Block-wise finetuning from Lua (decoupleQ §7 step 4): cal:finetune and m:block(b):finetune on
--- stories260K with RTN 2-bit blocks — lr = 0 is a bit-exact no-op, the loss goes down, codes never
--- move, the two entry points agree, option errors name the option.
+-- Block-wise finetuning from Lua (decoupleQ's step 4, docs/methods.md#block-finetune): cal:finetune
+-- and m:block(b):finetune on stories260K with RTN 2-bit blocks — lr = 0 is a bit-exact no-op, the
+-- loss goes down, codes never move, the two entry points agree, option errors name the option.
 local H = dofile("tests/lua/harness.lua")
 local check, check_eq, check_error = H.check, H.check_eq, H.check_error
 
