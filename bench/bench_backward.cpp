@@ -48,8 +48,8 @@ static Model synthetic(int dim, int hidden, int heads, int kv_heads, int seq) {
   const int64_t shapes[7][2] = {{QW, dim}, {KW, dim}, {KW, dim}, {dim, QW}, {hidden, dim}, {hidden, dim}, {dim, hidden}};
   for (int i = 0; i < 7; ++i) {
     Linear l;
-    l.name = kLlamaLinears[i].name;
-    l.input = kLlamaLinears[i].input;
+    l.name = kLlama.linears[i].name;
+    l.input = kLlama.linears[i].input;
     l.weight = randn(rng, {shapes[i][0], shapes[i][1]}, 1.0 / std::sqrt((double)shapes[i][1]));
     b.linears.push_back(std::move(l));
   }
