@@ -508,6 +508,7 @@ int luaopen_qforge(lua_State* L) {
   open_rng(L, -1);
   open_quant(L, -1);
   open_decoupleq(L, -1);
+  open_solvers(L, -1);
   open_cvxq(L, -1);
   open_finetune(L, -1);
   set_introspection(L, -1);

@@ -195,6 +195,7 @@ void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
 void open_quant(lua_State* L, int mod);
 void open_decoupleq(lua_State* L, int mod);  // after open_quant (returns QLinear)
+void open_solvers(lua_State* L, int mod);    // after open_quant (returns QLinear)
 void open_cvxq(lua_State* L, int mod);  // after open_model (adds Model methods)
 void open_finetune(lua_State* L, int mod);  // after open_model and open_quant (adds Model and Calibration methods)
 

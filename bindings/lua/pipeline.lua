@@ -80,6 +80,39 @@ function P.finetune_options(own, help)
   return own, help
 end
 
+-- A registered solver's options as recipe options: its declared defaults and declarations
+-- (qf.solver_options, engine/solvers/solver.cpp), all of them or only `names`, added to own/help.
+--   local opt = P.options(P.finetune_options(P.solver_options("gptq")))
+function P.solver_options(solver, names, own, help)
+  own, help = own or {}, help or {}
+  local defaults, decl = qf.solver_options(solver)
+  if names == nil then
+    names = {}
+    for _, f in ipairs(qf.solvers()) do
+      if f.name == solver then for _, o in ipairs(f.options) do names[#names + 1] = o.name end end
+    end
+  end
+  for _, n in ipairs(names) do
+    if defaults[n] == nil then error(string.format("P.solver_options: solver '%s' has no option '%s'", solver, n), 2) end
+    if own[n] == nil then own[n] = defaults[n] end
+    if help[n] == nil then help[n] = decl[n] end
+  end
+  return own, help
+end
+
+-- The solve function of P.quantize_model for a registered solver, with the recipe's values of
+-- that solver's options (those opt holds; the rest keep their defaults). The options are
+-- checked now, before any calibration work. Returns the function and the options passed.
+function P.solver(solver, opt, grid)
+  local defaults = qf.solver_options(solver)
+  local o = {}
+  for k in pairs(defaults) do
+    if opt[k] ~= nil then o[k] = opt[k] end
+  end
+  qf.check_solver_options(solver, o)
+  return function(l) return qf.solve(solver, l, grid, o) end, o
+end
+
 -- Checked here, before any calibration work, so a bad option fails the run at once.
 local FT_GROUPS = { scales = true, zeros = true, norms = true, biases = true }
 function P.finetune(opt)

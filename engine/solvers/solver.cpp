@@ -1,0 +1,244 @@
+#include "solvers/solver.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+
+#include "core/error.h"
+#include "solvers/decoupleq.h"
+#include "solvers/gptq.h"
+#include "solvers/quantease.h"
+#include "solvers/quantease_outliers.h"
+#include "solvers/rtn.h"
+
+namespace qf {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t tokens, std::string site, const char* fn) {
+  check_layer_problem(fn, W, sigma);
+  if (mu.defined() && (mu.dim() != 1 || mu.size(0) != W.size(1)))
+    fail(fn, ": mu must be [", W.size(1), "] (one mean per input column), got ", shape_str(mu.shape()));
+  if (tokens < 0) fail(fn, ": tokens must be >= 0, got ", tokens);
+  LayerProblem p;
+  p.W = std::move(W);
+  p.sigma = std::move(sigma);
+  p.mu = std::move(mu);
+  p.tokens = tokens;
+  p.site = std::move(site);
+  return p;
+}
+
+const char* option_type_name(OptionType t) {
+  switch (t) {
+    case OptionType::Int: return "integer";
+    case OptionType::Number: return "number";
+    case OptionType::Bool: return "boolean";
+    case OptionType::String: return "string";
+  }
+  return "?";
+}
+
+static std::string range_text(const OptionField& f) {
+  const bool lo = std::isfinite(f.min), hi = std::isfinite(f.max);
+  auto num = [&](double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.17g", v);
+    return f.type == OptionType::Int ? std::to_string((long long)v) : std::string(b);
+  };
+  const std::string l = (f.min_open ? "> " : ">= ") + num(f.min), h = (f.max_open ? "< " : "<= ") + num(f.max);
+  if (lo && hi) return f.min_open || f.max_open ? l + " and " + h : "in " + num(f.min) + ".." + num(f.max);
+  if (lo) return l;
+  if (hi) return h;
+  return "";
+}
+
+ojson resolve_options(const std::string& who, const std::vector<OptionField>& fields, const json& given) {
+  if (!given.is_null() && !given.is_object()) fail(who, ": options must be a table of name = value");
+  std::string known;
+  for (const OptionField& f : fields) known += (known.empty() ? "" : ", ") + f.name;
+  if (given.is_object())
+    for (auto it = given.begin(); it != given.end(); ++it) {
+      bool found = false;
+      for (const OptionField& f : fields) found = found || f.name == it.key();
+      if (!found) fail(who, ": unknown option '", it.key(), "' (", known.empty() ? std::string("it takes none") : "known: " + known, ")");
+    }
+  ojson out = ojson::object();
+  for (const OptionField& f : fields) {
+    const bool has = given.is_object() && given.contains(f.name);
+    const json v = has ? given.at(f.name) : f.default_value;
+    const std::string what = who + ": option '" + f.name + "'";
+    switch (f.type) {
+      case OptionType::Int: {
+        if (!v.is_number_integer()) fail(what, " must be an integer, got ", v.dump());
+        const double x = (double)v.get<int64_t>();
+        if (x < f.min || x > f.max) fail(what, " must be an integer ", range_text(f), ", got ", v.dump());
+        if (x > INT32_MAX || x < INT32_MIN) fail(what, " must be an integer that fits 32 bits, got ", v.dump());
+        break;
+      }
+      case OptionType::Number: {
+        if (!v.is_number()) fail(what, " must be a number, got ", v.dump());
+        const double x = v.get<double>();
+        if (!std::isfinite(x) || x < f.min || x > f.max || (f.min_open && x == f.min) || (f.max_open && x == f.max))
+          fail(what, " must be a finite number", range_text(f).empty() ? "" : " " + range_text(f), ", got ", v.dump());
+        break;
+      }
+      case OptionType::Bool:
+        if (!v.is_boolean()) fail(what, " must be true or false, got ", v.dump());
+        break;
+      case OptionType::String: {
+        if (!v.is_string()) fail(what, " must be a string, got ", v.dump());
+        if (!f.choices.empty()) {
+          bool ok = false;
+          std::string list;
+          for (const std::string& c : f.choices) ok = ok || c == v.get<std::string>(), list += (list.empty() ? "" : ", ") + c;
+          if (!ok) fail(what, " must be one of ", list, "; got ", v.dump());
+        }
+        break;
+      }
+    }
+    out[f.name] = v;
+  }
+  return out;
+}
+
+// ---- the registry: each entry's options mirror its engine Options struct's defaults ----
+
+static OptionField opt_int(const char* n, int64_t d, double lo, const char* help, double hi = INFINITY) {
+  return {n, OptionType::Int, d, help, lo, hi, {}};
+}
+static OptionField opt_num(const char* n, double d, double lo, const char* help, double hi = INFINITY, bool lo_open = false,
+                           bool hi_open = false) {
+  return {n, OptionType::Number, d, help, lo, hi, {}, lo_open, hi_open};
+}
+static OptionField opt_bool(const char* n, bool d, const char* help) { return {n, OptionType::Bool, d, help, -INFINITY, INFINITY, {}}; }
+static OptionField opt_str(const char* n, const char* d, std::vector<std::string> choices, const char* help) {
+  return {n, OptionType::String, d, help, -INFINITY, INFINITY, std::move(choices)};
+}
+
+static std::vector<SolverEntry> make_registry() {
+  const GptqOptions g;
+  const QuantEaseOptions qe;
+  const OutlierOptions ol;
+  const AltMinOptions am;
+  std::vector<SolverEntry> r;
+  r.push_back({"rtn", "round to nearest on the grid fitted to W (docs/methods.md#rtn)", {},
+               [](const LayerProblem& p, const GridSpec& s, const ojson&, const SolverLog&) {
+                 return SolveResult{rtn(p.W, s), ojson::object()};
+               }});
+  r.push_back({"gptq", "GPTQ, lazy-batch Cholesky form (docs/methods.md#gptq)",
+               {opt_int("blocksize", g.blocksize, 1, "columns per lazy-batch block"),
+                opt_num("percdamp", g.percdamp, 0, "damping: fraction of mean diag Sigma added (x10 on Cholesky failure)"),
+                opt_bool("act_order", g.act_order, "columns in decreasing diag(Sigma) order"),
+                opt_bool("static_groups", g.static_groups, "group parameters from the original W up front (needs group > 0)")},
+               [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 GptqOptions go;
+                 go.blocksize = o["blocksize"].get<int64_t>();
+                 go.percdamp = o["percdamp"].get<double>();
+                 go.act_order = o["act_order"].get<bool>();
+                 go.static_groups = o["static_groups"].get<bool>();
+                 GptqResult gr = gptq(p.W, p.sigma, s, go, log);
+                 ojson info = {{"percdamp", gr.percdamp_used}, {"proxy_loss", gr.proxy_loss}};
+                 return SolveResult{std::move(gr.q), std::move(info)};
+               }});
+  r.push_back({"quantease", "QuantEase cyclic coordinate descent (docs/methods.md#quantease)",
+               {opt_int("iters", qe.iters, 1, "coordinate-descent sweeps"),
+                opt_str("init", qe.init.c_str(), {"w", "rtn", "gptq"}, "starting point: w (the weight), rtn or gptq"),
+                opt_int("continuous_every", qe.continuous_every, 0, "every k-th early sweep is continuous (0: never)"),
+                opt_num("percdamp", qe.percdamp, 0, "damping of Sigma before solving (reference QuantEase: none)"),
+                opt_bool("act_order", qe.act_order, "sweep columns in decreasing diag(Sigma) order")},
+               [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 QuantEaseOptions qo;
+                 qo.iters = (int)o["iters"].get<int64_t>();
+                 qo.init = o["init"].get<std::string>();
+                 qo.continuous_every = (int)o["continuous_every"].get<int64_t>();
+                 qo.percdamp = o["percdamp"].get<double>();
+                 qo.act_order = o["act_order"].get<bool>();
+                 QuantEaseResult qr = quantease(p.W, p.sigma, s, qo, log);
+                 ojson info = {{"sweeps", qr.objective}, {"init_objective", qr.init_objective}};
+                 return SolveResult{std::move(qr.q), std::move(info)};
+               }});
+  r.push_back({"quantease_outliers", "QuantEase with a sparse full-precision outlier matrix by IHT (docs/methods.md#outliers)",
+               {opt_num("ratio", ol.ratio, 0, "fraction of weights (or of columns when structured) kept in full precision", 1, false, true),
+                opt_bool("structured", ol.structured, "whole outlier columns instead of single entries"),
+                opt_int("iters", ol.iters, 1, "sweep + IHT iterations"),
+                opt_num("alpha", ol.alpha, 0, "IHT step size (times 1/(2 lambda_max))", INFINITY, true),
+                opt_int("continuous_every", ol.continuous_every, 0, "QuantEase's continuous-sweep schedule (0: never)")},
+               [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 OutlierOptions oo;
+                 oo.ratio = o["ratio"].get<double>();
+                 oo.structured = o["structured"].get<bool>();
+                 oo.iters = (int)o["iters"].get<int64_t>();
+                 oo.alpha = o["alpha"].get<double>();
+                 oo.continuous_every = (int)o["continuous_every"].get<int64_t>();
+                 OutlierResult orr = quantease_outliers(p.W, p.sigma, s, oo, log);
+                 ojson info = {{"sweeps", orr.objective}, {"outliers", orr.q.outliers.nnz()}};
+                 return SolveResult{std::move(orr.q), std::move(info)};
+               }});
+  r.push_back({"decoupleq", "decoupleQ's layer stage: alternating minimization over codes and (scale, zero) (docs/methods.md#decoupleq)",
+               {opt_int("iters", am.iters, 1, "iterations (the init is the first)"),
+                opt_str("round", "gptq", {"gptq", "pgd"}, "integer step: gptq (error feedback) or pgd (projected gradient)"),
+                opt_bool("shrink_search", am.shrink_search, "round 1: (s, z) from a range-shrink search"),
+                opt_int("shrink_steps", am.shrink_steps, 1, "shrink factors tried"),
+                opt_int("shrink_grid", am.shrink_grid, 1, "shrink factor denominator"),
+                opt_num("percdamp", am.percdamp, 0, "GPTQ rounding damping"),
+                opt_bool("act_order", am.act_order, "GPTQ rounding in decreasing diag(Sigma) order"),
+                opt_int("blocksize", am.blocksize, 1, "GPTQ lazy batch"),
+                opt_int("pgd_steps", am.pgd_steps, 0, "projected Adam steps before rounding"),
+                opt_int("pgd_inner_steps", am.pgd_inner_steps, 0, "steps after each column is frozen"),
+                opt_num("pgd_lr", am.pgd_lr, 0, "round=pgd: Adam step size in code units", INFINITY, true),
+                opt_num("min_improved", am.min_improved, 0, "stop when fewer rows than this fraction improved in a round", 1)},
+               [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 AltMinOptions ao;
+                 ao.iters = (int)o["iters"].get<int64_t>();
+                 ao.round = o["round"].get<std::string>() == "pgd" ? AltMinOptions::Round::Pgd : AltMinOptions::Round::Gptq;
+                 ao.shrink_search = o["shrink_search"].get<bool>();
+                 ao.shrink_steps = (int)o["shrink_steps"].get<int64_t>();
+                 ao.shrink_grid = (int)o["shrink_grid"].get<int64_t>();
+                 ao.percdamp = o["percdamp"].get<double>();
+                 ao.act_order = o["act_order"].get<bool>();
+                 ao.blocksize = o["blocksize"].get<int64_t>();
+                 ao.pgd_steps = (int)o["pgd_steps"].get<int64_t>();
+                 ao.pgd_inner_steps = (int)o["pgd_inner_steps"].get<int64_t>();
+                 ao.pgd_lr = o["pgd_lr"].get<double>();
+                 ao.min_improved = o["min_improved"].get<double>();
+                 AltMinResult ar = alt_min(p.W, p.sigma, s, ao, log);
+                 ojson info = {{"history", ar.history}, {"rows_improved", ar.rows_improved}, {"iters", ar.iters},
+                               {"damped_rows", ar.damped_rows}};
+                 return SolveResult{std::move(ar.q), std::move(info)};
+               }});
+  return r;
+}
+
+const std::vector<SolverEntry>& solver_registry() {
+  static const std::vector<SolverEntry> r = make_registry();
+  return r;
+}
+
+const SolverEntry& find_solver(const std::string& name) {
+  std::string known;
+  for (const SolverEntry& e : solver_registry()) {
+    if (e.name == name) return e;
+    known += (known.empty() ? "" : ", ") + e.name;
+  }
+  fail("unknown solver '", name, "' (known: ", known, ")");
+}
+
+SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const GridSpec& grid, const json& options,
+                        const SolverLog& log) {
+  const SolverEntry& e = find_solver(solver);
+  const ojson o = resolve_options(e.name, e.options, options);
+  const auto t0 = std::chrono::steady_clock::now();
+  SolveResult r = e.run(p, grid, o, log);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const Objective obj = objective(p.W, r.q.dequantize(), p.sigma);
+  ojson info = {{"solver", e.name}, {"objective", obj.value}, {"relative", obj.relative}, {"seconds", secs}};
+  for (auto it = r.info.begin(); it != r.info.end(); ++it) info[it.key()] = it.value();
+  info["options"] = o;
+  r.info = std::move(info);
+  return r;
+}
+
+}  // namespace qf

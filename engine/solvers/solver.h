@@ -1,0 +1,74 @@
+// qforge — one interface over every layer solver: a LayerProblem in (validated once), a quantized
+// linear and an info record out, whose common fields — objective, relative objective, seconds —
+// are the same for every solver. Each solver's options are declared once, as a table of fields
+// (name, type, default, range or choices, help); parsing, validation, documentation (qf.solvers())
+// and recording all come from it. The registry (solver_registry) finds a solver by its method's
+// name; adding a solver is one engine file, one table entry here, and its tests.
+#pragma once
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "quant/grid.h"
+#include "quant/layer_problem.h"
+
+namespace qf {
+
+// One linear's problem: min over Ŵ on a grid of tr((W − Ŵ) Σ (W − Ŵ)ᵀ).
+struct LayerProblem {
+  Tensor W;             // [rows, cols] f32 (a solver never writes it)
+  Tensor sigma;         // [cols, cols] f32 Gram matrix, checked by check_layer_problem
+  Tensor mu;            // [cols] mean input, or undefined
+  int64_t tokens = 0;   // calibration tokens behind Σ (0: unknown)
+  std::string site;     // activation site ("attn_in", …), "" when unknown
+  // Validates W and Σ (and μ's length) once; `fn` names the caller in errors.
+  static LayerProblem make(Tensor W, Tensor sigma, Tensor mu = {}, int64_t tokens = 0, std::string site = "",
+                           const char* fn = "layer problem");
+};
+
+enum class OptionType { Int, Number, Bool, String };
+const char* option_type_name(OptionType t);  // "integer", "number", "boolean", "string"
+
+// One declared option of a solver.
+struct OptionField {
+  std::string name;
+  OptionType type;
+  nlohmann::json default_value;
+  std::string help;
+  double min = -std::numeric_limits<double>::infinity();  // Int/Number: allowed range, inclusive
+  double max = std::numeric_limits<double>::infinity();
+  std::vector<std::string> choices;                        // String: the allowed values (empty: any)
+  bool min_open = false, max_open = false;                 // exclusive bounds (> min, < max)
+};
+
+// Checks `given` (a JSON object of name → value) against the fields: unknown names, wrong types,
+// values out of range or not among the choices are errors naming `who`, the option and the
+// allowed values. Returns every field's value (given or default), in declaration order.
+nlohmann::ordered_json resolve_options(const std::string& who, const std::vector<OptionField>& fields,
+                                       const nlohmann::json& given);
+
+struct SolveResult {
+  QuantizedLinear q;
+  // objective, relative (of q.dequantize() against the problem's W under its Σ, f64), seconds
+  // (the solver's wall time), then the method's own fields.
+  nlohmann::ordered_json info;
+};
+
+struct SolverEntry {
+  std::string name;  // the method: "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq"
+  std::string help;  // one line
+  std::vector<OptionField> options;
+  // The method itself, on resolved options; returns the quantized linear and its own info fields.
+  std::function<SolveResult(const LayerProblem&, const GridSpec&, const nlohmann::ordered_json&, const SolverLog&)> run;
+};
+
+const std::vector<SolverEntry>& solver_registry();
+const SolverEntry& find_solver(const std::string& name);  // error lists the known solvers
+
+// Resolves the options, runs the solver, and fills the common info fields.
+SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const GridSpec& grid,
+                        const nlohmann::json& options = nlohmann::json::object(), const SolverLog& log = nullptr);
+
+}  // namespace qf
