@@ -11,23 +11,28 @@ local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0 },
   { apply = { "which result advances the sequential chain: rtn | gptq | qe_w | qe_gptq | qe_out05 | qe_out1",
               choices = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" } },
     iters = { "QuantEase sweeps", min = 1 } })
+-- Each column: a registered solver (qf.solvers()) with its options.
 local methods = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" }
+local SOLVERS = {
+  rtn = { "rtn" },
+  gptq = { "gptq" },
+  qe_w = { "quantease", { iters = opt.iters, init = "w" } },
+  qe_gptq = { "quantease", { iters = opt.iters, init = "gptq" } },
+  qe_out05 = { "quantease_outliers", { ratio = 0.005, iters = opt.iters } },
+  qe_out1 = { "quantease_outliers", { ratio = 0.01, iters = opt.iters } },
+}
+for _, k in ipairs(methods) do qf.check_solver_options(SOLVERS[k][1], SOLVERS[k][2]) end
 
 local ctx = P.prepare(opt, nil, { outliers = opt.apply:match("^qe_out") ~= nil })
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local rows = {}
 local s = P.quantize_model(ctx.model, ctx.cal, function(l)
-  local res = {
-    rtn = qf.rtn(l.W, grid),
-    gptq = qf.gptq(l.W, l.sigma, grid),
-    qe_w = qf.quantease(l.W, l.sigma, grid, { iters = opt.iters, init = "w" }),
-    qe_gptq = qf.quantease(l.W, l.sigma, grid, { iters = opt.iters, init = "gptq" }),
-    qe_out05 = qf.quantease_outliers(l.W, l.sigma, grid, { ratio = 0.005, iters = opt.iters }),
-    qe_out1 = qf.quantease_outliers(l.W, l.sigma, grid, { ratio = 0.01, iters = opt.iters }),
-  }
-  local row = { block = l.block, layer = l.name }
-  for _, k in ipairs(methods) do row[k] = qf.objective(l.W, res[k]:dequantize(), l.sigma) end
+  local row, res = { block = l.block, layer = l.name }, {}
+  for _, k in ipairs(methods) do
+    local q, info = qf.solve(SOLVERS[k][1], l, grid, SOLVERS[k][2])
+    res[k], row[k] = q, info.objective
+  end
   rows[#rows + 1] = row
   return res[opt.apply]
 end, { true_sequential = opt.true_sequential })
