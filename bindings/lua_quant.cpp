@@ -486,7 +486,7 @@ static int f_calibration(lua_State* L) {
   return 1;
 }
 
-// cal:capture([sites]) -> {attn_in = {sigma = Tensor, mean = Tensor, tokens = N}, ...}
+// cal:capture([sites]) -> {attn_in = {sigma = Tensor, mu = Tensor, tokens = N}, ...}
 static int c_capture(lua_State* L) {
   const char* fn = "capture";
   LCal& c = check_cal(L, 1, fn);
@@ -507,8 +507,6 @@ static int c_capture(lua_State* L) {
     lua_createtable(L, 0, 3);
     push_tensor(L, s.sigma());
     lua_setfield(L, -2, "sigma");
-    push_tensor(L, s.mean());
-    lua_setfield(L, -2, "mean");
     push_tensor(L, s.mu());
     lua_setfield(L, -2, "mu");
     set_field(L, "tokens", s.tokens);

@@ -100,14 +100,6 @@ void check_table(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "table");
 }
 
-int64_t opt_int(lua_State* L, int arg, const char* fn, int64_t def) {
-  return is_none_or_nil(L, arg) ? def : check_int(L, arg, fn);
-}
-
-std::string opt_str(lua_State* L, int arg, const char* fn, const std::string& def) {
-  return is_none_or_nil(L, arg) ? def : check_str(L, arg, fn);
-}
-
 // ---- options tables ---------------------------------------------------------------
 void check_opts(lua_State* L, int arg, const char* fn, std::initializer_list<const char*> known) {
   if (is_none_or_nil(L, arg)) return;

@@ -95,8 +95,6 @@ double check_num(lua_State* L, int arg, const char* fn);
 std::string check_str(lua_State* L, int arg, const char* fn);  // strings only (no number coercion)
 bool check_bool(lua_State* L, int arg, const char* fn);
 void check_table(lua_State* L, int arg, const char* fn);
-int64_t opt_int(lua_State* L, int arg, const char* fn, int64_t def);  // none/nil -> def
-std::string opt_str(lua_State* L, int arg, const char* fn, const std::string& def);
 bool is_none_or_nil(lua_State* L, int arg);
 // Makes room for n more stack slots (recursive readers/writers of nested tables).
 void need_stack(lua_State* L, int n);

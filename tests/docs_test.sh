@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # docs/architecture.md lists every engine and binding source file, and every file it names exists.
 # The map writes a folder's files as `name.*` (header + source), `name.h`/`name.cpp`, or a
-# comma-separated group on one line; this test expands `name.*` to the files present.
+# comma-separated group on one line, each optionally under a subfolder (`cpu/gemm.*`); this
+# test expands `name.*` to the files present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 doc=docs/architecture.md
@@ -22,7 +23,8 @@ for line in block.splitlines():
         continue
     if folder and line.startswith("   "):
         head = re.split(r"\s{2,}", line.strip())[0]
-        for tok in re.findall(r"[\w]+\.(?:\*|h|cpp)", head): out.add(folder + tok)
+        # a name may sit in a subfolder of the folder: "cpu/gemm.*" under " backend/"
+        for tok in re.findall(r"[\w]+(?:/[\w]+)*\.(?:\*|h|cpp)", head): out.add(folder + tok)
 for t in sorted(out): print(t)
 PY
 )

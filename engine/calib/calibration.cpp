@@ -41,13 +41,6 @@ Tensor SiteStats::mu() const {
   return t;
 }
 
-Tensor SiteStats::mean() const {
-  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
-  Tensor t = Tensor::empty({sum.rows(), sum.cols()});
-  t.mat() = (sum / (double)tokens).cast<float>();
-  return t;
-}
-
 void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X_) {
   if (X_.dim() != 2 || X_.dtype() != DType::F32) fail("accumulate_gram: expected f32 [N, c], got ", shape_str(X_.shape()));
   const Tensor X = X_.contiguous();

@@ -38,7 +38,6 @@ struct SiteStats {
   Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction, methods.md#bias-correction)
   int64_t tokens = 0;
   Tensor sigma() const;  // f32 copy of the raw sum
-  Tensor mean() const;   // f32 copy of sum / tokens
   Tensor mu() const;     // f32 mean input xsum / tokens  [c]
 };
 

@@ -1,6 +1,7 @@
 // The Llama backward pass: op backwards, block_backward (recompute the block forward,
 // then backpropagate), and the whole-model drivers. f32 throughout; f64 only for the
 // reductions that need it (RMSNorm row dots and gain sums, softmax row sums, the loss).
+#include "backend/cpu/gemm.h"
 #include "core/parallel.h"
 #include "model/backward.h"
 
@@ -13,13 +14,10 @@
 
 namespace qf {
 
-// Fixed chunking, as in forward.cpp: every GEMM and every partial sum has the same shape
-// and order whatever the thread count, so gradients are bit-identical for 1 or N threads.
-static constexpr int64_t kRowChunk = 64;  // rows of dx = dy W per GEMM
-static constexpr int64_t kOutChunk = 32;  // rows of dW = dyᵀ x per GEMM (full reduction over N)
-
-using CMap = Eigen::Map<const MatRM>;
-using Map = Eigen::Map<MatRM>;
+// Fixed chunking, as in forward.cpp: every GEMM (backend/cpu/gemm.h) and every partial sum has
+// the same shape and order whatever the thread count, so gradients are bit-identical for 1 or N
+// threads.
+static constexpr int64_t kRowChunk = 64;  // rows per f64 partial sum (RMSNorm gains)
 
 static void check_2d(const Tensor& t, int64_t cols, const char* what) {
   if (!t.defined() || t.dim() != 2 || t.size(1) != cols || t.dtype() != DType::F32)
@@ -43,42 +41,27 @@ static void add_inplace(Tensor& a, const Tensor& b) {
 static void dy_times_w(const Tensor& dy, const Tensor& W, Tensor& dx, bool accumulate) {
   const int64_t N = dy.size(0), outf = W.size(0), in = W.size(1);
   if (!accumulate) dx = Tensor::empty({N, in});
-  CMap Wm(W.f32(), outf, in);
-  const float* dyp = dy.f32();
-  float* dxp = dx.f32();
-  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
-  for (int64_t c = 0; c < nchunks; ++c) {
-    const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
-    CMap DY(dyp + r0 * outf, nr, outf);
-    Map DX(dxp + r0 * in, nr, in);
-    if (accumulate) DX.noalias() += DY * Wm;
-    else DX.noalias() = DY * Wm;
-  }
+  cpu::gemm_rows_chunked(dy.f32(), N, W.f32(), outf, in, /*w_transposed=*/false, dx.f32(), accumulate);
 }
 
-// dW = dyᵀ x [out, in], one GEMM per block of kOutChunk output rows, each reducing over all
+// dW = dyᵀ x [out, in], one GEMM per block of kGemmOutChunk output rows, each reducing over all
 // N rows; db[o] = Σ_n dy[n, o] in f64 when db is non-null.
 static void dyt_times_x(const Tensor& dy, const Tensor& x, Tensor& dW, Tensor* db) {
   const int64_t N = dy.size(0), outf = dy.size(1), in = x.size(1);
   dW = Tensor::empty({outf, in});
   if (db) *db = Tensor::empty({outf});
-  CMap DY(dy.f32(), N, outf), X(x.f32(), N, in);
-  Map DW(dW.f32(), outf, in);
   float* dbp = db ? db->f32() : nullptr;
   const float* dyp = dy.f32();
-  const int64_t nchunks = (outf + kOutChunk - 1) / kOutChunk;
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
-  for (int64_t c = 0; c < nchunks; ++c) {
-    const int64_t o0 = c * kOutChunk, no = std::min(kOutChunk, outf - o0);
-    DW.middleRows(o0, no).noalias() = DY.middleCols(o0, no).transpose() * X;
-    if (dbp)
+  std::function<void(int64_t, int64_t)> bias_sums;
+  if (dbp)
+    bias_sums = [&](int64_t o0, int64_t no) {
       for (int64_t o = o0; o < o0 + no; ++o) {
         double s = 0;
         for (int64_t n = 0; n < N; ++n) s += dyp[n * outf + o];
         dbp[o] = (float)s;
       }
-  }
+    };
+  cpu::gemm_tn_out_chunked(dyp, N, outf, x.f32(), in, dW.f32(), /*accumulate=*/false, bias_sums);
 }
 
 // ---------------------------------------------------------------- rmsnorm
@@ -335,18 +318,10 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   constexpr int64_t kSuper = 256;
   Tensor logits = Tensor::empty({std::min(kSuper, N), V});
   std::vector<double> row_loss(kSuper);
-  CMap Wm(W.f32(), V, D), Xn(xn.f32(), N, D);
-  Map dXn(dxn.f32(), N, D);
-  Map L(logits.f32(), logits.size(0), V);
   double loss = 0;
   for (int64_t s0 = 0; s0 < N; s0 += kSuper) {
     const int64_t ns = std::min(kSuper, N - s0);
-    const int64_t nchunks = (ns + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
-      L.middleRows(r0, nr).noalias() = Xn.middleRows(s0 + r0, nr) * Wm.transpose();
-    }
+    cpu::gemm_rows_chunked(xn.f32() + s0 * D, ns, W.f32(), V, D, /*w_transposed=*/true, logits.f32(), false);
     // softmax − one-hot, scaled by 1/scored: dL/dlogits, in place
 #pragma omp parallel for schedule(static) if (worth_parallel(ns * V * 4))
     for (int64_t r = 0; r < ns; ++r) {
@@ -366,20 +341,10 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
       l[t] -= inv_count;
     }
     for (int64_t r = 0; r < ns; ++r) loss += row_loss[r];
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(ns * D * V))
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, ns - r0);
-      dXn.middleRows(s0 + r0, nr).noalias() = L.middleRows(r0, nr) * Wm;
-    }
-    if (param_grads) {
-      Map dC(hg.d_classifier.f32(), V, D);
-      const int64_t vchunks = (V + kOutChunk - 1) / kOutChunk;
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * D * V))
-      for (int64_t c = 0; c < vchunks; ++c) {
-        const int64_t v0 = c * kOutChunk, nv = std::min(kOutChunk, V - v0);
-        dC.middleRows(v0, nv).noalias() += L.block(0, v0, ns, nv).transpose() * Xn.middleRows(s0, ns);
-      }
-    }
+    cpu::gemm_rows_chunked(logits.f32(), ns, W.f32(), V, D, /*w_transposed=*/false, dxn.f32() + s0 * D, false);
+    if (param_grads)  // threads by the whole pass's N·D·V, as before the backend
+      cpu::gemm_tn_out_chunked(logits.f32(), ns, V, xn.f32() + s0 * D, D, hg.d_classifier.f32(), /*accumulate=*/true,
+                               nullptr, N * D * V);
   }
   hg.loss = loss / (double)scored;
   RmsnormGrads ng = rmsnorm_backward(x, m.final_norm, m.cfg.norm_eps, dxn, param_grads);

@@ -1,5 +1,6 @@
 // The Llama forward pass (llama2.c semantics: RMSNorm eps 1e-5, interleaved-pair RoPE,
 // grouped-query causal attention, SwiGLU MLP), full sequence, f32, OpenMP-parallel.
+#include "backend/cpu/gemm.h"
 #include "core/parallel.h"
 #include "model/forward.h"
 
@@ -10,10 +11,6 @@
 #include <numbers>
 
 namespace qf {
-
-// Rows are processed in fixed chunks so every GEMM has the same shape whatever the
-// thread count: results are bit-identical for 1 or N threads.
-static constexpr int64_t kRowChunk = 64;
 
 static void check_2d(const Tensor& t, int64_t cols, const char* what) {
   if (t.dim() != 2 || t.size(1) != cols || t.dtype() != DType::F32)
@@ -181,19 +178,9 @@ Tensor linear_forward(const Tensor& x_, const Linear& lin) {
   const Tensor x = x_.contiguous();
   const int64_t N = x.size(0);
   Tensor y = Tensor::empty({N, outf});
-  using CMap = Eigen::Map<const MatRM>;
-  using Map = Eigen::Map<MatRM>;
-  CMap Wm(W.f32(), outf, in);
-  const float* xp = x.f32();
   float* yp = y.f32();
-  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * in * outf))
-  for (int64_t c = 0; c < nchunks; ++c) {
-    const int64_t r0 = c * kRowChunk, nr = std::min(kRowChunk, N - r0);
-    CMap X(xp + r0 * in, nr, in);
-    Map Y(yp + r0 * outf, nr, outf);
-    Y.noalias() = X * Wm.transpose();
-  }
+  // Fixed 64-row chunks: the same bits for 1 or N threads.
+  cpu::gemm_rows_chunked(x.f32(), N, W.f32(), outf, in, /*w_transposed=*/true, yp, /*accumulate=*/false);
   if (lin.bias.defined()) {
     if (lin.bias.numel() != outf) fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
     const std::vector<float> b = lin.bias.to_vector();

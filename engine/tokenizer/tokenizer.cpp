@@ -8,11 +8,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <functional>
-#include <queue>
 
 #include "core/error.h"
 #include "core/io.h"
+#include "tokenizer/bpe_merge.h"
 
 namespace qf {
 
@@ -46,31 +45,14 @@ bool looks_like_json(const std::string& d) {
   return i < d.size() && (d[i] == '"' || d[i] == '}');
 }
 
-// One symbol of the working sequence: a doubly-linked list over the initial tokens.
-struct Sym {
-  int32_t id;    // current token id; -1 once merged into its left neighbour
-  int32_t prev;  // index of the previous live symbol, -1 at the head
-  int32_t next;  // index of the next live symbol, -1 at the tail
-  uint32_t ver;  // bumped whenever the pair (this, next) changes: heap entries carry it
-};
-
-// A candidate merge of symbol `left` with its next symbol. key orders the heap: score
-// high, then left low. The list keeps the initial order, so "smallest left index" is
-// exactly llama2.c's "leftmost pair".
-struct Cand {
-  uint64_t key;
-  uint32_t ver;    // sym[left].ver when pushed; any other value means stale
-  int32_t merged;  // id of the merged token
-  int32_t left() const { return (int32_t)(0xFFFFFFFFu - (uint32_t)key); }
-  bool operator<(const Cand& o) const { return key < o.key; }
-};
-
-Cand make_cand(float score, int32_t left, uint32_t ver, int32_t merged) {
+// The merge priority of a pair whose merged token has this score: score high first, as
+// bpe_merge merges the smallest priority first.
+uint32_t score_priority(float score) {
   if (score == 0.0f) score = 0.0f;  // -0 ties with +0 under llama2.c's '>', so give them one key
   uint32_t bits;
   std::memcpy(&bits, &score, 4);
   bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // float order as unsigned order
-  return Cand{((uint64_t)bits << 32) | (0xFFFFFFFFu - (uint32_t)left), ver, merged};
+  return ~bits;
 }
 
 // Open-addressing cache (a, b) -> merged id or -1 for one encode() call: text repeats the
@@ -323,63 +305,27 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) con
     i = j;
   }
 
-  // Merge with a heap of candidate pairs over a linked list; stale entries are skipped.
-  const int32_t m = (int32_t)ids.size();
-  if (m >= 2) {
-    std::vector<Sym> sym(m);
-    for (int32_t i = 0; i < m; i++) sym[i] = Sym{ids[i], i - 1, i + 1 < m ? i + 1 : -1, 0};
-
-    PairCache cache;
-    // The candidate for the pair (l, l.next), if its concatenation is a vocab token above the floor.
-    auto pair_cand = [&](int32_t l, Cand* c) {
-      if (l < 0 || sym[l].next < 0) return false;
-      const int32_t a = sym[l].id, b = sym[sym[l].next].id;
-      bool found;
-      int32_t* merged = cache.slot(a, b, &found);
-      if (!found) {
-        buf.assign(vocab_[a]);
-        buf += vocab_[b];
-        const int32_t id = lookup(buf);
-        *merged = (id >= 0 && scores_[id] > kMergeFloor) ? id : -1;
-      }
-      if (*merged < 0) return false;
-      *c = make_cand(scores_[*merged], l, sym[l].ver, *merged);
-      return true;
-    };
-
-    std::vector<Cand> initial;  // heapified in O(n) rather than pushed one by one
-    initial.reserve((size_t)m);
-    for (int32_t i = 0; i + 1 < m; i++) {
-      Cand c;
-      if (pair_cand(i, &c)) initial.push_back(c);
-    }
-    std::priority_queue<Cand> heap(std::less<Cand>{}, std::move(initial));
-
-    while (!heap.empty()) {
-      const Cand c = heap.top();
-      heap.pop();
-      const int32_t l = c.left();
-      Sym& L = sym[l];
-      if (L.id < 0 || L.ver != c.ver) continue;
-      // Merge L with its next symbol R. The pairs (L, R), (R, R.next) and (P, L) change.
-      const int32_t r = L.next;
-      Sym& R = sym[r];
-      L.id = c.merged;
-      L.next = R.next;
-      if (R.next >= 0) sym[R.next].prev = l;
-      R.id = -1;
-      L.ver++;
-      if (L.prev >= 0) sym[L.prev].ver++;
-      Cand nc;
-      if (pair_cand(L.prev, &nc)) heap.push(nc);
-      if (pair_cand(l, &nc)) heap.push(nc);
-    }
-
-    // Symbol 0 is never merged away (it is always a left side), so the list starts there.
-    for (int32_t i = 0; i >= 0; i = sym[i].next) out.push_back(sym[i].id);
-  } else {
+  // Merge by score (bpe_merge.h); a pair merges when its concatenation is a vocab token above
+  // the floor.
+  if (ids.size() < 2) {
     out.insert(out.end(), ids.begin(), ids.end());
+    return;
   }
+  PairCache cache;
+  bpe_merge(ids.data(), (int32_t)ids.size(), [&](int32_t a, int32_t b, uint32_t* priority, int32_t* merged) {
+    bool found;
+    int32_t* slot = cache.slot(a, b, &found);
+    if (!found) {
+      buf.assign(vocab_[a]);
+      buf += vocab_[b];
+      const int32_t id = lookup(buf);
+      *slot = (id >= 0 && scores_[id] > kMergeFloor) ? id : -1;
+    }
+    if (*slot < 0) return false;
+    *merged = *slot;
+    *priority = score_priority(scores_[*slot]);
+    return true;
+  }, out);
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {

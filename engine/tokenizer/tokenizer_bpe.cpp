@@ -3,34 +3,15 @@
 // Each text stretch between special tokens is split into words (pretokenizer.h); a word's
 // bytes start as the tokens of their GPT-2 characters, then the adjacent pair with the lowest
 // merge rank merges (leftmost on ties) until no pair has a merge — as HF tokenizers' BPE and
-// llama.cpp do. A heap keyed by (rank, position) over a linked list keeps it O(n log n) for
-// long words; a per-call cache means each distinct word is merged once.
-#include <cstring>
-#include <functional>
-#include <queue>
+// llama.cpp do, with bpe_merge.h's heap (O(n log n) for long words); a per-call cache means
+// each distinct word is merged once.
 #include <unordered_map>
 
 #include "core/error.h"
+#include "tokenizer/bpe_merge.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qf {
-
-namespace {
-
-struct Sym {
-  int32_t id, prev, next;
-  uint32_t ver;  // bumped whenever the pair (this, next) changes
-};
-
-struct Cand {
-  uint64_t key;    // rank << 32 | left: the smallest key merges first
-  uint32_t ver;
-  int32_t merged;
-  int32_t left() const { return (int32_t)(uint32_t)key; }
-  bool operator>(const Cand& o) const { return key > o.key; }
-};
-
-}  // namespace
 
 void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const {
   if (ignore_merges_) {  // Llama 3: a word that is a token is that token
@@ -40,9 +21,8 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const
       return;
     }
   }
-  const int32_t m = (int32_t)word.size();
-  std::vector<Sym> sym((size_t)m);
-  for (int32_t i = 0; i < m; i++) {
+  std::vector<int32_t> ids(word.size());
+  for (size_t i = 0; i < word.size(); i++) {
     int32_t id = byte_id_[(unsigned char)word[i]];
     if (id < 0) {
       if (unk_ < 0)
@@ -50,41 +30,16 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const
              " has no token and the vocabulary has no unknown token");
       id = unk_;
     }
-    sym[i] = Sym{id, i - 1, i + 1 < m ? i + 1 : -1, 0};
+    ids[i] = id;
   }
-  auto pair_cand = [&](int32_t l, Cand* c) {
-    if (l < 0 || sym[l].next < 0) return false;
-    const uint64_t key = ((uint64_t)(uint32_t)sym[l].id << 32) | (uint32_t)sym[sym[l].next].id;
-    auto it = merges_.find(key);
+  // Merge by rank (bpe_merge.h): merges_ maps (left id, right id) to (rank << 32 | merged id).
+  bpe_merge(ids.data(), (int32_t)ids.size(), [&](int32_t a, int32_t b, uint32_t* priority, int32_t* merged) {
+    auto it = merges_.find(((uint64_t)(uint32_t)a << 32) | (uint32_t)b);
     if (it == merges_.end()) return false;
-    *c = Cand{(it->second & 0xFFFFFFFF00000000ull) | (uint32_t)l, sym[l].ver, (int32_t)(uint32_t)it->second};
+    *priority = (uint32_t)(it->second >> 32);
+    *merged = (int32_t)(uint32_t)it->second;
     return true;
-  };
-  std::vector<Cand> initial;
-  for (int32_t i = 0; i + 1 < m; i++) {
-    Cand c;
-    if (pair_cand(i, &c)) initial.push_back(c);
-  }
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>{}, std::move(initial));
-  while (!heap.empty()) {
-    const Cand c = heap.top();
-    heap.pop();
-    const int32_t l = c.left();
-    Sym& L = sym[l];
-    if (L.id < 0 || L.ver != c.ver) continue;
-    const int32_t r = L.next;
-    Sym& R = sym[r];
-    L.id = c.merged;
-    L.next = R.next;
-    if (R.next >= 0) sym[R.next].prev = l;
-    R.id = -1;
-    L.ver++;
-    if (L.prev >= 0) sym[L.prev].ver++;
-    Cand nc;
-    if (pair_cand(L.prev, &nc)) heap.push(nc);
-    if (pair_cand(l, &nc)) heap.push(nc);
-  }
-  for (int32_t i = 0; i >= 0 && i < m; i = sym[i].next) out.push_back(sym[i].id);
+  }, out);
 }
 
 void Tokenizer::encode_bpe(std::string_view text, const std::vector<Section>& secs, std::vector<int32_t>& ids) const {
