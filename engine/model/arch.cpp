@@ -89,7 +89,10 @@ const ModelTensorSpec& ArchSpec::tensor(const std::string& n) const {
   for (const ModelTensorSpec& s : tensors)
     if (n == s.name) return s;
   std::string known;
-  for (const ModelTensorSpec& s : tensors) known += std::string(known.empty() ? "" : ", ") + s.name;
+  for (const ModelTensorSpec& s : tensors) {
+    if (!known.empty()) known += ", ";
+    known += s.name;
+  }
   fail("unknown model tensor '", n, "' (", name, " models have: ", known, ")");
 }
 
