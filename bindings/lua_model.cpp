@@ -398,9 +398,61 @@ static int m_save(lua_State* L) {
   SaveOptions o;
   o.format = opt_field_str(L, 3, "format", "save", "");
   o.dtype = opt_field_str(L, 3, "dtype", "save", "");
-  if (o.format.empty()) fail("save: option 'format' is required (hf, gguf, gptq or qforge)");
+  if (o.format.empty()) fail("save: option 'format' is required (", export_format_names(), ")");
   save_model(*lm.m, lm.tok.get(), path, o);
   return 0;
+}
+
+// qf.check_save{format=, dtype=, grid={bits=, group=, sym=, f16_scales=, outliers=, allocated=,
+// float_zero=}, model=, path=} -> nil when the export can be stored, else option, message (the
+// engine's check_save: the exporter and storage-type tables).
+static int f_check_save(lua_State* L) {
+  const char* fn = "check_save";
+  check_table(L, 1, fn);
+  check_opts(L, 1, fn, {"format", "dtype", "grid", "model", "path"});
+  SaveOptions o;
+  o.format = opt_field_str(L, 1, "format", fn, "");
+  if (o.format.empty()) fail("check_save: option 'format' is required (", export_format_names(), ")");
+  o.dtype = opt_field_str(L, 1, "dtype", fn, "");
+  const std::string path = opt_field_str(L, 1, "path", fn, "");
+  GridPlan plan;
+  bool has_plan = false;
+  lua_getfield(L, 1, "grid");
+  if (!lua_isnil(L, -1)) {
+    const int g = lua_gettop(L);
+    if (!lua_istable(L, g)) fail("check_save: option 'grid' must be a table, got ", type_name(L, g));
+    check_opts(L, g, "check_save grid", {"bits", "group", "sym", "f16_scales", "outliers", "allocated", "float_zero"});
+    lua_getfield(L, g, "bits");
+    const bool has_bits = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!has_bits) fail("check_save: option 'grid' needs bits");
+    plan.bits = (int)opt_field_int(L, g, "bits", fn, 4);
+    plan.group = opt_field_int(L, g, "group", fn, -1);
+    plan.sym = opt_field_bool(L, g, "sym", fn, false);
+    plan.f16_scales = opt_field_bool(L, g, "f16_scales", fn, false);
+    plan.outliers = opt_field_bool(L, g, "outliers", fn, false);
+    plan.allocated = opt_field_bool(L, g, "allocated", fn, false);
+    plan.float_zero = opt_field_bool(L, g, "float_zero", fn, false);
+    has_plan = true;
+  }
+  lua_pop(L, 1);
+  const Model* m = nullptr;
+  const Tokenizer* tok = nullptr;
+  lua_getfield(L, 1, "model");  // the argument table keeps the model alive
+  if (!lua_isnil(L, -1)) {
+    LModel& lm = check_model(L, lua_gettop(L), fn);
+    m = lm.m.get();
+    tok = lm.tok.get();
+  }
+  lua_pop(L, 1);
+  const SaveRefusal r = check_save(o, has_plan ? &plan : nullptr, m, tok, path);
+  if (r.ok()) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_str(L, r.option);
+  push_str(L, r.message);
+  return 2;
 }
 
 static int k_tostring(lua_State* L) {
@@ -436,7 +488,8 @@ void open_model(lua_State* L, int mod) {
                   {"piece", qf_guard<k_piece>, 2},   {"bos_id", qf_guard<k_bos_id>, 1}, {"eos_id", qf_guard<k_eos_id>, 1}},
                  udata_gc<LTok>, qf_guard<k_tostring>);
 
-  set_funcs(L, mod, {{"load_model", qf_guard<f_load_model>, 2}, {"load_tokenizer", qf_guard<f_load_tokenizer>, 1}});
+  set_funcs(L, mod, {{"load_model", qf_guard<f_load_model>, 2}, {"load_tokenizer", qf_guard<f_load_tokenizer>, 1},
+                     {"check_save", qf_guard<f_check_save>, 1}});
 }
 
 }  // namespace qf::lua

@@ -144,45 +144,20 @@ end
 
 -- The export options, checked before any work: the format takes the dtype, the grids the run
 -- will make can be stored in it (as far as the options tell: `grid` describes them, see
--- P.prepare), and the output's directory is writable.
-local SAVE_DTYPES = { hf = { F32 = true, F16 = true, BF16 = true }, gguf = { F32 = true, F16 = true, Q8_0 = true, Q4_0 = true, Q4_1 = true } }
+-- P.prepare), and the output's directory is writable. The format rules are the engine's
+-- (qf.check_save: the exporter and storage-type tables), not restated here.
 function P.check_save(opt, grid)
   grid = grid or {}
   if opt.save == nil then return end
-  local fmt, dtype = opt.save_format, opt.save_dtype or ""
+  local dtype = opt.save_dtype or ""
   if opt.save == "" then
     if dtype ~= "" then qf.option_error("save_dtype", "given without save= (nothing is written)") end
     return
   end
-  local function no(why) qf.option_error("save_format", fmt .. (dtype ~= "" and (" " .. dtype) or "") .. " cannot store this run's model: " .. why) end
-  if fmt == "qforge" or fmt == "gptq" then
-    if dtype ~= "" then qf.option_error("save_dtype", "format '" .. fmt .. "' takes no dtype, got '" .. dtype .. "'") end
-  else
-    local d = fmt == "gguf" and dtype:upper() or dtype
-    if dtype ~= "" and not SAVE_DTYPES[fmt][d] then
-      local known = {}
-      for k in pairs(SAVE_DTYPES[fmt]) do known[#known + 1] = k end
-      table.sort(known)
-      qf.option_error("save_dtype", "'" .. dtype .. "' is not a " .. fmt .. " dtype (" .. table.concat(known, ", ") .. ")")
-    end
-    dtype = d
-  end
-  local blocks = fmt == "gguf" and dtype:match("^Q") ~= nil
-  if blocks or fmt == "gptq" then
-    if grid.outliers then no("it stores no sparse outliers (use ratio=0 or save_format=qforge)") end
-    if grid.allocated then no("the CVXQ allocation gives every column its own bit depth (use save_format=qforge)") end
-    if grid.float_zero then no("decoupleQ's float zero points (use save_format=qforge)") end
-  end
-  if blocks then
-    if not (opt.group == -1 or opt.group % 32 == 0) then no("its 32-column blocks need group=-1 or a multiple of 32, got group=" .. opt.group) end
-    if not opt.f16_scales then no("its block scales are fp16: pass f16_scales=true") end
-    if dtype == "Q4_0" and not opt.sym then no("Q4_0 is symmetric: pass sym=true (an asymmetric grid exports as Q4_1)") end
-    if (dtype == "Q4_0" or dtype == "Q4_1") and opt.bits > 4 then no(dtype .. " holds 4-bit codes, got bits=" .. opt.bits) end
-    if dtype == "Q8_0" and not opt.sym and opt.bits > 7 then no("Q8_0 holds signed 8-bit codes: an asymmetric grid needs bits <= 7 (or sym=true)") end
-  end
-  if fmt == "gptq" and not (opt.bits == 2 or opt.bits == 3 or opt.bits == 4 or opt.bits == 8) then
-    no("GPTQ packs 2, 3, 4 or 8 bits, got bits=" .. opt.bits)
-  end
+  local plan = opt.bits ~= nil and { bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = opt.f16_scales,
+    outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero } or nil
+  local option, msg = qf.check_save{ format = opt.save_format, dtype = dtype ~= "" and dtype or nil, grid = plan }
+  if option then qf.option_error(option, msg) end
   -- The output's directory must exist and take a file (the export writes a temporary, then renames).
   local dir = opt.save:match("^(.*)/[^/]*$") or "."
   if dir == "" then dir = "/" end

@@ -1,7 +1,11 @@
 #include "formats/export.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
+
+#include "formats/dtypes.h"
 
 namespace qf {
 
@@ -55,17 +59,126 @@ static void check_finite_model(const Model& m) {
   }
 }
 
+static const std::vector<ExportFormat> kExportFormats = {
+    {"hf", "HF", {"F32", "F16", "BF16"}, "F32", false, true, false, {},
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_hf(m, t, p, d); },
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { check_hf(m, t, p, d); }},
+    {"gguf", "GGUF", {"F32", "F16", "Q8_0", "Q4_0", "Q4_1"}, "F16", true, false, false, {},
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_gguf(m, t, p, d); },
+     [](const Model& m, const Tokenizer*, const std::string& p, const std::string& d) { check_gguf(m, p, d); }},
+    {"gptq", "GPTQ", {}, "", false, true, true, {2, 3, 4, 8},
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string&) { save_gptq(m, t, p); },
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string&) { check_gptq(m, t, p); }},
+    {"qforge", "qforge", {}, "", false, false, false, {},
+     [](const Model& m, const Tokenizer* t, const std::string& p, const std::string&) { save_qforge(m, t, p); },
+     [](const Model& m, const Tokenizer*, const std::string& p, const std::string&) { check_qforge(m, p); }},
+};
+
+const std::vector<ExportFormat>& export_formats() { return kExportFormats; }
+
+const ExportFormat* export_format(const std::string& name) {
+  for (const ExportFormat& f : kExportFormats)
+    if (name == f.name) return &f;
+  return nullptr;
+}
+
+bool ExportFormat::takes(const std::string& d) const {
+  for (const char* x : dtypes)
+    if (d == x) return true;
+  return false;
+}
+
+static std::string join_or(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i == 0 ? "" : i + 1 == v.size() ? " or " : ", ") + v[i];
+  return s;
+}
+
+std::string export_format_names() {
+  std::vector<std::string> n;
+  for (const ExportFormat& f : kExportFormats) n.push_back(f.name);
+  return join_or(n);
+}
+
 void save_model(const Model& m, const Tokenizer* tok, const std::string& path, const SaveOptions& o) {
   if (path.empty()) fail("save: empty output path");
-  if (o.format != "hf" && o.format != "gguf" && o.format != "gptq" && o.format != "qforge")
-    fail("save: unknown format '", o.format, "' (expected hf, gguf, gptq or qforge)");
-  if ((o.format == "gptq" || o.format == "qforge") && !o.dtype.empty())
-    fail("save: format '", o.format, "' takes no dtype (got '", o.dtype, "')");
+  const ExportFormat* f = export_format(o.format);
+  if (!f) fail("save: unknown format '", o.format, "' (expected ", export_format_names(), ")");
+  if (f->dtypes.empty() && !o.dtype.empty()) fail("save: format '", o.format, "' takes no dtype (got '", o.dtype, "')");
   check_finite_model(m);
-  if (o.format == "hf") return save_hf(m, tok, path, o.dtype.empty() ? "F32" : o.dtype);
-  if (o.format == "gguf") return save_gguf(m, tok, path, o.dtype.empty() ? "F16" : o.dtype);
-  if (o.format == "gptq") return save_gptq(m, tok, path);
-  return save_qforge(m, tok, path);
+  f->save(m, tok, path, o.dtype.empty() ? f->default_dtype : o.dtype);
+}
+
+// Why grids as `p` describes them cannot be stored by format f in dtype d ("" = storable).
+static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, const GridPlan& p) {
+  const bool blocks = d && d->grid.cols > 0;
+  if (blocks || f.codes) {
+    if (p.outliers) return "it stores no sparse outliers (use ratio=0 or save_format=qforge)";
+    if (p.allocated) return "the CVXQ allocation gives every column its own bit depth (use save_format=qforge)";
+    if (p.float_zero) return "decoupleQ's float zero points (use save_format=qforge)";
+  }
+  if (blocks) {
+    const GridFit& g = d->grid;
+    const std::string cols = std::to_string(g.cols), bits = std::to_string(p.bits);
+    if (!(p.group == -1 || (p.group > 0 && p.group % g.cols == 0)))
+      return "its " + cols + "-column blocks need group=-1 or a multiple of " + cols + ", got group=" + std::to_string(p.group);
+    if (!p.f16_scales) return "its block scales are fp16: pass f16_scales=true";
+    const int S = g.max_bits(true), A = g.max_bits(false);
+    if (!p.sym && p.bits > A) {
+      // A type of the same block width with a min holds asymmetric codes of this width.
+      for (const DTypeTraits& o : dtype_table())
+        if (o.grid.cols == g.cols && o.grid.stores_min && p.bits <= o.grid.max_bits(false))
+          return std::string(d->name) + " is symmetric: pass sym=true (an asymmetric grid exports as " + o.name + ", or fits " + d->name +
+                 " with bits <= " + std::to_string(A) + ")";
+      if (p.bits <= S)
+        return std::string(d->name) + " holds signed " + std::to_string(S) + "-bit codes: an asymmetric grid needs bits <= " + std::to_string(A) +
+               " (or sym=true)";
+    }
+    if (p.bits > S) return std::string(d->name) + " holds " + std::to_string(S) + "-bit codes, got bits=" + bits;
+  }
+  if (!f.bits.empty()) {
+    bool ok = false;
+    std::vector<std::string> b;
+    for (int x : f.bits) {
+      ok = ok || x == p.bits;
+      b.push_back(std::to_string(x));
+    }
+    if (!ok) return std::string(f.display) + " packs " + join_or(b) + " bits, got bits=" + std::to_string(p.bits);
+  }
+  return "";
+}
+
+SaveRefusal check_save(const SaveOptions& o, const GridPlan* plan, const Model* m, const Tokenizer* tok, const std::string& path) {
+  const ExportFormat* f = export_format(o.format);
+  if (!f) return {"save_format", "unknown format '" + o.format + "' (expected " + export_format_names() + ")"};
+  std::string dtype = o.dtype;
+  if (f->dtypes.empty()) {
+    if (!dtype.empty()) return {"save_dtype", "format '" + o.format + "' takes no dtype, got '" + dtype + "'"};
+  } else if (!dtype.empty()) {
+    if (f->dtype_any_case)
+      for (char& c : dtype) c = (char)std::toupper((unsigned char)c);
+    if (!f->takes(dtype)) {
+      std::vector<std::string> known(f->dtypes.begin(), f->dtypes.end());
+      std::sort(known.begin(), known.end());
+      std::string list;
+      for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+      return {"save_dtype", "'" + o.dtype + "' is not a " + o.format + " dtype (" + list + ")"};
+    }
+  }
+  const std::string resolved = dtype.empty() ? f->default_dtype : dtype;
+  if (plan) {
+    const std::string why = plan_refusal(*f, resolved.empty() ? nullptr : dtype_by_name(resolved), *plan);
+    if (!why.empty()) return {"save_format", o.format + (dtype.empty() ? "" : " " + dtype) + " cannot store this run's model: " + why};
+  }
+  if (m) {
+    try {
+      check_finite_model(*m);
+      f->check(*m, tok, path, resolved);
+    } catch (const Error& e) {
+      return {"save", e.what()};
+    }
+  }
+  return {};
 }
 
 }  // namespace qf

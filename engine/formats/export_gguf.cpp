@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "formats/dtypes.h"
 #include "formats/export.h"
 #include "formats/gguf.h"
 #include "core/half.h"
@@ -21,34 +22,26 @@ namespace qf {
 
 static const char* gguf_linear_name(const std::string& n) { return kLlama.linear(n).gguf; }
 
-// Source row of each output row: identity, or RoPE-pair order from HF halves order
-// (out row (h, 2i + w) = in row (h, w·hd/2 + i)), matching rope_pairs_from_halves.
+// Source row of each output row: identity (heads 0), or RoPE-pair order from HF halves order
+// (rope_pair_rows, the order rope_pairs_from_halves gathers).
 static std::vector<int64_t> row_order(int64_t rows, int heads) {
+  if (heads > 0) return rope_pair_rows(rows, heads);
   std::vector<int64_t> o(rows);
   for (int64_t r = 0; r < rows; ++r) o[r] = r;
-  if (heads <= 0) return o;
-  const int64_t hd = rows / heads;
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < hd / 2; ++i)
-      for (int64_t w = 0; w < 2; ++w) o[h * hd + 2 * i + w] = h * hd + w * (hd / 2) + i;
   return o;
 }
 
-// Rows of a 2-d (or 1-d: rows of one element) f32 tensor in `order` (empty: natural order),
-// as F32 (type 0) or F16 (type 1).
-static void write_rows(const Tensor& t, std::vector<int64_t> order, uint32_t type, const GGUFWriter::Sink& out) {
+// Rows of a 2-d (or 1-d: rows of one element) f32 tensor in `order` (empty: natural order), in
+// a scalar type of the table (F32, F16).
+static void write_rows(const Tensor& t, std::vector<int64_t> order, const DTypeTraits& type, const GGUFWriter::Sink& out) {
   const Tensor c = t.contiguous();
   const int64_t cols = c.dim() == 2 ? c.size(1) : 1;
   const float* p = c.f32();
   if (order.empty()) order = row_order(c.size(0), 0);
-  if (type == 0) {
-    for (int64_t r : order) out(p + r * cols, (size_t)cols * 4);
-    return;
-  }
-  std::vector<uint16_t> h((size_t)cols);
+  std::vector<uint8_t> row((size_t)(cols * type.block_bytes));
   for (int64_t r : order) {
-    for (int64_t j = 0; j < cols; ++j) h[j] = f32_to_f16(p[r * cols + j]);
-    out(h.data(), h.size() * 2);
+    type.from_f32(p + r * cols, row.data(), cols);
+    out(row.data(), row.size());
   }
 }
 
@@ -74,19 +67,29 @@ static void add_tokenizer(GGUFWriter& w, const TokenizerSpec& t, int vocab, cons
   w.add_kv("tokenizer.ggml.add_space_prefix", GGUFValue::make_bool(t.add_space_prefix));
 }
 
-void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, const std::string& dtype_arg) {
-  std::string dtype = dtype_arg;
-  std::transform(dtype.begin(), dtype.end(), dtype.begin(), [](unsigned char ch) { return (char)std::toupper(ch); });
-  uint32_t ftype = 0;
-  if (dtype == "F32") ftype = 0;
-  else if (dtype == "F16") ftype = 1;
-  else if (dtype == "Q4_0") ftype = 2;
-  else if (dtype == "Q4_1") ftype = 3;
-  else if (dtype == "Q8_0") ftype = 7;
-  else fail("save gguf '", path, "': dtype '", dtype_arg, "' is not supported (F32, F16, Q8_0, Q4_0, Q4_1)");
-  const bool quant = ftype >= 2;
-  const uint32_t lin_type = ggml_type_by_name(dtype)->id;
-  const uint32_t emb_type = dtype == "F32" ? 0 : 1;
+// The linear type of an export dtype: a row of the table the gguf exporter takes (export.cpp).
+static const DTypeTraits& linear_type(const std::string& dtype_arg, const std::string& path, std::string* dtype) {
+  *dtype = dtype_arg;
+  std::transform(dtype->begin(), dtype->end(), dtype->begin(), [](unsigned char ch) { return (char)std::toupper(ch); });
+  const ExportFormat& f = *export_format("gguf");
+  const DTypeTraits* t = f.takes(*dtype) ? dtype_by_name(*dtype) : nullptr;
+  if (!t) {
+    std::string list;
+    for (const char* d : f.dtypes) list += std::string(list.empty() ? "" : ", ") + d;
+    fail("save gguf '", path, "': dtype '", dtype_arg, "' is not supported (", list, ")");
+  }
+  return *t;
+}
+
+static std::string linear_what(const std::string& path, int b, const Linear& l) {
+  return "save gguf '" + path + "': block " + std::to_string(b + 1) + " linear '" + l.name + "' (blk." + std::to_string(b) + "." +
+         gguf_linear_name(l.name) + ".weight)";
+}
+
+void check_gguf(const Model& m, const std::string& path, const std::string& dtype_arg) {
+  std::string dtype;
+  const DTypeTraits& lin = linear_type(dtype_arg, path, &dtype);
+  const bool quant = lin.grid.cols > 0;
   const ModelConfig& c = m.cfg;
   validate_config(c, "save gguf '" + path + "'");
   if (c.arch != "llama") fail("save gguf '", path, "': architecture '", c.arch, "' (only llama)");
@@ -95,25 +98,35 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   if (!c.rope_scaling.empty() && c.rope_scaling != "linear")
     fail("save gguf '", path, "': RoPE scaling '", c.rope_scaling, "' cannot be written (none or linear)");
 
-  // Tokenizer: the one given, else the one the checkpoint carried.
-  TokenizerSpec spec;
-  if (tok) spec = tok->spec();
-  else if (m.src) spec = m.src->tokenizer;
-
   // Quantized exports: check every linear before writing anything.
-  auto what = [&](int b, const Linear& l) {
-    return "save gguf '" + path + "': block " + std::to_string(b + 1) + " linear '" + l.name + "' (blk." + std::to_string(b) + "." +
-           gguf_linear_name(l.name) + ".weight)";
-  };
   if (quant)
     for (int b = 0; b < m.n_blocks(); ++b) {
       if (m.is_lazy() && m.resident[b] == 0)
         fail("save gguf '", path, "': block ", b + 1, " is not quantized (lazily loaded and never edited); quantize it or export gguf F16");
       for (const Linear& l : m.block(b).linears) {
-        if (!l.quant) fail(what(b, l), ": not quantized (no codes; set it with m:set_linear(b, name, q)); export gguf F16 for float weights");
-        if (l.in_features() % 32 == 0) check_grid_encodable(*l.quant, dtype, what(b, l));
+        if (!l.quant) fail(linear_what(path, b, l), ": not quantized (no codes; set it with m:set_linear(b, name, q)); export gguf F16 for float weights");
+        if (l.in_features() % lin.grid.cols == 0) check_grid_encodable(*l.quant, dtype, linear_what(path, b, l));
       }
     }
+}
+
+void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, const std::string& dtype_arg) {
+  check_gguf(m, path, dtype_arg);
+  std::string dtype;
+  const DTypeTraits& lin = linear_type(dtype_arg, path, &dtype);
+  const bool quant = lin.grid.cols > 0;
+  const uint32_t ftype = (uint32_t)lin.llama_ftype;
+  // Token embedding and classifier: F32 when the linears are, else F16 (not quantized).
+  const DTypeTraits& emb = *dtype_by_name(dtype == "F32" ? "F32" : "F16");
+  const DTypeTraits& f32 = *dtype_by_name("F32");
+  const uint32_t emb_type = emb.id;
+  const ModelConfig& c = m.cfg;
+  auto what = [&](int b, const Linear& l) { return linear_what(path, b, l); };
+
+  // Tokenizer: the one given, else the one the checkpoint carried.
+  TokenizerSpec spec;
+  if (tok) spec = tok->spec();
+  else if (m.src) spec = m.src->tokenizer;
 
   GGUFWriter w;
   w.add_kv("general.architecture", GGUFValue::make_str("llama"));
@@ -143,22 +156,25 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   if (!spec.model.empty()) add_tokenizer(w, spec, c.vocab_size, path);
 
   const uint64_t V = c.vocab_size, D = c.dim;
-  w.add_tensor("token_embd.weight", {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.tok_emb, {}, emb_type, out); });
+  w.add_tensor(kLlama.tensor("tok_emb").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.tok_emb, {}, emb, out); });
   for (int b = 0; b < m.n_blocks(); ++b) {
     const std::string pre = "blk." + std::to_string(b) + ".";
     const bool was_resident = !m.is_lazy() || m.resident[b] != 0;
-    w.add_tensor(pre + kLlama.norm("attn_norm").gguf + ".weight", {D}, 0, [&m, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, 0, out); });
+    w.add_tensor(pre + kLlama.norm("attn_norm").gguf + ".weight", {D}, f32.id,
+                 [&m, &f32, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, f32, out); });
     for (const LinearSpec& ls : kLlama.linears) {
       const std::string lname = ls.name;
       const int heads = c.rope_interleaved || ls.rope == Rope::None ? 0 : ls.rope == Rope::Heads ? c.n_heads : c.n_kv_heads;
       const Shape shp = linear_shape(c, lname);
       const int64_t out_f = shp[0], in_f = shp[1];
-      const uint32_t type = quant && in_f % 32 ? 0 : lin_type;
-      w.add_tensor(pre + gguf_linear_name(lname) + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, type,
-                   [&m, &dtype, &what, b, lname, heads, type](const GGUFWriter::Sink& out) {
+      // A width no block of the type fits is written F32 (exact).
+      const DTypeTraits* tp = quant && in_f % lin.block_elems ? &f32 : &lin;
+      w.add_tensor(pre + gguf_linear_name(lname) + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, tp->id,
+                   [&m, &dtype, &what, b, lname, heads, tp](const GGUFWriter::Sink& out) {
+                     const DTypeTraits& type = *tp;
                      const Linear& l = m.block(b).linear(lname);
                      const std::vector<int64_t> order = row_order(l.out_features(), heads);
-                     if (type <= 1) return write_rows(l.weight, order, type, out);
+                     if (type.grid.cols == 0) return write_rows(l.weight, order, type, out);
                      // Exact block encoding: the weight must still be what the codes give.
                      const Tensor dq = l.quant->dequantize(), W = l.weight.contiguous();
                      const float *a = dq.f32(), *x = W.f32();
@@ -166,28 +182,26 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
                        if (!(a[k] == x[k]))
                          fail(what(b, l), ": the weight no longer equals its codes' dequantization (element [", k / l.in_features() + 1, ", ",
                               k % l.in_features() + 1, "] is ", x[k], ", the codes give ", a[k], "); re-quantize or export gguf F16");
-                     int64_t be = 0, bb = 0;
-                     quant_block_info(dtype, &be, &bb);
-                     std::vector<uint8_t> row((size_t)(l.in_features() / be * bb));
+                     std::vector<uint8_t> row((size_t)(l.in_features() / type.block_elems * type.block_bytes));
                      for (int64_t r : order) {
                        encode_grid_row(*l.quant, r, dtype, row.data(), what(b, l));
                        out(row.data(), row.size());
                      }
                    });
       if (m.has_bias(b, lname))  // without converting a lazy block
-        w.add_tensor(pre + gguf_linear_name(lname) + ".bias", {(uint64_t)out_f}, 0, [&m, b, lname, heads](const GGUFWriter::Sink& out) {
+        w.add_tensor(pre + gguf_linear_name(lname) + ".bias", {(uint64_t)out_f}, f32.id, [&m, &f32, b, lname, heads](const GGUFWriter::Sink& out) {
           const Tensor& bias = m.block(b).linear(lname).bias;
-          write_rows(bias, row_order(bias.size(0), heads), 0, out);
+          write_rows(bias, row_order(bias.size(0), heads), f32, out);
         });
     }
-    w.add_tensor(pre + kLlama.norm("ffn_norm").gguf + ".weight", {D}, 0, [&m, b, was_resident](const GGUFWriter::Sink& out) {
-      write_rows(m.block(b).ffn_norm, {}, 0, out);
+    w.add_tensor(pre + kLlama.norm("ffn_norm").gguf + ".weight", {D}, f32.id, [&m, &f32, b, was_resident](const GGUFWriter::Sink& out) {
+      write_rows(m.block(b).ffn_norm, {}, f32, out);
       if (!was_resident) m.release_block(b);  // lazy: keep one block converted at a time
     });
   }
-  w.add_tensor("output_norm.weight", {D}, 0, [&m](const GGUFWriter::Sink& out) { write_rows(m.final_norm, {}, 0, out); });
+  w.add_tensor(kLlama.tensor("final_norm").gguf, {D}, f32.id, [&m, &f32](const GGUFWriter::Sink& out) { write_rows(m.final_norm, {}, f32, out); });
   if (!c.tied_classifier)
-    w.add_tensor("output.weight", {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.classifier, {}, emb_type, out); });
+    w.add_tensor(kLlama.tensor("classifier").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.classifier, {}, emb, out); });
   w.write(path);
 }
 

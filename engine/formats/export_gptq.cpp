@@ -122,13 +122,25 @@ static std::string hf_linear_prefix(int b, const std::string& name) {
   return w.substr(0, w.size() - 7);  // drop ".weight"
 }
 
-void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
-  const std::string what = "save gptq '" + dir + "'";
+// The checks before writing: the layout, the config, every linear.
+static GridSpec check_all(const Model& m, const std::string& what, std::vector<GptqLinear>* lins) {
   if (!m.cfg.hf_layout.empty())
     fail(what, ": the model came in the fused ", m.cfg.hf_layout, " layout; GPTQ export of fused layouts is not implemented (save hf keeps it)");
   validate_config(m.cfg, what);
+  return check_linears(m, what, lins);
+}
+
+void check_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
+  const std::string what = "save gptq '" + dir + "'";
   std::vector<GptqLinear> lins;
-  const GridSpec spec = check_linears(m, what, &lins);
+  check_all(m, what, &lins);
+  hf_config_json(m, tok, "float16", what);
+}
+
+void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
+  const std::string what = "save gptq '" + dir + "'";
+  std::vector<GptqLinear> lins;
+  const GridSpec spec = check_all(m, what, &lins);
   const int bits = spec.bits;
   const ModelConfig& c = m.cfg;
 

@@ -26,17 +26,13 @@ double json_float(float v) {
 bool hf_has_bias(const Model& m, int b, const std::string& linear) { return m.has_bias(b, linear); }
 
 std::vector<int64_t> hf_row_order(const Model& m, const std::string& linear, int64_t rows) {
-  std::vector<int64_t> order(rows);
-  for (int64_t i = 0; i < rows; ++i) order[i] = i;
   const int heads = rope_heads(m.cfg, arch_of(m.cfg).linear(linear));
-  if (!m.cfg.rope_interleaved || heads == 0) return order;
-  // Permute the row indices themselves (exact in f32 below 2^24), so the order is by
-  // construction the one rope_halves_from_pairs applies to the weights.
-  Tensor idx = Tensor::empty({rows});
-  for (int64_t i = 0; i < rows; ++i) idx.f32()[i] = (float)i;
-  const Tensor p = rope_halves_from_pairs(idx, heads);
-  for (int64_t i = 0; i < rows; ++i) order[i] = (int64_t)p.f32()[i];
-  return order;
+  if (!m.cfg.rope_interleaved || heads == 0) {
+    std::vector<int64_t> order(rows);
+    for (int64_t i = 0; i < rows; ++i) order[i] = i;
+    return order;
+  }
+  return rope_half_rows(rows, heads);  // the rows rope_halves_from_pairs gathers
 }
 
 Tensor hf_rows(const Model& m, const std::string& linear, const Tensor& w) {
@@ -167,10 +163,28 @@ static Tensor model_tensor(const Model& m, const std::string& canonical) {
   return hf_rows(m, lin, ends_with(canonical, ".bias") ? l.bias : l.weight);
 }
 
+// config.json's torch_dtype of a dtype the hf exporter takes (its row in export.cpp).
+static const char* torch_dtype_of(const std::string& dtype, const std::string& what) {
+  const ExportFormat& f = *export_format("hf");
+  const char* t = !f.takes(dtype) ? nullptr : dtype == "F32" ? "float32" : dtype == "F16" ? "float16" : dtype == "BF16" ? "bfloat16" : nullptr;
+  if (!t) {
+    std::string list;
+    for (size_t i = 0; i < f.dtypes.size(); ++i) list += std::string(i == 0 ? "" : i + 1 == f.dtypes.size() ? " or " : ", ") + f.dtypes[i];
+    fail(what, ": dtype '", dtype, "' is not supported (", list, ")");
+  }
+  return t;
+}
+
+void check_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const std::string& dtype) {
+  const std::string what = "save hf '" + dir + "'";
+  const char* torch_dtype = torch_dtype_of(dtype, what);
+  validate_config(m.cfg, what);
+  hf_config_json(m, tok, torch_dtype, what);
+}
+
 void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const std::string& dtype) {
   const std::string what = "save hf '" + dir + "'";
-  const char* torch_dtype = dtype == "F32" ? "float32" : dtype == "F16" ? "float16" : dtype == "BF16" ? "bfloat16" : nullptr;
-  if (!torch_dtype) fail(what, ": dtype '", dtype, "' is not supported (F32, F16 or BF16)");
+  const char* torch_dtype = torch_dtype_of(dtype, what);
   validate_config(m.cfg, what);
   const nlohmann::ordered_json cfg = hf_config_json(m, tok, torch_dtype, what);
 

@@ -37,10 +37,14 @@ static void add_tokenizer(const TokenizerSpec& t, nlohmann::ordered_json& header
   }
 }
 
+// qforge stores any grid; what is checked before writing is the config (the per-linear size
+// checks below run while the header is assembled, before any file is opened).
+void check_qforge(const Model& m, const std::string& path) { validate_config(m.cfg, "save qforge '" + path + "'"); }
+
 void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) {
   const std::string what = "save qforge '" + path + "'";
   const ModelConfig& c = m.cfg;
-  validate_config(c, what);
+  check_qforge(m, path);
   nlohmann::ordered_json header;
   header["qforge_format"] = kQforgeFormat;
   header["config"] = qforge_config_json(c);

@@ -126,23 +126,8 @@ GGUFValue GGUFValue::make_i32_array(const std::vector<int32_t>& v) {
 
 // ---- ggml types ------------------------------------------------------------------------------
 
-static const GGMLTypeInfo kTypes[] = {
-    {0, "F32", 1, 4},      {1, "F16", 1, 2},      {2, "Q4_0", 32, 18},   {3, "Q4_1", 32, 20},   {6, "Q5_0", 32, 22},
-    {7, "Q5_1", 32, 24},   {8, "Q8_0", 32, 34},   {9, "Q8_1", 32, 36},   {10, "Q2_K", 256, 84}, {11, "Q3_K", 256, 110},
-    {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176}, {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {24, "I8", 1, 1},
-    {25, "I16", 1, 2},     {26, "I32", 1, 4},     {27, "I64", 1, 8},     {28, "F64", 1, 8},     {30, "BF16", 1, 2},
-};
-
-const GGMLTypeInfo* ggml_type_info(uint32_t id) {
-  for (const auto& t : kTypes)
-    if (t.id == id) return &t;
-  return nullptr;
-}
-const GGMLTypeInfo* ggml_type_by_name(const std::string& name) {
-  for (const auto& t : kTypes)
-    if (name == t.name) return &t;
-  return nullptr;
-}
+const GGMLTypeInfo* ggml_type_info(uint32_t id) { return dtype_by_id(id); }
+const GGMLTypeInfo* ggml_type_by_name(const std::string& name) { return dtype_by_name(name); }
 std::string GGUFTensorInfo::type_name() const {
   const GGMLTypeInfo* t = ggml_type_info(type);
   return t ? t->name : "ggml type " + std::to_string(type);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/mapped_file.h"
+#include "formats/dtypes.h"
 
 namespace qf {
 
@@ -55,12 +56,8 @@ struct GGUFValue {
   static GGUFValue make_i32_array(const std::vector<int32_t>& v);
 };
 
-// ggml tensor types qforge knows the size of (ggml's type ids: F32 0, F16 1, Q4_0 2, ..., BF16 30).
-struct GGMLTypeInfo {
-  uint32_t id;
-  const char* name;
-  int64_t block_elems, block_bytes;
-};
+// ggml tensor types: rows of the storage-type table (formats/dtypes.h), by ggml type id.
+using GGMLTypeInfo = DTypeTraits;
 const GGMLTypeInfo* ggml_type_info(uint32_t id);  // null if unknown
 const GGMLTypeInfo* ggml_type_by_name(const std::string& name);
 

@@ -7,15 +7,13 @@
 #include <cstring>
 
 #include "formats/gguf.h"
-#include "formats/quant_blocks.h"
 
 namespace qf {
 
 // Canonical name of a llama.cpp tensor name; "" if it is not one qforge knows.
 static std::string canonical_name(const std::string& n, int n_layers) {
-  if (n == "token_embd.weight") return "tok_emb";
-  if (n == "output_norm.weight") return "final_norm";
-  if (n == "output.weight") return "classifier";
+  for (const ModelTensorSpec& e : kLlama.tensors)
+    if (n == e.gguf) return e.name;
   if (n.rfind("blk.", 0) != 0) return "";
   const size_t dot = n.find('.', 4);
   if (dot == std::string::npos || dot == 4 || dot - 4 > 4) return "";
@@ -143,7 +141,7 @@ ModelSource open_gguf(const std::string& path) {
   else if (n_tok > 0) c.vocab_size = (int)std::min<int64_t>(n_tok, (int64_t)1 << 30);
   else {
     for (auto& t : g.tensors)
-      if (t.name == "token_embd.weight" && t.ne.size() == 2) c.vocab_size = (int)std::min<uint64_t>(t.ne[1], (uint64_t)1 << 30);
+      if (t.name == kLlama.tensor("tok_emb").gguf && t.ne.size() == 2) c.vocab_size = (int)std::min<uint64_t>(t.ne[1], (uint64_t)1 << 30);
   }
   if (n_tok > 0 && n_tok != c.vocab_size)
     fail("file '", path, "': metadata 'tokenizer.ggml.tokens' has ", n_tok, " tokens but the model's vocabulary is ", c.vocab_size);
@@ -155,8 +153,10 @@ ModelSource open_gguf(const std::string& path) {
     const std::string canon = canonical_name(t.name, c.n_layers);
     if (canon.empty()) fail("file '", path, "': tensor '", t.name, "' is not part of the llama architecture qforge reads");
     const std::string type = t.type_name();
-    if (type != "F32" && type != "F16" && type != "BF16" && !quant_block_info(type, nullptr, nullptr))
-      fail("file '", path, "': tensor '", t.name, "' has type ", type, ", which qforge cannot read (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K Q6_K)");
+    const DTypeTraits* dt = ggml_type_info(t.type);
+    if (!dt || !dt->to_f32)
+      fail("file '", path, "': tensor '", t.name, "' has type ", type, ", which qforge cannot read (",
+           dtype_names([](const DTypeTraits& d) { return d.to_f32 != nullptr; }, " ", " "), ")");
     TensorSource ts;
     ts.name = t.name;
     ts.file = g.file;

@@ -1,6 +1,6 @@
 // HF checkpoint directory -> ModelSource. The model map is declarative: a checkpoint layout is a
 // row of kHfLayouts (model/arch.h), a block tensor's HF name comes from the architecture table,
-// the three model-level tensors from kHfGlobal.
+// the three model-level tensors from ArchSpec::tensors (shared with GGUF).
 #include "formats/loader_hf.h"
 
 #include <cmath>
@@ -16,15 +16,6 @@ namespace qf {
 
 using json = nlohmann::json;
 
-struct HfName {
-  const char* canonical;
-  const char* hf;
-};
-static const HfName kHfGlobal[] = {
-    {"tok_emb", "model.embed_tokens.weight"},
-    {"final_norm", "model.norm.weight"},
-    {"classifier", "lm_head.weight"},
-};
 
 const char* hf_model_type(const std::string& architecture) {
   const HfLayout* l = hf_layout(architecture);
@@ -44,8 +35,8 @@ static bool split_layer(const std::string& name, const char* prefix, long* layer
 }
 
 std::string hf_tensor_name(const std::string& canonical) {
-  for (const HfName& e : kHfGlobal)
-    if (canonical == e.canonical) return e.hf;
+  for (const ModelTensorSpec& e : kLlama.tensors)
+    if (canonical == e.name) return e.hf;
   long layer;
   std::string rest;
   if (split_layer(canonical, "blocks.", &layer, &rest)) {
@@ -61,8 +52,8 @@ std::string hf_tensor_name(const std::string& canonical) {
 }
 
 std::string hf_canonical_name(const std::string& hf) {
-  for (const HfName& e : kHfGlobal)
-    if (hf == e.hf) return e.canonical;
+  for (const ModelTensorSpec& e : kLlama.tensors)
+    if (hf == e.hf) return e.name;
   long layer;
   std::string rest;
   if (split_layer(hf, "model.layers.", &layer, &rest)) {

@@ -3,19 +3,22 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/half.h"
-#include "formats/quant_blocks.h"
+#include "formats/dtypes.h"
 
 namespace qf {
 
+// Types a TensorSource may have: those the table can convert to f32.
+static const DTypeTraits* readable_dtype(const std::string& dtype) {
+  const DTypeTraits* d = dtype_by_name(dtype);
+  return d && d->to_f32 ? d : nullptr;
+}
+
 uint64_t dtype_nbytes(const std::string& dtype, int64_t numel, const std::string& what) {
   if (numel < 0) fail(what, ": negative element count");
-  if (dtype == "F32") return (uint64_t)numel * 4;
-  if (dtype == "F16" || dtype == "BF16") return (uint64_t)numel * 2;
-  int64_t be = 0, bb = 0;
-  if (!quant_block_info(dtype, &be, &bb)) fail(what, ": unsupported dtype '", dtype, "'");
-  if (numel % be) fail(what, ": ", numel, " elements is not a whole number of ", dtype, " blocks of ", be);
-  return (uint64_t)(numel / be) * (uint64_t)bb;
+  const DTypeTraits* d = readable_dtype(dtype);
+  if (!d) fail(what, ": unsupported dtype '", dtype, "'");
+  if (numel % d->block_elems) fail(what, ": ", numel, " elements is not a whole number of ", dtype, " blocks of ", d->block_elems);
+  return (uint64_t)(numel / d->block_elems) * (uint64_t)d->block_bytes;
 }
 
 static int64_t shape_numel(const Shape& s) {
@@ -24,29 +27,37 @@ static int64_t shape_numel(const Shape& s) {
   return n;
 }
 
-// Row permutation between the two RoPE layouts of a [n_heads*hd, ...] matrix.
-// pairs_from_halves: out row (h, 2i) = in row (h, i), out row (h, 2i+1) = in row (h, hd/2 + i).
-static Tensor permute_rows(const Tensor& w, int n_heads, bool pairs_from_halves) {
-  const int64_t rows = w.size(0), cols = w.dim() == 2 ? w.size(1) : 1;
+std::vector<int64_t> rope_pair_rows(int64_t rows, int n_heads) {
   if (n_heads <= 0 || rows % n_heads) fail("RoPE row permutation: ", rows, " rows is not a multiple of ", n_heads, " heads");
   const int64_t hd = rows / n_heads;
   if (hd % 2) fail("RoPE row permutation: head dimension ", hd, " is odd");
+  std::vector<int64_t> o((size_t)rows);
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int64_t w = 0; w < 2; ++w) o[h * hd + 2 * i + w] = h * hd + w * (hd / 2) + i;
+  return o;
+}
+
+std::vector<int64_t> rope_half_rows(int64_t rows, int n_heads) {
+  const std::vector<int64_t> p = rope_pair_rows(rows, n_heads);
+  std::vector<int64_t> inv(p.size());
+  for (size_t r = 0; r < p.size(); ++r) inv[(size_t)p[r]] = (int64_t)r;
+  return inv;
+}
+
+Tensor gather_rows(const Tensor& w, const std::vector<int64_t>& order) {
+  const int64_t rows = w.size(0), cols = w.dim() == 2 ? w.size(1) : 1;
+  if ((int64_t)order.size() != rows) fail("gather_rows: ", order.size(), " row indices for ", rows, " rows");
   Tensor src = w.contiguous();
   Tensor out = Tensor::empty(w.shape());
   const float* a = src.data<float>();
   float* b = out.data<float>();
-  for (int64_t h = 0; h < n_heads; ++h)
-    for (int64_t i = 0; i < hd / 2; ++i)
-      for (int which = 0; which < 2; ++which) {
-        const int64_t pair_row = h * hd + 2 * i + which, half_row = h * hd + which * (hd / 2) + i;
-        const int64_t to = pairs_from_halves ? pair_row : half_row, from = pairs_from_halves ? half_row : pair_row;
-        std::memcpy(b + to * cols, a + from * cols, sizeof(float) * cols);
-      }
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(b + r * cols, a + order[(size_t)r] * cols, sizeof(float) * cols);
   return out;
 }
 
-Tensor rope_pairs_from_halves(const Tensor& w, int n_heads) { return permute_rows(w, n_heads, true); }
-Tensor rope_halves_from_pairs(const Tensor& w, int n_heads) { return permute_rows(w, n_heads, false); }
+Tensor rope_pairs_from_halves(const Tensor& w, int n_heads) { return gather_rows(w, rope_pair_rows(w.size(0), n_heads)); }
+Tensor rope_halves_from_pairs(const Tensor& w, int n_heads) { return gather_rows(w, rope_half_rows(w.size(0), n_heads)); }
 
 void tensor_source_to_f32(const TensorSource& ts, float* dst) {
   const std::string what = "tensor '" + ts.name + "'";
@@ -56,23 +67,7 @@ void tensor_source_to_f32(const TensorSource& ts, float* dst) {
     fail("file '", ts.file->path, "': ", what, " of dtype ", ts.dtype, " and shape ", shape_str(ts.shape), " needs ", need,
          " bytes, the header gives ", ts.nbytes);
   const uint8_t* p = ts.file->at(ts.offset, ts.nbytes, what);
-  if (ts.dtype == "F32") {
-    std::memcpy(dst, p, (size_t)n * 4);
-  } else if (ts.dtype == "F16") {
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      dst[i] = f16_to_f32(h);
-    }
-  } else if (ts.dtype == "BF16") {
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      dst[i] = bf16_to_f32(h);
-    }
-  } else {
-    dequantize_blocks(ts.dtype, p, n, dst);
-  }
+  readable_dtype(ts.dtype)->to_f32(p, dst, n);  // dtype_nbytes checked it
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(dst[i])) fail("file '", ts.file->path, "': ", what, " holds a non-finite value at element ", i);
 }

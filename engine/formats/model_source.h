@@ -60,8 +60,15 @@ Block load_block(const ModelSource& src, int i);
 
 // llama.cpp's converter reorders q/k rows from HF rotate-half order to RoPE-pair order:
 // within each head of size hd, row (h, j) of the result = HF row (h, perm(j)) where
-// perm(2i) = i and perm(2i+1) = hd/2 + i. These act on the rows of a [n_heads*hd, cols]
-// matrix (or a [n_heads*hd] bias).
+// perm(2i) = i and perm(2i+1) = hd/2 + i. This is the one statement of that permutation:
+// rope_pair_rows(rows, heads)[r] is the HF-order row that RoPE-pair row r holds, rope_half_rows
+// its inverse (the RoPE-pair row that HF row r holds). Errors: rows not a multiple of the heads,
+// odd head dimension.
+std::vector<int64_t> rope_pair_rows(int64_t rows, int n_heads);
+std::vector<int64_t> rope_half_rows(int64_t rows, int n_heads);
+// out row r = w row order[r], for a [rows, cols] matrix or a [rows] vector.
+Tensor gather_rows(const Tensor& w, const std::vector<int64_t>& order);
+// The permutation applied to the rows of a [n_heads*hd, cols] matrix (or a [n_heads*hd] bias).
 Tensor rope_pairs_from_halves(const Tensor& w, int n_heads);  // HF order -> GGUF/llama2.c order
 Tensor rope_halves_from_pairs(const Tensor& w, int n_heads);  // GGUF/llama2.c order -> HF order
 

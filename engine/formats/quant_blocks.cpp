@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "formats/dtypes.h"
 
 namespace qf {
 
@@ -21,15 +22,10 @@ static void wr_f16(uint8_t* p, float v) {
 static bool f16_exact(float v) { return f16_to_f32(f32_to_f16(v)) == v; }
 
 bool quant_block_info(const std::string& t, int64_t* be, int64_t* bb) {
-  int64_t e = 0, b = 0;
-  if (t == "Q8_0") e = 32, b = 34;
-  else if (t == "Q4_0") e = 32, b = 18;
-  else if (t == "Q4_1") e = 32, b = 20;
-  else if (t == "Q4_K") e = 256, b = 144;
-  else if (t == "Q6_K") e = 256, b = 210;
-  else return false;
-  if (be) *be = e;
-  if (bb) *bb = b;
+  const DTypeTraits* d = dtype_by_name(t);
+  if (!d || !d->is_block() || !d->to_f32) return false;
+  if (be) *be = d->block_elems;
+  if (bb) *bb = d->block_bytes;
   return true;
 }
 
@@ -112,13 +108,22 @@ static void deq_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// Row functions of the type table: n / block_elems blocks.
+template <void (*F)(const uint8_t*, float*), int64_t E, int64_t B>
+static void deq_row(const uint8_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n / E; ++i) F(src + i * B, dst + i * E);
+}
+void dequantize_row_q8_0(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q8_0, 32, 34>(s, d, n); }
+void dequantize_row_q4_0(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_0, 32, 18>(s, d, n); }
+void dequantize_row_q4_1(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_1, 32, 20>(s, d, n); }
+void dequantize_row_q4_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_k, 256, 144>(s, d, n); }
+void dequantize_row_q6_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q6_k, 256, 210>(s, d, n); }
+
 void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst) {
-  int64_t be = 0, bb = 0;
-  if (!quant_block_info(dtype, &be, &bb)) fail("quantized block type '", dtype, "' is not supported");
-  if (n % be) fail("dequantize ", dtype, ": ", n, " elements is not a whole number of blocks of ", be);
-  void (*f)(const uint8_t*, float*) = dtype == "Q8_0" ? deq_q8_0 : dtype == "Q4_0" ? deq_q4_0 : dtype == "Q4_1" ? deq_q4_1
-                                    : dtype == "Q4_K" ? deq_q4_k : deq_q6_k;
-  for (int64_t i = 0; i < n / be; ++i) f(src + i * bb, dst + i * be);
+  const DTypeTraits* d = dtype_by_name(dtype);
+  if (!d || !d->is_block() || !d->to_f32) fail("quantized block type '", dtype, "' is not supported");
+  if (n % d->block_elems) fail("dequantize ", dtype, ": ", n, " elements is not a whole number of blocks of ", d->block_elems);
+  d->to_f32(src, dst, n);
 }
 
 // ---- reference quantizers (llama.cpp quantize_row_*_ref, no imatrix) -------------------------
@@ -163,45 +168,76 @@ static void ref_q4_1(const float* x, uint8_t* b) {
   }
 }
 
+template <void (*F)(const float*, uint8_t*), int64_t B>
+static void ref_row(const float* src, uint8_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n / 32; ++i) F(src + 32 * i, dst + B * i);
+}
+void quantize_row_q8_0_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q8_0, 34>(s, d, n); }
+void quantize_row_q4_0_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q4_0, 18>(s, d, n); }
+void quantize_row_q4_1_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q4_1, 20>(s, d, n); }
+
+static bool has_ref_quantizer(const DTypeTraits& t) { return t.is_block() && t.from_f32; }
+
 void quantize_blocks_ref(const std::string& dtype, const float* src, int64_t n, uint8_t* dst) {
-  if (n % 32) fail("quantize ", dtype, ": ", n, " elements is not a whole number of blocks of 32");
+  const DTypeTraits* d = dtype_by_name(dtype);
+  if (!d || !has_ref_quantizer(*d))
+    fail("quantize: type '", dtype, "' has no reference quantizer here (", dtype_names(has_ref_quantizer), ")");
+  if (n % d->block_elems) fail("quantize ", dtype, ": ", n, " elements is not a whole number of blocks of ", d->block_elems);
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(src[i])) fail("quantize ", dtype, ": non-finite value at element ", i);
-  void (*f)(const float*, uint8_t*) = nullptr;
-  int64_t bb = 0;
-  if (dtype == "Q8_0") f = ref_q8_0, bb = 34;
-  else if (dtype == "Q4_0") f = ref_q4_0, bb = 18;
-  else if (dtype == "Q4_1") f = ref_q4_1, bb = 20;
-  else fail("quantize: type '", dtype, "' has no reference quantizer here (Q8_0, Q4_0, Q4_1)");
-  for (int64_t i = 0; i < n / 32; ++i) f(src + 32 * i, dst + bb * i);
+  d->from_f32(src, dst, n);
 }
 
 // ---- exact encoders from a grid ---------------------------------------------------------------
 
-static int64_t encodable_block_bytes(const std::string& dtype, const std::string& what) {
-  if (dtype == "Q8_0") return 34;
-  if (dtype == "Q4_0") return 18;
-  if (dtype == "Q4_1") return 20;
-  fail(what, ": no exact encoding into GGUF type '", dtype, "' (Q8_0, Q4_0 or Q4_1)");
+void pack_block_q8_0(const int* v, float d, float, uint8_t* blk) {
+  wr_f16(blk, d);
+  for (int j = 0; j < 32; ++j) blk[2 + j] = (uint8_t)(int8_t)v[j];
+}
+void pack_block_q4_0(const int* v, float d, float, uint8_t* blk) {
+  wr_f16(blk, d);
+  for (int j = 0; j < 16; ++j) blk[2 + j] = (uint8_t)((v[j] + 8) | ((v[j + 16] + 8) << 4));
+}
+void pack_block_q4_1(const int* v, float d, float m, uint8_t* blk) {
+  wr_f16(blk, d);
+  wr_f16(blk + 2, m);
+  for (int j = 0; j < 16; ++j) blk[4 + j] = (uint8_t)(v[j] | (v[j + 16] << 4));
+}
+
+static bool grid_encodable(const DTypeTraits& t) { return t.grid.cols > 0; }
+
+// The row of a type with an exact encoder from a grid.
+static const DTypeTraits& encodable(const std::string& dtype, const std::string& what) {
+  const DTypeTraits* d = dtype_by_name(dtype);
+  if (!d || !grid_encodable(*d)) fail(what, ": no exact encoding into GGUF type '", dtype, "' (", dtype_names(grid_encodable), ")");
+  return *d;
 }
 
 void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, const std::string& what) {
-  encodable_block_bytes(dtype, what);
+  const DTypeTraits& t = encodable(dtype, what);
+  const GridFit& fit = t.grid;
+  const int64_t bc = fit.cols;
   const Grid& g = q.grid;
   const std::string fix = "; export gguf F16 or F32 instead";
   if (q.outliers.nnz() > 0)
     fail(what, ": has ", q.outliers.nnz(), " sparse outliers, which ", dtype, " blocks cannot store", fix);
-  if (g.cols % 32) fail(what, ": ", g.cols, " input columns is not a multiple of the ", dtype, " block size 32", fix);
+  if (g.cols % bc) fail(what, ": ", g.cols, " input columns is not a multiple of the ", dtype, " block size ", bc, fix);
   if ((int64_t)g.g_idx.size() != g.cols) fail(what, ": grid g_idx has ", g.g_idx.size(), " entries for ", g.cols, " columns");
-  // Each 32-column block stores one scale: all its columns must share one group.
-  for (int64_t c0 = 0; c0 < g.cols; c0 += 32)
-    for (int64_t c = c0; c < c0 + 32; ++c)
+  // Each block stores one scale: all its columns must share one group.
+  for (int64_t c0 = 0; c0 < g.cols; c0 += bc)
+    for (int64_t c = c0; c < c0 + bc; ++c)
       if (g.g_idx[c] != g.g_idx[c0])
-        fail(what, ": columns ", c0 + 1, "..", c0 + 32, " (one ", dtype, " block) span groups ", g.g_idx[c0] + 1, " and ", g.g_idx[c] + 1,
-             " (grid ", g.spec.str(), g.spec.group > 0 && g.spec.group % 32 == 0 ? ", act-order g_idx" : "",
-             "); GGUF blocks need groups of a multiple of 32 columns in natural order", fix);
+        fail(what, ": columns ", c0 + 1, "..", c0 + bc, " (one ", dtype, " block) span groups ", g.g_idx[c0] + 1, " and ", g.g_idx[c] + 1,
+             " (grid ", g.spec.str(), g.spec.group > 0 && g.spec.group % bc == 0 ? ", act-order g_idx" : "",
+             "); GGUF blocks need groups of a multiple of ", bc, " columns in natural order", fix);
   if (g.spec.kind != GridKind::Uniform)
     fail(what, ": a companded (non-uniform) grid (", g.spec.str(), ") cannot be stored in ", dtype, " blocks", fix);
+  // A type with a min that holds this grid's codes when this one cannot (for the hint).
+  auto min_type_for = [&](int maxq) -> const char* {
+    for (const DTypeTraits& o : dtype_table())
+      if (o.grid.cols == bc && o.grid.stores_min && maxq <= o.grid.hi) return o.name;
+    return nullptr;
+  };
   // Per (row, group): row groups share params (Grid::s/z index them), bits may vary per group.
   for (int64_t r = 0; r < g.rows; ++r)
     for (int64_t k = 0; k < g.ngroups; ++k) {
@@ -209,22 +245,25 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
       const int bits = g.bits_at(r, k), maxq = (1 << bits) - 1;
       const std::string at = " at row " + std::to_string(r + 1) + ", group " + std::to_string(k + 1);
       if (bits == 0) fail(what, ": group pruned to its median (0 bits)", at, " has no ", dtype, " encoding", fix);
-      if (dtype == "Q4_1" && maxq > 15) fail(what, ": ", bits, "-bit codes", at, " do not fit Q4_1's 4-bit codes", fix);
+      if (fit.stores_min && maxq > fit.hi)
+        fail(what, ": ", bits, "-bit codes", at, " do not fit ", dtype, "'s ", fit.max_bits(false), "-bit codes", fix);
       if (!(std::isfinite(s) && z == std::nearbyint(z) && std::fabs(z) <= 256.f))
         fail(what, ": grid scale ", s, " / zero ", z, at, " is not a finite scale with an integer zero");
       // The codes 0..maxq minus the zero must land in the block's signed range.
-      const int lo = dtype == "Q8_0" ? -128 : -8, hi = dtype == "Q8_0" ? 127 : 7;
-      if (dtype != "Q4_1" && (-(int)z < lo || maxq - (int)z > hi))
+      const int lo = fit.lo, hi = fit.hi;
+      if (!fit.stores_min && (-(int)z < lo || maxq - (int)z > hi)) {
+        const char* alt = min_type_for(maxq);
         fail(what, ": zero ", z, at, " with codes 0..", maxq, " (grid ", g.spec.str(), ") gives values outside ", dtype, "'s ",
-             lo, "..", hi, dtype == "Q4_0" && maxq <= 15 ? " (asymmetric grids export as Q4_1)" : "", fix);
+             lo, "..", hi, alt ? std::string(" (asymmetric grids export as ") + alt + ")" : std::string(), fix);
+      }
       if (!f16_exact(s))
         fail(what, ": scale ", s, at, " is not representable in fp16; re-fit the grid with fp16 scales or export gguf F16");
-      if (dtype == "Q4_1") {
+      if (fit.stores_min) {
         // Stored min m = −s·z. s has 11 significant bits and |z| <= 256, so s·z is exact in
         // f32; it must also be exact in fp16, and then q·d + m = s·(q − z) exactly in f32.
         const float m = -(s * z);
         if (!f16_exact(m))
-          fail(what, ": Q4_1 min −scale·zero = ", m, at, " (scale ", s, ", zero ", z,
+          fail(what, ": ", dtype, " min −scale·zero = ", m, at, " (scale ", s, ", zero ", z,
                ") is not representable in fp16; re-fit the grid with fp16 scales and mins or export gguf F16");
       }
     }
@@ -233,36 +272,31 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
 }
 
 void encode_grid_row(const QuantizedLinear& q, int64_t row, const std::string& dtype, uint8_t* dst, const std::string& what) {
+  const DTypeTraits& t = encodable(dtype, what);
+  const GridFit& fit = t.grid;
+  const int64_t bc = fit.cols, bb = t.block_bytes;
   const Grid& g = q.grid;
-  const int64_t bb = encodable_block_bytes(dtype, what);
   const Tensor codes = q.codes.contiguous();
   const uint8_t* c = codes.data<uint8_t>() + row * g.cols;
-  for (int64_t b = 0; b < g.cols / 32; ++b) {
-    const int64_t grp = g.g_idx[32 * b];
+  std::vector<int> qv((size_t)bc);
+  std::vector<float> y((size_t)bc);
+  for (int64_t b = 0; b < g.cols / bc; ++b) {
+    const int64_t grp = g.g_idx[bc * b];
     const float s = g.s(row, grp), z = g.z(row, grp);
     const int maxq = g.maxq_at(row, grp);
     uint8_t* blk = dst + b * bb;
-    int qv[32];
-    for (int j = 0; j < 32; ++j) {
-      const int code = c[32 * b + j];
-      if (code > maxq) fail(what, ": code ", code, " at row ", row + 1, ", column ", 32 * b + j + 1, " exceeds the grid's maxq ", maxq);
-      qv[j] = dtype == "Q8_0" ? code - (int)z : dtype == "Q4_0" ? code - (int)z + 8 : code;
+    for (int64_t j = 0; j < bc; ++j) {
+      const int code = c[bc * b + j];
+      if (code > maxq) fail(what, ": code ", code, " at row ", row + 1, ", column ", bc * b + j + 1, " exceeds the grid's maxq ", maxq);
+      qv[j] = fit.stores_min ? code : code - (int)z;
     }
-    wr_f16(blk, s);
-    if (dtype == "Q8_0") {
-      for (int j = 0; j < 32; ++j) blk[2 + j] = (uint8_t)(int8_t)qv[j];
-    } else {
-      uint8_t* qs = blk + (dtype == "Q4_1" ? 4 : 2);
-      if (dtype == "Q4_1") wr_f16(blk + 2, -(s * z));
-      for (int j = 0; j < 16; ++j) qs[j] = (uint8_t)(qv[j] | (qv[j + 16] << 4));
-    }
+    fit.pack(qv.data(), s, -(s * z), blk);
     // The point of an exact encoder: what a GGUF reader decodes is what qforge evaluated.
-    float y[32];
-    dequantize_blocks(dtype, blk, 32, y);
-    for (int j = 0; j < 32; ++j) {
-      const float want = g.value(c[32 * b + j], row, grp);
+    t.to_f32(blk, y.data(), bc);
+    for (int64_t j = 0; j < bc; ++j) {
+      const float want = g.value(c[bc * b + j], row, grp);
       if (!(y[j] == want))
-        fail(what, ": ", dtype, " block at row ", row + 1, ", column ", 32 * b + j + 1, " decodes to ", y[j], ", the grid gives ", want,
+        fail(what, ": ", dtype, " block at row ", row + 1, ", column ", bc * b + j + 1, " decodes to ", y[j], ", the grid gives ", want,
              " (not exactly representable)");
     }
   }

@@ -21,6 +21,8 @@
 
 namespace qf {
 
+// The sizes and functions below are rows of the storage-type table (formats/dtypes.h).
+
 // Elements per block and bytes per block of a GGML type name; false if `dtype` is not a
 // block-quantized type qforge can dequantize.
 bool quant_block_info(const std::string& dtype, int64_t* block_elems, int64_t* block_bytes);
@@ -30,6 +32,21 @@ void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, 
 // llama.cpp's reference quantizers (quantize_row_*_ref) for Q8_0, Q4_0, Q4_1: codes from the
 // f32 scale, stored scale rounded to fp16. n a multiple of 32; dst holds n/32 blocks.
 void quantize_blocks_ref(const std::string& dtype, const float* src, int64_t n, uint8_t* dst);
+
+// The table's row functions (n a multiple of the type's block size).
+void dequantize_row_q8_0(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q4_0(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q4_1(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q4_k(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q6_k(const uint8_t* src, float* dst, int64_t n);
+void quantize_row_q8_0_ref(const float* src, uint8_t* dst, int64_t n);
+void quantize_row_q4_0_ref(const float* src, uint8_t* dst, int64_t n);
+void quantize_row_q4_1_ref(const float* src, uint8_t* dst, int64_t n);
+// One 32-element block from its stored integers (GridFit::pack): Q8_0 and Q4_0 take code − zero
+// (m unused), Q4_1 the codes and the min m.
+void pack_block_q8_0(const int* v, float d, float m, uint8_t* blk);
+void pack_block_q4_0(const int* v, float d, float m, uint8_t* blk);
+void pack_block_q4_1(const int* v, float d, float m, uint8_t* blk);
 
 // Exact encoding of a quantized linear as Q8_0 | Q4_0 | Q4_1 rows.
 // check_grid_encodable: the grid-level conditions, cheap, before anything is written:

@@ -45,6 +45,11 @@ const ArchSpec kLlama = {
         {"attn_norm", "rms_att", "attn_norm", "input_layernorm"},
         {"ffn_norm", "rms_ffn", "ffn_norm", "post_attention_layernorm"},
     },
+    {
+        {"tok_emb", "token_embd.weight", "model.embed_tokens.weight"},
+        {"final_norm", "output_norm.weight", "model.norm.weight"},
+        {"classifier", "output.weight", "lm_head.weight"},
+    },
 };
 
 int ArchSpec::stages() const {
@@ -78,6 +83,17 @@ const NormSpec& ArchSpec::norm(const std::string& n) const {
   for (const NormSpec& s : norms)
     if (n == s.name || n == s.alias) return s;
   fail("unknown norm '", n, "' (", name, " blocks have: ", norms[0].name, ", ", norms[1].name, ")");
+}
+
+const ModelTensorSpec& ArchSpec::tensor(const std::string& n) const {
+  for (const ModelTensorSpec& s : tensors)
+    if (n == s.name) return s;
+  std::string known;
+  for (const ModelTensorSpec& s : tensors) {
+    if (!known.empty()) known += ", ";
+    known += s.name;
+  }
+  fail("unknown model tensor '", n, "' (", name, " models have: ", known, ")");
 }
 
 const ArchSpec& arch_spec(const std::string& name) {

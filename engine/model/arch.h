@@ -48,11 +48,21 @@ struct NormSpec {
   const char* hf;     // "input_layernorm" → "model.layers.N.input_layernorm.weight"
 };
 
+// A model-level tensor (outside the blocks): its canonical name and its full name per format,
+// one row read both ways (loader: file name -> canonical; exporter: canonical -> file name).
+struct ModelTensorSpec {
+  const char* name;   // canonical: tok_emb, final_norm, classifier
+  const char* gguf;   // "token_embd.weight"
+  const char* hf;     // "model.embed_tokens.weight"
+};
+
 struct ArchSpec {
   const char* name;  // ModelConfig::arch
   BlockKind kind;
   std::vector<LinearSpec> linears;  // forward order; Block::linears holds them in this order
   std::vector<NormSpec> norms;
+  std::vector<ModelTensorSpec> tensors;  // model-level tensors
+  const ModelTensorSpec& tensor(const std::string& name) const;  // canonical name; error when unknown
   int stages() const;                                 // the last stage number
   const LinearSpec* find(const std::string& name_or_alias) const;  // nullptr when unknown
   const LinearSpec& linear(const std::string& name_or_alias) const;  // error lists the names
