@@ -586,3 +586,18 @@ TEST_CASE("errors name the problem") {
     CHECK_THROWS_WITH_AS(quantease_outliers(P.W, P.S, sp, oo), doctest::Contains("ratio must be in [0, 1)"), Error);
   }
 }
+
+TEST_CASE("continuous_sweep: QuantEase's schedule, by enumeration") {
+  auto list = [](int iters, int every) {
+    std::vector<int> v;
+    for (int it = 1; it <= iters; ++it)
+      if (continuous_sweep(it, iters, every)) v.push_back(it);
+    return v;
+  };
+  CHECK(list(30, 3) == std::vector<int>{1, 4, 7, 10, 13, 16, 19, 22, 25});
+  CHECK(list(30, 0).empty());
+  CHECK(list(8, 1) == std::vector<int>{1, 2, 3});
+  CHECK(list(6, 3) == std::vector<int>{1});
+  CHECK(list(5, 3).empty());  // it <= iters - 5 leaves none
+  CHECK(list(7, 2) == std::vector<int>{1});
+}

@@ -264,8 +264,7 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
     // Sweep schedule (methods.md#quantease-schedule): continuous on it % every == 1 (1, 4, 7, …),
     // it ≤ iters − 5, never the last sweep; none after an rtn/gptq init (fmchisel: the init is
     // already on the grid).
-    const int ce = opt.continuous_every;
-    so.continuous = opt.init == "w" && ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;
+    so.continuous = opt.init == "w" && continuous_sweep(it, opt.iters, opt.continuous_every);
     fS += sweep(Wc, S, What, grid, so);
     const double f = opt.percdamp > 0 ? undamp_objective(fS, Wc, What, ddiag) : fS;
     res.objective.push_back(f);

@@ -21,6 +21,13 @@ struct CdSweepOptions {
 double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid,
                 const CdSweepOptions& opt = {});
 
+// QuantEase's sweep schedule (docs/methods.md#quantease-schedule), shared with outlier-aware
+// QuantEase: sweep `it` (1-based) of `iters` is continuous (unquantized) iff every > 0,
+// it % every == 1 % every, it <= iters − 5 and it != iters.
+inline bool continuous_sweep(int it, int iters, int every) {
+  return every > 0 && it % every == 1 % every && it <= iters - 5 && it != iters;
+}
+
 // The grid is fitted once from the original W (grid_fit; group params never change). Sweep `it`
 // (1-based) is continuous iff continuous_every > 0, it % every == 1 % every, it <= iters − 5 and
 // it != iters — and never after an "rtn"/"gptq" init (fmchisel: the init is already on the grid).

@@ -235,9 +235,8 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
     if (opt.structured && it > 1) grid = support_grid(Wc, spec, outlier_cols());
     // 1. CD sweep on Ŵ with target W − Hs; the sweep schedule of methods.md#quantease-schedule
     //    (continuous on 1, 4, 7, … ≤ iters − 5).
-    const int ce = opt.continuous_every;
     CdSweepOptions so;
-    so.continuous = ce > 0 && it % ce == 1 % ce && it <= opt.iters - 5 && it != opt.iters;
+    so.continuous = continuous_sweep(it, opt.iters, opt.continuous_every);
     T.mat() = Wc.cmat() - Hs.cmat();
     cd_sweep(T, Sc, What, grid, so);
     // 2. IHT step on Hs.
