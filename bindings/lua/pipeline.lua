@@ -103,6 +103,9 @@ end
 -- The solve function of P.quantize_model for a registered solver, with the recipe's values of
 -- that solver's options (those opt holds; the rest keep their defaults). The options are
 -- checked now, before any calibration work. Returns the function and the options passed.
+-- P.quantize_model takes the objective of these solves from their info: qf.solve measured it on
+-- the untouched copy of W the pipeline handed over (the same numbers), so it is not computed twice.
+local REGISTRY_SOLVES = setmetatable({}, { __mode = "k" })
 function P.solver(solver, opt, grid)
   local defaults = qf.solver_options(solver)
   local o = {}
@@ -110,7 +113,9 @@ function P.solver(solver, opt, grid)
     if opt[k] ~= nil then o[k] = opt[k] end
   end
   qf.check_solver_options(solver, o)
-  return function(l) return qf.solve(solver, l, grid, o) end, o
+  local f = function(l) return qf.solve(solver, l, grid, o) end
+  REGISTRY_SOLVES[f] = true
+  return f, o
 end
 
 -- Checked here, before any calibration work, so a bad option fails the run at once.
@@ -289,8 +294,12 @@ function P.quantize_model(m, cal, solve, opts)
           error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
             b, name, q == nil and "nothing" or type(q) == "userdata" and tostring(q) or type(q)), 0)
         end
-        local What = qf.is_tensor(q) and q or q:dequantize()
-        local obj, rel = qf.objective(W, What, st.sigma)
+        local obj, rel
+        if REGISTRY_SOLVES[solve] then
+          obj, rel = info.objective, info.relative
+        else  -- a recipe's own solve: measured here, against the original W
+          obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)
+        end
         m:set_linear(b, name, q)  -- keeps a QLinear's codes for exports that store them
         local secs = qf.now() - tl
         total = total + obj

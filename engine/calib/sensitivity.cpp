@@ -98,13 +98,13 @@ struct PassPlan {
   int passes = 1;         // backward passes at once
   double park_bytes = 0;  // dW parked by passes ahead of their turn, at most
 };
-static PassPlan concurrent_passes(const Model& m, const GradStatsOptions& opt, int npasses, int batch, int T) {
+static PassPlan concurrent_passes(const Model& m, const GradStatsOptions& opt, int npasses, int T) {
   if (opt.max_concurrent_passes == 1 || m.is_lazy()) return {};
   int n = std::min(omp_get_max_threads(), npasses);
   if (opt.max_concurrent_passes > 0) n = std::min(n, opt.max_concurrent_passes);
   if (n <= 1) return {};
   const ModelConfig& c = m.cfg;
-  const int64_t N = (int64_t)batch * T, hd = c.head_dim(), kv = c.kv_dim();
+  const int64_t N = (int64_t)opt.batch * T, hd = c.head_dim(), kv = c.kv_dim();
   int64_t block_params = 0;
   for (const Linear& lin : m.block(0).linears) block_params += lin.out_features() * lin.in_features();
   const double pass_bytes =
@@ -193,11 +193,10 @@ GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& window
   auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto ends_iteration = [&](size_t p) { return p + 1 == passes.size() || passes[p + 1].it != passes[p].it; };
 
-  const PassPlan plan = concurrent_passes(m, opt, (int)passes.size(), opt.batch, T);
+  const PassPlan plan = concurrent_passes(m, opt, (int)passes.size(), T);
   if (plan.passes <= 1) {
     for (size_t p = 0; p < passes.size(); ++p) {
       run_pass(passes[p], accumulate);
-      ++gs.samples;
       if (ends_iteration(p) && progress) progress(passes[p].it + 1, iters, seconds());
     }
   } else {
@@ -269,8 +268,8 @@ GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& window
     }
     if (error) std::rethrow_exception(error);
     if (!parked.empty()) fail(fn, ": internal error: ", parked.size(), " parked gradients were never added");
-    gs.samples = (int64_t)passes.size();
   }
+  gs.samples = (int64_t)passes.size();
   const float inv = 1.f / (float)gs.samples;
   for (auto& layer : gs.g2)
     for (Tensor& t : layer) {

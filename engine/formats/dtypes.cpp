@@ -9,29 +9,19 @@ namespace qf {
 
 static void f32_to_f32_row(const uint8_t* src, float* dst, int64_t n) { std::memcpy(dst, src, (size_t)n * 4); }
 static void f32_from_f32_row(const float* src, uint8_t* dst, int64_t n) { std::memcpy(dst, src, (size_t)n * 4); }
-static void f16_to_f32_row(const uint8_t* src, float* dst, int64_t n) {
+// 16-bit float rows (f16, bf16) through their scalar conversion (core/half.h).
+template <float (*to_f32)(uint16_t)>
+static void half_to_f32_row(const uint8_t* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint16_t h;
     std::memcpy(&h, src + 2 * i, 2);
-    dst[i] = f16_to_f32(h);
+    dst[i] = to_f32(h);
   }
 }
-static void f16_from_f32_row(const float* src, uint8_t* dst, int64_t n) {
+template <uint16_t (*from_f32)(float)>
+static void half_from_f32_row(const float* src, uint8_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint16_t h = f32_to_f16(src[i]);
-    std::memcpy(dst + 2 * i, &h, 2);
-  }
-}
-static void bf16_to_f32_row(const uint8_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, src + 2 * i, 2);
-    dst[i] = bf16_to_f32(h);
-  }
-}
-static void bf16_from_f32_row(const float* src, uint8_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t h = f32_to_bf16(src[i]);
+    const uint16_t h = from_f32(src[i]);
     std::memcpy(dst + 2 * i, &h, 2);
   }
 }
@@ -54,7 +44,7 @@ int GridFit::max_bits(bool sym) const {
 // GGUF with all linears of the type is that file type (the K types name mixes: _S/_M, so none).
 static const std::vector<DTypeTraits> kDTypes = {
     {"F32", 0, 1, 4, f32_to_f32_row, f32_from_f32_row, 0, {}},
-    {"F16", 1, 1, 2, f16_to_f32_row, f16_from_f32_row, 1, {}},
+    {"F16", 1, 1, 2, half_to_f32_row<f16_to_f32>, half_from_f32_row<f32_to_f16>, 1, {}},
     {"Q4_0", 2, 32, 18, dequantize_row_q4_0, quantize_row_q4_0_ref, 2, {32, -8, 7, false, pack_block_q4_0}},
     {"Q4_1", 3, 32, 20, dequantize_row_q4_1, quantize_row_q4_1_ref, 3, {32, 0, 15, true, pack_block_q4_1}},
     {"Q5_0", 6, 32, 22, nullptr, nullptr, -1, {}},
@@ -72,7 +62,7 @@ static const std::vector<DTypeTraits> kDTypes = {
     {"I32", 26, 1, 4, nullptr, nullptr, -1, {}},
     {"I64", 27, 1, 8, nullptr, nullptr, -1, {}},
     {"F64", 28, 1, 8, nullptr, nullptr, -1, {}},
-    {"BF16", 30, 1, 2, bf16_to_f32_row, bf16_from_f32_row, 32, {}},
+    {"BF16", 30, 1, 2, half_to_f32_row<bf16_to_f32>, half_from_f32_row<f32_to_bf16>, 32, {}},
 };
 
 const std::vector<DTypeTraits>& dtype_table() { return kDTypes; }
