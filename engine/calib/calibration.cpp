@@ -1,7 +1,6 @@
 #include "calib/calibration.h"
 
-#include <omp.h>
-
+#include "backend/backend.h"
 #include "model/forward.h"
 
 namespace qf {
@@ -46,19 +45,7 @@ void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X_) {
   const Tensor X = X_.contiguous();
   const int64_t N = X.size(0), c = X.size(1);
   if (S.rows() != c || S.cols() != c) fail("accumulate_gram: Σ is [", S.rows(), ", ", S.cols(), "], inputs have ", c, " features");
-  constexpr int64_t kTok = 512, kRows = 64;
-  using CMap = Eigen::Map<const MatRM>;
-  const int64_t nrb = (c + kRows - 1) / kRows;
-  for (int64_t t0 = 0; t0 < N; t0 += kTok) {
-    const int64_t nt = std::min(kTok, N - t0);
-    CMap Xc(X.f32() + t0 * c, nt, c);
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t rb = 0; rb < nrb; ++rb) {
-      const int64_t r0 = rb * kRows, nr = std::min(kRows, c - r0);
-      MatRM G = Xc.middleCols(r0, nr).transpose() * Xc;  // [nr, c], f32 over ≤ 512 tokens
-      S.middleRows(r0, nr) += G.cast<double>();
-    }
-  }
+  backend().gram_accumulate(X.f32(), N, c, S.data(), nullptr);
 }
 
 // block_forward over the windows in chunks of ~kChunkTokens tokens (whole windows), so the
@@ -105,10 +92,10 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
       st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
       st.xsum = Eigen::VectorXd::Zero(x.size(1));
     }
-    accumulate_gram(st.sum, x);
+    if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
+      fail("calibration: site ", site_name(s), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
     const Tensor xc = x.contiguous();
-    for (int64_t i = 0; i < xc.size(0); ++i)  // sequential f64 sum: deterministic
-      st.xsum += Eigen::Map<const Eigen::VectorXf>(xc.f32() + i * xc.size(1), xc.size(1)).cast<double>();
+    backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());  // Σ and Σx in f64
     st.tokens += x.size(0);
   };
   chunked_block_forward(m, block_, xq_, B_, T_, obs);

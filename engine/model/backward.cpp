@@ -1,23 +1,19 @@
 // The Llama backward pass: op backwards, block_backward (recompute the block forward,
 // then backpropagate), and the whole-model drivers. f32 throughout; f64 only for the
 // reductions that need it (RMSNorm row dots and gain sums, softmax row sums, the loss).
-#include "backend/cpu/gemm.h"
-#include "core/parallel.h"
 #include "model/backward.h"
-
-#include <omp.h>
 
 #include <cmath>
 #include <cstring>
 
+#include "backend/backend.h"
+#include "core/parallel.h"
 #include "model/forward.h"
 
 namespace qf {
 
-// Fixed chunking, as in forward.cpp: every GEMM (backend/cpu/gemm.h) and every partial sum has
-// the same shape and order whatever the thread count, so gradients are bit-identical for 1 or N
-// threads.
-static constexpr int64_t kRowChunk = 64;  // rows per f64 partial sum (RMSNorm gains)
+// The ops run on the backend (backend/backend.h), whose chunking is fixed: gradients are
+// bit-identical for 1 or N threads.
 
 static void check_2d(const Tensor& t, int64_t cols, const char* what) {
   if (!t.defined() || t.dim() != 2 || t.size(1) != cols || t.dtype() != DType::F32)
@@ -29,39 +25,21 @@ static void check_rows(const Tensor& t, int64_t n, const char* what) {
   if (t.size(0) != n) fail(what, " has ", t.size(0), " rows, expected ", n);
 }
 
-static void add_inplace(Tensor& a, const Tensor& b) {
-  float* ap = a.f32();
-  const float* bp = b.f32();
-  const int64_t n = a.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n))
-  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
-}
+static void add_inplace(Tensor& a, const Tensor& b) { backend().add_inplace(a.f32(), b.f32(), a.numel()); }
 
 // dx = dy W (or dx += dy W): dy [N, out], W [out, in] contiguous, dx [N, in] contiguous.
 static void dy_times_w(const Tensor& dy, const Tensor& W, Tensor& dx, bool accumulate) {
   const int64_t N = dy.size(0), outf = W.size(0), in = W.size(1);
   if (!accumulate) dx = Tensor::empty({N, in});
-  cpu::gemm_rows_chunked(dy.f32(), N, W.f32(), outf, in, /*w_transposed=*/false, dx.f32(), accumulate);
+  backend().gemm_rows(dy.f32(), N, W.f32(), outf, in, /*w_transposed=*/false, dx.f32(), accumulate);
 }
 
-// dW = dyᵀ x [out, in], one GEMM per block of kGemmOutChunk output rows, each reducing over all
-// N rows; db[o] = Σ_n dy[n, o] in f64 when db is non-null.
+// dW = dyᵀ x [out, in]; db[o] = Σ_n dy[n, o] in f64 when db is non-null.
 static void dyt_times_x(const Tensor& dy, const Tensor& x, Tensor& dW, Tensor* db) {
   const int64_t N = dy.size(0), outf = dy.size(1), in = x.size(1);
   dW = Tensor::empty({outf, in});
   if (db) *db = Tensor::empty({outf});
-  float* dbp = db ? db->f32() : nullptr;
-  const float* dyp = dy.f32();
-  std::function<void(int64_t, int64_t)> bias_sums;
-  if (dbp)
-    bias_sums = [&](int64_t o0, int64_t no) {
-      for (int64_t o = o0; o < o0 + no; ++o) {
-        double s = 0;
-        for (int64_t n = 0; n < N; ++n) s += dyp[n * outf + o];
-        dbp[o] = (float)s;
-      }
-    };
-  cpu::gemm_tn_out_chunked(dyp, N, outf, x.f32(), in, dW.f32(), /*accumulate=*/false, bias_sums);
+  backend().gemm_tn(dy.f32(), N, outf, x.f32(), in, dW.f32(), /*accumulate=*/false, db ? db->f32() : nullptr);
 }
 
 // ---------------------------------------------------------------- rmsnorm
@@ -75,41 +53,8 @@ RmsnormGrads rmsnorm_backward(const Tensor& x_, const Tensor& g_, float eps, con
   const Tensor x = x_.contiguous(), g = g_.contiguous(), dy = dy_.contiguous();
   RmsnormGrads out;
   out.dx = Tensor::empty({N, D});
-  const float* xp = x.f32();
-  const float* gp = g.f32();
-  const float* dyp = dy.f32();
-  float* dxp = out.dx.f32();
-  // dg = Σ_rows dy ⊙ x·inv: f64 partial sums per fixed row chunk, added in chunk order.
-  const int64_t nchunks = (N + kRowChunk - 1) / kRowChunk;
-  std::vector<double> part(want_dg ? (size_t)(nchunks * D) : 0, 0.0);
-#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
-  for (int64_t c = 0; c < nchunks; ++c) {
-    double* pc = want_dg ? part.data() + c * D : nullptr;
-    for (int64_t i = c * kRowChunk; i < std::min(N, (c + 1) * kRowChunk); ++i) {
-      const float* r = xp + i * D;
-      const float* d = dyp + i * D;
-      double ss = 0, dot = 0;
-      for (int64_t j = 0; j < D; ++j) {
-        ss += (double)r[j] * r[j];
-        dot += (double)gp[j] * d[j] * r[j];
-      }
-      const float inv = 1.0f / std::sqrt((float)(ss / D) + eps);  // exactly as forward.cpp rmsnorm
-      // y = g x inv, inv = (Σx²/D + eps)^(−1/2):  dx = inv g dy − x inv³ (Σ g dy x) / D
-      const float k3 = (float)((double)inv * inv * inv * dot / (double)D);
-      for (int64_t j = 0; j < D; ++j) dxp[i * D + j] = inv * gp[j] * d[j] - k3 * r[j];
-      if (pc)
-        for (int64_t j = 0; j < D; ++j) pc[j] += (double)d[j] * r[j] * inv;
-    }
-  }
-  if (want_dg) {
-    out.dg = Tensor::empty({D});
-    float* dgp = out.dg.f32();
-    for (int64_t j = 0; j < D; ++j) {
-      double s = 0;
-      for (int64_t c = 0; c < nchunks; ++c) s += part[c * D + j];
-      dgp[j] = (float)s;
-    }
-  }
+  if (want_dg) out.dg = Tensor::empty({D});
+  backend().rmsnorm_backward(x.f32(), N, D, g.f32(), eps, dy.f32(), out.dx.f32(), want_dg ? out.dg.f32() : nullptr);
   return out;
 }
 
@@ -142,71 +87,10 @@ AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tens
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dy = dy_.contiguous();
   AttentionGrads g;
   g.dq = Tensor::empty({N, QW});
-  g.dk = Tensor::empty({N, KW});  // zero-filled: accumulated into
+  g.dk = Tensor::empty({N, KW});
   g.dv = Tensor::empty({N, KW});
-  const float* qp = q.f32();
-  const float* kp = k.f32();
-  const float* vp = v.f32();
-  const float* dyp = dy.f32();
-  float* dqp = g.dq.f32();
-  float* dkp = g.dk.f32();
-  float* dvp = g.dv.f32();
-  const int group = n_heads / n_kv_heads;
-  const float scale = 1.0f / std::sqrt((float)head_dim);
-  using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
-  using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
-  constexpr int kQBlock = 128;  // as forward.cpp: query block [i0, i1) needs keys [0, i1) only
-  const int nqb = (T + kQBlock - 1) / kQBlock;
-  const int rows = std::min(kQBlock, T);
-  std::vector<MatRM> scratchS(omp_get_max_threads(), MatRM(rows, T)), scratchP(omp_get_max_threads(), MatRM(rows, T));
-  // One task per (window, kv head): the heads sharing that kv head, and all query blocks,
-  // accumulate into its dK/dV slice in a fixed order inside the task.
-#pragma omp parallel for schedule(dynamic) collapse(2) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim * 2))
-  for (int b = 0; b < B; ++b)
-    for (int kh = 0; kh < n_kv_heads; ++kh) {
-      MatRM& S = scratchS[omp_get_thread_num()];
-      MatRM& dP = scratchP[omp_get_thread_num()];
-      const int64_t r0 = (int64_t)b * T;
-      for (int h = kh * group; h < (kh + 1) * group; ++h)
-        for (int qb = 0; qb < nqb; ++qb) {
-          const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
-          Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-          Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          Strided dO(dyp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-          StridedOut dQ(dqp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-          StridedOut dK(dkp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          StridedOut dV(dvp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          // recompute P exactly as the forward does
-          auto Sb = S.topLeftCorner(nq, i1);
-          Sb.noalias() = (Q * K.transpose()) * scale;
-          for (int r = 0; r < nq; ++r) {
-            float* s = S.data() + (int64_t)r * S.cols();
-            const int last = i0 + r;
-            Eigen::Map<Eigen::ArrayXf> row(s, last + 1);
-            row = (row - row.maxCoeff()).exp();
-            row *= 1.0f / row.sum();
-            for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
-          }
-          // dP = dO Vᵀ; softmax backward dS = P ⊙ (dP − Σ_j P dP) row by row (masked entries: P = 0)
-          auto dPb = dP.topLeftCorner(nq, i1);
-          dPb.noalias() = dO * V.transpose();
-          for (int r = 0; r < nq; ++r) {
-            const float* s = S.data() + (int64_t)r * S.cols();
-            float* d = dP.data() + (int64_t)r * dP.cols();
-            const int last = i0 + r;
-            double sum = 0;
-            for (int j = 0; j <= last; ++j) sum += (double)s[j] * d[j];
-            const float rs = (float)sum;
-            for (int j = 0; j <= last; ++j) d[j] = s[j] * (d[j] - rs);
-            for (int j = last + 1; j < i1; ++j) d[j] = 0.f;
-          }
-          // S = Q Kᵀ·scale:  dQ = dS K·scale,  dK += dSᵀ Q·scale;  O = P V:  dV += Pᵀ dO
-          dQ.noalias() = (dPb * K) * scale;
-          dK.noalias() += (dPb.transpose() * Q) * scale;
-          dV.noalias() += Sb.transpose() * dO;
-        }
-    }
+  backend().attention_backward(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, dy.f32(),
+                               g.dq.f32(), g.dk.f32(), g.dv.f32());
   return g;
 }
 
@@ -231,33 +115,18 @@ LinearGrads linear_backward(const Tensor& x_, const Linear& lin, const Tensor& d
   return g;
 }
 
-static float silu(float a) { return a / (1.0f + std::exp(-a)); }
-
 Tensor swiglu(const Tensor& a_, const Tensor& u_) {
   if (a_.shape() != u_.shape() || a_.dim() != 2 || a_.dtype() != DType::F32 || u_.dtype() != DType::F32)
     fail("swiglu: gate ", shape_str(a_.shape()), " and up ", shape_str(u_.shape()), " must be f32 matrices of one shape");
   Tensor h = a_.clone();
   const Tensor u = u_.contiguous();
-  float* hp = h.f32();
-  const float* up = u.f32();
-  const int64_t n = h.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
-  for (int64_t i = 0; i < n; ++i) hp[i] = hp[i] / (1.0f + std::exp(-hp[i])) * up[i];  // as block_forward
+  backend().swiglu(h.f32(), u.f32(), h.numel(), h.f32());  // as block_forward
   return h;
 }
 
-// In place: a ← da, u ← du for h = silu(a)·u, silu'(a) = σ(a)(1 + a(1 − σ(a))).
+// In place: a ← da, u ← du for h = silu(a)·u.
 static void swiglu_backward_inplace(Tensor& a, Tensor& u, const Tensor& dh) {
-  float* ap = a.f32();
-  float* up = u.f32();
-  const float* dp = dh.f32();
-  const int64_t n = a.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = ap[i], sig = 1.0f / (1.0f + std::exp(-x));
-    ap[i] = dp[i] * up[i] * sig * (1.0f + x * (1.0f - sig));
-    up[i] = dp[i] * silu(x);
-  }
+  backend().swiglu_backward(a.f32(), u.f32(), dh.f32(), a.numel());
 }
 
 SwigluGrads swiglu_backward(const Tensor& a, const Tensor& u, const Tensor& dh) {
@@ -321,7 +190,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   double loss = 0;
   for (int64_t s0 = 0; s0 < N; s0 += kSuper) {
     const int64_t ns = std::min(kSuper, N - s0);
-    cpu::gemm_rows_chunked(xn.f32() + s0 * D, ns, W.f32(), V, D, /*w_transposed=*/true, logits.f32(), false);
+    backend().gemm_rows(xn.f32() + s0 * D, ns, W.f32(), V, D, /*w_transposed=*/true, logits.f32(), false);
     // softmax − one-hot, scaled by 1/scored: dL/dlogits, in place
 #pragma omp parallel for schedule(static) if (worth_parallel(ns * V * 4))
     for (int64_t r = 0; r < ns; ++r) {
@@ -341,10 +210,10 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
       l[t] -= inv_count;
     }
     for (int64_t r = 0; r < ns; ++r) loss += row_loss[r];
-    cpu::gemm_rows_chunked(logits.f32(), ns, W.f32(), V, D, /*w_transposed=*/false, dxn.f32() + s0 * D, false);
+    backend().gemm_rows(logits.f32(), ns, W.f32(), V, D, /*w_transposed=*/false, dxn.f32() + s0 * D, false);
     if (param_grads)  // threads by the whole pass's N·D·V, as before the backend
-      cpu::gemm_tn_out_chunked(logits.f32(), ns, V, xn.f32() + s0 * D, D, hg.d_classifier.f32(), /*accumulate=*/true,
-                               nullptr, N * D * V);
+      backend().gemm_tn(logits.f32(), ns, V, xn.f32() + s0 * D, D, hg.d_classifier.f32(), /*accumulate=*/true, nullptr,
+                        N * D * V);
   }
   hg.loss = loss / (double)scored;
   RmsnormGrads ng = rmsnorm_backward(x, m.final_norm, m.cfg.norm_eps, dxn, param_grads);

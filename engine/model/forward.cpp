@@ -1,10 +1,9 @@
 // The Llama forward pass (llama2.c semantics: RMSNorm eps 1e-5, interleaved-pair RoPE,
 // grouped-query causal attention, SwiGLU MLP), full sequence, f32, OpenMP-parallel.
-#include "backend/cpu/gemm.h"
-#include "core/parallel.h"
 #include "model/forward.h"
 
-#include <omp.h>
+#include "backend/backend.h"
+#include "core/parallel.h"
 
 #include <cmath>
 #include <cstring>
@@ -23,17 +22,7 @@ void rmsnorm(const Tensor& x_, const Tensor& g_, float eps, Tensor& out) {
   const Tensor x = x_.contiguous(), g = g_.contiguous();
   const int64_t N = x.size(0);
   if (!out.defined() || out.shape() != x.shape()) out = Tensor::empty({N, D});
-  const float* xp = x.f32();
-  const float* gp = g.f32();
-  float* op = out.f32();
-#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
-  for (int64_t i = 0; i < N; ++i) {
-    const float* r = xp + i * D;
-    double ss = 0;
-    for (int64_t j = 0; j < D; ++j) ss += (double)r[j] * r[j];
-    const float inv = 1.0f / std::sqrt((float)(ss / D) + eps);
-    for (int64_t j = 0; j < D; ++j) op[i * D + j] = gp[j] * (inv * r[j]);
-  }
+  backend().rmsnorm(x.f32(), N, D, g.f32(), eps, out.f32());
 }
 
 std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim) {
@@ -86,34 +75,11 @@ void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<
   check_2d(x, (int64_t)n_heads * head_dim, "rope input");
   if (!x.is_contiguous()) fail("rope: input must be contiguous");
   if (head_dim % 2) fail("rope: head dimension ", head_dim, " is odd");
-  const int64_t N = x.size(0), W = (int64_t)n_heads * head_dim;
+  const int64_t N = x.size(0);
   if (T <= 0 || N % T) fail("rope: ", N, " rows is not a whole number of ", T, "-token windows");
   const int half = head_dim / 2;
   if ((int)inv_freq.size() != half) fail("rope: ", inv_freq.size(), " frequencies for head dimension ", head_dim);
-  // cos/sin table [T, half], computed in f32 exactly as llama2.c does.
-  std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
-  for (int p = 0; p < T; ++p)
-    for (int i = 0; i < half; ++i) {
-      const float val = (float)p * inv_freq[i];
-      cs[(size_t)p * half + i] = std::cos(val);
-      sn[(size_t)p * half + i] = transpose ? -std::sin(val) : std::sin(val);
-    }
-  float* xp = x.f32();
-#pragma omp parallel for schedule(static) if (worth_parallel(N * W))
-  for (int64_t r = 0; r < N; ++r) {
-    const int p = (int)(r % T);
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = xp + r * W + (int64_t)h * head_dim;
-      for (int i = 0; i < half; ++i) {
-        const float c = cs[(size_t)p * half + i], s = sn[(size_t)p * half + i];
-        float& a = interleaved ? v[2 * i] : v[i];
-        float& b = interleaved ? v[2 * i + 1] : v[i + half];
-        const float a0 = a, b0 = b;
-        a = a0 * c - b0 * s;
-        b = a0 * s + b0 * c;
-      }
-    }
-  }
+  backend().rope_rotate(x.f32(), N, n_heads, head_dim, T, inv_freq.data(), interleaved, transpose);
 }
 
 void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int T, int n_heads, int n_kv_heads,
@@ -127,46 +93,7 @@ void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int 
   if (n_kv_heads <= 0 || n_heads % n_kv_heads) fail("attention: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   if (!out.defined() || out.shape() != Shape{N, QW}) out = Tensor::empty({N, QW});
-  const float* qp = q.f32();
-  const float* kp = k.f32();
-  const float* vp = v.f32();
-  float* op = out.f32();
-  const int group = n_heads / n_kv_heads;
-  const float scale = 1.0f / std::sqrt((float)head_dim);
-  using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
-  using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
-  // Query rows go in blocks of kQBlock: block [i0, i1) needs keys [0, i1) only, so the
-  // score buffer is kQBlock×T per thread (not T×T) and the masked upper half is mostly skipped.
-  constexpr int kQBlock = 128;
-  const int nqb = (T + kQBlock - 1) / kQBlock;
-  // Scratch allocated here, outside the parallel region: an exception must not escape OpenMP.
-  std::vector<MatRM> scratch(omp_get_max_threads(), MatRM(std::min(kQBlock, T), T));
-#pragma omp parallel for schedule(dynamic) collapse(3) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim))
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < n_heads; ++h)
-      for (int qb = 0; qb < nqb; ++qb) {
-        MatRM& S = scratch[omp_get_thread_num()];
-        const int kh = h / group;
-        const int64_t r0 = (int64_t)b * T;
-        const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
-        Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-        Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-        Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-        StridedOut O(op + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-        auto Sb = S.topLeftCorner(nq, i1);
-        Sb.noalias() = (Q * K.transpose()) * scale;
-        // causal softmax, row by row: query i0+r sees keys 0..i0+r
-        for (int r = 0; r < nq; ++r) {
-          float* s = S.data() + (int64_t)r * S.cols();
-          const int last = i0 + r;
-          // Eigen's vectorized exp: the scalar std::exp loop was most of the forward's time.
-          Eigen::Map<Eigen::ArrayXf> row(s, last + 1);
-          row = (row - row.maxCoeff()).exp();
-          row *= 1.0f / row.sum();
-          for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
-        }
-        O.noalias() = Sb * V;
-      }
+  backend().attention(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, out.f32());
 }
 
 Tensor linear_forward(const Tensor& x_, const Linear& lin) {
@@ -180,7 +107,7 @@ Tensor linear_forward(const Tensor& x_, const Linear& lin) {
   Tensor y = Tensor::empty({N, outf});
   float* yp = y.f32();
   // Fixed 64-row chunks: the same bits for 1 or N threads.
-  cpu::gemm_rows_chunked(x.f32(), N, W.f32(), outf, in, /*w_transposed=*/true, yp, /*accumulate=*/false);
+  backend().gemm_rows(x.f32(), N, W.f32(), outf, in, /*w_transposed=*/true, yp, /*accumulate=*/false);
   if (lin.bias.defined()) {
     if (lin.bias.numel() != outf) fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
     const std::vector<float> b = lin.bias.to_vector();
@@ -202,13 +129,7 @@ Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
   return x;
 }
 
-static void add_inplace(Tensor& a, const Tensor& b) {
-  float* ap = a.f32();
-  const float* bp = b.f32();
-  const int64_t n = a.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n))
-  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
-}
+static void add_inplace(Tensor& a, const Tensor& b) { backend().add_inplace(a.f32(), b.f32(), a.numel()); }
 
 Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
   const ModelConfig& c = m.cfg;
@@ -237,13 +158,7 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   if (obs) obs(Site::FfnIn, xn);
   Tensor g = linear_forward(xn, blk.linear("gate"));
   const Tensor u = linear_forward(xn, blk.linear("up"));
-  {
-    float* gp = g.f32();
-    const float* up = u.f32();
-    const int64_t n = g.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
-    for (int64_t i = 0; i < n; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * up[i];  // silu(gate)·up
-  }
+  backend().swiglu(g.f32(), u.f32(), g.numel(), g.f32());  // silu(gate)·up, in place
   if (obs) obs(Site::FfnMid, g);
   add_inplace(h, linear_forward(g, blk.linear("down")));
   return h;

@@ -6,6 +6,7 @@
 #include "solvers/gptq.h"
 
 #include <Eigen/Dense>
+#include "backend/backend.h"
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -24,23 +25,13 @@ static bool inverse_cholesky_inplace(MatD& A, MatD& U) {
   if (n == 0 || A.cols() != n) return false;
   const double dmax = A.diagonal().maxCoeff();
   A.reverseInPlace();  // J H J
-  Eigen::LLT<Eigen::Ref<MatD>> llt(A);  // in place: A's lower part becomes L
-  if (llt.info() != Eigen::Success) return false;
+  if (!backend().cholesky_lower(A.data(), n)) return false;  // in place: A's lower part becomes L
   for (int64_t k = 0; k < n; ++k) {
     const double p = A(k, k);
     if (!(p * p > 1e-10 * dmax)) return false;  // numerically singular: U would be noise
   }
-  // L⁻¹ by column blocks: block [k0, k0+b) of L⁻¹ is zero above row k0 and solves the trailing
-  // system L[k0:, k0:]·X = I[k0:, k0:k0+b] (c³/3 flops instead of c³; blocks are independent).
-  U.setZero(n, n);
-  const int64_t nb = 128, nblk = (n + nb - 1) / nb;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t k = 0; k < nblk; ++k) {
-    const int64_t k0 = k * nb, b = std::min(nb, n - k0), m = n - k0;
-    auto X = U.block(k0, k0, m, b);
-    X.topRows(b).setIdentity();
-    A.block(k0, k0, m, m).triangularView<Eigen::Lower>().solveInPlace(X);
-  }
+  U.resize(n, n);
+  backend().lower_triangular_inverse(A.data(), n, U.data());  // L⁻¹
   U.reverseInPlace();  // J L⁻¹ J: upper
   return U.allFinite();
 }
@@ -134,12 +125,10 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
   uint8_t* codes = res.q.codes.data<uint8_t>();
   const int64_t B = opt.blocksize;
   MatF E(r, std::min(B, c));
-  const int64_t RCH = 256;  // rows per task: a [256, B] slice of the block stays in L2
-  const int64_t nch = (r + RCH - 1) / RCH;
-  std::vector<double> loss((size_t)nch, 0.0);  // per row chunk: a deterministic sum
+  std::vector<double> loss;  // per row chunk of the backend: a deterministic sum
 
   for (int64_t i1 = 0; i1 < c; i1 += B) {
-    const int64_t i2 = std::min(c, i1 + B), n = i2 - i1;
+    const int64_t i2 = std::min(c, i1 + B);
     // Dynamic groups (methods.md#gptq-groups): the reference fits the group starting at column j
     // from W[:, j:j+g], i.e. the weights as of the start of this block (updates of earlier blocks
     // only; earlier columns of this block live in W1). W does not change inside a block, so every
@@ -155,36 +144,22 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
           grid_fit_group(grid, p / G, blk.t());
         }
 
-    // Lazy-batch update (methods.md#gptq-update), inside the block (W1 = Wp[:, i1:i2] updated in
-    // place), rows independent:
-    //   q = Q(w_j),  e_j = (w_j − q)/U_jj,  W1[:, j+1:i2] −= e_j·U[j, j+1:i2].
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < nch; ++ch) {
-      const int64_t r0 = ch * RCH, r1 = std::min(r, r0 + RCH);
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t p = i1 + j, col = perm[p], g = gsel[(size_t)p];
-        const float d = U(p, p);
-        float* w = Wp.col(p).data();
-        float* e = E.col(j).data();
-        double l = 0;
-        for (int64_t i = r0; i < r1; ++i) {
-          const int q = grid.code(w[i], i, g);
-          const float v = grid.value(q, i, g);  // = QuantizedLinear::dequantize
-          codes[i * c + col] = (uint8_t)q;
-          const float diff = w[i] - v;
-          l += (double)(diff * diff / (d * d));  // proxy-loss bookkeeping (methods.md#gptq-update)
-          e[i] = diff / d;
-        }
-        loss[(size_t)ch] += l;
-        for (int64_t k = j + 1; k < n; ++k) {
-          const float u = U(p, i1 + k);
-          float* wk = Wp.col(i1 + k).data();
-          for (int64_t i = r0; i < r1; ++i) wk[i] -= e[i] * u;
-        }
-      }
-    }
-    // Lazy batch: W[:, i2:] −= E_block·U[i1:i2, i2:] (one GEMM).
-    if (i2 < c) Wp.rightCols(c - i2).noalias() -= E.leftCols(n) * U.block(i1, i2, n, c - i2);
+    // The block's columns with the in-block error feedback, then the lazy-batch update of the
+    // later columns (docs/methods.md#gptq-update): the backend's GPTQ kernel.
+    GptqBlock kb;
+    kb.W = Wp.data();
+    kb.rows = r;
+    kb.cols = c;
+    kb.U = U.data();
+    kb.i1 = i1;
+    kb.i2 = i2;
+    kb.grid = &grid;
+    kb.perm = perm.data();
+    kb.group = gsel.data();
+    kb.codes = codes;
+    kb.E = E.data();
+    kb.loss = &loss;
+    backend().gptq_block(kb);
   }
   res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;
   res.q.grid = std::move(grid);

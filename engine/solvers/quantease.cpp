@@ -3,34 +3,22 @@
 // The sweep works on the residual E = T − Ŵ instead of TΣ: for column j
 //   (TΣ)_:j − Σ_{k≠j} Ŵ_:k Σ_kj = (EΣ)_:j + Ŵ_:j Σ_jj   ⇒   β_:j = Ŵ_:j + (EΣ)_:j / Σ_jj,   (Q2, methods.md#cd-update)
 // so no TΣ precompute is needed and β is formed from a small residual (no cancellation).
-// Columns go in blocks of kBlock: one GEMM R = E Σ_:,blk gives (EΣ) for the whole block from
-// the current Ŵ (Gauss–Seidel: columns before the block already updated, after it not yet).
-// Inside the block the columns are done one by one in sub-blocks of kSub: an update Ŵ_:j += d_j
-// is folded into the sub-block's later columns by the rank-1 correction R_:,l −= d_j Σ_jl, and
-// into later sub-blocks by one small GEMM R_:,sub −= Δ_:,earlier Σ_earlier,sub. So ≈ 2·rows·cols²
-// flops per sweep, almost all in GEMMs. Σ is symmetric (Σ_jl = Σ_lj; its rows are used as columns).
-// Rows are independent problems (f separates over rows), so row chunks of kRowChunk run on
-// separate threads with no communication; each chunk's GEMMs are single-threaded (Eigen does not
-// nest inside an OpenMP region), so results do not depend on the thread count.
+// The sweep itself (blocked: one GEMM per block of columns gives (EΣ) for the block, the
+// columns inside it done one by one with rank-1 and small-GEMM corrections, ≈ 2·rows·cols² flops
+// per sweep) is the backend's cd_sweep kernel (backend/backend.h); this file sets up the
+// permuted problem, the damping and the sweep schedule around it.
 #include "solvers/quantease.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "backend/backend.h"
 #include "solvers/gptq.h"
 
 namespace qf {
 
-using MatCM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
-
 namespace {
-
-// Measured on dev-2c (bench_solvers): B = 128…256 and 256-row chunks are within noise of each
-// other; 32-column sub-blocks cut the sequential rank-1 work 8× against unblocked blocks.
-constexpr int64_t kBlock = 256;     // columns per GEMM block
-constexpr int64_t kSub = 32;        // columns per sequential sub-block inside a block
-constexpr int64_t kRowChunk = 256;  // rows per task (fixed: results do not depend on the thread count)
 
 // The full column permutation: `order` first (validated: distinct, in range), then the rest.
 std::vector<int64_t> full_order(const std::vector<int64_t>& order, int64_t c, const char* fn) {
@@ -52,12 +40,6 @@ std::vector<int64_t> full_order(const std::vector<int64_t>& order, int64_t c, co
   for (int64_t j = 0; j < c; ++j)
     if (!seen[(size_t)j]) p.push_back(j);
   return p;
-}
-
-// grid.quantize with the row's (scale, zero) at hand: s·(clamp(round(x/s) + z, 0, maxq) − z), same f32 ops.
-inline float qvalue(float x, float s, float z, float maxq) {
-  const float code = std::min(std::max(std::nearbyint(x / s) + z, 0.f), maxq);
-  return s * (code - z);
 }
 
 bool is_identity(const std::vector<int64_t>& p) {
@@ -111,69 +93,18 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
   for (int64_t i = 0; i < r; ++i)
     for (int64_t p = 0; p < c; ++p) E(i, p) = T[i * c + perm[p]] - Wp(i, p);
 
-  const int64_t nchunks = (r + kRowChunk - 1) / kRowChunk;
-  const float maxq = (float)grid.maxq();
-  // Mixed bits, pruned groups and companded grids take the general nearest-value path.
-  const bool fast = grid.fast_uniform();
-  std::vector<double> df((size_t)nchunks, 0.0);  // f(after) − f(before), per chunk, summed in order
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t ch = 0; ch < nchunks; ++ch) {
-    const int64_t r0 = ch * kRowChunk, nr = std::min(kRowChunk, r - r0);
-    // Column-major chunk buffers: one column over the chunk's rows is contiguous, so each
-    // column update is a vector operation over rows (no per-row dependency chain).
-    MatCM R(nr, kBlock), Wb(nr, kBlock), D(nr, kBlock);  // (EΣ)_:,blk, Ŵ_:,blk, updates Δ_:,blk
-    Eigen::VectorXf sc(nr), zr(nr), q(nr);
-    double dfc = 0;
-    for (int64_t b0 = 0; b0 < nsweep; b0 += kBlock) {
-      const int64_t nb = std::min(kBlock, nsweep - b0);
-      // (EΣ)_:,blk for this chunk's rows — the matrix–matrix part (2·nr·c·nb flops).
-      R.leftCols(nb).noalias() = E.middleRows(r0, nr) * Sp.middleRows(b0, nb).transpose();
-      Wb.leftCols(nb) = Wp.block(r0, b0, nr, nb);
-      int64_t gcur = -1;
-      for (int64_t s0 = 0; s0 < nb; s0 += kSub) {
-        const int64_t ns = std::min(kSub, nb - s0);
-        // updates of the block's earlier sub-blocks: (EΣ)_:,sub −= D_:,<s0 Σ_<s0,sub (a small GEMM)
-        if (s0 > 0) R.middleCols(s0, ns).noalias() -= D.leftCols(s0) * Sp.block(b0, b0 + s0, s0, ns);
-        for (int64_t jj = s0; jj < s0 + ns; ++jj) {
-          const int64_t p = b0 + jj, col = perm[p];
-          const int64_t g = grid.g_idx[col];
-          const float sjj = Sp(p, p);
-          if (g != gcur) {  // this group's (scale, zero) for the chunk's rows
-            for (int64_t i = 0; i < nr; ++i) {
-              sc(i) = grid.s(r0 + i, g);
-              zr(i) = grid.z(r0 + i, g);
-            }
-            gcur = g;
-          }
-          if (!(sjj > 0.f)) {
-            for (int64_t i = 0; i < nr; ++i) q(i) = grid.quantize(T[(r0 + i) * c + col], r0 + i, g);  // dead input: round T (methods.md#cd-update)
-          } else {
-            const float* rc = &R(0, jj);
-            const float* wc = &Wb(0, jj);
-            for (int64_t i = 0; i < nr; ++i) {
-              const float beta = wc[i] + rc[i] / sjj;  // coordinate minimiser (methods.md#cd-update)
-              q(i) = opt.continuous ? beta : fast ? qvalue(beta, sc(i), zr(i), maxq) : grid.quantize(beta, r0 + i, g);
-            }
-          }
-          D.col(jj) = q - Wb.col(jj);
-          // exact change of f_i = e_iᵀ Σ e_i when e_ij decreases by d_i: d_i (d_i Σ_jj − 2 (EΣ)_ij)
-          const auto dd = D.col(jj).cast<double>().array();
-          dfc += (dd * (dd * (double)sjj - 2.0 * R.col(jj).cast<double>().array())).sum();
-          Wb.col(jj) = q;
-          // fold the update into the sub-block's later columns: (EΣ)_:l −= d Σ_jl (rank 1)
-          const int64_t rest = s0 + ns - jj - 1;
-          if (rest > 0) R.middleCols(jj + 1, rest).noalias() -= D.col(jj) * Sp.row(p).segment(p + 1, rest);
-        }
-      }
-      // write the block back; E_:j = T_:j − Ŵ_:j for the next blocks' GEMMs
-      Wp.block(r0, b0, nr, nb) = Wb.leftCols(nb);
-      for (int64_t i = 0; i < nr; ++i) {
-        const float* t = T + (r0 + i) * c;
-        for (int64_t p = b0; p < b0 + nb; ++p) E(r0 + i, p) = t[perm[p]] - Wp(r0 + i, p);
-      }
-    }
-    df[(size_t)ch] = dfc;
-  }
+  CdSweep k;
+  k.W = Wp.data();
+  k.E = E.data();
+  k.rows = r;
+  k.cols = c;
+  k.S = Sp.data();
+  k.T = T;
+  k.perm = perm.data();
+  k.nsweep = nsweep;
+  k.grid = &grid;
+  k.continuous = opt.continuous;
+  const double df = backend().cd_sweep(k);  // the blocked sweep itself
 
   if (!in_place) {
     MatMap Wout = What.mat();
@@ -181,7 +112,7 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
     for (int64_t i = 0; i < r; ++i)
       for (int64_t p = 0; p < c; ++p) Wout(i, perm[p]) = Wp(i, p);
   }
-  return std::accumulate(df.begin(), df.end(), 0.0);
+  return df;
 }
 
 double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {

@@ -1,8 +1,9 @@
-// qforge — the CPU backend's chunked GEMMs (gemm.h).
+// qforge — the CPU backend's chunked GEMMs (backend.h gemm_rows, gemm_tn; chunking in gemm.h).
 #include "backend/cpu/gemm.h"
 
 #include <algorithm>
 
+#include "backend/cpu/cpu_backend.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
 
@@ -11,8 +12,8 @@ namespace qf::cpu {
 using CMap = Eigen::Map<const MatRM>;
 using Map = Eigen::Map<MatRM>;
 
-void gemm_rows_chunked(const float* x, int64_t rows, const float* w, int64_t w_rows, int64_t w_cols, bool w_transposed,
-                       float* y, bool accumulate) {
+void CpuBackend::gemm_rows(const float* x, int64_t rows, const float* w, int64_t w_rows, int64_t w_cols,
+                           bool w_transposed, float* y, bool accumulate) {
   const int64_t k = w_transposed ? w_cols : w_rows, m = w_transposed ? w_rows : w_cols;
   CMap Wm(w, w_rows, w_cols);
   const int64_t nchunks = (rows + kGemmRowChunk - 1) / kGemmRowChunk;
@@ -31,8 +32,10 @@ void gemm_rows_chunked(const float* x, int64_t rows, const float* w, int64_t w_r
   }
 }
 
-void gemm_tn_out_chunked(const float* a, int64_t rows, int64_t a_cols, const float* b, int64_t b_cols, float* c,
-                         bool accumulate, const std::function<void(int64_t c0, int64_t nc)>& per_chunk, int64_t work) {
+// One GEMM per kGemmOutChunk rows of c, each reducing over all rows; a chunk's column sums of a
+// (the bias gradient) run on the thread that did its GEMM.
+void CpuBackend::gemm_tn(const float* a, int64_t rows, int64_t a_cols, const float* b, int64_t b_cols, float* c,
+                         bool accumulate, float* a_colsum, int64_t work) {
   if (work < 0) work = rows * a_cols * b_cols;
   CMap A(a, rows, a_cols), B(b, rows, b_cols);
   Map C(c, a_cols, b_cols);
@@ -42,7 +45,12 @@ void gemm_tn_out_chunked(const float* a, int64_t rows, int64_t a_cols, const flo
     const int64_t c0 = ch * kGemmOutChunk, nc = std::min(kGemmOutChunk, a_cols - c0);
     if (accumulate) C.middleRows(c0, nc).noalias() += A.middleCols(c0, nc).transpose() * B;
     else C.middleRows(c0, nc).noalias() = A.middleCols(c0, nc).transpose() * B;
-    if (per_chunk) per_chunk(c0, nc);
+    if (a_colsum)
+      for (int64_t o = c0; o < c0 + nc; ++o) {
+        double s = 0;
+        for (int64_t n = 0; n < rows; ++n) s += a[n * a_cols + o];
+        a_colsum[o] = (float)s;
+      }
   }
 }
 
