@@ -19,7 +19,7 @@ static void check_finite(const char* fn, const char* name, const Tensor& t) {
   const auto M = t.cmat();
   for (int64_t i = 0; i < M.rows(); ++i)
     for (int64_t j = 0; j < M.cols(); ++j)
-      if (!std::isfinite(M(i, j))) fail(fn, ": NaN/Inf in ", name, " at (", i, ", ", j, ")");
+      if (!std::isfinite(M(i, j))) fail(fn, ": NaN/Inf in ", name, " at (", i + 1, ", ", j + 1, ") (1-based)");
 }
 
 void check_layer_problem(const char* fn, const Tensor& W, const Tensor& Sigma) {
@@ -37,14 +37,16 @@ void check_layer_problem(const char* fn, const Tensor& W, const Tensor& Sigma) {
     for (int64_t j = 0; j < c; ++j) amax = std::max(amax, std::fabs(S(i, j)));
   const float tol = 1e-4f * amax;
   for (int64_t i = 0; i < c; ++i)
-    if (S(i, i) < 0.f) fail(fn, ": Sigma has a negative diagonal entry ", S(i, i), " at (", i, ", ", i, "); not a Gram matrix");
+    if (S(i, i) < 0.f)
+      fail(fn, ": Sigma has a negative diagonal entry ", S(i, i), " at (", i + 1, ", ", i + 1, ") (1-based); not a Gram matrix");
   const int64_t T = 64;  // tiles: S(j, i) is read column-wise
   for (int64_t i0 = 0; i0 < c; i0 += T)
     for (int64_t j0 = i0; j0 < c; j0 += T)
       for (int64_t i = i0; i < std::min(c, i0 + T); ++i)
         for (int64_t j = std::max(j0, i + 1); j < std::min(c, j0 + T); ++j)
           if (std::fabs(S(i, j) - S(j, i)) > tol)
-            fail(fn, ": Sigma is not symmetric: (", i, ", ", j, ") = ", S(i, j), " but (", j, ", ", i, ") = ", S(j, i));
+            fail(fn, ": Sigma is not symmetric: (", i + 1, ", ", j + 1, ") = ", S(i, j), " but (", j + 1, ", ", i + 1, ") = ",
+                 S(j, i), " (1-based)");
 }
 
 // Σ_i x_i S x_iᵀ for a symmetric S from the blocks on and above the diagonal only (half the
@@ -66,19 +68,51 @@ static double quad_form_sym(const Mat& X, const Mat& S) {
   return acc;
 }
 
-// f = tr(E Σ Eᵀ), E = W − Ŵ: f64 throughout (E exact in f64), with Σ's symmetric part
-// (Σ + Σᵀ)/2 — the same quadratic form exactly. The normalizer tr(W Σ Wᵀ) only scales
+// f = tr(E Σ Eᵀ), E = W − Ŵ: f64 throughout (E exact in f64), Σ exactly symmetric (made so
+// once by LayerProblem::make), which quad_form_sym relies on. The normalizer tr(W Σ Wᵀ) only scales
 // `relative`: f32 products with f64 sums (~1e-6 relative). Row chunks bound the memory.
+LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t tokens, std::string site, const char* fn) {
+  check_layer_problem(fn, W, sigma);
+  if (mu.defined() && (mu.dim() != 1 || mu.size(0) != W.size(1)))
+    fail(fn, ": mu must be [", W.size(1), "] (one mean per input column), got ", shape_str(mu.shape()));
+  if (tokens < 0) fail(fn, ": tokens must be >= 0, got ", tokens);
+  LayerProblem p;
+  p.W = W.contiguous();
+  p.sigma = sigma.contiguous();
+  const auto S = p.sigma.cmat();
+  const int64_t c = S.rows();
+  bool exact = true;
+  for (int64_t i0 = 0; i0 < c && exact; i0 += 64)  // tiles: S(j, i) is read column-wise
+    for (int64_t j0 = i0; j0 < c && exact; j0 += 64)
+      for (int64_t i = i0; i < std::min(c, i0 + 64); ++i)
+        for (int64_t j = std::max(j0, i + 1); j < std::min(c, j0 + 64); ++j) exact = exact && S(i, j) == S(j, i);
+  if (!exact) {  // symmetric only within the tolerance: symmetrize once
+    Tensor sym = Tensor::empty(p.sigma.shape());
+    auto M = sym.mat();
+    for (int64_t i = 0; i < S.rows(); ++i)
+      for (int64_t j = 0; j < S.cols(); ++j) M(i, j) = (float)(0.5 * ((double)S(i, j) + (double)S(j, i)));
+    p.sigma = sym;
+  }
+  p.mu = std::move(mu);
+  p.tokens = tokens;
+  p.site = std::move(site);
+  return p;
+}
+
 Objective objective(const Tensor& W, const Tensor& What, const Tensor& Sigma) {
+  return objective(LayerProblem::make(W, Sigma, {}, 0, "", "objective"), What);
+}
+
+Objective objective(const LayerProblem& p, const Tensor& What) {
   const char* fn = "objective";
-  check_layer_problem(fn, W, Sigma);
+  const Tensor& W = p.W;
+  const Tensor& Sigma = p.sigma;
   check_2d_f32(fn, "What", What);
   if (What.shape() != W.shape()) fail(fn, ": What is ", shape_str(What.shape()), " but W is ", shape_str(W.shape()));
   check_finite(fn, "What", What);
   const int64_t r = W.size(0), c = W.size(1);
-  MatD S = Sigma.cmat().cast<double>();
-  S = (0.5 * (S + S.transpose())).eval();
-  const Eigen::MatrixXf Sf = S.cast<float>();
+  const MatD S = Sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
+  const Eigen::MatrixXf Sf = Sigma.cmat();
   const auto A = W.cmat();
   const auto B = What.cmat();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(r, (int64_t)(1 << 24) / c));  // ≤ 128 MB of f64

@@ -15,9 +15,28 @@ struct Objective {
 };
 Objective objective(const Tensor& W, const Tensor& What, const Tensor& Sigma);
 
-// Shape/finite checks every solver runs first: W [r, c] and Σ [c, c] f32, finite, Σ symmetric
-// enough to be a Gram matrix. `fn` names the caller in the message.
+// Shape/finite checks of a layer problem: W [r, c] and Σ [c, c] f32, finite, Σ symmetric
+// enough to be a Gram matrix (within 1e-4 of its largest entry). `fn` names the caller in the
+// message; positions are 1-based.
 void check_layer_problem(const char* fn, const Tensor& W, const Tensor& Sigma);
+
+// One linear's problem: min over Ŵ on a grid of tr((W − Ŵ) Σ (W − Ŵ)ᵀ). Made once, validated
+// once: every solver taking a LayerProblem trusts it (no re-validation, no re-symmetrization).
+struct LayerProblem {
+  Tensor W;             // [rows, cols] f32, contiguous (a solver never writes it)
+  Tensor sigma;         // [cols, cols] f32 Gram matrix, contiguous and exactly symmetric
+  Tensor mu;            // [cols] mean input, or undefined
+  int64_t tokens = 0;   // calibration tokens behind Σ (0: unknown)
+  std::string site;     // activation site ("attn_in", …), "" when unknown
+  // check_layer_problem (and μ's length); a Σ symmetric only within the tolerance is replaced by
+  // (Σ + Σᵀ)/2 rounded to f32, so every solver sees one exactly symmetric matrix (calibration's
+  // Σ already is, and is kept as it is). `fn` names the caller in errors.
+  static LayerProblem make(Tensor W, Tensor sigma, Tensor mu = {}, int64_t tokens = 0, std::string site = "",
+                           const char* fn = "layer problem");
+};
+
+// The objective of Ŵ on a validated problem (only Ŵ is checked).
+Objective objective(const LayerProblem& p, const Tensor& What);
 
 // Σ + λI with λ = percdamp·mean(diag Σ); dead inputs (Σ_jj = 0) get Σ_jj = 1 (methods.md#damping).
 // Returns the damped copy; `dead` receives the dead column indices.

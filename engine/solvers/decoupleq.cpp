@@ -33,8 +33,7 @@ constexpr int64_t kRowChunk = 32;  // rows per parallel task
 
 // The layer problem in f64, shared by every step.
 struct Problem {
-  const Tensor* Wt = nullptr;  // the caller's W and Σ (GPTQ rounding reads them directly)
-  const Tensor* St = nullptr;
+  const LayerProblem* lp = nullptr;  // the caller's validated W and Σ (GPTQ rounding reads them directly)
   int64_t r = 0, c = 0, gs = 0, ng = 0;  // rows, columns, group size, groups per row
   GridSpec spec;                          // the caller's spec with float_zero
   int maxq = 0;
@@ -161,7 +160,7 @@ void chunk_range_grid(const Problem& P, double p, Grid& g, int64_t r0, int64_t n
 
 // Nearest code of every weight of rows [r0, r0 + n) (RTN on the grid).
 void chunk_round(const Problem& P, const Grid& g, uint8_t* codes, int64_t r0, int64_t n) {
-  const float* w = P.Wt->f32();  // contiguous (alt_min passes a contiguous W)
+  const float* w = P.lp->W.f32();  // contiguous (LayerProblem)
   for (int64_t i = r0; i < r0 + n; ++i)
     for (int64_t j = 0; j < P.c; ++j) codes[i * P.c + j] = (uint8_t)g.code(w[i * P.c + j], i, P.group_of(j));
 }
@@ -184,7 +183,7 @@ std::vector<uint8_t> gptq_codes(const Problem& P, const Grid& g, const AltMinOpt
   o.blocksize = opt.blocksize;
   o.percdamp = opt.percdamp;
   o.act_order = opt.act_order;
-  const GptqResult res = gptq_on_grid(*P.Wt, *P.St, g, o, log);
+  const GptqResult res = gptq_on_grid(*P.lp, g, o, log);
   const uint8_t* c = res.q.codes.data<uint8_t>();
   return std::vector<uint8_t>(c, c + P.r * P.c);
 }
@@ -415,10 +414,11 @@ State shrink_search(const Problem& P, const AltMinOptions& opt, int64_t* damped_
   return best;
 }
 
-Problem make_problem(const Tensor& W, const Tensor& Sigma, const GridSpec& spec) {
+Problem make_problem(const LayerProblem& lp, const GridSpec& spec) {
+  const Tensor& W = lp.W;
+  const Tensor& Sigma = lp.sigma;
   Problem P;
-  P.Wt = &W;
-  P.St = &Sigma;
+  P.lp = &lp;
   P.r = W.size(0);
   P.c = W.size(1);
   P.gs = spec.group > 0 ? std::min<int64_t>(spec.group, P.c) : P.c;
@@ -429,8 +429,7 @@ Problem make_problem(const Tensor& W, const Tensor& Sigma, const GridSpec& spec)
   P.sym = spec.sym;
   P.zero_sym = (float)(P.maxq + 1) / 2.f;
   P.W = W.cmat().cast<double>();
-  P.S = Sigma.cmat().cast<double>();
-  P.S = (0.5 * (P.S + P.S.transpose())).eval();
+  P.S = Sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
   P.T.resize(P.r, P.c);
   for_chunks(P, [&](int64_t r0, int64_t n) { P.T.middleRows(r0, n).noalias() = P.W.middleRows(r0, n) * P.S; });
   P.S1 = MatD::Zero(P.ng, P.ng);
@@ -479,12 +478,11 @@ std::string fmt_g(double v) {
 
 std::vector<double> alt_min_row_losses(const Tensor& W, const Tensor& What, const Tensor& Sigma) {
   const char* fn = "alt_min_row_losses";
-  check_layer_problem(fn, W, Sigma);
+  const LayerProblem lp = LayerProblem::make(W, Sigma, {}, 0, "", fn);
   if (!What.defined() || What.shape() != W.shape() || What.dtype() != DType::F32)
     fail(fn, ": What must be f32 ", shape_str(W.shape()), ", got ", What.defined() ? shape_str(What.shape()) : std::string("undefined"));
   const int64_t r = W.size(0), c = W.size(1);
-  MatD S = Sigma.cmat().cast<double>();
-  S = (0.5 * (S + S.transpose())).eval();
+  const MatD S = lp.sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
   const RowMatD E = W.cmat().cast<double>() - What.cmat().cast<double>();
   std::vector<double> loss((size_t)r);
   for_row_chunks(r, c, [&](int64_t r0, int64_t n) {  // the same chunks and GEMMs as alt_min's own losses
@@ -498,12 +496,12 @@ std::vector<double> alt_min_row_losses(const Tensor& W, const Tensor& What, cons
 
 AffineFit alt_min_fit_affine(const Tensor& W, const Tensor& Sigma, const Tensor& codes, const GridSpec& spec) {
   const char* fn = "alt_min_fit_affine";
-  check_layer_problem(fn, W, Sigma);
+  const LayerProblem lp = LayerProblem::make(W, Sigma, {}, 0, "", fn);
   check_spec(fn, spec);
   if (!codes.defined() || codes.dtype() != DType::U8 || codes.shape() != W.shape())
     fail(fn, ": codes must be u8 ", shape_str(W.shape()));
-  const Tensor Wc = W.contiguous(), Cc = codes.contiguous();
-  const Problem P = make_problem(Wc, Sigma, spec);
+  const Tensor Cc = codes.contiguous();
+  const Problem P = make_problem(lp, spec);
   const uint8_t* cp = Cc.data<uint8_t>();
   std::vector<uint8_t> cv(cp, cp + P.r * P.c);
   for (uint8_t q : cv)
@@ -523,12 +521,14 @@ AffineFit alt_min_fit_affine(const Tensor& W, const Tensor& Sigma, const Tensor&
 }
 
 AltMinResult alt_min(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const AltMinOptions& opt, const SolverLog& log) {
+  return alt_min(LayerProblem::make(W, Sigma, {}, 0, "", "alt_min"), spec, opt, log);
+}
+
+AltMinResult alt_min(const LayerProblem& lp, const GridSpec& spec, const AltMinOptions& opt, const SolverLog& log) {
   const char* fn = "alt_min";
-  check_layer_problem(fn, W, Sigma);
   check_spec(fn, spec);
   check_options(fn, opt);
-  const Tensor Wc = W.contiguous();
-  const Problem P = make_problem(Wc, Sigma, spec);
+  const Problem P = make_problem(lp, spec);
   AltMinResult res;
   auto note = [&](const char* name, int64_t k, const State& s) {
     res.steps.push_back({name, total(s.loss), k});

@@ -45,9 +45,10 @@ bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
 // gptq()'s own grid (per-channel or static groups fit up front, dynamic groups fit lazily from
 // the updated W); otherwise every column is rounded on *fixed (never refit), column col in
 // group g_idx[col].
-static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const Grid* fixed,
+static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSpec& spec, const Grid* fixed,
                             const GptqOptions& opt, const SolverLog& log) {
-  check_layer_problem(fn, W, Sigma);
+  const Tensor& W = lp.W;
+  const Tensor& Sigma = lp.sigma;
   spec.validate();
   if (opt.blocksize < 1) fail(fn, ": blocksize must be >= 1, got ", opt.blocksize);
   if (!(opt.percdamp >= 0) || !std::isfinite(opt.percdamp)) fail(fn, ": percdamp must be >= 0, got ", opt.percdamp);
@@ -167,11 +168,22 @@ static GptqResult gptq_impl(const char* fn, const Tensor& W, const Tensor& Sigma
 }
 
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
-  return gptq_impl("gptq", W, Sigma, spec, nullptr, opt, log);
+  return gptq_impl("gptq", LayerProblem::make(W, Sigma, {}, 0, "", "gptq"), spec, nullptr, opt, log);
+}
+
+GptqResult gptq(const LayerProblem& p, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
+  return gptq_impl("gptq", p, spec, nullptr, opt, log);
 }
 
 GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt, const SolverLog& log) {
   const char* fn = "gptq_on_grid";
+  if (!W.defined() || W.dim() != 2) fail(fn, ": expected a 2-d weight, got ", W.defined() ? shape_str(W.shape()) : std::string("undefined"));
+  return gptq_on_grid(LayerProblem::make(W, Sigma, {}, 0, "", fn), grid, opt, log);
+}
+
+GptqResult gptq_on_grid(const LayerProblem& p, const Grid& grid, const GptqOptions& opt, const SolverLog& log) {
+  const char* fn = "gptq_on_grid";
+  const Tensor& W = p.W;
   if (!W.defined() || W.dim() != 2) fail(fn, ": expected a 2-d weight, got ", W.defined() ? shape_str(W.shape()) : std::string("undefined"));
   if (grid.rows != W.size(0) || grid.cols != W.size(1))
     fail(fn, ": the grid is [", grid.rows, ", ", grid.cols, "] but W is ", shape_str(W.shape()));
@@ -180,7 +192,7 @@ GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, 
     fail(fn, ": the grid's parameter arrays do not match its shape");
   for (int32_t g : grid.g_idx)
     if (g < 0 || g >= grid.ngroups) fail(fn, ": g_idx holds group ", g + 1, " outside 1..", grid.ngroups, " (1-based)");
-  return gptq_impl(fn, W, Sigma, grid.spec, &grid, opt, log);
+  return gptq_impl(fn, p, grid.spec, &grid, opt, log);
 }
 
 }  // namespace qf

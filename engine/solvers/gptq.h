@@ -23,6 +23,7 @@ struct GptqResult {
 // W [rows, cols] f32, Sigma [cols, cols] (any positive scaling: H = 2/n·XXᵀ or raw XXᵀ).
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
                 const SolverLog& log = nullptr);
+GptqResult gptq(const LayerProblem& p, const GridSpec& spec, const GptqOptions& opt = {}, const SolverLog& log = nullptr);
 
 // GPTQ's error-feedback rounding onto a FIXED grid (methods.md#gptq-on-grid; decoupleQ's integer
 // step, methods.md#decoupleq-gptq): the same dead-input fix, damping (with escalation), act-order
@@ -31,6 +32,7 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
 // (static_groups is ignored). The grid must match W's shape.
 GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt = {},
                         const SolverLog& log = nullptr);
+GptqResult gptq_on_grid(const LayerProblem& p, const Grid& grid, const GptqOptions& opt = {}, const SolverLog& log = nullptr);
 
 // The inverse factor (methods.md#gptq-cholesky): U upper triangular with H⁻¹ = UᵀU (f64). False
 // when H is not numerically positive definite (LLT failure, a Cholesky pivot² ≤ 1e-10·max diag H,

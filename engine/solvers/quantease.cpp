@@ -116,8 +116,15 @@ static double sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, con
 }
 
 double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
-  check_layer_problem("cd_sweep", target, Sigma);
-  return sweep(target, Sigma, What, grid, opt);
+  const LayerProblem p = LayerProblem::make(target, Sigma, {}, 0, "", "cd_sweep");
+  return sweep(p.W, p.sigma, What, grid, opt);
+}
+
+double cd_sweep(const LayerProblem& p, const Tensor& target, Tensor& What, const Grid& grid, const CdSweepOptions& opt) {
+  if (!target.defined() || target.shape() != p.W.shape() || target.dtype() != DType::F32)
+    fail("cd_sweep: the target must be f32 ", shape_str(p.W.shape()), " like the problem's W, got ",
+         target.defined() ? shape_str(target.shape()) : std::string("undefined"));
+  return sweep(target, p.sigma, What, grid, opt);
 }
 
 // f under Σ from f under the damped S (S − Σ is diagonal): f_Σ = f_S − Σ_j (S_jj − Σ_jj)·‖(W − Ŵ)_:j‖².
@@ -134,17 +141,20 @@ static double undamp_objective(double f_damped, const Tensor& W, const Tensor& W
 
 QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const QuantEaseOptions& opt,
                           const SolverLog& log) {
+  return quantease(LayerProblem::make(W, Sigma, {}, 0, "", "quantease"), spec, opt, log);
+}
+
+QuantEaseResult quantease(const LayerProblem& p, const GridSpec& spec, const QuantEaseOptions& opt, const SolverLog& log) {
   const char* fn = "quantease";
-  check_layer_problem(fn, W, Sigma);
   if (opt.iters < 1) fail(fn, ": iters must be >= 1, got ", opt.iters);
   if (opt.init != "w" && opt.init != "rtn" && opt.init != "gptq")
     fail(fn, ": init must be \"w\", \"rtn\" or \"gptq\", got \"", opt.init, "\"");
   if (opt.continuous_every < 0) fail(fn, ": continuous_every must be >= 0, got ", opt.continuous_every);
   if (!(opt.percdamp >= 0) || !std::isfinite(opt.percdamp)) fail(fn, ": percdamp must be >= 0, got ", opt.percdamp);
-  const int64_t c = W.size(1);
+  const int64_t c = p.W.size(1);
 
-  const Tensor Wc = W.contiguous();
-  const Tensor Sc = Sigma.contiguous();
+  const Tensor& Wc = p.W;  // contiguous, validated once (LayerProblem)
+  const Tensor& Sc = p.sigma;
   // Damping (off by default, as the reference): S = Σ + λI, dead Σ_jj → 1 (damp_sigma).
   const Tensor S = opt.percdamp > 0 ? damp_sigma(Sc, opt.percdamp) : Sc;
   std::vector<double> ddiag((size_t)c, 0.0);
@@ -175,7 +185,7 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
     go.percdamp = std::max(opt.percdamp, 0.01);
     go.act_order = opt.act_order;
     go.static_groups = spec.group > 0;
-    const Tensor G = gptq(Wc, Sc, spec, go, log).q.dequantize();
+    const Tensor G = gptq(p, spec, go, log).q.dequantize();
     What = quantize_to_grid(G, grid).dequantize();
     if (log) {
       int64_t moved = 0;
@@ -188,9 +198,11 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
   const Tensor Winit = opt.init == "w" ? Tensor() : What.clone();
 
   QuantEaseResult res;
-  res.init_objective = opt.init == "w" ? 0.0 : objective(Wc, What, Sc).value;  // Ŵ = W: f = 0
+  res.init_objective = opt.init == "w" ? 0.0 : objective(p, What).value;  // Ŵ = W: f = 0
   // f under S, tracked exactly per coordinate by cd_sweep (one objective() per sweep would double the cost).
-  double fS = opt.percdamp > 0 ? objective(Wc, What, S).value : res.init_objective;
+  LayerProblem damped = p;  // S − Σ is diagonal: still exactly symmetric
+  damped.sigma = S;
+  double fS = opt.percdamp > 0 ? objective(damped, What).value : res.init_objective;
   for (int it = 1; it <= opt.iters; ++it) {
     // Sweep schedule (methods.md#quantease-schedule): continuous on it % every == 1 (1, 4, 7, …),
     // it ≤ iters − 5, never the last sweep; none after an rtn/gptq init (fmchisel: the init is
@@ -201,7 +213,7 @@ QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& 
     res.objective.push_back(f);
     if (log) log("sweep", "it=" + std::to_string(it) + (so.continuous ? " continuous" : " quantized") + " objective=" + std::to_string(f));
   }
-  res.objective.back() = objective(Wc, What, Sc).value;  // exact final value (the trace above is incremental)
+  res.objective.back() = objective(p, What).value;  // exact final value (the trace above is incremental)
 
   // Never end worse than an on-grid init (possible through damping or f32 near-ties).
   if (Winit.defined() && res.objective.back() > res.init_objective) {

@@ -20,6 +20,9 @@ struct CdSweepOptions {
 // Returns f(Ŵ after) − f(Ŵ before) under this Σ, summed exactly per coordinate in f64 (free).
 double cd_sweep(const Tensor& target, const Tensor& Sigma, Tensor& What, const Grid& grid,
                 const CdSweepOptions& opt = {});
+// The same on a validated problem's Σ (target: p.W, or W − outliers; only its shape is checked).
+double cd_sweep(const LayerProblem& p, const Tensor& target, Tensor& What, const Grid& grid,
+                const CdSweepOptions& opt = {});
 
 // QuantEase's sweep schedule (docs/methods.md#quantease-schedule), shared with outlier-aware
 // QuantEase: sweep `it` (1-based) of `iters` is continuous (unquantized) iff every > 0,
@@ -55,6 +58,8 @@ struct QuantEaseResult {
 };
 
 QuantEaseResult quantease(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const QuantEaseOptions& opt = {},
+                          const SolverLog& log = nullptr);
+QuantEaseResult quantease(const LayerProblem& p, const GridSpec& spec, const QuantEaseOptions& opt = {},
                           const SolverLog& log = nullptr);
 
 }  // namespace qf

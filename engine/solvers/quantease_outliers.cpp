@@ -153,8 +153,13 @@ double lambda_max(const Tensor& Sigma, int iters) {
 }
 
 void iht_step(const Tensor& W, const Tensor& Sigma, const Tensor& What, Tensor& Hs, const IhtOptions& opt) {
+  iht_step(LayerProblem::make(W, Sigma, {}, 0, "", "iht_step"), What, Hs, opt);
+}
+
+void iht_step(const LayerProblem& p, const Tensor& What, Tensor& Hs, const IhtOptions& opt) {
   const char* fn = "iht_step";
-  check_layer_problem(fn, W, Sigma);
+  const Tensor& W = p.W;
+  const Tensor& Sigma = p.sigma;
   const int64_t r = W.size(0), c = W.size(1);
   check_same_shape(fn, "What", What, r, c);
   check_same_shape(fn, "Hs", Hs, r, c);
@@ -178,8 +183,12 @@ void iht_step(const Tensor& W, const Tensor& Sigma, const Tensor& What, Tensor& 
 
 OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const OutlierOptions& opt,
                                  const SolverLog& log) {
+  return quantease_outliers(LayerProblem::make(W, Sigma, {}, 0, "", "quantease_outliers"), spec, opt, log);
+}
+
+OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, const OutlierOptions& opt, const SolverLog& log) {
   const char* fn = "quantease_outliers";
-  check_layer_problem(fn, W, Sigma);
+  const Tensor& W = p.W;
   if (!(opt.ratio >= 0 && opt.ratio < 1)) fail(fn, ": ratio must be in [0, 1), got ", opt.ratio);
   if (opt.iters < 1) fail(fn, ": iters must be >= 1, got ", opt.iters);
   if (!(opt.alpha > 0) || !std::isfinite(opt.alpha)) fail(fn, ": alpha must be > 0, got ", opt.alpha);
@@ -195,8 +204,8 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
          " (use unstructured outliers with mixed bits, row groups or companded grids)");
   if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range (docs/methods.md#outlier-grid), no MSE search");
   const int64_t r = W.size(0), c = W.size(1);
-  const Tensor Wc = W.contiguous();
-  const Tensor Sc = Sigma.contiguous();
+  const Tensor& Wc = p.W;  // contiguous, validated once (LayerProblem)
+  const Tensor& Sc = p.sigma;
 
   // Budget (methods.md#outliers): s entries (unstructured) or s whole input columns (structured).
   const int64_t s = opt.structured ? std::llround((double)c * opt.ratio) : std::llround((double)r * (double)c * opt.ratio);
@@ -238,11 +247,11 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
     CdSweepOptions so;
     so.continuous = continuous_sweep(it, opt.iters, opt.continuous_every);
     T.mat() = Wc.cmat() - Hs.cmat();
-    cd_sweep(T, Sc, What, grid, so);
+    cd_sweep(p, T, What, grid, so);
     // 2. IHT step on Hs.
-    iht_step(Wc, Sc, What, Hs, io);
+    iht_step(p, What, Hs, io);
     Wsum.mat() = What.cmat() + Hs.cmat();
-    res.objective.push_back(objective(Wc, Wsum, Sc).value);
+    res.objective.push_back(objective(p, Wsum).value);
     if (log) log("iter", "it=" + std::to_string(it) + (so.continuous ? " continuous" : " quantized") +
                              " objective=" + std::to_string(res.objective.back()));
   }

@@ -18,6 +18,7 @@ struct IhtOptions {
 // P_k keeps exactly k entries (structured: k columns); ties go to the lower row-major index
 // (column index). λmax(Σ) = 0 (Σ = 0) skips the gradient step.
 void iht_step(const Tensor& W, const Tensor& Sigma, const Tensor& What, Tensor& Hs, const IhtOptions& opt);
+void iht_step(const LayerProblem& p, const Tensor& What, Tensor& Hs, const IhtOptions& opt);  // W, Σ validated
 
 // Largest eigenvalue of a symmetric PSD matrix (power iteration, f64).
 double lambda_max(const Tensor& Sigma, int iters = 100);
@@ -43,5 +44,7 @@ struct OutlierResult {
 
 OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const GridSpec& spec,
                                  const OutlierOptions& opt = {}, const SolverLog& log = nullptr);
+OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, const OutlierOptions& opt = {},
+                                 const SolverLog& log = nullptr);
 
 }  // namespace qf

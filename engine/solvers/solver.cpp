@@ -17,20 +17,6 @@ namespace qf {
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
-LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t tokens, std::string site, const char* fn) {
-  check_layer_problem(fn, W, sigma);
-  if (mu.defined() && (mu.dim() != 1 || mu.size(0) != W.size(1)))
-    fail(fn, ": mu must be [", W.size(1), "] (one mean per input column), got ", shape_str(mu.shape()));
-  if (tokens < 0) fail(fn, ": tokens must be >= 0, got ", tokens);
-  LayerProblem p;
-  p.W = std::move(W);
-  p.sigma = std::move(sigma);
-  p.mu = std::move(mu);
-  p.tokens = tokens;
-  p.site = std::move(site);
-  return p;
-}
-
 const char* option_type_name(OptionType t) {
   switch (t) {
     case OptionType::Int: return "integer";
@@ -139,7 +125,7 @@ static std::vector<SolverEntry> make_registry() {
                  go.percdamp = o["percdamp"].get<double>();
                  go.act_order = o["act_order"].get<bool>();
                  go.static_groups = o["static_groups"].get<bool>();
-                 GptqResult gr = gptq(p.W, p.sigma, s, go, log);
+                 GptqResult gr = gptq(p, s, go, log);
                  ojson info = {{"percdamp", gr.percdamp_used}, {"proxy_loss", gr.proxy_loss}};
                  return SolveResult{std::move(gr.q), std::move(info)};
                }});
@@ -156,7 +142,7 @@ static std::vector<SolverEntry> make_registry() {
                  qo.continuous_every = (int)o["continuous_every"].get<int64_t>();
                  qo.percdamp = o["percdamp"].get<double>();
                  qo.act_order = o["act_order"].get<bool>();
-                 QuantEaseResult qr = quantease(p.W, p.sigma, s, qo, log);
+                 QuantEaseResult qr = quantease(p, s, qo, log);
                  ojson info = {{"sweeps", qr.objective}, {"init_objective", qr.init_objective}};
                  return SolveResult{std::move(qr.q), std::move(info)};
                }});
@@ -173,7 +159,7 @@ static std::vector<SolverEntry> make_registry() {
                  oo.iters = (int)o["iters"].get<int64_t>();
                  oo.alpha = o["alpha"].get<double>();
                  oo.continuous_every = (int)o["continuous_every"].get<int64_t>();
-                 OutlierResult orr = quantease_outliers(p.W, p.sigma, s, oo, log);
+                 OutlierResult orr = quantease_outliers(p, s, oo, log);
                  ojson info = {{"sweeps", orr.objective}, {"outliers", orr.q.outliers.nnz()}};
                  return SolveResult{std::move(orr.q), std::move(info)};
                }});
@@ -204,7 +190,7 @@ static std::vector<SolverEntry> make_registry() {
                  ao.pgd_inner_steps = (int)o["pgd_inner_steps"].get<int64_t>();
                  ao.pgd_lr = o["pgd_lr"].get<double>();
                  ao.min_improved = o["min_improved"].get<double>();
-                 AltMinResult ar = alt_min(p.W, p.sigma, s, ao, log);
+                 AltMinResult ar = alt_min(p, s, ao, log);
                  ojson info = {{"history", ar.history}, {"rows_improved", ar.rows_improved}, {"iters", ar.iters},
                                {"damped_rows", ar.damped_rows}};
                  return SolveResult{std::move(ar.q), std::move(info)};
@@ -233,7 +219,7 @@ SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const 
   const auto t0 = std::chrono::steady_clock::now();
   SolveResult r = e.run(p, grid, o, log);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const Objective obj = objective(p.W, r.q.dequantize(), p.sigma);
+  const Objective obj = objective(p, r.q.dequantize());
   ojson info = {{"solver", e.name}, {"objective", obj.value}, {"relative", obj.relative}, {"seconds", secs}};
   for (auto it = r.info.begin(); it != r.info.end(); ++it) info[it.key()] = it.value();
   info["options"] = o;

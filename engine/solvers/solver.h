@@ -16,18 +16,6 @@
 
 namespace qf {
 
-// One linear's problem: min over Ŵ on a grid of tr((W − Ŵ) Σ (W − Ŵ)ᵀ).
-struct LayerProblem {
-  Tensor W;             // [rows, cols] f32 (a solver never writes it)
-  Tensor sigma;         // [cols, cols] f32 Gram matrix, checked by check_layer_problem
-  Tensor mu;            // [cols] mean input, or undefined
-  int64_t tokens = 0;   // calibration tokens behind Σ (0: unknown)
-  std::string site;     // activation site ("attn_in", …), "" when unknown
-  // Validates W and Σ (and μ's length) once; `fn` names the caller in errors.
-  static LayerProblem make(Tensor W, Tensor sigma, Tensor mu = {}, int64_t tokens = 0, std::string site = "",
-                           const char* fn = "layer problem");
-};
-
 enum class OptionType { Int, Number, Bool, String };
 const char* option_type_name(OptionType t);  // "integer", "number", "boolean", "string"
 
