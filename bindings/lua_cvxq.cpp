@@ -1,20 +1,15 @@
-// qforge — CVXQ pieces in Lua (docs/methods.md#cvxq): qf.dual_ascent, qf.row_clusters,
-// qf.row_log2_variance, qf.group_spread, qf.group_mean, qf.bias_correction, m:bias / m:set_bias,
-// and the gradient statistics cal:gradient_statistics{...} (sensitivity.h).
+// qforge — CVXQ's allocation pieces in Lua (docs/methods.md#cvxq): qf.dual_ascent, qf.row_clusters,
+// qf.row_log2_variance, qf.group_spread, qf.group_mean, qf.bias_correction. Plain functions, no Lua
+// type (CVXQ's m:bias / m:set_bias are Model methods, lua_model.cpp; cal:gradient_statistics is a
+// Calibration method, lua_calibration.cpp).
 //
 // An allocation is plain Lua data: dual_ascent returns one bits tensor per input entry, in the
 // entry's shape, which a recipe can inspect, edit, and hand to qf.grid{alloc = ...}.
-#include <chrono>
 #include <cmath>
-#include <cstdio>
 
-#include "calib/calibration.h"
 #include "solvers/cvxq.h"
 #include "solvers/cvxq_dual_ascent.h"
 #include "lua_util.h"
-#include "runner.h"
-#include "calib/sensitivity.h"
-#include "quant/storage.h"
 
 namespace qf::lua {
 
@@ -177,134 +172,9 @@ static int f_bias_correction(lua_State* L) {
   return 1;
 }
 
-static Linear& linear_arg(lua_State* L, const char* fn) {
-  Model& m = *check_model(L, 1, fn).m;
-  const int64_t b = check_int(L, 2, fn);
-  if (b < 1 || b > m.n_blocks()) fail(fn, ": block ", b, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
-  return m.block_mut((int)b - 1).linear(check_str(L, 3, fn));
-}
-
-// m:bias(block, name) -> tensor view or nil
-static int m_bias(lua_State* L) {
-  Linear& lin = linear_arg(L, "bias");
-  if (lin.bias.defined()) push_tensor(L, lin.bias);
-  else lua_pushnil(L);
-  return 1;
-}
-
-// m:set_bias(block, name, tensor|nil): adds, replaces or removes a linear's bias
-static int m_set_bias(lua_State* L) {
-  Linear& lin = linear_arg(L, "set_bias");
-  if (is_none_or_nil(L, 4)) {
-    lin.bias = Tensor();
-    return 0;
-  }
-  const Tensor& b = check_tensor(L, 4, "set_bias");
-  if (b.numel() != lin.out_features())
-    fail("set_bias: linear '", lin.name, "' has ", lin.out_features(), " outputs, the bias has ", b.numel(), " entries");
-  Tensor nb = Tensor::empty({lin.out_features()});
-  nb.copy_(b.contiguous().view({lin.out_features()}));
-  for (float v : nb.to_vector())
-    if (!std::isfinite(v)) fail("set_bias: linear '", lin.name, "': the bias has a non-finite entry");
-  lin.bias = nb;
-  return 0;
-}
-
-// cal:gradient_statistics{pca = 1024, stride = 128, iters = 0, batch = 1, joint_positions = false}
-// CVXQ's squared gradients of PCA-projected final hidden states (sensitivity.h) over the
-// calibration's windows, on the model's current weights (run it before quantizing). Returns
-//   { [block] = { q = {g2 = Tensor [out, in], row = Tensor [out]}, ... },
-//     pca = {k =, eigenvalues = {...}, explained = fraction of the variance}, iters =, samples =,
-//     seconds =, pca_seconds = }
-static int c_gradient_statistics(lua_State* L) {
-  const char* fn = "gradient_statistics";
-  LCal& c = check_cal(L, 1, fn);
-  if (!is_none_or_nil(L, 2)) check_table(L, 2, fn);
-  check_opts(L, 2, fn, {"pca", "stride", "iters", "batch", "joint_positions"});
-  const Model& m = *c.m;
-  const int k = (int)opt_field_int(L, 2, "pca", fn, 1024);
-  if (k < 1) fail(fn, ": option 'pca' must be >= 1, got ", k);
-  GradStatsOptions o;
-  o.stride = (int)opt_field_int(L, 2, "stride", fn, o.stride);
-  o.iters = (int)opt_field_int(L, 2, "iters", fn, o.iters);
-  o.batch = (int)opt_field_int(L, 2, "batch", fn, o.batch);
-  o.joint_positions = opt_field_bool(L, 2, "joint_positions", fn, o.joint_positions);
-  const int nwin = c.cal->nsamples(), T = c.cal->seqlen();
-  check_grad_stats_options(o, nwin);  // before the PCA's forward pass
-  RunContext* ctx = run_context(L);
-  auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
-  const double tp = now();
-  // CVXQ keeps the top 1024 of 4096+ dimensions; a narrower model keeps all it has.
-  auto pca_progress = [&](int done, int total, double secs) {
-    std::fprintf(stderr, "gradient statistics: PCA forward %d/%d windows  %.1f s  ETA %.0f s\n", done, total, secs,
-                 secs / done * (total - done));
-    if (ctx) ctx->log({{"event", "gradient_statistics_pca"}, {"windows", done}, {"nwin", total}, {"seconds", secs}});
-  };
-  const HiddenPca pca = hidden_pca(m, c.cal->windows(), nwin, T, std::min(k, m.cfg.dim), 8, pca_progress);
-  const double pca_seconds = now() - tp;
-  double top = 0;
-  for (double e : pca.eigenvalues) top += e;
-  std::fprintf(stderr, "gradient statistics: PCA of %lld final hidden states, %d components hold %.1f%% of the variance (%.1f s)\n",
-               (long long)pca.tokens, (int)pca.eigenvalues.size(), 100 * top / pca.total_variance, pca_seconds);
-  auto progress = [&](int done, int total, double secs) {
-    if (done == total || done % std::max(1, total / 20) == 0) {
-      std::fprintf(stderr, "gradient statistics: iteration %d/%d  %.1f s  ETA %.0f s\n", done, total, secs,
-                   secs / done * (total - done));
-      if (ctx) ctx->log({{"event", "gradient_statistics"}, {"iteration", done}, {"iters", total}, {"seconds", secs}});
-    }
-  };
-  const GradStats gs = gradient_statistics(m, c.cal->windows(), nwin, T, pca, o, progress);
-  lua_createtable(L, m.n_blocks(), 6);
-  for (int l = 0; l < m.n_blocks(); ++l) {
-    lua_createtable(L, 0, (int)gs.names[l].size());
-    for (size_t j = 0; j < gs.names[l].size(); ++j) {
-      lua_createtable(L, 0, 2);
-      push_tensor(L, gs.g2[l][j]);
-      lua_setfield(L, -2, "g2");
-      const std::vector<double> r = row_means(gs.g2[l][j]);
-      push_tensor(L, Tensor::from_data({(int64_t)r.size()}, std::vector<float>(r.begin(), r.end())));
-      lua_setfield(L, -2, "row");
-      lua_setfield(L, -2, gs.names[l][j].c_str());
-    }
-    lua_rawseti(L, -2, l + 1);
-  }
-  lua_createtable(L, 0, 3);
-  set_field(L, "k", (int64_t)pca.eigenvalues.size());
-  set_field(L, "explained", top / pca.total_variance);
-  push_numbers(L, pca.eigenvalues);
-  lua_setfield(L, -2, "eigenvalues");
-  lua_setfield(L, -2, "pca");
-  set_field(L, "iters", (int64_t)gs.iters);
-  set_field(L, "samples", gs.samples);
-  set_field(L, "seconds", gs.seconds);
-  set_field(L, "pca_seconds", pca_seconds);
-  return 1;
-}
-
-// m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, unquantized = (bits per
-// weight each), unquantized_dtype =, weights =, pruned_fraction =} over the block linears (storage.h).
-static int m_storage(lua_State* L) {
-  const StorageBits s = model_storage(*check_model(L, 1, "storage").m);
-  const double n = (double)std::max<int64_t>(s.weights, 1);
-  lua_createtable(L, 0, 9);
-  set_field(L, "bits_per_weight", s.per_weight());
-  set_field(L, "codes", s.codes / n);
-  set_field(L, "params", s.params / n);
-  set_field(L, "side", s.side / n);
-  set_field(L, "outliers", s.outliers / n);
-  set_field(L, "unquantized", s.unquantized / n);
-  set_field(L, "unquantized_dtype", std::string(s.unquantized_dtype()));
-  set_field(L, "weights", s.weights);
-  set_field(L, "pruned_fraction", (double)s.pruned / n);
-  return 1;
-}
-
 void open_cvxq(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
-  // Arities (the most arguments used, self included): lua_util.h.
-  add_methods(L, kModelMT,
-              {{"bias", qf_guard<m_bias>, 3}, {"set_bias", qf_guard<m_set_bias>, 4}, {"storage", qf_guard<m_storage>, 1}});
-  add_methods(L, kCalMT, {{"gradient_statistics", qf_guard<c_gradient_statistics>, 2}});  // registered by open_quant
+  // Arities: lua_util.h.
   set_funcs(L, mod,
             {{"dual_ascent", qf_guard<f_dual_ascent>, 1},
              {"row_clusters", qf_guard<f_row_clusters>, 2},

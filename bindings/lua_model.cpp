@@ -1,7 +1,9 @@
-// qforge — the Lua Model and Tokenizer: userdata "qforge.Model" and "qforge.Tokenizer".
+// qforge — the Lua Model and Tokenizer: userdata "qforge.Model" and "qforge.Tokenizer", and every
+// method of both (m:block returns a qforge.Block, lua_block.cpp; m:set_linear takes a QLinear, lua_grid.cpp).
 //
 // Block numbers are 1-based in Lua; token ids are values, not indices, and are passed
 // through unchanged. m:weight() and friends return views: writing them edits the model.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 
@@ -11,6 +13,7 @@
 #include "core/io.h"
 #include "formats/loader.h"
 #include "formats/model_source.h"
+#include "quant/storage.h"
 #include <algorithm>
 
 #include "lua_util.h"
@@ -461,6 +464,91 @@ static int k_tostring(lua_State* L) {
   return 1;
 }
 
+// ---- linears, biases, storage, blocks ------------------------------------------------
+// m:set_linear(block, name, q): replaces a linear's weight by a QLinear (its dequantized
+// values; the codes are kept for exports that store them) or by a Tensor (codes dropped).
+static int m_set_linear(lua_State* L) {
+  Model& m = *check_model(L, 1, "set_linear").m;
+  const int64_t b = check_int(L, 2, "set_linear");
+  if (b < 1 || b > m.n_blocks()) fail("set_linear: block ", b, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
+  Linear& lin = m.block_mut((int)b - 1).linear(check_str(L, 3, "set_linear"));
+  if (is_tensor(L, 4)) {
+    const Tensor& W = check_tensor(L, 4, "set_linear");
+    if (W.shape() != lin.weight.shape())
+      fail("set_linear: block ", b, " linear '", lin.name, "' is ", shape_str(lin.weight.shape()), ", the tensor is ", shape_str(W.shape()));
+    lin.weight.copy_(W);
+    lin.quant.reset();
+    return 0;
+  }
+  const QuantizedLinear& q = check_qlinear(L, 4, "set_linear");
+  if (q.grid.rows != lin.weight.size(0) || q.grid.cols != lin.weight.size(1))
+    fail("set_linear: block ", b, " linear '", lin.name, "' is ", shape_str(lin.weight.shape()), ", the QLinear is [", q.grid.rows, ", ", q.grid.cols, "]");
+  lin.weight.copy_(q.dequantize());
+  lin.quant = std::make_shared<const QuantizedLinear>(q);
+  return 0;
+}
+
+static Linear& linear_arg(lua_State* L, const char* fn) {
+  Model& m = *check_model(L, 1, fn).m;
+  const int64_t b = check_int(L, 2, fn);
+  if (b < 1 || b > m.n_blocks()) fail(fn, ": block ", b, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
+  return m.block_mut((int)b - 1).linear(check_str(L, 3, fn));
+}
+
+// m:bias(block, name) -> tensor view or nil
+static int m_bias(lua_State* L) {
+  Linear& lin = linear_arg(L, "bias");
+  if (lin.bias.defined()) push_tensor(L, lin.bias);
+  else lua_pushnil(L);
+  return 1;
+}
+
+// m:set_bias(block, name, tensor|nil): adds, replaces or removes a linear's bias
+static int m_set_bias(lua_State* L) {
+  Linear& lin = linear_arg(L, "set_bias");
+  if (is_none_or_nil(L, 4)) {
+    lin.bias = Tensor();
+    return 0;
+  }
+  const Tensor& b = check_tensor(L, 4, "set_bias");
+  if (b.numel() != lin.out_features())
+    fail("set_bias: linear '", lin.name, "' has ", lin.out_features(), " outputs, the bias has ", b.numel(), " entries");
+  Tensor nb = Tensor::empty({lin.out_features()});
+  nb.copy_(b.contiguous().view({lin.out_features()}));
+  for (float v : nb.to_vector())
+    if (!std::isfinite(v)) fail("set_bias: linear '", lin.name, "': the bias has a non-finite entry");
+  lin.bias = nb;
+  return 0;
+}
+
+// m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, unquantized = (bits per
+// weight each), unquantized_dtype =, weights =, pruned_fraction =} over the block linears (storage.h).
+static int m_storage(lua_State* L) {
+  const StorageBits s = model_storage(*check_model(L, 1, "storage").m);
+  const double n = (double)std::max<int64_t>(s.weights, 1);
+  lua_createtable(L, 0, 9);
+  set_field(L, "bits_per_weight", s.per_weight());
+  set_field(L, "codes", s.codes / n);
+  set_field(L, "params", s.params / n);
+  set_field(L, "side", s.side / n);
+  set_field(L, "outliers", s.outliers / n);
+  set_field(L, "unquantized", s.unquantized / n);
+  set_field(L, "unquantized_dtype", std::string(s.unquantized_dtype()));
+  set_field(L, "weights", s.weights);
+  set_field(L, "pruned_fraction", (double)s.pruned / n);
+  return 1;
+}
+
+// m:block(b) -> block handle
+static int m_block(lua_State* L) {
+  LModel& lm = check_model(L, 1, "block");
+  const int64_t b = check_int(L, 2, "block");
+  if (b < 1 || b > lm.m->n_blocks())
+    fail("block: block ", b, " out of range (the model has ", lm.m->n_blocks(), " blocks, numbered from 1)");
+  push_block(L, lm.m, (int)b - 1);
+  return 1;
+}
+
 void open_model(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   // Arities (the most arguments used, self included): lua_util.h.
@@ -480,7 +568,12 @@ void open_model(lua_State* L, int mod) {
                   {"tokenizer", qf_guard<m_tokenizer>, 1},
                   {"forward", qf_guard<m_forward>, 2},
                   {"perplexity", qf_guard<m_perplexity>, 3},
-                  {"save", qf_guard<m_save>, 3}},
+                  {"save", qf_guard<m_save>, 3},
+                  {"set_linear", qf_guard<m_set_linear>, 4},
+                  {"bias", qf_guard<m_bias>, 3},
+                  {"set_bias", qf_guard<m_set_bias>, 4},
+                  {"storage", qf_guard<m_storage>, 1},
+                  {"block", qf_guard<m_block>, 2}},
                  udata_gc<LModel>, qf_guard<m_tostring>);
 
   register_class(L, kTokMT,

@@ -506,11 +506,11 @@ int luaopen_qforge(lua_State* L) {
   open_tensor(L, -1);
   open_model(L, -1);
   open_rng(L, -1);
-  open_quant(L, -1);
-  open_decoupleq(L, -1);
+  open_grid(L, -1);
+  open_calibration(L, -1);
+  open_block(L, -1);
   open_solvers(L, -1);
   open_cvxq(L, -1);
-  open_finetune(L, -1);
   set_introspection(L, -1);
   return 1;
 }

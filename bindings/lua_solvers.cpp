@@ -8,16 +8,45 @@
 //   qf.solver_options(name)             -> defaults, declarations  (for qf.options: {name = {help, min =, max =,
 //                                          gt =, lt =, choices =}}; qf.solvers() gives min/max with min_open/max_open)
 //   qf.check_solver_options(name, opts) -> the resolved options (errors name the solver and the option)
+// and the layer solvers' primitives, 1:1 with the engine: qf.rtn, qf.gptq, qf.cd_sweep, qf.quantease,
+// qf.iht_step, qf.lambda_max, qf.quantease_outliers, qf.alt_min (decoupleQ's layer stage, docs/methods.md#decoupleq),
+// qf.objective. The solvers return a QLinear (lua_grid.cpp), all but qf.rtn with an info table; qf.cd_sweep
+// and qf.iht_step update their tensor argument in place and return it.
 #include "solvers/solver.h"
 
+#include <climits>
 #include <cmath>
+#include <cstdio>
 
 #include "lua_util.h"
+#include "runner.h"
+#include "solvers/decoupleq.h"
+#include "solvers/gptq.h"
+#include "solvers/quantease.h"
+#include "solvers/quantease_outliers.h"
+#include "solvers/rtn.h"
 
 namespace qf::lua {
 
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
+
+// ---- log sink: stderr and the run's log.jsonl -------------------------------------------
+static SolverLog solver_log(lua_State* L, const char* solver) {
+  RunContext* ctx = run_context(L);
+  return [ctx, solver](const std::string& event, const std::string& detail) {
+    // Per-sweep progress goes to the run log only; anything else (damping escalation,
+    // a kept init, a projection) is also worth a line on stderr.
+    if (event != "sweep" && event != "iter" && event != "lambda_max")
+      std::fprintf(stderr, "%s: %s %s\n", solver, event.c_str(), detail.c_str());
+    if (ctx) {
+      try {
+        ctx->log({{"event", std::string(solver) + "_" + event}, {"detail", detail}});
+      } catch (...) {  // logging must never fail a solve
+      }
+    }
+  };
+}
 
 // A flat options table {name = number | boolean | string} as JSON (integers stay integers).
 static json options_arg(lua_State* L, int arg, const char* fn) {
@@ -171,9 +200,194 @@ static int f_solve(lua_State* L) {
   const LayerProblem p = LayerProblem::make(W, S, mu, tokens, site, where.c_str());
   const GridSpec spec = grid_spec_arg(L, 3, fn);
   const json opts = options_arg(L, 4, fn);
-  SolveResult r = solve_layer(e.name, p, spec, opts, lua_solver_log(L, e.name.c_str()));
+  SolveResult r = solve_layer(e.name, p, spec, opts, solver_log(L, e.name.c_str()));
   push_qlinear(L, std::move(r.q));
   push_json(L, r.info);
+  return 2;
+}
+
+// ---- the primitives ------------------------------------------------------------------------
+static int f_rtn(lua_State* L) {
+  push_qlinear(L, rtn(check_tensor(L, 1, "rtn"), grid_spec_arg(L, 2, "rtn")));
+  return 1;
+}
+
+static int f_gptq(lua_State* L) {
+  const char* fn = "gptq";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& H = check_tensor(L, 2, fn);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  check_opts(L, 4, fn, {"blocksize", "percdamp", "act_order", "static_groups"});
+  GptqOptions o;
+  o.blocksize = opt_field_int(L, 4, "blocksize", fn, o.blocksize);
+  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
+  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
+  o.static_groups = opt_field_bool(L, 4, "static_groups", fn, o.static_groups);
+  GptqResult r = gptq(W, H, spec, o, solver_log(L, fn));
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 2);
+  set_field(L, "percdamp", r.percdamp_used);
+  set_field(L, "proxy_loss", r.proxy_loss);
+  return 2;
+}
+
+static std::vector<int64_t> order_field(lua_State* L, int arg, const char* fn, int64_t cols) {
+  std::vector<int64_t> order;
+  if (lua_type(L, arg) != LUA_TTABLE) return order;
+  lua_getfield(L, arg, "order");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_istable(L, -1)) fail(fn, ": option 'order' must be a table of 1-based column indices");
+    const lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= n; ++i) {
+      lua_rawgeti(L, -1, i);
+      int ok = 0;
+      const lua_Integer c = lua_tointegerx(L, -1, &ok);
+      lua_pop(L, 1);
+      if (!ok || c < 1 || c > cols) fail(fn, ": order[", i, "] is not a column index in 1..", cols);
+      order.push_back(c - 1);
+    }
+  }
+  lua_pop(L, 1);
+  return order;
+}
+
+static int f_cd_sweep(lua_State* L) {
+  const char* fn = "cd_sweep";
+  const Tensor& T = check_tensor(L, 1, fn);
+  const Tensor& S = check_tensor(L, 2, fn);
+  Tensor& What = check_tensor(L, 3, fn);
+  const Grid& g = check_grid(L, 4, fn);
+  check_opts(L, 5, fn, {"continuous", "order"});
+  CdSweepOptions o;
+  o.continuous = opt_field_bool(L, 5, "continuous", fn, false);
+  o.order = order_field(L, 5, fn, g.cols);
+  cd_sweep(T, S, What, g, o);
+  lua_settop(L, 3);
+  return 1;
+}
+
+static int f_quantease(lua_State* L) {
+  const char* fn = "quantease";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& H = check_tensor(L, 2, fn);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  check_opts(L, 4, fn, {"iters", "init", "continuous_every", "percdamp", "act_order"});
+  QuantEaseOptions o;
+  o.iters = (int)opt_field_int(L, 4, "iters", fn, o.iters);
+  o.init = opt_field_str(L, 4, "init", fn, o.init);
+  o.continuous_every = (int)opt_field_int(L, 4, "continuous_every", fn, o.continuous_every);
+  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
+  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
+  QuantEaseResult r = quantease(W, H, spec, o, solver_log(L, fn));
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 2);
+  push_numbers(L, r.objective);
+  lua_setfield(L, -2, "objective");
+  set_field(L, "init_objective", r.init_objective);
+  return 2;
+}
+
+static int f_iht_step(lua_State* L) {
+  const char* fn = "iht_step";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& S = check_tensor(L, 2, fn);
+  const Tensor& What = check_tensor(L, 3, fn);
+  Tensor& Hs = check_tensor(L, 4, fn);
+  check_opts(L, 5, fn, {"k", "alpha", "structured", "lambda_max"});
+  IhtOptions o;
+  o.k = opt_field_int(L, 5, "k", fn, -1);
+  if (o.k < 0) fail(fn, ": option 'k' (entries or columns to keep) is required and must be >= 0");
+  o.alpha = opt_field_num(L, 5, "alpha", fn, o.alpha);
+  o.structured = opt_field_bool(L, 5, "structured", fn, o.structured);
+  o.lambda_max = opt_field_num(L, 5, "lambda_max", fn, 0.0);
+  iht_step(W, S, What, Hs, o);
+  lua_settop(L, 4);
+  return 1;
+}
+
+static int f_lambda_max(lua_State* L) {
+  lua_pushnumber(L, lambda_max(check_tensor(L, 1, "lambda_max")));
+  return 1;
+}
+
+static int f_quantease_outliers(lua_State* L) {
+  const char* fn = "quantease_outliers";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& H = check_tensor(L, 2, fn);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  check_opts(L, 4, fn, {"ratio", "structured", "iters", "alpha", "continuous_every"});
+  OutlierOptions o;
+  o.ratio = opt_field_num(L, 4, "ratio", fn, o.ratio);
+  o.structured = opt_field_bool(L, 4, "structured", fn, o.structured);
+  o.iters = (int)opt_field_int(L, 4, "iters", fn, o.iters);
+  o.alpha = opt_field_num(L, 4, "alpha", fn, o.alpha);
+  o.continuous_every = (int)opt_field_int(L, 4, "continuous_every", fn, o.continuous_every);
+  OutlierResult r = quantease_outliers(W, H, spec, o, solver_log(L, fn));
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 1);
+  push_numbers(L, r.objective);
+  lua_setfield(L, -2, "objective");
+  return 2;
+}
+
+static int f_objective(lua_State* L) {
+  const Objective o = objective(check_tensor(L, 1, "objective"), check_tensor(L, 2, "objective"), check_tensor(L, 3, "objective"));
+  lua_pushnumber(L, o.value);
+  lua_pushnumber(L, o.relative);
+  return 2;
+}
+
+
+// An int-valued option in [lo, INT_MAX] (the engine stores int).
+static int int_option(lua_State* L, int arg, const char* key, const char* fn, int def, int lo) {
+  const int64_t v = opt_field_int(L, arg, key, fn, def);
+  if (v < lo || v > INT_MAX) fail(fn, ": option '", key, "' must be an integer >= ", lo, ", got ", v);
+  return (int)v;
+}
+
+static int f_alt_min(lua_State* L) {
+  const char* fn = "alt_min";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& S = check_tensor(L, 2, fn);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  check_opts(L, 4, fn, {"iters", "round", "shrink_search", "shrink_steps", "shrink_grid", "percdamp", "act_order", "blocksize",
+                        "pgd_steps", "pgd_inner_steps", "pgd_lr", "min_improved"});
+  AltMinOptions o;
+  o.iters = int_option(L, 4, "iters", fn, o.iters, 1);
+  const std::string round = opt_field_str(L, 4, "round", fn, "gptq");
+  if (round == "gptq") o.round = AltMinOptions::Round::Gptq;
+  else if (round == "pgd") o.round = AltMinOptions::Round::Pgd;
+  else fail(fn, ": option 'round' must be \"gptq\" or \"pgd\", got \"", round, "\"");
+  o.shrink_search = opt_field_bool(L, 4, "shrink_search", fn, o.shrink_search);
+  o.shrink_steps = int_option(L, 4, "shrink_steps", fn, o.shrink_steps, 1);
+  o.shrink_grid = int_option(L, 4, "shrink_grid", fn, o.shrink_grid, 1);
+  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
+  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
+  o.blocksize = opt_field_int(L, 4, "blocksize", fn, o.blocksize);
+  o.pgd_steps = int_option(L, 4, "pgd_steps", fn, o.pgd_steps, 0);
+  o.pgd_inner_steps = int_option(L, 4, "pgd_inner_steps", fn, o.pgd_inner_steps, 0);
+  o.pgd_lr = opt_field_num(L, 4, "pgd_lr", fn, o.pgd_lr);
+  o.min_improved = opt_field_num(L, 4, "min_improved", fn, o.min_improved);
+  AltMinResult r = alt_min(W, S, spec, o, solver_log(L, fn));
+
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 6);
+  push_numbers(L, r.history);
+  lua_setfield(L, -2, "history");
+  push_numbers(L, r.rows_improved);
+  lua_setfield(L, -2, "rows_improved");
+  set_field(L, "iters", r.iters);
+  set_field(L, "loss", r.history.back());
+  set_field(L, "damped_rows", r.damped_rows);
+  lua_createtable(L, (int)r.steps.size(), 0);
+  for (size_t i = 0; i < r.steps.size(); ++i) {
+    lua_createtable(L, 0, 3);
+    set_field(L, "step", r.steps[i].name);
+    set_field(L, "loss", r.steps[i].loss);
+    set_field(L, "rows_improved", r.steps[i].rows_improved);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "steps");
   return 2;
 }
 
@@ -182,7 +396,16 @@ void open_solvers(lua_State* L, int mod) {
             {{"solvers", qf_guard<f_solvers>, 0},
              {"solve", qf_guard<f_solve>, 4},
              {"solver_options", qf_guard<f_solver_options>, 1},
-             {"check_solver_options", qf_guard<f_check_solver_options>, 2}});
+             {"check_solver_options", qf_guard<f_check_solver_options>, 2},
+             {"rtn", qf_guard<f_rtn>, 2},
+             {"gptq", qf_guard<f_gptq>, 4},
+             {"cd_sweep", qf_guard<f_cd_sweep>, 5},
+             {"quantease", qf_guard<f_quantease>, 4},
+             {"iht_step", qf_guard<f_iht_step>, 5},
+             {"lambda_max", qf_guard<f_lambda_max>, 1},
+             {"quantease_outliers", qf_guard<f_quantease_outliers>, 4},
+             {"alt_min", qf_guard<f_alt_min>, 4},
+             {"objective", qf_guard<f_objective>, 3}});
 }
 
 }  // namespace qf::lua

@@ -309,13 +309,6 @@ void set_funcs(lua_State* L, int t, std::initializer_list<Fn> fns) {
   lua_pop(L, 1);
 }
 
-void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> fns) {
-  registry_table(L, kClassesKey);
-  if (lua_getfield(L, -1, mt) != LUA_TTABLE) luaL_error(L, "add_methods: class %s is not registered", mt);  // open time
-  set_funcs(L, -1, fns);
-  lua_pop(L, 2);
-}
-
 // __index of a class. Upvalues: the methods table, the class name, the hint (or nil).
 static int class_index(lua_State* L) {
   if (lua_type(L, 2) == LUA_TSTRING) {

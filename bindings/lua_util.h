@@ -14,7 +14,6 @@
 #include <lua.hpp>
 
 #include <cstdint>
-#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -28,10 +27,6 @@
 
 // Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
 int luaopen_qforge(lua_State* L);
-
-namespace qf {
-class Calibration;
-}
 
 namespace qf::lua {
 
@@ -79,8 +74,6 @@ struct Fn {
 };
 // t[name] = a checked closure for each entry (t: a stack index).
 void set_funcs(lua_State* L, int t, std::initializer_list<Fn> fns);
-// Adds methods to a class registered by register_class (e.g. Model methods from other files).
-void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> fns);
 // The error for a call with too many arguments (variadic functions: the first extra is at `first_extra`).
 [[noreturn]] void too_many_args(lua_State* L, int first_extra, const char* fn);
 
@@ -174,27 +167,28 @@ struct LModel {
 };
 LModel& check_model(lua_State* L, int arg, const char* fn);
 
-// ---- calibration pipelines (lua_quant.cpp) ----
-constexpr const char* kCalMT = "qforge.Calibration";
-struct LCal {
-  std::shared_ptr<Model> m;
-  std::shared_ptr<Calibration> cal;
-};
-LCal& check_cal(lua_State* L, int arg, const char* fn);
-// Shared with other binding files (lua_decoupleq.cpp): the qf.grid{...} spec argument, the QLinear
-// push (the userdata qf.gptq returns), and the solver log sink (stderr + the run log).
+// ---- grids (lua_grid.cpp): the qf.grid{...} spec argument, Grid and QLinear userdata ----
 GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn);
-void push_qlinear(lua_State* L, QuantizedLinear q);
-std::function<void(const std::string&, const std::string&)> lua_solver_log(lua_State* L, const char* solver);
+Grid& check_grid(lua_State* L, int arg, const char* fn);
+QuantizedLinear& check_qlinear(lua_State* L, int arg, const char* fn);
+void push_qlinear(lua_State* L, QuantizedLinear q);  // the userdata every solver returns
 
-// Module registration (each adds its functions to the module table at `mod`).
+// ---- blocks (lua_block.cpp) ----
+void push_block(lua_State* L, std::shared_ptr<Model> m, int index);  // m:block(b); index 0-based
+// Finetunes block `layer` of m on inputs x against targets y (B windows of T tokens) with the
+// options table at `opts` (already checked by check_opts; nil: defaults); pushes the result table.
+void push_block_finetune(lua_State* L, int opts, const char* fn, Model& m, int layer, const Tensor& x, const Tensor& y, int B,
+                         int T);
+
+// Module registration: each creates its own types' metatables and adds its functions to the module
+// table at `mod`. No file adds methods to another's type, so they may run in any order.
 void open_tensor(lua_State* L, int mod);
 void open_model(lua_State* L, int mod);
 void open_rng(lua_State* L, int mod);
-void open_quant(lua_State* L, int mod);
-void open_decoupleq(lua_State* L, int mod);  // after open_quant (returns QLinear)
-void open_solvers(lua_State* L, int mod);    // after open_quant (returns QLinear)
-void open_cvxq(lua_State* L, int mod);  // after open_model (adds Model methods)
-void open_finetune(lua_State* L, int mod);  // after open_model and open_quant (adds Model and Calibration methods)
+void open_grid(lua_State* L, int mod);
+void open_calibration(lua_State* L, int mod);
+void open_block(lua_State* L, int mod);
+void open_solvers(lua_State* L, int mod);
+void open_cvxq(lua_State* L, int mod);
 
 }  // namespace qf::lua

@@ -1,24 +1,22 @@
-// qforge — decoupleQ's block-wise finetuning (engine/solvers/block_finetune.h) from Lua:
-//   m:block(b)                     a block handle (the model + 1-based block index)
+// qforge — a model block in Lua: userdata "qforge.Block" (m:block(b) makes one, lua_model.cpp), and
+// decoupleQ's block-wise finetuning (engine/solvers/block_finetune.h):
 //   blk:finetune{inputs=, targets=, windows=, params=, lr=, betas=, eps=, weight_decay=, epochs=,
 //                batch=, shuffle=, seed=}
 //   blk:qlinear(name)              the linear's QLinear (codes + grid + outliers), nil when it has none
 //   blk:index()                    the 1-based block index
-//   cal:finetune{params=, lr=, ...}  the calibration's current block on its quantized-prefix inputs
-//                                    against its full-precision outputs
-// Both finetune calls return {losses = {before, epoch 1, ...}, after =, seconds =, steps =,
-// params = floats trained, epoch_seconds = {...}} and print one line per epoch on stderr.
+// cal:finetune (lua_calibration.cpp) runs the same finetune through push_block_finetune. Both return
+// {losses = {before, epoch 1, ...}, after =, seconds =, steps =, params = floats trained,
+// epoch_seconds = {...}} and print one line per epoch on stderr.
 #include <cstdio>
 
 #include "solvers/block_finetune.h"
-#include "calib/calibration.h"
 #include "lua_util.h"
 #include "runner.h"
 
 namespace qf::lua {
 
 static constexpr const char* kBlockMT = "qforge.Block";
-static constexpr const char* kQLinearMT = "qforge.QLinear";  // registered by open_quant (lua_quant.cpp)
+
 
 struct LBlock {
   std::shared_ptr<Model> m;
@@ -112,16 +110,6 @@ static void push_result(lua_State* L, const FinetuneResult& r) {
   set_field(L, "params", r.nparams);
 }
 
-// m:block(b) -> block handle
-static int m_block(lua_State* L) {
-  LModel& lm = check_model(L, 1, "block");
-  const int64_t b = check_int(L, 2, "block");
-  if (b < 1 || b > lm.m->n_blocks())
-    fail("block: block ", b, " out of range (the model has ", lm.m->n_blocks(), " blocks, numbered from 1)");
-  new_udata<LBlock>(L, kBlockMT, LBlock{lm.m, (int)b - 1});
-  return 1;
-}
-
 static int b_index(lua_State* L) {
   lua_pushinteger(L, check_block(L, 1, "index").index + 1);
   return 1;
@@ -136,7 +124,7 @@ static int b_qlinear(lua_State* L) {
   }
   QuantizedLinear q = *lin.quant;
   q.codes = q.codes.clone();  // a copy: editing it from Lua never touches the model's codes
-  new_udata<QuantizedLinear>(L, kQLinearMT, std::move(q));
+  push_qlinear(L, std::move(q));
   return 1;
 }
 
@@ -166,37 +154,24 @@ static int b_finetune(lua_State* L) {
   if (x.dim() != 2) fail(fn, ": option 'inputs' must be a 2-d Tensor [windows·T, dim], got ", shape_str(x.shape()));
   if (x.size(0) % B != 0) fail(fn, ": option 'windows' = ", B, " does not divide the ", x.size(0), " rows of inputs");
   const int64_t T = x.size(0) / B;
-  const FinetuneOptions o = finetune_options(L, 2, fn);
-  push_result(L, run_finetune(L, fn, *b.m, b.index, x, y, (int)B, (int)T, o));
+  push_block_finetune(L, 2, fn, *b.m, b.index, x, y, (int)B, (int)T);
   return 1;
 }
 
-// cal:finetune{params=, lr=, ...}
-static int c_finetune(lua_State* L) {
-  const char* fn = "finetune";
-  LCal& c = check_cal(L, 1, fn);
-  if (!is_none_or_nil(L, 2)) check_table(L, 2, fn);
-  check_opts(L, 2, fn, {"params", "lr", "betas", "eps", "weight_decay", "epochs", "batch", "shuffle", "seed"});
-  const Calibration& cal = *c.cal;
-  if (cal.block() >= cal.nblocks()) fail(fn, ": the calibration has passed its last block");
-  if (!cal.fp_chain())
-    fail(fn, ": this calibration has no full-precision chain (made with fp_chain=false); block finetuning needs its outputs");
-  if (!cal.fp_outputs().defined())
-    fail(fn, ": block ", cal.block() + 1, " has no full-precision outputs yet (call cal:capture() before cal:finetune())");
-  const FinetuneOptions o = lua_type(L, 2) == LUA_TTABLE ? finetune_options(L, 2, fn) : FinetuneOptions{};
-  push_result(L, run_finetune(L, fn, *c.m, cal.block(), cal.inputs(), cal.fp_outputs(), cal.nsamples(), cal.seqlen(), o));
-  return 1;
-}
-
-void open_finetune(lua_State* L, int mod) {
+void open_block(lua_State* L, int mod) {
   // Arities (the most arguments used, self included): lua_util.h.
   register_class(L, kBlockMT,
                  {{"finetune", qf_guard<b_finetune>, 2}, {"qlinear", qf_guard<b_qlinear>, 2}, {"index", qf_guard<b_index>, 1}},
                  udata_gc<LBlock>, qf_guard<b_tostring>);
-  // m:block is a Model method, cal:finetune a Calibration method.
-  add_methods(L, kModelMT, {{"block", qf_guard<m_block>, 2}});
-  add_methods(L, kCalMT, {{"finetune", qf_guard<c_finetune>, 2}});
   (void)mod;
+}
+
+// Exported through lua_util.h for other binding files.
+void push_block(lua_State* L, std::shared_ptr<Model> m, int index) { new_udata<LBlock>(L, kBlockMT, LBlock{std::move(m), index}); }
+void push_block_finetune(lua_State* L, int opts, const char* fn, Model& m, int layer, const Tensor& x, const Tensor& y, int B,
+                         int T) {
+  const FinetuneOptions o = lua_type(L, opts) == LUA_TTABLE ? finetune_options(L, opts, fn) : FinetuneOptions{};
+  push_result(L, run_finetune(L, fn, m, layer, x, y, B, T, o));
 }
 
 }  // namespace qf::lua

@@ -1,0 +1,267 @@
+// qforge — grids in Lua: qf.grid{...} (a spec), qf.fit_grid(W, spec) (fitted parameters), and the
+// userdata they lead to: qforge.GridSpec (the spec table's metatable), qforge.Grid (fitted scale,
+// zero and groups), qforge.QLinear (codes + grid + outliers, what every solver returns).
+#include <cmath>
+
+#include "lua_util.h"
+#include "quant/grid.h"
+
+namespace qf::lua {
+
+static constexpr const char* kGridMT = "qforge.Grid";
+static constexpr const char* kQLinMT = "qforge.QLinear";
+static constexpr const char* kSpecMT = "qforge.GridSpec";
+
+// ---- grid specs: plain tables {bits=, sym=, group=, mse=, ...} ------------------------
+// Integer values of a tensor or a Lua array field (for allocations), checked against [lo, hi].
+static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* key, const char* fn, int64_t lo, int64_t hi) {
+  std::vector<int64_t> out;
+  lua_getfield(L, arg, key);
+  const int top = lua_gettop(L);
+  std::vector<double> vals;
+  if (is_tensor(L, top)) {
+    const Tensor& t = check_tensor(L, top, fn);
+    vals.assign(t.numel(), 0.0);
+    const std::vector<float> v = t.contiguous().to_vector();
+    for (size_t k = 0; k < v.size(); ++k) vals[k] = v[k];
+  } else if (lua_type(L, top) == LUA_TTABLE) {
+    const lua_Integer n = luaL_len(L, top);
+    for (lua_Integer k = 1; k <= n; ++k) {
+      lua_rawgeti(L, top, k);
+      if (!lua_isnumber(L, -1)) fail(fn, ": option '", key, "' entry ", k, " is not a number");
+      vals.push_back(lua_tonumber(L, -1));
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, top)) {
+    fail(fn, ": option '", key, "' must be a tensor or an array of integers, got ", luaL_typename(L, top));
+  }
+  lua_pop(L, 1);
+  for (size_t k = 0; k < vals.size(); ++k) {
+    const double v = vals[k];
+    if (v != std::floor(v) || v < (double)lo || v > (double)hi)
+      fail(fn, ": option '", key, "' entry ", k + 1, " is ", v, ", expected an integer in ", lo, "..", hi);
+    out.push_back((int64_t)v);
+  }
+  return out;
+}
+
+static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
+  if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
+  check_opts(L, arg, fn, {"bits", "sym", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
+                          "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"});
+  GridSpec s;
+  s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
+  s.sym = opt_field_bool(L, arg, "sym", fn, s.sym);
+  s.group = opt_field_int(L, arg, "group", fn, s.group);
+  s.mse = opt_field_bool(L, arg, "mse", fn, s.mse);
+  s.maxshrink = (float)opt_field_num(L, arg, "maxshrink", fn, s.maxshrink);
+  s.grid_points = (int)opt_field_int(L, arg, "grid_points", fn, s.grid_points);
+  s.norm = (float)opt_field_num(L, arg, "norm", fn, s.norm);
+  const std::string kind = opt_field_str(L, arg, "kind", fn, "uniform");
+  if (kind == "compand") s.kind = GridKind::Compand;
+  else if (kind != "uniform") fail(fn, ": option 'kind' must be \"uniform\" or \"compand\", got \"", kind, "\"");
+  s.compand_mult = (float)opt_field_num(L, arg, "compand_mult", fn, s.compand_mult);
+  s.compand_bias = (float)opt_field_num(L, arg, "compand_bias", fn, s.compand_bias);
+  s.compand_search = opt_field_bool(L, arg, "compand_search", fn, s.compand_search);
+  s.f16_scales = opt_field_bool(L, arg, "f16_scales", fn, s.f16_scales);
+  s.float_zero = opt_field_bool(L, arg, "float_zero", fn, s.float_zero);
+  // Allocation: alloc = bits per (row group, column group) [nrowgroups, ngroups]; row_groups =
+  // 1-based row group of every row (absent: each row its own).
+  for (int64_t b : int_list_field(L, arg, "alloc", fn, 0, 8)) s.group_bits.push_back((uint8_t)b);
+  for (int64_t k : int_list_field(L, arg, "row_groups", fn, 1, 1 << 30)) {
+    s.row_group.push_back((int32_t)(k - 1));
+    s.nrowgroups = std::max<int64_t>(s.nrowgroups, k);
+  }
+  lua_getfield(L, arg, "alloc");
+  if (is_tensor(L, -1) && !s.row_group.empty()) {  // the allocation's rows are the row groups
+    const Tensor& a = check_tensor(L, -1, fn);
+    if (a.dim() == 2) s.nrowgroups = std::max<int64_t>(s.nrowgroups, a.size(0));
+  }
+  lua_pop(L, 1);
+  try {
+    s.validate();
+  } catch (const Error& e) {
+    // validate's messages start with "grid: "; qf.grid{} keeps them as they are (no "grid: grid:").
+    const std::string msg = e.what(), pre = std::string(fn) + ": ";
+    if (msg.rfind(pre, 0) == 0) throw;
+    fail(fn, ": ", msg);
+  }
+  return s;
+}
+
+static void push_spec(lua_State* L, const GridSpec& s) {
+  lua_createtable(L, 0, 7);
+  set_field(L, "bits", s.bits);
+  set_field(L, "sym", s.sym);
+  set_field(L, "group", s.group);
+  set_field(L, "mse", s.mse);
+  if (s.mse) {
+    set_field(L, "maxshrink", (double)s.maxshrink);
+    set_field(L, "grid_points", s.grid_points);
+    set_field(L, "norm", (double)s.norm);
+  }
+  if (s.f16_scales) set_field(L, "f16_scales", true);
+  if (s.float_zero) set_field(L, "float_zero", true);
+  if (s.kind == GridKind::Compand) {
+    set_field(L, "kind", std::string("compand"));
+    set_field(L, "compand_mult", (double)s.compand_mult);
+    set_field(L, "compand_bias", (double)s.compand_bias);
+    set_field(L, "compand_search", s.compand_search);
+  }
+  if (!s.group_bits.empty()) {
+    std::vector<float> v(s.group_bits.begin(), s.group_bits.end());
+    push_tensor(L, Tensor::from_data({(int64_t)v.size()}, v));
+    lua_setfield(L, -2, "alloc");
+  }
+  if (!s.row_group.empty()) {
+    lua_createtable(L, (int)s.row_group.size(), 0);
+    for (size_t k = 0; k < s.row_group.size(); ++k) {
+      lua_pushinteger(L, s.row_group[k] + 1);
+      lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+    lua_setfield(L, -2, "row_groups");
+  }
+  luaL_setmetatable(L, kSpecMT);
+}
+
+static int f_grid(lua_State* L) {
+  push_spec(L, spec_arg(L, 1, "grid"));
+  return 1;
+}
+
+static int spec_tostring(lua_State* L) {
+  push_str(L, "qforge.grid " + spec_arg(L, 1, "__tostring").str());
+  return 1;
+}
+
+// ---- Grid and QLinear userdata ------------------------------------------------------------
+Grid& check_grid(lua_State* L, int arg, const char* fn) { return *static_cast<Grid*>(check_udata(L, arg, kGridMT, fn)); }
+QuantizedLinear& check_qlinear(lua_State* L, int arg, const char* fn) {
+  return *static_cast<QuantizedLinear*>(check_udata(L, arg, kQLinMT, fn));
+}
+static void push_grid(lua_State* L, Grid g) { new_udata<Grid>(L, kGridMT, std::move(g)); }
+void push_qlinear(lua_State* L, QuantizedLinear q) { new_udata<QuantizedLinear>(L, kQLinMT, std::move(q)); }
+
+static Tensor params_tensor(const Grid& g, const std::vector<float>& v) {
+  return Tensor::from_data({g.nrowgroups(), g.ngroups}, v);
+}
+
+static int g_scales(lua_State* L) {
+  const Grid& g = check_grid(L, 1, "scales");
+  push_tensor(L, params_tensor(g, g.scale));
+  return 1;
+}
+static int g_zeros(lua_State* L) {
+  const Grid& g = check_grid(L, 1, "zeros");
+  push_tensor(L, params_tensor(g, g.zero));
+  return 1;
+}
+static int g_g_idx(lua_State* L) {  // 1-based group of every column
+  const Grid& g = check_grid(L, 1, "g_idx");
+  lua_createtable(L, (int)g.cols, 0);
+  for (int64_t c = 0; c < g.cols; ++c) {
+    lua_pushinteger(L, g.g_idx[c] + 1);
+    lua_rawseti(L, -2, c + 1);
+  }
+  return 1;
+}
+static int g_spec(lua_State* L) {
+  push_spec(L, check_grid(L, 1, "spec").spec);
+  return 1;
+}
+// grid:quantize(W [, outliers]) -> QLinear: rounds every weight of W onto this grid; the nonzero
+// entries of the dense tensor `outliers` (same shape) become the QLinear's sparse outliers, so
+// q:dequantize() = grid values + outliers (a solver that keeps Ŵ = on-grid part + sparse part).
+static int g_quantize(lua_State* L) {
+  const Grid& g = check_grid(L, 1, "quantize");
+  QuantizedLinear q = quantize_to_grid(check_tensor(L, 2, "quantize"), g);
+  if (!is_none_or_nil(L, 3)) {
+    const Tensor& H = check_tensor(L, 3, "quantize");
+    if (H.dtype() != DType::F32) fail("quantize: outliers tensor has dtype ", dtype_name(H.dtype()), ", expected f32");
+    if (H.dim() != 2 || H.size(0) != g.rows || H.size(1) != g.cols)
+      fail("quantize: outliers ", shape_str(H.shape()), " do not match the grid's [", g.rows, ", ", g.cols, "]");
+    const Tensor Hc = H.contiguous();
+    const float* h = Hc.f32();
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t c = 0; c < g.cols; ++c) {
+        const float v = h[r * g.cols + c];
+        if (!std::isfinite(v)) fail("quantize: outlier at row ", r + 1, ", column ", c + 1, " is not finite (", v, ")");
+        if (v != 0.f) {
+          q.outliers.row.push_back((int32_t)r);
+          q.outliers.col.push_back((int32_t)c);
+          q.outliers.val.push_back(v);
+        }
+      }
+  }
+  push_qlinear(L, std::move(q));
+  return 1;
+}
+static int g_tostring(lua_State* L) {
+  const Grid& g = check_grid(L, 1, "__tostring");
+  push_str(L, "qforge.Grid " + g.spec.str() + " [" + std::to_string(g.rows) + ", " + std::to_string(g.cols) + "], " +
+                  std::to_string(g.ngroups) + " group(s) per row");
+  return 1;
+}
+
+static int q_dequantize(lua_State* L) {
+  push_tensor(L, check_qlinear(L, 1, "dequantize").dequantize());
+  return 1;
+}
+static int q_codes(lua_State* L) {
+  push_tensor(L, check_qlinear(L, 1, "codes").codes);
+  return 1;
+}
+static int q_grid(lua_State* L) {
+  push_grid(L, check_qlinear(L, 1, "grid").grid);
+  return 1;
+}
+static int q_nnz(lua_State* L) {  // number of full-precision outliers
+  lua_pushinteger(L, check_qlinear(L, 1, "nnz").outliers.nnz());
+  return 1;
+}
+static int q_outliers(lua_State* L) {  // {{row, col, value}, ...}, 1-based
+  const SparseEntries& o = check_qlinear(L, 1, "outliers").outliers;
+  lua_createtable(L, (int)o.nnz(), 0);
+  for (int64_t k = 0; k < o.nnz(); ++k) {
+    lua_createtable(L, 3, 0);
+    lua_pushinteger(L, o.row[k] + 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, o.col[k] + 1);
+    lua_rawseti(L, -2, 2);
+    lua_pushnumber(L, o.val[k]);
+    lua_rawseti(L, -2, 3);
+    lua_rawseti(L, -2, k + 1);
+  }
+  return 1;
+}
+static int q_tostring(lua_State* L) {
+  const QuantizedLinear& q = check_qlinear(L, 1, "__tostring");
+  push_str(L, "qforge.QLinear " + q.grid.spec.str() + " [" + std::to_string(q.grid.rows) + ", " + std::to_string(q.grid.cols) +
+                  "]" + (q.outliers.nnz() ? ", " + std::to_string(q.outliers.nnz()) + " outliers" : std::string()));
+  return 1;
+}
+
+static int f_fit_grid(lua_State* L) {
+  push_grid(L, grid_fit(check_tensor(L, 1, "fit_grid"), spec_arg(L, 2, "fit_grid")));
+  return 1;
+}
+
+void open_grid(lua_State* L, int mod) {
+  mod = lua_absindex(L, mod);
+  // Arities (the most arguments used, self included): lua_util.h.
+  register_class(L, kSpecMT, {}, nullptr, qf_guard<spec_tostring>);
+  register_class(L, kGridMT,
+                 {{"scales", qf_guard<g_scales>, 1}, {"zeros", qf_guard<g_zeros>, 1}, {"g_idx", qf_guard<g_g_idx>, 1},
+                  {"spec", qf_guard<g_spec>, 1}, {"quantize", qf_guard<g_quantize>, 3}},
+                 udata_gc<Grid>, qf_guard<g_tostring>);
+  register_class(L, kQLinMT,
+                 {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
+                  {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1}},
+                 udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
+  set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 2}});
+}
+
+// Exported through lua_util.h (with check_grid, check_qlinear, push_qlinear) for other binding files.
+GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn) { return spec_arg(L, arg, fn); }
+
+}  // namespace qf::lua
