@@ -14,9 +14,9 @@
 // and qf.iht_step update their tensor argument in place and return it.
 #include "solvers/solver.h"
 
-#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "lua_util.h"
 #include "runner.h"
@@ -48,8 +48,10 @@ static SolverLog solver_log(lua_State* L, const char* solver) {
   };
 }
 
-// A flat options table {name = number | boolean | string} as JSON (integers stay integers).
-static json options_arg(lua_State* L, int arg, const char* fn) {
+// A flat options table {name = number | boolean | string} as JSON (integers stay integers). With
+// `fields` (the primitives): a float with an integer value given for an integer field becomes that
+// integer (iters = 4.0), as the primitives have always taken it.
+static json options_arg(lua_State* L, int arg, const char* fn, const std::vector<OptionField>* fields = nullptr) {
   json o = json::object();
   if (is_none_or_nil(L, arg)) return o;
   check_table(L, arg, fn);
@@ -58,11 +60,19 @@ static json options_arg(lua_State* L, int arg, const char* fn) {
   while (lua_next(L, arg)) {
     if (lua_type(L, -2) != LUA_TSTRING) fail(fn, ": option names must be strings");
     const std::string k = lua_tostring(L, -2);
+    auto int_field = [&] {
+      if (fields)
+        for (const OptionField& f : *fields)
+          if (f.name == k) return f.type == OptionType::Int;
+      return false;
+    };
+    int is_int = 0;
     switch (lua_type(L, -1)) {
       case LUA_TBOOLEAN: o[k] = (bool)lua_toboolean(L, -1); break;
       case LUA_TSTRING: o[k] = std::string(lua_tostring(L, -1)); break;
       case LUA_TNUMBER:
-        if (lua_isinteger(L, -1)) o[k] = (int64_t)lua_tointeger(L, -1);
+        if (lua_isinteger(L, -1) || (int_field() && (lua_tointegerx(L, -1, &is_int), is_int)))
+          o[k] = (int64_t)lua_tointeger(L, -1);
         else o[k] = (double)lua_tonumber(L, -1);
         break;
       default: fail(fn, ": option '", k, "' must be a number, boolean or string, got ", type_name(L, -1));
@@ -207,6 +217,73 @@ static int f_solve(lua_State* L) {
 }
 
 // ---- the primitives ------------------------------------------------------------------------
+// Each parses its options table against declared fields: a registry solver's (qf.solvers()) where
+// the primitive is that solver, or the tables below for the pieces the registry has no entry for.
+// Defaults, ranges, choices and messages are therefore qf.solve's ("gptq: option 'blocksize' must
+// be an integer >= 1, got 0"). `own` are options the caller reads itself (table values, which the
+// declarations cannot type); they are known, not resolved.
+static ojson primitive_options(lua_State* L, int arg, const char* fn, const std::vector<OptionField>& fields,
+                               std::initializer_list<const char*> own = {}) {
+  if (!is_none_or_nil(L, arg) && lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "options table");
+  json given = json::object();
+  if (lua_type(L, arg) == LUA_TTABLE) {
+    // A copy without the caller's own keys; unknown names fail here so the known list names them too.
+    arg = lua_absindex(L, arg);
+    lua_newtable(L);
+    const int copy = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, arg)) {
+      bool mine = false, known = false;
+      if (lua_type(L, -2) == LUA_TSTRING) {
+        const char* k = lua_tostring(L, -2);
+        for (const char* n : own) mine = mine || std::strcmp(k, n) == 0;
+        for (const OptionField& f : fields) known = known || f.name == k;
+        if (!mine && !known) {
+          std::string list;
+          for (const OptionField& f : fields) list += (list.empty() ? "" : ", ") + f.name;
+          for (const char* n : own) list += (list.empty() ? "" : ", ") + std::string(n);
+          fail(fn, ": unknown option '", k, "' (known: ", list, ")");
+        }
+      }
+      if (mine) {
+        lua_pop(L, 1);
+        continue;
+      }
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, copy);
+    }
+    given = options_arg(L, copy, fn, &fields);
+    lua_pop(L, 1);
+  }
+  return resolve_options(fn, fields, given);
+}
+
+static const std::vector<OptionField>& registry_fields(const char* solver) { return find_solver(solver).options; }
+
+// cd_sweep's and iht_step's own fields (no registry solver is one sweep or one IHT step); defaults
+// from the engine's option structs.
+static const std::vector<OptionField>& cd_sweep_fields() {
+  static const std::vector<OptionField> f = [] {
+    const CdSweepOptions d;
+    return std::vector<OptionField>{
+        {"continuous", OptionType::Bool, d.continuous, "set each coordinate to its unquantized minimizer", -INFINITY, INFINITY, {}}};
+  }();
+  return f;
+}
+static const std::vector<OptionField>& iht_fields() {
+  static const std::vector<OptionField> f = [] {
+    const IhtOptions d;
+    return std::vector<OptionField>{
+        {"k", OptionType::Int, d.k, "entries (or columns when structured) to keep; required", 0, INFINITY, {}},
+        {"alpha", OptionType::Number, d.alpha, "step size (times 1/(2 lambda_max))", 0, INFINITY, {}, true, false},
+        {"structured", OptionType::Bool, d.structured, "keep whole input columns by L2 norm", -INFINITY, INFINITY, {}},
+        {"lambda_max", OptionType::Number, d.lambda_max, "lambda_max(Sigma) if known (0: computed by power iteration)", 0,
+         INFINITY, {}}};
+  }();
+  return f;
+}
+
 static int f_rtn(lua_State* L) {
   push_qlinear(L, rtn(check_tensor(L, 1, "rtn"), grid_spec_arg(L, 2, "rtn")));
   return 1;
@@ -217,12 +294,12 @@ static int f_gptq(lua_State* L) {
   const Tensor& W = check_tensor(L, 1, fn);
   const Tensor& H = check_tensor(L, 2, fn);
   const GridSpec spec = grid_spec_arg(L, 3, fn);
-  check_opts(L, 4, fn, {"blocksize", "percdamp", "act_order", "static_groups"});
+  const ojson opt = primitive_options(L, 4, fn, registry_fields("gptq"));
   GptqOptions o;
-  o.blocksize = opt_field_int(L, 4, "blocksize", fn, o.blocksize);
-  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
-  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
-  o.static_groups = opt_field_bool(L, 4, "static_groups", fn, o.static_groups);
+  o.blocksize = opt.at("blocksize").get<int64_t>();
+  o.percdamp = opt.at("percdamp").get<double>();
+  o.act_order = opt.at("act_order").get<bool>();
+  o.static_groups = opt.at("static_groups").get<bool>();
   GptqResult r = gptq(W, H, spec, o, solver_log(L, fn));
   push_qlinear(L, std::move(r.q));
   lua_createtable(L, 0, 2);
@@ -257,9 +334,9 @@ static int f_cd_sweep(lua_State* L) {
   const Tensor& S = check_tensor(L, 2, fn);
   Tensor& What = check_tensor(L, 3, fn);
   const Grid& g = check_grid(L, 4, fn);
-  check_opts(L, 5, fn, {"continuous", "order"});
+  const ojson opt = primitive_options(L, 5, fn, cd_sweep_fields(), {"order"});
   CdSweepOptions o;
-  o.continuous = opt_field_bool(L, 5, "continuous", fn, false);
+  o.continuous = opt.at("continuous").get<bool>();
   o.order = order_field(L, 5, fn, g.cols);
   cd_sweep(T, S, What, g, o);
   lua_settop(L, 3);
@@ -271,13 +348,13 @@ static int f_quantease(lua_State* L) {
   const Tensor& W = check_tensor(L, 1, fn);
   const Tensor& H = check_tensor(L, 2, fn);
   const GridSpec spec = grid_spec_arg(L, 3, fn);
-  check_opts(L, 4, fn, {"iters", "init", "continuous_every", "percdamp", "act_order"});
+  const ojson opt = primitive_options(L, 4, fn, registry_fields("quantease"));
   QuantEaseOptions o;
-  o.iters = (int)opt_field_int(L, 4, "iters", fn, o.iters);
-  o.init = opt_field_str(L, 4, "init", fn, o.init);
-  o.continuous_every = (int)opt_field_int(L, 4, "continuous_every", fn, o.continuous_every);
-  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
-  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
+  o.iters = (int)opt.at("iters").get<int64_t>();
+  o.init = opt.at("init").get<std::string>();
+  o.continuous_every = (int)opt.at("continuous_every").get<int64_t>();
+  o.percdamp = opt.at("percdamp").get<double>();
+  o.act_order = opt.at("act_order").get<bool>();
   QuantEaseResult r = quantease(W, H, spec, o, solver_log(L, fn));
   push_qlinear(L, std::move(r.q));
   lua_createtable(L, 0, 2);
@@ -293,13 +370,19 @@ static int f_iht_step(lua_State* L) {
   const Tensor& S = check_tensor(L, 2, fn);
   const Tensor& What = check_tensor(L, 3, fn);
   Tensor& Hs = check_tensor(L, 4, fn);
-  check_opts(L, 5, fn, {"k", "alpha", "structured", "lambda_max"});
+  const ojson opt = primitive_options(L, 5, fn, iht_fields());
+  bool has_k = false;  // no default: k is the problem's size
+  if (lua_type(L, 5) == LUA_TTABLE) {
+    lua_pushstring(L, "k");
+    has_k = lua_rawget(L, 5) != LUA_TNIL;
+    lua_pop(L, 1);
+  }
+  if (!has_k) fail(fn, ": option 'k' (entries or columns to keep) is required and must be >= 0");
   IhtOptions o;
-  o.k = opt_field_int(L, 5, "k", fn, -1);
-  if (o.k < 0) fail(fn, ": option 'k' (entries or columns to keep) is required and must be >= 0");
-  o.alpha = opt_field_num(L, 5, "alpha", fn, o.alpha);
-  o.structured = opt_field_bool(L, 5, "structured", fn, o.structured);
-  o.lambda_max = opt_field_num(L, 5, "lambda_max", fn, 0.0);
+  o.k = opt.at("k").get<int64_t>();
+  o.alpha = opt.at("alpha").get<double>();
+  o.structured = opt.at("structured").get<bool>();
+  o.lambda_max = opt.at("lambda_max").get<double>();
   iht_step(W, S, What, Hs, o);
   lua_settop(L, 4);
   return 1;
@@ -315,13 +398,13 @@ static int f_quantease_outliers(lua_State* L) {
   const Tensor& W = check_tensor(L, 1, fn);
   const Tensor& H = check_tensor(L, 2, fn);
   const GridSpec spec = grid_spec_arg(L, 3, fn);
-  check_opts(L, 4, fn, {"ratio", "structured", "iters", "alpha", "continuous_every"});
+  const ojson opt = primitive_options(L, 4, fn, registry_fields("quantease_outliers"));
   OutlierOptions o;
-  o.ratio = opt_field_num(L, 4, "ratio", fn, o.ratio);
-  o.structured = opt_field_bool(L, 4, "structured", fn, o.structured);
-  o.iters = (int)opt_field_int(L, 4, "iters", fn, o.iters);
-  o.alpha = opt_field_num(L, 4, "alpha", fn, o.alpha);
-  o.continuous_every = (int)opt_field_int(L, 4, "continuous_every", fn, o.continuous_every);
+  o.ratio = opt.at("ratio").get<double>();
+  o.structured = opt.at("structured").get<bool>();
+  o.iters = (int)opt.at("iters").get<int64_t>();
+  o.alpha = opt.at("alpha").get<double>();
+  o.continuous_every = (int)opt.at("continuous_every").get<int64_t>();
   OutlierResult r = quantease_outliers(W, H, spec, o, solver_log(L, fn));
   push_qlinear(L, std::move(r.q));
   lua_createtable(L, 0, 1);
@@ -337,37 +420,26 @@ static int f_objective(lua_State* L) {
   return 2;
 }
 
-
-// An int-valued option in [lo, INT_MAX] (the engine stores int).
-static int int_option(lua_State* L, int arg, const char* key, const char* fn, int def, int lo) {
-  const int64_t v = opt_field_int(L, arg, key, fn, def);
-  if (v < lo || v > INT_MAX) fail(fn, ": option '", key, "' must be an integer >= ", lo, ", got ", v);
-  return (int)v;
-}
-
+// decoupleQ's layer stage: the registry's "decoupleq" fields.
 static int f_alt_min(lua_State* L) {
   const char* fn = "alt_min";
   const Tensor& W = check_tensor(L, 1, fn);
   const Tensor& S = check_tensor(L, 2, fn);
   const GridSpec spec = grid_spec_arg(L, 3, fn);
-  check_opts(L, 4, fn, {"iters", "round", "shrink_search", "shrink_steps", "shrink_grid", "percdamp", "act_order", "blocksize",
-                        "pgd_steps", "pgd_inner_steps", "pgd_lr", "min_improved"});
+  const ojson opt = primitive_options(L, 4, fn, registry_fields("decoupleq"));
   AltMinOptions o;
-  o.iters = int_option(L, 4, "iters", fn, o.iters, 1);
-  const std::string round = opt_field_str(L, 4, "round", fn, "gptq");
-  if (round == "gptq") o.round = AltMinOptions::Round::Gptq;
-  else if (round == "pgd") o.round = AltMinOptions::Round::Pgd;
-  else fail(fn, ": option 'round' must be \"gptq\" or \"pgd\", got \"", round, "\"");
-  o.shrink_search = opt_field_bool(L, 4, "shrink_search", fn, o.shrink_search);
-  o.shrink_steps = int_option(L, 4, "shrink_steps", fn, o.shrink_steps, 1);
-  o.shrink_grid = int_option(L, 4, "shrink_grid", fn, o.shrink_grid, 1);
-  o.percdamp = opt_field_num(L, 4, "percdamp", fn, o.percdamp);
-  o.act_order = opt_field_bool(L, 4, "act_order", fn, o.act_order);
-  o.blocksize = opt_field_int(L, 4, "blocksize", fn, o.blocksize);
-  o.pgd_steps = int_option(L, 4, "pgd_steps", fn, o.pgd_steps, 0);
-  o.pgd_inner_steps = int_option(L, 4, "pgd_inner_steps", fn, o.pgd_inner_steps, 0);
-  o.pgd_lr = opt_field_num(L, 4, "pgd_lr", fn, o.pgd_lr);
-  o.min_improved = opt_field_num(L, 4, "min_improved", fn, o.min_improved);
+  o.iters = (int)opt.at("iters").get<int64_t>();
+  o.round = opt.at("round").get<std::string>() == "pgd" ? AltMinOptions::Round::Pgd : AltMinOptions::Round::Gptq;
+  o.shrink_search = opt.at("shrink_search").get<bool>();
+  o.shrink_steps = (int)opt.at("shrink_steps").get<int64_t>();
+  o.shrink_grid = (int)opt.at("shrink_grid").get<int64_t>();
+  o.percdamp = opt.at("percdamp").get<double>();
+  o.act_order = opt.at("act_order").get<bool>();
+  o.blocksize = opt.at("blocksize").get<int64_t>();
+  o.pgd_steps = (int)opt.at("pgd_steps").get<int64_t>();
+  o.pgd_inner_steps = (int)opt.at("pgd_inner_steps").get<int64_t>();
+  o.pgd_lr = opt.at("pgd_lr").get<double>();
+  o.min_improved = opt.at("min_improved").get<double>();
   AltMinResult r = alt_min(W, S, spec, o, solver_log(L, fn));
 
   push_qlinear(L, std::move(r.q));
