@@ -104,6 +104,54 @@ static OptionField opt_str(const char* n, const char* d, std::vector<std::string
   return {n, OptionType::String, d, help, -INFINITY, INFINITY, std::move(choices)};
 }
 
+// Resolved options (resolve_options on the solver's fields) → the engine's option structs,
+// shared by the registry and the Lua primitives (qf.gptq, …).
+GptqOptions gptq_options(const ojson& o) {
+  GptqOptions go;
+  go.blocksize = o.at("blocksize").get<int64_t>();
+  go.percdamp = o.at("percdamp").get<double>();
+  go.act_order = o.at("act_order").get<bool>();
+  go.static_groups = o.at("static_groups").get<bool>();
+  return go;
+}
+
+QuantEaseOptions quantease_options(const ojson& o) {
+  QuantEaseOptions qo;
+  qo.iters = (int)o.at("iters").get<int64_t>();
+  qo.init = o.at("init").get<std::string>();
+  qo.continuous_every = (int)o.at("continuous_every").get<int64_t>();
+  qo.percdamp = o.at("percdamp").get<double>();
+  qo.act_order = o.at("act_order").get<bool>();
+  return qo;
+}
+
+OutlierOptions quantease_outliers_options(const ojson& o) {
+  OutlierOptions oo;
+  oo.ratio = o.at("ratio").get<double>();
+  oo.structured = o.at("structured").get<bool>();
+  oo.iters = (int)o.at("iters").get<int64_t>();
+  oo.alpha = o.at("alpha").get<double>();
+  oo.continuous_every = (int)o.at("continuous_every").get<int64_t>();
+  return oo;
+}
+
+AltMinOptions decoupleq_options(const ojson& o) {
+  AltMinOptions ao;
+  ao.iters = (int)o.at("iters").get<int64_t>();
+  ao.round = o.at("round").get<std::string>() == "pgd" ? AltMinOptions::Round::Pgd : AltMinOptions::Round::Gptq;
+  ao.shrink_search = o.at("shrink_search").get<bool>();
+  ao.shrink_steps = (int)o.at("shrink_steps").get<int64_t>();
+  ao.shrink_grid = (int)o.at("shrink_grid").get<int64_t>();
+  ao.percdamp = o.at("percdamp").get<double>();
+  ao.act_order = o.at("act_order").get<bool>();
+  ao.blocksize = o.at("blocksize").get<int64_t>();
+  ao.pgd_steps = (int)o.at("pgd_steps").get<int64_t>();
+  ao.pgd_inner_steps = (int)o.at("pgd_inner_steps").get<int64_t>();
+  ao.pgd_lr = o.at("pgd_lr").get<double>();
+  ao.min_improved = o.at("min_improved").get<double>();
+  return ao;
+}
+
 static std::vector<SolverEntry> make_registry() {
   const GptqOptions g;
   const QuantEaseOptions qe;
@@ -120,11 +168,7 @@ static std::vector<SolverEntry> make_registry() {
                 opt_bool("act_order", g.act_order, "columns in decreasing diag(Sigma) order"),
                 opt_bool("static_groups", g.static_groups, "group parameters from the original W up front (needs group > 0)")},
                [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
-                 GptqOptions go;
-                 go.blocksize = o["blocksize"].get<int64_t>();
-                 go.percdamp = o["percdamp"].get<double>();
-                 go.act_order = o["act_order"].get<bool>();
-                 go.static_groups = o["static_groups"].get<bool>();
+                 const GptqOptions go = gptq_options(o);
                  GptqResult gr = gptq(p, s, go, log);
                  ojson info = {{"percdamp", gr.percdamp_used}, {"proxy_loss", gr.proxy_loss}};
                  return SolveResult{std::move(gr.q), std::move(info)};
@@ -136,12 +180,7 @@ static std::vector<SolverEntry> make_registry() {
                 opt_num("percdamp", qe.percdamp, 0, "damping of Sigma before solving (reference QuantEase: none)"),
                 opt_bool("act_order", qe.act_order, "sweep columns in decreasing diag(Sigma) order")},
                [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
-                 QuantEaseOptions qo;
-                 qo.iters = (int)o["iters"].get<int64_t>();
-                 qo.init = o["init"].get<std::string>();
-                 qo.continuous_every = (int)o["continuous_every"].get<int64_t>();
-                 qo.percdamp = o["percdamp"].get<double>();
-                 qo.act_order = o["act_order"].get<bool>();
+                 const QuantEaseOptions qo = quantease_options(o);
                  QuantEaseResult qr = quantease(p, s, qo, log);
                  ojson info = {{"sweeps", qr.objective}, {"init_objective", qr.init_objective}};
                  return SolveResult{std::move(qr.q), std::move(info)};
@@ -153,12 +192,7 @@ static std::vector<SolverEntry> make_registry() {
                 opt_num("alpha", ol.alpha, 0, "IHT step size (times 1/(2 lambda_max))", INFINITY, true),
                 opt_int("continuous_every", ol.continuous_every, 0, "QuantEase's continuous-sweep schedule (0: never)")},
                [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
-                 OutlierOptions oo;
-                 oo.ratio = o["ratio"].get<double>();
-                 oo.structured = o["structured"].get<bool>();
-                 oo.iters = (int)o["iters"].get<int64_t>();
-                 oo.alpha = o["alpha"].get<double>();
-                 oo.continuous_every = (int)o["continuous_every"].get<int64_t>();
+                 const OutlierOptions oo = quantease_outliers_options(o);
                  OutlierResult orr = quantease_outliers(p, s, oo, log);
                  ojson info = {{"sweeps", orr.objective}, {"outliers", orr.q.outliers.nnz()}};
                  return SolveResult{std::move(orr.q), std::move(info)};
@@ -177,19 +211,7 @@ static std::vector<SolverEntry> make_registry() {
                 opt_num("pgd_lr", am.pgd_lr, 0, "round=pgd: Adam step size in code units", INFINITY, true),
                 opt_num("min_improved", am.min_improved, 0, "stop when fewer rows than this fraction improved in a round", 1)},
                [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
-                 AltMinOptions ao;
-                 ao.iters = (int)o["iters"].get<int64_t>();
-                 ao.round = o["round"].get<std::string>() == "pgd" ? AltMinOptions::Round::Pgd : AltMinOptions::Round::Gptq;
-                 ao.shrink_search = o["shrink_search"].get<bool>();
-                 ao.shrink_steps = (int)o["shrink_steps"].get<int64_t>();
-                 ao.shrink_grid = (int)o["shrink_grid"].get<int64_t>();
-                 ao.percdamp = o["percdamp"].get<double>();
-                 ao.act_order = o["act_order"].get<bool>();
-                 ao.blocksize = o["blocksize"].get<int64_t>();
-                 ao.pgd_steps = (int)o["pgd_steps"].get<int64_t>();
-                 ao.pgd_inner_steps = (int)o["pgd_inner_steps"].get<int64_t>();
-                 ao.pgd_lr = o["pgd_lr"].get<double>();
-                 ao.min_improved = o["min_improved"].get<double>();
+                 const AltMinOptions ao = decoupleq_options(o);
                  AltMinResult ar = alt_min(p, s, ao, log);
                  ojson info = {{"history", ar.history}, {"rows_improved", ar.rows_improved}, {"iters", ar.iters},
                                {"damped_rows", ar.damped_rows}};

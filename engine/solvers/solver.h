@@ -13,6 +13,10 @@
 
 #include "quant/grid.h"
 #include "quant/layer_problem.h"
+#include "solvers/decoupleq.h"
+#include "solvers/gptq.h"
+#include "solvers/quantease.h"
+#include "solvers/quantease_outliers.h"
 
 namespace qf {
 
@@ -53,6 +57,13 @@ struct SolverEntry {
 };
 
 const std::vector<SolverEntry>& solver_registry();
+
+// A solver's resolved options (resolve_options on its registry fields) as the engine's option
+// struct: one mapping for the registry and for the Lua primitives.
+GptqOptions gptq_options(const nlohmann::ordered_json& resolved);
+QuantEaseOptions quantease_options(const nlohmann::ordered_json& resolved);
+OutlierOptions quantease_outliers_options(const nlohmann::ordered_json& resolved);
+AltMinOptions decoupleq_options(const nlohmann::ordered_json& resolved);
 const SolverEntry& find_solver(const std::string& name);  // error lists the known solvers
 
 // Resolves the options, runs the solver, and fills the common info fields.
