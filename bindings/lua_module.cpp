@@ -18,6 +18,7 @@
 #include "lua_util.h"
 #include "qforge_version.h"
 #include "runner.h"
+#include "solvers/solver.h"
 
 namespace qf::lua {
 
@@ -83,64 +84,14 @@ static json to_json(lua_State* L, int idx, const char* fn, int depth) {
 }
 
 // ---- qf.options ---------------------------------------------------------------------
-enum class OptType { Int, Num, Bool, Str };
-// A declared option: its type (from the default), help, and the values it accepts
-// (declared in the help table as {"text", min=, max=, gt=, lt=, also={...}, choices={...}}).
-struct OptDecl {
-  OptType type;
-  json def;
-  std::string help;
-  bool has_min = false, has_max = false, has_gt = false, has_lt = false;
-  double min = 0, max = 0, gt = 0, lt = 0;
-  std::vector<double> also;       // accepted besides the range (e.g. group = -1)
-  std::vector<json> choices;      // the only accepted values
-};
-
-static const char* opt_type_name(OptType t) {
-  switch (t) {
-    case OptType::Int: return "integer";
-    case OptType::Num: return "number";
-    case OptType::Bool: return "boolean";
-    case OptType::Str: return "string";
-  }
-  return "?";
-}
+// A declared option is an OptionField (engine/solvers/solver.h), the solvers' own declaration
+// type: its type comes from the default; help and the accepted values from the help table
+// {"text", min=, max=, gt=, lt=, also={...}, choices={...}}; option_accepted and
+// option_value_error say what it accepts, for a recipe's options and a solver's alike.
+using OptDecl = OptionField;
+using OptType = OptionType;
 
 static std::string value_str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
-
-static std::string num_str(double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", x);
-  return buf;
-}
-
-// "1..8", "> 0 and < 1", "-1 or >= 1", "one of w, rtn, gptq" (empty: anything of the type); with
-// `typed`, as a message says it: "an integer in 1..8", "-1 or an integer >= 1", "a finite number > 0".
-static std::string accepted_str(const OptDecl& d, bool typed = false) {
-  if (!d.choices.empty()) {
-    std::string s = "one of ";
-    for (size_t i = 0; i < d.choices.size(); ++i) s += (i ? ", " : "") + value_str(d.choices[i]);
-    return s;
-  }
-  // Lower bounds before upper ones: "1..8", ">= 1", "> 0 and <= 8".
-  std::vector<std::string> parts;
-  const bool range = d.has_min && d.has_max;
-  if (range) parts.push_back((typed ? "in " : "") + num_str(d.min) + ".." + num_str(d.max));
-  else if (d.has_min) parts.push_back(">= " + num_str(d.min));
-  if (d.has_gt) parts.push_back("> " + num_str(d.gt));
-  if (d.has_lt) parts.push_back("< " + num_str(d.lt));
-  if (!range && d.has_max) parts.push_back("<= " + num_str(d.max));
-  std::string r;
-  for (size_t i = 0; i < parts.size(); ++i) r += (i ? " and " : "") + parts[i];
-  if (r.empty()) return r;
-  if (typed) r = std::string(d.type == OptType::Int ? "an integer " : "a finite number ") + r;
-  if (!d.also.empty()) {
-    std::string a;
-    for (double x : d.also) a += num_str(x) + " or ";
-    r = a + r;
-  }
-  return r;
-}
 
 // Raises an option error: the runner maps it to exit code 2 (RunContext::option_error).
 [[noreturn]] static void option_fail(RunContext* ctx, const std::string& msg) {
@@ -158,7 +109,7 @@ static json coerce(RunContext* ctx, const std::string& name, const OptDecl& d, c
         option_fail(ctx, "option '" + name + "' expects an integer, got '" + v + "'");
       return x;
     }
-    case OptType::Num: {
+    case OptType::Number: {
       char* end = nullptr;
       double x = v.empty() ? 0 : std::strtod(v.c_str(), &end);
       if (v.empty() || *end) option_fail(ctx, "option '" + name + "' expects a number, got '" + v + "'");
@@ -172,25 +123,15 @@ static json coerce(RunContext* ctx, const std::string& name, const OptDecl& d, c
         if (strcasecmp(v.c_str(), f) == 0) return false;
       option_fail(ctx, "option '" + name + "' expects a boolean (true/false, 1/0, yes/no, on/off), got '" + v + "'");
     }
-    case OptType::Str: return v;
+    case OptType::String: return v;
   }
   return v;
 }
 
 // The resolved value must be one the declaration accepts.
 static void validate(RunContext* ctx, const std::string& name, const OptDecl& d, const json& v) {
-  if (!d.choices.empty()) {
-    for (const json& c : d.choices)
-      if (c == v) return;
-    option_fail(ctx, "option '" + name + "' must be " + accepted_str(d) + "; got '" + value_str(v) + "'");
-  }
-  if (!v.is_number()) return;
-  const double x = v.get<double>();
-  if (!std::isfinite(x)) option_fail(ctx, "option '" + name + "' expects a finite number, got " + value_str(v));
-  for (double a : d.also)
-    if (x == a) return;
-  const bool ok = (!d.has_min || x >= d.min) && (!d.has_max || x <= d.max) && (!d.has_gt || x > d.gt) && (!d.has_lt || x < d.lt);
-  if (!ok) option_fail(ctx, "option '" + name + "' must be " + accepted_str(d, true) + ", got " + value_str(v));
+  const std::string why = option_value_error(d, v);
+  if (!why.empty()) option_fail(ctx, "option '" + name + "' " + why);
 }
 
 static void push_json_scalar(lua_State* L, const json& v) {
@@ -205,15 +146,15 @@ static void print_help(const RunContext& ctx, const std::map<std::string, OptDec
   std::ostream& os = std::cout;
   os << "usage: qforge run " << ctx.recipe_path << " [key=value ...]\n\noptions of " << ctx.recipe_name << ":\n";
   size_t w = 0;
-  for (const auto& [k, d] : decl) w = std::max(w, k.size() + 3 + value_str(d.def).size());
+  for (const auto& [k, d] : decl) w = std::max(w, k.size() + 3 + value_str(d.default_value).size());
   for (const auto& [k, d] : decl) {
-    std::string lhs = k + " = " + value_str(d.def);
-    const std::string type = std::string("(") + opt_type_name(d.type) + ")";
+    std::string lhs = k + " = " + value_str(d.default_value);
+    const std::string type = std::string("(") + option_type_name(d.type) + ")";
     os << "  " << lhs << std::string(w - lhs.size() + 2, ' ') << type;
-    const std::string acc = accepted_str(d);
+    const std::string acc = option_accepted(d);
     std::string help = d.help;
     if (!acc.empty() && d.choices.empty()) help += std::string(help.empty() ? "" : " ") + "[" + acc + "]";
-    else if (!acc.empty() && help.find(value_str(d.choices[0])) == std::string::npos)
+    else if (!acc.empty() && help.find(d.choices[0]) == std::string::npos)
       help += std::string(help.empty() ? "" : " ") + "[" + acc + "]";
     if (!help.empty()) os << std::string(11 - type.size(), ' ') << help;
     os << "\n";
@@ -244,12 +185,14 @@ static void read_decl(lua_State* L, const std::string& name, OptDecl& d) {
       d.help = lua_tostring(L, -1);
     } else if (key == "min" || key == "max" || key == "gt" || key == "lt") {
       if (lua_type(L, -1) != LUA_TNUMBER) bad("'" + key + "' must be a number");
-      if (d.type != OptType::Int && d.type != OptType::Num) bad("'" + key + "' applies to number options");
+      if (d.type != OptType::Int && d.type != OptType::Number) bad("'" + key + "' applies to number options");
       const double x = lua_tonumber(L, -1);
-      if (key == "min") d.has_min = true, d.min = x;
-      else if (key == "max") d.has_max = true, d.max = x;
-      else if (key == "gt") d.has_gt = true, d.gt = x;
-      else d.has_lt = true, d.lt = x;
+      const bool open = key == "gt" || key == "lt";
+      if (key == "min" || key == "gt") {  // the stricter lower bound wins when both are given
+        if (x > d.min || (x == d.min && open)) d.min = x, d.min_open = open;
+      } else if (x < d.max || (x == d.max && open)) {
+        d.max = x, d.max_open = open;
+      }
     } else if (key == "also" || key == "choices") {
       if (lua_type(L, -1) != LUA_TTABLE) bad("'" + key + "' must be a list");
       const int lt = lua_gettop(L);
@@ -258,12 +201,12 @@ static void read_decl(lua_State* L, const std::string& name, OptDecl& d) {
         if (key == "also") {
           if (lua_type(L, -1) != LUA_TNUMBER) bad("'also' lists numbers");
           d.also.push_back(lua_tonumber(L, -1));
-        } else if (d.type == OptType::Str && lua_type(L, -1) == LUA_TSTRING) {
-          d.choices.push_back(std::string(lua_tostring(L, -1)));
+        } else if (d.type == OptType::String && lua_type(L, -1) == LUA_TSTRING) {
+          d.choices.push_back(lua_tostring(L, -1));
         } else if (d.type == OptType::Int && lua_isinteger(L, -1)) {
-          d.choices.push_back((int64_t)lua_tointeger(L, -1));
+          d.choices.push_back(std::to_string((long long)lua_tointeger(L, -1)));
         } else {
-          bad("'choices' lists values of the option's type (" + std::string(opt_type_name(d.type)) + ")");
+          bad("'choices' lists values of the option's type (" + std::string(option_type_name(d.type)) + ")");
         }
         lua_pop(L, 1);
       }
@@ -274,6 +217,51 @@ static void read_decl(lua_State* L, const std::string& name, OptDecl& d) {
   }
 }
 
+// The declarations of qf.options' two tables (defaults at index `defaults`, help at `help`).
+static void read_decls(lua_State* L, int defaults, int help, const char* who, std::map<std::string, OptDecl>& decl) {
+  lua_pushnil(L);
+  while (lua_next(L, defaults)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pop(L, 2);
+      fail(who, ": option names must be strings");
+    }
+    const std::string name = lua_tostring(L, -2);
+    OptDecl d;
+    d.name = name;
+    switch (lua_type(L, -1)) {
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) d.type = OptType::Int, d.default_value = (int64_t)lua_tointeger(L, -1);
+        else d.type = OptType::Number, d.default_value = lua_tonumber(L, -1);
+        break;
+      case LUA_TBOOLEAN: d.type = OptType::Bool, d.default_value = (bool)lua_toboolean(L, -1); break;
+      case LUA_TSTRING: d.type = OptType::String, d.default_value = std::string(lua_tostring(L, -1)); break;
+      default: {
+        std::string t = luaL_typename(L, -1);
+        lua_pop(L, 2);
+        fail(who, ": option '", name, "' has a default of type ", t,
+             " (expected integer, number, boolean or string)");
+      }
+    }
+    lua_pop(L, 1);
+    if (name == "out" || name == "threads") fail(who, ": option '", name, "' is reserved by the runner");
+    if (name == "seed" && d.type != OptType::Int) fail(who, ": option 'seed' must have an integer default");
+    decl[name] = d;
+  }
+  if (lua_type(L, help) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, help)) {
+      std::string name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      if (!decl.count(name)) {
+        lua_pop(L, 2);
+        fail(who, ": help given for undeclared option '", name, "'");
+      }
+      read_decl(L, name, decl[name]);
+      lua_pop(L, 1);
+    }
+  }
+
+}
+
 // qf.options{ name = default, ... } [, { name = "help" | {"help", min=, ...} }] -> resolved table
 static int f_options(lua_State* L) {
   check_table(L, 1, "options");
@@ -282,45 +270,7 @@ static int f_options(lua_State* L) {
   if (ctx && ctx->options_declared) fail("qf.options may be called only once");
 
   std::map<std::string, OptDecl> decl;
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    if (lua_type(L, -2) != LUA_TSTRING) {
-      lua_pop(L, 2);
-      fail("qf.options: option names must be strings");
-    }
-    const std::string name = lua_tostring(L, -2);
-    OptDecl d;
-    switch (lua_type(L, -1)) {
-      case LUA_TNUMBER:
-        if (lua_isinteger(L, -1)) d.type = OptType::Int, d.def = (int64_t)lua_tointeger(L, -1);
-        else d.type = OptType::Num, d.def = lua_tonumber(L, -1);
-        break;
-      case LUA_TBOOLEAN: d.type = OptType::Bool, d.def = (bool)lua_toboolean(L, -1); break;
-      case LUA_TSTRING: d.type = OptType::Str, d.def = std::string(lua_tostring(L, -1)); break;
-      default: {
-        std::string t = luaL_typename(L, -1);
-        lua_pop(L, 2);
-        fail("qf.options: option '", name, "' has a default of type ", t,
-             " (expected integer, number, boolean or string)");
-      }
-    }
-    lua_pop(L, 1);
-    if (name == "out" || name == "threads") fail("qf.options: option '", name, "' is reserved by the runner");
-    if (name == "seed" && d.type != OptType::Int) fail("qf.options: option 'seed' must have an integer default");
-    decl[name] = d;
-  }
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-      std::string name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      if (!decl.count(name)) {
-        lua_pop(L, 2);
-        fail("qf.options: help given for undeclared option '", name, "'");
-      }
-      read_decl(L, name, decl[name]);
-      lua_pop(L, 1);
-    }
-  }
+  read_decls(L, 1, 2, "qf.options", decl);
 
   if (ctx && ctx->help) {
     print_help(*ctx, decl);
@@ -328,7 +278,7 @@ static int f_options(lua_State* L) {
   }
 
   std::map<std::string, json> val;
-  for (const auto& [k, d] : decl) val[k] = d.def;
+  for (const auto& [k, d] : decl) val[k] = d.default_value;
   if (ctx) {
     for (const auto& [k, v] : ctx->cli) {
       auto it = decl.find(k);
@@ -352,7 +302,7 @@ static int f_options(lua_State* L) {
     for (const auto& [k, v] : val) {
       auto it = decl.find(k);
       std::cerr << "option " << k << " = " << value_str(v);
-      if (it != decl.end()) std::cerr << " (default " << value_str(it->second.def) << ")";
+      if (it != decl.end()) std::cerr << " (default " << value_str(it->second.default_value) << ")";
       std::cerr << "\n";
     }
     json j = json::object();
@@ -372,6 +322,44 @@ static int f_options(lua_State* L) {
     lua_setfield(L, -2, k.c_str());
   }
   return 1;
+}
+
+// qf.check_options(opt, defaults [, help]): checks the values opt holds for the options that
+// defaults and help declare (as qf.options declares them) — for library functions (pipeline,
+// cvxq) handed an options table a recipe built itself. A value of the wrong type or outside what
+// the declaration accepts raises the option error qf.options would; absent values are not checked.
+static int f_check_options(lua_State* L) {
+  check_table(L, 1, "check_options");
+  check_table(L, 2, "check_options");
+  if (!is_none_or_nil(L, 3)) check_table(L, 3, "check_options");
+  std::map<std::string, OptDecl> decl;
+  read_decls(L, 2, 3, "qf.check_options", decl);
+  RunContext* ctx = run_context(L);
+  for (const auto& [k, d] : decl) {
+    lua_getfield(L, 1, k.c_str());
+    json v;
+    switch (lua_type(L, -1)) {
+      case LUA_TNIL: lua_pop(L, 1); continue;
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) v = (int64_t)lua_tointeger(L, -1);
+        else v = lua_tonumber(L, -1);
+        break;
+      case LUA_TBOOLEAN: v = (bool)lua_toboolean(L, -1); break;
+      case LUA_TSTRING: v = std::string(lua_tostring(L, -1)); break;
+      default: {
+        const std::string t = luaL_typename(L, -1);
+        lua_pop(L, 1);
+        option_fail(ctx, "option '" + k + "' must be " + (d.type == OptType::Int ? "an " : "a ") + option_type_name(d.type) + ", got a " + t);
+      }
+    }
+    lua_pop(L, 1);
+    // an integral float for an integer option is that integer (Lua arithmetic makes 4.0 from 4)
+    if (d.type == OptType::Int && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() &&
+        std::abs(v.get<double>()) < 9e15)
+      v = (int64_t)v.get<double>();
+    validate(ctx, k, d, v);
+  }
+  return 0;
 }
 
 // qf.option_error(name, msg): raises "option 'name': msg", which `qforge run` reports with exit
@@ -500,7 +488,7 @@ int luaopen_qforge(lua_State* L) {
   using namespace qf::lua;
   lua_newtable(L);
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
-            {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
+            {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"check_options", qf_guard<f_check_options>, 3}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
              {"read_text", qf_guard<f_read_text>, 1}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
              {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
   open_tensor(L, -1);

@@ -267,7 +267,7 @@ static const std::vector<OptionField>& cd_sweep_fields() {
   static const std::vector<OptionField> f = [] {
     const CdSweepOptions d;
     return std::vector<OptionField>{
-        {"continuous", OptionType::Bool, d.continuous, "set each coordinate to its unquantized minimizer", -INFINITY, INFINITY, {}}};
+        {"continuous", OptionType::Bool, d.continuous, "set each coordinate to its unquantized minimizer", -INFINITY, INFINITY, {}, false, false, {}}};
   }();
   return f;
 }
@@ -275,11 +275,11 @@ static const std::vector<OptionField>& iht_fields() {
   static const std::vector<OptionField> f = [] {
     const IhtOptions d;
     return std::vector<OptionField>{
-        {"k", OptionType::Int, d.k, "entries (or columns when structured) to keep; required", 0, INFINITY, {}},
-        {"alpha", OptionType::Number, d.alpha, "step size (times 1/(2 lambda_max))", 0, INFINITY, {}, true, false},
-        {"structured", OptionType::Bool, d.structured, "keep whole input columns by L2 norm", -INFINITY, INFINITY, {}},
+        {"k", OptionType::Int, d.k, "entries (or columns when structured) to keep; required", 0, INFINITY, {}, false, false, {}},
+        {"alpha", OptionType::Number, d.alpha, "step size (times 1/(2 lambda_max))", 0, INFINITY, {}, true, false, {}},
+        {"structured", OptionType::Bool, d.structured, "keep whole input columns by L2 norm", -INFINITY, INFINITY, {}, false, false, {}},
         {"lambda_max", OptionType::Number, d.lambda_max, "lambda_max(Sigma) if known (0: computed by power iteration)", 0,
-         INFINITY, {}}};
+         INFINITY, {}, false, false, {}}};
   }();
   return f;
 }

@@ -10,7 +10,6 @@ local C = require("qforge.cvxq")
 local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 64, kind = "compand", compand_search = true, bias_correction = true,
                         bmax = 8 },
   { target_bits = { "average code bits per weight over all linears (the allocation's rate; realized bits/weight add scales, zeros and side info, see m:storage())", gt = 0, max = 8 },
-    cluster_rows = { "rows per CVXQ row cluster (one fp16 scale + zero per cluster and column)", min = 1 },
     kind = { "compand | uniform", choices = { "compand", "uniform" } }, compand_search = "grid-search the compander's scale and offset per group",
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = { "most bits a group may get", min = 1, max = 8 } }))
 C.check_options(opt)

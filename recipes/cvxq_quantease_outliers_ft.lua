@@ -20,7 +20,7 @@ local opt = P.options(P.finetune_options(C.options({
     finetune = true, ft_lr = 1e-3 },
   { alloc = "CVXQ allocation to target_bits (false: uniform bits= everywhere)",
     target_bits = { "average code bits per weight over all linears (the allocation's rate; realized bits/weight add scales, zeros and side info, see m:storage())", gt = 0, max = 8 },
-    cluster_rows = { "rows per CVXQ row cluster (one fp16 scale + zero per cluster and column)", min = 1 }, kind = { "compand | uniform grid (alloc=true)", choices = { "compand", "uniform" } },
+    kind = { "compand | uniform grid (alloc=true)", choices = { "compand", "uniform" } },
     compand_search = "grid-search the compander's scale and offset per group", bmax = { "most bits a group may get", min = 1, max = 8 },
     ratio = { "fraction of each linear's weights kept in full precision as outliers (0: plain QuantEase)", min = 0, lt = 1 },
     iters = { "QuantEase sweeps", min = 1 }, init = { "QuantEase start when ratio=0: w | rtn | gptq", choices = { "w", "rtn", "gptq" } } })))

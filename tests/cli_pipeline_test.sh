@@ -59,7 +59,7 @@ opt_err gptq.lua "option 'blocksize' must be an integer >= 1, got 0" blocksize=0
 opt_err gptq.lua "option 'percdamp' must be a finite number >= 0, got -0.1" percdamp=-0.1
 opt_err gptq.lua "option 'percdamp' expects a finite number" percdamp=inf
 opt_err quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
-opt_err quantease.lua "option 'init' must be one of w, rtn, gptq; got 'zero'" init=zero
+opt_err quantease.lua "option 'init' must be one of w, rtn, gptq; got \"zero\"" init=zero
 opt_err quantease.lua "option 'continuous_every' must be an integer >= 0, got -1" continuous_every=-1
 opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
 opt_err quantease_outliers.lua "option 'ratio' must be a finite number >= 0 and < 1, got -0.1" ratio=-0.1
@@ -68,7 +68,7 @@ opt_err quantease_outliers.lua "option 'iters' must be an integer >= 1, got 0" i
 opt_err custom_loop.lua "option 'rounds' must be an integer >= 1, got 0" rounds=0
 opt_err custom_loop.lua "option 'sweeps' must be an integer >= 1, got -1" sweeps=-1
 opt_err custom_loop.lua "option 'ratio' must be a finite number >= 0 and < 1, got 2" ratio=2
-opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got 'best'" apply=best
+opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got \"best\"" apply=best
 opt_err compare_solvers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
 opt_err cvxq.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
 opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 0" target_bits=0
@@ -76,21 +76,21 @@ opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got
 opt_err cvxq.lua "option 'target_bits' expects a finite number, got 'nan'" target_bits=nan
 opt_err cvxq.lua "option 'target_bits': 5 exceeds bmax=4" target_bits=5 bmax=4
 opt_err cvxq.lua "option 'bmax' must be an integer in 1..8, got 0" bmax=0
-opt_err cvxq.lua "option 'kind' must be one of compand, uniform; got 'laplace'" kind=laplace
-opt_err cvxq.lua "option 'sensitivity' must be one of gradient, proxy; got 'hessian'" sensitivity=hessian
+opt_err cvxq.lua "option 'kind' must be one of compand, uniform; got \"laplace\"" kind=laplace
+opt_err cvxq.lua "option 'sensitivity' must be one of gradient, proxy; got \"hessian\"" sensitivity=hessian
 opt_err cvxq.lua "option 'pca' must be an integer >= 1, got 0" pca=0
 opt_err cvxq.lua "option 'stride' must be an integer >= 1, got 0" stride=0
 opt_err cvxq.lua "option 'grad_iters' must be an integer >= 0, got -1" grad_iters=-1
 opt_err cvxq.lua "option 'alloc_file'" alloc_file=/nonexistent/allocation.safetensors
-opt_err cvxq_quantease.lua "option 'solver' must be one of quantease, gptq; got 'rtn'" solver=rtn
+opt_err cvxq_quantease.lua "option 'solver' must be one of quantease, gptq; got \"rtn\"" solver=rtn
 opt_err cvxq_quantease.lua "option 'iters' must be an integer >= 1, got 0" iters=0
-opt_err cvxq_quantease.lua "option 'init' must be one of w, rtn, gptq; got 'x'" init=x
+opt_err cvxq_quantease.lua "option 'init' must be one of w, rtn, gptq; got \"x\"" init=x
 opt_err cvxq_quantease.lua "option 'cluster_rows' must be an integer >= 1, got -3" cluster_rows=-3
 opt_err cvxq_quantease_outliers_ft.lua "option 'ratio' must be a finite number >= 0 and < 1, got 1" ratio=1
 opt_err cvxq_quantease_outliers_ft.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
 opt_err cvxq_quantease_outliers_ft.lua "option 'ft_epochs' must be an integer >= 1, got 0" ft_epochs=0
 opt_err decoupleq.lua "option 'iters' must be an integer >= 1, got 0" iters=0
-opt_err decoupleq.lua "option 'round' must be one of gptq, pgd; got 'nearest'" round=nearest
+opt_err decoupleq.lua "option 'round' must be one of gptq, pgd; got \"nearest\"" round=nearest
 opt_err decoupleq.lua "option 'pgd_lr' must be a finite number > 0, got 0" pgd_lr=0
 opt_err decoupleq.lua "option 'pgd_steps' must be an integer >= 0, got -1" pgd_steps=-1
 opt_err decoupleq.lua "option 'mse': does not apply to decoupleQ" mse=true
@@ -158,7 +158,7 @@ for s in "solve(l)" "must return a \`QLinear\`" "\`W\` is a **copy**" "| \`ctx\`
 done
 
 # ---- item 20: export options before any work -----------------------------------------------
-opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got 'onnx'" save="$WORK/m.onnx" save_format=onnx
+opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got \"onnx\"" save="$WORK/m.onnx" save_format=onnx
 opt_err rtn.lua "option 'save_dtype': 'Q5_K' is not a gguf dtype" save="$WORK/m.gguf" save_format=gguf save_dtype=Q5_K
 opt_err rtn.lua "Q4_0 is symmetric: pass sym=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 f16_scales=true
 opt_err rtn.lua "pass f16_scales=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 sym=true

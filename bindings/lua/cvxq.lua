@@ -22,17 +22,21 @@ local SENS_HELP = {
   stride = { "gradient statistics: token positions every stride tokens", min = 1 },
   grad_iters = { "gradient statistics: calibration iterations (0: each window once)", min = 0 },
   alloc_file = "an allocation.safetensors saved by an earlier run: reuse it instead of statistics + dual ascent" }
+-- The allocation's own options (a recipe's value is its default).
+local ALLOC = { cluster_rows = 64 }
+local ALLOC_HELP = { cluster_rows = { "rows per CVXQ row cluster (one fp16 scale + zero per cluster and column)", min = 1 } }
 function C.options(own, help)
   for k, v in pairs(SENS) do own[k] = v end
   for k, v in pairs(SENS_HELP) do help[k] = v end
+  for k, v in pairs(ALLOC) do if own[k] == nil then own[k] = v end end
+  for k, v in pairs(ALLOC_HELP) do if help[k] == nil then help[k] = v end end
   return own, help
 end
 
 -- The gradient statistics of the full-precision model over cal's windows (nil for the proxy).
 local function check_sensitivity(opt)
-  if opt.sensitivity ~= "gradient" and opt.sensitivity ~= "proxy" then
-    qf.option_error("sensitivity", "must be \"gradient\" or \"proxy\", got \"" .. tostring(opt.sensitivity) .. "\"")
-  end
+  qf.check_options(opt, SENS, SENS_HELP)
+  if opt.sensitivity == nil then qf.option_error("sensitivity", "is required (gradient or proxy)") end
 end
 
 function C.sensitivity(cal, opt)
@@ -46,9 +50,8 @@ end
 
 -- stats (P.fp_statistics) is needed only without grads (the proxy).
 function C.allocate(m, stats, opt, grads)
-  if math.type(opt.cluster_rows) ~= "integer" or opt.cluster_rows < 1 then
-    qf.option_error("cluster_rows", "must be an integer >= 1, got " .. tostring(opt.cluster_rows))
-  end
+  qf.check_options(opt, ALLOC, ALLOC_HELP)
+  if opt.cluster_rows == nil then qf.option_error("cluster_rows", "is required (an integer >= 1)") end
   local groups, keys, meta = {}, {}, {}
   for b = 1, m:nblocks() do
     for _, name in ipairs(m:linear_names()) do

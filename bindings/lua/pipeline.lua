@@ -130,9 +130,7 @@ function P.finetune(opt)
     params[#params + 1] = p
   end
   if #params == 0 then qf.option_error("ft_params", "is empty (scales, zeros, norms, biases)") end
-  if not (opt.ft_lr >= 0 and opt.ft_lr < math.huge) then qf.option_error("ft_lr", "must be a finite number >= 0, got " .. opt.ft_lr) end
-  if opt.ft_epochs < 1 or opt.ft_epochs % 1 ~= 0 then qf.option_error("ft_epochs", "must be an integer >= 1, got " .. opt.ft_epochs) end
-  if opt.ft_batch < 1 or opt.ft_batch % 1 ~= 0 then qf.option_error("ft_batch", "must be an integer >= 1, got " .. opt.ft_batch) end
+  qf.check_options(opt, FT, FT_HELP)  -- ft_lr, ft_epochs, ft_batch: the declarations above
   return { params = params, lr = opt.ft_lr, epochs = opt.ft_epochs, batch = opt.ft_batch }
 end
 

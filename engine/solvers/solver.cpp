@@ -27,17 +27,60 @@ const char* option_type_name(OptionType t) {
   return "?";
 }
 
-static std::string range_text(const OptionField& f) {
+static std::string num_text(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+std::string option_accepted(const OptionField& f, bool typed) {
+  if (!f.choices.empty()) {
+    std::string s = "one of ";
+    for (size_t i = 0; i < f.choices.size(); ++i) s += (i ? ", " : "") + f.choices[i];
+    return s;
+  }
   const bool lo = std::isfinite(f.min), hi = std::isfinite(f.max);
-  auto num = [&](double v) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.17g", v);
-    return f.type == OptionType::Int ? std::to_string((long long)v) : std::string(b);
-  };
-  const std::string l = (f.min_open ? "> " : ">= ") + num(f.min), h = (f.max_open ? "< " : "<= ") + num(f.max);
-  if (lo && hi) return f.min_open || f.max_open ? l + " and " + h : "in " + num(f.min) + ".." + num(f.max);
-  if (lo) return l;
-  if (hi) return h;
+  const std::string l = (f.min_open ? "> " : ">= ") + num_text(f.min), h = (f.max_open ? "< " : "<= ") + num_text(f.max);
+  std::string r;
+  if (lo && hi) r = f.min_open || f.max_open ? l + " and " + h : (typed ? "in " : "") + num_text(f.min) + ".." + num_text(f.max);
+  else if (lo) r = l;
+  else if (hi) r = h;
+  if (typed && (f.type == OptionType::Int || f.type == OptionType::Number))
+    r = std::string(f.type == OptionType::Int ? "an integer" : "a finite number") + (r.empty() ? "" : " " + r);
+  if (r.empty()) return r;
+  std::string also;
+  for (double x : f.also) also += num_text(x) + " or ";
+  return also + r;
+}
+
+std::string option_value_error(const OptionField& f, const json& v) {
+  const std::string got = ", got " + v.dump();
+  switch (f.type) {
+    case OptionType::Int:
+    case OptionType::Number: {
+      if (f.type == OptionType::Int && !v.is_number_integer()) return "must be an integer" + got;
+      if (!v.is_number()) return "must be a number" + got;
+      const double x = v.get<double>();
+      for (double a : f.also)
+        if (x == a) return "";
+      if (!f.choices.empty()) {
+        for (const std::string& c : f.choices)
+          if (v.is_number_integer() && c == std::to_string(v.get<int64_t>())) return "";
+        return "must be " + option_accepted(f) + ";" + got.substr(1);
+      }
+      if (!std::isfinite(x) || x < f.min || x > f.max || (f.min_open && x == f.min) || (f.max_open && x == f.max))
+        return "must be " + option_accepted(f, true) + got;
+      return "";
+    }
+    case OptionType::Bool: return v.is_boolean() ? "" : "must be true or false" + got;
+    case OptionType::String: {
+      if (!v.is_string()) return "must be a string" + got;
+      if (f.choices.empty()) return "";
+      for (const std::string& c : f.choices)
+        if (c == v.get<std::string>()) return "";
+      return "must be " + option_accepted(f) + ";" + got.substr(1);
+    }
+  }
   return "";
 }
 
@@ -56,35 +99,10 @@ ojson resolve_options(const std::string& who, const std::vector<OptionField>& fi
     const bool has = given.is_object() && given.contains(f.name);
     const json v = has ? given.at(f.name) : f.default_value;
     const std::string what = who + ": option '" + f.name + "'";
-    switch (f.type) {
-      case OptionType::Int: {
-        if (!v.is_number_integer()) fail(what, " must be an integer, got ", v.dump());
-        const double x = (double)v.get<int64_t>();
-        if (x < f.min || x > f.max) fail(what, " must be an integer ", range_text(f), ", got ", v.dump());
-        if (x > INT32_MAX || x < INT32_MIN) fail(what, " must be an integer that fits 32 bits, got ", v.dump());
-        break;
-      }
-      case OptionType::Number: {
-        if (!v.is_number()) fail(what, " must be a number, got ", v.dump());
-        const double x = v.get<double>();
-        if (!std::isfinite(x) || x < f.min || x > f.max || (f.min_open && x == f.min) || (f.max_open && x == f.max))
-          fail(what, " must be a finite number", range_text(f).empty() ? "" : " " + range_text(f), ", got ", v.dump());
-        break;
-      }
-      case OptionType::Bool:
-        if (!v.is_boolean()) fail(what, " must be true or false, got ", v.dump());
-        break;
-      case OptionType::String: {
-        if (!v.is_string()) fail(what, " must be a string, got ", v.dump());
-        if (!f.choices.empty()) {
-          bool ok = false;
-          std::string list;
-          for (const std::string& c : f.choices) ok = ok || c == v.get<std::string>(), list += (list.empty() ? "" : ", ") + c;
-          if (!ok) fail(what, " must be one of ", list, "; got ", v.dump());
-        }
-        break;
-      }
-    }
+    const std::string why = option_value_error(f, v);
+    if (!why.empty()) fail(what, " ", why);
+    if (f.type == OptionType::Int && (v.get<int64_t>() > INT32_MAX || v.get<int64_t>() < INT32_MIN))
+      fail(what, " must be an integer that fits 32 bits, got ", v.dump());  // the engine's option structs hold int
     out[f.name] = v;
   }
   return out;
@@ -93,15 +111,15 @@ ojson resolve_options(const std::string& who, const std::vector<OptionField>& fi
 // ---- the registry: each entry's options mirror its engine Options struct's defaults ----
 
 static OptionField opt_int(const char* n, int64_t d, double lo, const char* help, double hi = INFINITY) {
-  return {n, OptionType::Int, d, help, lo, hi, {}};
+  return {n, OptionType::Int, d, help, lo, hi, {}, false, false, {}};
 }
 static OptionField opt_num(const char* n, double d, double lo, const char* help, double hi = INFINITY, bool lo_open = false,
                            bool hi_open = false) {
-  return {n, OptionType::Number, d, help, lo, hi, {}, lo_open, hi_open};
+  return {n, OptionType::Number, d, help, lo, hi, {}, lo_open, hi_open, {}};
 }
-static OptionField opt_bool(const char* n, bool d, const char* help) { return {n, OptionType::Bool, d, help, -INFINITY, INFINITY, {}}; }
+static OptionField opt_bool(const char* n, bool d, const char* help) { return {n, OptionType::Bool, d, help, -INFINITY, INFINITY, {}, false, false, {}}; }
 static OptionField opt_str(const char* n, const char* d, std::vector<std::string> choices, const char* help) {
-  return {n, OptionType::String, d, help, -INFINITY, INFINITY, std::move(choices)};
+  return {n, OptionType::String, d, help, -INFINITY, INFINITY, std::move(choices), false, false, {}};
 }
 
 // Resolved options (resolve_options on the solver's fields) → the engine's option structs,

@@ -33,7 +33,15 @@ struct OptionField {
   double max = std::numeric_limits<double>::infinity();
   std::vector<std::string> choices;                        // String: the allowed values (empty: any)
   bool min_open = false, max_open = false;                 // exclusive bounds (> min, < max)
+  std::vector<double> also;                                // Int/Number: accepted besides the range (group = -1)
 };
+
+// What a field accepts: "1..8", "-1 or >= 1", "> 0 and < 1", "one of w, rtn, gptq" ("": any
+// value of its type); typed, as a message says it: "an integer in 1..8", "-1 or an integer >= 1",
+// "a finite number > 0". Shared by the solvers' options and qf.options (a recipe's options).
+std::string option_accepted(const OptionField& f, bool typed = false);
+// "" when v is a value the field accepts; otherwise why not: "must be an integer in 1..8, got 9".
+std::string option_value_error(const OptionField& f, const nlohmann::json& v);
 
 // Checks `given` (a JSON object of name → value) against the fields: unknown names, wrong types,
 // values out of range or not among the choices are errors naming `who`, the option and the

@@ -179,6 +179,6 @@ check(differs, "gradient and proxy sensitivities give different allocations")
 check_error(function() cal3:gradient_statistics{ pca = 0 } end, "option 'pca' must be >= 1")
 check_error(function() cal3:gradient_statistics{ stride = 0 } end, "stride must be >= 1")
 check_error(function() cal3:gradient_statistics{ bogus = 1 } end, "bogus")
-check_error(function() C.sensitivity(cal3, { sensitivity = "hessian" }) end, "option 'sensitivity': must be")
+check_error(function() C.sensitivity(cal3, { sensitivity = "hessian" }) end, "option 'sensitivity' must be one of gradient, proxy; got \"hessian\"")
 
 H.summary()

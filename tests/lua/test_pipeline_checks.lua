@@ -137,7 +137,30 @@ H.section("C.allocate names a bad cluster_rows instead of dividing by zero")
 do
   local C = require("qforge.cvxq")
   local m = qf.load_model(MODEL)
-  check_error(function() C.allocate(m, nil, { target_bits = 3, cluster_rows = 0 }) end, "option 'cluster_rows': must be an integer >= 1, got 0")
+  check_error(function() C.allocate(m, nil, { target_bits = 3, cluster_rows = 0 }) end, "option 'cluster_rows' must be an integer >= 1, got 0")
+  check_error(function() C.allocate(m, nil, { target_bits = 3, cluster_rows = 2.5 }) end, "option 'cluster_rows' must be an integer, got 2.5")
+  check_error(function() C.allocate(m, nil, { target_bits = 3 }) end, "option 'cluster_rows': is required")
+  check_error(function() C.sensitivity(nil, { sensitivity = "hessian" }) end, "option 'sensitivity' must be one of gradient, proxy; got \"hessian\"")
+  check_eq(C.sensitivity(nil, { sensitivity = "proxy" }), nil, "the proxy needs no statistics")
+end
+
+H.section("qf.check_options: a library function checks a recipe-built table by the qf.options declarations")
+do
+  local FT = { finetune = true, ft_params = "scales", ft_lr = 1e-5, ft_epochs = 4, ft_batch = 1 }
+  local function ft(over) local o = {} for k, v in pairs(FT) do o[k] = v end for k, v in pairs(over) do o[k] = v end return o end
+  check_eq(P.finetune(ft{}).epochs, 4, "a good table passes")
+  check_eq(P.finetune(ft{ ft_epochs = 3.0 }).epochs, 3.0, "an integral float stands for the integer")
+  check_error(function() P.finetune(ft{ ft_lr = -1 }) end, "option 'ft_lr' must be a finite number >= 0, got -1")
+  check_error(function() P.finetune(ft{ ft_lr = 0/0 }) end, "option 'ft_lr' must be a finite number >= 0")
+  check_error(function() P.finetune(ft{ ft_epochs = 0 }) end, "option 'ft_epochs' must be an integer >= 1, got 0")
+  check_error(function() P.finetune(ft{ ft_batch = 1.5 }) end, "option 'ft_batch' must be an integer, got 1.5")
+  check_error(function() P.finetune(ft{ ft_batch = "2" }) end, "option 'ft_batch' must be an integer, got \"2\"")
+  check_error(function() P.finetune(ft{ ft_batch = {} }) end, "option 'ft_batch' must be an integer, got a table")
+  check_error(function() qf.check_options({ g = 0 }, { g = 8 }, { g = { "group", min = 1, also = { -1 } } }) end,
+    "option 'g' must be -1 or an integer >= 1, got 0")
+  qf.check_options({ g = -1 }, { g = 8 }, { g = { "group", min = 1, also = { -1 } } })
+  check_error(function() qf.check_options({}, { g = 8 }, { h = "x" }) end, "qf.check_options: help given for undeclared option 'h'")
+  check_error(function() qf.check_options({}, { g = 8 }, {}, 4) end, "check_options")  -- no silently ignored argument
 end
 
 H.summary()
