@@ -160,9 +160,8 @@ static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& s
     if (sp.sym) z1 = zero0;
     double err = 0;
     for (float x : v) {
-      float q = std::nearbyint(x / s1) + z1;
-      q = q < 0.f ? 0.f : q > (float)maxq ? (float)maxq : q;
-      err += std::pow((double)std::fabs(s1 * (q - z1) - x), (double)sp.norm);
+      const float q = uniform_code(x, s1, z1, (float)maxq);
+      err += std::pow((double)std::fabs(uniform_value(q, s1, z1) - x), (double)sp.norm);
     }
     if (err < best) {
       best = err;

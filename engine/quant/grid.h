@@ -68,6 +68,16 @@ struct GridSpec {
 float compand_level(int k, float mu, float b, int bits);   // F⁻¹((k + ½)/2^bits)
 int compand_code(float x, float mu, float b, int bits);    // index of the nearest level (ties: lower)
 
+// The uniform grid's rounding rule (docs/methods.md#grid), stated once: the code of x on (scale s,
+// zero z) is round(x/s) + z clamped to [0, maxq] (round half to even); with a float zero
+// (decoupleQ's free offsets, GridSpec::float_zero) round(x/s + z). Returned as a float (an
+// integer value) so hot loops can form the value s·(code − z) without a conversion.
+inline float uniform_code(float x, float s, float z, float maxq, bool float_zero = false) {
+  const float q = float_zero ? std::nearbyint(x / s + z) : std::nearbyint(x / s) + z;
+  return q < 0.f ? 0.f : q > maxq ? maxq : q;
+}
+inline float uniform_value(float code, float s, float z) { return s * (code - z); }
+
 struct Grid {
   GridSpec spec;
   int64_t rows = 0, cols = 0, ngroups = 0;
@@ -88,24 +98,19 @@ struct Grid {
   // Code of the nearest representable value of x in (row r, group g), and a code's value.
   int code(float x, int64_t r, int64_t g) const {
     const size_t p = pidx(r, g);
-    if (fast_uniform()) {
-      const float q = std::nearbyint(x / scale[p]) + zero[p];
-      return q < 0.f ? 0 : q > (float)maxq() ? maxq() : (int)q;
-    }
+    if (fast_uniform()) return (int)uniform_code(x, scale[p], zero[p], (float)maxq());
     const int b = bits_at(r, g);
     if (b == 0) return 0;
     if (spec.kind == GridKind::Compand) return compand_code(x, zero[p], scale[p], b);
-    const int mq = (1 << b) - 1;
-    const float q = spec.float_zero ? std::nearbyint(x / scale[p] + zero[p]) : std::nearbyint(x / scale[p]) + zero[p];
-    return q < 0.f ? 0 : q > (float)mq ? mq : (int)q;
+    return (int)uniform_code(x, scale[p], zero[p], (float)((1 << b) - 1), spec.float_zero);
   }
   float value(int code, int64_t r, int64_t g) const {
     const size_t p = pidx(r, g);
-    if (fast_uniform()) return scale[p] * ((float)code - zero[p]);
+    if (fast_uniform()) return uniform_value((float)code, scale[p], zero[p]);
     const int b = bits_at(r, g);
     if (b == 0) return zero[p];
     if (spec.kind == GridKind::Compand) return compand_level(code, zero[p], scale[p], b);
-    return scale[p] * ((float)code - zero[p]);
+    return uniform_value((float)code, scale[p], zero[p]);
   }
   float quantize(float x, int64_t r, int64_t g) const { return value(code(x, r, g), r, g); }
 };

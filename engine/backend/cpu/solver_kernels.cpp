@@ -25,11 +25,8 @@ constexpr int64_t kCdBlock = 256;     // columns per GEMM block
 constexpr int64_t kCdSub = 32;        // columns per sequential sub-block inside a block
 constexpr int64_t kCdRowChunk = 256;  // rows per task
 
-// grid.quantize with the row's (scale, zero) at hand: s·(clamp(round(x/s) + z, 0, maxq) − z), same f32 ops.
-inline float qvalue(float x, float s, float z, float maxq) {
-  const float code = std::min(std::max(std::nearbyint(x / s) + z, 0.f), maxq);
-  return s * (code - z);
-}
+// grid.quantize with the row's (scale, zero) at hand: the rounding rule of quant/grid.h.
+inline float qvalue(float x, float s, float z, float maxq) { return uniform_value(uniform_code(x, s, z, maxq), s, z); }
 
 }  // namespace
 
