@@ -1,5 +1,6 @@
 #include "runner.h"
 
+#include <filesystem>
 #include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -173,7 +174,7 @@ static std::string time_str(const char* fmt, bool utc) {
   return buf;
 }
 
-static std::string make_run_dir(const std::string& out, const std::string& recipe_name) {
+static std::string make_run_dir(const std::string& out, const std::string& recipe_name, bool* created) {
   std::string dir = out;
   if (dir.empty()) {
     std::string stem = recipe_name;
@@ -182,6 +183,7 @@ static std::string make_run_dir(const std::string& out, const std::string& recip
     dir = base;
     for (int n = 2; path_exists(dir); ++n) dir = base + "-" + std::to_string(n);
   }
+  *created = !path_exists(dir);
   make_dirs(dir);
   char abs[PATH_MAX];
   if (!realpath(dir.c_str(), abs)) fail("cannot resolve run directory '", dir, "'");
@@ -314,8 +316,9 @@ int run_recipe(const RunArgs& a) {
   if (ctx.threads <= 0) ctx.threads = omp_get_num_procs();
   omp_set_num_threads(ctx.threads);
 
+  bool run_dir_created = false;
   if (!ctx.help) {
-    ctx.run_dir = make_run_dir(ctx.out_arg, ctx.recipe_name);
+    ctx.run_dir = make_run_dir(ctx.out_arg, ctx.recipe_name, &run_dir_created);
     write_file_atomic(ctx.run_dir + "/recipe.lua", source);
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
     write_file_atomic(ctx.run_dir + "/results.json", dump(ctx.results));
@@ -392,6 +395,16 @@ int run_recipe(const RunArgs& a) {
   const bool option_error = !ctx.option_error.empty() && msg.find(ctx.option_error) != std::string::npos;
   if (option_error) msg = ctx.option_error;
   std::cerr << "qforge: error: " << (option_error ? msg : err) << "\n";
+  // An option error before anything was recorded leaves no run directory behind (nothing ran
+  // that a rerun could reproduce); one the run created itself is removed, an existing out= is kept.
+  if (option_error && !ctx.help && run_dir_created && ctx.results.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(ctx.run_dir, ec);
+    if (!ec) {
+      std::cerr << "qforge: no run directory kept (option error before any work)\n";
+      return 2;
+    }
+  }
   if (!ctx.help) {
     ctx.log({{"event", "end"}, {"status", "error"}, {"error", msg}});
     ctx.write_run_json("error", msg);

@@ -16,10 +16,11 @@ local opt = qf.options({
 
 local t_load = qf.now()
 local m = qf.load_model(opt.model, { lazy = opt.lazy })
-qf.record("load_seconds", qf.now() - t_load)
-print(string.format("loaded in %.2f s%s", qf.now() - t_load, opt.lazy and " (lazy)" or ""))
+local load_seconds = qf.now() - t_load
 local c = m:config()
 if opt.seqlen > c.seq_len then qf.option_error("seqlen", string.format("%d exceeds the model's context length %d", opt.seqlen, c.seq_len)) end
+qf.record("load_seconds", load_seconds)
+print(string.format("loaded in %.2f s%s", load_seconds, opt.lazy and " (lazy)" or ""))
 print(string.format("model %s: %s, dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, seq_len %d",
   opt.model, c.arch, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len))
 print(string.format("params %d", m:n_params()))

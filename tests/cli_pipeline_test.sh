@@ -20,6 +20,7 @@ opt_err() {
   local what="$recipe $*"
   expect_rc "$what" 2
   expect_in "$what" stderr "$want"
+  if [ -e "$WORK/opt$n" ]; then bad "$what: an option error left its run directory $WORK/opt$n"; else ok; fi
   if grep -qE "calibration tokens|^calibration: |^block [0-9]+/|full-precision statistics|dual ascent" "$WORK/stderr" "$WORK/stdout"; then
     bad "$what: work started before the option error"
   else ok; fi
