@@ -48,7 +48,9 @@ static const char* kRunUsage =
     "  0  ok (also --help)\n"
     "  1  the run failed (an error while working: bad model file, a solver failure, ...)\n"
     "  2  usage or option error: unknown command or option, an option value out of its\n"
-    "     range, options that contradict each other; found before any work is done\n";
+    "     range, options that contradict each other; found before any work is done\n"
+    "     (a run refused so, having recorded, logged and written nothing, leaves no run\n"
+    "     directory: the one it created is removed)\n";
 
 int main(int argc, char** argv) {
   qf::default_passive_wait(argv);  // before any OpenMP use; see omp_wait.h

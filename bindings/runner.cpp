@@ -1,9 +1,9 @@
 #include "runner.h"
 
-#include <filesystem>
 #include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -92,6 +92,7 @@ void RunContext::log(json event) {
   if (run_dir.empty()) return;
   finite_json(event);
   if (!event.contains("time")) event["time"] = elapsed();
+  ++log_events;
   const std::string line = event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   const std::string path = run_dir + "/log.jsonl";
   FILE* f = std::fopen(path.c_str(), "a");
@@ -174,7 +175,25 @@ static std::string time_str(const char* fmt, bool utc) {
   return buf;
 }
 
-static std::string make_run_dir(const std::string& out, const std::string& recipe_name, bool* created) {
+bool RunContext::nothing_done() const {
+  if (run_dir.empty() || !results.empty() || log_events > 1) return false;
+  DIR* d = opendir(run_dir.c_str());
+  if (!d) return false;
+  bool only_runner_files = true;
+  while (const dirent* e = readdir(d)) {
+    const std::string n = e->d_name;
+    if (n == "." || n == ".." || n == "recipe.lua" || n == "options.json" || n == "run.json" || n == "results.json" ||
+        n == "log.jsonl" || n == "rerun.sh" || n == "lua")
+      continue;
+    only_runner_files = false;
+    break;
+  }
+  closedir(d);
+  return only_runner_files;
+}
+
+// The run directory (absolute); *created gets the directories made for it, innermost first.
+static std::string make_run_dir(const std::string& out, const std::string& recipe_name, std::vector<std::string>* created) {
   std::string dir = out;
   if (dir.empty()) {
     std::string stem = recipe_name;
@@ -183,11 +202,33 @@ static std::string make_run_dir(const std::string& out, const std::string& recip
     dir = base;
     for (int n = 2; path_exists(dir); ++n) dir = base + "-" + std::to_string(n);
   }
-  *created = !path_exists(dir);
+  created->clear();
+  for (std::string p = dir; !p.empty() && p != "." && p != "/" && !path_exists(p);) {
+    created->push_back(p);
+    const size_t slash = p.find_last_of('/');
+    if (slash == std::string::npos) break;
+    p.resize(slash);
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+  }
   make_dirs(dir);
   char abs[PATH_MAX];
   if (!realpath(dir.c_str(), abs)) fail("cannot resolve run directory '", dir, "'");
+  for (std::string& p : *created) {
+    char a[PATH_MAX];
+    if (realpath(p.c_str(), a)) p = a;
+  }
   return abs;
+}
+
+// A run refused for its options before doing anything leaves no run directory: the leaf is
+// removed with what the runner wrote into it; directories made above it only while empty
+// (another run may have started in runs/ meanwhile).
+static bool remove_run_dir(const RunContext& ctx) {
+  if (ctx.created_dirs.empty() || ctx.created_dirs.front() != ctx.run_dir) return false;  // out= existed: not ours
+  remove_tree(ctx.run_dir);
+  for (size_t i = 1; i < ctx.created_dirs.size(); ++i)
+    if (::rmdir(ctx.created_dirs[i].c_str()) != 0) break;
+  return !path_exists(ctx.run_dir);
 }
 
 // ---- require of local modules --------------------------------------------------------
@@ -316,9 +357,8 @@ int run_recipe(const RunArgs& a) {
   if (ctx.threads <= 0) ctx.threads = omp_get_num_procs();
   omp_set_num_threads(ctx.threads);
 
-  bool run_dir_created = false;
   if (!ctx.help) {
-    ctx.run_dir = make_run_dir(ctx.out_arg, ctx.recipe_name, &run_dir_created);
+    ctx.run_dir = make_run_dir(ctx.out_arg, ctx.recipe_name, &ctx.created_dirs);
     write_file_atomic(ctx.run_dir + "/recipe.lua", source);
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
     write_file_atomic(ctx.run_dir + "/results.json", dump(ctx.results));
@@ -395,15 +435,9 @@ int run_recipe(const RunArgs& a) {
   const bool option_error = !ctx.option_error.empty() && msg.find(ctx.option_error) != std::string::npos;
   if (option_error) msg = ctx.option_error;
   std::cerr << "qforge: error: " << (option_error ? msg : err) << "\n";
-  // An option error before anything was recorded leaves no run directory behind (nothing ran
-  // that a rerun could reproduce); one the run created itself is removed, an existing out= is kept.
-  if (option_error && !ctx.help && run_dir_created && ctx.results.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(ctx.run_dir, ec);
-    if (!ec) {
-      std::cerr << "qforge: no run directory kept (option error before any work)\n";
-      return 2;
-    }
+  if (!ctx.help && option_error && ctx.nothing_done() && remove_run_dir(ctx)) {
+    std::cerr << "qforge: run directory " << ctx.run_dir << " removed (options refused before any work)\n";
+    return 2;
   }
   if (!ctx.help) {
     ctx.log({{"event", "end"}, {"status", "error"}, {"error", msg}});

@@ -41,6 +41,10 @@ struct RunContext {
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   std::string start_time;   // ISO-8601 UTC
   std::string option_error;  // message of the last option error raised (qf.options, qf.option_error): exit code 2
+  // Directories make_run_dir created, innermost first (empty when out= named an existing one): a
+  // run refused for its options before any work removes them again (see nothing_done).
+  std::vector<std::string> created_dirs;
+  int64_t log_events = 0;  // lines appended to log.jsonl (the runner's start event included)
 
   double elapsed() const;
   // Records a file read through qf (path, size, fingerprint) once in run.json's inputs.
@@ -51,6 +55,10 @@ struct RunContext {
   void log(nlohmann::json event);                             // one line of log.jsonl
   void write_run_json(const std::string& status, const std::string& error = "") const;
   void write_rerun_sh() const;
+  // Nothing of the run's own was kept: no result recorded, no event logged after the start, and
+  // the run directory holds only what the runner wrote (recipe.lua, options.json, run.json,
+  // results.json, log.jsonl, rerun.sh and lua/ with required modules).
+  bool nothing_done() const;
 };
 
 // The context of the run executing in L, or nullptr.

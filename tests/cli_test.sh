@@ -101,6 +101,35 @@ run noopts run "$WORK/noopts.lua" x=1 out="$WORK/r_noopts"
 expect_fail "key=value without qf.options"
 expect_in "key=value without qf.options" stderr "option 'x' given but recipe noopts.lua declared no options"
 
+# A run refused for its options before any work leaves no run directory: not the out= one it
+# created (with its parents), not one under the default runs/; an out= that existed is kept, and so
+# is the directory of a run that recorded something before its option error.
+for d in r_unknown r_badint r_badint2 r_badbool r_noopts; do
+  if [ -e "$WORK/$d" ]; then bad "option error ($d): the run directory was left behind"; else ok; fi
+done
+run nested run "$WORK/opts.lua" bits=x out="$WORK/r_nested/a/b"
+expect_rc "option error, nested out=" 2
+expect_in "option error, nested out=" stderr "removed (options refused before any work)"
+if [ -e "$WORK/r_nested" ]; then bad "option error: the parents made for out= were left behind"; else ok; fi
+mkdir -p "$WORK/cwd"
+(cd "$WORK/cwd" && "$QF" run "$WORK/opts.lua" foo=1 >"$WORK/stdout" 2>"$WORK/stderr")
+rc=$?
+expect_rc "option error, default run directory" 2
+if [ -e "$WORK/cwd/runs" ]; then bad "option error: runs/ was left behind"; else ok; fi
+mkdir -p "$WORK/r_existing"
+run existing run "$WORK/opts.lua" bits=x out="$WORK/r_existing"
+expect_rc "option error, existing out=" 2
+if [ -d "$WORK/r_existing" ]; then ok; else bad "option error: an existing out= directory was removed"; fi
+cat >"$WORK/late_opt.lua" <<'EOF2'
+local o = qf.options({ k = 2 })
+qf.record("k", o.k)
+qf.option_error("k", "refused after a record")
+EOF2
+run late run "$WORK/late_opt.lua" out="$WORK/r_late"
+expect_rc "option error after a record" 2
+expect_file_has "option error after a record keeps the run" "$WORK/r_late/run.json" '"status": "error"'
+expect_file_has "option error after a record keeps the run" "$WORK/r_late/results.json" '"k": 2'
+
 run recipehelp run "$WORK/opts.lua" --help
 expect_rc "recipe --help" 0
 expect_in "recipe --help" stdout "bits = 4"

@@ -17,6 +17,7 @@
 #include "quant/grid.h"
 #include "core/io.h"
 #include "formats/loader.h"
+#include "formats/safetensors.h"
 #include "core/mapped_file.h"
 #include "tiny_model.h"
 
@@ -235,5 +236,68 @@ TEST_CASE("save_model refuses non-finite values anywhere, 1-based, before writin
       CHECK(!fs::exists(out));
       CHECK(count_prefix("save") == 1);  // tmpdir()/save only: no temporary anywhere
     }
+  }
+}
+
+// Counts each block's conversions of a lazy model (wraps its loader).
+struct CountingBlocks final : BlockLoader {
+  std::shared_ptr<const BlockLoader> inner;
+  mutable std::vector<int> loads;
+  CountingBlocks(std::shared_ptr<const BlockLoader> in, int n) : inner(std::move(in)), loads((size_t)n, 0) {}
+  Block load(int i) const override {
+    ++loads[(size_t)i];
+    return inner->load(i);
+  }
+  int64_t n_params(int i) const override { return inner->n_params(i); }
+  Shape weight_shape(int i, const std::string& l) const override { return inner->weight_shape(i, l); }
+  bool has_bias(int i, const std::string& l) const override { return inner->has_bias(i, l); }
+};
+
+TEST_CASE("save_model converts each lazy block once; a non-finite value in the file refuses the save, leaving nothing") {
+  const std::string dir = tmpdir() + "/lazysave";
+  fs::create_directories(dir);
+  const std::string src = dir + "/src";
+  save_model(test::tiny_model(5, true, true, false, 3), nullptr, src, {"hf", "F32"});
+  const std::pair<const char*, const char*> formats[] = {{"hf", "F32"}, {"hf", "F16"}, {"gguf", "F16"}, {"gguf", "F32"}, {"qforge", ""}};
+  for (const auto& [fmt, dtype] : formats) {
+    CAPTURE(fmt);
+    CAPTURE(dtype);
+    for (bool touched : {false, true}) {
+      CAPTURE(touched);
+      Model m = load_model(resolve_model_files(src), true);
+      REQUIRE(m.is_lazy());
+      auto counter = std::make_shared<CountingBlocks>(m.lazy_blocks, m.n_blocks());
+      m.lazy_blocks = counter;
+      // A block converted before the save is checked in the pre-pass, without converting it again.
+      if (touched) m.block(1);
+      save_model(m, nullptr, dir + "/ok_" + fmt + dtype + (touched ? "_touched" : ""), {fmt, dtype});
+      CHECK(counter->loads == std::vector<int>{1, 1, 1});
+    }
+  }
+  // A NaN in block 2's up projection, in the file: the writer's conversion refuses it.
+  uint64_t at = 0;
+  {
+    const SafetensorsFile sf = safetensors_open(src + "/model.safetensors");
+    const TensorSource& ts = sf.get("model.layers.1.mlp.up_proj.weight");
+    REQUIRE(ts.dtype == "F32");
+    at = ts.offset + 4 * 7;
+  }
+  {
+    const float nan = std::nanf("");
+    std::fstream f(src + "/model.safetensors", std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp((std::streamoff)at);
+    f.write(reinterpret_cast<const char*>(&nan), 4);
+  }
+  for (const auto& [fmt, dtype] : formats) {
+    CAPTURE(fmt);
+    CAPTURE(dtype);
+    const Model m = load_model(resolve_model_files(src), true);
+    const std::string out = dir + "/bad_" + fmt + dtype;
+    CHECK_THROWS_WITH_AS(save_model(m, nullptr, out, {fmt, dtype}),
+                         doctest::Contains("tensor 'model.layers.1.mlp.up_proj.weight' holds a non-finite value at element 7"), Error);
+    CHECK(!fs::exists(out));
+    int left = 0;  // no temporary either
+    for (auto& e : fs::directory_iterator(dir)) left += e.path().filename().string().rfind("bad_", 0) == 0;
+    CHECK(left == 0);
   }
 }

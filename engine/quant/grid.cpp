@@ -129,6 +129,8 @@ void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* s
     xmax = 1.f;
   }
   *scale = (xmax - xmin) / (float)maxq;
+  // The zero rule, not the code rule (uniform_code): no clamp, and no "+ 0" (which would turn the
+  // −0 of a row with xmin = 0 into +0, changing the stored bytes).
   *zero = sym ? (float)(maxq + 1) / 2.f : std::nearbyint(-xmin / *scale);
 }
 
