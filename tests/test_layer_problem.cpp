@@ -24,29 +24,20 @@ GridSpec spec3() {
 }
 }  // namespace
 
-TEST_CASE("LayerProblem::make keeps an exactly symmetric Σ and symmetrizes a nearly symmetric one once") {
+TEST_CASE("LayerProblem::make validates once and keeps Σ as given") {
   const Problem P = scaled_problem(24, 40, 3, 80, 0.5);
   const LayerProblem p = LayerProblem::make(P.W, P.S, {}, 80, "attn_in", "t");
-  CHECK(p.sigma.same_storage(P.S));  // calibration-like Σ: no copy
+  CHECK(p.sigma.same_storage(P.S));  // no copy
   CHECK(p.tokens == 80);
   CHECK(p.site == "attn_in");
-
-  Tensor A = P.S.clone();  // asymmetric within the 1e-4·max tolerance
-  const float a = A.get({2, 9}), b = A.get({9, 2});
-  A.set({2, 9}, a + 1e-6f * std::abs(a) + 1e-3f);
+  Tensor A = P.S.clone();  // asymmetric within the 1e-4·max tolerance: accepted, kept as given
+  A.set({2, 9}, A.get({2, 9}) + 1e-6f * std::abs(A.get({2, 9})) + 1e-3f);
   const LayerProblem q = LayerProblem::make(P.W, A, {}, 0, "", "t");
-  CHECK_FALSE(q.sigma.same_storage(A));
-  const auto S = q.sigma.cmat();
-  CHECK(S == S.transpose());
-  CHECK(S(2, 9) == (float)(0.5 * ((double)A.get({2, 9}) + (double)b)));
-  CHECK(S(0, 0) == P.S.get({0, 0}));
-  // Every entry point solves the symmetrized problem: the Tensor form of a solver equals its
-  // LayerProblem form on the symmetrized Σ, bit for bit.
+  CHECK(q.sigma.same_storage(A));
+  // the Tensor form of a solver equals its LayerProblem form, bit for bit
   CHECK(bits(gptq(P.W, A, spec3()).q.dequantize()) == bits(gptq(q, spec3()).q.dequantize()));
-  CHECK(objective(P.W, P.W, A).value == objective(q, P.W).value);
   Tensor Z = Tensor::empty(P.W.shape());
   CHECK(objective(P.W, Z, A).value == objective(q, Z).value);
-
   CHECK_THROWS_WITH_AS(LayerProblem::make(P.W, P.S, Tensor::empty({39}), 0, "", "t"), doctest::Contains("t: mu must be [40]"), Error);
   CHECK_THROWS_WITH_AS(LayerProblem::make(P.W, P.S, {}, -1, "", "t"), doctest::Contains("t: tokens must be >= 0"), Error);
   Tensor N = P.S.clone();

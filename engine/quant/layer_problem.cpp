@@ -68,8 +68,8 @@ static double quad_form_sym(const Mat& X, const Mat& S) {
   return acc;
 }
 
-// f = tr(E Σ Eᵀ), E = W − Ŵ: f64 throughout (E exact in f64), Σ exactly symmetric (made so
-// once by LayerProblem::make), which quad_form_sym relies on. The normalizer tr(W Σ Wᵀ) only scales
+// f = tr(E Σ Eᵀ), E = W − Ŵ: f64 throughout (E exact in f64), with Σ's symmetric part
+// (Σ + Σᵀ)/2 — the same quadratic form exactly. The normalizer tr(W Σ Wᵀ) only scales
 // `relative`: f32 products with f64 sums (~1e-6 relative). Row chunks bound the memory.
 LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t tokens, std::string site, const char* fn) {
   check_layer_problem(fn, W, sigma);
@@ -79,20 +79,6 @@ LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t token
   LayerProblem p;
   p.W = W.contiguous();
   p.sigma = sigma.contiguous();
-  const auto S = p.sigma.cmat();
-  const int64_t c = S.rows();
-  bool exact = true;
-  for (int64_t i0 = 0; i0 < c && exact; i0 += 64)  // tiles: S(j, i) is read column-wise
-    for (int64_t j0 = i0; j0 < c && exact; j0 += 64)
-      for (int64_t i = i0; i < std::min(c, i0 + 64); ++i)
-        for (int64_t j = std::max(j0, i + 1); j < std::min(c, j0 + 64); ++j) exact = exact && S(i, j) == S(j, i);
-  if (!exact) {  // symmetric only within the tolerance: symmetrize once
-    Tensor sym = Tensor::empty(p.sigma.shape());
-    auto M = sym.mat();
-    for (int64_t i = 0; i < S.rows(); ++i)
-      for (int64_t j = 0; j < S.cols(); ++j) M(i, j) = (float)(0.5 * ((double)S(i, j) + (double)S(j, i)));
-    p.sigma = sym;
-  }
   p.mu = std::move(mu);
   p.tokens = tokens;
   p.site = std::move(site);
@@ -111,8 +97,9 @@ Objective objective(const LayerProblem& p, const Tensor& What) {
   if (What.shape() != W.shape()) fail(fn, ": What is ", shape_str(What.shape()), " but W is ", shape_str(W.shape()));
   check_finite(fn, "What", What);
   const int64_t r = W.size(0), c = W.size(1);
-  const MatD S = Sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
-  const Eigen::MatrixXf Sf = Sigma.cmat();
+  MatD S = Sigma.cmat().cast<double>();
+  S = (0.5 * (S + S.transpose())).eval();  // quad_form_sym needs exact symmetry; Σ is symmetric within the tolerance
+  const Eigen::MatrixXf Sf = S.cast<float>();
   const auto A = W.cmat();
   const auto B = What.cmat();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(r, (int64_t)(1 << 24) / c));  // ≤ 128 MB of f64

@@ -21,16 +21,16 @@ Objective objective(const Tensor& W, const Tensor& What, const Tensor& Sigma);
 void check_layer_problem(const char* fn, const Tensor& W, const Tensor& Sigma);
 
 // One linear's problem: min over Ŵ on a grid of tr((W − Ŵ) Σ (W − Ŵ)ᵀ). Made once, validated
-// once: every solver taking a LayerProblem trusts it (no re-validation, no re-symmetrization).
+// once: every solver taking a LayerProblem trusts it (no re-validation per sweep, round or
+// objective). Σ is kept as given — symmetric within check_layer_problem's tolerance, not always
+// exactly (the objective and decoupleQ take its symmetric part in f64 where they need it).
 struct LayerProblem {
   Tensor W;             // [rows, cols] f32, contiguous (a solver never writes it)
-  Tensor sigma;         // [cols, cols] f32 Gram matrix, contiguous and exactly symmetric
+  Tensor sigma;         // [cols, cols] f32 Gram matrix, contiguous
   Tensor mu;            // [cols] mean input, or undefined
   int64_t tokens = 0;   // calibration tokens behind Σ (0: unknown)
   std::string site;     // activation site ("attn_in", …), "" when unknown
-  // check_layer_problem (and μ's length); a Σ symmetric only within the tolerance is replaced by
-  // (Σ + Σᵀ)/2 rounded to f32, so every solver sees one exactly symmetric matrix (calibration's
-  // Σ already is, and is kept as it is). `fn` names the caller in errors.
+  // check_layer_problem (and μ's length); `fn` names the caller in errors.
   static LayerProblem make(Tensor W, Tensor sigma, Tensor mu = {}, int64_t tokens = 0, std::string site = "",
                            const char* fn = "layer problem");
 };

@@ -429,7 +429,8 @@ Problem make_problem(const LayerProblem& lp, const GridSpec& spec) {
   P.sym = spec.sym;
   P.zero_sym = (float)(P.maxq + 1) / 2.f;
   P.W = W.cmat().cast<double>();
-  P.S = Sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
+  P.S = Sigma.cmat().cast<double>();
+  P.S = (0.5 * (P.S + P.S.transpose())).eval();
   P.T.resize(P.r, P.c);
   for_chunks(P, [&](int64_t r0, int64_t n) { P.T.middleRows(r0, n).noalias() = P.W.middleRows(r0, n) * P.S; });
   P.S1 = MatD::Zero(P.ng, P.ng);
@@ -482,7 +483,8 @@ std::vector<double> alt_min_row_losses(const Tensor& W, const Tensor& What, cons
   if (!What.defined() || What.shape() != W.shape() || What.dtype() != DType::F32)
     fail(fn, ": What must be f32 ", shape_str(W.shape()), ", got ", What.defined() ? shape_str(What.shape()) : std::string("undefined"));
   const int64_t r = W.size(0), c = W.size(1);
-  const MatD S = lp.sigma.cmat().cast<double>();  // exactly symmetric (LayerProblem::make)
+  MatD S = lp.sigma.cmat().cast<double>();
+  S = (0.5 * (S + S.transpose())).eval();
   const RowMatD E = W.cmat().cast<double>() - What.cmat().cast<double>();
   std::vector<double> loss((size_t)r);
   for_row_chunks(r, c, [&](int64_t r0, int64_t n) {  // the same chunks and GEMMs as alt_min's own losses

@@ -65,7 +65,7 @@ AltMinResult alt_min(const LayerProblem& p, const GridSpec& spec, const AltMinOp
 
 // ---- building blocks (exposed for tests) ----
 
-// ℓ_i = (w_i − ŵ_i) Σ (w_i − ŵ_i)ᵀ per row, f64 (the rows of objective()).
+// ℓ_i = (w_i − ŵ_i) Σ (w_i − ŵ_i)ᵀ per row, f64 with Σ's symmetric part (the rows of objective()).
 std::vector<double> alt_min_row_losses(const Tensor& W, const Tensor& What, const Tensor& Sigma);
 
 // The float step alone (methods.md#decoupleq-float): with codes [rows, cols] (u8, 0..maxq) fixed,

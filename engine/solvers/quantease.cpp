@@ -200,7 +200,7 @@ QuantEaseResult quantease(const LayerProblem& p, const GridSpec& spec, const Qua
   QuantEaseResult res;
   res.init_objective = opt.init == "w" ? 0.0 : objective(p, What).value;  // Ŵ = W: f = 0
   // f under S, tracked exactly per coordinate by cd_sweep (one objective() per sweep would double the cost).
-  LayerProblem damped = p;  // S − Σ is diagonal: still exactly symmetric
+  LayerProblem damped = p;  // S − Σ is diagonal
   damped.sigma = S;
   double fS = opt.percdamp > 0 ? objective(damped, What).value : res.init_objective;
   for (int it = 1; it <= opt.iters; ++it) {
