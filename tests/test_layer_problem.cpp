@@ -1,5 +1,5 @@
-// qforge tests — the layer problem is made once (quant/layer_problem.h): validated, made exactly
-// symmetric, and trusted by every solver that takes it.
+// qforge tests — the layer problem is made once (quant/layer_problem.h): validated once, Σ kept
+// as given, and trusted by every solver that takes it.
 #include <doctest/doctest.h>
 
 #include <cmath>

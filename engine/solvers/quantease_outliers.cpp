@@ -188,7 +188,8 @@ OutlierResult quantease_outliers(const Tensor& W, const Tensor& Sigma, const Gri
 
 OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, const OutlierOptions& opt, const SolverLog& log) {
   const char* fn = "quantease_outliers";
-  const Tensor& W = p.W;
+  const Tensor& Wc = p.W;  // contiguous, validated once (LayerProblem)
+  const Tensor& Sc = p.sigma;
   if (!(opt.ratio >= 0 && opt.ratio < 1)) fail(fn, ": ratio must be in [0, 1), got ", opt.ratio);
   if (opt.iters < 1) fail(fn, ": iters must be >= 1, got ", opt.iters);
   if (!(opt.alpha > 0) || !std::isfinite(opt.alpha)) fail(fn, ": alpha must be > 0, got ", opt.alpha);
@@ -203,9 +204,7 @@ OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, co
     fail(fn, ": structured outliers refresh §5's per-row min-max grid; got ", spec.str(),
          " (use unstructured outliers with mixed bits, row groups or companded grids)");
   if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range (docs/methods.md#outlier-grid), no MSE search");
-  const int64_t r = W.size(0), c = W.size(1);
-  const Tensor& Wc = p.W;  // contiguous, validated once (LayerProblem)
-  const Tensor& Sc = p.sigma;
+  const int64_t r = Wc.size(0), c = Wc.size(1);
 
   // Budget (methods.md#outliers): s entries (unstructured) or s whole input columns (structured).
   const int64_t s = opt.structured ? std::llround((double)c * opt.ratio) : std::llround((double)r * (double)c * opt.ratio);
