@@ -5,6 +5,7 @@
 // blocks 128, triangular-inverse blocks 128, GPTQ row chunks 256, CD blocks 256 / sub-blocks 32 /
 // row chunks 256). A later backend passes the same tests with set_backend(); a counting decorator
 // proves that the forward, the backward, calibration, GPTQ and QuantEase reach the seam.
+#include <omp.h>
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
@@ -80,6 +81,80 @@ TEST_CASE("backend gemm_rows: x·Wᵀ and x·W, written and accumulated, across 
         CHECK(rel_err(y, ref) < 1e-5);
       }
     }
+  }
+}
+
+// A batch is bit for bit its jobs run one after another through the single ops, on 1 and 2
+// threads (the single ops are checked against f64 above).
+TEST_CASE("backend gemm_rows_batch: q/k/v of one input and dx = Σ dy_i W_i, as separate calls") {
+  Rng g(11);
+  for (const int64_t rows : {1, 63, 64, 65, 130, 300}) {
+    // three products of one x (x·Wᵢᵀ, different widths), then a sum of three into one y (dyᵢ·Wᵢ)
+    const int64_t in = 29;
+    const int64_t outs[3] = {37, 11, 64};
+    std::vector<std::vector<float>> w, x2;
+    for (const int64_t o : outs) w.push_back(randv(g, o * in));
+    const auto x = randv(g, rows * in);
+    for (const int64_t o : outs) x2.push_back(randv(g, rows * o));
+    std::vector<std::vector<float>> ys(3), ys_ref(3);
+    std::vector<float> dx = randv(g, rows * in), dx_ref = dx;
+    for (int i = 0; i < 3; ++i) ys[i] = ys_ref[i] = randv(g, rows * outs[i]);
+    for (int i = 0; i < 3; ++i) {
+      be().gemm_rows(x.data(), rows, w[i].data(), outs[i], in, true, ys_ref[i].data(), i == 1);
+      be().gemm_rows(x2[i].data(), rows, w[i].data(), outs[i], in, false, dx_ref.data(), i > 0);
+    }
+    for (const int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      auto y = ys;
+      auto d = dx;
+      std::vector<GemmRowsJob> fwd, bwd;
+      for (int i = 0; i < 3; ++i) {
+        fwd.push_back(GemmRowsJob{x.data(), w[i].data(), outs[i], in, true, y[i].data(), i == 1});
+        bwd.push_back(GemmRowsJob{x2[i].data(), w[i].data(), outs[i], in, false, d.data(), i > 0});
+      }
+      be().gemm_rows_batch(rows, fwd.data(), 3);
+      be().gemm_rows_batch(rows, bwd.data(), 3);
+      CAPTURE(rows);
+      CAPTURE(threads);
+      for (int i = 0; i < 3; ++i) CHECK(y[i] == ys_ref[i]);
+      CHECK(d == dx_ref);
+    }
+    omp_set_num_threads(omp_get_num_procs());
+  }
+}
+
+TEST_CASE("backend gemm_tn_batch: the weight gradients of several linears, as separate calls") {
+  Rng g(12);
+  for (const int64_t rows : {1, 77, 600}) {
+    const int64_t b_cols = 19;
+    const int64_t a_cols[3] = {1, 33, 70};
+    const auto b = randv(g, rows * b_cols);
+    std::vector<std::vector<float>> a, c0, c_ref, cs_ref;
+    for (const int64_t ac : a_cols) {
+      a.push_back(randv(g, rows * ac));
+      c0.push_back(randv(g, ac * b_cols));
+      cs_ref.push_back(std::vector<float>((size_t)ac, -7.f));
+    }
+    c_ref = c0;
+    for (int i = 0; i < 3; ++i)
+      be().gemm_tn(a[i].data(), rows, a_cols[i], b.data(), b_cols, c_ref[i].data(), i == 2, i == 1 ? nullptr : cs_ref[i].data(), -1);
+    for (const int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      auto c = c0;
+      std::vector<std::vector<float>> cs(3);
+      for (int i = 0; i < 3; ++i) cs[i].assign((size_t)a_cols[i], -7.f);
+      std::vector<GemmTnJob> jobs;
+      for (int i = 0; i < 3; ++i)
+        jobs.push_back(GemmTnJob{a[i].data(), a_cols[i], b.data(), b_cols, c[i].data(), i == 2, i == 1 ? nullptr : cs[i].data()});
+      be().gemm_tn_batch(rows, jobs.data(), 3);
+      CAPTURE(rows);
+      CAPTURE(threads);
+      for (int i = 0; i < 3; ++i) {
+        CHECK(c[i] == c_ref[i]);
+        CHECK(cs[i] == cs_ref[i]);
+      }
+    }
+    omp_set_num_threads(omp_get_num_procs());
   }
 }
 
@@ -444,6 +519,14 @@ class CountingBackend final : public Backend {
     ++calls["gemm_tn"];
     cpu.gemm_tn(a, rows, ac, b, bc, c, acc, cs, work);
   }
+  void gemm_rows_batch(int64_t rows, const GemmRowsJob* jobs, int n) override {
+    ++calls["gemm_rows_batch"];
+    cpu.gemm_rows_batch(rows, jobs, n);
+  }
+  void gemm_tn_batch(int64_t rows, const GemmTnJob* jobs, int n) override {
+    ++calls["gemm_tn_batch"];
+    cpu.gemm_tn_batch(rows, jobs, n);
+  }
   void gram_accumulate(const float* x, int64_t n, int64_t c, double* S, double* xs) override {
     ++calls["gram_accumulate"];
     cpu.gram_accumulate(x, n, c, S, xs);
@@ -555,7 +638,7 @@ TEST_CASE("backend seam: forward, backward, calibration, GPTQ and QuantEase go t
   CHECK(seen.sigma == plain.sigma);
   CHECK(seen.gptq == plain.gptq);
   CHECK(seen.qe == plain.qe);
-  for (const char* op : {"gemm_rows", "gemm_tn", "gram_accumulate", "rmsnorm", "rmsnorm_backward", "rope_rotate",
+  for (const char* op : {"gemm_rows", "gemm_tn", "gemm_rows_batch", "gemm_tn_batch", "gram_accumulate", "rmsnorm", "rmsnorm_backward", "rope_rotate",
                          "rope_rotate_t", "swiglu", "swiglu_backward", "add_inplace", "attention", "attention_backward",
                          "cholesky_lower", "lower_triangular_inverse", "gptq_block", "cd_sweep"}) {
     CAPTURE(op);

@@ -52,6 +52,28 @@ struct CdSweep {
   bool continuous = false;     // unquantized coordinate minimisers instead of grid values
 };
 
+// One product of a gemm_rows_batch: y = x · op(w), or y += when accumulate (shapes as
+// gemm_rows; every job of a batch has the same rows).
+struct GemmRowsJob {
+  const float* x = nullptr;
+  const float* w = nullptr;
+  int64_t w_rows = 0, w_cols = 0;
+  bool w_transposed = false;
+  float* y = nullptr;
+  bool accumulate = false;
+};
+
+// One product of a gemm_tn_batch: c = aᵀ b (+= when accumulate), a_colsum as gemm_tn.
+struct GemmTnJob {
+  const float* a = nullptr;
+  int64_t a_cols = 0;
+  const float* b = nullptr;
+  int64_t b_cols = 0;
+  float* c = nullptr;
+  bool accumulate = false;
+  float* a_colsum = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -69,6 +91,14 @@ class Backend {
   // (the size that decides threading; it never changes the bits).
   virtual void gemm_tn(const float* a, int64_t rows, int64_t a_cols, const float* b, int64_t b_cols, float* c,
                        bool accumulate, float* a_colsum = nullptr, int64_t work = -1) = 0;
+  // The jobs' results exactly as if run one after another with gemm_rows (a later job may
+  // accumulate into an earlier job's y; no job reads another's y), in one pass: q, k and v of
+  // one input, or dx = Σ_i dy_i W_i. One parallel region instead of n (waking a sleeping
+  // team costs tens of µs each, docs/benchmarks.md "OpenMP wait policy").
+  virtual void gemm_rows_batch(int64_t rows, const GemmRowsJob* jobs, int n_jobs) = 0;
+  // Independent gemm_tn products over the same rows (no c or a_colsum aliases another), as if
+  // run one after another: the weight gradients of q, k and v.
+  virtual void gemm_tn_batch(int64_t rows, const GemmTnJob* jobs, int n_jobs) = 0;
 
   // ---- calibration statistics
   // S += xᵀ x in f64 (S column-major [c, c], i.e. Eigen::MatrixXd), x row-major [n, c]; xsum,

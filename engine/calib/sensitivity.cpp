@@ -91,9 +91,15 @@ void check_grad_stats_options(const GradStatsOptions& opt, int nwin) {
 // How many backward passes run at once. A pass of a small model is hundreds of short loops
 // (stories260K: tens of microseconds each), too short to share among threads, and under passive
 // waiting every loop would pay for waking them; whole passes in parallel keep every thread busy.
-// Bounded by the threads, the passes, and memory: each pass in flight holds its activations and
-// one block's dW (backward.h), at most an eighth of physical memory for all of them. A lazy
-// model converts and frees blocks as passes reach them, which passes in parallel cannot share.
+// A block of kSharedPassParams weights or more has loops long enough to share, and passes side
+// by side would each stream every weight through the cache: SmolLM2-135M (3.5 M per block)
+// ran its gradient statistics 10 % faster one pass at a time than two at once, stories260K
+// (53 k) 1.7× slower (docs/benchmarks.md "OpenMP wait policy"); the default follows, an
+// explicit max_concurrent_passes wins. Bounded by the threads, the passes, and memory: each
+// pass in flight holds its activations and one block's dW (backward.h), at most an eighth of
+// physical memory for all of them. A lazy model converts and frees blocks as passes reach them,
+// which passes in parallel cannot share.
+constexpr int64_t kSharedPassParams = int64_t(1) << 20;
 struct PassPlan {
   int passes = 1;         // backward passes at once
   double park_bytes = 0;  // dW parked by passes ahead of their turn, at most
@@ -107,6 +113,7 @@ static PassPlan concurrent_passes(const Model& m, const GradStatsOptions& opt, i
   const int64_t N = (int64_t)opt.batch * T, hd = c.head_dim(), kv = c.kv_dim();
   int64_t block_params = 0;
   for (const Linear& lin : m.block(0).linears) block_params += lin.out_features() * lin.in_features();
+  if (opt.max_concurrent_passes == 0 && block_params >= kSharedPassParams) return {};
   const double pass_bytes =
       4.0 * ((double)N * ((double)c.dim * m.n_blocks() + 3.0 * c.dim + 2.0 * c.n_heads * hd + 2.0 * kv + 3.0 * c.hidden_dim) +
              (double)block_params);
@@ -148,14 +155,23 @@ GradStats gradient_statistics(const Model& m, const std::vector<int32_t>& window
     m.release_block(l);
   }
   // Adds dW² of every linear into the running sums (elementwise: deterministic for any threads).
+  // All of a block's linears in one parallel region: tasks of kAccChunk elements.
   auto accumulate = [&](int l, BlockGrads& g) {
+    constexpr int64_t kAccChunk = int64_t(1) << 16;
+    std::vector<Tensor> dW(g.names.size());
+    std::vector<int64_t> first(g.names.size() + 1, 0);  // first task of each linear
     for (size_t j = 0; j < g.names.size(); ++j) {
-      const Tensor dW = g.dW[j].contiguous();
+      dW[j] = g.dW[j].contiguous();
+      first[j + 1] = first[j] + (dW[j].numel() + kAccChunk - 1) / kAccChunk;
+    }
+    const int64_t total = first.back() * kAccChunk;
+#pragma omp parallel for schedule(dynamic) if (worth_parallel_stream(total))
+    for (int64_t t = 0; t < first.back(); ++t) {
+      const size_t j = size_t(std::upper_bound(first.begin(), first.end(), t) - first.begin()) - 1;
       float* acc = gs.g2[l][j].f32();
-      const float* d = dW.f32();
-      const int64_t n = dW.numel();
-#pragma omp parallel for schedule(static) if (worth_parallel(n))
-      for (int64_t e = 0; e < n; ++e) acc[e] += d[e] * d[e];
+      const float* d = dW[j].f32();
+      const int64_t e0 = (t - first[j]) * kAccChunk, e1 = std::min(dW[j].numel(), e0 + kAccChunk);
+      for (int64_t e = e0; e < e1; ++e) acc[e] += d[e] * d[e];
     }
   };
 

@@ -48,8 +48,9 @@ struct GradStatsOptions {
   int batch = 1;                 // windows per iteration (z sums over them)
   int stride = 128;              // positions t = stride−1, 2·stride−1, … < T (T−1 if T < stride)
   bool joint_positions = false;  // one backward of Σ_t z_t per iteration instead of one per position
-  // Backward passes run at once (0: as many as threads and memory allow; 1: one at a time, each
-  // pass's loops shared among the threads). Speed only: the bits are the same for any value.
+  // Backward passes run at once (0: as many as threads and memory allow for a model with
+  // blocks under 2^20 weights, one at a time for bigger ones; 1: one at a time, each pass's
+  // loops shared among the threads). Speed only: the bits are the same for any value.
   int max_concurrent_passes = 0;
 };
 

@@ -34,6 +34,24 @@ static void dy_times_w(const Tensor& dy, const Tensor& W, Tensor& dx, bool accum
   backend().gemm_rows(dy.f32(), N, W.f32(), outf, in, /*w_transposed=*/false, dx.f32(), accumulate);
 }
 
+// dx = Σ_i dy_i W_i (dy_i [N, out_i] contiguous, W_i [out_i, in]) in one backend call, added in
+// list order: the same bits as dy_times_w on each term in turn.
+static Tensor sum_dy_times_w(std::initializer_list<std::pair<const Tensor*, const Linear*>> terms) {
+  std::vector<Tensor> W;
+  std::vector<GemmRowsJob> jobs;
+  const int64_t N = terms.begin()->first->size(0);
+  Tensor dx;
+  for (const auto& [dy, lin] : terms) {
+    W.push_back(lin->weight.contiguous());
+    const int64_t outf = W.back().size(0), in = W.back().size(1);
+    if (!dx.defined()) dx = Tensor::empty({N, in});
+    jobs.push_back(GemmRowsJob{dy->f32(), W.back().f32(), outf, in, /*w_transposed=*/false, dx.f32(),
+                               /*accumulate=*/!jobs.empty()});
+  }
+  backend().gemm_rows_batch(N, jobs.data(), (int)jobs.size());
+  return dx;
+}
+
 // dW = dyᵀ x [out, in]; db[o] = Σ_n dy[n, o] in f64 when db is non-null.
 static void dyt_times_x(const Tensor& dy, const Tensor& x, Tensor& dW, Tensor* db) {
   const int64_t N = dy.size(0), outf = dy.size(1), in = x.size(1);
@@ -269,14 +287,22 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
     g->db.resize(blk.linears.size());
   }
   auto idx = [&](const char* name) { return &blk.linear(name) - blk.linears.data(); };
-  // dW = dyᵀ x and db for linear `name` when requested
-  auto weight_grad = [&](const char* name, const Tensor& x, const Tensor& dy) {
-    const auto i = idx(name);
-    if (!want[i]) return;
-    const Linear& l = blk.linears[i];
-    if (l.bias.defined() && l.bias.numel() != l.out_features())
-      fail("linear '", l.name, "' of block ", layer + 1, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
-    dyt_times_x(dy, x, g->dW[i], l.bias.defined() ? &g->db[i] : nullptr);
+  // dW = dyᵀ x and db for the requested linears among `dys` (all read x), in one backend call.
+  auto weight_grads = [&](std::initializer_list<std::pair<const char*, const Tensor*>> dys, const Tensor& x) {
+    std::vector<GemmTnJob> jobs;
+    for (const auto& [name, d] : dys) {
+      const auto i = idx(name);
+      if (!want[i]) continue;
+      const Linear& l = blk.linears[i];
+      if (l.bias.defined() && l.bias.numel() != l.out_features())
+        fail("linear '", l.name, "' of block ", layer + 1, ": bias has ", l.bias.numel(), " elements, expected ", l.out_features());
+      const int64_t outf = d->size(1), in = x.size(1);
+      g->dW[i] = Tensor::empty({outf, in});
+      if (l.bias.defined()) g->db[i] = Tensor::empty({outf});
+      jobs.push_back(GemmTnJob{d->f32(), outf, x.f32(), in, g->dW[i].f32(), /*accumulate=*/false,
+                               l.bias.defined() ? g->db[i].f32() : nullptr});
+    }
+    if (!jobs.empty()) backend().gemm_tn_batch(x.size(0), jobs.data(), (int)jobs.size());
   };
   const Tensor x = x_.contiguous(), dy = dy_.contiguous();
 
@@ -284,9 +310,8 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   //      not need are dropped as soon as the forward is past them.
   Tensor xn1;
   rmsnorm(x, blk.attn_norm, c.norm_eps, xn1);
-  Tensor q = linear_forward(xn1, blk.linear("q"));
-  Tensor k = linear_forward(xn1, blk.linear("k"));
-  Tensor v = linear_forward(xn1, blk.linear("v"));
+  std::vector<Tensor> qkv = linear_forward(xn1, {&blk.linear("q"), &blk.linear("k"), &blk.linear("v")});
+  Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
   if (!want[idx("q")] && !want[idx("k")] && !want[idx("v")]) xn1 = Tensor();
   const std::vector<float> inv_freq = rope_inv_freq(c, hd);  // RoPE scaling included
   rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
@@ -298,11 +323,11 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   if (!want[idx("o")]) att = Tensor();
   Tensor xn2;
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn2);
-  Tensor a = linear_forward(xn2, blk.linear("gate"));
-  Tensor u = linear_forward(xn2, blk.linear("up"));
+  std::vector<Tensor> gu = linear_forward(xn2, {&blk.linear("gate"), &blk.linear("up")});
+  Tensor a = std::move(gu[0]), u = std::move(gu[1]);
   if (!want[idx("gate")] && !want[idx("up")]) xn2 = Tensor();
   // the block output itself is not needed; silu(a)·u only for down's dW
-  if (want[idx("down")]) weight_grad("down", swiglu(a, u), dy);
+  if (want[idx("down")]) weight_grads({{"down", &dy}}, swiglu(a, u));
 
   // ---- FFN: out = h + down(silu(a)·u)
   const Tensor Wdown = blk.linear("down").weight.contiguous();
@@ -310,11 +335,8 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   dy_times_w(dy, Wdown, dmid, false);
   swiglu_backward_inplace(a, u, dmid);  // a ← da, u ← du
   dmid = Tensor();
-  weight_grad("gate", xn2, a);
-  weight_grad("up", xn2, u);
-  Tensor dxn2;
-  dy_times_w(a, blk.linear("gate").weight.contiguous(), dxn2, false);
-  dy_times_w(u, blk.linear("up").weight.contiguous(), dxn2, true);
+  weight_grads({{"gate", &a}, {"up", &u}}, xn2);
+  Tensor dxn2 = sum_dy_times_w({{&a, &blk.linear("gate")}, {&u, &blk.linear("up")}});
   a = u = xn2 = Tensor();
   RmsnormGrads n2 = rmsnorm_backward(h, blk.ffn_norm, c.norm_eps, dxn2, req.norms);
   h = dxn2 = Tensor();
@@ -323,7 +345,7 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   n2.dx = Tensor();
 
   // ---- attention: h = x + o(att)
-  weight_grad("o", att, dh);
+  weight_grads({{"o", &dh}}, att);
   att = Tensor();
   Tensor datt;
   dy_times_w(dh, blk.linear("o").weight.contiguous(), datt, false);
@@ -331,14 +353,9 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   q = k = v = datt = Tensor();
   rope_backward(ag.dq, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
   rope_backward(ag.dk, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
-  weight_grad("q", xn1, ag.dq);
-  weight_grad("k", xn1, ag.dk);
-  weight_grad("v", xn1, ag.dv);
+  weight_grads({{"q", &ag.dq}, {"k", &ag.dk}, {"v", &ag.dv}}, xn1);
   xn1 = Tensor();
-  Tensor dxn1;
-  dy_times_w(ag.dq, blk.linear("q").weight.contiguous(), dxn1, false);
-  dy_times_w(ag.dk, blk.linear("k").weight.contiguous(), dxn1, true);
-  dy_times_w(ag.dv, blk.linear("v").weight.contiguous(), dxn1, true);
+  Tensor dxn1 = sum_dy_times_w({{&ag.dq, &blk.linear("q")}, {&ag.dk, &blk.linear("k")}, {&ag.dv, &blk.linear("v")}});
   ag = AttentionGrads{};
   RmsnormGrads n1 = rmsnorm_backward(x, blk.attn_norm, c.norm_eps, dxn1, req.norms);
   add_inplace(dh, n1.dx);  // dL/dx = dL/dh (residual) + the attention branch

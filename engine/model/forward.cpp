@@ -96,24 +96,36 @@ void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int 
   backend().attention(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, out.f32());
 }
 
-Tensor linear_forward(const Tensor& x_, const Linear& lin) {
-  const Tensor W = lin.weight.contiguous();
-  if (W.dim() != 2 || W.dtype() != DType::F32) fail("linear '", lin.name, "': weight must be an f32 matrix, got ", shape_str(W.shape()));
-  const int64_t in = W.size(1), outf = W.size(0);
-  if (x_.dim() != 2 || x_.size(1) != in)
-    fail("linear '", lin.name, "': input ", shape_str(x_.shape()), " does not match weight ", shape_str(W.shape()));
+Tensor linear_forward(const Tensor& x, const Linear& lin) { return std::move(linear_forward(x, {&lin})[0]); }
+
+std::vector<Tensor> linear_forward(const Tensor& x_, const std::vector<const Linear*>& lins) {
+  std::vector<Tensor> W(lins.size()), y(lins.size());
+  std::vector<GemmRowsJob> jobs(lins.size());
   const Tensor x = x_.contiguous();
+  for (size_t i = 0; i < lins.size(); ++i) {
+    const Linear& lin = *lins[i];
+    W[i] = lin.weight.contiguous();
+    if (W[i].dim() != 2 || W[i].dtype() != DType::F32)
+      fail("linear '", lin.name, "': weight must be an f32 matrix, got ", shape_str(W[i].shape()));
+    const int64_t in = W[i].size(1), outf = W[i].size(0);
+    if (x.dim() != 2 || x.size(1) != in)
+      fail("linear '", lin.name, "': input ", shape_str(x.shape()), " does not match weight ", shape_str(W[i].shape()));
+    if (lin.bias.defined() && lin.bias.numel() != outf)
+      fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
+    y[i] = Tensor::empty({x.size(0), outf});
+    jobs[i] = GemmRowsJob{x.f32(), W[i].f32(), outf, in, /*w_transposed=*/true, y[i].f32(), /*accumulate=*/false};
+  }
   const int64_t N = x.size(0);
-  Tensor y = Tensor::empty({N, outf});
-  float* yp = y.f32();
   // Fixed 64-row chunks: the same bits for 1 or N threads.
-  backend().gemm_rows(x.f32(), N, W.f32(), outf, in, /*w_transposed=*/true, yp, /*accumulate=*/false);
-  if (lin.bias.defined()) {
-    if (lin.bias.numel() != outf) fail("linear '", lin.name, "': bias has ", lin.bias.numel(), " elements, expected ", outf);
-    const std::vector<float> b = lin.bias.to_vector();
-#pragma omp parallel for schedule(static) if (worth_parallel(N * outf))
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < outf; ++j) yp[i * outf + j] += b[j];
+  backend().gemm_rows_batch(N, jobs.data(), (int)jobs.size());
+  for (size_t i = 0; i < lins.size(); ++i) {
+    if (!lins[i]->bias.defined()) continue;
+    const int64_t outf = W[i].size(0);
+    const std::vector<float> b = lins[i]->bias.to_vector();
+    float* yp = y[i].f32();
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(N * outf))
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < outf; ++j) yp[r * outf + j] += b[j];
   }
   return y;
 }
@@ -142,9 +154,8 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   Tensor xn;
   rmsnorm(x, blk.attn_norm, c.norm_eps, xn);
   if (obs) obs(Site::AttnIn, xn);
-  Tensor q = linear_forward(xn, blk.linear("q"));
-  Tensor k = linear_forward(xn, blk.linear("k"));
-  Tensor v = linear_forward(xn, blk.linear("v"));
+  std::vector<Tensor> qkv = linear_forward(xn, {&blk.linear("q"), &blk.linear("k"), &blk.linear("v")});
+  Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
   const std::vector<float> inv_freq = rope_inv_freq(c, hd);
   rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
   rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
@@ -156,8 +167,9 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
 
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn);
   if (obs) obs(Site::FfnIn, xn);
-  Tensor g = linear_forward(xn, blk.linear("gate"));
-  const Tensor u = linear_forward(xn, blk.linear("up"));
+  std::vector<Tensor> gu = linear_forward(xn, {&blk.linear("gate"), &blk.linear("up")});
+  Tensor g = std::move(gu[0]);
+  const Tensor u = std::move(gu[1]);
   backend().swiglu(g.f32(), u.f32(), g.numel(), g.f32());  // silu(gate)·up, in place
   if (obs) obs(Site::FfnMid, g);
   add_inplace(h, linear_forward(g, blk.linear("down")));

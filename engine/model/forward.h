@@ -32,6 +32,9 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, 
                int head_dim, Tensor& out);
 // y = x Wᵀ (+ bias); x [N, in], W [out, in].
 Tensor linear_forward(const Tensor& x, const Linear& lin);
+// The same for several linears of one input (q, k, v; gate, up) in one backend call: each
+// result bit for bit linear_forward's.
+std::vector<Tensor> linear_forward(const Tensor& x, const std::vector<const Linear*>& lins);
 
 // ---- model pieces ----
 Tensor embed(const Model& m, const std::vector<int32_t>& tokens);  // [N, dim]; errors on an id out of range

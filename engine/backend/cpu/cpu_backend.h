@@ -13,6 +13,8 @@ class CpuBackend final : public Backend {
                  float* y, bool accumulate) override;
   void gemm_tn(const float* a, int64_t rows, int64_t a_cols, const float* b, int64_t b_cols, float* c, bool accumulate,
                float* a_colsum, int64_t work) override;
+  void gemm_rows_batch(int64_t rows, const GemmRowsJob* jobs, int n_jobs) override;
+  void gemm_tn_batch(int64_t rows, const GemmTnJob* jobs, int n_jobs) override;
   void gram_accumulate(const float* x, int64_t n, int64_t c, double* S, double* xsum) override;
   void rmsnorm(const float* x, int64_t n, int64_t d, const float* g, float eps, float* y) override;
   void rmsnorm_backward(const float* x, int64_t n, int64_t d, const float* g, float eps, const float* dy, float* dx,

@@ -1,7 +1,9 @@
 // qforge — the CPU backend's model ops: RMSNorm, RoPE, SwiGLU, residual adds and causal
 // grouped-query attention, forward and backward (backend.h). f32 throughout; f64 only for the
 // reductions that need it (RMSNorm row dots and gain sums, the softmax backward's row dots).
-// Chunking is fixed, so the bits do not depend on the thread count.
+// Chunking is fixed, so the bits do not depend on the thread count. Loops hand out their
+// chunks dynamically: under passive waiting a woken thread starts late, and the calling
+// thread takes its share meanwhile instead of waiting for it at the end.
 #include <omp.h>
 
 #include <algorithm>
@@ -44,7 +46,7 @@ using StridedOut = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
 }  // namespace
 
 void CpuBackend::rmsnorm(const float* xp, int64_t N, int64_t D, const float* gp, float eps, float* op) {
-#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
+#pragma omp parallel for schedule(dynamic, 8) if (worth_parallel(N * D * 4))
   for (int64_t i = 0; i < N; ++i) {
     const float* r = xp + i * D;
     double ss = 0;
@@ -60,7 +62,7 @@ void CpuBackend::rmsnorm_backward(const float* xp, int64_t N, int64_t D, const f
   // dg = Σ_rows dy ⊙ x·inv: f64 partial sums per fixed row chunk, added in chunk order.
   const int64_t nchunks = (N + kNormRowChunk - 1) / kNormRowChunk;
   std::vector<double> part(want_dg ? (size_t)(nchunks * D) : 0, 0.0);
-#pragma omp parallel for schedule(static) if (worth_parallel(N * D * 4))
+#pragma omp parallel for schedule(dynamic) if (worth_parallel(N * D * 4))
   for (int64_t c = 0; c < nchunks; ++c) {
     double* pc = want_dg ? part.data() + c * D : nullptr;
     for (int64_t i = c * kNormRowChunk; i < std::min(N, (c + 1) * kNormRowChunk); ++i) {
@@ -101,7 +103,7 @@ void CpuBackend::rope_rotate(float* xp, int64_t N, int n_heads, int head_dim, in
       cs[(size_t)p * half + i] = std::cos(val);
       sn[(size_t)p * half + i] = transpose ? -std::sin(val) : std::sin(val);
     }
-#pragma omp parallel for schedule(static) if (worth_parallel(N * W))
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(N * W))
   for (int64_t r = 0; r < N; ++r) {
     const int p = (int)(r % T);
     for (int h = 0; h < n_heads; ++h) {
@@ -119,13 +121,13 @@ void CpuBackend::rope_rotate(float* xp, int64_t N, int n_heads, int head_dim, in
 }
 
 void CpuBackend::swiglu(const float* ap, const float* up, int64_t n, float* hp) {
-#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
+#pragma omp parallel for schedule(dynamic, 4096) if (worth_parallel(n * 16))
   for (int64_t i = 0; i < n; ++i) hp[i] = ap[i] / (1.0f + std::exp(-ap[i])) * up[i];  // silu(gate)·up
 }
 
 // h = silu(a)·u, silu'(a) = σ(a)(1 + a(1 − σ(a))).
 void CpuBackend::swiglu_backward(float* ap, float* up, const float* dp, int64_t n) {
-#pragma omp parallel for schedule(static) if (worth_parallel(n * 16))
+#pragma omp parallel for schedule(dynamic, 4096) if (worth_parallel(n * 16))
   for (int64_t i = 0; i < n; ++i) {
     const float x = ap[i], sig = 1.0f / (1.0f + std::exp(-x));
     ap[i] = dp[i] * up[i] * sig * (1.0f + x * (1.0f - sig));
@@ -134,7 +136,7 @@ void CpuBackend::swiglu_backward(float* ap, float* up, const float* dp, int64_t 
 }
 
 void CpuBackend::add_inplace(float* ap, const float* bp, int64_t n) {
-#pragma omp parallel for schedule(static) if (worth_parallel(n))
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n))
   for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
 }
 
