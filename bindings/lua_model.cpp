@@ -290,44 +290,84 @@ static int m_forward(lua_State* L) {
   return 1;
 }
 
-// m:perplexity(text_or_ids [, {seqlen=, max_windows=, batch=}])
-static int m_perplexity(lua_State* L) {
-  const LModel& lm = check_model(L, 1, "perplexity");
-  check_opts(L, 3, "perplexity", {"seqlen", "max_windows", "batch"});
-  PplOptions o;
-  o.seqlen = (int)opt_field_int(L, 3, "seqlen", "perplexity", 0);
-  o.max_windows = (int)opt_field_int(L, 3, "max_windows", "perplexity", 0);
-  o.batch = (int)opt_field_int(L, 3, "batch", "perplexity", 0);
+// The text or token ids at `arg` as the evaluations take them; o.stream and o.bos_id (for the
+// protocols that put BOS at each window) are filled from the model's tokenizer.
+static std::vector<int32_t> eval_tokens(lua_State* L, const LModel& lm, int arg, const char* fn, PplOptions& o) {
   std::vector<int32_t> tokens;
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    if (!lm.tok) fail("perplexity: model '", lm.m->source, "' has no tokenizer to encode the text (pass token ids)");
-    tokens = lm.tok->encode(check_str(L, 2, "perplexity"), true, false);
+  if (lua_type(L, arg) == LUA_TSTRING) {
+    if (!lm.tok) fail(fn, ": model '", lm.m->source, "' has no tokenizer to encode the text (pass token ids)");
+    tokens = lm.tok->encode(check_str(L, arg, fn), true, false);
     o.stream = lm.tok->add_bos() ? "text tokenized with BOS once at its start"
                                  : "text tokenized without BOS (the tokenizer adds none)";
-  } else if (lua_type(L, 2) == LUA_TTABLE) {
-    tokens = ids_from_table(L, 2, "perplexity");
+  } else if (lua_type(L, arg) == LUA_TTABLE) {
+    tokens = ids_from_table(L, arg, fn);
     o.stream = !tokens.empty() && tokens[0] == (lm.tok ? lm.tok->bos_id() : 1) ? "token ids as given (starting with BOS)" : "token ids as given (no BOS)";
   } else {
-    type_error(L, 2, "perplexity", "string or table of token ids");
+    type_error(L, arg, fn, "string or table of token ids");
   }
+  o.bos_id = lm.tok && lm.tok->add_bos() ? lm.tok->bos_id() : -1;
+  return tokens;
+}
 
+// The options every evaluation shares: seqlen, max_windows, batch, protocol.
+static PplOptions eval_options(lua_State* L, int arg, const char* fn) {
+  PplOptions o;
+  o.seqlen = (int)opt_field_int(L, arg, "seqlen", fn, 0);
+  o.max_windows = (int)opt_field_int(L, arg, "max_windows", fn, 0);
+  o.batch = (int)opt_field_int(L, arg, "batch", fn, 0);
+  o.protocol = opt_field_str(L, arg, "protocol", fn, "nonoverlap");
+  protocol_info(o.protocol);  // an unknown protocol fails before any work
+  return o;
+}
+
+// Progress lines "<what>: window i/N  elapsed  ETA" on stderr and in the run log, at most every 0.5 s.
+static ProgressFn eval_progress(lua_State* L, const char* what, const char* event) {
   RunContext* ctx = run_context(L);
-  double last = -1;
-  auto progress = [ctx, &last](int done, int total, double secs) {
-    if (done < total && last >= 0 && secs - last < 0.5) return;
-    last = secs;
+  auto last = std::make_shared<double>(-1);
+  return [ctx, last, what, event](int done, int total, double secs) {
+    if (done < total && *last >= 0 && secs - *last < 0.5) return;
+    *last = secs;
     const double eta = done > 0 ? secs / done * (total - done) : 0;
-    std::fprintf(stderr, "ppl: window %d/%d  elapsed %.1fs  ETA %.1fs\n", done, total, secs, eta);
+    std::fprintf(stderr, "%s: window %d/%d  elapsed %.1fs  ETA %.1fs\n", what, done, total, secs, eta);
     if (ctx) {
       try {
-        ctx->log({{"event", "ppl_progress"}, {"window", done}, {"windows", total}, {"elapsed", secs}, {"eta", eta}});
+        ctx->log({{"event", event}, {"window", done}, {"windows", total}, {"elapsed", secs}, {"eta", eta}});
       } catch (...) {  // progress must never fail the evaluation
       }
     }
   };
-  const PplResult r = perplexity(*lm.m, tokens, o, progress);
+}
 
-  lua_createtable(L, 0, 8);
+// m:perplexity(text_or_ids [, {seqlen=, max_windows=, batch=, protocol=, reference=}])
+// reference: a Model (its full distributions, computed beside m's), a ReferenceLogits or a path
+// to a reference-logits file; the result then has a kld table.
+static int m_perplexity(lua_State* L) {
+  const char* fn = "perplexity";
+  const LModel& lm = check_model(L, 1, fn);
+  check_opts(L, 3, fn, {"seqlen", "max_windows", "batch", "protocol", "reference"});
+  PplOptions o = eval_options(L, 3, fn);
+  KldReference ref;
+  std::shared_ptr<const ReferenceLogits> loaded;
+  if (lua_type(L, 3) == LUA_TTABLE) {
+    lua_pushstring(L, "reference");
+    lua_rawget(L, 3);
+    const int ri = lua_gettop(L);
+    if (lua_type(L, ri) == LUA_TSTRING) {
+      loaded = std::make_shared<const ReferenceLogits>(ReferenceLogits::load(lua_tostring(L, ri)));
+      ref.logits = loaded.get();
+    } else if (const ReferenceLogits* r = test_reference(L, ri)) {
+      ref.logits = r;
+    } else if (lua_type(L, ri) == LUA_TUSERDATA && luaL_testudata(L, ri, kModelMT)) {
+      ref.model = static_cast<LModel*>(lua_touserdata(L, ri))->m.get();
+    } else if (!lua_isnil(L, ri)) {
+      fail("perplexity: option 'reference' must be a qforge.Model, a qforge.ReferenceLogits or a file path, got ", type_name(L, ri));
+    }
+    lua_pop(L, 1);
+  }
+  const std::vector<int32_t> tokens = eval_tokens(L, lm, 2, fn, o);
+  const PplResult r = perplexity(*lm.m, tokens, o, eval_progress(L, "ppl", "ppl_progress"), ref);
+
+  lua_createtable(L, 0, 10);
   set_field(L, "ppl", r.ppl);
   set_field(L, "nll", r.nll);
   set_field(L, "tokens_scored", r.tokens_scored);
@@ -336,6 +376,61 @@ static int m_perplexity(lua_State* L) {
   set_field(L, "seqlen", r.seqlen);
   set_field(L, "seconds", r.seconds);
   set_field(L, "protocol", r.protocol);
+  set_field(L, "protocol_name", r.protocol_name);
+  if (r.has_kld) {
+    const KldStats& k = r.kld;
+    lua_createtable(L, 0, 18);
+    set_field(L, "mean", k.mean);
+    set_field(L, "mean_stderr", k.mean_stderr);
+    set_field(L, "median", k.median);
+    set_field(L, "p90", k.p90);
+    set_field(L, "p95", k.p95);
+    set_field(L, "p99", k.p99);
+    set_field(L, "p999", k.p999);
+    set_field(L, "max", k.max);
+    set_field(L, "min", k.min);
+    set_field(L, "same_top", k.same_top);
+    set_field(L, "same_top_stderr", k.same_top_stderr);
+    set_field(L, "dp_mean", k.dp_mean);
+    set_field(L, "dp_stderr", k.dp_stderr);
+    set_field(L, "dp_rms", k.dp_rms);
+    set_field(L, "nll_reference", k.nll_reference);
+    set_field(L, "ppl_reference", k.ppl_reference);
+    set_field(L, "positions", k.n);
+    set_field(L, "topk", k.topk);
+    lua_setfield(L, -2, "kld");
+  }
+  return 1;
+}
+
+// m:eval_plan(text_or_ids [, {seqlen=, max_windows=, batch=, protocol=}]) -> {protocol_name=,
+// seqlen=, windows=, positions=, tokens=}: what m:perplexity would score (tokens: the fingerprint
+// reference logits carry), without running it.
+static int m_eval_plan(lua_State* L) {
+  const char* fn = "eval_plan";
+  const LModel& lm = check_model(L, 1, fn);
+  check_opts(L, 3, fn, {"seqlen", "max_windows", "batch", "protocol"});
+  PplOptions o = eval_options(L, 3, fn);
+  const EvalPlan p = eval_plan(*lm.m, eval_tokens(L, lm, 2, fn, o), o);
+  lua_createtable(L, 0, 5);
+  set_field(L, "protocol_name", p.protocol_name);
+  set_field(L, "seqlen", p.seqlen);
+  set_field(L, "windows", p.windows);
+  set_field(L, "positions", p.positions);
+  set_field(L, "tokens", fingerprint_text(p.tokens_hash));
+  return 1;
+}
+
+// m:reference_logits(text_or_ids [, {seqlen=, max_windows=, batch=, protocol=, topk=}]) -> ReferenceLogits
+static int m_reference_logits(lua_State* L) {
+  const char* fn = "reference_logits";
+  const LModel& lm = check_model(L, 1, fn);
+  check_opts(L, 3, fn, {"seqlen", "max_windows", "batch", "protocol", "topk"});
+  PplOptions o = eval_options(L, 3, fn);
+  const int64_t topk = opt_field_int(L, 3, "topk", fn, 0);
+  if (topk < 0) fail("reference_logits: option 'topk' must be >= 0 (0 = the whole vocabulary), got ", topk);
+  const std::vector<int32_t> tokens = eval_tokens(L, lm, 2, fn, o);
+  push_reference(L, reference_logits(*lm.m, tokens, o, topk, eval_progress(L, "reference logits", "reference_progress")));
   return 1;
 }
 
@@ -568,6 +663,8 @@ void open_model(lua_State* L, int mod) {
                   {"tokenizer", qf_guard<m_tokenizer>, 1},
                   {"forward", qf_guard<m_forward>, 2},
                   {"perplexity", qf_guard<m_perplexity>, 3},
+                  {"reference_logits", qf_guard<m_reference_logits>, 3},
+                  {"eval_plan", qf_guard<m_eval_plan>, 3},
                   {"save", qf_guard<m_save>, 3},
                   {"set_linear", qf_guard<m_set_linear>, 4},
                   {"bias", qf_guard<m_bias>, 3},

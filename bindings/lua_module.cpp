@@ -499,6 +499,7 @@ int luaopen_qforge(lua_State* L) {
   open_block(L, -1);
   open_solvers(L, -1);
   open_cvxq(L, -1);
+  open_reference(L, -1);
   set_introspection(L, -1);
   return 1;
 }

@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "core/tensor.h"
+#include "eval/reference_logits.h"
 #include "tokenizer/tokenizer.h"
 
 // Builds the `qforge` module table (lua_module.cpp). Use with luaL_requiref.
@@ -167,6 +168,10 @@ struct LModel {
 };
 LModel& check_model(lua_State* L, int arg, const char* fn);
 
+// ---- reference logits (lua_reference.cpp): userdata "qforge.ReferenceLogits" ----
+void push_reference(lua_State* L, ReferenceLogits r);
+const ReferenceLogits* test_reference(lua_State* L, int idx);  // nullptr when idx holds none
+
 // ---- grids (lua_grid.cpp): the qf.grid{...} spec argument, Grid and QLinear userdata ----
 GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn);
 Grid& check_grid(lua_State* L, int arg, const char* fn);
@@ -190,5 +195,6 @@ void open_calibration(lua_State* L, int mod);
 void open_block(lua_State* L, int mod);
 void open_solvers(lua_State* L, int mod);
 void open_cvxq(lua_State* L, int mod);
+void open_reference(lua_State* L, int mod);
 
 }  // namespace qf::lua

@@ -3,6 +3,6 @@
 -- WikiText-2), nothing quantized.
 --   qforge run recipes/eval_heldout.lua model=... calib_text=../shared/data/ptb_valid.txt eval_seqlen=2048
 local P = require("qforge.pipeline")
-local opt = P.options({})
+local opt = P.options({ kld = false })  -- the full-precision model itself: nothing to compare with
 local ctx = P.prepare(opt)
 P.evaluate(ctx, opt)

@@ -3,9 +3,8 @@
 -- other methods).
 --   qforge run recipes/rtn.lua bits=3 group=32
 local P = require("qforge.pipeline")
-local opt = P.options(P.finetune_options({ eval_fp = false }, { eval_fp = "also evaluate the full-precision model first" }))
+local opt = P.options(P.finetune_options())
 local ctx = P.prepare(opt)
-if opt.eval_fp then P.evaluate(ctx, opt, "fp_") end
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, function(l) return qf.rtn(l.W, grid) end,

@@ -73,6 +73,21 @@ for run in sorted(set(want) | set(got)):
 if diffs:
     print("check_results: %d differences from %s:" % (len(diffs), golden))
     for d in diffs[:200]: print("  " + d)
+    # How far the numbers moved, by key (the last path component): for a deliberate change's note.
+    moved = {}
+    for run in set(want) & set(got):
+        w, g = want[run], got[run]
+        for k in set(w) & set(g):
+            a, b = w[k], g[k]
+            if a != b and isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+                key = k.split(".")[-1].split("[")[0]
+                rel = abs(b - a) / max(abs(a), 1e-300)
+                n, m = moved.get(key, (0, 0.0))
+                moved[key] = (n + 1, max(m, rel))
+    for key in sorted(moved): print("  moved %-28s %6d values, largest relative change %.3g" % (key, *moved[key]))
+    new = os.path.join("runs", "check_results_got.json")
+    json.dump(got, open(new, "w"), indent=1, sort_keys=True)
+    print("check_results: this binary's values are in %s (a deliberate change: copy it over %s)" % (new, golden))
     sys.exit(1)
 print("check_results: all %d values of %d runs identical to %s" % (nvals, len(got), golden))
 PY

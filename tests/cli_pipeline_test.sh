@@ -232,4 +232,53 @@ if bad:
     print("ETA mismatches:", bad[:5]); sys.exit(1)
 EOF
 
+# ---- issue 16: KL divergence beside every perplexity, reference logits reused, protocols --------
+run kld1 run recipes/rtn.lua $FAST bits=3 out="$WORK/kld1"
+expect_rc "rtn with the default kld" 0
+expect_in "held-out KLD printed" stdout "held-out KLD "
+python3 - "$WORK/kld1/results.json" <<'PY' && ok || bad "kld_heldout recorded with a positive mean and its statistics"
+import json, sys
+r = json.load(open(sys.argv[1]))
+k = r["kld_heldout"]
+assert k["mean"] > 0 and 0 < k["same_top"] < 1 and k["median"] <= k["p99"] <= k["max"], k
+assert k["topk"] == 256 and k["positions"] > 0 and abs(k["ppl_reference"] - r["ppl_heldout"]) > 1e-6, k
+PY
+run kld0 run recipes/rtn.lua $FAST bits=3 kld=false out="$WORK/kld0"
+expect_rc "rtn kld=false" 0
+if grep -q '"kld_heldout"' "$WORK/kld0/results.json"; then bad "kld=false still records kld_heldout"; else ok; fi
+if [ "$(json_value "$WORK/kld0/results.json" ppl_heldout)" = "$(json_value "$WORK/kld1/results.json" ppl_heldout)" ]; then ok
+else bad "kld changes the perplexity"; fi
+# fp_logits: written by the first run, read by the second (same KLD, bit for bit), refused when they no longer match
+mkdir -p "$WORK/fpl"
+run fpl1 run recipes/rtn.lua $FAST bits=3 fp_logits="$WORK/fpl" out="$WORK/fpl1"
+expect_rc "fp_logits written" 0
+if [ -s "$WORK/fpl/heldout.qfref" ]; then ok; else bad "fp_logits: heldout.qfref not written"; fi
+run fpl2 run recipes/rtn.lua $FAST bits=3 fp_logits="$WORK/fpl" out="$WORK/fpl2"
+expect_rc "fp_logits read" 0
+expect_in "fp_logits read" stderr "held-out reference logits: $WORK/fpl/heldout.qfref"
+python3 - "$WORK/kld1/results.json" "$WORK/fpl2/results.json" <<'PY' && ok || bad "KLD from the file differs from the in-memory one"
+import json, sys
+a, b = (json.load(open(p))["kld_heldout"] for p in sys.argv[1:3])
+assert a == b, (a, b)
+PY
+opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref was made with seqlen 64, this run evaluates 32" nsamples=2 seqlen=32 eval_seqlen=32 wiki_windows=0 fp_logits="$WORK/fpl"
+opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref keeps top-256 tokens, this run asks kld_topk=16" $FAST kld_topk=16 fp_logits="$WORK/fpl"
+opt_err rtn.lua "option 'eval_protocol' must be one of nonoverlap, llamacpp, gptq" $FAST eval_protocol=wikitext
+run proto run recipes/rtn.lua $FAST bits=4 eval_protocol=llamacpp out="$WORK/proto"
+expect_rc "eval_protocol=llamacpp" 0
+expect_file_has "llamacpp protocol recorded" "$WORK/proto/results.json" "protocol llamacpp-L64: "
+# eval.lua: record reference logits once, then KLD against the file, and against a model
+run ref1 run recipes/eval.lua max_windows=4 seqlen=128 save_reference="$WORK/fp.qfref" out="$WORK/ref1"
+expect_rc "eval.lua save_reference" 0
+run ref2 run recipes/eval.lua max_windows=4 seqlen=128 reference="$WORK/fp.qfref" out="$WORK/ref2"
+expect_rc "eval.lua reference=file" 0
+expect_in "self KLD from the file" stdout "KLD from $WORK/fp.qfref: mean 0.000000"
+expect_in "self top token" stdout "same top token 100.000"
+run ref3 run recipes/eval.lua max_windows=4 seqlen=64 reference="$WORK/fp.qfref" out="$WORK/ref3"
+expect_rc "eval.lua: a reference made with another seqlen" 1
+expect_in "the mismatch is named" stderr "made with seqlen 128, this evaluation uses 64"
+run ref4 run recipes/eval.lua max_windows=2 seqlen=128 reference=../shared/models/stories260K out="$WORK/ref4"
+expect_rc "eval.lua reference=model" 0
+expect_in "self KLD from a model" stdout "mean 0.000000 ± 0.000000"
+
 finish cli_pipeline

@@ -82,6 +82,8 @@ TEST_CASE("capture: Σ of each site is XᵀX of that site's activation") {
   CHECK(st[Site::AttnIn].tokens == 128);
   CHECK(st[Site::AttnIn].sum.rows() == 64);
   CHECK(st[Site::FfnMid].sum.rows() == 172);
+  // exactly symmetric (an in-place A = (A + Aᵀ)/2 would not be: it reads entries it already wrote)
+  for (const auto& [site, s] : st) CHECK((s.sum - s.sum.transpose()).cwiseAbs().maxCoeff() == 0.0);
   // attn_in = RMSNorm(block input) with the block's gain
   Tensor xn;
   rmsnorm(embed(m, windows), m.blocks[0].attn_norm, m.cfg.norm_eps, xn);

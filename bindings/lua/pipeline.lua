@@ -13,6 +13,9 @@ P.common_options = {
   nsamples = 128, seqlen = 256,
   eval_seqlen = 512,      -- perplexity on the remaining tokens of calib_text
   wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
+  eval_protocol = "nonoverlap",  -- how perplexity windows are cut and scored (m:perplexity protocols)
+  kld = true, kld_topk = 256, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
+  eval_fp = false,        -- also evaluate the full-precision model first (results prefixed fp_)
   true_sequential = false,
   f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q8_0 and GPTQ lose nothing
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
@@ -29,9 +32,15 @@ P.common_help = {
   calib_fraction = { "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest", gt = 0, lt = 1 },
   nsamples = { "calibration windows", min = 1 },
   seqlen = { "calibration window length (tokens; at most the model's context)", min = 1 },
-  eval_seqlen = { "window length of the held-out and WikiText-2 perplexity (tokens; 0: the model's context)", min = 2, also = { 0 } },
+  eval_seqlen = { "window length of the held-out and WikiText-2 perplexity (tokens; 0: the protocol's default — the model's context; gptq 2048, at most the context)", min = 2, also = { 0 } },
   wiki_text = "WikiText-2 test text (read when wiki_windows > 0)",
   wiki_windows = { "WikiText-2 windows to evaluate (0: skip)", min = 0 },
+  eval_protocol = { "perplexity protocol: nonoverlap (every prediction of non-overlapping windows), llamacpp (llama-perplexity's: BOS per chunk, second half scored), gptq (the GPTQ repos' formula)",
+                    choices = { "nonoverlap", "llamacpp", "gptq" } },
+  kld = "record the KL divergence from the full-precision model (its next-token distributions, recorded before quantizing) beside every perplexity",
+  kld_topk = { "reference tokens kept per position for the KL divergence (the rest is one bucket; 0: the whole vocabulary)", min = 0 },
+  fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
+  eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
@@ -217,11 +226,65 @@ function P.prepare(opt, fp_chain, grid)
     qf.option_error("eval_seqlen", string.format("the held-out tokens [%d, %d] of %s are %d, fewer than one window of %d (lower eval_seqlen or calib_fraction)",
       split + 1, #ids, opt.calib_text, #ids - split, L))
   end
-  local cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
-                              seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
-  local ctx = { model = m, cal = cal, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
+  local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
+  -- The model is still full precision: its own evaluation and reference logits come first (a
+  -- reference file that does not match is an option error before the calibration work).
+  if opt.kld then ctx.references = P.references(ctx, opt) end
+  if opt.eval_fp then P.evaluate(ctx, opt, "fp_") end
+  ctx.cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
+                            seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   return ctx
+end
+
+-- What P.evaluate scores: {name, label, source (token ids or text), options} per evaluation.
+local function evaluations(ctx, opt)
+  local e = { { name = "heldout", label = "held-out", source = ctx.heldout,
+                options = { seqlen = opt.eval_seqlen, protocol = opt.eval_protocol } } }
+  if opt.wiki_windows > 0 then
+    ctx.wiki = ctx.wiki or qf.read_text(opt.wiki_text)
+    e[2] = { name = "wikitext2", label = "WikiText-2", source = ctx.wiki,
+             options = { seqlen = opt.eval_seqlen, max_windows = opt.wiki_windows, protocol = opt.eval_protocol } }
+  end
+  return e
+end
+
+-- The full-precision reference logits of every evaluation (kld_topk tokens per position), from
+-- ctx.model before it is quantized: computed, or read from opt.fp_logits when a file there was made
+-- from the same tokens, protocol, seqlen, windows and topk (else computed and written there:
+-- opt.fp_logits).
+function P.references(ctx, opt)
+  local m, refs = ctx.model, {}
+  for _, e in ipairs(evaluations(ctx, opt)) do
+    local o = { seqlen = e.options.seqlen, max_windows = e.options.max_windows, protocol = e.options.protocol, topk = opt.kld_topk }
+    local path = opt.fp_logits ~= "" and (opt.fp_logits .. "/" .. e.name .. ".qfref") or nil
+    local f = path and io.open(path, "rb")
+    if f then
+      f:close()
+      local r, plan = qf.load_reference(path), m:eval_plan(e.source, e.options)
+      local i = r:info()
+      local want_k = (opt.kld_topk == 0 or opt.kld_topk >= i.vocab) and i.vocab or opt.kld_topk
+      for _, k in ipairs({ "protocol_name", "seqlen", "windows", "positions", "tokens" }) do
+        if i[k] ~= plan[k] then
+          qf.option_error("fp_logits", string.format("%s was made with %s %s, this run evaluates %s (remove it or use another directory)",
+            path, k, tostring(i[k]), tostring(plan[k])))
+        end
+      end
+      if i.topk ~= want_k then
+        qf.option_error("fp_logits", string.format("%s keeps top-%d tokens, this run asks kld_topk=%d", path, i.topk, opt.kld_topk))
+      end
+      io.stderr:write(string.format("%s reference logits: %s (%d positions, top-%d)\n", e.label, path, i.positions, i.topk))
+      refs[e.name] = r
+    else
+      local t = qf.now()
+      refs[e.name] = m:reference_logits(e.source, o)
+      if path then refs[e.name]:save(path) end
+      local i = refs[e.name]:info()
+      io.stderr:write(string.format("%s reference logits: %d positions, top-%d of %d, %.1f s%s\n", e.label, i.positions, i.topk,
+        i.vocab, qf.now() - t, path and (" -> " .. path) or ""))
+    end
+  end
+  return refs
 end
 
 -- A fresh calibration over the same windows as ctx.cal (same ids, range, seed): for a second
@@ -328,8 +391,9 @@ function P.quantize_model(m, cal, solve, opts)
   return { layers = layers, objective = total, seconds = qf.now() - t0, finetune = opts.finetune and finetunes or nil }
 end
 
--- Perplexity on the held-out tokens and on the first wiki_windows windows of WikiText-2;
--- printed with their protocols and recorded.
+-- Perplexity on the held-out tokens and on the first wiki_windows windows of WikiText-2, with
+-- the KL divergence from the full-precision model when ctx.references holds its logits; printed
+-- with their protocols and recorded (docs/results_schema.md).
 function P.evaluate(ctx, opt, prefix)
   prefix = prefix or ""
   local m = ctx.model
@@ -337,17 +401,27 @@ function P.evaluate(ctx, opt, prefix)
   print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + unquantized %.4f [%s]), %.2f%% pruned",
     prefix, st.bits_per_weight, st.codes, st.params, st.side, st.outliers, st.unquantized, st.unquantized_dtype, 100 * st.pruned_fraction))
   qf.record(prefix .. "storage", st)
-  local r = m:perplexity(ctx.heldout, { seqlen = opt.eval_seqlen })
-  local name = opt.calib_text:match("([^/]+)$")
-  print(string.format("%sheld-out ppl %.4f  [%s tokens %d..%d; %s]", prefix, r.ppl, name, ctx.split + 1, ctx.ntokens, r.protocol))
-  qf.record(prefix .. "ppl_heldout", r.ppl)
-  qf.record(prefix .. "protocol_heldout", string.format("held-out tokens %d..%d of %s; %s",
-    ctx.split + 1, ctx.ntokens, opt.calib_text, r.protocol))
-  if opt.wiki_windows > 0 then
-    local w = m:perplexity(qf.read_text(opt.wiki_text), { seqlen = opt.eval_seqlen, max_windows = opt.wiki_windows })
-    print(string.format("%sWikiText-2 ppl %.4f  [%s]", prefix, w.ppl, w.protocol))
-    qf.record(prefix .. "ppl_wikitext2", w.ppl)
-    qf.record(prefix .. "protocol_wikitext2", w.protocol)
+  for _, e in ipairs(evaluations(ctx, opt)) do
+    local o = { seqlen = e.options.seqlen, max_windows = e.options.max_windows, protocol = e.options.protocol,
+                reference = prefix ~= "fp_" and ctx.references and ctx.references[e.name] or nil }
+    local r = m:perplexity(e.source, o)
+    local key = e.name == "heldout" and "heldout" or "wikitext2"
+    if e.name == "heldout" then
+      local name = opt.calib_text:match("([^/]+)$")
+      print(string.format("%sheld-out ppl %.4f  [%s tokens %d..%d; %s]", prefix, r.ppl, name, ctx.split + 1, ctx.ntokens, r.protocol))
+      qf.record(prefix .. "protocol_heldout", string.format("held-out tokens %d..%d of %s; %s",
+        ctx.split + 1, ctx.ntokens, opt.calib_text, r.protocol))
+    else
+      print(string.format("%sWikiText-2 ppl %.4f  [%s]", prefix, r.ppl, r.protocol))
+      qf.record(prefix .. "protocol_wikitext2", r.protocol)
+    end
+    qf.record(prefix .. "ppl_" .. key, r.ppl)
+    if r.kld then
+      local k = r.kld
+      print(string.format("%s%s KLD %.6f ± %.6f  median %.6f  p99 %.6f  max %.4f  same top %.2f%%  Δp %.3f%%  (FP ppl %.4f, top-%d)",
+        prefix, e.label, k.mean, k.mean_stderr, k.median, k.p99, k.max, 100 * k.same_top, 100 * k.dp_mean, k.ppl_reference, k.topk))
+      qf.record(prefix .. "kld_" .. key, k)
+    end
   end
   if prefix == "" and opt.save ~= "" then
     local t = qf.now()

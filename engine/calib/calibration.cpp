@@ -99,7 +99,8 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
     st.tokens += x.size(0);
   };
   chunked_block_forward(m, block_, xq_, B_, T_, obs);
-  for (auto& [s, st] : out) st.sum = 0.5 * (st.sum + st.sum.transpose());  // exact symmetry
+  // exact symmetry; .eval(): assigning A + Aᵀ to A in place would read entries it already overwrote
+  for (auto& [s, st] : out) st.sum = (0.5 * (st.sum + st.sum.transpose())).eval();
   if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
   return out;
 }
