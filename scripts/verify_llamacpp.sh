@@ -30,7 +30,7 @@
 # protocol=llamacpp (and reference=F32.gguf); the token ids llama.cpp scored (stored in BASEFILE)
 # are checked against qforge's tokenization; every number is compared to 4 significant digits
 # (or half llama.cpp's printed resolution, when it prints fewer digits).
-# Work files under build/llamacpp/work/<model>/. Settings: CTX (512), STORIES_CHUNKS (200),
+# Work files under build/llamacpp/work/<model>/. Settings: CTX (512), STORIES_CHUNKS (100),
 # SMOLLM2_CHUNKS (20), TEXT (../shared/data/wikitext2_test.txt), QFORGE (build/qforge).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -86,8 +86,29 @@ build() {
     rm -rf "$SRC"
     tar -xzf "$sdist" -C "$TOP"
   fi
+  # The one change to llama.cpp's tree (in build/, never in this repository): llama-perplexity's
+  # main() flushes the asynchronous logger before it returns. This version's logger is a leaked
+  # singleton with a worker thread (llama.cpp issue 22142), so whatever it still queues at exit is
+  # lost — with output to a file that is the last chunk, "Final estimate" and every KLD statistic.
+  local main_cpp=$LL/tools/perplexity/main.cpp
+  if ! grep -q common_log_flush "$main_cpp"; then
+    note "patching $main_cpp: flush the logger before exit"
+    cat >"$main_cpp" <<'CPP'
+// patched by qforge's scripts/verify_llamacpp.sh: flush the asynchronous logger before exit
+#include "log.h"
+
+int llama_perplexity(int argc, char ** argv);
+
+int main(int argc, char ** argv) {
+    const int rc = llama_perplexity(argc, argv);
+    common_log_flush(common_log_main());
+    return rc;
+}
+CPP
+  fi
   local have=1 t
   for t in $TARGETS; do [ -x "$BIN/$t" ] || have=0; done
+  [ "$BIN/llama-perplexity" -nt "$main_cpp" ] || have=0
   if [ $have = 1 ]; then
     note "llama.cpp tools present in $BIN ($TARGETS)"
   else
@@ -215,7 +236,7 @@ compare() {
   echo "$(version)"
   echo "machine: $(nproc) cores, $(uptime | sed 's/.*load average/load average/')"
   if [ "$which" = all ] || [ "$which" = stories ]; then
-    compare_model stories260K ../shared/models/stories260K "${STORIES_CHUNKS:-200}" || rc=1
+    compare_model stories260K ../shared/models/stories260K "${STORIES_CHUNKS:-100}" || rc=1
   fi
   if [ "$which" = all ] || [ "$which" = smollm2 ]; then
     local gg=models/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -149,8 +149,12 @@ def flat(d, prefix=""):
 
 # What is compared: (key in llama.cpp's JSON, key in qforge's results.json). Keys qforge does
 # not record are shown as n/a and not counted.
-PPL_KEYS = [("ppl", "ppl")]
-KLD_KEYS = [("ppl", "ppl"), ("ppl_reference", "kld.ppl_reference"), ("kld.positions", "kld.positions"),
+PPL_KEYS = [("positions", "tokens"), ("ppl", "ppl")]
+# kld.ppl_reference is compared with llama.cpp's perplexity of the base model itself (its
+# kld-base run, "base:ppl"): the "Mean PPL(base)" of the kld run is not that number — it is
+# computed from the stored 16-bit log-probabilities, in which every token more than 16 nats below
+# the row's top logit is raised to that floor, so it comes out lower; it is shown, not compared.
+KLD_KEYS = [("positions", "tokens"), ("ppl", "ppl"), ("base:ppl", "kld.ppl_reference"), ("kld.positions", "kld.positions"),
             ("kld.mean", "kld.mean"), ("kld.mean_stderr", "kld.mean_stderr"), ("kld.median", "kld.median"),
             ("kld.p90", "kld.p90"), ("kld.p95", "kld.p95"), ("kld.p99", "kld.p99"), ("kld.p999", "kld.p999"),
             ("kld.max", "kld.max"), ("kld.min", "kld.min"), ("kld.same_top", "kld.same_top"),
@@ -165,23 +169,31 @@ def agree(ll, qf, res):
     return abs(ll - qf) <= tol
 
 
-def compare_rows(name, ll_json, qf_json, keys, rows):
+def compare_rows(name, ll_json, qf_json, keys, rows, base_json=None):
     ll, qf = json.load(open(ll_json)), json.load(open(qf_json))
-    lf, qff, res = flat(ll), flat(qf), ll.get("res", {})
+    lf, qff, res = flat(ll), flat(qf), dict(ll.get("res", {}))
+    if base_json:
+        base = json.load(open(base_json))
+        for k, v in flat(base).items():
+            lf["base:" + k] = v
+        for k, v in base.get("res", {}).items():
+            res["base:" + k] = v
     bad = 0
     for lk, qk in keys:
         if lk not in lf:
             continue
         lv = lf[lk]
-        r = res.get(lk, 0.0) if lk != "kld.positions" else 0.0
+        exact = lk in ("positions", "kld.positions")
+        r = res.get(lk, 0.0)
         if qk not in qff:
-            rows.append((name, lk, f"{lv:.10g}", "n/a", "", "not recorded by qforge"))
+            rows.append((name, "kld.ppl_reference" if lk == "base:ppl" else lk, f"{lv:.10g}", "n/a", "", "not recorded by qforge"))
             continue
         qv = qff[qk]
-        ok = agree(lv, qv, r) if lk != "kld.positions" else lv == qv
+        ok = lv == qv if exact else agree(lv, qv, r)
         bad += not ok
         rel = abs(qv - lv) / abs(lv) if lv else abs(qv - lv)
-        rows.append((name, lk, f"{lv:.10g}", f"{qv:.10g}", f"{rel:.2e}", "ok" if ok else "DISAGREE"))
+        label = "kld.ppl_reference (llama.cpp: its base run's ppl)" if lk == "base:ppl" else lk
+        rows.append((name, label, f"{lv:.10g}", f"{qv:.10g}", f"{rel:.2e}", "ok" if ok else "DISAGREE"))
     return bad
 
 
@@ -212,13 +224,17 @@ def main():
         name, rows = a[1], []
         bad = compare_rows(name + " F32", a[2], a[3], PPL_KEYS, rows)
         if len(a) >= 6:
-            bad += compare_rows(name + " RTN vs F32", a[4], a[5], KLD_KEYS, rows)
+            bad += compare_rows(name + " RTN vs F32", a[4], a[5], KLD_KEYS, rows, base_json=a[2])
+            ll = json.load(open(a[4]))
+            if "ppl_reference" in ll:
+                rows.append((name + " RTN vs F32", "Mean PPL(base) of the kld run", f"{ll['ppl_reference']:.10g}", "-", "",
+                             "info: from the stored base log-probs, clamped at top-16 nats; not compared"))
         w = [max(len(r[i]) for r in rows + [("model", "quantity", "llama.cpp", "qforge", "rel diff", "")]) for i in range(6)]
         print("  ".join(h.ljust(w[i]) for i, h in enumerate(("model", "quantity", "llama.cpp", "qforge", "rel diff", ""))))
         for r in rows:
             print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-        counted = sum(1 for r in rows if r[3] != "n/a")
-        print(f"{name}: {counted - bad} agree, {bad} disagree, {len(rows) - counted} not recorded by qforge")
+        counted = sum(1 for r in rows if r[3] not in ("n/a", "-"))
+        print(f"{name}: {counted - bad} agree, {bad} disagree, {sum(1 for r in rows if r[3] == 'n/a')} not recorded by qforge")
         sys.exit(1 if bad or counted == 0 else 0)
     else:
         sys.exit(__doc__)
