@@ -1,7 +1,7 @@
 -- eval.lua — the default recipe: perplexity of a model on a text, with its protocol, and
 -- optionally its KL divergence from a reference model or recorded reference logits.
 --   qforge run recipes/eval.lua [model=DIR_OR_BIN] [text=FILE] [seqlen=N] [max_windows=N] [protocol=llamacpp]
---   qforge run recipes/eval.lua model=fp.gguf save_reference=fp.qfref topk=256   # record the FP model once
+--   qforge run recipes/eval.lua model=fp.gguf save_reference=fp.qfref            # record the FP model once
 --   qforge run recipes/eval.lua model=q.gguf reference=fp.qfref                 # then KLD with one model resident
 local opt = qf.options({
   model = "../shared/models/stories260K",
@@ -12,7 +12,7 @@ local opt = qf.options({
   protocol = "nonoverlap",
   reference = "",
   save_reference = "",
-  topk = 256,
+  topk = 0,
 }, {
   model = "model directory or checkpoint file",
   text = "text file to score",
@@ -22,7 +22,7 @@ local opt = qf.options({
   protocol = { "perplexity protocol (docs/methods.md#evaluation)", choices = { "nonoverlap", "llamacpp", "gptq" } },
   reference = "KL divergence from this: a reference-logits file (.qfref, from save_reference=) or a model path (loaded beside the model)",
   save_reference = "write this model's reference logits (top-`topk` tokens per scored position) to this file",
-  topk = { "tokens kept per position by save_reference (0: the whole vocabulary)", min = 0 },
+  topk = { "save_reference: 0 keeps the hidden states (exact KL divergence later), k > 0 only the top k tokens per position", min = 0 },
 })
 if opt.reference ~= "" and opt.save_reference ~= "" then
   qf.option_error("save_reference", "give reference= or save_reference=, not both")

@@ -241,7 +241,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 k = r["kld_heldout"]
 assert k["mean"] > 0 and 0 < k["same_top"] < 1 and k["median"] <= k["p99"] <= k["max"], k
-assert k["topk"] == 256 and k["positions"] > 0 and abs(k["ppl_reference"] - r["ppl_heldout"]) > 1e-6, k
+assert k["topk"] == 512 and k["positions"] > 0 and abs(k["ppl_reference"] - r["ppl_heldout"]) > 1e-6, k
 PY
 run kld0 run recipes/rtn.lua $FAST bits=3 kld=false out="$WORK/kld0"
 expect_rc "rtn kld=false" 0
@@ -262,7 +262,7 @@ a, b = (json.load(open(p))["kld_heldout"] for p in sys.argv[1:3])
 assert a == b, (a, b)
 PY
 opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref was made with seqlen 64, this run evaluates 32" nsamples=2 seqlen=32 eval_seqlen=32 wiki_windows=0 fp_logits="$WORK/fpl"
-opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref keeps top-256 tokens, this run asks kld_topk=16" $FAST kld_topk=16 fp_logits="$WORK/fpl"
+opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref holds full distributions (kld_topk=0), this run asks kld_topk=16" $FAST kld_topk=16 fp_logits="$WORK/fpl"
 opt_err rtn.lua "option 'eval_protocol' must be one of nonoverlap, llamacpp, gptq" $FAST eval_protocol=wikitext
 run proto run recipes/rtn.lua $FAST bits=4 eval_protocol=llamacpp out="$WORK/proto"
 expect_rc "eval_protocol=llamacpp" 0

@@ -15,7 +15,7 @@ P.common_options = {
   eval_seqlen = 512,      -- perplexity on the remaining tokens of calib_text
   wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
   eval_protocol = "nonoverlap",  -- how perplexity windows are cut and scored (m:perplexity protocols)
-  kld = true, kld_topk = 256, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
+  kld = true, kld_topk = 0, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
   eval_fp = false,        -- also evaluate the full-precision model first (results prefixed fp_)
   overrides = "",         -- per-layer grids or full precision: "re:^1%.=bits:8;skip:name:down" (P.overrides)
   true_sequential = false,
@@ -40,7 +40,7 @@ P.common_help = {
   eval_protocol = { "perplexity protocol: nonoverlap (every prediction of non-overlapping windows), llamacpp (llama-perplexity's: BOS per chunk, second half scored), gptq (the GPTQ repos' formula)",
                     choices = { "nonoverlap", "llamacpp", "gptq" } },
   kld = "record the KL divergence from the full-precision model (its next-token distributions, recorded before quantizing) beside every perplexity",
-  kld_topk = { "reference tokens kept per position for the KL divergence (the rest is one bucket; 0: the whole vocabulary)", min = 0 },
+  kld_topk = { "0: exact KL divergence (the full-precision hidden states are kept, dim floats per position); k > 0: only the top k reference tokens per position, the rest one bucket (a lower bound)", min = 0 },
   fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
   eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
   overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear",
@@ -463,7 +463,7 @@ function P.references(ctx, opt)
       f:close()
       local r, plan = qf.load_reference(path), m:eval_plan(e.source, e.options)
       local i = r:info()
-      local want_k = (opt.kld_topk == 0 or opt.kld_topk >= i.vocab) and i.vocab or opt.kld_topk
+      local want_k = opt.kld_topk >= i.vocab and 0 or opt.kld_topk
       for _, k in ipairs({ "protocol_name", "seqlen", "windows", "positions", "tokens" }) do
         if i[k] ~= plan[k] then
           qf.option_error("fp_logits", string.format("%s was made with %s %s, this run evaluates %s (remove it or use another directory)",
@@ -471,17 +471,19 @@ function P.references(ctx, opt)
         end
       end
       if i.topk ~= want_k then
-        qf.option_error("fp_logits", string.format("%s keeps top-%d tokens, this run asks kld_topk=%d", path, i.topk, opt.kld_topk))
+        qf.option_error("fp_logits", string.format("%s holds %s, this run asks kld_topk=%d", path,
+          i.topk == 0 and "full distributions (kld_topk=0)" or ("the top " .. i.topk .. " tokens"), opt.kld_topk))
       end
-      io.stderr:write(string.format("%s reference logits: %s (%d positions, top-%d)\n", e.label, path, i.positions, i.topk))
+      io.stderr:write(string.format("%s reference logits: %s (%d positions, %s)\n", e.label, path, i.positions,
+        i.topk == 0 and "full distributions" or ("top-" .. i.topk)))
       refs[e.name] = r
     else
       local t = qf.now()
       refs[e.name] = m:reference_logits(e.source, o)
       if path then refs[e.name]:save(path) end
       local i = refs[e.name]:info()
-      io.stderr:write(string.format("%s reference logits: %d positions, top-%d of %d, %.1f s%s\n", e.label, i.positions, i.topk,
-        i.vocab, qf.now() - t, path and (" -> " .. path) or ""))
+      io.stderr:write(string.format("%s reference logits: %d positions, %s of %d, %.1f s%s\n", e.label, i.positions,
+        i.topk == 0 and "full distributions" or ("top-" .. i.topk), i.vocab, qf.now() - t, path and (" -> " .. path) or ""))
     end
   end
   return refs
