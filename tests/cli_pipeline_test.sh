@@ -320,4 +320,13 @@ run ign run "$WORK/ignores_grid.lua" $FAST 'overrides=block:2/down=bits:8' out="
 expect_rc "a solve that ignores the override's grid" 1
 expect_in "ignored override named" stderr "override rule 1 'block:2/down=bits:8' asks 8-bit per-channel for block 2 linear 'down', but solve returned 4-bit per-channel"
 
+run zr run recipes/zero_row.lua max_windows=2 out="$WORK/zr"
+expect_rc "zero_row.lua" 0
+python3 - "$WORK/zr/results.json" <<'PY' && ok || bad "zero_row.lua records the KL divergence of the edit"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["kld"]["mean"] > 0 and r["kld"]["same_top"] < 1 and r["ppl_after"] != r["ppl_before"], r["kld"]
+assert abs(r["kld"]["ppl_reference"] - r["ppl_before"]) < 1e-9 * r["ppl_before"], (r["kld"]["ppl_reference"], r["ppl_before"])
+PY
+
 finish cli_pipeline
