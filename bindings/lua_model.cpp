@@ -689,6 +689,7 @@ void open_model(lua_State* L, int mod) {
                   {"perplexity", qf_guard<m_perplexity>, 3},
                   {"reference_logits", qf_guard<m_reference_logits>, 3},
                   {"eval_plan", qf_guard<m_eval_plan>, 3},
+                  {"multiple_choice", qf_guard<model_multiple_choice>, 3},
                   {"save", qf_guard<m_save>, 3},
                   {"set_linear", qf_guard<m_set_linear>, 4},
                   {"bias", qf_guard<m_bias>, 3},

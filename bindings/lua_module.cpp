@@ -520,6 +520,7 @@ int luaopen_qforge(lua_State* L) {
   open_solvers(L, -1);
   open_cvxq(L, -1);
   open_reference(L, -1);
+  open_multiple_choice(L, -1);
   set_introspection(L, -1);
   return 1;
 }
