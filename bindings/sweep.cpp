@@ -20,6 +20,7 @@
 //   exit code is 1 if any run failed. Ctrl-C (SIGINT/SIGTERM reaching the run) stops the sweep.
 // * SWEEP/sweep.json (rewritten atomically after every run) lists the runs, their options and
 //   states; `qforge table SWEEP` reads it.
+// * One sweep at a time per directory: SWEEP/sweep.lock is held (flock) while a sweep works.
 #include "sweep.h"
 
 #include <dirent.h>
@@ -27,6 +28,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,7 +77,8 @@ const char* kSweepUsage =
     "options and recipe are those of the sweep is complete and skipped; an incomplete one is\n"
     "removed and run again; one with other options is refused. DIR/sweep.json lists the runs,\n"
     "their options and states; DIR/logs/<name>.log holds each run's output. Progress\n"
-    "(run i/N, seconds, ETA) goes to stderr. 'qforge table DIR' tabulates the results.\n"
+    "(run i/N, seconds, ETA) goes to stderr. One sweep at a time per DIR (DIR/sweep.lock).\n"
+    "'qforge table DIR' tabulates the results.\n"
     "\n"
     "exit codes: 0 every run complete, 1 a run failed or the sweep was interrupted,\n"
     "2 usage or option error (before any run)\n";
@@ -398,11 +401,27 @@ int sweep_command(const std::vector<std::string>& args) {
   if (is_directory(out) && !path_exists(out + "/sweep.json")) {
     bool empty = true;
     if (DIR* d = opendir(out.c_str())) {
-      while (const dirent* e = readdir(d))
-        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") empty = false;
+      while (const dirent* e = readdir(d)) {
+        const std::string n = e->d_name;
+        if (n != "." && n != ".." && n != "sweep.lock" && n != "logs") empty = false;
+      }
       closedir(d);
     }
     if (!empty) return sweep_usage_error("'" + out + "' is not empty and holds no sweep.json: not a sweep directory");
+  }
+  // One sweep at a time in a directory: DIR/sweep.lock, held (flock) until this process ends.
+  bool created = false;
+  if (!dry_run) {
+    created = !path_exists(out);
+    make_dirs(out);
+    const std::string lock = out + "/sweep.lock";
+    const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fail("cannot open '", lock, "': ", std::strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd);
+      return sweep_usage_error("another qforge sweep is running in '" + out + "' (it holds " + lock + ")");
+    }
+    // fd stays open (and locked) for the rest of the sweep; the run subprocesses do not inherit it.
   }
   std::vector<std::string> conflicts;
   size_t complete = 0;
@@ -458,10 +477,11 @@ int sweep_command(const std::vector<std::string>& args) {
     for (const std::string& c : conflicts) std::cerr << "qforge sweep: " << c << "\n";
     std::cerr << "qforge sweep: error: the sweep directory '" << out
               << "' holds runs this sweep would not make; give another --out (or remove them)\n";
+    if (created) remove_tree(out);
     return 2;
   }
   const size_t to_run = total - complete;
-  std::cerr << "qforge sweep: " << out << ": " << total << " runs, " << complete << " complete already, " << to_run
+  std::cerr << "qforge sweep: " << out << ": " << total << " run" << (total == 1 ? "" : "s") << ", " << complete << " complete already, " << to_run
             << " to run (order: keys as given, the last varying fastest)\n";
   if (dry_run) {
     for (size_t r = 0; r < total; ++r)

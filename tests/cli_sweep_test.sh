@@ -11,6 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"  # sets QF (absolute) an
 
 # Small and fast: stories260K, a few short windows, two WikiText-2 windows.
 FAST="nsamples=4 seqlen=32 eval_seqlen=64 wiki_windows=2"
+runx() { local name="$1"; shift; "$@" >"$WORK/stdout" 2>"$WORK/stderr"; rc=$?; cp "$WORK/stderr" "$WORK/$name.stderr"; }
 no_work() {  # no_work WHAT: nothing was calibrated or run
   if grep -qE "calibration tokens|^block [0-9]+/|\.\.\.$" "$WORK/stderr" "$WORK/stdout"; then bad "$1: work started"; else ok; fi
 }
@@ -90,6 +91,17 @@ expect_rc "--dry-run with paths" 0
 expect_in "a path value names its run by its last component" stdout "$WORK/dry/model-stories260K "
 expect_in "a path value names its run by its last component" stdout "$WORK/dry/model-stories260K.bin "
 
+# '\,' is a literal comma: two values, one of them "scales,zeros"; a bad one is refused by the
+# recipe's own check (P.finetune) before any run.
+run dry_comma sweep recipes/rtn.lua finetune=true 'ft_params=scales\,zeros,norms' --dry-run --out "$WORK/dry"
+expect_rc "--dry-run with a literal comma" 0
+expect_in "a literal comma" stdout "$WORK/dry/ft_params-scales_zeros  ft_params=scales,zeros"
+expect_in "a literal comma" stdout "$WORK/dry/ft_params-norms  ft_params=norms"
+run bad_comma sweep recipes/rtn.lua finetune=true 'ft_params=scales\,zeros,bogus' --out "$WORK/dry"
+expect_rc "ft_params=...,bogus" 2
+expect_in "ft_params=...,bogus" stderr "run 2/2 (ft_params=bogus): option 'ft_params': unknown parameter group 'bogus'"
+[ -e "$WORK/dry" ] && bad "a refused sweep made its directory" || ok
+
 # ---- a 3-run GPTQ sweep -------------------------------------------------------------------
 S="$WORK/sw"
 run sweep1 sweep recipes/gptq.lua bits=2,3,4 $FAST --out "$S"
@@ -165,7 +177,6 @@ for r, m in zip(rows, mdrows):
     assert r["commit"] == run["git_commit"], (r["commit"], run["git_commit"])
 PY
 # Without gnuplot on PATH --plot fails, says why, and writes nothing.
-runx() { local name="$1"; shift; "$@" >"$WORK/stdout" 2>"$WORK/stderr"; rc=$?; cp "$WORK/stderr" "$WORK/$name.stderr"; }
 runx nognuplot env PATH=/nonexistent "$QF" table "$S" --plot "$WORK/none.png"
 expect_rc "table --plot without gnuplot" 1
 expect_in "table --plot without gnuplot" stderr "--plot needs gnuplot, which is not on PATH (Debian: apt-get install gnuplot-nox"
@@ -241,6 +252,14 @@ expect_in "resume over a run without run.json" stderr "run 3/3 bits-4: removing 
 expect_in "resume over a run without run.json" stderr "ok: 3 runs: 1 ran ok, 2 skipped (complete), 0 failed"
 expect_file_has "bits-4 complete again" "$S/bits-4/run.json" '"status": "ok"'
 cmp -s "$S/bits-2/log.jsonl" "$WORK/bits2.log.jsonl" && ok || bad "the skipped run bits-2 was touched"
+# One sweep at a time in a directory (flock(1) holds DIR/sweep.lock as a running sweep does).
+if command -v flock >/dev/null; then
+  runx locked flock "$S/sweep.lock" "$QF" sweep recipes/gptq.lua bits=2,3,4 $FAST --out "$S"
+  expect_rc "a second sweep in a locked directory" 2
+  expect_in "a second sweep in a locked directory" stderr "another qforge sweep is running in '$S'"
+else
+  bad "flock(1) missing: the lock check needs it"
+fi
 # The same directory with other options is refused before any run.
 run conflict sweep recipes/gptq.lua bits=2,3,4 nsamples=3 seqlen=32 eval_seqlen=64 wiki_windows=2 --out "$S"
 expect_rc "sweep over runs with other options" 2
