@@ -5,7 +5,8 @@
 // A DIR is a run directory (run.json), a sweep directory (sweep.json: its runs, in the sweep's
 // order) or a folder of run directories (those directly inside it, by name). Columns: the run
 // (its directory's name; parent/name where names repeat), the recipe when the runs' recipes differ, every option whose value
-// differs among the runs that have it (options.json; the sweep's varying keys first), then the standard
+// differs among the runs that have it (options.json, and run.json's args for runner options such
+// as threads; the sweep's varying keys first), then the standard
 // results when any run has them — bits_per_weight (results' storage.bits_per_weight),
 // ppl_heldout, ppl_wikitext2, ppl, every kld / kld_* key (a number, or a table's `mean`), the
 // --keys the user names — then seconds (run.json wall_seconds), commit (run.json git_commit)
@@ -330,6 +331,15 @@ int table_command(const std::vector<std::string>& args) {
       try {
         r.run = read_object(f + "/run.json");
         r.options = path_exists(f + "/options.json") ? read_object(f + "/options.json") : json::object();
+        // Runner options the recipe does not declare (threads) are in run.json's args only.
+        if (r.run.contains("args") && r.run["args"].is_array())
+          for (const json& a : r.run["args"]) {
+            if (!a.is_string()) continue;
+            const std::string kv = a.get<std::string>();
+            const size_t eq = kv.find('=');
+            if (eq == std::string::npos || eq == 0 || kv.compare(0, eq, "out") == 0) continue;
+            if (!r.options.contains(kv.substr(0, eq))) r.options[kv.substr(0, eq)] = kv.substr(eq + 1);
+          }
         r.results = path_exists(f + "/results.json") ? read_object(f + "/results.json") : json::object();
       } catch (const std::exception& e) {
         std::cerr << "qforge table: " << f << ": " << e.what() << "; left out\n";

@@ -221,6 +221,16 @@ md = [l for l in open(sys.argv[2]) if l.startswith("| eval1 ")]
 assert md and "—" in md[0], md
 PY
 
+# A run that did not end ok gets a status column.
+mkdir -p "$WORK/other2"
+cp -r "$S/bits-2" "$WORK/other2/err1"
+sed -i 's/"status": "ok"/"status": "error"/' "$WORK/other2/err1/run.json"
+run table3 table "$S" "$WORK/other2"
+expect_rc "table with a failed run" 0
+expect_in "status column" stdout "| seconds | commit | status |"
+grep -E '^\| err1 \|.*\| error \|$' "$WORK/stdout" >/dev/null && ok || bad "err1's status: $(grep err1 "$WORK/stdout")"
+grep -E '^\| bits-3 \|.*\| ok \|$' "$WORK/stdout" >/dev/null && ok || bad "bits-3's status: $(grep bits-3 "$WORK/stdout")"
+
 # ---- resume: a run that lost its done marker is rerun, complete ones are skipped ---------
 cp "$S/bits-2/log.jsonl" "$WORK/bits2.log.jsonl"
 cp "$S/bits-4/run.json" "$WORK/bits4.run.json"
