@@ -208,7 +208,14 @@ static bool only_runner_files(const std::string& dir) {
 }
 
 static volatile sig_atomic_t g_interrupted = 0;
-static void on_signal(int) { g_interrupted = 1; }
+static void on_signal(int) {
+  if (!g_interrupted) {
+    static const char m[] = "qforge sweep: signal received: stopping after the current run\n";
+    if (write(2, m, sizeof m - 1) < 0) {
+    }
+  }
+  g_interrupted = 1;
+}
 
 // Runs `qforge run ...` with stdout and stderr into log; returns the wait status.
 static int spawn_run(const std::string& exe, const std::vector<std::string>& argv, const std::string& log, pid_t* pid_out) {
@@ -603,7 +610,7 @@ int sweep_command(const std::vector<std::string>& args) {
 
   size_t ok = 0;
   for (const Run& run : runs) ok += run.state == "ok";
-  const std::string status = interrupted ? "interrupted" : failed ? "failed" : ok == total ? "ok" : "stopped";
+  const std::string status = interrupted ? "interrupted" : ok == total ? "ok" : "failed";
   write_sweep_json(status);
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cerr << "qforge sweep: " << status << ": " << total << " runs: " << ran_ok << " ran ok, "

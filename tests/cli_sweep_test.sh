@@ -307,6 +307,24 @@ else
   bad "setsid missing: the kill-and-resume check needs it"
 fi
 
+# A SIGTERM to the sweep alone lets the current run end, then stops the sweep.
+G="$WORK/sig"
+"$QF" sweep recipes/rtn.lua bits=2,3 $FAST --out "$G" >"$WORK/sig.out" 2>"$WORK/sig.err" &
+pid=$!
+for _ in $(seq 600); do
+  grep -qs "run 1/2 bits-2 (bits=2) ...$" "$WORK/sig.err" && break
+  sleep 0.05
+done
+kill -TERM "$pid"
+wait "$pid"
+krc=$?
+[ "$krc" = 1 ] && ok || bad "a SIGTERM'd sweep exited $krc"
+expect_file_has "the current run ended normally" "$G/bits-2/run.json" '"status": "ok"'
+[ -e "$G/bits-3" ] && bad "the sweep started a run after SIGTERM" || ok
+expect_file_has "the sweep says it stops" "$WORK/sig.err" "signal received: stopping after the current run"
+python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['status']=='interrupted' and [r['state'] for r in s['runs']]==['ok','pending']" \
+  "$G/sweep.json" && ok || bad "sweep.json of the interrupted sweep"
+
 # ---- a failed run is reported, the others go on; --fail-fast stops -----------------------
 # seqlen=600 passes the declared range (>= 1) and fails once the model is loaded (context 512).
 run failrun sweep recipes/rtn.lua seqlen=32,600,48 nsamples=4 eval_seqlen=64 wiki_windows=0 --out "$WORK/fail"
