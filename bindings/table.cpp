@@ -8,7 +8,7 @@
 // differs among the runs that have it (options.json, and run.json's args for runner options such
 // as threads; the sweep's varying keys first), then the standard
 // results when any run has them — bits_per_weight (results' storage.bits_per_weight),
-// ppl_heldout, ppl_wikitext2, ppl, every kld / kld_* key (a number, or a table's `mean`), the
+// ppl_heldout, ppl_wikitext2, any other ppl_* key, ppl, every kld / kld_* key (a number, or a table's `mean`), the
 // --keys the user names — then seconds (run.json wall_seconds), commit (run.json git_commit)
 // and status when a run is not "ok". A missing value is "—" in markdown and empty in CSV.
 // Markdown numbers have 6 significant digits (seconds one decimal); CSV numbers are exact
@@ -54,8 +54,9 @@ const char* kTableUsage =
     "a sweep directory (qforge sweep: its runs in the sweep's order) or a folder of run\n"
     "directories. Columns: run, recipe (when it differs), the options that differ across the\n"
     "runs, then the results present: bits_per_weight (storage.bits_per_weight), ppl_heldout,\n"
-    "ppl_wikitext2, ppl, kld / kld_* (a number or a table's mean), the --keys, seconds\n"
-    "(wall), commit, and status when a run did not end ok. Missing values: '—' (CSV: empty).\n"
+    "ppl_wikitext2, other ppl_*, ppl, kld / kld_* (a number or a table's mean), the --keys,\n"
+    "seconds (wall), commit, and status when a run did not end ok. Missing values: '—'\n"
+    "(CSV: empty).\n"
     "\n"
     "  --csv FILE     also write the table as CSV (exact numbers)\n"
     "  --md FILE      also write the markdown table to FILE\n"
@@ -393,12 +394,16 @@ int table_command(const std::vector<std::string>& args) {
       if (cell(r, c)) return true;
     return false;
   };
-  std::vector<std::string> result_keys = {"bits_per_weight", "ppl_heldout", "ppl_wikitext2", "ppl"};
-  {
-    std::set<std::string> kld;
+  std::vector<std::string> result_keys = {"bits_per_weight", "ppl_heldout", "ppl_wikitext2"};
+  {  // other ppl_* keys (a recipe's own protocols), ppl, then every kld / kld_* key
+    std::set<std::string> ppl, kld;
     for (const Row& r : rows)
-      for (const auto& [k, v] : r.results.items())
+      for (const auto& [k, v] : r.results.items()) {
+        if (k.rfind("ppl_", 0) == 0 && k != "ppl_heldout" && k != "ppl_wikitext2") ppl.insert(k);
         if (k == "kld" || k.rfind("kld_", 0) == 0) kld.insert(k);
+      }
+    result_keys.insert(result_keys.end(), ppl.begin(), ppl.end());
+    result_keys.push_back("ppl");
     result_keys.insert(result_keys.end(), kld.begin(), kld.end());
   }
   result_keys.insert(result_keys.end(), extra_keys.begin(), extra_keys.end());
