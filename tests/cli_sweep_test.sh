@@ -152,7 +152,9 @@ else
 fi
 cp "$WORK/stdout" "$WORK/table1.out"
 [ "$(grep -c '^| bits-' "$WORK/table1.out")" = 3 ] && ok || bad "table has $(grep -c '^| bits-' "$WORK/table1.out") run rows"
-expect_in "table header" stdout "| run | bits | bits_per_weight | ppl_heldout | ppl_wikitext2 | seconds | commit |"
+# (kld_heldout / kld_wikitext2 columns follow the perplexities when the recipe records KL divergence)
+head -1 "$WORK/stdout" | grep -qE '^\| run \| bits \| bits_per_weight \| ppl_heldout \| ppl_wikitext2 \| (kld_heldout \| kld_wikitext2 \| )?seconds \| commit \|$' &&
+  ok || bad "table header: $(head -1 "$WORK/stdout")"
 expect_in "table protocol notes" stdout "- ppl_heldout: held-out tokens"
 cmp -s "$WORK/t.md" "$WORK/table1.out" && ok || bad "--md file differs from stdout"
 python3 - "$S" "$WORK/t.csv" "$WORK/table1.out" <<'PY' && ok || bad "table numbers vs results.json (see above)"
@@ -169,6 +171,9 @@ for r, m in zip(rows, mdrows):
     opts = json.load(open(f"{S}/{r['run']}/options.json"))
     want = {"bits_per_weight": res["storage"]["bits_per_weight"], "ppl_heldout": res["ppl_heldout"],
             "ppl_wikitext2": res["ppl_wikitext2"], "seconds": run["wall_seconds"]}
+    for k in ("kld_heldout", "kld_wikitext2"):   # a table with a mean, when recorded
+        if k in res: want[k] = res[k]["mean"] if isinstance(res[k], dict) else res[k]
+        else: assert k not in r or r[k] == "", (k, r)
     for k, v in want.items():
         assert float(r[k]) == v, (r["run"], k, r[k], v)          # CSV: exact
         fmt = "%.1f" if k == "seconds" else "%.6g"
@@ -208,12 +213,16 @@ expect_rc "table of mixed runs" 0
 cp "$WORK/stdout" "$WORK/table2.out"
 expect_in "mixed: recipe column and KLD columns" stdout "| run | recipe | bits | "
 expect_in "mixed: KLD columns" stdout "| ppl | kld_heldout | kld_wikitext2 | objective_total | seconds | commit |"
-python3 - "$WORK/t2.csv" "$WORK/table2.out" <<'PY' && ok || bad "mixed table (see above)"
-import csv, sys
+python3 - "$WORK/t2.csv" "$WORK/table2.out" "$S" <<'PY' && ok || bad "mixed table (see above)"
+import csv, json, sys
 rows = {r["run"]: r for r in csv.DictReader(open(sys.argv[1]))}
 assert list(rows) == ["bits-3", "eval1", "kld1"], list(rows)
 assert rows["kld1"]["kld_heldout"] == "0.125" and rows["kld1"]["kld_wikitext2"] == "0.0625", rows["kld1"]
-assert rows["bits-3"]["kld_heldout"] == "" and rows["eval1"]["ppl_heldout"] == "", rows
+res3 = json.load(open(sys.argv[3] + "/bits-3/results.json"))
+got3 = rows["bits-3"]["kld_heldout"]
+assert (float(got3) == res3["kld_heldout"]["mean"]) if "kld_heldout" in res3 else got3 == "", (got3, res3.get("kld_heldout"))
+assert rows["eval1"]["kld_heldout"] == "", rows
+assert rows["eval1"]["ppl_heldout"] == "", rows
 assert rows["eval1"]["recipe"] == "eval.lua" and rows["bits-3"]["recipe"] == "gptq.lua"
 assert rows["eval1"]["ppl"] != "" and rows["bits-3"]["ppl"] == ""
 assert rows["bits-3"]["objective_total"] != ""
