@@ -379,7 +379,7 @@ static int m_perplexity(lua_State* L) {
   set_field(L, "protocol_name", r.protocol_name);
   if (r.has_kld) {
     const KldStats& k = r.kld;
-    lua_createtable(L, 0, 18);
+    lua_createtable(L, 0, 20);
     set_field(L, "mean", k.mean);
     set_field(L, "mean_stderr", k.mean_stderr);
     set_field(L, "median", k.median);
@@ -396,6 +396,8 @@ static int m_perplexity(lua_State* L) {
     set_field(L, "dp_rms", k.dp_rms);
     set_field(L, "nll_reference", k.nll_reference);
     set_field(L, "ppl_reference", k.ppl_reference);
+    set_field(L, "mean_llamacpp", k.mean_llamacpp);
+    set_field(L, "mean_llamacpp_stderr", k.mean_llamacpp_stderr);
     set_field(L, "positions", k.n);
     set_field(L, "topk", k.topk);
     lua_setfield(L, -2, "kld");

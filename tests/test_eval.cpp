@@ -63,7 +63,7 @@ static std::vector<double> log_softmax(const Tensor& lg, int64_t row) {
 }
 
 struct Brute {
-  std::vector<double> nll, kl, dp;
+  std::vector<double> nll, kl, kl_lc, dp;
   std::vector<int> same;
 };
 
@@ -76,8 +76,12 @@ static Brute brute(const Model& q, const Model& ref, const std::vector<int32_t>&
     const Tensor lq = forward(q, ids, 1, L), lr = forward(ref, ids, 1, L);
     for (int t = first; t < L - 1; ++t) {
       const auto a = log_softmax(lq, t), r = log_softmax(lr, t);
-      double d = 0;
-      for (size_t j = 0; j < a.size(); ++j) d += std::exp(r[j]) * (r[j] - a[j]);
+      double d = 0, dl = 0;
+      for (size_t j = 0; j < a.size(); ++j) {
+        d += std::exp(r[j]) * (r[j] - a[j]);
+        if (r[j] > -16) dl += std::exp(r[j]) * (r[j] - a[j]);
+      }
+      b.kl_lc.push_back(dl);
       b.nll.push_back(-a[(size_t)ids[t + 1]]);
       b.kl.push_back(d);
       b.dp.push_back(std::exp(a[(size_t)ids[t + 1]]) - std::exp(r[(size_t)ids[t + 1]]));
@@ -199,6 +203,9 @@ TEST_CASE("KL divergence against a perturbed copy matches an f64 brute force") {
   CHECK(r.kld.same_top == doctest::Approx((double)agree / (double)n).epsilon(1e-12));
   CHECK(r.kld.same_top < 1.0);
   CHECK(r.kld.dp_mean == doctest::Approx(mean(b.dp)).epsilon(1e-9));
+  // llama-perplexity's truncated sum (reference log-probabilities above −16 only)
+  CHECK(r.kld.mean_llamacpp == doctest::Approx(mean(b.kl_lc)).epsilon(1e-9));
+  CHECK(r.kld.mean_llamacpp != r.kld.mean);
   CHECK(r.kld.ppl_reference == doctest::Approx(perplexity(stories(), toks, o).ppl).epsilon(1e-12));
   CHECK(r.kld.p90 <= r.kld.p95);
   CHECK(r.kld.p95 <= r.kld.p99);

@@ -230,7 +230,8 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     if (rl->positions() != n) fail("perplexity: the reference logits hold ", rl->positions(), " positions, this evaluation scores ", n);
   }
   const bool kld = ref.model || rl;
-  std::vector<double> nll((size_t)n), kl(kld ? (size_t)n : 0), dp(kld ? (size_t)n : 0), ref_nll(kld ? (size_t)n : 0);
+  std::vector<double> nll((size_t)n), kl(kld ? (size_t)n : 0), dp(kld ? (size_t)n : 0), ref_nll(kld ? (size_t)n : 0),
+      kl_lc(kld ? (size_t)n : 0);
   std::vector<char> same(kld ? (size_t)n : 0);
   const bool all = !rl || rl->hidden_form();  // full distributions (a model, or stored hidden rows)
   const int64_t k = all ? V : rl->topk;
@@ -258,14 +259,20 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     // D(ref ‖ q) = Σ_v p (log p − log q) over the whole vocabulary (E2), or from top-k rows
     // Σ_kept p (log p − log q) + tail·(log tail − log q_tail): the kept tokens plus one "rest"
     // bucket, a lower bound on the full divergence (E3, docs/methods.md#kl-divergence).
-    double d = 0;
+    double d = 0, d_lc = 0;  // d_lc: llama-perplexity's sum, tokens with log p_ref > −16 only
     if (all) {
-      for (int64_t j = 0; j < V; ++j) d += std::exp(rlp[j]) * (rlp[j] - ((double)z[j] - q.lse));
+      for (int64_t j = 0; j < V; ++j) {
+        const double t = std::exp(rlp[j]) * (rlp[j] - ((double)z[j] - q.lse));
+        d += t;
+        if (rlp[j] > -16.0) d_lc += t;
+      }
     } else {
       std::vector<char> kept((size_t)V, 0);
       for (int64_t j = 0; j < k; ++j) {
         kept[(size_t)rid[j]] = 1;
-        d += std::exp(rlp[j]) * (rlp[j] - ((double)z[rid[j]] - q.lse));
+        const double t = std::exp(rlp[j]) * (rlp[j] - ((double)z[rid[j]] - q.lse));
+        d += t;
+        if (rlp[j] > -16.0) d_lc += t;
       }
       if (tail > 0) {
         double qt = 0;
@@ -275,6 +282,7 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
       }
     }
     kl[(size_t)i] = d;
+    kl_lc[(size_t)i] = d_lc;
     same[(size_t)i] = rtop == q.top;
     dp[(size_t)i] = std::exp(-nll[(size_t)i]) - std::exp(lpt);
     ref_nll[(size_t)i] = -lpt;
@@ -321,6 +329,7 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     s.same_top = (double)agree / (double)n;
     s.same_top_stderr = n > 1 ? std::sqrt(s.same_top * (1 - s.same_top) / (double)(n - 1)) : 0.0;
     mean_stderr(dp, s.dp_mean, s.dp_stderr);
+    mean_stderr(kl_lc, s.mean_llamacpp, s.mean_llamacpp_stderr);
     double dp2 = 0, rn = 0;
     for (double x : dp) dp2 += x * x;
     for (double x : ref_nll) rn += x;
