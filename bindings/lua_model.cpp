@@ -379,7 +379,7 @@ static int m_perplexity(lua_State* L) {
   set_field(L, "protocol_name", r.protocol_name);
   if (r.has_kld) {
     const KldStats& k = r.kld;
-    lua_createtable(L, 0, 18);
+    lua_createtable(L, 0, 20);
     set_field(L, "mean", k.mean);
     set_field(L, "mean_stderr", k.mean_stderr);
     set_field(L, "median", k.median);
@@ -396,6 +396,8 @@ static int m_perplexity(lua_State* L) {
     set_field(L, "dp_rms", k.dp_rms);
     set_field(L, "nll_reference", k.nll_reference);
     set_field(L, "ppl_reference", k.ppl_reference);
+    set_field(L, "mean_llamacpp", k.mean_llamacpp);
+    set_field(L, "mean_llamacpp_stderr", k.mean_llamacpp_stderr);
     set_field(L, "positions", k.n);
     set_field(L, "topk", k.topk);
     lua_setfield(L, -2, "kld");
@@ -618,10 +620,9 @@ static int m_set_bias(lua_State* L) {
 
 // m:storage() -> {bits_per_weight =, codes =, params =, side =, outliers =, unquantized = (bits per
 // weight each), unquantized_dtype =, weights =, pruned_fraction =} over the block linears (storage.h).
-static int m_storage(lua_State* L) {
-  const StorageBits s = model_storage(*check_model(L, 1, "storage").m);
+static void push_storage(lua_State* L, const StorageBits& s) {
   const double n = (double)std::max<int64_t>(s.weights, 1);
-  lua_createtable(L, 0, 9);
+  lua_createtable(L, 0, 10);
   set_field(L, "bits_per_weight", s.per_weight());
   set_field(L, "codes", s.codes / n);
   set_field(L, "params", s.params / n);
@@ -631,6 +632,31 @@ static int m_storage(lua_State* L) {
   set_field(L, "unquantized_dtype", std::string(s.unquantized_dtype()));
   set_field(L, "weights", s.weights);
   set_field(L, "pruned_fraction", (double)s.pruned / n);
+}
+
+// m:storage([{per_linear = false}]) -> the totals; with per_linear also .linears = {{block =,
+// name =, quantized =, bits_per_weight =, …}, …} in block and forward order.
+static int m_storage(lua_State* L) {
+  const Model& m = *check_model(L, 1, "storage").m;
+  check_opts(L, 2, "storage", {"per_linear"});
+  const bool per = opt_field_bool(L, 2, "per_linear", "storage", false);
+  push_storage(L, model_storage(m));
+  if (per) {
+    need_stack(L, 4);
+    lua_createtable(L, (int)(m.n_blocks() * 7), 0);
+    int i = 0;
+    for (int b = 0; b < m.n_blocks(); ++b) {
+      for (const Linear& lin : m.block(b).linears) {
+        push_storage(L, linear_storage(lin));
+        set_field(L, "block", b + 1);
+        set_field(L, "name", lin.name);
+        set_field(L, "quantized", lin.quant != nullptr);
+        lua_rawseti(L, -2, ++i);
+      }
+      m.release_block(b);
+    }
+    lua_setfield(L, -2, "linears");
+  }
   return 1;
 }
 
@@ -665,11 +691,12 @@ void open_model(lua_State* L, int mod) {
                   {"perplexity", qf_guard<m_perplexity>, 3},
                   {"reference_logits", qf_guard<m_reference_logits>, 3},
                   {"eval_plan", qf_guard<m_eval_plan>, 3},
+                  {"multiple_choice", qf_guard<model_multiple_choice>, 3},
                   {"save", qf_guard<m_save>, 3},
                   {"set_linear", qf_guard<m_set_linear>, 4},
                   {"bias", qf_guard<m_bias>, 3},
                   {"set_bias", qf_guard<m_set_bias>, 4},
-                  {"storage", qf_guard<m_storage>, 1},
+                  {"storage", qf_guard<m_storage>, 2},
                   {"block", qf_guard<m_block>, 2}},
                  udata_gc<LModel>, qf_guard<m_tostring>);
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <regex>
 #include <strings.h>
 
 #include "core/io.h"
@@ -410,6 +411,25 @@ static int f_log(lua_State* L) {
 // device such as /dev/zero would otherwise grow memory without bound.
 static constexpr uint64_t kReadTextLimit = 1ull << 30;
 
+// qf.regex_search(pattern, s) -> bool: ECMAScript regular expression (std::regex) found anywhere
+// in s (anchor with ^ and $). An invalid pattern is an error quoting it. Compiled patterns are
+// kept (recipes match the same few rules against every linear).
+static int f_regex_search(lua_State* L) {
+  const std::string pat = check_str(L, 1, "regex_search"), subject = check_str(L, 2, "regex_search");
+  static std::map<std::string, std::regex> cache;
+  auto it = cache.find(pat);
+  if (it == cache.end()) {
+    if (pat.size() > 4096) fail("regex_search: pattern of ", pat.size(), " bytes is longer than 4096");
+    try {
+      it = cache.emplace(pat, std::regex(pat, std::regex::ECMAScript)).first;
+    } catch (const std::regex_error& e) {
+      fail("regex_search: invalid regular expression '", pat, "' (", e.what(), ")");
+    }
+  }
+  lua_pushboolean(L, std::regex_search(subject, it->second));
+  return 1;
+}
+
 static int f_read_text(lua_State* L) {
   std::string path = check_str(L, 1, "read_text");
   const int64_t size = file_size(path);  // refuses FIFOs, devices and directories, naming the path
@@ -489,7 +509,7 @@ int luaopen_qforge(lua_State* L) {
   lua_newtable(L);
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
             {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"check_options", qf_guard<f_check_options>, 3}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
-             {"read_text", qf_guard<f_read_text>, 1}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
+             {"read_text", qf_guard<f_read_text>, 1}, {"regex_search", qf_guard<f_regex_search>, 2}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
              {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
   open_tensor(L, -1);
   open_model(L, -1);
@@ -500,6 +520,7 @@ int luaopen_qforge(lua_State* L) {
   open_solvers(L, -1);
   open_cvxq(L, -1);
   open_reference(L, -1);
+  open_multiple_choice(L, -1);
   set_introspection(L, -1);
   return 1;
 }

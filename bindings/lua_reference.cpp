@@ -37,10 +37,12 @@ static int r_save(lua_State* L) {
   return 0;
 }
 
-// r:info() -> {model=, protocol=, protocol_name=, seqlen=, windows=, vocab=, topk=, positions=, tokens=}
+// r:info() -> {form=, dim=, model=, protocol=, protocol_name=, seqlen=, windows=, vocab=, topk=, positions=, tokens=}
 static int r_info(lua_State* L) {
   const ReferenceLogits& r = check_reference(L, 1, "info");
-  lua_createtable(L, 0, 9);
+  lua_createtable(L, 0, 11);
+  set_field(L, "form", std::string(r.hidden_form() ? "hidden" : "topk"));
+  set_field(L, "dim", r.dim);
   set_field(L, "model", r.model);
   set_field(L, "protocol", r.protocol);
   set_field(L, "protocol_name", r.protocol_name);
@@ -55,9 +57,10 @@ static int r_info(lua_State* L) {
 
 static int r_tostring(lua_State* L) {
   const ReferenceLogits& r = check_reference(L, 1, "__tostring");
-  const std::string s = "qforge.ReferenceLogits of " + r.model + ": " + std::to_string(r.positions()) + " positions, top-" +
-                        std::to_string(r.topk) + " of " + std::to_string(r.vocab) + ", " + r.protocol_name + "-L" +
-                        std::to_string(r.seqlen);
+  const std::string form = r.hidden_form() ? "full distributions (hidden states, dim " + std::to_string(r.dim) + ")"
+                                           : "top-" + std::to_string(r.topk);
+  const std::string s = "qforge.ReferenceLogits of " + r.model + ": " + std::to_string(r.positions()) + " positions, " + form +
+                        " of " + std::to_string(r.vocab) + ", " + r.protocol_name + "-L" + std::to_string(r.seqlen);
   push_str(L, s);
   return 1;
 }

@@ -196,5 +196,8 @@ void open_block(lua_State* L, int mod);
 void open_solvers(lua_State* L, int mod);
 void open_cvxq(lua_State* L, int mod);
 void open_reference(lua_State* L, int mod);
+void open_multiple_choice(lua_State* L, int mod);  // qf.read_multiple_choice (lua_multiple_choice.cpp)
+// m:multiple_choice, a qforge.Model method made in lua_multiple_choice.cpp, registered by open_model.
+int model_multiple_choice(lua_State* L);
 
 }  // namespace qf::lua

@@ -1,5 +1,5 @@
 // qforge — the command: `qforge run RECIPE.lua [key=value ...]`, `qforge rerun RUN_DIR`,
-// `qforge version`, `qforge help`.
+// `qforge sweep RECIPE.lua key=v1,v2 ...`, `qforge table DIR...`, `qforge version`, `qforge help`.
 // Exit codes: 0 ok, 1 the run failed (or a rerun was refused), 2 usage or option error (see kRunUsage).
 #include <exception>
 #include <iostream>
@@ -9,6 +9,7 @@
 #include "core/omp_wait.h"
 #include "qforge_version.h"
 #include "runner.h"
+#include "sweep.h"
 
 static const char* kUsage =
     "usage: qforge <command> [arguments]\n"
@@ -18,6 +19,12 @@ static const char* kUsage =
     "  rerun RUN_DIR [out=DIR] [--force]\n"
     "                                   rerun a run directory with its recorded options, after\n"
     "                                   checking the commit and every input's fingerprint\n"
+    "  sweep RECIPE.lua key=v1,v2 ... [key=value ...] [--out DIR] [--fail-fast] [--dry-run]\n"
+    "                                   one run per combination of the lists, in one sweep\n"
+    "                                   directory; resumable (see 'qforge sweep --help')\n"
+    "  table DIR... [--csv FILE] [--md FILE] [--plot FILE.png] [--x KEY] [--y KEY] [--curve KEY]\n"
+    "                                   run and sweep directories as one markdown table, CSV,\n"
+    "                                   a gnuplot PNG (see 'qforge table --help')\n"
     "  version                          print the version and git commit\n"
     "  help                             print this help\n"
     "\n"
@@ -98,6 +105,14 @@ int main(int argc, char** argv) {
       return qf::lua::rerun(ra);
     } catch (const std::exception& e) {
       std::cerr << "qforge: error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (cmd == "sweep" || cmd == "table") {
+    try {
+      return cmd == "sweep" ? qf::lua::sweep_command(args) : qf::lua::table_command(args);
+    } catch (const std::exception& e) {
+      std::cerr << "qforge " << cmd << ": error: " << e.what() << "\n";
       return 1;
     }
   }

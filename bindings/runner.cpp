@@ -309,6 +309,12 @@ static int usage_error(const std::string& msg) {
   return 2;
 }
 
+// An option check (RunArgs::check) ends at the recipe's first qf.load_model: the work starts there.
+static int check_stop(lua_State* L) {
+  if (L) throw ExitRequest{0};
+  return 0;
+}
+
 int run_recipe(const RunArgs& a) {
   RunContext ctx;
   ctx.recipe_path = a.recipe;
@@ -316,6 +322,8 @@ int run_recipe(const RunArgs& a) {
   ctx.argv = a.argv;
   ctx.args = a.kv;
   ctx.help = a.help;
+  ctx.check = a.check && !a.help;
+  const bool writes = !ctx.help && !ctx.check;  // a run directory is made and written
   ctx.start_time = time_str("%Y-%m-%dT%H:%M:%SZ", true);
 
   // Command-line options: runner keys (out, seed, threads) here, the rest for qf.options.
@@ -357,7 +365,7 @@ int run_recipe(const RunArgs& a) {
   if (ctx.threads <= 0) ctx.threads = omp_get_num_procs();
   omp_set_num_threads(ctx.threads);
 
-  if (!ctx.help) {
+  if (writes) {
     ctx.run_dir = make_run_dir(ctx.out_arg, ctx.recipe_name, &ctx.created_dirs);
     write_file_atomic(ctx.run_dir + "/recipe.lua", source);
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
@@ -376,6 +384,12 @@ int run_recipe(const RunArgs& a) {
   lua_setglobal(L, "qf");
   set_run_context(L, &ctx);
   install_local_searcher(L);
+  if (ctx.check) {
+    lua_getglobal(L, "qf");
+    lua_pushcfunction(L, qf_guard<check_stop>);
+    lua_setfield(L, -2, "load_model");
+    lua_pop(L, 1);
+  }
 
   // arg: arg[0] = recipe, arg[1..n] = key=value arguments, arg[-1] = "run", arg[-2] = qforge
   lua_createtable(L, (int)a.kv.size(), 3);
@@ -406,7 +420,7 @@ int run_recipe(const RunArgs& a) {
   const int exit_code = exit_request(L);
   lua_close(L);
 
-  if (exit_code >= 0) return exit_code;  // qf.options printed --help
+  if (exit_code >= 0) return exit_code;  // qf.options printed --help, or a check reached qf.load_model
   if (rc == LUA_OK && ctx.help) {
     std::cout << "usage: qforge run " << ctx.recipe_path << " [key=value ...]\n\n"
               << ctx.recipe_name << " declares no options (it never calls qf.options).\n";
@@ -418,8 +432,9 @@ int run_recipe(const RunArgs& a) {
     ctx.option_error = err;
   }
 
-  if (!ctx.options_declared && !ctx.help)
+  if (!ctx.options_declared && writes)
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
+  if (err.empty() && ctx.check) return 0;
   if (err.empty()) {
     ctx.log({{"event", "end"}, {"status", "ok"}});
     ctx.write_run_json("ok");
@@ -435,11 +450,11 @@ int run_recipe(const RunArgs& a) {
   const bool option_error = !ctx.option_error.empty() && msg.find(ctx.option_error) != std::string::npos;
   if (option_error) msg = ctx.option_error;
   std::cerr << "qforge: error: " << (option_error ? msg : err) << "\n";
-  if (!ctx.help && option_error && ctx.nothing_done() && remove_run_dir(ctx)) {
+  if (writes && option_error && ctx.nothing_done() && remove_run_dir(ctx)) {
     std::cerr << "qforge: run directory " << ctx.run_dir << " removed (options refused before any work)\n";
     return 2;
   }
-  if (!ctx.help) {
+  if (writes) {
     ctx.log({{"event", "end"}, {"status", "error"}, {"error", msg}});
     ctx.write_run_json("error", msg);
     ctx.write_rerun_sh();

@@ -26,6 +26,7 @@ struct RunContext {
   std::vector<std::pair<std::string, std::string>> cli;  // recipe key=value pairs, in order
   std::string out_arg;      // out= as given ("" when defaulted)
   bool help = false;
+  bool check = false;       // option check only (qforge sweep): see RunArgs::check
   bool options_declared = false;
   int64_t seed = 0;
   bool seed_given = false;
@@ -69,6 +70,11 @@ struct RunArgs {
   std::string recipe;
   std::vector<std::string> kv;  // "key=value" arguments after the recipe
   bool help = false;            // --help after the recipe
+  // Option check only (qforge sweep, before any run): no run directory, nothing written; the
+  // recipe runs up to its first qf.load_model call (qf.options has resolved and checked every
+  // option by then, and the pipeline recipes have made every check that needs no model), where
+  // it stops. Returns 0 when nothing was refused, else the run's exit code (2 option error).
+  bool check = false;
   std::vector<std::string> argv;
   std::string rerun_of;  // set by rerun()
   std::vector<std::string> rerun_differences;

@@ -27,10 +27,10 @@ local ctx = P.prepare(opt, nil, { outliers = opt.apply:match("^qe_out") ~= nil }
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local rows = {}
-local s = P.quantize_model(ctx.model, ctx.cal, function(l)
+local s = P.quantize_model(ctx.model, ctx.cal, function(l, g)  -- g: an override's grid for this layer
   local row, res = { block = l.block, layer = l.name }, {}
   for _, k in ipairs(methods) do
-    local q, info = qf.solve(SOLVERS[k][1], l, grid, SOLVERS[k][2])
+    local q, info = qf.solve(SOLVERS[k][1], l, g or grid, SOLVERS[k][2])
     res[k], row[k] = q, info.objective
   end
   rows[#rows + 1] = row

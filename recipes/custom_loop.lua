@@ -11,9 +11,9 @@ local opt = P.options({ rounds = 4, sweeps = 5, ratio = 0.005, alpha = 1.0 },
     alpha = { "IHT step size (times 1/(2 lambda_max))", gt = 0 } })
 local ctx = P.prepare(opt)
 local spec = P.grid(opt)
-local s = P.quantize_model(ctx.model, ctx.cal, function(l)
+local s = P.quantize_model(ctx.model, ctx.cal, function(l, g)  -- g: an override's grid for this layer
   local W, S = l.W, l.sigma
-  local q = qf.gptq(W, S, spec, { static_groups = opt.group > 0 })
+  local q = qf.gptq(W, S, g or spec, { static_groups = (g or spec).group > 0 })
   local grid = q:grid()
   local What = q:dequantize()
   local Hs = qf.zeros(W:shape())

@@ -39,11 +39,11 @@ local uniform = P.grid(opt)
 local function grid_of(l) return alloc and C.grid(alloc.layers[l.block .. "." .. l.name], opt) or uniform end
 
 -- 2. QuantEase (+ outliers), 3. block finetuning after each block
-local s = P.quantize_model(m, cal, function(l)
+local s = P.quantize_model(m, cal, function(l, g)  -- g: an override's grid (fixed-grid runs only)
   if opt.ratio > 0 then
-    return qf.quantease_outliers(l.W, l.sigma, grid_of(l), { ratio = opt.ratio, iters = opt.iters })
+    return qf.quantease_outliers(l.W, l.sigma, g or grid_of(l), { ratio = opt.ratio, iters = opt.iters })
   end
-  return qf.quantease(l.W, l.sigma, grid_of(l), { iters = opt.iters, init = opt.init })
+  return qf.quantease(l.W, l.sigma, g or grid_of(l), { iters = opt.iters, init = opt.init })
 end, { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -1,7 +1,7 @@
 -- eval.lua — the default recipe: perplexity of a model on a text, with its protocol, and
 -- optionally its KL divergence from a reference model or recorded reference logits.
 --   qforge run recipes/eval.lua [model=DIR_OR_BIN] [text=FILE] [seqlen=N] [max_windows=N] [protocol=llamacpp]
---   qforge run recipes/eval.lua model=fp.gguf save_reference=fp.qfref topk=256   # record the FP model once
+--   qforge run recipes/eval.lua model=fp.gguf save_reference=fp.qfref            # record the FP model once
 --   qforge run recipes/eval.lua model=q.gguf reference=fp.qfref                 # then KLD with one model resident
 local opt = qf.options({
   model = "../shared/models/stories260K",
@@ -12,7 +12,7 @@ local opt = qf.options({
   protocol = "nonoverlap",
   reference = "",
   save_reference = "",
-  topk = 256,
+  topk = 0,
 }, {
   model = "model directory or checkpoint file",
   text = "text file to score",
@@ -22,7 +22,7 @@ local opt = qf.options({
   protocol = { "perplexity protocol (docs/methods.md#evaluation)", choices = { "nonoverlap", "llamacpp", "gptq" } },
   reference = "KL divergence from this: a reference-logits file (.qfref, from save_reference=) or a model path (loaded beside the model)",
   save_reference = "write this model's reference logits (top-`topk` tokens per scored position) to this file",
-  topk = { "tokens kept per position by save_reference (0: the whole vocabulary)", min = 0 },
+  topk = { "save_reference: 0 keeps the hidden states (exact KL divergence later), k > 0 only the top k tokens per position", min = 0 },
 })
 if opt.reference ~= "" and opt.save_reference ~= "" then
   qf.option_error("save_reference", "give reference= or save_reference=, not both")
@@ -70,6 +70,7 @@ if r.kld then
     opt.reference, k.mean, k.mean_stderr, k.median, k.p90, k.p95, k.p99, k.p999, k.max))
   print(string.format("same top token %.3f ± %.3f %%, mean Δp %.3f ± %.3f %%, RMS Δp %.3f %%, reference ppl %.4f (top-%d)",
     100 * k.same_top, 100 * k.same_top_stderr, 100 * k.dp_mean, 100 * k.dp_stderr, 100 * k.dp_rms, k.ppl_reference, k.topk))
+  print(string.format("llama-perplexity's KLD (reference log p > -16 only): %.6f ± %.6f", k.mean_llamacpp, k.mean_llamacpp_stderr))
   qf.record("kld", k)
 end
 if opt.save_reference ~= "" then

@@ -7,7 +7,7 @@ local opt = P.options(P.finetune_options())
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
-local s = P.quantize_model(ctx.model, ctx.cal, function(l) return qf.rtn(l.W, grid) end,
+local s = P.quantize_model(ctx.model, ctx.cal, function(l, g) return qf.rtn(l.W, g or grid) end,
   { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -34,6 +34,7 @@ local ppl_opts = { max_windows = opt.max_windows }
 
 local before = m:perplexity(text, ppl_opts)
 print(string.format("before: perplexity %.4f", before.ppl))
+local ref = m:reference_logits(text, ppl_opts)  -- the unedited model's distributions, for the KL divergence
 
 local w = m:weight(opt.block, opt.linear)  -- a view: writes go into the model
 local row = w:rows(opt.row, 1)
@@ -41,10 +42,12 @@ print(string.format("zeroing row %d of block %d '%s' %s (row norm %.4f)",
   opt.row, opt.block, opt.linear, table.concat(w:shape(), "x"), row:norm()))
 row:zero()
 
-local after = m:perplexity(text, ppl_opts)
-print(string.format("after:  perplexity %.4f (%+.4f)", after.ppl, after.ppl - before.ppl))
+local after = m:perplexity(text, { max_windows = opt.max_windows, reference = ref })
+print(string.format("after:  perplexity %.4f (%+.4f), KL divergence from before %.6f ± %.6f, same top token %.2f%%",
+  after.ppl, after.ppl - before.ppl, after.kld.mean, after.kld.mean_stderr, 100 * after.kld.same_top))
 print(after.protocol)
 
 qf.record("ppl_before", before.ppl)
 qf.record("ppl_after", after.ppl)
 qf.record("protocol", after.protocol)
+qf.record("kld", after.kld)

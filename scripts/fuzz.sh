@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes one reader: scripts/fuzz.sh TARGET SECONDS [libFuzzer args...]
-#   TARGET: gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation
+#   TARGET: gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation mc_jsonl
 # Builds the libFuzzer + ASan/UBSan harnesses with clang under build/fuzz/ (separate from the
 # normal build), generates seeds from stories260K exports under build/fuzz/seeds/ (needs the
 # normal build's build/qforge), and runs TARGET for SECONDS with final stats. The working
@@ -16,7 +16,7 @@ case "$target" in
   gguf|safetensors|qforge) max_len=1500000 ;;
   llama2c) max_len=1200000 ;;
   tokenizer_json|allocation) max_len=262144 ;;
-  hf_config|tokenizer_bin) max_len=65536 ;;
+  hf_config|tokenizer_bin|mc_jsonl) max_len=65536 ;;
   *) echo "fuzz.sh: unknown target '$target'" >&2; exit 2 ;;
 esac
 B="$root/build/fuzz"
@@ -38,6 +38,7 @@ if [ ! -f "$seeds/.done" ]; then
   touch "$seeds/.done"
 fi
 corpus="$B/corpus/$target"
+mkdir -p "$seeds/$target"  # targets without generated seeds (mc_jsonl) start from the committed ones
 mkdir -p "$corpus" "$B/artifacts/$target" "$B/logs"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=0:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"

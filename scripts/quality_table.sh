@@ -9,17 +9,21 @@ Q=${1:-build/qforge}
 out=runs/quality
 mkdir -p "$out"
 get() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get(sys.argv[2], float('nan')))" "$1" "$2"; }
+# kld FILE KEY FIELD: a field of a recorded KL divergence table (nan when absent).
+kld() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])).get(sys.argv[2], {}); print(d.get(sys.argv[3], float('nan')))" "$1" "$2" "$3"; }
 row() {  # name config recipe args...
   local name=$1 cfg=$2 recipe=$3; shift 3
   local dir="$out/${name// /_}-${cfg// /_}"
-  "$Q" run "recipes/$recipe" "$@" out="$dir" >/dev/null 2>"$dir.log" || { echo "| $name | $cfg | FAILED (see $dir.log) | | | |"; return; }
-  printf "| %s | %s | %.4g | %.4f | %.3f | %.1f |\n" "$name" "$cfg" "$(get "$dir/results.json" objective_total)" \
-    "$(get "$dir/results.json" ppl_heldout)" "$(get "$dir/results.json" ppl_wikitext2)" "$(get "$dir/results.json" quantize_seconds)"
+  "$Q" run "recipes/$recipe" "$@" out="$dir" >/dev/null 2>"$dir.log" || { echo "| $name | $cfg | FAILED (see $dir.log) | | | | | | |"; return; }
+  local r="$dir/results.json"
+  printf "| %s | %s | %.4g | %.4f | %.4f | %.3f | %.4f | %.2f%% | %.1f |\n" "$name" "$cfg" "$(get "$r" objective_total)" \
+    "$(get "$r" ppl_heldout)" "$(kld "$r" kld_heldout mean)" "$(get "$r" ppl_wikitext2)" "$(kld "$r" kld_wikitext2 mean)" \
+    "$(python3 -c "import sys; print(100 * float(sys.argv[1]))" "$(kld "$r" kld_wikitext2 same_top)")" "$(get "$r" quantize_seconds)"
 }
-echo "| method | grid | summed layer objective | held-out TinyStories PPL | WikiText-2 PPL (40 win) | quantize s |"
-echo "|---|---|---|---|---|---|"
+echo "| method | grid | summed layer objective | held-out TinyStories PPL | held-out KLD | WikiText-2 PPL (40 win) | WikiText-2 KLD | same top token (WikiText-2) | quantize s |"
+echo "|---|---|---|---|---|---|---|---|---|"
 "$Q" run recipes/rtn.lua eval_fp=true bits=8 out="$out/fp" >/dev/null 2>"$out/fp.log"
-printf "| full precision | f32 | 0 | %.4f | %.3f | |\n" "$(get "$out/fp/results.json" fp_ppl_heldout)" "$(get "$out/fp/results.json" fp_ppl_wikitext2)"
+printf "| full precision | f32 | 0 | %.4f | 0 | %.3f | 0 | 100%% | |\n" "$(get "$out/fp/results.json" fp_ppl_heldout)" "$(get "$out/fp/results.json" fp_ppl_wikitext2)"
 for cfg in "4 -1" "3 -1" "2 -1" "3 32"; do
   set -- $cfg
   b=$1 g=$2

@@ -2,7 +2,8 @@
 # Installs qforge's build dependencies from Debian packages. Idempotent: packages already
 # present are skipped, so on a prepared machine this does nothing and needs no network.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config liblua5.4-dev libeigen3-dev doctest-dev nlohmann-json3-dev)
+# gnuplot-nox: `qforge table --plot` (its pngcairo terminal); the build itself does not need it.
+pkgs=(cmake g++ make pkg-config liblua5.4-dev libeigen3-dev doctest-dev nlohmann-json3-dev gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

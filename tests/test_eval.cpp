@@ -63,7 +63,7 @@ static std::vector<double> log_softmax(const Tensor& lg, int64_t row) {
 }
 
 struct Brute {
-  std::vector<double> nll, kl, dp;
+  std::vector<double> nll, kl, kl_lc, dp;
   std::vector<int> same;
 };
 
@@ -76,8 +76,12 @@ static Brute brute(const Model& q, const Model& ref, const std::vector<int32_t>&
     const Tensor lq = forward(q, ids, 1, L), lr = forward(ref, ids, 1, L);
     for (int t = first; t < L - 1; ++t) {
       const auto a = log_softmax(lq, t), r = log_softmax(lr, t);
-      double d = 0;
-      for (size_t j = 0; j < a.size(); ++j) d += std::exp(r[j]) * (r[j] - a[j]);
+      double d = 0, dl = 0;
+      for (size_t j = 0; j < a.size(); ++j) {
+        d += std::exp(r[j]) * (r[j] - a[j]);
+        if (r[j] > -16) dl += std::exp(r[j]) * (r[j] - a[j]);
+      }
+      b.kl_lc.push_back(dl);
       b.nll.push_back(-a[(size_t)ids[t + 1]]);
       b.kl.push_back(d);
       b.dp.push_back(std::exp(a[(size_t)ids[t + 1]]) - std::exp(r[(size_t)ids[t + 1]]));
@@ -199,6 +203,9 @@ TEST_CASE("KL divergence against a perturbed copy matches an f64 brute force") {
   CHECK(r.kld.same_top == doctest::Approx((double)agree / (double)n).epsilon(1e-12));
   CHECK(r.kld.same_top < 1.0);
   CHECK(r.kld.dp_mean == doctest::Approx(mean(b.dp)).epsilon(1e-9));
+  // llama-perplexity's truncated sum (reference log-probabilities above −16 only)
+  CHECK(r.kld.mean_llamacpp == doctest::Approx(mean(b.kl_lc)).epsilon(1e-9));
+  CHECK(r.kld.mean_llamacpp != r.kld.mean);
   CHECK(r.kld.ppl_reference == doctest::Approx(perplexity(stories(), toks, o).ppl).epsilon(1e-12));
   CHECK(r.kld.p90 <= r.kld.p95);
   CHECK(r.kld.p95 <= r.kld.p99);
@@ -215,13 +222,16 @@ TEST_CASE("reference logits: a file round-trips and gives the in-memory KL diver
   const ReferenceLogits all = reference_logits(stories(), toks, o, 0);
   all.save(dir + "/all.qfref");
   const ReferenceLogits back = ReferenceLogits::load(dir + "/all.qfref");
-  CHECK(back.logp == all.logp);
-  CHECK(back.logp_target == all.logp_target);
-  CHECK(back.top == all.top);
+  CHECK(all.hidden_form());
+  CHECK(back.x == all.x);
+  CHECK(back.classifier == all.classifier);
+  CHECK(back.final_norm == all.final_norm);
+  CHECK(back.norm_eps == all.norm_eps);
+  CHECK(back.positions() == all.positions());
   CHECK(back.tokens_hash == all.tokens_hash);
   CHECK(back.protocol == all.protocol);
   const PplResult file = perplexity(perturbed(), toks, o, nullptr, KldReference{nullptr, &back});
-  CHECK(file.kld.mean == mem.kld.mean);  // bit for bit: the same f64 log-probabilities in the same order
+  CHECK(file.kld.mean == mem.kld.mean);  // bit for bit: the reference model's own head on its own hidden rows
   CHECK(file.kld.p99 == mem.kld.p99);
   CHECK(file.kld.same_top == mem.kld.same_top);
   CHECK(file.kld.dp_mean == mem.kld.dp_mean);
@@ -235,8 +245,9 @@ TEST_CASE("reference logits: a file round-trips and gives the in-memory KL diver
   CHECK(t.kld.mean > 0.9 * mem.kld.mean);
   CHECK(t.kld.same_top == mem.kld.same_top);
   CHECK(t.nll == mem.nll);
-  // the file is smaller than the whole distribution: (8 + 8 + 4 + 64·12) bytes per position
-  CHECK(file_size(dir + "/k64.qfref") < file_size(dir + "/all.qfref") / 4);
+  // sizes: the hidden form is dim floats per row plus the head, top-k (8 + 8 + 4 + 64·12) bytes per position
+  CHECK(file_size(dir + "/all.qfref") < 4 * (4 * 256 * 64 + 513 * 64) + 4096);
+  CHECK(file_size(dir + "/k64.qfref") > 4 * 255 * (20 + 64 * 12));
   // thread count: the same bits
   omp_set_num_threads(1);
   const PplResult one = perplexity(perturbed(), toks, o, nullptr, KldReference{nullptr, &k64b});
@@ -304,7 +315,8 @@ TEST_CASE("reference logits files: corrupt, truncated and lying files give error
   bad("short.qfref", bytes.substr(0, 10), "no QFREFLG1 magic");
   bad("trunc.qfref", bytes.substr(0, bytes.size() - 5), "bytes after the header, the file has");
   bad("lying.qfref", with_header(replace("\"positions\":510", "\"positions\":100000000000")), "positions of top-8 rows need");
-  bad("topk.qfref", with_header(replace("\"topk\":8", "\"topk\":9999")), "header field 'topk' must be an integer in [1, 512]");
+  bad("topk.qfref", with_header(replace("\"topk\":8", "\"topk\":9999")), "header field 'topk' must be an integer in [1, 511]");
+  bad("form.qfref", with_header(replace("\"form\":\"topk\"", "\"form\":\"logits\"")), "header field 'form' must be hidden or topk");
   bad("nofmt.qfref", with_header(replace("\"format\"", "\"formet\"")), "header field 'format' is missing");
   bad("json.qfref", with_header("{\"format\":"), "not valid JSON");
   std::string hdr = bytes.substr(0, 8);
@@ -322,5 +334,25 @@ TEST_CASE("reference logits files: corrupt, truncated and lying files give error
   std::memcpy(&id[body + 510 * 20], &big, 4);  // the first kept id of position 1
   bad("id.qfref", id, "token 1 of position 1 is 600, outside [0, 512)");
   CHECK_THROWS_WITH_AS(ReferenceLogits::load(dir + "/missing.qfref"), doctest::Contains("missing.qfref"), Error);
+  // the hidden form: sizes from windows, seqlen, dim and vocab; finite values
+  const ReferenceLogits hid = reference_logits(stories(), toks, o, 0);
+  const std::string hp = dir + "/hidden.qfref";
+  hid.save(hp);
+  const std::string hb = qf_test::read_bytes(hp);
+  uint64_t hhl;
+  std::memcpy(&hhl, hb.data() + 8, 8);
+  std::string hh = hb.substr(16, hhl);
+  const size_t wat = hh.find("\"windows\":2");
+  REQUIRE(wat != std::string::npos);
+  std::string lying = hh;
+  lying.replace(wat, 11, "\"windows\":900000");
+  std::string lb = hb.substr(0, 8);
+  const uint64_t ln = lying.size();
+  lb.append((const char*)&ln, 8);
+  bad("hidden_lying.qfref", lb + lying + hb.substr(16 + hhl), "rows of dim 64 and a vocab-512 classifier need");
+  std::string hnan = hb;
+  const float fnan = std::nanf("");
+  std::memcpy(&hnan[16 + hhl + 4 * (64 + 512 * 64) + 4 * 100], &fnan, 4);
+  bad("hidden_nan.qfref", hnan, "hidden state value 101 is nan");
   CHECK(std::filesystem::is_regular_file(good));
 }

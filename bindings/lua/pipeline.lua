@@ -3,6 +3,7 @@
 --   local P = require("qforge.pipeline")
 -- Compiled into the qforge binary, so a run directory's recipe copy reruns as is.
 local P = {}
+local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
 
 -- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
 P.common_options = {
@@ -14,8 +15,9 @@ P.common_options = {
   eval_seqlen = 512,      -- perplexity on the remaining tokens of calib_text
   wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
   eval_protocol = "nonoverlap",  -- how perplexity windows are cut and scored (m:perplexity protocols)
-  kld = true, kld_topk = 256, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
+  kld = true, kld_topk = 0, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
   eval_fp = false,        -- also evaluate the full-precision model first (results prefixed fp_)
+  overrides = "",         -- per-layer grids or full precision: "re:^1%.=bits:8;skip:name:down" (P.overrides)
   true_sequential = false,
   f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q8_0 and GPTQ lose nothing
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
@@ -38,9 +40,10 @@ P.common_help = {
   eval_protocol = { "perplexity protocol: nonoverlap (every prediction of non-overlapping windows), llamacpp (llama-perplexity's: BOS per chunk, second half scored), gptq (the GPTQ repos' formula)",
                     choices = { "nonoverlap", "llamacpp", "gptq" } },
   kld = "record the KL divergence from the full-precision model (its next-token distributions, recorded before quantizing) beside every perplexity",
-  kld_topk = { "reference tokens kept per position for the KL divergence (the rest is one bucket; 0: the whole vocabulary)", min = 0 },
+  kld_topk = { "0: exact KL divergence (the full-precision hidden states are kept, dim floats per position); k > 0: only the top k reference tokens per position, the rest one bucket (a lower bound)", min = 0 },
   fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
   eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
+  overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
@@ -122,8 +125,8 @@ function P.solver(solver, opt, grid)
     if opt[k] ~= nil then o[k] = opt[k] end
   end
   qf.check_solver_options(solver, o)
-  local f = function(l) return qf.solve(solver, l, grid, o) end
-  REGISTRY_SOLVES[f] = true
+  local f = function(l, g) return qf.solve(solver, l, g or grid, o) end  -- g: an override's grid
+  REGISTRY_SOLVES[f] = qf.grid(grid)  -- its base grid spec: overrides change only the keys they name
   return f, o
 end
 
@@ -191,6 +194,193 @@ function P.check_model_options(opt, m)
   end
 end
 
+-- ---- per-layer overrides ---------------------------------------------------------------------
+-- P.overrides(rules, m, opt) -> a resolved plan, or nil when there are no rules. rules: the
+-- `overrides` option string, or a list of tables {re = "..." | block = {1, -1} | block = "2..4",
+-- name = {"q", "k"} | "q,k", skip = true, bits =, group =, sym =, mse =, f16_scales =}. The first
+-- matching rule decides a linear: skip keeps it in full precision, the keys replace the common
+-- grid options for it. A rule that matches no linear, an unknown key, a bad value, a selector
+-- out of range are option errors naming the rule (1-based) — raised before any work.
+local OVERRIDE_KEYS = { bits = "int", group = "int", sym = "bool", mse = "bool", f16_scales = "bool" }
+
+local function override_error(i, text, msg)
+  qf.option_error("overrides", string.format("rule %d '%s': %s", i, text, msg))
+end
+
+local function parse_value(i, text, key, v)
+  local kind = OVERRIDE_KEYS[key]
+  if not kind then
+    override_error(i, text, "unknown key '" .. key .. "' (bits, group, sym, mse, f16_scales)")
+  end
+  if type(v) == "string" then
+    if kind == "int" then
+      local n = tonumber(v)
+      if not n or math.type(n) ~= "integer" then n = nil end
+      if not n then override_error(i, text, string.format("%s expects an integer, got '%s'", key, v)) end
+      return n
+    end
+    if v == "true" then return true elseif v == "false" then return false end
+    override_error(i, text, string.format("%s expects true or false, got '%s'", key, v))
+  end
+  if (kind == "int" and math.type(v) ~= "integer") or (kind == "bool" and type(v) ~= "boolean") then
+    override_error(i, text, string.format("%s expects %s, got %s", key, kind == "int" and "an integer" or "a boolean", tostring(v)))
+  end
+  return v
+end
+
+-- "1,-1" / "2..4" / {1, -1}: a set of 1-based block indices (negative: from the end).
+local function parse_blocks(i, text, spec, nb)
+  local set, items = {}, {}
+  if type(spec) == "table" then items = spec else for it in tostring(spec):gmatch("[^,]+") do items[#items + 1] = it end end
+  local function index(v)
+    local n = math.tointeger(tonumber(v))
+    if not n or n == 0 or n > nb or n < -nb then
+      override_error(i, text, string.format("block %s is not in 1..%d or -%d..-1", tostring(v), nb, nb))
+    end
+    return n < 0 and nb + 1 + n or n
+  end
+  for _, it in ipairs(items) do
+    local a, b = tostring(it):match("^%s*(-?%d+)%s*%.%.%s*(-?%d+)%s*$")
+    if a then
+      for k = index(a), index(b) do set[k] = true end
+    else
+      set[index(tostring(it):match("^%s*(.-)%s*$"))] = true
+    end
+  end
+  return set
+end
+
+local function parse_names(i, text, spec, m)
+  local known, set = {}, {}
+  for _, l in ipairs(m:arch().linears) do
+    known[l.name] = l.name
+    if l.alias and l.alias ~= "" then known[l.alias] = l.name end
+  end
+  local items = {}
+  if type(spec) == "table" then items = spec else for it in tostring(spec):gmatch("[^,%s/]+") do items[#items + 1] = it end end
+  for _, n in ipairs(items) do
+    if not known[n] then
+      override_error(i, text, string.format("no linear '%s' in the %s architecture (%s)", n, m:arch().name, table.concat(m:linear_names(), ", ")))
+    end
+    set[known[n]] = true
+  end
+  return set
+end
+
+-- One rule from its string form "SELECTOR=k:v,..." or "skip:SELECTOR".
+local function parse_rule_string(i, text)
+  local r = {}
+  local body = text
+  if body:match("^skip:") then r.skip = true; body = body:sub(6) end
+  local sel, settings = body, nil
+  if not r.skip then
+    sel, settings = body:match("^(.-)=(.*)$")
+    if not sel then override_error(i, text, "expected SELECTOR=key:value,... or skip:SELECTOR") end
+  end
+  local kind, arg = sel:match("^(%a+):(.*)$")
+  if kind == "re" then r.re = arg
+  elseif kind == "block" then
+    local b, n = arg:match("^([^/]*)/(.*)$")
+    r.block = b or arg
+    r.name = n
+  elseif kind == "name" then r.name = arg
+  else override_error(i, text, "selector must start with re:, block: or name:") end
+  for kv in (settings or ""):gmatch("[^,]+") do
+    local k, v = kv:match("^%s*([%w_]+)%s*:%s*(.-)%s*$")
+    if not k then override_error(i, text, "setting '" .. kv .. "' is not key:value") end
+    r[k] = v
+  end
+  r.text = text
+  return r
+end
+
+function P.overrides(rules, m, opt)
+  if rules == nil or rules == "" or (type(rules) == "table" and #rules == 0) then return nil end
+  local list = {}
+  if type(rules) == "string" then
+    local i = 0
+    for text in rules:gmatch("[^;]+") do
+      text = text:match("^%s*(.-)%s*$")
+      if text ~= "" then i = i + 1; list[i] = parse_rule_string(i, text) end
+    end
+  else
+    for i, r in ipairs(rules) do
+      local c = {}
+      for k, v in pairs(r) do c[k] = v end
+      c.text = c.text or string.format("{%s}", (function()
+        local parts = {}
+        for k, v in pairs(r) do parts[#parts + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, ",") or tostring(v)) end
+        table.sort(parts)
+        return table.concat(parts, ", ")
+      end)())
+      list[i] = c
+    end
+  end
+  local nb = m:nblocks()
+  local resolved = {}
+  for i, r in ipairs(list) do
+    local q = { index = i, text = r.text, skip = r.skip == true or r.skip == "true", settings = {} }
+    for k, v in pairs(r) do
+      if k == "re" then
+        if type(v) ~= "string" or v == "" then override_error(i, r.text, "re: needs a regular expression") end
+        local ok, err = pcall(qf.regex_search, v, "")
+        if not ok then override_error(i, r.text, tostring(err):gsub("^.-regex_search: ", "")) end
+        q.re = v
+      elseif k == "block" then q.blocks = parse_blocks(i, r.text, v, nb)
+      elseif k == "name" then q.names = parse_names(i, r.text, v, m)
+      elseif k ~= "skip" and k ~= "text" then
+        if q.skip then override_error(i, r.text, "a skip rule takes no settings (got " .. k .. ")") end
+        q.settings[k] = parse_value(i, r.text, k, v)
+      end
+    end
+    if not (q.re or q.blocks or q.names) then override_error(i, r.text, "no selector (re, block or name)") end
+    if not q.skip and next(q.settings) == nil then override_error(i, r.text, "no settings (bits, group, sym, mse, f16_scales) and not skip") end
+    if not q.skip then  -- the grid it makes must be valid, and storable where save= writes
+      local spec = {}
+      for _, k in ipairs({ "bits", "group", "sym", "mse", "f16_scales" }) do spec[k] = opt[k] end
+      for k, v in pairs(q.settings) do spec[k] = v end
+      local ok, err = pcall(qf.grid, spec)
+      if not ok then override_error(i, r.text, tostring(err):gsub("^.-grid: ", "")) end
+      q.spec = spec
+      if opt.save and opt.save ~= "" then
+        local o2 = {}
+        for k, v in pairs(opt) do o2[k] = v end
+        for k, v in pairs(spec) do o2[k] = v end
+        local ok2, err2 = pcall(P.check_save, o2)
+        if not ok2 then override_error(i, r.text, tostring(err2)) end
+      end
+    end
+    resolved[i] = q
+  end
+  -- Every linear's rule (first match), and every rule must match one.
+  local plan, hits = { rules = resolved, of = {} }, {}
+  for b = 1, nb do
+    plan.of[b] = {}
+    for _, name in ipairs(m:linear_names()) do
+      for _, q in ipairs(resolved) do
+        if (not q.blocks or q.blocks[b]) and (not q.names or q.names[name]) and
+           (not q.re or qf.regex_search(q.re, b .. "." .. name)) then
+          plan.of[b][name] = q
+          hits[q.index] = (hits[q.index] or 0) + 1
+          break
+        end
+      end
+    end
+  end
+  for _, q in ipairs(resolved) do
+    if not hits[q.index] then
+      override_error(q.index, q.text, "matches no linear (or only linears an earlier rule took)")
+    end
+  end
+  return plan
+end
+
+-- "3-bit g32 sym" for progress lines and records.
+local function spec_label(spec)
+  return string.format("%d-bit %s%s%s", spec.bits, spec.group == -1 and "per-channel" or ("g" .. spec.group),
+    spec.sym and " sym" or "", spec.mse and " mse" or "")
+end
+
 -- Loads the model, tokenizes the calibration text once, and splits its tokens: windows are
 -- drawn from [1, split], perplexity is measured on [split+1, n] — never overlapping. The
 -- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it,
@@ -226,14 +416,24 @@ function P.prepare(opt, fp_chain, grid)
     qf.option_error("eval_seqlen", string.format("the held-out tokens [%d, %d] of %s are %d, fewer than one window of %d (lower eval_seqlen or calib_fraction)",
       split + 1, #ids, opt.calib_text, #ids - split, L))
   end
-  local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids }
+  local ov = P.overrides(opt.overrides, m, opt)
+  if ov and grid.allocated then
+    qf.option_error("overrides", "the CVXQ allocation decides every layer's grid; overrides apply to the fixed-grid recipes (set alloc=false)")
+  end
+  local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids, overrides = ov }
   -- The model is still full precision: its own evaluation and reference logits come first (a
   -- reference file that does not match is an option error before the calibration work).
   if opt.kld then ctx.references = P.references(ctx, opt) end
   if opt.eval_fp then P.evaluate(ctx, opt, "fp_") end
   ctx.cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
                             seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
+  CAL_OVERRIDES[ctx.cal] = ov
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
+  if ov then
+    for _, q in ipairs(ov.rules) do
+      io.stderr:write(string.format("override rule %d '%s': %s\n", q.index, q.text, q.skip and "full precision" or spec_label(q.spec)))
+    end
+  end
   return ctx
 end
 
@@ -263,7 +463,7 @@ function P.references(ctx, opt)
       f:close()
       local r, plan = qf.load_reference(path), m:eval_plan(e.source, e.options)
       local i = r:info()
-      local want_k = (opt.kld_topk == 0 or opt.kld_topk >= i.vocab) and i.vocab or opt.kld_topk
+      local want_k = opt.kld_topk >= i.vocab and 0 or opt.kld_topk
       for _, k in ipairs({ "protocol_name", "seqlen", "windows", "positions", "tokens" }) do
         if i[k] ~= plan[k] then
           qf.option_error("fp_logits", string.format("%s was made with %s %s, this run evaluates %s (remove it or use another directory)",
@@ -271,17 +471,19 @@ function P.references(ctx, opt)
         end
       end
       if i.topk ~= want_k then
-        qf.option_error("fp_logits", string.format("%s keeps top-%d tokens, this run asks kld_topk=%d", path, i.topk, opt.kld_topk))
+        qf.option_error("fp_logits", string.format("%s holds %s, this run asks kld_topk=%d", path,
+          i.topk == 0 and "full distributions (kld_topk=0)" or ("the top " .. i.topk .. " tokens"), opt.kld_topk))
       end
-      io.stderr:write(string.format("%s reference logits: %s (%d positions, top-%d)\n", e.label, path, i.positions, i.topk))
+      io.stderr:write(string.format("%s reference logits: %s (%d positions, %s)\n", e.label, path, i.positions,
+        i.topk == 0 and "full distributions" or ("top-" .. i.topk)))
       refs[e.name] = r
     else
       local t = qf.now()
       refs[e.name] = m:reference_logits(e.source, o)
       if path then refs[e.name]:save(path) end
       local i = refs[e.name]:info()
-      io.stderr:write(string.format("%s reference logits: %d positions, top-%d of %d, %.1f s%s\n", e.label, i.positions, i.topk,
-        i.vocab, qf.now() - t, path and (" -> " .. path) or ""))
+      io.stderr:write(string.format("%s reference logits: %d positions, %s of %d, %.1f s%s\n", e.label, i.positions,
+        i.topk == 0 and "full distributions" or ("top-" .. i.topk), i.vocab, qf.now() - t, path and (" -> " .. path) or ""))
     end
   end
   return refs
@@ -290,8 +492,10 @@ end
 -- A fresh calibration over the same windows as ctx.cal (same ids, range, seed): for a second
 -- sequential pass after a statistics pass.
 function P.calibration(ctx, opt)
-  return qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
-                         seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
+  local cal = qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
+                              seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
+  CAL_OVERRIDES[cal] = ctx.overrides
+  return cal
 end
 
 -- Runs cal through every block without changing the model: the full-precision Σ, mean input μ
@@ -325,6 +529,7 @@ end
 -- the Σ accumulation; measured at a third to a half of a capture).
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
+  local ov = opts.overrides or CAL_OVERRIDES[cal]
   -- Names, sites and true-sequential stages come from the architecture table (m:arch()).
   local arch = m:arch()
   local SITES = arch.site_of
@@ -347,13 +552,36 @@ function P.quantize_model(m, cal, solve, opts)
         stats = cal:capture(sites)
       end
       for _, name in ipairs(group) do
+        local rule = ov and ov.of[b][name]
+        if rule and rule.skip then  -- stays in full precision
+          layers[#layers + 1] = { block = b, layer = name, objective = 0, relative = 0, seconds = 0, outliers = 0,
+                                  skipped = true, rule = rule.index }
+          io.stderr:write(string.format("block %d/%d %-5s skipped: full precision (override rule %d '%s')\n", b, nb, name, rule.index, rule.text))
+          qf.log{ event = "layer", block = b, nblocks = nb, layer = name, skipped = true, rule = rule.index }
+          goto continue
+        end
+        do
         local W = m:weight(b, name):clone()  -- the original: solve gets its own copy
         local st = stats[SITES[name]]
         local tl = qf.now()
-        local q, info = solve{ block = b, name = name, W = W:clone(), sigma = st.sigma, mu = st.mu, tokens = st.tokens }
+        local spec = rule and rule.spec
+        if rule and REGISTRY_SOLVES[solve] then  -- the solver's own grid (e.g. decoupleQ's float zero) with the rule's keys
+          spec = {}
+          for k, v in pairs(REGISTRY_SOLVES[solve]) do spec[k] = v end
+          for k, v in pairs(rule.settings) do spec[k] = v end
+        end
+        local q, info = solve({ block = b, name = name, W = W:clone(), sigma = st.sigma, mu = st.mu, tokens = st.tokens },
+                              spec and qf.grid(spec) or nil)
         if not (qf.is_tensor(q) or (type(q) == "userdata" and tostring(q):match("^qforge%.QLinear"))) then
           error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
             b, name, q == nil and "nothing" or type(q) == "userdata" and tostring(q) or type(q)), 0)
+        end
+        if rule then  -- the override's grid must be the one used: never silently ignored
+          local g = qf.is_tensor(q) and nil or q:grid():spec()
+          if not g or g.bits ~= spec.bits or g.group ~= spec.group or (g.sym or false) ~= (spec.sym or false) then
+            error(string.format("quantize_model: override rule %d '%s' asks %s for block %d linear '%s', but solve returned %s: a solve must quantize on the grid it is passed (solve(l, grid))",
+              rule.index, rule.text, spec_label(spec), b, name, g and spec_label(g) or "a Tensor"), 0)
+          end
         end
         local obj, rel
         if REGISTRY_SOLVES[solve] then
@@ -366,18 +594,21 @@ function P.quantize_model(m, cal, solve, opts)
         total = total + obj
         solve_sum = solve_sum + secs
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
-                                outliers = (not qf.is_tensor(q)) and q:nnz() or 0 }
+                                outliers = (not qf.is_tensor(q)) and q:nnz() or 0,
+                                grid = rule and spec_label(spec) or nil, rule = rule and rule.index or nil }
         local elapsed = qf.now() - t0
         local overhead = elapsed - solve_sum                      -- all non-solve time so far
         local per_block = b == 1 and 1.5 * overhead or overhead_done / (b - 1)
         local left_here = math.max(0, per_block - (overhead - overhead_done))
         local eta = (nlayers - #layers) * solve_sum / #layers + left_here + (nb - b) * per_block
-        io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs\n",
-          b, nb, name, obj, rel, secs, elapsed, eta))
+        io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs%s\n",
+          b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d]", spec_label(spec), rule.index) or ""))
         qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
                 seconds = secs, elapsed = elapsed, eta = eta, info = info, solve_seconds = solve_sum,
                 overhead_seconds = overhead, overhead_done = overhead_done, block_overhead = per_block,
                 capture_seconds = capture_seconds }
+        end
+        ::continue::
       end
     end
     if opts.finetune then
@@ -401,6 +632,16 @@ function P.evaluate(ctx, opt, prefix)
   print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + unquantized %.4f [%s]), %.2f%% pruned",
     prefix, st.bits_per_weight, st.codes, st.params, st.side, st.outliers, st.unquantized, st.unquantized_dtype, 100 * st.pruned_fraction))
   qf.record(prefix .. "storage", st)
+  if ctx.overrides then  -- per linear, so the mixed precision the rules made is visible
+    local per = m:storage{ per_linear = true }.linears
+    local rows = {}
+    for i, l in ipairs(per) do
+      local rule = ctx.overrides.of[l.block][l.name]
+      rows[i] = { block = l.block, layer = l.name, bits_per_weight = l.bits_per_weight, quantized = l.quantized,
+                  rule = rule and rule.index or nil }
+    end
+    qf.record(prefix .. "storage_linears", rows)
+  end
   for _, e in ipairs(evaluations(ctx, opt)) do
     local o = { seqlen = e.options.seqlen, max_windows = e.options.max_windows, protocol = e.options.protocol,
                 reference = prefix ~= "fp_" and ctx.references and ctx.references[e.name] or nil }

@@ -130,30 +130,49 @@ RowSoftmax row_softmax(const float* z, int64_t V) {
   return r;
 }
 
-// Runs every scored row of the plan's windows through fn(logits of m [V], logits of the second
-// model or nullptr, target, scored position index), rows of one head slice in parallel. fn must
-// write only its own position's results: the caller sums them in order afterwards.
+// The reference's hidden form as a head-only model: head_forward on its stored rows gives the
+// reference model's logits bit for bit.
+Model head_model(const ReferenceLogits& r) {
+  Model h;
+  h.cfg.norm_eps = r.norm_eps;
+  h.cfg.vocab_size = (int)r.vocab;
+  h.final_norm = Tensor::from_data({r.dim}, r.final_norm);
+  h.classifier = Tensor::from_data({r.vocab, r.dim}, r.classifier);
+  return h;
+}
+
+// Runs every scored row of the plan's windows through fn(logits of m [V], logits of the
+// reference or nullptr, target, scored position index), rows of one head slice in parallel.
+// The reference is a second model (its own forward on the same windows) or stored hidden rows
+// with their head. fn must write only its own position's results: the caller sums them in order.
 template <class RowFn>
-void for_each_scored_row(const Model& m, const Model* second, const std::vector<int32_t>& tokens, const WindowPlan& p,
-                         const ProgressFn& progress, std::chrono::steady_clock::time_point t0, RowFn fn) {
+void for_each_scored_row(const Model& m, const Model* second, const ReferenceLogits* stored,
+                         const std::vector<int32_t>& tokens, const WindowPlan& p, const ProgressFn& progress,
+                         std::chrono::steady_clock::time_point t0, RowFn fn) {
   const int64_t per = p.L - 1 - p.first;
   const int64_t V = m.cfg.vocab_size;
+  const Model stored_head = stored ? head_model(*stored) : Model();
+  const Model* ref_head = second ? second : stored ? &stored_head : nullptr;
   for (int w0 = 0; w0 < p.nwin; w0 += p.batch) {
     const int B = std::min(p.batch, p.nwin - w0);
     const std::vector<int32_t> ids = window_ids(tokens, p, w0, B);
     const Tensor x = hidden(m, ids, B, p.L);
-    const Tensor x2 = second ? hidden(*second, ids, B, p.L) : Tensor();
     const int64_t N = (int64_t)B * p.L;
+    Tensor x2;
+    if (second) x2 = hidden(*second, ids, B, p.L);
+    else if (stored)
+      x2 = Tensor::from_data({N, stored->dim}, std::vector<float>(stored->x.begin() + (int64_t)w0 * p.L * stored->dim,
+                                                                  stored->x.begin() + ((int64_t)w0 * p.L + N) * stored->dim));
     for (int64_t r0 = 0; r0 < N; r0 += kHeadRows) {
       const int64_t nr = std::min(kHeadRows, N - r0);
       const Tensor logits = head_forward(m, x.rows(r0, nr));
-      const Tensor logits2 = second ? head_forward(*second, x2.rows(r0, nr)) : Tensor();
+      const Tensor logits2 = ref_head ? head_forward(*ref_head, x2.rows(r0, nr)) : Tensor();
 #pragma omp parallel for schedule(dynamic, 8)
       for (int64_t i = 0; i < nr; ++i) {
         const int64_t r = r0 + i, pos = r % p.L;
         if (pos < p.first || pos == p.L - 1) continue;  // unscored, or predicts nothing inside its window
         const int64_t index = ((int64_t)w0 + r / p.L) * per + (pos - p.first);
-        fn(logits.f32() + i * V, second ? logits2.f32() + i * V : nullptr, ids[(size_t)r + 1], index);
+        fn(logits.f32() + i * V, ref_head ? logits2.f32() + i * V : nullptr, ids[(size_t)r + 1], index);
       }
     }
     if (progress) progress(w0 + B, p.nwin, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -211,11 +230,14 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     if (rl->positions() != n) fail("perplexity: the reference logits hold ", rl->positions(), " positions, this evaluation scores ", n);
   }
   const bool kld = ref.model || rl;
-  std::vector<double> nll((size_t)n), kl(kld ? (size_t)n : 0), dp(kld ? (size_t)n : 0), ref_nll(kld ? (size_t)n : 0);
+  std::vector<double> nll((size_t)n), kl(kld ? (size_t)n : 0), dp(kld ? (size_t)n : 0), ref_nll(kld ? (size_t)n : 0),
+      kl_lc(kld ? (size_t)n : 0);
   std::vector<char> same(kld ? (size_t)n : 0);
-  const bool all = !rl || rl->topk == V;
-  const int64_t k = rl ? rl->topk : V;
-  for_each_scored_row(m, ref.model, tokens, p, progress, t0, [&](const float* z, const float* zr, int32_t target, int64_t i) {
+  const bool all = !rl || rl->hidden_form();  // full distributions (a model, or stored hidden rows)
+  const int64_t k = all ? V : rl->topk;
+  if (rl && rl->hidden_form() && rl->dim <= 0) fail("perplexity: the reference logits hold no hidden states");
+  for_each_scored_row(m, ref.model, rl && rl->hidden_form() ? rl : nullptr, tokens, p, progress, t0,
+                      [&](const float* z, const float* zr, int32_t target, int64_t i) {
     const RowSoftmax q = row_softmax(z, V);
     nll[(size_t)i] = q.lse - z[target];
     if (!kld) return;
@@ -232,19 +254,25 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
       rlp = full.data(), lpt = full[(size_t)target], rtop = s.top;
     } else {
       rlp = rl->logp.data() + i * k, lpt = rl->logp_target[(size_t)i], tail = rl->tail[(size_t)i], rtop = rl->top[(size_t)i];
-      if (!all) rid = rl->ids.data() + i * k;
+      rid = rl->ids.data() + i * k;
     }
-    // D(ref ‖ q) = Σ_kept p (log p − log q) + tail·(log tail − log q_tail): exact when every
-    // token is kept, else the divergence of the kept tokens plus one "rest" bucket (a lower
-    // bound on the full one, docs/methods.md#kl-divergence).
-    double d = 0;
+    // D(ref ‖ q) = Σ_v p (log p − log q) over the whole vocabulary (E2), or from top-k rows
+    // Σ_kept p (log p − log q) + tail·(log tail − log q_tail): the kept tokens plus one "rest"
+    // bucket, a lower bound on the full divergence (E3, docs/methods.md#kl-divergence).
+    double d = 0, d_lc = 0;  // d_lc: llama-perplexity's sum, tokens with log p_ref > −16 only
     if (all) {
-      for (int64_t j = 0; j < V; ++j) d += std::exp(rlp[j]) * (rlp[j] - ((double)z[j] - q.lse));
+      for (int64_t j = 0; j < V; ++j) {
+        const double t = std::exp(rlp[j]) * (rlp[j] - ((double)z[j] - q.lse));
+        d += t;
+        if (rlp[j] > -16.0) d_lc += t;
+      }
     } else {
       std::vector<char> kept((size_t)V, 0);
       for (int64_t j = 0; j < k; ++j) {
         kept[(size_t)rid[j]] = 1;
-        d += std::exp(rlp[j]) * (rlp[j] - ((double)z[rid[j]] - q.lse));
+        const double t = std::exp(rlp[j]) * (rlp[j] - ((double)z[rid[j]] - q.lse));
+        d += t;
+        if (rlp[j] > -16.0) d_lc += t;
       }
       if (tail > 0) {
         double qt = 0;
@@ -254,6 +282,7 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
       }
     }
     kl[(size_t)i] = d;
+    kl_lc[(size_t)i] = d_lc;
     same[(size_t)i] = rtop == q.top;
     dp[(size_t)i] = std::exp(-nll[(size_t)i]) - std::exp(lpt);
     ref_nll[(size_t)i] = -lpt;
@@ -300,6 +329,7 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     s.same_top = (double)agree / (double)n;
     s.same_top_stderr = n > 1 ? std::sqrt(s.same_top * (1 - s.same_top) / (double)(n - 1)) : 0.0;
     mean_stderr(dp, s.dp_mean, s.dp_stderr);
+    mean_stderr(kl_lc, s.mean_llamacpp, s.mean_llamacpp_stderr);
     double dp2 = 0, rn = 0;
     for (double x : dp) dp2 += x * x;
     for (double x : ref_nll) rn += x;
@@ -315,8 +345,8 @@ ReferenceLogits reference_logits(const Model& m, const std::vector<int32_t>& tok
                                  const ProgressFn& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const WindowPlan p = plan_windows(m, tokens, opt);
-  const int64_t V = m.cfg.vocab_size, n = p.positions();
-  if (topk < 0) fail("reference_logits: topk must be >= 0 (0 = the whole vocabulary), got ", topk);
+  const int64_t V = m.cfg.vocab_size, n = p.positions(), D = m.cfg.dim;
+  if (topk < 0) fail("reference_logits: topk must be >= 0 (0 = the whole distribution, from hidden states), got ", topk);
   ReferenceLogits r;
   r.model = m.source;
   r.protocol_name = p.info->name;
@@ -324,26 +354,41 @@ ReferenceLogits reference_logits(const Model& m, const std::vector<int32_t>& tok
   r.seqlen = p.L;
   r.windows = p.nwin;
   r.vocab = V;
-  r.topk = topk == 0 || topk >= V ? V : topk;
+  r.topk = topk >= V ? 0 : topk;  // every token kept: the exact (hidden) form is smaller
   r.tokens_hash = plan_hash(tokens, p);
+  if (r.hidden_form()) {
+    // The last block's output of every row, and the head that turns it into logits.
+    const int64_t rows = (int64_t)p.nwin * p.L;
+    const double bytes = 4.0 * (double)D * (double)(rows + V + 1);
+    if (bytes > 64e9) fail("reference_logits: ", rows, " rows of dim ", D, " need ", bytes / 1e9, " GB; lower max_windows");
+    r.dim = D;
+    r.norm_eps = m.cfg.norm_eps;
+    r.final_norm = m.final_norm.contiguous().to_vector();
+    r.classifier = m.classifier.contiguous().to_vector();
+    if ((int64_t)r.classifier.size() != V * D) fail("reference_logits: the classifier is not [vocab, dim]");
+    r.x.reserve((size_t)(rows * D));
+    for (int w0 = 0; w0 < p.nwin; w0 += p.batch) {
+      const int B = std::min(p.batch, p.nwin - w0);
+      const Tensor x = hidden(m, window_ids(tokens, p, w0, B), B, p.L);
+      r.x.insert(r.x.end(), x.f32(), x.f32() + x.numel());
+      if (progress) progress(w0 + B, p.nwin, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    r.set_positions(n);
+    return r;
+  }
   const int64_t k = r.topk;
-  const bool all = k == V;
-  const double bytes = (double)n * (20.0 + (double)k * (all ? 8 : 12));
+  const double bytes = (double)n * (20.0 + (double)k * 12);
   if (bytes > 64e9) fail("reference_logits: ", n, " positions × top-", k, " need ", bytes / 1e9, " GB; lower topk or max_windows");
   r.logp_target.resize((size_t)n);
   r.tail.assign((size_t)n, 0.0);
   r.top.resize((size_t)n);
   r.logp.resize((size_t)(n * k));
-  if (!all) r.ids.resize((size_t)(n * k));
-  for_each_scored_row(m, nullptr, tokens, p, progress, t0, [&](const float* z, const float*, int32_t target, int64_t i) {
+  r.ids.resize((size_t)(n * k));
+  for_each_scored_row(m, nullptr, nullptr, tokens, p, progress, t0, [&](const float* z, const float*, int32_t target, int64_t i) {
     const RowSoftmax s = row_softmax(z, V);
     double* lp = r.logp.data() + i * k;
     r.logp_target[(size_t)i] = (double)z[target] - s.lse;
     r.top[(size_t)i] = s.top;
-    if (all) {
-      for (int64_t j = 0; j < V; ++j) lp[j] = (double)z[j] - s.lse;  // as perplexity() computes log q
-      return;
-    }
     // The k most likely tokens (lowest id first on ties), then the mass of the rest, summed in id order.
     std::vector<int32_t> order((size_t)V);
     for (int64_t j = 0; j < V; ++j) order[(size_t)j] = (int32_t)j;

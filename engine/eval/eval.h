@@ -52,6 +52,9 @@ struct KldStats {
   double same_top = 0, same_top_stderr = 0;  // fraction of positions with the same argmax
   double dp_mean = 0, dp_stderr = 0, dp_rms = 0;  // Δp of the correct token (fraction, not %)
   double nll_reference = 0, ppl_reference = 0;    // the reference's own NLL/PPL on these positions
+  // llama-perplexity's definition: the sum over the tokens whose reference log-probability is
+  // above −16 only (its perplexity.cpp); the same as `mean` where the tail is negligible.
+  double mean_llamacpp = 0, mean_llamacpp_stderr = 0;
   int64_t topk = 0;  // reference tokens kept per position (vocab: the full distribution)
 };
 

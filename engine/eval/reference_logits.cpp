@@ -1,6 +1,7 @@
-// qforge — reference logits files (docs/formats.md "Reference logits"):
-//   "QFREFLG1" | u64 header bytes | JSON header | f64 logp_target[n] | f64 tail[n] | i32 top[n]
-//   | i32 ids[n·k] (absent when k == vocab) | f64 logp[n·k]        (little-endian)
+// qforge — reference logits files (docs/formats.md "Reference logits"), little-endian:
+//   "QFREFLG1" | u64 header bytes | JSON header | then
+//   hidden form (topk 0): f32 final_norm[dim] | f32 classifier[vocab·dim] | f32 x[windows·seqlen·dim]
+//   top-k form:           f64 logp_target[n] | f64 tail[n] | i32 top[n] | i32 ids[n·k] | f64 logp[n·k]
 #include "eval/reference_logits.h"
 
 #include <cmath>
@@ -27,12 +28,15 @@ void put(AtomicFile& f, const std::vector<T>& v) {
 
 void ReferenceLogits::save(const std::string& path) const {
   const int64_t n = positions();
-  const bool all = topk == vocab;
-  if ((int64_t)tail.size() != n || (int64_t)top.size() != n || (int64_t)logp.size() != n * topk ||
-      (int64_t)ids.size() != (all ? 0 : n * topk))
-    fail("reference logits '", path, "': inconsistent rows (", n, " positions, top-", topk, ")");
+  const int64_t rows = (int64_t)windows * seqlen;
+  if (hidden_form() ? ((int64_t)final_norm.size() != dim || (int64_t)classifier.size() != vocab * dim ||
+                       (int64_t)x.size() != rows * dim)
+                    : ((int64_t)tail.size() != n || (int64_t)top.size() != n || (int64_t)logp.size() != n * topk ||
+                       (int64_t)ids.size() != n * topk))
+    fail("reference logits '", path, "': inconsistent contents (", n, " positions, top-", topk, ")");
   nlohmann::json h = {{"format", "qforge-reference-logits"},
                       {"version", 1},
+                      {"form", hidden_form() ? "hidden" : "topk"},
                       {"model", model},
                       {"protocol_name", protocol_name},
                       {"protocol", protocol},
@@ -42,17 +46,27 @@ void ReferenceLogits::save(const std::string& path) const {
                       {"topk", topk},
                       {"positions", n},
                       {"tokens_fnv1a64", fingerprint_text(tokens_hash)}};
+  if (hidden_form()) {
+    h["dim"] = dim;
+    h["norm_eps"] = norm_eps;
+  }
   const std::string hs = h.dump();
   const uint64_t hl = hs.size();
   AtomicFile f(path);
   f.write(kMagic, 8);
   f.write(&hl, 8);
   f.write(hs);
-  put(f, logp_target);
-  put(f, tail);
-  put(f, top);
-  put(f, ids);
-  put(f, logp);
+  if (hidden_form()) {
+    put(f, final_norm);
+    put(f, classifier);
+    put(f, x);
+  } else {
+    put(f, logp_target);
+    put(f, tail);
+    put(f, top);
+    put(f, ids);
+    put(f, logp);
+  }
   f.commit();
 }
 
@@ -85,25 +99,21 @@ ReferenceLogits ReferenceLogits::load(const std::string& path) {
   if (str_field("format") != "qforge-reference-logits") fail(what, ": header field 'format' is not qforge-reference-logits");
   if (int_field("version", 1, 1000) != 1) fail(what, ": version ", h["version"].get<int64_t>(), " is not supported (1)");
   ReferenceLogits r;
+  const std::string form = str_field("form");
+  if (form != "hidden" && form != "topk") fail(what, ": header field 'form' must be hidden or topk, got '", form, "'");
   r.model = str_field("model");
   r.protocol_name = str_field("protocol_name");
   r.protocol = str_field("protocol");
   r.seqlen = (int)int_field("seqlen", 2, 1 << 24);
   r.windows = (int)int_field("windows", 1, 1 << 30);
   r.vocab = int_field("vocab", 1, (int64_t(1) << 31) - 1);
-  r.topk = int_field("topk", 1, r.vocab);
+  r.topk = int_field("topk", form == "hidden" ? 0 : 1, form == "hidden" ? 0 : r.vocab - 1);
   const int64_t n = int_field("positions", 1, int64_t(1) << 40);
   const std::string fp = str_field("tokens_fnv1a64");
-  if (fp.rfind("fnv1a64:", 0) != 0 || fp.size() != 24) fail(what, ": header field 'tokens_fnv1a64' is not fnv1a64:<16 hex digits>");
+  if (fp.rfind("fnv1a64:", 0) != 0 || fp.size() != 24 || fp.find_first_not_of("0123456789abcdef", 8) != std::string::npos)
+    fail(what, ": header field 'tokens_fnv1a64' is not fnv1a64:<16 hex digits>");
   r.tokens_hash = std::stoull(fp.substr(8), nullptr, 16);
-  // Sizes from the header must match the file exactly before anything is allocated.
-  const bool all = r.topk == r.vocab;
-  const long double row = 8.0L + 8.0L + 4.0L + (long double)r.topk * ((all ? 0 : 4) + 8);
   const uint64_t off = 16 + hl;
-  if ((long double)n * row != (long double)(mf->size - off))
-    fail(what, ": ", n, " positions of top-", r.topk, " rows need ", (long double)n * row, " bytes after the header, the file has ",
-         mf->size - off);
-  const uint64_t nk = (uint64_t)n * (uint64_t)r.topk;
   uint64_t at = off;
   auto take = [&](auto& v, uint64_t count, const char* name) {
     using T = typename std::decay_t<decltype(v)>::value_type;
@@ -112,10 +122,39 @@ ReferenceLogits ReferenceLogits::load(const std::string& path) {
     std::memcpy(v.data(), p, count * sizeof(T));
     at += count * sizeof(T);
   };
+  // Sizes from the header must match the file exactly before anything is allocated.
+  auto expect_bytes = [&](long double need, const char* what_rows) {
+    if (need != (long double)(mf->size - off))
+      fail(what, ": ", what_rows, " need ", need, " bytes after the header, the file has ", mf->size - off);
+  };
+  if (form == "hidden") {
+    r.dim = int_field("dim", 1, 1 << 20);
+    const nlohmann::json& e = field("norm_eps");
+    if (!e.is_number() || !(e.get<double>() >= 0) || e.get<double>() > 1)
+      fail(what, ": header field 'norm_eps' must be a number in [0, 1], got ", json_brief(e));
+    r.norm_eps = e.get<float>();
+    const uint64_t rows = (uint64_t)r.windows * (uint64_t)r.seqlen;
+    expect_bytes(4.0L * (long double)r.dim * (1.0L + (long double)r.vocab + (long double)rows),
+                 (std::to_string(rows) + " rows of dim " + std::to_string(r.dim) + " and a vocab-" + std::to_string(r.vocab) + " classifier").c_str());
+    if ((uint64_t)n > rows) fail(what, ": ", n, " scored positions cannot come from ", rows, " rows");
+    take(r.final_norm, (uint64_t)r.dim, "final_norm");
+    take(r.classifier, (uint64_t)r.vocab * (uint64_t)r.dim, "classifier");
+    take(r.x, rows * (uint64_t)r.dim, "x");
+    r.set_positions(n);
+    for (const auto* v : {&r.final_norm, &r.classifier, &r.x})
+      for (size_t j = 0; j < v->size(); ++j)
+        if (!std::isfinite((*v)[j]))
+          fail(what, ": ", v == &r.x ? "hidden state" : v == &r.classifier ? "classifier" : "final_norm", " value ", j + 1, " is ", (*v)[j],
+               " (must be finite)");
+    return r;
+  }
+  const long double row = 8.0L + 8.0L + 4.0L + (long double)r.topk * (4 + 8);
+  expect_bytes((long double)n * row, (std::to_string(n) + " positions of top-" + std::to_string(r.topk) + " rows").c_str());
+  const uint64_t nk = (uint64_t)n * (uint64_t)r.topk;
   take(r.logp_target, (uint64_t)n, "logp_target");
   take(r.tail, (uint64_t)n, "tail");
   take(r.top, (uint64_t)n, "top");
-  if (!all) take(r.ids, nk, "ids");
+  take(r.ids, nk, "ids");
   take(r.logp, nk, "logp");
   // Values: log-probabilities finite and ≤ 0 (a little rounding above), masses in [0, 1], ids
   // in the vocabulary — a crafted file gives an error, never a NaN or an out-of-range read.
@@ -128,7 +167,7 @@ ReferenceLogits ReferenceLogits::load(const std::string& path) {
   for (uint64_t j = 0; j < nk; ++j) {
     if (!std::isfinite(r.logp[j]) || r.logp[j] > 1e-9)
       fail(what, ": logp ", j % r.topk + 1, " of position ", j / r.topk + 1, " is ", r.logp[j], " (must be finite and <= 0)");
-    if (!all && (r.ids[j] < 0 || r.ids[j] >= r.vocab))
+    if (r.ids[j] < 0 || r.ids[j] >= r.vocab)
       fail(what, ": token ", j % r.topk + 1, " of position ", j / r.topk + 1, " is ", r.ids[j], ", outside [0, ", r.vocab, ")");
   }
   return r;

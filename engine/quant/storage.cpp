@@ -69,17 +69,16 @@ StorageBits storage_bits(const QuantizedLinear& q) {
   return s;
 }
 
+StorageBits linear_storage(const Linear& lin) {
+  StorageBits t = lin.quant ? storage_bits(*lin.quant) : unquantized_bits(lin.weight);
+  if (lin.bias.defined()) t.params += 16.0 * (double)lin.bias.numel();  // e.g. added by bias correction
+  return t;
+}
+
 StorageBits model_storage(const Model& m) {
   StorageBits t;
   for (int l = 0; l < m.n_blocks(); ++l) {
-    for (const Linear& lin : m.block(l).linears) {
-      if (lin.quant) {
-        t += storage_bits(*lin.quant);
-      } else {
-        t += unquantized_bits(lin.weight);
-      }
-      if (lin.bias.defined()) t.params += 16.0 * (double)lin.bias.numel();  // e.g. added by bias correction
-    }
+    for (const Linear& lin : m.block(l).linears) t += linear_storage(lin);
     m.release_block(l);
   }
   return t;

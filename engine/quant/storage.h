@@ -34,6 +34,8 @@ struct StorageBits {
 StorageBits storage_bits(const QuantizedLinear& q);
 // An unquantized weight: 16 bits per weight if it is (or is exactly representable as) f16 or bf16, else 32.
 StorageBits unquantized_bits(const Tensor& weight);
+// One block linear as model_storage counts it: its codes or its unquantized weight, plus its bias.
+StorageBits linear_storage(const Linear& lin);
 // Every block linear of the model (not the embedding, norms or classifier).
 StorageBits model_storage(const Model& m);
 
