@@ -12,7 +12,8 @@
 # build: `pip download --no-deps --no-binary :all: llama-cpp-python==$LLAMACPP_PY_VERSION` into
 # build/llamacpp/ (sha256 pinned), extracts the sdist and builds its vendored llama.cpp
 # (vendor/llama.cpp, CPU only, -DGGML_NATIVE=ON, static) under build/llamacpp/build — only the
-# targets llama-perplexity, llama-quantize and llama-imatrix. Nothing of llama.cpp enters the repo.
+# targets llama-perplexity, llama-quantize and llama-imatrix. Nothing of llama.cpp enters the repo;
+# the build tree gets one patch (llama-perplexity's main() flushes the logger: see build()).
 #
 # ppl / kld-base / kld run llama-perplexity -m GGUF -f TEXT -c CTX -b CTX -t 2 [--chunks N]
 # plus $LLAMACPP_ARGS (default "-fa off -ctk f32 -ctv f32": an f32 KV cache and no flash attention,
@@ -30,7 +31,8 @@
 # protocol=llamacpp (and reference=F32.gguf); the token ids llama.cpp scored (stored in BASEFILE)
 # are checked against qforge's tokenization; every number is compared to 4 significant digits
 # (or half llama.cpp's printed resolution, when it prints fewer digits).
-# Work files under build/llamacpp/work/<model>/. Settings: CTX (512), STORIES_CHUNKS (100),
+# Work files under build/llamacpp/work/<model>/ (the GGUFs are exported again when the qforge
+# binary is newer). Settings: CTX (512), STORIES_CHUNKS (100),
 # SMOLLM2_CHUNKS (20), TEXT (../shared/data/wikitext2_test.txt), QFORGE (build/qforge).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -202,8 +204,9 @@ compare_model() {
   [ -e "$src" ] || die "no model at $src"
   note "== $name: $src, $text, ctx $ctx, $chunks chunks; $(uptime | sed 's/.*load average/load average/')"
   # 1. The GGUFs both tools read: the model in F32, and an RTN 4-bit (g32, asym) copy in F32.
-  [ -f "$w/f32.gguf" ] || qforge_run "$w/qf_export_f32" scripts/verify/export_gguf.lua "model=$src" "save=$w/f32.gguf" || return 1
-  [ -f "$w/rtn4.gguf" ] || qforge_run "$w/qf_export_rtn4" scripts/verify/export_gguf.lua "model=$src" "save=$w/rtn4.gguf" rtn_bits=4 group=32 || return 1
+  # (made again when the qforge binary is newer than them)
+  [ -f "$w/f32.gguf" ] && [ "$w/f32.gguf" -nt "$QFORGE" ] || qforge_run "$w/qf_export_f32" scripts/verify/export_gguf.lua "model=$src" "save=$w/f32.gguf" || return 1
+  [ -f "$w/rtn4.gguf" ] && [ "$w/rtn4.gguf" -nt "$QFORGE" ] || qforge_run "$w/qf_export_rtn4" scripts/verify/export_gguf.lua "model=$src" "save=$w/rtn4.gguf" rtn_bits=4 group=32 || return 1
   # 2. llama.cpp: perplexity of the F32 model (writing its log-probs), then the KLD of the copy.
   run_tool kld-base "$w/ll_f32.json" "$w/ll_f32.log" "$w/f32.gguf" "$text" "$ctx" "$chunks" "$w/f32.kldbase"
   run_tool kld "$w/ll_rtn4.json" "$w/ll_rtn4.log" "$w/rtn4.gguf" "$text" "$ctx" "$chunks" "$w/f32.kldbase"
