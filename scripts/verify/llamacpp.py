@@ -147,15 +147,17 @@ def flat(d, prefix=""):
     return r
 
 
-# What is compared: (key in llama.cpp's JSON, key in qforge's results.json). Keys qforge does
-# not record are shown as n/a and not counted.
+# What is compared: (key in llama.cpp's JSON, key in qforge's results.json; "a|b": a when
+# qforge records it, else b). Keys qforge does not record are shown as n/a and not counted.
+# llama.cpp's mean KLD sums only the tokens whose base log-probability is above -16; qforge
+# records that sum as kld.mean_llamacpp (and the exact divergence as kld.mean, shown as info).
 PPL_KEYS = [("positions", "tokens"), ("ppl", "ppl")]
 # kld.ppl_reference is compared with llama.cpp's perplexity of the base model itself (its
 # kld-base run, "base:ppl"): the "Mean PPL(base)" of the kld run is not that number — it is
 # computed from the stored 16-bit log-probabilities, in which every token more than 16 nats below
 # the row's top logit is raised to that floor, so it comes out lower; it is shown, not compared.
 KLD_KEYS = [("positions", "tokens"), ("ppl", "ppl"), ("base:ppl", "kld.ppl_reference"), ("kld.positions", "kld.positions"),
-            ("kld.mean", "kld.mean"), ("kld.mean_stderr", "kld.mean_stderr"), ("kld.median", "kld.median"),
+            ("kld.mean", "kld.mean_llamacpp|kld.mean"), ("kld.mean_stderr", "kld.mean_llamacpp_stderr|kld.mean_stderr"), ("kld.median", "kld.median"),
             ("kld.p90", "kld.p90"), ("kld.p95", "kld.p95"), ("kld.p99", "kld.p99"), ("kld.p999", "kld.p999"),
             ("kld.max", "kld.max"), ("kld.min", "kld.min"), ("kld.same_top", "kld.same_top"),
             ("kld.same_top_stderr", "kld.same_top_stderr"), ("kld.dp_mean", "kld.dp_mean"),
@@ -185,6 +187,7 @@ def compare_rows(name, ll_json, qf_json, keys, rows, base_json=None):
         lv = lf[lk]
         exact = lk in ("positions", "kld.positions")
         r = res.get(lk, 0.0)
+        qk = next((k for k in qk.split("|") if k in qff), qk.split("|")[-1])
         if qk not in qff:
             rows.append((name, "kld.ppl_reference" if lk == "base:ppl" else lk, f"{lv:.10g}", "n/a", "", "not recorded by qforge"))
             continue
@@ -192,7 +195,7 @@ def compare_rows(name, ll_json, qf_json, keys, rows, base_json=None):
         ok = lv == qv if exact else agree(lv, qv, r)
         bad += not ok
         rel = abs(qv - lv) / abs(lv) if lv else abs(qv - lv)
-        label = "kld.ppl_reference (llama.cpp: its base run's ppl)" if lk == "base:ppl" else lk
+        label = "kld.ppl_reference (llama.cpp: its base run's ppl)" if lk == "base:ppl" else lk if qk == lk else f"{lk} (qforge: {qk})"
         rows.append((name, label, f"{lv:.10g}", f"{qv:.10g}", f"{rel:.2e}", "ok" if ok else "DISAGREE"))
     return bad
 
@@ -225,6 +228,9 @@ def main():
         bad = compare_rows(name + " F32", a[2], a[3], PPL_KEYS, rows)
         if len(a) >= 6:
             bad += compare_rows(name + " RTN vs F32", a[4], a[5], KLD_KEYS, rows, base_json=a[2])
+            q = json.load(open(a[5])).get("kld", {})
+            if "mean_llamacpp" in q and "mean" in q:
+                rows.append((name + " RTN vs F32", "qforge's exact mean KLD (E2)", "-", f"{q['mean']:.10g}", "", "info: not compared"))
             ll = json.load(open(a[4]))
             if "ppl_reference" in ll:
                 rows.append((name + " RTN vs F32", "Mean PPL(base) of the kld run", f"{ll['ppl_reference']:.10g}", "-", "",
@@ -233,9 +239,9 @@ def main():
         print("  ".join(h.ljust(w[i]) for i, h in enumerate(("model", "quantity", "llama.cpp", "qforge", "rel diff", ""))))
         for r in rows:
             print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-        counted = sum(1 for r in rows if r[3] not in ("n/a", "-"))
-        print(f"{name}: {counted - bad} agree, {bad} disagree, {sum(1 for r in rows if r[3] == 'n/a')} not recorded by qforge")
-        sys.exit(1 if bad or counted == 0 else 0)
+        good = sum(1 for r in rows if r[5] == "ok")
+        print(f"{name}: {good} agree, {bad} disagree, {sum(1 for r in rows if r[3] == 'n/a')} not recorded by qforge")
+        sys.exit(1 if bad or good == 0 else 0)
     else:
         sys.exit(__doc__)
 
