@@ -396,10 +396,20 @@ static int m_perplexity(lua_State* L) {
     set_field(L, "dp_rms", k.dp_rms);
     set_field(L, "nll_reference", k.nll_reference);
     set_field(L, "ppl_reference", k.ppl_reference);
-    set_field(L, "mean_llamacpp", k.mean_llamacpp);
-    set_field(L, "mean_llamacpp_stderr", k.mean_llamacpp_stderr);
     set_field(L, "positions", k.n);
     set_field(L, "topk", k.topk);
+    const KldSummary& c = k.llamacpp;
+    lua_createtable(L, 0, 9);
+    set_field(L, "mean", c.mean);
+    set_field(L, "mean_stderr", c.mean_stderr);
+    set_field(L, "median", c.median);
+    set_field(L, "p90", c.p90);
+    set_field(L, "p95", c.p95);
+    set_field(L, "p99", c.p99);
+    set_field(L, "p999", c.p999);
+    set_field(L, "max", c.max);
+    set_field(L, "min", c.min);
+    lua_setfield(L, -2, "llamacpp");
     lua_setfield(L, -2, "kld");
   }
   return 1;

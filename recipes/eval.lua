@@ -70,7 +70,9 @@ if r.kld then
     opt.reference, k.mean, k.mean_stderr, k.median, k.p90, k.p95, k.p99, k.p999, k.max))
   print(string.format("same top token %.3f ± %.3f %%, mean Δp %.3f ± %.3f %%, RMS Δp %.3f %%, reference ppl %.4f (top-%d)",
     100 * k.same_top, 100 * k.same_top_stderr, 100 * k.dp_mean, 100 * k.dp_stderr, 100 * k.dp_rms, k.ppl_reference, k.topk))
-  print(string.format("llama-perplexity's KLD (reference log p > -16 only): %.6f ± %.6f", k.mean_llamacpp, k.mean_llamacpp_stderr))
+  local c = k.llamacpp
+  print(string.format("llama-perplexity's KLD (reference log p > -16 only): mean %.6f ± %.6f, median %.6f, p90 %.6f, p95 %.6f, p99 %.6f, max %.6f",
+    c.mean, c.mean_stderr, c.median, c.p90, c.p95, c.p99, c.max))
   qf.record("kld", k)
 end
 if opt.save_reference ~= "" then

@@ -204,8 +204,12 @@ TEST_CASE("KL divergence against a perturbed copy matches an f64 brute force") {
   CHECK(r.kld.same_top < 1.0);
   CHECK(r.kld.dp_mean == doctest::Approx(mean(b.dp)).epsilon(1e-9));
   // llama-perplexity's truncated sum (reference log-probabilities above −16 only)
-  CHECK(r.kld.mean_llamacpp == doctest::Approx(mean(b.kl_lc)).epsilon(1e-9));
-  CHECK(r.kld.mean_llamacpp != r.kld.mean);
+  CHECK(r.kld.llamacpp.mean == doctest::Approx(mean(b.kl_lc)).epsilon(1e-9));
+  CHECK(r.kld.llamacpp.mean != r.kld.mean);
+  std::vector<double> sl = b.kl_lc;
+  std::sort(sl.begin(), sl.end());
+  CHECK(r.kld.llamacpp.median == doctest::Approx(n % 2 ? sl[n / 2] : 0.5 * (sl[n / 2 - 1] + sl[n / 2])).epsilon(1e-9));
+  CHECK(r.kld.llamacpp.max == doctest::Approx(sl.back()).epsilon(1e-9));
   CHECK(r.kld.ppl_reference == doctest::Approx(perplexity(stories(), toks, o).ppl).epsilon(1e-12));
   CHECK(r.kld.p90 <= r.kld.p95);
   CHECK(r.kld.p95 <= r.kld.p99);

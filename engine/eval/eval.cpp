@@ -197,6 +197,18 @@ void mean_stderr(const std::vector<double>& v, double& mean, double& err) {
   err = v.size() > 1 ? std::sqrt(std::max(0.0, s2 / n - mean * mean) / (n - 1)) : 0.0;
 }
 
+KldSummary kld_summary(const std::vector<double>& v) {
+  KldSummary s;
+  mean_stderr(v, s.mean, s.mean_stderr);
+  std::vector<double> sorted = v;
+  std::sort(sorted.begin(), sorted.end());
+  s.median = percentile(sorted, 0.5);
+  s.p90 = percentile(sorted, 0.90), s.p95 = percentile(sorted, 0.95);
+  s.p99 = percentile(sorted, 0.99), s.p999 = percentile(sorted, 0.999);
+  s.max = sorted.back(), s.min = sorted.front();
+  return s;
+}
+
 }  // namespace
 
 EvalPlan eval_plan(const Model& m, const std::vector<int32_t>& tokens, const PplOptions& opt) {
@@ -316,20 +328,16 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     r.has_kld = true;
     s.n = n;
     s.topk = k;
-    mean_stderr(kl, s.mean, s.mean_stderr);
-    if (!std::isfinite(s.mean)) fail("perplexity: the KL divergence is non-finite (NaN/Inf in the model?)");
-    std::vector<double> sorted = kl;
-    std::sort(sorted.begin(), sorted.end());
-    s.median = percentile(sorted, 0.5);
-    s.p90 = percentile(sorted, 0.90), s.p95 = percentile(sorted, 0.95);
-    s.p99 = percentile(sorted, 0.99), s.p999 = percentile(sorted, 0.999);
-    s.max = sorted.back(), s.min = sorted.front();
+    const KldSummary ex = kld_summary(kl), lc = kld_summary(kl_lc);
+    if (!std::isfinite(ex.mean)) fail("perplexity: the KL divergence is non-finite (NaN/Inf in the model?)");
+    s.mean = ex.mean, s.mean_stderr = ex.mean_stderr, s.median = ex.median, s.p90 = ex.p90, s.p95 = ex.p95;
+    s.p99 = ex.p99, s.p999 = ex.p999, s.max = ex.max, s.min = ex.min;
+    s.llamacpp = lc;
     int64_t agree = 0;
     for (char c : same) agree += c;
     s.same_top = (double)agree / (double)n;
     s.same_top_stderr = n > 1 ? std::sqrt(s.same_top * (1 - s.same_top) / (double)(n - 1)) : 0.0;
     mean_stderr(dp, s.dp_mean, s.dp_stderr);
-    mean_stderr(kl_lc, s.mean_llamacpp, s.mean_llamacpp_stderr);
     double dp2 = 0, rn = 0;
     for (double x : dp) dp2 += x * x;
     for (double x : ref_nll) rn += x;

@@ -45,6 +45,10 @@ struct PplOptions {
 // D(reference ‖ model) over the scored positions (docs/methods.md#kl-divergence), the
 // statistics llama-perplexity prints: mean with its standard error, quantiles, the
 // same-top-token rate and the change Δp = p_model − p_reference of the correct token.
+struct KldSummary {  // mean, its standard error and quantiles of per-position divergences
+  double mean = 0, mean_stderr = 0;
+  double median = 0, p90 = 0, p95 = 0, p99 = 0, p999 = 0, max = 0, min = 0;
+};
 struct KldStats {
   int64_t n = 0;
   double mean = 0, mean_stderr = 0;
@@ -52,9 +56,10 @@ struct KldStats {
   double same_top = 0, same_top_stderr = 0;  // fraction of positions with the same argmax
   double dp_mean = 0, dp_stderr = 0, dp_rms = 0;  // Δp of the correct token (fraction, not %)
   double nll_reference = 0, ppl_reference = 0;    // the reference's own NLL/PPL on these positions
-  // llama-perplexity's definition: the sum over the tokens whose reference log-probability is
-  // above −16 only (its perplexity.cpp); the same as `mean` where the tail is negligible.
-  double mean_llamacpp = 0, mean_llamacpp_stderr = 0;
+  // llama-perplexity's definition of D_t: the sum over the tokens whose reference
+  // log-probability is above −16 only (its perplexity.cpp); the same as the exact one where the
+  // tail is negligible.
+  KldSummary llamacpp;
   int64_t topk = 0;  // reference tokens kept per position (vocab: the full distribution)
 };
 

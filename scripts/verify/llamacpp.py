@@ -150,16 +150,18 @@ def flat(d, prefix=""):
 # What is compared: (key in llama.cpp's JSON, key in qforge's results.json; "a|b": a when
 # qforge records it, else b). Keys qforge does not record are shown as n/a and not counted.
 # llama.cpp's mean KLD sums only the tokens whose base log-probability is above -16; qforge
-# records that sum as kld.mean_llamacpp (and the exact divergence as kld.mean, shown as info).
+# records that divergence's statistics as kld.llamacpp.* (and the exact divergence as kld.*, shown as info).
 PPL_KEYS = [("positions", "tokens"), ("ppl", "ppl")]
 # kld.ppl_reference is compared with llama.cpp's perplexity of the base model itself (its
 # kld-base run, "base:ppl"): the "Mean PPL(base)" of the kld run is not that number — it is
 # computed from the stored 16-bit log-probabilities, in which every token more than 16 nats below
 # the row's top logit is raised to that floor, so it comes out lower; it is shown, not compared.
 KLD_KEYS = [("positions", "tokens"), ("ppl", "ppl"), ("base:ppl", "kld.ppl_reference"), ("kld.positions", "kld.positions"),
-            ("kld.mean", "kld.mean_llamacpp|kld.mean"), ("kld.mean_stderr", "kld.mean_llamacpp_stderr|kld.mean_stderr"), ("kld.median", "kld.median"),
-            ("kld.p90", "kld.p90"), ("kld.p95", "kld.p95"), ("kld.p99", "kld.p99"), ("kld.p999", "kld.p999"),
-            ("kld.max", "kld.max"), ("kld.min", "kld.min"), ("kld.same_top", "kld.same_top"),
+            ("kld.mean", "kld.llamacpp.mean|kld.mean"), ("kld.mean_stderr", "kld.llamacpp.mean_stderr|kld.mean_stderr"),
+            ("kld.median", "kld.llamacpp.median|kld.median"), ("kld.p90", "kld.llamacpp.p90|kld.p90"),
+            ("kld.p95", "kld.llamacpp.p95|kld.p95"), ("kld.p99", "kld.llamacpp.p99|kld.p99"),
+            ("kld.p999", "kld.llamacpp.p999|kld.p999"), ("kld.max", "kld.llamacpp.max|kld.max"),
+            ("kld.min", "kld.llamacpp.min|kld.min"), ("kld.same_top", "kld.same_top"),
             ("kld.same_top_stderr", "kld.same_top_stderr"), ("kld.dp_mean", "kld.dp_mean"),
             ("kld.dp_stderr", "kld.dp_stderr"), ("kld.dp_rms", "kld.dp_rms")]
 
@@ -229,7 +231,7 @@ def main():
         if len(a) >= 6:
             bad += compare_rows(name + " RTN vs F32", a[4], a[5], KLD_KEYS, rows, base_json=a[2])
             q = json.load(open(a[5])).get("kld", {})
-            if "mean_llamacpp" in q and "mean" in q:
+            if "llamacpp" in q and "mean" in q:
                 rows.append((name + " RTN vs F32", "qforge's exact mean KLD (E2)", "-", f"{q['mean']:.10g}", "", "info: not compared"))
             ll = json.load(open(a[4]))
             if "ppl_reference" in ll:
