@@ -2,7 +2,7 @@
 # harness with fuzz/replay_main.cpp, run by ctest over the committed seeds and findings.
 # With -DQF_FUZZ=ON (clang, sanitizer flags in CMAKE_CXX_FLAGS; scripts/fuzz.sh sets this up
 # under build/fuzz): fuzz_<target>, the harness linked with libFuzzer.
-set(QF_FUZZ_TARGETS gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation mc_jsonl)
+set(QF_FUZZ_TARGETS gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation mc_jsonl reference_logits)
 option(QF_FUZZ "Build the libFuzzer targets (clang)" OFF)
 foreach(t ${QF_FUZZ_TARGETS})
   set(src ${CMAKE_SOURCE_DIR}/fuzz/fuzz_${t}.cpp)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes one reader: scripts/fuzz.sh TARGET SECONDS [libFuzzer args...]
-#   TARGET: gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation mc_jsonl
+#   TARGET: gguf safetensors hf_config tokenizer_json tokenizer_bin llama2c qforge allocation mc_jsonl reference_logits
 # Builds the libFuzzer + ASan/UBSan harnesses with clang under build/fuzz/ (separate from the
 # normal build), generates seeds from stories260K exports under build/fuzz/seeds/ (needs the
 # normal build's build/qforge), and runs TARGET for SECONDS with final stats. The working
@@ -17,6 +17,7 @@ case "$target" in
   llama2c) max_len=1200000 ;;
   tokenizer_json|allocation) max_len=262144 ;;
   hf_config|tokenizer_bin|mc_jsonl) max_len=65536 ;;
+  reference_logits) max_len=262144 ;;
   *) echo "fuzz.sh: unknown target '$target'" >&2; exit 2 ;;
 esac
 B="$root/build/fuzz"
