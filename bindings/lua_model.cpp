@@ -338,6 +338,20 @@ static ProgressFn eval_progress(lua_State* L, const char* what, const char* even
   };
 }
 
+// A new table with a KL summary's mean, mean_stderr, median, p90 … p999, max, min.
+static void push_kld_summary(lua_State* L, const KldSummary& c, int fields) {
+  lua_createtable(L, 0, fields);
+  set_field(L, "mean", c.mean);
+  set_field(L, "mean_stderr", c.mean_stderr);
+  set_field(L, "median", c.median);
+  set_field(L, "p90", c.p90);
+  set_field(L, "p95", c.p95);
+  set_field(L, "p99", c.p99);
+  set_field(L, "p999", c.p999);
+  set_field(L, "max", c.max);
+  set_field(L, "min", c.min);
+}
+
 // m:perplexity(text_or_ids [, {seqlen=, max_windows=, batch=, protocol=, reference=}])
 // reference: a Model (its full distributions, computed beside m's), a ReferenceLogits or a path
 // to a reference-logits file; the result then has a kld table.
@@ -379,16 +393,7 @@ static int m_perplexity(lua_State* L) {
   set_field(L, "protocol_name", r.protocol_name);
   if (r.has_kld) {
     const KldStats& k = r.kld;
-    lua_createtable(L, 0, 20);
-    set_field(L, "mean", k.mean);
-    set_field(L, "mean_stderr", k.mean_stderr);
-    set_field(L, "median", k.median);
-    set_field(L, "p90", k.p90);
-    set_field(L, "p95", k.p95);
-    set_field(L, "p99", k.p99);
-    set_field(L, "p999", k.p999);
-    set_field(L, "max", k.max);
-    set_field(L, "min", k.min);
+    push_kld_summary(L, k, 20);
     set_field(L, "same_top", k.same_top);
     set_field(L, "same_top_stderr", k.same_top_stderr);
     set_field(L, "dp_mean", k.dp_mean);
@@ -398,17 +403,7 @@ static int m_perplexity(lua_State* L) {
     set_field(L, "ppl_reference", k.ppl_reference);
     set_field(L, "positions", k.n);
     set_field(L, "topk", k.topk);
-    const KldSummary& c = k.llamacpp;
-    lua_createtable(L, 0, 9);
-    set_field(L, "mean", c.mean);
-    set_field(L, "mean_stderr", c.mean_stderr);
-    set_field(L, "median", c.median);
-    set_field(L, "p90", c.p90);
-    set_field(L, "p95", c.p95);
-    set_field(L, "p99", c.p99);
-    set_field(L, "p999", c.p999);
-    set_field(L, "max", c.max);
-    set_field(L, "min", c.min);
+    push_kld_summary(L, k.llamacpp, 9);
     lua_setfield(L, -2, "llamacpp");
     lua_setfield(L, -2, "kld");
   }

@@ -328,11 +328,9 @@ PplResult perplexity(const Model& m, const std::vector<int32_t>& tokens, const P
     r.has_kld = true;
     s.n = n;
     s.topk = k;
-    const KldSummary ex = kld_summary(kl), lc = kld_summary(kl_lc);
-    if (!std::isfinite(ex.mean)) fail("perplexity: the KL divergence is non-finite (NaN/Inf in the model?)");
-    s.mean = ex.mean, s.mean_stderr = ex.mean_stderr, s.median = ex.median, s.p90 = ex.p90, s.p95 = ex.p95;
-    s.p99 = ex.p99, s.p999 = ex.p999, s.max = ex.max, s.min = ex.min;
-    s.llamacpp = lc;
+    static_cast<KldSummary&>(s) = kld_summary(kl);
+    if (!std::isfinite(s.mean)) fail("perplexity: the KL divergence is non-finite (NaN/Inf in the model?)");
+    s.llamacpp = kld_summary(kl_lc);
     int64_t agree = 0;
     for (char c : same) agree += c;
     s.same_top = (double)agree / (double)n;

@@ -49,10 +49,8 @@ struct KldSummary {  // mean, its standard error and quantiles of per-position d
   double mean = 0, mean_stderr = 0;
   double median = 0, p90 = 0, p95 = 0, p99 = 0, p999 = 0, max = 0, min = 0;
 };
-struct KldStats {
+struct KldStats : KldSummary {  // the summary of the exact divergence (E2), and:
   int64_t n = 0;
-  double mean = 0, mean_stderr = 0;
-  double median = 0, p90 = 0, p95 = 0, p99 = 0, p999 = 0, max = 0, min = 0;
   double same_top = 0, same_top_stderr = 0;  // fraction of positions with the same argmax
   double dp_mean = 0, dp_stderr = 0, dp_rms = 0;  // Δp of the correct token (fraction, not %)
   double nll_reference = 0, ppl_reference = 0;    // the reference's own NLL/PPL on these positions
