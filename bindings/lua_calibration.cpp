@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "calib/calibration.h"
+#include "core/io.h"
 #include "calib/sensitivity.h"
 #include "lua_util.h"
 #include "runner.h"
@@ -128,6 +129,17 @@ static int c_memory_bytes(lua_State* L) {
 }
 static int c_tokens(lua_State* L) {
   lua_pushinteger(L, check_cal(L, 1, "tokens").cal->tokens());
+  return 1;
+}
+// cal:fingerprint() -> "fnv1a64:<hex>" of the window count, length and token ids: equal for two
+// calibrations over the same windows (the key of statistics that runs share).
+static int c_fingerprint(lua_State* L) {
+  const Calibration& c = *check_cal(L, 1, "fingerprint").cal;
+  const int64_t shape[2] = {c.nsamples(), c.seqlen()};
+  uint64_t h = fnv1a64(shape, sizeof shape);
+  h = fnv1a64(c.windows().data(), c.windows().size() * sizeof(int32_t), h);
+  const std::string f = fingerprint_text(h);
+  lua_pushlstring(L, f.data(), f.size());
   return 1;
 }
 static int c_inputs(lua_State* L) {
@@ -255,7 +267,7 @@ void open_calibration(lua_State* L, int mod) {
   register_class(L, kCalMT,
                  {{"capture", qf_guard<c_capture>, 2}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
                   {"nblocks", qf_guard<c_nblocks>, 1}, {"memory_bytes", qf_guard<c_memory_bytes>, 1},
-                  {"tokens", qf_guard<c_tokens>, 1}, {"inputs", qf_guard<c_inputs>, 1},
+                  {"tokens", qf_guard<c_tokens>, 1}, {"fingerprint", qf_guard<c_fingerprint>, 1}, {"inputs", qf_guard<c_inputs>, 1},
                   {"fp_inputs", qf_guard<c_fp_inputs>, 1}, {"fp_outputs", qf_guard<c_fp_outputs>, 1},
                   {"gradient_statistics", qf_guard<c_gradient_statistics>, 2}, {"finetune", qf_guard<c_finetune>, 2}},
                  udata_gc<LCal>, nullptr);

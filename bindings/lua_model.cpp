@@ -247,6 +247,14 @@ static int m_n_params(lua_State* L) {
   return 1;
 }
 
+// m:fingerprint() -> "fnv1a64:<hex>" of the config and every weight (Model::fingerprint): the key of
+// results computed from this model that runs share (P.references, CVXQ's statistics under cache=).
+static int m_fingerprint(lua_State* L) {
+  const std::string f = check_model(L, 1, "fingerprint").m->fingerprint();
+  lua_pushlstring(L, f.data(), f.size());
+  return 1;
+}
+
 static int m_tokenizer(lua_State* L) {
   const LModel& lm = check_model(L, 1, "tokenizer");
   if (!lm.tok)
@@ -691,6 +699,7 @@ void open_model(lua_State* L, int mod) {
                   {"classifier", qf_guard<m_classifier>, 1},
                   {"clone", qf_guard<m_clone>, 1},
                   {"n_params", qf_guard<m_n_params>, 1},
+                  {"fingerprint", qf_guard<m_fingerprint>, 1},
                   {"tokenizer", qf_guard<m_tokenizer>, 1},
                   {"forward", qf_guard<m_forward>, 2},
                   {"perplexity", qf_guard<m_perplexity>, 3},

@@ -430,6 +430,19 @@ static int f_regex_search(lua_State* L) {
   return 1;
 }
 
+// qf.fingerprint(s) -> "fnv1a64:<hex>" of the string's bytes (the keys of shared caches).
+static int f_fingerprint(lua_State* L) {
+  const std::string f = fingerprint(check_str(L, 1, "fingerprint"));
+  lua_pushlstring(L, f.data(), f.size());
+  return 1;
+}
+
+// qf.make_dirs(path): mkdir -p (an error names the path that could not be made).
+static int f_make_dirs(lua_State* L) {
+  make_dirs(check_str(L, 1, "make_dirs"));
+  return 0;
+}
+
 static int f_read_text(lua_State* L) {
   std::string path = check_str(L, 1, "read_text");
   const int64_t size = file_size(path);  // refuses FIFOs, devices and directories, naming the path
@@ -509,7 +522,7 @@ int luaopen_qforge(lua_State* L) {
   lua_newtable(L);
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
             {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"check_options", qf_guard<f_check_options>, 3}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
-             {"read_text", qf_guard<f_read_text>, 1}, {"regex_search", qf_guard<f_regex_search>, 2}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
+             {"read_text", qf_guard<f_read_text>, 1}, {"fingerprint", qf_guard<f_fingerprint>, 1}, {"make_dirs", qf_guard<f_make_dirs>, 1}, {"regex_search", qf_guard<f_regex_search>, 2}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
              {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
   open_tensor(L, -1);
   open_model(L, -1);

@@ -419,6 +419,7 @@ int run_recipe(const RunArgs& a) {
   }
   const int exit_code = exit_request(L);
   lua_close(L);
+  if (ctx.check && a.check_options) *a.check_options = ctx.options;
 
   if (exit_code >= 0) return exit_code;  // qf.options printed --help, or a check reached qf.load_model
   if (rc == LUA_OK && ctx.help) {

@@ -75,6 +75,7 @@ struct RunArgs {
   // option by then, and the pipeline recipes have made every check that needs no model), where
   // it stops. Returns 0 when nothing was refused, else the run's exit code (2 option error).
   bool check = false;
+  nlohmann::json* check_options = nullptr;  // check: receives the options qf.options resolved
   std::vector<std::string> argv;
   std::string rerun_of;  // set by rerun()
   std::vector<std::string> rerun_differences;

@@ -18,6 +18,10 @@
 //   removed and run again.
 // * A failed run is reported and the sweep goes on with the others (--fail-fast stops it); the
 //   exit code is 1 if any run failed. Ctrl-C (SIGINT/SIGTERM reaching the run) stops the sweep.
+// * A recipe that declares a `cache` option (every pipeline recipe) gets cache=SWEEP/cache unless
+//   the command line sets one: full-precision results that do not depend on the varying options
+//   (reference logits, CVXQ's gradient statistics) are computed by the first run that needs them
+//   and read by the others (files named by the fingerprint of what they were computed from).
 // * SWEEP/sweep.json (rewritten atomically after every run) lists the runs, their options and
 //   states; `qforge table SWEEP` reads it.
 // * One sweep at a time per directory: SWEEP/sweep.lock is held (flock) while a sweep works.
@@ -75,7 +79,9 @@ const char* kSweepUsage =
     "first qf.load_model, writing nothing), so bits=2,3,99 fails before the first run.\n"
     "A run directory whose run.json says status \"ok\" (the runner writes it last) and whose\n"
     "options and recipe are those of the sweep is complete and skipped; an incomplete one is\n"
-    "removed and run again; one with other options is refused. DIR/sweep.json lists the runs,\n"
+    "removed and run again; one with other options is refused. A recipe with a 'cache'\n"
+    "option (every pipeline recipe) gets cache=DIR/cache: full-precision reference logits and\n"
+    "CVXQ's gradient statistics are computed once and shared. DIR/sweep.json lists the runs,\n"
     "their options and states; DIR/logs/<name>.log holds each run's output. Progress\n"
     "(run i/N, seconds, ETA) goes to stderr. One sweep at a time per DIR (DIR/sweep.lock).\n"
     "'qforge table DIR' tabulates the results.\n"
@@ -358,12 +364,14 @@ int sweep_command(const std::vector<std::string>& args) {
   // 1. Every combination's options, before any run.
   std::cerr << "qforge sweep: " << recipe << ", " << total << " run" << (total == 1 ? "" : "s") << "; checking the options of each\n";
   int refused = 0, worst = 0;
+  json declared;  // the first combination's resolved options
   for (size_t r = 0; r < total; ++r) {
     RunArgs ra;
     ra.recipe = recipe;
     ra.kv = runs[r].kv;
     ra.argv = {args[0], "run", recipe};
     ra.check = true;
+    if (r == 0) ra.check_options = &declared;
     int rc = 0;
     std::string msgs;
     {
@@ -400,6 +408,15 @@ int sweep_command(const std::vector<std::string>& args) {
     if (refused > 10) std::cerr << "qforge sweep: ... and " << refused - 10 << " more\n";
     std::cerr << "qforge sweep: error: " << refused << " of " << total << " combinations refused; nothing was run\n";
     return worst == 2 ? 2 : 1;
+  }
+
+  // Shared full-precision results: a recipe that declares `cache` (the pipeline recipes) gets
+  // cache=DIR/cache unless the command line sets it, so the runs compute each FP reference and
+  // each set of CVXQ statistics once (files keyed by model, tokens and options: P.cached).
+  const bool cache_given = std::any_of(specs.begin(), specs.end(), [](const Spec& s) { return s.key == "cache"; });
+  if (declared.is_object() && declared.contains("cache") && !cache_given) {
+    for (Run& run : runs) run.kv.push_back("cache=" + out + "/cache");
+    std::cerr << "qforge sweep: full-precision results shared under " << out << "/cache\n";
   }
 
   // 2. What the sweep directory already holds.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Layer-solver recipes on SmolLM2-135M (issue 4 evidence): 128 × 512-token calibration windows
 # from the first half of PTB valid, perplexity on the held-out half and on WikiText-2 test
-# (20 windows × 2048), wall time and peak RSS per recipe. Run dirs under runs/smol/.
+# (20 windows × 2048), KL divergence from the FP model (its reference shared by the runs in
+# runs/smol/fp_ref), wall time and peak RSS per recipe. Run dirs under runs/smol/.
 #   scripts/smollm2_table.sh [build/qforge] [recipe:bits ...]     (default: all six)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for rb in "${runs[@]}"; do
   r=${rb%%:*}; b=${rb##*:}; d=runs/smol/${r}_$b
   /usr/bin/time -f "%e %M" -o "$d.time" "$Q" run recipes/$r.lua model=$M bits=$b calib_text=../shared/data/ptb_valid.txt \
-    nsamples=128 seqlen=512 eval_seqlen=2048 wiki_windows=20 out="$d" > "$d.log" 2>&1 || { echo "| $r | $b | FAILED (see $d.log) |"; continue; }
+    nsamples=128 seqlen=512 eval_seqlen=2048 wiki_windows=20 fp_logits=runs/smol/fp_ref out="$d" > "$d.log" 2>&1 || { echo "| $r | $b | FAILED (see $d.log) |"; continue; }
   read -r wall rss < "$d.time"
   printf "| %s | %s | %.4g | %.4f | %.5f | %.4f | %.5f | %.2f%% | %.1f | %.0f | %.0f |\n" "$r" "$b" "$(get "$d/results.json" objective_total)" \
     "$(get "$d/results.json" ppl_heldout)" "$(kld "$d/results.json" kld_heldout mean)" "$(get "$d/results.json" ppl_wikitext2)" \

@@ -263,6 +263,39 @@ assert a == b, (a, b)
 PY
 opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref was made with seqlen 64, this run evaluates 32" nsamples=2 seqlen=32 eval_seqlen=32 wiki_windows=0 fp_logits="$WORK/fpl"
 opt_err rtn.lua "option 'fp_logits': $WORK/fpl/heldout.qfref holds full distributions (kld_topk=0), this run asks kld_topk=16" $FAST kld_topk=16 fp_logits="$WORK/fpl"
+# cache=DIR: full-precision results shared between runs, each file named by the fingerprint of the
+# model, the tokens and the options it came from: a run with other bits reads the reference (the
+# KLD of the in-memory reference, bit for bit); another eval_seqlen gets a file of its own.
+run cache1 run recipes/rtn.lua $FAST bits=4 cache="$WORK/cache" out="$WORK/cache1"
+expect_rc "cache= writes" 0
+expect_in "cache= writes the reference" stderr "-> $WORK/cache/fp_logits-heldout-"
+run cache2 run recipes/rtn.lua $FAST bits=3 cache="$WORK/cache" out="$WORK/cache2"
+expect_rc "cache= reads" 0
+expect_in "cache= reads the reference" stderr "held-out reference logits: $WORK/cache/fp_logits-heldout-"
+python3 - "$WORK/kld1/results.json" "$WORK/cache2/results.json" <<'PY' && ok || bad "KLD from the cache differs from the in-memory one"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["kld_heldout"] == b["kld_heldout"] and a["ppl_heldout"] == b["ppl_heldout"], (a["kld_heldout"], b["kld_heldout"])
+PY
+run cache3 run recipes/rtn.lua nsamples=2 seqlen=32 eval_seqlen=32 wiki_windows=0 bits=3 cache="$WORK/cache" out="$WORK/cache3"
+expect_rc "cache= another eval_seqlen" 0
+[ "$(ls "$WORK/cache" | grep -c '^fp_logits-heldout-.*\.qfref$')" = 2 ] && ok || bad "cache holds $(ls "$WORK/cache") (one reference per eval_seqlen)"
+# CVXQ's gradient statistics: written by the first allocation, read by one for another target;
+# the allocation and the quantized model are those of a run without the cache.
+CX="nsamples=4 seqlen=32 eval_seqlen=64 wiki_windows=0 kld=false"
+run cx1 run recipes/cvxq.lua $CX target_bits=3 cache="$WORK/cache" out="$WORK/cx1"
+expect_rc "cvxq cache= writes" 0
+expect_in "cvxq cache= writes the statistics" stderr "gradient statistics: written to $WORK/cache/gradient_statistics-"
+run cx2 run recipes/cvxq.lua $CX target_bits=2.5 cache="$WORK/cache" out="$WORK/cx2"
+expect_rc "cvxq cache= reads" 0
+expect_in "cvxq cache= reads the statistics" stderr "gradient statistics: read $WORK/cache/gradient_statistics-"
+expect_file_has "the record says where they came from" "$WORK/cx2/results.json" "\"loaded_from\": \"$WORK/cache/gradient_statistics-"
+run cx3 run recipes/cvxq.lua $CX target_bits=2.5 out="$WORK/cx3"
+expect_rc "cvxq without cache" 0
+cmp -s "$WORK/cx2/allocation.safetensors" "$WORK/cx3/allocation.safetensors" && ok || bad "allocation from cached statistics differs"
+[ -n "$(json_value "$WORK/cx3/results.json" ppl_heldout)" ] && [ "$(json_value "$WORK/cx2/results.json" ppl_heldout)" = "$(json_value "$WORK/cx3/results.json" ppl_heldout)" ] && ok || bad "ppl_heldout with cached statistics differs"
+run cx4 run recipes/cvxq.lua nsamples=5 seqlen=32 eval_seqlen=64 wiki_windows=0 kld=false target_bits=2.5 cache="$WORK/cache" out="$WORK/cx4"
+expect_in "other windows: statistics of their own" stderr "gradient statistics: written to $WORK/cache/gradient_statistics-"
 opt_err rtn.lua "option 'eval_protocol' must be one of nonoverlap, llamacpp, gptq" $FAST eval_protocol=wikitext
 run proto run recipes/rtn.lua $FAST bits=4 eval_protocol=llamacpp out="$WORK/proto"
 expect_rc "eval_protocol=llamacpp" 0

@@ -114,7 +114,16 @@ for b in 2 3 4; do
   [ -x "$d/rerun.sh" ] && [ -f "$d/recipe.lua" ] && ok || bad "run dir bits-$b lacks rerun.sh or recipe.lua"
   [ -s "$S/logs/bits-$b.log" ] && ok || bad "no log of run bits-$b"
 done
-[ "$(find "$S" -mindepth 1 -maxdepth 1 -type d | wc -l)" = 4 ] && ok || bad "sweep dir holds $(ls "$S")"
+[ "$(find "$S" -mindepth 1 -maxdepth 1 -type d | wc -l)" = 5 ] && ok || bad "sweep dir holds $(ls "$S") (3 runs, logs, cache)"
+# The full-precision reference logits are shared: the first run writes them under SWEEP/cache,
+# the others read them (files keyed by the model's and the tokens' fingerprints).
+expect_in "sweep shares its FP results" stderr "full-precision results shared under $S/cache"
+expect_file_has "bits-2 wrote the held-out reference" "$S/logs/bits-2.log" "-> $S/cache/fp_logits-heldout-"
+expect_file_has "bits-2 wrote the WikiText-2 reference" "$S/logs/bits-2.log" "-> $S/cache/fp_logits-wikitext2-"
+for b in 3 4; do
+  expect_file_has "bits-$b read the shared reference" "$S/logs/bits-$b.log" "held-out reference logits: $S/cache/fp_logits-heldout-"
+done
+[ "$(ls "$S/cache" | wc -l)" = 2 ] && ok || bad "cache holds $(ls "$S/cache")"
 expect_in "progress: run i/N" stderr "run 1/3 bits-2 (bits=2) ..."
 expect_in "progress: run i/N" stderr "run 3/3 bits-4: ok in"
 expect_in "progress: ETA" stderr "ETA"

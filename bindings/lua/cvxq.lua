@@ -39,12 +39,77 @@ local function check_sensitivity(opt)
   if opt.sensitivity == nil then qf.option_error("sensitivity", "is required (gradient or proxy)") end
 end
 
-function C.sensitivity(cal, opt)
+-- Gradient statistics as a safetensors file (the cache= form): "<block>.<name>.g2" [out, in] and
+-- "<block>.<name>.row" [out] per linear (f32, exactly what the pass returned), the pass's counts
+-- and seconds in the metadata.
+local GRAD_FORMAT = "1"
+local function save_gradient_statistics(g, path, m)
+  local t = {}
+  for b = 1, m:nblocks() do
+    for _, name in ipairs(m:linear_names()) do
+      t[b .. "." .. name .. ".g2"], t[b .. "." .. name .. ".row"] = g[b][name].g2, g[b][name].row
+    end
+  end
+  local ev = {}
+  for i, e in ipairs(g.pca.eigenvalues) do ev[i] = string.format("%.17g", e) end
+  qf.save_tensors(path, t, { qforge_gradient_statistics = GRAD_FORMAT, iters = tostring(g.iters), samples = tostring(g.samples),
+                             seconds = string.format("%.17g", g.seconds), pca_seconds = string.format("%.17g", g.pca_seconds),
+                             pca_k = tostring(g.pca.k), pca_explained = string.format("%.17g", g.pca.explained),
+                             pca_eigenvalues = table.concat(ev, ",") })
+end
+
+local function load_gradient_statistics(path, m)
+  local t, md = qf.load_tensors(path)
+  local function bad(what) error("gradient statistics file '" .. path .. "': " .. what, 0) end
+  if md.qforge_gradient_statistics ~= GRAD_FORMAT then bad("not qforge gradient statistics (metadata qforge_gradient_statistics missing or not " .. GRAD_FORMAT .. ")") end
+  local g = {}
+  for b = 1, m:nblocks() do
+    g[b] = {}
+    for _, name in ipairs(m:linear_names()) do
+      local key = b .. "." .. name
+      local g2, row, W = t[key .. ".g2"], t[key .. ".row"], m:weight(b, name)
+      if g2 == nil or row == nil then bad("no statistics for linear " .. key) end
+      if g2:dim() ~= 2 or g2:size(1) ~= W:size(1) or g2:size(2) ~= W:size(2) or row:dim() ~= 1 or row:size(1) ~= W:size(1) then
+        bad("tensors of linear " .. key .. " do not match its weight's shape")
+      end
+      g[b][name] = { g2 = g2, row = row }
+    end
+  end
+  local ev = {}
+  for e in (md.pca_eigenvalues or ""):gmatch("[^,]+") do ev[#ev + 1] = tonumber(e) end
+  g.pca = { k = math.tointeger(tonumber(md.pca_k)), explained = tonumber(md.pca_explained), eigenvalues = ev }
+  g.iters, g.samples = math.tointeger(tonumber(md.iters)), math.tointeger(tonumber(md.samples))
+  g.seconds, g.pca_seconds = tonumber(md.seconds), tonumber(md.pca_seconds)
+  return g
+end
+
+-- m (optional): the full-precision model cal was drawn from; with opt.cache (P.cached) the
+-- statistics are read from the shared file of this model, these windows and these options when
+-- an earlier run wrote it (the same f32 values, bit for bit), else computed and written there.
+function C.sensitivity(cal, opt, m)
   check_sensitivity(opt)
   if opt.sensitivity == "proxy" then return nil end
-  local g = cal:gradient_statistics{ pca = opt.pca, stride = opt.stride, iters = opt.grad_iters }
+  local P = require("qforge.pipeline")
+  local path = m and P.cached(opt, "gradient_statistics", "safetensors", m,
+                              { cal:fingerprint(), opt.pca, opt.stride, opt.grad_iters }) or nil
+  local g, loaded = nil, ""
+  local f = path and io.open(path, "rb")
+  if f then
+    f:close()
+    local t = qf.now()
+    g, loaded = load_gradient_statistics(path, m), path
+    io.stderr:write(string.format("gradient statistics: read %s (computed in %.1f s by an earlier run; read in %.1f s)\n",
+      path, g.seconds + g.pca_seconds, qf.now() - t))
+  else
+    g = cal:gradient_statistics{ pca = opt.pca, stride = opt.stride, iters = opt.grad_iters }
+    if path then
+      save_gradient_statistics(g, path, m)
+      io.stderr:write("gradient statistics: written to " .. path .. "\n")
+    end
+  end
   qf.record("gradient_statistics", { seconds = g.seconds, pca_seconds = g.pca_seconds, iters = g.iters, samples = g.samples,
-                                     pca_components = g.pca.k, pca_explained = g.pca.explained })
+                                     pca_components = g.pca.k, pca_explained = g.pca.explained, loaded_from = loaded,
+                                     saved = (path and loaded == "") and path or "" })
   return g
 end
 
@@ -221,7 +286,7 @@ function C.allocate_model(ctx, opt, want_stats)
     alloc = C.load_allocation(opt.alloc_file, ctx.model, opt)
     if want_stats then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
   else
-    local grads = C.sensitivity(ctx.cal, opt)
+    local grads = C.sensitivity(ctx.cal, opt, ctx.model)
     if want_stats or not grads then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
     alloc = C.allocate(ctx.model, stats, opt, grads)
   end

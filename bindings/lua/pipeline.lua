@@ -16,6 +16,7 @@ P.common_options = {
   wiki_text = "../shared/data/wikitext2_test.txt", wiki_windows = 40,
   eval_protocol = "nonoverlap",  -- how perplexity windows are cut and scored (m:perplexity protocols)
   kld = true, kld_topk = 0, fp_logits = "",  -- KL divergence from the full-precision model beside every perplexity
+  cache = "",             -- full-precision results shared between runs, keyed by what they were computed from (P.cached)
   eval_fp = false,        -- also evaluate the full-precision model first (results prefixed fp_)
   overrides = "",         -- per-layer grids or full precision: "re:^1%.=bits:8;skip:name:down" (P.overrides)
   true_sequential = false,
@@ -43,6 +44,7 @@ P.common_help = {
   kld_topk = { "0: exact KL divergence (the full-precision hidden states are kept, dim floats per position); k > 0: only the top k reference tokens per position, the rest one bucket (a lower bound)", min = 0 },
   fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
   eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
+  cache = "directory of full-precision results shared between runs (reference logits, CVXQ's gradient statistics), each file named by the fingerprint of the model's weights, the tokens and the options it was computed from: read when present, else computed and written there (qforge sweep sets it to SWEEP/cache; empty: off)",
   overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
@@ -453,11 +455,30 @@ end
 -- ctx.model before it is quantized: computed, or read from opt.fp_logits when a file there was made
 -- from the same tokens, protocol, seqlen, windows and topk (else computed and written there:
 -- opt.fp_logits).
+-- The path of a shared result under opt.cache: cache/<kind>-<16 hex digits>.<ext>, the digits the
+-- fingerprint of parts (the model's weights, the tokens, every option the result depends on), so
+-- a file there is read only by a run that would compute the same numbers. nil when cache is off.
+-- The model's fingerprint (m:fingerprint(), every weight hashed) is taken on each call, so a
+-- model changed in between never reuses its earlier key.
+function P.cached(opt, kind, ext, m, parts)
+  if opt.cache == nil or opt.cache == "" then return nil end
+  local strs = {}
+  for i, v in ipairs(parts) do strs[i] = tostring(v) end
+  local key = qf.fingerprint(m:fingerprint() .. "\n" .. table.concat(strs, "\n")):gsub("^fnv1a64:", "")
+  qf.make_dirs(opt.cache)
+  return string.format("%s/%s-%s.%s", opt.cache, kind, key, ext)
+end
+
 function P.references(ctx, opt)
   local m, refs = ctx.model, {}
   for _, e in ipairs(evaluations(ctx, opt)) do
     local o = { seqlen = e.options.seqlen, max_windows = e.options.max_windows, protocol = e.options.protocol, topk = opt.kld_topk }
     local path = opt.fp_logits ~= "" and (opt.fp_logits .. "/" .. e.name .. ".qfref") or nil
+    if not path and opt.cache ~= "" then
+      local plan = m:eval_plan(e.source, e.options)
+      path = P.cached(opt, "fp_logits-" .. e.name, "qfref", m, { plan.protocol_name, plan.seqlen, plan.windows, plan.positions,
+                                                                 plan.tokens, opt.kld_topk })
+    end
     local f = path and io.open(path, "rb")
     if f then
       f:close()
@@ -480,7 +501,10 @@ function P.references(ctx, opt)
     else
       local t = qf.now()
       refs[e.name] = m:reference_logits(e.source, o)
-      if path then refs[e.name]:save(path) end
+      if path then
+        qf.make_dirs(path:match("^(.*)/[^/]*$") or ".")
+        refs[e.name]:save(path)
+      end
       local i = refs[e.name]:info()
       io.stderr:write(string.format("%s reference logits: %d positions, %s of %d, %.1f s%s\n", e.label, i.positions,
         i.topk == 0 and "full distributions" or ("top-" .. i.topk), i.vocab, qf.now() - t, path and (" -> " .. path) or ""))

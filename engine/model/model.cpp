@@ -1,5 +1,9 @@
 #include "model/model.h"
 
+#include <sstream>
+
+#include "core/io.h"
+
 
 namespace qf {
 
@@ -103,6 +107,40 @@ int64_t Model::n_params() const {
     for (const Linear& l : b.linears) n += l.weight.numel() + (l.bias.defined() ? l.bias.numel() : 0);
   }
   return n;
+}
+
+std::string Model::fingerprint() const {
+  std::ostringstream h0;
+  h0 << cfg.arch << ' ' << cfg.dim << ' ' << cfg.hidden_dim << ' ' << cfg.n_layers << ' ' << cfg.n_heads << ' ' << cfg.n_kv_heads
+     << ' ' << cfg.vocab_size << ' ' << cfg.seq_len << ' ' << cfg.norm_eps << ' ' << cfg.rope_theta << ' ' << cfg.rope_scaling << ' '
+     << cfg.rope_factor << ' ' << cfg.rope_low_freq_factor << ' ' << cfg.rope_high_freq_factor << ' ' << cfg.rope_orig_ctx << ' '
+     << cfg.rope_interleaved << ' ' << cfg.tied_classifier;
+  const std::string head = h0.str();
+  uint64_t h = fnv1a64(head.data(), head.size());
+  auto add = [&](const Tensor& t) {
+    const uint64_t n = t.defined() ? (uint64_t)t.numel() : 0;
+    h = fnv1a64(&n, sizeof n, h);  // the length first: [a][bc] and [ab][c] differ
+    if (n) {
+      const Tensor c = t.dtype() == DType::F32 ? t.contiguous() : t.to(DType::F32);
+      h = fnv1a64(c.f32(), n * sizeof(float), h);
+    }
+  };
+  add(tok_emb);
+  for (int i = 0; i < (int)blocks.size(); ++i) {
+    const bool was_resident = resident.empty() || resident[i] != 0;
+    const Block& b = block(i);
+    add(b.attn_norm);
+    add(b.ffn_norm);
+    for (const Linear& l : b.linears) {
+      h = fnv1a64(l.name.data(), l.name.size(), h);
+      add(l.weight);
+      add(l.bias);
+    }
+    if (!was_resident) release_block(i);
+  }
+  add(final_norm);
+  if (!cfg.tied_classifier) add(classifier);
+  return fingerprint_text(h);
 }
 
 void validate_config(const ModelConfig& c, const std::string& what) {

@@ -102,6 +102,10 @@ struct Model {
 
   Model clone() const;  // deep copy of every weight (ties preserved); materializes lazy blocks
   int64_t n_params() const;
+  // "fnv1a64:<hex>" of the architecture, the config and every weight's bytes (embedding, each
+  // block's norms, weights and biases, final norm, untied classifier): two models with the same
+  // fingerprint compute the same function. Lazy blocks are converted one at a time and released.
+  std::string fingerprint() const;
 };
 
 // Checks a config for internal consistency; `what` names the source in the message.
