@@ -18,8 +18,13 @@ local m = ctx.model
 local alloc, stats = C.allocate_model(ctx, opt)
 local t0 = qf.now()
 local total, layers = 0, {}
-for _, key in ipairs(alloc.keys) do
-  local L = alloc.layers[key]
+for _, L in ipairs(C.each_linear(alloc, m)) do  -- overrides: L.skip stays full precision, L.rule pins a grid
+  if L.skip then
+    layers[#layers + 1] = { block = L.block, layer = L.name, objective = 0, relative = 0, skipped = true, rule = L.rule.index }
+    io.stderr:write(string.format("block %d %-5s skipped: full precision (override rule %d '%s')\n", L.block, L.name, L.rule.index, L.rule.text))
+    goto continue
+  end
+  do
   local W = m:weight(L.block, L.name):clone()
   local st = stats[L.block][C.site(m, L.name)]
   local q = qf.rtn(W, C.grid(L, opt))
@@ -28,8 +33,13 @@ for _, key in ipairs(alloc.keys) do
   m:set_linear(L.block, L.name, q)
   if opt.bias_correction then m:set_bias(L.block, L.name, qf.bias_correction(W, What, st.mu, m:bias(L.block, L.name))) end
   total = total + obj
-  layers[#layers + 1] = { block = L.block, layer = L.name, objective = obj, relative = rel, bits = L.bits:mean() }
-  io.stderr:write(string.format("block %d %-5s %.2f bits  objective %.5g (rel %.3e)\n", L.block, L.name, L.bits:mean(), obj, rel))
+  local bits = L.rule and L.rule.spec.bits or L.bits:mean()
+  layers[#layers + 1] = { block = L.block, layer = L.name, objective = obj, relative = rel, bits = bits,
+                          rule = L.rule and L.rule.index or nil }
+  io.stderr:write(string.format("block %d %-5s %.2f bits  objective %.5g (rel %.3e)%s\n", L.block, L.name, bits, obj, rel,
+    L.rule and string.format("  (override rule %d '%s')", L.rule.index, L.rule.text) or ""))
+  end
+  ::continue::
 end
 P.record_summary({ layers = layers, objective = total, seconds = qf.now() - t0 })
 P.evaluate(ctx, opt)

@@ -342,7 +342,41 @@ opt_err gptq.lua "rule 1 'block:7=bits:8': block 7 is not in 1..5 or -5..-1" $FA
 opt_err gptq.lua "rule 1 'name:qkv=bits:8': no linear 'qkv' in the llama architecture" $FAST 'overrides=name:qkv=bits:8'
 opt_err gptq.lua "rule 1 're:(=bits:3': invalid regular expression '('" $FAST 'overrides=re:(=bits:3'
 opt_err gptq.lua "rule 1 'name:q': expected SELECTOR=key:value,... or skip:SELECTOR" $FAST 'overrides=name:q'
-opt_err cvxq.lua "option 'overrides': the CVXQ allocation decides every layer's grid" $FAST 'overrides=name:q=bits:8'
+# Overrides under the CVXQ allocation: a rule pins its linears' bits (counted in target_bits), skip
+# keeps them in full precision (outside the budget); the dual ascent spreads the rest.
+opt_err cvxq.lua "option 'overrides': rule 1 'name:q=group:32': under the CVXQ allocation a rule pins its linears' grid and its bits count in target_bits: give bits" $FAST 'overrides=name:q=group:32'
+opt_err cvxq.lua "option 'overrides': the pinned linears (rule 1 're:^[1-5]\.(q|k|v|o|gate|up)\$=bits:8') take 6.056 of the 3 bits/weight budget" $FAST target_bits=3 'overrides=re:^[1-5]\.(q|k|v|o|gate|up)$=bits:8'
+opt_err cvxq.lua "option 'overrides': every linear is pinned or skipped" $FAST 'overrides=block:1..5=bits:4'
+run cxo run recipes/cvxq.lua $FAST target_bits=3 'overrides=block:1=bits:8;skip:name:down' out="$WORK/cxo"
+expect_rc "cvxq with overrides" 0
+expect_in "cvxq overrides summary" stdout "overrides: 7 linears pinned, 4 skipped (full precision); the other 24 linears get"
+expect_in "cvxq pinned layer line" stderr "block 1 q     8.00 bits"
+expect_in "cvxq skipped layer line" stderr "block 2 down  skipped: full precision (override rule 2 'skip:name:down')"
+# stories260K per block: q 4096, k 2048, v 2048, o 4096, gate/up/down 11008 weights (45 312). Covered:
+# 5 blocks − 4 skipped downs = 182 528; pinned block 1 at 8 bits; free 137 216 weights get
+# (3·182 528 − 8·45 312) / 137 216 = 1.348880… bits, and the whole covered rate is 3.
+python3 - "$WORK/cxo/results.json" <<'PY' && ok || bad "cvxq overrides: budget (see above)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+a = r["allocation"]
+t = (3 * 182528 - 8 * 45312) / 137216
+assert abs(a["free_target"] - t) < 1e-12, (a["free_target"], t)
+assert abs(a["rate"] - (a["free_rate"] * 137216 + 8 * 45312) / 182528) < 1e-9, a
+assert abs(a["rate"] - 3) < 0.01, a["rate"]
+L = {(l["block"], l["layer"]): l for l in r["layers"]}
+assert L[(1, "q")]["bits"] == 8 and L[(1, "q")]["rule"] == 1, L[(1, "q")]
+assert L[(1, "down")]["bits"] == 8, L[(1, "down")]
+assert L[(3, "down")].get("skipped") is True and L[(3, "down")]["rule"] == 2, L[(3, "down")]
+assert 0 < L[(2, "q")]["bits"] < 8 and "rule" not in L[(2, "q")], L[(2, "q")]
+PY
+run cxo2 run recipes/cvxq.lua $FAST target_bits=3 'overrides=block:1=bits:8;skip:name:down' alloc_file="$WORK/cxo/allocation.safetensors" out="$WORK/cxo2"
+expect_rc "cvxq overrides + alloc_file of the same overrides" 0
+[ "$(json_value "$WORK/cxo/results.json" ppl_heldout)" = "$(json_value "$WORK/cxo2/results.json" ppl_heldout)" ] && ok || bad "alloc_file with overrides: another perplexity"
+opt_err cvxq.lua "made with overrides=\"block:1=bits:8;skip:name:down\", this run gives overrides=\"\"" $FAST target_bits=3 alloc_file="$WORK/cxo/allocation.safetensors"
+run cxq run recipes/cvxq_quantease.lua $FAST target_bits=3 iters=2 'overrides=block:-1=bits:8;skip:re:^1\.o$' out="$WORK/cxq"
+expect_rc "cvxq_quantease with overrides" 0
+expect_in "cvxq_quantease skipped" stderr "block 1/5 o     skipped: full precision (override rule 2"
+expect_file_has "cvxq_quantease pinned grid recorded" "$WORK/cxq/results.json" '"grid": "8-bit per-channel"'
 cat > "$WORK/ignores_grid.lua" <<'LUA'
 local P = require("qforge.pipeline")
 local opt = P.options({})

@@ -113,16 +113,63 @@ function C.sensitivity(cal, opt, m)
   return g
 end
 
--- stats (P.fp_statistics) is needed only without grads (the proxy).
-function C.allocate(m, stats, opt, grads)
+-- The budget with overrides (ov, a P.overrides plan): a skipped linear stays in full precision
+-- and is outside the allocation; a rule's grid pins its linears at the rule's bits, which count
+-- in the target — the dual ascent spreads what is left over the other linears:
+--   target_free = (target · N_covered − Σ_pinned bits · n) / N_free.
+local function pinned_budget(m, opt, ov)
+  local covered, free, pinned_bits, pinned = 0, 0, 0, {}
+  for b = 1, m:nblocks() do
+    for _, name in ipairs(m:linear_names()) do
+      local W = m:weight(b, name)
+      local n = W:size(1) * W:size(2)
+      local rule = ov and ov.of[b][name]
+      if not (rule and rule.skip) then covered = covered + n end
+      if rule and not rule.skip then
+        pinned_bits = pinned_bits + rule.spec.bits * n
+        pinned[rule.index] = rule
+      elseif not rule then
+        free = free + n
+      end
+    end
+  end
+  if not ov then return opt.target_bits end
+  if free == 0 then qf.option_error("overrides", "every linear is pinned or skipped: nothing is left for the CVXQ allocation") end
+  local t = (opt.target_bits * covered - pinned_bits) / free
+  if t <= 0 or t > (opt.bmax or 8) then
+    local names = {}
+    for _, q in pairs(pinned) do names[#names + 1] = "rule " .. q.index .. " '" .. q.text .. "'" end
+    table.sort(names)
+    qf.option_error("overrides", string.format("the pinned linears (%s) take %.4g of the %.4g bits/weight budget (target_bits=%g over %d covered weights); the %d weights left would need %.4g bits each, outside (0, bmax=%d]",
+      table.concat(names, ", "), pinned_bits / covered, opt.target_bits, opt.target_bits, covered, free, t, opt.bmax or 8))
+  end
+  return t, covered, free, pinned_bits
+end
+
+-- Checks overrides against the budget before any work (P.prepare calls it for allocating recipes).
+function C.check_overrides(m, opt, ov)
+  if ov then pinned_budget(m, opt, ov) end
+end
+
+-- stats (P.fp_statistics) is needed only without grads (the proxy). ov: a P.overrides plan
+-- (skipped and pinned linears, see pinned_budget).
+function C.allocate(m, stats, opt, grads, ov)
   qf.check_options(opt, ALLOC, ALLOC_HELP)
   if opt.cluster_rows == nil then qf.option_error("cluster_rows", "is required (an integer >= 1)") end
-  local groups, keys, meta = {}, {}, {}
+  local target, covered, free, pinned_bits = pinned_budget(m, opt, ov)
+  local groups, keys, meta, fixed = {}, {}, {}, {}
   for b = 1, m:nblocks() do
     for _, name in ipairs(m:linear_names()) do
       local W = m:weight(b, name)
       local out, inn = W:size(1), W:size(2)
       local key = b .. "." .. name
+      local rule = ov and ov.of[b][name]
+      if rule then
+        fixed[#fixed + 1] = key
+        meta[key] = { block = b, name = name, skip = rule.skip or nil, rule = rule }
+        goto next_linear
+      end
+      do
       local rowvar = qf.row_log2_variance(W)
       local k = math.max(1, out // opt.cluster_rows)
       local score, rg, g2 = {}, nil, nil
@@ -151,9 +198,11 @@ function C.allocate(m, stats, opt, grads)
       groups[#groups + 1] = { var = var, g2 = g2, n = n }
       keys[#keys + 1] = key
       meta[key] = { block = b, name = name, row_groups = rg }
+      end
+      ::next_linear::
     end
   end
-  local r = qf.dual_ascent{ groups = groups, target_bits = opt.target_bits, bmin = opt.bmin or 0, bmax = opt.bmax or 8 }
+  local r = qf.dual_ascent{ groups = groups, target_bits = target, bmin = opt.bmin or 0, bmax = opt.bmax or 8 }
   local layers, pruned, total = {}, 0, 0
   for i, key in ipairs(keys) do
     local L = meta[key]
@@ -167,8 +216,28 @@ function C.allocate(m, stats, opt, grads)
       end
     end
   end
-  return { layers = layers, keys = keys, rate = r.rate, log2_lambda = r.log2_lambda, steps = r.steps,
-           bisections = r.bisections, converged = r.converged, history = r.history, pruned_fraction = pruned / total }
+  local a = { layers = layers, keys = keys, rate = r.rate, log2_lambda = r.log2_lambda, steps = r.steps,
+              bisections = r.bisections, converged = r.converged, history = r.history, pruned_fraction = pruned / total }
+  if ov then  -- the rate over every covered linear; the dual ascent's own over the free ones
+    for _, key in ipairs(fixed) do layers[key] = meta[key] end
+    a.fixed, a.free_rate, a.free_target = fixed, r.rate, target
+    a.rate = (r.rate * free + pinned_bits) / covered
+    a.pruned_fraction = pruned / covered
+  end
+  return a
+end
+
+-- Every linear of the allocation in model order: {key, L} where L.skip (full precision),
+-- L.rule (a pinned grid: L.rule.spec) or L.bits/L.row_groups (allocated).
+function C.each_linear(alloc, m)
+  local out = {}
+  for b = 1, m:nblocks() do
+    for _, name in ipairs(m:linear_names()) do
+      local key = b .. "." .. name
+      if alloc.layers[key] then out[#out + 1] = alloc.layers[key] end
+    end
+  end
+  return out
 end
 
 -- An allocation as a safetensors file (qf.save_tensors): per linear "<block>.<name>.bits" (I32
@@ -189,7 +258,8 @@ function C.save_allocation(alloc, path, opt)
     target_bits = string.format("%.17g", opt.target_bits), rate = string.format("%.17g", alloc.rate),
     log2_lambda = string.format("%.17g", alloc.log2_lambda), pruned_fraction = string.format("%.17g", alloc.pruned_fraction),
     steps = tostring(alloc.steps), bisections = tostring(alloc.bisections), converged = tostring(alloc.converged),
-    sensitivity = tostring(opt.sensitivity), cluster_rows = tostring(opt.cluster_rows), bmax = tostring(opt.bmax or 8) })
+    sensitivity = tostring(opt.sensitivity), cluster_rows = tostring(opt.cluster_rows), bmax = tostring(opt.bmax or 8),
+    overrides = type(opt.overrides) == "string" and opt.overrides or "" })
 end
 
 -- Reads an allocation written by C.save_allocation and checks it against model m: every linear
@@ -206,10 +276,15 @@ local function check_allocation_header(path, md, opt)
   if math.abs(tonumber(md.target_bits) - opt.target_bits) > 1e-9 then
     bad(string.format("made for target_bits=%s, this run asks for target_bits=%s (pass target_bits=%s)", md.target_bits, opt.target_bits, md.target_bits))
   end
+  local mine = type(opt.overrides) == "string" and opt.overrides or ""
+  if type(opt.overrides) == "table" and #opt.overrides > 0 then bad("overrides given as a Lua table: an allocation file is checked against the string form (overrides=\"...\")") end
+  if (md.overrides or "") ~= mine then
+    bad(string.format("made with overrides=\"%s\", this run gives overrides=\"%s\" (the skipped and pinned linears must be the same)", md.overrides or "", mine))
+  end
   return bad
 end
 
-function C.load_allocation(path, m, opt)
+function C.load_allocation(path, m, opt, ov)
   local t, md = qf.load_tensors(path)
   local bad = check_allocation_header(path, md, opt)
   local bmax = opt.bmax or 8
@@ -220,6 +295,17 @@ function C.load_allocation(path, m, opt)
       local W = m:weight(b, name)
       local out, inn = W:size(1), W:size(2)
       local bt, rt = t[key .. ".bits"], t[key .. ".row_groups"]
+      local rule = ov and ov.of[b][name]
+      if rule then  -- skipped or pinned by the same overrides the file was made with (checked in the header)
+        if bt ~= nil or rt ~= nil then bad("holds an allocation for linear " .. key .. ", which override rule " .. rule.index .. " '" .. rule.text .. "' takes") end
+        layers[key] = { block = b, name = name, skip = rule.skip or nil, rule = rule }
+        if not rule.skip then
+          bits_sum = bits_sum + rule.spec.bits * out * inn
+          total = total + out * inn
+        end
+        goto next_linear
+      end
+      do
       if bt == nil or rt == nil then bad("no allocation for linear " .. key .. " (tensors '" .. key .. ".bits' and '" .. key .. ".row_groups')") end
       if rt:dim() ~= 1 or rt:size(1) ~= out then bad(string.format("tensor '%s.row_groups' has shape %s, linear %s has %d rows", key, tostring(rt:size(1)), key, out)) end
       if bt:dim() ~= 2 or bt:size(2) ~= inn then bad(string.format("tensor '%s.bits' must be [clusters, %d]", key, inn)) end
@@ -247,6 +333,8 @@ function C.load_allocation(path, m, opt)
       total = total + out * inn
       layers[key] = { block = b, name = name, row_groups = rg, bits = bits }
       keys[#keys + 1] = key
+      end
+      ::next_linear::
     end
   end
   return { layers = layers, keys = keys, rate = bits_sum / total, pruned_fraction = pruned / total,
@@ -283,12 +371,12 @@ function C.allocate_model(ctx, opt, want_stats)
   local t0 = qf.now()
   local alloc, stats
   if opt.alloc_file ~= nil and opt.alloc_file ~= "" then
-    alloc = C.load_allocation(opt.alloc_file, ctx.model, opt)
+    alloc = C.load_allocation(opt.alloc_file, ctx.model, opt, ctx.overrides)
     if want_stats then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
   else
     local grads = C.sensitivity(ctx.cal, opt, ctx.model)
     if want_stats or not grads then stats = require("qforge.pipeline").fp_statistics(ctx.cal) end
-    alloc = C.allocate(ctx.model, stats, opt, grads)
+    alloc = C.allocate(ctx.model, stats, opt, grads, ctx.overrides)
   end
   alloc.seconds = qf.now() - t0
   local saved = qf.run_dir() and (qf.run_dir() .. "/allocation.safetensors") or ""
@@ -296,14 +384,23 @@ function C.allocate_model(ctx, opt, want_stats)
   print(string.format("dual ascent: rate %.4f bits (target %.2f) after %d steps + %d bisections, log2 lambda %.3f, pruned %.2f%%  (%.1fs)%s",
     alloc.rate, opt.target_bits, alloc.steps, alloc.bisections, alloc.log2_lambda, 100 * alloc.pruned_fraction, alloc.seconds,
     alloc.file and ("  [loaded from " .. alloc.file .. "]") or ""))
+  if alloc.free_target then
+    local ns, np = 0, 0
+    for _, key in ipairs(alloc.fixed) do if alloc.layers[key].skip then ns = ns + 1 else np = np + 1 end end
+    print(string.format("overrides: %d linears pinned, %d skipped (full precision); the other %d linears get %.4f bits (target %.4f)",
+      np, ns, #alloc.keys, alloc.free_rate, alloc.free_target))
+  end
   qf.record("allocation", { rate = alloc.rate, steps = alloc.steps, bisections = alloc.bisections, converged = alloc.converged,
                             log2_lambda = alloc.log2_lambda, pruned_fraction = alloc.pruned_fraction, history = alloc.history,
-                            seconds = alloc.seconds, loaded_from = alloc.file or "", saved = saved })
+                            seconds = alloc.seconds, loaded_from = alloc.file or "", saved = saved,
+                            free_rate = alloc.free_rate, free_target = alloc.free_target })
   return alloc, stats
 end
 
 -- The grid of one allocated linear: (row cluster × column) groups with their bits.
 function C.grid(L, opt)
+  if L.skip then error("C.grid: linear " .. L.block .. "." .. L.name .. " is skipped (override rule " .. L.rule.index .. "): it has no grid", 0) end
+  if L.rule then return qf.grid(L.rule.spec) end  -- pinned by an override rule
   return qf.grid{ group = 1, row_groups = L.row_groups, alloc = L.bits, kind = opt.kind or "uniform",
                   compand_search = opt.compand_search or false, sym = opt.sym or false }
 end

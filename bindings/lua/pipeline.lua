@@ -45,7 +45,7 @@ P.common_help = {
   fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
   eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
   cache = "directory of full-precision results shared between runs (reference logits, CVXQ's gradient statistics), each file named by the fingerprint of the model's weights, the tokens and the options it was computed from: read when present, else computed and written there (qforge sweep sets it to SWEEP/cache; empty: off)",
-  overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear",
+  overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear; under the CVXQ allocation a rule pins bits (counted in target_bits) and skipped linears are outside the budget",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
@@ -419,8 +419,13 @@ function P.prepare(opt, fp_chain, grid)
       split + 1, #ids, opt.calib_text, #ids - split, L))
   end
   local ov = P.overrides(opt.overrides, m, opt)
-  if ov and grid.allocated then
-    qf.option_error("overrides", "the CVXQ allocation decides every layer's grid; overrides apply to the fixed-grid recipes (set alloc=false)")
+  if ov and grid.allocated then  -- under the CVXQ allocation a rule pins its linears' grid: its bits must be stated
+    for _, q in ipairs(ov.rules) do
+      if not q.skip and q.settings.bits == nil then
+        qf.option_error("overrides", string.format("rule %d '%s': under the CVXQ allocation a rule pins its linears' grid and its bits count in target_bits: give bits (e.g. bits:8)", q.index, q.text))
+      end
+    end
+    require("qforge.cvxq").check_overrides(m, opt, ov)  -- the budget left for the others, before any work
   end
   local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids, overrides = ov }
   -- The model is still full precision: its own evaluation and reference logits come first (a
