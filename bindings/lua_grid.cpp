@@ -47,12 +47,14 @@ static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* ke
 
 static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
-  check_opts(L, arg, fn, {"bits", "sym", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
+  check_opts(L, arg, fn, {"bits", "sym", "mapping", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
                           "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"});
   GridSpec s;
   s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
   s.sym = opt_field_bool(L, arg, "sym", fn, s.sym);
   s.group = opt_field_int(L, arg, "group", fn, s.group);
+  const std::string mapping = opt_field_str(L, arg, "mapping", fn, "gptq");
+  if (!grid_mapping_from_name(mapping, &s.mapping)) fail(fn, ": option 'mapping' must be \"gptq\" or \"llamacpp\", got \"", mapping, "\"");
   s.mse = opt_field_bool(L, arg, "mse", fn, s.mse);
   s.maxshrink = (float)opt_field_num(L, arg, "maxshrink", fn, s.maxshrink);
   s.grid_points = (int)opt_field_int(L, arg, "grid_points", fn, s.grid_points);
@@ -94,6 +96,7 @@ static void push_spec(lua_State* L, const GridSpec& s) {
   set_field(L, "bits", s.bits);
   set_field(L, "sym", s.sym);
   set_field(L, "group", s.group);
+  if (s.mapping != GridMapping::Gptq) set_field(L, "mapping", std::string(grid_mapping_name(s.mapping)));
   set_field(L, "mse", s.mse);
   if (s.mse) {
     set_field(L, "maxshrink", (double)s.maxshrink);

@@ -648,7 +648,7 @@ static void push_storage(lua_State* L, const StorageBits& s) {
 }
 
 // m:storage([{per_linear = false}]) -> the totals; with per_linear also .linears = {{block =,
-// name =, quantized =, bits_per_weight =, …}, …} in block and forward order.
+// name =, quantized =, grid = (its spec, when quantized), bits_per_weight =, …}, …} in block and forward order.
 static int m_storage(lua_State* L) {
   const Model& m = *check_model(L, 1, "storage").m;
   check_opts(L, 2, "storage", {"per_linear"});
@@ -664,6 +664,7 @@ static int m_storage(lua_State* L) {
         set_field(L, "block", b + 1);
         set_field(L, "name", lin.name);
         set_field(L, "quantized", lin.quant != nullptr);
+        if (lin.quant) set_field(L, "grid", lin.quant->grid.spec.str());
         lua_rawseti(L, -2, ++i);
       }
       m.release_block(b);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "quant/grid.h"
+#include "core/half.h"
 #include "core/rng.h"
 #include "solvers/rtn.h"
 
@@ -135,6 +136,102 @@ TEST_CASE("sym: zero = (maxq+1)/2, range [−(maxq+1)/2, (maxq−1)/2]·scale") 
   CHECK(g.quantize(3.f, 1, 0) == 7.f * (3.f / 15.f));
   CHECK(grid_fit(W, spec_of(3, true)).z(0, 0) == 4.f);
   CHECK(grid_fit(W, spec_of(8, true)).z(0, 0) == 128.f);
+}
+
+// llama.cpp's Q4_0 / Q5_0 / Q8_0 reference quantizers, written from their definitions
+// (docs/methods.md#grid-mappings): per block, m = the value of largest magnitude; below 8 bits
+// d = m / −2^(b−1) and q = min(maxq, (int)(x/d + 2^(b−1) + ½)); Q8_0 d = |m| / 127, q = round(x/d).
+// Returns q + offset (the unsigned code), like our grid's.
+static std::vector<int> llamacpp_ref_codes(const std::vector<float>& x, int bits) {
+  float amax = 0.f, m = 0.f;
+  for (float v : x)
+    if (std::fabs(v) > amax) amax = std::fabs(v), m = v;
+  std::vector<int> q;
+  if (bits == 8) {
+    const float d = amax / 127.f, id = d ? 1.f / d : 0.f;
+    for (float v : x) q.push_back((int)std::round(v * id) + 128);
+    return q;
+  }
+  const float half = (float)(1 << (bits - 1));
+  const float d = m / -half, id = d ? 1.f / d : 0.f;
+  for (float v : x) q.push_back(std::min((1 << bits) - 1, (int)(v * id + half + 0.5f)));
+  return q;
+}
+
+TEST_CASE("mapping llamacpp: the codes of llama.cpp's Q4_0 / Q5_0 / Q8_0 reference quantizers, the signed extreme exact") {
+  for (int bits : {4, 5, 8}) {
+    GridSpec sp = spec_of(bits, true, 32);
+    sp.mapping = GridMapping::Llamacpp;
+    const Tensor W = random_w(64, 128, 40 + bits, true);
+    const QuantizedLinear q = rtn(W, sp);
+    const uint8_t* c = q.codes.data<uint8_t>();
+    int64_t differ = 0, near_tie = 0;
+    for (int64_t r = 0; r < 64; ++r)
+      for (int64_t k = 0; k < 4; ++k) {
+        std::vector<float> x;
+        for (int64_t j = 0; j < 32; ++j) x.push_back(W.get({r, 32 * k + j}));
+        const std::vector<int> ref = llamacpp_ref_codes(x, bits);
+        const float s = q.grid.s(r, k);
+        for (int64_t j = 0; j < 32; ++j) {
+          // Division (ours) and multiplication by 1/d (llama.cpp's) may round a tie either way.
+          const double t = (double)x[(size_t)j] / (double)s;
+          const bool tie = std::fabs(t - std::floor(t) - 0.5) < 1e-5;
+          near_tie += tie;
+          if (c[r * 128 + 32 * k + j] != ref[(size_t)j] && !tie) ++differ;
+        }
+        // The signed extreme lands on a grid value exactly (below 8 bits: code 0).
+        float amax = 0.f, m = 0.f;
+        for (float v : x)
+          if (std::fabs(v) > amax) amax = std::fabs(v), m = v;
+        CHECK(q.grid.quantize(m, r, k) == m);
+        if (bits < 8) CHECK(q.grid.code(m, r, k) == 0);
+        CHECK(q.grid.z(r, k) == (float)(1 << (bits - 1)));
+      }
+    CHECK(differ == 0);
+    CHECK(near_tie < 10);
+  }
+}
+
+TEST_CASE("mapping llamacpp has a smaller round-to-nearest error than the GPTQ mapping at 4 bits, g32") {
+  const Tensor W = random_w(256, 256, 7, true);
+  GridSpec a = spec_of(4, true, 32), b = a;
+  b.mapping = GridMapping::Llamacpp;
+  auto err = [&](const GridSpec& sp) {
+    const Tensor D = rtn(W, sp).dequantize();
+    double e = 0, n = 0;
+    for (int64_t i = 0; i < W.numel(); ++i) {
+      e += std::pow((double)D.f32()[i] - (double)W.f32()[i], 2);
+      n += std::pow((double)W.f32()[i], 2);
+    }
+    return std::sqrt(e / n);
+  };
+  const double eg = err(a), el = err(b);
+  MESSAGE("relative RTN error: gptq mapping ", eg, ", llamacpp mapping ", el);
+  CHECK(el < 0.95 * eg);
+}
+
+TEST_CASE("mapping llamacpp: fp16 scales keep their sign; quantize_to_grid round trip; spec errors") {
+  GridSpec sp = spec_of(4, true, 32);
+  sp.mapping = GridMapping::Llamacpp;
+  sp.f16_scales = true;
+  const Tensor W = random_w(8, 64, 3);
+  const QuantizedLinear q = rtn(W, sp);
+  int neg = 0;
+  for (float s : q.grid.scale) {
+    neg += s < 0.f;
+    CHECK(f16_to_f32(f32_to_f16(s)) == s);
+  }
+  CHECK(neg > 0);  // a group whose extreme is positive has a negative scale
+  const QuantizedLinear q2 = quantize_to_grid(q.dequantize(), q.grid);
+  CHECK(q2.codes.to_vector() == q.codes.to_vector());
+  CHECK(q.grid.spec.str().find("llamacpp") != std::string::npos);
+  GridSpec bad = spec_of(4, false, 32);
+  bad.mapping = GridMapping::Llamacpp;
+  CHECK_THROWS_WITH_AS(grid_fit(W, bad), doctest::Contains("give sym = true"), Error);
+  GridMapping m;
+  CHECK(grid_mapping_from_name("llamacpp", &m));
+  CHECK(m == GridMapping::Llamacpp);
+  CHECK(!grid_mapping_from_name("q4_0", &m));
 }
 
 TEST_CASE("ragged last group: 172 columns, group 32 → 6 groups, the last 12 wide; each column uses its group") {

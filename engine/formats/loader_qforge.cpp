@@ -141,6 +141,9 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   g.spec.compand_search = f.boolean("compand_search");
   // float_zero arrived after format version 1's first files: absent means integer zeros.
   if (d.contains("float_zero")) g.spec.float_zero = f.boolean("float_zero");
+  // mapping (how sym ranges became scales) is written only when not gptq.
+  if (d.contains("mapping") && !grid_mapping_from_name(f.str("mapping"), &g.spec.mapping))
+    fail(w, ": field 'mapping' = '", f.str("mapping"), "' (expected gptq or llamacpp)");
   g.rows = f.integer("rows", 1, 1 << 20);
   g.cols = f.integer("cols", 1, 1 << 20);
   g.ngroups = f.integer("ngroups", 1, 1 << 20);

@@ -20,6 +20,10 @@ void GridSpec::validate() const {
     if (mse) fail("grid: mse (clip search) applies to uniform grids; a companded grid searches with compand_search");
     if (!std::isfinite(compand_mult) || !std::isfinite(compand_bias)) fail("grid: compand_mult and compand_bias must be finite");
   }
+  if (mapping == GridMapping::Llamacpp) {
+    if (!sym) fail("grid: mapping llamacpp is llama.cpp's symmetric block mapping (Q4_0, Q5_0, Q8_0): give sym = true");
+    if (kind != GridKind::Uniform || float_zero) fail("grid: mapping llamacpp applies to uniform grids with an integer zero");
+  }
   if (mse) {
     if (!(maxshrink > 0.f && maxshrink <= 1.f)) fail("grid: maxshrink must be in (0, 1], got ", maxshrink);
     if (grid_points < 1) fail("grid: grid_points must be >= 1, got ", grid_points);
@@ -60,6 +64,7 @@ std::string GridSpec::str() const {
   else o << (sym ? "sym" : "asym");
   o << " " << (group > 0 ? "g" + std::to_string(group) : std::string("per-channel"));
   if (!row_group.empty()) o << " rowgroups " << nrowgroups;
+  if (mapping != GridMapping::Gptq) o << " " << grid_mapping_name(mapping);
   if (mse) o << " mse";
   if (f16_scales) o << " f16-scales";
   if (float_zero) o << " float-zero";
@@ -119,7 +124,25 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
 }
 
 // (scale, zero) from a range, docs/methods.md#grid (f32 like the reference Quantizer).
-void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero) {
+const char* grid_mapping_name(GridMapping m) { return m == GridMapping::Llamacpp ? "llamacpp" : "gptq"; }
+bool grid_mapping_from_name(const std::string& name, GridMapping* m) {
+  if (name == "gptq") *m = GridMapping::Gptq;
+  else if (name == "llamacpp") *m = GridMapping::Llamacpp;
+  else return false;
+  return true;
+}
+
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero, GridMapping mapping) {
+  if (sym && mapping == GridMapping::Llamacpp) {
+    // The signed extreme (the range holds 0); an all-zero group gets any scale: that of m = 1.
+    float m = -xmin > xmax ? xmin : xmax;
+    if (m == 0.f) m = 1.f;
+    const float half = (float)(maxq + 1) / 2.f;
+    if (maxq == 255) *scale = std::fabs(m) / 127.f;  // Q8_0: amax / 127, codes 1..255 around 128
+    else *scale = m / -half;                          // Q4_0 / Q5_0: m on code 0
+    *zero = half;
+    return;
+  }
   if (sym) {
     xmax = std::max(std::fabs(xmin), xmax);
     if (xmin < 0) xmin = -xmax;
@@ -149,7 +172,7 @@ static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& s
     xmin = std::min(xmin, x);
     xmax = std::max(xmax, x);
   }
-  grid_params_from_range(xmin, xmax, maxq, sp.sym, scale, zero);
+  grid_params_from_range(xmin, xmax, maxq, sp.sym, scale, zero, sp.mapping);
   if (!sp.mse) return;
   // Shrink search: keep the p minimizing Σ|Q(x) − x|^norm (ties keep the larger range).
   const float zero0 = *zero;
@@ -158,7 +181,7 @@ static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& s
   for (int i = 0; i < steps; ++i) {
     const float p = 1.f - (float)i / (float)sp.grid_points;
     float s1, z1;
-    grid_params_from_range(p * xmin, p * xmax, maxq, sp.sym, &s1, &z1);
+    grid_params_from_range(p * xmin, p * xmax, maxq, sp.sym, &s1, &z1, sp.mapping);
     if (sp.sym) z1 = zero0;
     double err = 0;
     for (float x : v) {
@@ -225,7 +248,8 @@ static float round_scale_f16(float s, int maxq, bool sym) {
     const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
     r = f16_to_f32(f32_to_f16((float)std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits)));
   }
-  if (!(r > 0.f) || !std::isfinite(r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
+  // A llamacpp-mapped symmetric grid may have a negative scale (the signed extreme on code 0).
+  if (!(sym ? r != 0.f : r > 0.f) || !std::isfinite(r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
   return r;
 }
 

@@ -32,9 +32,19 @@ namespace qf {
 
 enum class GridKind : uint8_t { Uniform, Compand };
 
+// How a group's range becomes (scale, zero) on a symmetric uniform grid (methods.md#grid-mappings):
+//   Gptq      the GPTQ reference: scale = 2·max|x| / maxq, zero = (maxq + 1)/2 (the largest positive
+//             weight is clipped to 7/8 of its value at 4 bits; the step is max|x| / 7.5),
+//   Llamacpp  llama.cpp's reference block mappings: below 8 bits the signed extreme m (the value of
+//             largest magnitude) lands on code 0: scale = m / −2^(bits−1), zero = 2^(bits−1) (Q4_0,
+//             Q5_0: the step is max|x| / 8, the scale is negative when m > 0); at 8 bits Q8_0's
+//             scale = max|x| / 127, zero = 128.
+enum class GridMapping : uint8_t { Gptq, Llamacpp };
+
 struct GridSpec {
   int bits = 4;
   bool sym = false;
+  GridMapping mapping = GridMapping::Gptq;  // symmetric grids only (validate)
   int64_t group = -1;  // columns per group; -1 = per channel (whole row)
   bool mse = false;
   float maxshrink = 0.8f;
@@ -117,7 +127,11 @@ struct Grid {
 
 // (scale, zero) of one (row, group) from its range [xmin, xmax] (the caller makes it hold 0).
 // maxq = 0 (a 0-bit group) is the caller's business: such groups hold their median in zero.
-void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero);
+void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero,
+                            GridMapping mapping = GridMapping::Gptq);
+// "gptq" | "llamacpp" (nullptr for an unknown name).
+const char* grid_mapping_name(GridMapping m);
+bool grid_mapping_from_name(const std::string& name, GridMapping* m);
 // An empty grid for W's shape (params unset; groups contiguous).
 Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
 // Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.

@@ -22,7 +22,7 @@ Grid grid_from_ranges(const GridSpec& spec, int64_t rows, int64_t cols, const st
                       const std::vector<float>& xmax) {
   Grid g = grid_new(spec, rows, cols);
   for (size_t k = 0; k < g.scale.size(); ++k)
-    grid_params_from_range(std::min(0.f, xmin[k]), std::max(0.f, xmax[k]), g.maxq(), spec.sym, &g.scale[k], &g.zero[k]);
+    grid_params_from_range(std::min(0.f, xmin[k]), std::max(0.f, xmax[k]), g.maxq(), spec.sym, &g.scale[k], &g.zero[k], spec.mapping);
   return g;
 }
 

@@ -53,7 +53,9 @@ check(qf.read_text(out .. "/gptq/config.json"):find('"quant_method": "gptq"', 1,
 
 H.section("GGUF Q4_0 / Q4_1 / Q8_0 exports of Lua-quantized models are exact (f16_scales)")
 for _, case in ipairs({ { "Q4_0", { bits = 4, sym = true, group = 32 } }, { "Q4_1", { bits = 4, group = 32 } },
-                        { "Q8_0", { bits = 8, sym = true, group = 64 } } }) do
+                        { "Q8_0", { bits = 8, sym = true, group = 64 } },
+                        { "Q4_0", { bits = 4, sym = true, group = 32, mapping = "llamacpp" } },
+                        { "Q8_0", { bits = 8, sym = true, group = 32, mapping = "llamacpp" } } }) do
   local dtype, gspec = case[1], case[2]
   gspec.f16_scales = true
   local g = qf.grid(gspec)
@@ -82,6 +84,25 @@ local mf = m:clone()
 local g32 = qf.grid{ bits = 4, sym = true, group = 32 }
 for b = 1, mf:nblocks() do
   for _, name in ipairs(mf:linear_names()) do mf:set_linear(b, name, qf.rtn(mf:weight(b, name), g32)) end
+end
+H.section("mapping llamacpp: signed scales survive the qforge format; option errors")
+do
+  local g = qf.grid{ bits = 4, sym = true, group = 32, f16_scales = true, mapping = "llamacpp" }
+  check_eq(g.mapping, "llamacpp", "the spec echoes its mapping")
+  check_eq(qf.grid{ bits = 4, sym = true }.mapping, nil, "the default mapping (gptq) is not echoed")
+  local mq = m:clone()
+  mq:set_linear(1, "q", qf.rtn(mq:weight(1, "q"), g))
+  mq:save(out .. "/llamacpp.safetensors", { format = "qforge" })
+  local back = qf.load_model(out .. "/llamacpp.safetensors")
+  check_eq(back:weight(1, "q"):clone():sub(mq:weight(1, "q")):abs_max(), 0, "qforge round trip keeps the dequantized weight")
+  local grid_of_q
+  for _, l in ipairs(back:storage{ per_linear = true }.linears) do
+    if l.block == 1 and l.name == "q" then grid_of_q = l.grid end
+  end
+  check(grid_of_q and grid_of_q:find("llamacpp", 1, true), "qforge round trip keeps the mapping: " .. tostring(grid_of_q))
+  check_error(function() qf.grid{ bits = 4, sym = true, mapping = "q4_0" } end, "option 'mapping' must be \"gptq\" or \"llamacpp\"")
+  check_error(function() qf.grid{ bits = 4, mapping = "llamacpp" } end, "give sym = true")
+  check_error(function() qf.grid{ bits = 4, sym = true, mapping = 1 } end, "mapping")
 end
 check_error(function() mf:save(out .. "/f32scales.gguf", { format = "gguf", dtype = "Q4_0" }) end, "not representable in fp16")
 check(not exists(out .. "/f32scales.gguf"), "a refused GGUF export leaves nothing behind")
