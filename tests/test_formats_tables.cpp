@@ -131,7 +131,9 @@ TEST_CASE("dtype table: a round trip per type with both converters") {
   }
 }
 
-// A quantized linear of random weights on a uniform grid: group, bits, sym, fp16 scales.
+// A quantized linear of random weights on a uniform grid: group, bits, sym, fp16 scales; an
+// asymmetric grid's scales have 11 − bits significant bits, so that every −scale·zero is
+// fp16-exact too (what f16_scales does up to 4 bits).
 static QuantizedLinear random_qlinear(int64_t rows, int64_t cols, int bits, bool sym, int64_t group, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -143,7 +145,14 @@ static QuantizedLinear random_qlinear(int64_t rows, int64_t cols, int bits, bool
   s.sym = sym;
   s.group = group;
   s.f16_scales = true;
-  return quantize_to_grid(W, grid_fit(W, s));
+  Grid g = grid_fit(W, s);
+  if (!sym)
+    for (float& sc : g.scale) {
+      int e;
+      std::frexp(sc, &e);
+      sc = std::ldexp(std::nearbyint(std::ldexp(sc, 11 - bits - e)), e - (11 - bits));
+    }
+  return quantize_to_grid(W, g);
 }
 
 TEST_CASE("dtype table: GridFit::max_bits is what the exact encoders accept, and every accepted grid round trips exactly") {
@@ -179,6 +188,10 @@ TEST_CASE("dtype table: GridFit::max_bits is what the exact encoders accept, and
   CHECK(dtype_by_name("Q4_0")->grid.max_bits(true) == 4);
   CHECK(dtype_by_name("Q4_0")->grid.max_bits(false) == 3);
   CHECK(dtype_by_name("Q4_1")->grid.max_bits(false) == 4);
+  CHECK(dtype_by_name("Q5_0")->grid.max_bits(true) == 5);
+  CHECK(dtype_by_name("Q5_0")->grid.max_bits(false) == 4);
+  CHECK(dtype_by_name("Q5_1")->grid.max_bits(false) == 5);
+  CHECK(dtype_by_name("Q5_1")->grid.max_bits(true) == 5);
 }
 
 // ---- the exporter table: check_save refuses what save_model refuses ----------------------------
@@ -203,7 +216,8 @@ TEST_CASE("check_save on a grid plan and on the model refuses exactly what save_
     const char* format;
     const char* dtype;
   };
-  const Target targets[] = {{"gguf", "Q8_0"}, {"gguf", "Q4_0"}, {"gguf", "q4_1"}, {"gguf", ""}, {"gptq", ""}, {"hf", "BF16"}, {"qforge", ""}};
+  const Target targets[] = {{"gguf", "Q8_0"}, {"gguf", "Q4_0"}, {"gguf", "q4_1"}, {"gguf", "Q5_0"}, {"gguf", "Q5_1"},
+                            {"gguf", ""},     {"gptq", ""},     {"hf", "BF16"},   {"qforge", ""}};
   int cases = 0, refused = 0, data_dependent = 0;
   for (int bits : {2, 3, 4, 5, 7, 8})
     for (int sym = 0; sym < 2; ++sym)
@@ -255,7 +269,7 @@ TEST_CASE("check_save on a grid plan and on the model refuses exactly what save_
             refused += !saved;
           }
         }
-  CHECK(cases == 6 * 2 * 4 * 2 * 7);
+  CHECK(cases == 6 * 2 * 4 * 2 * 9);
   CHECK(refused > 100);  // the cases are not all one way
   CHECK(refused < cases - 100);
   CHECK(data_dependent < 20);  // the exception stays an exception (8 with stories260K: group 48's 16-column tail)
@@ -274,7 +288,7 @@ TEST_CASE("check_save: format and dtype refusals name the option, outliers/alloc
   CHECK(r.message == "unknown format 'onnx' (expected hf, gguf, gptq or qforge)");
   r = check_save({"gguf", "Q5_K"}, &p);
   CHECK(r.option == "save_dtype");
-  CHECK(r.message == "'Q5_K' is not a gguf dtype (F16, F32, Q4_0, Q4_1, Q8_0)");
+  CHECK(r.message == "'Q5_K' is not a gguf dtype (F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
   r = check_save({"hf", "q4_0"}, nullptr);
   CHECK(r.message == "'q4_0' is not a hf dtype (BF16, F16, F32)");
   r = check_save({"gptq", "F16"}, nullptr);
@@ -300,6 +314,16 @@ TEST_CASE("check_save: format and dtype refusals name the option, outliers/alloc
   CHECK(check_save({"gguf", "Q4_0"}, &o).message.find("Q4_0 is symmetric: pass sym=true (an asymmetric grid exports as Q4_1") != std::string::npos);
   o.bits = 3;  // an asymmetric 3-bit grid's code − zero lies in −7..7: Q4_0 stores it
   CHECK(check_save({"gguf", "Q4_0"}, &o).ok());
+  o.bits = 5;  // asymmetric 5-bit: Q5_1's codes, but f16_scales makes the min fp16-exact only up to 4 bits
+  CHECK(check_save({"gguf", "Q5_1"}, &o).message ==
+        "gguf Q5_1 cannot store this run's model: Q5_1's fp16 min −scale·zero: f16_scales makes it exact for asymmetric grids of at "
+        "most 4 bits, got bits=5 (or sym=true)");
+  CHECK(check_save({"gguf", "Q5_0"}, &o).message.find("Q5_0 is symmetric: pass sym=true (an asymmetric grid exports as Q5_1") != std::string::npos);
+  o.sym = true;
+  CHECK(check_save({"gguf", "Q5_1"}, &o).ok());
+  CHECK(check_save({"gguf", "Q5_0"}, &o).ok());
+  CHECK(check_save({"gguf", "Q4_0"}, &o).message == "gguf Q4_0 cannot store this run's model: Q4_0 holds 4-bit codes, got bits=5 (Q5_0 holds them)");
+  o.sym = false;
   o.bits = 8;
   CHECK(check_save({"gguf", "Q8_0"}, &o).message ==
         "gguf Q8_0 cannot store this run's model: Q8_0 holds signed 8-bit codes: an asymmetric grid needs bits <= 7 (or sym=true)");

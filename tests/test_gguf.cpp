@@ -128,6 +128,54 @@ TEST_CASE("Q4_1 reference block: hand-computed bytes and dequantization") {
   CHECK(y[31] == 14.f - 8.f);
 }
 
+TEST_CASE("Q5_0 reference block: hand-computed bytes and dequantization") {
+  // x_j = (j − 16)/2: the largest magnitude is x0 = −8, d = −8 / −16 = 0.5 (fp16 0x3800), id = 2,
+  // q_j = min(31, trunc(2·x_j + 16.5)) = trunc(j + 0.5) = j. qs[k] = q_k & 15 | (q_{k+16} & 15) << 4
+  // = 0x00, 0x11, ..., 0xFF; the 5th bits (q_j >= 16: j = 16..31) make qh = 0xFFFF0000 (LE).
+  float x[32];
+  for (int j = 0; j < 32; ++j) x[j] = 0.5f * (float)(j - 16);
+  std::string want = hexbytes({0x00, 0x38, 0x00, 0x00, 0xFF, 0xFF});
+  for (int k = 0; k < 16; ++k) want.push_back((char)(k * 0x11));
+  uint8_t blk[22];
+  quantize_blocks_ref("Q5_0", x, 32, blk);
+  CHECK(bytes_of(blk, 22) == want);
+  float y[32];
+  dequantize_blocks("Q5_0", blk, 32, y);
+  for (int j = 0; j < 32; ++j) CHECK(y[j] == x[j]);
+  // Mirrored, x_j = (16 − j)/2: the extreme x0 = +8 gives d = −0.5 (0xB800), id = −2, and
+  // q_j = trunc(−2·x_j + 16.5) = j again: same codes, negative scale, x = (q − 16)·(−0.5).
+  for (int j = 0; j < 32; ++j) x[j] = 0.5f * (float)(16 - j);
+  want[1] = (char)0xB8;
+  quantize_blocks_ref("Q5_0", x, 32, blk);
+  CHECK(bytes_of(blk, 22) == want);
+  dequantize_blocks("Q5_0", blk, 32, y);
+  for (int j = 0; j < 32; ++j) CHECK(y[j] == x[j]);
+  // One 5th bit alone: d = 1, qh bytes 00 04 00 00 = bit 10, qs[10] = 0x0A: element 10 has
+  // q = 10 + 16 = 26 → 10; element 26 (the high nibble of qs[10]) and all others q = 0 → −16.
+  uint8_t b2[22] = {0x00, 0x3C, 0x00, 0x04, 0x00, 0x00};
+  b2[6 + 10] = 0x0A;
+  dequantize_blocks("Q5_0", b2, 32, y);
+  for (int j = 0; j < 32; ++j) CHECK(y[j] == (j == 10 ? 10.f : -16.f));
+}
+
+TEST_CASE("Q5_1 reference block: hand-computed bytes and dequantization") {
+  // x_j = −4 + j/4 except x5 = −2.65, x6 = −2.37: min −4, max x31 = 3.75, d = 7.75/31 = 0.25
+  // (0x3400), m = −4 (0xC400), id = 4, q = min(31, trunc(4·(x + 4) + 0.5)) = j, except
+  // q5 = trunc(5.4 + 0.5) = 5 and q6 = trunc(6.52 + 0.5) = 7. qs[6] = 7 | 22 << 4 = 0x67.
+  float x[32];
+  for (int j = 0; j < 32; ++j) x[j] = -4.f + 0.25f * (float)j;
+  x[5] = -2.65f;
+  x[6] = -2.37f;
+  std::string want = hexbytes({0x00, 0x34, 0x00, 0xC4, 0x00, 0x00, 0xFF, 0xFF});
+  for (int k = 0; k < 16; ++k) want.push_back((char)(k == 6 ? 0x67 : k * 0x11));
+  uint8_t blk[24];
+  quantize_blocks_ref("Q5_1", x, 32, blk);
+  CHECK(bytes_of(blk, 24) == want);
+  float y[32];
+  dequantize_blocks("Q5_1", blk, 32, y);
+  for (int j = 0; j < 32; ++j) CHECK(y[j] == (j == 6 ? -2.25f : j == 5 ? -2.75f : -4.f + 0.25f * (float)j));
+}
+
 // The reference formulas written out again, per element, for random blocks (fp32 codes,
 // fp16-stored scale), compared byte for byte with quantize_blocks_ref.
 TEST_CASE("reference quantizers match the formulas on random blocks") {
@@ -177,6 +225,66 @@ TEST_CASE("reference quantizers match the formulas on random blocks") {
       quantize_blocks_ref("Q4_1", x, 32, got);
       CHECK(std::memcmp(got, want, 20) == 0);
     }
+    // Q5_0 and Q5_1: the 5th bit of code j at bit j of the u32 after the scale(s)
+    auto put5 = [](const int* q, uint8_t* p) {
+      uint32_t qh = 0;
+      for (int j = 0; j < 32; ++j) qh |= (uint32_t)(q[j] >> 4) << j;
+      std::memcpy(p, &qh, 4);
+      for (int j = 0; j < 16; ++j) p[4 + j] = (uint8_t)((q[j] & 15) | (q[j + 16] & 15) << 4);
+    };
+    {
+      const float d = maxv / -16, id = d ? 1 / d : 0;
+      const uint16_t h = f32_to_f16(d);
+      std::memcpy(want, &h, 2);
+      int q[32];
+      for (int j = 0; j < 32; ++j) q[j] = std::min(31, (int)(int8_t)(x[j] * id + 16.5f));
+      put5(q, want + 2);
+      quantize_blocks_ref("Q5_0", x, 32, got);
+      CHECK(std::memcmp(got, want, 22) == 0);
+    }
+    {
+      const float d = (mx - mn) / 31, id = d ? 1 / d : 0;
+      const uint16_t h = f32_to_f16(d), hm = f32_to_f16(mn);
+      std::memcpy(want, &h, 2);
+      std::memcpy(want + 2, &hm, 2);
+      int q[32];
+      for (int j = 0; j < 32; ++j) q[j] = std::min(31, (int)(int8_t)((x[j] - mn) * id + 0.5f));
+      put5(q, want + 4);
+      quantize_blocks_ref("Q5_1", x, 32, got);
+      CHECK(std::memcmp(got, want, 24) == 0);
+    }
+  }
+}
+
+TEST_CASE("Q5_0 / Q5_1 reference quantizers: decoded within half a step of the input") {
+  // Codes come from the f32 scale d and decode with fp16(d) (and fp16(min)): the error is at most
+  // |d|/2 plus the largest |code| times the scale's rounding (plus the min's for Q5_1).
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int trial = 0; trial < 500; ++trial) {
+    float x[32], y[32];
+    const float scale = std::ldexp(1.f, trial % 13 - 6);
+    for (float& v : x) v = scale * nd(rng) + (trial % 3 == 0 ? scale : 0.f);
+    float amax = 0, maxv = 0, mn = x[0], mx = x[0];
+    for (float v : x) {
+      if (std::fabs(v) > amax) amax = std::fabs(v), maxv = v;
+      mn = std::min(mn, v), mx = std::max(mx, v);
+    }
+    uint8_t b[24];
+    const float d0 = maxv / -16, d0h = f16_to_f32(f32_to_f16(d0));
+    quantize_blocks_ref("Q5_0", x, 32, b);
+    dequantize_blocks("Q5_0", b, 32, y);
+    // Code 32 is clamped to 31: an element beyond 15.5 steps (the extreme's opposite side) errs by
+    // up to one step, x/d − 15.
+    for (int j = 0; j < 32; ++j) {
+      const double steps = std::max(0.5, (double)x[j] / d0 - 15.0);
+      CHECK(std::fabs(y[j] - x[j]) <= steps * std::fabs(d0) + 16 * std::fabs(d0h - d0) + 1e-6f * amax);
+    }
+    const float d1 = (mx - mn) / 31, d1h = f16_to_f32(f32_to_f16(d1)), mh = f16_to_f32(f32_to_f16(mn));
+    quantize_blocks_ref("Q5_1", x, 32, b);
+    dequantize_blocks("Q5_1", b, 32, y);
+    for (int j = 0; j < 32; ++j)
+      CHECK(std::fabs(y[j] - x[j]) <= d1 / 2 + 31 * std::fabs(d1h - d1) + std::fabs(mh - mn) + 1e-6f * amax);
   }
 }
 
@@ -237,7 +345,93 @@ TEST_CASE("Q6_K dequantization of a handcrafted super-block with known sub-scale
   CHECK(quant_block_info("Q6_K", &be, &bb));
   CHECK(be == 256);
   CHECK(bb == 210);
-  CHECK(!quant_block_info("Q5_K", &be, &bb));
+  CHECK(quant_block_info("Q5_K", &be, &bb));
+  CHECK(bb == 176);
+  CHECK(!quant_block_info("Q8_K", &be, &bb));  // intermediate only: no decoder
+}
+
+// Q2_K and Q3_K order their 2-bit planes alike (formats.md): element i = 128h + 32k + l (half h,
+// quarter k, l < 32) is bits 2k, 2k+1 of qs[32h + l] and belongs to sub-block 8h + 2k + l/16.
+static void put_2bit(uint8_t* qs, int i, int v) { qs[32 * (i / 128) + i % 32] |= (uint8_t)(v << (2 * (i % 128 / 32))); }
+static int sub16(int i) { return 8 * (i / 128) + 2 * (i % 128 / 32) + i % 32 / 16; }
+
+TEST_CASE("Q2_K dequantization of a handcrafted super-block with known sub-scales") {
+  // scales[16] at 0 (low nibble scale, high nibble min), qs[64] at 16, d at 80, dmin at 82.
+  uint8_t b[84] = {};
+  for (int k = 0; k < 16; ++k) b[k] = (uint8_t)(k | ((k * 7) % 16) << 4);
+  auto q_of = [](int i) { return (i * 5 + i / 7) % 4; };
+  for (int i = 0; i < 256; ++i) put_2bit(b + 16, i, q_of(i));
+  const uint16_t d = f32_to_f16(0.5f), dmin = f32_to_f16(0.25f);
+  std::memcpy(b + 80, &d, 2);
+  std::memcpy(b + 82, &dmin, 2);
+  float y[256];
+  dequantize_blocks("Q2_K", b, 256, y);
+  for (int i = 0; i < 256; ++i) {
+    const int k = sub16(i);
+    CHECK(y[i] == 0.5f * (float)k * (float)q_of(i) - 0.25f * (float)((k * 7) % 16));
+  }
+  // By hand: element 17 is sub-block 1 (scale 1, min 7), q = 87 % 4 = 3: 0.5·3 − 0.25·7 = −0.25.
+  // Element 255: sub-block 15 (scale 15, min 9), q = 1311 % 4 = 3: 22.5 − 2.25 = 20.25.
+  CHECK(y[17] == -0.25f);
+  CHECK(y[255] == 20.25f);
+}
+
+TEST_CASE("Q3_K dequantization of a handcrafted super-block with known sub-scales") {
+  // hmask[32] at 0, qs[64] at 32, scales[12] at 96, d at 108. 6-bit scale k: low 4 bits in
+  // nibble k/8 of byte k%8, high 2 bits at bits 2·(k/4) of byte 8 + k%4; x = d·(sc − 32)·v, with
+  // v = 2 low bits − 4 when element i's hmask bit (bit 4h + k of hmask[l]) is clear.
+  const int sc[16] = {0, 63, 32, 31, 1, 47, 16, 33, 5, 60, 40, 8, 20, 52, 12, 44};
+  uint8_t b[110] = {};
+  for (int k = 0; k < 16; ++k) {
+    b[96 + k % 8] |= (uint8_t)((sc[k] & 15) << (4 * (k / 8)));
+    b[96 + 8 + k % 4] |= (uint8_t)((sc[k] >> 4) << (2 * (k / 4)));
+  }
+  auto v_of = [](int i) { return (i * 3 + 1) % 8 - 4; };
+  for (int i = 0; i < 256; ++i) {
+    const int u = v_of(i) + 4;  // 0..7: the high bit set means "no −4"
+    put_2bit(b + 32, i, u & 3);
+    b[i % 32] |= (uint8_t)((u >> 2) << (4 * (i / 128) + i % 128 / 32));
+  }
+  const uint16_t d = f32_to_f16(0.25f);
+  std::memcpy(b + 108, &d, 2);
+  float y[256];
+  dequantize_blocks("Q3_K", b, 256, y);
+  for (int i = 0; i < 256; ++i) CHECK(y[i] == 0.25f * (float)(sc[sub16(i)] - 32) * (float)v_of(i));
+  // By hand: element 0: scale 0 − 32, v = 1 − 4 = −3 → 0.25·(−32)·(−3) = 24. Element 130 (h 1, k 0,
+  // l 2): sub-block 8, scale 5 − 32 = −27, v = 391 % 8 − 4 = 3 → −20.25. Element 255: sub-block
+  // 15, scale 44 − 32 = 12, v = 766 % 8 − 4 = 2 → 6.
+  CHECK(y[0] == 24.f);
+  CHECK(y[130] == -20.25f);
+  CHECK(y[255] == 6.f);
+}
+
+TEST_CASE("Q5_K dequantization of a handcrafted super-block with known sub-scales") {
+  // Q4_K's header (d, dmin, 12 packed 6-bit scale/min bytes), then qh[32], qs[128]: element
+  // 64c + 32t + l has its low 4 bits in nibble t of qs[32c + l] and its 5th bit at bit 2c + t of qh[l].
+  const int sc[8] = {1, 17, 33, 63, 5, 40, 22, 59}, mn[8] = {0, 63, 2, 31, 48, 7, 16, 33};
+  uint8_t b[176] = {};
+  const uint16_t d = f32_to_f16(0.5f), dmin = f32_to_f16(0.25f);
+  std::memcpy(b, &d, 2);
+  std::memcpy(b + 2, &dmin, 2);
+  uint8_t* s = b + 4;
+  for (int j = 0; j < 4; ++j) {
+    s[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
+    s[j + 4] = (uint8_t)(mn[j] | ((mn[j + 4] >> 4) << 6));
+    s[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+  }
+  auto q_of = [](int i) { return (i * 11 + 7) % 32; };
+  for (int i = 0; i < 256; ++i) {
+    const int c = i / 64, t = i % 64 / 32, l = i % 32;
+    b[48 + 32 * c + l] |= (uint8_t)((q_of(i) & 15) << (4 * t));
+    b[16 + l] |= (uint8_t)((q_of(i) >> 4) << (2 * c + t));
+  }
+  float y[256];
+  dequantize_blocks("Q5_K", b, 256, y);
+  for (int i = 0; i < 256; ++i) CHECK(y[i] == 0.5f * (float)sc[i / 32] * (float)q_of(i) - 0.25f * (float)mn[i / 32]);
+  // By hand: element 0: q 7, scale 1, min 0 → 3.5; element 255: q = 2812 % 32 = 28, scale 59,
+  // min 33 → 826 − 8.25 = 817.75 (the 5th bit set: 28 = 16 + 12).
+  CHECK(y[0] == 3.5f);
+  CHECK(y[255] == 817.75f);
 }
 
 // ---- container round trip -----------------------------------------------------------------------
@@ -266,9 +460,10 @@ TEST_CASE("GGUF writer -> reader round trip: every value type and tensor type") 
   CHECK_THROWS_WITH_AS(w.add_kv("t.u8", GGUFValue::make_u8(1)), doctest::Contains("duplicate metadata key 't.u8'"), Error);
   w.set_alignment(64);
   // One tensor per writable type, with recognizable bytes.
-  const char* types[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"};
+  const char* types[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"};
+  const int ntypes = (int)std::size(types);
   std::vector<std::string> payload;
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < ntypes; ++k) {
     const GGMLTypeInfo* ti = ggml_type_by_name(types[k]);
     REQUIRE(ti);
     const uint64_t ne0 = 256, ne1 = 3;
@@ -325,8 +520,8 @@ TEST_CASE("GGUF writer -> reader round trip: every value type and tensor type") 
   CHECK_THROWS_WITH_AS(g.get_str("t.u8"), doctest::Contains("roundtrip.gguf': metadata 't.u8' has type u8, expected string"), Error);
   CHECK_THROWS_WITH_AS(g.get_int("missing.key", 0, 1), doctest::Contains("metadata 'missing.key' is missing"), Error);
 
-  REQUIRE(g.tensors.size() == 8);
-  for (int k = 0; k < 8; ++k) {
+  REQUIRE(g.tensors.size() == (size_t)ntypes);
+  for (int k = 0; k < ntypes; ++k) {
     const GGUFTensorInfo& t = g.tensors[k];
     CHECK(t.name == std::string("tensor_") + types[k]);
     CHECK(t.type_name() == types[k]);
@@ -468,7 +663,7 @@ static void quantize_model(Model& m, const GridSpec& spec, int scale_bits) {
   for (int b = 0; b < m.n_blocks(); ++b)
     for (Linear& l : m.block_mut(b).linears) {
       Grid g = grid_fit(l.weight, spec);
-      round_scales(g, scale_bits);
+      if (scale_bits) round_scales(g, scale_bits);  // 0: as fitted (spec.f16_scales)
       auto q = std::make_shared<QuantizedLinear>(quantize_to_grid(l.weight, g));
       l.weight = q->dequantize();
       l.quant = q;
@@ -512,6 +707,32 @@ TEST_CASE("stories260K quantized on g32 grids -> Q8_0 / Q4_0 / Q4_1 -> load: wei
     Model m = base.clone();
     quantize_model(m, gs(4, false, 32), 7);
     check_exact_reload(m, tmpdir() + "/q41.gguf", "Q4_1");
+  }
+  SUBCASE("Q5_0 from sym 5-bit, fitted with f16_scales, gptq and llamacpp mappings") {
+    GridSpec s = gs(5, true, 32);
+    s.f16_scales = true;
+    Model m = base.clone();
+    quantize_model(m, s, 0);
+    check_exact_reload(m, tmpdir() + "/q50.gguf", "Q5_0");
+    s.mapping = GridMapping::Llamacpp;  // negative scales (the signed extreme on code 0) as Q5_0's own
+    Model m2 = base.clone();
+    quantize_model(m2, s, 0);
+    check_exact_reload(m2, tmpdir() + "/q50_llamacpp.gguf", "Q5_0");
+    CHECK(gguf_read(tmpdir() + "/q50.gguf").get_int("general.file_type", 0, 100) == 8);
+  }
+  SUBCASE("Q5_1 from asym 5-bit (scales of 6 significant bits: scale·zero fp16-exact)") {
+    Model m = base.clone();
+    quantize_model(m, gs(5, false, 32), 6);
+    check_exact_reload(m, tmpdir() + "/q51.gguf", "Q5_1");
+    CHECK(gguf_read(tmpdir() + "/q51.gguf").get_int("general.file_type", 0, 100) == 9);
+  }
+  SUBCASE("narrower grids in Q5 blocks: asym 4-bit (f16_scales) -> Q5_1 and Q5_0") {
+    GridSpec s = gs(4, false, 32);
+    s.f16_scales = true;
+    Model m = base.clone();
+    quantize_model(m, s, 0);
+    check_exact_reload(m, tmpdir() + "/q4in51.gguf", "Q5_1");
+    check_exact_reload(m, tmpdir() + "/q4in50.gguf", "Q5_0");  // code − zero in −15..15
   }
   SUBCASE("grids that map although not g32 4-bit: sym 3-bit -> Q4_0, g64 and per-channel -> Q8_0") {
     Model m = base.clone();
@@ -576,7 +797,24 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
   SUBCASE("5 bits do not fit 4-bit blocks") {
     quant_one(m, 0, "q", gs(5, true, 32), 11);
     CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): zero 16 at row 1, group 1 with codes 0..31"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("outside Q4_0's -8..7 (Q5_0 stores these codes)"), Error);
     CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_1"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): 5-bit codes at row 1, group 1 do not fit Q4_1"), Error);
+  }
+  SUBCASE("6 bits do not fit Q5 blocks; asymmetric 5-bit is not Q5_0") {
+    quant_one(m, 0, "k", gs(6, true, 32), 11);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q5_0"), doctest::Contains("block 1 linear 'k' (blk.0.attn_k.weight): zero 32 at row 1, group 1 with codes 0..63"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q5_0"), doctest::Contains("outside Q5_0's -16..15 (Q8_0 stores these codes)"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q5_1"), doctest::Contains("block 1 linear 'k' (blk.0.attn_k.weight): 6-bit codes at row 1, group 1 do not fit Q5_1"), Error);
+    Model m5 = base.clone();
+    quantize_model(m5, gs(5, false, 32), 6);
+    CHECK_THROWS_WITH_AS(save_gguf(m5, nullptr, p, "Q5_0"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): zero"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m5, nullptr, p, "Q5_0"), doctest::Contains("asymmetric grids export as Q5_1"), Error);
+  }
+  SUBCASE("Q5_1 min -scale*zero not representable in fp16") {
+    Model m5 = base.clone();
+    quantize_model(m5, gs(5, false, 32), 6);
+    quant_one(m5, 3, "o", gs(5, false, 32), 11);  // fp16 scales, but scale·zero needs up to 16 bits
+    CHECK_THROWS_WITH_AS(save_gguf(m5, nullptr, p, "Q5_1"), doctest::Contains("block 4 linear 'o' (blk.3.attn_output.weight): Q5_1 min"), Error);
   }
   SUBCASE("asymmetric 4-bit is not Q4_0; asymmetric 8-bit is not Q8_0") {
     quant_one(m, 4, "gate", gs(4, false, 32), 7);
@@ -894,8 +1132,13 @@ TEST_CASE("GGUF model-level checks: architecture, tensor types, required metadat
 
   const std::string p1 = tiny_llama("arch.gguf", "gpt2");
   CHECK_THROWS_WITH_AS(open_gguf(p1), doctest::Contains(("file '" + p1 + "': metadata 'general.architecture' = 'gpt2' is not supported").c_str()), Error);
-  const std::string p2 = tiny_llama("q5k.gguf", "llama", 6 /* Q5_0 */);
-  CHECK_THROWS_WITH_AS(open_gguf(p2), doctest::Contains(("file '" + p2 + "': tensor 'blk.0.attn_q.weight' has type Q5_0, which qforge cannot read").c_str()), Error);
+  const std::string p2 = tiny_llama("q81.gguf", "llama", 9 /* Q8_1 */);
+  CHECK_THROWS_WITH_AS(open_gguf(p2), doctest::Contains(("file '" + p2 + "': tensor 'blk.0.attn_q.weight' has type Q8_1, which qforge cannot read").c_str()), Error);
+  // Q5_0 and Q5_1 read (zero blocks: x = −16·0 and 0·q + 0)
+  for (uint32_t type : {6u, 7u}) {
+    Model z = load_path(tiny_llama("q5.gguf", "llama", type));
+    CHECK(z.block(0).linear("q").weight.to_vector() == std::vector<float>(32 * 32, 0.f));
+  }
   const std::string p3 = tiny_llama("rope.gguf", "llama", 0, true);
   CHECK_THROWS_WITH_AS(open_gguf(p3), doctest::Contains("metadata 'llama.rope.dimension_count' = 8 differs from the head dimension 16"), Error);
   const std::string p4 = tiny_llama("nblocks.gguf", "llama", 0, false, true);

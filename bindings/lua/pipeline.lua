@@ -20,7 +20,7 @@ P.common_options = {
   eval_fp = false,        -- also evaluate the full-precision model first (results prefixed fp_)
   overrides = "",         -- per-layer grids or full precision: "re:^1%.=bits:8;skip:name:down" (P.overrides)
   true_sequential = false,
-  f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q8_0 and GPTQ lose nothing
+  f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ lose nothing
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
 }
 
@@ -47,10 +47,10 @@ P.common_help = {
   cache = "directory of full-precision results shared between runs (reference logits, CVXQ's gradient statistics), each file named by the fingerprint of the model's weights, the tokens and the options it was computed from: read when present, else computed and written there (qforge sweep sets it to SWEEP/cache; empty: off)",
   overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear; under the CVXQ allocation a rule pins bits (counted in target_bits) and skipped linears are outside the budget",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
-  f16_scales = "round grid scales to fp16 (asym: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q8_0 and GPTQ exports",
+  f16_scales = "round grid scales to fp16 (asym <= 4 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
   save_format = { "qforge | gguf | gptq | hf", choices = { "qforge", "gguf", "gptq", "hf" } },
-  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
+  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
 }
 
 -- Merges help tables: a recipe's plain-string help for an option with a declaration keeps the

@@ -66,7 +66,7 @@ static const std::vector<ExportFormat> kExportFormats = {
     {"hf", "HF", {"F32", "F16", "BF16"}, "F32", false, true, false, {},
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_hf(m, t, p, d); },
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { check_hf(m, t, p, d); }},
-    {"gguf", "GGUF", {"F32", "F16", "Q8_0", "Q4_0", "Q4_1"}, "F16", true, false, false, {},
+    {"gguf", "GGUF", {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}, "F16", true, false, false, {},
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_gguf(m, t, p, d); },
      [](const Model& m, const Tokenizer*, const std::string& p, const std::string& d) { check_gguf(m, p, d); }},
     {"gptq", "GPTQ", {}, "", false, true, true, {2, 3, 4, 8},
@@ -112,6 +112,10 @@ void save_model(const Model& m, const Tokenizer* tok, const std::string& path, c
   f->save(m, tok, path, o.dtype.empty() ? f->default_dtype : o.dtype);
 }
 
+// f16_scales makes the min −scale·zero fp16-exact too for asymmetric grids of at most this many
+// bits (quant/grid.cpp, round_scale_f16); a type that stores a min needs it.
+static constexpr int kF16MinBits = 4;
+
 // Why grids as `p` describes them cannot be stored by format f in dtype d ("" = storable).
 static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, const GridPlan& p) {
   const bool blocks = d && d->grid.cols > 0;
@@ -137,7 +141,15 @@ static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, con
         return std::string(d->name) + " holds signed " + std::to_string(S) + "-bit codes: an asymmetric grid needs bits <= " + std::to_string(A) +
                " (or sym=true)";
     }
-    if (p.bits > S) return std::string(d->name) + " holds " + std::to_string(S) + "-bit codes, got bits=" + bits;
+    if (p.bits > S) {
+      std::string alt;  // a type of the same block width that holds them
+      for (const DTypeTraits& o : dtype_table())
+        if (alt.empty() && o.grid.cols == g.cols && p.bits <= o.grid.max_bits(p.sym)) alt = std::string(" (") + o.name + " holds them)";
+      return std::string(d->name) + " holds " + std::to_string(S) + "-bit codes, got bits=" + bits + alt;
+    }
+    if (g.stores_min && !p.sym && p.bits > kF16MinBits)
+      return std::string(d->name) + "'s fp16 min −scale·zero: f16_scales makes it exact for asymmetric grids of at most " +
+             std::to_string(kF16MinBits) + " bits, got bits=" + bits + " (or sym=true)";
   }
   if (!f.bits.empty()) {
     bool ok = false;

@@ -3,8 +3,8 @@
 //
 //   hf      HF directory: config.json + model.safetensors (dequantized, "fake-quant"), tokenizer
 //           files carried over; dtype F32 | F16 | BF16
-//   gguf    GGUF v3, arch llama; dtype F32 | F16 (dequantized) or Q8_0 | Q4_0 | Q4_1 (codes; only
-//           when every linear's grid maps exactly onto the block format, else an error)
+//   gguf    GGUF v3, arch llama; dtype F32 | F16 (dequantized) or Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1
+//           (codes; only when every linear's grid maps exactly onto the block format, else an error)
 //   gptq    HF directory with GPTQ v1 safetensors (qweight/qzeros/scales/g_idx) + quantization_config
 //   qforge  qforge's own exact format: safetensors tensors + a versioned JSON header (any grid,
 //           mixed bits, outliers); round-trips exactly

@@ -3,8 +3,9 @@
 // Tensor types: norms and biases F32; token embedding and an untied classifier F32 when
 // dtype is F32, else F16 (qforge does not quantize them, so they keep what was evaluated up
 // to fp16 rounding, as llama-quantize's --token-embedding-type/--output-tensor-type f16);
-// linears in dtype: F32 / F16 from the weights, or Q8_0 / Q4_0 / Q4_1 encoded exactly from
-// Linear::quant (quant_blocks.h: a grid that does not map is an error, never re-rounded).
+// linears in dtype: F32 / F16 from the weights, or Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 encoded
+// exactly from Linear::quant (quant_blocks.h: a grid that does not map is an error, never
+// re-rounded).
 // A linear whose input width is not a multiple of 32 cannot be stored in 32-element blocks
 // by any GGUF type; it is written F32 (exact), as llama-quantize also falls back for such
 // tensors. q/k rows go out in RoPE-pair order (the converter's permutation).

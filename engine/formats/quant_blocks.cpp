@@ -20,6 +20,7 @@ static void wr_f16(uint8_t* p, float v) {
   std::memcpy(p, &h, 2);
 }
 static bool f16_exact(float v) { return f16_to_f32(f32_to_f16(v)) == v; }
+static uint32_t rd_u32(const uint8_t* p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
 bool quant_block_info(const std::string& t, int64_t* be, int64_t* bb) {
   const DTypeTraits* d = dtype_by_name(t);
@@ -52,6 +53,65 @@ static void deq_q4_1(const uint8_t* b, float* y) {
   }
 }
 
+// Q5_0 / Q5_1: 5-bit q of element j = low nibble as Q4_0 (byte j%16, high nibble for j >= 16),
+// 5th bit = bit j of the little-endian u32 qh.
+static int q5_code(uint32_t qh, const uint8_t* qs, int j) {
+  return ((qs[j % 16] >> (j < 16 ? 0 : 4)) & 0xF) | (int)((qh >> j) & 1) << 4;
+}
+
+static void deq_q5_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  const uint32_t qh = rd_u32(b + 2);
+  for (int j = 0; j < 32; ++j) y[j] = (float)(q5_code(qh, b + 6, j) - 16) * d;
+}
+
+static void deq_q5_1(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), m = rd_f16(b + 2);
+  const uint32_t qh = rd_u32(b + 4);
+  for (int j = 0; j < 32; ++j) y[j] = (float)q5_code(qh, b + 8, j) * d + m;
+}
+
+// The K types below compute x = (d·sc)·q − dmin·mn as ggml does. Every product of an fp16 by
+// these small integers is exact in f32, so a compiler's fused multiply-add gives the same bits.
+
+// Q2_K and Q3_K share the 2-bit plane order: element i = 128h + 32k + l (half h, quarter k,
+// l < 32) is bits 2k..2k+1 of qs[32h + l], in sub-block 8h + 2k + l/16 of 16 elements.
+static int k2_bits(const uint8_t* qs, int i) { return (qs[32 * (i / 128) + i % 32] >> (2 * (i % 128 / 32))) & 3; }
+static int k2_sub(int i) { return 8 * (i / 128) + 2 * (i % 128 / 32) + i % 32 / 16; }
+
+// Q2_K: scales[16] (low nibble scale, high nibble min per sub-block), qs[64], fp16 d, dmin.
+static void deq_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* sc = b;
+  const uint8_t* qs = b + 16;
+  const float d = rd_f16(b + 80), dmin = rd_f16(b + 82);
+  for (int i = 0; i < 256; ++i) {
+    const uint8_t s = sc[k2_sub(i)];
+    const float dl = d * (float)(s & 0xF), ml = dmin * (float)(s >> 4);
+    y[i] = dl * (float)k2_bits(qs, i) - ml;
+  }
+}
+
+// Q3_K sub-block k (0..15) scale, 6 bits: low 4 bits = nibble k/8 of byte k%8, high 2 bits =
+// bits 2·(k/4) of byte 8 + k%4; stored with offset 32.
+static int q3k_scale(const uint8_t* s, int k) {
+  return (((s[k % 8] >> (4 * (k / 8))) & 0xF) | (((s[8 + k % 4] >> (2 * (k / 4))) & 3) << 4)) - 32;
+}
+
+// Q3_K: hmask[32], qs[64], scales[12], fp16 d. Element i's high bit: bit 4h + k of hmask[l]
+// (i = 128h + 32k + l); value = 2 low bits − 4 when that bit is clear, so −4..3.
+static void deq_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* qs = b + 32;
+  const uint8_t* sc = b + 96;
+  const float d = rd_f16(b + 108);
+  for (int i = 0; i < 256; ++i) {
+    const int h = i / 128, k = i % 128 / 32, l = i % 32;
+    const int v = k2_bits(qs, i) - ((hm[l] >> (4 * h + k)) & 1 ? 0 : 4);
+    const float dl = d * (float)q3k_scale(sc, k2_sub(i));
+    y[i] = dl * (float)v;
+  }
+}
+
 // Sub-block k (0..7) of a Q4_K super-block: 6-bit scale and min from the 12 packed bytes.
 // k < 4: low 6 bits of bytes k (scale) and k+4 (min). k >= 4: the nibbles of byte k+4 give
 // the low 4 bits, the top 2 bits of bytes k−4 (scale) and k (min) the high 2 bits.
@@ -79,6 +139,25 @@ static void deq_q4_k(const uint8_t* b, float* y) {
     for (int l = 0; l < 32; ++l) y[64 * c + l] = d0 * (float)(qs[32 * c + l] & 0xF) - m0;
     for (int l = 0; l < 32; ++l) y[64 * c + 32 + l] = d1 * (float)(qs[32 * c + l] >> 4) - m1;
   }
+}
+
+// Q5_K: Q4_K's fields plus qh[32] before qs: element 64c + 32t + l has the nibble t of
+// qs[32c + l] and its 5th bit at bit 2c + t of qh[l].
+static void deq_q5_k(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), dmin = rd_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + 48;
+  for (int c = 0; c < 4; ++c)
+    for (int t = 0; t < 2; ++t) {
+      int sc, mn;
+      q4k_scale_min(scales, 2 * c + t, &sc, &mn);
+      const float d1 = d * (float)sc, m1 = dmin * (float)mn;
+      for (int l = 0; l < 32; ++l) {
+        const int q = ((qs[32 * c + l] >> (4 * t)) & 0xF) | ((qh[l] >> (2 * c + t)) & 1) << 4;
+        y[64 * c + 32 * t + l] = d1 * (float)q - m1;
+      }
+    }
 }
 
 static void deq_q6_k(const uint8_t* b, float* y) {
@@ -116,7 +195,12 @@ static void deq_row(const uint8_t* src, float* dst, int64_t n) {
 void dequantize_row_q8_0(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q8_0, 32, 34>(s, d, n); }
 void dequantize_row_q4_0(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_0, 32, 18>(s, d, n); }
 void dequantize_row_q4_1(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_1, 32, 20>(s, d, n); }
+void dequantize_row_q5_0(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q5_0, 32, 22>(s, d, n); }
+void dequantize_row_q5_1(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q5_1, 32, 24>(s, d, n); }
+void dequantize_row_q2_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q2_k, 256, 84>(s, d, n); }
+void dequantize_row_q3_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q3_k, 256, 110>(s, d, n); }
 void dequantize_row_q4_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_k, 256, 144>(s, d, n); }
+void dequantize_row_q5_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q5_k, 256, 176>(s, d, n); }
 void dequantize_row_q6_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q6_k, 256, 210>(s, d, n); }
 
 void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst) {
@@ -168,6 +252,32 @@ static void ref_q4_1(const float* x, uint8_t* b) {
   }
 }
 
+// Q5_0 / Q5_1 as Q4_0 / Q4_1 with 32 levels; the blocks are written by the grid packers below.
+static void ref_q5_0(const float* x, uint8_t* b) {
+  float amax = 0.f, max = 0.f;
+  for (int j = 0; j < 32; ++j)
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  const float d = max / -16.f, id = d != 0.f ? 1.f / d : 0.f;
+  int v[32];
+  for (int j = 0; j < 32; ++j) v[j] = std::min(31, (int)(int8_t)(x[j] * id + 16.5f)) - 16;
+  pack_block_q5_0(v, d, 0.f, b);
+}
+
+static void ref_q5_1(const float* x, uint8_t* b) {
+  float min = x[0], max = x[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+  const float d = (max - min) / 31.f, id = d != 0.f ? 1.f / d : 0.f;
+  int q[32];
+  for (int j = 0; j < 32; ++j) q[j] = std::min(31, (int)(int8_t)((x[j] - min) * id + 0.5f));
+  pack_block_q5_1(q, d, min, b);
+}
+
 template <void (*F)(const float*, uint8_t*), int64_t B>
 static void ref_row(const float* src, uint8_t* dst, int64_t n) {
   for (int64_t i = 0; i < n / 32; ++i) F(src + 32 * i, dst + B * i);
@@ -175,6 +285,8 @@ static void ref_row(const float* src, uint8_t* dst, int64_t n) {
 void quantize_row_q8_0_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q8_0, 34>(s, d, n); }
 void quantize_row_q4_0_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q4_0, 18>(s, d, n); }
 void quantize_row_q4_1_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q4_1, 20>(s, d, n); }
+void quantize_row_q5_0_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q5_0, 22>(s, d, n); }
+void quantize_row_q5_1_ref(const float* s, uint8_t* d, int64_t n) { ref_row<ref_q5_1, 24>(s, d, n); }
 
 static bool has_ref_quantizer(const DTypeTraits& t) { return t.is_block() && t.from_f32; }
 
@@ -202,6 +314,25 @@ void pack_block_q4_1(const int* v, float d, float m, uint8_t* blk) {
   wr_f16(blk, d);
   wr_f16(blk + 2, m);
   for (int j = 0; j < 16; ++j) blk[4 + j] = (uint8_t)(v[j] | (v[j + 16] << 4));
+}
+
+// Q5 codes 0..31: low nibbles as Q4_0 into qs[16], the 5th bits into the little-endian u32 qh.
+static void put_q5(const int* q, uint8_t* qh, uint8_t* qs) {
+  uint32_t h = 0;
+  for (int j = 0; j < 32; ++j) h |= (uint32_t)((q[j] >> 4) & 1) << j;
+  for (int k = 0; k < 4; ++k) qh[k] = (uint8_t)(h >> (8 * k));
+  for (int j = 0; j < 16; ++j) qs[j] = (uint8_t)((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+}
+void pack_block_q5_0(const int* v, float d, float, uint8_t* blk) {
+  int q[32];
+  for (int j = 0; j < 32; ++j) q[j] = v[j] + 16;
+  wr_f16(blk, d);
+  put_q5(q, blk + 2, blk + 6);
+}
+void pack_block_q5_1(const int* v, float d, float m, uint8_t* blk) {
+  wr_f16(blk, d);
+  wr_f16(blk + 2, m);
+  put_q5(v, blk + 4, blk + 8);
 }
 
 static bool grid_encodable(const DTypeTraits& t) { return t.grid.cols > 0; }
@@ -232,10 +363,11 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
              "); GGUF blocks need groups of a multiple of ", bc, " columns in natural order", fix);
   if (g.spec.kind != GridKind::Uniform)
     fail(what, ": a companded (non-uniform) grid (", g.spec.str(), ") cannot be stored in ", dtype, " blocks", fix);
-  // A type with a min that holds this grid's codes when this one cannot (for the hint).
-  auto min_type_for = [&](int maxq) -> const char* {
+  // Another type of this block width that holds codes 0..maxq with zero z (for the hint).
+  auto type_for = [&](float z, int maxq) -> const DTypeTraits* {
     for (const DTypeTraits& o : dtype_table())
-      if (o.grid.cols == bc && o.grid.stores_min && maxq <= o.grid.hi) return o.name;
+      if (&o != &t && o.grid.cols == bc && (o.grid.stores_min ? maxq <= o.grid.hi : -(int)z >= o.grid.lo && maxq - (int)z <= o.grid.hi))
+        return &o;
     return nullptr;
   };
   // Per (row, group): row groups share params (Grid::s/z index them), bits may vary per group.
@@ -252,9 +384,11 @@ void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, co
       // The codes 0..maxq minus the zero must land in the block's signed range.
       const int lo = fit.lo, hi = fit.hi;
       if (!fit.stores_min && (-(int)z < lo || maxq - (int)z > hi)) {
-        const char* alt = min_type_for(maxq);
-        fail(what, ": zero ", z, at, " with codes 0..", maxq, " (grid ", g.spec.str(), ") gives values outside ", dtype, "'s ",
-             lo, "..", hi, alt ? std::string(" (asymmetric grids export as ") + alt + ")" : std::string(), fix);
+        const DTypeTraits* alt = type_for(z, maxq);
+        const std::string hint = !alt ? "" : alt->grid.stores_min ? std::string(" (asymmetric grids export as ") + alt->name + ")"
+                                                                  : std::string(" (") + alt->name + " stores these codes)";
+        fail(what, ": zero ", z, at, " with codes 0..", maxq, " (grid ", g.spec.str(), ") gives values outside ", dtype, "'s ", lo, "..",
+             hi, hint, fix);
       }
       if (!f16_exact(s))
         fail(what, ": scale ", s, at, " is not representable in fp16; re-fit the grid with fp16 scales or export gguf F16");

@@ -5,8 +5,15 @@
 //   Q8_0 32 weights: fp16 d, int8 qs[32]                       x = d·q
 //   Q4_0 32 weights: fp16 d, u8 qs[16] (low nibbles 0..15, high 16..31)   x = d·(q − 8)
 //   Q4_1 32 weights: fp16 d, fp16 m, u8 qs[16]                  x = d·q + m
+//   Q5_0 32 weights: fp16 d, u8 qh[4] (5th bits, LE u32), u8 qs[16] (as Q4_0)   x = d·(q − 16)
+//   Q5_1 32 weights: fp16 d, fp16 m, u8 qh[4], u8 qs[16]         x = d·q + m
+//   Q2_K 256 weights: u8 scales[16] (4-bit scale | 4-bit min << 4 per 16), u8 qs[64],
+//        fp16 d, fp16 dmin                                      x = d·sc·q − dmin·mn, q 2-bit
+//   Q3_K 256 weights: u8 hmask[32], u8 qs[64], u8 scales[12] (16 packed 6-bit scales,
+//        offset 32), fp16 d                                     x = d·sc·q, q = 2 bits − 4·!hbit
 //   Q4_K 256 weights: fp16 d, fp16 dmin, u8 scales[12] (8 packed 6-bit scale/min pairs),
 //        u8 qs[128]                                             x = d·sc·q − dmin·mn
+//   Q5_K 256 weights: as Q4_K with u8 qh[32] (5th bits) before qs    x = d·sc·q − dmin·mn
 //   Q6_K 256 weights: u8 ql[128], u8 qh[64], int8 scales[16], fp16 d   x = d·sc·(q − 32)
 //
 // Two ways in: the reference quantizers (what llama.cpp's quantize does from f32, no imatrix)
@@ -29,32 +36,41 @@ bool quant_block_info(const std::string& dtype, int64_t* block_elems, int64_t* b
 // Dequantizes n elements (n a multiple of the block size) from src into dst.
 void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst);
 
-// llama.cpp's reference quantizers (quantize_row_*_ref) for Q8_0, Q4_0, Q4_1: codes from the
-// f32 scale, stored scale rounded to fp16. n a multiple of 32; dst holds n/32 blocks.
+// llama.cpp's reference quantizers (quantize_row_*_ref) for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: codes
+// from the f32 scale, stored scale rounded to fp16. n a multiple of 32; dst holds n/32 blocks.
 void quantize_blocks_ref(const std::string& dtype, const float* src, int64_t n, uint8_t* dst);
 
 // The table's row functions (n a multiple of the type's block size).
 void dequantize_row_q8_0(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q4_0(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q4_1(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q5_0(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q5_1(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q2_k(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q3_k(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q4_k(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_q5_k(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q6_k(const uint8_t* src, float* dst, int64_t n);
 void quantize_row_q8_0_ref(const float* src, uint8_t* dst, int64_t n);
 void quantize_row_q4_0_ref(const float* src, uint8_t* dst, int64_t n);
 void quantize_row_q4_1_ref(const float* src, uint8_t* dst, int64_t n);
-// One 32-element block from its stored integers (GridFit::pack): Q8_0 and Q4_0 take code − zero
-// (m unused), Q4_1 the codes and the min m.
+void quantize_row_q5_0_ref(const float* src, uint8_t* dst, int64_t n);
+void quantize_row_q5_1_ref(const float* src, uint8_t* dst, int64_t n);
+// One 32-element block from its stored integers (GridFit::pack): Q8_0, Q4_0 and Q5_0 take
+// code − zero (m unused), Q4_1 and Q5_1 the codes and the min m.
 void pack_block_q8_0(const int* v, float d, float m, uint8_t* blk);
 void pack_block_q4_0(const int* v, float d, float m, uint8_t* blk);
 void pack_block_q4_1(const int* v, float d, float m, uint8_t* blk);
+void pack_block_q5_0(const int* v, float d, float m, uint8_t* blk);
+void pack_block_q5_1(const int* v, float d, float m, uint8_t* blk);
 
-// Exact encoding of a quantized linear as Q8_0 | Q4_0 | Q4_1 rows.
+// Exact encoding of a quantized linear as Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 rows.
 // check_grid_encodable: the grid-level conditions, cheap, before anything is written:
 //   a uniform grid (not companded), no outliers; cols a multiple of 32 and every 32-column
 //   block inside one group (group a multiple of 32, or a g_idx that keeps blocks whole); per
 //   (row, group) at least 1 bit (no pruned groups), an integer zero with code − zero in the
-//   block's range for all codes 0..maxq (Q8_0 [−128, 127], Q4_0 [−8, 7], Q4_1 codes 0..15),
-//   the scale (and for Q4_1 the min −scale·zero) exact in fp16. Row groups and per-group bits
+//   block's range for all codes 0..maxq (Q8_0 [−128, 127], Q4_0 [−8, 7], Q5_0 [−16, 15], Q4_1
+//   codes 0..15, Q5_1 0..31), the scale (and for Q4_1/Q5_1 the min −scale·zero) exact in fp16. Row groups and per-group bits
 //   are fine when every group passes.
 // `what` names the linear ("block 3 linear 'q'") in errors.
 void check_grid_encodable(const QuantizedLinear& q, const std::string& dtype, const std::string& what);

@@ -44,6 +44,11 @@ do
     { spec = { bits = 4, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q4_1" },
     { spec = { bits = 3, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q4_0" },
     { spec = { bits = 8, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q8_0" },
+    { spec = { bits = 5, group = 32, sym = true, f16_scales = true }, format = "gguf", dtype = "Q5_0" },
+    { spec = { bits = 5, group = 32, sym = true, f16_scales = true }, format = "gguf", dtype = "Q4_0" },
+    { spec = { bits = 4, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q5_1" },
+    { spec = { bits = 5, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q5_0" },
+    { spec = { bits = 5, group = 32, sym = false, f16_scales = true }, format = "gguf", dtype = "Q5_1" },  -- fp16 min: f16_scales ≤ 4 bits
     { spec = { bits = 4, group = 32, sym = true, f16_scales = false }, format = "gguf", dtype = "Q8_0" },
     { spec = { bits = 5, group = 32, sym = true }, format = "gptq" },
     { spec = { bits = 4, group = 32, sym = true }, format = "gptq" },

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""qforge's GGML block decoders and Q5 encoders against llama.cpp's gguf-py (numpy dequantizers,
+no qforge code), bit for bit.
+
+  python3 scripts/verify_gguf_types.py [--build build] [--venv build/venv-verify] [--work runs/verify/gguf_types]
+
+1. qforge writes stories260K, RTN-quantized on grids that map exactly, as Q5_0 and Q5_1 (and
+   Q4_0, Q4_1, Q8_0) GGUFs; gguf-py dequantizes every tensor, which must equal both the weights
+   qforge evaluated (an F32 export of the quantized model in memory) and what qforge decodes
+   from the file (the file loaded back and exported F32).
+2. For every block type qforge reads (Q4_0 … Q6_K, Q2_K/Q3_K/Q5_K included, which qforge cannot
+   write), gguf-py's GGUFWriter writes a tiny llama whose linears are random raw blocks (fp16
+   scale fields set to finite random values); qforge loads it and exports F32; gguf-py's
+   dequantization of the raw blocks must equal it.
+Prints one line per file and exits 1 on any difference. gguf and numpy are installed into the venv
+when missing (PyPI).
+"""
+import argparse, os, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EXPORT = """
+local opt = qf.options({ dest = "" })
+local m = qf.load_model("../shared/models/stories260K")
+-- dtype, grid: each grid maps exactly onto its block type with fp16 scales
+local cases = {
+  { "Q5_0", { bits = 5, sym = true, group = 32 } },
+  { "Q5_0", { bits = 5, sym = true, group = 32, mapping = "llamacpp" }, "llamacpp" },
+  { "Q5_1", { bits = 4, group = 32 } },
+  { "Q5_1", { bits = 5, sym = true, group = 32 }, "sym5" },
+  { "Q4_0", { bits = 4, sym = true, group = 32 } },
+  { "Q4_1", { bits = 4, group = 32 } },
+  { "Q8_0", { bits = 8, sym = true, group = 32 } },
+}
+for _, c in ipairs(cases) do
+  local spec = c[2]
+  spec.f16_scales = true
+  local g = qf.grid(spec)
+  local q = m:clone()
+  for b = 1, q:nblocks() do for _, n in ipairs(q:linear_names()) do q:set_linear(b, n, qf.rtn(q:weight(b, n), g)) end end
+  local name = opt.dest .. "/" .. c[1] .. (c[3] and ("_" .. c[3]) or "")
+  q:save(name .. ".gguf", { format = "gguf", dtype = c[1] })
+  q:save(name .. ".mem_f32.gguf", { format = "gguf", dtype = "F32" })
+  qf.load_model(name .. ".gguf"):save(name .. ".back_f32.gguf", { format = "gguf", dtype = "F32" })
+  print("wrote " .. name .. ".gguf")
+end
+"""
+
+RELOAD = """
+local opt = qf.options({ src = "", dest = "" })
+qf.load_model(opt.src):save(opt.dest, { format = "gguf", dtype = "F32" })
+"""
+
+# Byte offsets of the fp16 fields (scales, mins) in each block type (formats.md's layouts).
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+
+
+def ensure_venv(venv):
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+    r = subprocess.run([py, "-c", "import gguf, numpy"], capture_output=True)
+    if r.returncode != 0:
+        subprocess.check_call([py, "-m", "pip", "install", "-q", "gguf", "numpy"])
+    if os.path.realpath(sys.prefix) != os.path.realpath(venv):
+        os.execv(py, [py] + sys.argv)
+
+
+def run_qforge(qf, script_text, work, name, args):
+    script = os.path.join(work, name + ".lua")
+    with open(script, "w") as f:
+        f.write(script_text)
+    r = subprocess.run([qf, "run", script] + args + ["out=" + os.path.join(work, "run_" + name)], cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"qforge run {name} failed:\n{r.stdout}\n{r.stderr}")
+
+
+def tensors(path):
+    """name -> (type name, gguf-py's dequantized float32 array)"""
+    import numpy as np
+    import gguf
+    out = {}
+    for t in gguf.GGUFReader(path).tensors:
+        deq = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+        out[t.name] = (t.tensor_type.name, deq.reshape(-1))
+    return out
+
+
+def differing(a, b):
+    """number of elements whose float32 bits differ (shape mismatch: all)"""
+    import numpy as np
+    if a.shape != b.shape:
+        return max(a.size, b.size)
+    return int(np.count_nonzero(a.view(np.uint32) != b.view(np.uint32)))
+
+
+def compare(label, quant, ref, only_linears=False):
+    """every tensor of the file `quant` (gguf-py dequantized) against the F32 file `ref`"""
+    q, r = tensors(quant), tensors(ref)
+    bad, n, types = 0, 0, set()
+    for name, (ty, v) in q.items():
+        if only_linears and not (name.startswith("blk.") and "norm" not in name):
+            continue
+        types.add(ty)
+        d = differing(v, r[name][1])
+        n += v.size
+        if d:
+            print(f"  {name} ({ty}): {d} of {v.size} values differ")
+        bad += d
+    print(f"{label}: {n} values in {len(q) if not only_linears else 'the linear'} tensors ({', '.join(sorted(types))}): "
+          f"{'bit-identical' if bad == 0 else f'{bad} DIFFER'}")
+    return bad == 0 and n > 0
+
+
+def random_llama(path, tname, rng):
+    """a one-block llama (dim 256, ffn 256, 2 heads, 1 kv head, vocab 8) whose linears are random raw `tname` blocks"""
+    import numpy as np
+    import gguf
+    qt = gguf.GGMLQuantizationType[tname]
+    elems, nbytes = gguf.GGML_QUANT_SIZES[qt]
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(16)
+    w.add_embedding_length(256)
+    w.add_block_count(1)
+    w.add_feed_forward_length(256)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_rope_dimension_count(128)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(8)
+    w.add_file_type(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((8, 256)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(256, dtype=np.float32))
+    shapes = {"attn_q": 256, "attn_k": 128, "attn_v": 128, "attn_output": 256, "ffn_gate": 256, "ffn_up": 256, "ffn_down": 256}
+    for lin, rows in shapes.items():
+        nblk = rows * 256 // elems
+        raw = rng.integers(0, 256, size=(nblk, nbytes), dtype=np.uint8)
+        for off in F16_FIELDS[tname]:  # finite scales of either sign, spanning several binades
+            h = (rng.standard_normal(nblk) * np.exp2(rng.integers(-12, 0, nblk))).astype(np.float16)
+            raw[:, off:off + 2] = h.view(np.uint8).reshape(nblk, 2)
+        w.add_tensor(f"blk.0.{lin}.weight", raw.reshape(rows, -1), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--venv", default=os.path.join(ROOT, "build", "venv-verify"))
+    ap.add_argument("--work", default=os.path.join(ROOT, "runs", "verify", "gguf_types"))
+    a = ap.parse_args()
+    ensure_venv(os.path.abspath(a.venv))
+    import numpy as np
+    import gguf
+    qf = os.path.join(os.path.abspath(a.build), "qforge")
+    work = os.path.abspath(a.work)
+    os.makedirs(work, exist_ok=True)
+    ver = getattr(gguf, "__version__", None)
+    if ver is None:
+        from importlib.metadata import version
+        ver = version("gguf")
+    print(f"gguf-py {ver}, numpy {np.__version__}; qforge {qf}")
+    ok = True
+
+    print("-- 1. qforge's exact exports (stories260K, RTN on fp16-scale grids)")
+    run_qforge(qf, EXPORT, work, "export", ["dest=" + work])
+    for name in ["Q5_0", "Q5_0_llamacpp", "Q5_1", "Q5_1_sym5", "Q4_0", "Q4_1", "Q8_0"]:
+        base = os.path.join(work, name)
+        ok &= compare(f"{name}.gguf vs the quantized model in memory", base + ".gguf", base + ".mem_f32.gguf", only_linears=True)
+        ok &= compare(f"{name}.gguf vs qforge's decoding of it", base + ".gguf", base + ".back_f32.gguf")
+
+    print("-- 2. random raw blocks written by gguf-py, decoded by qforge")
+    rng = np.random.default_rng(20)
+    for tname in F16_FIELDS:
+        src = os.path.join(work, f"random_{tname}.gguf")
+        dst = os.path.join(work, f"random_{tname}.qforge_f32.gguf")
+        random_llama(src, tname, rng)
+        run_qforge(qf, RELOAD, work, "reload", ["src=" + src, "dest=" + dst])
+        ok &= compare(f"random {tname} blocks", src, dst, only_linears=True)
+
+    print("all identical" if ok else "DIFFERENCES FOUND")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
