@@ -47,7 +47,7 @@ static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* ke
 
 static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
-  check_opts(L, arg, fn, {"bits", "sym", "mapping", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
+  check_opts(L, arg, fn, {"bits", "sym", "mapping", "importance", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
                           "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"});
   GridSpec s;
   s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
@@ -55,6 +55,9 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   s.group = opt_field_int(L, arg, "group", fn, s.group);
   const std::string mapping = opt_field_str(L, arg, "mapping", fn, "gptq");
   if (!grid_mapping_from_name(mapping, &s.mapping)) fail(fn, ": option 'mapping' must be \"gptq\" or \"llamacpp\", got \"", mapping, "\"");
+  const std::string importance = opt_field_str(L, arg, "importance", fn, "none");
+  if (!grid_importance_from_name(importance, &s.importance))
+    fail(fn, ": option 'importance' must be \"none\", \"diag\" or \"diag_x\", got \"", importance, "\"");
   s.mse = opt_field_bool(L, arg, "mse", fn, s.mse);
   s.maxshrink = (float)opt_field_num(L, arg, "maxshrink", fn, s.maxshrink);
   s.grid_points = (int)opt_field_int(L, arg, "grid_points", fn, s.grid_points);
@@ -97,6 +100,7 @@ static void push_spec(lua_State* L, const GridSpec& s) {
   set_field(L, "sym", s.sym);
   set_field(L, "group", s.group);
   if (s.mapping != GridMapping::Gptq) set_field(L, "mapping", std::string(grid_mapping_name(s.mapping)));
+  if (s.importance != GridImportance::None) set_field(L, "importance", std::string(grid_importance_name(s.importance)));
   set_field(L, "mse", s.mse);
   if (s.mse) {
     set_field(L, "maxshrink", (double)s.maxshrink);
@@ -244,8 +248,26 @@ static int q_tostring(lua_State* L) {
   return 1;
 }
 
+std::vector<float> importance_arg(lua_State* L, int arg, const char* fn, const GridSpec& spec, int64_t cols) {
+  if (lua_isnoneornil(L, arg)) {
+    if (spec.importance != GridImportance::None)
+      fail(fn, ": the grid's importance '", grid_importance_name(spec.importance), "' needs the column importances (argument ", arg,
+           ": a tensor of ", cols, " values, e.g. cal:sigma(b, name):diag())");
+    return {};
+  }
+  if (spec.importance == GridImportance::None)
+    fail(fn, ": argument ", arg, " (column importances) given, but the grid has importance \"none\" (qf.grid{..., importance = \"diag\"})");
+  const Tensor t = check_tensor(L, arg, fn).contiguous();
+  if (t.dim() != 1 || t.size(0) != cols)
+    fail(fn, ": argument ", arg, " (column importances) must be a 1-d tensor of ", cols, " values, got ", shape_str(t.shape()));
+  return t.to_vector();
+}
+
 static int f_fit_grid(lua_State* L) {
-  push_grid(L, grid_fit(check_tensor(L, 1, "fit_grid"), spec_arg(L, 2, "fit_grid")));
+  const Tensor& W = check_tensor(L, 1, "fit_grid");
+  const GridSpec spec = spec_arg(L, 2, "fit_grid");
+  const std::vector<float> imp = importance_arg(L, 3, "fit_grid", spec, W.dim() == 2 ? W.size(1) : 0);
+  push_grid(L, grid_fit(W, spec, imp.empty() ? nullptr : imp.data()));
   return 1;
 }
 
@@ -261,7 +283,7 @@ void open_grid(lua_State* L, int mod) {
                  {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
                   {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1}},
                  udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
-  set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 2}});
+  set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 3}});
 }
 
 // Exported through lua_util.h (with check_grid, check_qlinear, push_qlinear) for other binding files.

@@ -24,6 +24,7 @@
 #include "solvers/gptq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
+#include "solvers/refit_scales.h"
 #include "solvers/rtn.h"
 
 namespace qf::lua {
@@ -285,7 +286,10 @@ static const std::vector<OptionField>& iht_fields() {
 }
 
 static int f_rtn(lua_State* L) {
-  push_qlinear(L, rtn(check_tensor(L, 1, "rtn"), grid_spec_arg(L, 2, "rtn")));
+  const Tensor& W = check_tensor(L, 1, "rtn");
+  const GridSpec spec = grid_spec_arg(L, 2, "rtn");
+  const std::vector<float> imp = importance_arg(L, 3, "rtn", spec, W.dim() == 2 ? W.size(1) : 0);
+  push_qlinear(L, rtn(W, spec, imp.empty() ? nullptr : imp.data()));
   return 1;
 }
 
@@ -406,6 +410,22 @@ static int f_objective(lua_State* L) {
   return 2;
 }
 
+// qf.refit_scales(W, S, q) -> q2, {objective_before, objective_after, rows_improved, rows_damped}:
+// each row's scales refitted to the layer objective with the codes and zeros fixed
+// (methods.md#refit-scales).
+static int f_refit_scales(lua_State* L) {
+  const char* fn = "refit_scales";
+  const LayerProblem p = LayerProblem::make(check_tensor(L, 1, fn), check_tensor(L, 2, fn), {}, 0, "", fn);
+  RefitResult r = refit_scales(p, check_qlinear(L, 3, fn));
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 4);
+  set_field(L, "objective_before", r.objective_before);
+  set_field(L, "objective_after", r.objective_after);
+  set_field(L, "rows_improved", r.rows_improved);
+  set_field(L, "rows_damped", r.rows_damped);
+  return 2;
+}
+
 // decoupleQ's layer stage: the registry's "decoupleq" fields.
 static int f_alt_min(lua_State* L) {
   const char* fn = "alt_min";
@@ -443,7 +463,8 @@ void open_solvers(lua_State* L, int mod) {
              {"solve", qf_guard<f_solve>, 4},
              {"solver_options", qf_guard<f_solver_options>, 1},
              {"check_solver_options", qf_guard<f_check_solver_options>, 2},
-             {"rtn", qf_guard<f_rtn>, 2},
+             {"rtn", qf_guard<f_rtn>, 3},
+             {"refit_scales", qf_guard<f_refit_scales>, 3},
              {"gptq", qf_guard<f_gptq>, 4},
              {"cd_sweep", qf_guard<f_cd_sweep>, 5},
              {"quantease", qf_guard<f_quantease>, 4},

@@ -334,6 +334,26 @@ static int t_norm(lua_State* L) {
   else lua_pushnumber(L, p == 2 ? tensor_stats(t).norm() : norm_all(t, p));
   return 1;
 }
+// t:diag(): a square 2-d tensor's diagonal as a new 1-d f32 tensor (Σ's column importances), or a
+// 1-d tensor as a new diagonal matrix (Torch7's diag without an offset).
+static int t_diag(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "diag");
+  if (t.dim() == 2 && t.size(0) == t.size(1)) {
+    const int64_t n = t.size(0);
+    Tensor d = Tensor::empty({n});
+    for (int64_t i = 0; i < n; ++i) d.f32()[i] = t.get({i, i});
+    push_tensor(L, d);
+  } else if (t.dim() == 1) {
+    const int64_t n = t.size(0);
+    Tensor d = Tensor::zeros({n, n});
+    for (int64_t i = 0; i < n; ++i) d.f32()[i * n + i] = t.get({i});
+    push_tensor(L, d);
+  } else {
+    fail("diag: expected a square 2-d or a 1-d tensor, got ", shape_str(t.shape()));
+  }
+  return 1;
+}
+
 static int t_abs_max(lua_State* L) {
   lua_pushnumber(L, nonempty_stats(check_tensor(L, 1, "abs_max"), "abs_max").absmax);
   return 1;
@@ -625,6 +645,7 @@ void open_tensor(lua_State* L, int mod) {
                   {"max", qf_guard<t_max>, 3},
                   {"norm", qf_guard<t_norm>, 4},
                   {"abs_max", qf_guard<t_abs_max>, 1},
+                  {"diag", qf_guard<t_diag>, 1},
                   {"add", qf_guard<t_add>, 3},
                   {"sub", qf_guard<t_inplace<BinOp::Sub>>, 2},
                   {"mul", qf_guard<t_inplace<BinOp::Mul>>, 2},

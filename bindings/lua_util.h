@@ -174,6 +174,9 @@ const ReferenceLogits* test_reference(lua_State* L, int idx);  // nullptr when i
 
 // ---- grids (lua_grid.cpp): the qf.grid{...} spec argument, Grid and QLinear userdata ----
 GridSpec grid_spec_arg(lua_State* L, int arg, const char* fn);
+// The optional column-importance tensor (1-d, cols values) at arg: required exactly when the spec
+// has importance (methods.md#grid-importance); empty when absent.
+std::vector<float> importance_arg(lua_State* L, int arg, const char* fn, const GridSpec& spec, int64_t cols);
 Grid& check_grid(lua_State* L, int arg, const char* fn);
 QuantizedLinear& check_qlinear(lua_State* L, int arg, const char* fn);
 void push_qlinear(lua_State* L, QuantizedLinear q);  // the userdata every solver returns

@@ -26,6 +26,9 @@ local opt = P.options(P.finetune_options(C.options({
     iters = { "QuantEase sweeps", min = 1 }, init = { "QuantEase start when ratio=0: w | rtn | gptq", choices = { "w", "rtn", "gptq" } } })))
 -- With the allocation, ctx.cal only feeds the statistics pass: no full-precision chain there.
 if opt.alloc then C.check_options(opt) end
+if not opt.alloc and opt.ratio > 0 and opt.importance ~= "none" then
+  qf.option_error("importance", "does not apply to the outlier grid (the trimmed min-max range, docs/methods.md#outlier-grid)")
+end
 local ctx = P.prepare(opt, opt.finetune and not opt.alloc)
 local m = ctx.model
 

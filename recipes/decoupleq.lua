@@ -14,6 +14,8 @@ local opt = P.options(P.finetune_options(P.solver_options("decoupleq",
   { "iters", "round", "shrink_search", "percdamp", "act_order", "pgd_steps", "pgd_inner_steps", "pgd_lr" }, { bits = 2 })))
 if opt.mse then qf.option_error("mse", "does not apply to decoupleQ (its (s, z) search is shrink_search)") end
 if opt.f16_scales then qf.option_error("f16_scales", "does not apply to decoupleQ (s and z are free floats)") end
+if opt.mapping ~= "gptq" then qf.option_error("mapping", "does not apply to decoupleQ (s and z are free floats)") end
+if opt.importance ~= "none" then qf.option_error("importance", "does not apply to decoupleQ (its (s, z) search is shrink_search, then the Σ-weighted float step)") end
 
 local grid = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, float_zero = true }
 local solve = P.solver("decoupleq", opt, grid)  -- bad options fail now, not after calibration

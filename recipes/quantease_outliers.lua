@@ -3,11 +3,15 @@
 -- full precision.
 --   qforge run recipes/quantease_outliers.lua bits=3 ratio=0.01
 local P = require("qforge.pipeline")
-local opt = P.options(P.finetune_options(P.solver_options("quantease_outliers", { "ratio", "structured", "iters", "alpha" })))
+local opt = P.options(P.refit_options(P.finetune_options(P.solver_options("quantease_outliers", { "ratio", "structured", "iters", "alpha" }))))
+if opt.importance ~= "none" and opt.ratio > 0 then
+  qf.option_error("importance", "does not apply to the outlier grid (the trimmed min-max range, docs/methods.md#outlier-grid)")
+end
+local grid = P.grid(opt)  -- bad grid options fail now, not after calibration
 local ctx = P.prepare(opt)
-local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, P.solver("quantease_outliers", opt, grid),
-                           { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
+                           { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
+                           refit_scales = opt.refit_scales })
 P.record_summary(s)
 P.evaluate(ctx, opt)

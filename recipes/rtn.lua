@@ -3,11 +3,15 @@
 -- other methods).
 --   qforge run recipes/rtn.lua bits=3 group=32
 local P = require("qforge.pipeline")
-local opt = P.options(P.finetune_options())
+local opt = P.options(P.refit_options(P.finetune_options()))
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
-local s = P.quantize_model(ctx.model, ctx.cal, function(l, g) return qf.rtn(l.W, g or grid) end,
-  { true_sequential = opt.true_sequential, finetune = P.finetune(opt) })
+local s = P.quantize_model(ctx.model, ctx.cal, function(l, g)
+  local spec = g or grid  -- an importance grid weighs its fit by diag Σ (methods.md#grid-importance)
+  return qf.rtn(l.W, spec, spec.importance and l.sigma:diag() or nil)
+end,
+  { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
+                           refit_scales = opt.refit_scales })
 P.record_summary(s)
 P.evaluate(ctx, opt)

@@ -347,6 +347,15 @@ opt_err gptq.lua "rule 1 'name:q': expected SELECTOR=key:value,... or skip:SELEC
 opt_err cvxq.lua "option 'overrides': rule 1 'name:q=group:32': under the CVXQ allocation a rule pins its linears' grid and its bits count in target_bits: give bits" $FAST 'overrides=name:q=group:32'
 opt_err cvxq.lua "option 'overrides': the pinned linears (rule 1 're:^[1-5]\.(q|k|v|o|gate|up)\$=bits:8') take 6.056 of the 3 bits/weight budget" $FAST target_bits=3 'overrides=re:^[1-5]\.(q|k|v|o|gate|up)$=bits:8'
 opt_err cvxq.lua "option 'overrides': every linear is pinned or skipped" $FAST 'overrides=block:1..5=bits:4'
+# Grid mapping and importance (methods.md#grid-mappings, #grid-importance): refused where they do not apply.
+opt_err gptq.lua "option 'mapping': llamacpp is llama.cpp's symmetric mapping: give sym=true" $FAST mapping=llamacpp
+opt_err gptq.lua "option 'mapping' must be one of" $FAST mapping=q4_0
+opt_err rtn.lua "option 'importance': and mse are two range searches" $FAST importance=diag mse=true
+opt_err quantease_outliers.lua "option 'importance': does not apply to the outlier grid" $FAST importance=diag
+opt_err decoupleq.lua "option 'mapping': does not apply to decoupleQ" $FAST mapping=llamacpp sym=true
+opt_err decoupleq.lua "option 'importance': does not apply to decoupleQ" $FAST importance=diag
+opt_err cvxq.lua "option 'mapping': does not apply to the CVXQ allocation's grids" $FAST mapping=llamacpp sym=true
+opt_err gptq.lua "its scales are positive: mapping=llamacpp" $FAST mapping=llamacpp sym=true bits=4 save="$WORK/neg" save_format=gptq
 run cxo run recipes/cvxq.lua $FAST target_bits=3 'overrides=block:1=bits:8;skip:name:down' out="$WORK/cxo"
 expect_rc "cvxq with overrides" 0
 expect_in "cvxq overrides summary" stdout "overrides: 7 linears pinned, 4 skipped (full precision); the other 24 linears get"

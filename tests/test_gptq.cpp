@@ -15,6 +15,7 @@
 #include "layer_problems.h"
 #include "core/rng.h"
 #include "solvers/rtn.h"
+#include "solvers/solver.h"
 
 using namespace qf;
 using Eigen::MatrixXd;
@@ -495,4 +496,31 @@ TEST_CASE("strided (non-contiguous) W and Σ give the same result as contiguous 
   CHECK(a.q.codes.to_vector() == b.q.codes.to_vector());
   CHECK(a.q.grid.scale == b.q.grid.scale);
   CHECK(a.q.grid.g_idx == b.q.grid.g_idx);
+}
+
+// Grid importance (methods.md#grid-importance) through the registry: every fixed-grid solver
+// passes diag Σ to the fit. On inputs whose scales spread over an order of magnitude, weighing the
+// scale search by Σ_jj lowers RTN's layer objective clearly, and the solvers that start from or
+// fit the same grids do no worse than on min/max grids; a solver that cannot weigh its grid
+// refuses the option.
+TEST_CASE("grid importance diag: every solver gets diag Σ; RTN's objective falls; outliers refuse it") {
+  const test::Problem pr = test::scaled_problem(48, 128, 21, 512, 0.3);
+  const LayerProblem p = LayerProblem::make(pr.W, pr.S);
+  GridSpec a;
+  a.bits = 3;
+  a.sym = true;
+  a.group = 32;
+  a.mapping = GridMapping::Llamacpp;
+  GridSpec b = a;
+  b.importance = GridImportance::Diag;
+  for (const char* solver : {"rtn", "gptq", "quantease"}) {
+    nlohmann::json o = nlohmann::json::object();
+    if (std::string(solver) == "gptq") o = {{"act_order", true}};
+    const double ea = solve_layer(solver, p, a, o).info["objective"].get<double>();
+    const double eb = solve_layer(solver, p, b, o).info["objective"].get<double>();
+    MESSAGE(std::string(solver), ": objective with importance / min-max = ", eb / ea);
+    if (std::string(solver) == "rtn") CHECK(eb < 0.9 * ea);
+    else CHECK(eb < ea);
+  }
+  CHECK_THROWS_WITH_AS(solve_layer("quantease_outliers", p, b, {{"ratio", 0.01}}), doctest::Contains("does not apply to the outlier grid"), Error);
 }

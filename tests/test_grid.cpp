@@ -234,6 +234,85 @@ TEST_CASE("mapping llamacpp: fp16 scales keep their sign; quantize_to_grid round
   CHECK(!grid_mapping_from_name("q4_0", &m));
 }
 
+// Σ_j w_j (x_j − Q(x_j))² of row r over its groups (f64).
+static double weighted_err(const Grid& g, const Tensor& W, const std::vector<float>& w, int64_t r) {
+  double e = 0;
+  for (int64_t j = 0; j < W.size(1); ++j) {
+    const float x = W.get({r, j});
+    const double d = (double)g.quantize(x, r, g.g_idx[(size_t)j]) - (double)x;
+    e += (double)w[(size_t)j] * d * d;
+  }
+  return e;
+}
+
+TEST_CASE("importance search: never a larger weighted error than min/max, much smaller when a few columns dominate") {
+  Rng rng(5);
+  for (int bits : {2, 3, 4, 8})
+    for (bool sym : {true, false})
+      for (bool f16 : {false, true})
+        for (GridImportance imp : {GridImportance::Diag, GridImportance::DiagX}) {
+          const Tensor W = random_w(16, 96, 100 + bits, true);
+          std::vector<float> w(96);
+          for (float& v : w) v = (float)std::exp(3.0 * rng.normal());  // importances spread over e^±9
+          GridSpec a = spec_of(bits, sym, 32), b = a;
+          a.f16_scales = b.f16_scales = f16;
+          if (sym) a.mapping = b.mapping = GridMapping::Llamacpp;
+          b.importance = imp;
+          const Grid ga = grid_fit(W, a), gb = grid_fit(W, b, w.data());
+          // The weights the search minimized (diag_x: × √(σ² + x²) per cell).
+          double ea = 0, eb = 0;
+          for (int64_t r = 0; r < 16; ++r) {
+            std::vector<float> ww = w;
+            if (imp == GridImportance::DiagX)
+              for (int64_t k = 0; k < 3; ++k) {
+                double ss = 0;
+                for (int64_t j = 32 * k; j < 32 * k + 32; ++j) ss += std::pow((double)W.get({r, j}), 2);
+                for (int64_t j = 32 * k; j < 32 * k + 32; ++j)
+                  ww[(size_t)j] = (float)((double)w[(size_t)j] * std::sqrt(ss / 32 + std::pow((double)W.get({r, j}), 2)));
+              }
+            const double ra = weighted_err(ga, W, ww, r), rb = weighted_err(gb, W, ww, r);
+            CHECK(rb <= ra * (1 + 1e-6) + 1e-30);
+            ea += ra, eb += rb;
+          }
+          if (bits <= 4) {
+            INFO("bits ", bits, " sym ", sym, " f16 ", f16, " ", grid_importance_name(imp), ": ", eb / ea);
+            CHECK(eb < 0.9 * ea);
+          }
+          if (f16)
+            for (float sc : gb.scale) CHECK(f16_to_f32(f32_to_f16(sc)) == sc);
+          if (!sym)
+            for (float z : gb.zero) CHECK((z == std::nearbyint(z) && z >= 0 && z <= (float)((1 << bits) - 1)));
+        }
+}
+
+TEST_CASE("importance search: equal weights match or beat min/max on plain squared error; errors name what is missing") {
+  const Tensor W = random_w(32, 64, 9, true);
+  std::vector<float> one(64, 1.f);
+  GridSpec a = spec_of(3, false, 32), b = a;
+  b.importance = GridImportance::Diag;
+  double ea = 0, eb = 0;
+  const Grid ga = grid_fit(W, a), gb = grid_fit(W, b, one.data());
+  for (int64_t r = 0; r < 32; ++r) ea += weighted_err(ga, W, one, r), eb += weighted_err(gb, W, one, r);
+  MESSAGE("3-bit asym g32, unit importances: squared error / min-max's = ", eb / ea);
+  CHECK(eb < 0.95 * ea);
+  CHECK_THROWS_WITH_AS(grid_fit(W, b), doctest::Contains("needs the columns' importances"), Error);
+  std::vector<float> bad = one;
+  bad[40] = -1.f;
+  CHECK_THROWS_WITH_AS(grid_fit(W, b, bad.data()), doctest::Contains("importance of column 9 of group 2"), Error);
+  GridSpec c = b;
+  c.mse = true;
+  CHECK_THROWS_WITH_AS(grid_fit(W, c, one.data()), doctest::Contains("importance and mse"), Error);
+  c = b;
+  c.float_zero = true;
+  CHECK_THROWS_WITH_AS(grid_fit(W, c, one.data()), doctest::Contains("integer zero"), Error);
+  CHECK(b.str().find("importance-diag") != std::string::npos);
+  // All-zero importances (dead inputs): the min/max grid.
+  std::vector<float> zero(64, 0.f);
+  const Grid gz = grid_fit(W, b, zero.data());
+  CHECK(gz.scale == ga.scale);
+  CHECK(gz.zero == ga.zero);
+}
+
 TEST_CASE("ragged last group: 172 columns, group 32 → 6 groups, the last 12 wide; each column uses its group") {
   const Tensor W = random_w(5, 172, 7);
   for (bool sym : {false, true}) {

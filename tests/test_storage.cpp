@@ -31,6 +31,21 @@ TEST_CASE("storage_bits: uniform grids are bits + 32 bits per (row, group)") {
   b = storage_bits(q);
   CHECK(b.params == 6 * 3 * 32);
   CHECK(b.per_weight() == doctest::Approx(3 + 6 * 3 * 32.0 / 240));
+  // symmetric: the zero is fixed by the bits, only the fp16 scale is stored (Q4_0 g32: 4.5 bits)
+  s.sym = true;
+  s.bits = 4;
+  s.group = 32;
+  const Tensor W64 = random_weight(2, 4, 64);
+  b = storage_bits(quantize_to_grid(W64, grid_fit(W64, s)));
+  CHECK(b.params == 4 * 2 * 16);
+  CHECK(b.per_weight() == doctest::Approx(4.5));
+  s.float_zero = true;  // decoupleQ-style free (s, z): both stored
+  b = storage_bits(quantize_to_grid(W64, grid_fit(W64, s)));
+  CHECK(b.params == 4 * 2 * 32);
+  s.float_zero = false;
+  s.sym = false;
+  s.bits = 3;
+  s.group = 16;
   // outliers: 48 bits each (COO)
   q.outliers.row = {0, 4};
   q.outliers.col = {3, 7};

@@ -348,6 +348,10 @@ end
 -- model-dependent checks follow in C.load_allocation.
 function C.check_options(opt)
   check_sensitivity(opt)
+  -- The allocation fits its own grids (C.grid): llama.cpp's mapping and the importance search are
+  -- for the uniform grids of P.grid.
+  if opt.mapping ~= nil and opt.mapping ~= "gptq" then qf.option_error("mapping", "does not apply to the CVXQ allocation's grids (C.grid)") end
+  if opt.importance ~= nil and opt.importance ~= "none" then qf.option_error("importance", "does not apply to the CVXQ allocation's grids (C.grid)") end
   if opt.target_bits ~= nil and opt.bmax ~= nil and opt.target_bits > opt.bmax then
     qf.option_error("target_bits", string.format("%g exceeds bmax=%d (the most bits a group may get)", opt.target_bits, opt.bmax))
   end

@@ -9,6 +9,8 @@ local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.ov
 P.common_options = {
   model = "../shared/models/stories260K",
   bits = 4, group = -1, sym = false, mse = false,
+  mapping = "gptq",       -- how a symmetric range becomes (scale, zero): the GPTQ reference's or llama.cpp's
+  importance = "none",    -- weigh the grid fit by diag Σ (llama.cpp's imatrix): none | diag | diag_x
   calib_text = "../shared/data/tinystories_head.txt",
   calib_fraction = 0.5,   -- calibration windows come from the first fraction of the text's tokens
   nsamples = 128, seqlen = 256,
@@ -31,6 +33,10 @@ P.common_help = {
   group = { "columns per quantization group (-1: one group per row)", min = 1, also = { -1 } },
   sym = "symmetric grid (zero point at the middle code) instead of asymmetric min/max",
   mse = "fit each group's clipping range by squared error (shrink search) instead of min/max",
+  mapping = { "symmetric grids: gptq (the GPTQ reference: scale 2·max|w|/maxq, zero (maxq+1)/2) or llamacpp (llama.cpp's Q4_0/Q5_0/Q8_0: the signed extreme on code 0, step max|w|/2^(bits-1)); docs/methods.md#grid-mappings",
+              choices = { "gptq", "llamacpp" } },
+  importance = { "grid fit weighted by column importance diag(Sigma) (llama.cpp's imatrix): none (min/max), diag (weights Sigma_jj), diag_x (Sigma_jj*sqrt(sigma^2+w^2), llama.cpp's) — a weighted least-squares scale search; docs/methods.md#grid-importance",
+                 choices = { "none", "diag", "diag_x" } },
   calib_text = "text file: calibration windows from its first calib_fraction of tokens, held-out perplexity on the rest",
   calib_fraction = { "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest", gt = 0, lt = 1 },
   nsamples = { "calibration windows", min = 1 },
@@ -47,7 +53,7 @@ P.common_help = {
   cache = "directory of full-precision results shared between runs (reference logits, CVXQ's gradient statistics), each file named by the fingerprint of the model's weights, the tokens and the options it was computed from: read when present, else computed and written there (qforge sweep sets it to SWEEP/cache; empty: off)",
   overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear; under the CVXQ allocation a rule pins bits (counted in target_bits) and skipped linears are outside the budget",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
-  f16_scales = "round grid scales to fp16 (asym <= 4 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
+  f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
   save_format = { "qforge | gguf | gptq | hf", choices = { "qforge", "gguf", "gptq", "hf" } },
   save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
@@ -91,6 +97,18 @@ function P.finetune_options(own, help)
   own, help = own or {}, help or {}
   for k, v in pairs(FT) do if own[k] == nil then own[k] = v end end
   for k, v in pairs(FT_HELP) do if help[k] == nil then help[k] = v end end
+  return own, help
+end
+
+-- The scale refit (docs/methods.md#refit-scales) a recipe offers: after each solve, every row's
+-- scales are refitted to the layer objective with the codes fixed (qf.refit_scales); pass
+-- opts.refit_scales = opt.refit_scales to P.quantize_model.
+function P.refit_options(own, help)
+  own, help = own or {}, help or {}
+  if own.refit_scales == nil then own.refit_scales = false end
+  if help.refit_scales == nil then
+    help.refit_scales = "after each solve: refit every row's scales to the layer objective with the codes and zeros fixed (least squares under Sigma; a row keeps the new scales only when its loss falls; docs/methods.md#refit-scales)"
+  end
   return own, help
 end
 
@@ -155,8 +173,17 @@ local function slice(t, first, last)
 end
 
 -- The grid spec of the common options.
+local function check_grid_options(opt)
+  if opt.mapping == "llamacpp" and not opt.sym then qf.option_error("mapping", "llamacpp is llama.cpp's symmetric mapping: give sym=true") end
+  if opt.importance ~= nil and opt.importance ~= "none" and opt.mse then
+    qf.option_error("importance", "and mse are two range searches: give one")
+  end
+end
+
 function P.grid(opt)
-  return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales }
+  check_grid_options(opt)
+  return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales,
+                  mapping = opt.mapping, importance = opt.importance }
 end
 
 -- The export options, checked before any work: the format takes the dtype, the grids the run
@@ -171,7 +198,7 @@ function P.check_save(opt, grid)
     if dtype ~= "" then qf.option_error("save_dtype", "given without save= (nothing is written)") end
     return
   end
-  local plan = opt.bits ~= nil and { bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = opt.f16_scales,
+  local plan = opt.bits ~= nil and { bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = opt.f16_scales, mapping = opt.mapping,
     outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero } or nil
   local option, msg = qf.check_save{ format = opt.save_format, dtype = dtype ~= "" and dtype or nil, grid = plan }
   if option then qf.option_error(option, msg) end
@@ -339,7 +366,7 @@ function P.overrides(rules, m, opt)
     if not q.skip and next(q.settings) == nil then override_error(i, r.text, "no settings (bits, group, sym, mse, f16_scales) and not skip") end
     if not q.skip then  -- the grid it makes must be valid, and storable where save= writes
       local spec = {}
-      for _, k in ipairs({ "bits", "group", "sym", "mse", "f16_scales" }) do spec[k] = opt[k] end
+      for _, k in ipairs({ "bits", "group", "sym", "mse", "f16_scales", "mapping", "importance" }) do spec[k] = opt[k] end
       for k, v in pairs(q.settings) do spec[k] = v end
       local ok, err = pcall(qf.grid, spec)
       if not ok then override_error(i, r.text, tostring(err):gsub("^.-grid: ", "")) end
@@ -393,6 +420,7 @@ end
 function P.prepare(opt, fp_chain, grid)
   if fp_chain == nil then fp_chain = opt.finetune == true end
   if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
+  check_grid_options(opt)
   grid = grid or {}
   if grid.outliers == nil then grid.outliers = (opt.ratio or 0) > 0 end
   if grid.allocated == nil then grid.allocated = opt.target_bits ~= nil and opt.alloc ~= false end
@@ -551,6 +579,7 @@ end
 -- opts.finetune = {params=, lr=, epochs=, ...} (cal:finetune's options): after a block's linears are
 -- quantized, train its floats against its full-precision outputs (decoupleQ's block stage); the
 -- per-block losses are recorded as "finetune" and returned as .finetune.
+-- opts.refit_scales: each QLinear a solve returns gets qf.refit_scales (its info gains `refit`).
 --
 -- ETA: remaining solves × the mean solve time so far, plus the remaining per-block work outside the
 -- solves (capture, advance, finetune: "overhead"), estimated per block from the finished blocks —
@@ -613,7 +642,13 @@ function P.quantize_model(m, cal, solve, opts)
           end
         end
         local obj, rel
-        if REGISTRY_SOLVES[solve] then
+        if opts.refit_scales and not qf.is_tensor(q) then  -- methods.md#refit-scales
+          local rinfo
+          q, rinfo = qf.refit_scales(W, st.sigma, q)
+          info = info or {}
+          info.refit = rinfo
+          obj, rel = qf.objective(W, q:dequantize(), st.sigma)
+        elseif REGISTRY_SOLVES[solve] then
           obj, rel = info.objective, info.relative
         else  -- a recipe's own solve: measured here, against the original W
           obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)

@@ -114,7 +114,7 @@ void save_model(const Model& m, const Tokenizer* tok, const std::string& path, c
 
 // f16_scales makes the min −scale·zero fp16-exact too for asymmetric grids of at most this many
 // bits (quant/grid.cpp, round_scale_f16); a type that stores a min needs it.
-static constexpr int kF16MinBits = 4;
+static constexpr int kF16MinBits = 5;
 
 // Why grids as `p` describes them cannot be stored by format f in dtype d ("" = storable).
 static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, const GridPlan& p) {
@@ -124,6 +124,8 @@ static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, con
     if (p.allocated) return "the CVXQ allocation gives every column its own bit depth (use save_format=qforge)";
     if (p.float_zero) return "decoupleQ's float zero points (use save_format=qforge)";
   }
+  if (f.codes && p.signed_scales)
+    return "its scales are positive: mapping=llamacpp puts a group's signed extreme on code 0 with a negative scale (use save_format=gguf or qforge)";
   if (blocks) {
     const GridFit& g = d->grid;
     const std::string cols = std::to_string(g.cols), bits = std::to_string(p.bits);

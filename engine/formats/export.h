@@ -56,6 +56,7 @@ struct GridPlan {
   bool outliers = false;       // sparse outliers (QuantEase with outliers)
   bool allocated = false;      // per-group bit allocation (CVXQ)
   bool float_zero = false;     // float zero points (decoupleQ)
+  bool signed_scales = false;  // negative scales (grid mapping llamacpp)
 };
 
 // The first reason the export options cannot be stored, with the option it concerns; ok()

@@ -102,6 +102,7 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
                   {"weight", same ? "codes" : "f32"}};
       // Written only when not the default, so files of gptq-mapped grids keep their bytes.
       if (s.mapping != GridMapping::Gptq) lins[ln]["mapping"] = grid_mapping_name(s.mapping);
+      if (s.importance != GridImportance::None) lins[ln]["importance"] = grid_importance_name(s.importance);  // how it was fitted
       if (!same) f32(ln + ".weight", l.weight);
       auto qp = l.quant;  // keeps the codes alive while the writer runs
       entries.push_back({ln + ".codes", "U8", {g.rows, g.cols}, "", [qp] {

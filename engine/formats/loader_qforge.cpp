@@ -144,6 +144,8 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   // mapping (how sym ranges became scales) is written only when not gptq.
   if (d.contains("mapping") && !grid_mapping_from_name(f.str("mapping"), &g.spec.mapping))
     fail(w, ": field 'mapping' = '", f.str("mapping"), "' (expected gptq or llamacpp)");
+  if (d.contains("importance") && !grid_importance_from_name(f.str("importance"), &g.spec.importance))
+    fail(w, ": field 'importance' = '", f.str("importance"), "' (expected none, diag or diag_x)");
   g.rows = f.integer("rows", 1, 1 << 20);
   g.cols = f.integer("cols", 1, 1 << 20);
   g.ngroups = f.integer("ngroups", 1, 1 << 20);

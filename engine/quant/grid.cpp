@@ -24,6 +24,10 @@ void GridSpec::validate() const {
     if (!sym) fail("grid: mapping llamacpp is llama.cpp's symmetric block mapping (Q4_0, Q5_0, Q8_0): give sym = true");
     if (kind != GridKind::Uniform || float_zero) fail("grid: mapping llamacpp applies to uniform grids with an integer zero");
   }
+  if (importance != GridImportance::None) {
+    if (kind != GridKind::Uniform || float_zero) fail("grid: importance applies to uniform grids with an integer zero");
+    if (mse) fail("grid: importance and mse are two range searches: give one");
+  }
   if (mse) {
     if (!(maxshrink > 0.f && maxshrink <= 1.f)) fail("grid: maxshrink must be in (0, 1], got ", maxshrink);
     if (grid_points < 1) fail("grid: grid_points must be >= 1, got ", grid_points);
@@ -66,6 +70,7 @@ std::string GridSpec::str() const {
   if (!row_group.empty()) o << " rowgroups " << nrowgroups;
   if (mapping != GridMapping::Gptq) o << " " << grid_mapping_name(mapping);
   if (mse) o << " mse";
+  if (importance != GridImportance::None) o << " importance-" << grid_importance_name(importance);
   if (f16_scales) o << " f16-scales";
   if (float_zero) o << " float-zero";
   return o.str();
@@ -128,6 +133,17 @@ const char* grid_mapping_name(GridMapping m) { return m == GridMapping::Llamacpp
 bool grid_mapping_from_name(const std::string& name, GridMapping* m) {
   if (name == "gptq") *m = GridMapping::Gptq;
   else if (name == "llamacpp") *m = GridMapping::Llamacpp;
+  else return false;
+  return true;
+}
+
+const char* grid_importance_name(GridImportance m) {
+  return m == GridImportance::Diag ? "diag" : m == GridImportance::DiagX ? "diag_x" : "none";
+}
+bool grid_importance_from_name(const std::string& name, GridImportance* m) {
+  if (name == "none") *m = GridImportance::None;
+  else if (name == "diag") *m = GridImportance::Diag;
+  else if (name == "diag_x") *m = GridImportance::DiagX;
   else return false;
   return true;
 }
@@ -196,6 +212,85 @@ static void fit_uniform(const std::vector<float>& v, int maxq, const GridSpec& s
   }
 }
 
+static float round_scale_f16(float s, int maxq, bool sym);
+
+// Importance-weighted (scale, zero) search of one cell (methods.md#grid-importance): from the
+// mapping's min/max params, candidate grids — scales s0·n/(n + i/10), i = −9 … 9 (n = (maxq+1)/2)
+// for symmetric grids; ranges [a·xmin, b·xmax], a, b ∈ {1, 0.95, …, 0.7}, for asymmetric ones —
+// each gives codes; for those codes the weighted least-squares scale (asym: scale and offset, the
+// zero then rounded and the scale refitted) is computed, rounded to fp16 when the spec says so,
+// and scored by E = Σ w·(x − Q(x))² with the codes recomputed at it (what RTN on the grid gives).
+// The min/max grid is a candidate too, so the search never returns a larger E than it.
+static void fit_uniform_weighted(const std::vector<float>& v, const std::vector<float>& w, int maxq, const GridSpec& sp,
+                                 float* scale, float* zero) {
+  float xmin = 0.f, xmax = 0.f;
+  for (float x : v) {
+    xmin = std::min(xmin, x);
+    xmax = std::max(xmax, x);
+  }
+  grid_params_from_range(xmin, xmax, maxq, sp.sym, scale, zero, sp.mapping);
+  auto finish = [&](float s) { return sp.f16_scales ? round_scale_f16(s, maxq, sp.sym) : s; };
+  auto err = [&](float s, float z) {
+    double e = 0;
+    for (size_t j = 0; j < v.size(); ++j) {
+      const double d = (double)uniform_value(uniform_code(v[j], s, z, (float)maxq), s, z) - (double)v[j];
+      e += (double)w[j] * d * d;
+    }
+    return e;
+  };
+  // The weighted LS scale for the codes at (s, z), zero kept: Σ w x (q − z) / Σ w (q − z)².
+  auto ls_scale = [&](float s, float z, float* out) {
+    double num = 0, den = 0;
+    for (size_t j = 0; j < v.size(); ++j) {
+      const double t = (double)uniform_code(v[j], s, z, (float)maxq) - (double)z;
+      num += (double)w[j] * (double)v[j] * t;
+      den += (double)w[j] * t * t;
+    }
+    if (!(den > 0) || num == 0) return false;
+    *out = (float)(num / den);
+    return std::isfinite(*out);
+  };
+  float bs = finish(*scale), bz = *zero;
+  double best = err(bs, bz);
+  auto consider = [&](float s, float z) {
+    if (s == 0.f || !std::isfinite(s)) return;
+    if (sp.f16_scales && !(std::fabs(s) >= 6.1e-5f && std::fabs(s) <= 65504.f)) return;  // a candidate fp16 cannot hold
+    s = finish(s);
+    const double e = err(s, z);
+    if (e < best) best = e, bs = s, bz = z;
+  };
+  if (sp.sym) {
+    const float n = (float)(maxq + 1) / 2.f;
+    for (int i = -9; i <= 9; ++i) {
+      float s1;
+      if (ls_scale(*scale * n / (n + 0.1f * (float)i), *zero, &s1)) consider(s1, *zero);
+    }
+  } else {
+    for (int a = 0; a <= 6; ++a)
+      for (int b = 0; b <= 6; ++b) {
+        float sc, zc;
+        grid_params_from_range((1.f - 0.05f * (float)a) * xmin, (1.f - 0.05f * (float)b) * xmax, maxq, false, &sc, &zc);
+        consider(sc, zc);
+        // LS of value = s·q + m over (s, m) for these codes; then z = round(−m/s) and s refitted.
+        double sw = 0, sq = 0, sqq = 0, sx = 0, sqx = 0;
+        for (size_t j = 0; j < v.size(); ++j) {
+          const double q = (double)uniform_code(v[j], sc, zc, (float)maxq), x = v[j], ww = w[j];
+          sw += ww, sq += ww * q, sqq += ww * q * q, sx += ww * x, sqx += ww * q * x;
+        }
+        const double det = sw * sqq - sq * sq;
+        float z1 = zc;
+        if (det > 0) {
+          const double s = (sw * sqx - sq * sx) / det, m = (sx - s * sq) / sw;
+          if (s > 0 && std::isfinite(s) && std::isfinite(m)) z1 = (float)std::clamp(std::nearbyint(-m / s), 0.0, (double)maxq);
+        }
+        float s1;
+        if (ls_scale(sc, z1, &s1) && s1 > 0.f) consider(s1, z1);
+      }
+  }
+  *scale = bs;
+  *zero = bz;
+}
+
 // Companded (b, μ) of one cell (methods.md#compand): median m, RMS s around it; optional search of
 // the scale multiplier, then of the location bias, each over {−2, −1.875, …, 2} by squared error.
 static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, float* b_out, float* mu_out) {
@@ -239,10 +334,11 @@ static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, flo
 
 // Rounds a fitted uniform scale for f16_scales (see GridSpec): to fp16, and for asymmetric grids
 // to 11 − ⌈log₂(maxq + 1)⌉ significant bits so that scale·zero (zero ≤ maxq) is fp16-exact —
-// only up to 4 bits (the Q4_1 case); wider asymmetric grids would lose too much scale precision.
+// up to 5 bits (the Q4_1 and Q5_1 cases: 7 and 6 significant bits); wider asymmetric grids would
+// lose too much scale precision.
 static float round_scale_f16(float s, int maxq, bool sym) {
   float r = f16_to_f32(f32_to_f16(s));
-  if (!sym && maxq <= 15) {  // Q4_1's m = −scale·zero must be fp16 too
+  if (!sym && maxq <= 31) {  // Q4_1's / Q5_1's m = −scale·zero must be fp16 too
     int e;
     const double m = std::frexp((double)r, &e);
     const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
@@ -253,7 +349,7 @@ static float round_scale_f16(float s, int maxq, bool sym) {
   return r;
 }
 
-static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float* scale, float* zero) {
+static void fit_cell(std::vector<float>& v, const std::vector<float>& w, int bits, const GridSpec& sp, float* scale, float* zero) {
   if (v.empty()) return;  // a row group with no rows: params unused
   if (bits == 0) {        // pruned: every weight becomes the median
     *scale = 0.f;
@@ -262,13 +358,15 @@ static void fit_cell(std::vector<float>& v, int bits, const GridSpec& sp, float*
   }
   if (sp.kind == GridKind::Compand) {
     fit_compand(v, bits, sp, scale, zero);
+  } else if (sp.importance != GridImportance::None) {
+    fit_uniform_weighted(v, w, (1 << bits) - 1, sp, scale, zero);  // fp16 rounding inside
   } else {
     fit_uniform(v, (1 << bits) - 1, sp, scale, zero);
     if (sp.f16_scales) *scale = round_scale_f16(*scale, (1 << bits) - 1, sp.sym);
   }
 }
 
-void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
+void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* importance) {
   if (block.dim() != 2 || block.size(0) != grid.rows)
     fail("grid: group block ", shape_str(block.shape()), " does not have ", grid.rows, " rows");
   if (g < 0 || g >= grid.ngroups) fail("grid: group ", g + 1, " out of range (", grid.ngroups, " groups, numbered from 1)");
@@ -277,26 +375,43 @@ void grid_fit_group(Grid& grid, int64_t g, const Tensor& block) {
     for (int64_t c = 0; c < B.cols(); ++c)
       if (!std::isfinite(B(r, c))) fail("grid: non-finite weight at row ", r + 1, ", column ", c + 1, " of group ", g + 1, " (1-based; the column counted within the group)");
   // One cell per (row group, g): a row's values in column order, rows of a row group pooled.
+  const GridImportance imp = grid.spec.importance;
+  if (imp != GridImportance::None) {
+    if (!importance) fail("grid: importance '", grid_importance_name(imp), "' needs the columns' importances (diag Σ); this caller has none");
+    for (int64_t c = 0; c < B.cols(); ++c)
+      if (!(importance[c] >= 0.f) || !std::isfinite(importance[c]))
+        fail("grid: importance of column ", c + 1, " of group ", g + 1, " is ", importance[c], " (1-based; must be finite and >= 0)");
+  }
   const int64_t nrg = grid.nrowgroups();
-  std::vector<std::vector<float>> cells((size_t)nrg);
+  std::vector<std::vector<float>> cells((size_t)nrg), weights((size_t)nrg);
   for (int64_t r = 0; r < grid.rows; ++r) {
     std::vector<float>& v = cells[(size_t)grid.rg(r)];
     for (int64_t c = 0; c < B.cols(); ++c) v.push_back(B(r, c));
+    if (imp != GridImportance::None)
+      for (int64_t c = 0; c < B.cols(); ++c) weights[(size_t)grid.rg(r)].push_back(importance[c]);
   }
+  if (imp == GridImportance::DiagX)  // × √(σ² + x²), σ² the cell's mean square (llama.cpp: the row's)
+    for (int64_t k = 0; k < nrg; ++k) {
+      const std::vector<float>& v = cells[(size_t)k];
+      double ss = 0;
+      for (float x : v) ss += (double)x * x;
+      const double s2 = v.empty() ? 0.0 : ss / (double)v.size();
+      for (size_t j = 0; j < v.size(); ++j) weights[(size_t)k][j] *= (float)std::sqrt(s2 + (double)v[j] * v[j]);
+    }
   for (int64_t k = 0; k < nrg; ++k) {
     const size_t p = (size_t)(k * grid.ngroups + g);
     const int bits = grid.spec.group_bits.empty() ? grid.spec.bits : grid.spec.group_bits[p];
-    fit_cell(cells[(size_t)k], bits, grid.spec, &grid.scale[p], &grid.zero[p]);
+    fit_cell(cells[(size_t)k], weights[(size_t)k], bits, grid.spec, &grid.scale[p], &grid.zero[p]);
   }
 }
 
-Grid grid_fit(const Tensor& W, const GridSpec& spec) {
+Grid grid_fit(const Tensor& W, const GridSpec& spec, const float* importance) {
   if (W.dim() != 2) fail("grid: expected a 2-d weight, got ", shape_str(W.shape()));
   Grid g = grid_new(spec, W.size(0), W.size(1));
   const int64_t G = g.group_size();
   for (int64_t k = 0; k < g.ngroups; ++k) {
     const int64_t c0 = k * G;
-    grid_fit_group(g, k, W.cols(c0, std::min(G, g.cols - c0)));
+    grid_fit_group(g, k, W.cols(c0, std::min(G, g.cols - c0)), importance ? importance + c0 : nullptr);
   }
   return g;
 }

@@ -41,18 +41,25 @@ enum class GridKind : uint8_t { Uniform, Compand };
 //             scale = max|x| / 127, zero = 128.
 enum class GridMapping : uint8_t { Gptq, Llamacpp };
 
+// Column importances in the fit (methods.md#grid-importance): None fits from the values alone;
+// Diag weighs each value's squared error by its column's Σ_jj (what llama.cpp's imatrix holds);
+// DiagX by Σ_jj·√(σ² + x²) (llama.cpp's weighting, σ² the cell's mean x²). Both search the
+// scale (and zero) by weighted least squares; the caller must supply the importances.
+enum class GridImportance : uint8_t { None, Diag, DiagX };
+
 struct GridSpec {
   int bits = 4;
   bool sym = false;
   GridMapping mapping = GridMapping::Gptq;  // symmetric grids only (validate)
   int64_t group = -1;  // columns per group; -1 = per channel (whole row)
   bool mse = false;
+  GridImportance importance = GridImportance::None;  // uniform grids; not with mse (validate)
   float maxshrink = 0.8f;
   int grid_points = 100;
   float norm = 2.4f;
-  // Scales rounded to fp16 after fitting (uniform grids), and for asymmetric grids of ≤ 4 bits to
+  // Scales rounded to fp16 after fitting (uniform grids), and for asymmetric grids of ≤ 5 bits to
   // fewer mantissa bits so that scale·zero is fp16-exact too: such grids map exactly onto GGUF
-  // Q8_0/Q4_0/Q4_1 blocks and lose nothing in GPTQ's fp16 scales.
+  // Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 blocks and lose nothing in GPTQ's fp16 scales.
   bool f16_scales = false;
   GridKind kind = GridKind::Uniform;
   float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
@@ -135,9 +142,14 @@ bool grid_mapping_from_name(const std::string& name, GridMapping* m);
 // An empty grid for W's shape (params unset; groups contiguous).
 Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
 // Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.
-void grid_fit_group(Grid& grid, int64_t g, const Tensor& block);
+// importance: the block's columns' importances (block.size(1) values, e.g. diag Σ), required
+// when spec.importance is set, unused otherwise (solvers pass diag Σ always).
+void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* importance = nullptr);
 // Fits every group from W (2-d f32).
-Grid grid_fit(const Tensor& W, const GridSpec& spec);
+Grid grid_fit(const Tensor& W, const GridSpec& spec, const float* importance = nullptr);  // W.size(1) importances
+// "none" | "diag" | "diag_x"
+const char* grid_importance_name(GridImportance m);
+bool grid_importance_from_name(const std::string& name, GridImportance* m);
 // Quantizes column `col` of every row: out[r] = Q_{r, g_idx[col]}(x[r]); x, out strided by stride.
 void grid_quantize_col(const Grid& grid, int64_t col, const float* x, int64_t xs, float* out, int64_t os);
 

@@ -119,6 +119,13 @@ Objective objective(const LayerProblem& p, const Tensor& What) {
   return o;
 }
 
+std::vector<float> sigma_diag(const Tensor& Sigma) {
+  const auto S = Sigma.cmat();
+  std::vector<float> d((size_t)S.rows());
+  for (int64_t j = 0; j < S.rows(); ++j) d[(size_t)j] = S(j, j);
+  return d;
+}
+
 Tensor damp_sigma(const Tensor& Sigma, double percdamp, std::vector<int64_t>* dead) {
   const char* fn = "damp_sigma";
   check_2d_f32(fn, "Sigma", Sigma);

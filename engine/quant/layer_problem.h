@@ -2,6 +2,7 @@
 //   f(Ŵ) = ‖WX − ŴX‖² = tr((W − Ŵ) Σ (W − Ŵ)ᵀ),   Σ = X Xᵀ  [cols × cols].
 // W, Ŵ are [rows, cols] f32; Σ is f32 or f64-accumulated then stored f32 [cols, cols].
 #pragma once
+#include <vector>
 #include <functional>
 #include <string>
 
@@ -37,6 +38,9 @@ struct LayerProblem {
 
 // The objective of Ŵ on a validated problem (only Ŵ is checked).
 Objective objective(const LayerProblem& p, const Tensor& What);
+
+// diag Σ as floats: the column importances a grid's importance search weighs by (methods.md#grid-importance).
+std::vector<float> sigma_diag(const Tensor& Sigma);
 
 // Σ + λI with λ = percdamp·mean(diag Σ); dead inputs (Σ_jj = 0) get Σ_jj = 1 (methods.md#damping).
 // Returns the damped copy; `dead` receives the dead column indices.

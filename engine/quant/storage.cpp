@@ -55,12 +55,15 @@ StorageBits storage_bits(const QuantizedLinear& q) {
   const int64_t nrg = g.nrowgroups(), G = g.group_size();
   std::vector<int64_t> rows_in((size_t)nrg, g.spec.row_group.empty() ? 1 : 0);
   for (int32_t k : g.spec.row_group) ++rows_in[(size_t)k];
+  // A symmetric uniform grid's zero is 2^(bits−1), fixed by its bits: only the scale is stored
+  // (GGUF Q4_0/Q8_0 hold d alone; GPTQ's sym checkpoints pack a constant zero nobody needs).
+  const bool zero_implied = g.spec.sym && g.spec.kind == GridKind::Uniform && !g.spec.float_zero;
   for (int64_t k = 0; k < nrg; ++k)
     for (int64_t c = 0; c < g.ngroups; ++c) {
       const int64_t ncols = std::min(G, g.cols - c * G), n = rows_in[(size_t)k] * ncols;
       const int bits = g.spec.group_bits.empty() ? g.spec.bits : g.spec.group_bits[(size_t)(k * g.ngroups + c)];
       s.codes += (double)bits * n;
-      s.params += bits == 0 ? 16 : 32;
+      s.params += bits == 0 || zero_implied ? 16 : 32;
       if (bits == 0) s.pruned += n;
       if (g.spec.mixed_bits()) s.side += 4;
     }

@@ -4,8 +4,9 @@
 //
 // Accounting (per quantized linear, the deployable convention of GPTQ/GGUF/CVXQ):
 //   codes     Σ over groups of bits × weights (0-bit groups store no codes);
-//   params    32 bits (fp16 scale + fp16 zero/offset) per (row group, column group), 16 for a
-//             0-bit group (its median only);
+//   params    32 bits (fp16 scale + fp16 zero/offset) per (row group, column group); 16 for a
+//             0-bit group (its median only) and for a symmetric uniform grid (its zero is fixed
+//             by its bits: the scale alone is stored, as GGUF Q4_0/Q8_0 do);
 //   side      4 bits per group when bit depths vary (0..8), plus ⌈log2 nrowgroups⌉ per row when
 //             rows are clustered;
 //   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO);

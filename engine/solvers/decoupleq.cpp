@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "solvers/gptq.h"
+#include "solvers/normal_equations.h"
 
 namespace qf {
 
@@ -247,53 +248,6 @@ State integer_step(const Problem& P, const Grid& g, const AltMinOptions& opt, co
   return s;
 }
 
-// Solves the normal equations M θ = b of one row (float step, methods.md#decoupleq-float).
-// Parameters whose diagonal is 0 (the loss does not see them: a dead group, or all codes 0 for
-// an s) stay NaN. The active block is Jacobi-scaled to a unit diagonal; if its Cholesky fails
-// or has a pivot² ≤ 1e-10 (collinear columns, e.g. a group whose codes are all equal), λ·I is
-// added with λ = 0.01, ×10 per retry. Returns false if no solve succeeded; *damped is set when
-// λ > 0 was needed.
-bool solve_normal(const MatD& M, const VecD& b, VecD& theta, bool* damped) {
-  const int64_t k = M.rows();
-  theta.setConstant(k, std::numeric_limits<double>::quiet_NaN());
-  *damped = false;
-  double dmax = 0;
-  for (int64_t q = 0; q < k; ++q) dmax = std::max(dmax, M(q, q));
-  std::vector<int64_t> act;
-  for (int64_t q = 0; q < k; ++q)
-    if (M(q, q) > 1e-13 * dmax && M(q, q) > 0) act.push_back(q);
-  const int64_t m = (int64_t)act.size();
-  if (m == 0) return true;
-  VecD d(m), bt(m);
-  MatD A(m, m);
-  for (int64_t x = 0; x < m; ++x) d(x) = 1 / std::sqrt(M(act[x], act[x]));
-  for (int64_t x = 0; x < m; ++x) {
-    bt(x) = d(x) * b(act[x]);
-    for (int64_t y = 0; y < m; ++y) A(x, y) = d(x) * M(act[x], act[y]) * d(y);
-  }
-  double lambda = 0;
-  for (int tries = 0; tries < 8; ++tries) {
-    MatD Ad = A;
-    Ad.diagonal().array() += lambda;
-    Eigen::LLT<MatD> llt(Ad);
-    bool ok = llt.info() == Eigen::Success;
-    if (ok) {
-      const MatD& L = llt.matrixLLT();
-      for (int64_t x = 0; x < m && ok; ++x) ok = L(x, x) * L(x, x) > 1e-10 * (1 + lambda);
-    }
-    if (ok) {
-      const VecD y = llt.solve(bt);
-      if (y.allFinite()) {
-        for (int64_t x = 0; x < m; ++x) theta(act[x]) = d(x) * y(x);
-        *damped = lambda > 0;
-        return true;
-      }
-    }
-    lambda = lambda > 0 ? lambda * 10 : 0.01;
-  }
-  return false;
-}
-
 // The float step (methods.md#decoupleq-float) on rows [r0, r0 + n): with a = codes (asym) or
 // codes − zero_sym (sym) fixed and ŵ_j = s_g a_j + z_g for j in group g, minimize
 // ℓ_i = (w − ŵ)Σ(w − ŵ)ᵀ. Normal equations (DᵀΣD)θ = DᵀΣw with the design D = [a∘1_g, 1_g]_g
@@ -349,7 +303,7 @@ void chunk_fit(const Problem& P, const uint8_t* codes, int64_t r0, int64_t n, do
       }
     }
     bool dmp = false;
-    ok[row] = solve_normal(M[(size_t)i], b, theta, &dmp);
+    ok[row] = solve_normal_equations(M[(size_t)i], b, theta, &dmp);
     damped[row] = dmp;
     for (int64_t g = 0; g < ng; ++g) {
       out_s[row * ng + g] = theta(si(g));

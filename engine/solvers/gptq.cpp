@@ -61,7 +61,8 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
   const bool dynamic = !fixed && grouped && !stat;  // groups fit lazily inside the column loop
 
   // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
-  Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : grid_fit(W, spec);
+  const std::vector<float> imp = sigma_diag(Sigma);  // column importances for spec.importance
+  Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : grid_fit(W, spec, imp.data());
 
   // Dead inputs (methods.md#dead-inputs): Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
   const auto S = Sigma.cmat();
@@ -75,7 +76,7 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
       if (dead[(size_t)j]) M.col(j).setZero();
   }
   // static_groups: every group's params from the original (unpermuted, dead-zeroed) W, up front.
-  if (stat && !fixed) grid = grid_fit(W0, spec);
+  if (stat && !fixed) grid = grid_fit(W0, spec, imp.data());
 
   // act_order: perm = stable argsort(diag H, descending); processing position p holds column perm[p].
   std::vector<int64_t> perm((size_t)c);
@@ -142,7 +143,9 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
           const int64_t w = std::min(G, c - p);
           Tensor blk = Tensor::empty({w, r});
           std::copy(Wp.col(p).data(), Wp.col(p).data() + w * r, blk.f32());
-          grid_fit_group(grid, p / G, blk.t());
+          std::vector<float> impp((size_t)w);  // the group's importances in processing order
+          for (int64_t k = 0; k < w; ++k) impp[(size_t)k] = imp[(size_t)perm[p + k]];
+          grid_fit_group(grid, p / G, blk.t(), impp.data());
         }
 
     // The block's columns with the in-block error feedback, then the lazy-batch update of the

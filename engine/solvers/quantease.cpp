@@ -163,7 +163,7 @@ QuantEaseResult quantease(const LayerProblem& p, const GridSpec& spec, const Qua
 
   // Grid fitted once from the original W (groups too: same params every sweep). With act_order
   // the sweep order changes but groups stay contiguous in the original column order (g_idx = identity).
-  const Grid grid = grid_fit(Wc, spec);
+  const Grid grid = grid_fit(Wc, spec, sigma_diag(Sc).data());
   CdSweepOptions so;
   if (opt.act_order) {
     const auto Sm = S.cmat();

@@ -203,6 +203,9 @@ OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, co
   if (allocated && opt.structured)
     fail(fn, ": structured outliers refresh §5's per-row min-max grid; got ", spec.str(),
          " (use unstructured outliers with mixed bits, row groups or companded grids)");
+  if (!allocated && spec.importance != GridImportance::None)
+    fail(fn, ": grid importance '", grid_importance_name(spec.importance), "' does not apply to the outlier grid (the trimmed / non-outlier ",
+         "min-max range, docs/methods.md#outlier-grid); give importance only with allocated grids");
   if (spec.mse && log) log("mse_ignored", "the outlier grid uses the trimmed / non-outlier min-max range (docs/methods.md#outlier-grid), no MSE search");
   const int64_t r = Wc.size(0), c = Wc.size(1);
 
@@ -225,7 +228,7 @@ OutlierResult quantease_outliers(const LayerProblem& p, const GridSpec& spec, co
     return m;
   };
   Grid grid = opt.structured ? support_grid(Wc, spec, outlier_cols())
-              : allocated    ? grid_fit(What, spec)
+              : allocated    ? grid_fit(What, spec, sigma_diag(Sc).data())
                              : trimmed_grid(Wc, spec, opt.ratio);
 
   IhtOptions io;

@@ -5,6 +5,7 @@
 namespace qf {
 
 // Fits the grid on W and rounds; returns the quantized linear (dequantize() gives Ŵ).
-QuantizedLinear rtn(const Tensor& W, const GridSpec& spec);
+// importance: W.size(1) column importances (diag Σ), needed when spec.importance is set.
+QuantizedLinear rtn(const Tensor& W, const GridSpec& spec, const float* importance = nullptr);
 
 }  // namespace qf

@@ -178,7 +178,7 @@ static std::vector<SolverEntry> make_registry() {
   std::vector<SolverEntry> r;
   r.push_back({"rtn", "round to nearest on the grid fitted to W (docs/methods.md#rtn)", {},
                [](const LayerProblem& p, const GridSpec& s, const ojson&, const SolverLog&) {
-                 return SolveResult{rtn(p.W, s), ojson::object()};
+                 return SolveResult{rtn(p.W, s, sigma_diag(p.sigma).data()), ojson::object()};
                }});
   r.push_back({"gptq", "GPTQ, lazy-batch Cholesky form (docs/methods.md#gptq)",
                {opt_int("blocksize", g.blocksize, 1, "columns per lazy-batch block"),

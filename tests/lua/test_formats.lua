@@ -54,7 +54,7 @@ check(qf.read_text(out .. "/gptq/config.json"):find('"quant_method": "gptq"', 1,
 H.section("GGUF Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 exports of Lua-quantized models are exact (f16_scales)")
 for _, case in ipairs({ { "Q4_0", { bits = 4, sym = true, group = 32 } }, { "Q4_1", { bits = 4, group = 32 } },
                         { "Q5_0", { bits = 5, sym = true, group = 32 } }, { "Q5_0", { bits = 5, sym = true, group = 32, mapping = "llamacpp" } },
-                        { "Q5_1", { bits = 4, group = 32 } }, { "Q5_1", { bits = 5, sym = true, group = 32 } },
+                        { "Q5_1", { bits = 4, group = 32 } }, { "Q5_1", { bits = 5, group = 32 } }, { "Q5_1", { bits = 5, sym = true, group = 32 } },
                         { "Q8_0", { bits = 8, sym = true, group = 64 } },
                         { "Q4_0", { bits = 4, sym = true, group = 32, mapping = "llamacpp" } },
                         { "Q8_0", { bits = 8, sym = true, group = 32, mapping = "llamacpp" } } }) do

@@ -37,6 +37,40 @@ check(o_gptq <= o_rtn, "GPTQ objective <= RTN objective")
 check(rel > 0 and rel < 1, "relative objective in (0, 1)")
 check_eq(ginfo.percdamp, 0.01)
 local qe, info = qf.quantease(Wr, S, spec, { init = "gptq", iters = 5 })
+
+H.section("refit_scales: the codes kept, the scales refitted to Σ (methods.md#refit-scales)")
+do
+  local q0 = qf.gptq(Wr, S, qf.grid{ bits = 3, group = 8 })
+  local q1, ri = qf.refit_scales(Wr, S, q0)
+  check(ri.objective_after < ri.objective_before, string.format("objective falls: %.6g -> %.6g", ri.objective_before, ri.objective_after))
+  check_eq(qf.objective(Wr, q1:dequantize(), S), ri.objective_after, 1e-4 * ri.objective_after, "the reported objective is the weight's")
+  check_eq(q1:codes():to('f32'):sub(q0:codes():to('f32')):abs_max(), 0, "codes unchanged")
+  check(ri.rows_improved > 0 and ri.rows_improved <= 16)
+  check_error(function() qf.refit_scales(Wr, S, qf.rtn(Wr:narrow(2, 1, 8), qf.grid{ bits = 3 })) end, "does not match W")
+  check_error(function() qf.refit_scales(Wr, S, (qf.alt_min(Wr, S, qf.grid{ bits = 3, float_zero = true }, { iters = 1 }))) end, "integer zeros")
+end
+
+H.section("grid importance: diag Σ weighs the fit (methods.md#grid-importance)")
+do
+  local d = S:diag()
+  check_eq(d:shape()[1], 24)
+  check_eq(d:get(3), S:get(3, 3), "S:diag() holds Σ_jj")
+  check_eq(d:diag():get(3, 3), S:get(3, 3), "diag of a 1-d tensor is the diagonal matrix")
+  check_eq(d:diag():get(2, 3), 0)
+  local si = qf.grid{ bits = 3, importance = "diag" }
+  check_eq(si.importance, "diag", "the spec echoes its importance")
+  local o_imp = qf.objective(Wr, qf.rtn(Wr, si, d):dequantize(), S)
+  check(o_imp <= o_rtn, string.format("RTN weighted by diag Σ: objective %.4g <= min/max's %.4g", o_imp, o_rtn))
+  check(tostring(qf.fit_grid(Wr, si, d)):find("importance-diag", 1, true), "the fitted grid names its importance")
+  check_error(function() qf.rtn(Wr, si) end, "needs the column importances (argument 3: a tensor of 24 values")
+  check_error(function() qf.rtn(Wr, spec, d) end, "argument 3 (column importances) given, but the grid has importance \"none\"")
+  check_error(function() qf.fit_grid(Wr, si, Wr) end, "must be a 1-d tensor of 24 values")
+  check_error(function() qf.grid{ bits = 3, importance = "imatrix" } end, "option 'importance' must be \"none\", \"diag\" or \"diag_x\"")
+  check_error(function() qf.grid{ bits = 3, importance = "diag", mse = true } end, "importance and mse")
+  check_error(function() Wr:diag() end, "expected a square 2-d or a 1-d tensor")
+  local qi = qf.gptq(Wr, S, si)  -- the solvers pass diag Σ themselves
+  check(qf.objective(Wr, qi:dequantize(), S) <= o_imp, "GPTQ on an importance grid (diag Σ passed by the solver) <= RTN on it")
+end
 check(qf.objective(Wr, qe:dequantize(), S) <= o_gptq * (1 + 1e-9), "QuantEase(init gptq) <= GPTQ")
 check_eq(#info.objective, 5)
 -- a hand-written loop: CD sweeps never increase the objective on a fixed grid
