@@ -383,6 +383,11 @@ static int f_iht_step(lua_State* L) {
   return 1;
 }
 
+static int f_shrink_sigma(lua_State* L) {
+  push_tensor(L, shrink_sigma(check_tensor(L, 1, "shrink_sigma"), check_num(L, 2, "shrink_sigma")));
+  return 1;
+}
+
 static int f_lambda_max(lua_State* L) {
   lua_pushnumber(L, lambda_max(check_tensor(L, 1, "lambda_max")));
   return 1;
@@ -465,6 +470,7 @@ void open_solvers(lua_State* L, int mod) {
              {"check_solver_options", qf_guard<f_check_solver_options>, 2},
              {"rtn", qf_guard<f_rtn>, 3},
              {"refit_scales", qf_guard<f_refit_scales>, 3},
+             {"shrink_sigma", qf_guard<f_shrink_sigma>, 2},
              {"gptq", qf_guard<f_gptq>, 4},
              {"cd_sweep", qf_guard<f_cd_sweep>, 5},
              {"quantease", qf_guard<f_quantease>, 4},

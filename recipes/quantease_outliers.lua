@@ -3,7 +3,7 @@
 -- full precision.
 --   qforge run recipes/quantease_outliers.lua bits=3 ratio=0.01
 local P = require("qforge.pipeline")
-local opt = P.options(P.refit_options(P.finetune_options(P.solver_options("quantease_outliers", { "ratio", "structured", "iters", "alpha" }))))
+local opt = P.options(P.solve_options(P.finetune_options(P.solver_options("quantease_outliers", { "ratio", "structured", "iters", "alpha" }))))
 if opt.importance ~= "none" and opt.ratio > 0 then
   qf.option_error("importance", "does not apply to the outlier grid (the trimmed min-max range, docs/methods.md#outlier-grid)")
 end
@@ -12,6 +12,6 @@ local ctx = P.prepare(opt)
 print("grid: " .. tostring(grid))
 local s = P.quantize_model(ctx.model, ctx.cal, P.solver("quantease_outliers", opt, grid),
                            { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
-                           refit_scales = opt.refit_scales })
+                           refit_scales = opt.refit_scales, sigma_shrink = opt.sigma_shrink })
 P.record_summary(s)
 P.evaluate(ctx, opt)

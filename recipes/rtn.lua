@@ -3,7 +3,7 @@
 -- other methods).
 --   qforge run recipes/rtn.lua bits=3 group=32
 local P = require("qforge.pipeline")
-local opt = P.options(P.refit_options(P.finetune_options()))
+local opt = P.options(P.solve_options(P.finetune_options()))
 local ctx = P.prepare(opt)
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid))
@@ -12,6 +12,6 @@ local s = P.quantize_model(ctx.model, ctx.cal, function(l, g)
   return qf.rtn(l.W, spec, spec.importance and l.sigma:diag() or nil)
 end,
   { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
-                           refit_scales = opt.refit_scales })
+                           refit_scales = opt.refit_scales, sigma_shrink = opt.sigma_shrink })
 P.record_summary(s)
 P.evaluate(ctx, opt)

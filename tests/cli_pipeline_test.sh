@@ -348,6 +348,8 @@ opt_err cvxq.lua "option 'overrides': rule 1 'name:q=group:32': under the CVXQ a
 opt_err cvxq.lua "option 'overrides': the pinned linears (rule 1 're:^[1-5]\.(q|k|v|o|gate|up)\$=bits:8') take 6.056 of the 3 bits/weight budget" $FAST target_bits=3 'overrides=re:^[1-5]\.(q|k|v|o|gate|up)$=bits:8'
 opt_err cvxq.lua "option 'overrides': every linear is pinned or skipped" $FAST 'overrides=block:1..5=bits:4'
 # Grid mapping and importance (methods.md#grid-mappings, #grid-importance): refused where they do not apply.
+opt_err gptq.lua "option 'sigma_shrink' must be a finite number in 0..1, got 1.5" $FAST sigma_shrink=1.5
+opt_err decoupleq.lua "unknown option 'refit_scales'" $FAST refit_scales=true
 opt_err gptq.lua "option 'mapping': llamacpp is llama.cpp's symmetric mapping: give sym=true" $FAST mapping=llamacpp
 opt_err gptq.lua "option 'mapping' must be one of" $FAST mapping=q4_0
 opt_err rtn.lua "option 'importance': and mse are two range searches" $FAST importance=diag mse=true
@@ -405,4 +407,22 @@ assert r["kld"]["mean"] > 0 and r["kld"]["same_top"] < 1 and r["ppl_after"] != r
 assert abs(r["kld"]["ppl_reference"] - r["ppl_before"]) < 1e-9 * r["ppl_before"], (r["kld"]["ppl_reference"], r["ppl_before"])
 PY
 
+# The levers around a solve (methods.md#sigma-shrink, #refit-scales): objectives are measured on the
+# calibrated Σ — RTN does not read Σ, so shrinking it must leave RTN's recorded objective exactly as
+# it was; the refit lowers GPTQ's; importance and mapping reach the grid.
+G4="bits=4 sym=true group=32 f16_scales=true mapping=llamacpp"
+run lv0 run recipes/rtn.lua $FAST $G4 kld=false out="$WORK/lv0"
+run lv1 run recipes/rtn.lua $FAST $G4 kld=false sigma_shrink=0.7 out="$WORK/lv1"
+run lv2 run recipes/gptq.lua $FAST $G4 kld=false importance=diag out="$WORK/lv2"
+run lv3 run recipes/gptq.lua $FAST $G4 kld=false importance=diag refit_scales=true out="$WORK/lv3"
+run lv4 run recipes/gptq.lua $FAST $G4 kld=false importance=diag sigma_shrink=1 out="$WORK/lv4"
+python3 - "$WORK" <<'PY' && ok || bad "sigma_shrink / refit_scales / importance through the recipes"
+import json, sys
+r = {k: json.load(open("%s/%s/results.json" % (sys.argv[1], k))) for k in ("lv0", "lv1", "lv2", "lv3", "lv4")}
+assert r["lv0"]["objective_total"] == r["lv1"]["objective_total"], (r["lv0"]["objective_total"], r["lv1"]["objective_total"])
+assert r["lv3"]["objective_total"] < r["lv2"]["objective_total"], (r["lv3"]["objective_total"], r["lv2"]["objective_total"])
+assert r["lv4"]["objective_total"] != r["lv2"]["objective_total"]
+assert abs(r["lv2"]["storage"]["bits_per_weight"] - r["lv0"]["storage"]["bits_per_weight"]) < 1e-12
+PY
+expect_file_has "the grid line names mapping and importance" "$WORK/lv2.stdout" "grid: qforge.grid 4-bit sym g32 llamacpp importance-diag f16-scales"
 finish cli_pipeline

@@ -100,15 +100,20 @@ function P.finetune_options(own, help)
   return own, help
 end
 
--- The scale refit (docs/methods.md#refit-scales) a recipe offers: after each solve, every row's
--- scales are refitted to the layer objective with the codes fixed (qf.refit_scales); pass
--- opts.refit_scales = opt.refit_scales to P.quantize_model.
-function P.refit_options(own, help)
+-- Options applied around every solve, which a recipe offers when its solves take any Σ and
+-- return QLinears on integer-zero grids: sigma_shrink (the solve sees (1 − α)Σ + α·diag Σ,
+-- docs/methods.md#sigma-shrink) and refit_scales (after the solve, every row's scales refitted
+-- with the codes fixed, qf.refit_scales, docs/methods.md#refit-scales). Pass P.solve_opts(opt)'s
+-- fields to P.quantize_model.
+local SOLVE = { sigma_shrink = 0.0, refit_scales = false }  -- 0.0: a number option, not an integer
+local SOLVE_HELP = {
+  sigma_shrink = { "shrink each layer's Sigma toward its diagonal before the solve: (1-a)Sigma + a diag(Sigma) (0: Sigma, 1: llama.cpp's imatrix view); objectives are still reported on Sigma; docs/methods.md#sigma-shrink", min = 0, max = 1 },
+  refit_scales = "after each solve: refit every row's scales to the layer objective with the codes and zeros fixed (least squares under Sigma; a row keeps the new scales only when its loss falls; docs/methods.md#refit-scales)",
+}
+function P.solve_options(own, help)
   own, help = own or {}, help or {}
-  if own.refit_scales == nil then own.refit_scales = false end
-  if help.refit_scales == nil then
-    help.refit_scales = "after each solve: refit every row's scales to the layer objective with the codes and zeros fixed (least squares under Sigma; a row keeps the new scales only when its loss falls; docs/methods.md#refit-scales)"
-  end
+  for k, v in pairs(SOLVE) do if own[k] == nil then own[k] = v end end
+  for k, v in pairs(SOLVE_HELP) do if help[k] == nil then help[k] = v end end
   return own, help
 end
 
@@ -579,7 +584,9 @@ end
 -- opts.finetune = {params=, lr=, epochs=, ...} (cal:finetune's options): after a block's linears are
 -- quantized, train its floats against its full-precision outputs (decoupleQ's block stage); the
 -- per-block losses are recorded as "finetune" and returned as .finetune.
--- opts.refit_scales: each QLinear a solve returns gets qf.refit_scales (its info gains `refit`).
+-- opts.sigma_shrink = α > 0: the solve (and the refit) see qf.shrink_sigma(Σ, α); the objective
+-- recorded is still measured on Σ. opts.refit_scales: each QLinear a solve returns gets
+-- qf.refit_scales (its info gains `refit`).
 --
 -- ETA: remaining solves × the mean solve time so far, plus the remaining per-block work outside the
 -- solves (capture, advance, finetune: "overhead"), estimated per block from the finished blocks —
@@ -628,7 +635,9 @@ function P.quantize_model(m, cal, solve, opts)
           for k, v in pairs(REGISTRY_SOLVES[solve]) do spec[k] = v end
           for k, v in pairs(rule.settings) do spec[k] = v end
         end
-        local q, info = solve({ block = b, name = name, W = W:clone(), sigma = st.sigma, mu = st.mu, tokens = st.tokens },
+        local shrink = (opts.sigma_shrink or 0) > 0
+        local sigma = shrink and qf.shrink_sigma(st.sigma, opts.sigma_shrink) or st.sigma
+        local q, info = solve({ block = b, name = name, W = W:clone(), sigma = sigma, mu = st.mu, tokens = st.tokens },
                               spec and qf.grid(spec) or nil)
         if not (qf.is_tensor(q) or (type(q) == "userdata" and tostring(q):match("^qforge%.QLinear"))) then
           error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
@@ -644,10 +653,12 @@ function P.quantize_model(m, cal, solve, opts)
         local obj, rel
         if opts.refit_scales and not qf.is_tensor(q) then  -- methods.md#refit-scales
           local rinfo
-          q, rinfo = qf.refit_scales(W, st.sigma, q)
+          q, rinfo = qf.refit_scales(W, sigma, q)
           info = info or {}
           info.refit = rinfo
-          obj, rel = qf.objective(W, q:dequantize(), st.sigma)
+        end
+        if opts.refit_scales or shrink then  -- measured on the layer's own Σ
+          obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)
         elseif REGISTRY_SOLVES[solve] then
           obj, rel = info.objective, info.relative
         else  -- a recipe's own solve: measured here, against the original W

@@ -119,6 +119,18 @@ Objective objective(const LayerProblem& p, const Tensor& What) {
   return o;
 }
 
+Tensor shrink_sigma(const Tensor& Sigma, double alpha) {
+  if (!(alpha >= 0 && alpha <= 1)) fail("shrink_sigma: alpha must be in [0, 1], got ", alpha);
+  if (Sigma.dim() != 2 || Sigma.size(0) != Sigma.size(1)) fail("shrink_sigma: expected a square 2-d Σ, got ", shape_str(Sigma.shape()));
+  Tensor out = Sigma.contiguous().clone();
+  auto M = out.mat();
+  const float keep = (float)(1 - alpha);
+  for (int64_t i = 0; i < M.rows(); ++i)
+    for (int64_t j = 0; j < M.cols(); ++j)
+      if (i != j) M(i, j) *= keep;
+  return out;
+}
+
 std::vector<float> sigma_diag(const Tensor& Sigma) {
   const auto S = Sigma.cmat();
   std::vector<float> d((size_t)S.rows());

@@ -39,6 +39,10 @@ struct LayerProblem {
 // The objective of Ŵ on a validated problem (only Ŵ is checked).
 Objective objective(const LayerProblem& p, const Tensor& What);
 
+// (1 − α)Σ + α·diag(Σ): shrinkage toward the diagonal, α in [0, 1] (methods.md#sigma-shrink) —
+// α = 1 keeps only the per-input importances (what llama.cpp's imatrix sees), α = 0 is Σ.
+Tensor shrink_sigma(const Tensor& Sigma, double alpha);
+
 // diag Σ as floats: the column importances a grid's importance search weighs by (methods.md#grid-importance).
 std::vector<float> sigma_diag(const Tensor& Sigma);
 

@@ -50,6 +50,17 @@ do
   check_error(function() qf.refit_scales(Wr, S, (qf.alt_min(Wr, S, qf.grid{ bits = 3, float_zero = true }, { iters = 1 }))) end, "integer zeros")
 end
 
+H.section("shrink_sigma: off-diagonal scaled by 1 - alpha, diagonal kept (methods.md#sigma-shrink)")
+do
+  local S3 = qf.shrink_sigma(S, 0.25)
+  check_eq(S3:get(2, 2), S:get(2, 2), "diagonal kept")
+  check_eq(S3:get(2, 5), 0.75 * S:get(2, 5), 1e-6 * math.abs(S:get(2, 5)), "off-diagonal times 0.75")
+  check_eq(qf.shrink_sigma(S, 1):sub(S:diag():diag()):abs_max(), 0, "alpha 1: diag(Sigma)")
+  check_eq(qf.shrink_sigma(S, 0):sub(S):abs_max(), 0, "alpha 0: Sigma")
+  check_error(function() qf.shrink_sigma(S, 1.5) end, "alpha must be in [0, 1], got 1.5")
+  check_error(function() qf.shrink_sigma(Wr, 0.5) end, "expected a square 2-d")
+end
+
 H.section("grid importance: diag Σ weighs the fit (methods.md#grid-importance)")
 do
   local d = S:diag()
