@@ -336,7 +336,7 @@ static void fit_compand(std::vector<float>& v, int bits, const GridSpec& sp, flo
 // to 11 − ⌈log₂(maxq + 1)⌉ significant bits so that scale·zero (zero ≤ maxq) is fp16-exact —
 // up to 5 bits (the Q4_1 and Q5_1 cases: 7 and 6 significant bits); wider asymmetric grids would
 // lose too much scale precision.
-static float round_scale_f16(float s, int maxq, bool sym) {
+bool grid_scale_f16(float s, int maxq, bool sym, float* out) {
   float r = f16_to_f32(f32_to_f16(s));
   if (!sym && maxq <= 31) {  // Q4_1's / Q5_1's m = −scale·zero must be fp16 too
     int e;
@@ -344,8 +344,14 @@ static float round_scale_f16(float s, int maxq, bool sym) {
     const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
     r = f16_to_f32(f32_to_f16((float)std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits)));
   }
+  *out = r;
   // A llamacpp-mapped symmetric grid may have a negative scale (the signed extreme on code 0).
-  if (!(sym ? r != 0.f : r > 0.f) || !std::isfinite(r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
+  return (sym ? r != 0.f : r > 0.f) && std::isfinite(r);
+}
+
+static float round_scale_f16(float s, int maxq, bool sym) {
+  float r;
+  if (!grid_scale_f16(s, maxq, sym, &r)) fail("grid: scale ", s, " is not representable in fp16 (f16_scales)");
   return r;
 }
 

@@ -139,6 +139,10 @@ void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* s
 // "gptq" | "llamacpp" (nullptr for an unknown name).
 const char* grid_mapping_name(GridMapping m);
 bool grid_mapping_from_name(const std::string& name, GridMapping* m);
+// The scale f16_scales stores for s (methods.md#grid): fp16, and for asymmetric grids of ≤ 5 bits
+// rounded further so that scale·zero is fp16-exact; false when fp16 cannot hold it (0, inf, or a
+// non-positive asymmetric scale).
+bool grid_scale_f16(float s, int maxq, bool sym, float* out);
 // An empty grid for W's shape (params unset; groups contiguous).
 Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
 // Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <vector>
 
-#include "core/half.h"
 #include "solvers/normal_equations.h"
 
 namespace qf {
@@ -12,20 +11,6 @@ namespace qf {
 using MatD = Eigen::MatrixXd;
 using RowMatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using VecD = Eigen::VectorXd;
-
-// The fp16 scale a grid with f16_scales may hold (grid.cpp's rule: asym ≤ 4 bits also keeps
-// scale·zero fp16-exact by dropping mantissa bits); false when fp16 cannot hold it.
-static bool f16_scale(float s, int maxq, bool sym, float* out) {
-  float r = f16_to_f32(f32_to_f16(s));
-  if (!sym && maxq <= 31) {
-    int e;
-    const double m = std::frexp((double)r, &e);
-    const int bits = std::max(1, 11 - (int)std::ceil(std::log2((double)maxq + 1)));
-    r = f16_to_f32(f32_to_f16((float)std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits)));
-  }
-  *out = r;
-  return r != 0.f && std::isfinite(r) && (sym || r > 0.f);
-}
 
 RefitResult refit_scales(const LayerProblem& p, const QuantizedLinear& q) {
   const char* fn = "refit_scales";
@@ -96,7 +81,7 @@ RefitResult refit_scales(const LayerProblem& p, const QuantizedLinear& q) {
       for (int64_t k = 0; k < ng && ok; ++k) {
         if (std::isnan(theta(k))) continue;  // a group the loss does not see: keep its scale
         float s = (float)theta(k);
-        if (g.spec.f16_scales) ok = f16_scale(s, maxq, g.spec.sym, &s);
+        if (g.spec.f16_scales) ok = grid_scale_f16(s, maxq, g.spec.sym, &s);
         ok = ok && std::isfinite(s) && s != 0.f && (g.spec.sym || s > 0.f);
         cand[(size_t)k] = s;
       }
