@@ -22,6 +22,9 @@ local SOLVERS = {
   qe_out1 = { "quantease_outliers", { ratio = 0.01, iters = opt.iters } },
 }
 for _, k in ipairs(methods) do qf.check_solver_options(SOLVERS[k][1], SOLVERS[k][2]) end
+if opt.importance ~= "none" then
+  qf.option_error("importance", "does not apply to the outlier columns qe_out05 / qe_out1 (their grid is the trimmed min-max range, docs/methods.md#outlier-grid)")
+end
 
 local ctx = P.prepare(opt, nil, { outliers = opt.apply:match("^qe_out") ~= nil })
 local grid = P.grid(opt)

@@ -356,6 +356,7 @@ opt_err rtn.lua "option 'importance': and mse are two range searches" $FAST impo
 opt_err quantease_outliers.lua "option 'importance': does not apply to the outlier grid" $FAST importance=diag
 opt_err decoupleq.lua "option 'mapping': does not apply to decoupleQ" $FAST mapping=llamacpp sym=true
 opt_err decoupleq.lua "option 'importance': does not apply to decoupleQ" $FAST importance=diag
+opt_err compare_solvers.lua "option 'importance': does not apply to the outlier columns" $FAST importance=diag
 opt_err cvxq.lua "option 'mapping': does not apply to the CVXQ allocation's grids" $FAST mapping=llamacpp sym=true
 opt_err gptq.lua "its scales are positive: mapping=llamacpp" $FAST mapping=llamacpp sym=true bits=4 save="$WORK/neg" save_format=gptq
 run cxo run recipes/cvxq.lua $FAST target_bits=3 'overrides=block:1=bits:8;skip:name:down' out="$WORK/cxo"
