@@ -252,7 +252,7 @@ std::vector<float> importance_arg(lua_State* L, int arg, const char* fn, const G
   if (lua_isnoneornil(L, arg)) {
     if (spec.importance != GridImportance::None)
       fail(fn, ": the grid's importance '", grid_importance_name(spec.importance), "' needs the column importances (argument ", arg,
-           ": a tensor of ", cols, " values, e.g. cal:sigma(b, name):diag())");
+           ": a tensor of ", cols, " values, e.g. S:diag() of the layer's Σ)");
     return {};
   }
   if (spec.importance == GridImportance::None)

@@ -103,8 +103,8 @@ end
 -- Options applied around every solve, which a recipe offers when its solves take any Σ and
 -- return QLinears on integer-zero grids: sigma_shrink (the solve sees (1 − α)Σ + α·diag Σ,
 -- docs/methods.md#sigma-shrink) and refit_scales (after the solve, every row's scales refitted
--- with the codes fixed, qf.refit_scales, docs/methods.md#refit-scales). Pass P.solve_opts(opt)'s
--- fields to P.quantize_model.
+-- with the codes fixed, qf.refit_scales, docs/methods.md#refit-scales). Pass opt.sigma_shrink and
+-- opt.refit_scales to P.quantize_model.
 local SOLVE = { sigma_shrink = 0.0, refit_scales = false }  -- 0.0: a number option, not an integer
 local SOLVE_HELP = {
   sigma_shrink = { "shrink each layer's Sigma toward its diagonal before the solve: (1-a)Sigma + a diag(Sigma) (0: Sigma, 1: llama.cpp's imatrix view); objectives are still reported on Sigma; docs/methods.md#sigma-shrink", min = 0, max = 1 },
@@ -177,7 +177,7 @@ local function slice(t, first, last)
   return r
 end
 
--- The grid spec of the common options.
+-- The grid options that contradict each other, refused before any work (P.prepare, P.grid).
 local function check_grid_options(opt)
   if opt.mapping == "llamacpp" and not opt.sym then qf.option_error("mapping", "llamacpp is llama.cpp's symmetric mapping: give sym=true") end
   if opt.importance ~= nil and opt.importance ~= "none" and opt.mse then
@@ -185,6 +185,7 @@ local function check_grid_options(opt)
   end
 end
 
+-- The grid spec of the common options.
 function P.grid(opt)
   check_grid_options(opt)
   return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales,

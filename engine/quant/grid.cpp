@@ -128,7 +128,6 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
   return g;
 }
 
-// (scale, zero) from a range, docs/methods.md#grid (f32 like the reference Quantizer).
 const char* grid_mapping_name(GridMapping m) { return m == GridMapping::Llamacpp ? "llamacpp" : "gptq"; }
 bool grid_mapping_from_name(const std::string& name, GridMapping* m) {
   if (name == "gptq") *m = GridMapping::Gptq;
@@ -148,6 +147,7 @@ bool grid_importance_from_name(const std::string& name, GridImportance* m) {
   return true;
 }
 
+// (scale, zero) from a range, docs/methods.md#grid (f32 like the reference Quantizer).
 void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero, GridMapping mapping) {
   if (sym && mapping == GridMapping::Llamacpp) {
     // The signed extreme (the range holds 0); an all-zero group gets any scale: that of m = 1.
@@ -229,7 +229,6 @@ static void fit_uniform_weighted(const std::vector<float>& v, const std::vector<
     xmax = std::max(xmax, x);
   }
   grid_params_from_range(xmin, xmax, maxq, sp.sym, scale, zero, sp.mapping);
-  auto finish = [&](float s) { return sp.f16_scales ? round_scale_f16(s, maxq, sp.sym) : s; };
   auto err = [&](float s, float z) {
     double e = 0;
     for (size_t j = 0; j < v.size(); ++j) {
@@ -250,12 +249,11 @@ static void fit_uniform_weighted(const std::vector<float>& v, const std::vector<
     *out = (float)(num / den);
     return std::isfinite(*out);
   };
-  float bs = finish(*scale), bz = *zero;
+  float bs = sp.f16_scales ? round_scale_f16(*scale, maxq, sp.sym) : *scale, bz = *zero;
   double best = err(bs, bz);
   auto consider = [&](float s, float z) {
     if (s == 0.f || !std::isfinite(s)) return;
-    if (sp.f16_scales && !(std::fabs(s) >= 6.1e-5f && std::fabs(s) <= 65504.f)) return;  // a candidate fp16 cannot hold
-    s = finish(s);
+    if (sp.f16_scales && !grid_scale_f16(s, maxq, sp.sym, &s)) return;  // a candidate fp16 cannot hold
     const double e = err(s, z);
     if (e < best) best = e, bs = s, bz = z;
   };

@@ -136,7 +136,7 @@ struct Grid {
 // maxq = 0 (a 0-bit group) is the caller's business: such groups hold their median in zero.
 void grid_params_from_range(float xmin, float xmax, int maxq, bool sym, float* scale, float* zero,
                             GridMapping mapping = GridMapping::Gptq);
-// "gptq" | "llamacpp" (nullptr for an unknown name).
+// "gptq" | "llamacpp"; from_name returns false for an unknown name.
 const char* grid_mapping_name(GridMapping m);
 bool grid_mapping_from_name(const std::string& name, GridMapping* m);
 // The scale f16_scales stores for s (methods.md#grid): fp16, and for asymmetric grids of ≤ 5 bits
@@ -151,7 +151,7 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
 void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* importance = nullptr);
 // Fits every group from W (2-d f32).
 Grid grid_fit(const Tensor& W, const GridSpec& spec, const float* importance = nullptr);  // W.size(1) importances
-// "none" | "diag" | "diag_x"
+// "none" | "diag" | "diag_x"; from_name returns false for an unknown name.
 const char* grid_importance_name(GridImportance m);
 bool grid_importance_from_name(const std::string& name, GridImportance* m);
 // Quantizes column `col` of every row: out[r] = Q_{r, g_idx[col]}(x[r]); x, out strided by stride.
