@@ -48,8 +48,28 @@ static std::vector<int64_t> int_list_field(lua_State* L, int arg, const char* ke
 static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   if (lua_type(L, arg) != LUA_TTABLE) type_error(L, arg, fn, "grid table (qf.grid{...})");
   check_opts(L, arg, fn, {"bits", "sym", "mapping", "importance", "group", "mse", "maxshrink", "grid_points", "norm", "kind", "compand_mult",
-                          "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"});
+                          "compand_bias", "compand_search", "alloc", "row_groups", "f16_scales", "float_zero", "ktype"});
   GridSpec s;
+  // ktype: a K-quant layout fixes bits, group, sym and fp16 scales; only importance may go with it.
+  const std::string ktype = opt_field_str(L, arg, "ktype", fn, "");
+  if (!ktype.empty()) {
+    KQuantType t;
+    if (!kquant_from_name(ktype, &t)) fail(fn, ": option 'ktype' must be Q2_K, Q3_K, Q4_K, Q5_K or Q6_K, got \"", ktype, "\"");
+    for (const char* k : {"bits", "sym", "mapping", "group", "mse", "maxshrink", "grid_points", "norm", "compand_mult", "compand_bias",
+                          "compand_search", "alloc", "row_groups", "f16_scales", "float_zero"}) {
+      lua_getfield(L, arg, k);
+      const bool given = !lua_isnil(L, -1);
+      lua_pop(L, 1);
+      if (given) fail(fn, ": option '", k, "' does not go with ktype=", ktype, " (the K-quant layout fixes the grid; importance may be given)");
+    }
+    const std::string kind = opt_field_str(L, arg, "kind", fn, "kquant");
+    if (kind != "kquant") fail(fn, ": option 'kind' must be \"kquant\" with ktype, got \"", kind, "\"");
+    const std::string importance = opt_field_str(L, arg, "importance", fn, "none");
+    GridImportance imp;
+    if (!grid_importance_from_name(importance, &imp) || imp == GridImportance::DiagX)
+      fail(fn, ": option 'importance' must be \"none\" or \"diag\" with ktype, got \"", importance, "\"");
+    return grid_spec_kquant(t, imp);
+  }
   s.bits = (int)opt_field_int(L, arg, "bits", fn, s.bits);
   s.sym = opt_field_bool(L, arg, "sym", fn, s.sym);
   s.group = opt_field_int(L, arg, "group", fn, s.group);
@@ -64,7 +84,8 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
   s.norm = (float)opt_field_num(L, arg, "norm", fn, s.norm);
   const std::string kind = opt_field_str(L, arg, "kind", fn, "uniform");
   if (kind == "compand") s.kind = GridKind::Compand;
-  else if (kind != "uniform") fail(fn, ": option 'kind' must be \"uniform\" or \"compand\", got \"", kind, "\"");
+  else if (kind == "kquant") fail(fn, ": kind \"kquant\" needs option 'ktype' (Q2_K, Q3_K, Q4_K, Q5_K or Q6_K)");
+  else if (kind != "uniform") fail(fn, ": option 'kind' must be \"uniform\", \"compand\" or \"kquant\", got \"", kind, "\"");
   s.compand_mult = (float)opt_field_num(L, arg, "compand_mult", fn, s.compand_mult);
   s.compand_bias = (float)opt_field_num(L, arg, "compand_bias", fn, s.compand_bias);
   s.compand_search = opt_field_bool(L, arg, "compand_search", fn, s.compand_search);
@@ -95,6 +116,14 @@ static GridSpec spec_arg(lua_State* L, int arg, const char* fn) {
 }
 
 static void push_spec(lua_State* L, const GridSpec& s) {
+  if (s.kind == GridKind::KQuant) {
+    lua_createtable(L, 0, 3);
+    set_field(L, "ktype", std::string(kquant_layout(s.ktype).name));
+    set_field(L, "kind", std::string("kquant"));
+    if (s.importance != GridImportance::None) set_field(L, "importance", std::string(grid_importance_name(s.importance)));
+    luaL_setmetatable(L, kSpecMT);
+    return;
+  }
   lua_createtable(L, 0, 7);
   set_field(L, "bits", s.bits);
   set_field(L, "sym", s.sym);

@@ -12,6 +12,11 @@ no qforge code), bit for bit.
    write), gguf-py's GGUFWriter writes a tiny llama whose linears are random raw blocks (fp16
    scale fields set to finite random values); qforge loads it and exports F32; gguf-py's
    dequantization of the raw blocks must equal it.
+3. qforge's K-quant exports (Q2_K … Q6_K): a one-block llama of width 256 with heavy-tailed F32
+   weights (written by gguf-py), quantized by qforge on K-quant grids (RTN with the reference fit,
+   and with the importance-weighted fit under random column importances) and written in that K
+   type; gguf-py dequantizes every tensor, which must equal the weights qforge evaluated and
+   qforge's decoding of the file.
 Prints one line per file and exits 1 on any difference. gguf and numpy are installed into the venv
 when missing (PyPI).
 """
@@ -43,6 +48,29 @@ for _, c in ipairs(cases) do
   q:save(name .. ".mem_f32.gguf", { format = "gguf", dtype = "F32" })
   qf.load_model(name .. ".gguf"):save(name .. ".back_f32.gguf", { format = "gguf", dtype = "F32" })
   print("wrote " .. name .. ".gguf")
+end
+"""
+
+EXPORT_K = """
+local opt = qf.options({ src = "", dest = "" })
+local m = qf.load_model(opt.src)
+local rng = qf.rng(5)
+for _, t in ipairs({ "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K" }) do
+  for _, imp in ipairs({ "none", "diag" }) do
+    local g = qf.grid{ ktype = t, importance = imp }
+    local q = m:clone()
+    for b = 1, q:nblocks() do
+      for _, n in ipairs(q:linear_names()) do
+        local W = q:weight(b, n)
+        q:set_linear(b, n, imp == "none" and qf.rtn(W, g) or qf.rtn(W, g, rng:rand({ W:size(2) }) * 4 + 0.01))
+      end
+    end
+    local name = opt.dest .. "/" .. t .. "_" .. imp
+    q:save(name .. ".gguf", { format = "gguf", dtype = t })
+    q:save(name .. ".mem_f32.gguf", { format = "gguf", dtype = "F32" })
+    qf.load_model(name .. ".gguf"):save(name .. ".back_f32.gguf", { format = "gguf", dtype = "F32" })
+    print("wrote " .. name .. ".gguf")
+  end
 end
 """
 
@@ -149,6 +177,36 @@ def random_llama(path, tname, rng):
     w.close()
 
 
+def f32_llama(path, rng):
+    """the random_llama shapes with heavy-tailed float32 weights (normal, every 37th value ×6)"""
+    import numpy as np
+    import gguf
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(16)
+    w.add_embedding_length(256)
+    w.add_block_count(1)
+    w.add_feed_forward_length(256)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_rope_dimension_count(128)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(8)
+    w.add_file_type(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((8, 256)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(256, dtype=np.float32))
+    shapes = {"attn_q": 256, "attn_k": 128, "attn_v": 128, "attn_output": 256, "ffn_gate": 256, "ffn_up": 256, "ffn_down": 256}
+    for lin, rows in shapes.items():
+        x = rng.standard_normal(rows * 256) * 0.02
+        x[5::37] *= 6
+        w.add_tensor(f"blk.0.{lin}.weight", x.reshape(rows, 256).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -183,6 +241,16 @@ def main():
         random_llama(src, tname, rng)
         run_qforge(qf, RELOAD, work, "reload", ["src=" + src, "dest=" + dst])
         ok &= compare(f"random {tname} blocks", src, dst, only_linears=True)
+
+    print("-- 3. qforge's K-quant exports (RTN on K-quant grids, reference and importance-weighted fits)")
+    src = os.path.join(work, "f32_llama.gguf")
+    f32_llama(src, rng)
+    run_qforge(qf, EXPORT_K, work, "export_k", ["src=" + src, "dest=" + work])
+    for t in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]:
+        for imp in ["none", "diag"]:
+            base = os.path.join(work, f"{t}_{imp}")
+            ok &= compare(f"{t} ({imp}) .gguf vs the quantized model in memory", base + ".gguf", base + ".mem_f32.gguf", only_linears=True)
+            ok &= compare(f"{t} ({imp}) .gguf vs qforge's decoding of it", base + ".gguf", base + ".back_f32.gguf")
 
     print("all identical" if ok else "DIFFERENCES FOUND")
     sys.exit(0 if ok else 1)

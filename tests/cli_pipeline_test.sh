@@ -160,7 +160,11 @@ done
 
 # ---- item 20: export options before any work -----------------------------------------------
 opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got \"onnx\"" save="$WORK/m.onnx" save_format=onnx
-opt_err rtn.lua "option 'save_dtype': 'Q5_K' is not a gguf dtype" save="$WORK/m.gguf" save_format=gguf save_dtype=Q5_K
+opt_err rtn.lua "option 'save_dtype': 'Q8_K' is not a gguf dtype" save="$WORK/m.gguf" save_format=gguf save_dtype=Q8_K
+opt_err rtn.lua "option 'save_format': gguf Q5_K cannot store this run's model: its Q5_K super-blocks need ktype=Q5_K" save="$WORK/m.gguf" save_format=gguf save_dtype=Q5_K
+opt_err rtn.lua "option 'bits': does not go with ktype=Q4_K" ktype=Q4_K bits=3
+opt_err rtn.lua "option 'ktype' must be one of" ktype=Q8_K
+opt_err decoupleq.lua "option 'ktype': this recipe makes decoupleQ float-zero grids, not K-quant grids" ktype=Q4_K
 opt_err rtn.lua "Q4_0 is symmetric: pass sym=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 f16_scales=true
 opt_err rtn.lua "pass f16_scales=true" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_0 group=32 sym=true
 opt_err rtn.lua "need group=-1 or a multiple of 32, got group=48" save="$WORK/m.gguf" save_format=gguf save_dtype=Q4_1 group=48 f16_scales=true
@@ -175,6 +179,14 @@ opt_err decoupleq.lua "decoupleQ's float zero points" save="$WORK/gptq" save_for
 run save_ok run recipes/rtn.lua $FAST bits=4 sym=true group=32 f16_scales=true save="$WORK/ok.gguf" save_format=gguf save_dtype=Q4_0 out="$WORK/save_ok"
 expect_rc "rtn -> gguf Q4_0 with storable options" 0
 if [ -s "$WORK/ok.gguf" ]; then ok; else bad "ok.gguf not written"; fi
+# ktype on a model whose widths are not multiples of 256 (stories260K: 64, 172): every linear gets
+# llama-quantize's fallback grid (Q4_K -> Q5_0's), said on each progress line and recorded; down
+# (172 columns) has no block type and is written F32 in the Q4_K file.
+run kq_ok run recipes/gptq.lua $FAST ktype=Q4_K importance=diag save="$WORK/k.gguf" save_format=gguf save_dtype=Q4_K out="$WORK/kq_ok"
+expect_rc "gptq ktype=Q4_K -> gguf Q4_K" 0
+expect_in "gptq ktype=Q4_K" stderr "[5-bit g32 sym: K-quant fallback, 64 columns]"
+if [ -s "$WORK/k.gguf" ]; then ok; else bad "k.gguf not written"; fi
+if grep -q '"fallback":true' "$WORK/kq_ok/log.jsonl" 2>/dev/null || grep -rq '"fallback": *true' "$WORK/kq_ok/" ; then ok; else bad "kq_ok: no fallback record"; fi
 
 # ---- item 4: custom_loop.lua stores codes + outliers, not a 16-bit float tensor -------------
 run custom run recipes/custom_loop.lua $FAST bits=3 rounds=1 sweeps=1 ratio=0.005 out="$WORK/custom"

@@ -11,6 +11,7 @@
 
 #include "core/half.h"
 #include "formats/dtypes.h"
+#include "quant/kquant.h"
 #include "formats/export.h"
 #include "formats/export_hf.h"
 #include "formats/gguf.h"
@@ -118,7 +119,10 @@ TEST_CASE("dtype table: a round trip per type with both converters") {
       for (int64_t k = 0; k < n / t.block_elems; ++k) {
         float lo = x[k * t.block_elems], hi = lo;
         for (int64_t j = 0; j < t.block_elems; ++j) lo = std::min(lo, x[k * t.block_elems + j]), hi = std::max(hi, x[k * t.block_elems + j]);
-        const float step = (hi - lo) / 7.f;  // a 4-bit grid's step over the block's range is (hi − lo)/15; a Q4_0 step at most 2·max/15
+        // A 4-bit grid's step over the block's range is (hi − lo)/15, a Q4_0 step at most 2·max/15; a K
+        // super-block's sub-blocks have their own ranges inside [lo, hi] but Q2_K's only 3 steps.
+        KQuantType kt;
+        const float step = kquant_from_name(t.name, &kt) ? (hi - lo) / (float)((1 << kquant_layout(kt).bits) - 1) : (hi - lo) / 7.f;
         for (int64_t j = 0; j < t.block_elems; ++j) CHECK(std::fabs(y[k * t.block_elems + j] - x[k * t.block_elems + j]) <= step);
       }
       // The table's functions are the ones the named entry points use.
@@ -286,9 +290,21 @@ TEST_CASE("check_save: format and dtype refusals name the option, outliers/alloc
   SaveRefusal r = check_save({"onnx", ""}, &p);
   CHECK(r.option == "save_format");
   CHECK(r.message == "unknown format 'onnx' (expected hf, gguf, gptq or qforge)");
-  r = check_save({"gguf", "Q5_K"}, &p);
+  r = check_save({"gguf", "Q8_K"}, &p);
   CHECK(r.option == "save_dtype");
-  CHECK(r.message == "'Q5_K' is not a gguf dtype (F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+  CHECK(r.message == "'Q8_K' is not a gguf dtype (F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0)");
+  // A K type needs K-quant grids of that type (ktype), and a K grid needs its own K dtype.
+  r = check_save({"gguf", "Q4_K"}, &p);
+  CHECK(r.option == "save_format");
+  CHECK(r.message == "gguf Q4_K cannot store this run's model: its Q4_K super-blocks need ktype=Q4_K");
+  GridPlan pk;
+  pk.ktype = "Q4_K";
+  CHECK(check_save({"gguf", "Q4_K"}, &pk).ok());
+  CHECK(check_save({"gguf", "Q5_K"}, &pk).message == "gguf Q5_K cannot store this run's model: its Q5_K super-blocks need ktype=Q5_K, got ktype=Q4_K");
+  CHECK(check_save({"gguf", "Q4_0"}, &pk).message == "gguf Q4_0 cannot store this run's model: a Q4_K grid is stored by gguf Q4_K (save_dtype=Q4_K)");
+  CHECK(check_save({"gptq", ""}, &pk).message == "gptq cannot store this run's model: a Q4_K grid is stored by gguf Q4_K only (or save_format=qforge)");
+  pk.outliers = true;
+  CHECK(check_save({"gguf", "Q4_K"}, &pk).message == "gguf Q4_K cannot store this run's model: it stores no sparse outliers (use ratio=0 or save_format=qforge)");
   r = check_save({"hf", "q4_0"}, nullptr);
   CHECK(r.message == "'q4_0' is not a hf dtype (BF16, F16, F32)");
   r = check_save({"gptq", "F16"}, nullptr);

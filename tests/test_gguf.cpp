@@ -5,8 +5,10 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -288,6 +290,13 @@ TEST_CASE("Q5_0 / Q5_1 reference quantizers: decoded within half a step of the i
   }
 }
 
+// The first index where n bytes of a and b differ, −1 if none.
+static int first_diff(const uint8_t* a, const uint8_t* b, int n) {
+  for (int i = 0; i < n; ++i)
+    if (a[i] != b[i]) return i;
+  return -1;
+}
+
 TEST_CASE("Q4_K dequantization of a handcrafted super-block with known sub-scales") {
   // d = 0.5, dmin = 0.25; 6-bit sub-scales/mins chosen so the high 2 bits matter.
   const int sc[8] = {1, 17, 33, 63, 5, 40, 22, 59}, mn[8] = {0, 63, 2, 31, 48, 7, 16, 33};
@@ -317,6 +326,13 @@ TEST_CASE("Q4_K dequantization of a handcrafted super-block with known sub-scale
     const int sub = i / 32;
     CHECK(y[i] == 0.5f * (float)sc[sub] * (float)q_of(i) - 0.25f * (float)mn[sub]);
   }
+  // The packer rebuilds these bytes from the same integers (over garbage in the block).
+  int q[256];
+  for (int i = 0; i < 256; ++i) q[i] = q_of(i);
+  uint8_t p[144];
+  std::memset(p, 0xFF, sizeof p);
+  pack_superblock_q4_k(q, sc, mn, 0.5f, 0.25f, p);
+  CHECK(first_diff(p, b, 144) == -1);
 }
 
 TEST_CASE("Q6_K dequantization of a handcrafted super-block with known sub-scales") {
@@ -341,6 +357,13 @@ TEST_CASE("Q6_K dequantization of a handcrafted super-block with known sub-scale
     const int h = i / 128, k = (i % 128) / 32, l = i % 32;
     CHECK(y[i] == 0.125f * (float)sc[8 * h + l / 16 + 2 * k] * (float)(q_of(i) - 32));
   }
+  // The packer rebuilds these bytes from the same integers (sub-block k = elements 16k..16k+15).
+  int q[256];
+  for (int i = 0; i < 256; ++i) q[i] = q_of(i);
+  uint8_t p[210];
+  std::memset(p, 0xFF, sizeof p);
+  pack_superblock_q6_k(q, sc, nullptr, 0.125f, 0.f, p);
+  CHECK(first_diff(p, b, 210) == -1);
   int64_t be, bb;
   CHECK(quant_block_info("Q6_K", &be, &bb));
   CHECK(be == 256);
@@ -374,6 +397,17 @@ TEST_CASE("Q2_K dequantization of a handcrafted super-block with known sub-scale
   // Element 255: sub-block 15 (scale 15, min 9), q = 1311 % 4 = 3: 22.5 − 2.25 = 20.25.
   CHECK(y[17] == -0.25f);
   CHECK(y[255] == 20.25f);
+  // The packer rebuilds these bytes from the same integers.
+  int q[256], sc[16], mn[16];
+  for (int i = 0; i < 256; ++i) q[i] = q_of(i);
+  for (int k = 0; k < 16; ++k) {
+    sc[k] = k;
+    mn[k] = (k * 7) % 16;
+  }
+  uint8_t p[84];
+  std::memset(p, 0xFF, sizeof p);
+  pack_superblock_q2_k(q, sc, mn, 0.5f, 0.25f, p);
+  CHECK(first_diff(p, b, 84) == -1);
 }
 
 TEST_CASE("Q3_K dequantization of a handcrafted super-block with known sub-scales") {
@@ -403,6 +437,14 @@ TEST_CASE("Q3_K dequantization of a handcrafted super-block with known sub-scale
   CHECK(y[0] == 24.f);
   CHECK(y[130] == -20.25f);
   CHECK(y[255] == 6.f);
+  // The packer rebuilds these bytes from the same integers: codes v + 4, scales without the offset.
+  int q[256], s[16];
+  for (int i = 0; i < 256; ++i) q[i] = v_of(i) + 4;
+  for (int k = 0; k < 16; ++k) s[k] = sc[k] - 32;
+  uint8_t p[110];
+  std::memset(p, 0xFF, sizeof p);
+  pack_superblock_q3_k(q, s, nullptr, 0.25f, 0.f, p);
+  CHECK(first_diff(p, b, 110) == -1);
 }
 
 TEST_CASE("Q5_K dequantization of a handcrafted super-block with known sub-scales") {
@@ -432,6 +474,156 @@ TEST_CASE("Q5_K dequantization of a handcrafted super-block with known sub-scale
   // min 33 → 826 − 8.25 = 817.75 (the 5th bit set: 28 = 16 + 12).
   CHECK(y[0] == 3.5f);
   CHECK(y[255] == 817.75f);
+  // The packer rebuilds these bytes from the same integers.
+  int q[256];
+  for (int i = 0; i < 256; ++i) q[i] = q_of(i);
+  uint8_t p[176];
+  std::memset(p, 0xFF, sizeof p);
+  pack_superblock_q5_k(q, sc, mn, 0.5f, 0.25f, p);
+  CHECK(first_diff(p, b, 176) == -1);
+}
+
+// ---- K-quant super-block packers -----------------------------------------------------------------
+
+// Each K type's integer ranges and decoding, written out here independently of the engine:
+// codes 0..qmax decode as q − offset, scales sc_lo..sc_hi, mins 0..mn_max (mn_max < 0: none).
+struct KPackSpec {
+  const char* type;
+  SuperblockPack pack;
+  int bytes, nsub, qmax, offset, sc_lo, sc_hi, mn_max;
+};
+static const KPackSpec kKPack[] = {
+    {"Q2_K", pack_superblock_q2_k, 84, 16, 3, 0, 0, 15, 15},      {"Q3_K", pack_superblock_q3_k, 110, 16, 7, 4, -32, 31, -1},
+    {"Q4_K", pack_superblock_q4_k, 144, 8, 15, 0, 0, 63, 63},     {"Q5_K", pack_superblock_q5_k, 176, 8, 31, 0, 0, 63, 63},
+    {"Q6_K", pack_superblock_q6_k, 210, 16, 63, 32, -128, 127, -1},
+};
+
+// Element i of sub-block k as the decoders compute it, one f32 rounding per operation:
+// (d·sc)·q − dmin·mn with mins, (d·sc)·(q − offset) without.
+static float k_value(const KPackSpec& t, int q, int sc, int mn, float d, float dmin) {
+  const float dl = d * (float)sc;
+  if (t.mn_max < 0) return dl * (float)(q - t.offset);
+  const float prod = dl * (float)q;
+  const float ml = dmin * (float)mn;
+  return prod - ml;
+}
+
+TEST_CASE("K-quant super-block packers: random integers over their full ranges decode bit-exactly") {
+  std::mt19937 rng(20240611);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  // Either sign, any exponent (normal or subnormal), or zero; finite.
+  auto rand_f16 = [&]() -> float {
+    const int pick = uni(0, 15);
+    if (pick == 0) return 0.f;
+    if (pick == 1) return uni(0, 1) ? 65504.f : -65504.f;
+    if (pick == 2) return uni(0, 1) ? 5.9604644775390625e-8f : -5.9604644775390625e-8f;  // 2^-24
+    uint16_t h;
+    do h = (uint16_t)uni(0, 0xFFFF);
+    while ((h & 0x7C00) == 0x7C00);
+    return f16_to_f32(h);
+  };
+  for (const KPackSpec& t : kKPack) {
+    const std::string type = t.type;
+    CAPTURE(type);
+    int64_t be = 0, bb = 0;
+    REQUIRE(quant_block_info(t.type, &be, &bb));
+    REQUIRE(be == 256);
+    REQUIRE(bb == t.bytes);
+    const int sub = 256 / t.nsub;
+    int bad_values = 0, bad_bytes = 0, saw_d0 = 0, saw_q_extremes = 0;
+    std::string first;
+    for (int trial = 0; trial < 1500; ++trial) {
+      // One block in three uses only the ends of each range.
+      const bool ends = trial % 3 == 0;
+      auto pick = [&](int lo, int hi) { return ends ? (uni(0, 1) ? hi : lo) : uni(lo, hi); };
+      int q[256], sc[16], mn[16];
+      for (int i = 0; i < 256; ++i) q[i] = pick(0, t.qmax);
+      for (int k = 0; k < t.nsub; ++k) {
+        sc[k] = pick(t.sc_lo, t.sc_hi);
+        mn[k] = t.mn_max < 0 ? 0 : pick(0, t.mn_max);
+      }
+      const float d = trial == 1 ? 0.f : rand_f16(), dmin = t.mn_max < 0 ? 0.f : rand_f16();
+      saw_d0 += d == 0.f;
+      saw_q_extremes += std::count(q, q + 256, 0) > 0 && std::count(q, q + 256, t.qmax) > 0;
+      const int* mins = t.mn_max < 0 ? nullptr : mn;  // Q3_K / Q6_K never read the mins
+      uint8_t b0[256], b1[256];
+      std::memset(b0, 0x00, sizeof b0);
+      std::memset(b1, 0xFF, sizeof b1);
+      t.pack(q, sc, mins, d, dmin, b0);
+      t.pack(q, sc, mins, d, dmin, b1);
+      if (first_diff(b0, b1, t.bytes) != -1) ++bad_bytes;
+      // Nothing past the block is touched.
+      if (b0[t.bytes] != 0x00 || b1[t.bytes] != 0xFF) ++bad_bytes;
+      float y[256];
+      dequantize_blocks(t.type, b1, 256, y);
+      for (int i = 0; i < 256; ++i) {
+        const int k = i / sub;
+        const float want = k_value(t, q[i], sc[k], mn[k], d, dmin);
+        if (f32_bits(y[i]) != f32_bits(want) && bad_values++ == 0) {
+          char msg[200];
+          std::snprintf(msg, sizeof msg, "trial %d element %d: q %d sc %d mn %d d %a dmin %a decodes to %a, want %a", trial, i, q[i], sc[k],
+                        mn[k], d, dmin, y[i], want);
+          first = msg;
+        }
+      }
+    }
+    CHECK_MESSAGE(bad_values == 0, first);
+    CHECK(bad_bytes == 0);
+    CHECK(saw_d0 > 0);
+    CHECK(saw_q_extremes > 0);
+  }
+}
+
+TEST_CASE("K-quant super-block packers refuse out-of-range integers, naming type, place and value") {
+  for (const KPackSpec& t : kKPack) {
+    const std::string T = t.type;
+    CAPTURE(T);
+    int q[256] = {}, sc[16] = {}, mn[16] = {};
+    uint8_t b[256];
+    std::memset(b, 0x5A, sizeof b);
+    auto pack = [&] { t.pack(q, sc, mn, 1.f, 1.f, b); };
+    // Each refusal names the type, the element or sub-block (1-based) and the value.
+    auto refused = [&](const std::string& want) {
+      CHECK_THROWS_WITH_AS(pack(), doctest::Contains((T + " super-block: " + want).c_str()), Error);
+    };
+    const std::string n = std::to_string(t.nsub);
+    q[37] = t.qmax + 1;
+    refused("code " + std::to_string(t.qmax + 1) + " of element 38 (of 256) is outside 0.." + std::to_string(t.qmax));
+    q[37] = 0;
+    q[0] = -1;
+    refused("code -1 of element 1 (of 256)");
+    q[0] = 0;
+    sc[t.nsub - 1] = t.sc_hi + 1;
+    refused("scale " + std::to_string(t.sc_hi + 1) + " of sub-block " + n + " (of " + n + ") is outside " + std::to_string(t.sc_lo) + ".." +
+            std::to_string(t.sc_hi));
+    sc[t.nsub - 1] = t.sc_lo;
+    sc[2] = t.sc_lo - 1;
+    refused("scale " + std::to_string(t.sc_lo - 1) + " of sub-block 3 (of " + n + ")");
+    sc[2] = t.sc_lo;
+    if (t.mn_max >= 0) {
+      mn[4] = t.mn_max + 1;
+      refused("min " + std::to_string(t.mn_max + 1) + " of sub-block 5 (of " + n + ") is outside 0.." + std::to_string(t.mn_max));
+      mn[4] = -1;
+      refused("min -1 of sub-block 5");
+      mn[4] = 0;
+    }
+    // A failed pack writes nothing.
+    int written = 0;
+    for (uint8_t v : b) written += v != 0x5A;
+    CHECK(written == 0);
+    CHECK_NOTHROW(pack());  // everything back in range
+  }
+  int q[256] = {}, sc[8] = {3, 0, 64, 0, 0, 0, 0, 0}, mn[8] = {};
+  uint8_t b[144];
+  CHECK_THROWS_WITH_AS(pack_superblock_q4_k(q, sc, mn, 1.f, 1.f, b), "Q4_K super-block: scale 64 of sub-block 3 (of 8) is outside 0..63", Error);
+}
+
+TEST_CASE("superblock_packer: the K types' packers by name, nullptr otherwise") {
+  for (const KPackSpec& t : kKPack) CHECK((superblock_packer(t.type) == t.pack));
+  for (const std::string other : {"Q8_K", "Q4_0", "Q8_0", "F16", "F32", "q4_k", "Q4_K ", ""}) {
+    CAPTURE(other);
+    CHECK(!superblock_packer(other));
+  }
 }
 
 // ---- container round trip -----------------------------------------------------------------------
@@ -876,7 +1068,9 @@ TEST_CASE("quantized GGUF exports refuse what they cannot store exactly") {
     CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q4_0"), doctest::Contains("block 5 linear 'v' (blk.4.attn_v.weight): the weight no longer equals its codes' dequantization (element [4, 6]"), Error);
   }
   SUBCASE("unknown dtype") {
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q5_K"), doctest::Contains("dtype 'Q5_K' is not supported"), Error);
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, p, "Q8_K"), doctest::Contains("dtype 'Q8_K' is not supported"), Error);
+    // A K dtype writes every linear in its grid's type: unquantized linears are refused as for Q4_0.
+    CHECK_THROWS_WITH_AS(save_gguf(base, nullptr, p, "Q4_K"), doctest::Contains("block 1 linear 'q' (blk.0.attn_q.weight): not quantized"), Error);
   }
   CHECK(!fs::exists(p));  // nothing half-written under the final name
 }

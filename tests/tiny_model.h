@@ -17,11 +17,11 @@ inline Tensor randn_tensor(Rng& rng, const Shape& s, double sd = 1.0, double mea
 }
 
 inline Model tiny_model(uint64_t seed, bool interleaved = true, bool qkv_bias = false, bool tied = true,
-                        int n_layers = 2) {
+                        int n_layers = 2, int dim = 16, int hidden_dim = 24) {
   Model m;
   ModelConfig& c = m.cfg;
-  c.dim = 16;
-  c.hidden_dim = 24;
+  c.dim = dim;
+  c.hidden_dim = hidden_dim;
   c.n_layers = n_layers;
   c.n_heads = 4;
   c.n_kv_heads = 2;

@@ -4,6 +4,7 @@
 -- Compiled into the qforge binary, so a run directory's recipe copy reruns as is.
 local P = {}
 local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
+local CAL_KQUANT = setmetatable({}, { __mode = "k" })     -- calibration -> K-quant fallback spec (P.prepare)
 
 -- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
 P.common_options = {
@@ -11,6 +12,7 @@ P.common_options = {
   bits = 4, group = -1, sym = false, mse = false,
   mapping = "gptq",       -- how a symmetric range becomes (scale, zero): the GPTQ reference's or llama.cpp's
   importance = "none",    -- weigh the grid fit by diag Σ (llama.cpp's imatrix): none | diag | diag_x
+  ktype = "none",         -- a llama.cpp K-quant grid (Q2_K..Q6_K) instead of bits/group/sym (P.grid)
   calib_text = "../shared/data/tinystories_head.txt",
   calib_fraction = 0.5,   -- calibration windows come from the first fraction of the text's tokens
   nsamples = 128, seqlen = 256,
@@ -37,6 +39,8 @@ P.common_help = {
               choices = { "gptq", "llamacpp" } },
   importance = { "grid fit weighted by column importance diag(Sigma) (llama.cpp's imatrix): none (min/max), diag (weights Sigma_jj), diag_x (Sigma_jj*sqrt(sigma^2+w^2), llama.cpp's) — a weighted least-squares scale search; docs/methods.md#grid-importance",
                  choices = { "none", "diag", "diag_x" } },
+  ktype = { "llama.cpp K-quant grid: Q2_K Q3_K Q4_K Q5_K Q6_K (super-blocks of 256, fp16 d/dmin, 4/6-bit sub-block scales; replaces bits, group, sym, mapping, f16_scales; importance none or diag); linears whose width is not a multiple of 256 get llama-quantize's fallback (Q2_K/Q3_K: Q4_0, Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0); docs/methods.md#kquant-grids",
+            choices = { "none", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K" } },
   calib_text = "text file: calibration windows from its first calib_fraction of tokens, held-out perplexity on the rest",
   calib_fraction = { "calibration draws from the first fraction of the text's tokens; perplexity is measured on the rest", gt = 0, lt = 1 },
   nsamples = { "calibration windows", min = 1 },
@@ -56,7 +60,7 @@ P.common_help = {
   f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
   save_format = { "qforge | gguf | gptq | hf", choices = { "qforge", "gguf", "gptq", "hf" } },
-  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
+  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
 }
 
 -- Merges help tables: a recipe's plain-string help for an option with a declaration keeps the
@@ -178,7 +182,18 @@ local function slice(t, first, last)
 end
 
 -- The grid options that contradict each other, refused before any work (P.prepare, P.grid).
+local KQUANT_FIXES = { "bits", "group", "sym", "mse", "mapping", "f16_scales" }
 local function check_grid_options(opt)
+  if opt.ktype ~= nil and opt.ktype ~= "none" then  -- the layout fixes the grid: a changed key would be ignored
+    for _, k in ipairs(KQUANT_FIXES) do
+      if opt[k] ~= nil and opt[k] ~= P.common_options[k] then
+        qf.option_error(k, string.format("does not go with ktype=%s (the K-quant layout fixes bits, group, sym, mse, mapping and f16_scales)", opt.ktype))
+      end
+    end
+    if opt.importance == "diag_x" then qf.option_error("importance", "ktype grids take importance none or diag") end
+    if (opt.ratio or 0) > 0 then qf.option_error("ratio", "K-quant grids store no outliers (ratio=0 with ktype)") end
+    return
+  end
   if opt.mapping == "llamacpp" and not opt.sym then qf.option_error("mapping", "llamacpp is llama.cpp's symmetric mapping: give sym=true") end
   if opt.importance ~= nil and opt.importance ~= "none" and opt.mse then
     qf.option_error("importance", "and mse are two range searches: give one")
@@ -188,8 +203,23 @@ end
 -- The grid spec of the common options.
 function P.grid(opt)
   check_grid_options(opt)
+  if opt.ktype ~= nil and opt.ktype ~= "none" then return qf.grid{ ktype = opt.ktype, importance = opt.importance } end
   return qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, mse = opt.mse, f16_scales = opt.f16_scales,
                   mapping = opt.mapping, importance = opt.importance }
+end
+
+-- llama-quantize's type for a tensor whose width is not a multiple of 256 under a K type, as a
+-- grid spec table (llama.cpp's Q4_0/Q5_0/Q8_0 mapping, fp16 scales; Q5_1 min/max).
+local KQUANT_FALLBACK = {
+  Q2_K = { bits = 4, sym = true, mapping = "llamacpp" }, Q3_K = { bits = 4, sym = true, mapping = "llamacpp" },
+  Q4_K = { bits = 5, sym = true, mapping = "llamacpp" }, Q5_K = { bits = 5, sym = false },
+  Q6_K = { bits = 8, sym = true, mapping = "llamacpp" },
+}
+function P.kquant_fallback(opt)
+  local f = KQUANT_FALLBACK[opt.ktype]
+  if not f then return nil end
+  return { bits = f.bits, sym = f.sym, mapping = f.mapping or "gptq", group = 32, f16_scales = true, mse = false,
+           importance = opt.importance or "none" }
 end
 
 -- The export options, checked before any work: the format takes the dtype, the grids the run
@@ -205,7 +235,8 @@ function P.check_save(opt, grid)
     return
   end
   local plan = opt.bits ~= nil and { bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = opt.f16_scales, mapping = opt.mapping,
-    outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero } or nil
+    outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero,
+    ktype = opt.ktype ~= nil and opt.ktype ~= "none" and opt.ktype or nil } or nil
   local option, msg = qf.check_save{ format = opt.save_format, dtype = dtype ~= "" and dtype or nil, grid = plan }
   if option then qf.option_error(option, msg) end
   -- The output's directory must exist and take a file (the export writes a temporary, then renames).
@@ -412,6 +443,7 @@ end
 
 -- "3-bit g32 sym" for progress lines and records.
 local function spec_label(spec)
+  if spec.ktype then return spec.ktype .. (spec.importance and spec.importance ~= "none" and (" importance-" .. spec.importance) or "") end
   return string.format("%d-bit %s%s%s", spec.bits, spec.group == -1 and "per-channel" or ("g" .. spec.group),
     spec.sym and " sym" or "", spec.mse and " mse" or "")
 end
@@ -426,10 +458,14 @@ end
 function P.prepare(opt, fp_chain, grid)
   if fp_chain == nil then fp_chain = opt.finetune == true end
   if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
-  check_grid_options(opt)
   grid = grid or {}
   if grid.outliers == nil then grid.outliers = (opt.ratio or 0) > 0 end
   if grid.allocated == nil then grid.allocated = opt.target_bits ~= nil and opt.alloc ~= false end
+  if opt.ktype ~= nil and opt.ktype ~= "none" and (grid.allocated or grid.float_zero) then
+    qf.option_error("ktype", string.format("this recipe makes %s grids, not K-quant grids (ktype applies to rtn, gptq, quantease and recipes built on P.grid)",
+      grid.allocated and "CVXQ-allocated" or "decoupleQ float-zero"))
+  end
+  check_grid_options(opt)
   P.check_save(opt, grid)
   local function readable(name, extra)
     local f = io.open(opt[name], "rb")
@@ -469,6 +505,7 @@ function P.prepare(opt, fp_chain, grid)
   ctx.cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
                             seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   CAL_OVERRIDES[ctx.cal] = ov
+  if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[ctx.cal] = P.kquant_fallback(opt) end
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   if ov then
     for _, q in ipairs(ov.rules) do
@@ -558,6 +595,7 @@ function P.calibration(ctx, opt)
   local cal = qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
                               seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
   CAL_OVERRIDES[cal] = ctx.overrides
+  if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[cal] = P.kquant_fallback(opt) end
   return cal
 end
 
@@ -596,6 +634,7 @@ end
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
   local ov = opts.overrides or CAL_OVERRIDES[cal]
+  local kfallback = opts.kquant_fallback or CAL_KQUANT[cal]  -- the grid of linears too narrow for K super-blocks
   -- Names, sites and true-sequential stages come from the architecture table (m:arch()).
   local arch = m:arch()
   local SITES = arch.site_of
@@ -631,6 +670,8 @@ function P.quantize_model(m, cal, solve, opts)
         local st = stats[SITES[name]]
         local tl = qf.now()
         local spec = rule and rule.spec
+        local fallback = false
+        if not spec and kfallback and W:size(2) % 256 ~= 0 then spec, fallback = kfallback, true end
         if rule and REGISTRY_SOLVES[solve] then  -- the solver's own grid (e.g. decoupleQ's float zero) with the rule's keys
           spec = {}
           for k, v in pairs(REGISTRY_SOLVES[solve]) do spec[k] = v end
@@ -643,6 +684,13 @@ function P.quantize_model(m, cal, solve, opts)
         if not (qf.is_tensor(q) or (type(q) == "userdata" and tostring(q):match("^qforge%.QLinear"))) then
           error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
             b, name, q == nil and "nothing" or type(q) == "userdata" and tostring(q) or type(q)), 0)
+        end
+        if kfallback and not rule and not qf.is_tensor(q) then  -- ktype must not be silently ignored by a solve
+          local g = q:grid():spec()
+          if fallback and g.ktype or not fallback and g.ktype == nil then
+            error(string.format("quantize_model: block %d linear '%s' (%d columns) needs %s, but solve returned a %s grid: a solve must quantize on the grid it is passed (solve(l, grid)) or on P.grid(opt)",
+              b, name, W:size(2), fallback and spec_label(spec) or "a K-quant grid", g.ktype or "uniform"), 0)
+          end
         end
         if rule then  -- the override's grid must be the one used: never silently ignored
           local g = qf.is_tensor(q) and nil or q:grid():spec()
@@ -671,14 +719,16 @@ function P.quantize_model(m, cal, solve, opts)
         solve_sum = solve_sum + secs
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
                                 outliers = (not qf.is_tensor(q)) and q:nnz() or 0,
-                                grid = rule and spec_label(spec) or nil, rule = rule and rule.index or nil }
+                                grid = (rule or fallback) and spec_label(spec) or nil, rule = rule and rule.index or nil,
+                                fallback = fallback or nil }
         local elapsed = qf.now() - t0
         local overhead = elapsed - solve_sum                      -- all non-solve time so far
         local per_block = b == 1 and 1.5 * overhead or overhead_done / (b - 1)
         local left_here = math.max(0, per_block - (overhead - overhead_done))
         local eta = (nlayers - #layers) * solve_sum / #layers + left_here + (nb - b) * per_block
         io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs%s\n",
-          b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d]", spec_label(spec), rule.index) or ""))
+          b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d]", spec_label(spec), rule.index)
+            or fallback and string.format("  [%s: K-quant fallback, %d columns]", spec_label(spec), W:size(2)) or ""))
         qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
                 seconds = secs, elapsed = elapsed, eta = eta, info = info, solve_seconds = solve_sum,
                 overhead_seconds = overhead, overhead_done = overhead_done, block_overhead = per_block,

@@ -4,6 +4,7 @@
 
 #include "core/half.h"
 #include "formats/quant_blocks.h"
+#include "formats/kquant_blocks.h"
 
 namespace qf {
 
@@ -41,8 +42,8 @@ int GridFit::max_bits(bool sym) const {
 
 // ggml's type ids and block sizes (ggml.h / ggml.c type_traits); llama_ftype is llama.cpp's
 // LLAMA_FTYPE_ALL_F32 / MOSTLY_F16 / MOSTLY_Q4_0 / MOSTLY_Q4_1 / MOSTLY_Q8_0 / MOSTLY_Q5_0 /
-// MOSTLY_Q5_1 / MOSTLY_BF16 where a GGUF with all linears of the type is that file type (the K
-// types name mixes: _S/_M, so none).
+// MOSTLY_Q5_1 / MOSTLY_BF16 where a GGUF with all linears of the type is that file type; a K type
+// gives the mix whose linears are all of it (MOSTLY_Q2_K, Q3_K_S, Q4_K_S, Q5_K_S, Q6_K).
 static const std::vector<DTypeTraits> kDTypes = {
     {"F32", 0, 1, 4, f32_to_f32_row, f32_from_f32_row, 0, {}},
     {"F16", 1, 1, 2, half_to_f32_row<f16_to_f32>, half_from_f32_row<f32_to_f16>, 1, {}},
@@ -52,11 +53,11 @@ static const std::vector<DTypeTraits> kDTypes = {
     {"Q5_1", 7, 32, 24, dequantize_row_q5_1, quantize_row_q5_1_ref, 9, {32, 0, 31, true, pack_block_q5_1}},
     {"Q8_0", 8, 32, 34, dequantize_row_q8_0, quantize_row_q8_0_ref, 7, {32, -128, 127, false, pack_block_q8_0}},
     {"Q8_1", 9, 32, 36, nullptr, nullptr, -1, {}},
-    {"Q2_K", 10, 256, 84, dequantize_row_q2_k, nullptr, -1, {}},
-    {"Q3_K", 11, 256, 110, dequantize_row_q3_k, nullptr, -1, {}},
-    {"Q4_K", 12, 256, 144, dequantize_row_q4_k, nullptr, -1, {}},
-    {"Q5_K", 13, 256, 176, dequantize_row_q5_k, nullptr, -1, {}},
-    {"Q6_K", 14, 256, 210, dequantize_row_q6_k, nullptr, -1, {}},
+    {"Q2_K", 10, 256, 84, dequantize_row_q2_k, quantize_row_q2_k_ref, 10, {}},
+    {"Q3_K", 11, 256, 110, dequantize_row_q3_k, quantize_row_q3_k_ref, 11, {}},
+    {"Q4_K", 12, 256, 144, dequantize_row_q4_k, quantize_row_q4_k_ref, 14, {}},
+    {"Q5_K", 13, 256, 176, dequantize_row_q5_k, quantize_row_q5_k_ref, 16, {}},
+    {"Q6_K", 14, 256, 210, dequantize_row_q6_k, quantize_row_q6_k_ref, 18, {}},
     {"Q8_K", 15, 256, 292, nullptr, nullptr, -1, {}},
     {"I8", 24, 1, 1, nullptr, nullptr, -1, {}},
     {"I16", 25, 1, 2, nullptr, nullptr, -1, {}},

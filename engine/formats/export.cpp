@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "formats/dtypes.h"
+#include "quant/kquant.h"
 
 namespace qf {
 
@@ -66,7 +67,7 @@ static const std::vector<ExportFormat> kExportFormats = {
     {"hf", "HF", {"F32", "F16", "BF16"}, "F32", false, true, false, {},
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_hf(m, t, p, d); },
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { check_hf(m, t, p, d); }},
-    {"gguf", "GGUF", {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}, "F16", true, false, false, {},
+    {"gguf", "GGUF", {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}, "F16", true, false, false, {},
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_gguf(m, t, p, d); },
      [](const Model& m, const Tokenizer*, const std::string& p, const std::string& d) { check_gguf(m, p, d); }},
     {"gptq", "GPTQ", {}, "", false, true, true, {2, 3, 4, 8},
@@ -118,6 +119,16 @@ static constexpr int kF16MinBits = 5;
 
 // Why grids as `p` describes them cannot be stored by format f in dtype d ("" = storable).
 static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, const GridPlan& p) {
+  KQuantType kt;
+  if (d && kquant_from_name(d->name, &kt)) {  // K-quant files: the linears' grids are that K type
+    if (p.outliers) return "it stores no sparse outliers (use ratio=0 or save_format=qforge)";
+    if (p.allocated) return "the CVXQ allocation gives every column its own bit depth (use save_format=qforge)";
+    if (p.float_zero) return "decoupleQ's float zero points (use save_format=qforge)";
+    if (p.ktype != d->name) return std::string("its ") + d->name + " super-blocks need ktype=" + d->name + (p.ktype.empty() ? "" : ", got ktype=" + p.ktype);
+    return "";
+  }
+  if (!p.ktype.empty() && f.codes) return "a " + p.ktype + " grid is stored by gguf " + p.ktype + " only (or save_format=qforge)";
+  if (!p.ktype.empty() && d && d->grid.cols > 0) return "a " + p.ktype + " grid is stored by gguf " + p.ktype + " (save_dtype=" + p.ktype + ")";
   const bool blocks = d && d->grid.cols > 0;
   if (blocks || f.codes) {
     if (p.outliers) return "it stores no sparse outliers (use ratio=0 or save_format=qforge)";

@@ -5,6 +5,8 @@
 //           files carried over; dtype F32 | F16 | BF16
 //   gguf    GGUF v3, arch llama; dtype F32 | F16 (dequantized) or Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1
 //           (codes; only when every linear's grid maps exactly onto the block format, else an error)
+//           or Q2_K | Q3_K | Q4_K | Q5_K | Q6_K (K-quant grids; a linear with a uniform grid, e.g.
+//           one too narrow for super-blocks, goes out in the 32-block type that stores its grid)
 //   gptq    HF directory with GPTQ v1 safetensors (qweight/qzeros/scales/g_idx) + quantization_config
 //   qforge  qforge's own exact format: safetensors tensors + a versioned JSON header (any grid,
 //           mixed bits, outliers); round-trips exactly
@@ -57,6 +59,8 @@ struct GridPlan {
   bool allocated = false;      // per-group bit allocation (CVXQ)
   bool float_zero = false;     // float zero points (decoupleQ)
   bool signed_scales = false;  // negative scales (grid mapping llamacpp)
+  std::string ktype;           // K-quant grids of this type ("Q4_K"; linears too narrow for 256-column
+                               // super-blocks get the 32-block fallback grid and type)
 };
 
 // The first reason the export options cannot be stored, with the option it concerns; ok()

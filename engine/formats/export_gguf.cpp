@@ -18,6 +18,7 @@
 #include "core/half.h"
 #include "formats/model_source.h"
 #include "formats/quant_blocks.h"
+#include "formats/kquant_blocks.h"
 
 namespace qf {
 
@@ -87,10 +88,36 @@ static std::string linear_what(const std::string& path, int b, const Linear& l) 
          gguf_linear_name(l.name) + ".weight)";
 }
 
+static bool is_kquant(const DTypeTraits& t) {
+  KQuantType k;
+  return kquant_from_name(t.name, &k);
+}
+
+// The type a linear is written in. A K-quant file (dtype Q2_K..Q6_K) writes a K-quant grid in its
+// own type and any other grid in the first 32-block type that stores it exactly (Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0: llama-quantize's fallback for widths that are not a multiple of 256); every other
+// dtype is the type of every linear. Fails (naming the linear) when nothing stores the grid.
+static const DTypeTraits& linear_dtype(const DTypeTraits& file, const Linear& l, const std::string& what) {
+  if (!is_kquant(file) || !l.quant) return file;
+  const Grid& g = l.quant->grid;
+  if (g.spec.kind == GridKind::KQuant) return *dtype_by_name(kquant_layout(g.spec.ktype).name);
+  if (l.in_features() % 32) return *dtype_by_name("F32");  // no block type fits: exact F32, as for any dtype
+  std::string why;
+  for (const char* n : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}) {
+    try {
+      check_grid_encodable(*l.quant, n, what);
+      return *dtype_by_name(n);
+    } catch (const Error& e) {
+      if (why.empty()) why = e.what();
+    }
+  }
+  fail(what, ": grid ", g.spec.str(), " is neither a K-quant grid nor storable in a 32-block type (", why, ")");
+}
+
 void check_gguf(const Model& m, const std::string& path, const std::string& dtype_arg) {
   std::string dtype;
   const DTypeTraits& lin = linear_type(dtype_arg, path, &dtype);
-  const bool quant = lin.grid.cols > 0;
+  const bool quant = lin.grid.cols > 0 || is_kquant(lin);
   const ModelConfig& c = m.cfg;
   validate_config(c, "save gguf '" + path + "'");
   if (c.arch != "llama") fail("save gguf '", path, "': architecture '", c.arch, "' (only llama)");
@@ -106,7 +133,10 @@ void check_gguf(const Model& m, const std::string& path, const std::string& dtyp
         fail("save gguf '", path, "': block ", b + 1, " is not quantized (lazily loaded and never edited); quantize it or export gguf F16");
       for (const Linear& l : m.block(b).linears) {
         if (!l.quant) fail(linear_what(path, b, l), ": not quantized (no codes; set it with m:set_linear(b, name, q)); export gguf F16 for float weights");
-        if (l.in_features() % lin.grid.cols == 0) check_grid_encodable(*l.quant, dtype, linear_what(path, b, l));
+        const DTypeTraits& t = linear_dtype(lin, l, linear_what(path, b, l));
+        if (l.in_features() % t.block_elems || (t.grid.cols == 0 && !is_kquant(t))) continue;  // written F32
+        if (is_kquant(t)) check_kquant_encodable(*l.quant, t.name, linear_what(path, b, l));
+        else check_grid_encodable(*l.quant, t.name, linear_what(path, b, l));
       }
     }
 }
@@ -115,7 +145,7 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   check_gguf(m, path, dtype_arg);
   std::string dtype;
   const DTypeTraits& lin = linear_type(dtype_arg, path, &dtype);
-  const bool quant = lin.grid.cols > 0;
+  const bool quant = lin.grid.cols > 0 || is_kquant(lin);
   const uint32_t ftype = (uint32_t)lin.llama_ftype;
   // Token embedding and classifier: F32 when the linears are, else F16 (not quantized).
   const DTypeTraits& emb = *dtype_by_name(dtype == "F32" ? "F32" : "F16");
@@ -169,13 +199,18 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
       const Shape shp = linear_shape(c, lname);
       const int64_t out_f = shp[0], in_f = shp[1];
       // A width no block of the type fits is written F32 (exact).
-      const DTypeTraits* tp = quant && in_f % lin.block_elems ? &f32 : &lin;
+      const DTypeTraits* tp = &lin;
+      if (quant) {
+        const Linear& l0 = m.block(b).linear(lname);  // resident: check_gguf refused lazy blocks
+        tp = &linear_dtype(lin, l0, what(b, l0));
+        if (in_f % tp->block_elems) tp = &f32;
+      }
       w.add_tensor(pre + gguf_linear_name(lname) + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, tp->id,
                    [&m, &dtype, &what, b, lname, heads, tp](const GGUFWriter::Sink& out) {
                      const DTypeTraits& type = *tp;
                      const Linear& l = m.block(b).linear(lname);
                      const std::vector<int64_t> order = row_order(l.out_features(), heads);
-                     if (type.grid.cols == 0) return write_rows(l.weight, order, type, out);
+                     if (type.grid.cols == 0 && !is_kquant(type)) return write_rows(l.weight, order, type, out);
                      // Exact block encoding: the weight must still be what the codes give.
                      const Tensor dq = l.quant->dequantize(), W = l.weight.contiguous();
                      const float *a = dq.f32(), *x = W.f32();
@@ -185,7 +220,8 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
                               k % l.in_features() + 1, "] is ", x[k], ", the codes give ", a[k], "); re-quantize or export gguf F16");
                      std::vector<uint8_t> row((size_t)(l.in_features() / type.block_elems * type.block_bytes));
                      for (int64_t r : order) {
-                       encode_grid_row(*l.quant, r, dtype, row.data(), what(b, l));
+                       if (is_kquant(type)) encode_kquant_row(*l.quant, r, type.name, row.data(), what(b, l));
+                       else encode_grid_row(*l.quant, r, type.name, row.data(), what(b, l));
                        out(row.data(), row.size());
                      }
                    });

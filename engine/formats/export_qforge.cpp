@@ -88,7 +88,7 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
                   {"maxshrink", s.maxshrink},
                   {"grid_points", s.grid_points},
                   {"norm", s.norm},
-                  {"kind", s.kind == GridKind::Compand ? "compand" : "uniform"},
+                  {"kind", s.kind == GridKind::Compand ? "compand" : s.kind == GridKind::KQuant ? "kquant" : "uniform"},
                   {"compand_mult", s.compand_mult},
                   {"compand_bias", s.compand_bias},
                   {"compand_search", s.compand_search},
@@ -103,6 +103,15 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
       // Written only when not the default, so files of gptq-mapped grids keep their bytes.
       if (s.mapping != GridMapping::Gptq) lins[ln]["mapping"] = grid_mapping_name(s.mapping);
       if (s.importance != GridImportance::None) lins[ln]["importance"] = grid_importance_name(s.importance);  // how it was fitted
+      if (s.kind == GridKind::KQuant) {  // the format's integers (scales/zeros follow from them)
+        lins[ln]["ktype"] = kquant_layout(s.ktype).name;
+        const int64_t nsb = g.cols / kKQuantSuper;
+        std::vector<int32_t> sc(g.kq_sc.begin(), g.kq_sc.end()), mn(g.kq_mn.begin(), g.kq_mn.end());
+        entries.push_back({ln + ".kq_d", "F32", {g.rows, nsb}, bytes_of_f32(g.kq_d), nullptr});
+        entries.push_back({ln + ".kq_dmin", "F32", {g.rows, nsb}, bytes_of_f32(g.kq_dmin), nullptr});
+        entries.push_back({ln + ".kq_sc", "I32", {g.rows, g.ngroups}, bytes_of_i32(sc), nullptr});
+        entries.push_back({ln + ".kq_mn", "I32", {g.rows, g.ngroups}, bytes_of_i32(mn), nullptr});
+      }
       if (!same) f32(ln + ".weight", l.weight);
       auto qp = l.quant;  // keeps the codes alive while the writer runs
       entries.push_back({ln + ".codes", "U8", {g.rows, g.cols}, "", [qp] {

@@ -2,6 +2,8 @@
 // Linear::quant from the stored codes; every size is checked against the header first.
 #include "formats/loader_qforge.h"
 
+#include "core/half.h"
+
 #include <cmath>
 #include <cstring>
 
@@ -134,8 +136,11 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
   g.spec.grid_points = (int)f.integer("grid_points", 0, 1 << 30);
   g.spec.norm = f.number("norm");
   const std::string kind = f.str("kind");
-  if (kind != "uniform" && kind != "compand") fail(w, ": field 'kind' = '", kind, "' (expected uniform or compand)");
-  g.spec.kind = kind == "compand" ? GridKind::Compand : GridKind::Uniform;
+  if (kind != "uniform" && kind != "compand" && kind != "kquant") fail(w, ": field 'kind' = '", kind, "' (expected uniform, compand or kquant)");
+  g.spec.kind = kind == "compand" ? GridKind::Compand : kind == "kquant" ? GridKind::KQuant : GridKind::Uniform;
+  if (g.spec.kind == GridKind::KQuant && !kquant_from_name(f.str("ktype"), &g.spec.ktype))
+    fail(w, ": field 'ktype' = '", f.str("ktype"), "' (expected Q2_K, Q3_K, Q4_K, Q5_K or Q6_K)");
+  if (g.spec.kind == GridKind::KQuant) g.spec.f16_scales = true;  // the layout's (fp16 d, dmin)
   g.spec.compand_mult = f.number("compand_mult");
   g.spec.compand_bias = f.number("compand_bias");
   g.spec.compand_search = f.boolean("compand_search");
@@ -171,6 +176,36 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
     if (g.g_idx[j] < 0 || g.g_idx[j] >= g.ngroups) fail(w, ": tensor 'g_idx' holds ", g.g_idx[j], " at ", j, " (", g.ngroups, " groups)");
   for (size_t i = 0; i < g.scale.size(); ++i)
     if (!std::isfinite(g.scale[i]) || !std::isfinite(g.zero[i])) fail(w, ": non-finite scale or zero at ", i);
+  if (g.spec.kind == GridKind::KQuant) {
+    // The stored integers are the truth: rebuild scale/zero from them, which must equal the file's.
+    const KQuantLayout& L = kquant_layout(g.spec.ktype);
+    if (g.cols % kKQuantSuper) fail(w, ": ", L.name, " needs a multiple of ", kKQuantSuper, " columns, got ", g.cols);
+    const int64_t nsb = g.cols / kKQuantSuper;
+    const std::vector<float> kd = load_vec<float>(st, ln + ".kq_d", "F32", {g.rows, nsb});
+    const std::vector<float> kdm = load_vec<float>(st, ln + ".kq_dmin", "F32", {g.rows, nsb});
+    const std::vector<int32_t> ksc = load_vec<int32_t>(st, ln + ".kq_sc", "I32", {g.rows, g.ngroups});
+    const std::vector<int32_t> kmn = load_vec<int32_t>(st, ln + ".kq_mn", "I32", {g.rows, g.ngroups});
+    const std::vector<float> scale = g.scale, zero = g.zero;
+    Grid k = grid_new(g.spec, g.rows, g.cols);
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t b = 0; b < nsb; ++b) {
+        const size_t q = (size_t)(r * nsb + b), p0 = (size_t)(r * g.ngroups + b * L.nsub());
+        if (!(std::isfinite(kd[q]) && f16_to_f32(f32_to_f16(kd[q])) == kd[q] && std::isfinite(kdm[q]) && f16_to_f32(f32_to_f16(kdm[q])) == kdm[q]))
+          fail(w, ": super-block d/dmin at row ", r + 1, ", super-block ", b + 1, " is not an fp16 value");
+        for (int j = 0; j < L.nsub(); ++j)
+          if (ksc[p0 + j] < L.sc_lo || ksc[p0 + j] > L.sc_hi || kmn[p0 + j] < 0 || kmn[p0 + j] > L.mn_hi)
+            fail(w, ": sub-block integers (", ksc[p0 + j], ", ", kmn[p0 + j], ") at row ", r + 1, ", sub-block ", b * L.nsub() + j + 1,
+                 " are outside ", L.name, "'s ranges");
+        kquant_set_superblock(k, r, b, kd[q], kdm[q], &ksc[p0], &kmn[p0]);
+      }
+    for (size_t i = 0; i < scale.size(); ++i)
+      if (k.scale[i] != scale[i] || k.zero[i] != zero[i])
+        fail(w, ": tensor 'scales'/'zeros' at ", i, " differ from the K-quant integers (", k.scale[i], ", ", k.zero[i], ")");
+    g.kq_d = k.kq_d;
+    g.kq_dmin = k.kq_dmin;
+    g.kq_sc = k.kq_sc;
+    g.kq_mn = k.kq_mn;
+  }
   const std::vector<uint8_t> codes = load_vec<uint8_t>(st, ln + ".codes", "U8", {g.rows, g.cols});
   for (int64_t r = 0; r < g.rows; ++r)
     for (int64_t j = 0; j < g.cols; ++j) {

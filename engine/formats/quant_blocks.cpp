@@ -335,6 +335,129 @@ void pack_block_q5_1(const int* v, float d, float m, uint8_t* blk) {
   put_q5(v, blk + 4, blk + 8);
 }
 
+// ---- exact K-quant super-block packers (the inverses of deq_q*_k) ------------------------------
+
+// Range checks, all done before a packer writes anything: the 256 codes, then the nsub
+// sub-block scales or mins (`what`). Elements and sub-blocks are named 1-based, as elsewhere.
+static void check_codes(const char* type, const int* q, int lo, int hi) {
+  for (int i = 0; i < 256; ++i)
+    if (q[i] < lo || q[i] > hi) fail(type, " super-block: code ", q[i], " of element ", i + 1, " (of 256) is outside ", lo, "..", hi);
+}
+static void check_subs(const char* type, const char* what, const int* v, int nsub, int lo, int hi) {
+  for (int k = 0; k < nsub; ++k)
+    if (v[k] < lo || v[k] > hi)
+      fail(type, " super-block: ", what, " ", v[k], " of sub-block ", k + 1, " (of ", nsub, ") is outside ", lo, "..", hi);
+}
+
+// Q2_K / Q3_K 2-bit planes (k2_bits): the low 2 bits of element i = 128h + 32k + l go to bits
+// 2k..2k+1 of qs[32h + l].
+static void put_k2_bits(const int* q, uint8_t* qs) {
+  std::memset(qs, 0, 64);
+  for (int i = 0; i < 256; ++i) qs[32 * (i / 128) + i % 32] |= (uint8_t)((q[i] & 3) << (2 * (i % 128 / 32)));
+}
+
+// Q4_K / Q5_K: the 8 6-bit scale/min pairs into 12 bytes (q4k_scale_min's inverse). Sub-blocks
+// 0..3 fill the low 6 bits of bytes j (scale) and j+4 (min); sub-block j+4 puts its low 4 bits
+// in byte j+8 (scale low nibble, min high nibble) and its top 2 bits in bits 6..7 of bytes j, j+4.
+static void put_q4k_scales(const int* sc, const int* mn, uint8_t* s) {
+  for (int j = 0; j < 4; ++j) {
+    s[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+    s[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
+    s[j + 8] = (uint8_t)((sc[j + 4] & 0xF) | (mn[j + 4] & 0xF) << 4);
+  }
+}
+
+void pack_superblock_q2_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk) {
+  check_codes("Q2_K", q, 0, 3);
+  check_subs("Q2_K", "scale", sc, 16, 0, 15);
+  check_subs("Q2_K", "min", mn, 16, 0, 15);
+  for (int k = 0; k < 16; ++k) blk[k] = (uint8_t)(sc[k] | mn[k] << 4);
+  put_k2_bits(q, blk + 16);
+  wr_f16(blk + 80, d);
+  wr_f16(blk + 82, dmin);
+}
+
+void pack_superblock_q3_k(const int* q, const int* sc, const int*, float d, float, uint8_t* blk) {
+  check_codes("Q3_K", q, 0, 7);
+  check_subs("Q3_K", "scale", sc, 16, -32, 31);
+  // Element 32j + l (j = 4h + k): bit j of hmask[l] is the code's bit 2 (set: no −4).
+  for (int l = 0; l < 32; ++l) {
+    uint8_t m = 0;
+    for (int j = 0; j < 8; ++j) m |= (uint8_t)((q[32 * j + l] >> 2) << j);
+    blk[l] = m;
+  }
+  put_k2_bits(q, blk + 32);
+  // Scale k + 32 (0..63): low 4 bits in nibble k/8 of byte k%8, high 2 bits at bit 2·(k/4) of
+  // byte 8 + k%4.
+  uint8_t* s = blk + 96;
+  std::memset(s, 0, 12);
+  for (int k = 0; k < 16; ++k) {
+    const int u = sc[k] + 32;
+    s[k % 8] |= (uint8_t)((u & 0xF) << (4 * (k / 8)));
+    s[8 + k % 4] |= (uint8_t)((u >> 4) << (2 * (k / 4)));
+  }
+  wr_f16(blk + 108, d);
+}
+
+void pack_superblock_q4_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk) {
+  check_codes("Q4_K", q, 0, 15);
+  check_subs("Q4_K", "scale", sc, 8, 0, 63);
+  check_subs("Q4_K", "min", mn, 8, 0, 63);
+  wr_f16(blk, d);
+  wr_f16(blk + 2, dmin);
+  put_q4k_scales(sc, mn, blk + 4);
+  // 64-element chunk c: its first 32 codes in the low nibbles of qs[32c..32c+32), the next 32 high.
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) blk[16 + 32 * c + l] = (uint8_t)(q[64 * c + l] | q[64 * c + 32 + l] << 4);
+}
+
+void pack_superblock_q5_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk) {
+  check_codes("Q5_K", q, 0, 31);
+  check_subs("Q5_K", "scale", sc, 8, 0, 63);
+  check_subs("Q5_K", "min", mn, 8, 0, 63);
+  wr_f16(blk, d);
+  wr_f16(blk + 2, dmin);
+  put_q4k_scales(sc, mn, blk + 4);
+  uint8_t* qh = blk + 16;
+  uint8_t* qs = blk + 48;
+  // Element 32j + l (j = 2c + t): 5th bit at bit j of qh[l], low 4 bits in nibble t of qs[32c + l].
+  for (int l = 0; l < 32; ++l) {
+    uint8_t h = 0;
+    for (int j = 0; j < 8; ++j) h |= (uint8_t)((q[32 * j + l] >> 4) << j);
+    qh[l] = h;
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) qs[32 * c + l] = (uint8_t)((q[64 * c + l] & 0xF) | (q[64 * c + 32 + l] & 0xF) << 4);
+}
+
+void pack_superblock_q6_k(const int* q, const int* sc, const int*, float d, float, uint8_t* blk) {
+  check_codes("Q6_K", q, 0, 63);
+  check_subs("Q6_K", "scale", sc, 16, -128, 127);
+  uint8_t* ql = blk;
+  uint8_t* qh = blk + 128;
+  // Half h, element x[32k] = q[128h + 32k + l]: low nibbles of k = 0, 1 in ql[64h + l] and
+  // ql[64h + 32 + l], of k = 2, 3 the high nibbles of the same bytes; bits 4..5 of code k at
+  // bit 2k of qh[32h + l].
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const int* x = q + 128 * h + l;
+      ql[64 * h + l] = (uint8_t)((x[0] & 0xF) | (x[64] & 0xF) << 4);
+      ql[64 * h + 32 + l] = (uint8_t)((x[32] & 0xF) | (x[96] & 0xF) << 4);
+      qh[32 * h + l] = (uint8_t)((x[0] >> 4) | (x[32] >> 4) << 2 | (x[64] >> 4) << 4 | (x[96] >> 4) << 6);
+    }
+  for (int k = 0; k < 16; ++k) blk[192 + k] = (uint8_t)(int8_t)sc[k];
+  wr_f16(blk + 208, d);
+}
+
+SuperblockPack superblock_packer(const std::string& dtype) {
+  if (dtype == "Q2_K") return pack_superblock_q2_k;
+  if (dtype == "Q3_K") return pack_superblock_q3_k;
+  if (dtype == "Q4_K") return pack_superblock_q4_k;
+  if (dtype == "Q5_K") return pack_superblock_q5_k;
+  if (dtype == "Q6_K") return pack_superblock_q6_k;
+  return nullptr;
+}
+
 static bool grid_encodable(const DTypeTraits& t) { return t.grid.cols > 0; }
 
 // The row of a type with an exact encoder from a grid.

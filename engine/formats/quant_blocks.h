@@ -64,6 +64,31 @@ void pack_block_q4_1(const int* v, float d, float m, uint8_t* blk);
 void pack_block_q5_0(const int* v, float d, float m, uint8_t* blk);
 void pack_block_q5_1(const int* v, float d, float m, uint8_t* blk);
 
+// One K-quant super-block (256 weights) from its integers, the inverse of dequantize_row_q*_k:
+// q[256] the stored codes (Q2_K 0..3, Q3_K 0..7 meaning q−4, Q4_K 0..15, Q5_K 0..31, Q6_K 0..63
+// meaning q−32); sc[nsub] the sub-block scales as integers (Q2_K 0..15, Q3_K −32..31, Q4_K/Q5_K
+// 0..63, Q6_K −128..127); mn[nsub] the sub-block mins (Q2_K 0..15, Q4_K/Q5_K 0..63; unused by
+// Q3_K/Q6_K, may be null there); d, dmin the super-block scales, stored as fp16 rounded to
+// nearest even (dmin unused by Q3_K/Q6_K).
+// Sub-block k holds elements [k·sub, (k+1)·sub), sub = 16 (Q2_K, Q3_K, Q6_K: nsub 16) or
+// 32 (Q4_K, Q5_K: nsub 8). The block decodes to x_i = (d·sc_k)·q_i − dmin·mn_k (Q2_K, Q4_K,
+// Q5_K), (d·sc_k)·(q_i − 4) (Q3_K), (d·sc_k)·(q_i − 32) (Q6_K).
+// Every byte of blk is written. An integer out of its range fails (qf::Error naming the type,
+// the 1-based element or sub-block, and the value) before anything is written.
+void pack_superblock_q2_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+// Q3_K: hmask[32] (bit 4h+k of byte l set when code >= 4), the 2-bit planes, scales + 32.
+void pack_superblock_q3_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+// Q4_K: 12 packed bytes of 6-bit scale/min pairs, codes as nibbles (64-element chunks).
+void pack_superblock_q4_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+// Q5_K: as Q4_K, the 5th code bits in qh[32] (bit 2c+t of byte l for element 64c + 32t + l).
+void pack_superblock_q5_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+// Q6_K: low nibbles in ql[128], high 2 bits in qh[64], int8 scales.
+void pack_superblock_q6_k(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+
+// The packer of a K type name ("Q2_K".."Q6_K"), nullptr for any other name.
+using SuperblockPack = void (*)(const int* q, const int* sc, const int* mn, float d, float dmin, uint8_t* blk);
+SuperblockPack superblock_packer(const std::string& dtype);
+
 // Exact encoding of a quantized linear as Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 rows.
 // check_grid_encodable: the grid-level conditions, cheap, before anything is written:
 //   a uniform grid (not companded), no outliers; cols a multiple of 32 and every 32-column

@@ -14,6 +14,18 @@ void GridSpec::validate() const {
   for (size_t k = 0; k < group_bits.size(); ++k)
     if (group_bits[k] > 8) fail("grid: allocated bits must be in 0..8, got ", (int)group_bits[k], " at group ", k + 1);
   if (!row_group.empty() && nrowgroups < 1) fail("grid: row_group is set but nrowgroups = ", nrowgroups);
+  if (kind == GridKind::KQuant) {
+    if (ktype == KQuantType::None) fail("grid: kind kquant needs a K-quant type (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
+    const KQuantLayout& L = kquant_layout(ktype);
+    if (bits != L.bits || group != L.sub || sym == L.has_min() || !f16_scales)
+      fail("grid: a ", L.name, " grid has ", L.bits, "-bit codes in sub-blocks of ", L.sub, ", ", L.has_min() ? "with mins" : "symmetric",
+           ", fp16 super-block scales (got ", bits, " bits, group ", group, sym ? ", sym" : ", asym", f16_scales ? "" : ", no f16_scales", ")");
+    if (mse || float_zero || mapping != GridMapping::Gptq || !group_bits.empty() || !row_group.empty())
+      fail("grid: a ", L.name, " grid is fitted as the format stores it: mse, float_zero, mapping, alloc and row_groups do not apply");
+    if (importance == GridImportance::DiagX) fail("grid: K-quant grids take importance none or diag");
+  } else if (ktype != KQuantType::None) {
+    fail("grid: a K-quant type is given for a kind other than kquant");
+  }
   if (kind == GridKind::Compand) {
     if (f16_scales) fail("grid: f16_scales applies to uniform grids");
     if (float_zero) fail("grid: float_zero applies to uniform grids");
@@ -24,7 +36,7 @@ void GridSpec::validate() const {
     if (!sym) fail("grid: mapping llamacpp is llama.cpp's symmetric block mapping (Q4_0, Q5_0, Q8_0): give sym = true");
     if (kind != GridKind::Uniform || float_zero) fail("grid: mapping llamacpp applies to uniform grids with an integer zero");
   }
-  if (importance != GridImportance::None) {
+  if (importance != GridImportance::None && kind != GridKind::KQuant) {
     if (kind != GridKind::Uniform || float_zero) fail("grid: importance applies to uniform grids with an integer zero");
     if (mse) fail("grid: importance and mse are two range searches: give one");
   }
@@ -62,6 +74,11 @@ double GridSpec::mean_bits(int64_t rows, int64_t cols) const {
 
 std::string GridSpec::str() const {
   std::ostringstream o;
+  if (kind == GridKind::KQuant) {
+    o << kquant_layout(ktype).name;
+    if (importance != GridImportance::None) o << " importance-" << grid_importance_name(importance);
+    return o.str();
+  }
   if (group_bits.empty()) o << bits << "-bit ";
   else o << "mixed-bit ";
   if (kind == GridKind::Compand) o << "compand";
@@ -125,7 +142,49 @@ Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols) {
   g.zero.assign((size_t)(g.nrowgroups() * g.ngroups), 0.f);
   g.g_idx.resize((size_t)cols);
   for (int64_t c = 0; c < cols; ++c) g.g_idx[c] = (int32_t)(c / G);
+  if (spec.kind == GridKind::KQuant) {
+    const KQuantLayout& L = kquant_layout(spec.ktype);
+    if (cols % kKQuantSuper)
+      fail("grid: ", L.name, " needs rows of a multiple of ", kKQuantSuper, " weights; this weight has ", cols,
+           " input columns (llama.cpp stores such tensors in another type: choose a 32-block grid for this linear)");
+    const size_t nsb = (size_t)(rows * (cols / kKQuantSuper));
+    g.kq_d.assign(nsb, 0.f);
+    g.kq_dmin.assign(nsb, 0.f);
+    g.kq_sc.assign((size_t)(rows * g.ngroups), 0);
+    g.kq_mn.assign((size_t)(rows * g.ngroups), 0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < g.ngroups; ++k) g.scale[(size_t)(r * g.ngroups + k)] = 0.f, g.zero[(size_t)(r * g.ngroups + k)] = L.has_min() ? 0.f : (float)L.zero;
+  }
   return g;
+}
+
+GridSpec grid_spec_kquant(KQuantType t, GridImportance importance) {
+  const KQuantLayout& L = kquant_layout(t);
+  GridSpec s;
+  s.kind = GridKind::KQuant;
+  s.ktype = t;
+  s.bits = L.bits;
+  s.group = L.sub;
+  s.sym = !L.has_min();
+  s.f16_scales = true;
+  s.importance = importance;
+  s.validate();
+  return s;
+}
+
+void kquant_set_superblock(Grid& g, int64_t r, int64_t sb, float d, float dmin, const int* sc, const int* mn) {
+  const KQuantLayout& L = kquant_layout(g.spec.ktype);
+  const int ns = L.nsub();
+  const size_t q = (size_t)(r * (g.cols / kKQuantSuper) + sb);
+  g.kq_d[q] = d;
+  g.kq_dmin[q] = dmin;
+  for (int k = 0; k < ns; ++k) {
+    const size_t p = (size_t)(r * g.ngroups + sb * ns + k);
+    g.kq_sc[p] = (int16_t)sc[k];
+    g.kq_mn[p] = (int16_t)mn[k];
+    g.scale[p] = d * (float)sc[k];  // ggml's d·sc (exact: 11 × 8 significant bits)
+    g.zero[p] = L.has_min() ? dmin * (float)mn[k] : (float)L.zero;
+  }
 }
 
 const char* grid_mapping_name(GridMapping m) { return m == GridMapping::Llamacpp ? "llamacpp" : "gptq"; }
@@ -373,7 +432,7 @@ static void fit_cell(std::vector<float>& v, const std::vector<float>& w, int bit
 void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* importance) {
   if (block.dim() != 2 || block.size(0) != grid.rows)
     fail("grid: group block ", shape_str(block.shape()), " does not have ", grid.rows, " rows");
-  if (g < 0 || g >= grid.ngroups) fail("grid: group ", g + 1, " out of range (", grid.ngroups, " groups, numbered from 1)");
+  if (g < 0 || g >= (grid.cols + grid.fit_cols() - 1) / grid.fit_cols()) fail("grid: group ", g + 1, " out of range (", grid.ngroups, " groups, numbered from 1)");
   const auto B = block.cmat();
   for (int64_t r = 0; r < grid.rows; ++r)
     for (int64_t c = 0; c < B.cols(); ++c)
@@ -385,6 +444,20 @@ void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* imp
     for (int64_t c = 0; c < B.cols(); ++c)
       if (!(importance[c] >= 0.f) || !std::isfinite(importance[c]))
         fail("grid: importance of column ", c + 1, " of group ", g + 1, " is ", importance[c], " (1-based; must be finite and >= 0)");
+  }
+  if (grid.spec.kind == GridKind::KQuant) {  // unit g = super-block g (methods.md#kquant-grids)
+    const KQuantLayout& L = kquant_layout(grid.spec.ktype);
+    if (g >= grid.cols / kKQuantSuper || B.cols() != kKQuantSuper)
+      fail("grid: ", L.name, " super-block ", g + 1, " needs ", kKQuantSuper, " columns, got ", B.cols());
+    std::vector<float> x(kKQuantSuper), w(kKQuantSuper);
+    std::vector<int> sc((size_t)L.nsub()), mn((size_t)L.nsub());
+    for (int64_t r = 0; r < grid.rows; ++r) {
+      for (int64_t c = 0; c < kKQuantSuper; ++c) x[c] = B(r, c), w[c] = imp != GridImportance::None ? importance[c] : 0.f;
+      float d, dmin;
+      kquant_fit_superblock(L, x.data(), imp != GridImportance::None ? w.data() : nullptr, &d, &dmin, sc.data(), mn.data());
+      kquant_set_superblock(grid, r, g, d, dmin, sc.data(), mn.data());
+    }
+    return;
   }
   const int64_t nrg = grid.nrowgroups();
   std::vector<std::vector<float>> cells((size_t)nrg), weights((size_t)nrg);
@@ -412,8 +485,8 @@ void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* imp
 Grid grid_fit(const Tensor& W, const GridSpec& spec, const float* importance) {
   if (W.dim() != 2) fail("grid: expected a 2-d weight, got ", shape_str(W.shape()));
   Grid g = grid_new(spec, W.size(0), W.size(1));
-  const int64_t G = g.group_size();
-  for (int64_t k = 0; k < g.ngroups; ++k) {
+  const int64_t G = g.fit_cols();
+  for (int64_t k = 0; k * G < g.cols; ++k) {
     const int64_t c0 = k * G;
     grid_fit_group(g, k, W.cols(c0, std::min(G, g.cols - c0)), importance ? importance + c0 : nullptr);
   }

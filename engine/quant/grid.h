@@ -27,10 +27,13 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "quant/kquant.h"
 
 namespace qf {
 
-enum class GridKind : uint8_t { Uniform, Compand };
+// Uniform: scale·(code − zero); Compand: Laplace quantiles; KQuant: llama.cpp's K-quant super-block
+// layouts (quant/kquant.h, methods.md#kquant-grids).
+enum class GridKind : uint8_t { Uniform, Compand, KQuant };
 
 // How a group's range becomes (scale, zero) on a symmetric uniform grid (methods.md#grid-mappings):
 //   Gptq      the GPTQ reference: scale = 2·max|x| / maxq, zero = (maxq + 1)/2 (the largest positive
@@ -62,6 +65,9 @@ struct GridSpec {
   // Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 blocks and lose nothing in GPTQ's fp16 scales.
   bool f16_scales = false;
   GridKind kind = GridKind::Uniform;
+  // KQuant grids: the layout (bits, group = its sub-block, sym = no mins and f16_scales follow from
+  // it: grid_spec_kquant fills them).
+  KQuantType ktype = KQuantType::None;
   float compand_mult = 0.f;      // log2 multiplier of the Laplace scale
   float compand_bias = 0.f;      // location shift, in units of s·2^mult
   bool compand_search = false;   // per group: mult ∈ {−2, −1.875, …, 2}, then bias over the same grid (MSE)
@@ -102,7 +108,13 @@ struct Grid {
   // scale b and location μ; a 0-bit group: zero = its single value.
   std::vector<float> scale, zero;
   std::vector<int32_t> g_idx;      // [cols]: group of each column
+  // KQuant: the stored integers behind scale/zero (scale = d·sc, zero = dmin·mn or the type's
+  // zero), per row: kq_d, kq_dmin [rows × cols/256], kq_sc, kq_mn [rows × ngroups].
+  std::vector<float> kq_d, kq_dmin;
+  std::vector<int16_t> kq_sc, kq_mn;
   int64_t group_size() const { return spec.group > 0 ? spec.group : cols; }
+  // Columns fitted together (grid_fit_group's unit): a K-quant super-block, else a group.
+  int64_t fit_cols() const { return spec.kind == GridKind::KQuant ? kKQuantSuper : group_size(); }
   int64_t nrowgroups() const { return spec.row_group.empty() ? rows : spec.nrowgroups; }
   int64_t rg(int64_t r) const { return spec.row_group.empty() ? r : spec.row_group[(size_t)r]; }
   size_t pidx(int64_t r, int64_t g) const { return (size_t)(rg(r) * ngroups + g); }
@@ -119,6 +131,7 @@ struct Grid {
     const int b = bits_at(r, g);
     if (b == 0) return 0;
     if (spec.kind == GridKind::Compand) return compand_code(x, zero[p], scale[p], b);
+    if (spec.kind == GridKind::KQuant) return kquant_code(kquant_layout(spec.ktype), x, scale[p], zero[p]);
     return (int)uniform_code(x, scale[p], zero[p], (float)((1 << b) - 1), spec.float_zero);
   }
   float value(int code, int64_t r, int64_t g) const {
@@ -127,6 +140,7 @@ struct Grid {
     const int b = bits_at(r, g);
     if (b == 0) return zero[p];
     if (spec.kind == GridKind::Compand) return compand_level(code, zero[p], scale[p], b);
+    if (spec.kind == GridKind::KQuant) return kquant_value(kquant_layout(spec.ktype), code, scale[p], zero[p]);
     return uniform_value((float)code, scale[p], zero[p]);
   }
   float quantize(float x, int64_t r, int64_t g) const { return value(code(x, r, g), r, g); }
@@ -143,9 +157,14 @@ bool grid_mapping_from_name(const std::string& name, GridMapping* m);
 // rounded further so that scale·zero is fp16-exact; false when fp16 cannot hold it (0, inf, or a
 // non-positive asymmetric scale).
 bool grid_scale_f16(float s, int maxq, bool sym, float* out);
+// A K-quant grid spec: bits, group (the sub-block), sym (no mins) and f16_scales of the layout.
+GridSpec grid_spec_kquant(KQuantType t, GridImportance importance = GridImportance::None);
+// Sets super-block sb of row r of a K-quant grid from its stored integers (scale/zero follow).
+void kquant_set_superblock(Grid& g, int64_t r, int64_t sb, float d, float dmin, const int* sc, const int* mn);
 // An empty grid for W's shape (params unset; groups contiguous).
 Grid grid_new(const GridSpec& spec, int64_t rows, int64_t cols);
-// Fits group g's (scale, zero) for every row from block = the group's columns of some matrix.
+// Fits group g's (scale, zero) for every row from block = the group's columns of some matrix;
+// for a K-quant grid unit g is super-block g (Grid::fit_cols() = 256 columns, several groups).
 // importance: the block's columns' importances (block.size(1) values, e.g. diag Σ), required
 // when spec.importance is set, unused otherwise (solvers pass diag Σ always).
 void grid_fit_group(Grid& grid, int64_t g, const Tensor& block, const float* importance = nullptr);

@@ -52,6 +52,13 @@ StorageBits storage_bits(const QuantizedLinear& q) {
   const Grid& g = q.grid;
   StorageBits s;
   s.weights = g.rows * g.cols;
+  if (g.spec.kind == GridKind::KQuant) {  // the block type's bytes: codes, then d, dmin and the sub-block integers
+    const KQuantLayout& L = kquant_layout(g.spec.ktype);
+    s.codes = (double)L.bits * (double)s.weights;
+    s.params = (L.bpw - L.bits) * (double)s.weights;
+    s.outliers = 48.0 * (double)q.outliers.nnz();
+    return s;
+  }
   const int64_t nrg = g.nrowgroups(), G = g.group_size();
   std::vector<int64_t> rows_in((size_t)nrg, g.spec.row_group.empty() ? 1 : 0);
   for (int32_t k : g.spec.row_group) ++rows_in[(size_t)k];

@@ -255,6 +255,10 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
     Slots s{li, {}, {}};
     if (lin.quant && (tr_scales || tr_zeros)) {
       const Grid& g = lin.quant->grid;
+      // A K-quant grid's scales are d·sc with stored integers: a gradient step would leave the format.
+      if (g.spec.kind == GridKind::KQuant)
+        fail(fn, ": block ", layer + 1, " linear '", lin.name, "' has a ", g.spec.str(),
+             " grid, whose scales and mins are the format's integers; finetune params norms/biases only");
       std::vector<int64_t> nrows((size_t)g.nrowgroups(), 0);
       for (int64_t r = 0; r < g.rows; ++r) ++nrows[(size_t)g.rg(r)];
       const bool compand = g.spec.kind == GridKind::Compand;

@@ -402,7 +402,7 @@ void check_spec(const char* fn, const GridSpec& spec) {
   } catch (const Error& e) {
     fail(fn, ": ", e.what());
   }
-  if (spec.kind != GridKind::Uniform) fail(fn, ": needs a uniform grid (decoupleQ's ŵ = s·w_int + z), got kind compand");
+  if (spec.kind != GridKind::Uniform) fail(fn, ": needs a uniform grid (decoupleQ's ŵ = s·w_int + z), got ", spec.str());
   if (spec.mixed_bits()) fail(fn, ": mixed-bit allocations (grid option 'alloc') are not supported");
   if (!spec.row_group.empty()) fail(fn, ": row groups (grid option 'row_groups') are not supported");
   if (spec.mse) fail(fn, ": grid option 'mse' does not apply; the (s, z) range search is the option 'shrink_search'");

@@ -56,6 +56,8 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
   const int64_t r = W.size(0), c = W.size(1);
   const int64_t G = spec.group > 0 ? spec.group : c;
   const bool grouped = spec.group > 0;
+  // Columns fitted together: a group, or a K-quant super-block of several groups (methods.md#kquant-grids).
+  const int64_t Gf = spec.kind == GridKind::KQuant ? (int64_t)kKQuantSuper : G;
   // static_groups with a per-channel grid is a no-op (the per-row grid is already fit up front).
   const bool stat = grouped && opt.static_groups;
   const bool dynamic = !fixed && grouped && !stat;  // groups fit lazily inside the column loop
@@ -138,14 +140,14 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
     // groups of a block therefore see partially stale weights — reproduced on purpose.
     if (dynamic)
       for (int64_t p = i1; p < i2; ++p)
-        if (p % G == 0) {
+        if (p % Gf == 0) {
           // The group's columns as a Tensor: [w, r] storage (= column-major [r, w]) viewed transposed.
-          const int64_t w = std::min(G, c - p);
+          const int64_t w = std::min(Gf, c - p);
           Tensor blk = Tensor::empty({w, r});
           std::copy(Wp.col(p).data(), Wp.col(p).data() + w * r, blk.f32());
           std::vector<float> impp((size_t)w);  // the group's importances in processing order
           for (int64_t k = 0; k < w; ++k) impp[(size_t)k] = imp[(size_t)perm[p + k]];
-          grid_fit_group(grid, p / G, blk.t(), impp.data());
+          grid_fit_group(grid, p / Gf, blk.t(), impp.data());
         }
 
     // The block's columns with the in-block error feedback, then the lazy-batch update of the

@@ -120,7 +120,19 @@ do
   check_error(function() P.check_save(with{ f16_scales = false }) end, "pass f16_scales=true")
   check_error(function() P.check_save(with{ bits = 5 }) end, "Q4_0 holds 4-bit codes, got bits=5 (Q5_0 holds them)")
   P.check_save(with{ bits = 5, save_dtype = "Q5_0" })
-  check_error(function() P.check_save(with{ save_dtype = "Q5_K" }) end, "option 'save_dtype': 'Q5_K' is not a gguf dtype (F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)")
+  check_error(function() P.check_save(with{ save_dtype = "Q8_K" }) end, "option 'save_dtype': 'Q8_K' is not a gguf dtype (F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0)")
+  -- K types: the grids must be that K type (ktype), and ktype fixes the grid's other keys
+  check_error(function() P.check_save(with{ save_dtype = "Q5_K" }) end, "option 'save_format': gguf Q5_K cannot store this run's model: its Q5_K super-blocks need ktype=Q5_K")
+  P.check_save(with{ save_dtype = "Q5_K", ktype = "Q5_K" })
+  check_error(function() P.check_save(with{ save_dtype = "Q4_0", ktype = "Q4_K" }) end, "a Q4_K grid is stored by gguf Q4_K (save_dtype=Q4_K)")
+  check_error(function() P.grid{ ktype = "Q4_K", bits = 3, group = -1, sym = false, mse = false, mapping = "gptq", f16_scales = false, importance = "none" } end,
+    "option 'bits': does not go with ktype=Q4_K")
+  check_error(function() P.grid{ ktype = "Q4_K", bits = 4, group = -1, sym = false, mse = false, mapping = "gptq", f16_scales = false, importance = "diag_x" } end,
+    "option 'importance': ktype grids take importance none or diag")
+  check(tostring(P.grid{ ktype = "Q3_K", bits = 4, group = -1, sym = false, mse = false, mapping = "gptq", f16_scales = false, importance = "diag" }) == "qforge.grid Q3_K importance-diag", "P.grid makes the K-quant grid")
+  local fb = P.kquant_fallback{ ktype = "Q4_K", importance = "diag" }
+  check(fb.bits == 5 and fb.sym and fb.group == 32 and fb.mapping == "llamacpp" and fb.f16_scales and fb.importance == "diag", "Q4_K falls back to Q5_0's grid")
+  check(P.kquant_fallback{ ktype = "Q5_K" }.sym == false and P.kquant_fallback{ ktype = "Q6_K" }.bits == 8 and P.kquant_fallback{ ktype = "none" } == nil, "fallback table")
   check_error(function() P.check_save(with{}, { outliers = true }) end, "stores no sparse outliers")
   check_error(function() P.check_save(with{ save_format = "gptq", save_dtype = "" }, { allocated = true }) end, "the CVXQ allocation")
   check_error(function() P.check_save(with{ save_format = "gptq", save_dtype = "", bits = 5 }) end, "GPTQ packs 2, 3, 4 or 8 bits, got bits=5")
