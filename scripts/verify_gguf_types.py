@@ -17,6 +17,11 @@ no qforge code), bit for bit.
    and with the importance-weighted fit under random column importances) and written in that K
    type; gguf-py dequantizes every tensor, which must equal the weights qforge evaluated and
    qforge's decoding of the file.
+4. When llama.cpp's llama-quantize is built (scripts/verify_llamacpp.sh build): it quantizes the
+   same F32 llama with --pure to each K type (its reference quantizers, no imatrix); gguf-py's
+   dequantization of its linears is compared with qforge's reference fit (step 3, importance
+   none): the number of values that differ is printed (ties decided differently inside the
+   searches are possible, see docs/methods.md#kquant-grids).
 Prints one line per file and exits 1 on any difference. gguf and numpy are installed into the venv
 when missing (PyPI).
 """
@@ -211,6 +216,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--venv", default=os.path.join(ROOT, "build", "venv-verify"))
+    ap.add_argument("--llama-quantize", default=os.path.join(ROOT, "build", "llamacpp", "build", "bin", "llama-quantize"))
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "verify", "gguf_types"))
     a = ap.parse_args()
     ensure_venv(os.path.abspath(a.venv))
@@ -251,6 +257,18 @@ def main():
             base = os.path.join(work, f"{t}_{imp}")
             ok &= compare(f"{t} ({imp}) .gguf vs the quantized model in memory", base + ".gguf", base + ".mem_f32.gguf", only_linears=True)
             ok &= compare(f"{t} ({imp}) .gguf vs qforge's decoding of it", base + ".gguf", base + ".back_f32.gguf")
+
+    lq = os.path.abspath(a.llama_quantize)
+    if os.path.exists(lq):
+        print(f"-- 4. llama-quantize --pure (llama.cpp's reference K quantizers) against qforge's reference fit")
+        for t in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]:
+            out = os.path.join(work, f"llama_{t}.gguf")
+            r = subprocess.run([lq, "--pure", src, out, t, "1"], capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"llama-quantize {t} failed:\n{r.stdout}\n{r.stderr}")
+            ok &= compare(f"llama-quantize {t} vs qforge's reference fit", out, os.path.join(work, f"{t}_none.mem_f32.gguf"), only_linears=True)
+    else:
+        print(f"-- 4. skipped: no {lq} (scripts/verify_llamacpp.sh build)")
 
     print("all identical" if ok else "DIFFERENCES FOUND")
     sys.exit(0 if ok else 1)

@@ -2,7 +2,8 @@
 """Unpacks qforge's GPTQ exports with safetensors + numpy (no qforge code) and compares the
 dequantized weights with the fake-quant HF export of the same quantized model.
 
-  python3 scripts/verify_gptq.py            # stories260K, RTN at 2/3/4/8 bits, sym/asym, g32/per-channel
+  python3 scripts/verify_gptq.py            # stories260K, RTN at 2/3/4/8 bits, sym/asym, g32/per-channel,
+                                            # and a mixed model (GPTQModel's `dynamic` overrides)
 Uses build/venv-verify (numpy, safetensors) and build/qforge.
 """
 import json, os, subprocess, sys
@@ -19,6 +20,34 @@ for b = 1, m:nblocks() do for _, n in ipairs(m:linear_names()) do m:set_linear(b
 m:save(opt.dest .. "/gptq", { format = "gptq" })
 m:save(opt.dest .. "/hf", { format = "hf" })
 """
+
+
+MIXED = """
+local opt = qf.options({ dest = "" })
+local m = qf.load_model("../shared/models/stories260K")
+local g4 = qf.grid{ bits = 4, group = 32, sym = true, f16_scales = true }
+local g8 = qf.grid{ bits = 8, group = 32, sym = true, f16_scales = true }
+local g3 = qf.grid{ bits = 3, group = -1, sym = false, f16_scales = true }
+for b = 1, m:nblocks() do
+  for _, n in ipairs(m:linear_names()) do
+    local g = (b == 2 and n == "v") and g8 or n == "down" and g3 or g4
+    if not (b == 4 and n == "o") then m:set_linear(b, n, qf.rtn(m:weight(b, n), g)) end  -- block 4 'o' stays float
+  end
+end
+m:save(opt.dest .. "/gptq", { format = "gptq" })
+m:save(opt.dest .. "/hf", { format = "hf" })
+"""
+
+
+def rule_for(dynamic, module, base):
+    """GPTQModel's reading of `dynamic`: the first key whose regex re.match-es the module name;
+    "-:" not quantized, "+:" (or no prefix) overrides of the base config."""
+    import re
+    for key, over in dynamic.items():
+        neg, pat = key.startswith("-:"), key[2:] if key[:2] in ("+:", "-:") else key
+        if re.match(pat, module):
+            return None if neg else {**base, **over}
+    return base
 
 
 def unpack(words, bits, n):
@@ -77,6 +106,41 @@ def main():
                 checked += 1
                 print(f"{bits}-bit {'sym' if sym else 'asym'} g{group}: group_size {cfg['group_size']}, "
                       f"max |numpy-unpacked GPTQ - qforge| = {worst:.3e}")
+    # Mixed: per-linear bits/group/sym through `dynamic`, one linear kept in fp16.
+    out = os.path.join(ROOT, "runs", "verify", "gptq_mixed")
+    open(script, "w").write(MIXED)
+    r = subprocess.run([QF, "run", script, "dest=" + out, "out=" + out + "/run"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("mixed export failed: " + r.stderr)
+    cfg = json.load(open(os.path.join(out, "gptq", "config.json")))["quantization_config"]
+    base = {"bits": cfg["bits"], "group_size": cfg["group_size"], "sym": cfg["sym"]}
+    q = load_file(os.path.join(out, "gptq", "model.safetensors"))
+    ref = load_file(os.path.join(out, "hf", "model.safetensors"))
+    worst, kinds = 0.0, {}
+    for name in ref:
+        if not name.endswith("proj.weight"):
+            continue
+        mod = name[: -len(".weight")]
+        rule = rule_for(cfg.get("dynamic", {}), mod, base)
+        W = ref[name].astype(np.float64)
+        if rule is None:  # kept in fp16
+            d = np.abs(q[name].astype(np.float64) - W.astype(np.float16).astype(np.float64)).max()
+            kinds["fp16"] = kinds.get("fp16", 0) + 1
+        else:
+            bits = rule["bits"]
+            out_f, in_f = W.shape
+            codes = unpack(q[mod + ".qweight"], bits, in_f)
+            zeros = unpack(q[mod + ".qzeros"].T, bits, out_f).T + 1
+            scales = q[mod + ".scales"].astype(np.float64)
+            g_idx = q[mod + ".g_idx"].astype(np.int64)
+            assert scales.shape[0] == (1 if rule["group_size"] == -1 else -(-in_f // rule["group_size"])), mod
+            d = np.abs((scales[g_idx] * (codes - zeros[g_idx])).T - W).max()
+            k = f"{bits}-bit g{rule['group_size']} {'sym' if rule['sym'] else 'asym'}"
+            kinds[k] = kinds.get(k, 0) + 1
+        worst = max(worst, float(d))
+    checked += 1
+    worst_all = max(worst_all, worst)
+    print(f"mixed (dynamic {json.dumps(cfg.get('dynamic'))}): linears {kinds}, max |numpy-unpacked GPTQ - qforge| = {worst:.3e}")
     ok = checked > 0 and worst_all == 0.0
     print(f"{checked} exports compared: " + ("OK" if ok else "MISMATCH"))
     sys.exit(0 if ok else 1)

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <regex>
 #include <nlohmann/json.hpp>
 
 #include "scratch_dir.h"
@@ -339,6 +341,94 @@ TEST_CASE("gptq export: 2/3/4/8 bits, sym/asym, per-channel/g32 unpack to our co
   CHECK(exported_asym >= 2);
 }
 
+TEST_CASE("gptq export with per-linear grids: GPTQModel's dynamic overrides, skipped linears in fp16") {
+  const Model base = stories();
+  const Tokenizer& tok = stories_tok();
+  GridSpec g4;
+  g4.bits = 4;
+  g4.sym = true;
+  g4.group = 32;
+  GridSpec g8 = g4, g3 = g4;
+  g8.bits = 8;
+  g3.bits = 3;
+  g3.group = -1;
+  Model m = base.clone();
+  quantize_all(m, g4);
+  auto requant = [&](int b, const char* name, const GridSpec& sp) {
+    Linear& l = m.block_mut(b).linear(name);
+    QuantizedLinear q = rtn(base.block(b).linear(name).weight, sp);
+    l.weight.copy_(q.dequantize());
+    l.quant = std::make_shared<const QuantizedLinear>(q);
+  };
+  requant(1, "v", g8);
+  for (int b = 0; b < 5; ++b) requant(b, "down", g3);
+  m.block_mut(3).linear("o").quant.reset();  // kept in full precision
+  m.block_mut(3).linear("o").weight.copy_(base.block(3).linear("o").weight);
+  const std::string dir = tmpdir() + "/gptq_dynamic";
+  save_gptq(m, &tok, dir);
+  const json qc = json::parse(read_file(dir + "/config.json"))["quantization_config"];
+  CHECK(qc["bits"] == 4);  // the most common grid is the base
+  CHECK(qc["group_size"] == 32);
+  CHECK(qc["sym"] == true);
+  const json& dyn = qc["dynamic"];
+  REQUIRE(dyn.size() == 3);
+  CHECK(dyn["+:^model\\.layers\\.1\\.self_attn\\.v_proj$"] == json{{"bits", 8}, {"group_size", 32}, {"sym", true}});
+  CHECK(dyn["+:^model\\.layers\\.\\d+\\.mlp\\.down_proj$"] == json{{"bits", 3}, {"group_size", -1}, {"sym", true}});
+  CHECK(dyn["-:^model\\.layers\\.3\\.self_attn\\.o_proj$"] == json::object());
+  // A consumer's reading: the first dynamic key whose regex matches the module decides (GPTQModel:
+  // re.match; ECMAScript here, the same for these patterns), else the base config.
+  SafetensorsFile st = safetensors_open(dir + "/model.safetensors");
+  static const std::map<std::string, std::string> hf = {{"q", "self_attn.q_proj"}, {"k", "self_attn.k_proj"}, {"v", "self_attn.v_proj"},
+                                                        {"o", "self_attn.o_proj"}, {"gate", "mlp.gate_proj"}, {"up", "mlp.up_proj"},
+                                                        {"down", "mlp.down_proj"}};
+  int checked = 0;
+  for (int b = 0; b < 5; ++b)
+    for (const Linear& l : m.block(b).linears) {
+      const std::string mod = "model.layers." + std::to_string(b) + "." + hf.at(l.name);
+      CAPTURE(mod);
+      int bits = 4;
+      int64_t group = 32;
+      bool skip = false;
+      for (auto it = dyn.begin(); it != dyn.end(); ++it) {
+        const std::string key = it.key();
+        if (!std::regex_match(mod, std::regex(key.substr(2)))) continue;
+        skip = key[0] == '-';
+        if (!skip) bits = it.value()["bits"], group = it.value()["group_size"];
+        break;
+      }
+      const int heads = l.name == "q" ? 8 : l.name == "k" ? 4 : 0;
+      auto hf_order = [&](const Tensor& x) { return heads ? to_hf_rows(x, heads) : x; };
+      const int64_t out = l.out_features(), in = l.in_features();
+      if (skip) {
+        CHECK((b == 3 && l.name == "o"));
+        CHECK(st.find(mod + ".qweight") == nullptr);
+        const auto w = safetensors_read<uint16_t>(st.get(mod + ".weight"), "F16");
+        const Tensor want = hf_order(l.weight);
+        bool same = true;
+        for (int64_t i = 0; i < out * in; ++i) same &= f16_to_f32(w[i]) == f16_to_f32(f32_to_f16(want.f32()[i]));
+        CHECK(same);
+        ++checked;
+        continue;
+      }
+      CHECK(bits == l.quant->grid.spec.bits);
+      CHECK(group == (l.quant->grid.spec.group > 0 ? l.quant->grid.spec.group : -1));
+      const TensorSource &tq = st.get(mod + ".qweight"), &tz = st.get(mod + ".qzeros");
+      const auto qw = safetensors_read<int32_t>(tq, "I32"), qz = safetensors_read<int32_t>(tz, "I32");
+      const QuantizedLinear& qq = *l.quant;
+      Tensor codes_f = Tensor::empty({out, in}), our_codes = Tensor::empty({out, in});
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0; i < in; ++i) {
+          codes_f.f32()[o * in + i] = (float)unpack_input(qw, out, bits, i, o);
+          our_codes.f32()[o * in + i] = qq.codes.data<uint8_t>()[o * in + i];
+        }
+      CHECK(bit_equal(codes_f, hf_order(our_codes)));
+      CHECK(tz.shape[0] == (group > 0 ? (in + group - 1) / group : 1));
+      CHECK(tq.shape[0] * 32 >= in * bits);
+      ++checked;
+    }
+  CHECK(checked == 35);
+}
+
 TEST_CASE("gptq export refuses what it cannot hold, naming block and linear") {
   const Model base = stories();
   const std::string dir = tmpdir() + "/gptq_refused";
@@ -364,17 +454,6 @@ TEST_CASE("gptq export refuses what it cannot hold, naming block and linear") {
     quantize_all(m, g4);
     m.block_mut(2).linear("up").weight.set({5, 7}, 0.125f);
     refuses(m, {"block 3 linear 'up'", "edited after quantization", "[6, 8]"});
-  }
-  {
-    Model m = base.clone();
-    quantize_all(m, g4);
-    Linear& v = m.block_mut(1).linear("v");
-    GridSpec g8 = g4;
-    g8.bits = 8;
-    QuantizedLinear q = rtn(v.weight, g8);
-    v.weight.copy_(q.dequantize());
-    v.quant = std::make_shared<const QuantizedLinear>(q);
-    refuses(m, {"block 2 linear 'v'", "8-bit sym g32", "differs from block 1 linear 'q'"});
   }
   {
     Model m = base.clone();

@@ -2,9 +2,12 @@
 // stored as qweight/qzeros/scales/g_idx, everything else fp16, config.json with
 // quantization_config.
 //
-// Exactness: the codes, zero points and g_idx are written exactly; every model linear must
-// carry codes that still dequantize to its weight, one bits/group/sym for all (the config
-// states one), no outliers, bits in {2, 3, 4, 8}. GPTQ stores scales in fp16, so an f32
+// Exactness: the codes, zero points and g_idx are written exactly; every quantized linear must
+// carry codes that still dequantize to its weight, no outliers, bits in {2, 3, 4, 8}. Linears may
+// differ in bits/group/sym: the config states the most common one and GPTQModel's `dynamic`
+// overrides ("+:REGEX": {bits, group_size, sym}) the others; a linear left unquantized (a
+// pipeline `skip:` override) is written as its fp16 weight under a "-:REGEX" entry (GPTQModel's
+// "not quantized"), as long as some linear is quantized. GPTQ stores scales in fp16, so an f32
 // scale is rounded: the export accepts this (every GPTQ tool does the same) and records the
 // largest relative scale error and weight deviation in quantization_config.meta. v1 stores
 // zero−1 and cannot hold zero 0 (real tools clamp it to 1, silently moving every weight of
@@ -14,6 +17,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <tuple>
 
 #include "formats/export.h"
 #include "formats/export_hf.h"
@@ -46,7 +51,7 @@ static int64_t packed_words(int64_t n, int bits) {
 
 struct GptqLinear {
   const Linear* lin;
-  const QuantizedLinear* q;
+  const QuantizedLinear* q;  // nullptr: stored unquantized (a "-:" dynamic entry)
   int block;
   std::vector<int64_t> order;  // HF row o = our row order[o]
 };
@@ -55,16 +60,23 @@ static std::string linear_what(const std::string& what, int b, const std::string
   return what + ": block " + std::to_string(b + 1) + " linear '" + name + "'";
 }
 
-// Every check before anything is written; returns the common grid spec.
+// (bits, group, sym) of a linear's grid: what the config (or a dynamic entry) states for it.
+static std::tuple<int, int64_t, bool> gptq_key(const GridSpec& s) { return {s.bits, s.group > 0 ? s.group : -1, s.sym}; }
+
+// Every check before anything is written; returns the base grid spec (the most common
+// bits/group/sym among the quantized linears; the first seen on ties).
 static GridSpec check_linears(const Model& m, const std::string& what, std::vector<GptqLinear>* out) {
-  GridSpec common;
-  std::string first;
+  std::string first_unquantized;
   for (int b = 0; b < m.n_blocks(); ++b) {
     if (m.is_lazy() && m.resident[b] == 0)
       fail(linear_what(what, b, "q"), ": not quantized (block ", b + 1, " was loaded lazily and never quantized); quantize every linear first");
     for (const Linear& l : m.block(b).linears) {
       const std::string lw = linear_what(what, b, l.name);
-      if (!l.quant) fail(lw, ": not quantized (no codes; attach them with m:set_linear(b, name, qlinear)); GPTQ stores every linear as codes");
+      if (!l.quant) {  // kept in full precision: a "-:" dynamic entry
+        if (first_unquantized.empty()) first_unquantized = lw;
+        out->push_back({&l, nullptr, b, hf_row_order(m, l.name, l.out_features())});
+        continue;
+      }
       const QuantizedLinear& q = *l.quant;
       const Grid& g = q.grid;
       if (g.rows != l.out_features() || g.cols != l.in_features() || q.codes.numel() != g.rows * g.cols)
@@ -80,12 +92,6 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
         fail(lw, ": grid holds ", g.scale.size(), " scales for ", g.nrowgroups(), " row groups × ", g.ngroups, " groups");
       if (g.spec.bits != 2 && g.spec.bits != 3 && g.spec.bits != 4 && g.spec.bits != 8)
         fail(lw, ": ", g.spec.bits, "-bit grid; GPTQ packs 2, 3, 4 or 8 bits (use format 'qforge' for others)");
-      if (first.empty()) {
-        common = g.spec;
-        first = "block 1 linear '" + l.name + "' (" + g.spec.str() + ")";
-      } else if (g.spec.bits != common.bits || g.spec.group != common.group || g.spec.sym != common.sym) {
-        fail(lw, ": grid ", g.spec.str(), " differs from ", first, "; GPTQ's config holds one bits/group_size/sym for all linears");
-      }
       const int64_t gs = g.group_size(), want_groups = (g.cols + gs - 1) / gs;
       if (g.ngroups != want_groups || (int64_t)g.g_idx.size() != g.cols)
         fail(lw, ": ", g.ngroups, " groups for ", g.cols, " columns of group size ", gs, " (GPTQ needs ceil(in/group) = ", want_groups, ")");
@@ -114,7 +120,19 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
       out->push_back({&l, &q, b, hf_row_order(m, l.name, g.rows)});
     }
   }
-  return common;
+  // The base spec: the most common (bits, group, sym); the others become dynamic overrides.
+  std::map<std::tuple<int, int64_t, bool>, int> count;
+  const GridSpec* base = nullptr;
+  int best = 0;
+  for (const GptqLinear& gl : *out)
+    if (gl.q) {
+      const int n = ++count[gptq_key(gl.q->grid.spec)];
+      if (n > best) best = n, base = &gl.q->grid.spec;
+    }
+  if (!base)
+    fail(first_unquantized, ": not quantized, and no linear of the model is (no codes; attach them with m:set_linear(b, name, qlinear)); ",
+         "GPTQ stores linears as codes");
+  return *base;
 }
 
 static std::string hf_linear_prefix(int b, const std::string& name) {
@@ -147,11 +165,13 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
   // desc_act: some g_idx is not the contiguous i / group map (act-order permutation).
   bool desc_act = false;
   for (const GptqLinear& gl : lins)
-    for (int64_t j = 0; j < gl.q->grid.cols; ++j) desc_act |= gl.q->grid.g_idx[j] != j / gl.q->grid.group_size();
+    if (gl.q)
+      for (int64_t j = 0; j < gl.q->grid.cols; ++j) desc_act |= gl.q->grid.g_idx[j] != j / gl.q->grid.group_size();
 
   // fp16 scale rounding: the one place the file differs from the model; measured, not hidden.
   double max_rel_scale = 0, max_abs_dev = 0;
   for (const GptqLinear& gl : lins) {
+    if (!gl.q) continue;
     const Grid& g = gl.q->grid;
     const uint8_t* codes = gl.q->codes.data<uint8_t>();
     for (int64_t r = 0; r < g.rows; ++r)
@@ -183,9 +203,16 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
     add_float(hf_tensor_name("blocks." + std::to_string(b) + ".ffn_norm"), {c.dim}, [&blk] { return blk.ffn_norm; });
     for (size_t k = 0; k < kLlama.linears.size(); ++k, ++li) {
       const GptqLinear* gl = &lins[li];
+      const std::string pre = hf_linear_prefix(b, gl->lin->name);
+      if (!gl->q) {  // full precision ("-:" dynamic entry)
+        add_float(pre + ".weight", {gl->lin->out_features(), gl->lin->in_features()}, [&m, gl] { return hf_rows(m, gl->lin->name, gl->lin->weight); });
+        if (gl->lin->bias.defined())
+          add_float(pre + ".bias", {gl->lin->out_features()}, [&m, gl] { return hf_rows(m, gl->lin->name, gl->lin->bias); });
+        continue;
+      }
       const Grid& g = gl->q->grid;
       const int64_t out = g.rows, in = g.cols, ng = g.ngroups;
-      const std::string pre = hf_linear_prefix(b, gl->lin->name);
+      const int bits = g.spec.bits;  // this linear's (a dynamic override when not the base)
       // qweight [words(in), out]: column o is the bitstream of the codes of HF row o along the inputs.
       add_i32(pre + ".qweight", {packed_words(in, bits), out}, [gl, bits, out, in] {
         const int64_t nw = packed_words(in, bits);
@@ -242,6 +269,56 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
   qc["lm_head"] = false;
   qc["checkpoint_format"] = "gptq";
   qc["pack_dtype"] = "int32";
+  // GPTQModel's per-module overrides: "+:REGEX" {bits, group_size, sym} for linears whose grid is
+  // not the base, "-:REGEX" for linears kept in full precision. One entry per (linear name, spec)
+  // with the blocks that share it (\d+ when all do); matched by re.match on the module name.
+  {
+    std::map<std::pair<std::string, std::string>, std::vector<int>> groups;  // (suffix, spec json) -> blocks
+    std::vector<std::pair<std::string, std::string>> order;
+    std::map<std::string, nlohmann::ordered_json> specs;
+    for (const GptqLinear& gl : lins) {
+      nlohmann::ordered_json o = nlohmann::ordered_json::object();
+      if (gl.q) {
+        if (gptq_key(gl.q->grid.spec) == gptq_key(spec)) continue;
+        const GridSpec& s = gl.q->grid.spec;
+        o["bits"] = s.bits;
+        o["group_size"] = s.group > 0 ? s.group : -1;
+        o["sym"] = s.sym;
+      }
+      const std::string full = hf_linear_prefix(gl.block, gl.lin->name);
+      const std::string lead = "model.layers." + std::to_string(gl.block) + ".";
+      const std::string suffix = full.substr(lead.size());
+      const std::string key = gl.q ? o.dump() : "-";
+      specs[key] = o;
+      auto k = std::make_pair(suffix, key);
+      if (!groups.count(k)) order.push_back(k);
+      groups[k].push_back(gl.block);
+    }
+    if (!order.empty()) {
+      auto esc = [](const std::string& x) {
+        std::string r;
+        for (char ch : x) {
+          if (ch == '.') r += "\\";
+          r += ch;
+        }
+        return r;
+      };
+      nlohmann::ordered_json dyn = nlohmann::ordered_json::object();
+      for (const auto& k : order) {
+        const std::vector<int>& bl = groups[k];
+        std::string blocks;
+        if ((int)bl.size() == m.n_blocks()) {
+          blocks = "\\d+";
+        } else {
+          for (size_t i = 0; i < bl.size(); ++i) blocks += (i ? "|" : "") + std::to_string(bl[i]);
+          if (bl.size() > 1) blocks = "(?:" + blocks + ")";
+        }
+        const std::string re = "^model\\.layers\\." + blocks + "\\." + esc(k.first) + "$";
+        dyn[(k.second == "-" ? "-:" : "+:") + re] = specs[k.second];
+      }
+      qc["dynamic"] = dyn;
+    }
+  }
   qc["meta"] = {{"quantizer", {"qforge"}},
                 {"qforge_grid", spec.str()},
                 {"qforge_scale_fp16_max_rel_error", max_rel_scale},
