@@ -159,7 +159,7 @@ for s in "solve(l)" "must return a \`QLinear\`" "\`W\` is a **copy**" "| \`ctx\`
 done
 
 # ---- item 20: export options before any work -----------------------------------------------
-opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, hf; got \"onnx\"" save="$WORK/m.onnx" save_format=onnx
+opt_err rtn.lua "option 'save_format' must be one of qforge, gguf, gptq, compressed-tensors, hf; got \"onnx\"" save="$WORK/m.onnx" save_format=onnx
 opt_err rtn.lua "option 'save_dtype': 'Q8_K' is not a gguf dtype" save="$WORK/m.gguf" save_format=gguf save_dtype=Q8_K
 opt_err rtn.lua "option 'save_format': gguf Q5_K cannot store this run's model: its Q5_K super-blocks need ktype=Q5_K" save="$WORK/m.gguf" save_format=gguf save_dtype=Q5_K
 opt_err rtn.lua "option 'bits': does not go with ktype=Q4_K" ktype=Q4_K bits=3

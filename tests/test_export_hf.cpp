@@ -429,6 +429,127 @@ TEST_CASE("gptq export with per-linear grids: GPTQModel's dynamic overrides, ski
   CHECK(checked == 35);
 }
 
+// Value k of a dense LSB-first bitstream of `bits`-bit values (compressed-tensors' packing).
+static uint32_t dense_value(const int32_t* words, int bits, int64_t k) {
+  const uint64_t pos = (uint64_t)k * bits, w = pos / 32, off = pos % 32;
+  uint64_t v = (uint32_t)words[w] >> off;
+  if (off + bits > 32) v |= (uint64_t)(uint32_t)words[w + 1] << (32 - off);
+  return (uint32_t)(v & ((1u << bits) - 1));
+}
+
+TEST_CASE("compressed-tensors export: config groups per grid, dense packing, zero points, ignore; exact codes") {
+  const Model base = stories();
+  const Tokenizer& tok = stories_tok();
+  GridSpec ga, gd;
+  ga.bits = 4;
+  ga.group = 32;
+  ga.f16_scales = true;
+  gd.bits = 3;  // dense 3-bit packing: values split across words
+  gd.group = -1;
+  gd.f16_scales = true;
+  Model m = base.clone();
+  for (int b = 0; b < 5; ++b)
+    for (Linear& l : m.block_mut(b).linears) {
+      if (b == 1 && l.name == "v") continue;  // full precision -> ignore
+      QuantizedLinear q = rtn(l.weight, l.name == "down" ? gd : ga);
+      l.weight.copy_(q.dequantize());
+      l.quant = std::make_shared<const QuantizedLinear>(q);
+    }
+  const std::string dir = tmpdir() + "/ct_mixed";
+  save_model(m, &tok, dir, {"compressed-tensors", ""});
+  const json qc = json::parse(read_file(dir + "/config.json"))["quantization_config"];
+  CHECK(qc["quant_method"] == "compressed-tensors");
+  CHECK(qc["format"] == "pack-quantized");
+  CHECK(qc["quantization_status"] == "compressed");
+  REQUIRE(qc["config_groups"].size() == 2);
+  const json& g0 = qc["config_groups"]["group_0"];
+  const json& g1 = qc["config_groups"]["group_1"];
+  CHECK(g0["weights"]["num_bits"] == 4);
+  CHECK(g0["weights"]["strategy"] == "group");
+  CHECK(g0["weights"]["group_size"] == 32);
+  CHECK(g0["weights"]["symmetric"] == false);
+  CHECK(g1["weights"]["num_bits"] == 3);
+  CHECK(g1["weights"]["strategy"] == "channel");
+  CHECK(g1["weights"]["group_size"].is_null());
+  CHECK(g1["targets"] == json::array({"re:^model\\.layers\\.\\d+\\.mlp\\.down_proj$"}));
+  CHECK(qc["ignore"] == json::array({"model.layers.1.self_attn.v_proj", "lm_head"}));
+  SafetensorsFile st = safetensors_open(dir + "/model.safetensors");
+  static const std::map<std::string, std::string> hf = {{"q", "self_attn.q_proj"}, {"k", "self_attn.k_proj"}, {"v", "self_attn.v_proj"},
+                                                        {"o", "self_attn.o_proj"}, {"gate", "mlp.gate_proj"}, {"up", "mlp.up_proj"},
+                                                        {"down", "mlp.down_proj"}};
+  int checked = 0;
+  for (int b = 0; b < 5; ++b)
+    for (const Linear& l : m.block(b).linears) {
+      const std::string mod = "model.layers." + std::to_string(b) + "." + hf.at(l.name);
+      CAPTURE(mod);
+      const int heads = l.name == "q" ? 8 : l.name == "k" ? 4 : 0;
+      auto hf_order = [&](const Tensor& x) { return heads ? to_hf_rows(x, heads) : x; };
+      if (!l.quant) {
+        CHECK(st.find(mod + ".weight_packed") == nullptr);
+        CHECK(st.get(mod + ".weight").dtype == "F16");
+        continue;
+      }
+      const QuantizedLinear& q = *l.quant;
+      const int bits = q.grid.spec.bits;
+      const int64_t out = l.out_features(), in = l.in_features(), ng = q.grid.ngroups, nw = (in * bits + 31) / 32;
+      const TensorSource& tp = st.get(mod + ".weight_packed");
+      REQUIRE(tp.shape == Shape{out, nw});
+      REQUIRE(st.get(mod + ".weight_scale").shape == Shape{out, ng});
+      CHECK(safetensors_read<int64_t>(st.get(mod + ".weight_shape"), "I64") == std::vector<int64_t>{out, in});
+      const auto pw = safetensors_read<int32_t>(tp, "I32");
+      const auto zp = safetensors_read<int32_t>(st.get(mod + ".weight_zero_point"), "I32");  // asym: present
+      const auto sc = safetensors_read<uint16_t>(st.get(mod + ".weight_scale"), "F16");
+      Tensor file_codes = Tensor::empty({out, in}), file_deq = Tensor::empty({out, in});
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0; i < in; ++i) {
+          const int64_t g = i / q.grid.group_size();
+          const float c = (float)dense_value(pw.data() + o * nw, bits, i);
+          // weight_zero_point [words(out), ng]: column g packs the rows' zeros along the outputs.
+          const int64_t zw = (out * bits + 31) / 32;
+          std::vector<int32_t> colw((size_t)zw);
+          for (int64_t w = 0; w < zw; ++w) colw[(size_t)w] = zp[(size_t)(w * ng + g)];
+          const float z = (float)dense_value(colw.data(), bits, o);
+          file_codes.f32()[o * in + i] = c;
+          file_deq.f32()[o * in + i] = f16_to_f32(sc[(size_t)(o * ng + g)]) * (c - z);
+        }
+      Tensor our_codes = Tensor::empty({out, in});
+      for (int64_t i = 0; i < out * in; ++i) our_codes.f32()[i] = q.codes.data<uint8_t>()[i];
+      CHECK(bit_equal(file_codes, hf_order(our_codes)));
+      CHECK(bit_equal(file_deq, hf_order(l.weight)));  // f16_scales: the file's values are ours
+      ++checked;
+    }
+  CHECK(checked == 34);
+  // Refusals, before anything is written.
+  const std::string bad = tmpdir() + "/ct_refused";
+  Model m2 = m.clone();
+  {
+    Linear& d = m2.block_mut(0).linear("down");
+    QuantizedLinear q = rtn(base.block(0).linear("down").weight, ga);  // 172 columns, g32
+    d.weight.copy_(q.dequantize());
+    d.quant = std::make_shared<const QuantizedLinear>(q);
+    CHECK_THROWS_WITH_AS(save_model(m2, &tok, bad, {"compressed-tensors", ""}),
+                         doctest::Contains("block 1 linear 'down': 172 input columns is not a multiple of the group size 32"), Error);
+  }
+  {
+    Model m3 = m.clone();
+    GridSpec gl = ga;
+    gl.sym = true;
+    gl.mapping = GridMapping::Llamacpp;
+    Linear& k = m3.block_mut(2).linear("k");
+    QuantizedLinear q = rtn(base.block(2).linear("k").weight, gl);
+    k.weight.copy_(q.dequantize());
+    k.quant = std::make_shared<const QuantizedLinear>(q);
+    CHECK_THROWS_WITH_AS(save_model(m3, &tok, bad, {"compressed-tensors", ""}), doctest::Contains("block 3 linear 'k': scale"), Error);
+  }
+  CHECK_FALSE(path_exists(bad));
+  SaveRefusal r = check_save({"compressed-tensors", "F16"}, nullptr);
+  CHECK(r.option == "save_dtype");
+  GridPlan p;
+  p.bits = 4;
+  p.outliers = true;
+  CHECK(check_save({"compressed-tensors", ""}, &p).message.find("stores no sparse outliers") != std::string::npos);
+}
+
 TEST_CASE("gptq export refuses what it cannot hold, naming block and linear") {
   const Model base = stories();
   const std::string dir = tmpdir() + "/gptq_refused";

@@ -289,7 +289,7 @@ TEST_CASE("check_save: format and dtype refusals name the option, outliers/alloc
   CHECK(check_save({"gguf", "q4_0"}, &p).ok());
   SaveRefusal r = check_save({"onnx", ""}, &p);
   CHECK(r.option == "save_format");
-  CHECK(r.message == "unknown format 'onnx' (expected hf, gguf, gptq or qforge)");
+  CHECK(r.message == "unknown format 'onnx' (expected hf, gguf, gptq, compressed-tensors or qforge)");
   r = check_save({"gguf", "Q8_K"}, &p);
   CHECK(r.option == "save_dtype");
   CHECK(r.message == "'Q8_K' is not a gguf dtype (F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0)");

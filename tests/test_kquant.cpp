@@ -105,6 +105,42 @@ TEST_CASE("reference fit: values are the format's (exact GGUF blocks), errors sh
   }
 }
 
+// The golden hashes: FNV-1a 64 of the blocks llama.cpp's quantize_row_q*_K_ref (ggml-base of the
+// llama.cpp that llama-cpp-python 0.3.36 vendors, ggml-org/llama.cpp@0c1e57098) writes for this
+// input: 8 super-blocks, xorshift64* uniforms, Box-Muller in double, every 37th value ×6.
+static std::vector<float> golden_input(int n) {
+  uint64_t s = 0x9E3779B97F4A7C15ull;
+  auto u = [&] {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return ((double)((s * 2685821657736338717ull) >> 40) + 0.5) / 16777216.0;
+  };
+  std::vector<float> x((size_t)n);
+  for (int i = 0; i < n; ++i) {
+    const double g = std::sqrt(-2 * std::log(u())) * std::cos(6.283185307179586 * u());
+    x[(size_t)i] = (float)(g * (i % 37 == 5 ? 6.0 : 1.0) * 0.02);
+  }
+  return x;
+}
+
+TEST_CASE("reference K quantizers write llama.cpp's bytes (golden hashes from its quantize_row_q*_K_ref)") {
+  const struct {
+    const char* name;
+    uint64_t hash;
+  } golden[] = {{"Q2_K", 0xcd75671be80ae68aull}, {"Q3_K", 0xf86c08c317c5c1afull}, {"Q4_K", 0x9ce03983260fa2c9ull},
+                {"Q5_K", 0x3782a7f19bad1229ull}, {"Q6_K", 0x1269f48593c2b7cbull}};
+  const std::vector<float> x = golden_input(8 * 256);
+  for (const auto& g : golden) {
+    CAPTURE(g.name);
+    std::vector<uint8_t> b((size_t)(8 * dtype_by_name(g.name)->block_bytes));
+    quantize_blocks_ref(g.name, x.data(), (int64_t)x.size(), b.data());
+    uint64_t h = 1469598103934665603ull;
+    for (uint8_t c : b) h = (h ^ c) * 1099511628211ull;
+    CHECK(h == g.hash);
+  }
+}
+
 TEST_CASE("reference fit of a constant and an all-zero super-block") {
   for (KQuantType t : kTypes) {
     const KQuantLayout& L = kquant_layout(t);

@@ -59,8 +59,8 @@ P.common_help = {
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
-  save_format = { "qforge | gguf | gptq | hf", choices = { "qforge", "gguf", "gptq", "hf" } },
-  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq: none",
+  save_format = { "qforge | gguf | gptq | compressed-tensors | hf", choices = { "qforge", "gguf", "gptq", "compressed-tensors", "hf" } },
+  save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq, compressed-tensors: none",
 }
 
 -- Merges help tables: a recipe's plain-string help for an option with a declaration keeps the

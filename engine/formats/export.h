@@ -8,6 +8,9 @@
 //           or Q2_K | Q3_K | Q4_K | Q5_K | Q6_K (K-quant grids; a linear with a uniform grid, e.g.
 //           one too narrow for super-blocks, goes out in the 32-block type that stores its grid)
 //   gptq    HF directory with GPTQ v1 safetensors (qweight/qzeros/scales/g_idx) + quantization_config
+//   compressed-tensors  HF directory, pack-quantized linears (weight_packed/weight_scale/
+//           weight_zero_point/weight_shape) + quantization_config with config groups (llm-compressor,
+//           vLLM); uniform 2..8-bit grids, exact codes and zeros, fp16 scales
 //   qforge  qforge's own exact format: safetensors tensors + a versioned JSON header (any grid,
 //           mixed bits, outliers); round-trips exactly
 #pragma once
@@ -20,7 +23,7 @@
 namespace qf {
 
 struct SaveOptions {
-  std::string format;          // hf | gguf | gptq | qforge
+  std::string format;          // hf | gguf | gptq | compressed-tensors | qforge
   std::string dtype;           // "" = the format's default (hf: F32, gguf: F16)
 };
 
@@ -82,6 +85,8 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
 void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir);
 void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path);
 void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, const std::string& dtype);
+void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::string& dir);
+void check_compressed_tensors(const Model& m, const Tokenizer* tok, const std::string& dir);
 // Their checks before writing (each save_* calls its own first).
 void check_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const std::string& dtype);
 void check_gptq(const Model& m, const Tokenizer* tok, const std::string& dir);

@@ -29,18 +29,6 @@
 
 namespace qf {
 
-// Dense LSB-first bitstream: value k occupies bits [bits·k, bits·k + bits) of the words.
-// For 2/4/8 bits this is 32/bits values per word; for 3 bits it is GPTQ's layout of 32
-// values over 3 words with values 10 and 21 split across the word boundaries.
-static void pack_bits(const std::vector<uint32_t>& vals, int bits, uint32_t* words) {
-  for (size_t k = 0; k < vals.size(); ++k) {
-    const uint64_t pos = (uint64_t)k * bits;
-    const uint64_t w = pos / 32, off = pos % 32;
-    words[w] |= vals[k] << off;
-    if (off + bits > 32) words[w + 1] |= vals[k] >> (32 - off);
-  }
-}
-
 // Words holding n packed values: whole 32-value units for 3 bits (3 words each), whole words
 // otherwise. Dimensions that are not a multiple are padded with zero codes.
 static int64_t packed_words(int64_t n, int bits) {

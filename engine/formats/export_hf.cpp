@@ -248,4 +248,13 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
   out.commit();
 }
 
+void pack_bits(const std::vector<uint32_t>& vals, int bits, uint32_t* words) {
+  for (size_t k = 0; k < vals.size(); ++k) {
+    const uint64_t pos = (uint64_t)k * bits;
+    const uint64_t w = pos / 32, off = pos % 32;
+    words[w] |= vals[k] << off;
+    if (off + bits > 32) words[w + 1] |= vals[k] >> (32 - off);
+  }
+}
+
 }  // namespace qf

@@ -29,6 +29,12 @@ Tensor hf_rows(const Model& m, const std::string& linear, const Tensor& w);
 // generation_config.json, tokenizer.bin); from a llama2.c tokenizer, its file as tokenizer.bin.
 void hf_write_tokenizer(const Model& m, const Tokenizer* tok, const std::string& dir);
 
+// Dense LSB-first bitstream: value k occupies bits [bits·k, bits·k + bits) of the 32-bit words
+// (ORed in: start from zeroed words). For 2/4/8 bits this is 32/bits values per word; for 3 bits
+// GPTQ's layout of 32 values over 3 words (values 10 and 21 split across word boundaries); for any
+// width compressed-tensors' pack-quantized rows (ceil(n·bits/32) words).
+void pack_bits(const std::vector<uint32_t>& vals, int bits, uint32_t* words);
+
 // The shortest decimal that reads back as the same float, as a JSON number (1e-05, not
 // 9.999999747378752e-06).
 double json_float(float v);

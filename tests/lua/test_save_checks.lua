@@ -16,7 +16,7 @@ do
   check(msg:find("gguf Q4_0 cannot store this run's model: Q4_0 is symmetric: pass sym=true", 1, true) ~= nil, msg)
   opt, msg = qf.check_save{ format = "onnx" }
   check_eq(opt, "save_format")
-  check_eq(msg, "unknown format 'onnx' (expected hf, gguf, gptq or qforge)")
+  check_eq(msg, "unknown format 'onnx' (expected hf, gguf, gptq, compressed-tensors or qforge)")
   opt, msg = qf.check_save{ format = "hf", dtype = "Q4_0" }
   check_eq(opt, "save_dtype")
   check_eq(msg, "'Q4_0' is not a hf dtype (BF16, F16, F32)")
