@@ -11,7 +11,8 @@
 #   scripts/kquant_head_to_head.sh [DIR]        (default runs/h2h)
 #   TYPES="Q4_K Q3_K" SOLVERS="gptq quantease" scripts/kquant_head_to_head.sh /root/h2h
 #
-# Per type T: llama_T_noimat.gguf (llama-quantize --pure, no imatrix), llama_T.gguf (--pure
+# Types Q4_0, Q5_0, Q8_0 get llama.cpp's legacy mapping at groups of 32 (bits, sym, mapping=llamacpp),
+# K types a ktype grid. Per type T: llama_T_noimat.gguf (llama-quantize --pure, no imatrix), llama_T.gguf (--pure
 # --imatrix), qforge_rtn_T.gguf (RTN on the reference fit, no calibration), qforge_S_T.gguf per
 # solver S. --pure keeps every linear at T (llama.cpp still falls back per tensor where the width is
 # not a multiple of 256, and qforge's pipeline gives those linears the same fallback grid);
@@ -25,7 +26,7 @@ Q=${QFORGE:-build/qforge}
 V=scripts/verify_llamacpp.sh
 BIN=build/llamacpp/build/bin
 M=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-TYPES=${TYPES:-"Q4_K Q3_K Q2_K"}
+TYPES=${TYPES:-"Q4_0 Q4_K Q3_K Q2_K"}
 SOLVERS=${SOLVERS:-"gptq quantease"}
 WIKI=../shared/data/wikitext2_test.txt
 [ -f "$M" ] || { echo "no $M: run scripts/fetch-models.sh" >&2; exit 2; }
@@ -61,7 +62,16 @@ measure() {
 [ -f "$D/base_f32.ptb.json" ] || "$V" ppl "$D/base_f32.gguf" "$D/ptb_heldout.txt" 2048 -o "$D/base_f32.ptb.json"
 
 COMMON="model=$M calib_text=../shared/data/ptb_valid.txt nsamples=128 seqlen=512 eval_seqlen=2048 wiki_windows=0 kld=false save_format=gguf"
+grid_opts() {  # qforge's grid for type T: a K-quant grid, or llama.cpp's legacy mapping at groups of 32
+  case $1 in
+    Q4_0) echo "bits=4 group=32 sym=true mapping=llamacpp f16_scales=true" ;;
+    Q5_0) echo "bits=5 group=32 sym=true mapping=llamacpp f16_scales=true" ;;
+    Q8_0) echo "bits=8 group=32 sym=true mapping=llamacpp f16_scales=true" ;;
+    *) echo "ktype=$1" ;;
+  esac
+}
 for T in $TYPES; do
+  G=$(grid_opts "$T")
   f=$D/llama_${T}_noimat.gguf
   [ -f "$f" ] || timed "llama_${T}_noimat" "$BIN/llama-quantize" --pure --token-embedding-type f16 "$D/base_f32.gguf" "$f" "$T" 2 >"${f%.gguf}.log" 2>&1
   measure "$f"
@@ -70,11 +80,11 @@ for T in $TYPES; do
     "$D/base_f32.gguf" "$f" "$T" 2 >"${f%.gguf}.log" 2>&1
   measure "$f"
   f=$D/qforge_rtn_${T}.gguf
-  [ -f "$f" ] || timed "qforge_rtn_${T}" "$Q" run recipes/rtn.lua $COMMON ktype="$T" save="$f" save_dtype="$T" out="$D/run_rtn_$T" >"$D/run_rtn_$T.log" 2>&1
+  [ -f "$f" ] || timed "qforge_rtn_${T}" "$Q" run recipes/rtn.lua $COMMON $G save="$f" save_dtype="$T" out="$D/run_rtn_$T" >"$D/run_rtn_$T.log" 2>&1
   measure "$f"
   for S in $SOLVERS; do
     f=$D/qforge_${S}_${T}.gguf
-    [ -f "$f" ] || timed "qforge_${S}_${T}" "$Q" run "recipes/$S.lua" $COMMON ktype="$T" importance=diag save="$f" save_dtype="$T" \
+    [ -f "$f" ] || timed "qforge_${S}_${T}" "$Q" run "recipes/$S.lua" $COMMON $G importance=diag save="$f" save_dtype="$T" \
       out="$D/run_${S}_$T" >"$D/run_${S}_$T.log" 2>&1
     measure "$f"
   done
