@@ -9,6 +9,8 @@
 
 #include "solvers/cvxq.h"
 #include "solvers/cvxq_dual_ascent.h"
+#include "solvers/choice_allocation.h"
+#include "formats/dtypes.h"
 #include "lua_util.h"
 
 namespace qf::lua {
@@ -114,6 +116,74 @@ static int f_dual_ascent(lua_State* L) {
   return 1;
 }
 
+// A list of number lists: field `key` of the table at idx.
+static std::vector<std::vector<double>> table_of_lists(lua_State* L, int idx, const char* key, const char* fn) {
+  std::vector<std::vector<double>> out;
+  lua_getfield(L, idx, key);
+  if (lua_type(L, -1) != LUA_TTABLE) fail(fn, ": option '", key, "' must be a list of number lists, got ", luaL_typename(L, -1));
+  const int t = lua_gettop(L);
+  const lua_Integer n = luaL_len(L, t);
+  for (lua_Integer i = 1; i <= n; ++i) {
+    lua_rawgeti(L, t, i);
+    if (lua_type(L, -1) != LUA_TTABLE) fail(fn, ": ", key, "[", i, "] must be a list of numbers, got ", luaL_typename(L, -1));
+    std::vector<double> row;
+    const lua_Integer m = luaL_len(L, -1);
+    for (lua_Integer k = 1; k <= m; ++k) {
+      lua_rawgeti(L, -1, k);
+      if (!lua_isnumber(L, -1)) fail(fn, ": ", key, "[", i, "][", k, "] is not a number");
+      row.push_back(lua_tonumber(L, -1));
+      lua_pop(L, 1);
+    }
+    out.push_back(std::move(row));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
+// qf.allocate_choices{ distortion = {{...}, ...}, cost = {{...}, ...}, budget = } -> {choice = {1-based},
+// cost, distortion, lambda, lagrangian_cost, lagrangian_distortion, bisections, upgrades}
+static int f_allocate_choices(lua_State* L) {
+  const char* fn = "allocate_choices";
+  check_table(L, 1, fn);
+  check_opts(L, 1, fn, {"distortion", "cost", "budget"});
+  lua_getfield(L, 1, "budget");
+  if (!lua_isnumber(L, -1)) fail(fn, ": option 'budget' is required (a number)");
+  const double budget = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  const ChoiceAllocation r = allocate_choices(table_of_lists(L, 1, "distortion", fn), table_of_lists(L, 1, "cost", fn), budget);
+  lua_createtable(L, 0, 8);
+  lua_createtable(L, (int)r.choice.size(), 0);
+  for (size_t i = 0; i < r.choice.size(); ++i) {
+    lua_pushinteger(L, r.choice[i] + 1);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "choice");
+  set_field(L, "cost", r.cost);
+  set_field(L, "distortion", r.distortion);
+  set_field(L, "lambda", r.lambda);
+  set_field(L, "lagrangian_cost", r.lagrangian_cost);
+  set_field(L, "lagrangian_distortion", r.lagrangian_distortion);
+  set_field(L, "bisections", r.bisections);
+  set_field(L, "upgrades", r.upgrades);
+  return 1;
+}
+
+// qf.type_bytes(type, rows, cols) -> bytes a [rows, cols] tensor takes in a GGUF/safetensors storage
+// type (the dtype table: whole blocks of block_elems along a row); an error when cols is not a
+// multiple of the type's block.
+static int f_type_bytes(lua_State* L) {
+  const char* fn = "type_bytes";
+  const std::string name = luaL_checkstring(L, 1);
+  const lua_Integer rows = luaL_checkinteger(L, 2), cols = luaL_checkinteger(L, 3);
+  const DTypeTraits* t = dtype_by_name(name);
+  if (!t) fail(fn, ": unknown type '", name, "'");
+  if (rows < 0 || cols < 0) fail(fn, ": negative shape [", rows, ", ", cols, "]");
+  if (cols % t->block_elems) fail(fn, ": ", cols, " columns are not a multiple of ", name, "'s block of ", t->block_elems);
+  lua_pushinteger(L, rows * (cols / t->block_elems) * t->block_bytes);
+  return 1;
+}
+
 // qf.row_clusters(scores, k) -> 1-based row group of every row (a Lua array)
 static int f_row_clusters(lua_State* L) {
   const char* fn = "row_clusters";
@@ -177,6 +247,8 @@ void open_cvxq(lua_State* L, int mod) {
   // Arities: lua_util.h.
   set_funcs(L, mod,
             {{"dual_ascent", qf_guard<f_dual_ascent>, 1},
+             {"allocate_choices", qf_guard<f_allocate_choices>, 1},
+             {"type_bytes", qf_guard<f_type_bytes>, 3},
              {"row_clusters", qf_guard<f_row_clusters>, 2},
              {"row_log2_variance", qf_guard<f_row_log2_variance>, 1},
              {"group_spread", qf_guard<f_group_spread>, 2},

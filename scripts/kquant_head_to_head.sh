@@ -28,6 +28,7 @@ BIN=build/llamacpp/build/bin
 M=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 TYPES=${TYPES:-"Q4_0 Q4_K Q3_K Q2_K"}
 SOLVERS=${SOLVERS:-"gptq quantease"}
+BASELINES=${BASELINES:-1}  # 0: skip the no-imatrix llama.cpp file and qforge's RTN (the context rows)
 WIKI=../shared/data/wikitext2_test.txt
 [ -f "$M" ] || { echo "no $M: run scripts/fetch-models.sh" >&2; exit 2; }
 for t in llama-perplexity llama-quantize llama-imatrix; do
@@ -73,15 +74,13 @@ grid_opts() {  # qforge's grid for type T: a K-quant grid, or llama.cpp's legacy
 for T in $TYPES; do
   G=$(grid_opts "$T")
   f=$D/llama_${T}_noimat.gguf
-  [ -f "$f" ] || timed "llama_${T}_noimat" "$BIN/llama-quantize" --pure --token-embedding-type f16 "$D/base_f32.gguf" "$f" "$T" 2 >"${f%.gguf}.log" 2>&1
-  measure "$f"
+  [ "$BASELINES" = 1 ] && { [ -f "$f" ] || timed "llama_${T}_noimat" "$BIN/llama-quantize" --pure --token-embedding-type f16 "$D/base_f32.gguf" "$f" "$T" 2 >"${f%.gguf}.log" 2>&1; measure "$f"; }
   f=$D/llama_${T}.gguf
   [ -f "$f" ] || timed "llama_${T}" "$BIN/llama-quantize" --pure --token-embedding-type f16 --imatrix "$D/imatrix.gguf" \
     "$D/base_f32.gguf" "$f" "$T" 2 >"${f%.gguf}.log" 2>&1
   measure "$f"
   f=$D/qforge_rtn_${T}.gguf
-  [ -f "$f" ] || timed "qforge_rtn_${T}" "$Q" run recipes/rtn.lua $COMMON $G save="$f" save_dtype="$T" out="$D/run_rtn_$T" >"$D/run_rtn_$T.log" 2>&1
-  measure "$f"
+  [ "$BASELINES" = 1 ] && { [ -f "$f" ] || timed "qforge_rtn_${T}" "$Q" run recipes/rtn.lua $COMMON $G save="$f" save_dtype="$T" out="$D/run_rtn_$T" >"$D/run_rtn_$T.log" 2>&1; measure "$f"; }
   for S in $SOLVERS; do
     f=$D/qforge_${S}_${T}.gguf
     [ -f "$f" ] || timed "qforge_${S}_${T}" "$Q" run "recipes/$S.lua" $COMMON $G importance=diag save="$f" save_dtype="$T" \

@@ -411,6 +411,62 @@ run ign run "$WORK/ignores_grid.lua" $FAST 'overrides=block:2/down=bits:8' out="
 expect_rc "a solve that ignores the override's grid" 1
 expect_in "ignored override named" stderr "override rule 1 'block:2/down=bits:8' asks 8-bit per-channel for block 2 linear 'down', but solve returned 4-bit per-channel"
 
+# ---- issue 17: GGUF types as override grids; a GGUF file of a requested size -------------------
+run ovt run recipes/gptq.lua $FAST 'overrides=name:q,k=type:Q8_0;name:gate=type:Q4_K' out="$WORK/ovt"
+expect_rc "gptq with type: overrides" 0
+expect_in "type: rule label" stderr "[Q8_0: override rule 1]"
+expect_in "K type on a 64-wide linear: llama-quantize's fallback" stderr "[Q5_0: override rule 2, Q4_K's fallback for 64 columns]"
+opt_err gptq.lua "rule 1 'name:q=type:Q9_K': type expects a GGUF type (Q2_K Q3_K Q4_0" $FAST 'overrides=name:q=type:Q9_K'
+opt_err gptq.lua "rule 1 'name:q=type:Q8_0,bits:4': type:Q8_0 fixes the grid: it takes no other key (got bits)" $FAST 'overrides=name:q=type:Q8_0,bits:4'
+run gt run recipes/gguf_target.lua nsamples=8 seqlen=128 eval_seqlen=64 wiki_windows=0 target_bpw=5.5 types=Q4_0,Q5_0,Q5_1,Q8_0 sensitivity=proxy \
+  save="$WORK/gt.gguf" save_format=gguf out="$WORK/gt"
+expect_rc "gguf_target.lua" 0
+expect_in "allocation summary" stdout "bits/weight over the block linears (target 5.5; cheapest 4.5000, dearest 8.5000)"
+# The file holds each linear in its allocated type, the bytes add up to the record, the budget holds,
+# and no single upgrade that fits the bytes left would lower the distortion (the fill is complete).
+python3 - "$WORK/gt/results.json" "$WORK/gt.gguf" <<'PY' && ok || bad "gguf_target: file types, bytes and budget (see above)"
+import json, struct, sys
+r = json.load(open(sys.argv[1]))["type_allocation"]
+f = open(sys.argv[2], "rb")
+def u32(): return struct.unpack("<I", f.read(4))[0]
+def u64(): return struct.unpack("<Q", f.read(8))[0]
+def s(): return f.read(u64()).decode()
+SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+def value(t):
+    if t == 8: return s()
+    if t == 9:
+        et, n = u32(), u64()
+        return [value(et) for _ in range(n)]
+    return f.read(SIZE[t])
+assert f.read(4) == b"GGUF" and u32() == 3
+nt, nkv = u64(), u64()
+for _ in range(nkv):
+    s(); value(u32())
+types = {}
+for _ in range(nt):
+    name = s(); nd = u32(); [u64() for _ in range(nd)]; types[name] = u32(); u64()
+GG = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "F32": 0}
+NAME = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+for l in r["layers"]:
+    assert types["blk.%d.%s.weight" % (l["block"] - 1, NAME[l["layer"]])] == GG[l["type"]], l
+for u in r["full_precision"]:  # stories260K's 172-wide down: no 32-block fits
+    assert u["layer"] == "down" and types["blk.%d.ffn_down.weight" % (u["block"] - 1)] == GG["F32"], u
+assert len(r["layers"]) == 30 and len(r["full_precision"]) == 5
+assert abs(sum(l["bytes"] for l in r["layers"]) - r["bytes"]) < 1e-6
+assert r["bytes"] <= r["target_bpw"] * r["weights"] / 8 and r["bits_per_weight"] <= 5.5
+left = r["target_bpw"] * r["weights"] / 8 - r["bytes"]
+for l in r["layers"]:
+    cur = l["candidates"].index(l["type"])
+    for k, t in enumerate(l["candidates"]):
+        if l["candidate_bytes"][k] - l["candidate_bytes"][cur] <= left:
+            assert l["candidate_distortion"][k] >= l["candidate_distortion"][cur], (l["block"], l["layer"], t)
+assert len(set(l["type"] for l in r["layers"])) >= 2, "a 5.5-bit target between 4.5 and 8.5 mixes types"
+PY
+opt_err gguf_target.lua "option 'target_bpw': 4 is below the cheapest of these types on this model (4.5000 bits/weight" $FAST target_bpw=4 types=Q4_0,Q8_0
+opt_err gguf_target.lua "option 'types': unknown GGUF type 'Q9'" $FAST types=Q4_0,Q9
+opt_err gguf_target.lua "option 'iters': is not an option of solver=gptq (it would be ignored)" $FAST iters=5
+opt_err gguf_target.lua "option 'refit_scales': refits uniform grids only, and types lists Q4_K" $FAST refit_scales=true types=Q4_0,Q4_K
+
 run zr run recipes/zero_row.lua max_windows=2 out="$WORK/zr"
 expect_rc "zero_row.lua" 0
 python3 - "$WORK/zr/results.json" <<'PY' && ok || bad "zero_row.lua records the KL divergence of the edit"

@@ -55,7 +55,7 @@ P.common_help = {
   fp_logits = "directory of full-precision reference logits (heldout.qfref, wikitext2.qfref): read when present and matching, else computed and written there (empty: computed in memory)",
   eval_fp = "also evaluate the full-precision model first (results prefixed fp_)",
   cache = "directory of full-precision results shared between runs (reference logits, CVXQ's gradient statistics), each file named by the fingerprint of the model's weights, the tokens and the options it was computed from: read when present, else computed and written there (qforge sweep sets it to SWEEP/cache; empty: off)",
-  overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales; every rule must match a linear; under the CVXQ allocation a rule pins bits (counted in target_bits) and skipped linears are outside the budget",
+  overrides = "per-layer rules, first match wins, ';'-separated: SELECTOR=key:value,... or skip:SELECTOR; SELECTOR re:REGEX (on \"block.name\", e.g. \"3.down\"), block:LIST[/names] (1,-1 or 2..4; negative from the end), name:names; keys bits, group, sym, mse, f16_scales, or type (a GGUF type: Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 — the whole grid; a K type on a width not a multiple of 256 gets llama-quantize's fallback); every rule must match a linear; under the CVXQ allocation a rule pins bits (counted in target_bits) and skipped linears are outside the budget",
   true_sequential = "re-collect Σ after each sub-group q/k/v -> o -> gate/up -> down",
   f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
@@ -208,18 +208,39 @@ function P.grid(opt)
                   mapping = opt.mapping, importance = opt.importance }
 end
 
--- llama-quantize's type for a tensor whose width is not a multiple of 256 under a K type, as a
--- grid spec table (llama.cpp's Q4_0/Q5_0/Q8_0 mapping, fp16 scales; Q5_1 min/max).
-local KQUANT_FALLBACK = {
-  Q2_K = { bits = 4, sym = true, mapping = "llamacpp" }, Q3_K = { bits = 4, sym = true, mapping = "llamacpp" },
-  Q4_K = { bits = 5, sym = true, mapping = "llamacpp" }, Q5_K = { bits = 5, sym = false },
-  Q6_K = { bits = 8, sym = true, mapping = "llamacpp" },
+-- GGUF storage types as qforge grid specs: what a per-linear `type:` override asks for (and
+-- recipes/gguf_target.lua allocates). K types keep their layout (ktype); llama.cpp's legacy
+-- 32-element blocks are grid options (Q4_0/Q5_0/Q8_0: its signed-extreme symmetric mapping;
+-- Q4_1/Q5_1: min/max), fp16 scales as the blocks store them.
+P.GGUF_TYPE_GRIDS = {
+  Q4_0 = { bits = 4, group = 32, sym = true, mapping = "llamacpp", f16_scales = true, mse = false },
+  Q4_1 = { bits = 4, group = 32, sym = false, mapping = "gptq", f16_scales = true, mse = false },
+  Q5_0 = { bits = 5, group = 32, sym = true, mapping = "llamacpp", f16_scales = true, mse = false },
+  Q5_1 = { bits = 5, group = 32, sym = false, mapping = "gptq", f16_scales = true, mse = false },
+  Q8_0 = { bits = 8, group = 32, sym = true, mapping = "llamacpp", f16_scales = true, mse = false },
+  Q2_K = { ktype = "Q2_K" }, Q3_K = { ktype = "Q3_K" }, Q4_K = { ktype = "Q4_K" }, Q5_K = { ktype = "Q5_K" },
+  Q6_K = { ktype = "Q6_K" },
 }
+P.GGUF_TYPE_NAMES = { "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0" }
+-- llama-quantize's type for a tensor whose width is not a multiple of 256 under a K type.
+P.KQUANT_FALLBACK_TYPE = { Q2_K = "Q4_0", Q3_K = "Q4_0", Q4_K = "Q5_0", Q5_K = "Q5_1", Q6_K = "Q8_0" }
+
+-- The grid spec of GGUF type `name` with importance `importance`, for a linear `cols` wide (nil:
+-- any): a K type on a width not a multiple of 256 becomes its fallback. Returns spec, fallback?.
+function P.type_grid(name, importance, cols)
+  local fallback = false
+  if cols and P.KQUANT_FALLBACK_TYPE[name] and cols % 256 ~= 0 then name, fallback = P.KQUANT_FALLBACK_TYPE[name], true end
+  local spec = {}
+  for k, v in pairs(P.GGUF_TYPE_GRIDS[name]) do spec[k] = v end
+  spec.importance = importance or "none"
+  return spec, fallback, name
+end
+
+-- llama-quantize's fallback for opt.ktype as a grid spec table (nil: no K type).
 function P.kquant_fallback(opt)
-  local f = KQUANT_FALLBACK[opt.ktype]
+  local f = P.KQUANT_FALLBACK_TYPE[opt.ktype]
   if not f then return nil end
-  return { bits = f.bits, sym = f.sym, mapping = f.mapping or "gptq", group = 32, f16_scales = true, mse = false,
-           importance = opt.importance or "none" }
+  return (P.type_grid(f, opt.importance))
 end
 
 -- The export options, checked before any work: the format takes the dtype, the grids the run
@@ -263,11 +284,12 @@ end
 -- ---- per-layer overrides ---------------------------------------------------------------------
 -- P.overrides(rules, m, opt) -> a resolved plan, or nil when there are no rules. rules: the
 -- `overrides` option string, or a list of tables {re = "..." | block = {1, -1} | block = "2..4",
--- name = {"q", "k"} | "q,k", skip = true, bits =, group =, sym =, mse =, f16_scales =}. The first
+-- name = {"q", "k"} | "q,k", skip = true, bits =, group =, sym =, mse =, f16_scales =, type =}
+-- (type: a GGUF type name, P.GGUF_TYPE_GRIDS, alone: it fixes the grid). The first
 -- matching rule decides a linear: skip keeps it in full precision, the keys replace the common
 -- grid options for it. A rule that matches no linear, an unknown key, a bad value, a selector
 -- out of range are option errors naming the rule (1-based) — raised before any work.
-local OVERRIDE_KEYS = { bits = "int", group = "int", sym = "bool", mse = "bool", f16_scales = "bool" }
+local OVERRIDE_KEYS = { bits = "int", group = "int", sym = "bool", mse = "bool", f16_scales = "bool", type = "type" }
 
 local function override_error(i, text, msg)
   qf.option_error("overrides", string.format("rule %d '%s': %s", i, text, msg))
@@ -276,7 +298,13 @@ end
 local function parse_value(i, text, key, v)
   local kind = OVERRIDE_KEYS[key]
   if not kind then
-    override_error(i, text, "unknown key '" .. key .. "' (bits, group, sym, mse, f16_scales)")
+    override_error(i, text, "unknown key '" .. key .. "' (bits, group, sym, mse, f16_scales, type)")
+  end
+  if kind == "type" then
+    if type(v) ~= "string" or not P.GGUF_TYPE_GRIDS[v] then
+      override_error(i, text, string.format("type expects a GGUF type (%s), got '%s'", table.concat(P.GGUF_TYPE_NAMES, " "), tostring(v)))
+    end
+    return v
   end
   if type(v) == "string" then
     if kind == "int" then
@@ -400,11 +428,19 @@ function P.overrides(rules, m, opt)
       end
     end
     if not (q.re or q.blocks or q.names) then override_error(i, r.text, "no selector (re, block or name)") end
-    if not q.skip and next(q.settings) == nil then override_error(i, r.text, "no settings (bits, group, sym, mse, f16_scales) and not skip") end
+    if not q.skip and next(q.settings) == nil then override_error(i, r.text, "no settings (bits, group, sym, mse, f16_scales, type) and not skip") end
     if not q.skip then  -- the grid it makes must be valid, and storable where save= writes
       local spec = {}
-      for _, k in ipairs({ "bits", "group", "sym", "mse", "f16_scales", "mapping", "importance" }) do spec[k] = opt[k] end
-      for k, v in pairs(q.settings) do spec[k] = v end
+      if q.settings.type then  -- a GGUF type fixes the whole grid
+        for k in pairs(q.settings) do
+          if k ~= "type" then override_error(i, r.text, "type:" .. q.settings.type .. " fixes the grid: it takes no other key (got " .. k .. ")") end
+        end
+        spec = P.type_grid(q.settings.type, opt.importance == "diag_x" and P.GGUF_TYPE_GRIDS[q.settings.type].ktype and "diag" or opt.importance)
+        q.type = q.settings.type
+      else
+        for _, k in ipairs({ "bits", "group", "sym", "mse", "f16_scales", "mapping", "importance" }) do spec[k] = opt[k] end
+        for k, v in pairs(q.settings) do spec[k] = v end
+      end
       local ok, err = pcall(qf.grid, spec)
       if not ok then override_error(i, r.text, tostring(err):gsub("^.-grid: ", "")) end
       q.spec = spec
@@ -454,7 +490,8 @@ end
 -- or as `fp_chain` says (a recipe whose ctx.cal only feeds a statistics pass passes false).
 -- `grid` describes the grids the recipe will make, for the export checks: {outliers=, allocated=,
 -- float_zero=}; by default outliers when opt.ratio > 0, allocated when opt.target_bits is set
--- (and opt.alloc is not false). Every option is checked before the calibration work starts.
+-- (and opt.alloc is not false); grid.check_model(m), when given, runs the recipe's own checks that
+-- need the loaded model. Every option is checked before the calibration work starts.
 function P.prepare(opt, fp_chain, grid)
   if fp_chain == nil then fp_chain = opt.finetune == true end
   if opt.finetune ~= nil then P.finetune(opt) end  -- bad finetune options fail before any work
@@ -477,6 +514,7 @@ function P.prepare(opt, fp_chain, grid)
   if (opt.wiki_windows or 0) > 0 then readable("wiki_text", " (wiki_windows=0 skips it)") end
   local m = qf.load_model(opt.model)
   P.check_model_options(opt, m)
+  if grid.check_model then grid.check_model(m) end  -- the recipe's own checks that need the model's shapes
   local ids = m:tokenizer():encode(qf.read_text(opt.calib_text))
   local split = math.floor(#ids * opt.calib_fraction)
   if split < opt.seqlen then
@@ -672,7 +710,9 @@ function P.quantize_model(m, cal, solve, opts)
         local spec = rule and rule.spec
         local fallback = false
         if not spec and kfallback and W:size(2) % 256 ~= 0 then spec, fallback = kfallback, true end
-        if rule and REGISTRY_SOLVES[solve] then  -- the solver's own grid (e.g. decoupleQ's float zero) with the rule's keys
+        local tname
+        if rule and rule.type then spec, fallback, tname = P.type_grid(rule.type, spec.importance, W:size(2)) end
+        if rule and not rule.type and REGISTRY_SOLVES[solve] then  -- the solver's own grid (e.g. decoupleQ's float zero) with the rule's keys
           spec = {}
           for k, v in pairs(REGISTRY_SOLVES[solve]) do spec[k] = v end
           for k, v in pairs(rule.settings) do spec[k] = v end
@@ -694,7 +734,7 @@ function P.quantize_model(m, cal, solve, opts)
         end
         if rule then  -- the override's grid must be the one used: never silently ignored
           local g = qf.is_tensor(q) and nil or q:grid():spec()
-          if not g or g.bits ~= spec.bits or g.group ~= spec.group or (g.sym or false) ~= (spec.sym or false) then
+          if not g or g.ktype ~= spec.ktype or not spec.ktype and (g.bits ~= spec.bits or g.group ~= spec.group or (g.sym or false) ~= (spec.sym or false)) then
             error(string.format("quantize_model: override rule %d '%s' asks %s for block %d linear '%s', but solve returned %s: a solve must quantize on the grid it is passed (solve(l, grid))",
               rule.index, rule.text, spec_label(spec), b, name, g and spec_label(g) or "a Tensor"), 0)
           end
@@ -719,7 +759,7 @@ function P.quantize_model(m, cal, solve, opts)
         solve_sum = solve_sum + secs
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
                                 outliers = (not qf.is_tensor(q)) and q:nnz() or 0,
-                                grid = (rule or fallback) and spec_label(spec) or nil, rule = rule and rule.index or nil,
+                                grid = tname or (rule or fallback) and spec_label(spec) or nil, rule = rule and rule.index or nil,
                                 fallback = fallback or nil }
         local elapsed = qf.now() - t0
         local overhead = elapsed - solve_sum                      -- all non-solve time so far
@@ -727,7 +767,8 @@ function P.quantize_model(m, cal, solve, opts)
         local left_here = math.max(0, per_block - (overhead - overhead_done))
         local eta = (nlayers - #layers) * solve_sum / #layers + left_here + (nb - b) * per_block
         io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs%s\n",
-          b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d]", spec_label(spec), rule.index)
+          b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d%s]", tname or spec_label(spec), rule.index,
+              fallback and string.format(", %s's fallback for %d columns", rule.type, W:size(2)) or "")
             or fallback and string.format("  [%s: K-quant fallback, %d columns]", spec_label(spec), W:size(2)) or ""))
         qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
                 seconds = secs, elapsed = elapsed, eta = eta, info = info, solve_seconds = solve_sum,

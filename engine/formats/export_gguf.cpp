@@ -8,7 +8,7 @@
 // re-rounded).
 // A linear whose input width is not a multiple of 32 cannot be stored in 32-element blocks
 // by any GGUF type; it is written F32 (exact), as llama-quantize also falls back for such
-// tensors. q/k rows go out in RoPE-pair order (the converter's permutation).
+// tensors. A linear left in full precision (no codes: an override's skip:) is written F32 too. q/k rows go out in RoPE-pair order (the converter's permutation).
 #include <algorithm>
 #include <cctype>
 
@@ -98,7 +98,8 @@ static bool is_kquant(const DTypeTraits& t) {
 // Q5_1, Q8_0: llama-quantize's fallback for widths that are not a multiple of 256); every other
 // dtype is the type of every linear. Fails (naming the linear) when nothing stores the grid.
 static const DTypeTraits& linear_dtype(const DTypeTraits& file, const Linear& l, const std::string& what) {
-  if (!is_kquant(file) || !l.quant) return file;
+  if (!l.quant) return *dtype_by_name("F32");  // left in full precision (a skip: rule): exact F32
+  if (!is_kquant(file)) return file;
   const Grid& g = l.quant->grid;
   if (g.spec.kind == GridKind::KQuant) return *dtype_by_name(kquant_layout(g.spec.ktype).name);
   if (l.in_features() % 32) return *dtype_by_name("F32");  // no block type fits: exact F32, as for any dtype
@@ -126,13 +127,23 @@ void check_gguf(const Model& m, const std::string& path, const std::string& dtyp
   if (!c.rope_scaling.empty() && c.rope_scaling != "linear")
     fail("save gguf '", path, "': RoPE scaling '", c.rope_scaling, "' cannot be written (none or linear)");
 
-  // Quantized exports: check every linear before writing anything.
+  // Quantized exports: check every linear before writing anything. A linear left in full
+  // precision is written F32, but a model with no quantized linear at all is refused (a quantized
+  // type asked of a float model: "export gguf F16").
+  if (quant) {
+    bool any = false;
+    for (int b = 0; b < m.n_blocks() && !any; ++b) {
+      if (m.is_lazy() && m.resident[b] == 0) continue;
+      for (const Linear& l : m.block(b).linears) any = any || (bool)l.quant;
+    }
+    if (!any) fail("save gguf '", path, "': no linear is quantized (no codes; set them with m:set_linear(b, name, q)); export gguf F16 for float weights");
+  }
   if (quant)
     for (int b = 0; b < m.n_blocks(); ++b) {
       if (m.is_lazy() && m.resident[b] == 0)
         fail("save gguf '", path, "': block ", b + 1, " is not quantized (lazily loaded and never edited); quantize it or export gguf F16");
       for (const Linear& l : m.block(b).linears) {
-        if (!l.quant) fail(linear_what(path, b, l), ": not quantized (no codes; set it with m:set_linear(b, name, q)); export gguf F16 for float weights");
+        if (!l.quant) continue;  // full precision (a skip: rule): written F32
         const DTypeTraits& t = linear_dtype(lin, l, linear_what(path, b, l));
         if (l.in_features() % t.block_elems || (t.grid.cols == 0 && !is_kquant(t))) continue;  // written F32
         if (is_kquant(t)) check_kquant_encodable(*l.quant, t.name, linear_what(path, b, l));
