@@ -16,7 +16,13 @@ EXPORT = """
 local opt = qf.options({ bits = 4, group = 32, sym = false, dest = "" })
 local m = qf.load_model("../shared/models/stories260K")
 local g = qf.grid{ bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = true }
-for b = 1, m:nblocks() do for _, n in ipairs(m:linear_names()) do m:set_linear(b, n, qf.rtn(m:weight(b, n), g)) end end
+for b = 1, m:nblocks() do
+  for _, n in ipairs(m:linear_names()) do
+    local W = m:weight(b, n)
+    -- 3-bit GPTQ needs widths that are multiples of 32: the 172-wide linears stay float (fp16 in the file)
+    if opt.bits ~= 3 or (W:size(1) % 32 == 0 and W:size(2) % 32 == 0) then m:set_linear(b, n, qf.rtn(W, g)) end
+  end
+end
 m:save(opt.dest .. "/gptq", { format = "gptq" })
 m:save(opt.dest .. "/hf", { format = "hf" })
 """
@@ -27,10 +33,11 @@ local opt = qf.options({ dest = "" })
 local m = qf.load_model("../shared/models/stories260K")
 local g4 = qf.grid{ bits = 4, group = 32, sym = true, f16_scales = true }
 local g8 = qf.grid{ bits = 8, group = 32, sym = true, f16_scales = true }
-local g3 = qf.grid{ bits = 3, group = -1, sym = false, f16_scales = true }
+local g2 = qf.grid{ bits = 2, group = -1, sym = false, f16_scales = true }
+local g3 = qf.grid{ bits = 3, group = 32, sym = false, f16_scales = true }
 for b = 1, m:nblocks() do
   for _, n in ipairs(m:linear_names()) do
-    local g = (b == 2 and n == "v") and g8 or n == "down" and g3 or g4
+    local g = (b == 2 and n == "v") and g8 or n == "down" and g2 or (b == 3 and n == "q") and g3 or g4
     if not (b == 4 and n == "o") then m:set_linear(b, n, qf.rtn(m:weight(b, n), g)) end  -- block 4 'o' stays float
   end
 end
@@ -96,6 +103,9 @@ def main():
                     base = name[: -len(".weight")]
                     W = ref[name].astype(np.float64)
                     out_f, in_f = W.shape
+                    if rule_for(cfg.get("dynamic", {}), base, {}) is None:  # float (3-bit: a width not a multiple of 32)
+                        worst = max(worst, float(np.abs(q[name].astype(np.float64) - W.astype(np.float16).astype(np.float64)).max()))
+                        continue
                     codes = unpack(q[base + ".qweight"], bits, in_f)                       # [in, out]
                     zeros = unpack(q[base + ".qzeros"].T, bits, out_f).T + 1              # v1: stored zero - 1
                     scales = q[base + ".scales"].astype(np.float64)                       # [ngroups, out]

@@ -8,6 +8,7 @@
 #   scripts/verify_llamacpp.sh kld-base GGUF TEXT CTX BASEFILE [CHUNKS] [-o OUT.json]
 #   scripts/verify_llamacpp.sh kld GGUF TEXT CTX BASEFILE [CHUNKS] [-o OUT.json]
 #   scripts/verify_llamacpp.sh compare [stories|smollm2|all]   # default all; exit 1 on disagreement
+#   scripts/verify_llamacpp.sh compare-types [TYPE...]   # every GGUF type qforge writes, on SmolLM2
 #
 # build: `pip download --no-deps --no-binary :all: llama-cpp-python==$LLAMACPP_PY_VERSION` into
 # build/llamacpp/ (sha256 pinned), extracts the sdist and builds its vendored llama.cpp
@@ -251,6 +252,51 @@ compare() {
   return $rc
 }
 
+# compare-types: every GGUF type qforge writes (default Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K
+# Q6_K), on SmolLM2 (its 1536-wide ffn_down takes the K types; the 576-wide linears get
+# llama-quantize's fallbacks). Per type: qforge writes the reference fit of every linear in that
+# type (export_gguf.lua type=T); llama-quantize --allow-requantize turns the file into F32 with
+# llama.cpp's own dequantization (so llama.cpp must read every block), and llama-perplexity scores
+# that F32 file — KLD against the F32 base and perplexity, ctx 512, TYPES_CHUNKS (default 8) chunks
+# of WikiText-2 test; qforge scores the quantized file itself (its own dequantization) under
+# protocol=llamacpp; the numbers must agree as in compare. llama-perplexity on the quantized file
+# itself (its matmuls round activations to 8 bits) is shown beside them, not compared.
+compare_types() {
+  need_tools
+  local types=("$@")
+  [ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K)
+  local gg=models/SmolLM2-135M-Instruct.Q4_1.gguf chunks=${TYPES_CHUNKS:-8} ctx=512 text=../shared/data/wikitext2_test.txt
+  [ -f "$gg" ] || scripts/fetch-models.sh >&2
+  local w=$TOP/work/smollm2_types rc=0
+  mkdir -p "$w"
+  echo "$(version)"
+  echo "machine: $(nproc) cores, $(uptime | sed 's/.*load average/load average/')"
+  [ -f "$w/f32.gguf" ] && [ "$w/f32.gguf" -nt "$QFORGE" ] || qforge_run "$w/qf_export_f32" scripts/verify/export_gguf.lua "model=$gg" "save=$w/f32.gguf" || return 1
+  run_tool kld-base "$w/ll_f32.json" "$w/ll_f32.log" "$w/f32.gguf" "$text" "$ctx" "$chunks" "$w/f32.kldbase"
+  qforge_run "$w/qf_f32" recipes/eval.lua "model=$w/f32.gguf" "text=$text" "seqlen=$ctx" "max_windows=$chunks" protocol=llamacpp || return 1
+  for T in "${types[@]}"; do
+    qforge_run "$w/qf_export_$T" scripts/verify/export_gguf.lua "model=$gg" "save=$w/$T.gguf" "type=$T" || { rc=1; continue; }
+    echo "$T: $(grep -h 'reference fit' "$w/qf_export_$T.log")"
+    note "$BIN/llama-quantize --allow-requantize $w/$T.gguf $w/${T}_deq.gguf F32"
+    if ! "$BIN/llama-quantize" --allow-requantize "$w/$T.gguf" "$w/${T}_deq.gguf" F32 2 >"$w/${T}_deq.log" 2>&1; then
+      tail -5 "$w/${T}_deq.log" >&2; echo "$T: llama-quantize could not read qforge's file"; rc=1; continue
+    fi
+    run_tool kld "$w/ll_$T.json" "$w/ll_$T.log" "$w/${T}_deq.gguf" "$text" "$ctx" "$chunks" "$w/f32.kldbase"
+    run_tool kld "$w/ll_${T}_native.json" "$w/ll_${T}_native.log" "$w/$T.gguf" "$text" "$ctx" "$chunks" "$w/f32.kldbase"
+    qforge_run "$w/qf_$T" recipes/eval.lua "model=$w/$T.gguf" "text=$text" "seqlen=$ctx" "max_windows=$chunks" protocol=llamacpp "reference=$w/f32.gguf" || { rc=1; continue; }
+    python3 "$HELPER" compare "smollm2 $T" "$w/ll_f32.json" "$w/qf_f32/results.json" "$w/ll_$T.json" "$w/qf_$T/results.json" || rc=1
+    python3 - "$T" "$w/ll_${T}_native.json" "$w/ll_$T.json" <<'PY'
+import json, sys
+n, d = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+print("%s: llama-perplexity on the quantized file itself (8-bit activations in its matmuls): PPL %.4f, mean KLD %.6f (dequantized F32: %.4f, %.6f)"
+      % (sys.argv[1], n["ppl"], n["kld"]["mean"], d["ppl"], d["kld"]["mean"]))
+PY
+  done
+  echo "machine after: $(uptime | sed 's/.*load average/load average/')"
+  [ $rc = 0 ] && echo "verify_llamacpp: every type agrees" || echo "verify_llamacpp: DISAGREEMENT (see above)"
+  return $rc
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
@@ -258,5 +304,6 @@ case $cmd in
   version) version ;;
   ppl | kld-base | kld) tool_cmd "$cmd" "$@" ;;
   compare) compare "$@" ;;
+  compare-types) compare_types "$@" ;;
   *) sed -n '2,10p' "$0" >&2; exit 2 ;;
 esac

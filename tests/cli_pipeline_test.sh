@@ -71,6 +71,17 @@ opt_err custom_loop.lua "option 'sweeps' must be an integer >= 1, got -1" sweeps
 opt_err custom_loop.lua "option 'ratio' must be a finite number >= 0 and < 1, got 2" ratio=2
 opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got \"best\"" apply=best
 opt_err compare_solvers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
+opt_err compare_solvers.lua "option 'methods': unknown method 'qe'" methods=gptq,qe
+opt_err compare_solvers.lua "option 'only': invalid regular expression '('" only='('
+run cso run recipes/compare_solvers.lua $FAST methods=gptq,qe_w 'only=^[23]\.down$' out="$WORK/cso"
+expect_rc "compare_solvers on two linears, two columns" 0
+expect_in "the chosen columns only" stdout "| block | layer | GPTQ | QE init w |"
+python3 - "$WORK/cso/results.json" <<'PY' && ok || bad "compare_solvers only=: two rows, sweeps recorded"
+import json, sys
+rows = json.load(open(sys.argv[1]))["comparison"]
+assert [(r["block"], r["layer"]) for r in rows] == [(2, "down"), (3, "down")], rows
+assert all("qe_w_sweeps" in r and "rtn" not in r and r["qe_w"] > 0 for r in rows), rows
+PY
 opt_err cvxq.lua "option 'cluster_rows' must be an integer >= 1, got 0" cluster_rows=0
 opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 0" target_bits=0
 opt_err cvxq.lua "option 'target_bits' must be a finite number > 0 and <= 8, got 9" target_bits=9

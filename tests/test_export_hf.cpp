@@ -246,10 +246,21 @@ TEST_CASE("gptq export: 2/3/4/8 bits, sym/asym, per-channel/g32 unpack to our co
         CAPTURE(spec.str());
         Model m = base.clone();
         quantize_all(m, spec);
+        if (bits == 3) {  // 3-bit packing needs widths that are multiples of 32: stories260K's 172-wide linears are refused,
+          // so they stay float here (exported fp16 under a "-:" dynamic entry) and q/k/v/o carry the 3-bit codes
+          CHECK_THROWS_WITH_AS(save_gptq(m, &tok, tmpdir() + "/gptq3_refused"), doctest::Contains("3-bit codes of a [172, 64] linear"), Error);
+          for (int b = 0; b < 5; ++b)
+            for (const char* n : {"gate", "up", "down"}) {
+              Linear& l = m.block_mut(b).linear(n);
+              l.quant.reset();
+              l.weight = base.block(b).linear(n).weight.clone();
+            }
+        }
         bool has_zero0 = false;
         for (int b = 0; b < 5; ++b)
           for (const Linear& l : m.block(b).linears)
-            for (float z : l.quant->grid.zero) has_zero0 |= z == 0.f;
+            if (l.quant)
+              for (float z : l.quant->grid.zero) has_zero0 |= z == 0.f;
         const std::string dir = tmpdir() + "/gptq_" + std::to_string(bits) + (sym ? "s" : "a") + std::to_string(group);
         if (has_zero0) {  // v1 cannot hold zero 0: refused, nothing written
           CHECK_THROWS_WITH_AS(save_gptq(m, &tok, dir), doctest::Contains("zero point 0"), Error);
@@ -285,6 +296,11 @@ TEST_CASE("gptq export: 2/3/4/8 bits, sym/asym, per-channel/g32 unpack to our co
                                                                   {"down", "mlp.down_proj"}};
             const std::string pre = "model.layers." + std::to_string(b) + "." + hf.at(l.name);
             CAPTURE(pre);
+            if (!l.quant) {  // left float (3-bit case): fp16, no codes
+              CHECK(st.get(pre + ".weight").dtype == "F16");
+              CHECK(st.find(pre + ".qweight") == nullptr);
+              continue;
+            }
             const int64_t out = l.out_features(), in = l.in_features();
             const int64_t ng = group > 0 ? (in + 31) / 32 : 1;
             const TensorSource &tq = st.get(pre + ".qweight"), &tz = st.get(pre + ".qzeros"), &ts = st.get(pre + ".scales"),
@@ -348,10 +364,11 @@ TEST_CASE("gptq export with per-linear grids: GPTQModel's dynamic overrides, ski
   g4.bits = 4;
   g4.sym = true;
   g4.group = 32;
-  GridSpec g8 = g4, g3 = g4;
+  GridSpec g8 = g4, g2 = g4, g3 = g4;
   g8.bits = 8;
-  g3.bits = 3;
-  g3.group = -1;
+  g2.bits = 2;  // per-channel on the 172-wide down (3 bits would be refused there: not a multiple of 32)
+  g2.group = -1;
+  g3.bits = 3;  // g32 on a 64×64 q
   Model m = base.clone();
   quantize_all(m, g4);
   auto requant = [&](int b, const char* name, const GridSpec& sp) {
@@ -361,7 +378,8 @@ TEST_CASE("gptq export with per-linear grids: GPTQModel's dynamic overrides, ski
     l.quant = std::make_shared<const QuantizedLinear>(q);
   };
   requant(1, "v", g8);
-  for (int b = 0; b < 5; ++b) requant(b, "down", g3);
+  for (int b = 0; b < 5; ++b) requant(b, "down", g2);
+  requant(2, "q", g3);
   m.block_mut(3).linear("o").quant.reset();  // kept in full precision
   m.block_mut(3).linear("o").weight.copy_(base.block(3).linear("o").weight);
   const std::string dir = tmpdir() + "/gptq_dynamic";
@@ -371,10 +389,13 @@ TEST_CASE("gptq export with per-linear grids: GPTQModel's dynamic overrides, ski
   CHECK(qc["group_size"] == 32);
   CHECK(qc["sym"] == true);
   const json& dyn = qc["dynamic"];
-  REQUIRE(dyn.size() == 3);
+  REQUIRE(dyn.size() == 4);
   CHECK(dyn["+:^model\\.layers\\.1\\.self_attn\\.v_proj$"] == json{{"bits", 8}, {"group_size", 32}, {"sym", true}});
-  CHECK(dyn["+:^model\\.layers\\.\\d+\\.mlp\\.down_proj$"] == json{{"bits", 3}, {"group_size", -1}, {"sym", true}});
+  CHECK(dyn["+:^model\\.layers\\.2\\.self_attn\\.q_proj$"] == json{{"bits", 3}, {"group_size", 32}, {"sym", true}});
+  CHECK(dyn["+:^model\\.layers\\.\\d+\\.mlp\\.down_proj$"] == json{{"bits", 2}, {"group_size", -1}, {"sym", true}});
   CHECK(dyn["-:^model\\.layers\\.3\\.self_attn\\.o_proj$"] == json::object());
+  // quantize_config.json (what GPTQModel reads first) carries the same overrides.
+  CHECK(json::parse(read_file(dir + "/quantize_config.json"))["dynamic"] == dyn);
   // A consumer's reading: the first dynamic key whose regex matches the module decides (GPTQModel:
   // re.match; ECMAScript here, the same for these patterns), else the base config.
   SafetensorsFile st = safetensors_open(dir + "/model.safetensors");

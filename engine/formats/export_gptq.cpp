@@ -31,11 +31,10 @@ namespace qf {
 
 // Words holding n packed values: whole 32-value units for 3 bits (3 words each), whole words
 // otherwise. Dimensions that are not a multiple are padded with zero codes.
-static int64_t packed_words(int64_t n, int bits) {
-  if (bits == 3) return (n + 31) / 32 * 3;
-  const int per = 32 / bits;
-  return (n + per - 1) / per;
-}
+// The codes are one little-endian bitstream (3-bit codes straddle words: AutoGPTQ's 10|1|10|1|10
+// layout is exactly that stream), cut after the last code: ceil(n·bits/32) words, the buffer shape
+// GPTQModel allocates (for n a multiple of 32 the same as whole 32-code blocks).
+static int64_t packed_words(int64_t n, int bits) { return (n * bits + 31) / 32; }
 
 struct GptqLinear {
   const Linear* lin;
@@ -80,6 +79,9 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
         fail(lw, ": grid holds ", g.scale.size(), " scales for ", g.nrowgroups(), " row groups × ", g.ngroups, " groups");
       if (g.spec.bits != 2 && g.spec.bits != 3 && g.spec.bits != 4 && g.spec.bits != 8)
         fail(lw, ": ", g.spec.bits, "-bit grid; GPTQ packs 2, 3, 4 or 8 bits (use format 'qforge' for others)");
+      if (g.spec.bits == 3 && (g.cols % 32 || g.rows % 32))
+        fail(lw, ": 3-bit codes of a [", g.rows, ", ", g.cols, "] linear; GPTQ readers (GPTQModel, AutoGPTQ) unpack 3-bit qweight and qzeros in whole 32-code "
+             "blocks, so both widths must be multiples of 32 (use 2, 4 or 8 bits here, or format 'qforge')");
       const int64_t gs = g.group_size(), want_groups = (g.cols + gs - 1) / gs;
       if (g.ngroups != want_groups || (int64_t)g.g_idx.size() != g.cols)
         fail(lw, ": ", g.ngroups, " groups for ", g.cols, " columns of group size ", gs, " (GPTQ needs ceil(in/group) = ", want_groups, ")");
@@ -313,10 +315,14 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
                 {"qforge_weight_max_abs_deviation", max_abs_dev}};
   nlohmann::ordered_json cfg = hf_config_json(m, tok, "float16", what);
   cfg["quantization_config"] = qc;
-  // Old AutoGPTQ readers look for quantize_config.json beside the weights.
+  // AutoGPTQ and GPTQModel read quantize_config.json beside the weights (GPTQModel in preference
+  // to config.json), so it carries the same per-module overrides: without `dynamic` there a mixed
+  // export loads every linear at the base bits (found by scripts/verify_gptqmodel.py).
   nlohmann::ordered_json old = {{"bits", bits}, {"group_size", qc["group_size"]}, {"desc_act", desc_act}, {"sym", spec.sym},
                                 {"static_groups", false}, {"true_sequential", true}, {"model_file_base_name", "model"},
                                 {"checkpoint_format", "gptq"}, {"quant_method", "gptq"}};
+  if (qc.contains("dynamic")) old["dynamic"] = qc["dynamic"];
+  old["meta"] = qc["meta"];
 
   AtomicDir outdir(dir);
   safetensors_write(outdir.tmp() + "/model.safetensors", entries, {{"format", "pt"}});
