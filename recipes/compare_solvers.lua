@@ -11,10 +11,12 @@
 --   qforge run recipes/compare_solvers.lua methods=rtn,gptq,qe_w,qe_gptq only='^12\.down$'
 local P = require("qforge.pipeline")
 local ALL = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" }
-local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0, methods = table.concat(ALL, ","), only = "" },
+local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0, methods = table.concat(ALL, ","), only = "",
+                        qe_percdamp = 0.0 },
   { apply = { "which result advances the sequential chain: rtn | gptq | qe_w | qe_gptq | qe_out05 | qe_out1",
               choices = ALL },
     iters = { "QuantEase sweeps", min = 1 },
+    qe_percdamp = { "QuantEase's damping (fraction of mean diag Sigma; its default 0, GPTQ's 0.01), also of its GPTQ init", min = 0 },
     methods = "comma-separated columns: " .. table.concat(ALL, ", ") .. " (apply is always solved)",
     only = "compare only the linears whose \"block.name\" matches this regex (e.g. ^12\\.down$); \"\": all" })
 -- Each column: a registered solver (qf.solvers()) with its options.
@@ -34,8 +36,8 @@ end
 local SOLVERS = {
   rtn = { "rtn" },
   gptq = { "gptq" },
-  qe_w = { "quantease", { iters = opt.iters, init = "w" } },
-  qe_gptq = { "quantease", { iters = opt.iters, init = "gptq" } },
+  qe_w = { "quantease", { iters = opt.iters, init = "w", percdamp = opt.qe_percdamp } },
+  qe_gptq = { "quantease", { iters = opt.iters, init = "gptq", percdamp = opt.qe_percdamp } },
   qe_out05 = { "quantease_outliers", { ratio = 0.005, iters = opt.iters } },
   qe_out1 = { "quantease_outliers", { ratio = 0.01, iters = opt.iters } },
 }
