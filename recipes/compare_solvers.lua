@@ -31,7 +31,7 @@ chosen[opt.apply] = true
 for _, k in ipairs(ALL) do if chosen[k] then methods[#methods + 1] = k end end
 if opt.only ~= "" then
   local ok, err = pcall(qf.regex_search, opt.only, "")
-  if not ok then qf.option_error("only", tostring(err):gsub("^.-regex_search: ", "")) end
+  if not ok then qf.option_error("only", (tostring(err):gsub("^.-regex_search: ", ""))) end
 end
 local SOLVERS = {
   rtn = { "rtn" },
