@@ -10,10 +10,10 @@
 --   qforge run recipes/compare_solvers.lua bits=3 group=-1 apply=gptq
 --   qforge run recipes/compare_solvers.lua methods=rtn,gptq,qe_w,qe_gptq only='^12\.down$'
 local P = require("qforge.pipeline")
-local ALL = { "rtn", "gptq", "qe_w", "qe_gptq", "qe_out05", "qe_out1" }
-local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0, methods = table.concat(ALL, ","), only = "",
+local ALL = { "rtn", "gptq", "gptq_static", "qe_w", "qe_gptq", "qe_out05", "qe_out1" }
+local opt = P.options({ apply = "gptq", iters = 30, wiki_windows = 0, methods = "rtn,gptq,qe_w,qe_gptq,qe_out05,qe_out1", only = "",
                         qe_percdamp = 0.0 },
-  { apply = { "which result advances the sequential chain: rtn | gptq | qe_w | qe_gptq | qe_out05 | qe_out1",
+  { apply = { "which result advances the sequential chain: rtn | gptq | gptq_static | qe_w | qe_gptq | qe_out05 | qe_out1",
               choices = ALL },
     iters = { "QuantEase sweeps", min = 1 },
     qe_percdamp = { "QuantEase's damping (fraction of mean diag Sigma; its default 0, GPTQ's 0.01), also of its GPTQ init", min = 0 },
@@ -36,6 +36,7 @@ end
 local SOLVERS = {
   rtn = { "rtn" },
   gptq = { "gptq" },
+  gptq_static = { "gptq", { static_groups = true } },  -- every group's scale fitted on W before the solve, as QuantEase's grid
   qe_w = { "quantease", { iters = opt.iters, init = "w", percdamp = opt.qe_percdamp } },
   qe_gptq = { "quantease", { iters = opt.iters, init = "gptq", percdamp = opt.qe_percdamp } },
   qe_out05 = { "quantease_outliers", { ratio = 0.005, iters = opt.iters } },
@@ -68,7 +69,7 @@ end, { true_sequential = opt.true_sequential })
 -- Per-layer table and the order checks (ties within 1e-9 relative count as holding); a check
 -- needs its columns.
 local function le(a, b) return a <= b * (1 + 1e-9) end
-local LABEL = { rtn = "RTN", gptq = "GPTQ", qe_w = "QE init w", qe_gptq = "QE init gptq", qe_out05 = "QE+0.5%", qe_out1 = "QE+1%" }
+local LABEL = { rtn = "RTN", gptq = "GPTQ", gptq_static = "GPTQ static groups", qe_w = "QE init w", qe_gptq = "QE init gptq", qe_out05 = "QE+0.5%", qe_out1 = "QE+1%" }
 local head = { "block", "layer" }
 for _, k in ipairs(methods) do head[#head + 1] = LABEL[k] end
 local full = chosen.rtn and chosen.gptq and chosen.qe_w

@@ -69,7 +69,7 @@ opt_err quantease_outliers.lua "option 'iters' must be an integer >= 1, got 0" i
 opt_err custom_loop.lua "option 'rounds' must be an integer >= 1, got 0" rounds=0
 opt_err custom_loop.lua "option 'sweeps' must be an integer >= 1, got -1" sweeps=-1
 opt_err custom_loop.lua "option 'ratio' must be a finite number >= 0 and < 1, got 2" ratio=2
-opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, qe_w, qe_gptq, qe_out05, qe_out1; got \"best\"" apply=best
+opt_err compare_solvers.lua "option 'apply' must be one of rtn, gptq, gptq_static, qe_w, qe_gptq, qe_out05, qe_out1; got \"best\"" apply=best
 opt_err compare_solvers.lua "option 'iters' must be an integer >= 1, got 0" iters=0
 opt_err compare_solvers.lua "option 'methods': unknown method 'qe'" methods=gptq,qe
 opt_err compare_solvers.lua "option 'only': invalid regular expression '('" only='('
