@@ -534,6 +534,9 @@ int luaopen_qforge(lua_State* L) {
   open_cvxq(L, -1);
   open_reference(L, -1);
   open_multiple_choice(L, -1);
+  open_tensor_math(L, -1);
+  open_tensor_index(L, -1);
+  open_linalg(L, -1);
   set_introspection(L, -1);
   return 1;
 }

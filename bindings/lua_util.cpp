@@ -351,6 +351,13 @@ void register_class(lua_State* L, const char* mt, std::initializer_list<Fn> meth
   lua_pop(L, 1);
 }
 
+void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> methods) {
+  registry_table(L, kClassesKey);
+  if (lua_getfield(L, -1, mt) != LUA_TTABLE) fail("add_methods: class ", mt, " is not registered yet");
+  set_funcs(L, -1, methods);
+  lua_pop(L, 2);
+}
+
 void set_introspection(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   registry_table(L, kArityKey);

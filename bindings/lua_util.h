@@ -150,6 +150,8 @@ int udata_gc(lua_State* L) {
 // error. Method tables are listed in qf._classes[mt].
 void register_class(lua_State* L, const char* mt, std::initializer_list<Fn> methods, lua_CFunction gc,
                     lua_CFunction tostr, const char* index_hint = nullptr);
+// More methods for a class registered by register_class (the toolkit files extend qforge.Tensor).
+void add_methods(lua_State* L, const char* mt, std::initializer_list<Fn> methods);
 // The module's qf._arity and qf._classes tables (luaopen_qforge, after all registrations).
 void set_introspection(lua_State* L, int mod);
 
@@ -199,7 +201,10 @@ void open_block(lua_State* L, int mod);
 void open_solvers(lua_State* L, int mod);
 void open_cvxq(lua_State* L, int mod);
 void open_reference(lua_State* L, int mod);
-void open_multiple_choice(lua_State* L, int mod);  // qf.read_multiple_choice (lua_multiple_choice.cpp)
+void open_multiple_choice(lua_State* L, int mod);
+void open_tensor_math(lua_State* L, int mod);     // elementwise math, broadcasting (lua_tensor_math.cpp)
+void open_tensor_index(lua_State* L, int mod);    // sort/topk/quantile, constructors, indexing (lua_tensor_index.cpp)
+void open_linalg(lua_State* L, int mod);          // qf.linalg: factorizations, Hadamard (lua_linalg.cpp)  // qf.read_multiple_choice (lua_multiple_choice.cpp)
 // m:multiple_choice, a qforge.Model method made in lua_multiple_choice.cpp, registered by open_model.
 int model_multiple_choice(lua_State* L);
 
