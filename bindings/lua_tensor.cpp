@@ -15,6 +15,7 @@
 #include "runner.h"
 #include "formats/safetensors.h"
 #include "core/tensor_ops.h"
+#include "core/tensor_math.h"
 
 namespace qf::lua {
 
@@ -67,14 +68,29 @@ static std::vector<int64_t> index_args(lua_State* L, int first, int n, const cha
   return idx;
 }
 
-// t op= x, where x (stack index `arg`) is a number or a same-shape f32 tensor.
+// t op= x, where x (stack index `arg`) is a number or an f32 tensor that broadcasts to t's shape
+// (numpy's rule, engine/core/tensor_math.h).
+static BinaryOp to_binary(BinOp op) {
+  switch (op) {
+    case BinOp::Add: return BinaryOp::Add;
+    case BinOp::Sub: return BinaryOp::Sub;
+    case BinOp::Mul: return BinaryOp::Mul;
+    case BinOp::Div: return BinaryOp::Div;
+  }
+  return BinaryOp::Add;
+}
 static void inplace(lua_State* L, Tensor& t, int arg, const char* fn, BinOp op, float alpha = 1.f) {
   if (lua_type(L, arg) == LUA_TNUMBER) {
     apply_(t, op, alpha * (float)lua_tonumber(L, arg));
     return;
   }
   if (!is_tensor(L, arg)) type_error(L, arg, fn, "number or qforge.Tensor");
-  apply_(t, op, check_tensor(L, arg, fn), alpha);
+  const Tensor& x = check_tensor(L, arg, fn);
+  if (x.shape() == t.shape() && x.dtype() == DType::F32) {
+    apply_(t, op, x, alpha);
+    return;
+  }
+  binary_(t, alpha == 1.f ? x : binary(x, alpha, BinaryOp::Mul), to_binary(op));
 }
 
 static TensorStats nonempty_stats(const Tensor& t, const char* fn) {
@@ -380,18 +396,18 @@ static int t_matmul(lua_State* L) {
 }
 
 // ---- metamethods --------------------------------------------------------------------
-// Allocating a op b, where one side is a tensor and the other a number or a tensor.
+// Allocating a op b, where one side is a tensor and the other a number or a tensor; two tensors
+// broadcast (numpy's rule).
 template <BinOp op>
 static int binop(lua_State* L) {
   static const std::string fn = std::string("__") + binop_name(op);
   Tensor r;
-  if (is_tensor(L, 1)) {
-    r = check_tensor(L, 1, fn.c_str()).clone();
-    inplace(L, r, 2, fn.c_str(), op);
+  if (is_tensor(L, 1) && is_tensor(L, 2)) {
+    r = binary(check_tensor(L, 1, fn.c_str()), check_tensor(L, 2, fn.c_str()), to_binary(op));
+  } else if (is_tensor(L, 1)) {
+    r = binary(check_tensor(L, 1, fn.c_str()), (float)check_num(L, 2, fn.c_str()), to_binary(op));
   } else {
-    const Tensor& b = check_tensor(L, 2, fn.c_str());
-    r = Tensor::full(b.shape(), (float)check_num(L, 1, fn.c_str()));
-    apply_(r, op, b);
+    r = binary((float)check_num(L, 1, fn.c_str()), check_tensor(L, 2, fn.c_str()), to_binary(op));
   }
   push_tensor(L, std::move(r));
   return 1;

@@ -1,1 +1,277 @@
 #include "core/tensor_math.h"
+
+#include <array>
+#include <cmath>
+
+#include "core/parallel.h"
+
+namespace qf {
+
+// ---- names (indexed by the enums) ----
+static const char* const kUnaryNames[] = {"abs",  "sign",  "sqrt",  "rsqrt",  "exp",        "log",     "floor",
+                                          "ceil", "round", "neg",   "square", "reciprocal", "sigmoid", "tanh"};
+static const char* const kBinaryNames[] = {"add", "sub", "mul", "div", "pow", "cmin", "cmax", "eq",
+                                           "ne",  "lt",  "le",  "gt",  "ge",  "logical_and", "logical_or"};
+const char* unary_name(UnaryOp op) { return kUnaryNames[(int)op]; }
+const char* binary_name(BinaryOp op) { return kBinaryNames[(int)op]; }
+bool binary_is_mask(BinaryOp op) { return op >= BinaryOp::Eq; }
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* fn) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {  // i counts from the last dimension
+    const int64_t x = i < a.size() ? a[a.size() - 1 - i] : 1, y = i < b.size() ? b[b.size() - 1 - i] : 1;
+    if (x != y && x != 1 && y != 1)
+      fail(fn, ": shapes ", shape_str(a), " and ", shape_str(b), " do not broadcast (dimension ", n - i, " of the result: ",
+           x, " vs ", y, "; numpy's rule: sizes equal or one of them 1, aligned at the last dimension)");
+    out[n - 1 - i] = x == 1 ? y : x;
+  }
+  return out;
+}
+
+// ---- the strided loop ----
+// An operand read as f32 through strides over the output shape (0 along broadcast dimensions).
+struct In {
+  const float* base = nullptr;  // element 0 of the view
+  Shape strides;
+  Tensor keep;  // keeps a converted copy alive
+};
+
+static In make_in(const Tensor& t, const Shape& out, const char* fn) {
+  if (!t.defined()) fail(fn, ": tensor is undefined");
+  In in;
+  in.keep = t.dtype() == DType::F32 ? t : t.to(DType::F32);
+  in.base = static_cast<const float*>(in.keep.raw());
+  const int nd = (int)out.size(), td = in.keep.dim();
+  in.strides.assign(nd, 0);
+  for (int i = 0; i < td; ++i) {
+    const int od = nd - td + i;
+    if (in.keep.size(i) == out[od]) in.strides[od] = in.keep.stride(i);
+    else if (in.keep.size(i) != 1) fail(fn, ": cannot broadcast ", shape_str(t.shape()), " to ", shape_str(out));
+  }
+  return in;
+}
+
+// out[idx] = f(in_0[idx], ..., in_{N-1}[idx]) over `shape`; `out` is element 0 of a view with
+// strides `ostr`. Work items are (outer row, chunk of the last dimension) pairs, fixed in size,
+// so any thread count computes the same elements the same way.
+template <class O, size_t N, class F>
+static void for_each_bcast(const Shape& shape, O* out, const Shape& ostr, const std::array<const In*, N>& in, F f) {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  if (numel == 0) return;
+  const int nd = (int)shape.size();
+  const int64_t inner = nd ? shape[nd - 1] : 1, rows = numel / inner;
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (inner + kChunk - 1) / kChunk, items = rows * chunks;
+  const int64_t os = nd ? ostr[nd - 1] : 0;
+  std::array<int64_t, N> is{};
+  for (size_t k = 0; k < N; ++k) is[k] = nd ? in[k]->strides[nd - 1] : 0;
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(numel))
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t r = it / chunks, c0 = (it % chunks) * kChunk, c1 = std::min(inner, c0 + kChunk);
+    int64_t oo = 0;
+    std::array<int64_t, N> io{};
+    for (int64_t d = nd - 2, rem = r; d >= 0; --d) {  // row index → offsets
+      const int64_t i = rem % shape[d];
+      rem /= shape[d];
+      oo += i * ostr[d];
+      for (size_t k = 0; k < N; ++k) io[k] += i * in[k]->strides[d];
+    }
+    O* o = out + oo + c0 * os;
+    std::array<const float*, N> p;
+    for (size_t k = 0; k < N; ++k) p[k] = in[k]->base + io[k] + c0 * is[k];
+    const int64_t n = c1 - c0;
+    bool unit = os == 1;
+    for (size_t k = 0; k < N; ++k) unit = unit && is[k] == 1;
+    if (unit) {  // the common case, vectorizable
+      for (int64_t j = 0; j < n; ++j) {
+        if constexpr (N == 1) o[j] = f(p[0][j]);
+        else if constexpr (N == 2) o[j] = f(p[0][j], p[1][j]);
+        else o[j] = f(p[0][j], p[1][j], p[2][j]);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        if constexpr (N == 1) o[j * os] = f(p[0][j * is[0]]);
+        else if constexpr (N == 2) o[j * os] = f(p[0][j * is[0]], p[1][j * is[1]]);
+        else o[j * os] = f(p[0][j * is[0]], p[1][j * is[1]], p[2][j * is[2]]);
+      }
+    }
+  }
+}
+
+static Shape contiguous_strides(const Shape& s) {
+  Shape st(s.size());
+  int64_t k = 1;
+  for (int i = (int)s.size() - 1; i >= 0; --i) {
+    st[i] = k;
+    k *= s[i];
+  }
+  return st;
+}
+
+static void need_f32_dst(const Tensor& t, const char* fn) {
+  if (!t.defined()) fail(fn, ": tensor is undefined");
+  if (t.dtype() != DType::F32)
+    fail(fn, ": in-place math needs an f32 tensor, got ", dtype_name(t.dtype()), " (convert with :to('f32'), or use qf.", fn, ")");
+}
+
+// ---- unary ----
+template <class G>
+static void dispatch_unary(UnaryOp op, G&& go) {
+  switch (op) {
+    case UnaryOp::Abs: return go([](float x) { return std::fabs(x); });
+    case UnaryOp::Sign: return go([](float x) { return x > 0 ? 1.f : x < 0 ? -1.f : x; });  // keeps ±0 and NaN
+    case UnaryOp::Sqrt: return go([](float x) { return std::sqrt(x); });
+    case UnaryOp::Rsqrt: return go([](float x) { return 1.f / std::sqrt(x); });
+    case UnaryOp::Exp: return go([](float x) { return std::exp(x); });
+    case UnaryOp::Log: return go([](float x) { return std::log(x); });
+    case UnaryOp::Floor: return go([](float x) { return std::floor(x); });
+    case UnaryOp::Ceil: return go([](float x) { return std::ceil(x); });
+    case UnaryOp::Round: return go([](float x) { return std::nearbyint(x); });  // half to even
+    case UnaryOp::Neg: return go([](float x) { return -x; });
+    case UnaryOp::Square: return go([](float x) { return x * x; });
+    case UnaryOp::Reciprocal: return go([](float x) { return 1.f / x; });
+    case UnaryOp::Sigmoid: return go([](float x) { return 1.f / (1.f + std::exp(-x)); });
+    case UnaryOp::Tanh: return go([](float x) { return std::tanh(x); });
+  }
+  fail("unary: unknown op");
+}
+
+Tensor unary(const Tensor& t, UnaryOp op) {
+  const char* fn = unary_name(op);
+  const In a = make_in(t, t.shape(), fn);
+  Tensor r = Tensor::empty(t.shape());
+  dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a}, f); });
+  return r;
+}
+
+void unary_(Tensor& t, UnaryOp op) {
+  const char* fn = unary_name(op);
+  need_f32_dst(t, fn);
+  const In a = make_in(t, t.shape(), fn);  // reads and writes the same element: no staging needed
+  float* o = static_cast<float*>(t.raw());
+  dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), o, t.strides(), {&a}, f); });
+}
+
+// ---- binary ----
+template <class G>
+static void dispatch_binary(BinaryOp op, G&& go) {
+  using u8 = uint8_t;
+  switch (op) {
+    case BinaryOp::Add: return go([](float a, float b) { return a + b; });
+    case BinaryOp::Sub: return go([](float a, float b) { return a - b; });
+    case BinaryOp::Mul: return go([](float a, float b) { return a * b; });
+    case BinaryOp::Div: return go([](float a, float b) { return a / b; });
+    case BinaryOp::Pow: return go([](float a, float b) { return std::pow(a, b); });
+    case BinaryOp::Min: return go([](float a, float b) { return (a < b || std::isnan(a)) ? a : b; });  // NaN propagates
+    case BinaryOp::Max: return go([](float a, float b) { return (a > b || std::isnan(a)) ? a : b; });
+    case BinaryOp::Eq: return go([](float a, float b) { return (u8)(a == b); });
+    case BinaryOp::Ne: return go([](float a, float b) { return (u8)(a != b); });
+    case BinaryOp::Lt: return go([](float a, float b) { return (u8)(a < b); });
+    case BinaryOp::Le: return go([](float a, float b) { return (u8)(a <= b); });
+    case BinaryOp::Gt: return go([](float a, float b) { return (u8)(a > b); });
+    case BinaryOp::Ge: return go([](float a, float b) { return (u8)(a >= b); });
+    case BinaryOp::And: return go([](float a, float b) { return (u8)(a != 0 && b != 0); });
+    case BinaryOp::Or: return go([](float a, float b) { return (u8)(a != 0 || b != 0); });
+  }
+  fail("binary: unknown op");
+}
+
+static Tensor scalar_tensor(float s) { return Tensor::full({}, s); }
+
+Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
+  const char* fn = binary_name(op);
+  if (!a.defined() || !b.defined()) fail(fn, ": tensor is undefined");
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), fn);
+  const In x = make_in(a, shape, fn), y = make_in(b, shape, fn);
+  const Shape st = contiguous_strides(shape);
+  Tensor r = Tensor::empty(shape, binary_is_mask(op) ? DType::U8 : DType::F32);
+  dispatch_binary(op, [&](auto f) {
+    using R = decltype(f(0.f, 0.f));
+    for_each_bcast<R, 2>(shape, static_cast<R*>(r.raw()), st, {&x, &y}, f);
+  });
+  return r;
+}
+Tensor binary(const Tensor& a, float s, BinaryOp op) { return binary(a, scalar_tensor(s), op); }
+Tensor binary(float s, const Tensor& b, BinaryOp op) { return binary(scalar_tensor(s), b, op); }
+
+void binary_(Tensor& a, const Tensor& b, BinaryOp op) {
+  const char* fn = binary_name(op);
+  need_f32_dst(a, fn);
+  if (binary_is_mask(op)) fail(fn, ": gives a u8 mask and has no in-place form");
+  if (!b.defined()) fail(fn, ": tensor is undefined");
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), fn);
+  if (shape != a.shape())
+    fail(fn, ": in place, the result must keep the shape ", shape_str(a.shape()), ", but with ", shape_str(b.shape()),
+         " it broadcasts to ", shape_str(shape));
+  // b sharing a's storage may overlap it element for element in another order: stage it.
+  const Tensor bb = b.same_storage(a) ? b.clone() : b;
+  const In x = make_in(a, shape, fn), y = make_in(bb, shape, fn);
+  float* o = static_cast<float*>(a.raw());
+  dispatch_binary(op, [&](auto f) {
+    if constexpr (std::is_same_v<decltype(f(0.f, 0.f)), float>) for_each_bcast<float, 2>(shape, o, a.strides(), {&x, &y}, f);
+  });
+}
+void binary_(Tensor& a, float s, BinaryOp op) { binary_(a, scalar_tensor(s), op); }
+
+// ---- others ----
+Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
+  const char* fn = "where";
+  if (!mask.defined() || !a.defined() || !b.defined()) fail(fn, ": tensor is undefined");
+  const Shape shape = broadcast_shapes(broadcast_shapes(mask.shape(), a.shape(), fn), b.shape(), fn);
+  const In m = make_in(mask, shape, fn), x = make_in(a, shape, fn), y = make_in(b, shape, fn);
+  Tensor r = Tensor::empty(shape);
+  for_each_bcast<float, 3>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y},
+                           [](float c, float p, float q) { return c != 0 ? p : q; });
+  return r;
+}
+Tensor where(const Tensor& mask, float a, float b) { return where(mask, scalar_tensor(a), scalar_tensor(b)); }
+
+static void check_clamp(float lo, float hi) {
+  if (std::isnan(lo) || std::isnan(hi)) fail("clamp: a bound is NaN");
+  if (lo > hi) fail("clamp: lower bound ", lo, " is above upper bound ", hi);
+}
+Tensor clamp(const Tensor& t, float lo, float hi) {
+  check_clamp(lo, hi);
+  Tensor r = Tensor::empty(t.shape());
+  const In a = make_in(t, t.shape(), "clamp");
+  for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a},
+                           [lo, hi](float x) { return x < lo ? lo : x > hi ? hi : x; });
+  return r;
+}
+void clamp_(Tensor& t, float lo, float hi) {
+  check_clamp(lo, hi);
+  need_f32_dst(t, "clamp");
+  const In a = make_in(t, t.shape(), "clamp");
+  for_each_bcast<float, 1>(t.shape(), static_cast<float*>(t.raw()), t.strides(), {&a},
+                           [lo, hi](float x) { return x < lo ? lo : x > hi ? hi : x; });
+}
+
+template <class F>
+static Tensor mask_of(const Tensor& t, const char* fn, F f) {
+  const In a = make_in(t, t.shape(), fn);
+  Tensor r = Tensor::empty(t.shape(), DType::U8);
+  for_each_bcast<uint8_t, 1>(t.shape(), r.data<uint8_t>(), contiguous_strides(t.shape()), {&a}, f);
+  return r;
+}
+Tensor isnan_mask(const Tensor& t) { return mask_of(t, "isnan", [](float x) { return (uint8_t)std::isnan(x); }); }
+Tensor isfinite_mask(const Tensor& t) { return mask_of(t, "isfinite", [](float x) { return (uint8_t)std::isfinite(x); }); }
+Tensor logical_not(const Tensor& t) { return mask_of(t, "logical_not", [](float x) { return (uint8_t)(x == 0); }); }
+
+bool any_nonzero(const Tensor& t) {
+  if (!t.defined()) fail("any: tensor is undefined");
+  const std::vector<float> v = t.to_vector();
+  for (float x : v)
+    if (x != 0) return true;
+  return false;
+}
+bool all_nonzero(const Tensor& t) {
+  if (!t.defined()) fail("all: tensor is undefined");
+  const std::vector<float> v = t.to_vector();
+  for (float x : v)
+    if (x == 0) return false;
+  return true;
+}
+
+}  // namespace qf
