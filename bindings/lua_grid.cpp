@@ -208,30 +208,82 @@ static int g_spec(lua_State* L) {
 // grid:quantize(W [, outliers]) -> QLinear: rounds every weight of W onto this grid; the nonzero
 // entries of the dense tensor `outliers` (same shape) become the QLinear's sparse outliers, so
 // q:dequantize() = grid values + outliers (a solver that keeps Ŵ = on-grid part + sparse part).
+// The nonzero entries of a dense f32 tensor `outliers` at `arg` (the grid's shape) as sparse outliers.
+static SparseEntries dense_outliers(lua_State* L, int arg, const char* fn, const Grid& g) {
+  SparseEntries o;
+  const Tensor& H = check_tensor(L, arg, fn);
+  if (H.dtype() != DType::F32) fail(fn, ": outliers tensor has dtype ", dtype_name(H.dtype()), ", expected f32");
+  if (H.dim() != 2 || H.size(0) != g.rows || H.size(1) != g.cols)
+    fail(fn, ": outliers ", shape_str(H.shape()), " do not match the grid's [", g.rows, ", ", g.cols, "]");
+  const Tensor Hc = H.contiguous();
+  const float* h = Hc.f32();
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t c = 0; c < g.cols; ++c) {
+      const float v = h[r * g.cols + c];
+      if (!std::isfinite(v)) fail(fn, ": outlier at row ", r + 1, ", column ", c + 1, " is not finite (", v, ")");
+      if (v != 0.f) {
+        o.row.push_back((int32_t)r);
+        o.col.push_back((int32_t)c);
+        o.val.push_back(v);
+      }
+    }
+  return o;
+}
+
 static int g_quantize(lua_State* L) {
   const Grid& g = check_grid(L, 1, "quantize");
   QuantizedLinear q = quantize_to_grid(check_tensor(L, 2, "quantize"), g);
-  if (!is_none_or_nil(L, 3)) {
-    const Tensor& H = check_tensor(L, 3, "quantize");
-    if (H.dtype() != DType::F32) fail("quantize: outliers tensor has dtype ", dtype_name(H.dtype()), ", expected f32");
-    if (H.dim() != 2 || H.size(0) != g.rows || H.size(1) != g.cols)
-      fail("quantize: outliers ", shape_str(H.shape()), " do not match the grid's [", g.rows, ", ", g.cols, "]");
-    const Tensor Hc = H.contiguous();
-    const float* h = Hc.f32();
-    for (int64_t r = 0; r < g.rows; ++r)
-      for (int64_t c = 0; c < g.cols; ++c) {
-        const float v = h[r * g.cols + c];
-        if (!std::isfinite(v)) fail("quantize: outlier at row ", r + 1, ", column ", c + 1, " is not finite (", v, ")");
-        if (v != 0.f) {
-          q.outliers.row.push_back((int32_t)r);
-          q.outliers.col.push_back((int32_t)c);
-          q.outliers.val.push_back(v);
-        }
-      }
-  }
+  if (!is_none_or_nil(L, 3)) q.outliers = dense_outliers(L, 3, "quantize", g);
   push_qlinear(L, std::move(q));
   return 1;
 }
+
+// qf.grid_from{spec=, scales=, zeros=, cols= [, g_idx=]}: a Grid from given parameters.
+static int f_grid_from(lua_State* L) {
+  const char* fn = "grid_from";
+  check_opts(L, 1, fn, {"spec", "scales", "zeros", "cols", "g_idx"});
+  if (lua_type(L, 1) != LUA_TTABLE) type_error(L, 1, fn, "table");
+  auto field = [&](const char* k) {
+    if (lua_getfield(L, 1, k) == LUA_TNIL) fail(fn, ": '", k, "' is required");
+    return lua_gettop(L);
+  };
+  const GridSpec spec = spec_arg(L, field("spec"), fn);
+  const int64_t cols = check_int(L, field("cols"), fn);
+  const Tensor S = check_tensor(L, field("scales"), fn), Z = check_tensor(L, field("zeros"), fn);
+  const int64_t rows = spec.row_group.empty() ? (S.dim() == 2 ? S.size(0) : 0) : (int64_t)spec.row_group.size();
+  const int64_t G = spec.group > 0 ? spec.group : cols, ngroups = cols > 0 ? (cols + G - 1) / G : 0;
+  const int64_t nrg = spec.row_group.empty() ? rows : spec.nrowgroups;
+  for (const Tensor* t : {&S, &Z})
+    if (t->dim() != 2 || t->size(0) != nrg || t->size(1) != ngroups)
+      fail(fn, ": ", t == &S ? "scales" : "zeros", " are ", shape_str(t->shape()), "; this spec on ", cols,
+           " columns needs [row groups, groups] = [", nrg, ", ", ngroups, "]");
+  std::vector<int32_t> gidx;
+  if (lua_getfield(L, 1, "g_idx") != LUA_TNIL) {
+    const Tensor gi = check_tensor(L, lua_gettop(L), fn);
+    for (float x : gi.to_vector()) {
+      if (x != std::nearbyint(x)) fail(fn, ": g_idx holds ", x, ", not an integer group number");
+      gidx.push_back((int32_t)x - 1);
+    }
+  }
+  push_grid(L, grid_from_params(spec, rows, cols, S.to_vector(), Z.to_vector(), std::move(gidx)));
+  return 1;
+}
+
+// qf.qlinear{grid=, codes= [, outliers=]}: a QLinear from a grid, integer codes and dense outliers.
+static int f_qlinear(lua_State* L) {
+  const char* fn = "qlinear";
+  check_opts(L, 1, fn, {"grid", "codes", "outliers"});
+  if (lua_type(L, 1) != LUA_TTABLE) type_error(L, 1, fn, "table");
+  if (lua_getfield(L, 1, "grid") == LUA_TNIL) fail(fn, ": 'grid' is required (a qforge.Grid)");
+  const Grid& g = check_grid(L, lua_gettop(L), fn);
+  if (lua_getfield(L, 1, "codes") == LUA_TNIL) fail(fn, ": 'codes' is required (a [rows, cols] tensor of integers)");
+  const Tensor codes = check_tensor(L, lua_gettop(L), fn);
+  SparseEntries o;
+  if (lua_getfield(L, 1, "outliers") != LUA_TNIL) o = dense_outliers(L, lua_gettop(L), fn, g);
+  push_qlinear(L, qlinear_from_codes(g, codes, std::move(o)));
+  return 1;
+}
+
 static int g_tostring(lua_State* L) {
   const Grid& g = check_grid(L, 1, "__tostring");
   push_str(L, "qforge.Grid " + g.spec.str() + " [" + std::to_string(g.rows) + ", " + std::to_string(g.cols) + "], " +
@@ -243,8 +295,8 @@ static int q_dequantize(lua_State* L) {
   push_tensor(L, check_qlinear(L, 1, "dequantize").dequantize());
   return 1;
 }
-static int q_codes(lua_State* L) {
-  push_tensor(L, check_qlinear(L, 1, "codes").codes);
+static int q_codes(lua_State* L) {  // a copy: a QLinear's codes change only through qf.qlinear
+  push_tensor(L, check_qlinear(L, 1, "codes").codes.clone());
   return 1;
 }
 static int q_grid(lua_State* L) {
@@ -312,7 +364,8 @@ void open_grid(lua_State* L, int mod) {
                  {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
                   {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1}},
                  udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
-  set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 3}});
+  set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 3}, {"grid_from", qf_guard<f_grid_from>, 1},
+                     {"qlinear", qf_guard<f_qlinear>, 1}});
 }
 
 // Exported through lua_util.h (with check_grid, check_qlinear, push_qlinear) for other binding files.

@@ -523,3 +523,81 @@ QuantizedLinear quantize_to_grid(const Tensor& W, const Grid& grid) {
 }
 
 }  // namespace qf
+
+namespace qf {
+
+Grid grid_from_params(const GridSpec& spec, int64_t rows, int64_t cols, std::vector<float> scale, std::vector<float> zero,
+                      std::vector<int32_t> g_idx) {
+  if (spec.kind == GridKind::KQuant)
+    fail("grid_from: K-quant grids hold integer sub-block scales and mins with fp16 super-block scales; fit them with "
+         "qf.fit_grid (or qf.rtn) instead");
+  Grid g = grid_new(spec, rows, cols);
+  const size_t np = (size_t)(g.nrowgroups() * g.ngroups);
+  if (scale.size() != np || zero.size() != np)
+    fail("grid_from: scales and zeros must hold ", g.nrowgroups(), " row groups × ", g.ngroups, " groups = ", np,
+         " values each, got ", scale.size(), " and ", zero.size());
+  if (!g_idx.empty()) {
+    if ((int64_t)g_idx.size() != cols) fail("grid_from: g_idx has ", g_idx.size(), " entries, the weight has ", cols, " columns");
+    for (int64_t c = 0; c < cols; ++c)
+      if (g_idx[c] < 0 || g_idx[c] >= g.ngroups)
+        fail("grid_from: g_idx of column ", c + 1, " is ", g_idx[c] + 1, ", outside 1..", g.ngroups);
+    g.g_idx = std::move(g_idx);
+  }
+  for (int64_t rg = 0; rg < g.nrowgroups(); ++rg)
+    for (int64_t k = 0; k < g.ngroups; ++k) {
+      const size_t p = (size_t)(rg * g.ngroups + k);
+      const float s = scale[p], z = zero[p];
+      const int bits = spec.group_bits.empty() ? spec.bits : spec.group_bits[p], maxq = (1 << bits) - 1;
+      auto where = [&] { return "row group " + std::to_string(rg + 1) + ", group " + std::to_string(k + 1); };
+      if (!std::isfinite(z)) fail("grid_from: zero at ", where(), " is not finite (", z, ")");
+      if (bits == 0) continue;  // pruned: zero holds the group's value
+      if (!std::isfinite(s) || s == 0.f) fail("grid_from: scale at ", where(), " is ", s, " (must be finite and nonzero)");
+      if (spec.kind == GridKind::Compand) {
+        if (s < 0.f) fail("grid_from: compand scale at ", where(), " is ", s, " (the Laplace scale must be > 0)");
+        continue;
+      }
+      if (s < 0.f && !(spec.sym && spec.mapping == GridMapping::Llamacpp))
+        fail("grid_from: scale at ", where(), " is negative (", s, "); only the llamacpp mapping stores negative scales");
+      if (!spec.float_zero && (z != std::nearbyint(z) || z < 0.f || z > (float)maxq))
+        fail("grid_from: zero at ", where(), " is ", z, "; a ", bits, "-bit grid needs an integer in 0..", maxq,
+             " (qf.grid{..., float_zero = true} for decoupleQ's free offsets)");
+      if (spec.f16_scales) {
+        float h = 0.f;
+        if (!grid_scale_f16(s, maxq, spec.sym, &h) || h != s)
+          fail("grid_from: scale at ", where(), " is ", s, ", not what f16_scales stores (", h,
+               "): round it first, or drop f16_scales from the spec");
+      }
+    }
+  g.scale = std::move(scale);
+  g.zero = std::move(zero);
+  return g;
+}
+
+QuantizedLinear qlinear_from_codes(const Grid& grid, const Tensor& codes, SparseEntries outliers) {
+  if (!codes.defined() || codes.dim() != 2 || codes.size(0) != grid.rows || codes.size(1) != grid.cols)
+    fail("qlinear: codes ", codes.defined() ? shape_str(codes.shape()) : std::string("(undefined)"),
+         " do not match the grid's [", grid.rows, ", ", grid.cols, "]");
+  const std::vector<float> v = codes.to_vector();
+  QuantizedLinear q;
+  q.grid = grid;
+  q.codes = Tensor::empty({grid.rows, grid.cols}, DType::U8);
+  uint8_t* out = q.codes.data<uint8_t>();
+  for (int64_t r = 0; r < grid.rows; ++r)
+    for (int64_t c = 0; c < grid.cols; ++c) {
+      const float x = v[(size_t)(r * grid.cols + c)];
+      const int64_t g = grid.g_idx[(size_t)c];
+      const int maxq = grid.spec.kind == GridKind::KQuant ? (1 << grid.spec.bits) - 1 : grid.maxq_at(r, g);
+      if (!(x == std::nearbyint(x) && x >= 0.f && x <= (float)maxq))
+        fail("qlinear: code at row ", r + 1, ", column ", c + 1, " is ", x, "; its group holds integers 0..", maxq);
+      out[r * grid.cols + c] = (uint8_t)x;
+    }
+  for (int64_t k = 0; k < outliers.nnz(); ++k) {
+    if (outliers.row[k] < 0 || outliers.row[k] >= grid.rows || outliers.col[k] < 0 || outliers.col[k] >= grid.cols)
+      fail("qlinear: outlier ", k + 1, " at (", outliers.row[k] + 1, ", ", outliers.col[k] + 1, ") is outside the weight");
+    if (!std::isfinite(outliers.val[k])) fail("qlinear: outlier ", k + 1, " is not finite");
+  }
+  q.outliers = std::move(outliers);
+  return q;
+}
+
+}  // namespace qf

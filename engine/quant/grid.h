@@ -194,4 +194,18 @@ struct QuantizedLinear {
 // Codes of a weight already on the grid (or rounded onto it): What → QuantizedLinear.
 QuantizedLinear quantize_to_grid(const Tensor& W, const Grid& grid);
 
+// A grid from given parameters (a Lua solver's own scales and zeros, methods.md#grid): scale and
+// zero are [row groups × ngroups] row-major, g_idx the 0-based group of every column (empty:
+// contiguous groups). Every parameter is checked against what the grid can represent and what
+// its spec promises, naming the 1-based (row group, group): uniform scales finite and nonzero
+// (negative only with the llamacpp mapping, which stores them so), integer zeros in 0..maxq
+// (any finite zero with float_zero), fp16-exact scales under f16_scales; compand scales > 0;
+// 0-bit groups a finite value in zero. K-quant grids hold sub-block integers and are refused.
+Grid grid_from_params(const GridSpec& spec, int64_t rows, int64_t cols, std::vector<float> scale, std::vector<float> zero,
+                      std::vector<int32_t> g_idx = {});
+// A QuantizedLinear from a grid and integer codes [rows, cols] (any dtype, integer values in
+// 0..maxq of each weight's group; 0 for a 0-bit group) and optional outliers: the honest result
+// of a solver that chose its own codes. Errors name the 1-based row and column.
+QuantizedLinear qlinear_from_codes(const Grid& grid, const Tensor& codes, SparseEntries outliers = {});
+
 }  // namespace qf
