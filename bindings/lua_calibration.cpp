@@ -146,6 +146,26 @@ static int c_inputs(lua_State* L) {
   push_tensor(L, check_cal(L, 1, "inputs").cal->inputs());
   return 1;
 }
+// cal:activations(site [, {first = 1, count = all, chain = "quantized" | "fp"}]) -> [count·seqlen, c]:
+// the site's input activations over windows first .. first+count−1 of the current block, with the
+// model's current weights (Calibration::activations).
+static int c_activations(lua_State* L) {
+  const char* fn = "activations";
+  LCal& c = check_cal(L, 1, fn);
+  const Site site = site_from_name(check_str(L, 2, fn), fn);
+  check_opts(L, 3, fn, {"first", "count", "chain"});
+  const int64_t n = c.cal->nsamples();
+  const int64_t first = opt_field_int(L, 3, "first", fn, 1);
+  const int64_t count = opt_field_int(L, 3, "count", fn, n - first + 1);
+  if (first < 1 || first > n) fail(fn, ": first window ", first, " is outside 1..", n);
+  if (count < 1 || first + count - 1 > n)
+    fail(fn, ": count ", count, " from window ", first, " runs past the calibration's ", n, " windows");
+  const std::string chain = opt_field_str(L, 3, "chain", fn, "quantized");
+  if (chain != "quantized" && chain != "fp") fail(fn, ": chain must be \"quantized\" or \"fp\", got \"", chain, "\"");
+  push_tensor(L, c.cal->activations(*c.m, site, (int)first - 1, (int)count, chain == "fp"));
+  return 1;
+}
+
 static void need_fp_chain(const Calibration& cal, const char* fn) {
   if (!cal.fp_chain()) fail(fn, ": this calibration has no full-precision chain (made with fp_chain=false)");
 }
@@ -267,7 +287,7 @@ void open_calibration(lua_State* L, int mod) {
   register_class(L, kCalMT,
                  {{"capture", qf_guard<c_capture>, 2}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
                   {"nblocks", qf_guard<c_nblocks>, 1}, {"memory_bytes", qf_guard<c_memory_bytes>, 1},
-                  {"tokens", qf_guard<c_tokens>, 1}, {"fingerprint", qf_guard<c_fingerprint>, 1}, {"inputs", qf_guard<c_inputs>, 1},
+                  {"tokens", qf_guard<c_tokens>, 1}, {"fingerprint", qf_guard<c_fingerprint>, 1}, {"inputs", qf_guard<c_inputs>, 1}, {"activations", qf_guard<c_activations>, 3},
                   {"fp_inputs", qf_guard<c_fp_inputs>, 1}, {"fp_outputs", qf_guard<c_fp_outputs>, 1},
                   {"gradient_statistics", qf_guard<c_gradient_statistics>, 2}, {"finetune", qf_guard<c_finetune>, 2}},
                  udata_gc<LCal>, nullptr);

@@ -576,6 +576,23 @@ static int k_tostring(lua_State* L) {
   return 1;
 }
 
+// m:block_forward(b, x, seqlen) -> y: block b (1-based) with the model's current weights on
+// x [n·seqlen, dim] (n windows of seqlen tokens, window-major, as cal:inputs() holds them).
+static int m_block_forward(lua_State* L) {
+  const char* fn = "block_forward";
+  const Model& m = *check_model(L, 1, fn).m;
+  const int64_t b = check_int(L, 2, fn);
+  if (b < 1 || b > m.n_blocks()) fail(fn, ": block ", b, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
+  const Tensor& x = check_tensor(L, 3, fn);
+  const int64_t T = check_int(L, 4, fn);
+  if (T < 1 || T > m.cfg.seq_len) fail(fn, ": seqlen ", T, " is outside 1..", m.cfg.seq_len, " (the model's context)");
+  if (x.dim() != 2 || x.size(1) != m.cfg.dim || x.size(0) == 0 || x.size(0) % T)
+    fail(fn, ": x is ", shape_str(x.shape()), "; expected [n·seqlen, ", m.cfg.dim, "] with seqlen ", T);
+  const Tensor xf = x.dtype() == DType::F32 ? x.contiguous() : x.to(DType::F32);
+  push_tensor(L, block_forward(m, (int)b - 1, xf, (int)(x.size(0) / T), (int)T));
+  return 1;
+}
+
 // ---- linears, biases, storage, blocks ------------------------------------------------
 // m:set_linear(block, name, q): replaces a linear's weight by a QLinear (its dequantized
 // values; the codes are kept for exports that store them) or by a Tensor (codes dropped).
@@ -705,6 +722,7 @@ void open_model(lua_State* L, int mod) {
                   {"fingerprint", qf_guard<m_fingerprint>, 1},
                   {"tokenizer", qf_guard<m_tokenizer>, 1},
                   {"forward", qf_guard<m_forward>, 2},
+                  {"block_forward", qf_guard<m_block_forward>, 4},
                   {"perplexity", qf_guard<m_perplexity>, 3},
                   {"reference_logits", qf_guard<m_reference_logits>, 3},
                   {"eval_plan", qf_guard<m_eval_plan>, 3},

@@ -105,6 +105,25 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
   return out;
 }
 
+Tensor Calibration::activations(const Model& m, Site site, int w0, int nw, bool fp) const {
+  if (block_ >= nblocks_) fail("activations: all ", nblocks_, " blocks are done");
+  if (fp && !fp_chain_) fail("activations: this calibration has no full-precision chain (made with fp_chain=false)");
+  if (w0 < 0 || nw < 1 || w0 + nw > B_)
+    fail("activations: windows ", w0 + 1, "..", w0 + nw, " are outside the calibration's 1..", B_);
+  const Tensor& x = fp ? xfp_ : xq_;
+  Tensor out;
+  int64_t filled = 0;
+  auto obs = [&](Site s, const Tensor& a) {
+    if (s != site) return;
+    if (!out.defined()) out = Tensor::empty({(int64_t)nw * T_, a.size(1)});
+    out.rows(filled, a.size(0)).copy_(a);
+    filled += a.size(0);
+  };
+  chunked_block_forward(m, block_, x.rows((int64_t)w0 * T_, (int64_t)nw * T_), nw, T_, obs);
+  if (filled != (int64_t)nw * T_) fail("activations: site ", site_name(site), " gave ", filled, " rows, expected ", (int64_t)nw * T_);
+  return out;
+}
+
 void Calibration::advance(const Model& m) {
   if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done");
   if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);

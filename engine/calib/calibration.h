@@ -63,6 +63,11 @@ class Calibration {
   // site (empty: all four). With true-sequential quantization call it again after each
   // sub-group so later linears see the quantized earlier ones.
   std::map<Site, SiteStats> capture(const Model& m, const std::vector<Site>& sites = {});
+  // The input activations of one site of the current block, [nw·seqlen, c], for windows
+  // w0 .. w0+nw−1 (0-based) of the quantized-prefix chain (fp: the full-precision chain), with the
+  // model's current weights — what capture() sums into Σ, for output-based searches in Lua
+  // (AWQ-style scales, SmoothQuant-style migration). Memory is the caller's choice of nw.
+  Tensor activations(const Model& m, Site site, int w0, int nw, bool fp = false) const;
   // Re-runs the current block with the model's current weights; moves to the next block.
   void advance(const Model& m);
 
