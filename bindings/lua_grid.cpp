@@ -269,10 +269,95 @@ static int f_grid_from(lua_State* L) {
   return 1;
 }
 
-// qf.qlinear{grid=, codes= [, outliers=]}: a QLinear from a grid, integer codes and dense outliers.
+// A transform table at stack index `idx` for a side of size n: {kind = "perm", perm = T (1-based)},
+// {kind = "diag", diag = T}, {kind = "hadamard", seed = N}, {kind = "dense", matrix = T}.
+static LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char* side, int64_t n) {
+  idx = lua_absindex(L, idx);
+  const std::string what = std::string(fn) + ": " + side + " transform";
+  if (lua_type(L, idx) != LUA_TTABLE) fail(what, " must be a table {kind = ..., ...}, got ", type_name(L, idx));
+  check_opts(L, idx, fn, {"kind", "perm", "diag", "seed", "matrix"});
+  LinearTransform t;
+  t.n = n;
+  const std::string kind = opt_field_str(L, idx, "kind", fn, "");
+  if (!transform_kind_from_name(kind, &t.kind) || t.kind == TransformKind::None)
+    fail(what, ": kind must be \"perm\", \"diag\", \"hadamard\" or \"dense\", got \"", kind, "\"");
+  static const char* const kNeeds[] = {"", "perm", "diag", "seed", "matrix"};
+  for (const char* k : {"perm", "diag", "seed", "matrix"}) {
+    const bool given = lua_getfield(L, idx, k) != LUA_TNIL;
+    lua_pop(L, 1);
+    const bool needed = std::string(k) == kNeeds[(int)t.kind];
+    if (given != needed)
+      fail(what, needed ? ": kind \"" + kind + "\" needs '" + k + "'" : ": '" + std::string(k) + "' does not belong to kind \"" + kind + "\"");
+  }
+  auto tensor_field = [&](const char* k) {
+    lua_getfield(L, idx, k);
+    Tensor x = check_tensor(L, lua_gettop(L), fn);
+    lua_pop(L, 1);
+    return x;
+  };
+  switch (t.kind) {
+    case TransformKind::Permutation:
+      for (float x : tensor_field("perm").to_vector()) {
+        if (x != std::nearbyint(x)) fail(what, ": permutation entry ", x, " is not an integer");
+        t.perm.push_back((int32_t)x - 1);
+      }
+      break;
+    case TransformKind::Diagonal: t.diag = tensor_field("diag").to_vector(); break;
+    case TransformKind::Hadamard: {
+      lua_getfield(L, idx, "seed");
+      const int64_t seed = check_int(L, lua_gettop(L), fn);
+      lua_pop(L, 1);
+      if (seed < 0) fail(what, ": seed must be >= 0, got ", seed);
+      t.seed = (uint64_t)seed;
+      break;
+    }
+    case TransformKind::Dense: t.dense = tensor_field("matrix").contiguous().to(DType::F32); break;
+    default: break;
+  }
+  t.validate(what);
+  return t;
+}
+
+static void push_transform(lua_State* L, const LinearTransform& t) {
+  if (t.none()) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_createtable(L, 0, 3);
+  set_field(L, "kind", std::string(transform_kind_name(t.kind)));
+  set_field(L, "n", t.n);
+  switch (t.kind) {
+    case TransformKind::Permutation: {
+      Tensor p = Tensor::empty({t.n}, DType::I32);
+      for (int64_t i = 0; i < t.n; ++i) p.data<int32_t>()[i] = t.perm[(size_t)i] + 1;
+      push_tensor(L, p);
+      lua_setfield(L, -2, "perm");
+      break;
+    }
+    case TransformKind::Diagonal: push_tensor(L, Tensor::from_data({t.n}, t.diag)); lua_setfield(L, -2, "diag"); break;
+    case TransformKind::Hadamard: set_field(L, "seed", (int64_t)t.seed); break;
+    case TransformKind::Dense: push_tensor(L, t.dense.clone()); lua_setfield(L, -2, "matrix"); break;
+    default: break;
+  }
+}
+
+// q:transforms() -> input, output: each nil or the table qf.qlinear took (copies).
+static int q_transforms(lua_State* L) {
+  const QuantizedLinear& q = check_qlinear(L, 1, "transforms");
+  push_transform(L, q.input);
+  push_transform(L, q.output);
+  return 2;
+}
+static int q_dequantize_basis(lua_State* L) {
+  push_tensor(L, check_qlinear(L, 1, "dequantize_basis").dequantize_basis());
+  return 1;
+}
+
+// qf.qlinear{grid=, codes= [, outliers=, input=, output=]}: a QLinear from a grid, integer codes,
+// dense outliers and transforms.
 static int f_qlinear(lua_State* L) {
   const char* fn = "qlinear";
-  check_opts(L, 1, fn, {"grid", "codes", "outliers"});
+  check_opts(L, 1, fn, {"grid", "codes", "outliers", "input", "output"});
   if (lua_type(L, 1) != LUA_TTABLE) type_error(L, 1, fn, "table");
   if (lua_getfield(L, 1, "grid") == LUA_TNIL) fail(fn, ": 'grid' is required (a qforge.Grid)");
   const Grid& g = check_grid(L, lua_gettop(L), fn);
@@ -280,7 +365,10 @@ static int f_qlinear(lua_State* L) {
   const Tensor codes = check_tensor(L, lua_gettop(L), fn);
   SparseEntries o;
   if (lua_getfield(L, 1, "outliers") != LUA_TNIL) o = dense_outliers(L, lua_gettop(L), fn, g);
-  push_qlinear(L, qlinear_from_codes(g, codes, std::move(o)));
+  QuantizedLinear q = qlinear_from_codes(g, codes, std::move(o));
+  if (lua_getfield(L, 1, "input") != LUA_TNIL) q.input = transform_arg(L, lua_gettop(L), fn, "input", g.cols);
+  if (lua_getfield(L, 1, "output") != LUA_TNIL) q.output = transform_arg(L, lua_gettop(L), fn, "output", g.rows);
+  push_qlinear(L, std::move(q));
   return 1;
 }
 
@@ -325,7 +413,9 @@ static int q_outliers(lua_State* L) {  // {{row, col, value}, ...}, 1-based
 static int q_tostring(lua_State* L) {
   const QuantizedLinear& q = check_qlinear(L, 1, "__tostring");
   push_str(L, "qforge.QLinear " + q.grid.spec.str() + " [" + std::to_string(q.grid.rows) + ", " + std::to_string(q.grid.cols) +
-                  "]" + (q.outliers.nnz() ? ", " + std::to_string(q.outliers.nnz()) + " outliers" : std::string()));
+                  "]" + (q.outliers.nnz() ? ", " + std::to_string(q.outliers.nnz()) + " outliers" : std::string()) +
+                  (q.input.none() ? "" : std::string(", input ") + transform_kind_name(q.input.kind)) +
+                  (q.output.none() ? "" : std::string(", output ") + transform_kind_name(q.output.kind)));
   return 1;
 }
 
@@ -362,7 +452,8 @@ void open_grid(lua_State* L, int mod) {
                  udata_gc<Grid>, qf_guard<g_tostring>);
   register_class(L, kQLinMT,
                  {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
-                  {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1}},
+                  {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1},
+                  {"transforms", qf_guard<q_transforms>, 1}, {"dequantize_basis", qf_guard<q_dequantize_basis>, 1}},
                  udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
   set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 3}, {"grid_from", qf_guard<f_grid_from>, 1},
                      {"qlinear", qf_guard<f_qlinear>, 1}});

@@ -9,6 +9,7 @@
 
 #include "eval/eval.h"
 #include "formats/export.h"
+#include "model/fold.h"
 #include "model/forward.h"
 #include "core/io.h"
 #include "formats/loader.h"
@@ -593,6 +594,25 @@ static int m_block_forward(lua_State* L) {
   return 1;
 }
 
+// m:fold_transforms() -> {{block =, linear =, kind =, side =, folded =, into = | why =}, …}: folds the
+// quantized linears' transforms where the algebra allows (model/fold.h) and reports every one.
+static int m_fold_transforms(lua_State* L) {
+  Model& m = *check_model(L, 1, "fold_transforms").m;
+  const std::vector<FoldEntry> r = fold_transforms(m);
+  lua_createtable(L, (int)r.size(), 0);
+  for (size_t i = 0; i < r.size(); ++i) {
+    lua_createtable(L, 0, 6);
+    set_field(L, "block", (int64_t)r[i].block + 1);
+    set_field(L, "linear", r[i].linear);
+    set_field(L, "kind", r[i].kind);
+    set_field(L, "side", r[i].side);
+    set_field(L, "folded", r[i].folded);
+    set_field(L, r[i].folded ? "into" : "why", r[i].into);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 // ---- linears, biases, storage, blocks ------------------------------------------------
 // m:set_linear(block, name, q): replaces a linear's weight by a QLinear (its dequantized
 // values; the codes are kept for exports that store them) or by a Tensor (codes dropped).
@@ -660,6 +680,7 @@ static void push_storage(lua_State* L, const StorageBits& s) {
   set_field(L, "params", s.params / n);
   set_field(L, "side", s.side / n);
   set_field(L, "outliers", s.outliers / n);
+  set_field(L, "transform", s.transform / n);
   set_field(L, "unquantized", s.unquantized / n);
   set_field(L, "unquantized_dtype", std::string(s.unquantized_dtype()));
   set_field(L, "weights", s.weights);
@@ -723,6 +744,7 @@ void open_model(lua_State* L, int mod) {
                   {"tokenizer", qf_guard<m_tokenizer>, 1},
                   {"forward", qf_guard<m_forward>, 2},
                   {"block_forward", qf_guard<m_block_forward>, 4},
+                  {"fold_transforms", qf_guard<m_fold_transforms>, 1},
                   {"perplexity", qf_guard<m_perplexity>, 3},
                   {"reference_logits", qf_guard<m_reference_logits>, 3},
                   {"eval_plan", qf_guard<m_eval_plan>, 3},

@@ -63,6 +63,28 @@ static void check_finite_model(const Model& m) {
   }
 }
 
+// Formats that store a quantized linear's codes (gptq, compressed-tensors, gguf block types) have
+// no place for a transform around them (methods.md#transforms): such a linear is refused by name
+// unless m:fold_transforms() folded it away. Dense formats store the effective weight O·Ŵ·T.
+static void refuse_transforms(const ExportFormat& f, const std::string& dtype, const Model& m) {
+  std::string up = dtype;
+  for (char& c : up) c = (char)std::toupper((unsigned char)c);
+  const DTypeTraits* d = up.empty() ? nullptr : dtype_by_name(up);
+  KQuantType kt;
+  const bool codes = f.codes || (d && (d->grid.cols > 0 || kquant_from_name(d->name, &kt)));
+  if (!codes) return;
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    if (m.is_lazy() && m.resident[(size_t)b] == 0) continue;  // a file's block holds no transforms
+    for (const Linear& l : m.block(b).linears)
+      if (l.quant && l.quant->has_transforms()) {
+        const LinearTransform& t = l.quant->input.none() ? l.quant->output : l.quant->input;
+        fail("save: block ", b + 1, " linear '", l.name, "' is quantized with ", l.quant->input.none() ? "an output" : "an input", " ",
+             transform_kind_name(t.kind), " transform, which ", f.display, dtype.empty() ? "" : " " + dtype,
+             " cannot store (fold it first with m:fold_transforms(), or save_format=qforge or hf); nothing was written");
+      }
+  }
+}
+
 static const std::vector<ExportFormat> kExportFormats = {
     {"hf", "HF", {"F32", "F16", "BF16"}, "F32", false, true, false, {},
      [](const Model& m, const Tokenizer* t, const std::string& p, const std::string& d) { save_hf(m, t, p, d); },
@@ -113,6 +135,7 @@ void save_model(const Model& m, const Tokenizer* tok, const std::string& path, c
   if (!f) fail("save: unknown format '", o.format, "' (expected ", export_format_names(), ")");
   if (f->dtypes.empty() && !o.dtype.empty()) fail("save: format '", o.format, "' takes no dtype (got '", o.dtype, "')");
   check_finite_model(m);
+  refuse_transforms(*f, o.dtype.empty() ? f->default_dtype : o.dtype, m);
   f->save(m, tok, path, o.dtype.empty() ? f->default_dtype : o.dtype);
 }
 
@@ -204,6 +227,7 @@ SaveRefusal check_save(const SaveOptions& o, const GridPlan* plan, const Model* 
   if (m) {
     try {
       check_finite_model(*m);
+      refuse_transforms(*f, resolved, *m);
       f->check(*m, tok, path, resolved);
     } catch (const Error& e) {
       return {"save", e.what()};

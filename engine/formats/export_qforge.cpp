@@ -123,6 +123,22 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
       if (s.mixed_bits())
         entries.push_back({ln + ".group_bits", "U8", {nrg, g.ngroups}, std::string(s.group_bits.begin(), s.group_bits.end()), nullptr});
       entries.push_back({ln + ".g_idx", "I32", {g.cols}, bytes_of_i32(g.g_idx), nullptr});
+      // Transforms (methods.md#transforms): written only when present, so other files keep their bytes.
+      for (const auto& [side, t] : {std::pair<const char*, const LinearTransform*>{"input", &q.input}, {"output", &q.output}}) {
+        if (t->none()) continue;
+        const std::string key = std::string(side) + "_transform", tn = ln + "." + side;
+        lins[ln][key] = transform_kind_name(t->kind);
+        switch (t->kind) {
+          case TransformKind::Permutation: entries.push_back({tn + "_perm", "I32", {t->n}, bytes_of_i32(t->perm), nullptr}); break;
+          case TransformKind::Diagonal: entries.push_back({tn + "_diag", "F32", {t->n}, bytes_of_f32(t->diag), nullptr}); break;
+          case TransformKind::Hadamard:
+            lins[ln][std::string(side) + "_seed"] = std::to_string(t->seed);  // a string: JSON readers lose 64-bit integers
+            lins[ln][std::string(side) + "_size"] = t->n;
+            break;
+          case TransformKind::Dense: entries.push_back({tn + "_dense", "F32", {t->n, t->n}, bytes_of_f32(t->dense.to_vector()), nullptr}); break;
+          default: break;
+        }
+      }
       if (q.outliers.nnz()) {
         const int64_t n = q.outliers.nnz();
         entries.push_back({ln + ".outlier_rows", "I32", {n}, bytes_of_i32(q.outliers.row), nullptr});

@@ -225,6 +225,46 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
           !std::isfinite(q->outliers.val[k]))
         fail(w, ": outlier ", k, " at (", q->outliers.row[k], ", ", q->outliers.col[k], ") is outside the weight or not finite");
   }
+  // Transforms (methods.md#transforms), present only when written.
+  for (const char* side : {"input", "output"}) {
+    const std::string key = std::string(side) + "_transform";
+    if (!d.contains(key)) continue;
+    LinearTransform& t = std::string(side) == "input" ? q->input : q->output;
+    const std::string kname = f.str(key.c_str());
+    if (!transform_kind_from_name(kname, &t.kind) || t.kind == TransformKind::None)
+      fail(w, ": field '", key, "' = '", kname, "' (expected perm, diag, hadamard or dense)");
+    t.n = std::string(side) == "input" ? g.cols : g.rows;
+    const std::string tn = ln + "." + side;
+    switch (t.kind) {
+      case TransformKind::Permutation: t.perm = load_vec<int32_t>(st, tn + "_perm", "I32", {t.n}); break;
+      case TransformKind::Diagonal: t.diag = load_vec<float>(st, tn + "_diag", "F32", {t.n}); break;
+      case TransformKind::Hadamard: {
+        const std::string seed = f.str((std::string(side) + "_seed").c_str());
+        if (seed.empty() || seed.size() > 20 || seed.find_first_not_of("0123456789") != std::string::npos)
+          fail(w, ": field '", side, "_seed' = '", seed, "' is not an unsigned 64-bit integer");
+        t.seed = 0;
+        for (char ch : seed) {
+          const uint64_t digit = (uint64_t)(ch - '0');
+          if (t.seed > (UINT64_MAX - digit) / 10) fail(w, ": field '", side, "_seed' = '", seed, "' is above 2^64 − 1");
+          t.seed = t.seed * 10 + digit;
+        }
+        if (f.integer((std::string(side) + "_size").c_str(), 1, 1 << 30) != t.n)
+          fail(w, ": field '", side, "_size' differs from the weight's ", t.n);
+        break;
+      }
+      case TransformKind::Dense: {
+        const std::vector<float> v = load_vec<float>(st, tn + "_dense", "F32", {t.n, t.n});
+        t.dense = Tensor::from_data({t.n, t.n}, v);
+        break;
+      }
+      default: break;
+    }
+    try {
+      t.validate(std::string(side) + " transform");
+    } catch (const Error& e) {
+      fail(w, ": ", e.what());
+    }
+  }
   return q;
 }
 

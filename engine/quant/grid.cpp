@@ -499,6 +499,14 @@ void grid_quantize_col(const Grid& grid, int64_t col, const float* x, int64_t xs
 }
 
 Tensor QuantizedLinear::dequantize() const {
+  if (!has_transforms()) return dequantize_basis();
+  Tensor W = dequantize_basis();
+  if (!input.none()) W = transform_apply_input(input, W);
+  if (!output.none()) W = transform_apply_output(output, W);
+  return W;
+}
+
+Tensor QuantizedLinear::dequantize_basis() const {
   Tensor W = Tensor::empty({grid.rows, grid.cols});
   const uint8_t* c = codes.data<uint8_t>();
   float* w = W.f32();

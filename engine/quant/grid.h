@@ -183,12 +183,46 @@ struct SparseEntries {
   int64_t nnz() const { return (int64_t)val.size(); }
 };
 
-// Integer codes + grid + optional outliers; dequantizes exactly to scale·(code − zero) + outliers.
+// A linear map around the quantized weight (methods.md#transforms): a quantized linear with an
+// input transform T and an output transform O computes y = O·(Ŵ·(T·x)), so its effective weight
+// is O·Ŵ·T, where Ŵ = grid values + outliers is what the codes hold. Kinds:
+//   Permutation  (T x)_c = x_perm[c]             (perm 0-based, a permutation of 0..n−1)
+//   Diagonal     (T x)_c = d_c·x_c               (d finite and nonzero: AWQ-style scales)
+//   Hadamard     T = the randomized Hadamard transform of size n drawn from `seed`
+//                (core/linalg.h, random_hadamard): orthogonal, rebuilt from 8 bytes
+//   Dense        T a given [n, n] matrix (a random orthogonal one, QuIP's U/V …)
+// Storage counts what the qforge format keeps: 32 bits per permutation or diagonal entry,
+// 64 bits for a seed, 32·n² for a dense matrix.
+enum class TransformKind : uint8_t { None, Permutation, Diagonal, Hadamard, Dense };
+const char* transform_kind_name(TransformKind k);  // "none", "perm", "diag", "hadamard", "dense"
+bool transform_kind_from_name(const std::string& name, TransformKind* k);
+struct LinearTransform {
+  TransformKind kind = TransformKind::None;
+  int64_t n = 0;
+  std::vector<int32_t> perm;
+  std::vector<float> diag;
+  uint64_t seed = 0;
+  Tensor dense;  // f32 [n, n], contiguous
+  bool none() const { return kind == TransformKind::None; }
+  double storage_bits() const;
+  // Checks the parameters (sizes, a true permutation, finite nonzero scales, a finite matrix);
+  // errors begin with `what`.
+  void validate(const std::string& what) const;
+};
+// W·T (input transform: on columns, W [rows, n]) and O·W (output transform: on rows, W [n, cols]).
+Tensor transform_apply_input(const LinearTransform& t, const Tensor& W);
+Tensor transform_apply_output(const LinearTransform& t, const Tensor& W);
+
+// Integer codes + grid + optional outliers (+ optional transforms); dequantizes exactly to
+// O·(scale·(code − zero) + outliers)·T.
 struct QuantizedLinear {
   Grid grid;
   Tensor codes;  // u8 [rows, cols]
   SparseEntries outliers;
-  Tensor dequantize() const;  // f32 [rows, cols]
+  LinearTransform input, output;  // none unless a method quantizes in a transformed basis
+  bool has_transforms() const { return !input.none() || !output.none(); }
+  Tensor dequantize() const;  // f32 [rows, cols]: the effective weight
+  Tensor dequantize_basis() const;  // the grid values + outliers alone (the transformed basis)
 };
 
 // Codes of a weight already on the grid (or rounded onto it): What → QuantizedLinear.

@@ -12,6 +12,7 @@ StorageBits& StorageBits::operator+=(const StorageBits& o) {
   params += o.params;
   side += o.side;
   outliers += o.outliers;
+  transform += o.transform;
   unquantized += o.unquantized;
   weights += o.weights;
   pruned += o.pruned;
@@ -52,6 +53,7 @@ StorageBits storage_bits(const QuantizedLinear& q) {
   const Grid& g = q.grid;
   StorageBits s;
   s.weights = g.rows * g.cols;
+  s.transform = q.input.storage_bits() + q.output.storage_bits();
   if (g.spec.kind == GridKind::KQuant) {  // the block type's bytes: codes, then d, dmin and the sub-block integers
     const KQuantLayout& L = kquant_layout(g.spec.ktype);
     s.codes = (double)L.bits * (double)s.weights;

@@ -10,6 +10,8 @@
 //   side      4 bits per group when bit depths vary (0..8), plus ⌈log2 nrowgroups⌉ per row when
 //             rows are clustered;
 //   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO);
+//   transform the input/output transforms as the qforge format keeps them (methods.md#transforms):
+//             32 bits per permutation or diagonal entry, 64 per Hadamard seed, 32·n² per dense matrix;
 // linears without codes ("unquantized") count what they hold: 16 bits per weight when stored as
 // f16/bf16 or when every f32 value is exactly representable in f16 (or bf16), else 32 (f32);
 // a bias adds 16 bits per output to params.
@@ -21,11 +23,11 @@
 namespace qf {
 
 struct StorageBits {
-  double codes = 0, params = 0, side = 0, outliers = 0, unquantized = 0;
+  double codes = 0, params = 0, side = 0, outliers = 0, transform = 0, unquantized = 0;
   int64_t weights = 0;
   int64_t pruned = 0;  // weights in 0-bit groups
   int64_t unq_f16 = 0, unq_bf16 = 0, unq_f32 = 0;  // weights of unquantized linears by the dtype counted
-  double total() const { return codes + params + side + outliers + unquantized; }
+  double total() const { return codes + params + side + outliers + transform + unquantized; }
   // "none", "f16", "bf16", "f32", or "mixed" (unquantized linears of several dtypes).
   const char* unquantized_dtype() const;
   double per_weight() const { return weights ? total() / (double)weights : 0.0; }
