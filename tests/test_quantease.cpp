@@ -479,7 +479,7 @@ TEST_CASE("outliers on allocated grids (row clusters × columns, mixed bits, com
     CHECK(fo == doctest::Approx(r.objective.back()).epsilon(1e-6));
     CHECK(r.q.grid.spec.group_bits == sp.group_bits);  // the allocation is kept
     // the dense part is on the grid: re-quantizing it changes nothing
-    const QuantizedLinear dense{r.q.grid, r.q.codes, {}};
+    const QuantizedLinear dense{r.q.grid, r.q.codes, {}, {}, {}};
     const Tensor Dd = dense.dequantize();
     CHECK(std::memcmp(quantize_to_grid(Dd, r.q.grid).dequantize().f32(), Dd.f32(), sizeof(float) * Dd.numel()) == 0);
   }
