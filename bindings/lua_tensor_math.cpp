@@ -151,16 +151,24 @@ void open_tensor_math(lua_State* L, int mod) {
                {"isfinite", qf_guard<t_isfinite>, 1},
                {"any", qf_guard<t_any>, 1},
                {"all", qf_guard<t_all>, 1}});
-  set_funcs(L, mod,
-            {QF_UNARY_F("abs", Abs), QF_UNARY_F("sign", Sign), QF_UNARY_F("sqrt", Sqrt), QF_UNARY_F("rsqrt", Rsqrt),
-             QF_UNARY_F("exp", Exp), QF_UNARY_F("log", Log), QF_UNARY_F("floor", Floor), QF_UNARY_F("ceil", Ceil),
-             QF_UNARY_F("round", Round), QF_UNARY_F("neg", Neg), QF_UNARY_F("square", Square),
-             QF_UNARY_F("reciprocal", Reciprocal), QF_UNARY_F("sigmoid", Sigmoid), QF_UNARY_F("tanh", Tanh),
-             {"pow", qf_guard<f_binary<BinaryOp::Pow>>, 2},
-             {"cmin", qf_guard<f_binary<BinaryOp::Min>>, 2},
-             {"cmax", qf_guard<f_binary<BinaryOp::Max>>, 2},
-             {"clamp", qf_guard<f_clamp>, 3},
-             {"where", qf_guard<f_where>, 3}});
+  // qf.math holds every out-of-place function; the top level holds them too, except `log` (qf.log is
+  // the run logger: the natural log of a tensor is qf.math.log(t), or t:clone():log()).
+  lua_newtable(L);
+  const int math = lua_gettop(L);
+  for (int target : {math, mod}) {
+    if (target == math) set_funcs(L, target, {QF_UNARY_F("log", Log)});
+    set_funcs(L, target,
+              {QF_UNARY_F("abs", Abs), QF_UNARY_F("sign", Sign), QF_UNARY_F("sqrt", Sqrt), QF_UNARY_F("rsqrt", Rsqrt),
+               QF_UNARY_F("exp", Exp), QF_UNARY_F("floor", Floor), QF_UNARY_F("ceil", Ceil),
+               QF_UNARY_F("round", Round), QF_UNARY_F("neg", Neg), QF_UNARY_F("square", Square),
+               QF_UNARY_F("reciprocal", Reciprocal), QF_UNARY_F("sigmoid", Sigmoid), QF_UNARY_F("tanh", Tanh),
+               {"pow", qf_guard<f_binary<BinaryOp::Pow>>, 2},
+               {"cmin", qf_guard<f_binary<BinaryOp::Min>>, 2},
+               {"cmax", qf_guard<f_binary<BinaryOp::Max>>, 2},
+               {"clamp", qf_guard<f_clamp>, 3},
+               {"where", qf_guard<f_where>, 3}});
+  }
+  lua_setfield(L, mod, "math");
   luaL_getmetatable(L, kTensorMT);
   lua_pushcfunction(L, qf_guard<m_pow>);
   lua_setfield(L, -2, "__pow");
