@@ -46,13 +46,13 @@ std::string shape_str(const Shape& s) {
   return r + "]";
 }
 
-std::shared_ptr<Storage> Storage::alloc(size_t nbytes) {
+std::shared_ptr<Storage> Storage::alloc(size_t nbytes, bool zero) {
   auto st = std::make_shared<Storage>();
   size_t padded = (nbytes + 63) / 64 * 64;
   if (padded == 0) padded = 64;
   void* p = std::aligned_alloc(64, padded);
   if (!p) fail("out of memory allocating ", nbytes, " bytes");
-  std::memset(p, 0, padded);
+  if (zero) std::memset(p, 0, padded);
   st->data = p;
   st->nbytes = nbytes;
   st->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
@@ -82,6 +82,16 @@ Tensor Tensor::empty(const Shape& shape, DType dt) {
   int64_t n = checked_numel(shape);
   Tensor t;
   t.st_ = Storage::alloc((size_t)n * dtype_size(dt));
+  t.dt_ = dt;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  return t;
+}
+
+Tensor Tensor::uninitialized(const Shape& shape, DType dt) {
+  int64_t n = checked_numel(shape);
+  Tensor t;
+  t.st_ = Storage::alloc((size_t)n * dtype_size(dt), /*zero=*/false);
   t.dt_ = dt;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);

@@ -32,7 +32,7 @@ struct Storage {
   size_t nbytes = 0;
   Device device = Device::CPU;
   std::shared_ptr<void> owner;
-  static std::shared_ptr<Storage> alloc(size_t nbytes);  // zero-filled, 64-byte aligned
+  static std::shared_ptr<Storage> alloc(size_t nbytes, bool zero = true);  // zero-filled unless !zero; 64-byte aligned
 };
 
 using MatRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -44,6 +44,8 @@ class Tensor {
   Tensor() = default;  // undefined (no storage)
   static Tensor empty(const Shape& shape, DType dt = DType::F32);  // zero-filled
   static Tensor zeros(const Shape& shape, DType dt = DType::F32) { return empty(shape, dt); }
+  // Contents undefined: for outputs a kernel overwrites entirely (saves the zero fill).
+  static Tensor uninitialized(const Shape& shape, DType dt = DType::F32);
   static Tensor full(const Shape& shape, float v);
   static Tensor from_data(const Shape& shape, const std::vector<float>& values);  // f32
   // Wrap existing storage (e.g. a loaded file); checks the view stays inside it.

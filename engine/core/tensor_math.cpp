@@ -30,18 +30,19 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* fn) {
 }
 
 // ---- the strided loop ----
-// An operand read as f32 through strides over the output shape (0 along broadcast dimensions).
+// An operand read through strides over the output shape (0 along broadcast dimensions): f32, or u8
+// for a mask read in place (where's first operand), anything else converted to f32 first.
 struct In {
-  const float* base = nullptr;  // element 0 of the view
+  const void* base = nullptr;  // element 0 of the view
   Shape strides;
   Tensor keep;  // keeps a converted copy alive
 };
 
-static In make_in(const Tensor& t, const Shape& out, const char* fn) {
+static In make_in(const Tensor& t, const Shape& out, const char* fn, bool u8_ok = false) {
   if (!t.defined()) fail(fn, ": tensor is undefined");
   In in;
-  in.keep = t.dtype() == DType::F32 ? t : t.to(DType::F32);
-  in.base = static_cast<const float*>(in.keep.raw());
+  in.keep = t.dtype() == DType::F32 || (u8_ok && t.dtype() == DType::U8) ? t : t.to(DType::F32);
+  in.base = in.keep.raw();
   const int nd = (int)out.size(), td = in.keep.dim();
   in.strides.assign(nd, 0);
   for (int i = 0; i < td; ++i) {
@@ -52,10 +53,48 @@ static In make_in(const Tensor& t, const Shape& out, const char* fn) {
   return in;
 }
 
+// One run of n outputs: operand k advances by s[k] ∈ {0, 1} (a broadcast scalar or a contiguous
+// run) when `unit`, else by its stride. The common cases are spelled out so the compiler
+// vectorizes them: every operand contiguous, or some held constant along the run.
+template <class O, class T0, size_t N, class F>
+static inline void run_row(O* o, int64_t os, const std::array<const void*, N>& p, const std::array<int64_t, N>& is, int64_t n, F f) {
+  const T0* p0 = static_cast<const T0*>(p[0]);
+  auto at = [&](size_t k, int64_t j) { return static_cast<const float*>(p[k])[j * is[k]]; };
+  bool unit = os == 1;
+  for (size_t k = 0; k < N; ++k) unit = unit && (is[k] == 0 || is[k] == 1);
+  if (!unit) {
+    for (int64_t j = 0; j < n; ++j) {
+      if constexpr (N == 1) o[j * os] = f((float)p0[j * is[0]]);
+      else if constexpr (N == 2) o[j * os] = f((float)p0[j * is[0]], at(1, j));
+      else o[j * os] = f((float)p0[j * is[0]], at(1, j), at(2, j));
+    }
+    return;
+  }
+  if constexpr (N == 1) {
+    if (is[0] == 0) { const float x = (float)p0[0]; for (int64_t j = 0; j < n; ++j) o[j] = f(x); }
+    else for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j]);
+  } else if constexpr (N == 2) {
+    const float* p1 = static_cast<const float*>(p[1]);
+    if (is[0] == 1 && is[1] == 1) for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], p1[j]);
+    else if (is[0] == 1) { const float y = p1[0]; for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], y); }
+    else if (is[1] == 1) { const float x = (float)p0[0]; for (int64_t j = 0; j < n; ++j) o[j] = f(x, p1[j]); }
+    else { const O v = f((float)p0[0], p1[0]); for (int64_t j = 0; j < n; ++j) o[j] = v; }
+  } else {
+    const float* p1 = static_cast<const float*>(p[1]);
+    const float* p2 = static_cast<const float*>(p[2]);
+    if (is[0] == 1 && is[1] == 1 && is[2] == 1) for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], p1[j], p2[j]);
+    else if (is[0] == 1 && is[1] == 1) { const float z = p2[0]; for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], p1[j], z); }
+    else if (is[0] == 1 && is[2] == 1) { const float y = p1[0]; for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], y, p2[j]); }
+    else if (is[0] == 1) { const float y = p1[0], z = p2[0]; for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j], y, z); }
+    else for (int64_t j = 0; j < n; ++j) o[j] = f((float)p0[j * is[0]], p1[j * is[1]], p2[j * is[2]]);
+  }
+}
+
 // out[idx] = f(in_0[idx], ..., in_{N-1}[idx]) over `shape`; `out` is element 0 of a view with
-// strides `ostr`. Work items are (outer row, chunk of the last dimension) pairs, fixed in size,
-// so any thread count computes the same elements the same way.
-template <class O, size_t N, class F>
+// strides `ostr`; operand 0 is of type T0 (f32, or u8 for a mask), the others f32. Work items are
+// (outer row, chunk of the last dimension) pairs, fixed in size, so any thread count computes the
+// same elements the same way.
+template <class O, size_t N, class F, class T0 = float>
 static void for_each_bcast(const Shape& shape, O* out, const Shape& ostr, const std::array<const In*, N>& in, F f) {
   int64_t numel = 1;
   for (int64_t s : shape) numel *= s;
@@ -78,25 +117,12 @@ static void for_each_bcast(const Shape& shape, O* out, const Shape& ostr, const 
       oo += i * ostr[d];
       for (size_t k = 0; k < N; ++k) io[k] += i * in[k]->strides[d];
     }
-    O* o = out + oo + c0 * os;
-    std::array<const float*, N> p;
-    for (size_t k = 0; k < N; ++k) p[k] = in[k]->base + io[k] + c0 * is[k];
-    const int64_t n = c1 - c0;
-    bool unit = os == 1;
-    for (size_t k = 0; k < N; ++k) unit = unit && is[k] == 1;
-    if (unit) {  // the common case, vectorizable
-      for (int64_t j = 0; j < n; ++j) {
-        if constexpr (N == 1) o[j] = f(p[0][j]);
-        else if constexpr (N == 2) o[j] = f(p[0][j], p[1][j]);
-        else o[j] = f(p[0][j], p[1][j], p[2][j]);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        if constexpr (N == 1) o[j * os] = f(p[0][j * is[0]]);
-        else if constexpr (N == 2) o[j * os] = f(p[0][j * is[0]], p[1][j * is[1]]);
-        else o[j * os] = f(p[0][j * is[0]], p[1][j * is[1]], p[2][j * is[2]]);
-      }
+    std::array<const void*, N> p;
+    for (size_t k = 0; k < N; ++k) {
+      const int64_t off = io[k] + c0 * is[k];
+      p[k] = k == 0 ? (const void*)(static_cast<const T0*>(in[0]->base) + off) : (const void*)(static_cast<const float*>(in[k]->base) + off);
     }
+    run_row<O, T0, N>(out + oo + c0 * os, os, p, is, c1 - c0, f);
   }
 }
 
@@ -138,10 +164,42 @@ static void dispatch_unary(UnaryOp op, G&& go) {
   fail("unary: unknown op");
 }
 
+// Contiguous f32 in and out: Eigen's vectorized array functions (its exp/log/tanh/logistic are SIMD
+// polynomials, several times faster than libm per element), over fixed chunks.
+static bool unary_contiguous(UnaryOp op, const float* in, float* out, int64_t n) {
+  using A = Eigen::Array<float, Eigen::Dynamic, 1>;
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  bool ok = true;
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
+    Eigen::Map<const A> x(in + i0, len);
+    Eigen::Map<A> y(out + i0, len);
+    switch (op) {
+      case UnaryOp::Exp: y = x.exp(); break;
+      case UnaryOp::Log: y = x.log(); break;
+      case UnaryOp::Tanh: y = x.tanh(); break;
+      case UnaryOp::Sigmoid: y = x.logistic(); break;
+      default: ok = false;
+    }
+  }
+  return ok;
+}
+static bool eigen_unary(UnaryOp op) {
+  // Not sqrt/rsqrt: Eigen 3.4's fast AVX-512 sqrt gives NaN for +inf (x·rsqrt(x) = inf·0).
+  return op == UnaryOp::Exp || op == UnaryOp::Log || op == UnaryOp::Tanh || op == UnaryOp::Sigmoid;
+}
+
 Tensor unary(const Tensor& t, UnaryOp op) {
   const char* fn = unary_name(op);
+  if (eigen_unary(op) && t.defined() && t.dtype() == DType::F32 && t.is_contiguous()) {
+    Tensor r = Tensor::uninitialized(t.shape());
+    unary_contiguous(op, t.f32(), r.f32(), t.numel());
+    return r;
+  }
   const In a = make_in(t, t.shape(), fn);
-  Tensor r = Tensor::empty(t.shape());
+  Tensor r = Tensor::uninitialized(t.shape());
   dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a}, f); });
   return r;
 }
@@ -149,6 +207,10 @@ Tensor unary(const Tensor& t, UnaryOp op) {
 void unary_(Tensor& t, UnaryOp op) {
   const char* fn = unary_name(op);
   need_f32_dst(t, fn);
+  if (eigen_unary(op) && t.is_contiguous()) {
+    unary_contiguous(op, t.f32(), t.f32(), t.numel());
+    return;
+  }
   const In a = make_in(t, t.shape(), fn);  // reads and writes the same element: no staging needed
   float* o = static_cast<float*>(t.raw());
   dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), o, t.strides(), {&a}, f); });
@@ -186,7 +248,7 @@ Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), fn);
   const In x = make_in(a, shape, fn), y = make_in(b, shape, fn);
   const Shape st = contiguous_strides(shape);
-  Tensor r = Tensor::empty(shape, binary_is_mask(op) ? DType::U8 : DType::F32);
+  Tensor r = Tensor::uninitialized(shape, binary_is_mask(op) ? DType::U8 : DType::F32);
   dispatch_binary(op, [&](auto f) {
     using R = decltype(f(0.f, 0.f));
     for_each_bcast<R, 2>(shape, static_cast<R*>(r.raw()), st, {&x, &y}, f);
@@ -220,10 +282,11 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   const char* fn = "where";
   if (!mask.defined() || !a.defined() || !b.defined()) fail(fn, ": tensor is undefined");
   const Shape shape = broadcast_shapes(broadcast_shapes(mask.shape(), a.shape(), fn), b.shape(), fn);
-  const In m = make_in(mask, shape, fn), x = make_in(a, shape, fn), y = make_in(b, shape, fn);
-  Tensor r = Tensor::empty(shape);
-  for_each_bcast<float, 3>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y},
-                           [](float c, float p, float q) { return c != 0 ? p : q; });
+  const In m = make_in(mask, shape, fn, /*u8_ok=*/true), x = make_in(a, shape, fn), y = make_in(b, shape, fn);
+  Tensor r = Tensor::uninitialized(shape);
+  auto pick = [](float c, float p, float q) { return c != 0 ? p : q; };
+  if (m.keep.dtype() == DType::U8) for_each_bcast<float, 3, decltype(pick), uint8_t>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y}, pick);
+  else for_each_bcast<float, 3>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y}, pick);
   return r;
 }
 Tensor where(const Tensor& mask, float a, float b) { return where(mask, scalar_tensor(a), scalar_tensor(b)); }
@@ -234,7 +297,7 @@ static void check_clamp(float lo, float hi) {
 }
 Tensor clamp(const Tensor& t, float lo, float hi) {
   check_clamp(lo, hi);
-  Tensor r = Tensor::empty(t.shape());
+  Tensor r = Tensor::uninitialized(t.shape());
   const In a = make_in(t, t.shape(), "clamp");
   for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a},
                            [lo, hi](float x) { return x < lo ? lo : x > hi ? hi : x; });
@@ -251,7 +314,7 @@ void clamp_(Tensor& t, float lo, float hi) {
 template <class F>
 static Tensor mask_of(const Tensor& t, const char* fn, F f) {
   const In a = make_in(t, t.shape(), fn);
-  Tensor r = Tensor::empty(t.shape(), DType::U8);
+  Tensor r = Tensor::uninitialized(t.shape(), DType::U8);
   for_each_bcast<uint8_t, 1>(t.shape(), r.data<uint8_t>(), contiguous_strides(t.shape()), {&a}, f);
   return r;
 }
