@@ -165,8 +165,9 @@ expect_file_has "results.md: stories260K CVXQ uses 64-row clusters" docs/results
 for r in recipes/*.lua; do
   expect_file_has "README lists $r" README.md "\`$(basename "$r")\`"
 done
+cat docs/lua_api.md docs/api/*.md > "$WORK/api_all.md"  # the API: the index page and one page per object
 for s in "solve(l)" "must return a \`QLinear\`" "\`W\` is a **copy**" "| \`ctx\` |" "| \`P.grid(opt)\` |" "| \`grid:spec()\` |" "copies: editing them does not change the grid"; do
-  expect_file_has "lua_api.md: $s" docs/lua_api.md "$s"
+  expect_file_has "the API docs: $s" "$WORK/api_all.md" "$s"
 done
 
 # ---- item 20: export options before any work -----------------------------------------------
