@@ -15,6 +15,7 @@ local variadic = {
   ["qf.zeros"] = true, ["qf.ones"] = true, ["qf.full"] = true,
   ["qforge.Tensor:get"] = true, ["qforge.Tensor:set"] = true, ["qforge.Tensor:view"] = true,
   ["qforge.Rng:rand"] = true, ["qforge.Rng:randn"] = true,
+  ["qf.randint"] = true, ["qforge.Tensor:permute"] = true,  -- cases in tests/lua/test_tensor_index.lua
 }
 
 -- Every function table: the module, and the methods of every class metatable in the registry
