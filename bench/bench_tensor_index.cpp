@@ -1,7 +1,7 @@
 // The toolkit's selection kernels against plain baselines on a [N, N] f32 tensor (N = 4096 by
 // default): sort along rows vs std::sort of each row's values (no indices), sort along columns (a
-// strided input), topk(32) vs std::partial_sort, quantile(0.9) per row vs std::nth_element +
-// Eigen's row means as a scale reference (one streaming pass), and var along rows vs an Eigen
+// strided input), topk(32) vs std::partial_sort, quantile(0.9) per row vs std::nth_element,
+// and var along rows vs an Eigen
 // two-pass expression. Ratio = toolkit time / baseline time (the toolkit also returns indices,
 // handles NaN and any strides). Each timing is the best of `reps` runs.
 // usage: bench_tensor_index [N] [reps]
@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
         sink = buf[(size_t)k];
       }
     });
-    row("quantile(0.9, 2) (f64 sort + lerp)", a, "std::nth_element per row (no lerp, 1 thread)", b);
+    row("quantile(0.9, 2) (f64 selection + lerp)", a, "std::nth_element per row (no lerp, 1 thread)", b);
   }
   {
     const double a = best_of(reps, [&] { sink = var_dim(x, 1).f32()[0]; });

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
@@ -101,27 +102,36 @@ void check_len_i32(const Tensor& t, int d, const char* fn) {
     fail(fn, ": dimension ", d + 1, " of shape ", shape_str(t.shape()), " is too long for i32 indices");
 }
 
-// One line's values split into the numbers (value, index) and the indices of its NaNs, in index order.
+// One line: a contiguous copy of its values, a sort key per number and the indices of its NaNs
+// (in index order). A key packs an order-preserving transform of the value above the index, so
+// sorting keys as integers orders by value, ties by index (a stable order) with one compare;
+// -0 is keyed as +0 (they are equal). Descending keys invert the value part, not the index.
 struct LineBuf {
-  std::vector<std::pair<float, int32_t>> num;
-  std::vector<int32_t> nan;
-  void load(const float* x, int64_t len, int64_t stride) {
-    num.clear();
+  std::vector<float> val;
+  std::vector<uint64_t> key;
+  std::vector<int32_t> nan, sel;
+  void load(const float* x, int64_t len, int64_t stride, bool descending) {
+    val.resize((size_t)len);
+    key.clear();
     nan.clear();
     for (int64_t i = 0; i < len; ++i) {
       const float v = x[i * stride];
-      if (std::isnan(v)) nan.push_back((int32_t)i);
-      else num.emplace_back(v, (int32_t)i);
+      val[(size_t)i] = v;
+      if (std::isnan(v)) {
+        nan.push_back((int32_t)i);
+        continue;
+      }
+      uint32_t u;
+      const float c = v == 0.f ? 0.f : v;
+      std::memcpy(&u, &c, 4);
+      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // IEEE order as unsigned order
+      if (descending) u = ~u;
+      key.push_back((uint64_t)u << 32 | (uint32_t)i);
     }
   }
+  static int32_t index(uint64_t k) { return (int32_t)(uint32_t)k; }
+  float value(uint64_t k) const { return val[(size_t)index(k)]; }
 };
-// Total orders on (value, index) pairs without NaN: by value, ties by index.
-inline bool asc(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-  return a.first < b.first || (a.first == b.first && a.second < b.second);
-}
-inline bool desc(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-  return a.first > b.first || (a.first == b.first && a.second < b.second);
-}
 
 // Runs body(buf, k) for every line k, one thread per line, each thread with its own LineBuf.
 template <class Body>
@@ -219,14 +229,41 @@ inline double lerp(double a, double b, double frac) {
   const double diff = b - a;
   return frac >= 0.5 ? b - diff * (1.0 - frac) : a + diff * frac;
 }
-// The q-quantile of sorted values x[0..n-1] (n > 0).
-inline double quantile_sorted(const double* x, int64_t n, double q) {
-  const double pos = q * (double)(n - 1);
-  int64_t lo = (int64_t)std::floor(pos);
-  lo = std::clamp<int64_t>(lo, 0, n - 1);
-  const int64_t hi = std::min<int64_t>(lo + 1, n - 1);
-  return lerp(x[lo], x[hi], pos - (double)lo);
-}
+// The order statistics quantiles need: per probability the ranks lo, hi = min(lo + 1, n - 1) of its
+// two neighbours and its fraction; `ranks` holds every needed rank once, ascending, and at[j] the
+// positions of q[j]'s lo and hi in it.
+struct QuantilePlan {
+  std::vector<int64_t> ranks;
+  std::vector<std::pair<size_t, size_t>> at;
+  std::vector<double> frac;
+  QuantilePlan(const std::vector<double>& q, int64_t n) {
+    std::vector<std::pair<int64_t, int64_t>> lohi;
+    for (double p : q) {
+      const double pos = p * (double)(n - 1);
+      const int64_t lo = std::clamp<int64_t>((int64_t)std::floor(pos), 0, n - 1);
+      lohi.emplace_back(lo, std::min<int64_t>(lo + 1, n - 1));
+      frac.push_back(pos - (double)lo);
+      ranks.push_back(lo);
+      ranks.push_back(lohi.back().second);
+    }
+    std::sort(ranks.begin(), ranks.end());
+    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+    auto find = [&](int64_t r) { return (size_t)(std::lower_bound(ranks.begin(), ranks.end(), r) - ranks.begin()); };
+    for (const auto& [lo, hi] : lohi) at.emplace_back(find(lo), find(hi));
+  }
+  // The quantiles of x (no NaN; reordered in place): the needed order statistics by successive
+  // selections (each rank's value is unique whatever the algorithm), then numpy's interpolation.
+  void eval(std::vector<double>& x, std::vector<double>& stat, double* out, int64_t out_stride) const {
+    stat.resize(ranks.size());
+    int64_t from = 0;
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      std::nth_element(x.begin() + from, x.begin() + ranks[r], x.end());
+      stat[r] = x[(size_t)ranks[r]];
+      from = ranks[r] + 1;
+    }
+    for (size_t j = 0; j < at.size(); ++j) out[(int64_t)j * out_stride] = lerp(stat[at[j].first], stat[at[j].second], frac[j]);
+  }
+};
 
 void check_probs(const std::vector<double>& q, const char* fn) {
   for (double p : q)
@@ -285,8 +322,8 @@ ValuesIndices sort(const Tensor& t, int d, bool descending) {
   float* vals = r.values.f32();
   int32_t* idx = r.indices.data<int32_t>();
   per_line(l.count, l.count * l.len * 8, [&](LineBuf& buf, int64_t k) {
-    buf.load(l.data + l.base[(size_t)k], l.len, l.stride);
-    std::sort(buf.num.begin(), buf.num.end(), descending ? desc : asc);
+    buf.load(l.data + l.base[(size_t)k], l.len, l.stride, descending);
+    std::sort(buf.key.begin(), buf.key.end());
     const int64_t o = ol.base(k);
     int64_t j = 0;
     auto put = [&](float v, int32_t i) {
@@ -295,10 +332,10 @@ ValuesIndices sort(const Tensor& t, int d, bool descending) {
       ++j;
     };
     if (descending)
-      for (int32_t i : buf.nan) put(std::numeric_limits<float>::quiet_NaN(), i);
-    for (const auto& p : buf.num) put(p.first, p.second);
+      for (int32_t i : buf.nan) put(buf.val[(size_t)i], i);
+    for (uint64_t key : buf.key) put(buf.value(key), LineBuf::index(key));
     if (!descending)
-      for (int32_t i : buf.nan) put(std::numeric_limits<float>::quiet_NaN(), i);
+      for (int32_t i : buf.nan) put(buf.val[(size_t)i], i);
   });
   return r;
 }
@@ -318,28 +355,27 @@ ValuesIndices topk(const Tensor& t, int64_t k, int d, bool largest, bool sorted)
   const OutLine ol = out_line(os, d);
   float* vals = r.values.f32();
   int32_t* idx = r.indices.data<int32_t>();
-  const float qnan = std::numeric_limits<float>::quiet_NaN();
   per_line(l.count, l.count * l.len * 4, [&](LineBuf& buf, int64_t line) {
-    buf.load(l.data + l.base[(size_t)line], l.len, l.stride);
+    buf.load(l.data + l.base[(size_t)line], l.len, l.stride, largest);
     // The order: largest = NaNs (index order) then numbers descending; smallest = numbers
     // ascending then NaNs. The first k of it are taken.
-    std::vector<std::pair<float, int32_t>>& num = buf.num;
-    const int64_t nn = (int64_t)num.size(), nnan = (int64_t)buf.nan.size();
+    std::vector<uint64_t>& key = buf.key;
+    const int64_t nn = (int64_t)key.size(), nnan = (int64_t)buf.nan.size();
     const int64_t from_nan_first = largest ? std::min(k, nnan) : 0;
     const int64_t from_num = std::min(k - from_nan_first, nn);
     const int64_t from_nan_last = largest ? 0 : k - from_num;
-    std::partial_sort(num.begin(), num.begin() + from_num, num.end(), largest ? desc : asc);
-    std::vector<std::pair<float, int32_t>> sel;
-    sel.reserve((size_t)k);
-    for (int64_t i = 0; i < from_nan_first; ++i) sel.emplace_back(qnan, buf.nan[(size_t)i]);
-    for (int64_t i = 0; i < from_num; ++i) sel.push_back(num[(size_t)i]);
-    for (int64_t i = 0; i < from_nan_last; ++i) sel.emplace_back(qnan, buf.nan[(size_t)i]);
-    if (!sorted)
-      std::sort(sel.begin(), sel.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+    if (from_num < nn) std::partial_sort(key.begin(), key.begin() + from_num, key.end());
+    else std::sort(key.begin(), key.end());
+    std::vector<int32_t>& sel = buf.sel;
+    sel.clear();
+    for (int64_t i = 0; i < from_nan_first; ++i) sel.push_back(buf.nan[(size_t)i]);
+    for (int64_t i = 0; i < from_num; ++i) sel.push_back(LineBuf::index(key[(size_t)i]));
+    for (int64_t i = 0; i < from_nan_last; ++i) sel.push_back(buf.nan[(size_t)i]);
+    if (!sorted) std::sort(sel.begin(), sel.end());
     const int64_t o = ol.base(line);
     for (int64_t j = 0; j < k; ++j) {
-      vals[o + j * ol.inner] = sel[(size_t)j].first;
-      idx[o + j * ol.inner] = sel[(size_t)j].second;
+      vals[o + j * ol.inner] = buf.val[(size_t)sel[(size_t)j]];
+      idx[o + j * ol.inner] = sel[(size_t)j];
     }
   });
   return r;
@@ -348,10 +384,14 @@ ValuesIndices topk(const Tensor& t, int64_t k, int d, bool largest, bool sorted)
 namespace {
 // The k-th (0-based) element of the ascending order (numbers, then NaNs) of a loaded line.
 std::pair<float, int32_t> kth_of(LineBuf& buf, int64_t k) {
-  const int64_t nn = (int64_t)buf.num.size();
-  if (k >= nn) return {std::numeric_limits<float>::quiet_NaN(), buf.nan[(size_t)(k - nn)]};
-  std::nth_element(buf.num.begin(), buf.num.begin() + k, buf.num.end(), asc);
-  return buf.num[(size_t)k];
+  const int64_t nn = (int64_t)buf.key.size();
+  if (k >= nn) {
+    const int32_t i = buf.nan[(size_t)(k - nn)];
+    return {buf.val[(size_t)i], i};
+  }
+  std::nth_element(buf.key.begin(), buf.key.begin() + k, buf.key.end());
+  const uint64_t key = buf.key[(size_t)k];
+  return {buf.value(key), LineBuf::index(key)};
 }
 
 ValuesIndices select_kth(const Tensor& t, int d, bool keepdim, const char* fn, int64_t k /* 1-based; 0: median */) {
@@ -372,9 +412,9 @@ ValuesIndices select_kth(const Tensor& t, int d, bool keepdim, const char* fn, i
   float* vals = r.values.f32();
   int32_t* idx = r.indices.data<int32_t>();
   per_line(l.count, l.count * l.len * 2, [&](LineBuf& buf, int64_t line) {
-    buf.load(l.data + l.base[(size_t)line], l.len, l.stride);
+    buf.load(l.data + l.base[(size_t)line], l.len, l.stride, false);
     std::pair<float, int32_t> p;
-    if (k == 0 && !buf.nan.empty()) p = {std::numeric_limits<float>::quiet_NaN(), buf.nan[0]};
+    if (k == 0 && !buf.nan.empty()) p = {buf.val[(size_t)buf.nan[0]], buf.nan[0]};
     else p = kth_of(buf, k == 0 ? (n - 1) / 2 : k - 1);
     vals[line] = p.first;
     idx[line] = p.second;
@@ -417,9 +457,10 @@ Tensor quantile_dim(const Tensor& t, const std::vector<double>& q, int d, bool k
   if (l.count == 0 || q.empty()) return r;
   float* out = r.f32();
   const int64_t nq = (int64_t)q.size();
-#pragma omp parallel if (worth_parallel(l.count * l.len * 8))
+  const QuantilePlan plan(q, l.len);
+#pragma omp parallel if (worth_parallel(l.count * l.len * 4))
   {
-    std::vector<double> x;
+    std::vector<double> x, stat, res((size_t)nq);
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < l.count; ++k) {
       const float* src = l.data + l.base[(size_t)k];
@@ -429,9 +470,9 @@ Tensor quantile_dim(const Tensor& t, const std::vector<double>& q, int d, bool k
         x[(size_t)i] = src[i * l.stride];
         nan = nan || std::isnan(x[(size_t)i]);
       }
-      if (!nan) std::sort(x.begin(), x.end());
-      for (int64_t j = 0; j < nq; ++j)
-        out[j * l.count + k] = nan ? std::numeric_limits<float>::quiet_NaN() : (float)quantile_sorted(x.data(), l.len, q[(size_t)j]);
+      if (nan) std::fill(res.begin(), res.end(), kNaN);
+      else plan.eval(x, stat, res.data(), 1);
+      for (int64_t j = 0; j < nq; ++j) out[j * l.count + k] = (float)res[(size_t)j];
     }
   }
   return r;
@@ -446,8 +487,8 @@ std::vector<double> quantile_all(const Tensor& t, const std::vector<double>& q) 
   std::vector<double> r(q.size(), kNaN);
   for (double a : x)
     if (std::isnan(a)) return r;
-  std::sort(x.begin(), x.end());
-  for (size_t j = 0; j < q.size(); ++j) r[j] = quantile_sorted(x.data(), (int64_t)x.size(), q[j]);
+  std::vector<double> stat;
+  QuantilePlan(q, (int64_t)x.size()).eval(x, stat, r.data(), 1);
   return r;
 }
 
