@@ -1,9 +1,9 @@
 // The toolkit's selection kernels against plain baselines on a [N, N] f32 tensor (N = 4096 by
 // default): sort along rows vs std::sort of each row's values (no indices), sort along columns (a
-// strided input), topk(32) vs std::partial_sort, quantile(0.9) per row vs std::nth_element,
-// and var along rows vs an Eigen
-// two-pass expression. Ratio = toolkit time / baseline time (the toolkit also returns indices,
-// handles NaN and any strides). Each timing is the best of `reps` runs.
+// strided input), topk(32) vs std::partial_sort, quantile(0.9) per row vs std::nth_element, and var
+// along rows vs an Eigen two-pass expression. Ratio = toolkit time / baseline time (the toolkit
+// also returns indices, handles NaN and any strides, and uses the OpenMP threads; the baselines run
+// on one thread: set OMP_NUM_THREADS=1 for a like-for-like ratio). Each timing is the best of `reps`.
 // usage: bench_tensor_index [N] [reps]
 #include <algorithm>
 #include <chrono>

@@ -283,8 +283,9 @@ std::vector<int64_t> index_values(const Tensor& idx, const char* fn) {
   }
   const std::vector<float> f = idx.to_vector();
   for (size_t k = 0; k < f.size(); ++k) {
-    if (!(std::floor(f[k]) == f[k]) || std::fabs(f[k]) > 9.0e15)
+    if (!(std::floor(f[k]) == f[k]))
       fail(fn, ": the index tensor holds a non-integer value ", f[k], " (at element ", k + 1, ")");
+    if (std::fabs(f[k]) > 9.0e15) fail(fn, ": index ", f[k], " out of range (at element ", k + 1, ")");
     v[k] = (int64_t)f[k];
   }
   return v;
