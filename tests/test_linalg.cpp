@@ -304,8 +304,10 @@ TEST_CASE("qr: by hand, reconstruction, R's diagonal non-negative, complete mode
   const QrResult h = qr(tensor(2, 2, {3, 1, 4, 2}));
   CHECK(maxabs(md(h.Q) - (MatD(2, 2) << 0.6, -0.8, 0.8, 0.6).finished()) < 1e-6);
   CHECK(maxabs(md(h.R) - (MatD(2, 2) << 5, 2.2, 0, 0.4).finished()) < 1e-6);
-  // a column whose Householder reflection gives a negative diagonal: (−3, −4) -> R11 = +5
-  const QrResult neg = qr(tensor(2, 1, {-3, -4}));
+  // a column both ways: a Householder reflection gives −5 for one of them; R11 = +5 for both
+  const QrResult pos = qr(tensor(2, 1, {3, 4})), neg = qr(tensor(2, 1, {-3, -4}));
+  CHECK(std::abs(pos.R.get({0, 0}) - 5) < 1e-6);
+  CHECK(std::abs(pos.Q.get({0, 0}) - 0.6) < 1e-6);
   CHECK(std::abs(neg.R.get({0, 0}) - 5) < 1e-6);
   CHECK(std::abs(neg.Q.get({0, 0}) + 0.6) < 1e-6);
 

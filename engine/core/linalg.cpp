@@ -182,10 +182,13 @@ Tensor solve_triangular(const Tensor& A, const Tensor& B, const TriangularOpts& 
   // B: [n, k] (left), [k, n] (right) or a 1-d [n], which is a column (left) or a row (right).
   const bool vec = B.dim() == 1;
   const bool ok = vec ? B.size(0) == n : B.dim() == 2 && (o.left ? B.size(0) : B.size(1)) == n;
-  if (!ok)
-    fail(fn, ": B of shape ", shape_str(B.shape()), " does not match A of shape ", shape_str(A.shape()), " (expected ",
-         o.left ? "[" + std::to_string(n) + ", k]" : "[k, " + std::to_string(n) + "]", " or [", n, "] for ",
-         o.left ? "op(A)*X = B" : "X*op(A) = B", ")");
+  if (!ok) {
+    if (o.left)
+      fail(fn, ": B of shape ", shape_str(B.shape()), " does not match A of shape ", shape_str(A.shape()),
+           " (expected [", n, ", k] or [", n, "] for op(A)*X = B)");
+    fail(fn, ": B of shape ", shape_str(B.shape()), " does not match A of shape ", shape_str(A.shape()),
+         " (expected [k, ", n, "] or [", n, "] for X*op(A) = B)");
+  }
   const Tensor B2 = vec ? B.contiguous().view(o.left ? Shape{n, 1} : Shape{1, n}) : B;
   MatD b = read_matrix(B2, fn, "B");
   if (!o.unit)
