@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "core/linalg.h"
 #include "core/omp_wait.h"
@@ -110,10 +111,10 @@ int main(int argc, char** argv) {
     std::printf("| transform (rows x n) | fast s | fast GFLOP/s | inverse s | dense X*T^T s | dense GFLOP/s | ratio |\n");
     std::printf("|---|---|---|---|---|---|---|\n");
     const int64_t rows = quick ? 512 : 4096;
-    for (int64_t n : quick ? std::initializer_list<int64_t>{576, 1024} : std::initializer_list<int64_t>{4096, 1536, 576})
+    for (int64_t n : quick ? std::vector<int64_t>{576, 1024} : std::vector<int64_t>{4096, 1536, 576})
       transforms(rows, n, 3);
     std::printf("\n| factorization | qf s | Eigen s | qf/Eigen | Eigen GFLOP/s |\n|---|---|---|---|---|\n");
-    for (int64_t n : quick ? std::initializer_list<int64_t>{256} : std::initializer_list<int64_t>{1024, 2048})
+    for (int64_t n : quick ? std::vector<int64_t>{256} : std::vector<int64_t>{1024, 2048})
       factorizations(n, 3);
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
