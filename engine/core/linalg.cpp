@@ -50,19 +50,35 @@ static void check_defined(const Tensor& t, const char* fn, const char* name) {
   if (!t.defined()) fail(fn, ": ", name, " is an undefined tensor");
 }
 
+// Row-major values ↔ a column-major matrix is a transpose: done in square tiles so both sides
+// stay in cache (a plain double loop misses on every element of one side for n in the 1000s).
+constexpr int64_t kTile = 32;
+
 // A 2-d tensor as an f64 matrix (any dtype, any strides), finite values only.
 static MatD read_matrix(const Tensor& A, const char* fn, const char* name) {
   check_defined(A, fn, name);
   if (A.dim() != 2) fail(fn, ": ", name, " must be a 2-d matrix, got shape ", shape_str(A.shape()));
   const int64_t r = A.size(0), c = A.size(1);
-  const std::vector<float> v = A.to_vector();
+  // A contiguous f32 matrix is read in place; anything else through one converting copy.
+  std::vector<float> copy;
+  const float* v = nullptr;
+  if (A.is_contiguous() && A.dtype() == DType::F32) {
+    v = r > 0 && c > 0 ? A.f32() : nullptr;
+  } else {
+    copy = A.to_vector();
+    v = copy.data();
+  }
+  bool finite = true;
   MatD M(r, c);
-  for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < c; ++j) {
-      const float x = v[i * c + j];
-      if (!std::isfinite(x)) fail_nonfinite(A, fn, name);
-      M(i, j) = x;
-    }
+  for (int64_t i0 = 0; i0 < r; i0 += kTile)
+    for (int64_t j0 = 0; j0 < c; j0 += kTile)
+      for (int64_t j = j0; j < std::min(c, j0 + kTile); ++j)
+        for (int64_t i = i0; i < std::min(r, i0 + kTile); ++i) {
+          const float x = v[i * c + j];
+          finite &= std::isfinite(x);
+          M(i, j) = x;
+        }
+  if (!finite) fail_nonfinite(A, fn, name);
   return M;
 }
 
@@ -88,11 +104,15 @@ static MatD read_rhs(const Tensor& B, int64_t n, const char* fn, const Shape& a_
   return read_matrix(B, fn, "B");
 }
 
-static Tensor write_matrix(const MatD& M) {
-  Tensor t = Tensor::empty({(int64_t)M.rows(), (int64_t)M.cols()});
+template <class Derived>
+static Tensor write_matrix(const Eigen::MatrixBase<Derived>& M) {
+  const int64_t r = M.rows(), c = M.cols();
+  Tensor t = Tensor::empty({r, c});
   float* p = t.f32();
-  for (Eigen::Index i = 0; i < M.rows(); ++i)
-    for (Eigen::Index j = 0; j < M.cols(); ++j) p[i * M.cols() + j] = (float)M(i, j);
+  for (int64_t i0 = 0; i0 < r; i0 += kTile)
+    for (int64_t j0 = 0; j0 < c; j0 += kTile)
+      for (int64_t i = i0; i < std::min(r, i0 + kTile); ++i)
+        for (int64_t j = j0; j < std::min(c, j0 + kTile); ++j) p[i * c + j] = (float)M(i, j);
   return t;
 }
 
@@ -104,18 +124,23 @@ static Tensor write_vector(const VecD& v) {
 
 // Checks symmetry to kSymTol relative to max|A| (naming the worst pair), then A = (A + Aᵀ)/2.
 static void symmetrize(MatD& a, const char* fn) {
+  const int64_t n = a.rows();
   const double scale = a.size() ? a.cwiseAbs().maxCoeff() : 0.0;
-  double worst = 0;
-  Eigen::Index wi = 0, wj = 0;
-  for (Eigen::Index j = 0; j < a.cols(); ++j)
-    for (Eigen::Index i = j + 1; i < a.rows(); ++i) {
-      const double d = std::abs(a(i, j) - a(j, i));
-      if (d > worst) worst = d, wi = i, wj = j;
-    }
+  double worst = 0, w_ij = 0, w_ji = 0;  // the worst pair (the first in column order on ties)
+  int64_t wi = 0, wj = 0;
+  // Tile pairs (I, J), J ≤ I, so a(i, j) and a(j, i) both stay in cache.
+  for (int64_t i0 = 0; i0 < n; i0 += kTile)
+    for (int64_t j0 = 0; j0 <= i0; j0 += kTile)
+      for (int64_t j = j0; j < std::min(n, j0 + kTile); ++j)
+        for (int64_t i = std::max(i0, j + 1); i < std::min(n, i0 + kTile); ++i) {
+          const double d = std::abs(a(i, j) - a(j, i));
+          if (d > worst || (d == worst && d > 0 && (j < wj || (j == wj && i < wi))))
+            worst = d, wi = i, wj = j, w_ij = a(i, j), w_ji = a(j, i);
+          a(i, j) = a(j, i) = 0.5 * (a(i, j) + a(j, i));
+        }
   if (worst > kSymTol * scale)
-    fail(fn, ": A is not symmetric: A(", wi + 1, ", ", wj + 1, ") = ", a(wi, wj), " but A(", wj + 1, ", ", wi + 1,
-         ") = ", a(wj, wi), " (tolerance ", kSymTol, " x max|A| = ", kSymTol * scale, ")");
-  a = (0.5 * (a + a.transpose())).eval();
+    fail(fn, ": A is not symmetric: A(", wi + 1, ", ", wj + 1, ") = ", w_ij, " but A(", wj + 1, ", ", wi + 1, ") = ", w_ji,
+         " (tolerance ", kSymTol, " x max|A| = ", kSymTol * scale, ")");
 }
 
 // Flips column j of M (and of P, if given) so its largest-magnitude component (the first on
@@ -135,7 +160,9 @@ static void fix_sign(MatD& M, Eigen::Index j, MatD* P = nullptr) {
 
 // Error path after Eigen's LLT failed: the unblocked left-looking factorization, to name the
 // first pivot that is not positive (LLT reports only that one failed).
-[[noreturn]] static void fail_cholesky_pivot(const MatD& a) {
+[[noreturn]] static void fail_cholesky_pivot(const Tensor& A) {
+  MatD a = read_square(A, "cholesky", "A");  // read again: the failed factorization ran in place
+  symmetrize(a, "cholesky");
   const Eigen::Index n = a.rows();
   MatD L = MatD::Zero(n, n);
   for (Eigen::Index j = 0; j < n; ++j) {
@@ -160,10 +187,11 @@ Tensor cholesky(const Tensor& A, bool upper) {
   symmetrize(a, "cholesky");
   const Eigen::Index n = a.rows();
   if (n == 0) return Tensor::empty({0, 0});
-  Eigen::LLT<MatD> llt(a);
-  if (llt.info() != Eigen::Success) fail_cholesky_pivot(a);
-  MatD L = llt.matrixL();
-  return write_matrix(upper ? MatD(L.transpose()) : L);
+  Eigen::LLT<Eigen::Ref<MatD>> llt(a);  // in place: a becomes L (below its diagonal)
+  if (llt.info() != Eigen::Success) fail_cholesky_pivot(A);
+  // L is a's lower triangle; the strict upper triangle still holds A's values: zero it.
+  for (Eigen::Index j = 1; j < n; ++j) a.col(j).head(j).setZero();
+  return upper ? write_matrix(a.transpose()) : write_matrix(a);
 }
 
 // ---- triangular solve -----------------------------------------------------------------
@@ -240,7 +268,7 @@ Tensor inv(const Tensor& A) {
   if (a.rows() == 0) return Tensor::empty({0, 0});
   Eigen::PartialPivLU<MatD> lu(a);
   check_lu(lu, "inv");
-  return write_matrix(lu.inverse());
+  return write_matrix(MatD(lu.inverse()));  // evaluated once (coefficient access on the expression would not be)
 }
 
 // ---- eigh, svd, qr --------------------------------------------------------------------
@@ -315,25 +343,16 @@ Tensor random_orthogonal(int64_t n, Rng& rng) { return write_matrix(random_ortho
 
 // x ← H_n·x (unnormalized Sylvester order) on n rows of w contiguous values each: the
 // butterflies act on whole rows, so w > 1 is H_n ⊗ I_w. n a power of two.
+// Rows j..j+h−1 of a block are adjacent, so each butterfly stage is one contiguous loop of h·w
+// values against the h·w values after them (vectorizes for any w).
 static void fwht_rows(double* x, int64_t n, int64_t w) {
   for (int64_t h = 1; h < n; h *= 2)
     for (int64_t i = 0; i < n; i += 2 * h) {
-      if (w == 1) {
-        double* a = x + i;
-        double* b = x + i + h;
-        for (int64_t j = 0; j < h; ++j) {
-          const double u = a[j], v = b[j];
-          a[j] = u + v, b[j] = u - v;
-        }
-      } else {
-        for (int64_t j = i; j < i + h; ++j) {
-          double* a = x + j * w;
-          double* b = x + (j + h) * w;
-          for (int64_t c = 0; c < w; ++c) {
-            const double u = a[c], v = b[c];
-            a[c] = u + v, b[c] = u - v;
-          }
-        }
+      double* a = x + i * w;
+      double* b = x + (i + h) * w;
+      for (int64_t t = 0; t < h * w; ++t) {
+        const double u = a[t], v = b[t];
+        a[t] = u + v, b[t] = u - v;
       }
     }
 }
