@@ -346,7 +346,18 @@ Tensor random_orthogonal(int64_t n, Rng& rng) { return write_matrix(random_ortho
 // Rows j..j+h−1 of a block are adjacent, so each butterfly stage is one contiguous loop of h·w
 // values against the h·w values after them (vectorizes for any w).
 static void fwht_rows(double* x, int64_t n, int64_t w) {
-  for (int64_t h = 1; h < n; h *= 2)
+  int64_t h = 1;
+  if (w == 1 && n >= 4) {
+    // The first two stages (h = 1, 2) fused per group of 4: the same additions in the same
+    // order (so the same bits), without two passes of 1- and 2-element inner loops.
+    for (int64_t i = 0; i < n; i += 4) {
+      const double a0 = x[i] + x[i + 1], a1 = x[i] - x[i + 1];
+      const double a2 = x[i + 2] + x[i + 3], a3 = x[i + 2] - x[i + 3];
+      x[i] = a0 + a2, x[i + 1] = a1 + a3, x[i + 2] = a0 - a2, x[i + 3] = a1 - a3;
+    }
+    h = 4;
+  }
+  for (; h < n; h *= 2)
     for (int64_t i = 0; i < n; i += 2 * h) {
       double* a = x + i * w;
       double* b = x + (i + h) * w;
