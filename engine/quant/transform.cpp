@@ -8,9 +8,7 @@
 namespace qf {
 
 // Each row x of X replaced by T·x (inverse: Tᵀ·x) for the randomized Hadamard T of `seed`.
-static Tensor hadamard_rows(const Tensor& X, uint64_t seed, bool inverse) {
-  fail("transform: the randomized Hadamard kind needs core/linalg (not merged yet)");
-}
+static Tensor hadamard_rows(const Tensor& X, uint64_t seed, bool inverse) { return random_hadamard(X, seed, inverse, -1); }
 
 static const char* const kTransformNames[] = {"none", "perm", "diag", "hadamard", "dense"};
 
