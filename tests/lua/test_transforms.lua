@@ -24,7 +24,15 @@ local T = qf.tensor{ { 0, 1, 0, 0 }, { 0.6, 0, 0.8, 0 }, { 0.8, 0, -0.6, 0 }, { 
 local qT = qf.qlinear{ grid = g, codes = codes, input = { kind = "dense", matrix = T } }
 check((qT:dequantize() - B:matmul(T)):abs_max() < 1e-6, "dense: Ŵ·T")
 
+local Th = qf.linalg.random_hadamard_matrix(4, 7)
+local qh = qf.qlinear{ grid = g, codes = codes, input = { kind = "hadamard", seed = 7 } }
+check((qh:dequantize() - B:matmul(Th)):abs_max() < 1e-6, "hadamard: Ŵ·T with T = qf.linalg.random_hadamard_matrix(n, seed)")
+check_eq(qh:transforms().seed, 7)
+
 H.section("output transforms: W_eff = O·Ŵ")
+local Oh = qf.linalg.random_hadamard_matrix(3, 11)  -- 3 = 2^0·3: a random orthogonal 3×3 with signs
+local qoh = qf.qlinear{ grid = g, codes = codes, output = { kind = "hadamard", seed = 11 } }
+check((qoh:dequantize() - Oh:matmul(B)):abs_max() < 1e-6, "hadamard output: O·Ŵ")
 local o = qf.tensor{ 3, -2, 0.25 }
 local qo = qf.qlinear{ grid = g, codes = codes, output = { kind = "diag", diag = o } }
 check_eq((qo:dequantize() - B * o:view(3, 1)):abs_max(), 0, "diag: rows scaled")
@@ -56,6 +64,7 @@ check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "di
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "rotate" } } end, "kind must be \"perm\", \"diag\", \"hadamard\" or \"dense\"")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "diag", diag = d, scale = 1 } } end, "unknown option 'scale'")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = "diag" } end, "must be a table")
+check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "hadamard", seed = -1 } } end, "seed must be >= 0")
 
 H.section("a model: storage counts the transform, qforge keeps it, code formats refuse it, the norm absorbs it")
 local m = qf.load_model("../shared/models/stories260K")
@@ -87,6 +96,23 @@ check_error(function() m:save(qf.run_dir() .. "/t.gguf", { format = "gguf", dtyp
 check_error(function() m:save(qf.run_dir() .. "/t-gptq", { format = "gptq" }) end, "which GPTQ cannot store")
 local opt_name, msg = qf.check_save{ format = "gptq", model = m, path = "x" }
 check_eq(opt_name, "save", "check_save refuses before writing: " .. tostring(msg))
+
+-- A rotation: 64 bits of seed; kept by the qforge format, refused by GGUF, never folded.
+local mh = m:clone()
+local Wo = mh:weight(3, "o"):clone()
+local qrot = qf.rtn(qf.linalg.random_hadamard(Wo, 5), sp8)  -- rows w → T·w: Ŵ ≈ W·Tᵀ
+mh:set_linear(3, "o", qf.qlinear{ grid = qrot:grid(), codes = qrot:codes(), input = { kind = "hadamard", seed = 5 } })
+check((mh:weight(3, "o") - Wo):abs_max() < 0.02 * Wo:abs():max(), "8 bits in the rotated basis, rotated back, is close to W")
+local lo
+for _, l in ipairs(mh:storage{ per_linear = true }.linears) do if l.block == 3 and l.name == "o" then lo = l end end
+check_eq(lo.transform, 64 / (dim * dim), 1e-12, "a seed costs 64 bits")
+local ph = qf.run_dir() .. "/h.safetensors"
+mh:save(ph, { format = "qforge" })
+check_eq((qf.load_model(ph):weight(3, "o") - mh:weight(3, "o")):abs_max(), 0, "rebuilt from the seed, bit for bit")
+local rh = mh:fold_transforms()
+local hleft = false
+for _, e in ipairs(rh) do if e.block == 3 and e.linear == "o" then hleft = not e.folded and e.kind == "hadamard" and e.why:find("no norm precedes attn_out", 1, true) end end
+check(hleft, "a rotation of o's input stays, with the reason")
 
 -- A transform on q alone cannot fold: k and v read the same norm output.
 local m3 = m:clone()
