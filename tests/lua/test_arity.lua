@@ -21,6 +21,10 @@ local variadic = {
 -- Every function table: the module, and the methods of every class metatable in the registry
 -- (found there, so a class registered without register_class is still enumerated).
 local tables = { { "qf", ".", qf } }
+-- and the module's sub-tables of functions (qf.linalg, qf.math)
+for _, sub in ipairs{ "linalg", "math" } do
+  if check(type(qf[sub]) == "table", "qf." .. sub .. " exists") then tables[#tables + 1] = { "qf." .. sub, ".", qf[sub] } end
+end
 local classes = {}
 for k, mt in pairs(debug.getregistry()) do
   if type(k) == "string" and k:match("^qforge%.") and type(mt) == "table" and rawget(mt, "__name") == k then
