@@ -535,7 +535,7 @@ static int f_check_save(lua_State* L) {
   if (!lua_isnil(L, -1)) {
     const int g = lua_gettop(L);
     if (!lua_istable(L, g)) fail("check_save: option 'grid' must be a table, got ", type_name(L, g));
-    check_opts(L, g, "check_save grid", {"bits", "group", "sym", "f16_scales", "mapping", "outliers", "allocated", "float_zero", "ktype"});
+    check_opts(L, g, "check_save grid", {"bits", "group", "sym", "f16_scales", "mapping", "outliers", "allocated", "float_zero", "ktype", "transforms"});
     lua_getfield(L, g, "bits");
     const bool has_bits = !lua_isnil(L, -1);
     lua_pop(L, 1);
@@ -547,6 +547,7 @@ static int f_check_save(lua_State* L) {
     plan.outliers = opt_field_bool(L, g, "outliers", fn, false);
     plan.allocated = opt_field_bool(L, g, "allocated", fn, false);
     plan.float_zero = opt_field_bool(L, g, "float_zero", fn, false);
+    plan.transforms = opt_field_bool(L, g, "transforms", fn, false);
     plan.signed_scales = opt_field_str(L, g, "mapping", fn, "gptq") == "llamacpp";
     plan.ktype = opt_field_str(L, g, "ktype", fn, "");
     has_plan = true;

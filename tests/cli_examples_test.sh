@@ -31,4 +31,19 @@ check "mixed_precision: the 14 linears of blocks 1 and 5 at 8 bits" "$R" "$(coun
 check "mixed_precision: v and down of blocks 2-4 at 4 bits" "$R" "$(count '4 <= float(k) < 5') == 6"
 check "mixed_precision: the other 15 at 3 bits" "$R" "$(count 'float(k) < 4') == 15"
 
+run rot run recipes/examples/rotate_gptq.lua bits=3 sides=input $SMALL save_format=qforge save="$WORK/rot.safetensors" out="$WORK/rot"
+expect_rc "rotate_gptq.lua" 0
+R="$WORK/rot/results.json"
+run rot0 run recipes/examples/rotate_gptq.lua bits=3 sides=none $SMALL out="$WORK/rot0"
+expect_rc "rotate_gptq.lua sides=none" 0
+check "rotate_gptq: 64 bits per seed, one per linear, over the model's weights" "$R" \
+  "abs(r['storage']['bits_per_weight'] - json.load(open('$WORK/rot0/results.json'))['storage']['bits_per_weight'] - 35 * 64 / r['storage']['weights']) < 1e-9"
+check "rotate_gptq: every rotation kept (none folds)" "$R" "r['transforms_kept'] == 35"
+check "rotate_gptq: the layer objective is the rotated problem's, close to plain GPTQ's" "$R" \
+  "0.8 < r['objective_total'] / json.load(open('$WORK/rot0/results.json'))['objective_total'] < 1.2"
+[ -s "$WORK/rot.safetensors" ] && ok || bad "rotate_gptq: the qforge file was written"
+run rot_gguf run recipes/examples/rotate_gptq.lua bits=4 group=32 sym=true f16_scales=true save_format=gguf save_dtype=Q4_0 save="$WORK/rot.gguf" out="$WORK/rot_gguf"
+expect_rc "rotate_gptq.lua to GGUF Q4_0 is refused before any work" 2
+expect_in "names the reason" stderr "rotations and other transforms around them cannot be stored"
+
 finish cli_examples

@@ -256,7 +256,7 @@ function P.check_save(opt, grid)
     return
   end
   local plan = opt.bits ~= nil and { bits = opt.bits, group = opt.group, sym = opt.sym, f16_scales = opt.f16_scales, mapping = opt.mapping,
-    outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero,
+    outliers = grid.outliers, allocated = grid.allocated, float_zero = grid.float_zero, transforms = grid.transforms,
     ktype = opt.ktype ~= nil and opt.ktype ~= "none" and opt.ktype or nil } or nil
   local option, msg = qf.check_save{ format = opt.save_format, dtype = dtype ~= "" and dtype or nil, grid = plan }
   if option then qf.option_error(option, msg) end
@@ -489,7 +489,7 @@ end
 -- full-precision chain (one more block forward per block) is kept only when opt.finetune needs it,
 -- or as `fp_chain` says (a recipe whose ctx.cal only feeds a statistics pass passes false).
 -- `grid` describes the grids the recipe will make, for the export checks: {outliers=, allocated=,
--- float_zero=}; by default outliers when opt.ratio > 0, allocated when opt.target_bits is set
+-- float_zero=, transforms=}; by default outliers when opt.ratio > 0, allocated when opt.target_bits is set
 -- (and opt.alloc is not false); grid.check_model(m), when given, runs the recipe's own checks that
 -- need the loaded model. Every option is checked before the calibration work starts.
 function P.prepare(opt, fp_chain, grid)

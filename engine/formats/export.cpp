@@ -147,6 +147,7 @@ static constexpr int kF16MinBits = 5;
 static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, const GridPlan& p) {
   KQuantType kt;
   if (d && kquant_from_name(d->name, &kt)) {  // K-quant files: the linears' grids are that K type
+    if (p.transforms) return "it stores plain codes: rotations and other transforms around them cannot be stored (use save_format=qforge)";
     if (p.outliers) return "it stores no sparse outliers (use ratio=0 or save_format=qforge)";
     if (p.allocated) return "the CVXQ allocation gives every column its own bit depth (use save_format=qforge)";
     if (p.float_zero) return "decoupleQ's float zero points (use save_format=qforge)";
@@ -156,6 +157,8 @@ static std::string plan_refusal(const ExportFormat& f, const DTypeTraits* d, con
   if (!p.ktype.empty() && f.codes) return "a " + p.ktype + " grid is stored by gguf " + p.ktype + " only (or save_format=qforge)";
   if (!p.ktype.empty() && d && d->grid.cols > 0) return "a " + p.ktype + " grid is stored by gguf " + p.ktype + " (save_dtype=" + p.ktype + ")";
   const bool blocks = d && d->grid.cols > 0;
+  if ((blocks || f.codes) && p.transforms)
+    return "it stores plain codes: rotations and other transforms around them cannot be stored (use save_format=qforge, or hf for the dense weights)";
   if (blocks || f.codes) {
     if (p.outliers) return "it stores no sparse outliers (use ratio=0 or save_format=qforge)";
     if (p.allocated) return "the CVXQ allocation gives every column its own bit depth (use save_format=qforge)";

@@ -62,6 +62,7 @@ struct GridPlan {
   bool allocated = false;      // per-group bit allocation (CVXQ)
   bool float_zero = false;     // float zero points (decoupleQ)
   bool signed_scales = false;  // negative scales (grid mapping llamacpp)
+  bool transforms = false;     // input/output transforms around the codes (methods.md#transforms)
   std::string ktype;           // K-quant grids of this type ("Q4_K"; linears too narrow for 256-column
                                // super-blocks get the 32-block fallback grid and type)
 };
