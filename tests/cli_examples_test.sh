@@ -46,4 +46,15 @@ run rot_gguf run recipes/examples/rotate_gptq.lua bits=4 group=32 sym=true f16_s
 expect_rc "rotate_gptq.lua to GGUF Q4_0 is refused before any work" 2
 expect_in "names the reason" stderr "rotations and other transforms around them cannot be stored"
 
+run magr run recipes/examples/magr_gptq.lua bits=3 alpha=0.05 $SMALL out="$WORK/magr"
+expect_rc "magr_gptq.lua" 0
+run magr0 run recipes/examples/magr_gptq.lua bits=3 alpha=0 $SMALL out="$WORK/magr0"
+expect_rc "magr_gptq.lua alpha=0" 0
+R="$WORK/magr/results.json"
+check "magr_gptq: the clipping lowers every row's max |w| on average" "$R" "0.5 < r['linf_ratio_mean'] < 0.99"
+check "magr_gptq alpha=0 is plain GPTQ: the same objective as rotate_gptq sides=none" "$WORK/magr0/results.json" \
+  "r['objective_total'] == json.load(open('$WORK/rot0/results.json'))['objective_total']"
+check "magr_gptq: a smaller range, a lower objective against the original W than plain GPTQ" "$R" \
+  "r['objective_total'] < json.load(open('$WORK/magr0/results.json'))['objective_total']"
+
 finish cli_examples
