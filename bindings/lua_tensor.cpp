@@ -179,6 +179,21 @@ static int t_view(lua_State* L) {
   return 1;
 }
 
+// t:expand{...} / t:expand(a, b): numpy broadcasting as a view (size-1 dims repeat; -1 keeps a size).
+static int t_expand(lua_State* L) {
+  const Tensor& t = check_tensor(L, 1, "expand");
+  int next = 0;
+  const Shape s = shape_arg(L, 2, "expand", &next);
+  if (lua_gettop(L) >= next) too_many_args(L, next, "expand");
+  push_tensor(L, t.expand(s));
+  return 1;
+}
+
+static int t_is_expanded(lua_State* L) {
+  lua_pushboolean(L, check_tensor(L, 1, "is_expanded").is_expanded());
+  return 1;
+}
+
 static int t_contiguous(lua_State* L) {
   push_tensor(L, check_tensor(L, 1, "contiguous").contiguous());
   return 1;
@@ -640,6 +655,8 @@ void open_tensor(lua_State* L, int mod) {
                   {"transpose", qf_guard<t_transpose>, 3},
                   {"t", qf_guard<t_t>, 1},
                   {"view", qf_guard<t_view>, kVariadic},
+                  {"expand", qf_guard<t_expand>, kVariadic},
+                  {"is_expanded", qf_guard<t_is_expanded>, 1},
                   {"contiguous", qf_guard<t_contiguous>, 1},
                   {"clone", qf_guard<t_clone>, 1},
                   {"copy", qf_guard<t_copy>, 2},

@@ -184,6 +184,47 @@ Tensor Tensor::transpose(int d0, int d1) const {
   return r;
 }
 
+Tensor Tensor::expand(const Shape& shape) const {
+  need_defined(*this, "expand");
+  const int nd = (int)shape.size(), td = dim();
+  if (nd < td) fail("expand: cannot expand ", shape_str(shape_), " to ", shape_str(shape), " (fewer dimensions)");
+  Tensor r = *this;
+  r.shape_.assign(nd, 0);
+  r.strides_.assign(nd, 0);
+  for (int i = 0; i < nd; ++i) {
+    const int sd = i - (nd - td);  // the source dimension aligned with i (numpy: from the right)
+    const int64_t want = shape[i];
+    if (sd < 0) {
+      if (want < 0) fail("expand: -1 is not allowed for a new leading dimension (", shape_str(shape), ")");
+      r.shape_[i] = want;
+      continue;
+    }
+    const int64_t have = shape_[sd];
+    if (want == -1 || want == have) {
+      r.shape_[i] = have;
+      r.strides_[i] = strides_[sd];
+    } else if (have == 1 && want >= 0) {
+      r.shape_[i] = want;
+    } else {
+      fail("expand: cannot expand ", shape_str(shape_), " to ", shape_str(shape), " (dimension ", i + 1, ": ", have,
+           " to ", want, "; only size-1 dimensions repeat)");
+    }
+  }
+  return r;
+}
+
+bool Tensor::is_expanded() const {
+  for (int d = 0; d < dim(); ++d)
+    if (shape_[d] > 1 && strides_[d] == 0) return true;
+  return false;
+}
+
+void Tensor::check_writable(const char* op) const {
+  if (is_expanded())
+    fail(op, ": the tensor is an expanded view (a repeated dimension has stride 0), so one element would be written ",
+         "several times; write into a contiguous copy (t:contiguous()) instead");
+}
+
 Tensor Tensor::t() const {
   if (dim() != 2) fail("t(): expected a 2-d tensor, got ", dim(), "-d");
   return transpose(0, 1);
@@ -268,6 +309,7 @@ static inline void store_f32(void* base, DType dt, int64_t off, float v) {
 
 void Tensor::copy_(const Tensor& src) {
   need_defined(*this, "copy");
+  check_writable("copy");
   need_defined(src, "copy");
   if (src.shape_ != shape_)
     fail("copy: shape mismatch, destination ", shape_str(shape_), " vs source ", shape_str(src.shape_));
@@ -294,6 +336,7 @@ void Tensor::copy_(const Tensor& src) {
 
 void Tensor::fill_(float v) {
   need_defined(*this, "fill");
+  check_writable("fill");
   void* db = st_->data;
   const DType ddt = dt_;
   for_each_offset(*this, [&](int64_t, int64_t o) { store_f32(db, ddt, o, v); });
@@ -312,7 +355,10 @@ int64_t Tensor::elem_offset(const int64_t* idx, int n) const {
 }
 
 float Tensor::get(const int64_t* idx, int n) const { return load_f32(st_ ? st_->data : nullptr, dt_, elem_offset(idx, n)); }
-void Tensor::set(const int64_t* idx, int n, float v) { store_f32(st_->data, dt_, elem_offset(idx, n), v); }
+void Tensor::set(const int64_t* idx, int n, float v) {
+  check_writable("set");
+  store_f32(st_->data, dt_, elem_offset(idx, n), v);
+}
 
 float Tensor::item() const {
   need_defined(*this, "item");

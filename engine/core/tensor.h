@@ -71,6 +71,11 @@ class Tensor {
   Tensor transpose(int d0, int d1) const;
   Tensor t() const;                        // 2-D transpose
   Tensor view(const Shape& shape) const;   // contiguous tensors only; one -1 allowed
+  // numpy broadcasting as a view: size-1 dimensions (and new leading ones) repeat with stride 0;
+  // -1 keeps a size. Read-only: writing into an expanded view is an error (check_writable).
+  Tensor expand(const Shape& shape) const;
+  bool is_expanded() const;  // some dimension of size > 1 has stride 0
+  void check_writable(const char* op) const;  // errors on an expanded view
   Tensor rows(int64_t start, int64_t len) const { return narrow(0, start, len); }
   Tensor cols(int64_t start, int64_t len) const { return narrow(1, start, len); }
 

@@ -140,6 +140,7 @@ static void need_f32_dst(const Tensor& t, const char* fn) {
   if (!t.defined()) fail(fn, ": tensor is undefined");
   if (t.dtype() != DType::F32)
     fail(fn, ": in-place math needs an f32 tensor, got ", dtype_name(t.dtype()), " (convert with :to('f32'), or use qf.", fn, ")");
+  t.check_writable(fn);
 }
 
 // ---- unary ----

@@ -19,6 +19,10 @@ static void need_f32(const Tensor& t, const char* fn) {
   if (!t.defined()) fail(fn, ": tensor is undefined");
   if (t.dtype() != DType::F32) fail(fn, ": tensor has dtype ", dtype_name(t.dtype()), ": convert with :to('f32') first");
 }
+static void need_f32_dst(const Tensor& t, const char* fn) {
+  need_f32(t, fn);
+  t.check_writable(fn);
+}
 
 static inline float apply1(BinOp op, float a, float b) {
   switch (op) {
@@ -31,14 +35,14 @@ static inline float apply1(BinOp op, float a, float b) {
 }
 
 void apply_(Tensor& t, BinOp op, float s) {
-  need_f32(t, binop_name(op));
+  need_f32_dst(t, binop_name(op));
   float* b = static_cast<float*>(t.storage()->data);
   for_each_offset(t, [&](int64_t, int64_t o) { b[o] = apply1(op, b[o], s); });
 }
 
 void apply_(Tensor& t, BinOp op, const Tensor& x, float alpha) {
   const char* fn = binop_name(op);
-  need_f32(t, fn);
+  need_f32_dst(t, fn);
   need_f32(x, fn);
   if (t.shape() != x.shape()) fail(fn, ": shape mismatch ", shape_str(t.shape()), " vs ", shape_str(x.shape()));
   if (!t.same_storage(x) && t.is_contiguous() && x.is_contiguous()) {
@@ -54,7 +58,7 @@ void apply_(Tensor& t, BinOp op, const Tensor& x, float alpha) {
 }
 
 void neg_(Tensor& t) {
-  need_f32(t, "neg");
+  need_f32_dst(t, "neg");
   float* b = static_cast<float*>(t.storage()->data);
   for_each_offset(t, [&](int64_t, int64_t o) { b[o] = -b[o]; });
 }

@@ -15,7 +15,7 @@ local variadic = {
   ["qf.zeros"] = true, ["qf.ones"] = true, ["qf.full"] = true,
   ["qforge.Tensor:get"] = true, ["qforge.Tensor:set"] = true, ["qforge.Tensor:view"] = true,
   ["qforge.Rng:rand"] = true, ["qforge.Rng:randn"] = true,
-  ["qf.randint"] = true, ["qforge.Tensor:permute"] = true,
+  ["qf.randint"] = true, ["qforge.Tensor:permute"] = true, ["qforge.Tensor:expand"] = true,
 }
 
 -- Every function table: the module, and the methods of every class metatable in the registry
@@ -96,6 +96,7 @@ check_error(function() return qf.rng(1):rand({2}, 1) end, "bad argument #2 to 'r
 check_error(function() return qf.rng(1):randn(2, 2, "x") end, "bad argument #3 to 'randn' (at most 2 arguments expected, got 3)")
 check_error(function() return qf.randint(qf.rng(1), 0, 1, {2}, 1) end, "bad argument #5 to 'randint' (at most 4 arguments expected, got 5)")
 check_error(function() return t:permute({2, 1}, 1) end, "bad argument #2 to 'permute' (at most 1 argument expected, got 2)")
+check_error(function() return t:expand({2, 2}, 1) end, "bad argument #2 to 'expand' (at most 1 argument expected, got 2)")
 check_eq(qf.zeros(2, 3, "f16"):dtype(), "f16", "within the count still works")
 check_eq(qf.rng(1):rand(2, 3):shape(), {2, 3})
 check_eq(t:view(4):shape(), {4})
