@@ -16,9 +16,51 @@ static const char* norm_before(Site s) {
   return nullptr;
 }
 
+// v's output transform O (dense, block-diagonal per kv head: blocks B_g) and o's input transform T
+// (dense, blockdiag over the q heads h of B_{g(h)}ᵀ) cancel across attention, which mixes tokens
+// within each head and never features: head h's output is B_{g(h)}·z'_h, and T maps it back to z'_h.
+// True when both are dense and T is exactly that arrangement of O's blocks (bit for bit).
+static bool vo_pair_cancels(const Model& m, const LinearTransform& O, const LinearTransform& T) {
+  if (O.kind != TransformKind::Dense || T.kind != TransformKind::Dense) return false;
+  const int64_t hd = m.cfg.head_dim(), nkv = m.cfg.n_kv_heads, nh = m.cfg.n_heads;
+  if (O.n != hd * nkv || T.n != hd * nh) return false;
+  const Tensor Oc = O.dense.contiguous(), Tc = T.dense.contiguous();
+  const float* o = Oc.f32();
+  const float* t = Tc.f32();
+  for (int64_t i = 0; i < O.n; ++i)  // O block-diagonal
+    for (int64_t j = 0; j < O.n; ++j)
+      if (i / hd != j / hd && o[i * O.n + j] != 0.f) return false;
+  const int64_t group = nh / nkv;
+  for (int64_t i = 0; i < T.n; ++i)
+    for (int64_t j = 0; j < T.n; ++j) {
+      const int64_t hi = i / hd, hj = j / hd;
+      const float want = hi != hj ? 0.f : o[((hi / group) * hd + j % hd) * O.n + (hi / group) * hd + i % hd];  // Bᵀ[i, j] = B[j, i]
+      if (t[i * T.n + j] != want) return false;
+    }
+  return true;
+}
+
 std::vector<FoldEntry> fold_transforms(Model& m) {
   std::vector<FoldEntry> out;
   const ArchSpec& arch = arch_of(m.cfg);
+  // The v/o pair first: it removes an output transform of v and an input transform of o.
+  for (int b = 0; b < m.n_blocks(); ++b) {
+    if (m.is_lazy() && m.resident[(size_t)b] == 0) continue;
+    Block& blk = m.block_mut(b);
+    Linear& v = blk.linear("v");
+    Linear& o = blk.linear("o");
+    if (!v.quant || !o.quant || !vo_pair_cancels(m, v.quant->output, o.quant->input)) continue;
+    auto qv = std::make_shared<QuantizedLinear>(*v.quant);
+    auto qo = std::make_shared<QuantizedLinear>(*o.quant);
+    qv->output = LinearTransform{};
+    qo->input = LinearTransform{};
+    v.weight.copy_(qv->dequantize());
+    o.weight.copy_(qo->dequantize());
+    v.quant = qv;
+    o.quant = qo;
+    out.push_back({b, "v", "dense", "output", true, "o's input (per-head orthogonal pair)"});
+    out.push_back({b, "o", "dense", "input", true, "v's output (per-head orthogonal pair)"});
+  }
   for (int b = 0; b < m.n_blocks(); ++b) {
     if (m.is_lazy() && m.resident[(size_t)b] == 0) continue;  // untouched file blocks hold no transforms
     Block& blk = m.block_mut(b);
@@ -46,7 +88,10 @@ std::vector<FoldEntry> fold_transforms(Model& m) {
           break;
         }
       }
-      if (!norm) why = std::string("no norm precedes ") + site_name(site) + " (its input is a product, not a norm's output)";
+      if (!norm)
+        why = std::string("no norm precedes ") + site_name(site) + " (its input is a product, not a norm's output; " +
+              (site == Site::AttnOut ? "o's input folds only against v's output as a per-head orthogonal pair"
+                                     : "SwiGLU's product passes no rotation") + ")";
       if (why.empty()) {
         const std::vector<float> d = first->diag;
         Tensor& g = blk.norm(norm);

@@ -21,7 +21,11 @@ struct FoldEntry {
 //   a diagonal input transform d shared (bit for bit) by every linear reading an RMSNorm's
 //   output (q/k/v after attn_norm, gate/up after ffn_norm) moves into the norm's gain: g ← g ⊙ d,
 //   since RMSNorm(x)·g then feeds T·x = d ⊙ (RMSNorm(x)·g). The codes are unchanged.
-// Other transforms stay (exports that store codes refuse them, naming the linear).
+//   v's dense output transform O, block-diagonal per kv head, and o's dense input transform made
+//   of the same blocks transposed (per q head, its kv head's block) cancel across attention, which
+//   mixes tokens, never features, within a head: both are removed, the codes unchanged.
+// Other transforms stay (exports that store codes refuse them, naming the linear); down/up never
+// pair, since SwiGLU's elementwise product passes no rotation.
 std::vector<FoldEntry> fold_transforms(Model& m);
 
 }  // namespace qf

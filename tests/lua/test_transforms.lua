@@ -141,4 +141,34 @@ for _, e in ipairs(rep3) do
 end
 check_eq(n3, 1, "q of block 2 stays")
 
+H.section("v/o: a per-head orthogonal pair cancels across attention and folds away")
+local mv = qf.load_model("../shared/models/stories260K")
+local c = mv:config()
+local hd, nkv, nh = c.head_dim, c.n_kv_heads, c.n_heads
+local kvd, group = hd * nkv, nh // nkv
+local Bs = {}
+for gi = 1, nkv do Bs[gi] = qf.linalg.random_orthogonal(hd, qf.rng(100 + gi)) end
+local Ov, To = qf.zeros{ kvd, kvd }, qf.zeros{ c.dim, c.dim }
+for gi = 1, nkv do Ov:narrow(1, (gi - 1) * hd + 1, hd):narrow(2, (gi - 1) * hd + 1, hd):copy(Bs[gi]) end
+for h = 1, nh do To:narrow(1, (h - 1) * hd + 1, hd):narrow(2, (h - 1) * hd + 1, hd):copy(Bs[(h - 1) // group + 1]:t()) end
+local function quant_vo(mm, b, Tin)
+  local Wv, Wo = mm:weight(b, "v"):clone(), mm:weight(b, "o"):clone()
+  local qv = qf.rtn(Ov:t():matmul(Wv), sp8)   -- W_eff = O·Ŵ ≈ Wv
+  local qo = qf.rtn(Wo:matmul(Tin:t()), sp8)  -- W_eff = Ŵ·T ≈ Wo
+  mm:set_linear(b, "v", qf.qlinear{ grid = qv:grid(), codes = qv:codes(), output = { kind = "dense", matrix = Ov } })
+  mm:set_linear(b, "o", qf.qlinear{ grid = qo:grid(), codes = qo:codes(), input = { kind = "dense", matrix = Tin } })
+end
+quant_vo(mv, 2, To)
+local Tbad = To:clone()
+Tbad:narrow(1, 1, hd):narrow(2, 1, hd):copy(Bs[1])  -- not transposed: no cancellation
+quant_vo(mv, 3, Tbad)
+local p_before = text_ppl(mv)
+local rv = mv:fold_transforms()
+local got = {}
+for _, e in ipairs(rv) do got[#got + 1] = string.format("%d.%s.%s:%s", e.block, e.linear, e.side, tostring(e.folded)) end
+table.sort(got)
+check_eq(got, { "2.o.input:true", "2.v.output:true", "3.o.input:false", "3.v.output:false" }, "block 2's pair folds, block 3's (wrong blocks) stays")
+check(mv:block(2):qlinear("v"):transforms() == nil and select(2, mv:block(2):qlinear("v"):transforms()) == nil, "v's output transform is gone")
+check(math.abs(text_ppl(mv) / p_before - 1) < 1e-4, "the function is unchanged: " .. text_ppl(mv) .. " vs " .. p_before)
+
 H.summary()
