@@ -12,6 +12,9 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
+#include <Eigen/LU>
+#include <Eigen/QR>
+#include <Eigen/SVD>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -96,6 +99,24 @@ static void factorizations(int64_t n, int reps_chol) {
   const double e_qf = best_of(1, [&] { r = eigh(A); });
   const double e_eig = best_of(1, [&] { Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(Ad); });
   std::printf("| eigh n = %-9lld | %8.4f | %8.4f | %6.2f | %7s |\n", (long long)n, e_qf, e_eig, e_qf / e_eig, "");
+  if (n > 1024) return;  // the rest at n = 1024 only (SVD at 2048 takes minutes here)
+  const Tensor B = randn(n, 64, g);
+  const Eigen::MatrixXd Bd = B.cmat().cast<double>();
+  const double s_qf = best_of(reps_chol, [&] { (void)solve(A, B); });
+  const double s_eig = best_of(reps_chol, [&] { Eigen::MatrixXd X = Eigen::PartialPivLU<Eigen::MatrixXd>(Ad).solve(Bd); });
+  std::printf("| solve n = %-8lld | %8.4f | %8.4f | %6.2f | %7s |\n", (long long)n, s_qf, s_eig, s_qf / s_eig, "(64 rhs)");
+  const double i_qf = best_of(reps_chol, [&] { (void)inv(A); });
+  const double i_eig = best_of(reps_chol, [&] { Eigen::MatrixXd X = Eigen::PartialPivLU<Eigen::MatrixXd>(Ad).inverse(); });
+  std::printf("| inv n = %-10lld | %8.4f | %8.4f | %6.2f | %7s |\n", (long long)n, i_qf, i_eig, i_qf / i_eig, "");
+  const double q_qf = best_of(1, [&] { (void)qr(G); });
+  const double q_eig = best_of(1, [&] {
+    Eigen::HouseholderQR<Eigen::MatrixXd> h(Gd);
+    Eigen::MatrixXd Q = h.householderQ() * Eigen::MatrixXd::Identity(n, n);
+  });
+  std::printf("| qr n = %-11lld | %8.4f | %8.4f | %6.2f | %7s |\n", (long long)n, q_qf, q_eig, q_qf / q_eig, "");
+  const double v_qf = best_of(1, [&] { (void)svd(G); });
+  const double v_eig = best_of(1, [&] { Eigen::BDCSVD<Eigen::MatrixXd> sv(Gd, Eigen::ComputeThinU | Eigen::ComputeThinV); });
+  std::printf("| svd n = %-10lld | %8.4f | %8.4f | %6.2f | %7s |\n", (long long)n, v_qf, v_eig, v_qf / v_eig, "");
 }
 
 int main(int argc, char** argv) {

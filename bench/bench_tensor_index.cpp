@@ -105,5 +105,63 @@ int main(int argc, char** argv) {
     });
     row("var(2) (two f64 passes)", a, "Eigen f64 two-pass expression", b);
   }
+  using Arr = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<const Arr> X(px, n, n);
+  {
+    const double a = best_of(reps, [&] { sink = cumsum(x, 1).f32()[n - 1]; });
+    const double b = best_of(reps, [&] {
+      Arr c(n, n);
+      for (int64_t r = 0; r < n; ++r) {
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) c(r, j) = (float)(acc += X(r, j));
+      }
+      sink = c(0, n - 1);
+    });
+    row("cumsum(2) (f64 running sums)", a, "a plain f64 running-sum loop", b);
+  }
+  Rng pg(2);
+  const Tensor perm = randperm(pg, n);  // 1-based? base 0 below
+  std::vector<int64_t> pv(n);
+  for (int64_t i = 0; i < n; ++i) pv[i] = (int64_t)perm.get({i});
+  const int64_t pbase = *std::min_element(pv.begin(), pv.end());
+  {
+    const double a = best_of(reps, [&] { sink = index_select(x, 1, perm, pbase).f32()[0]; });
+    const double b = best_of(reps, [&] {
+      Arr c(n, n);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < n; ++j) c(r, j) = X(r, pv[j] - pbase);
+      sink = c(0, 0);
+    });
+    row("index_select(2, a permutation)", a, "a plain gather loop", b);
+  }
+  {
+    Tensor idx = Tensor::empty({n, n}, DType::I32);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < n; ++j) idx.data<int32_t>()[r * n + j] = (int32_t)(pv[(j + r) % n]);
+    const double a = best_of(reps, [&] { sink = gather(x, 1, idx, pbase).f32()[0]; });
+    const int32_t* ip = idx.data<int32_t>();
+    const double b = best_of(reps, [&] {
+      Arr c(n, n);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < n; ++j) c(r, j) = X(r, ip[r * n + j] - pbase);
+      sink = c(0, 0);
+    });
+    row("gather(2, idx [n, n])", a, "a plain gather loop", b);
+  }
+  {
+    const double a = best_of(reps, [&] { sink = cat({x, x}, 0).f32()[0]; });
+    const double b = best_of(reps, [&] {
+      Arr c(2 * n, n);
+      c.topRows(n) = X;
+      c.bottomRows(n) = X;
+      sink = c(0, 0);
+    });
+    row("cat({x, x}, 1)", a, "Eigen block copies", b);
+  }
+  {
+    const double a = best_of(reps, [&] { sink = flip(x, 1).f32()[0]; });
+    const double b = best_of(reps, [&] { Arr c = X.rowwise().reverse(); sink = c(0, 0); });
+    row("flip(2)", a, "Eigen rowwise().reverse()", b);
+  }
   return 0;
 }
