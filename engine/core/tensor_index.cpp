@@ -28,10 +28,11 @@ void check_dim(const Tensor& t, int d, const char* fn) {
          t.dim() ? " (valid: 1.." + std::to_string(t.dim()) + ")" : std::string());
 }
 
-void need_f32(const Tensor& t, const char* fn) {
+void need_f32(const Tensor& t, const char* fn) {  // the in-place writers' check
   need_defined(t, fn);
   if (t.dtype() != DType::F32)
     fail(fn, ": tensor has dtype ", dtype_name(t.dtype()), ": convert with :to('f32') first");
+  t.check_writable(fn);
 }
 
 Tensor as_f32(const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to(DType::F32); }
