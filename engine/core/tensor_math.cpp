@@ -126,16 +126,6 @@ static void for_each_bcast(const Shape& shape, O* out, const Shape& ostr, const 
   }
 }
 
-static Shape contiguous_strides(const Shape& s) {
-  Shape st(s.size());
-  int64_t k = 1;
-  for (int i = (int)s.size() - 1; i >= 0; --i) {
-    st[i] = k;
-    k *= s[i];
-  }
-  return st;
-}
-
 static void need_f32_dst(const Tensor& t, const char* fn) {
   if (!t.defined()) fail(fn, ": tensor is undefined");
   if (t.dtype() != DType::F32)
@@ -167,11 +157,11 @@ static void dispatch_unary(UnaryOp op, G&& go) {
 
 // Contiguous f32 in and out: Eigen's vectorized array functions (its exp/log/tanh/logistic are SIMD
 // polynomials, several times faster than libm per element), over fixed chunks.
-static bool unary_contiguous(UnaryOp op, const float* in, float* out, int64_t n) {
+// Only for the ops eigen_unary() names.
+static void unary_contiguous(UnaryOp op, const float* in, float* out, int64_t n) {
   using A = Eigen::Array<float, Eigen::Dynamic, 1>;
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  bool ok = true;
 #pragma omp parallel for schedule(static) if (worth_parallel_stream(n))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
@@ -182,10 +172,9 @@ static bool unary_contiguous(UnaryOp op, const float* in, float* out, int64_t n)
       case UnaryOp::Log: y = x.log(); break;
       case UnaryOp::Tanh: y = x.tanh(); break;
       case UnaryOp::Sigmoid: y = x.logistic(); break;
-      default: ok = false;
+      default: break;  // not reached: callers check eigen_unary(op)
     }
   }
-  return ok;
 }
 static bool eigen_unary(UnaryOp op) {
   // Not sqrt/rsqrt: Eigen 3.4's fast AVX-512 sqrt gives NaN for +inf (x·rsqrt(x) = inf·0).
@@ -201,7 +190,7 @@ Tensor unary(const Tensor& t, UnaryOp op) {
   }
   const In a = make_in(t, t.shape(), fn);
   Tensor r = Tensor::uninitialized(t.shape());
-  dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a}, f); });
+  dispatch_unary(op, [&](auto f) { for_each_bcast<float, 1>(t.shape(), r.f32(), r.strides(), {&a}, f); });
   return r;
 }
 
@@ -248,11 +237,10 @@ Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
   if (!a.defined() || !b.defined()) fail(fn, ": tensor is undefined");
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), fn);
   const In x = make_in(a, shape, fn), y = make_in(b, shape, fn);
-  const Shape st = contiguous_strides(shape);
   Tensor r = Tensor::uninitialized(shape, binary_is_mask(op) ? DType::U8 : DType::F32);
   dispatch_binary(op, [&](auto f) {
     using R = decltype(f(0.f, 0.f));
-    for_each_bcast<R, 2>(shape, static_cast<R*>(r.raw()), st, {&x, &y}, f);
+    for_each_bcast<R, 2>(shape, static_cast<R*>(r.raw()), r.strides(), {&x, &y}, f);
   });
   return r;
 }
@@ -286,8 +274,8 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   const In m = make_in(mask, shape, fn, /*u8_ok=*/true), x = make_in(a, shape, fn), y = make_in(b, shape, fn);
   Tensor r = Tensor::uninitialized(shape);
   auto pick = [](float c, float p, float q) { return c != 0 ? p : q; };
-  if (m.keep.dtype() == DType::U8) for_each_bcast<float, 3, decltype(pick), uint8_t>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y}, pick);
-  else for_each_bcast<float, 3>(shape, r.f32(), contiguous_strides(shape), {&m, &x, &y}, pick);
+  if (m.keep.dtype() == DType::U8) for_each_bcast<float, 3, decltype(pick), uint8_t>(shape, r.f32(), r.strides(), {&m, &x, &y}, pick);
+  else for_each_bcast<float, 3>(shape, r.f32(), r.strides(), {&m, &x, &y}, pick);
   return r;
 }
 Tensor where(const Tensor& mask, float a, float b) { return where(mask, scalar_tensor(a), scalar_tensor(b)); }
@@ -300,7 +288,7 @@ Tensor clamp(const Tensor& t, float lo, float hi) {
   check_clamp(lo, hi);
   Tensor r = Tensor::uninitialized(t.shape());
   const In a = make_in(t, t.shape(), "clamp");
-  for_each_bcast<float, 1>(t.shape(), r.f32(), contiguous_strides(t.shape()), {&a},
+  for_each_bcast<float, 1>(t.shape(), r.f32(), r.strides(), {&a},
                            [lo, hi](float x) { return x < lo ? lo : x > hi ? hi : x; });
   return r;
 }
@@ -316,7 +304,7 @@ template <class F>
 static Tensor mask_of(const Tensor& t, const char* fn, F f) {
   const In a = make_in(t, t.shape(), fn);
   Tensor r = Tensor::uninitialized(t.shape(), DType::U8);
-  for_each_bcast<uint8_t, 1>(t.shape(), r.data<uint8_t>(), contiguous_strides(t.shape()), {&a}, f);
+  for_each_bcast<uint8_t, 1>(t.shape(), r.data<uint8_t>(), r.strides(), {&a}, f);
   return r;
 }
 Tensor isnan_mask(const Tensor& t) { return mask_of(t, "isnan", [](float x) { return (uint8_t)std::isnan(x); }); }

@@ -78,7 +78,11 @@ std::vector<FoldEntry> fold_transforms(Model& m) {
       std::string why;
       const LinearTransform* first = nullptr;
       for (Linear* l : lins) {
-        if (!l->quant || l->quant->input.kind != TransformKind::Diagonal || !l->quant->output.none()) {
+        if (l->quant && !l->quant->output.none()) {
+          why = std::string("'") + l->name + "' carries an output transform (only v's, against o's input as a per-head orthogonal pair, folds)";
+          break;
+        }
+        if (!l->quant || l->quant->input.kind != TransformKind::Diagonal) {
           why = std::string("'") + l->name + "' does not carry the same diagonal input transform as the other linears of " + site_name(site);
           break;
         }
