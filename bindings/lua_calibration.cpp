@@ -81,7 +81,10 @@ static int f_calibration(lua_State* L) {
   return 1;
 }
 
-// cal:capture([sites]) -> {attn_in = {sigma = Tensor, mu = Tensor, tokens = N}, ...}
+// cal:capture([sites] [, {cross = bool}]) -> {attn_in = {sigma = Tensor, mu = Tensor, tokens = N
+// [, cross = Tensor, sigma_fp = Tensor]}, ...}. cross = true adds, per site, G = Σ x·x̃ᵀ and the
+// full-precision Σ x·xᵀ (x: the full-precision chain's input, x̃: the quantized prefix's; the block's
+// current weights run both: capture at the block's start; docs/methods.md#qronos).
 static int c_capture(lua_State* L) {
   const char* fn = "capture";
   LCal& c = check_cal(L, 1, fn);
@@ -96,15 +99,38 @@ static int c_capture(lua_State* L) {
       lua_pop(L, 1);
     }
   }
-  std::map<Site, SiteStats> st = c.cal->capture(*c.m, sites);
+  bool cross = false;
+  if (!is_none_or_nil(L, 3)) {
+    check_table(L, 3, fn);
+    check_opts(L, 3, fn, {"cross"});
+    cross = opt_field_bool(L, 3, "cross", fn, false);
+  }
+  std::map<Site, SiteStats> st;
+  std::map<Site, CrossStats> cs;
+  if (cross) {
+    cs = c.cal->capture_cross(*c.m, sites);
+    for (auto& [site, x] : cs) st[site] = x.q;
+  } else {
+    st = c.cal->capture(*c.m, sites);
+  }
   lua_createtable(L, 0, (int)st.size());
   for (auto& [site, s] : st) {
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     push_tensor(L, s.sigma());
     lua_setfield(L, -2, "sigma");
     push_tensor(L, s.mu());
     lua_setfield(L, -2, "mu");
     set_field(L, "tokens", s.tokens);
+    if (cross) {
+      const CrossStats& x = cs.at(site);
+      Tensor g = Tensor::empty({x.cross.rows(), x.cross.cols()}), f = Tensor::empty({x.fp.rows(), x.fp.cols()});
+      g.mat() = x.cross.cast<float>();
+      f.mat() = x.fp.cast<float>();
+      push_tensor(L, g);
+      lua_setfield(L, -2, "cross");
+      push_tensor(L, f);
+      lua_setfield(L, -2, "sigma_fp");
+    }
     lua_setfield(L, -2, site_name(site));
   }
   return 1;
@@ -285,7 +311,7 @@ void open_calibration(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   // Arities (the most arguments used, self included): lua_util.h.
   register_class(L, kCalMT,
-                 {{"capture", qf_guard<c_capture>, 2}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
+                 {{"capture", qf_guard<c_capture>, 3}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
                   {"nblocks", qf_guard<c_nblocks>, 1}, {"memory_bytes", qf_guard<c_memory_bytes>, 1},
                   {"tokens", qf_guard<c_tokens>, 1}, {"fingerprint", qf_guard<c_fingerprint>, 1}, {"inputs", qf_guard<c_inputs>, 1}, {"activations", qf_guard<c_activations>, 3},
                   {"fp_inputs", qf_guard<c_fp_inputs>, 1}, {"fp_outputs", qf_guard<c_fp_outputs>, 1},

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "lua_util.h"
+#include "solvers/solver.h"
 #include "quant/grid.h"
 
 namespace qf::lua {
@@ -271,13 +272,18 @@ static int f_grid_from(lua_State* L) {
 
 // A transform table at stack index `idx` for a side of size n: {kind = "perm", perm = T (1-based)},
 // {kind = "diag", diag = T}, {kind = "hadamard", seed = N}, {kind = "dense", matrix = T}.
-static LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char* side, int64_t n) {
+LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char* side, int64_t n) {
   idx = lua_absindex(L, idx);
   const std::string what = std::string(fn) + ": " + side + " transform";
   if (lua_type(L, idx) != LUA_TTABLE) fail(what, " must be a table {kind = ..., ...}, got ", type_name(L, idx));
-  check_opts(L, idx, fn, {"kind", "perm", "diag", "seed", "matrix"});
+  check_opts(L, idx, fn, {"kind", "n", "perm", "diag", "seed", "matrix"});
   LinearTransform t;
   t.n = n;
+  if (lua_getfield(L, idx, "n") != LUA_TNIL) {  // q:transforms() gives n: it must be this side's size
+    const int64_t given = check_int(L, lua_gettop(L), fn);
+    if (given != n) fail(what, ": n = ", given, " but this side has ", n);
+  }
+  lua_pop(L, 1);
   const std::string kind = opt_field_str(L, idx, "kind", fn, "");
   if (!transform_kind_from_name(kind, &t.kind) || t.kind == TransformKind::None)
     fail(what, ": kind must be \"perm\", \"diag\", \"hadamard\" or \"dense\", got \"", kind, "\"");
@@ -318,7 +324,7 @@ static LinearTransform transform_arg(lua_State* L, int idx, const char* fn, cons
   return t;
 }
 
-static void push_transform(lua_State* L, const LinearTransform& t) {
+void push_transform(lua_State* L, const LinearTransform& t) {
   if (t.none()) {
     lua_pushnil(L);
     return;
@@ -348,6 +354,20 @@ static int q_transforms(lua_State* L) {
   push_transform(L, q.output);
   return 2;
 }
+// q:with_transforms(input [, output]) -> a copy of q with the transforms put on (each a transform
+// table or nil; a side q already transforms cannot take a second one). What P.quantize_model does
+// with a preprocessing step's transforms (docs/methods.md#preprocess).
+static int q_with_transforms(lua_State* L) {
+  const char* fn = "with_transforms";
+  const QuantizedLinear& q = check_qlinear(L, 1, fn);
+  LinearTransform in, out;
+  if (!is_none_or_nil(L, 2)) in = transform_arg(L, 2, fn, "input", q.grid.cols);
+  if (!is_none_or_nil(L, 3)) out = transform_arg(L, 3, fn, "output", q.grid.rows);
+  if (in.none() && out.none()) fail(fn, ": give an input or an output transform (both are nil)");
+  push_qlinear(L, attach_transforms(q, in, out, fn));
+  return 1;
+}
+
 static int q_dequantize_basis(lua_State* L) {
   push_tensor(L, check_qlinear(L, 1, "dequantize_basis").dequantize_basis());
   return 1;
@@ -453,7 +473,8 @@ void open_grid(lua_State* L, int mod) {
   register_class(L, kQLinMT,
                  {{"dequantize", qf_guard<q_dequantize>, 1}, {"codes", qf_guard<q_codes>, 1}, {"grid", qf_guard<q_grid>, 1},
                   {"nnz", qf_guard<q_nnz>, 1}, {"outliers", qf_guard<q_outliers>, 1},
-                  {"transforms", qf_guard<q_transforms>, 1}, {"dequantize_basis", qf_guard<q_dequantize_basis>, 1}},
+                  {"transforms", qf_guard<q_transforms>, 1}, {"dequantize_basis", qf_guard<q_dequantize_basis>, 1},
+                  {"with_transforms", qf_guard<q_with_transforms>, 3}},
                  udata_gc<QuantizedLinear>, qf_guard<q_tostring>);
   set_funcs(L, mod, {{"grid", qf_guard<f_grid>, 1}, {"fit_grid", qf_guard<f_fit_grid>, 3}, {"grid_from", qf_guard<f_grid_from>, 1},
                      {"qlinear", qf_guard<f_qlinear>, 1}});

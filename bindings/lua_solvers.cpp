@@ -182,23 +182,35 @@ static int f_check_solver_options(lua_State* L) {
   return 1;
 }
 
-static int f_solve(lua_State* L) {
-  const char* fn = "solve";
-  const std::string name = check_str(L, 1, fn);
-  const SolverEntry& e = find_solver(name);
-  check_opts(L, 2, fn, {"W", "sigma", "mu", "tokens", "site", "block", "name"});
-  check_table(L, 2, fn);
-  std::string where = name;
-  lua_getfield(L, 2, "block");
-  lua_getfield(L, 2, "name");
-  if (lua_isinteger(L, -2) && lua_type(L, -1) == LUA_TSTRING)
-    where += " (block " + std::to_string(lua_tointeger(L, -2)) + " linear " + lua_tostring(L, -1) + ")";
+// A layer problem table at `idx`: {W =, sigma = [, mu =, tokens =, site =, block =, name =, input =, output =]}
+// (the table P.quantize_model's solve receives; input/output: a preprocessing step's transforms,
+// docs/methods.md#preprocess). `who` names the solver or step; `where` gets "who (block b linear n)".
+struct ProblemArg {
+  LayerProblem p;
+  LinearTransform input, output;
+  std::string where;
+};
+static ProblemArg problem_arg(lua_State* L, int idx, const char* fn, const std::string& who) {
+  idx = lua_absindex(L, idx);
+  check_opts(L, idx, fn, {"W", "sigma", "mu", "tokens", "site", "block", "name", "input", "output", "cross", "sigma_fp"});
+  check_table(L, idx, fn);
+  ProblemArg a;
+  a.where = who;
+  lua_getfield(L, idx, "block");
+  lua_getfield(L, idx, "name");
+  int block = 0;
+  std::string name;
+  if (lua_isinteger(L, -2) && lua_type(L, -1) == LUA_TSTRING) {
+    block = (int)lua_tointeger(L, -2);
+    name = lua_tostring(L, -1);
+    a.where += " (block " + std::to_string(block) + " linear " + name + ")";
+  }
   lua_pop(L, 2);
   auto tensor_field = [&](const char* k, bool required) -> Tensor {
-    lua_getfield(L, 2, k);
+    lua_getfield(L, idx, k);
     Tensor t;
     if (lua_isnil(L, -1)) {
-      if (required) fail(where, ": the problem has no '", k, "'");
+      if (required) fail(a.where, ": the problem has no '", k, "'");
     } else {
       t = check_tensor(L, -1, fn);
     }
@@ -206,13 +218,125 @@ static int f_solve(lua_State* L) {
     return t;
   };
   Tensor W = tensor_field("W", true), S = tensor_field("sigma", true), mu = tensor_field("mu", false);
-  const int64_t tokens = opt_field_int(L, 2, "tokens", fn, 0);
-  const std::string site = opt_field_str(L, 2, "site", fn, "");
-  const LayerProblem p = LayerProblem::make(W, S, mu, tokens, site, where.c_str());
+  const int64_t tokens = opt_field_int(L, idx, "tokens", fn, 0);
+  const std::string site = opt_field_str(L, idx, "site", fn, "");
+  a.p = LayerProblem::make(W, S, mu, tokens, site, a.where.c_str());
+  a.p.block = block;
+  a.p.name = name;
+  Tensor cross = tensor_field("cross", false), sigma_fp = tensor_field("sigma_fp", false);
+  if (cross.defined() != sigma_fp.defined()) fail(a.where, ": give both 'cross' and 'sigma_fp' (the mismatched objective's statistics) or neither");
+  if (cross.defined()) set_cross_statistics(a.p, cross, sigma_fp, a.where.c_str());
+  if (lua_getfield(L, idx, "input") != LUA_TNIL) a.input = transform_arg(L, lua_gettop(L), fn, "input", a.p.W.size(1));
+  lua_pop(L, 1);
+  if (lua_getfield(L, idx, "output") != LUA_TNIL) a.output = transform_arg(L, lua_gettop(L), fn, "output", a.p.W.size(0));
+  lua_pop(L, 1);
+  return a;
+}
+
+// qf.solve(name, problem, grid [, opts]) -> QLinear, info. A problem from qf.preprocess carries its
+// transforms: the result gets them (W_eff = O·Ŵ′·T); info's objective is the solver's, on the
+// problem it saw (P.quantize_model measures the original layer's).
+static int f_solve(lua_State* L) {
+  const char* fn = "solve";
+  const std::string name = check_str(L, 1, fn);
+  const SolverEntry& e = find_solver(name);
+  const ProblemArg a = problem_arg(L, 2, fn, name);
   const GridSpec spec = grid_spec_arg(L, 3, fn);
   const json opts = options_arg(L, 4, fn);
-  SolveResult r = solve_layer(e.name, p, spec, opts, solver_log(L, e.name.c_str()));
+  SolveResult r = solve_layer(e.name, a.p, spec, opts, solver_log(L, e.name.c_str()));
+  if (!a.input.none() || !a.output.none()) r.q = attach_transforms(std::move(r.q), a.input, a.output, a.where);
   push_qlinear(L, std::move(r.q));
+  push_json(L, r.info);
+  return 2;
+}
+
+// qf.preprocessors() -> { {name =, help =, options = {...}}, ... } (as qf.solvers()).
+static int f_preprocessors(lua_State* L) {
+  const std::vector<PreprocessEntry>& r = preprocess_registry();
+  lua_createtable(L, (int)r.size(), 0);
+  for (size_t i = 0; i < r.size(); ++i) {
+    lua_createtable(L, 0, 3);
+    set_field(L, "name", r[i].name);
+    set_field(L, "help", r[i].help);
+    lua_createtable(L, (int)r[i].options.size(), 0);
+    for (size_t j = 0; j < r[i].options.size(); ++j) {
+      push_field(L, r[i].options[j], false);
+      lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    lua_setfield(L, -2, "options");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+// qf.preprocess_options(name) -> defaults, declarations (as qf.solver_options).
+static int f_preprocess_options(lua_State* L) {
+  const PreprocessEntry& e = find_preprocess(check_str(L, 1, "preprocess_options"));
+  lua_newtable(L);
+  for (const OptionField& f : e.options) {
+    push_json(L, f.default_value);
+    lua_setfield(L, -2, f.name.c_str());
+  }
+  lua_newtable(L);
+  for (const OptionField& f : e.options) {
+    push_field(L, f, true);
+    lua_setfield(L, -2, f.name.c_str());
+  }
+  return 2;
+}
+
+static int f_check_preprocess_options(lua_State* L) {
+  const PreprocessEntry& e = find_preprocess(check_str(L, 1, "check_preprocess_options"));
+  push_json(L, resolve_options(e.name, e.options, options_arg(L, 2, "check_preprocess_options")));
+  return 1;
+}
+
+// qf.preprocess(name, problem, grid [, opts]) -> problem′, info: the problem a solver should see
+// (a new table: W′, sigma′, mu′, the same tokens/site/block/name, and input/output transforms when
+// the step changes the basis; transforms the problem already had are kept, and a step may not
+// add a second one on the same side).
+static int f_preprocess(lua_State* L) {
+  const char* fn = "preprocess";
+  const std::string name = check_str(L, 1, fn);
+  const PreprocessEntry& e = find_preprocess(name);
+  const ProblemArg a = problem_arg(L, 2, fn, name);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  const json opts = options_arg(L, 4, fn);
+  PreprocessResult r = preprocess_layer(e.name, a.p, spec, opts, solver_log(L, e.name.c_str()));
+  LinearTransform in = a.input, out = a.output;
+  if (!r.input.none()) {
+    if (!in.none()) fail(a.where, ": the problem already has an input transform (", transform_kind_name(in.kind), "); ", e.name, "'s cannot be composed with it");
+    in = r.input;
+  }
+  if (!r.output.none()) {
+    if (!out.none()) fail(a.where, ": the problem already has an output transform (", transform_kind_name(out.kind), "); ", e.name, "'s cannot be composed with it");
+    out = r.output;
+  }
+  lua_createtable(L, 0, 9);
+  push_tensor(L, r.problem.W);
+  lua_setfield(L, -2, "W");
+  push_tensor(L, r.problem.sigma);
+  lua_setfield(L, -2, "sigma");
+  if (r.problem.mu.defined()) {
+    push_tensor(L, r.problem.mu);
+    lua_setfield(L, -2, "mu");
+  }
+  set_field(L, "tokens", r.problem.tokens);
+  if (r.problem.cross.defined()) {
+    push_tensor(L, r.problem.cross);
+    lua_setfield(L, -2, "cross");
+    push_tensor(L, r.problem.sigma_fp);
+    lua_setfield(L, -2, "sigma_fp");
+  }
+  if (!r.problem.site.empty()) set_field(L, "site", r.problem.site);
+  if (a.p.block > 0) {
+    set_field(L, "block", (int64_t)a.p.block);
+    set_field(L, "name", a.p.name);
+  }
+  push_transform(L, in);
+  lua_setfield(L, -2, "input");
+  push_transform(L, out);
+  lua_setfield(L, -2, "output");
   push_json(L, r.info);
   return 2;
 }
@@ -466,6 +590,10 @@ void open_solvers(lua_State* L, int mod) {
   set_funcs(L, mod,
             {{"solvers", qf_guard<f_solvers>, 0},
              {"solve", qf_guard<f_solve>, 4},
+             {"preprocessors", qf_guard<f_preprocessors>, 0},
+             {"preprocess_options", qf_guard<f_preprocess_options>, 1},
+             {"preprocess", qf_guard<f_preprocess>, 4},
+             {"check_preprocess_options", qf_guard<f_check_preprocess_options>, 2},
              {"solver_options", qf_guard<f_solver_options>, 1},
              {"check_solver_options", qf_guard<f_check_solver_options>, 2},
              {"rtn", qf_guard<f_rtn>, 3},

@@ -182,6 +182,10 @@ std::vector<float> importance_arg(lua_State* L, int arg, const char* fn, const G
 Grid& check_grid(lua_State* L, int arg, const char* fn);
 QuantizedLinear& check_qlinear(lua_State* L, int arg, const char* fn);
 void push_qlinear(lua_State* L, QuantizedLinear q);  // the userdata every solver returns
+// A transform table {kind =, [n =,] perm | diag | seed | matrix} for a side of size n (lua_grid.cpp);
+// `side` ("input"/"output") names it in errors. push_transform pushes nil for none.
+LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char* side, int64_t n);
+void push_transform(lua_State* L, const LinearTransform& t);
 
 // ---- blocks (lua_block.cpp) ----
 void push_block(lua_State* L, std::shared_ptr<Model> m, int index);  // m:block(b); index 0-based

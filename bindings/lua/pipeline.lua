@@ -5,6 +5,7 @@
 local P = {}
 local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
 local CAL_KQUANT = setmetatable({}, { __mode = "k" })     -- calibration -> K-quant fallback spec (P.prepare)
+local CAL_PRE = setmetatable({}, { __mode = "k" })        -- calibration -> preprocessing steps (P.preprocess)
 
 -- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
 P.common_options = {
@@ -118,7 +119,87 @@ function P.solve_options(own, help)
   own, help = own or {}, help or {}
   for k, v in pairs(SOLVE) do if own[k] == nil then own[k] = v end end
   for k, v in pairs(SOLVE_HELP) do if help[k] == nil then help[k] = v end end
+  return P.preprocess_options(own, help)
+end
+
+-- Preprocessing steps (docs/methods.md#preprocess): `pre` names registered steps (qf.preprocessors(),
+-- e.g. "magr", "quip", "magr,quip"), applied in order to each linear's problem before the solve;
+-- each step's options are recipe options prefixed by its name (magr_alpha, quip_seed, ...). A
+-- step's transforms go onto the solve's quantized linear, and the objective is measured on the
+-- original weight and Σ. P.solve_options includes these; P.prepare checks them before any work.
+function P.preprocess_options(own, help)
+  own, help = own or {}, help or {}
+  local names = {}
+  for _, e in ipairs(qf.preprocessors()) do
+    names[#names + 1] = e.name
+    local defaults, decl = qf.preprocess_options(e.name)
+    for _, o in ipairs(e.options) do
+      local k = e.name .. "_" .. o.name
+      if own[k] == nil then own[k] = defaults[o.name] end
+      if help[k] == nil then
+        local d = decl[o.name]
+        local t = {}
+        for dk, dv in pairs(d) do t[dk] = dv end
+        t[1] = e.name .. ": " .. d[1]
+        help[k] = t
+      end
+    end
+  end
+  if own.pre == nil then own.pre = "none" end
+  if help.pre == nil then
+    help.pre = "preprocessing before each solve, in order, comma-separated: none or " ..
+      (#names > 0 and table.concat(names, ", ") or "(no steps registered)") ..
+      "; a step's options are prefixed by its name; docs/methods.md#preprocess"
+  end
   return own, help
+end
+
+-- opt.pre as a list of {name =, options = {...}} (nil for "none"), every step's options checked;
+-- an option of a step that pre does not name, set to other than its default, is an error (it would
+-- be silently ignored).
+function P.preprocess(opt)
+  if opt.pre == nil then return nil end
+  local steps, named = {}, {}
+  if opt.pre ~= "none" then
+    for name in opt.pre:gmatch("[^,%s]+") do
+      local ok = false
+      for _, e in ipairs(qf.preprocessors()) do ok = ok or e.name == name end
+      if not ok then
+        local known = {}
+        for _, e in ipairs(qf.preprocessors()) do known[#known + 1] = e.name end
+        qf.option_error("pre", string.format("unknown preprocessing step '%s' (none, %s)", name,
+          #known > 0 and table.concat(known, ", ") or "no steps registered"))
+      end
+      if named[name] then qf.option_error("pre", "names '" .. name .. "' twice") end
+      named[name] = true
+      steps[#steps + 1] = { name = name }
+    end
+    if #steps == 0 then qf.option_error("pre", "is empty (none, or step names)") end
+  end
+  for _, e in ipairs(qf.preprocessors()) do
+    local defaults = qf.preprocess_options(e.name)
+    local o = {}
+    for k, d in pairs(defaults) do
+      local v = opt[e.name .. "_" .. k]
+      if v ~= nil then
+        if not named[e.name] and v ~= d then
+          qf.option_error(e.name .. "_" .. k, string.format("is set to %s but pre does not include %s (pre = %s)", tostring(v), e.name, opt.pre))
+        end
+        o[k] = v
+      end
+    end
+    for _, st in ipairs(steps) do
+      if st.name == e.name then
+        local ok, err = pcall(qf.check_preprocess_options, e.name, o)
+        if not ok then  -- name the recipe option: magr_alpha, not alpha
+          local k = tostring(err):match("option '([^']+)'")
+          qf.option_error(k and (e.name .. "_" .. k) or "pre", tostring(err))
+        end
+        st.options = o
+      end
+    end
+  end
+  return #steps > 0 and steps or nil
 end
 
 -- A registered solver's options as recipe options: its declared defaults and declarations
@@ -535,7 +616,8 @@ function P.prepare(opt, fp_chain, grid)
     end
     require("qforge.cvxq").check_overrides(m, opt, ov)  -- the budget left for the others, before any work
   end
-  local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids, overrides = ov }
+  local pre = P.preprocess(opt)
+  local ctx = { model = m, heldout = slice(ids, split + 1, #ids), split = split, ntokens = #ids, ids = ids, overrides = ov, pre = pre }
   -- The model is still full precision: its own evaluation and reference logits come first (a
   -- reference file that does not match is an option error before the calibration work).
   if opt.kld then ctx.references = P.references(ctx, opt) end
@@ -543,6 +625,7 @@ function P.prepare(opt, fp_chain, grid)
   ctx.cal = qf.calibration{ model = m, tokens = ids, range = { 1, split }, nsamples = opt.nsamples,
                             seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   CAL_OVERRIDES[ctx.cal] = ov
+  CAL_PRE[ctx.cal] = pre
   if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[ctx.cal] = P.kquant_fallback(opt) end
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   if ov then
@@ -633,6 +716,7 @@ function P.calibration(ctx, opt)
   local cal = qf.calibration{ model = ctx.model, tokens = ctx.ids, range = { 1, ctx.split }, nsamples = opt.nsamples,
                               seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
   CAL_OVERRIDES[cal] = ctx.overrides
+  CAL_PRE[cal] = ctx.pre
   if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[cal] = P.kquant_fallback(opt) end
   return cal
 end
@@ -661,6 +745,10 @@ end
 -- opts.finetune = {params=, lr=, epochs=, ...} (cal:finetune's options): after a block's linears are
 -- quantized, train its floats against its full-precision outputs (decoupleQ's block stage); the
 -- per-block losses are recorded as "finetune" and returned as .finetune.
+-- opts.cross = true: each block's statistics are captured with cal:capture(nil, {cross = true}) at its
+-- start and the problem carries cross and sigma_fp (Qronos, GPFQ; every registry solve then reports
+-- the mismatched objective ‖WX − ŴX̃‖², recorded per layer as `mismatched`; docs/methods.md#qronos).
+-- opts.pre: preprocessing steps (P.preprocess; default: what P.prepare stored for cal).
 -- opts.sigma_shrink = α > 0: the solve (and the refit) see qf.shrink_sigma(Σ, α); the objective
 -- recorded is still measured on Σ. opts.refit_scales: each QLinear a solve returns gets
 -- qf.refit_scales (its info gains `refit`).
@@ -672,6 +760,7 @@ end
 function P.quantize_model(m, cal, solve, opts)
   opts = opts or {}
   local ov = opts.overrides or CAL_OVERRIDES[cal]
+  local pre = opts.pre or CAL_PRE[cal]  -- preprocessing steps (P.preprocess)
   local kfallback = opts.kquant_fallback or CAL_KQUANT[cal]  -- the grid of linears too narrow for K super-blocks
   -- Names, sites and true-sequential stages come from the architecture table (m:arch()).
   local arch = m:arch()
@@ -681,9 +770,12 @@ function P.quantize_model(m, cal, solve, opts)
   local total, nlayers = 0, nb * #arch.linears
   local layers, finetunes = {}, {}
   local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
+  if opts.cross and opts.true_sequential then
+    error("quantize_model: cross statistics (Qronos, GPFQ) are captured once at each block's start, with the block still in full precision; true_sequential would need the block's full-precision weights for the later stages (docs/methods.md#qronos)", 0)
+  end
   for b = 1, nb do
     local tc = qf.now()
-    local stats = cal:capture()
+    local stats = cal:capture(nil, opts.cross and { cross = true } or nil)
     local capture_seconds = qf.now() - tc
     qf.log{ event = "block_capture", block = b, nblocks = nb, seconds = capture_seconds }
     for gi, group in ipairs(groups) do
@@ -719,8 +811,33 @@ function P.quantize_model(m, cal, solve, opts)
         end
         local shrink = (opts.sigma_shrink or 0) > 0
         local sigma = shrink and qf.shrink_sigma(st.sigma, opts.sigma_shrink) or st.sigma
-        local q, info = solve({ block = b, name = name, W = W:clone(), sigma = sigma, mu = st.mu, tokens = st.tokens },
-                              spec and qf.grid(spec) or nil)
+        local problem = { block = b, name = name, W = W:clone(), sigma = sigma, mu = st.mu, tokens = st.tokens, site = SITES[name],
+                          cross = st.cross, sigma_fp = st.sigma_fp }
+        local pre_info
+        if pre then  -- docs/methods.md#preprocess: each step on the problem the previous one left
+          pre_info = {}
+          local pg = spec and qf.grid(spec) or REGISTRY_SOLVES[solve] and qf.grid(REGISTRY_SOLVES[solve]) or opts.grid
+          if pg == nil then error("quantize_model: preprocessing needs the grid: pass opts.grid (a grid spec) for a recipe's own solve", 0) end
+          for _, st in ipairs(pre) do
+            local pinfo
+            problem, pinfo = qf.preprocess(st.name, problem, pg, st.options)
+            pre_info[#pre_info + 1] = pinfo
+          end
+        end
+        local q, info = solve(problem, spec and qf.grid(spec) or nil)
+        if pre and (problem.input or problem.output) and not qf.is_tensor(q) then
+          local qi, qo = q:transforms()
+          if (problem.input and not qi) or (problem.output and not qo) then  -- a recipe's own solve: put them on
+            q = q:with_transforms(not qi and problem.input or nil, not qo and problem.output or nil)
+          end
+        elseif pre and (problem.input or problem.output) then
+          error(string.format("quantize_model: block %d linear '%s': preprocessing changed the basis but solve returned a Tensor (return a QLinear so the transforms can be kept)", b, name), 0)
+        end
+        if pre_info then info = info or {}; info.pre = pre_info end
+        if opts.refit_scales and pre and (problem.input or problem.output) then
+          error(string.format("quantize_model: block %d linear '%s': refit_scales works in the weight's own basis; it cannot follow a preprocessing step that changes the basis (%s)",
+            b, name, opts.pre_label or "pre"), 0)
+        end
         if not (qf.is_tensor(q) or (type(q) == "userdata" and tostring(q):match("^qforge%.QLinear"))) then
           error(string.format("quantize_model: solve for block %d linear '%s' returned %s, expected a QLinear or a Tensor",
             b, name, q == nil and "nothing" or type(q) == "userdata" and tostring(q) or type(q)), 0)
@@ -746,7 +863,7 @@ function P.quantize_model(m, cal, solve, opts)
           info = info or {}
           info.refit = rinfo
         end
-        if opts.refit_scales or shrink then  -- measured on the layer's own Σ
+        if opts.refit_scales or shrink or pre then  -- measured on the layer's own Σ and original W
           obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)
         elseif REGISTRY_SOLVES[solve] then
           obj, rel = info.objective, info.relative
@@ -760,7 +877,7 @@ function P.quantize_model(m, cal, solve, opts)
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
                                 outliers = (not qf.is_tensor(q)) and q:nnz() or 0,
                                 grid = tname or (rule or fallback) and spec_label(spec) or nil, rule = rule and rule.index or nil,
-                                fallback = fallback or nil }
+                                fallback = fallback or nil, mismatched = info and info.mismatched or nil }
         local elapsed = qf.now() - t0
         local overhead = elapsed - solve_sum                      -- all non-solve time so far
         local per_block = b == 1 and 1.5 * overhead or overhead_done / (b - 1)

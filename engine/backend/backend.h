@@ -36,6 +36,10 @@ struct GptqBlock {
   // Per row chunk of the backend's own size, the proxy loss Σ (w − q)²/U_pp², accumulated over
   // blocks (the backend sizes it on first use); the caller adds the chunks in order at the end.
   std::vector<double>* loss = nullptr;
+  // Stochastic rounding (methods.md#stochastic-rounding): element (row i, original column col) is
+  // rounded with the draw counter_uniform(stochastic_key, i·cols + col).
+  bool stochastic = false;
+  uint64_t stochastic_key = 0;
 };
 
 // One coordinate-descent sweep (docs/methods.md#cd-update) over positions [0, nsweep) of a

@@ -105,6 +105,81 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
   return out;
 }
 
+// G += Xᵀ·Y over rows (X, Y [N, c] f32 contiguous): f32 products of 512-row pieces summed into f64
+// in a fixed order (the same for any thread count), like accumulate_gram.
+static void accumulate_cross(Eigen::MatrixXd& G, const Tensor& X, const Tensor& Y) {
+  using MatRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t N = X.size(0), c = X.size(1);
+  Eigen::Map<const MatRM> x(X.f32(), N, c), y(Y.f32(), N, c);
+  Eigen::MatrixXf P(c, c);
+  for (int64_t r0 = 0; r0 < N; r0 += 512) {
+    const int64_t n = std::min<int64_t>(512, N - r0);
+    P.noalias() = x.middleRows(r0, n).transpose() * y.middleRows(r0, n);
+    G += P.cast<double>();
+  }
+}
+
+std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std::vector<Site>& sites_) {
+  if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done (capture after the last advance)");
+  if (!fp_chain_) fail("calibration: cross statistics need the full-precision chain (made with fp_chain=false)");
+  const std::vector<Site> sites = sites_.empty() ? std::vector<Site>{Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid} : sites_;
+  std::map<Site, CrossStats> out;
+  for (Site s : sites) out[s].q.site = s;
+  // Whole windows per chunk, as chunked_block_forward: the quantized chain's Σ is bit-identical to capture()'s.
+  constexpr int64_t kChunkTokens = 8192;
+  const int wc = (int)std::max<int64_t>(1, kChunkTokens / T_);
+  for (int w0 = 0; w0 < B_; w0 += std::min(wc, B_)) {
+    const int nb = std::min(std::min(wc, B_), B_ - w0);
+    const int64_t r0 = (int64_t)w0 * T_, nr = (int64_t)nb * T_;
+    std::map<Site, Tensor> xfp;
+    auto obs_fp = [&](Site s, const Tensor& x) {
+      auto it = out.find(s);
+      if (it == out.end()) return;
+      CrossStats& cs = it->second;
+      const Tensor xc = x.contiguous().clone();
+      if (cs.fp.size() == 0) {
+        cs.fp = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+        cs.cross = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+      }
+      backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), cs.fp.data(), nullptr);
+      xfp[s] = xc;
+    };
+    auto obs_q = [&](Site s, const Tensor& x) {
+      auto it = out.find(s);
+      if (it == out.end()) return;
+      SiteStats& st = it->second.q;
+      if (st.sum.size() == 0) {
+        st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+        st.xsum = Eigen::VectorXd::Zero(x.size(1));
+      }
+      if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
+        fail("calibration: site ", site_name(s), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
+      const Tensor xc = x.contiguous();
+      backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());
+      st.tokens += x.size(0);
+      auto f = xfp.find(s);
+      if (f == xfp.end() || f->second.shape() != xc.shape())
+        fail("calibration: site ", site_name(s), ": the two chains gave different activations");  // cannot happen: same block
+      accumulate_cross(it->second.cross, f->second, xc);
+    };
+    const Tensor yf = block_forward(m, block_, xfp_.rows(r0, nr), nb, T_, obs_fp);
+    if (!yfp_.defined()) {  // as capture(): the full-precision outputs, before the recipe changes the block
+      if (w0 == 0) yfp_partial_ = Tensor::empty(xfp_.shape());
+      yfp_partial_.rows(r0, nr).copy_(yf);
+    }
+    block_forward(m, block_, xq_.rows(r0, nr), nb, T_, obs_q);
+  }
+  if (!yfp_.defined()) {
+    yfp_ = yfp_partial_;
+    yfp_partial_ = Tensor();
+  }
+  for (auto& [s, cs] : out) {
+    cs.q.sum = (0.5 * (cs.q.sum + cs.q.sum.transpose())).eval();
+    cs.fp = (0.5 * (cs.fp + cs.fp.transpose())).eval();
+  }
+  return out;
+}
+
 Tensor Calibration::activations(const Model& m, Site site, int w0, int nw, bool fp) const {
   if (block_ >= nblocks_) fail("activations: all ", nblocks_, " blocks are done");
   if (fp && !fp_chain_) fail("activations: this calibration has no full-precision chain (made with fp_chain=false)");

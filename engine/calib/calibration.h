@@ -45,6 +45,14 @@ struct SiteStats {
 // chunks and 64-row output blocks, f32 products summed into f64, the same for any thread count.
 void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X);
 
+// Statistics of one site for mismatched objectives (Qronos, GPFQ; docs/methods.md#qronos), with
+// x the full-precision chain's input at the site and x̃ the quantized-prefix chain's, token by token.
+struct CrossStats {
+  SiteStats q;             // Σ x̃x̃ᵀ, Σ x̃ (what capture() returns for the site)
+  Eigen::MatrixXd cross;   // G = Σ x·x̃ᵀ  [c, c] (row: full-precision feature, column: quantized)
+  Eigen::MatrixXd fp;      // Σ x·xᵀ      [c, c]
+};
+
 class Calibration {
  public:
   // fp_chain: also carry the full-precision chain (FP inputs of every block and the FP block's
@@ -63,6 +71,11 @@ class Calibration {
   // site (empty: all four). With true-sequential quantization call it again after each
   // sub-group so later linears see the quantized earlier ones.
   std::map<Site, SiteStats> capture(const Model& m, const std::vector<Site>& sites = {});
+  // capture() plus the cross statistics of each requested site: both chains run through the block
+  // with its current weights (so call it before the block's linears change: at the block's start
+  // the full-precision chain sees the full-precision block). Needs the full-precision chain. The
+  // quantized-prefix Σ is bit-identical to capture()'s.
+  std::map<Site, CrossStats> capture_cross(const Model& m, const std::vector<Site>& sites = {});
   // The input activations of one site of the current block, [nw·seqlen, c], for windows
   // w0 .. w0+nw−1 (0-based) of the quantized-prefix chain (fp: the full-precision chain), with the
   // model's current weights — what capture() sums into Σ, for output-based searches in Lua
@@ -81,6 +94,7 @@ class Calibration {
   int B_, T_, nblocks_, block_ = 0;
   bool fp_chain_ = true;
   Tensor xq_, xfp_, yfp_;
+  Tensor yfp_partial_;  // capture_cross's full-precision outputs while they are being filled
   std::vector<int32_t> windows_;
 };
 

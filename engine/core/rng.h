@@ -18,6 +18,22 @@ inline uint64_t splitmix64(uint64_t& x) {
   return z ^ (z >> 31);
 }
 
+// A counter-based uniform draw in [0, 1): a pure function of (key, index), so a draw does not
+// depend on which thread makes it or in what order (stochastic rounding inside parallel loops).
+inline double counter_uniform(uint64_t key, uint64_t index) {
+  uint64_t x = key ^ (index * 0xd1b54a32d192ed03ull);
+  splitmix64(x);
+  return (double)(splitmix64(x) >> 11) * 0x1.0p-53;
+}
+
+// A 64-bit key from a seed and a layer's (block, name): independent draws per layer.
+inline uint64_t layer_key(uint64_t seed, int block, const char* name) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the name
+  for (const char* c = name; c && *c; ++c) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+  uint64_t x = seed ^ (h + 0x9e3779b97f4a7c15ull * (uint64_t)(block + 1));
+  return splitmix64(x);
+}
+
 class Rng {
  public:
   explicit Rng(uint64_t seed = 0) {

@@ -144,6 +144,24 @@ struct Grid {
     return uniform_value((float)code, scale[p], zero[p]);
   }
   float quantize(float x, int64_t r, int64_t g) const { return value(code(x, r, g), r, g); }
+  // Unbiased stochastic rounding (docs/methods.md#stochastic-rounding): one of the two grid values
+  // around x — the one beyond the nearest with probability (x − v₀)/(v₁ − v₀) — so E[value] = x
+  // inside the grid's range; beyond the range, the nearest (clamped) code. u: uniform in [0, 1).
+  int stochastic_code(float x, int64_t r, int64_t g, double u) const {
+    const int q0 = code(x, r, g);
+    const float v0 = value(q0, r, g);
+    if (x == v0) return q0;
+    const int mq = maxq_at(r, g);
+    for (int d = -1; d <= 1; d += 2) {  // the neighbour on x's side of v0 (grids may decrease in the code)
+      const int q1 = q0 + d;
+      if (q1 < 0 || q1 > mq) continue;
+      const float v1 = value(q1, r, g);
+      if ((double)(v1 - v0) * (double)(x - v0) <= 0) continue;
+      const double p = (double)(x - v0) / (double)(v1 - v0);
+      return p >= 1 ? q1 : u < p ? q1 : q0;
+    }
+    return q0;
+  }
 };
 
 // (scale, zero) of one (row, group) from its range [xmin, xmax] (the caller makes it hold 0).

@@ -85,6 +85,31 @@ LayerProblem LayerProblem::make(Tensor W, Tensor sigma, Tensor mu, int64_t token
   return p;
 }
 
+void set_cross_statistics(LayerProblem& p, Tensor cross, Tensor sigma_fp, const char* fn) {
+  const int64_t c = p.W.size(1);
+  for (auto [name, t] : {std::pair<const char*, Tensor*>{"cross", &cross}, {"sigma_fp", &sigma_fp}}) {
+    if (!t->defined() || t->dim() != 2 || t->dtype() != DType::F32 || t->size(0) != c || t->size(1) != c)
+      fail(fn, ": ", name, " must be f32 [", c, ", ", c, "], got ", t->defined() ? shape_str(t->shape()) : std::string("none"));
+    check_finite(fn, name, *t);
+  }
+  p.cross = cross.contiguous();
+  p.sigma_fp = sigma_fp.contiguous();
+}
+
+Objective mismatched_objective(const LayerProblem& p, const Tensor& What) {
+  const char* fn = "mismatched_objective";
+  if (!p.cross.defined() || !p.sigma_fp.defined()) fail(fn, ": the problem has no cross statistics (cross, sigma_fp)");
+  check_2d_f32(fn, "What", What);
+  if (What.shape() != p.W.shape()) fail(fn, ": What is ", shape_str(What.shape()), " but W is ", shape_str(p.W.shape()));
+  const Eigen::MatrixXd W = p.W.contiguous().cmat().cast<double>(), Q = What.contiguous().cmat().cast<double>();
+  const Eigen::MatrixXd G = p.cross.cmat().cast<double>(), F = p.sigma_fp.cmat().cast<double>(), H = p.sigma.cmat().cast<double>();
+  const double ww = (W * F).cwiseProduct(W).sum(), wq = (W * G).cwiseProduct(Q).sum(), qq = (Q * H).cwiseProduct(Q).sum();
+  Objective o;
+  o.value = std::max(0.0, ww - 2 * wq + qq);
+  o.relative = ww > 0 ? o.value / ww : 0;
+  return o;
+}
+
 Objective objective(const Tensor& W, const Tensor& What, const Tensor& Sigma) {
   return objective(LayerProblem::make(W, Sigma, {}, 0, "", "objective"), What);
 }

@@ -31,6 +31,12 @@ struct LayerProblem {
   Tensor mu;            // [cols] mean input, or undefined
   int64_t tokens = 0;   // calibration tokens behind Σ (0: unknown)
   std::string site;     // activation site ("attn_in", …), "" when unknown
+  // Mismatched objectives (Qronos, GPFQ; docs/methods.md#qronos): with x the full-precision input
+  // and x̃ the quantized-prefix input (whose Gram matrix is `sigma`), cross = Σ x·x̃ᵀ and sigma_fp =
+  // Σ x·xᵀ [cols, cols] f32, or undefined. The mismatched objective is ‖WX − ŴX̃‖².
+  Tensor cross, sigma_fp;
+  int block = 0;        // 1-based block of the linear (0: unknown) — seeds per-layer draws (QuIP, stochastic rounding)
+  std::string name;     // the linear's name ("q", "down", …), "" when unknown
   // check_layer_problem (and μ's length); `fn` names the caller in errors.
   static LayerProblem make(Tensor W, Tensor sigma, Tensor mu = {}, int64_t tokens = 0, std::string site = "",
                            const char* fn = "layer problem");
@@ -38,6 +44,12 @@ struct LayerProblem {
 
 // The objective of Ŵ on a validated problem (only Ŵ is checked).
 Objective objective(const LayerProblem& p, const Tensor& What);
+
+// Checks and sets p.cross and p.sigma_fp (both [cols, cols] f32, finite); `fn` names the caller.
+void set_cross_statistics(LayerProblem& p, Tensor cross, Tensor sigma_fp, const char* fn);
+// ‖WX − ŴX̃‖² = tr(W Σ_fp Wᵀ) − 2 tr(W G Ŵᵀ) + tr(Ŵ Σ Ŵᵀ) in f64 (docs/methods.md#qronos), and
+// relative to tr(W Σ_fp Wᵀ); needs p.cross and p.sigma_fp.
+Objective mismatched_objective(const LayerProblem& p, const Tensor& What);
 
 // (1 − α)Σ + α·diag(Σ): shrinkage toward the diagonal, α in [0, 1] (methods.md#sigma-shrink) —
 // α = 1 keeps only the per-input importances (what llama.cpp's imatrix sees), α = 0 is Σ.

@@ -5,6 +5,8 @@
 // f64 and used in f32, like the reference's W/H updates.
 #include "solvers/gptq.h"
 
+#include "core/rng.h"
+
 #include <Eigen/Dense>
 #include "backend/backend.h"
 #include <algorithm>
@@ -165,6 +167,8 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
     kb.codes = codes;
     kb.E = E.data();
     kb.loss = &loss;
+    kb.stochastic = opt.stochastic;
+    kb.stochastic_key = opt.stochastic ? layer_key(opt.seed, lp.block, lp.name.c_str()) : 0;
     backend().gptq_block(kb);
   }
   res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;

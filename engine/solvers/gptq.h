@@ -12,6 +12,11 @@ struct GptqOptions {
   bool act_order = false;      // columns by decreasing diag(Σ)
   bool static_groups = false;  // group params from the original W up front (needs group > 0)
   int max_damp_tries = 8;      // Cholesky failure: multiply the damping by 10 and retry, logged
+  // Stochastic OPTQ (docs/methods.md#stochastic-rounding): each column rounded to one of its two
+  // neighbouring grid values, unbiased, from counter draws keyed by (seed, block, name) of the
+  // problem and (row, column) — the same codes for any thread count.
+  bool stochastic = false;
+  uint64_t seed = 0;
 };
 
 struct GptqResult {

@@ -10,6 +10,7 @@
 #include "solvers/gptq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
+#include "solvers/qronos.h"
 #include "solvers/rtn.h"
 
 namespace qf {
@@ -130,6 +131,8 @@ GptqOptions gptq_options(const ojson& o) {
   go.percdamp = o.at("percdamp").get<double>();
   go.act_order = o.at("act_order").get<bool>();
   go.static_groups = o.at("static_groups").get<bool>();
+  go.stochastic = o.at("stochastic").get<bool>();
+  go.seed = (uint64_t)o.at("seed").get<int64_t>();
   return go;
 }
 
@@ -170,6 +173,27 @@ AltMinOptions decoupleq_options(const ojson& o) {
   return ao;
 }
 
+QronosOptions qronos_options(const ojson& o) {
+  QronosOptions qo;
+  qo.act_order = o.at("act_order").get<bool>();
+  qo.percdamp = o.at("percdamp").get<double>();
+  qo.lambda_damp = o.at("lambda_damp").get<double>();
+  qo.blocksize = o.at("blocksize").get<int64_t>();
+  qo.stochastic = o.at("stochastic").get<bool>();
+  qo.seed = (uint64_t)o.at("seed").get<int64_t>();
+  return qo;
+}
+
+static std::vector<OptionField> qronos_fields() {
+  const QronosOptions d;
+  return {opt_bool("act_order", d.act_order, "columns in decreasing diag(H) order (H: the quantized-prefix Gram matrix)"),
+          opt_num("percdamp", d.percdamp, 0, "damping: fraction of mean diag H added to H and G (GPTQ's)"),
+          opt_num("lambda_damp", d.lambda_damp, 0, "damping: fraction of lambda_max(H) added to H and G (the Qronos reference's, 1e-6)"),
+          opt_int("blocksize", d.blocksize, 1, "columns per lazy batch"),
+          opt_bool("stochastic", d.stochastic, "unbiased stochastic rounding (docs/methods.md#stochastic-rounding)"),
+          opt_int("seed", (int64_t)d.seed, 0, "stochastic: the draws' seed (mixed with the layer's block and name)")};
+}
+
 static std::vector<SolverEntry> make_registry() {
   const GptqOptions g;
   const QuantEaseOptions qe;
@@ -184,7 +208,9 @@ static std::vector<SolverEntry> make_registry() {
                {opt_int("blocksize", g.blocksize, 1, "columns per lazy-batch block"),
                 opt_num("percdamp", g.percdamp, 0, "damping: fraction of mean diag Sigma added (x10 on Cholesky failure)"),
                 opt_bool("act_order", g.act_order, "columns in decreasing diag(Sigma) order"),
-                opt_bool("static_groups", g.static_groups, "group parameters from the original W up front (needs group > 0)")},
+                opt_bool("static_groups", g.static_groups, "group parameters from the original W up front (needs group > 0)"),
+                opt_bool("stochastic", g.stochastic, "stochastic OPTQ: unbiased rounding to one of the two neighbouring grid values (docs/methods.md#stochastic-rounding)"),
+                opt_int("seed", (int64_t)g.seed, 0, "stochastic: the draws' seed (mixed with the layer's block and name)")},
                [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
                  const GptqOptions go = gptq_options(o);
                  GptqResult gr = gptq(p, s, go, log);
@@ -235,6 +261,16 @@ static std::vector<SolverEntry> make_registry() {
                                {"damped_rows", ar.damped_rows}};
                  return SolveResult{std::move(ar.q), std::move(info)};
                }});
+  r.push_back({"qronos", "Qronos: correct the past, shape the future, then GPTQ diffusion on the mismatched objective ||WX - QX~||^2 (docs/methods.md#qronos)",
+               qronos_fields(), [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 QronosResult qr = qronos(p, s, qronos_options(o), log);
+                 return SolveResult{std::move(qr.q), ojson{{"lambda", qr.lambda}}};
+               }});
+  r.push_back({"gpfq", "GPFQ: greedy path following on the mismatched objective, no future update (docs/methods.md#gpfq)",
+               qronos_fields(), [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 QronosResult qr = gpfq(p, s, qronos_options(o), log);
+                 return SolveResult{std::move(qr.q), ojson{{"lambda", qr.lambda}}};
+               }});
   return r;
 }
 
@@ -252,6 +288,79 @@ const SolverEntry& find_solver(const std::string& name) {
   fail("unknown solver '", name, "' (known: ", known, ")");
 }
 
+// ---- preprocessing: entries are added by each method's file (docs/methods.md#preprocess) ----
+static std::vector<PreprocessEntry> make_preprocess_registry() {
+  std::vector<PreprocessEntry> r;
+  return r;
+}
+
+const std::vector<PreprocessEntry>& preprocess_registry() {
+  static const std::vector<PreprocessEntry> r = make_preprocess_registry();
+  return r;
+}
+
+const PreprocessEntry& find_preprocess(const std::string& name) {
+  std::string known;
+  for (const PreprocessEntry& e : preprocess_registry()) {
+    if (e.name == name) return e;
+    known += (known.empty() ? "" : ", ") + e.name;
+  }
+  fail("unknown preprocessing step '", name, "' (known: ", known.empty() ? "none" : known, ")");
+}
+
+PreprocessResult preprocess_layer(const std::string& name, const LayerProblem& p, const GridSpec& grid, const json& options,
+                                  const SolverLog& log) {
+  const PreprocessEntry& e = find_preprocess(name);
+  const ojson o = resolve_options(e.name, e.options, options);
+  const auto t0 = std::chrono::steady_clock::now();
+  PreprocessResult r = e.run(p, grid, o, log);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The step's problem must still be one linear's problem of the same shape (a solver trusts it).
+  if (r.problem.W.shape() != p.W.shape() || r.problem.sigma.shape() != p.sigma.shape())
+    fail(e.name, ": preprocessing changed the problem's shape (W ", shape_str(p.W.shape()), " -> ", shape_str(r.problem.W.shape()), ")");
+  if (p.cross.defined() && !r.problem.cross.defined()) {  // methods.md#qronos: the inputs X, X̃ are the step's unless it changes the basis
+    if (!r.input.none())
+      fail(e.name, ": the problem carries cross statistics (Qronos/GPFQ) and this step changes the input basis; they cannot be carried through it yet");
+    r.problem.cross = p.cross;
+    r.problem.sigma_fp = p.sigma_fp;
+  }
+  r.problem.block = p.block;
+  r.problem.name = p.name;
+  r.problem.site = p.site;
+  r.problem.tokens = p.tokens;
+  const std::string who = e.name + (p.block > 0 ? " (block " + std::to_string(p.block) + " linear " + p.name + ")" : "");
+  if (!r.input.none()) {
+    if (r.input.n != p.W.size(1)) fail(who, ": input transform of size ", r.input.n, " for ", p.W.size(1), " columns");
+    r.input.validate(who + ": input transform");
+  }
+  if (!r.output.none()) {
+    if (r.output.n != p.W.size(0)) fail(who, ": output transform of size ", r.output.n, " for ", p.W.size(0), " rows");
+    r.output.validate(who + ": output transform");
+  }
+  ojson info = {{"preprocess", e.name}, {"seconds", secs}};
+  for (auto it = r.info.begin(); it != r.info.end(); ++it) info[it.key()] = it.value();
+  info["options"] = o;
+  r.info = std::move(info);
+  return r;
+}
+
+QuantizedLinear attach_transforms(QuantizedLinear q, const LinearTransform& input, const LinearTransform& output,
+                                  const std::string& who) {
+  const int64_t rows = q.grid.rows, cols = q.grid.cols;
+  auto put = [&](LinearTransform& side, const LinearTransform& t, const char* which, int64_t n) {
+    if (t.none()) return;
+    if (!side.none())
+      fail(who, ": the quantized linear already has an ", which, " transform (", transform_kind_name(side.kind),
+           "); a second one (", transform_kind_name(t.kind), ") cannot be composed with it");
+    if (t.n != n) fail(who, ": ", which, " transform of size ", t.n, " for a linear with ", n, which[0] == 'i' ? " columns" : " rows");
+    t.validate(who + ": " + which + " transform");
+    side = t;
+  };
+  put(q.input, input, "input", cols);
+  put(q.output, output, "output", rows);
+  return q;
+}
+
 SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const GridSpec& grid, const json& options,
                         const SolverLog& log) {
   const SolverEntry& e = find_solver(solver);
@@ -261,6 +370,11 @@ SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const 
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const Objective obj = objective(p, r.q.dequantize());
   ojson info = {{"solver", e.name}, {"objective", obj.value}, {"relative", obj.relative}, {"seconds", secs}};
+  if (p.cross.defined() && p.sigma_fp.defined()) {  // methods.md#qronos: ‖WX − ŴX̃‖², for any solver
+    const Objective mo = mismatched_objective(p, r.q.dequantize());
+    info["mismatched"] = mo.value;
+    info["mismatched_relative"] = mo.relative;
+  }
   for (auto it = r.info.begin(); it != r.info.end(); ++it) info[it.key()] = it.value();
   info["options"] = o;
   r.info = std::move(info);

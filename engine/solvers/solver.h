@@ -17,6 +17,7 @@
 #include "solvers/gptq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
+#include "solvers/qronos.h"
 
 namespace qf {
 
@@ -72,10 +73,43 @@ GptqOptions gptq_options(const nlohmann::ordered_json& resolved);
 QuantEaseOptions quantease_options(const nlohmann::ordered_json& resolved);
 OutlierOptions quantease_outliers_options(const nlohmann::ordered_json& resolved);
 AltMinOptions decoupleq_options(const nlohmann::ordered_json& resolved);
+QronosOptions qronos_options(const nlohmann::ordered_json& resolved);  // qronos and gpfq
 const SolverEntry& find_solver(const std::string& name);  // error lists the known solvers
 
 // Resolves the options, runs the solver, and fills the common info fields.
 SolveResult solve_layer(const std::string& solver, const LayerProblem& p, const GridSpec& grid,
                         const nlohmann::json& options = nlohmann::json::object(), const SolverLog& log = nullptr);
+
+// ---- preprocessing (docs/methods.md#preprocess) -------------------------------------------------
+// A step before any solver: one linear's problem in, the problem the solver should see out, and
+// the transforms that take the solver's answer back to the original basis. With the convention of
+// grid.h (W_eff = O·Ŵ′·T, y = O·(Ŵ′·(T·x))) the solver sees W′ = O⁻¹·W·T⁻¹, Σ′ = T·Σ·Tᵀ, μ′ = T·μ,
+// and attach_transforms puts T and O on whatever quantized linear it returns. MagR changes W
+// alone (no transform); QuIP changes the basis on both sides. Steps compose in order; at most one
+// of them may set each side's transform.
+struct PreprocessResult {
+  LayerProblem problem;           // what the solver sees
+  LinearTransform input, output;  // none: no basis change on that side
+  nlohmann::ordered_json info;    // the method's own fields
+};
+
+struct PreprocessEntry {
+  std::string name;  // the method: "magr", "quip"
+  std::string help;  // one line
+  std::vector<OptionField> options;
+  std::function<PreprocessResult(const LayerProblem&, const GridSpec&, const nlohmann::ordered_json&, const SolverLog&)> run;
+};
+
+const std::vector<PreprocessEntry>& preprocess_registry();
+const PreprocessEntry& find_preprocess(const std::string& name);  // error lists the known steps
+
+// Resolves the options, runs the step; info gains preprocess (the name), seconds and options.
+PreprocessResult preprocess_layer(const std::string& name, const LayerProblem& p, const GridSpec& grid,
+                                  const nlohmann::json& options = nlohmann::json::object(), const SolverLog& log = nullptr);
+
+// q with the preprocessing transforms put on (validated against q's shape); a side that q already
+// transforms cannot take another one (transforms do not compose here): an error naming `who`.
+QuantizedLinear attach_transforms(QuantizedLinear q, const LinearTransform& input, const LinearTransform& output,
+                                  const std::string& who);
 
 }  // namespace qf

@@ -3,6 +3,7 @@
 // chunks run on separate threads with no communication; each chunk's GEMMs are single-threaded
 // (Eigen does not nest inside an OpenMP region) and per-chunk sums are added in chunk order, so
 // results do not depend on the thread count.
+#include "core/rng.h"
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -54,7 +55,8 @@ void CpuBackend::gptq_block(const GptqBlock& b) {
       float* e = E.col(j).data();
       double l = 0;
       for (int64_t i = r0; i < r1; ++i) {
-        const int q = grid.code(w[i], i, g);
+        const int q = b.stochastic ? grid.stochastic_code(w[i], i, g, counter_uniform(b.stochastic_key, (uint64_t)(i * c + col)))
+                                   : grid.code(w[i], i, g);
         const float v = grid.value(q, i, g);  // = QuantizedLinear::dequantize
         codes[i * c + col] = (uint8_t)q;
         const float diff = w[i] - v;
