@@ -318,11 +318,15 @@ PreprocessResult preprocess_layer(const std::string& name, const LayerProblem& p
   // The step's problem must still be one linear's problem of the same shape (a solver trusts it).
   if (r.problem.W.shape() != p.W.shape() || r.problem.sigma.shape() != p.sigma.shape())
     fail(e.name, ": preprocessing changed the problem's shape (W ", shape_str(p.W.shape()), " -> ", shape_str(r.problem.W.shape()), ")");
-  if (p.cross.defined() && !r.problem.cross.defined()) {  // methods.md#qronos: the inputs X, X̃ are the step's unless it changes the basis
-    if (!r.input.none())
-      fail(e.name, ": the problem carries cross statistics (Qronos/GPFQ) and this step changes the input basis; they cannot be carried through it yet");
-    r.problem.cross = p.cross;
-    r.problem.sigma_fp = p.sigma_fp;
+  if (p.cross.defined() && !r.problem.cross.defined()) {
+    // methods.md#qronos: both inputs move to the new basis, x → T·x and x̃ → T·x̃, so G′ = T·G·Tᵀ
+    // and Σ_fp′ = T·Σ_fp·Tᵀ (T·M·Tᵀ = T·(T·Mᵀ)ᵀ, with transform_apply_output computing T·M).
+    auto congruence = [&](const Tensor& M) {
+      if (r.input.none()) return M;
+      return transform_apply_output(r.input, transform_apply_output(r.input, M).t().contiguous()).t().contiguous();
+    };
+    r.problem.cross = congruence(p.cross);
+    r.problem.sigma_fp = congruence(p.sigma_fp);
   }
   r.problem.block = p.block;
   r.problem.name = p.name;
