@@ -36,9 +36,9 @@ using ojson = nlohmann::ordered_json;
 static SolverLog solver_log(lua_State* L, const char* solver) {
   RunContext* ctx = run_context(L);
   return [ctx, solver](const std::string& event, const std::string& detail) {
-    // Per-sweep progress goes to the run log only; anything else (damping escalation,
-    // a kept init, a projection) is also worth a line on stderr.
-    if (event != "sweep" && event != "iter" && event != "lambda_max")
+    // Per-sweep progress and per-layer summaries go to the run log only; anything else (damping
+    // escalation, a kept init, a projection) is also worth a line on stderr.
+    if (event != "sweep" && event != "iter" && event != "lambda_max" && event != "summary")
       std::fprintf(stderr, "%s: %s %s\n", solver, event.c_str(), detail.c_str());
     if (ctx) {
       try {
@@ -131,6 +131,15 @@ static void push_field(lua_State* L, const OptionField& f, bool for_options) {
   };
   bound("min", f.min);
   bound("max", f.max);
+  if (!f.also.empty()) {  // values accepted besides the range (columns = -1, target_bits = 0)
+    lua_createtable(L, (int)f.also.size(), 0);
+    for (size_t i = 0; i < f.also.size(); ++i) {
+      if (f.type == OptionType::Int) lua_pushinteger(L, (lua_Integer)f.also[i]);
+      else lua_pushnumber(L, f.also[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "also");
+  }
   if (!for_options && f.min_open) set_field(L, "min_open", true);
   if (!for_options && f.max_open) set_field(L, "max_open", true);
   if (!f.choices.empty()) {

@@ -381,3 +381,30 @@ TEST_CASE("magr: options are checked, and the registry fields map group 0 to the
   CHECK_THROWS_WITH_AS(resolve_options("magr", magr_option_fields(), {{"group", -2}}), doctest::Contains("option 'group'"), Error);
   CHECK_THROWS_WITH_AS(resolve_options("magr", magr_option_fields(), {{"alpa", 1}}), doctest::Contains("unknown option 'alpa'"), Error);
 }
+
+TEST_CASE("magr_problem: W replaced by magr's W′ with the grid's group; Σ, μ, site kept") {
+  const test::Problem pr = heavy_problem(12, 32, 23);
+  Tensor mu = Tensor::zeros({32});
+  const LayerProblem p = LayerProblem::make(pr.W, pr.S, mu, 77, "ffn_in");
+  GridSpec g;
+  g.bits = 3;
+  g.group = 8;
+  nlohmann::ordered_json info;
+  const auto resolved = resolve_options("magr", magr_option_fields(), {{"alpha", 4e-3}, {"iters", 25}});
+  const LayerProblem q = magr_problem(p, g, resolved, nullptr, &info);
+  MagrOptions o;
+  o.alpha = 4e-3;
+  o.iters = 25;
+  o.group = 8;
+  const MagrResult r = magr(p, o);
+  CHECK(same_bits(q.W, r.W));
+  CHECK(q.sigma.f32() == p.sigma.f32());
+  CHECK(q.mu.f32() == p.mu.f32());
+  CHECK(q.tokens == 77);
+  CHECK(q.site == "ffn_in");
+  CHECK(info.at("linf_group_ratio").get<double>() == r.linf_group_ratio);
+  CHECK(info.at("fidelity").get<double>() == r.fidelity);
+  g.group = -1;
+  o.group = -1;
+  CHECK(same_bits(magr_problem(p, g, resolved).W, magr(p, o).W));
+}

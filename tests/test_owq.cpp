@@ -269,6 +269,14 @@ TEST_CASE("owq: storage bits are the hand formula") {
   CHECK(s.outliers == 48.0 * (double)r + (16.0 * r + 16.0) * (n - 1) - 48.0);
   CHECK(s.codes == 3.0 * r * (c - n + 1));
   CHECK(nnz == n * r);
+  // a complete column whose codes do not all decode to 0 is COO as well (its codes carry values)
+  OwqResult res2 = owq(p, spec_of(3), by_columns(n));
+  const int64_t j = res2.weak[0];
+  uint8_t& code = res2.q.codes.data<uint8_t>()[5 * c + j];
+  code = (uint8_t)(code == 0 ? 1 : code - 1);
+  const StorageBits s2 = storage_bits(res2.q);
+  CHECK(s2.outliers == 48.0 * (double)r + (16.0 * r + 16.0) * (n - 1));
+  CHECK(column_outliers(res2.q).size() == (size_t)(n - 1));
 }
 
 TEST_CASE("owq: objective at most plain GPTQ's when a few inputs dominate Σ") {

@@ -104,7 +104,7 @@ MagrResult magr(const LayerProblem& p, const MagrOptions& opt, const SolverLog& 
   res.lambda_max = lambda_max(p.sigma);
   const double lam = res.lambda_max;
   const bool run = lam > 0;  // Σ = 0: every W′ has the same (zero) quadratic term; W is kept
-  if (!run && log) log("lambda_max", "Sigma is zero: W is returned unchanged");
+  if (!run && log) log("sigma_zero", "Sigma is zero: W is returned unchanged");
   const int iters = run ? opt.iters : 0;
   res.iters = iters;
 
@@ -185,7 +185,7 @@ MagrResult magr(const LayerProblem& p, const MagrOptions& opt, const SolverLog& 
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (log)
-    log("done", "lambda_max " + std::to_string(lam) + ", F " + std::to_string(res.objective.front()) + " -> " +
+    log("summary", "lambda_max " + std::to_string(lam) + ", F " + std::to_string(res.objective.front()) + " -> " +
                     std::to_string(res.objective.back()) + ", linf ratio " + std::to_string(res.linf_ratio));
   return res;
 }

@@ -93,7 +93,7 @@ OwqResult owq(const LayerProblem& p, const GridSpec& spec, const OwqOptions& opt
   OwqResult res;
   res.score = owq_scores(p, spec, opt.score);
   res.weak = owq_select(res.score, n);
-  if (log && n > 0) log("weak", std::to_string(n) + " weak columns of the " + where);
+  if (log && n > 0) log("summary", std::to_string(n) + " weak columns of the " + where);
   Tensor kept;
   GptqResult gr = gptq_keep_columns(p, spec, res.weak, &kept, opt.gptq, log);
   res.percdamp_used = gr.percdamp_used;

@@ -216,6 +216,14 @@ MagrOptions magr_options(const ojson& o, int64_t grid_group) {
   return m;
 }
 
+LayerProblem magr_problem(const LayerProblem& p, const GridSpec& grid, const ojson& resolved, const SolverLog& log, ojson* info) {
+  MagrResult r = magr(p, magr_options(resolved, grid.group), log);
+  if (info) *info = magr_info(r);
+  LayerProblem out = p;  // Σ, μ, tokens, site unchanged
+  out.W = std::move(r.W);
+  return out;
+}
+
 ojson magr_info(const MagrResult& r) {
   return {{"fidelity", r.fidelity}, {"relative", r.relative}, {"linf_ratio", r.linf_ratio}, {"linf_group_ratio", r.linf_group_ratio},
           {"lambda_max", r.lambda_max}, {"iters", r.iters}, {"objective_start", r.objective.front()},

@@ -85,6 +85,10 @@ OwqOptions owq_options(const nlohmann::ordered_json& resolved);
 const std::vector<OptionField>& magr_option_fields();
 MagrOptions magr_options(const nlohmann::ordered_json& resolved, int64_t grid_group);
 nlohmann::ordered_json magr_info(const MagrResult& r);
+// MagR as a preprocessing step: the problem with W replaced by W′ (everything else as given),
+// resolved = resolve_options on magr_option_fields(); *info (when given) = magr_info.
+LayerProblem magr_problem(const LayerProblem& p, const GridSpec& grid, const nlohmann::ordered_json& resolved,
+                          const SolverLog& log = nullptr, nlohmann::ordered_json* info = nullptr);
 const SolverEntry& find_solver(const std::string& name);  // error lists the known solvers
 
 // Resolves the options, runs the solver, and fills the common info fields.
