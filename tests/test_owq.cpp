@@ -361,6 +361,11 @@ TEST_CASE("owq: the rule through the solver, the kind from the site; errors name
   CHECK_THROWS_WITH_AS(owq(pn, spec_of(3), o), doctest::Contains("give option 'columns' or option 'target_bits', not both"), Error);
   CHECK_THROWS_WITH_AS(owq(pn, spec_of(3), OwqOptions{}), doctest::Contains("give option 'columns'"), Error);
   CHECK_THROWS_WITH_AS(owq(pn, spec_of(3), by_columns(96)), doctest::Contains("96 weak columns leave no column of the [16, 96] linear to quantize"), Error);
+  LayerProblem named = pm;
+  named.block = 3;
+  named.name = "down";
+  CHECK_THROWS_WITH_AS(owq(named, spec_of(3), by_columns(96)),
+                       doctest::Contains("leave no column of the block 3 linear down [16, 96] (site ffn_mid) to quantize"), Error);
   GridSpec comp = spec_of(3);
   comp.float_zero = true;
   CHECK_THROWS_WITH_AS(owq(pn, comp, by_columns(2)), doctest::Contains("needs a uniform grid with integer zeros"), Error);

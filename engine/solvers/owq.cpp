@@ -68,7 +68,10 @@ OwqResult owq(const LayerProblem& p, const GridSpec& spec, const OwqOptions& opt
   if (spec.kind != GridKind::Uniform || spec.float_zero || spec.mixed_bits() || !spec.row_group.empty())
     fail(fn, ": the weak columns' codes must decode to 0: needs a uniform grid with integer zeros and no allocation, got ", spec.str());
   const int64_t r = p.W.size(0), c = p.W.size(1);
-  const std::string where = shape_str(p.W.shape()) + " linear" + (p.site.empty() ? std::string() : " (site " + p.site + ")");
+  // "block 2 linear q [64, 64] (site attn_in)", or "[64, 64] linear" for a problem without a name.
+  const std::string where = (p.block > 0 && !p.name.empty() ? "block " + std::to_string(p.block) + " linear " + p.name + " " + shape_str(p.W.shape())
+                                                             : shape_str(p.W.shape()) + " linear") +
+                            (p.site.empty() ? std::string() : " (site " + p.site + ")");
 
   // n: given, or the budget rule with the linear's kind.
   const bool by_columns = opt.columns >= 0, by_bits = opt.target_bits != 0;

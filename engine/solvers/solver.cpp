@@ -365,6 +365,12 @@ const SolverEntry& find_solver(const std::string& name) {
 // ---- preprocessing: entries are added by each method's file (docs/methods.md#preprocess) ----
 static std::vector<PreprocessEntry> make_preprocess_registry() {
   std::vector<PreprocessEntry> r;
+  r.push_back({"magr", "MagR: per-row (or per-group) l-infinity magnitude reduction by proximal gradient, W replaced (docs/methods.md#magr)",
+               magr_option_fields(), [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 PreprocessResult pr;
+                 pr.problem = magr_problem(p, s, o, log, &pr.info);
+                 return pr;
+               }});
   return r;
 }
 

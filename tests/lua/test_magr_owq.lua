@@ -46,6 +46,23 @@ check_error(function() qf.magr(W, S, { group = -3 }) end, "magr: option 'group'"
 check_error(function() qf.magr(W, S, { iters = 1.5 }) end, "magr: option 'iters' must be an integer, got 1.5")
 check_error(function() qf.magr(W, qf.zeros({ 31, 31 }), {}) end, "Sigma is [31, 31] but W has 32 columns")
 
+H.section("magr as a preprocessing step: qf.preprocess = qf.magr with the grid's group")
+local pnames = {}
+for _, e in ipairs(qf.preprocessors()) do pnames[#pnames + 1] = e.name end
+check(table.concat(pnames, ","):find("magr", 1, true), "qf.preprocessors() lists magr")
+local layer = { W = W, sigma = S, site = "ffn_in", block = 2, name = "up" }
+local p2, pinfo = qf.preprocess("magr", layer, qf.grid{ bits = 3, group = 8 }, { alpha = 0.02, iters = 40 })
+check_eq((p2.W - Wg):abs_max(), 0, "qf.preprocess('magr') on a g8 grid = qf.magr with group = 8")
+check_eq((p2.sigma - S):abs_max(), 0, "Σ unchanged")
+check(p2.input == nil and p2.output == nil, "no transforms")
+check_eq(pinfo.preprocess, "magr")
+check_eq(pinfo.linf_group_ratio, ig.linf_group_ratio, "the same info as qf.magr")
+local p3 = qf.preprocess("magr", layer, qf.grid{ bits = 3 }, { alpha = 0.02, iters = 40 })
+check_eq((p3.W - Wp):abs_max(), 0, "per-channel grid: one term per row")
+local qm, qmi = qf.solve("gptq", p2, qf.grid{ bits = 3, group = 8 })
+check_eq((qm:dequantize() - qf.gptq(p2.W, S, qf.grid{ bits = 3, group = 8 }):dequantize()):abs_max(), 0, "then any solver on W'")
+check_error(function() qf.preprocess("magr", layer, qf.grid{ bits = 3 }, { alpha = -1 }) end, "magr: option 'alpha' must be a finite number >= 0")
+
 H.section("owq through the registry")
 local names = {}
 for _, s in ipairs(qf.solvers()) do names[#names + 1] = s.name end
