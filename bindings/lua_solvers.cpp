@@ -10,7 +10,7 @@
 //   qf.check_solver_options(name, opts) -> the resolved options (errors name the solver and the option)
 // and the layer solvers' primitives, 1:1 with the engine: qf.rtn, qf.gptq, qf.cd_sweep, qf.quantease,
 // qf.iht_step, qf.lambda_max, qf.quantease_outliers, qf.alt_min (decoupleQ's layer stage, docs/methods.md#decoupleq),
-// qf.objective. The solvers return a QLinear (lua_grid.cpp), all but qf.rtn with an info table; qf.cd_sweep
+// qf.magr (MagR's preprocessing, docs/methods.md#magr; W′ and info), qf.objective. The solvers return a QLinear (lua_grid.cpp), all but qf.rtn with an info table; qf.cd_sweep
 // and qf.iht_step update their tensor argument in place and return it.
 #include "solvers/solver.h"
 
@@ -36,9 +36,9 @@ using ojson = nlohmann::ordered_json;
 static SolverLog solver_log(lua_State* L, const char* solver) {
   RunContext* ctx = run_context(L);
   return [ctx, solver](const std::string& event, const std::string& detail) {
-    // Per-sweep progress goes to the run log only; anything else (damping escalation,
-    // a kept init, a projection) is also worth a line on stderr.
-    if (event != "sweep" && event != "iter" && event != "lambda_max")
+    // Per-sweep progress and per-layer summaries go to the run log only; anything else (damping
+    // escalation, a kept init, a projection) is also worth a line on stderr.
+    if (event != "sweep" && event != "iter" && event != "lambda_max" && event != "summary")
       std::fprintf(stderr, "%s: %s %s\n", solver, event.c_str(), detail.c_str());
     if (ctx) {
       try {
@@ -131,6 +131,15 @@ static void push_field(lua_State* L, const OptionField& f, bool for_options) {
   };
   bound("min", f.min);
   bound("max", f.max);
+  if (!f.also.empty()) {  // values accepted besides the range (columns = -1, target_bits = 0)
+    lua_createtable(L, (int)f.also.size(), 0);
+    for (size_t i = 0; i < f.also.size(); ++i) {
+      if (f.type == OptionType::Int) lua_pushinteger(L, (lua_Integer)f.also[i]);
+      else lua_pushnumber(L, f.also[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "also");
+  }
   if (!for_options && f.min_open) set_field(L, "min_open", true);
   if (!for_options && f.max_open) set_field(L, "max_open", true);
   if (!f.choices.empty()) {
@@ -555,6 +564,24 @@ static int f_refit_scales(lua_State* L) {
   return 2;
 }
 
+// qf.magr(W, sigma [, opts]) -> W′, info: MagR's ℓ∞ magnitude reduction (docs/methods.md#magr);
+// opts alpha, iters, group (0, the default, is one term per row here: there is no grid). info =
+// {fidelity, relative, linf_ratio, linf_group_ratio, lambda_max, iters, objective_start,
+// objective_end, seconds, objective = the composite objective at W and after every iteration,
+// options}.
+static int f_magr(lua_State* L) {
+  const char* fn = "magr";
+  const LayerProblem p = LayerProblem::make(check_tensor(L, 1, fn), check_tensor(L, 2, fn), {}, 0, "", fn);
+  const ojson opt = primitive_options(L, 3, fn, magr_option_fields());
+  const MagrResult r = magr(p, magr_options(opt, -1), solver_log(L, fn));
+  push_tensor(L, r.W);
+  ojson info = magr_info(r);
+  info["objective"] = r.objective;
+  info["options"] = opt;
+  push_json(L, info);
+  return 2;
+}
+
 // decoupleQ's layer stage: the registry's "decoupleq" fields.
 static int f_alt_min(lua_State* L) {
   const char* fn = "alt_min";
@@ -606,6 +633,7 @@ void open_solvers(lua_State* L, int mod) {
              {"lambda_max", qf_guard<f_lambda_max>, 1},
              {"quantease_outliers", qf_guard<f_quantease_outliers>, 4},
              {"alt_min", qf_guard<f_alt_min>, 4},
+             {"magr", qf_guard<f_magr>, 3},
              {"objective", qf_guard<f_objective>, 3}});
 }
 

@@ -77,8 +77,52 @@ StorageBits storage_bits(const QuantizedLinear& q) {
       if (g.spec.mixed_bits()) s.side += 4;
     }
   if (!g.spec.row_group.empty() && nrg > 1) s.side += (double)g.rows * std::ceil(std::log2((double)nrg));
-  s.outliers = 48.0 * (double)q.outliers.nnz();
+  // Column outliers (OWQ's weak columns, docs/methods.md#owq-storage): a column with an outlier in
+  // every row whose codes all decode to 0 is a dense fp16 column and its 16-bit index; its codes
+  // carry nothing and are not counted. Every other outlier is a COO entry of 48 bits.
+  const std::vector<int64_t> cols = column_outliers(q);
+  int64_t in_cols = 0;
+  for (int64_t j : cols) {
+    for (int64_t r = 0; r < g.rows; ++r) s.codes -= g.bits_at(r, g.g_idx[(size_t)j]);
+    in_cols += g.rows;
+  }
+  s.outliers = 48.0 * (double)(q.outliers.nnz() - in_cols) + (16.0 * (double)g.rows + 16.0) * (double)cols.size();
   return s;
+}
+
+std::vector<int64_t> column_outliers(const QuantizedLinear& q) {
+  const Grid& g = q.grid;
+  const SparseEntries& o = q.outliers;
+  std::vector<int64_t> out;
+  if (o.nnz() < g.rows || !q.codes.defined()) return out;
+  std::vector<int64_t> per((size_t)g.cols, 0);
+  for (int64_t k = 0; k < o.nnz(); ++k)
+    if (o.col[(size_t)k] >= 0 && o.col[(size_t)k] < g.cols) ++per[(size_t)o.col[(size_t)k]];
+  std::vector<int64_t> cand;
+  for (int64_t j = 0; j < g.cols; ++j)
+    if (per[(size_t)j] == g.rows) cand.push_back(j);
+  if (cand.empty()) return out;
+  // Every row exactly once (no duplicate entries), and codes that decode to 0 in every row.
+  std::vector<int64_t> slot((size_t)g.cols, -1);
+  for (size_t k = 0; k < cand.size(); ++k) slot[(size_t)cand[k]] = (int64_t)k;
+  std::vector<std::vector<char>> seen(cand.size(), std::vector<char>((size_t)g.rows, 0));
+  std::vector<char> ok(cand.size(), 1);
+  for (int64_t k = 0; k < o.nnz(); ++k) {
+    const int64_t j = o.col[(size_t)k], r = o.row[(size_t)k];
+    if (j < 0 || j >= g.cols || slot[(size_t)j] < 0 || r < 0 || r >= g.rows) continue;
+    char& s = seen[(size_t)slot[(size_t)j]][(size_t)r];
+    if (s) ok[(size_t)slot[(size_t)j]] = 0;
+    s = 1;
+  }
+  const uint8_t* codes = q.codes.data<uint8_t>();
+  for (size_t k = 0; k < cand.size(); ++k) {
+    if (!ok[k]) continue;
+    const int64_t j = cand[k], grp = g.g_idx[(size_t)j];
+    bool zero = true;
+    for (int64_t r = 0; r < g.rows && zero; ++r) zero = g.value(codes[r * g.cols + j], r, grp) == 0.f;
+    if (zero) out.push_back(j);
+  }
+  return out;
 }
 
 StorageBits linear_storage(const Linear& lin) {

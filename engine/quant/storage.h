@@ -9,7 +9,10 @@
 //             by its bits: the scale alone is stored, as GGUF Q4_0/Q8_0 do);
 //   side      4 bits per group when bit depths vary (0..8), plus ⌈log2 nrowgroups⌉ per row when
 //             rows are clustered;
-//   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO);
+//   outliers  48 bits per entry (fp16 value + 16-bit row and column indices, COO); a column
+//             outlier — an entry in every row of an input column whose codes all decode to 0
+//             (OWQ's weak columns, docs/methods.md#owq-storage) — is a dense fp16 column: 16 bits
+//             per row + a 16-bit column index, and that column's codes are not counted;
 //   transform the input/output transforms as the qforge format keeps them (methods.md#transforms):
 //             32 bits per permutation or diagonal entry, 64 per Hadamard seed, 32·n² per dense matrix;
 // linears without codes ("unquantized") count what they hold: 16 bits per weight when stored as
@@ -17,6 +20,7 @@
 // a bias adds 16 bits per output to params.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "model/model.h"
 
@@ -35,6 +39,9 @@ struct StorageBits {
 };
 
 StorageBits storage_bits(const QuantizedLinear& q);
+// The column outliers of q (uniform grids): input columns holding exactly one outlier in every row
+// and codes that decode to 0 in every row, increasing.
+std::vector<int64_t> column_outliers(const QuantizedLinear& q);
 // An unquantized weight: 16 bits per weight if it is (or is exactly representable as) f16 or bf16, else 32.
 StorageBits unquantized_bits(const Tensor& weight);
 // One block linear as model_storage counts it: its codes or its unquantized weight, plus its bias.

@@ -47,8 +47,11 @@ bool gptq_inverse_cholesky(const MatD& H, MatD& U) {
 // gptq()'s own grid (per-channel or static groups fit up front, dynamic groups fit lazily from
 // the updated W); otherwise every column is rounded on *fixed (never refit), column col in
 // group g_idx[col].
+// keep (OWQ, methods.md#owq-gptq): columns processed last and never rounded; their values after
+// the error feedback go to *kept. Empty or null: plain GPTQ.
 static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSpec& spec, const Grid* fixed,
-                            const GptqOptions& opt, const SolverLog& log) {
+                            const GptqOptions& opt, const SolverLog& log, const std::vector<int64_t>* keep = nullptr,
+                            Tensor* kept = nullptr) {
   const Tensor& W = lp.W;
   const Tensor& Sigma = lp.sigma;
   spec.validate();
@@ -64,9 +67,50 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
   const bool stat = grouped && opt.static_groups;
   const bool dynamic = !fixed && grouped && !stat;  // groups fit lazily inside the column loop
 
-  // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params).
+  // Kept columns (OWQ): nk of them occupy the last processing positions [nq, c).
+  const int64_t nk = keep ? (int64_t)keep->size() : 0, nq = c - nk;
+  std::vector<char> is_kept((size_t)c, 0);
+  if (nk > 0) {
+    if (fixed) fail(fn, ": kept columns need a grid fitted by GPTQ, not a fixed grid");
+    if (spec.kind != GridKind::Uniform || spec.float_zero || spec.mixed_bits() || !spec.row_group.empty())
+      fail(fn, ": kept full-precision columns need a uniform grid with integer zeros and no allocation (their codes ",
+           "decode to 0), got ", spec.str());
+    if (nq < 1) fail(fn, ": ", nk, " kept columns of a ", shape_str(W.shape()), " weight leave no column to quantize");
+    for (int64_t j : *keep) {
+      if (j < 0 || j >= c) fail(fn, ": kept column ", j + 1, " is outside 1..", c);
+      if (is_kept[(size_t)j]) fail(fn, ": kept column ", j + 1, " is listed twice");
+      is_kept[(size_t)j] = 1;
+    }
+  }
+  // The columns of M that are not kept, as a Tensor [r, n] (a copy), with their importances.
+  auto unkept_cols = [&](const Tensor& M, int64_t c0, int64_t c1, const std::vector<float>& impv, std::vector<float>& impo) {
+    std::vector<int64_t> cols;
+    for (int64_t j = c0; j < c1; ++j)
+      if (!is_kept[(size_t)j]) cols.push_back(j);
+    impo.clear();
+    if (cols.empty()) {  // a group of kept columns only: fitted on one zero column (the range (−1, 1))
+      impo.push_back(0.f);
+      return Tensor::zeros({r, 1});
+    }
+    Tensor out = Tensor::empty({r, (int64_t)cols.size()});
+    auto O = out.mat();
+    const auto Mm = M.cmat();
+    for (size_t k = 0; k < cols.size(); ++k) {
+      O.col((int64_t)k) = Mm.col(cols[k]);
+      impo.push_back(impv[(size_t)cols[k]]);
+    }
+    return out;
+  };
+
+  // Per-channel grid: fit from W before the dead-column fix (as the reference's first find_params);
+  // with kept columns, from the other columns only.
   const std::vector<float> imp = sigma_diag(Sigma);  // column importances for spec.importance
-  Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : grid_fit(W, spec, imp.data());
+  Grid grid = fixed ? *fixed : grouped ? grid_new(spec, r, c) : nk == 0 ? grid_fit(W, spec, imp.data()) : grid_new(spec, r, c);
+  if (!fixed && !grouped && nk > 0) {
+    std::vector<float> impo;
+    const Tensor blk = unkept_cols(W, 0, c, imp, impo);
+    grid_fit_group(grid, 0, blk, impo.data());
+  }
 
   // Dead inputs (methods.md#dead-inputs): Σ_jj = 0 → H_jj = 1, W[:, j] = 0.
   const auto S = Sigma.cmat();
@@ -79,13 +123,24 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
     for (int64_t j = 0; j < c; ++j)
       if (dead[(size_t)j]) M.col(j).setZero();
   }
-  // static_groups: every group's params from the original (unpermuted, dead-zeroed) W, up front.
-  if (stat && !fixed) grid = grid_fit(W0, spec, imp.data());
+  // static_groups: every group's params from the original (unpermuted, dead-zeroed) W, up front
+  // (with kept columns: from each group's other columns).
+  if (stat && !fixed && nk == 0) grid = grid_fit(W0, spec, imp.data());
+  if (stat && !fixed && nk > 0)
+    for (int64_t k = 0; k < grid.ngroups; ++k) {
+      std::vector<float> impo;
+      const Tensor blk = unkept_cols(W0, k * G, std::min(c, (k + 1) * G), imp, impo);
+      grid_fit_group(grid, k, blk, impo.data());
+    }
 
   // act_order: perm = stable argsort(diag H, descending); processing position p holds column perm[p].
-  std::vector<int64_t> perm((size_t)c);
-  std::iota(perm.begin(), perm.end(), 0);
+  // Kept columns go last, in the order given (methods.md#owq-gptq).
+  std::vector<int64_t> perm;
+  perm.reserve((size_t)c);
+  for (int64_t j = 0; j < c; ++j)
+    if (!is_kept[(size_t)j]) perm.push_back(j);
   if (opt.act_order) std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return hdiag(a) > hdiag(b); });
+  if (nk > 0) perm.insert(perm.end(), keep->begin(), keep->end());
 
   // Damped H and its inverse factor (methods.md#gptq-cholesky): H = P(Σ, dead fixed)Pᵀ +
   // percdamp·mean(diag H)·I (mean over the permuted diagonal, as the reference damps after
@@ -133,8 +188,10 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
   MatF E(r, std::min(B, c));
   std::vector<double> loss;  // per row chunk of the backend: a deterministic sum
 
-  for (int64_t i1 = 0; i1 < c; i1 += B) {
-    const int64_t i2 = std::min(c, i1 + B);
+  // Only the first nq positions are rounded; the block GEMM still updates every later column,
+  // the kept tail included (methods.md#owq-gptq).
+  for (int64_t i1 = 0; i1 < nq; i1 += B) {
+    const int64_t i2 = std::min(nq, i1 + B);
     // Dynamic groups (methods.md#gptq-groups): the reference fits the group starting at column j
     // from W[:, j:j+g], i.e. the weights as of the start of this block (updates of earlier blocks
     // only; earlier columns of this block live in W1). W does not change inside a block, so every
@@ -144,7 +201,7 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
       for (int64_t p = i1; p < i2; ++p)
         if (p % Gf == 0) {
           // The group's columns as a Tensor: [w, r] storage (= column-major [r, w]) viewed transposed.
-          const int64_t w = std::min(Gf, c - p);
+          const int64_t w = std::min(Gf, nq - p);  // never the kept tail
           Tensor blk = Tensor::empty({w, r});
           std::copy(Wp.col(p).data(), Wp.col(p).data() + w * r, blk.f32());
           std::vector<float> impp((size_t)w);  // the group's importances in processing order
@@ -172,6 +229,28 @@ static GptqResult gptq_impl(const char* fn, const LayerProblem& lp, const GridSp
     backend().gptq_block(kb);
   }
   res.proxy_loss = std::accumulate(loss.begin(), loss.end(), 0.0) / 2;
+  if (nk > 0) {
+    // Dynamic groups made only of kept positions were never fitted: fit them on a zero column
+    // (the range (−1, 1)) so every cell holds a valid grid.
+    if (dynamic)
+      for (int64_t p = ((nq + Gf - 1) / Gf) * Gf; p < c; p += Gf) {
+        const float zero_importance = 0.f;
+        grid_fit_group(grid, p / Gf, Tensor::zeros({r, 1}), &zero_importance);
+      }
+    // The kept columns' values after the error feedback, and their codes: the code of 0, whose
+    // value is exactly 0 on a uniform grid with an integer zero in 0..maxq.
+    if (kept) *kept = Tensor::empty({r, nk});
+    for (int64_t k = 0; k < nk; ++k) {
+      const int64_t p = nq + k, col = perm[(size_t)p];
+      const int64_t g = grid.g_idx[(size_t)col];
+      for (int64_t i = 0; i < r; ++i) {
+        const int q0 = grid.code(0.f, i, g);
+        if (grid.value(q0, i, g) != 0.f) fail(fn, ": the grid cannot represent 0 at row ", i + 1, ", column ", col + 1);
+        codes[i * c + col] = (uint8_t)q0;
+        if (kept) kept->f32()[i * nk + k] = Wp(i, p);
+      }
+    }
+  }
   res.q.grid = std::move(grid);
   return res;
 }
@@ -182,6 +261,11 @@ GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, cons
 
 GptqResult gptq(const LayerProblem& p, const GridSpec& spec, const GptqOptions& opt, const SolverLog& log) {
   return gptq_impl("gptq", p, spec, nullptr, opt, log);
+}
+
+GptqResult gptq_keep_columns(const LayerProblem& p, const GridSpec& spec, const std::vector<int64_t>& keep, Tensor* kept,
+                             const GptqOptions& opt, const SolverLog& log) {
+  return gptq_impl("gptq", p, spec, nullptr, opt, log, &keep, kept);
 }
 
 GptqResult gptq_on_grid(const Tensor& W, const Tensor& Sigma, const Grid& grid, const GptqOptions& opt, const SolverLog& log) {

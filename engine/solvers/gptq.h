@@ -4,6 +4,8 @@
 #include "quant/grid.h"
 #include "quant/layer_problem.h"
 
+#include <vector>
+
 namespace qf {
 
 struct GptqOptions {
@@ -29,6 +31,18 @@ struct GptqResult {
 GptqResult gptq(const Tensor& W, const Tensor& Sigma, const GridSpec& spec, const GptqOptions& opt = {},
                 const SolverLog& log = nullptr);
 GptqResult gptq(const LayerProblem& p, const GridSpec& spec, const GptqOptions& opt = {}, const SolverLog& log = nullptr);
+
+// GPTQ with columns kept in full precision (OWQ's weak columns, methods.md#owq-gptq): the columns
+// `keep` (0-based, distinct) take the last processing positions, in the order given (the others
+// in index order, or by decreasing diag Σ under act_order), and are never rounded. They receive
+// the error feedback of every rounded column; their final values go to *kept ([rows, keep.size()]
+// f32, in keep's order) when kept is given, and their codes are the code of 0 (value exactly 0).
+// The grid is fitted on the other columns only: per channel and static groups from W without
+// the kept columns (a group of kept columns only is fitted on zeros), dynamic groups over the
+// processing positions before the kept tail. Needs a uniform grid with integer zeros and no
+// allocation, and at least one column to round. keep empty: exactly gptq().
+GptqResult gptq_keep_columns(const LayerProblem& p, const GridSpec& spec, const std::vector<int64_t>& keep, Tensor* kept,
+                             const GptqOptions& opt = {}, const SolverLog& log = nullptr);
 
 // GPTQ's error-feedback rounding onto a FIXED grid (methods.md#gptq-on-grid; decoupleQ's integer
 // step, methods.md#decoupleq-gptq): the same dead-input fix, damping (with escalation), act-order

@@ -8,6 +8,8 @@
 #include "core/error.h"
 #include "solvers/decoupleq.h"
 #include "solvers/gptq.h"
+#include "solvers/magr.h"
+#include "solvers/owq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
 #include "solvers/qronos.h"
@@ -194,6 +196,52 @@ static std::vector<OptionField> qronos_fields() {
           opt_int("seed", (int64_t)d.seed, 0, "stochastic: the draws' seed (mixed with the layer's block and name)")};
 }
 
+const std::vector<OptionField>& magr_option_fields() {
+  static const std::vector<OptionField> f = [] {
+    const MagrOptions m;
+    return std::vector<OptionField>{
+        opt_num("alpha", m.alpha, 0, "l-infinity penalty per row (or group), Sigma normalised by lambda_max: the MagR code's alpha (1e-3 per channel, 1e-4 per group)"),
+        opt_int("iters", m.iters, 0, "proximal-gradient iterations"),
+        opt_int("group", 0, -1, "inputs per l-infinity group: -1 one per row, 0 the grid's group (per row without one), g >= 1 groups of g")};
+  }();
+  return f;
+}
+
+MagrOptions magr_options(const ojson& o, int64_t grid_group) {
+  MagrOptions m;
+  m.alpha = o.at("alpha").get<double>();
+  m.iters = (int)o.at("iters").get<int64_t>();
+  const int64_t g = o.at("group").get<int64_t>();
+  m.group = g == 0 ? (grid_group > 0 ? grid_group : -1) : g;
+  return m;
+}
+
+LayerProblem magr_problem(const LayerProblem& p, const GridSpec& grid, const ojson& resolved, const SolverLog& log, ojson* info) {
+  MagrResult r = magr(p, magr_options(resolved, grid.group), log);
+  if (info) *info = magr_info(r);
+  LayerProblem out = p;  // Σ, μ, tokens, site unchanged
+  out.W = std::move(r.W);
+  return out;
+}
+
+ojson magr_info(const MagrResult& r) {
+  return {{"fidelity", r.fidelity}, {"relative", r.relative}, {"linf_ratio", r.linf_ratio}, {"linf_group_ratio", r.linf_group_ratio},
+          {"lambda_max", r.lambda_max}, {"iters", r.iters}, {"objective_start", r.objective.front()},
+          {"objective_end", r.objective.back()}, {"seconds", r.seconds}};
+}
+
+OwqOptions owq_options(const ojson& o) {
+  OwqOptions w;
+  w.columns = o.at("columns").get<int64_t>();
+  w.target_bits = o.at("target_bits").get<double>();
+  w.score = o.at("score").get<std::string>() == "sigma_diag" ? OwqScore::SigmaDiag : OwqScore::RtnError;
+  const std::string k = o.at("layer_kind").get<std::string>();
+  w.layer_kind = k == "attention" ? OwqLayerKind::Attention : k == "mlp" ? OwqLayerKind::Mlp : OwqLayerKind::Auto;
+  w.owq_layers = (int)o.at("owq_layers").get<int64_t>();
+  w.gptq = gptq_options(o);
+  return w;
+}
+
 static std::vector<SolverEntry> make_registry() {
   const GptqOptions g;
   const QuantEaseOptions qe;
@@ -271,6 +319,32 @@ static std::vector<SolverEntry> make_registry() {
                  QronosResult qr = gpfq(p, s, qronos_options(o), log);
                  return SolveResult{std::move(qr.q), ojson{{"lambda", qr.lambda}}};
                }});
+  {
+    const OwqOptions w;
+    OptionField columns = opt_int("columns", w.columns, 0, "weak input columns kept in fp16 (-1: from target_bits)");
+    columns.also = {-1};
+    OptionField target = opt_num("target_bits", w.target_bits, 1, "average bits per weight for the budget rule, >= the grid's bits (0: use columns)", 16, false, true);
+    target.also = {0};
+    r.push_back({"owq", "OWQ: weak columns kept in fp16 with GPTQ's error feedback, GPTQ on the rest (docs/methods.md#owq)",
+                 {columns, target,
+                  opt_str("score", "rtn_error", {"rtn_error", "sigma_diag"}, "weak-column score: Sigma_jj*|W_j - RTN(W)_j|^2 or Sigma_jj"),
+                  opt_str("layer_kind", "auto", {"auto", "attention", "mlp"}, "budget rule's kind: attention (ratio 1) or mlp (0.375); auto: from the site"),
+                  opt_int("owq_layers", w.owq_layers, 1, "budget rule: linears per block that get weak columns"),
+                  opt_int("blocksize", g.blocksize, 1, "columns per lazy-batch block"),
+                  opt_num("percdamp", g.percdamp, 0, "damping: fraction of mean diag Sigma added (x10 on Cholesky failure)"),
+                  opt_bool("act_order", g.act_order, "the other columns in decreasing diag(Sigma) order (weak columns last)"),
+                  opt_bool("static_groups", g.static_groups, "group parameters from the original W up front (needs group > 0)"),
+                  opt_bool("stochastic", g.stochastic, "stochastic OPTQ on the other columns (docs/methods.md#stochastic-rounding)"),
+                  opt_int("seed", (int64_t)g.seed, 0, "stochastic: the draws' seed (mixed with the layer's block and name)")},
+                 [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                   OwqResult wr = owq(p, s, owq_options(o), log);
+                   ojson weak = ojson::array();
+                   for (int64_t j : wr.weak) weak.push_back(j + 1);
+                   ojson info = {{"columns", (int64_t)wr.weak.size()}, {"weak_columns", weak}, {"percdamp", wr.percdamp_used},
+                                 {"proxy_loss", wr.proxy_loss}};
+                   return SolveResult{std::move(wr.q), std::move(info)};
+                 }});
+  }
   return r;
 }
 
@@ -291,6 +365,12 @@ const SolverEntry& find_solver(const std::string& name) {
 // ---- preprocessing: entries are added by each method's file (docs/methods.md#preprocess) ----
 static std::vector<PreprocessEntry> make_preprocess_registry() {
   std::vector<PreprocessEntry> r;
+  r.push_back({"magr", "MagR: per-row (or per-group) l-infinity magnitude reduction by proximal gradient, W replaced (docs/methods.md#magr)",
+               magr_option_fields(), [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 PreprocessResult pr;
+                 pr.problem = magr_problem(p, s, o, log, &pr.info);
+                 return pr;
+               }});
   return r;
 }
 

@@ -15,6 +15,8 @@
 #include "quant/layer_problem.h"
 #include "solvers/decoupleq.h"
 #include "solvers/gptq.h"
+#include "solvers/magr.h"
+#include "solvers/owq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
 #include "solvers/qronos.h"
@@ -58,7 +60,7 @@ struct SolveResult {
 };
 
 struct SolverEntry {
-  std::string name;  // the method: "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq"
+  std::string name;  // the method: "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq", "owq"
   std::string help;  // one line
   std::vector<OptionField> options;
   // The method itself, on resolved options; returns the quantized linear and its own info fields.
@@ -74,6 +76,19 @@ QuantEaseOptions quantease_options(const nlohmann::ordered_json& resolved);
 OutlierOptions quantease_outliers_options(const nlohmann::ordered_json& resolved);
 AltMinOptions decoupleq_options(const nlohmann::ordered_json& resolved);
 QronosOptions qronos_options(const nlohmann::ordered_json& resolved);  // qronos and gpfq
+OwqOptions owq_options(const nlohmann::ordered_json& resolved);
+
+// MagR (docs/methods.md#magr), a preprocessing step: its declared options (alpha, iters, group),
+// the resolved options as MagrOptions (group 0 = grid_group, or one term per row when that is
+// <= 0), and its info fields (fidelity, relative, linf_ratio, linf_group_ratio, lambda_max,
+// iters, objective_start, objective_end, seconds).
+const std::vector<OptionField>& magr_option_fields();
+MagrOptions magr_options(const nlohmann::ordered_json& resolved, int64_t grid_group);
+nlohmann::ordered_json magr_info(const MagrResult& r);
+// MagR as a preprocessing step: the problem with W replaced by W′ (everything else as given),
+// resolved = resolve_options on magr_option_fields(); *info (when given) = magr_info.
+LayerProblem magr_problem(const LayerProblem& p, const GridSpec& grid, const nlohmann::ordered_json& resolved,
+                          const SolverLog& log = nullptr, nlohmann::ordered_json* info = nullptr);
 const SolverEntry& find_solver(const std::string& name);  // error lists the known solvers
 
 // Resolves the options, runs the solver, and fills the common info fields.

@@ -7,6 +7,9 @@
 -- Σ_i max(|v_i| − θ, 0) = ηα (recipes/examples/prox.lua). The quantizer (GPTQ, per channel) then fits
 -- a grid to the smaller range. Here α = alpha·λmax(Σ)·mean|W| so `alpha` is scale-free: each step
 -- clips at most alpha·mean|W| of ℓ1 mass per row.
+-- The engine's MagR (docs/methods.md#magr: the sort-based ℓ1-ball prox, α on the reference code's
+-- scale, per-group variant) composes with every pipeline recipe as `pre=magr`
+-- (recipes/gptq.lua pre=magr magr_alpha=3e-3); this example stays as the toolkit-only version.
 --   qforge run recipes/examples/magr_gptq.lua bits=3 alpha=0.05 magr_iters=30
 local P = require("qforge.pipeline")
 local opt = P.options(P.solve_options(P.solver_options("gptq", nil, { alpha = 0.05, magr_iters = 30 }, {
