@@ -45,6 +45,6 @@ run awq_rtn        recipes/awq.lua       bits=$ORDER solver=rtn
 run awq_gptq       recipes/awq.lua       bits=$ORDER solver=gptq
 run awq_quantease  recipes/awq.lua       bits=$ORDER solver=quantease
 run qronos_magr    recipes/qronos.lua    bits=2 pre=magr
-run qronos_quip_magr recipes/qronos.lua  bits=2 pre=magr,quip
+run qronos_quip_magr recipes/qronos.lua  bits=2 pre=magr+quip
 run gptq_stochastic recipes/gptq.lua     bits=$ORDER stochastic=true seed=0,1,2
 exit $rc

@@ -123,7 +123,7 @@ function P.solve_options(own, help)
 end
 
 -- Preprocessing steps (docs/methods.md#preprocess): `pre` names registered steps (qf.preprocessors(),
--- e.g. "magr", "quip", "magr,quip"), applied in order to each linear's problem before the solve;
+-- e.g. "magr", "quip", "magr+quip"), applied in order to each linear's problem before the solve;
 -- each step's options are recipe options prefixed by its name (magr_alpha, quip_seed, ...). A
 -- step's transforms go onto the solve's quantized linear, and the objective is measured on the
 -- original weight and Σ. P.solve_options includes these; P.prepare checks them before any work.
@@ -147,7 +147,7 @@ function P.preprocess_options(own, help)
   end
   if own.pre == nil then own.pre = "none" end
   if help.pre == nil then
-    help.pre = "preprocessing before each solve, in order, comma-separated: none or " ..
+    help.pre = "preprocessing before each solve, in order, joined by + (a comma works in qforge run; qforge sweep reads commas as a list): none or " ..
       (#names > 0 and table.concat(names, ", ") or "(no steps registered)") ..
       "; a step's options are prefixed by its name; docs/methods.md#preprocess"
   end
@@ -161,7 +161,7 @@ function P.preprocess(opt)
   if opt.pre == nil then return nil end
   local steps, named = {}, {}
   if opt.pre ~= "none" then
-    for name in opt.pre:gmatch("[^,%s]+") do
+    for name in opt.pre:gmatch("[^+,%s]+") do
       local ok = false
       for _, e in ipairs(qf.preprocessors()) do ok = ok or e.name == name end
       if not ok then
