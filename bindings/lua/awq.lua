@@ -40,7 +40,7 @@ A.defaults = { solver = "gptq", awq_windows = 32, awq_grid = 21, awq_loss = "blo
 A.help = {
   solver = { "the solver after AWQ's scaling: rtn | gptq | quantease (its options are this recipe's options: give solver= first to see them with --help)",
              choices = A.SOLVERS },
-  awq_windows = { "calibration windows (the first ones) AWQ's scale search measures on (at most nsamples)", min = 1 },
+  awq_windows = { "calibration windows (the first ones) AWQ's scale search measures on (capped at nsamples)", min = 1 },
   awq_grid = { "points of the exponent grid alpha = 0, 1/(n-1), ..., 1 (1: alpha = 0 only, s = 1: the plain solver)", min = 1 },
   awq_loss = { "the search's output error: block (the block's output, m:block_forward, as AWQ's module outputs) | linear (the outputs of the linears reading the site)",
                choices = { "block", "linear" } },
@@ -93,12 +93,14 @@ end
 -- The checks P.options cannot make, before any work (option errors).
 function A.check_options(opt)
   A.sites(opt)
-  if opt.awq_windows > opt.nsamples then
-    qf.option_error("awq_windows", string.format("%d exceeds the calibration's nsamples=%d", opt.awq_windows, opt.nsamples))
-  end
   if opt.awq_clip and opt.ktype ~= "none" then
     qf.option_error("awq_clip", "clips per (row, group) of a uniform grid; K-quant grids (ktype) have no such groups")
   end
+end
+
+-- The windows the search measures on: the first awq_windows of the calibration's, at most all.
+function A.windows(opt)
+  return math.min(opt.awq_windows, opt.nsamples)
 end
 
 -- α of grid point i (1-based) of n: 0, 1/(n−1), …, 1; n = 1 gives α = 0 only.
@@ -299,7 +301,7 @@ function A.quantize_model(ctx, opt, solve)
       return grid
     end
     for _, site in ipairs(sites) do
-      local r = A.search(m, cal, b, site, { windows = opt.awq_windows, seqlen = opt.seqlen, grid = opt.awq_grid,
+      local r = A.search(m, cal, b, site, { windows = A.windows(opt), seqlen = opt.seqlen, grid = opt.awq_grid,
                                             loss = opt.awq_loss }, spec_of)
       r.block = b
       searches[#searches + 1] = r
@@ -327,7 +329,7 @@ function A.quantize_model(ctx, opt, solve)
   local s = P.quantize_model(m, cal, solve, { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
                                               refit_scales = opt.refit_scales, sigma_shrink = opt.sigma_shrink,
                                               before_block = before_block })
-  qf.record("awq", { sites = sites, windows = opt.awq_windows, grid = opt.awq_grid, loss = opt.awq_loss,
+  qf.record("awq", { sites = sites, windows = A.windows(opt), grid = opt.awq_grid, loss = opt.awq_loss,
                      clip = opt.awq_clip, seconds = seconds, searches = searches, clips = clips })
   return s
 end

@@ -218,9 +218,9 @@ local function brute_force(loss)
       for i = 1, npts do
         if math.abs(r.errors[i] - errs[i]) > 1e-3 * errs[i] + 1e-12 then agree = false end
       end
-      check(agree, string.format("%s block %d %s: recorded errors match the folded recomputation (%s vs %s)", loss, b, site,
+      check(agree, string.format("%s loss, block %d %s: recorded errors match the folded recomputation (%s vs %s)", loss, b, site,
         H.show(r.errors), H.show(errs)))
-      check(errs[r.alpha_index] <= bmin * (1 + 1e-4), string.format("%s block %d %s: picked alpha %.2f (error %.6g), brute-force best %.2f (%.6g)",
+      check(errs[r.alpha_index] <= bmin * (1 + 1e-4), string.format("%s loss, block %d %s: picked alpha %.2f (error %.6g), brute-force best %.2f (%.6g)",
         loss, b, site, r.alpha, errs[r.alpha_index], (bi - 1) / (npts - 1), bmin))
       if r.alpha_index > 1 then nonzero = nonzero + 1 end
       check(r.errors[r.alpha_index] <= r.errors[1], "never worse than alpha 0 on its own measure")
@@ -281,7 +281,8 @@ H.section("option checks")
 check_error(function() A.check_options(options{ awq_sites = "attn_in,mlp" }) end, "option 'awq_sites': unknown site 'mlp'")
 check_error(function() A.check_options(options{ awq_sites = "ffn_in,ffn_in" }) end, "site 'ffn_in' given twice")
 check_error(function() A.check_options(options{ awq_sites = "," }) end, "option 'awq_sites': is empty")
-check_error(function() A.check_options(options{ awq_windows = 9 }) end, "option 'awq_windows': 9 exceeds the calibration's nsamples=8")
+check_eq(A.windows(options{ awq_windows = 9 }), NS, "awq_windows is capped at nsamples")
+check_eq(A.windows(options{ awq_windows = 3 }), 3)
 check_error(function() A.check_options(options{ awq_clip = true, ktype = "Q4_K" }) end, "option 'awq_clip'")
 check_eq(#A.sites(options{ awq_sites = "none" }), 0, "none: no scaling")
 
