@@ -281,7 +281,7 @@ end
 -- options) on the scaled weights, with AWQ's clip inside when opt.awq_clip. ctx from P.prepare.
 -- Records `awq` = {sites, windows, grid, loss, clip, seconds, searches = {{block, site, alpha,
 -- alpha_index, errors, seconds, scale_min, scale_max}, …}, clips = {{block, layer, ratio_mean,
--- clipped}, …}}; returns P.quantize_model's summary.
+-- clipped}, …}}; returns P.quantize_model's summary and that record.
 function A.quantize_model(ctx, opt, solve)
   local m, cal = ctx.model, ctx.cal
   local grid = P.grid(opt)
@@ -328,10 +328,11 @@ function A.quantize_model(ctx, opt, solve)
   end
   local s = P.quantize_model(m, cal, solve, { true_sequential = opt.true_sequential, finetune = P.finetune(opt),
                                               refit_scales = opt.refit_scales, sigma_shrink = opt.sigma_shrink,
-                                              before_block = before_block })
-  qf.record("awq", { sites = sites, windows = A.windows(opt), grid = opt.awq_grid, loss = opt.awq_loss,
-                     clip = opt.awq_clip, seconds = seconds, searches = searches, clips = clips })
-  return s
+                                              overrides = ov, kquant_fallback = kfallback, before_block = before_block })
+  local rec = { sites = sites, windows = A.windows(opt), grid = opt.awq_grid, loss = opt.awq_loss,
+                clip = opt.awq_clip, seconds = seconds, searches = searches, clips = clips }
+  qf.record("awq", rec)
+  return s, rec
 end
 
 return A

@@ -125,11 +125,12 @@ local function context(opt)
   return { model = m, cal = qf.calibration{ model = m, tokens = ids, range = { 1, 20000 }, nsamples = opt.nsamples, seqlen = opt.seqlen,
                                             seed = opt.seed, fp_chain = false } }
 end
-local function awq_run(o)
+local function awq_run(o, overrides)
   local opt = options(o)
   local ctx = context(opt)
-  local s = A.quantize_model(ctx, opt)
-  return ctx.model, s
+  if overrides then ctx.overrides = P.overrides(overrides, ctx.model, opt) end
+  local s, rec = A.quantize_model(ctx, opt)
+  return ctx.model, s, rec
 end
 local function plain_run(o)
   local opt = options(o)
@@ -240,7 +241,7 @@ for _, o in ipairs{ { solver = "rtn" }, { solver = "gptq" }, { solver = "quantea
   check_eq(sa.objective, sb.objective, o.solver .. ": the same summed objective")
 end
 
-H.section("every option changes the result; AWQ lowers the objective at 3 bits")
+H.section("every option changes the result; AWQ lowers block 1's output error under RTN")
 local m_def, s_def = awq_run{}
 do  -- what AWQ minimizes: with every linear of block 1 quantized by RTN, its output error on the
     -- calibration windows (block 1's inputs are the embeddings, the same for both) is lower with AWQ.
@@ -260,6 +261,26 @@ local variants = {
 for _, o in ipairs(variants) do
   local mv = awq_run(o)
   check(max_weight_diff(mv, m_def) > 0, "changes the model: " .. H.show(o))
+end
+for _, o in ipairs{ { importance = "diag" }, { ktype = "Q4_K", bits = 4 } } do  -- the search's RTN takes diag Σ / the K-quant fallback
+  local mv, _, rec = awq_run(o)
+  check(max_weight_diff(mv, m_def) > 0 and #rec.searches == 20, "runs and changes the model: " .. H.show(o))
+end
+do  -- overrides: the search quantizes on each linear's own grid; a skipped linear is not quantized in it
+  local mo, so, rec = awq_run({}, "skip:name:down;block:1=bits:8;re:^2\\.q$=type:Q8_0")
+  local n_mid = 0
+  for _, r in ipairs(rec.searches) do
+    if r.site == "ffn_mid" then
+      n_mid = n_mid + 1
+      check(r.alpha == 0 and #r.errors == 1 and r.errors[1] == 0, "ffn_mid (down skipped): no search, s = 1")
+    end
+  end
+  check_eq(n_mid, 5)
+  check(mo:block(3):qlinear("down") == nil and mo:block(3):qlinear("up") ~= nil, "down stays unquantized")
+  check_eq(mo:block(1):qlinear("q"):grid():spec().bits, 8, "block 1 at 8 bits")
+  local b1 = rec.searches[1]
+  check(b1.block == 1 and b1.site == "attn_in" and b1.errors[b1.alpha_index] < 0.1 * rec.searches[5].errors[rec.searches[5].alpha_index],
+    "block 1's search saw its 8-bit grid (error " .. b1.errors[b1.alpha_index] .. " vs block 2's " .. rec.searches[5].errors[rec.searches[5].alpha_index] .. ")")
 end
 do  -- awq_sites: only the named sites' norms / producers change
   local opt = options{ awq_sites = "ffn_in" }
