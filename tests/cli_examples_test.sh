@@ -57,4 +57,37 @@ check "magr_gptq alpha=0 is plain GPTQ: the same objective as rotate_gptq sides=
 check "magr_gptq: a smaller range, a lower objective against the original W than plain GPTQ" "$R" \
   "r['objective_total'] < json.load(open('$WORK/magr0/results.json'))['objective_total']"
 
+# AWQ (recipes/awq.lua, bindings/lua/awq.lua, docs/methods.md#awq): one search per block and site,
+# the alpha of least recorded error picked; awq_grid=1 (alpha = 0, s = 1) is the plain solver
+# through the whole run; the same run twice gives the same numbers; misspelled options and another
+# solver's options are refused before any work.
+AWQ="awq_windows=2 awq_grid=5 $SMALL"
+run awq run recipes/awq.lua bits=3 solver=rtn $AWQ out="$WORK/awq"
+expect_rc "awq.lua solver=rtn" 0
+R="$WORK/awq/results.json"
+check "awq: one search per block and site (5 x 4), 5 errors each" "$R" \
+  "len(r['awq']['searches']) == 20 and all(len(s['errors']) == 5 for s in r['awq']['searches'])"
+check "awq: each picks the alpha of least error, on the grid 0, 0.25, .., 1" "$R" \
+  "all(s['errors'][s['alpha_index'] - 1] == min(s['errors']) and s['alpha'] == (s['alpha_index'] - 1) / 4 for s in r['awq']['searches'])"
+check "awq: not trivial (some alpha > 0)" "$R" "any(s['alpha'] > 0 for s in r['awq']['searches'])"
+run awq2 run recipes/awq.lua bits=3 solver=rtn $AWQ out="$WORK/awq2"
+check "awq: deterministic (objective, held-out ppl, alphas)" "$WORK/awq2/results.json" \
+  "(lambda a: r['objective_total'] == a['objective_total'] and r['ppl_heldout'] == a['ppl_heldout'] and [s['alpha'] for s in r['awq']['searches']] == [s['alpha'] for s in a['awq']['searches']])(json.load(open('$R')))"
+run awq_a0 run recipes/awq.lua bits=3 solver=gptq awq_grid=1 $SMALL out="$WORK/awq_a0"
+expect_rc "awq.lua awq_grid=1" 0
+run gptq_a0 run recipes/gptq.lua bits=3 $SMALL out="$WORK/gptq_a0"
+check "awq_grid=1 (s = 1) is gptq.lua bit for bit: objective and held-out ppl" "$WORK/awq_a0/results.json" \
+  "(lambda g: r['objective_total'] == g['objective_total'] and r['ppl_heldout'] == g['ppl_heldout'])(json.load(open('$WORK/gptq_a0/results.json')))"
+run awq_typo run recipes/awq.lua awq_grd=3 $SMALL out="$WORK/awq_typo"
+expect_rc "awq.lua awq_grd=3 is an option error" 2
+expect_in "names the unknown option" stderr "unknown option 'awq_grd'"
+run awq_other run recipes/awq.lua solver=rtn percdamp=0.1 $SMALL out="$WORK/awq_other"
+expect_rc "awq.lua solver=rtn with gptq's percdamp is an option error" 2
+expect_in "names it" stderr "unknown option 'percdamp'"
+run awq_site run recipes/awq.lua awq_sites=attn_in,mlp $SMALL out="$WORK/awq_site"
+expect_rc "awq.lua awq_sites=attn_in,mlp is an option error" 2
+expect_in "names the site" stderr "option 'awq_sites': unknown site 'mlp'"
+run awq_help run recipes/awq.lua solver=quantease --help
+expect_in "solver=quantease --help lists QuantEase's options" stdout "iters = 30"
+
 finish cli_examples

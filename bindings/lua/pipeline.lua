@@ -752,6 +752,10 @@ end
 -- opts.sigma_shrink = α > 0: the solve (and the refit) see qf.shrink_sigma(Σ, α); the objective
 -- recorded is still measured on Σ. opts.refit_scales: each QLinear a solve returns gets
 -- qf.refit_scales (its info gains `refit`).
+-- opts.before_block(b): called at the start of block b, before its first capture — the block's
+-- weights may be changed there (function-preservingly: AWQ's per-channel scales folded into the
+-- norms and linears, bindings/lua/awq.lua, methods.md#awq), so its Σ, its objectives and its solves
+-- see the changed weights; the calibration's inputs are block b's, from the quantized prefix.
 --
 -- ETA: remaining solves × the mean solve time so far, plus the remaining per-block work outside the
 -- solves (capture, advance, finetune: "overhead"), estimated per block from the finished blocks —
@@ -774,6 +778,7 @@ function P.quantize_model(m, cal, solve, opts)
     error("quantize_model: cross statistics (Qronos, GPFQ) are captured once at each block's start, with the block still in full precision; true_sequential would need the block's full-precision weights for the later stages (docs/methods.md#qronos)", 0)
   end
   for b = 1, nb do
+    if opts.before_block then opts.before_block(b) end  -- e.g. AWQ's scales (methods.md#awq), before Σ is taken
     local tc = qf.now()
     local stats = cal:capture(nil, opts.cross and { cross = true } or nil)
     local capture_seconds = qf.now() - tc
