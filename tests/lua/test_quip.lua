@@ -54,7 +54,7 @@ check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "ha
             "'diag' must be a 1-d tensor, got [4, 5]")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "butterfly" } } end, "kind \"butterfly\" needs 'seed'")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "butterfly", seed = 1, n = 12 } } end,
-            "input transform: n = 12 but the input side has size 20")
+            "input transform: n = 12 but this side has 20")
 check((qf.qlinear{ grid = g, codes = codes, input = ti, output = to }:dequantize() - q:dequantize()):abs_max() == 0, "q:transforms() goes back into qf.qlinear")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "butterfly", seed = 1, matrix = qf.eye(20) } } end,
             "'matrix' does not belong to kind \"butterfly\"")
