@@ -271,7 +271,9 @@ static int f_grid_from(lua_State* L) {
 }
 
 // A transform table at stack index `idx` for a side of size n: {kind = "perm", perm = T (1-based)},
-// {kind = "diag", diag = T}, {kind = "hadamard", seed = N}, {kind = "dense", matrix = T}.
+// {kind = "diag", diag = T}, {kind = "hadamard" | "butterfly", seed = N [, diag = T]} (the seeded
+// orthogonal transform after the diagonal: T = R·diag(d)), {kind = "dense", matrix = T}; each may
+// also give n, the side's size (checked).
 LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char* side, int64_t n) {
   idx = lua_absindex(L, idx);
   const std::string what = std::string(fn) + ": " + side + " transform";
@@ -286,13 +288,15 @@ LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char*
   lua_pop(L, 1);
   const std::string kind = opt_field_str(L, idx, "kind", fn, "");
   if (!transform_kind_from_name(kind, &t.kind) || t.kind == TransformKind::None)
-    fail(what, ": kind must be \"perm\", \"diag\", \"hadamard\" or \"dense\", got \"", kind, "\"");
-  static const char* const kNeeds[] = {"", "perm", "diag", "seed", "matrix"};
+    fail(what, ": kind must be \"perm\", \"diag\", \"hadamard\", \"butterfly\" or \"dense\", got \"", kind, "\"");
+  // The field each kind needs (indexed by TransformKind); a seeded kind may also take `diag`.
+  static const char* const kNeeds[] = {"", "perm", "diag", "seed", "matrix", "seed"};
   for (const char* k : {"perm", "diag", "seed", "matrix"}) {
     const bool given = lua_getfield(L, idx, k) != LUA_TNIL;
     lua_pop(L, 1);
     const bool needed = std::string(k) == kNeeds[(int)t.kind];
-    if (given != needed)
+    const bool optional = t.seeded() && std::string(k) == "diag";
+    if (given != needed && !optional)
       fail(what, needed ? ": kind \"" + kind + "\" needs '" + k + "'" : ": '" + std::string(k) + "' does not belong to kind \"" + kind + "\"");
   }
   auto tensor_field = [&](const char* k) {
@@ -309,12 +313,20 @@ LinearTransform transform_arg(lua_State* L, int idx, const char* fn, const char*
       }
       break;
     case TransformKind::Diagonal: t.diag = tensor_field("diag").to_vector(); break;
-    case TransformKind::Hadamard: {
+    case TransformKind::Hadamard:
+    case TransformKind::Butterfly: {
       lua_getfield(L, idx, "seed");
       const int64_t seed = check_int(L, lua_gettop(L), fn);
       lua_pop(L, 1);
       if (seed < 0) fail(what, ": seed must be >= 0, got ", seed);
       t.seed = (uint64_t)seed;
+      const bool has_diag = lua_getfield(L, idx, "diag") != LUA_TNIL;
+      lua_pop(L, 1);
+      if (has_diag) {
+        const Tensor d = tensor_field("diag");
+        if (d.dim() != 1) fail(what, ": 'diag' must be a 1-d tensor, got ", shape_str(d.shape()));
+        t.diag = d.to_vector();
+      }
       break;
     }
     case TransformKind::Dense: t.dense = tensor_field("matrix").contiguous().to(DType::F32); break;
@@ -341,7 +353,14 @@ void push_transform(lua_State* L, const LinearTransform& t) {
       break;
     }
     case TransformKind::Diagonal: push_tensor(L, Tensor::from_data({t.n}, t.diag)); lua_setfield(L, -2, "diag"); break;
-    case TransformKind::Hadamard: set_field(L, "seed", (int64_t)t.seed); break;
+    case TransformKind::Hadamard:
+    case TransformKind::Butterfly:
+      set_field(L, "seed", (int64_t)t.seed);
+      if (!t.diag.empty()) {
+        push_tensor(L, Tensor::from_data({t.n}, t.diag));
+        lua_setfield(L, -2, "diag");
+      }
+      break;
     case TransformKind::Dense: push_tensor(L, t.dense.clone()); lua_setfield(L, -2, "matrix"); break;
     default: break;
   }

@@ -129,6 +129,24 @@ static int l_random_hadamard_matrix(lua_State* L) {
   return 1;
 }
 
+// qf.linalg.random_butterfly(X, seed [, {inverse = false, dim = last}])
+static int l_random_butterfly(lua_State* L) {
+  const Tensor& X = check_tensor(L, 1, "random_butterfly");
+  const int64_t seed = check_int(L, 2, "random_butterfly");
+  check_opts(L, 3, "random_butterfly", {"inverse", "dim"});
+  const int d = opt_dim(L, 3, "random_butterfly", X);
+  push_tensor(L, random_butterfly(X, (uint64_t)seed, opt_field_bool(L, 3, "inverse", "random_butterfly", false), d));
+  return 1;
+}
+
+// qf.linalg.random_butterfly_matrix(n, seed) -> the dense T [n, n]
+static int l_random_butterfly_matrix(lua_State* L) {
+  const int64_t n = check_size(L, 1, "random_butterfly_matrix");
+  const int64_t seed = check_int(L, 2, "random_butterfly_matrix");
+  push_tensor(L, random_butterfly_matrix(n, (uint64_t)seed));
+  return 1;
+}
+
 void open_linalg(lua_State* L, int mod) {
   mod = lua_absindex(L, mod);
   lua_newtable(L);
@@ -144,7 +162,9 @@ void open_linalg(lua_State* L, int mod) {
              {"random_orthogonal", qf_guard<l_random_orthogonal>, 2},
              {"hadamard", qf_guard<l_hadamard>, 2},
              {"random_hadamard", qf_guard<l_random_hadamard>, 3},
-             {"random_hadamard_matrix", qf_guard<l_random_hadamard_matrix>, 2}});
+             {"random_hadamard_matrix", qf_guard<l_random_hadamard_matrix>, 2},
+             {"random_butterfly", qf_guard<l_random_butterfly>, 3},
+             {"random_butterfly_matrix", qf_guard<l_random_butterfly_matrix>, 2}});
   lua_setfield(L, mod, "linalg");
 }
 

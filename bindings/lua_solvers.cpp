@@ -8,7 +8,7 @@
 //   qf.solver_options(name)             -> defaults, declarations  (for qf.options: {name = {help, min =, max =,
 //                                          gt =, lt =, choices =}}; qf.solvers() gives min/max with min_open/max_open)
 //   qf.check_solver_options(name, opts) -> the resolved options (errors name the solver and the option)
-// and the layer solvers' primitives, 1:1 with the engine: qf.rtn, qf.gptq, qf.cd_sweep, qf.quantease,
+// and the layer solvers' primitives, 1:1 with the engine: qf.rtn, qf.gptq, qf.ldlq (docs/methods.md#ldlq), qf.cd_sweep, qf.quantease,
 // qf.iht_step, qf.lambda_max, qf.quantease_outliers, qf.alt_min (decoupleQ's layer stage, docs/methods.md#decoupleq),
 // qf.magr (MagR's preprocessing, docs/methods.md#magr; W′ and info), qf.objective. The solvers return a QLinear (lua_grid.cpp), all but qf.rtn with an info table; qf.cd_sweep
 // and qf.iht_step update their tensor argument in place and return it.
@@ -22,6 +22,7 @@
 #include "runner.h"
 #include "solvers/decoupleq.h"
 #include "solvers/gptq.h"
+#include "solvers/ldlq.h"
 #include "solvers/quantease.h"
 #include "solvers/quantease_outliers.h"
 #include "solvers/refit_scales.h"
@@ -441,6 +442,22 @@ static int f_gptq(lua_State* L) {
   return 2;
 }
 
+// qf.ldlq(W, Σ, spec [, opts]) -> QLinear, {percdamp =, target = the values rounded from [rows, cols]}
+static int f_ldlq(lua_State* L) {
+  const char* fn = "ldlq";
+  const Tensor& W = check_tensor(L, 1, fn);
+  const Tensor& H = check_tensor(L, 2, fn);
+  const GridSpec spec = grid_spec_arg(L, 3, fn);
+  const ojson opt = primitive_options(L, 4, fn, registry_fields("ldlq"));
+  LdlqResult r = ldlq(W, H, spec, ldlq_options(opt), solver_log(L, fn));
+  push_qlinear(L, std::move(r.q));
+  lua_createtable(L, 0, 2);
+  set_field(L, "percdamp", r.percdamp_used);
+  push_tensor(L, r.target);
+  lua_setfield(L, -2, "target");
+  return 2;
+}
+
 static std::vector<int64_t> order_field(lua_State* L, int arg, const char* fn, int64_t cols) {
   std::vector<int64_t> order;
   if (lua_type(L, arg) != LUA_TTABLE) return order;
@@ -627,6 +644,7 @@ void open_solvers(lua_State* L, int mod) {
              {"refit_scales", qf_guard<f_refit_scales>, 3},
              {"shrink_sigma", qf_guard<f_shrink_sigma>, 2},
              {"gptq", qf_guard<f_gptq>, 4},
+             {"ldlq", qf_guard<f_ldlq>, 4},
              {"cd_sweep", qf_guard<f_cd_sweep>, 5},
              {"quantease", qf_guard<f_quantease>, 4},
              {"iht_step", qf_guard<f_iht_step>, 5},

@@ -776,10 +776,13 @@ TEST_CASE("qforge format: exact round trip of codes, grids, g_idx, outliers, edi
 }
 
 TEST_CASE("qforge format: a wrong version or a damaged header is rejected naming the file and the field") {
-  const std::string p = tmpdir() + "/v2.safetensors";
-  safetensors_write(p, {{"x", "F32", {1}, std::string(4, '\0'), nullptr}}, {{"qforge_format", "2"}, {"qforge", "{}"}});
+  const std::string p = tmpdir() + "/v3.safetensors";
+  safetensors_write(p, {{"x", "F32", {1}, std::string(4, '\0'), nullptr}}, {{"qforge_format", "3"}, {"qforge", "{}"}});
   CHECK(is_qforge_file(p));
-  CHECK_THROWS_WITH_AS(load_qforge(p), doctest::Contains("field '__metadata__.qforge_format' = '2'"), Error);
+  CHECK_THROWS_WITH_AS(load_qforge(p), doctest::Contains("field '__metadata__.qforge_format' = '3' (this qforge reads versions 1 and 2)"), Error);
+  safetensors_write(p, {{"x", "F32", {1}, std::string(4, '\0'), nullptr}},
+                    {{"qforge_format", "2"}, {"qforge", R"({"qforge_format":1,"config":{"arch":"llama"},"linears":{}})"}});
+  CHECK_THROWS_WITH_AS(load_qforge(p), doctest::Contains("field 'qforge_format' disagrees with the metadata"), Error);
   safetensors_write(p, {{"x", "F32", {1}, std::string(4, '\0'), nullptr}}, {{"qforge_format", "1"}, {"qforge", "[]"}});
   CHECK_THROWS_WITH_AS(load_qforge(p), doctest::Contains("field '__metadata__.qforge' is not a JSON object"), Error);
   safetensors_write(p, {{"x", "F32", {1}, std::string(4, '\0'), nullptr}},

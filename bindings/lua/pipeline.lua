@@ -6,6 +6,7 @@ local P = {}
 local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
 local CAL_KQUANT = setmetatable({}, { __mode = "k" })     -- calibration -> K-quant fallback spec (P.prepare)
 local CAL_PRE = setmetatable({}, { __mode = "k" })        -- calibration -> preprocessing steps (P.preprocess)
+local BASIS_STEPS = { quip = true }  -- preprocessing steps that put transforms on the solve's result
 
 -- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
 P.common_options = {
@@ -579,6 +580,18 @@ function P.prepare(opt, fp_chain, grid)
   grid = grid or {}
   if grid.outliers == nil then grid.outliers = (opt.ratio or 0) > 0 end
   if grid.allocated == nil then grid.allocated = opt.target_bits ~= nil and opt.alloc ~= false end
+  -- Steps that change the basis (docs/methods.md#quip) leave transforms on every linear: exports of
+  -- plain codes and a finetune of scales/zeros (which does not pass through them) are refused now.
+  local basis_step
+  for name in (opt.pre or "none"):gmatch("[^,%s]+") do
+    if BASIS_STEPS[name] then basis_step = name end
+  end
+  if basis_step then
+    if grid.transforms == nil then grid.transforms = true end
+    if opt.finetune and ((opt.ft_params or ""):find("scales", 1, true) or (opt.ft_params or ""):find("zeros", 1, true)) then
+      qf.option_error("ft_params", string.format("pre=%s leaves transforms on the quantized linears; finetuning their scales or zeros is not supported (ft_params=norms or biases)", opt.pre))
+    end
+  end
   if opt.ktype ~= nil and opt.ktype ~= "none" and (grid.allocated or grid.float_zero) then
     qf.option_error("ktype", string.format("this recipe makes %s grids, not K-quant grids (ktype applies to rtn, gptq, quantease and recipes built on P.grid)",
       grid.allocated and "CVXQ-allocated" or "decoupleQ float-zero"))

@@ -523,4 +523,101 @@ Tensor random_hadamard_matrix(int64_t n, uint64_t seed) {
   return T;
 }
 
+
+// ---- QuIP's Kronecker ("butterfly") random orthogonal transform (methods.md#quip) ----
+
+RandomButterfly random_butterfly_plan(int64_t n, uint64_t seed) {
+  if (n < 1) fail("random_butterfly: n must be >= 1, got ", n);
+  RandomButterfly p;
+  p.n = n;
+  for (int64_t d = 1; d * d <= n; ++d)
+    if (n % d == 0) p.a = d;
+  p.b = n / p.a;
+  if (p.b > (int64_t)1 << 15)
+    fail("random_butterfly: n = ", n, " = ", p.a, " x ", p.b, " has a factor above 32768 (its orthogonal factor would be dense)");
+  Rng g(seed);
+  for (std::vector<int64_t>* perm : {&p.perm_in, &p.perm_out}) {
+    perm->resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) (*perm)[(size_t)i] = i;
+    for (int64_t i = n - 1; i >= 1; --i) std::swap((*perm)[(size_t)i], (*perm)[(size_t)g.randint(0, i)]);
+  }
+  p.A = p.a > 1 ? random_orthogonal_f64(p.a, g) : MatD::Ones(1, 1);
+  p.B = p.b > 1 ? random_orthogonal_f64(p.b, g) : MatD::Ones(1, 1);
+  return p;
+}
+
+Tensor random_butterfly(const Tensor& X, const RandomButterfly& p, bool inverse, int dim) {
+  check_defined(X, "random_butterfly", "X");
+  const int nd = X.dim();
+  const int d = dim < 0 ? dim + nd : dim;
+  if (nd > 0 && d >= 0 && d < nd && X.size(d) != p.n)
+    fail("random_butterfly: the size ", X.size(d), " of dimension ", d + 1, " of X ", shape_str(X.shape()),
+         " does not match the transform's n = ", p.n);
+  const int64_t n = p.n, a = p.a, b = p.b;
+  // Row-major copies: forward Y = A·U·Bᵀ, inverse U = Aᵀ·Y·B, with U, Y the [a, b] views of a slice.
+  // MA[i, k] multiplies row k into row i; MB[j, l] is the right factor's entry for column l ← j.
+  std::vector<double> MA(a * a), MB(b * b);
+  for (int64_t i = 0; i < a; ++i)
+    for (int64_t k = 0; k < a; ++k) MA[i * a + k] = inverse ? p.A(k, i) : p.A(i, k);
+  for (int64_t j = 0; j < b; ++j)
+    for (int64_t l = 0; l < b; ++l) MB[j * b + l] = inverse ? p.B(j, l) : p.B(l, j);
+  return map_slices(X, dim, "random_butterfly", n * (a + b) * 2, [&](double* x, double* y) {
+    // y (as scratch) ← the permuted input; then x ← y·MB (each row), y ← MA·x; then the permuted output.
+    const std::vector<int64_t>& first = inverse ? p.perm_out : p.perm_in;
+    const std::vector<int64_t>& last = inverse ? p.perm_in : p.perm_out;
+    if (!inverse)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[first[(size_t)i]];  // (P_in x)_i = x_perm_in[i]
+    else
+      for (int64_t i = 0; i < n; ++i) y[first[(size_t)i]] = x[i];  // P_outᵀ x
+    for (int64_t r = 0; r < a; ++r) {  // x[r, :] = y[r, :]·MB
+      double* xr = x + r * b;
+      const double* yr = y + r * b;
+      std::fill(xr, xr + b, 0.0);
+      for (int64_t j = 0; j < b; ++j) {
+        const double v = yr[j];
+        const double* Mj = MB.data() + j * b;
+        for (int64_t l = 0; l < b; ++l) xr[l] += v * Mj[l];
+      }
+    }
+    std::vector<double> u((size_t)n, 0.0);  // u = MA·x (rows combined)
+    for (int64_t i = 0; i < a; ++i) {
+      double* ui = u.data() + i * b;
+      for (int64_t k = 0; k < a; ++k) {
+        const double m = MA[i * a + k];
+        const double* xk = x + k * b;
+        for (int64_t l = 0; l < b; ++l) ui[l] += m * xk[l];
+      }
+    }
+    if (!inverse)
+      for (int64_t i = 0; i < n; ++i) y[i] = u[(size_t)last[(size_t)i]];  // (P_out u)_i = u_perm_out[i]
+    else
+      for (int64_t i = 0; i < n; ++i) y[last[(size_t)i]] = u[(size_t)i];  // P_inᵀ u
+  });
+}
+
+Tensor random_butterfly(const Tensor& X, uint64_t seed, bool inverse, int dim) {
+  check_defined(X, "random_butterfly", "X");
+  const int nd = X.dim();
+  if (nd == 0) fail("random_butterfly: X must have at least 1 dimension, got a 0-d tensor");
+  const int d = dim < 0 ? dim + nd : dim;
+  if (d < 0 || d >= nd)
+    fail("random_butterfly: dimension ", d + 1, " out of range for X of shape ", shape_str(X.shape()));
+  return random_butterfly(X, random_butterfly_plan(X.size(d), seed), inverse, dim);
+}
+
+Tensor random_butterfly_matrix(int64_t n, uint64_t seed) {
+  if (n < 1) fail("random_butterfly_matrix: n must be >= 1, got ", n);
+  if (n > (int64_t)1 << 14) fail("random_butterfly_matrix: n = ", n, " is too large for a dense matrix (at most 16384)");
+  const RandomButterfly p = random_butterfly_plan(n, seed);
+  // (T x)_r = (K u)_{perm_out[r]}, u_k = x_{perm_in[k]}: T[r, perm_in[k]] = K[perm_out[r], k],
+  // K[(α·b + β), (α'·b + β')] = Q_a[α, α']·Q_b[β, β'].
+  Tensor T = Tensor::empty({n, n});
+  float* t = T.f32();
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = p.perm_out[(size_t)r], al = row / p.b, be = row % p.b;
+    for (int64_t k = 0; k < n; ++k)
+      t[r * n + p.perm_in[(size_t)k]] = (float)(p.A(al, k / p.b) * p.B(be, k % p.b));
+  }
+  return T;
+}
 }  // namespace qf

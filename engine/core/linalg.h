@@ -90,4 +90,25 @@ Tensor random_hadamard(const Tensor& X, const RandomHadamard& plan, bool inverse
 // The dense T [n, n], built entry by entry (independently of the fast transform).
 Tensor random_hadamard_matrix(int64_t n, uint64_t seed);
 
+// QuIP's Kronecker ("butterfly") random orthogonal transform of size n drawn from `seed`
+// (docs/methods.md#quip): n = a·b with a the largest divisor of n not above √n (a prime n: a = 1),
+//   T = P_out·(Q_a ⊗ Q_b)·P_in,   orthogonal,
+// (P x)_i = x_perm[i] for the two random permutations, Q_a, Q_b Haar random orthogonal.
+// An index i = α·b + β splits into α (the Q_a index) and β (the Q_b index).
+// Seed expansion (bit for bit): Rng g(seed); perm_in then perm_out, each the identity shuffled
+// by Fisher–Yates from the top (for i = n−1 … 1: swap entries i and g.randint(0, i)); then
+// Q_a = random_orthogonal_f64(a, g) when a > 1 (Q_1 = [1], no draw), then Q_b likewise.
+struct RandomButterfly {
+  int64_t n = 0, a = 1, b = 1;              // n = a·b, a ≤ b
+  std::vector<int64_t> perm_in, perm_out;   // 0-based
+  Eigen::MatrixXd A, B;                     // Q_a [a, a], Q_b [b, b]
+};
+RandomButterfly random_butterfly_plan(int64_t n, uint64_t seed);
+// Each slice x along dim becomes T·x (inverse: Tᵀ·x); for a matrix X and dim = last, X·Tᵀ.
+// O(n·(a + b)) per slice, parallel over slices; the same bits for any thread count.
+Tensor random_butterfly(const Tensor& X, uint64_t seed, bool inverse = false, int dim = -1);
+Tensor random_butterfly(const Tensor& X, const RandomButterfly& plan, bool inverse = false, int dim = -1);
+// The dense T [n, n], built entry by entry (independently of the fast transform).
+Tensor random_butterfly_matrix(int64_t n, uint64_t seed);
+
 }  // namespace qf

@@ -46,7 +46,10 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
   const ModelConfig& c = m.cfg;
   check_qforge(m, path);
   nlohmann::ordered_json header;
-  header["qforge_format"] = kQforgeFormat;
+  // Version 2 only for what version 1 cannot hold (a butterfly transform, a diagonal on a seeded
+  // transform), so every other file keeps its bytes and older readers refuse what they would misread.
+  int version = kQforgeFormat;
+  header["qforge_format"] = version;  // set again after the linears (the key keeps its place)
   header["config"] = qforge_config_json(c);
   header["source"] = {{"path", m.source}, {"format", m.format}};
   nlohmann::ordered_json lins = nlohmann::ordered_json::object();
@@ -128,12 +131,18 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
         if (t->none()) continue;
         const std::string key = std::string(side) + "_transform", tn = ln + "." + side;
         lins[ln][key] = transform_kind_name(t->kind);
+        if (t->kind == TransformKind::Butterfly || (t->seeded() && !t->diag.empty())) version = kQforgeFormatSeededDiag;
         switch (t->kind) {
           case TransformKind::Permutation: entries.push_back({tn + "_perm", "I32", {t->n}, bytes_of_i32(t->perm), nullptr}); break;
           case TransformKind::Diagonal: entries.push_back({tn + "_diag", "F32", {t->n}, bytes_of_f32(t->diag), nullptr}); break;
           case TransformKind::Hadamard:
+          case TransformKind::Butterfly:
             lins[ln][std::string(side) + "_seed"] = std::to_string(t->seed);  // a string: JSON readers lose 64-bit integers
             lins[ln][std::string(side) + "_size"] = t->n;
+            if (!t->diag.empty()) {  // T = R·diag(d) (format 2)
+              lins[ln][std::string(side) + "_diag"] = true;
+              entries.push_back({tn + "_diag", "F32", {t->n}, bytes_of_f32(t->diag), nullptr});
+            }
             break;
           case TransformKind::Dense: entries.push_back({tn + "_dense", "F32", {t->n, t->n}, bytes_of_f32(t->dense.to_vector()), nullptr}); break;
           default: break;
@@ -148,11 +157,12 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
     }
   }
   header["linears"] = lins;
+  header["qforge_format"] = version;
   if (tok) add_tokenizer(tok->spec(), header, entries);
   else if (m.src && !m.src->tokenizer.model.empty()) add_tokenizer(m.src->tokenizer, header, entries);
   // Paths and tokenizer names may hold bytes that are not UTF-8: replaced in the JSON only.
   const std::string text = header.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-  safetensors_write(path, entries, {{"qforge_format", std::to_string(kQforgeFormat)}, {"qforge", text}});
+  safetensors_write(path, entries, {{"qforge_format", std::to_string(version)}, {"qforge", text}});
 }
 
 }  // namespace qf

@@ -123,7 +123,7 @@ static std::vector<T> load_vec(const SafetensorsFile& st, const std::string& nam
 
 
 static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& st, const std::string& ln, const json& d,
-                                                         const Shape& shape, const std::string& what) {
+                                                         const Shape& shape, const std::string& what, int64_t version) {
   const Fields f{d, what, "linears." + ln + "."};
   const std::string w = "qforge file '" + st.file->path + "': linear '" + ln + "'";
   auto q = std::make_shared<QuantizedLinear>();
@@ -232,13 +232,16 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
     LinearTransform& t = std::string(side) == "input" ? q->input : q->output;
     const std::string kname = f.str(key.c_str());
     if (!transform_kind_from_name(kname, &t.kind) || t.kind == TransformKind::None)
-      fail(w, ": field '", key, "' = '", kname, "' (expected perm, diag, hadamard or dense)");
+      fail(w, ": field '", key, "' = '", kname, "' (expected perm, diag, hadamard, butterfly or dense)");
+    if (t.kind == TransformKind::Butterfly && version < kQforgeFormatSeededDiag)
+      fail(w, ": field '", key, "' = 'butterfly' needs qforge_format ", kQforgeFormatSeededDiag, ", the file says ", version);
     t.n = std::string(side) == "input" ? g.cols : g.rows;
     const std::string tn = ln + "." + side;
     switch (t.kind) {
       case TransformKind::Permutation: t.perm = load_vec<int32_t>(st, tn + "_perm", "I32", {t.n}); break;
       case TransformKind::Diagonal: t.diag = load_vec<float>(st, tn + "_diag", "F32", {t.n}); break;
-      case TransformKind::Hadamard: {
+      case TransformKind::Hadamard:
+      case TransformKind::Butterfly: {
         const std::string seed = f.str((std::string(side) + "_seed").c_str());
         if (seed.empty() || seed.size() > 20 || seed.find_first_not_of("0123456789") != std::string::npos)
           fail(w, ": field '", side, "_seed' = '", seed, "' is not an unsigned 64-bit integer");
@@ -250,6 +253,11 @@ static std::shared_ptr<const QuantizedLinear> load_quant(const SafetensorsFile& 
         }
         if (f.integer((std::string(side) + "_size").c_str(), 1, 1 << 30) != t.n)
           fail(w, ": field '", side, "_size' differs from the weight's ", t.n);
+        if (d.contains(std::string(side) + "_diag") && f.boolean((std::string(side) + "_diag").c_str())) {  // T = R·diag(d)
+          if (version < kQforgeFormatSeededDiag)
+            fail(w, ": field '", side, "_diag' needs qforge_format ", kQforgeFormatSeededDiag, ", the file says ", version);
+          t.diag = load_vec<float>(st, tn + "_diag", "F32", {t.n});
+        }
         break;
       }
       case TransformKind::Dense: {
@@ -306,14 +314,16 @@ Model load_qforge(const std::string& path) {
   const std::string what = "qforge file '" + path + "'";
   auto v = st.metadata.find("qforge_format");
   if (v == st.metadata.end()) fail(what, ": field '__metadata__.qforge_format' is missing (not a qforge file)");
-  if (v->second != std::to_string(kQforgeFormat))
-    fail(what, ": field '__metadata__.qforge_format' = '", v->second, "' (this qforge reads version ", kQforgeFormat, ")");
+  if (v->second != std::to_string(kQforgeFormat) && v->second != std::to_string(kQforgeFormatSeededDiag))
+    fail(what, ": field '__metadata__.qforge_format' = '", v->second, "' (this qforge reads versions ", kQforgeFormat, " and ",
+         kQforgeFormatSeededDiag, ")");
   auto h = st.metadata.find("qforge");
   if (h == st.metadata.end()) fail(what, ": field '__metadata__.qforge' (the header) is missing");
   const json header = parse_json_bounded(h->second, what + ": field '__metadata__.qforge'");
   if (!header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
   const Fields top{header, what, ""};
-  if (top.integer("qforge_format", 0, 1 << 30) != kQforgeFormat) fail(what, ": field 'qforge_format' disagrees with the metadata");
+  const int64_t version = top.integer("qforge_format", 0, 1 << 30);
+  if (std::to_string(version) != v->second) fail(what, ": field 'qforge_format' disagrees with the metadata");
 
   auto src = std::make_shared<ModelSource>();
   src->format = "qforge";
@@ -348,7 +358,7 @@ Model load_qforge(const std::string& path) {
       if (d == lins.end()) {
         l.weight = load_f32(st, ln + ".weight", shape);
       } else {
-        l.quant = load_quant(st, ln, *d, shape, what);
+        l.quant = load_quant(st, ln, *d, shape, what, version);
         const std::string kind = Fields{*d, what, "linears." + ln + "."}.str("weight");
         if (kind == "codes") l.weight = l.quant->dequantize();
         else if (kind == "f32") l.weight = load_f32(st, ln + ".weight", shape);

@@ -12,7 +12,9 @@
 // without row groups), ngroups], .g_idx I32 [cols], .row_group I32 [rows] (row groups only),
 // .group_bits U8 [row groups, ngroups] (mixed bits only), when it has outliers
 // .outlier_rows/.outlier_cols I32 [nnz] and
-// .outlier_vals F32 [nnz]; .weight F32 as well only when the weight no longer equals the
+// .outlier_vals F32 [nnz]; transforms (methods.md#transforms) as <side>_transform = perm | diag |
+// hadamard | dense | butterfly with .<side>_perm I32 / .<side>_diag F32 / .<side>_dense F32, or for
+// the seeded kinds <side>_seed (decimal string), <side>_size and optionally <side>_diag; .weight F32 as well only when the weight no longer equals the
 // dequantized codes (weight "f32"). Tokenizer: tokenizer.tokens U8 (concatenated) +
 // tokenizer.token_offsets I32 [n+1], tokenizer.scores F32, tokenizer.token_type I32,
 // tokenizer.merges U8 + tokenizer.merge_offsets I32 (those present).
@@ -25,7 +27,11 @@
 
 namespace qf {
 
+// Version 1; version 2 adds butterfly transforms and a diagonal on a seeded transform
+// (<side>_diag: true, tensor .<side>_diag F32 [n]; docs/methods.md#quip). Files are written as 1
+// unless they hold something only 2 has; both are read.
 constexpr int kQforgeFormat = 1;
+constexpr int kQforgeFormatSeededDiag = 2;
 
 // True when `path` is a safetensors file whose metadata has qforge_format (never throws).
 bool is_qforge_file(const std::string& path);

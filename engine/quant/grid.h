@@ -206,22 +206,27 @@ struct SparseEntries {
 // is O·Ŵ·T, where Ŵ = grid values + outliers is what the codes hold. Kinds:
 //   Permutation  (T x)_c = x_perm[c]             (perm 0-based, a permutation of 0..n−1)
 //   Diagonal     (T x)_c = d_c·x_c               (d finite and nonzero: AWQ-style scales)
-//   Hadamard     T = the randomized Hadamard transform of size n drawn from `seed`
+//   Hadamard     T = R·diag(d), R the randomized Hadamard transform of size n drawn from `seed`
 //                (core/linalg.h, random_hadamard): orthogonal, rebuilt from 8 bytes
+//   Butterfly    T = R·diag(d), R QuIP's Kronecker random orthogonal transform drawn from `seed`
+//                (core/linalg.h, random_butterfly; methods.md#quip)
 //   Dense        T a given [n, n] matrix (a random orthogonal one, QuIP's U/V …)
+// The seeded kinds (Hadamard, Butterfly) may carry a diagonal d applied first (`diag`, empty:
+// none, i.e. d = 1): QuIP's input transform V·diag(1/s) (methods.md#quip).
 // Storage counts what the qforge format keeps: 32 bits per permutation or diagonal entry,
-// 64 bits for a seed, 32·n² for a dense matrix.
-enum class TransformKind : uint8_t { None, Permutation, Diagonal, Hadamard, Dense };
-const char* transform_kind_name(TransformKind k);  // "none", "perm", "diag", "hadamard", "dense"
+// 64 bits for a seed (+ 32 per entry of a seeded kind's diagonal), 32·n² for a dense matrix.
+enum class TransformKind : uint8_t { None, Permutation, Diagonal, Hadamard, Dense, Butterfly };
+const char* transform_kind_name(TransformKind k);  // "none", "perm", "diag", "hadamard", "dense", "butterfly"
 bool transform_kind_from_name(const std::string& name, TransformKind* k);
 struct LinearTransform {
   TransformKind kind = TransformKind::None;
   int64_t n = 0;
   std::vector<int32_t> perm;
-  std::vector<float> diag;
+  std::vector<float> diag;  // Diagonal: d; Hadamard/Butterfly: the diagonal applied first (empty: none)
   uint64_t seed = 0;
   Tensor dense;  // f32 [n, n], contiguous
   bool none() const { return kind == TransformKind::None; }
+  bool seeded() const { return kind == TransformKind::Hadamard || kind == TransformKind::Butterfly; }
   double storage_bits() const;
   // Checks the parameters (sizes, a true permutation, finite nonzero scales, a finite matrix);
   // errors begin with `what`.
@@ -230,6 +235,13 @@ struct LinearTransform {
 // W·T (input transform: on columns, W [rows, n]) and O·W (output transform: on rows, W [n, cols]).
 Tensor transform_apply_input(const LinearTransform& t, const Tensor& W);
 Tensor transform_apply_output(const LinearTransform& t, const Tensor& W);
+// The other direction: W·T⁻¹ and O⁻¹·W (a dense transform by an LU solve; an error when singular).
+// A solver given the problem W′ = O⁻¹·W·T⁻¹, Σ′ = T·Σ·Tᵀ, μ′ = T·μ returns Ŵ′ with O·Ŵ′·T ≈ W.
+Tensor transform_apply_input_inverse(const LinearTransform& t, const Tensor& W);
+Tensor transform_apply_output_inverse(const LinearTransform& t, const Tensor& W);
+// T·Σ·Tᵀ for Σ [n, n] (made exactly symmetric), and T·x for x [n].
+Tensor transform_gram(const LinearTransform& t, const Tensor& Sigma);
+Tensor transform_vector(const LinearTransform& t, const Tensor& x);
 
 // Integer codes + grid + optional outliers (+ optional transforms); dequantizes exactly to
 // O·(scale·(code − zero) + outliers)·T.

@@ -259,6 +259,11 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
       if (g.spec.kind == GridKind::KQuant)
         fail(fn, ": block ", layer + 1, " linear '", lin.name, "' has a ", g.spec.str(),
              " grid, whose scales and mins are the format's integers; finetune params norms/biases only");
+      // Its effective weight is O·Ŵ·T (methods.md#transforms): gradients of scales and zeros would
+      // have to pass through the transforms, which this stage does not do.
+      if (lin.quant->has_transforms())
+        fail(fn, ": block ", layer + 1, " linear '", lin.name, "' carries ", lin.quant->input.none() ? "an output" : "an input",
+             " transform (docs/methods.md#transforms); finetuning scales/zeros in a transformed basis is not supported: finetune params norms/biases only");
       std::vector<int64_t> nrows((size_t)g.nrowgroups(), 0);
       for (int64_t r = 0; r < g.rows; ++r) ++nrows[(size_t)g.rg(r)];
       const bool compand = g.spec.kind == GridKind::Compand;

@@ -18,6 +18,8 @@ RefitResult refit_scales(const LayerProblem& p, const QuantizedLinear& q) {
   const int64_t r = p.W.size(0), c = p.W.size(1);
   if (g.rows != r || g.cols != c || q.codes.dim() != 2 || q.codes.size(0) != r || q.codes.size(1) != c)
     fail(fn, ": the quantized linear [", g.rows, ", ", g.cols, "] does not match W ", shape_str(p.W.shape()));
+  if (q.has_transforms())  // the refit's least squares are in the codes' basis (methods.md#transforms)
+    fail(fn, ": the quantized linear carries transforms; refit it in its transformed basis (the problem its solver saw) before attaching them");
   if (g.spec.kind != GridKind::Uniform || g.spec.float_zero)
     fail(fn, ": needs a uniform grid with integer zeros, got ", g.spec.str(), " (decoupleQ refits its float zeros itself)");
   if (!g.spec.row_group.empty() || g.spec.mixed_bits())

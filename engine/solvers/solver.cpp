@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "solvers/decoupleq.h"
 #include "solvers/gptq.h"
+#include "solvers/ldlq.h"
 #include "solvers/magr.h"
 #include "solvers/owq.h"
 #include "solvers/quantease.h"
@@ -136,6 +137,15 @@ GptqOptions gptq_options(const ojson& o) {
   go.stochastic = o.at("stochastic").get<bool>();
   go.seed = (uint64_t)o.at("seed").get<int64_t>();
   return go;
+}
+
+LdlqOptions ldlq_options(const ojson& o) {
+  LdlqOptions lo;
+  lo.blocksize = o.at("blocksize").get<int64_t>();
+  lo.percdamp = o.at("percdamp").get<double>();
+  lo.act_order = o.at("act_order").get<bool>();
+  lo.static_groups = o.at("static_groups").get<bool>();
+  return lo;
 }
 
 QuantEaseOptions quantease_options(const ojson& o) {
@@ -345,6 +355,17 @@ static std::vector<SolverEntry> make_registry() {
                    return SolveResult{std::move(wr.q), std::move(info)};
                  }});
   }
+  const LdlqOptions ld;
+  r.push_back({"ldlq", "LDLQ, QuIP's rounding from the LDL factor of Sigma; rounds as GPTQ does (docs/methods.md#ldlq)",
+               {opt_int("blocksize", ld.blocksize, 1, "dynamic groups: fitted with the feedback of the columns before their GPTQ lazy-batch block (1: all earlier columns)"),
+                opt_num("percdamp", ld.percdamp, 0, "damping: fraction of mean diag Sigma added (x10 on factorization failure)"),
+                opt_bool("act_order", ld.act_order, "columns in decreasing diag(Sigma) order"),
+                opt_bool("static_groups", ld.static_groups, "group parameters from the original W up front (needs group > 0)")},
+               [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
+                 LdlqResult lr = ldlq(p, s, ldlq_options(o), log);
+                 ojson info = {{"percdamp", lr.percdamp_used}};
+                 return SolveResult{std::move(lr.q), std::move(info)};
+               }});
   return r;
 }
 
@@ -362,6 +383,48 @@ const SolverEntry& find_solver(const std::string& name) {
   fail("unknown solver '", name, "' (known: ", known, ")");
 }
 
+const std::vector<OptionField>& quip_option_fields() {
+  static const std::vector<OptionField> f = {
+      opt_int("seed", 0, 0, "run seed: each linear's transforms are drawn from it, its block and its name"),
+      opt_bool("rescale", true, "QuIP's diagonal rescaling s_j = (Sigma_jj/max diag / |W_:j|^2)^(1/4) before the rotations"),
+      opt_str("sides", "both", {"both", "input", "output"}, "rotate the input side (V), the output side (U) or both"),
+      opt_str("kind", "hadamard", {"hadamard", "butterfly"}, "random orthogonal transforms: randomized Hadamard or QuIP's Kronecker butterfly"),
+      opt_bool("measure_sigma", false, "also record the mu-incoherence of Sigma's eigenvectors before and after (two O(n^3) eigendecompositions)")};
+  return f;
+}
+
+IncoherenceOptions quip_options(const ojson& o, const LayerProblem& p) {
+  IncoherenceOptions io;
+  io.seed = quip_layer_seed((uint64_t)o.at("seed").get<int64_t>(), p.block, p.name);
+  io.rescale = o.at("rescale").get<bool>();
+  incoherence_sides_from_name(o.at("sides").get<std::string>(), &io.sides);
+  io.kind = o.at("kind").get<std::string>() == "butterfly" ? TransformKind::Butterfly : TransformKind::Hadamard;
+  io.measure_sigma = o.at("measure_sigma").get<bool>();
+  return io;
+}
+
+ojson incoherence_info(const IncoherenceResult& r, const IncoherenceOptions& o) {
+  const IncoherenceStats& s = r.stats;
+  ojson info = {{"kind", transform_kind_name(o.kind)},
+                {"sides", incoherence_sides_name(o.sides)},
+                {"rescale", o.rescale},
+                {"input_seed", (int64_t)r.input_seed},
+                {"output_seed", (int64_t)r.output_seed},
+                {"mu_w_before", s.mu_w_before},
+                {"mu_w_after", s.mu_w_after},
+                {"sigma_diag_before", s.sigma_diag_before},
+                {"sigma_diag_after", s.sigma_diag_after}};
+  if (o.measure_sigma) {
+    info["mu_sigma_before"] = s.mu_sigma_before;
+    info["mu_sigma_after"] = s.mu_sigma_after;
+  }
+  info["scale_min"] = s.scale_min;
+  info["scale_max"] = s.scale_max;
+  info["dead_inputs"] = s.dead_inputs;
+  info["transform_bits"] = r.input.storage_bits() + r.output.storage_bits();
+  return info;
+}
+
 // ---- preprocessing: entries are added by each method's file (docs/methods.md#preprocess) ----
 static std::vector<PreprocessEntry> make_preprocess_registry() {
   std::vector<PreprocessEntry> r;
@@ -369,6 +432,17 @@ static std::vector<PreprocessEntry> make_preprocess_registry() {
                magr_option_fields(), [](const LayerProblem& p, const GridSpec& s, const ojson& o, const SolverLog& log) {
                  PreprocessResult pr;
                  pr.problem = magr_problem(p, s, o, log, &pr.info);
+                 return pr;
+               }});
+  r.push_back({"quip", "QuIP's incoherence processing: diagonal rescaling, then seeded random orthogonal transforms on both sides (docs/methods.md#quip)",
+               quip_option_fields(), [](const LayerProblem& p, const GridSpec&, const ojson& o, const SolverLog&) {
+                 const IncoherenceOptions io = quip_options(o, p);
+                 IncoherenceResult ir = incoherence(p, io);
+                 PreprocessResult pr;
+                 pr.info = incoherence_info(ir, io);
+                 pr.problem = std::move(ir.problem);
+                 pr.input = std::move(ir.input);
+                 pr.output = std::move(ir.output);
                  return pr;
                }});
   return r;

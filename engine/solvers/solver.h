@@ -12,9 +12,11 @@
 #include <vector>
 
 #include "quant/grid.h"
+#include "quant/incoherence.h"
 #include "quant/layer_problem.h"
 #include "solvers/decoupleq.h"
 #include "solvers/gptq.h"
+#include "solvers/ldlq.h"
 #include "solvers/magr.h"
 #include "solvers/owq.h"
 #include "solvers/quantease.h"
@@ -60,7 +62,7 @@ struct SolveResult {
 };
 
 struct SolverEntry {
-  std::string name;  // the method: "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq", "owq"
+  std::string name;  // the method: "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq", "owq", "ldlq", …
   std::string help;  // one line
   std::vector<OptionField> options;
   // The method itself, on resolved options; returns the quantized linear and its own info fields.
@@ -72,6 +74,7 @@ const std::vector<SolverEntry>& solver_registry();
 // A solver's resolved options (resolve_options on its registry fields) as the engine's option
 // struct: one mapping for the registry and for the Lua primitives.
 GptqOptions gptq_options(const nlohmann::ordered_json& resolved);
+LdlqOptions ldlq_options(const nlohmann::ordered_json& resolved);
 QuantEaseOptions quantease_options(const nlohmann::ordered_json& resolved);
 OutlierOptions quantease_outliers_options(const nlohmann::ordered_json& resolved);
 AltMinOptions decoupleq_options(const nlohmann::ordered_json& resolved);
@@ -126,5 +129,15 @@ PreprocessResult preprocess_layer(const std::string& name, const LayerProblem& p
 // transforms cannot take another one (transforms do not compose here): an error naming `who`.
 QuantizedLinear attach_transforms(QuantizedLinear q, const LinearTransform& input, const LinearTransform& output,
                                   const std::string& who);
+
+// QuIP's incoherence processing, the preprocessing step "quip" (docs/methods.md#quip): its declared
+// options (seed — the run seed; each linear's transforms come from quip_layer_seed(seed, p.block,
+// p.name) —, rescale, sides, kind, measure_sigma), the resolved options as IncoherenceOptions for
+// the problem p, and its info fields (kind, sides, rescale, input_seed, output_seed, mu_w_before,
+// mu_w_after, sigma_diag_before, sigma_diag_after, [mu_sigma_before, mu_sigma_after], scale_min,
+// scale_max, dead_inputs, transform_bits).
+const std::vector<OptionField>& quip_option_fields();
+IncoherenceOptions quip_options(const nlohmann::ordered_json& resolved, const LayerProblem& p);
+nlohmann::ordered_json incoherence_info(const IncoherenceResult& r, const IncoherenceOptions& o);
 
 }  // namespace qf

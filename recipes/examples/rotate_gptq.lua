@@ -8,6 +8,10 @@
 -- of basis (T and O orthogonal), so P.quantize_model's objective against the original W is the
 -- rotated problem's. Storage counts 64 bits per seed; the qforge format keeps the seeds, HF stores
 -- the dense W_eff, and formats of plain codes refuse the run before any work (save= is checked).
+-- The engine primitive is QuIP's incoherence processing (engine/quant/incoherence.h,
+-- docs/methods.md#quip): the same rotations plus QuIP's diagonal rescaling, randomized Hadamard or
+-- butterfly, seeded per layer, for any solver (`pre=quip` on recipes/gptq.lua, quantease.lua, …); this recipe stays as
+-- the toolkit-only version of its rotations.
 --   qforge run recipes/examples/rotate_gptq.lua bits=3 sides=input
 local P = require("qforge.pipeline")
 local opt = P.options(P.solve_options(P.solver_options("gptq", nil, { sides = "input", rot_seed = 1 }, {

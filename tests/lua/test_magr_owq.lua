@@ -66,7 +66,9 @@ check_error(function() qf.preprocess("magr", layer, qf.grid{ bits = 3 }, { alpha
 H.section("owq through the registry")
 local names = {}
 for _, s in ipairs(qf.solvers()) do names[#names + 1] = s.name end
-check_eq(names[#names], "owq", "qf.solvers() lists owq")
+local has_owq = false
+for _, n in ipairs(names) do has_owq = has_owq or n == "owq" end
+check(has_owq, "qf.solvers() lists owq")
 -- inputs 4 and 18 (1-based) dominate Σ
 local Xh = X:clone()
 Xh:select(1, 4):mul(12)

@@ -14,7 +14,7 @@ local problem = { W = W, sigma = S, tokens = 300, site = "attn_in", block = 2, n
 H.section("the registry")
 local names = {}
 for _, s in ipairs(qf.solvers()) do names[#names + 1] = s.name end
-check_eq(names, { "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq", "qronos", "gpfq", "owq" })
+check_eq(names, { "rtn", "gptq", "quantease", "quantease_outliers", "decoupleq", "qronos", "gpfq", "owq", "ldlq" })
 local qe = qf.solvers()[3]
 check_eq(qe.options[2], { name = "init", type = "string", default = "w", choices = { "w", "rtn", "gptq" },
                           help = "starting point: w (the weight), rtn or gptq" })
@@ -60,7 +60,7 @@ check_error(function() qf.solve("quantease_outliers", problem, grid, { ratio = 1
 check_error(function() qf.solve("quantease_outliers", problem, grid, { ratio = 1 }) end, "must be a finite number >= 0 and < 1, got 1")
 check_error(function() qf.solve("quantease_outliers", problem, grid, { alpha = 0 }) end, "option 'alpha' must be a finite number > 0, got 0")
 check_error(function() qf.solve("rtn", problem, grid, { iters = 1 }) end, "rtn: unknown option 'iters' (it takes none)")
-check_error(function() qf.solve("awq", problem, grid) end, "unknown solver 'awq' (known: rtn, gptq, quantease, quantease_outliers, decoupleq, qronos, gpfq, owq)")
+check_error(function() qf.solve("awq", problem, grid) end, "unknown solver 'awq' (known: rtn, gptq, quantease, quantease_outliers, decoupleq, qronos, gpfq, owq, ldlq)")
 check_error(function() qf.solve("gptq", { W = W, block = 2, name = "q" }, grid) end, "gptq (block 2 linear q): the problem has no 'sigma'")
 check_error(function() qf.solve("gptq", { W = W, sigma = S, Sigma = S }, grid) end, "unknown option 'Sigma'")
 check_error(function() qf.solve("gptq", { W = W, sigma = qf.zeros({ 3, 3 }) }, grid) end, "gptq")

@@ -61,7 +61,7 @@ check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "pe
 check_error(function() qf.qlinear{ grid = g, codes = codes, output = { kind = "dense", matrix = T } } end, "must be [3, 3], got [4, 4]")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "diag" } } end, "kind \"diag\" needs 'diag'")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "diag", diag = d, seed = 3 } } end, "'seed' does not belong to kind \"diag\"")
-check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "rotate" } } end, "kind must be \"perm\", \"diag\", \"hadamard\" or \"dense\"")
+check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "rotate" } } end, "kind must be \"perm\", \"diag\", \"hadamard\", \"butterfly\" or \"dense\"")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "diag", diag = d, scale = 1 } } end, "unknown option 'scale'")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = "diag" } end, "must be a table")
 check_error(function() qf.qlinear{ grid = g, codes = codes, input = { kind = "hadamard", seed = -1 } } end, "seed must be >= 0")
