@@ -409,6 +409,9 @@ int run_recipe(const RunArgs& a) {
   const int base = lua_gettop(L);
   int rc = luaL_loadbufferx(L, source.data(), source.size(), ("@" + a.recipe).c_str(), "t");
   if (rc == LUA_OK) {
+    // One stack slot per key=value argument: a rerun passes every option (50+), beyond the 20 slots
+    // Lua guarantees a C function — without the check they overwrote the heap.
+    if (!lua_checkstack(L, (int)a.kv.size() + 1)) fail("too many recipe arguments (", a.kv.size(), ")");
     for (const std::string& kv : a.kv) lua_pushstring(L, kv.c_str());
     rc = lua_pcall(L, (int)a.kv.size(), 0, base);
   }

@@ -39,12 +39,14 @@ run magr_gptq      recipes/gptq.lua      bits=$ORDER pre=magr
 run magr_quantease recipes/quantease.lua bits=$ORDER pre=magr
 run quip_gptq      recipes/gptq.lua      bits=$ORDER pre=quip
 run quip_quantease recipes/quantease.lua bits=$ORDER pre=quip
+run quipin_gptq    recipes/gptq.lua      bits=$ORDER pre=quip quip_sides=input
+run quipin_quantease recipes/quantease.lua bits=$ORDER pre=quip quip_sides=input
 run owq3           recipes/owq.lua       bits=3 target_bits=3.01
 run owq4           recipes/owq.lua       bits=4 target_bits=4.01
 run awq_rtn        recipes/awq.lua       bits=$ORDER solver=rtn
 run awq_gptq       recipes/awq.lua       bits=$ORDER solver=gptq
 run awq_quantease  recipes/awq.lua       bits=$ORDER solver=quantease
 run qronos_magr    recipes/qronos.lua    bits=2 pre=magr
-run qronos_quip_magr recipes/qronos.lua  bits=2 pre=magr+quip
+run qronos_quip_magr recipes/qronos.lua  bits=2 pre=magr+quip quip_sides=input
 run gptq_stochastic recipes/gptq.lua     bits=$ORDER stochastic=true seed=0,1,2
 exit $rc

@@ -10,11 +10,11 @@
 -- The engine's MagR (docs/methods.md#magr: the sort-based ℓ1-ball prox, α on the reference code's
 -- scale, per-group variant) composes with every pipeline recipe as `pre=magr`
 -- (recipes/gptq.lua pre=magr magr_alpha=3e-3); this example stays as the toolkit-only version.
---   qforge run recipes/examples/magr_gptq.lua bits=3 alpha=0.05 magr_iters=30
+--   qforge run recipes/examples/magr_gptq.lua bits=3 alpha=0.05 prox_iters=30
 local P = require("qforge.pipeline")
-local opt = P.options(P.solve_options(P.solver_options("gptq", nil, { alpha = 0.05, magr_iters = 30 }, {
+local opt = P.options(P.solve_options(P.solver_options("gptq", nil, { alpha = 0.05, prox_iters = 30 }, {
   alpha = { "ℓ∞ penalty, in units of λmax(Σ)·mean|W| (0: plain GPTQ)", min = 0 },
-  magr_iters = { "proximal-gradient iterations per linear", min = 1 },
+  prox_iters = { "proximal-gradient iterations per linear", min = 1 },
 })))
 local ctx = P.prepare(opt)
 local spec = P.grid(opt)
@@ -31,7 +31,7 @@ local s = P.quantize_model(ctx.model, ctx.cal, function(l, g)
   local eta = 1 / lmax
   local t = opt.alpha * W:clone():abs():mean()              -- η·α with α = alpha·λmax·mean|W|
   local What = W:clone()
-  for _ = 1, opt.magr_iters do
+  for _ = 1, opt.prox_iters do
     What = prox_linf(What - ((What - W):matmul(S)) * eta, t)
   end
   seconds = seconds + (qf.now() - t0)

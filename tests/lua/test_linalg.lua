@@ -211,7 +211,7 @@ H.section("arity: one argument too many is refused before anything runs")
 local names = {}
 for k, f in pairs(la) do if type(f) == "function" then names[#names + 1] = k end end
 table.sort(names)
-check_eq(#names, 11, "qf.linalg holds 11 functions")
+check_eq(#names, 13, "qf.linalg holds 13 functions")
 for _, k in ipairs(names) do
   local n = qf._arity[la[k]]
   if check(math.type(n) == "integer" and n >= 0, "qf.linalg." .. k .. " has a declared arity") then
