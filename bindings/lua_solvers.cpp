@@ -153,8 +153,9 @@ static void push_field(lua_State* L, const OptionField& f, bool for_options) {
   }
 }
 
-static int f_solvers(lua_State* L) {
-  const std::vector<SolverEntry>& r = solver_registry();
+// A registry as {{name =, help =, options = {...}}, ...} (qf.solvers, qf.preprocessors).
+template <class Entry>
+static void push_registry(lua_State* L, const std::vector<Entry>& r) {
   lua_createtable(L, (int)r.size(), 0);
   for (size_t i = 0; i < r.size(); ++i) {
     lua_createtable(L, 0, 3);
@@ -168,23 +169,29 @@ static int f_solvers(lua_State* L) {
     lua_setfield(L, -2, "options");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  return 1;
 }
 
-static int f_solver_options(lua_State* L) {
-  const SolverEntry& e = find_solver(check_str(L, 1, "solver_options"));
+// An entry's options as two tables: defaults and qf.options declarations (qf.solver_options, qf.preprocess_options).
+static int push_option_tables(lua_State* L, const std::vector<OptionField>& fields) {
   lua_newtable(L);
-  for (const OptionField& f : e.options) {
+  for (const OptionField& f : fields) {
     push_json(L, f.default_value);
     lua_setfield(L, -2, f.name.c_str());
   }
   lua_newtable(L);
-  for (const OptionField& f : e.options) {
+  for (const OptionField& f : fields) {
     push_field(L, f, true);
     lua_setfield(L, -2, f.name.c_str());
   }
   return 2;
 }
+
+static int f_solvers(lua_State* L) {
+  push_registry(L, solver_registry());
+  return 1;
+}
+
+static int f_solver_options(lua_State* L) { return push_option_tables(L, find_solver(check_str(L, 1, "solver_options")).options); }
 
 static int f_check_solver_options(lua_State* L) {
   const SolverEntry& e = find_solver(check_str(L, 1, "check_solver_options"));
@@ -262,37 +269,13 @@ static int f_solve(lua_State* L) {
 
 // qf.preprocessors() -> { {name =, help =, options = {...}}, ... } (as qf.solvers()).
 static int f_preprocessors(lua_State* L) {
-  const std::vector<PreprocessEntry>& r = preprocess_registry();
-  lua_createtable(L, (int)r.size(), 0);
-  for (size_t i = 0; i < r.size(); ++i) {
-    lua_createtable(L, 0, 3);
-    set_field(L, "name", r[i].name);
-    set_field(L, "help", r[i].help);
-    lua_createtable(L, (int)r[i].options.size(), 0);
-    for (size_t j = 0; j < r[i].options.size(); ++j) {
-      push_field(L, r[i].options[j], false);
-      lua_rawseti(L, -2, (lua_Integer)j + 1);
-    }
-    lua_setfield(L, -2, "options");
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  push_registry(L, preprocess_registry());
   return 1;
 }
 
 // qf.preprocess_options(name) -> defaults, declarations (as qf.solver_options).
 static int f_preprocess_options(lua_State* L) {
-  const PreprocessEntry& e = find_preprocess(check_str(L, 1, "preprocess_options"));
-  lua_newtable(L);
-  for (const OptionField& f : e.options) {
-    push_json(L, f.default_value);
-    lua_setfield(L, -2, f.name.c_str());
-  }
-  lua_newtable(L);
-  for (const OptionField& f : e.options) {
-    push_field(L, f, true);
-    lua_setfield(L, -2, f.name.c_str());
-  }
-  return 2;
+  return push_option_tables(L, find_preprocess(check_str(L, 1, "preprocess_options")).options);
 }
 
 static int f_check_preprocess_options(lua_State* L) {

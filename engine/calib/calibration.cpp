@@ -48,6 +48,20 @@ void accumulate_gram(Eigen::MatrixXd& S, const Tensor& X_) {
   backend().gram_accumulate(X.f32(), N, c, S.data(), nullptr);
 }
 
+// Adds one site's activations x [N, c] into st (Σ and Σx in f64, the token count); returns x contiguous.
+static Tensor accumulate_site(SiteStats& st, const Tensor& x) {
+  if (st.sum.size() == 0) {
+    st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
+    st.xsum = Eigen::VectorXd::Zero(x.size(1));
+  }
+  if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
+    fail("calibration: site ", site_name(st.site), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
+  Tensor xc = x.contiguous();
+  backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());
+  st.tokens += x.size(0);
+  return xc;
+}
+
 // block_forward over the windows in chunks of ~kChunkTokens tokens (whole windows), so the
 // block's transient activations (q, k, v, attention, gate, up: ~10 buffers of [N, ·]) are
 // bounded by the chunk, not by nsamples·seqlen. Rows are independent between windows, and
@@ -86,17 +100,7 @@ std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector
   }
   auto obs = [&](Site s, const Tensor& x) {
     auto it = out.find(s);
-    if (it == out.end()) return;
-    SiteStats& st = it->second;
-    if (st.sum.size() == 0) {
-      st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
-      st.xsum = Eigen::VectorXd::Zero(x.size(1));
-    }
-    if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
-      fail("calibration: site ", site_name(s), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
-    const Tensor xc = x.contiguous();
-    backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());  // Σ and Σx in f64
-    st.tokens += x.size(0);
+    if (it != out.end()) accumulate_site(it->second, x);
   };
   chunked_block_forward(m, block_, xq_, B_, T_, obs);
   // exact symmetry; .eval(): assigning A + Aᵀ to A in place would read entries it already overwrote
@@ -147,16 +151,7 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
     auto obs_q = [&](Site s, const Tensor& x) {
       auto it = out.find(s);
       if (it == out.end()) return;
-      SiteStats& st = it->second.q;
-      if (st.sum.size() == 0) {
-        st.sum = Eigen::MatrixXd::Zero(x.size(1), x.size(1));
-        st.xsum = Eigen::VectorXd::Zero(x.size(1));
-      }
-      if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
-        fail("calibration: site ", site_name(s), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
-      const Tensor xc = x.contiguous();
-      backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());
-      st.tokens += x.size(0);
+      const Tensor xc = accumulate_site(it->second.q, x);
       auto f = xfp.find(s);
       if (f == xfp.end() || f->second.shape() != xc.shape())
         fail("calibration: site ", site_name(s), ": the two chains gave different activations");  // cannot happen: same block
