@@ -59,6 +59,47 @@ inline Vec ref_rope(Vec x, int H, int hd, int T, const Vec& freq, bool inter) {
   return x;
 }
 
+// softmax(s) v with s = scale·q kᵀ (scale 0: 1/√hd), soft-capped s ← cap·tanh(s/cap) when
+// cap > 0, causal, and with window > 0 only keys j > i − window; query head h reads kv head
+// h / (H / KVH).
+inline Vec ref_attention_ex(const Vec& q, const Vec& k, const Vec& v, int B, int T, int H, int KVH, int hd, int window,
+                            double scale, double cap) {
+  const int QW = H * hd, KW = KVH * hd;
+  if (scale <= 0) scale = 1.0 / std::sqrt((double)hd);
+  Vec out((size_t)B * T * QW);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / (H / KVH);
+      for (int i = 0; i < T; ++i) {
+        const int j0 = window > 0 ? std::max(0, i - window + 1) : 0;
+        Vec w(i + 1, 0.0);
+        double mx = -1e300, sum = 0;
+        for (int j = j0; j <= i; ++j) {
+          double d = 0;
+          for (int c = 0; c < hd; ++c) d += q[(size_t)(b * T + i) * QW + h * hd + c] * k[(size_t)(b * T + j) * KW + kh * hd + c];
+          d *= scale;
+          if (cap > 0) d = cap * std::tanh(d / cap);
+          w[j] = d;
+          mx = std::max(mx, d);
+        }
+        for (int j = j0; j <= i; ++j) sum += (w[j] = std::exp(w[j] - mx));
+        for (int c = 0; c < hd; ++c) {
+          double o = 0;
+          for (int j = j0; j <= i; ++j) o += w[j] / sum * v[(size_t)(b * T + j) * KW + kh * hd + c];
+          out[(size_t)(b * T + i) * QW + h * hd + c] = o;
+        }
+      }
+    }
+  return out;
+}
+
+inline Vec ref_geglu(const Vec& a, const Vec& u) {
+  Vec h(a.size());
+  const double c = std::sqrt(2.0 / 3.141592653589793238);
+  for (size_t i = 0; i < a.size(); ++i) h[i] = 0.5 * a[i] * (1 + std::tanh(c * (a[i] + 0.044715 * a[i] * a[i] * a[i]))) * u[i];
+  return h;
+}
+
 // softmax(q kᵀ/√hd) v, causal, query head h reading kv head h / (H / KVH).
 inline Vec ref_attention(const Vec& q, const Vec& k, const Vec& v, int B, int T, int H, int KVH, int hd) {
   const int QW = H * hd, KW = KVH * hd;

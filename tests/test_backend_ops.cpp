@@ -271,6 +271,79 @@ TEST_CASE("backend swiglu, swiglu_backward and add_inplace against their formula
   for (int64_t i = 0; i < n; ++i) CHECK(s[(size_t)i] == a[(size_t)i] + u[(size_t)i]);  // exact
 }
 
+TEST_CASE("backend geglu and geglu_backward against the tanh-GELU formula and f64 differences") {
+  Rng g(61);
+  const int64_t n = 1000;
+  const auto a = randv(g, n, 3.0), u = randv(g, n), dh = randv(g, n);
+  std::vector<float> h((size_t)n);
+  be().geglu(a.data(), u.data(), n, h.data());
+  CHECK(rel_err(h, ref_geglu(dvec(a), dvec(u))) < 1e-6);
+  std::vector<float> ha = a;
+  be().geglu(ha.data(), u.data(), n, ha.data());  // h may be a
+  CHECK(ha == h);
+  std::vector<float> da = a, du = u;
+  be().geglu_backward(da.data(), du.data(), dh.data(), n);
+  Vec rda((size_t)n), rdu((size_t)n);
+  for (int64_t i = 0; i < n; ++i) {  // central differences of the f64 formula
+    const double x = a[(size_t)i], e = 1e-6;
+    const Vec up{1.0};
+    const double gp = ref_geglu(Vec{x + e}, up)[0], gm = ref_geglu(Vec{x - e}, up)[0];
+    rda[(size_t)i] = dh[(size_t)i] * u[(size_t)i] * (gp - gm) / (2 * e);
+    rdu[(size_t)i] = dh[(size_t)i] * ref_geglu(Vec{x}, up)[0];
+  }
+  CHECK(rel_err(da, rda) < 1e-5);
+  CHECK(rel_err(du, rdu) < 1e-5);
+}
+
+TEST_CASE("backend attention variants (sliding window, score scale, soft cap) against f64, backward by differences") {
+  Rng g(62);
+  struct Case {
+    int T, window;
+    float scale, cap;
+  };
+  for (const Case cs : {Case{9, 3, 0.f, 0.f}, Case{300, 40, 0.f, 0.f}, Case{130, 0, 0.7f, 0.f}, Case{140, 0, 0.f, 2.5f},
+                        Case{260, 129, 0.4f, 3.f}, Case{7, 1, 0.f, 0.f}}) {
+    const int B = 2, H = 4, KVH = 2, hd = 3, T = cs.T;
+    const int64_t N = (int64_t)B * T;
+    auto q = randv(g, N * H * hd, 1.5), k = randv(g, N * KVH * hd, 1.5), v = randv(g, N * KVH * hd);
+    const auto dy = randv(g, N * H * hd);
+    AttentionShape sh{B, T, H, KVH, hd};
+    sh.window = cs.window, sh.scale = cs.scale, sh.softcap = cs.cap;
+    auto ref = [&](const std::vector<float>& Q, const std::vector<float>& K, const std::vector<float>& V) {
+      return ref_attention_ex(dvec(Q), dvec(K), dvec(V), B, T, H, KVH, hd, cs.window, cs.scale, cs.cap);
+    };
+    std::vector<float> out((size_t)(N * H * hd));
+    be().attention(q.data(), k.data(), v.data(), sh, out.data());
+    CHECK(rel_err(out, ref(q, k, v)) < 1e-5);
+    std::vector<float> dq((size_t)(N * H * hd), 9.f), dk((size_t)(N * KVH * hd), 9.f), dv((size_t)(N * KVH * hd), 9.f);
+    be().attention_backward(q.data(), k.data(), v.data(), sh, dy.data(), dq.data(), dk.data(), dv.data());
+    // L = Σ dy ⊙ out: central differences on random entries of q, k and v.
+    auto L = [&] {
+      const Vec o = ref(q, k, v);
+      double s = 0;
+      for (size_t i = 0; i < o.size(); ++i) s += dy[i] * o[i];
+      return s;
+    };
+    for (auto [p, d] : {std::pair{&q, &dq}, std::pair{&k, &dk}, std::pair{&v, &dv}}) {
+      double worst = 0, scale = 0;
+      for (float x : *d) scale = std::max(scale, (double)std::abs(x));
+      for (int c = 0; c < 12; ++c) {
+        const size_t i = (size_t)g.randint(0, (int64_t)p->size() - 1);
+        const float p0 = (*p)[i];
+        const double h = 1e-2;
+        (*p)[i] = (float)(p0 + h);
+        const double lp = L();
+        (*p)[i] = (float)(p0 - h);
+        const double lm = L();
+        (*p)[i] = p0;
+        const double num = (lp - lm) / (((double)(float)(p0 + h)) - (double)(float)(p0 - h));
+        worst = std::max(worst, std::abs(num - (*d)[i]) / std::max(std::abs(num), 1e-2 * scale));
+      }
+      CHECK_MESSAGE(worst < 2e-3, "T " << T << " window " << cs.window << " scale " << cs.scale << " cap " << cs.cap << ": " << worst);
+    }
+  }
+}
+
 // f64 attention backward from the formulas: P = softmax(QKᵀ/√d) causal, O = PV;
 // dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = dS K/√d, dK = dSᵀ Q/√d.
 static void ref_attention_backward(const Vec& q, const Vec& k, const Vec& v, const Vec& dy, int B, int T, int H, int KVH,
@@ -551,6 +624,14 @@ class CountingBackend final : public Backend {
   void swiglu_backward(float* a, float* u, const float* dh, int64_t n) override {
     ++calls["swiglu_backward"];
     cpu.swiglu_backward(a, u, dh, n);
+  }
+  void geglu(const float* a, const float* u, int64_t n, float* h) override {
+    ++calls["geglu"];
+    cpu.geglu(a, u, n, h);
+  }
+  void geglu_backward(float* a, float* u, const float* dh, int64_t n) override {
+    ++calls["geglu_backward"];
+    cpu.geglu_backward(a, u, dh, n);
   }
   void add_inplace(float* a, const float* b, int64_t n) override {
     ++calls["add_inplace"];

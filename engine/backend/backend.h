@@ -17,9 +17,15 @@ namespace qf {
 
 struct Grid;  // quant/grid.h: the solver kernels round on it
 
-// Shapes of one attention call: B windows of T tokens, grouped-query heads.
+// Shapes of one attention call: B windows of T tokens, grouped-query heads; and its variant
+// (docs/architecture.md#architectures): scores s = scale·q·k (scale 0: 1/√head_dim), soft-capped
+// s ← softcap·tanh(s/softcap) when softcap > 0, causal, and with window > 0 a query at position i
+// sees only keys j with i − window < j ≤ i.
 struct AttentionShape {
   int B = 0, T = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int window = 0;
+  float scale = 0.f;
+  float softcap = 0.f;
 };
 
 // One GPTQ block (docs/methods.md#gptq-update), columns [i1, i2) of the working weight.
@@ -123,6 +129,10 @@ class Backend {
   virtual void swiglu(const float* a, const float* u, int64_t n, float* h) = 0;
   // In place: a ← dh ⊙ u ⊙ silu'(a), u ← dh ⊙ silu(a).
   virtual void swiglu_backward(float* a, float* u, const float* dh, int64_t n) = 0;
+  // h = gelu_tanh(a) ⊙ u, gelu_tanh(a) = a/2·(1 + tanh(√(2/π)(a + 0.044715a³))); h may be a.
+  virtual void geglu(const float* a, const float* u, int64_t n, float* h) = 0;
+  // In place: a ← dh ⊙ u ⊙ gelu_tanh'(a), u ← dh ⊙ gelu_tanh(a).
+  virtual void geglu_backward(float* a, float* u, const float* dh, int64_t n) = 0;
   // a += b over n elements.
   virtual void add_inplace(float* a, const float* b, int64_t n) = 0;
 

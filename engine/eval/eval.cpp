@@ -367,6 +367,8 @@ ReferenceLogits reference_logits(const Model& m, const std::vector<int32_t>& tok
     const int64_t rows = (int64_t)p.nwin * p.L;
     const double bytes = 4.0 * (double)D * (double)(rows + V + 1);
     if (bytes > 64e9) fail("reference_logits: ", rows, " rows of dim ", D, " need ", bytes / 1e9, " GB; lower max_windows");
+    if (m.cfg.final_softcap > 0.f)
+      fail("reference_logits: the hidden form stores the head without Gemma 2's final soft cap; use topk > 0");
     r.dim = D;
     r.norm_eps = m.cfg.norm_eps;
     r.final_norm = m.final_norm.contiguous().to_vector();

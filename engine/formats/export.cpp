@@ -45,8 +45,7 @@ static void check_finite_model(const Model& m) {
     if (m.is_lazy() && m.resident[(size_t)b] == 0) continue;
     const Block& blk = m.block(b);
     const std::string bn = "block " + std::to_string(b + 1);
-    check_values(bn + " attn_norm", blk.attn_norm, "weight");
-    check_values(bn + " ffn_norm", blk.ffn_norm, "weight");
+    for (const NormSpec& n : arch_of(m.cfg).norms) check_values(bn + " " + n.name, blk.norm(n.name), "weight");
     for (const Linear& l : blk.linears) {
       const std::string ln = bn + " linear '" + l.name + "'";
       check_values(ln, l.weight, "weight");

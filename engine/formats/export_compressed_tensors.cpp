@@ -46,7 +46,7 @@ std::string ct_what(const std::string& what, int b, const std::string& name) {
 }
 
 std::string hf_module(int b, const std::string& name) {
-  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");
+  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");  // the dense tables share the linears' names
   return w.substr(0, w.size() - 7);
 }
 
@@ -164,9 +164,12 @@ void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::st
   size_t li = 0;
   for (int b = 0; b < m.n_blocks(); ++b) {
     const Block& blk = m.block(b);
-    add_f16(hf_tensor_name("blocks." + std::to_string(b) + ".attn_norm"), {c.dim}, [&blk] { return blk.attn_norm; });
-    add_f16(hf_tensor_name("blocks." + std::to_string(b) + ".ffn_norm"), {c.dim}, [&blk] { return blk.ffn_norm; });
-    for (size_t k = 0; k < kLlama.linears.size(); ++k, ++li) {
+    for (const NormSpec& n : arch_of(c).norms) {
+      const std::string nname = n.name;
+      add_f16(hf_tensor_name("blocks." + std::to_string(b) + "." + nname, arch_of(c)), {norm_size(c, n)},
+         [&m, &blk, nname] { return hf_norm(m, blk.norm(nname)); });
+    }
+    for (size_t k = 0; k < arch_of(c).linears.size(); ++k, ++li) {
       const CtLinear* cl = &lins[li];
       const std::string pre = hf_module(b, cl->lin->name);
       if (cl->lin->bias.defined())
@@ -221,7 +224,7 @@ void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::st
         });
     }
   }
-  add_f16("model.norm.weight", {c.dim}, [&m] { return m.final_norm; });
+  add_f16("model.norm.weight", {c.dim}, [&m] { return hf_norm(m, m.final_norm); });
   if (!c.tied_classifier) add_f16("lm_head.weight", {c.vocab_size, c.dim}, [&m] { return m.classifier; });
 
   // Config groups: one per (bits, group, sym), targets "re:" patterns per linear name (\d+ when

@@ -1,4 +1,4 @@
-// Model → GGUF v3, architecture llama, as llama.cpp reads it.
+// Model → GGUF v3 as llama.cpp reads it: architecture llama, qwen3, gemma2 or gemma3 (arch.h kGgufArchs).
 //
 // Tensor types: norms and biases F32; token embedding and an untied classifier F32 when
 // dtype is F32, else F16 (qforge does not quantize them, so they keep what was evaluated up
@@ -11,6 +11,7 @@
 // tensors. A linear left in full precision (no codes: an override's skip:) is written F32 too. q/k rows go out in RoPE-pair order (the converter's permutation).
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 
 #include "formats/dtypes.h"
 #include "formats/export.h"
@@ -21,8 +22,6 @@
 #include "formats/kquant_blocks.h"
 
 namespace qf {
-
-static const char* gguf_linear_name(const std::string& n) { return kLlama.linear(n).gguf; }
 
 // Source row of each output row: identity (heads 0), or RoPE-pair order from HF halves order
 // (rope_pair_rows, the order rope_pairs_from_halves gathers).
@@ -85,7 +84,7 @@ static const DTypeTraits& linear_type(const std::string& dtype_arg, const std::s
 
 static std::string linear_what(const std::string& path, int b, const Linear& l) {
   return "save gguf '" + path + "': block " + std::to_string(b + 1) + " linear '" + l.name + "' (blk." + std::to_string(b) + "." +
-         gguf_linear_name(l.name) + ".weight)";
+         kLlama.linear(l.name).gguf + ".weight)";  // the dense tables share the linears
 }
 
 static bool is_kquant(const DTypeTraits& t) {
@@ -121,7 +120,26 @@ void check_gguf(const Model& m, const std::string& path, const std::string& dtyp
   const bool quant = lin.grid.cols > 0 || is_kquant(lin);
   const ModelConfig& c = m.cfg;
   validate_config(c, "save gguf '" + path + "'");
-  if (c.arch != "llama") fail("save gguf '", path, "': architecture '", c.arch, "' (only llama)");
+  const GgufArch& ga = gguf_arch_of(c.arch);
+  if (c.rope_interleaved && !ga.permuted_qk)
+    fail("save gguf '", path, "': the model's q/k rows are in RoPE-pair order, which llama.cpp's '", ga.gguf, "' does not use");
+  if (ga.swa_pattern == 0 && c.sliding_window > 0)
+    fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' has no sliding-window layers (the model slides on some); it would attend beyond the window");
+  if (ga.swa_pattern > 0 && c.sliding_window == 0 && ga.swa_window > 0)
+    fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' always slides (window ", ga.swa_window, " when unset); the model has no sliding layers");
+  if (c.attn_scale > 0.f || ga.big_model_layers > 0) {  // llama.cpp derives the score scale; it must be ours
+    const float theirs = ga.big_model_layers == 0              ? 1.0f / std::sqrt((float)c.head_dim())
+                         : c.n_layers == ga.big_model_layers ? 1.0f / std::sqrt((float)(c.dim / c.n_heads))
+                                                             : 1.0f / std::sqrt((float)c.head_dim());
+    const float ours = c.attn_scale > 0.f ? c.attn_scale : 1.0f / std::sqrt((float)c.head_dim());
+    if (std::abs(ours - theirs) > 1e-6f * theirs)
+      fail("save gguf '", path, "': the attention score scale ", ours, " differs from the ", theirs, " llama.cpp's '", ga.gguf, "' uses");
+  }
+  if ((c.attn_softcap > 0.f || c.final_softcap > 0.f) && ga.attn_softcap == 0.f && c.arch != "gemma3")
+    fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' has no soft caps");
+  if (c.attn_softcap > 0.f && c.arch == "gemma3") fail("save gguf '", path, "': llama.cpp's gemma3 has no attention soft cap");
+  if (ga.attn_softcap > 0.f && !(c.attn_softcap > 0.f && c.final_softcap > 0.f))
+    fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' always soft-caps (", ga.attn_softcap, ", ", ga.final_softcap, " when unset)");
   if (c.rope_scaling == "llama3")
     fail("save gguf '", path, "': llama3 RoPE scaling is stored by llama.cpp as a rope_freqs.weight tensor, which qforge does not write yet");
   if (!c.rope_scaling.empty() && c.rope_scaling != "linear")
@@ -170,8 +188,11 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   if (tok) spec = tok->spec();
   else if (m.src) spec = m.src->tokenizer;
 
+  const GgufArch& ga = gguf_arch_of(c.arch);
+  const ArchSpec& arch = arch_of(c);
+  const std::string A = std::string(ga.gguf) + ".";
   GGUFWriter w;
-  w.add_kv("general.architecture", GGUFValue::make_str("llama"));
+  w.add_kv("general.architecture", GGUFValue::make_str(ga.gguf));
   std::string name = m.source.substr(m.source.find_last_of('/') + 1);
   name = name.substr(0, name.find('.'));
   w.add_kv("general.name", GGUFValue::make_str(name.empty() ? "qforge" : name));
@@ -181,32 +202,54 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
     w.add_kv("general.quantization_version", GGUFValue::make_u32(2));
     w.add_kv("general.quantized_by", GGUFValue::make_str("qforge"));
   }
-  w.add_kv("llama.vocab_size", GGUFValue::make_u32((uint32_t)c.vocab_size));
-  w.add_kv("llama.context_length", GGUFValue::make_u32((uint32_t)c.seq_len));
-  w.add_kv("llama.embedding_length", GGUFValue::make_u32((uint32_t)c.dim));
-  w.add_kv("llama.block_count", GGUFValue::make_u32((uint32_t)c.n_layers));
-  w.add_kv("llama.feed_forward_length", GGUFValue::make_u32((uint32_t)c.hidden_dim));
-  w.add_kv("llama.rope.dimension_count", GGUFValue::make_u32((uint32_t)c.head_dim()));
-  w.add_kv("llama.attention.head_count", GGUFValue::make_u32((uint32_t)c.n_heads));
-  w.add_kv("llama.attention.head_count_kv", GGUFValue::make_u32((uint32_t)c.n_kv_heads));
-  w.add_kv("llama.attention.layer_norm_rms_epsilon", GGUFValue::make_f32(c.norm_eps));
-  w.add_kv("llama.rope.freq_base", GGUFValue::make_f32(c.rope_theta));
-  if (c.rope_scaling == "linear") {
-    w.add_kv("llama.rope.scaling.type", GGUFValue::make_str("linear"));
-    w.add_kv("llama.rope.scaling.factor", GGUFValue::make_f32(c.rope_factor));
+  w.add_kv(A + "vocab_size", GGUFValue::make_u32((uint32_t)c.vocab_size));
+  w.add_kv(A + "context_length", GGUFValue::make_u32((uint32_t)c.seq_len));
+  w.add_kv(A + "embedding_length", GGUFValue::make_u32((uint32_t)c.dim));
+  w.add_kv(A + "block_count", GGUFValue::make_u32((uint32_t)c.n_layers));
+  w.add_kv(A + "feed_forward_length", GGUFValue::make_u32((uint32_t)c.hidden_dim));
+  w.add_kv(A + "rope.dimension_count", GGUFValue::make_u32((uint32_t)c.head_dim()));
+  w.add_kv(A + "attention.head_count", GGUFValue::make_u32((uint32_t)c.n_heads));
+  w.add_kv(A + "attention.head_count_kv", GGUFValue::make_u32((uint32_t)c.n_kv_heads));
+  if (c.head_size > 0 || arch.has_norm("q_norm")) {
+    w.add_kv(A + "attention.key_length", GGUFValue::make_u32((uint32_t)c.head_dim()));
+    w.add_kv(A + "attention.value_length", GGUFValue::make_u32((uint32_t)c.head_dim()));
   }
+  w.add_kv(A + "attention.layer_norm_rms_epsilon", GGUFValue::make_f32(c.norm_eps));
+  w.add_kv(A + "rope.freq_base", GGUFValue::make_f32(c.rope_theta));
+  if (c.rope_scaling == "linear") {
+    w.add_kv(A + "rope.scaling.type", GGUFValue::make_str("linear"));
+    w.add_kv(A + "rope.scaling.factor", GGUFValue::make_f32(c.rope_factor));
+  }
+  if (c.sliding_window > 0) {
+    w.add_kv(A + "attention.sliding_window", GGUFValue::make_u32((uint32_t)c.sliding_window));
+    // The default pattern as an integer when it reproduces the layers, else one flag per layer.
+    bool fits = true;
+    for (int l = 0; l < c.n_layers; ++l) fits = fits && c.is_swa(l) == (l % ga.swa_pattern < ga.swa_pattern - 1);
+    if (fits) {
+      w.add_kv(A + "attention.sliding_window_pattern", GGUFValue::make_u32((uint32_t)ga.swa_pattern));
+    } else {
+      std::vector<uint8_t> flags(c.n_layers);
+      for (int l = 0; l < c.n_layers; ++l) flags[l] = c.is_swa(l);
+      w.add_kv(A + "attention.sliding_window_pattern", GGUFValue::make_bool_array(flags));
+    }
+    const float theta_swa = c.rope_theta_swa > 0.f ? c.rope_theta_swa : c.rope_theta;
+    w.add_kv(A + "rope.freq_base_swa", GGUFValue::make_f32(theta_swa));
+  }
+  if (c.attn_softcap > 0.f) w.add_kv(A + "attn_logit_softcapping", GGUFValue::make_f32(c.attn_softcap));
+  if (c.final_softcap > 0.f) w.add_kv(A + "final_logit_softcapping", GGUFValue::make_f32(c.final_softcap));
   if (!spec.model.empty()) add_tokenizer(w, spec, c.vocab_size, path);
 
   const uint64_t V = c.vocab_size, D = c.dim;
-  w.add_tensor(kLlama.tensor("tok_emb").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.tok_emb, {}, emb, out); });
+  w.add_tensor(arch.tensor("tok_emb").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.tok_emb, {}, emb, out); });
   for (int b = 0; b < m.n_blocks(); ++b) {
     const std::string pre = "blk." + std::to_string(b) + ".";
     const bool was_resident = !m.is_lazy() || m.resident[b] != 0;
-    w.add_tensor(pre + kLlama.norm("attn_norm").gguf + ".weight", {D}, f32.id,
+    w.add_tensor(pre + arch.norm("attn_norm").gguf + ".weight", {D}, f32.id,
                  [&m, &f32, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, f32, out); });
-    for (const LinearSpec& ls : kLlama.linears) {
+    for (const LinearSpec& ls : arch.linears) {
       const std::string lname = ls.name;
-      const int heads = c.rope_interleaved || ls.rope == Rope::None ? 0 : ls.rope == Rope::Heads ? c.n_heads : c.n_kv_heads;
+      // llama's converter permutes q/k rows to RoPE-pair order; the NEOX architectures keep HF's.
+      const int heads = c.rope_interleaved || !ga.permuted_qk || ls.rope == Rope::None ? 0 : ls.rope == Rope::Heads ? c.n_heads : c.n_kv_heads;
       const Shape shp = linear_shape(c, lname);
       const int64_t out_f = shp[0], in_f = shp[1];
       // A width no block of the type fits is written F32 (exact).
@@ -216,7 +259,7 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
         tp = &linear_dtype(lin, l0, what(b, l0));
         if (in_f % tp->block_elems) tp = &f32;
       }
-      w.add_tensor(pre + gguf_linear_name(lname) + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, tp->id,
+      w.add_tensor(pre + ls.gguf + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, tp->id,
                    [&m, &dtype, &what, b, lname, heads, tp](const GGUFWriter::Sink& out) {
                      const DTypeTraits& type = *tp;
                      const Linear& l = m.block(b).linear(lname);
@@ -237,19 +280,27 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
                      }
                    });
       if (m.has_bias(b, lname))  // without converting a lazy block
-        w.add_tensor(pre + gguf_linear_name(lname) + ".bias", {(uint64_t)out_f}, f32.id, [&m, &f32, b, lname, heads](const GGUFWriter::Sink& out) {
+        w.add_tensor(pre + ls.gguf + ".bias", {(uint64_t)out_f}, f32.id, [&m, &f32, b, lname, heads](const GGUFWriter::Sink& out) {
           const Tensor& bias = m.block(b).linear(lname).bias;
           write_rows(bias, row_order(bias.size(0), heads), f32, out);
         });
     }
-    w.add_tensor(pre + kLlama.norm("ffn_norm").gguf + ".weight", {D}, f32.id, [&m, &f32, b, was_resident](const GGUFWriter::Sink& out) {
-      write_rows(m.block(b).ffn_norm, {}, f32, out);
-      if (!was_resident) m.release_block(b);  // lazy: keep one block converted at a time
-    });
+    // The other norms after the linears; the last one releases a lazy block.
+    for (size_t k = 0; k < arch.norms.size(); ++k) {
+      const NormSpec& ns = arch.norms[k];
+      if (std::string(ns.name) == "attn_norm") continue;
+      const bool last = k + 1 == arch.norms.size() || (k + 2 == arch.norms.size() && std::string(arch.norms.back().name) == "attn_norm");
+      const std::string nname = ns.name;
+      w.add_tensor(pre + ns.gguf + ".weight", {(uint64_t)norm_size(c, ns)}, f32.id,
+                   [&m, &f32, b, was_resident, nname, last](const GGUFWriter::Sink& out) {
+                     write_rows(m.block(b).norm(nname), {}, f32, out);
+                     if (last && !was_resident) m.release_block(b);  // lazy: keep one block converted at a time
+                   });
+    }
   }
-  w.add_tensor(kLlama.tensor("final_norm").gguf, {D}, f32.id, [&m, &f32](const GGUFWriter::Sink& out) { write_rows(m.final_norm, {}, f32, out); });
+  w.add_tensor(arch.tensor("final_norm").gguf, {D}, f32.id, [&m, &f32](const GGUFWriter::Sink& out) { write_rows(m.final_norm, {}, f32, out); });
   if (!c.tied_classifier)
-    w.add_tensor(kLlama.tensor("classifier").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.classifier, {}, emb, out); });
+    w.add_tensor(arch.tensor("classifier").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.classifier, {}, emb, out); });
   w.write(path);
 }
 

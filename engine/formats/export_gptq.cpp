@@ -126,7 +126,7 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
 }
 
 static std::string hf_linear_prefix(int b, const std::string& name) {
-  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");
+  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");  // the dense tables share the linears' names
   return w.substr(0, w.size() - 7);  // drop ".weight"
 }
 
@@ -189,9 +189,12 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
   size_t li = 0;
   for (int b = 0; b < m.n_blocks(); ++b) {
     const Block& blk = m.block(b);
-    add_float(hf_tensor_name("blocks." + std::to_string(b) + ".attn_norm"), {c.dim}, [&blk] { return blk.attn_norm; });
-    add_float(hf_tensor_name("blocks." + std::to_string(b) + ".ffn_norm"), {c.dim}, [&blk] { return blk.ffn_norm; });
-    for (size_t k = 0; k < kLlama.linears.size(); ++k, ++li) {
+    for (const NormSpec& n : arch_of(c).norms) {
+      const std::string nname = n.name;
+      add_float(hf_tensor_name("blocks." + std::to_string(b) + "." + nname, arch_of(c)), {norm_size(c, n)},
+         [&m, &blk, nname] { return hf_norm(m, blk.norm(nname)); });
+    }
+    for (size_t k = 0; k < arch_of(c).linears.size(); ++k, ++li) {
       const GptqLinear* gl = &lins[li];
       const std::string pre = hf_linear_prefix(b, gl->lin->name);
       if (!gl->q) {  // full precision ("-:" dynamic entry)
@@ -245,7 +248,7 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
         add_float(pre + ".bias", {out}, [&m, gl] { return hf_rows(m, gl->lin->name, gl->lin->bias); });
     }
   }
-  add_float("model.norm.weight", {c.dim}, [&m] { return m.final_norm; });
+  add_float("model.norm.weight", {c.dim}, [&m] { return hf_norm(m, m.final_norm); });
   if (!c.tied_classifier) add_float("lm_head.weight", {c.vocab_size, c.dim}, [&m] { return m.classifier; });
 
   nlohmann::ordered_json qc;

@@ -3,6 +3,7 @@
 // tokenizer carried over. Also the helpers export_gptq.cpp shares.
 #include "formats/export_hf.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -65,9 +66,29 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
   if (!c.hf_layout.empty() && !fused) fail(what, ": HF layout '", c.hf_layout, "' is unknown (known: ", hf_layout_names(), ")");
   if (fused && !pattern.empty())
     fail(what, ": biases on {", pattern, "} do not fit the ", fused->architecture, " layout, which has none");
+  const ArchSpec& spec = arch_of(c);
+  const bool llama_kind = &spec == &kLlama;
+  if (!llama_kind && !pattern.empty())
+    fail(what, ": biases on {", pattern, "} do not fit ", spec.name, ", whose HF architecture has none");
+  bool all_swa = !c.swa_layers.empty();
+  for (uint8_t v : c.swa_layers) all_swa = all_swa && v;
+  // A Llama-kind model whose every layer slides is Mistral's architecture; Qwen2's slides from
+  // max_window_layers on (layer_types says exactly which).
+  const bool mistral = llama_kind && !fused && !qwen2 && all_swa;
+  if (llama_kind && !fused && !qwen2 && !c.swa_layers.empty() && !all_swa)
+    fail(what, ": sliding layers on only some layers fit no Llama-kind HF architecture (Mistral slides on all)");
+  const char* architecture = fused ? fused->architecture
+                             : !llama_kind ? nullptr
+                             : qwen2       ? "Qwen2ForCausalLM"
+                             : mistral     ? "MistralForCausalLM"
+                                           : "LlamaForCausalLM";
+  const HfLayout* row = nullptr;
+  for (const HfLayout& l : kHfLayouts)
+    if (architecture ? std::string(l.architecture) == architecture : std::string(l.arch) == spec.name) row = &l;
+  if (!row) fail(what, ": architecture '", spec.name, "' has no HF layout");
   nlohmann::ordered_json j;
-  j["architectures"] = {fused ? fused->architecture : qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
-  j["model_type"] = fused ? fused->model_type : qwen2 ? "qwen2" : "llama";
+  j["architectures"] = {row->architecture};
+  j["model_type"] = row->model_type;
   j["hidden_size"] = c.dim;
   j["intermediate_size"] = c.hidden_dim;
   j["num_hidden_layers"] = c.n_layers;
@@ -92,14 +113,47 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     fail(what, ": RoPE scaling '", c.rope_scaling, "' has no HF config form");
   }
   j["tie_word_embeddings"] = c.tied_classifier;
-  j["hidden_act"] = "silu";
-  if (fused) {
-  } else if (qwen2) {
-    j["use_sliding_window"] = false;
-  } else {
+  j[spec.hf_norm_shift != 0.f ? "hidden_activation" : "hidden_act"] = spec.act == GluAct::Silu ? "silu" : "gelu_pytorch_tanh";
+  // Sliding layers: the window, and layer_types, which transformers reads before any rule.
+  j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nlohmann::ordered_json(nullptr);
+  if (!c.swa_layers.empty()) {
+    nlohmann::ordered_json lt = nlohmann::ordered_json::array();
+    for (uint8_t v : c.swa_layers) lt.push_back(v ? "sliding_attention" : "full_attention");
+    j["layer_types"] = lt;
+  }
+  const std::string rule = row->swa_rule;
+  if (rule == "from_max_window_layers") {
+    // transformers keeps sliding_window only with use_sliding_window; layer_types (above) says
+    // which layers slide, max_window_layers is what older readers derive them from.
+    int first = c.n_layers;  // the first layer of the trailing run of sliding layers
+    for (int l = c.n_layers - 1; l >= 0 && c.is_swa(l); --l) first = l;
+    j["use_sliding_window"] = !c.swa_layers.empty();
+    j["max_window_layers"] = first;
+  }
+  if (spec.hf_norm_shift != 0.f) {  // Gemma
+    // transformers scales by query_pre_attn_scalar^−½ (f64, then f32): an integer when one gives
+    // our scale exactly (real checkpoints: the head size), else the f64 that does.
+    const double qpas = c.attn_scale > 0.f ? 1.0 / ((double)c.attn_scale * c.attn_scale) : (double)c.head_dim();
+    const double qi = std::round(qpas);
+    const float want = c.attn_scale > 0.f ? c.attn_scale : (float)(1.0 / std::sqrt((double)c.head_dim()));
+    if (qi >= 1 && (float)(1.0 / std::sqrt(qi)) == want) j["query_pre_attn_scalar"] = (int64_t)qi;
+    else if ((float)(1.0 / std::sqrt(qpas)) == want) j["query_pre_attn_scalar"] = qpas;
+    else fail(what, ": the score scale ", want, " has no query_pre_attn_scalar that transformers turns back into it");
+    j["attn_logit_softcapping"] = c.attn_softcap > 0.f ? nlohmann::ordered_json(json_float(c.attn_softcap)) : nlohmann::ordered_json(nullptr);
+    j["final_logit_softcapping"] = c.final_softcap > 0.f ? nlohmann::ordered_json(json_float(c.final_softcap)) : nlohmann::ordered_json(nullptr);
+    if (spec.has_norm("q_norm"))  // Gemma 3: RoPE per layer type
+      j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", json_float(c.rope_theta)}}},
+                              {"sliding_attention",
+                               {{"rope_type", "default"}, {"rope_theta", json_float(c.rope_theta_swa > 0.f ? c.rope_theta_swa : c.rope_theta)}}}};
+    if (!c.rope_scaling.empty()) fail(what, ": RoPE scaling on a Gemma model has no HF config form here");
+  } else if (c.attn_scale > 0.f || c.attn_softcap > 0.f || c.final_softcap > 0.f || c.rope_theta_swa > 0.f) {
+    fail(what, ": score scale, soft caps or a sliding-layer RoPE base fit no ", row->architecture, " config");
+  }
+  if (!fused && llama_kind && !qwen2 && !mistral) {
     j["attention_bias"] = attn_bias;
     j["mlp_bias"] = mlp_bias;
   }
+  if (&spec == &kQwen3) j["attention_bias"] = false;
   if (tok) {
     j["bos_token_id"] = tok->bos_id();
     j["eos_token_id"] = tok->eos_id();
@@ -147,17 +201,26 @@ void hf_write_tokenizer(const Model& m, const Tokenizer* tok, const std::string&
   write_file_atomic(dir + "/tokenizer_config.json", tc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");
 }
 
+Tensor hf_norm(const Model& m, const Tensor& g) {
+  const float shift = arch_of(m.cfg).hf_norm_shift;
+  if (shift == 0.f) return g;
+  Tensor w = g.contiguous().clone();
+  float* p = w.f32();
+  for (int64_t j = 0; j < w.numel(); ++j) p[j] -= shift;
+  return w;
+}
+
 // One f32 tensor of the model by canonical name, rows in HF order.
 static Tensor model_tensor(const Model& m, const std::string& canonical) {
   if (canonical == "tok_emb") return m.tok_emb;
-  if (canonical == "final_norm") return m.final_norm;
+  if (canonical == "final_norm") return hf_norm(m, m.final_norm);
   if (canonical == "classifier") return m.classifier;
   const size_t a = canonical.find('.', 7), z = canonical.rfind('.');
   const int b = std::atoi(canonical.c_str() + 7);
   const std::string rest = canonical.substr(a + 1);
   const Block& blk = m.block(b);
-  if (rest == "attn_norm") return blk.attn_norm;
-  if (rest == "ffn_norm") return blk.ffn_norm;
+  const ArchSpec& spec = arch_of(m.cfg);
+  if (spec.has_norm(rest)) return hf_norm(m, blk.norm(rest));
   const std::string lin = canonical.substr(a + 1, z - a - 1);
   const Linear& l = blk.linear(lin);
   return hf_rows(m, lin, ends_with(canonical, ".bias") ? l.bias : l.weight);
@@ -193,7 +256,7 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
   std::vector<SafetensorsEntry> entries;
   auto add = [&](const std::string& canonical, const Shape& shape, int release_block) {
     SafetensorsEntry e;
-    e.name = hf_tensor_name(canonical);
+    e.name = hf_tensor_name(canonical, arch_of(m.cfg));
     e.dtype = dtype;
     e.shape = shape;
     e.produce = [&m, canonical, dtype, release_block, name = e.name, what] {
@@ -223,12 +286,12 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
   add("tok_emb", {c.vocab_size, c.dim}, -1);
   for (int b = 0; b < m.n_blocks(); ++b) {
     const std::string pre = "blocks." + std::to_string(b) + ".";
-    add(pre + "attn_norm", {c.dim}, -1);
-    add(pre + "ffn_norm", {c.dim}, -1);
+    const ArchSpec& spec = arch_of(c);
+    for (const NormSpec& n : spec.norms) add(pre + n.name, {norm_size(c, n)}, -1);
     const HfLayout* layout = c.hf_layout.empty() ? nullptr : hf_layout(c.hf_layout);
-    for (const LinearSpec& s : kLlama.linears) {
+    for (const LinearSpec& s : spec.linears) {
       const Shape w = m.weight_shape(b, s.name);
-      const int release = s.name == kLlama.linears.back().name ? b : -1;
+      const int release = s.name == spec.linears.back().name ? b : -1;
       if (const HfFused* f = layout ? layout->fused_of(s.name) : nullptr) {
         if (s.name != std::string(f->parts[0])) continue;  // written once, with its first part
         add_fused(pre, *f, b, release);

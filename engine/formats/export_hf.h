@@ -10,10 +10,15 @@
 
 namespace qf {
 
-// config.json for m: LlamaForCausalLM (Qwen2ForCausalLM when exactly q/k/v carry biases;
-// Llama's attention_bias / mlp_bias flags otherwise), every field open_hf reads, torch_dtype
-// and the tokenizer's bos/eos ids. `what` prefixes errors ("save hf '<dir>'").
+// config.json for m: for a Llama-kind model LlamaForCausalLM (Qwen2ForCausalLM when exactly
+// q/k/v carry biases; MistralForCausalLM when every layer slides; Llama's attention_bias /
+// mlp_bias flags otherwise), else the architecture's row of kHfLayouts (Qwen3, Gemma 2/3);
+// every field open_hf reads (sliding layers as layer_types), torch_dtype and the tokenizer's
+// bos/eos ids. `what` prefixes errors ("save hf '<dir>'").
 nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, const std::string& torch_dtype, const std::string& what);
+
+// A norm gain as the HF checkpoint stores it: g − hf_norm_shift (Gemma stores w of (1 + w)).
+Tensor hf_norm(const Model& m, const Tensor& g);
 
 // Whether block b's linear has a bias, without converting a lazily loaded block.
 bool hf_has_bias(const Model& m, int b, const std::string& linear);

@@ -64,8 +64,7 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
   for (int b = 0; b < m.n_blocks(); ++b) {
     const Block& blk = m.block(b);  // small tensors are captured by reference-counted view
     const std::string pre = "blocks." + std::to_string(b) + ".";
-    f32(pre + "attn_norm", blk.attn_norm);
-    f32(pre + "ffn_norm", blk.ffn_norm);
+    for (const NormSpec& n : arch_of(c).norms) f32(pre + n.name, blk.norm(n.name));
     for (const Linear& l : blk.linears) {
       const std::string ln = pre + l.name;
       if (l.bias.defined()) f32(ln + ".bias", l.bias);

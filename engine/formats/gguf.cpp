@@ -124,6 +124,15 @@ GGUFValue GGUFValue::make_i32_array(const std::vector<int32_t>& v) {
   return x;
 }
 
+GGUFValue GGUFValue::make_bool_array(const std::vector<uint8_t>& v) {
+  GGUFValue x;
+  x.type = GGUFType::ARRAY;
+  x.elem_type = GGUFType::BOOL;
+  x.count = v.size();
+  for (uint8_t b : v) x.raw.push_back(b ? 1 : 0);
+  return x;
+}
+
 // ---- ggml types ------------------------------------------------------------------------------
 
 const GGMLTypeInfo* ggml_type_info(uint32_t id) { return dtype_by_id(id); }

@@ -54,6 +54,7 @@ struct GGUFValue {
   static GGUFValue make_str_array(const std::vector<std::string>& v);
   static GGUFValue make_f32_array(const std::vector<float>& v);
   static GGUFValue make_i32_array(const std::vector<int32_t>& v);
+  static GGUFValue make_bool_array(const std::vector<uint8_t>& v);  // one byte per flag, 0 or 1
 };
 
 // ggml tensor types: rows of the storage-type table (formats/dtypes.h), by ggml type id.

@@ -1,6 +1,7 @@
-// GGUF (arch llama) → ModelSource. Tensors stay in the mapping; q/k rows, stored by
-// llama.cpp's converter in RoPE-pair order, are returned to HF rotate-half order on load
-// (TensorSource::unpermute_heads) and the config says rope_interleaved = false.
+// GGUF (architectures of kGgufArchs: llama, qwen2, qwen3, gemma2, gemma3) → ModelSource. Tensors
+// stay in the mapping; llama's q/k rows, stored by llama.cpp's converter in RoPE-pair order, are
+// returned to HF rotate-half order on load (TensorSource::unpermute_heads), the others are stored
+// that way already; the config says rope_interleaved = false.
 #include "formats/loader_gguf.h"
 
 #include <cmath>
@@ -11,8 +12,8 @@
 namespace qf {
 
 // Canonical name of a llama.cpp tensor name; "" if it is not one qforge knows.
-static std::string canonical_name(const std::string& n, int n_layers) {
-  for (const ModelTensorSpec& e : kLlama.tensors)
+static std::string canonical_name(const ArchSpec& a, const std::string& n, int n_layers) {
+  for (const ModelTensorSpec& e : a.tensors)
     if (n == e.gguf) return e.name;
   if (n.rfind("blk.", 0) != 0) return "";
   const size_t dot = n.find('.', 4);
@@ -26,9 +27,9 @@ static std::string canonical_name(const std::string& n, int n_layers) {
   const std::string rest = n.substr(dot + 1);
   // llama.cpp block tensor names (after "blk.N.") from the architecture table.
   const std::string pre = "blocks." + std::to_string(layer) + ".";
-  for (const NormSpec& e : kLlama.norms)
+  for (const NormSpec& e : a.norms)
     if (rest == std::string(e.gguf) + ".weight") return pre + e.name;
-  for (const LinearSpec& e : kLlama.linears) {
+  for (const LinearSpec& e : a.linears) {
     if (rest == std::string(e.gguf) + ".weight") return pre + e.name + ".weight";
     if (rest == std::string(e.gguf) + ".bias") return pre + e.name + ".bias";
   }
@@ -92,56 +93,94 @@ ModelSource open_gguf(const std::string& path) {
   src.path = path;
   src.files = {path};
 
-  const std::string& arch = g.get_str("general.architecture");
-  if (arch != "llama")
-    fail("file '", path, "': metadata 'general.architecture' = '", arch, "' is not supported (qforge reads GGUF architecture 'llama')");
+  const std::string& garch = g.get_str("general.architecture");
+  const GgufArch* ga = gguf_arch(garch);
+  if (!ga) {
+    std::string known;
+    for (const GgufArch& a : kGgufArchs) known += (known.empty() ? "" : ", ") + std::string(a.gguf);
+    fail("file '", path, "': metadata 'general.architecture' = '", garch, "' is not supported (qforge reads ", known, ")");
+  }
+  const std::string A = garch + ".";  // every hyperparameter key is "<arch>.<name>"
 
   ModelConfig& c = src.cfg;
-  c.arch = "llama";
-  c.dim = get_dim(g, "llama.embedding_length", 1, 1 << 16);
-  c.hidden_dim = get_dim(g, "llama.feed_forward_length", 1, 1 << 18);
-  c.n_layers = get_dim(g, "llama.block_count", 1, 1024);
-  c.n_heads = get_dim(g, "llama.attention.head_count", 1, c.dim);
-  if (c.dim % c.n_heads) fail("file '", path, "': metadata 'llama.attention.head_count' = ", c.n_heads, " does not divide llama.embedding_length ", c.dim);
-  c.n_kv_heads = g.find("llama.attention.head_count_kv") ? get_dim(g, "llama.attention.head_count_kv", 1, c.n_heads) : c.n_heads;
+  c.arch = ga->arch;
+  c.dim = get_dim(g, A + "embedding_length", 1, 1 << 16);
+  c.hidden_dim = get_dim(g, A + "feed_forward_length", 1, 1 << 18);
+  c.n_layers = get_dim(g, A + "block_count", 1, 1024);
+  c.n_heads = get_dim(g, A + "attention.head_count", 1, c.dim);
+  c.n_kv_heads = g.find(A + "attention.head_count_kv") ? get_dim(g, A + "attention.head_count_kv", 1, c.n_heads) : c.n_heads;
   if (c.n_heads % c.n_kv_heads)
-    fail("file '", path, "': metadata 'llama.attention.head_count_kv' = ", c.n_kv_heads, " does not divide head_count ", c.n_heads);
-  c.seq_len = get_dim(g, "llama.context_length", 1, 1 << 24);
-  c.norm_eps = (float)g.get_float("llama.attention.layer_norm_rms_epsilon");
-  if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail("file '", path, "': metadata 'llama.attention.layer_norm_rms_epsilon' = ", c.norm_eps, " (expected in (0, 1))");
-  c.rope_theta = g.find("llama.rope.freq_base") ? (float)g.get_float("llama.rope.freq_base") : 10000.f;
-  if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail("file '", path, "': metadata 'llama.rope.freq_base' = ", c.rope_theta, " (expected > 1)");
-  if (g.find("llama.rope.dimension_count")) {
-    const int64_t rd = g.get_int("llama.rope.dimension_count", 0, 1 << 16);
+    fail("file '", path, "': metadata '", A, "attention.head_count_kv' = ", c.n_kv_heads, " does not divide head_count ", c.n_heads);
+  if (g.find(A + "attention.key_length")) {
+    const int kl = get_dim(g, A + "attention.key_length", 2, 1 << 14);
+    if (g.find(A + "attention.value_length") && get_dim(g, A + "attention.value_length", 1, 1 << 14) != kl)
+      fail("file '", path, "': metadata '", A, "attention.value_length' differs from key_length ", kl, " (not supported)");
+    if (c.dim % c.n_heads || kl != c.dim / c.n_heads) c.head_size = kl;
+  } else if (c.dim % c.n_heads) {
+    fail("file '", path, "': metadata '", A, "attention.head_count' = ", c.n_heads, " does not divide ", A, "embedding_length ", c.dim,
+         " and '", A, "attention.key_length' is absent");
+  }
+  c.seq_len = get_dim(g, A + "context_length", 1, 1 << 24);
+  c.norm_eps = (float)g.get_float(A + "attention.layer_norm_rms_epsilon");
+  if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail("file '", path, "': metadata '", A, "attention.layer_norm_rms_epsilon' = ", c.norm_eps, " (expected in (0, 1))");
+  c.rope_theta = g.find(A + "rope.freq_base") ? (float)g.get_float(A + "rope.freq_base") : 10000.f;
+  if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail("file '", path, "': metadata '", A, "rope.freq_base' = ", c.rope_theta, " (expected > 1)");
+  if (g.find(A + "rope.dimension_count")) {
+    const int64_t rd = g.get_int(A + "rope.dimension_count", 0, 1 << 16);
     if (rd != c.head_dim())
-      fail("file '", path, "': metadata 'llama.rope.dimension_count' = ", rd, " differs from the head dimension ", c.head_dim(),
+      fail("file '", path, "': metadata '", A, "rope.dimension_count' = ", rd, " differs from the head dimension ", c.head_dim(),
            " (partial rotary embeddings are not supported)");
   }
-  // RoPE scaling: only linear (positions / factor) is carried by metadata for llama; Llama 3.1
-  // style scaling comes as a rope_freqs.weight tensor, refused below.
-  std::string scaling = g.find("llama.rope.scaling.type") ? g.get_str("llama.rope.scaling.type") : "";
-  if (scaling.empty() && g.find("llama.rope.scale_linear") && g.get_float("llama.rope.scale_linear") != 1.0) {
+  // RoPE scaling: only linear (positions / factor) is carried by metadata; Llama 3.1 style
+  // scaling comes as a rope_freqs.weight tensor, refused below.
+  std::string scaling = g.find(A + "rope.scaling.type") ? g.get_str(A + "rope.scaling.type") : "";
+  if (scaling.empty() && g.find(A + "rope.scale_linear") && g.get_float(A + "rope.scale_linear") != 1.0) {
     c.rope_scaling = "linear";
-    c.rope_factor = (float)g.get_float("llama.rope.scale_linear");
+    c.rope_factor = (float)g.get_float(A + "rope.scale_linear");
   } else if (scaling == "linear") {
     c.rope_scaling = "linear";
-    c.rope_factor = (float)g.get_float("llama.rope.scaling.factor");
+    c.rope_factor = (float)g.get_float(A + "rope.scaling.factor");
   } else if (!scaling.empty() && scaling != "none") {
-    fail("file '", path, "': metadata 'llama.rope.scaling.type' = '", scaling, "' is not supported (none or linear)");
+    fail("file '", path, "': metadata '", A, "rope.scaling.type' = '", scaling, "' is not supported (none or linear)");
   }
   if (c.rope_scaling == "linear" && !(c.rope_factor > 0.f && std::isfinite(c.rope_factor)))
-    fail("file '", path, "': metadata 'llama.rope.scaling.factor' = ", c.rope_factor, " (expected > 0)");
-  if (g.find("llama.rope.scaling.original_context_length"))
-    c.rope_orig_ctx = get_dim(g, "llama.rope.scaling.original_context_length", 1, 1 << 24);
-  c.rope_interleaved = false;  // q/k are unpermuted to HF order on load
+    fail("file '", path, "': metadata '", A, "rope.scaling.factor' = ", c.rope_factor, " (expected > 0)");
+  if (g.find(A + "rope.scaling.original_context_length"))
+    c.rope_orig_ctx = get_dim(g, A + "rope.scaling.original_context_length", 1, 1 << 24);
+  // Sliding layers (docs/architecture.md#architectures): window and pattern as llama.cpp reads them.
+  if (ga->swa_pattern > 0) {
+    c.sliding_window = g.find(A + "attention.sliding_window") ? get_dim(g, A + "attention.sliding_window", 0, 1 << 24) : ga->swa_window;
+    if (c.sliding_window > 0) {
+      c.swa_layers.assign(c.n_layers, 0);
+      if (const GGUFValue* v = g.find(A + "attention.sliding_window_pattern"); v && v->type == GGUFType::ARRAY) {
+        if (v->elem_type != GGUFType::BOOL || v->count != (uint64_t)c.n_layers)
+          fail("file '", path, "': metadata '", A, "attention.sliding_window_pattern' must be ", c.n_layers, " booleans (one per layer)");
+        for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = v->raw[l] != 0;
+      } else {
+        const int n = v ? (int)g.get_int(A + "attention.sliding_window_pattern", 0, 1 << 16) : ga->swa_pattern;
+        for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = n == 0 || l % n < n - 1;
+      }
+      c.rope_theta_swa = g.find(A + "rope.freq_base_swa") ? (float)g.get_float(A + "rope.freq_base_swa") : ga->swa_theta;
+      if (c.rope_theta_swa == c.rope_theta) c.rope_theta_swa = 0.f;  // 0: the global base (one way to say it)
+    }
+  } else if (g.find(A + "attention.sliding_window") && g.get_int(A + "attention.sliding_window", 0, 1 << 24) > 0) {
+    fail("file '", path, "': metadata '", A, "attention.sliding_window' is set, but llama.cpp's '", garch,
+         "' has no sliding layers; qforge will not guess them");
+  }
+  c.attn_softcap = g.find(A + "attn_logit_softcapping") ? (float)g.get_float(A + "attn_logit_softcapping") : ga->attn_softcap;
+  c.final_softcap = g.find(A + "final_logit_softcapping") ? (float)g.get_float(A + "final_logit_softcapping") : ga->final_softcap;
+  if (g.find(A + "attention.scale")) c.attn_scale = (float)g.get_float(A + "attention.scale");
+  else if (ga->big_model_layers > 0)
+    c.attn_scale = c.n_layers == ga->big_model_layers ? 1.0f / std::sqrt((float)(c.dim / c.n_heads)) : 1.0f / std::sqrt((float)c.head_dim());
+  c.rope_interleaved = false;  // HF order: llama's q/k rows are unpermuted on load, the others are stored so
 
   src.tokenizer = read_tokenizer(g);
   const int64_t n_tok = (int64_t)src.tokenizer.tokens.size();
-  if (g.find("llama.vocab_size")) c.vocab_size = get_dim(g, "llama.vocab_size", 1, 1 << 22);
+  if (g.find(A + "vocab_size")) c.vocab_size = get_dim(g, A + "vocab_size", 1, 1 << 22);
   else if (n_tok > 0) c.vocab_size = (int)std::min<int64_t>(n_tok, (int64_t)1 << 30);
   else {
     for (auto& t : g.tensors)
-      if (t.name == kLlama.tensor("tok_emb").gguf && t.ne.size() == 2) c.vocab_size = (int)std::min<uint64_t>(t.ne[1], (uint64_t)1 << 30);
+      if (t.name == arch_of(c).tensor("tok_emb").gguf && t.ne.size() == 2) c.vocab_size = (int)std::min<uint64_t>(t.ne[1], (uint64_t)1 << 30);
   }
   if (n_tok > 0 && n_tok != c.vocab_size)
     fail("file '", path, "': metadata 'tokenizer.ggml.tokens' has ", n_tok, " tokens but the model's vocabulary is ", c.vocab_size);
@@ -150,8 +189,8 @@ ModelSource open_gguf(const std::string& path) {
   for (const GGUFTensorInfo& t : g.tensors) {
     if (t.name == "rope_freqs.weight")
       fail("file '", path, "': tensor 'rope_freqs.weight' (per-frequency RoPE factors, Llama 3.1 scaling) is not supported");
-    const std::string canon = canonical_name(t.name, c.n_layers);
-    if (canon.empty()) fail("file '", path, "': tensor '", t.name, "' is not part of the llama architecture qforge reads");
+    const std::string canon = canonical_name(arch_of(c), t.name, c.n_layers);
+    if (canon.empty()) fail("file '", path, "': tensor '", t.name, "' is not part of the ", garch, " architecture qforge reads");
     const std::string type = t.type_name();
     const DTypeTraits* dt = ggml_type_info(t.type);
     if (!dt || !dt->to_f32)
@@ -164,7 +203,7 @@ ModelSource open_gguf(const std::string& path) {
     ts.nbytes = t.nbytes;
     ts.dtype = type;
     for (size_t d = t.ne.size(); d-- > 0;) ts.shape.push_back((int64_t)t.ne[d]);  // ggml dims are innermost first
-    if (const LinearSpec* ls = linear_of_tensor(kLlama, canon)) ts.unpermute_heads = rope_heads(c, *ls);
+    if (const LinearSpec* ls = linear_of_tensor(arch_of(c), canon); ls && ga->permuted_qk) ts.unpermute_heads = rope_heads(c, *ls);
     if (canon == "classifier") has_output = true;
     src.tensors[canon] = std::move(ts);
   }

@@ -34,16 +34,16 @@ static bool split_layer(const std::string& name, const char* prefix, long* layer
   return true;
 }
 
-std::string hf_tensor_name(const std::string& canonical) {
-  for (const ModelTensorSpec& e : kLlama.tensors)
+std::string hf_tensor_name(const std::string& canonical, const ArchSpec& a) {
+  for (const ModelTensorSpec& e : a.tensors)
     if (canonical == e.name) return e.hf;
   long layer;
   std::string rest;
   if (split_layer(canonical, "blocks.", &layer, &rest)) {
     const std::string pre = "model.layers." + std::to_string(layer) + ".";
-    for (const NormSpec& e : kLlama.norms)
+    for (const NormSpec& e : a.norms)
       if (rest == e.name) return pre + e.hf + ".weight";
-    for (const LinearSpec& e : kLlama.linears) {
+    for (const LinearSpec& e : a.linears) {
       if (rest == std::string(e.name) + ".weight") return pre + e.hf + ".weight";
       if (rest == std::string(e.name) + ".bias") return pre + e.hf + ".bias";
     }
@@ -51,16 +51,16 @@ std::string hf_tensor_name(const std::string& canonical) {
   fail("tensor '", canonical, "' has no Hugging Face name");
 }
 
-std::string hf_canonical_name(const std::string& hf) {
-  for (const ModelTensorSpec& e : kLlama.tensors)
+std::string hf_canonical_name(const std::string& hf, const ArchSpec& a) {
+  for (const ModelTensorSpec& e : a.tensors)
     if (hf == e.hf) return e.name;
   long layer;
   std::string rest;
   if (split_layer(hf, "model.layers.", &layer, &rest)) {
     const std::string pre = "blocks." + std::to_string(layer) + ".";
-    for (const NormSpec& e : kLlama.norms)
+    for (const NormSpec& e : a.norms)
       if (rest == std::string(e.hf) + ".weight") return pre + e.name;
-    for (const LinearSpec& e : kLlama.linears) {
+    for (const LinearSpec& e : a.linears) {
       if (rest == std::string(e.hf) + ".weight") return pre + e.name + ".weight";
       if (rest == std::string(e.hf) + ".bias") return pre + e.name + ".bias";
     }
@@ -154,6 +154,59 @@ static void read_rope_scaling(const ConfigReader& r, const json& rs, const char*
   fail(r.what, ": field '", field, "' has type '", type, "', which qforge does not implement (null, linear or llama3)");
 }
 
+// Which layers slide: config.json's layer_types when present (transformers ≥ 4.53 writes it),
+// else the layout's rule (arch.h HfLayout::swa_rule), as transformers derives layer_types.
+static void read_sliding_layers(const ConfigReader& r, const HfLayout& layout, ModelConfig& c) {
+  const std::string rule = layout.swa_rule;
+  int64_t window = 0;
+  if (const json* w = r.find("sliding_window")) {
+    if (!w->is_number_integer()) fail(r.what, ": field 'sliding_window' = ", json_brief(*w), " is not an integer or null");
+    window = r.integer("sliding_window", 0, 1 << 24);
+  }
+  if (rule == "from_max_window_layers" && !r.boolean("use_sliding_window", false)) window = 0;  // transformers ignores it then
+  if (const json* lt = r.find("layer_types")) {
+    if (!lt->is_array() || (int64_t)lt->size() != c.n_layers)
+      fail(r.what, ": field 'layer_types' must list ", c.n_layers, " layer types (num_hidden_layers)");
+    std::vector<uint8_t> swa(c.n_layers, 0);
+    bool any = false;
+    for (int l = 0; l < c.n_layers; ++l) {
+      const json& t = (*lt)[l];
+      if (!t.is_string() || (t != "sliding_attention" && t != "full_attention"))
+        fail(r.what, ": field 'layer_types' entry ", l + 1, " = ", json_brief(t), " (expected sliding_attention or full_attention)");
+      swa[l] = t == "sliding_attention";
+      any = any || swa[l];
+    }
+    if (any && window <= 0) fail(r.what, ": field 'layer_types' has sliding layers but 'sliding_window' is not set");
+    if (any) c.swa_layers = std::move(swa), c.sliding_window = (int)window;
+    return;
+  }
+  if (window <= 0 || rule.empty()) {
+    if (window > 0 && rule.empty())
+      fail(r.what, ": field 'sliding_window' is set, but ", layout.architecture, " has no sliding layers in transformers");
+    return;
+  }
+  c.sliding_window = (int)window;
+  c.swa_layers.assign(c.n_layers, 0);
+  if (rule == "all") {
+    c.swa_layers.assign(c.n_layers, 1);
+  } else if (rule == "from_max_window_layers") {
+    const int64_t dflt = 28;  // Qwen2Config's default
+    const int64_t m = r.integer("max_window_layers", 0, 1 << 16, &dflt);
+    for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = l >= m;
+  } else if (rule == "even") {
+    for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = l % 2 == 0;
+  } else if (rule == "pattern") {
+    const int64_t dflt = 6;
+    const int64_t n = r.integer("sliding_window_pattern", 1, 1 << 16, &dflt);
+    for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = (l + 1) % n != 0;
+  } else {
+    fail(r.what, ": internal: unknown sliding rule '", rule, "'");
+  }
+  bool any = false;
+  for (uint8_t v : c.swa_layers) any = any || v;
+  if (!any) c.swa_layers.clear(), c.sliding_window = 0;
+}
+
 static ModelConfig read_config(const std::string& path, const HfLayout** layout_out) {
   const std::string text = read_file(path);
   const std::string what = "config.json '" + path + "'";
@@ -164,11 +217,15 @@ static ModelConfig read_config(const std::string& path, const HfLayout** layout_
     fail(what, ": field 'quantization_config' is set: quantized HF checkpoints (GPTQ, AWQ, ...) are not loaded; load the float model");
   const HfLayout& layout = read_architecture(r);
   *layout_out = &layout;
-  if (const json* act = r.find("hidden_act"))
-    if (!act->is_string() || act->get<std::string>() != "silu") fail(what, ": field 'hidden_act' = ", json_brief(*act), " (only silu)");
-  if (r.boolean("use_sliding_window", false))
-    fail(what, ": field 'use_sliding_window' is true; sliding-window attention is not implemented");
-
+  const ArchSpec& spec = arch_spec(layout.arch);
+  // The FFN activation must be the architecture's (transformers' names for it).
+  for (const char* field : {"hidden_act", "hidden_activation"})
+    if (const json* act = r.find(field)) {
+      const std::string want = spec.act == GluAct::Silu ? "silu" : "gelu_pytorch_tanh";
+      const bool ok = act->is_string() && (act->get<std::string>() == want ||
+                                           (spec.act == GluAct::GeluTanh && act->get<std::string>() == "gelu_tanh"));
+      if (!ok) fail(what, ": field '", field, "' = ", json_brief(*act), " (", layout.architecture, " in qforge: ", want, ")");
+    }
   if (const json* prf = r.find("partial_rotary_factor"))
     if (!prf->is_number() || prf->get<double>() != 1.0)
       fail(what, ": field 'partial_rotary_factor' = ", json_brief(*prf), " (RoPE on part of each head is not implemented)");
@@ -188,22 +245,47 @@ static ModelConfig read_config(const std::string& path, const HfLayout** layout_
   c.rope_theta = (float)r.number("rope_theta", 10000.0);
   c.tied_classifier = r.boolean("tie_word_embeddings", false);
   c.rope_interleaved = false;  // HF stores q/k in rotate-half order
-  if (c.dim % c.n_heads)
-    fail(what, ": field 'num_attention_heads' = ", c.n_heads, " does not divide field 'hidden_size' = ", c.dim);
   if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads)
     fail(what, ": field 'num_key_value_heads' = ", c.n_kv_heads, " does not divide field 'num_attention_heads' = ", c.n_heads);
-  const int64_t hd = c.dim / c.n_heads;
-  if (r.find("head_dim") && r.integer("head_dim", 1, 1 << 16) != hd)
-    fail(what, ": field 'head_dim' = ", r.integer("head_dim", 1, 1 << 16), " differs from hidden_size / num_attention_heads = ", hd,
-         " (decoupled head dimensions are not supported)");
-  if (hd % 2) fail(what, ": head dimension hidden_size / num_attention_heads = ", hd, " is odd (RoPE needs pairs)");
+  if (r.find("head_dim")) {  // decoupled head size (Qwen3, Gemma): kept only when it differs
+    const int64_t hd = r.integer("head_dim", 2, 1 << 14);
+    if (c.dim % c.n_heads || hd != c.dim / c.n_heads) c.head_size = (int)hd;
+  } else if (c.dim % c.n_heads) {
+    fail(what, ": field 'num_attention_heads' = ", c.n_heads, " does not divide field 'hidden_size' = ", c.dim, " and 'head_dim' is absent");
+  }
+  if (c.head_dim() % 2) fail(what, ": head dimension ", c.head_dim(), " is odd (RoPE needs pairs)");
   if (const json* rs = r.find("rope_scaling")) read_rope_scaling(r, *rs, "rope_scaling", c);
-  // Newer transformers state RoPE as rope_parameters {rope_type, rope_theta, ...}.
+  // Newer transformers state RoPE as rope_parameters {rope_type, rope_theta, ...}, or per layer
+  // type {full_attention: {...}, sliding_attention: {...}} (Gemma 3).
   if (const json* rp = r.find("rope_parameters")) {
     if (!rp->is_object()) fail(what, ": field 'rope_parameters' is not an object");
-    if (rp->contains("rope_theta")) c.rope_theta = (float)r.number(*rp, "rope_theta", 10000.0, true, "rope_parameters.");
-    if (!r.find("rope_scaling")) read_rope_scaling(r, *rp, "rope_parameters", c);
+    const json* full = rp;
+    if (rp->contains("full_attention")) {
+      full = &(*rp)["full_attention"];
+      if (!full->is_object()) fail(what, ": field 'rope_parameters.full_attention' is not an object");
+    }
+    const std::string where = full == rp ? "rope_parameters." : "rope_parameters.full_attention.";
+    if (full->contains("rope_theta")) c.rope_theta = (float)r.number(*full, "rope_theta", 10000.0, true, where);
+    if (!r.find("rope_scaling")) read_rope_scaling(r, *full, full == rp ? "rope_parameters" : "rope_parameters.full_attention", c);
+    if (rp->contains("sliding_attention")) {
+      const json& sl = (*rp)["sliding_attention"];
+      if (!sl.is_object()) fail(what, ": field 'rope_parameters.sliding_attention' is not an object");
+      ModelConfig local;
+      read_rope_scaling(r, sl, "rope_parameters.sliding_attention", local);
+      if (!local.rope_scaling.empty())
+        fail(what, ": field 'rope_parameters.sliding_attention' scales RoPE on sliding layers, which is not implemented");
+      c.rope_theta_swa = (float)r.number(sl, "rope_theta", 10000.0, true, "rope_parameters.sliding_attention.");
+    }
   }
+  if (r.find("rope_local_base_freq")) c.rope_theta_swa = (float)r.number("rope_local_base_freq", 10000.0);  // older Gemma 3 configs
+  read_sliding_layers(r, layout, c);
+  if (c.rope_theta_swa == c.rope_theta || c.swa_layers.empty()) c.rope_theta_swa = 0.f;  // 0: the global base
+  if (r.find("query_pre_attn_scalar"))  // transformers: scaling = query_pre_attn_scalar ** -0.5 in f64
+    c.attn_scale = (float)(1.0 / std::sqrt(r.number("query_pre_attn_scalar", 1.0)));
+  if (r.find("attn_logit_softcapping")) c.attn_softcap = (float)r.number("attn_logit_softcapping", 0.0);
+  if (r.find("final_logit_softcapping")) c.final_softcap = (float)r.number("final_logit_softcapping", 0.0);
+  if (spec.hf_norm_shift == 0.f && (c.attn_scale > 0.f || c.attn_softcap > 0.f || c.final_softcap > 0.f))
+    fail(what, ": query_pre_attn_scalar or soft-capping is set for ", layout.architecture, ", which does not use them");
   validate_config(c, what);
   return c;
 }
@@ -265,7 +347,7 @@ static void add_tensors(ModelSource& src, const SafetensorsFile& st, const std::
         continue;
       }
     }
-    const std::string canon = hf_canonical_name(ts.name);
+    const std::string canon = hf_canonical_name(ts.name, arch_of(c));
     if (canon.empty()) continue;  // rotary_emb.inv_freq and other buffers the forward recomputes
     if (split_layer(canon, "blocks.", &layer, &rest) && layer >= c.n_layers)
       fail("safetensors file '", st.file->path, "': tensor '", ts.name, "' is for layer ", layer, " but config.json has num_hidden_layers = ",
@@ -295,6 +377,7 @@ ModelSource open_hf(const std::string& dir_in) {
   if (!path_exists(cfg_path)) fail("HF directory '", dir, "': config.json is missing");
   const HfLayout* layout = nullptr;
   src.cfg = read_config(cfg_path, &layout);
+  src.norm_shift = arch_of(src.cfg).hf_norm_shift;
   src.files.push_back(cfg_path);
 
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";

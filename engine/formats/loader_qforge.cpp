@@ -21,7 +21,7 @@ bool is_qforge_file(const std::string& path) {
 }
 
 nlohmann::ordered_json qforge_config_json(const ModelConfig& c) {
-  return {{"arch", c.arch},
+  nlohmann::ordered_json j = {{"arch", c.arch},
           {"dim", c.dim},
           {"hidden_dim", c.hidden_dim},
           {"n_layers", c.n_layers},
@@ -38,6 +38,17 @@ nlohmann::ordered_json qforge_config_json(const ModelConfig& c) {
           {"rope_orig_ctx", c.rope_orig_ctx},
           {"rope_interleaved", c.rope_interleaved},
           {"tied_classifier", c.tied_classifier}};
+  // Written only when set, so files of models without them keep their bytes.
+  if (c.head_size > 0) j["head_dim"] = c.head_size;
+  if (c.sliding_window > 0) {
+    j["sliding_window"] = c.sliding_window;
+    j["swa_layers"] = c.swa_layers;
+  }
+  if (c.rope_theta_swa > 0.f) j["rope_theta_swa"] = c.rope_theta_swa;
+  if (c.attn_scale > 0.f) j["attn_scale"] = c.attn_scale;
+  if (c.attn_softcap > 0.f) j["attn_softcap"] = c.attn_softcap;
+  if (c.final_softcap > 0.f) j["final_softcap"] = c.final_softcap;
+  return j;
 }
 
 // Typed field access: the error names the file and the field.
@@ -94,6 +105,23 @@ ModelConfig qforge_config_from_json(const json& j, const std::string& what) {
   c.rope_orig_ctx = (int)f.integer("rope_orig_ctx", 0, 1 << 24);
   c.rope_interleaved = f.boolean("rope_interleaved");
   c.tied_classifier = f.boolean("tied_classifier");
+  if (j.contains("head_dim")) c.head_size = (int)f.integer("head_dim", 1, 1 << 14);
+  if (j.contains("sliding_window")) {
+    c.sliding_window = (int)f.integer("sliding_window", 1, 1 << 24);
+    const json& sl = f.at("swa_layers");
+    if (!sl.is_array() || (int64_t)sl.size() != c.n_layers) fail(what, ": field 'config.swa_layers' must hold ", c.n_layers, " flags");
+    for (const json& v : sl) {
+      if (!v.is_number_integer() || (v.get<int64_t>() != 0 && v.get<int64_t>() != 1))
+        fail(what, ": field 'config.swa_layers' holds ", json_brief(v), " (expected 0 or 1)");
+      c.swa_layers.push_back((uint8_t)v.get<int64_t>());
+    }
+  }
+  for (auto [name, field] : {std::pair{"rope_theta_swa", &c.rope_theta_swa}, std::pair{"attn_scale", &c.attn_scale},
+                             std::pair{"attn_softcap", &c.attn_softcap}, std::pair{"final_softcap", &c.final_softcap}})
+    if (j.contains(name)) {
+      *field = f.number(name);
+      if (!(*field > 0.f) || !std::isfinite(*field)) fail(what, ": field 'config.", name, "' = ", *field, " (expected > 0)");
+    }
   // Values the forward pass would turn into NaN silently.
   if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail(what, ": field 'config.norm_eps' = ", c.norm_eps, " (expected in (0, 1))");
   if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail(what, ": field 'config.rope_theta' = ", c.rope_theta, " (expected > 1)");
@@ -345,9 +373,8 @@ Model load_qforge(const std::string& path) {
   for (int b = 0; b < c.n_layers; ++b) {
     const std::string pre = "blocks." + std::to_string(b) + ".";
     Block blk;
-    blk.attn_norm = load_f32(st, pre + "attn_norm", {c.dim});
-    blk.ffn_norm = load_f32(st, pre + "ffn_norm", {c.dim});
-    for (const LinearSpec& s : kLlama.linears) {
+    for (const NormSpec& n : arch_of(c).norms) blk.norm(n.name) = load_f32(st, pre + n.name, {norm_size(c, n)});
+    for (const LinearSpec& s : arch_of(c).linears) {
       const std::string ln = pre + s.name;
       const Shape shape = linear_shape(c, s.name);
       Linear l;

@@ -105,10 +105,17 @@ static Linear make_linear(const ModelSource& src, const std::string& pre, const 
 Block load_block(const ModelSource& src, int i) {
   const ModelConfig& c = src.cfg;
   const std::string pre = "blocks." + std::to_string(i) + ".";
+  const ArchSpec& a = arch_of(c);
   Block b;
-  b.attn_norm = tensor_source_load(need(src, pre + "attn_norm", {c.dim}));
-  b.ffn_norm = tensor_source_load(need(src, pre + "ffn_norm", {c.dim}));
-  for (const LinearSpec& s : kLlama.linears) b.linears.push_back(make_linear(src, pre, s));
+  for (const NormSpec& n : a.norms) {
+    Tensor g = tensor_source_load(need(src, pre + n.name, {norm_size(c, n)}));
+    if (src.norm_shift != 0.f) {  // HF Gemma: the file holds g − 1 (arch.h hf_norm_shift)
+      float* p = g.f32();
+      for (int64_t j = 0; j < g.numel(); ++j) p[j] += src.norm_shift;
+    }
+    b.norm(n.name) = std::move(g);
+  }
+  for (const LinearSpec& s : a.linears) b.linears.push_back(make_linear(src, pre, s));
   return b;
 }
 
@@ -146,6 +153,10 @@ Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
   const int64_t V = c.vocab_size, D = c.dim;
   m.tok_emb = tensor_source_load(need(*src, "tok_emb", {V, D}));
   m.final_norm = tensor_source_load(need(*src, "final_norm", {D}));
+  if (src->norm_shift != 0.f) {
+    float* p = m.final_norm.f32();
+    for (int64_t j = 0; j < D; ++j) p[j] += src->norm_shift;
+  }
   if (c.tied_classifier) {
     if (src->tensors.count("classifier")) fail("model '", src->path, "': config says tied embeddings but the file has a classifier");
     m.classifier = m.tok_emb;
@@ -157,9 +168,8 @@ Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
     // Check every block's tensors exist with the right shapes now, convert later.
     for (int i = 0; i < c.n_layers; ++i) {
       const std::string pre = "blocks." + std::to_string(i) + ".";
-      need(*src, pre + "attn_norm", {D});
-      need(*src, pre + "ffn_norm", {D});
-      for (const LinearSpec& s : kLlama.linears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
+      for (const NormSpec& n : arch_of(c).norms) need(*src, pre + n.name, {norm_size(c, n)});
+      for (const LinearSpec& s : arch_of(c).linears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
     }
     m.resident.assign(c.n_layers, 0);
     m.lazy_blocks = std::make_shared<SourceBlocks>(src);

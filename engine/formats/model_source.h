@@ -49,6 +49,7 @@ struct ModelSource {
   std::map<std::string, TensorSource> tensors;  // canonical names (above)
   TokenizerSpec tokenizer;            // tokenizer.model == "" when the format carries none
   std::vector<std::string> files;     // every file read (for run fingerprints)
+  float norm_shift = 0.f;             // added to every RMSNorm gain on load (HF Gemma: 1, arch.h)
 };
 
 // Builds the Model. Checks that every required tensor exists with the shape the config

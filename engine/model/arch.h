@@ -20,8 +20,9 @@ struct ModelConfig;
 enum class Site { AttnIn, AttnOut, FfnIn, FfnMid };
 const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid"
 
-// A linear's out or in size, from the config.
-enum class Extent { Dim, KvDim, Hidden };
+// A linear's out or in size, from the config: dim, n_kv_heads·head_dim, the FFN width,
+// n_heads·head_dim (= dim unless the head size is decoupled), one head.
+enum class Extent { Dim, KvDim, Hidden, QDim, HeadDim };
 int64_t extent(const ModelConfig& c, Extent e);
 
 // Whether RoPE rotates the linear's output rows, and over how many heads.
@@ -29,6 +30,9 @@ enum class Rope { None, Heads, KvHeads };
 
 // Which forward/backward code runs a block.
 enum class BlockKind { LlamaDense };
+
+// The FFN's gated activation: h = act(gate) ⊙ up.
+enum class GluAct { Silu, GeluTanh };  // SwiGLU; GeGLU with the tanh-approximated GELU
 
 struct LinearSpec {
   const char* name;   // canonical name
@@ -42,10 +46,11 @@ struct LinearSpec {
 };
 
 struct NormSpec {
-  const char* name;   // canonical name
-  const char* alias;  // llama2.c name
+  const char* name;   // canonical name: attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm
+  const char* alias;  // llama2.c name ("" when none)
   const char* gguf;   // "attn_norm" → "blk.N.attn_norm.weight"
   const char* hf;     // "input_layernorm" → "model.layers.N.input_layernorm.weight"
+  Extent size = Extent::Dim;  // [dim], or [head_dim] for the per-head q/k norms
 };
 
 // A model-level tensor (outside the blocks): its canonical name and its full name per format,
@@ -60,8 +65,14 @@ struct ArchSpec {
   const char* name;  // ModelConfig::arch
   BlockKind kind;
   std::vector<LinearSpec> linears;  // forward order; Block::linears holds them in this order
-  std::vector<NormSpec> norms;
+  std::vector<NormSpec> norms;      // every norm a block of this architecture has
   std::vector<ModelTensorSpec> tensors;  // model-level tensors
+  GluAct act = GluAct::Silu;
+  bool embed_scaled = false;  // embeddings × √dim (Gemma)
+  // HF checkpoints store RMSNorm gains as g − hf_norm_shift (Gemma's (1 + w)); loaded gains add
+  // it back in f32, as transformers' forward does; GGUF files store g itself.
+  float hf_norm_shift = 0.f;
+  bool has_norm(const std::string& name) const;
   const ModelTensorSpec& tensor(const std::string& name) const;  // canonical name; error when unknown
   int stages() const;                                 // the last stage number
   const LinearSpec* find(const std::string& name_or_alias) const;  // nullptr when unknown
@@ -70,9 +81,13 @@ struct ArchSpec {
   const NormSpec& norm(const std::string& name) const;  // canonical name; error when unknown
 };
 
-extern const ArchSpec kLlama;
+extern const ArchSpec kLlama, kQwen3, kGemma2, kGemma3;
+// Every architecture table, kLlama first.
+const std::vector<const ArchSpec*>& arch_specs();
 // The table of an architecture by name (ModelConfig::arch); error names the known ones.
 const ArchSpec& arch_spec(const std::string& name);
+// [size] of the norm under config c.
+int64_t norm_size(const ModelConfig& c, const NormSpec& n);
 const ArchSpec& arch_of(const ModelConfig& c);
 
 // [out, in] of the block linear `name` (canonical or alias) under config c.
@@ -95,10 +110,34 @@ struct HfLayout {
   const char* model_type;    // config.json "model_type"
   const char* arch;          // ArchSpec name
   std::vector<HfFused> fused;
+  // How layers are marked sliding when config.json has no layer_types: "" none, "all" (Mistral:
+  // every layer when sliding_window is set), "from_max_window_layers" (Qwen2/3: layers ≥
+  // max_window_layers when use_sliding_window), "pattern" (Gemma 3: every sliding_window_pattern-th
+  // layer, default 6, is global), "even" (Gemma 2: even layers slide).
+  const char* swa_rule = "";
   const HfFused* fused_of(const std::string& linear) const;  // the fused tensor holding `linear`, or nullptr
 };
 extern const std::vector<HfLayout> kHfLayouts;
 const HfLayout* hf_layout(const std::string& architecture);  // nullptr when unknown
 std::string hf_layout_names();                                // the known architectures, for messages
+
+// ---- GGUF architectures ----
+
+// A GGUF general.architecture and the table it loads into; its metadata keys are "<gguf>.*".
+// Defaults are llama.cpp's where the file leaves a key out.
+struct GgufArch {
+  const char* gguf;      // "llama", "qwen2", "qwen3", "gemma2", "gemma3"
+  const char* arch;      // ArchSpec name
+  bool permuted_qk;      // llama.cpp's converter stores q/k rows in RoPE-pair order (arch llama only)
+  int swa_pattern;       // sliding layers: il % n < n − 1 (0: no sliding layers)
+  int swa_window;        // window when <gguf>.attention.sliding_window is absent (0: none)
+  float swa_theta;       // sliding layers' RoPE base when <gguf>.rope.freq_base_swa is absent (0: the global base)
+  float attn_softcap;    // when <gguf>.attn_logit_softcapping is absent
+  float final_softcap;   // when <gguf>.final_logit_softcapping is absent
+  int big_model_layers;  // Gemma's 27B (this many layers) scales scores by (dim/heads)^−½, others by head_dim^−½; 0: no rule
+};
+extern const std::vector<GgufArch> kGgufArchs;
+const GgufArch* gguf_arch(const std::string& gguf);  // nullptr when unknown
+const GgufArch& gguf_arch_of(const std::string& arch);  // the row to write an ArchSpec name as
 
 }  // namespace qf

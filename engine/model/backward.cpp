@@ -92,6 +92,11 @@ void rope_backward(Tensor& dy, int n_heads, int head_dim, int T, const std::vect
 
 AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int T, int n_heads,
                                   int n_kv_heads, int head_dim, const Tensor& dy_) {
+  return attention_backward(q_, k_, v_, AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, dy_);
+}
+
+AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tensor& v_, const AttentionShape& sh, const Tensor& dy_) {
+  const int B = sh.B, T = sh.T, n_heads = sh.n_heads, n_kv_heads = sh.n_kv_heads, head_dim = sh.head_dim;
   const int64_t N = (int64_t)B * T, QW = (int64_t)n_heads * head_dim, KW = (int64_t)n_kv_heads * head_dim;
   check_2d(q_, QW, "attention_backward q");
   check_2d(k_, KW, "attention_backward k");
@@ -107,8 +112,7 @@ AttentionGrads attention_backward(const Tensor& q_, const Tensor& k_, const Tens
   g.dq = Tensor::empty({N, QW});
   g.dk = Tensor::empty({N, KW});
   g.dv = Tensor::empty({N, KW});
-  backend().attention_backward(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, dy.f32(),
-                               g.dq.f32(), g.dk.f32(), g.dv.f32());
+  backend().attention_backward(q.f32(), k.f32(), v.f32(), sh, dy.f32(), g.dq.f32(), g.dk.f32(), g.dv.f32());
   return g;
 }
 
@@ -147,6 +151,29 @@ static void swiglu_backward_inplace(Tensor& a, Tensor& u, const Tensor& dh) {
   backend().swiglu_backward(a.f32(), u.f32(), dh.f32(), a.numel());
 }
 
+// The architecture's gated activation and its backward (forward.h glu_forward).
+static Tensor glu(const ModelConfig& c, const Tensor& a, const Tensor& u) {
+  Tensor h = a.clone();
+  glu_forward(c, h, u.contiguous());
+  return h;
+}
+static void glu_backward_inplace(const ModelConfig& c, Tensor& a, Tensor& u, const Tensor& dh) {
+  switch (arch_of(c).act) {
+    case GluAct::Silu: backend().swiglu_backward(a.f32(), u.f32(), dh.f32(), a.numel()); return;
+    case GluAct::GeluTanh: backend().geglu_backward(a.f32(), u.f32(), dh.f32(), a.numel()); return;
+  }
+}
+
+RmsnormGrads head_rmsnorm_backward(const Tensor& x, const Tensor& g, float eps, const Tensor& dy, bool want_dg) {
+  const int64_t hd = g.numel();
+  if (x.dim() != 2 || x.shape() != dy.shape() || hd <= 0 || x.size(1) % hd)
+    fail("head norm backward: input ", shape_str(x.shape()), " and gradient ", shape_str(dy.shape()), " are not whole heads of ", hd);
+  const Shape rows{x.size(0) * (x.size(1) / hd), hd};
+  RmsnormGrads r = rmsnorm_backward(x.contiguous().view(rows), g, eps, dy.contiguous().view(rows), want_dg);
+  r.dx = r.dx.view(x.shape());
+  return r;
+}
+
 SwigluGrads swiglu_backward(const Tensor& a, const Tensor& u, const Tensor& dh) {
   if (a.shape() != u.shape() || a.shape() != dh.shape() || a.dim() != 2)
     fail("swiglu_backward: gate ", shape_str(a.shape()), ", up ", shape_str(u.shape()), " and gradient ",
@@ -158,7 +185,7 @@ SwigluGrads swiglu_backward(const Tensor& a, const Tensor& u, const Tensor& dh) 
   return g;
 }
 
-void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx_, Tensor& d_tok_emb) {
+void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx_, Tensor& d_tok_emb, float scale) {
   if (!d_tok_emb.defined() || d_tok_emb.dim() != 2 || d_tok_emb.dtype() != DType::F32 || !d_tok_emb.is_contiguous())
     fail("embed_backward: the embedding gradient must be a contiguous f32 [vocab, dim] tensor");
   const int64_t V = d_tok_emb.size(0), D = d_tok_emb.size(1);
@@ -171,7 +198,10 @@ void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx_, Tenso
     if (tokens[i] < 0 || tokens[i] >= V)
       fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
     float* row = ep + (int64_t)tokens[i] * D;
-    for (int64_t j = 0; j < D; ++j) row[j] += dp[(int64_t)i * D + j];
+    if (scale == 1.f)
+      for (int64_t j = 0; j < D; ++j) row[j] += dp[(int64_t)i * D + j];
+    else
+      for (int64_t j = 0; j < D; ++j) row[j] += scale * dp[(int64_t)i * D + j];
   }
 }
 
@@ -200,6 +230,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   Tensor dxn = Tensor::empty({N, D});
   if (param_grads) hg.d_classifier = Tensor::empty({V, D});
   const float inv_count = (float)(1.0 / (double)scored);
+  const float cap = m.cfg.final_softcap;
   // Rows go in super-chunks of 256 (logits [256, vocab] at a time), sequentially, so the
   // classifier gradient sums the super-chunks in a fixed order.
   constexpr int64_t kSuper = 256;
@@ -209,6 +240,10 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
   for (int64_t s0 = 0; s0 < N; s0 += kSuper) {
     const int64_t ns = std::min(kSuper, N - s0);
     backend().gemm_rows(xn.f32() + s0 * D, ns, W.f32(), V, D, /*w_transposed=*/true, logits.f32(), false);
+    if (cap > 0.f) {
+      Tensor rows = logits.narrow(0, 0, ns);
+      softcap_inplace(rows, cap);
+    }
     // softmax − one-hot, scaled by 1/scored: dL/dlogits, in place
 #pragma omp parallel for schedule(static) if (worth_parallel(ns * V * 4))
     for (int64_t r = 0; r < ns; ++r) {
@@ -224,8 +259,12 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
       double se = 0;
       for (int64_t j = 0; j < V; ++j) se += std::exp((double)l[j] - mx);
       row_loss[r] = std::log(se) + mx - (double)l[t];
-      for (int64_t j = 0; j < V; ++j) l[j] = (float)(std::exp((double)l[j] - mx) / se) * inv_count;
-      l[t] -= inv_count;
+      for (int64_t j = 0; j < V; ++j) {
+        const float lj = l[j];
+        l[j] = (float)(std::exp((double)lj - mx) / se) * inv_count;
+        if (j == t) l[j] -= inv_count;
+        if (cap > 0.f) l[j] *= 1.0f - (lj / cap) * (lj / cap);  // through c·tanh(z/c): 1 − tanh²
+      }
     }
     for (int64_t r = 0; r < ns; ++r) loss += row_loss[r];
     backend().gemm_rows(logits.f32(), ns, W.f32(), V, D, /*w_transposed=*/false, dxn.f32() + s0 * D, false);
@@ -244,7 +283,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x_, const std::vector<int3
 
 BlockGradRequest BlockGradRequest::all() {
   BlockGradRequest r;
-  for (const LinearSpec& s : kLlama.linears) r.linears.push_back(s.name);
+  for (const LinearSpec& s : kLlama.linears) r.linears.push_back(s.name);  // every dense table has these linears
   r.norms = true;
   return r;
 }
@@ -313,27 +352,51 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   std::vector<Tensor> qkv = linear_forward(xn1, {&blk.linear("q"), &blk.linear("k"), &blk.linear("v")});
   Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
   if (!want[idx("q")] && !want[idx("k")] && !want[idx("v")]) xn1 = Tensor();
-  const std::vector<float> inv_freq = rope_inv_freq(c, hd);  // RoPE scaling included
+  Tensor q0, k0;  // before the per-head norms (their backward reads them)
+  if (blk.q_norm.defined()) q0 = q, q = head_rmsnorm(q0, blk.q_norm, c.norm_eps);
+  if (blk.k_norm.defined()) k0 = k, k = head_rmsnorm(k0, blk.k_norm, c.norm_eps);
+  const std::vector<float> inv_freq = layer_inv_freq(c, layer);  // RoPE scaling, sliding layers' base
   rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
   rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
   Tensor att;
-  attention(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, att);
+  attention(q, k, v, c, layer, B, T, att);
   Tensor h = x.clone();
-  add_inplace(h, linear_forward(att, blk.linear("o")));
+  Tensor a0 = linear_forward(att, blk.linear("o"));  // before the post-attention norm
+  if (blk.post_attn_norm.defined()) {
+    Tensor an;
+    rmsnorm(a0, blk.post_attn_norm, c.norm_eps, an);
+    add_inplace(h, an);
+  } else {
+    add_inplace(h, a0);
+    a0 = Tensor();
+  }
   if (!want[idx("o")]) att = Tensor();
   Tensor xn2;
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn2);
   std::vector<Tensor> gu = linear_forward(xn2, {&blk.linear("gate"), &blk.linear("up")});
   Tensor a = std::move(gu[0]), u = std::move(gu[1]);
   if (!want[idx("gate")] && !want[idx("up")]) xn2 = Tensor();
-  // the block output itself is not needed; silu(a)·u only for down's dW
-  if (want[idx("down")]) weight_grads({{"down", &dy}}, swiglu(a, u));
+  // the block output itself is not needed; act(a)·u only for down's dW and a post-FFN norm
+  Tensor f0;  // down's output before the post-FFN norm
+  Tensor dF = dy;
+  RmsnormGrads npf;
+  if (blk.post_ffn_norm.defined()) {
+    const Tensor mid = glu(c, a, u);
+    f0 = linear_forward(mid, blk.linear("down"));
+    npf = rmsnorm_backward(f0, blk.post_ffn_norm, c.norm_eps, dy, req.norms);
+    dF = std::move(npf.dx);
+    f0 = Tensor();
+    if (want[idx("down")]) weight_grads({{"down", &dF}}, mid);
+  } else if (want[idx("down")]) {
+    weight_grads({{"down", &dy}}, glu(c, a, u));
+  }
 
-  // ---- FFN: out = h + down(silu(a)·u)
+  // ---- FFN: out = h + post_ffn_norm(down(act(a)·u))
   const Tensor Wdown = blk.linear("down").weight.contiguous();
   Tensor dmid;
-  dy_times_w(dy, Wdown, dmid, false);
-  swiglu_backward_inplace(a, u, dmid);  // a ← da, u ← du
+  dy_times_w(dF, Wdown, dmid, false);
+  dF = Tensor();
+  glu_backward_inplace(c, a, u, dmid);  // a ← da, u ← du
   dmid = Tensor();
   weight_grads({{"gate", &a}, {"up", &u}}, xn2);
   Tensor dxn2 = sum_dy_times_w({{&a, &blk.linear("gate")}, {&u, &blk.linear("up")}});
@@ -344,15 +407,34 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   add_inplace(dh, n2.dx);
   n2.dx = Tensor();
 
-  // ---- attention: h = x + o(att)
-  weight_grads({{"o", &dh}}, att);
+  // ---- attention: h = x + post_attn_norm(o(att))
+  Tensor dA = dh;
+  RmsnormGrads npa;
+  if (blk.post_attn_norm.defined()) {
+    npa = rmsnorm_backward(a0, blk.post_attn_norm, c.norm_eps, dh, req.norms);
+    dA = std::move(npa.dx);
+    a0 = Tensor();
+  }
+  weight_grads({{"o", &dA}}, att);
   att = Tensor();
   Tensor datt;
-  dy_times_w(dh, blk.linear("o").weight.contiguous(), datt, false);
-  AttentionGrads ag = attention_backward(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, datt);
+  dy_times_w(dA, blk.linear("o").weight.contiguous(), datt, false);
+  dA = Tensor();
+  AttentionGrads ag = attention_backward(q, k, v, attention_shape(c, layer, B, T), datt);
   q = k = v = datt = Tensor();
   rope_backward(ag.dq, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
   rope_backward(ag.dk, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
+  RmsnormGrads nq, nk;
+  if (blk.q_norm.defined()) {
+    nq = head_rmsnorm_backward(q0, blk.q_norm, c.norm_eps, ag.dq, req.norms);
+    ag.dq = std::move(nq.dx);
+    q0 = Tensor();
+  }
+  if (blk.k_norm.defined()) {
+    nk = head_rmsnorm_backward(k0, blk.k_norm, c.norm_eps, ag.dk, req.norms);
+    ag.dk = std::move(nk.dx);
+    k0 = Tensor();
+  }
   weight_grads({{"q", &ag.dq}, {"k", &ag.dk}, {"v", &ag.dv}}, xn1);
   xn1 = Tensor();
   Tensor dxn1 = sum_dy_times_w({{&ag.dq, &blk.linear("q")}, {&ag.dk, &blk.linear("k")}, {&ag.dv, &blk.linear("v")}});
@@ -362,6 +444,10 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   if (req.norms) {
     g->d_attn_norm = std::move(n1.dg);
     g->d_ffn_norm = std::move(n2.dg);
+    g->d_q_norm = std::move(nq.dg);
+    g->d_k_norm = std::move(nk.dg);
+    g->d_post_attn_norm = std::move(npa.dg);
+    g->d_post_ffn_norm = std::move(npf.dg);
   }
   return dh;
 }
@@ -419,7 +505,7 @@ ModelGrads model_backward_from_hidden(const Model& m, const std::vector<int32_t>
   if (head_grads) {
     mg.d_final_norm = std::move(fn.dg);
     mg.d_tok_emb = Tensor::empty(m.tok_emb.shape());
-    embed_backward(tokens, mg.d_embed, mg.d_tok_emb);
+    embed_backward(tokens, mg.d_embed, mg.d_tok_emb, embed_scale(m.cfg));
   }
   return mg;
 }
@@ -440,7 +526,7 @@ ModelGrads model_loss_backward(const Model& m, const std::vector<int32_t>& token
   if (head_grads) {
     mg.d_final_norm = std::move(hg.d_final_norm);
     mg.d_tok_emb = Tensor::empty(m.tok_emb.shape());
-    embed_backward(tokens, mg.d_embed, mg.d_tok_emb);
+    embed_backward(tokens, mg.d_embed, mg.d_tok_emb, embed_scale(m.cfg));
     if (m.cfg.tied_classifier) add_inplace(mg.d_tok_emb, hg.d_classifier);
     else mg.d_classifier = std::move(hg.d_classifier);
   }

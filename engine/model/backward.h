@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "model/model.h"
 
 namespace qf {
@@ -45,6 +46,10 @@ struct AttentionGrads {
 // dS = P ⊙ (dP − rowsum(P ⊙ dP)), the row sums in f64.
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, int n_heads,
                                   int n_kv_heads, int head_dim, const Tensor& dy);
+// The same for an attention variant (window, score scale, soft cap: backend.h AttentionShape).
+AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, const Tensor& dy);
+// Backward of forward.h head_rmsnorm (one gain [hd] over every head of x [N, H·hd]).
+RmsnormGrads head_rmsnorm_backward(const Tensor& x, const Tensor& g, float eps, const Tensor& dy, bool want_dg = true);
 
 struct LinearGrads {
   Tensor dx;  // [N, in]       when want_dx
@@ -62,9 +67,10 @@ struct SwigluGrads {
 };
 SwigluGrads swiglu_backward(const Tensor& a, const Tensor& u, const Tensor& dh);
 
-// Embedding backward: d_tok_emb[tokens[i], :] += dx[i, :] (in token order). d_tok_emb must
-// be an f32 [vocab, dim] tensor; it is added to, not overwritten.
-void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx, Tensor& d_tok_emb);
+// Embedding backward: d_tok_emb[tokens[i], :] += scale·dx[i, :] (in token order; scale is the
+// forward's embedding multiplier, forward.h embed_scale). d_tok_emb must be an f32 [vocab, dim]
+// tensor; it is added to, not overwritten.
+void embed_backward(const std::vector<int32_t>& tokens, const Tensor& dx, Tensor& d_tok_emb, float scale = 1.f);
 
 struct HeadGrads {
   double loss = 0;      // mean cross-entropy over the rows with a target
@@ -83,7 +89,7 @@ HeadGrads head_backward(const Model& m, const Tensor& x, const std::vector<int32
 // Which gradients block_backward computes. dx (w.r.t. the block input) is always computed.
 struct BlockGradRequest {
   std::vector<std::string> linears;  // names (or llama2.c aliases) whose dW (and db) to compute
-  bool norms = false;                // d attn_norm and d ffn_norm
+  bool norms = false;                // the gradients of every norm the block has
   static BlockGradRequest none() { return {}; }
   static BlockGradRequest all();     // every linear of kLlama.linears and both norms
 };
@@ -93,6 +99,8 @@ struct BlockGrads {
   std::vector<Tensor> dW;          // parallel to names; undefined where not requested
   std::vector<Tensor> db;          // defined where requested and the linear has a bias
   Tensor d_attn_norm, d_ffn_norm;  // [dim] when req.norms
+  // The optional norms' gradients, when req.norms and the block has them.
+  Tensor d_q_norm, d_k_norm, d_post_attn_norm, d_post_ffn_norm;
   // The weight gradient of one linear by name or alias; fails if it was not requested.
   const Tensor& weight(const std::string& name) const;
 };

@@ -4,6 +4,7 @@
 
 #include "backend/backend.h"
 #include "core/parallel.h"
+#include "model/arch.h"
 
 #include <cmath>
 #include <cstring>
@@ -96,6 +97,57 @@ void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int 
   backend().attention(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, out.f32());
 }
 
+std::vector<float> layer_inv_freq(const ModelConfig& c, int layer) {
+  if (!c.is_swa(layer) || c.rope_theta_swa <= 0.f) return rope_inv_freq(c, c.head_dim());
+  ModelConfig local;
+  local.rope_theta = c.rope_theta_swa;
+  return rope_inv_freq(local, c.head_dim());
+}
+
+AttentionShape attention_shape(const ModelConfig& c, int layer, int B, int T) {
+  AttentionShape s{B, T, c.n_heads, c.n_kv_heads, c.head_dim()};
+  s.window = c.window(layer);
+  s.scale = c.attn_scale;
+  s.softcap = c.attn_softcap;
+  return s;
+}
+
+void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, const ModelConfig& c, int layer, int B, int T, Tensor& out) {
+  const AttentionShape sh = attention_shape(c, layer, B, T);
+  const int64_t N = (int64_t)B * T, QW = (int64_t)sh.n_heads * sh.head_dim, KW = (int64_t)sh.n_kv_heads * sh.head_dim;
+  check_2d(q_, QW, "attention q");
+  check_2d(k_, KW, "attention k");
+  check_2d(v_, KW, "attention v");
+  if (q_.size(0) != N || k_.size(0) != N || v_.size(0) != N)
+    fail("attention: q/k/v rows (", q_.size(0), ", ", k_.size(0), ", ", v_.size(0), ") != B·T = ", N);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  if (!out.defined() || out.shape() != Shape{N, QW}) out = Tensor::empty({N, QW});
+  backend().attention(q.f32(), k.f32(), v.f32(), sh, out.f32());
+}
+
+Tensor head_rmsnorm(const Tensor& x, const Tensor& g, float eps) {
+  const int64_t hd = g.numel();
+  if (x.dim() != 2 || hd <= 0 || x.size(1) % hd) fail("head norm: input ", shape_str(x.shape()), " is not a whole number of heads of ", hd);
+  Tensor out;
+  rmsnorm(x.contiguous().view({x.size(0) * (x.size(1) / hd), hd}), g, eps, out);
+  return out.view(x.shape());
+}
+
+void glu_forward(const ModelConfig& c, Tensor& g, const Tensor& u) {
+  switch (arch_of(c).act) {
+    case GluAct::Silu: backend().swiglu(g.f32(), u.f32(), g.numel(), g.f32()); return;
+    case GluAct::GeluTanh: backend().geglu(g.f32(), u.f32(), g.numel(), g.f32()); return;
+  }
+}
+
+void softcap_inplace(Tensor& x, float cap) {
+  float* p = x.f32();
+  const int64_t n = x.numel();
+  const float inv = 1.0f / cap;
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * 8))
+  for (int64_t i = 0; i < n; ++i) p[i] = cap * std::tanh(p[i] * inv);
+}
+
 Tensor linear_forward(const Tensor& x, const Linear& lin) { return std::move(linear_forward(x, {&lin})[0]); }
 
 std::vector<Tensor> linear_forward(const Tensor& x_, const std::vector<const Linear*>& lins) {
@@ -130,6 +182,9 @@ std::vector<Tensor> linear_forward(const Tensor& x_, const std::vector<const Lin
   return y;
 }
 
+// Gemma: × √dim as an f32 constant, as transformers and llama.cpp compute it.
+float embed_scale(const ModelConfig& c) { return arch_of(c).embed_scaled ? (float)std::sqrt((double)c.dim) : 1.f; }
+
 Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
   const int64_t D = m.cfg.dim, V = m.tok_emb.size(0);
   Tensor x = Tensor::empty({(int64_t)tokens.size(), D});
@@ -137,6 +192,10 @@ Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= V) fail("token id ", tokens[i], " at position ", i + 1, " is outside the vocabulary [0, ", V, ")");
     std::memcpy(x.f32() + i * D, E.f32() + (int64_t)tokens[i] * D, D * sizeof(float));
+  }
+  if (const float s = embed_scale(m.cfg); s != 1.f) {
+    float* p = x.f32();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] *= s;
   }
   return x;
 }
@@ -156,23 +215,29 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   if (obs) obs(Site::AttnIn, xn);
   std::vector<Tensor> qkv = linear_forward(xn, {&blk.linear("q"), &blk.linear("k"), &blk.linear("v")});
   Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
-  const std::vector<float> inv_freq = rope_inv_freq(c, hd);
+  if (blk.q_norm.defined()) q = head_rmsnorm(q, blk.q_norm, c.norm_eps);
+  if (blk.k_norm.defined()) k = head_rmsnorm(k, blk.k_norm, c.norm_eps);
+  const std::vector<float> inv_freq = layer_inv_freq(c, layer);
   rope(q, c.n_heads, hd, T, inv_freq, c.rope_interleaved);
   rope(k, c.n_kv_heads, hd, T, inv_freq, c.rope_interleaved);
   Tensor att;
-  attention(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, att);
+  attention(q, k, v, c, layer, B, T, att);
   if (obs) obs(Site::AttnOut, att);
   Tensor h = x.clone();
-  add_inplace(h, linear_forward(att, blk.linear("o")));
+  Tensor a = linear_forward(att, blk.linear("o"));
+  if (blk.post_attn_norm.defined()) rmsnorm(Tensor(a), blk.post_attn_norm, c.norm_eps, a);
+  add_inplace(h, a);
 
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn);
   if (obs) obs(Site::FfnIn, xn);
   std::vector<Tensor> gu = linear_forward(xn, {&blk.linear("gate"), &blk.linear("up")});
   Tensor g = std::move(gu[0]);
   const Tensor u = std::move(gu[1]);
-  backend().swiglu(g.f32(), u.f32(), g.numel(), g.f32());  // silu(gate)·up, in place
+  glu_forward(c, g, u);  // act(gate)·up, in place
   if (obs) obs(Site::FfnMid, g);
-  add_inplace(h, linear_forward(g, blk.linear("down")));
+  Tensor f = linear_forward(g, blk.linear("down"));
+  if (blk.post_ffn_norm.defined()) rmsnorm(Tensor(f), blk.post_ffn_norm, c.norm_eps, f);
+  add_inplace(h, f);
   return h;
 }
 
@@ -182,7 +247,9 @@ Tensor head_forward(const Model& m, const Tensor& x) {
   Linear cls;
   cls.name = "classifier";
   cls.weight = m.classifier;
-  return linear_forward(xn, cls);
+  Tensor logits = linear_forward(xn, cls);
+  if (m.cfg.final_softcap > 0.f) softcap_inplace(logits, m.cfg.final_softcap);
+  return logits;
 }
 
 Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T) {

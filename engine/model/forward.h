@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "backend/backend.h"
 #include "model/model.h"
 
 namespace qf {
@@ -27,9 +28,21 @@ void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<
 // rope_factor; "llama3" divides long wavelengths (> rope_orig_ctx/low_freq_factor) by it, keeps
 // short ones (< rope_orig_ctx/high_freq_factor) and interpolates between (HF's formulas, f32).
 std::vector<float> rope_inv_freq(const ModelConfig& c, int head_dim);
+// The RoPE frequencies of one layer: a sliding layer rotates with rope_theta_swa (when set) and
+// no scaling, the others as rope_inv_freq.
+std::vector<float> layer_inv_freq(const ModelConfig& c, int layer);
 // Causal grouped-query attention on rotated q/k and v; out [N, n_heads·hd].
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, int n_heads, int n_kv_heads,
                int head_dim, Tensor& out);
+// The same with the layer's variant (window, score scale, soft cap) from the config.
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const ModelConfig& c, int layer, int B, int T, Tensor& out);
+AttentionShape attention_shape(const ModelConfig& c, int layer, int B, int T);
+// RMSNorm of every head of x [N, H·hd] with one gain g [hd] (Qwen3's and Gemma 3's q/k norms).
+Tensor head_rmsnorm(const Tensor& x, const Tensor& g, float eps);
+// The FFN's gated activation of the architecture, in place: g ← act(g) ⊙ u.
+void glu_forward(const ModelConfig& c, Tensor& g, const Tensor& u);
+// c·tanh(x/c) in place over every element (Gemma 2's final-logit soft cap).
+void softcap_inplace(Tensor& x, float cap);
 // y = x Wᵀ (+ bias); x [N, in], W [out, in].
 Tensor linear_forward(const Tensor& x, const Linear& lin);
 // The same for several linears of one input (q, k, v; gate, up) in one backend call: each
@@ -37,10 +50,13 @@ Tensor linear_forward(const Tensor& x, const Linear& lin);
 std::vector<Tensor> linear_forward(const Tensor& x, const std::vector<const Linear*>& lins);
 
 // ---- model pieces ----
-Tensor embed(const Model& m, const std::vector<int32_t>& tokens);  // [N, dim]; errors on an id out of range
+// The embedding multiplier: √dim as an f32 where the architecture scales embeddings (Gemma), else 1.
+float embed_scale(const ModelConfig& c);
+// [N, dim] (× embed_scale); errors on an id out of range.
+Tensor embed(const Model& m, const std::vector<int32_t>& tokens);
 // One transformer block: x [B·T, dim] -> new tensor [B·T, dim].
 Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs = nullptr);
-Tensor head_forward(const Model& m, const Tensor& x);  // final norm + classifier -> [N, vocab]
+Tensor head_forward(const Model& m, const Tensor& x);  // final norm + classifier (+ soft cap) -> [N, vocab]
 // Full forward of B windows of T tokens (tokens.size() == B·T) -> logits [B·T, vocab].
 Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T);
 

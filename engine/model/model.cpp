@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <cmath>
+#include <cstring>
 #include <sstream>
 
 #include "core/io.h"
@@ -29,11 +31,24 @@ Linear& Block::linear(const std::string& name) {
   return const_cast<Linear&>(static_cast<const Block*>(this)->linear(name));
 }
 
-Tensor& Block::norm(const std::string& name) {
-  if (name == "attn_norm" || name == "rms_att") return attn_norm;
-  if (name == "ffn_norm" || name == "rms_ffn") return ffn_norm;
-  fail("unknown norm '", name, "' (expected attn_norm or ffn_norm)");
+// The block's norm fields by canonical name; aliases as the architecture tables give them.
+static constexpr struct {
+  const char* name;
+  const char* alias;
+  Tensor Block::*field;
+} kBlockNorms[] = {
+    {"attn_norm", "rms_att", &Block::attn_norm},     {"ffn_norm", "rms_ffn", &Block::ffn_norm},
+    {"q_norm", nullptr, &Block::q_norm},             {"k_norm", nullptr, &Block::k_norm},
+    {"post_attn_norm", nullptr, &Block::post_attn_norm}, {"post_ffn_norm", nullptr, &Block::post_ffn_norm},
+};
+
+const Tensor& Block::norm(const std::string& name) const {
+  for (const auto& e : kBlockNorms)
+    if (name == e.name || (e.alias && name == e.alias)) return this->*e.field;
+  fail("unknown norm '", name, "' (known: attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm)");
 }
+
+Tensor& Block::norm(const std::string& name) { return const_cast<Tensor&>(static_cast<const Block*>(this)->norm(name)); }
 
 const Block& Model::block(int i) const {
   if (i < 0 || i >= (int)blocks.size()) fail("block ", i + 1, " out of range (the model has ", blocks.size(), " blocks, numbered from 1)");
@@ -81,8 +96,8 @@ Model Model::clone() const {
   for (int i = 0; i < (int)blocks.size(); ++i) {
     const Block& b = block(i);
     Block nb;
-    nb.attn_norm = b.attn_norm.clone();
-    nb.ffn_norm = b.ffn_norm.clone();
+    for (const auto& e : kBlockNorms)
+      if ((b.*e.field).defined()) nb.*e.field = (b.*e.field).clone();
     for (const Linear& l : b.linears) {
       Linear nl = l;
       nl.weight = l.weight.clone();
@@ -103,7 +118,8 @@ int64_t Model::n_params() const {
       continue;
     }
     const Block& b = blocks[i];
-    n += b.attn_norm.numel() + b.ffn_norm.numel();
+    for (const auto& e : kBlockNorms)
+      if ((b.*e.field).defined()) n += (b.*e.field).numel();
     for (const Linear& l : b.linears) n += l.weight.numel() + (l.bias.defined() ? l.bias.numel() : 0);
   }
   return n;
@@ -115,6 +131,15 @@ std::string Model::fingerprint() const {
      << ' ' << cfg.vocab_size << ' ' << cfg.seq_len << ' ' << cfg.norm_eps << ' ' << cfg.rope_theta << ' ' << cfg.rope_scaling << ' '
      << cfg.rope_factor << ' ' << cfg.rope_low_freq_factor << ' ' << cfg.rope_high_freq_factor << ' ' << cfg.rope_orig_ctx << ' '
      << cfg.rope_interleaved << ' ' << cfg.tied_classifier;
+  // Fields added later are hashed only when set, so the fingerprints of older models stay.
+  if (cfg.head_size > 0) h0 << " hs" << cfg.head_size;
+  if (cfg.sliding_window > 0) {
+    h0 << " swa" << cfg.sliding_window << ':' << cfg.rope_theta_swa << ':';
+    for (uint8_t v : cfg.swa_layers) h0 << (int)v;
+  }
+  if (cfg.attn_scale > 0) h0 << " as" << cfg.attn_scale;
+  if (cfg.attn_softcap > 0) h0 << " ac" << cfg.attn_softcap;
+  if (cfg.final_softcap > 0) h0 << " fc" << cfg.final_softcap;
   const std::string head = h0.str();
   uint64_t h = fnv1a64(head.data(), head.size());
   auto add = [&](const Tensor& t) {
@@ -131,6 +156,11 @@ std::string Model::fingerprint() const {
     const Block& b = block(i);
     add(b.attn_norm);
     add(b.ffn_norm);
+    for (const auto& e : kBlockNorms)  // the optional ones, by name
+      if ((b.*e.field).defined() && e.field != &Block::attn_norm && e.field != &Block::ffn_norm) {
+        h = fnv1a64(e.name, std::strlen(e.name), h);
+        add(b.*e.field);
+      }
     for (const Linear& l : b.linears) {
       h = fnv1a64(l.name.data(), l.name.size(), h);
       add(l.weight);
@@ -152,12 +182,26 @@ void validate_config(const ModelConfig& c, const std::string& what) {
   if (c.hidden_dim <= 0 || c.hidden_dim > (1 << 18)) bad("hidden_dim", c.hidden_dim, "expected 1..262144");
   if (c.n_layers <= 0 || c.n_layers > 1024) bad("n_layers", c.n_layers, "expected 1..1024");
   if (c.n_heads <= 0 || c.n_heads > c.dim) bad("n_heads", c.n_heads, "expected 1..dim");
-  if (c.dim % c.n_heads) bad("n_heads", c.n_heads, "must divide dim");
+  if (c.head_size < 0 || c.head_size > (1 << 14)) bad("head_dim", c.head_size, "expected 0 (dim / n_heads) or 1..16384");
+  if (c.head_size == 0 && c.dim % c.n_heads) bad("n_heads", c.n_heads, "must divide dim");
+  if ((int64_t)c.head_dim() * c.n_heads > (1 << 18)) bad("head_dim", c.head_dim(), "n_heads·head_dim exceeds 262144");
   if (c.n_kv_heads <= 0 || c.n_kv_heads > c.n_heads) bad("n_kv_heads", c.n_kv_heads, "expected 1..n_heads");
   if (c.n_heads % c.n_kv_heads) bad("n_kv_heads", c.n_kv_heads, "must divide n_heads");
   if (c.vocab_size <= 0 || c.vocab_size > (1 << 22)) bad("vocab_size", c.vocab_size, "expected 1..4194304");
   if (c.seq_len <= 0 || c.seq_len > (1 << 24)) bad("seq_len", c.seq_len, "expected 1..16777216");
-  if (c.rope_interleaved && c.head_dim() % 2) bad("head_dim", c.head_dim(), "RoPE needs an even head dimension");
+  if (c.head_dim() % 2) bad("head_dim", c.head_dim(), "RoPE needs an even head dimension");
+  if (c.sliding_window < 0 || c.sliding_window > (1 << 24)) bad("sliding_window", c.sliding_window, "expected 0..16777216");
+  if (!c.swa_layers.empty() && (int)c.swa_layers.size() != c.n_layers)
+    bad("swa_layers", (int64_t)c.swa_layers.size(), "one entry per layer expected");
+  if (!c.swa_layers.empty() && c.sliding_window <= 0) bad("sliding_window", c.sliding_window, "sliding layers need a window > 0");
+  auto nonneg = [&](const char* field, float v) {
+    if (!(v >= 0.f) || !std::isfinite(v)) fail(what, ": invalid config field '", field, "' = ", v, " (expected a finite value >= 0)");
+  };
+  nonneg("rope_theta_swa", c.rope_theta_swa);
+  nonneg("attn_scale", c.attn_scale);
+  nonneg("attn_softcap", c.attn_softcap);
+  nonneg("final_softcap", c.final_softcap);
+  arch_spec(c.arch);  // a known architecture
 }
 
 }  // namespace qf

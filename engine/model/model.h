@@ -36,8 +36,22 @@ struct ModelConfig {
   // The HF checkpoint layout (kHfLayouts) the model was read from; "" = the architecture's
   // plain layout. The hf export writes it back (fused tensors stay fused).
   std::string hf_layout;
-  int head_dim() const { return dim / n_heads; }
+  // Decoupled head size (Gemma, Qwen3): q is [n_heads·head_dim, dim]; 0 = dim / n_heads.
+  int head_size = 0;
+  // Sliding-window attention (docs/architecture.md#architectures): a query at position i sees
+  // keys i − sliding_window < j ≤ i on the layers swa_layers marks (empty: none); those layers
+  // rotate with rope_theta_swa (0 = rope_theta) and no frequency scaling (Gemma's local layers).
+  int sliding_window = 0;
+  std::vector<uint8_t> swa_layers;
+  float rope_theta_swa = 0.f;
+  float attn_scale = 0.f;     // score scale; 0 = 1/√head_dim (Gemma: query_pre_attn_scalar^−½)
+  float attn_softcap = 0.f;   // scores ← c·tanh(scores/c) before the softmax (Gemma 2); 0 = off
+  float final_softcap = 0.f;  // logits ← c·tanh(logits/c) (Gemma 2); 0 = off
+  int head_dim() const { return head_size > 0 ? head_size : dim / n_heads; }
+  int q_dim() const { return head_dim() * n_heads; }
   int kv_dim() const { return head_dim() * n_kv_heads; }
+  bool is_swa(int layer) const { return layer >= 0 && layer < (int)swa_layers.size() && swa_layers[layer]; }
+  int window(int layer) const { return is_swa(layer) ? sliding_window : 0; }  // 0 = full causal
 };
 
 // y = x Wᵀ (+ b). W is [out, in], row-major, f32.
@@ -55,10 +69,16 @@ struct Linear {
 
 struct Block {
   std::vector<Linear> linears;  // in the architecture table's order
-  Tensor attn_norm, ffn_norm;   // RMSNorm gains [dim]
+  Tensor attn_norm, ffn_norm;   // RMSNorm gains [dim] before attention and before the FFN
+  // Optional norms, undefined unless the architecture table lists them: per-head q/k norms
+  // [head_dim] before RoPE (Qwen3, Gemma 3), norms of the attention and FFN outputs before
+  // their residual adds [dim] (Gemma 2/3).
+  Tensor q_norm, k_norm, post_attn_norm, post_ffn_norm;
   Linear& linear(const std::string& name_or_alias);  // error names the block's linears
   const Linear& linear(const std::string& name_or_alias) const;
-  Tensor& norm(const std::string& name);  // "attn_norm" | "ffn_norm" (aliases rms_att, rms_ffn)
+  // A norm by canonical name (or llama2.c alias rms_att, rms_ffn); error names the known ones.
+  Tensor& norm(const std::string& name);
+  const Tensor& norm(const std::string& name) const;
 };
 
 struct ModelSource;

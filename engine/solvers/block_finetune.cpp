@@ -235,6 +235,15 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
   }
   if (layer < 0 || layer >= m.n_blocks())
     fail(fn, ": block ", layer + 1, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
+  if (tr_norms && arch_of(m.cfg).norms.size() > 2)
+    fail(fn, ": params 'norms' trains attn_norm and ffn_norm only; ", m.cfg.arch, " blocks also have ",
+         [&] {
+           std::string n;
+           for (const NormSpec& s : arch_of(m.cfg).norms)
+             if (std::string(s.name) != "attn_norm" && std::string(s.name) != "ffn_norm") n += (n.empty() ? "" : ", ") + std::string(s.name);
+           return n;
+         }(),
+         " (not trained yet: leave 'norms' out)");
   const int64_t N = (int64_t)B * T, D = m.cfg.dim;
   check_acts(fn, "inputs", inputs, N, D, B, T);
   check_acts(fn, "targets", targets, N, D, B, T);

@@ -23,6 +23,8 @@ class CpuBackend final : public Backend {
                    bool transpose) override;
   void swiglu(const float* a, const float* u, int64_t n, float* h) override;
   void swiglu_backward(float* a, float* u, const float* dh, int64_t n) override;
+  void geglu(const float* a, const float* u, int64_t n, float* h) override;
+  void geglu_backward(float* a, float* u, const float* dh, int64_t n) override;
   void add_inplace(float* a, const float* b, int64_t n) override;
   void attention(const float* q, const float* k, const float* v, const AttentionShape& s, float* out) override;
   void attention_backward(const float* q, const float* k, const float* v, const AttentionShape& s, const float* dy,

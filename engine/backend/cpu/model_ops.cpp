@@ -25,19 +25,46 @@ constexpr int kQBlock = 128;
 
 float silu(float a) { return a / (1.0f + std::exp(-a)); }
 
-// Rows [0, nq) of S hold the scaled scores of queries i0 + r against keys [0, i1): each becomes
-// the causal softmax over keys 0..i0 + r, the masked rest zero. Shared by the forward and by the
-// backward's recompute, so both see the same P bit for bit.
-void causal_softmax_rows(MatRM& S, int i0, int i1, int nq) {
+// The keys a query block [i0, i1) can see: [k0, i1), k0 = 0 unless a sliding window cuts it.
+int first_key(int i0, int window) { return window > 0 ? std::max(0, i0 - window + 1) : 0; }
+
+// Rows [0, nq) of S hold the scaled scores of queries i0 + r against keys [k0, i1) (column
+// j − k0). Soft-capped when softcap > 0 (th, when given, receives tanh(s/softcap), which the
+// backward needs); then each row becomes the softmax over the keys its query sees (causal, and
+// inside the window), the rest zero. Shared by the forward and by the backward's recompute, so
+// both see the same P bit for bit.
+void causal_softmax_rows(MatRM& S, int i0, int k0, int i1, int nq, int window, float softcap, MatRM* th) {
+  const int nk = i1 - k0;
+  if (softcap > 0.f) {
+    auto Sb = S.topLeftCorner(nq, nk).array();
+    if (th) {
+      auto Tb = th->topLeftCorner(nq, nk).array();
+      Tb = (Sb * (1.0f / softcap)).tanh();
+      Sb = Tb * softcap;
+    } else {
+      Sb = (Sb * (1.0f / softcap)).tanh() * softcap;
+    }
+  }
   for (int r = 0; r < nq; ++r) {
     float* s = S.data() + (int64_t)r * S.cols();
-    const int last = i0 + r;
+    const int last = i0 + r - k0, first = window > 0 ? std::max(0, i0 + r - window + 1 - k0) : 0;
     // Eigen's vectorized exp: the scalar std::exp loop was most of the forward's time.
-    Eigen::Map<Eigen::ArrayXf> row(s, last + 1);
+    Eigen::Map<Eigen::ArrayXf> row(s + first, last - first + 1);
     row = (row - row.maxCoeff()).exp();
     row *= 1.0f / row.sum();
-    for (int j = last + 1; j < i1; ++j) s[j] = 0.f;
+    for (int j = 0; j < first; ++j) s[j] = 0.f;
+    for (int j = last + 1; j < nk; ++j) s[j] = 0.f;
   }
+}
+
+float attention_scale(const AttentionShape& sh) { return sh.scale > 0.f ? sh.scale : 1.0f / std::sqrt((float)sh.head_dim); }
+
+// gelu_tanh(a) and its derivative (docs/architecture.md#architectures).
+constexpr float kGeluC = 0.7978845608028654f;  // √(2/π)
+float gelu_tanh(float a) { return 0.5f * a * (1.0f + std::tanh(kGeluC * (a + 0.044715f * a * a * a))); }
+float gelu_tanh_grad(float a) {
+  const float t = std::tanh(kGeluC * (a + 0.044715f * a * a * a));
+  return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * 0.044715f * a * a);
 }
 
 using Strided = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
@@ -135,6 +162,20 @@ void CpuBackend::swiglu_backward(float* ap, float* up, const float* dp, int64_t 
   }
 }
 
+void CpuBackend::geglu(const float* ap, const float* up, int64_t n, float* hp) {
+#pragma omp parallel for schedule(dynamic, 4096) if (worth_parallel(n * 24))
+  for (int64_t i = 0; i < n; ++i) hp[i] = gelu_tanh(ap[i]) * up[i];
+}
+
+void CpuBackend::geglu_backward(float* ap, float* up, const float* dp, int64_t n) {
+#pragma omp parallel for schedule(dynamic, 4096) if (worth_parallel(n * 24))
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = ap[i];
+    ap[i] = dp[i] * up[i] * gelu_tanh_grad(x);
+    up[i] = dp[i] * gelu_tanh(x);
+  }
+}
+
 void CpuBackend::add_inplace(float* ap, const float* bp, int64_t n) {
 #pragma omp parallel for schedule(static) if (worth_parallel_stream(n))
   for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
@@ -144,7 +185,7 @@ void CpuBackend::attention(const float* qp, const float* kp, const float* vp, co
   const int B = sh.B, T = sh.T, n_heads = sh.n_heads, head_dim = sh.head_dim;
   const int64_t QW = (int64_t)n_heads * head_dim, KW = (int64_t)sh.n_kv_heads * head_dim;
   const int group = n_heads / sh.n_kv_heads;
-  const float scale = 1.0f / std::sqrt((float)head_dim);
+  const float scale = attention_scale(sh);
   const int nqb = (T + kQBlock - 1) / kQBlock;
   // Scratch allocated here, outside the parallel region: an exception must not escape OpenMP.
   std::vector<MatRM> scratch(omp_get_max_threads(), MatRM(std::min(kQBlock, T), T));
@@ -156,13 +197,14 @@ void CpuBackend::attention(const float* qp, const float* kp, const float* vp, co
         const int kh = h / group;
         const int64_t r0 = (int64_t)b * T;
         const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
+        const int k0 = first_key(i0, sh.window), nk = i1 - k0;
         Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-        Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-        Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+        Strided K(kp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
+        Strided V(vp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
         StridedOut O(op + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-        auto Sb = S.topLeftCorner(nq, i1);
+        auto Sb = S.topLeftCorner(nq, nk);
         Sb.noalias() = (Q * K.transpose()) * scale;
-        causal_softmax_rows(S, i0, i1, nq);
+        causal_softmax_rows(S, i0, k0, i1, nq, sh.window, sh.softcap, nullptr);
         O.noalias() = Sb * V;
       }
 }
@@ -174,10 +216,11 @@ void CpuBackend::attention_backward(const float* qp, const float* kp, const floa
   std::fill(dkp, dkp + N * KW, 0.f);  // accumulated into
   std::fill(dvp, dvp + N * KW, 0.f);
   const int group = n_heads / n_kv_heads;
-  const float scale = 1.0f / std::sqrt((float)head_dim);
+  const float scale = attention_scale(sh);
   const int nqb = (T + kQBlock - 1) / kQBlock;
   const int rows = std::min(kQBlock, T);
   std::vector<MatRM> scratchS(omp_get_max_threads(), MatRM(rows, T)), scratchP(omp_get_max_threads(), MatRM(rows, T));
+  std::vector<MatRM> scratchT(sh.softcap > 0.f ? omp_get_max_threads() : 0, MatRM(rows, T));
   // One task per (window, kv head): the heads sharing that kv head, and all query blocks,
   // accumulate into its dK/dV slice in a fixed order inside the task.
 #pragma omp parallel for schedule(dynamic) collapse(2) if (worth_parallel((int64_t)B * n_heads * T * T * head_dim * 2))
@@ -189,29 +232,36 @@ void CpuBackend::attention_backward(const float* qp, const float* kp, const floa
       for (int h = kh * group; h < (kh + 1) * group; ++h)
         for (int qb = 0; qb < nqb; ++qb) {
           const int i0 = qb * kQBlock, i1 = std::min(T, i0 + kQBlock), nq = i1 - i0;
+          const int k0 = first_key(i0, sh.window), nk = i1 - k0;
           Strided Q(qp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-          Strided K(kp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          Strided V(vp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          Strided K(kp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
+          Strided V(vp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
           Strided dO(dyp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
           StridedOut dQ(dqp + (r0 + i0) * QW + (int64_t)h * head_dim, nq, head_dim, Eigen::OuterStride<>(QW));
-          StridedOut dK(dkp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
-          StridedOut dV(dvp + r0 * KW + (int64_t)kh * head_dim, i1, head_dim, Eigen::OuterStride<>(KW));
+          StridedOut dK(dkp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
+          StridedOut dV(dvp + (r0 + k0) * KW + (int64_t)kh * head_dim, nk, head_dim, Eigen::OuterStride<>(KW));
+          MatRM* th = sh.softcap > 0.f ? &scratchT[omp_get_thread_num()] : nullptr;
           // recompute P exactly as the forward does
-          auto Sb = S.topLeftCorner(nq, i1);
+          auto Sb = S.topLeftCorner(nq, nk);
           Sb.noalias() = (Q * K.transpose()) * scale;
-          causal_softmax_rows(S, i0, i1, nq);
+          causal_softmax_rows(S, i0, k0, i1, nq, sh.window, sh.softcap, th);
           // dP = dO Vᵀ; softmax backward dS = P ⊙ (dP − Σ_j P dP) row by row (masked entries: P = 0)
-          auto dPb = dP.topLeftCorner(nq, i1);
+          auto dPb = dP.topLeftCorner(nq, nk);
           dPb.noalias() = dO * V.transpose();
           for (int r = 0; r < nq; ++r) {
             const float* s = S.data() + (int64_t)r * S.cols();
             float* d = dP.data() + (int64_t)r * dP.cols();
-            const int last = i0 + r;
+            const int last = i0 + r - k0, first = sh.window > 0 ? std::max(0, i0 + r - sh.window + 1 - k0) : 0;
             double sum = 0;
-            for (int j = 0; j <= last; ++j) sum += (double)s[j] * d[j];
+            for (int j = first; j <= last; ++j) sum += (double)s[j] * d[j];
             const float rs = (float)sum;
-            for (int j = 0; j <= last; ++j) d[j] = s[j] * (d[j] - rs);
-            for (int j = last + 1; j < i1; ++j) d[j] = 0.f;
+            for (int j = 0; j < first; ++j) d[j] = 0.f;
+            for (int j = first; j <= last; ++j) d[j] = s[j] * (d[j] - rs);
+            for (int j = last + 1; j < nk; ++j) d[j] = 0.f;
+            if (th) {  // through the soft cap: d tanh = 1 − tanh²
+              const float* t = th->data() + (int64_t)r * th->cols();
+              for (int j = first; j <= last; ++j) d[j] *= 1.0f - t[j] * t[j];
+            }
           }
           // S = Q Kᵀ·scale:  dQ = dS K·scale,  dK += dSᵀ Q·scale;  O = P V:  dV += Pᵀ dO
           dQ.noalias() = (dPb * K) * scale;

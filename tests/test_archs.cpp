@@ -1,0 +1,349 @@
+// qforge tests — the architectures beyond Llama (docs/architecture.md#architectures): Qwen3's
+// per-head q/k norms, Gemma 2/3's pre- and post-norms, GeGLU, √dim embeddings, score scale,
+// soft caps, decoupled head size and sliding-window layers with their own RoPE base; Mistral's
+// sliding window on the Llama block. Each tiny random model (every feature switched on) is run
+// against an f64 reference forward written here from the formulas, its gradients against
+// central differences of that reference, and its HF / GGUF / qforge exports are loaded back
+// and must give the same logits bit for bit.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include "core/io.h"
+#include "core/rng.h"
+#include "formats/export.h"
+#include "formats/export_hf.h"
+#include "formats/loader.h"
+#include "model/backward.h"
+#include "model/forward.h"
+#include "ref_llama.h"
+#include "scratch_dir.h"
+#include "tiny_model.h"
+
+using namespace qf;
+using namespace qf::test;
+
+namespace {
+
+// A tiny model of architecture `arch` with every feature it can have switched on: head size 6
+// with 3 heads over dim 16 (q is [18, 16]), 1 kv head, sliding layers (window 3 in 8-token
+// windows) alternating with global ones, a sliding-layer RoPE base, and for Gemma the score
+// scale and (Gemma 2) both soft caps.
+Model tiny_arch_model(const std::string& arch, uint64_t seed, int n_layers = 3) {
+  Model m;
+  ModelConfig& c = m.cfg;
+  c.arch = arch;
+  c.dim = 16;
+  c.hidden_dim = 20;
+  c.n_layers = n_layers;
+  c.n_heads = 3;
+  c.n_kv_heads = 1;
+  c.head_size = 6;
+  c.vocab_size = 13;
+  c.seq_len = 8;
+  c.norm_eps = 1e-6f;
+  c.rope_theta = 1000.f;
+  c.rope_interleaved = false;  // HF order, as every non-llama2.c checkpoint
+  c.tied_classifier = arch != "llama";
+  c.sliding_window = 3;
+  c.swa_layers.assign(n_layers, 0);
+  for (int l = 0; l < n_layers; ++l) c.swa_layers[l] = l % 2 == 0;
+  if (arch == "llama") c.swa_layers.assign(n_layers, 1);  // Mistral: every layer slides
+  if (arch == "gemma3") c.rope_theta_swa = 50.f;
+  if (arch == "gemma2" || arch == "gemma3") c.attn_scale = 0.3f;
+  if (arch == "gemma2") c.attn_softcap = 2.f, c.final_softcap = 4.f;
+  validate_config(c, "tiny " + arch);
+  const ArchSpec& a = arch_of(c);
+  Rng rng(seed);
+  m.tok_emb = randn_tensor(rng, {c.vocab_size, c.dim}, arch == "llama" ? 1.0 : 0.3);
+  for (int l = 0; l < n_layers; ++l) {
+    Block b;
+    // Gemma's HF files store g − 1: exact (and so round-trips) for g in [0.5, 2].
+    for (const NormSpec& n : a.norms) b.norm(n.name) = randn_tensor(rng, {norm_size(c, n)}, a.hf_norm_shift ? 0.1 : 0.2, 1.0);
+    for (const LinearSpec& s : a.linears) {
+      Linear lin;
+      lin.name = s.name;
+      lin.input = s.input;
+      const Shape sh = linear_shape(c, s.name);
+      lin.weight = randn_tensor(rng, sh, 1.0 / std::sqrt((double)sh[1]));
+      b.linears.push_back(std::move(lin));
+    }
+    m.blocks.push_back(std::move(b));
+  }
+  m.final_norm = randn_tensor(rng, {c.dim}, 0.2, 1.0);
+  m.classifier = c.tied_classifier ? m.tok_emb : randn_tensor(rng, {c.vocab_size, c.dim}, 0.5);
+  return m;
+}
+
+// ---- the f64 reference, from the formulas (parameters held as Vec so differences can move them)
+
+struct RefBlock {
+  std::map<std::string, Vec> norm;   // by canonical name
+  std::map<std::string, Vec> w;      // linear weights by canonical name
+  std::map<std::string, Shape> shape;
+};
+struct RefModel {
+  ModelConfig c;
+  Vec emb, fnorm, cls;
+  std::vector<RefBlock> blocks;
+};
+
+RefModel ref_of(const Model& m) {
+  RefModel r{m.cfg, to_vec(m.tok_emb), to_vec(m.final_norm), m.cfg.tied_classifier ? Vec{} : to_vec(m.classifier), {}};
+  for (int l = 0; l < m.n_blocks(); ++l) {
+    RefBlock rb;
+    for (const NormSpec& n : arch_of(m.cfg).norms) rb.norm[n.name] = to_vec(m.block(l).norm(n.name));
+    for (const Linear& lin : m.block(l).linears) rb.w[lin.name] = to_vec(lin.weight), rb.shape[lin.name] = lin.weight.shape();
+    r.blocks.push_back(std::move(rb));
+  }
+  return r;
+}
+
+Vec lin(const RefBlock& b, const std::string& n, const Vec& x) {
+  return ref_linear(x, b.w.at(n), {}, (int)b.shape.at(n)[0], (int)b.shape.at(n)[1]);
+}
+Vec add(Vec a, const Vec& b) {
+  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+  return a;
+}
+
+Vec ref_block(const RefModel& r, int layer, const Vec& x, int B, int T) {
+  const ModelConfig& c = r.c;
+  const RefBlock& b = r.blocks[(size_t)layer];
+  const double eps = c.norm_eps;
+  const int hd = c.head_dim();
+  // RoPE frequencies: a sliding layer's own base when set, in f64
+  const double theta = c.is_swa(layer) && c.rope_theta_swa > 0 ? c.rope_theta_swa : c.rope_theta;
+  Vec freq(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) freq[i] = std::pow(theta, -2.0 * i / hd);
+  const Vec xn = ref_rmsnorm(x, b.norm.at("attn_norm"), eps);
+  Vec q = lin(b, "q", xn), k = lin(b, "k", xn);
+  const Vec v = lin(b, "v", xn);
+  if (b.norm.count("q_norm")) q = ref_rmsnorm(q, b.norm.at("q_norm"), eps), k = ref_rmsnorm(k, b.norm.at("k_norm"), eps);
+  q = ref_rope(q, c.n_heads, hd, T, freq, false);
+  k = ref_rope(k, c.n_kv_heads, hd, T, freq, false);
+  Vec a = lin(b, "o", ref_attention_ex(q, k, v, B, T, c.n_heads, c.n_kv_heads, hd, c.window(layer), c.attn_scale, c.attn_softcap));
+  if (b.norm.count("post_attn_norm")) a = ref_rmsnorm(a, b.norm.at("post_attn_norm"), eps);
+  const Vec h = add(x, a);
+  const Vec xn2 = ref_rmsnorm(h, b.norm.at("ffn_norm"), eps);
+  const Vec g = lin(b, "gate", xn2), u = lin(b, "up", xn2);
+  Vec f = lin(b, "down", arch_of(c).act == GluAct::GeluTanh ? ref_geglu(g, u) : ref_swiglu(g, u));
+  if (b.norm.count("post_ffn_norm")) f = ref_rmsnorm(f, b.norm.at("post_ffn_norm"), eps);
+  return add(h, f);
+}
+
+// logits [N, V]
+Vec ref_logits(const RefModel& r, const std::vector<int32_t>& tok, int B, int T) {
+  const int D = r.c.dim, V = r.c.vocab_size;
+  const double es = arch_of(r.c).embed_scaled ? std::sqrt((double)D) : 1.0;
+  Vec x(tok.size() * D);
+  for (size_t i = 0; i < tok.size(); ++i)
+    for (int j = 0; j < D; ++j) x[i * D + j] = es * r.emb[(size_t)tok[i] * D + j];
+  for (int l = 0; l < (int)r.blocks.size(); ++l) x = ref_block(r, l, x, B, T);
+  const Vec hn = ref_rmsnorm(x, r.fnorm, r.c.norm_eps);
+  Vec z = ref_linear(hn, r.cls.empty() ? r.emb : r.cls, {}, V, D);
+  if (r.c.final_softcap > 0)
+    for (double& e : z) e = r.c.final_softcap * std::tanh(e / r.c.final_softcap);
+  return z;
+}
+
+double ref_loss(const RefModel& r, const std::vector<int32_t>& tok, int B, int T) {
+  const int V = r.c.vocab_size;
+  const Vec z = ref_logits(r, tok, B, T);
+  double loss = 0;
+  int n = 0;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t + 1 < T; ++t) {
+      const double* row = z.data() + (size_t)(b * T + t) * V;
+      double mx = -1e300, se = 0;
+      for (int j = 0; j < V; ++j) mx = std::max(mx, row[j]);
+      for (int j = 0; j < V; ++j) se += std::exp(row[j] - mx);
+      loss += std::log(se) + mx - row[tok[(size_t)(b * T + t + 1)]];
+      ++n;
+    }
+  return loss / n;
+}
+
+double max_rel(const Vec& a, const Vec& b) {
+  double d = 0, s = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(a[i] - b[i])), s = std::max(s, std::abs(b[i]));
+  return d / s;
+}
+
+// Central differences of L w.r.t. every entry of p against the analytic gradient: the worst
+// |a − n| / max(|n|, 1e-3·max|n|).
+double fd_rel(Vec& p, const std::vector<float>& analytic, const std::function<double()>& L) {
+  REQUIRE(analytic.size() == p.size());
+  std::vector<double> num(p.size());
+  double scale = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double p0 = p[i], h = 1e-5 * std::max(1.0, std::abs(p0));
+    p[i] = p0 + h;
+    const double lp = L();
+    p[i] = p0 - h;
+    const double lm = L();
+    p[i] = p0;
+    num[i] = (lp - lm) / (2 * h);
+    scale = std::max(scale, std::abs(num[i]));
+  }
+  double worst = 0;
+  for (size_t i = 0; i < p.size(); ++i) worst = std::max(worst, std::abs(analytic[i] - num[i]) / std::max(std::abs(num[i]), 1e-3 * scale));
+  return worst;
+}
+
+std::vector<int32_t> tokens(uint64_t seed, int n, int V) {
+  Rng g(seed);
+  std::vector<int32_t> t((size_t)n);
+  for (auto& e : t) e = (int32_t)g.randint(0, V - 1);
+  return t;
+}
+
+const char* const kArchs[] = {"llama", "qwen3", "gemma2", "gemma3"};
+
+Model load(const std::string& path) { return load_model(resolve_model_files(path)); }
+
+}  // namespace
+
+TEST_CASE("architectures: tables") {
+  CHECK(arch_spec("qwen3").has_norm("q_norm"));
+  CHECK_FALSE(arch_spec("gemma2").has_norm("q_norm"));
+  CHECK(arch_spec("gemma3").has_norm("post_ffn_norm"));
+  CHECK(arch_spec("gemma3").act == GluAct::GeluTanh);
+  CHECK(std::string(arch_spec("gemma3").norm("post_attn_norm").hf) == "post_attention_layernorm");
+  CHECK(std::string(arch_spec("llama").norm("ffn_norm").hf) == "post_attention_layernorm");  // the name clash the tables resolve
+  CHECK(std::string(arch_spec("gemma3").norm("ffn_norm").hf) == "pre_feedforward_layernorm");
+  CHECK_THROWS_WITH_AS(arch_spec("mamba"), doctest::Contains("known: llama, qwen3, gemma2, gemma3"), Error);
+  CHECK_THROWS_WITH_AS(arch_spec("qwen3").norm("post_ffn_norm"), doctest::Contains("qwen3 blocks have: attn_norm, ffn_norm, q_norm, k_norm"), Error);
+  REQUIRE(gguf_arch("qwen2"));
+  CHECK(std::string(gguf_arch("qwen2")->arch) == "llama");
+  CHECK_FALSE(gguf_arch("qwen2")->permuted_qk);
+  CHECK(gguf_arch("llama")->permuted_qk);
+  CHECK(gguf_arch("phi3") == nullptr);
+}
+
+TEST_CASE("architectures: forward equals the f64 reference; gradients equal its differences") {
+  for (const char* arch : kArchs) {
+    const std::string arch_name = arch;
+    CAPTURE(arch_name);
+    const Model m = tiny_arch_model(arch, 100 + std::string(arch).size());
+    RefModel r = ref_of(m);
+    const int B = 2, T = 8;
+    const std::vector<int32_t> tok = tokens(7, B * T, m.cfg.vocab_size);
+    const Vec ours = to_vec(forward(m, tok, B, T)), ref = ref_logits(r, tok, B, T);
+    CHECK(max_rel(ours, ref) < 2e-6);
+
+    BlockGrads g0;
+    const ModelGrads mg = model_loss_backward(
+        m, tok, B, T, [](int l) { return l == 0 ? BlockGradRequest::all() : BlockGradRequest::none(); },
+        [&](int l, BlockGrads& g) {
+          if (l == 0) g0 = g;
+        },
+        true);
+    auto L = [&] { return ref_loss(r, tok, B, T); };
+    CHECK(std::abs(mg.loss - L()) < 1e-5 * L());
+    for (const LinearSpec& s : arch_of(m.cfg).linears) {
+      CAPTURE(s.name);
+      CHECK(fd_rel(r.blocks[0].w[s.name], g0.weight(s.name).to_vector(), L) < 1e-3);
+    }
+    const std::map<std::string, const Tensor*> dnorm = {{"attn_norm", &g0.d_attn_norm},       {"ffn_norm", &g0.d_ffn_norm},
+                                                        {"q_norm", &g0.d_q_norm},             {"k_norm", &g0.d_k_norm},
+                                                        {"post_attn_norm", &g0.d_post_attn_norm}, {"post_ffn_norm", &g0.d_post_ffn_norm}};
+    for (const NormSpec& n : arch_of(m.cfg).norms) {
+      CAPTURE(n.name);
+      REQUIRE(dnorm.at(n.name)->defined());
+      CHECK(fd_rel(r.blocks[0].norm[n.name], dnorm.at(n.name)->to_vector(), L) < 1e-3);
+    }
+    CHECK(fd_rel(r.fnorm, mg.d_final_norm.to_vector(), L) < 1e-3);
+    CHECK(fd_rel(r.emb, mg.d_tok_emb.to_vector(), L) < 1e-3);  // √dim embedding scale (Gemma), tied classifier
+  }
+}
+
+TEST_CASE("architectures: a sliding layer does not see past its window") {
+  // One sliding layer: the logits at positions ≥ window cannot depend on token 0.
+  Model m = tiny_arch_model("gemma3", 3, 1);
+  REQUIRE(m.cfg.is_swa(0));
+  const int T = 8, W = m.cfg.sliding_window;
+  std::vector<int32_t> a = tokens(9, T, m.cfg.vocab_size), b = a;
+  b[0] = (a[0] + 5) % m.cfg.vocab_size;
+  const Tensor la = forward(m, a, 1, T), lb = forward(m, b, 1, T);
+  const int64_t V = m.cfg.vocab_size;
+  for (int t = 0; t < T; ++t) {
+    double d = 0;
+    for (int64_t j = 0; j < V; ++j) d = std::max(d, (double)std::abs(la.f32()[t * V + j] - lb.f32()[t * V + j]));
+    if (t >= W) CHECK(d == 0.0);
+    else CHECK(d > 0.0);
+  }
+  // The same layer made global sees it.
+  m.cfg.swa_layers.clear();
+  m.cfg.sliding_window = 0;
+  const Tensor ga = forward(m, a, 1, T), gb = forward(m, b, 1, T);
+  CHECK(std::abs(ga.f32()[(T - 1) * V] - gb.f32()[(T - 1) * V]) > 0);
+}
+
+TEST_CASE("architectures: HF, GGUF and qforge exports load back with the same logits") {
+  const std::string dir = qf_test::scratch_dir("archs");
+  for (const char* arch : kArchs) {
+    const std::string arch_name = arch;
+    CAPTURE(arch_name);
+    const Model m = tiny_arch_model(arch, 200 + std::string(arch).size());
+    const std::vector<int32_t> tok = tokens(11, 16, m.cfg.vocab_size);
+    const Tensor want = forward(m, tok, 2, 8);
+    auto same = [&](const Model& back, const char* what) {
+      const std::string what_s = what;
+      CAPTURE(what_s);
+      CHECK(back.cfg.arch == m.cfg.arch);
+      CHECK(back.cfg.swa_layers == m.cfg.swa_layers);
+      CHECK(back.cfg.head_dim() == 6);
+      const Tensor got = forward(back, tok, 2, 8);
+      CHECK(std::memcmp(got.f32(), want.f32(), sizeof(float) * want.numel()) == 0);
+      CHECK(back.fingerprint() == m.fingerprint());
+    };
+    const std::string hf = dir + "/" + arch + "-hf";
+    save_hf(m, nullptr, hf, "F32");
+    same(load(hf), "hf");
+    const std::string q = dir + "/" + arch + ".safetensors";
+    save_qforge(m, nullptr, q);
+    same(load(q), "qforge");
+    const std::string gg = dir + "/" + arch + ".gguf";
+    // What llama.cpp's architecture cannot hold is refused, not written silently wrong: llama and
+    // qwen3 have no sliding layers; Gemma's score scale is derived from the head size.
+    const bool no_swa = std::string(arch) == "llama" || std::string(arch) == "qwen3";
+    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, gg, "F32"),
+                         doctest::Contains(no_swa ? "no sliding-window layers" : "differs from the 0.408248 llama.cpp's"), Error);
+    Model fit = m.clone();
+    if (no_swa) fit.cfg.swa_layers.clear(), fit.cfg.sliding_window = 0;
+    else fit.cfg.attn_scale = 1.0f / std::sqrt(6.0f);
+    const Tensor fit_logits = forward(fit, tok, 2, 8);
+    save_gguf(fit, nullptr, gg, "F32");
+    const Model back = load(gg);
+    const Tensor got = forward(back, tok, 2, 8);
+    CHECK(std::memcmp(got.f32(), fit_logits.f32(), sizeof(float) * got.numel()) == 0);
+    CHECK(back.fingerprint() == fit.fingerprint());
+  }
+}
+
+TEST_CASE("architectures: HF configs that do not fit are refused by name") {
+  const std::string dir = qf_test::scratch_dir("archs_bad");
+  const Model m = tiny_arch_model("qwen3", 5);
+  const std::string hf = dir + "/q";
+  save_hf(m, nullptr, hf, "F32");
+  const std::string cfg = read_file(hf + "/config.json");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = cfg;
+    const size_t at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    s.replace(at, from.size(), to);
+    write_file_atomic(hf + "/config.json", s);
+  };
+  with("\"full_attention\"", "\"chunked_attention\"");
+  CHECK_THROWS_WITH_AS(load(hf), doctest::Contains("field 'layer_types' entry 2"), Error);
+  with("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"");
+  CHECK_THROWS_WITH_AS(load(hf), doctest::Contains("field 'hidden_act'"), Error);
+  with("\"sliding_window\": 3", "\"sliding_window\": null");
+  CHECK_THROWS_WITH_AS(load(hf), doctest::Contains("'sliding_window' is not set"), Error);
+  write_file_atomic(hf + "/config.json", cfg);
+  CHECK(load(hf).cfg.sliding_window == 3);
+}
