@@ -22,6 +22,11 @@ no qforge code), bit for bit.
    dequantization of its linears is compared with qforge's reference fit (step 3, importance
    none): the number of values that differ is printed (ties decided differently inside the
    searches are possible, see docs/methods.md#kquant-grids).
+5. When scripts/fetch-models.sh gemma3 has fetched models/gemma-3-270m.Q4_K_M.gguf: gguf-py
+   dequantizes every tensor of the real file; qforge's decoding of the same tensors comes from
+   build/test_gguf's Gemma test case (QF_GGUF_DUMP_DIR: each tensor's f32 values). Prints, per
+   tensor type, the tensors, elements, differing values and the max abs difference, and the
+   per-type checksums that test case pins (sum of bits(x_i)·(2i + 1) mod 2^64).
 Prints one line per file and exits 1 on any difference. gguf and numpy are installed into the venv
 when missing (PyPI).
 """
@@ -86,7 +91,10 @@ qf.load_model(opt.src):save(opt.dest, { format = "gguf", dtype = "F32" })
 
 # Byte offsets of the fp16 fields (scales, mins) in each block type (formats.md's layouts).
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+              "IQ4_NL": [0], "IQ4_XS": [0]}
+
+GEMMA = os.path.join(ROOT, "models", "gemma-3-270m.Q4_K_M.gguf")
 
 
 def ensure_venv(venv):
@@ -212,6 +220,55 @@ def f32_llama(path, rng):
     w.close()
 
 
+def checksum(v, start):
+    """sum of bits(v_i)·(2(start + i) + 1) mod 2^64 (what test_gguf's Gemma case computes)"""
+    import numpy as np
+    bits = v.view(np.uint32).astype(np.uint64)
+    w = np.arange(start, start + v.size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    return int((bits * w).sum(dtype=np.uint64))
+
+
+def compare_gemma(build, work):
+    """every tensor of the Gemma 3 270M file: gguf-py's dequantization against qforge's"""
+    import numpy as np
+    import gguf
+    dump = os.path.join(work, "gemma_dump")
+    os.makedirs(dump, exist_ok=True)
+    test = os.path.join(build, "test_gguf")
+    r = subprocess.run([test, "-tc=Gemma 3 270M*"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, QF_GGUF_DUMP_DIR=dump))
+    if r.returncode != 0 and "checksum" not in r.stdout:
+        sys.exit(f"{test} failed:\n{r.stdout}\n{r.stderr}")
+    per = {}  # type -> [tensors, elements, differing, max abs diff, checksum]
+    for t in gguf.GGUFReader(GEMMA).tensors:
+        ty = t.tensor_type.name
+        ref = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(-1)
+        path = os.path.join(dump, t.name + ".f32")
+        ours = np.fromfile(path, dtype=np.float32)
+        os.remove(path)
+        p = per.setdefault(ty, [0, 0, 0, 0.0, 0])
+        p[4] = (p[4] + checksum(ref, p[1])) % (1 << 64)
+        p[0] += 1
+        p[1] += ref.size
+        if ours.shape != ref.shape:
+            print(f"  {t.name} ({ty}): {ours.size} values from qforge, {ref.size} from gguf-py")
+            p[2] += ref.size
+            p[3] = float("inf")
+            continue
+        d = differing(ours, ref)
+        if d:
+            print(f"  {t.name} ({ty}): {d} of {ref.size} values differ")
+        p[2] += d
+        p[3] = max(p[3], float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0)
+    ok = True
+    for ty, (nt, ne, d, mx, cs) in sorted(per.items()):
+        print(f"gemma-3-270m.Q4_K_M.gguf {ty}: {nt} tensors, {ne} values, {d} differ, max |qforge − gguf-py| = {mx:g}; "
+              f"checksum {cs}")
+        ok &= d == 0
+    print("test_gguf's Gemma case: " + ("passed" if r.returncode == 0 else "FAILED (update its checksums if the lines above are bit-identical)"))
+    return ok and r.returncode == 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -269,6 +326,12 @@ def main():
             ok &= compare(f"llama-quantize {t} vs qforge's reference fit", out, os.path.join(work, f"{t}_none.mem_f32.gguf"), only_linears=True)
     else:
         print(f"-- 4. skipped: no {lq} (scripts/verify_llamacpp.sh build)")
+
+    if os.path.exists(GEMMA):
+        print("-- 5. every tensor of the real Gemma 3 270M Q4_K_M file: gguf-py against qforge's decoding")
+        ok &= compare_gemma(os.path.abspath(a.build), work)
+    else:
+        print(f"-- 5. skipped: no {GEMMA} (scripts/fetch-models.sh gemma3)")
 
     print("all identical" if ok else "DIFFERENCES FOUND")
     sys.exit(0 if ok else 1)

@@ -56,6 +56,14 @@ TEST_CASE("dtype table: names and ggml ids are unique and every lookup finds its
   CHECK(dtype_by_name("Q4_1")->id == 3);
   CHECK(dtype_by_name("Q8_0")->id == 8);
   CHECK(dtype_by_name("BF16")->id == 30);
+  // ... and of the types qforge only reads (ggml.h's enum; blocks of docs/formats.md).
+  CHECK(dtype_by_name("IQ4_NL")->id == 20);
+  CHECK(dtype_by_name("IQ4_NL")->block_elems == 32);
+  CHECK(dtype_by_name("IQ4_NL")->block_bytes == 18);
+  CHECK(dtype_by_name("IQ4_XS")->id == 23);
+  CHECK(dtype_by_name("IQ4_XS")->block_elems == 256);
+  CHECK(dtype_by_name("IQ4_XS")->block_bytes == 136);
+  CHECK(dtype_by_id(16) == nullptr);  // IQ2_XXS: not read
 }
 
 TEST_CASE("dtype table: bytes per block x blocks is what the GGUF reader accepts, one byte less is refused") {

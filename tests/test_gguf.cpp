@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <new>
 #include <random>
 
@@ -624,6 +625,64 @@ TEST_CASE("superblock_packer: the K types' packers by name, nullptr otherwise") 
     CAPTURE(other);
     CHECK(!superblock_packer(other));
   }
+}
+
+// ---- IQ4_NL / IQ4_XS: 4-bit codes into a fixed table of 16 levels (docs/formats.md) ---------------
+
+// The levels as docs/formats.md lists them (typed from the document, not from the decoder).
+static const int kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+TEST_CASE("IQ4_NL blocks: hand-computed bytes and dequantization") {
+  // Block 1: d = 0.5 (fp16 0x3800), byte j = code j (low nibble, element j) | code 15 − j (high
+  // nibble, element j + 16). Block 2: d = −2 (fp16 0xC000), every byte 0x08: low code 8 (level 1),
+  // high code 0 (level −127).
+  std::string b = hexbytes({0x00, 0x38, 0xF0, 0xE1, 0xD2, 0xC3, 0xB4, 0xA5, 0x96, 0x87, 0x78, 0x69, 0x5A, 0x4B, 0x3C, 0x2D, 0x1E, 0x0F});
+  b += hexbytes({0x00, 0xC0});
+  b += std::string(16, '\x08');
+  REQUIRE(b.size() == 36);
+  const float want1[32] = {-63.5f, -52.f, -41.5f, -32.5f, -24.5f, -17.5f, -11.f, -5.f, 0.5f, 6.5f, 12.5f, 19.f, 26.5f, 34.5f, 44.5f, 56.5f,
+                           56.5f, 44.5f, 34.5f, 26.5f, 19.f, 12.5f, 6.5f, 0.5f, -5.f, -11.f, -17.5f, -24.5f, -32.5f, -41.5f, -52.f, -63.5f};
+  float y[64];
+  dequantize_blocks("IQ4_NL", (const uint8_t*)b.data(), 64, y);
+  for (int i = 0; i < 32; ++i) CHECK(y[i] == want1[i]);
+  for (int i = 0; i < 16; ++i) {
+    CHECK(y[32 + i] == -2.f);
+    CHECK(y[48 + i] == 254.f);
+  }
+  int64_t be, bb;
+  CHECK(quant_block_info("IQ4_NL", &be, &bb));
+  CHECK(be == 32);
+  CHECK(bb == 18);
+}
+
+TEST_CASE("IQ4_XS super-block: hand-computed scales, spot values and every element") {
+  // d = 0.25 (fp16 0x3400). Sub-block scales ls = 0, 1, 31, 32, 33, 47, 63, 16 (stored; the
+  // multiplier is ls − 32 = −32, −31, −1, 0, 1, 15, 31, −16). Low nibbles into scales_l[k/2]
+  // (nibble k%2): 0x10 0x0F 0xF1 0x0F; high 2 bits at bits 2k of the LE u16 scales_h:
+  // 1<<4 | 2<<6 | 2<<8 | 2<<10 | 3<<12 | 1<<14 = 0x7A90.
+  const int ls[8] = {0, 1, 31, 32, 33, 47, 63, 16};
+  uint8_t b[136] = {0x00, 0x34, 0x90, 0x7A, 0x10, 0x0F, 0xF1, 0x0F};
+  // Sub-block k's codes: element 32k + j (j < 16) = (j + k) % 16 in the low nibble of
+  // qs[16k + j], element 32k + 16 + j = (3j + k) % 16 in its high nibble.
+  auto code = [](int i) { const int k = i / 32, j = i % 32; return j < 16 ? (j + k) % 16 : (3 * (j - 16) + k) % 16; };
+  for (int k = 0; k < 8; ++k)
+    for (int j = 0; j < 16; ++j) b[8 + 16 * k + j] = (uint8_t)(code(32 * k + j) | code(32 * k + 16 + j) << 4);
+  float y[256];
+  dequantize_blocks("IQ4_XS", b, 256, y);
+  CHECK(y[0] == 1016.f);              // 0.25 · −32 · L[0] = 0.25 · −32 · −127
+  CHECK(y[32 * 6 + 15] == -271.25f);  // 0.25 · 31 · L[5] = 0.25 · 31 · −35
+  CHECK(y[32 * 7 + 17] == -100.f);    // 0.25 · −16 · L[10] = 0.25 · −16 · 25
+  CHECK(y[32 * 2 + 21] == 26.f);      // 0.25 · −1 · L[1] = 0.25 · −1 · −104
+  CHECK(y[32 * 5 + 8] == 258.75f);    // 0.25 · 15 · L[13] = 0.25 · 15 · 69
+  CHECK(y[32 * 3 + 4] == 0.f);        // ls 32: a zero multiplier
+  for (int i = 0; i < 256; ++i) {
+    CAPTURE(i);
+    CHECK(y[i] == 0.25f * (float)(ls[i / 32] - 32) * (float)kLevels[code(i)]);
+  }
+  int64_t be, bb;
+  CHECK(quant_block_info("IQ4_XS", &be, &bb));
+  CHECK(be == 256);
+  CHECK(bb == 136);
 }
 
 // ---- container round trip -----------------------------------------------------------------------
@@ -1406,6 +1465,80 @@ TEST_CASE("SmolLM2-135M-Instruct Q4_1 GGUF loads (skipped without models/)") {
   bool finite = true;
   for (float v : forward(m, toks, 1, 6).to_vector()) finite &= std::isfinite(v);
   CHECK(finite);
+}
+
+// Gemma 3 270M Q4_K_M (scripts/fetch-models.sh gemma3): the container's facts, and every tensor
+// decoded by the type table against gguf-py 0.19.0's numpy dequantizers. gguf-py's values enter
+// as one checksum per type, sum over the type's elements (file order, i counting from 0 across
+// its tensors) of bits(x_i) · (2i + 1) mod 2^64: any single differing value changes it.
+// scripts/verify_gguf_types.py (step 5) computes these from gguf-py and compares value by value
+// through QF_GGUF_DUMP_DIR: when set, this test writes each tensor's f32 values to
+// DIR/<tensor name>.f32.
+TEST_CASE("Gemma 3 270M Q4_K_M GGUF: metadata, tensor types, every tensor decodes to gguf-py's values (skipped without models/)") {
+  const std::string p = std::string(QF_SOURCE_DIR) + "/models/gemma-3-270m.Q4_K_M.gguf";
+  if (!fs::exists(p)) {
+    MESSAGE("skipped: run scripts/fetch-models.sh gemma3 to fetch ", p);
+    return;
+  }
+  const GGUFFile g = gguf_read(p);
+  CHECK(g.get_str("general.architecture") == "gemma3");
+  CHECK(g.get_int("gemma3.context_length", 0, 1 << 30) == 32768);
+  CHECK(g.get_int("gemma3.embedding_length", 0, 1 << 30) == 640);
+  CHECK(g.get_int("gemma3.block_count", 0, 1 << 30) == 18);
+  CHECK(g.get_int("gemma3.feed_forward_length", 0, 1 << 30) == 2048);
+  CHECK(g.get_int("gemma3.attention.head_count", 0, 1 << 30) == 4);
+  CHECK(g.get_int("gemma3.attention.head_count_kv", 0, 1 << 30) == 1);
+  CHECK(g.get_int("gemma3.attention.key_length", 0, 1 << 30) == 256);
+  CHECK(g.get_int("gemma3.attention.value_length", 0, 1 << 30) == 256);
+  CHECK(g.get_int("gemma3.attention.sliding_window", 0, 1 << 30) == 512);
+  CHECK(g.get_float("gemma3.rope.freq_base") == 1e6);
+  CHECK(g.get_float("gemma3.attention.layer_norm_rms_epsilon") == (double)1e-6f);
+  CHECK(g.get_int("general.file_type", 0, 1 << 30) == 15);  // MOSTLY_Q4_K_M
+  CHECK(g.get_array("tokenizer.ggml.tokens").count == 262144);
+  REQUIRE(g.tensors.size() == 236);
+
+  const char* dump = std::getenv("QF_GGUF_DUMP_DIR");
+  struct PerType {
+    int tensors = 0;
+    uint64_t elems = 0, checksum = 0;
+  };
+  std::map<std::string, PerType> per;
+  std::vector<float> y;
+  for (const GGUFTensorInfo& t : g.tensors) {
+    CAPTURE(t.name);
+    const DTypeTraits* dt = ggml_type_info(t.type);
+    REQUIRE((dt && dt->to_f32));
+    uint64_t n = 1;
+    for (uint64_t d : t.ne) n *= d;
+    y.resize(n);
+    dt->to_f32(g.file->at(t.abs_offset, t.nbytes, t.name), y.data(), (int64_t)n);
+    PerType& pt = per[t.type_name()];
+    pt.tensors++;
+    bool finite = true;
+    for (uint64_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &y[i], 4);
+      pt.checksum += (uint64_t)bits * (2 * (pt.elems + i) + 1);
+      finite &= std::isfinite(y[i]);
+    }
+    pt.elems += n;
+    CHECK(finite);
+    if (dump) std::ofstream(std::string(dump) + "/" + t.name + ".f32", std::ios::binary).write((const char*)y.data(), (std::streamsize)(4 * n));
+  }
+  // tensors, elements and gguf-py's checksum per type (scripts/verify_gguf_types.py step 5)
+  const std::map<std::string, PerType> want = {
+      {"F32", {109, 55936, 3432106387888311056ull}},      {"Q4_K", {27, 23592960, 7897295447770969440ull}},
+      {"Q5_0", {81, 63406080, 3472379529425362944ull}},   {"Q6_K", {9, 11796480, 12510121347561225648ull}},
+      {"Q8_0", {10, 169246720, 13642063257065936128ull}},
+  };
+  CHECK(per.size() == want.size());
+  for (const auto& [name, w] : want) {
+    CAPTURE(name);
+    REQUIRE(per.count(name));
+    CHECK(per[name].tensors == w.tensors);
+    CHECK(per[name].elems == w.elems);
+    CHECK(per[name].checksum == w.checksum);
+  }
 }
 
 // ---- hostile headers (issue 14) ----------------------------------------------------------------

@@ -43,7 +43,9 @@ int GridFit::max_bits(bool sym) const {
 // ggml's type ids and block sizes (ggml.h / ggml.c type_traits); llama_ftype is llama.cpp's
 // LLAMA_FTYPE_ALL_F32 / MOSTLY_F16 / MOSTLY_Q4_0 / MOSTLY_Q4_1 / MOSTLY_Q8_0 / MOSTLY_Q5_0 /
 // MOSTLY_Q5_1 / MOSTLY_BF16 where a GGUF with all linears of the type is that file type; a K type
-// gives the mix whose linears are all of it (MOSTLY_Q2_K, Q3_K_S, Q4_K_S, Q5_K_S, Q6_K).
+// gives the mix whose linears are all of it (MOSTLY_Q2_K, Q3_K_S, Q4_K_S, Q5_K_S, Q6_K); IQ4_NL and
+// IQ4_XS (read only) their MOSTLY_IQ4_NL / MOSTLY_IQ4_XS. Other ids (the IQ1/IQ2/IQ3 types, TQ*,
+// MXFP4) have no row: the GGUF reader refuses them naming the tensor and the id.
 static const std::vector<DTypeTraits> kDTypes = {
     {"F32", 0, 1, 4, f32_to_f32_row, f32_from_f32_row, 0, {}},
     {"F16", 1, 1, 2, half_to_f32_row<f16_to_f32>, half_from_f32_row<f32_to_f16>, 1, {}},
@@ -59,6 +61,8 @@ static const std::vector<DTypeTraits> kDTypes = {
     {"Q5_K", 13, 256, 176, dequantize_row_q5_k, quantize_row_q5_k_ref, 16, {}},
     {"Q6_K", 14, 256, 210, dequantize_row_q6_k, quantize_row_q6_k_ref, 18, {}},
     {"Q8_K", 15, 256, 292, nullptr, nullptr, -1, {}},
+    {"IQ4_NL", 20, 32, 18, dequantize_row_iq4_nl, nullptr, 25, {}},
+    {"IQ4_XS", 23, 256, 136, dequantize_row_iq4_xs, nullptr, 30, {}},
     {"I8", 24, 1, 1, nullptr, nullptr, -1, {}},
     {"I16", 25, 1, 2, nullptr, nullptr, -1, {}},
     {"I32", 26, 1, 4, nullptr, nullptr, -1, {}},

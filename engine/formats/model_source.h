@@ -29,7 +29,7 @@ struct TensorSource {
   std::shared_ptr<MappedFile> file;
   uint64_t offset = 0;                // absolute byte offset in the file
   uint64_t nbytes = 0;                // bytes it occupies (checked against dtype × shape)
-  std::string dtype;                  // a readable row of formats/dtypes.h: F32 F16 BF16 Q4_0 … Q6_K
+  std::string dtype;                  // a readable row of formats/dtypes.h: F32 F16 BF16 Q4_0 … Q6_K IQ4_NL IQ4_XS
   Shape shape;                        // logical row-major shape ([out, in] for a linear)
   int unpermute_heads = 0;            // > 0: rows are in llama.cpp's converter order over this
                                       // many heads; converted back to HF order on load

@@ -187,6 +187,38 @@ static void deq_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// IQ4_NL / IQ4_XS (docs/formats.md, "Non-linear 4-bit blocks"): each 4-bit code indexes a fixed
+// table of 16 signed levels instead of being the level itself. Every value is fp16 d × (IQ4_XS: a
+// 6-bit sub-block scale − 32, in −32..31) × a level (|·| ≤ 127): at most 11 + 5 + 7 = 23
+// significant bits, so each product is exact in f32 and the order of the multiplications (or a
+// fused multiply-add) cannot change a bit.
+static const int8_t kIQ4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// 16 bytes of codes for 32 elements: byte j holds element j (low nibble) and j + 16 (high), as Q4_0.
+static void deq_iq4_codes(const uint8_t* qs, float d, float* y) {
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * (float)kIQ4Levels[qs[j] & 0xF];
+    y[j + 16] = d * (float)kIQ4Levels[qs[j] >> 4];
+  }
+}
+
+// IQ4_NL: fp16 d, u8 qs[16].
+static void deq_iq4_nl(const uint8_t* b, float* y) { deq_iq4_codes(b + 2, rd_f16(b), y); }
+
+// IQ4_XS: fp16 d, u16 scales_h (LE), u8 scales_l[4], u8 qs[128]; 8 sub-blocks of 32. Sub-block k's
+// 6-bit scale: low 4 bits = nibble k%2 of scales_l[k/2], high 2 bits = bits 2k..2k+1 of scales_h;
+// stored with offset 32. Sub-block k's codes are qs[16k..16k+16), laid out as one IQ4_NL block.
+static void deq_iq4_xs(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  const unsigned sh = (unsigned)b[2] | (unsigned)b[3] << 8;
+  const uint8_t* sl = b + 4;
+  const uint8_t* qs = b + 8;
+  for (int k = 0; k < 8; ++k) {
+    const int ls = ((sl[k / 2] >> (4 * (k % 2))) & 0xF) | (int)((sh >> (2 * k)) & 3) << 4;
+    deq_iq4_codes(qs + 16 * k, d * (float)(ls - 32), y + 32 * k);
+  }
+}
+
 // Row functions of the type table: n / block_elems blocks.
 template <void (*F)(const uint8_t*, float*), int64_t E, int64_t B>
 static void deq_row(const uint8_t* src, float* dst, int64_t n) {
@@ -202,6 +234,8 @@ void dequantize_row_q3_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q3
 void dequantize_row_q4_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q4_k, 256, 144>(s, d, n); }
 void dequantize_row_q5_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q5_k, 256, 176>(s, d, n); }
 void dequantize_row_q6_k(const uint8_t* s, float* d, int64_t n) { deq_row<deq_q6_k, 256, 210>(s, d, n); }
+void dequantize_row_iq4_nl(const uint8_t* s, float* d, int64_t n) { deq_row<deq_iq4_nl, 32, 18>(s, d, n); }
+void dequantize_row_iq4_xs(const uint8_t* s, float* d, int64_t n) { deq_row<deq_iq4_xs, 256, 136>(s, d, n); }
 
 void dequantize_blocks(const std::string& dtype, const uint8_t* src, int64_t n, float* dst) {
   const DTypeTraits* d = dtype_by_name(dtype);

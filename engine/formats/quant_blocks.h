@@ -15,6 +15,10 @@
 //        u8 qs[128]                                             x = d·sc·q − dmin·mn
 //   Q5_K 256 weights: as Q4_K with u8 qh[32] (5th bits) before qs    x = d·sc·q − dmin·mn
 //   Q6_K 256 weights: u8 ql[128], u8 qh[64], int8 scales[16], fp16 d   x = d·sc·(q − 32)
+//   IQ4_NL 32 weights: fp16 d, u8 qs[16] (nibbles as Q4_0)      x = d·L[q], L the 16 fixed levels
+//        −127 −104 −83 −65 −49 −35 −22 −10 1 13 25 38 53 69 89 113 (read only: no quantizer here)
+//   IQ4_XS 256 weights: fp16 d, u16 scales_h, u8 scales_l[4], u8 qs[128]: 8 sub-blocks of 32,
+//        6-bit scales (offset 32), each sub-block's codes as one IQ4_NL block   x = d·(sc − 32)·L[q]
 //
 // Two ways in: the reference quantizers (what llama.cpp's quantize does from f32, no imatrix)
 // and exact encoders of a QuantizedLinear whose grid maps onto the block type. The exact
@@ -51,6 +55,8 @@ void dequantize_row_q3_k(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q4_k(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q5_k(const uint8_t* src, float* dst, int64_t n);
 void dequantize_row_q6_k(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_iq4_nl(const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_iq4_xs(const uint8_t* src, float* dst, int64_t n);
 void quantize_row_q8_0_ref(const float* src, uint8_t* dst, int64_t n);
 void quantize_row_q4_0_ref(const float* src, uint8_t* dst, int64_t n);
 void quantize_row_q4_1_ref(const float* src, uint8_t* dst, int64_t n);
