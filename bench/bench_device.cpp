@@ -7,6 +7,7 @@
 // the same code paths on the CPU in seconds (what the script's --cpu-twin mode checks).
 //
 //   bench_device --device cuda|thrust-omp [--quick] [--sweeps N] [--json FILE]
+//   bench_device --device thrust-omp --ops     ops through the Backend interface, CPU backend beside
 #include <omp.h>
 
 #include <chrono>
@@ -24,6 +25,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "quant/grid.h"
+#include "solvers/gptq.h"
 #include "solvers/quantease.h"
 
 using namespace qf;
@@ -31,9 +33,15 @@ using json = nlohmann::json;
 
 namespace {
 
+struct ScopedBackendGuard {
+  Backend* prev;
+  explicit ScopedBackendGuard(Backend* b) : prev(set_backend(b)) {}
+  ~ScopedBackendGuard() { set_backend(prev); }
+};
+
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-struct Shape {
+struct LayerShape {
   int64_t rows, cols;
   std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
 };
@@ -41,7 +49,7 @@ struct Shape {
 // W [r, c] ~ N(0, 1)/√c (rows in parallel, one generator per row: the same numbers for any
 // thread count); Σ = diag(d) + ρ·v vᵀ + 0.1·I-ish, filled in O(c²): positive definite with
 // correlated inputs and a spread of scales, cheap enough for c = 28672.
-void make_problem(const Shape& s, std::vector<float>& W, std::vector<float>& S, std::vector<double>* H) {
+void make_problem(const LayerShape& s, std::vector<float>& W, std::vector<float>& S, std::vector<double>* H) {
   const int64_t r = s.rows, c = s.cols;
   W.resize((size_t)(r * c));
 #pragma omp parallel for schedule(static)
@@ -69,20 +77,86 @@ void make_problem(const Shape& s, std::vector<float>& W, std::vector<float>& S, 
 
 Tensor wrap_rm(std::vector<float>& v, int64_t r, int64_t c) { return Tensor::from_data({r, c}, v); }
 
+// Best of `reps` wall times of f (after one warm-up run).
+double best_of(int reps, const std::function<void()>& f) {
+  f();
+  double best = 1e300;
+  for (int i = 0; i < reps; ++i) {
+    const double t0 = now();
+    f();
+    best = std::min(best, now() - t0);
+  }
+  return best;
+}
+
+// Ops through the Backend interface on the CPU backend and on `dev`, milliseconds (docs/benchmarks.md).
+int compare_ops(Backend& dev) {
+  Backend& cpu = cpu_backend();
+  Rng g(3);
+  auto randv = [&](int64_t n) {
+    std::vector<float> v((size_t)n);
+    for (auto& e : v) e = (float)g.normal();
+    return v;
+  };
+  const int64_t N = 2048, D = 512, H = 2048;
+  auto x = randv(N * D), w = randv(H * D), y = randv(N * H), gain = randv(D), u = randv(N * H);
+  const int B = 4, T = 512, nh = 8, hd = 64;
+  auto q = randv((int64_t)B * T * nh * hd), k = randv((int64_t)B * T * nh * hd), v = randv((int64_t)B * T * nh * hd),
+       o = randv((int64_t)B * T * nh * hd);
+  std::vector<double> S((size_t)(D * D));
+  const int64_t r = 1024, c = 1024;
+  std::vector<float> W, Sg;
+  make_problem({r, c}, W, Sg, nullptr);
+  const Tensor Wt = wrap_rm(W, r, c), St = wrap_rm(Sg, c, c);
+  GridSpec spec;
+  spec.bits = 4;
+  spec.group = 128;
+  struct Op {
+    const char* name;
+    std::function<void(Backend&)> f;
+  };
+  const std::vector<Op> ops = {
+      {"gemm_rows 2048x512 · (2048x512)T", [&](Backend& b) { b.gemm_rows(x.data(), N, w.data(), H, D, true, y.data(), false); }},
+      {"gram_accumulate 2048 tokens x 512", [&](Backend& b) { b.gram_accumulate(x.data(), N, D, S.data(), nullptr); }},
+      {"rmsnorm 2048x512", [&](Backend& b) { b.rmsnorm(x.data(), N, D, gain.data(), 1e-5f, x.data()); }},
+      {"swiglu 2048x2048", [&](Backend& b) { b.swiglu(y.data(), u.data(), N * H, y.data()); }},
+      {"attention B4 T512 8 heads x 64",
+       [&](Backend& b) { b.attention(q.data(), k.data(), v.data(), AttentionShape{B, T, nh, nh, hd}, o.data()); }},
+      {"GPTQ 1024x1024 (blocks of 128)", [&](Backend& b) {
+         ScopedBackendGuard use(&b);
+         gptq(Wt, St, spec, GptqOptions{});
+       }},
+      {"QuantEase 1024x1024, 3 sweeps", [&](Backend& b) {
+         ScopedBackendGuard use(&b);
+         QuantEaseOptions qo;
+         qo.iters = 3;
+         quantease(Wt, St, spec, qo);
+       }},
+  };
+  std::printf("| op | cpu ms | %s ms | ratio |\n|---|---:|---:|---:|\n", dev.name());
+  for (const Op& op : ops) {
+    const double tc = best_of(3, [&] { op.f(cpu); }) * 1e3, td = best_of(3, [&] { op.f(dev); }) * 1e3;
+    std::printf("| %s | %.2f | %.2f | %.2f |\n", op.name, tc, td, td / tc);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string device = "cuda", json_out;
-  bool quick = false;
+  bool quick = false, ops = false;
   int sweeps = 30;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--quick") quick = true;
+    else if (a == "--ops") ops = true;
     else if (a == "--sweeps" && i + 1 < argc) sweeps = std::atoi(argv[++i]);
     else if (a == "--json" && i + 1 < argc) json_out = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_device --device cuda|thrust-omp [--quick] [--sweeps N] [--json FILE]\n");
+      std::fprintf(stderr, "usage: bench_device --device cuda|thrust-omp [--quick] [--sweeps N] [--json FILE] [--ops]\n");
       return 2;
     }
   }
@@ -93,6 +167,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_device: %s\n", be ? ("no timings for device '" + device + "'").c_str() : why.c_str());
     return 2;
   }
+  if (ops) return compare_ops(*be);
   json out;
   out["device"] = device;
   out["threads"] = omp_get_max_threads();
@@ -109,13 +184,13 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // 2. per layer shape: CD (1 sweep, `sweeps` sweeps), GPTQ, all device-resident
-  std::vector<Shape> shapes = quick ? std::vector<Shape>{{300, 256}, {600, 256}, {256, 600}}
-                                    : std::vector<Shape>{{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 28672}};
+  std::vector<LayerShape> shapes = quick ? std::vector<LayerShape>{{300, 256}, {600, 256}, {256, 600}}
+                                    : std::vector<LayerShape>{{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 28672}};
   GridSpec spec;
   spec.bits = 4;
   spec.group = 128;
   json layers = json::array();
-  for (const Shape& s : shapes) {
+  for (const LayerShape& s : shapes) {
     const double t_setup = now();
     std::vector<float> W, S;
     std::vector<double> H;
@@ -183,7 +258,7 @@ int main(int argc, char** argv) {
 
   // 4. QuantEase through the Backend interface (what a recipe runs), first shape
   {
-    const Shape s = shapes[0];
+    const LayerShape s = shapes[0];
     std::vector<float> W, S;
     make_problem(s, W, S, nullptr);
     const Tensor Wt = wrap_rm(W, s.rows, s.cols), St = wrap_rm(S, s.cols, s.cols);
