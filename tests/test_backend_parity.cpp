@@ -69,7 +69,7 @@ GridSpec spec_of(int bits, int64_t group) {
 }  // namespace
 
 TEST_CASE("parity: the backend under test is a device backend") {
-  MESSAGE("backend under test: ", dev().name());
+  MESSAGE("backend under test: ", std::string(dev().name()));
   CHECK(std::string(dev().name()) == backend_under_test_name());
 }
 

@@ -46,10 +46,11 @@ using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;
 using CMapF = Eigen::Map<const MatF, 0, Eigen::OuterStride<>>;
 using MapF = Eigen::Map<MatF, 0, Eigen::OuterStride<>>;
 constexpr int64_t kColBlock = 64;  // columns of C per single-threaded product
-// Below this many multiply-adds a product is Eigen's lazy (coefficient-wise) product and runs on
-// the calling thread; above, its column blocks run inside an active OpenMP region, where Eigen
+// Below this many multiply-adds a product is a plain loop on the calling thread (Eigen's lazy
+// product is not used: its vectorized and peeled coefficients sum in an order that depends on the
+// output's alignment); above, its column blocks run inside an active OpenMP region, where Eigen
 // never threads a product itself (its blocking would depend on the thread count).
-constexpr int64_t kLazy = int64_t(1) << 15;
+constexpr int64_t kSmall = int64_t(1) << 15;
 
 // C[:, j0:j0+nc] of one sgemm.
 void sgemm_cols(bool ta, bool tb, int64_t m, int64_t nc, int64_t k, float alpha, const float* A, int64_t lda,
@@ -60,11 +61,13 @@ void sgemm_cols(bool ta, bool tb, int64_t m, int64_t nc, int64_t k, float alpha,
   if (beta == 0.f) Cm.setZero();
   else if (beta != 1.f) Cm *= beta;
   if (k == 0) return;
-  if (m * nc * k < kLazy) {  // coefficient-wise: never threaded by Eigen
-    if (!ta && !tb) Cm.noalias() += alpha * Am.lazyProduct(Bm);
-    else if (ta && !tb) Cm.noalias() += alpha * Am.transpose().lazyProduct(Bm);
-    else if (!ta && tb) Cm.noalias() += alpha * Am.lazyProduct(Bm.transpose());
-    else Cm.noalias() += alpha * Am.transpose().lazyProduct(Bm.transpose());
+  if (m * nc * k < kSmall) {  // plain loops: each c_ij summed over l in order, whatever the alignment
+    for (int64_t j = 0; j < nc; ++j)
+      for (int64_t i = 0; i < m; ++i) {
+        float acc = 0.f;
+        for (int64_t l = 0; l < k; ++l) acc += (ta ? Am(l, i) : Am(i, l)) * (tb ? Bm(j, l) : Bm(l, j));
+        Cm(i, j) += alpha * acc;
+      }
     return;
   }
   if (!ta && !tb) Cm.noalias() += alpha * (Am * Bm);
@@ -76,7 +79,7 @@ void sgemm_cols(bool ta, bool tb, int64_t m, int64_t nc, int64_t k, float alpha,
 
 void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda, const float* B,
            int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (m * n * k < kLazy) return sgemm_cols(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (m * n * k < kSmall) return sgemm_cols(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   const int64_t nblk = (n + kColBlock - 1) / kColBlock;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bj = 0; bj < nblk; ++bj) {
