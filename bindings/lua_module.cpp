@@ -13,6 +13,7 @@
 #include <regex>
 #include <strings.h>
 
+#include "backend/devices.h"
 #include "core/io.h"
 
 #include "embedded_lua.h"
@@ -244,7 +245,8 @@ static void read_decls(lua_State* L, int defaults, int help, const char* who, st
       }
     }
     lua_pop(L, 1);
-    if (name == "out" || name == "threads") fail(who, ": option '", name, "' is reserved by the runner");
+    if (name == "out" || name == "threads" || name == "device")
+      fail(who, ": option '", name, "' is reserved by the runner");
     if (name == "seed" && d.type != OptType::Int) fail(who, ": option 'seed' must have an integer default");
     decl[name] = d;
   }
@@ -486,6 +488,27 @@ static int f_threads(lua_State* L) {
   return 1;
 }
 
+// qf.device(): the backend the run computes on (device=, docs/device.md); qf.devices(): every
+// name device= accepts, each {name = ..., built = true|false}.
+static int f_device(lua_State* L) {
+  lua_pushstring(L, current_device().c_str());
+  return 1;
+}
+
+static int f_devices(lua_State* L) {
+  const auto& names = device_names();
+  lua_createtable(L, (int)names.size(), 0);
+  for (size_t i = 0; i < names.size(); ++i) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, names[i].c_str());
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, device_built(names[i]));
+    lua_setfield(L, -2, "built");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 }  // namespace qf::lua
 
 // package.preload loader for the Lua modules compiled into the binary (bindings/lua/*.lua).
@@ -523,7 +546,8 @@ int luaopen_qforge(lua_State* L) {
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
             {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"check_options", qf_guard<f_check_options>, 3}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
              {"read_text", qf_guard<f_read_text>, 1}, {"fingerprint", qf_guard<f_fingerprint>, 1}, {"make_dirs", qf_guard<f_make_dirs>, 1}, {"regex_search", qf_guard<f_regex_search>, 2}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
-             {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0}});
+             {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0},
+             {"device", qf_guard<f_device>, 0},   {"devices", qf_guard<f_devices>, 0}});
   open_tensor(L, -1);
   open_model(L, -1);
   open_rng(L, -1);

@@ -1,5 +1,7 @@
 #include "runner.h"
 
+#include "backend/devices.h"
+
 #include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -123,6 +125,7 @@ void RunContext::write_run_json(const std::string& status, const std::string& er
   j["args"] = args;  // the key=value arguments the recipe ran with (for a rerun: every resolved option)
   j["seed"] = seed;
   j["threads"] = threads;
+  j["device"] = current_device();  // device= (docs/device.md)
   // main() defaults OMP_WAIT_POLICY to PASSIVE (re-executing itself) unless the user set it.
   const char* wp = getenv("OMP_WAIT_POLICY");
   j["omp_wait_policy"] = wp ? wp : "";
@@ -326,7 +329,8 @@ int run_recipe(const RunArgs& a) {
   const bool writes = !ctx.help && !ctx.check;  // a run directory is made and written
   ctx.start_time = time_str("%Y-%m-%dT%H:%M:%SZ", true);
 
-  // Command-line options: runner keys (out, seed, threads) here, the rest for qf.options.
+  // Command-line options: runner keys (out, seed, threads, device) here, the rest for qf.options.
+  set_backend(nullptr);  // the CPU backend unless device= says otherwise
   for (const std::string& kv : a.kv) {
     const size_t eq = kv.find('=');
     const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
@@ -345,6 +349,12 @@ int run_recipe(const RunArgs& a) {
         return usage_error("option 'threads' expects a non-negative integer, got '" + v + "'");
       ctx.threads = (int)t;
       ctx.threads_given = t > 0;
+    } else if (k == "device") {
+      // checked here, before the recipe runs: unknown, not built, or no GPU present
+      std::string why;
+      Backend* b = find_device(v, &why);
+      if (!b) return usage_error("option 'device': " + why);
+      set_backend(b);
     } else {
       ctx.cli.emplace_back(k, v);
     }
@@ -552,9 +562,11 @@ int rerun(const RerunArgs& a) {
   ra.rerun_of = dir;
   ra.rerun_differences = diffs;
   for (const auto& [k, v] : opts.items())
-    if (k != "out" && k != "threads") ra.kv.push_back(option_arg(k, v));
+    if (k != "out" && k != "threads" && k != "device") ra.kv.push_back(option_arg(k, v));
   if (run.contains("threads") && run["threads"].is_number_integer() && run["threads"].get<int64_t>() > 0)
     ra.kv.push_back("threads=" + std::to_string(run["threads"].get<int64_t>()));
+  if (run.contains("device") && run["device"].is_string() && run["device"].get<std::string>() != "cpu")
+    ra.kv.push_back("device=" + run["device"].get<std::string>());
   // out= is taken from where the command was typed; the run itself starts in the recorded cwd.
   std::string out = a.out.empty() ? dir + "-rerun-" + time_str("%Y%m%d-%H%M%S", false) : a.out;
   if (out[0] != '/') {

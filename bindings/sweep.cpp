@@ -68,7 +68,7 @@ const char* kSweepUsage =
     "Runs RECIPE once per combination of the comma-separated lists (the cartesian product;\n"
     "keys in command-line order, the last key varying fastest), each as 'qforge run' with\n"
     "the fixed options and out=DIR/<name>, <name> made of the varying options (bits-3_group-32).\n"
-    "A literal comma in a value is written '\\,'. Runner options (seed, threads) may vary too.\n"
+    "A literal comma in a value is written '\\,'. Runner options (seed, threads, device) may vary too.\n"
     "\n"
     "  --out DIR     the sweep directory (default runs/sweep-<recipe>-<YYYYmmdd-HHMMSS>); give\n"
     "                the same DIR again to resume: complete runs are skipped\n"

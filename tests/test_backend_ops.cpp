@@ -3,8 +3,10 @@
 // reference written from the formula, on odd shapes that cross every chunk boundary of the CPU
 // backend (GEMM rows 64 / outputs 32, Gram tokens 512 / rows 64, norm rows 64, attention query
 // blocks 128, triangular-inverse blocks 128, GPTQ row chunks 256, CD blocks 256 / sub-blocks 32 /
-// row chunks 256). A later backend passes the same tests with set_backend(); a counting decorator
-// proves that the forward, the backward, calibration, GPTQ and QuantEase reach the seam.
+// row chunks 256). The op tests check the backend named by QF_TEST_BACKEND (backend_under_test.h):
+// ctest runs this binary once per backend built (test_backend_ops, test_backend_ops_thrust_omp,
+// test_backend_ops_cuda — the last skipped without a GPU). A counting decorator proves that the
+// forward, the backward, calibration, GPTQ and QuantEase reach the seam.
 #include <omp.h>
 #include <doctest/doctest.h>
 
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "backend_under_test.h"
 #include "calib/calibration.h"
 #include "core/rng.h"
 #include "layer_problems.h"
@@ -50,13 +53,14 @@ double rel_err(const std::vector<float>& a, const Vec& b) {
 
 Vec dvec(const std::vector<float>& v) { return Vec(v.begin(), v.end()); }
 
-Backend& be() { return backend(); }
+Backend& be() { return backend_under_test(); }
 
 }  // namespace
 
 TEST_CASE("backend: the current backend is the CPU backend unless set") {
   CHECK(std::string(backend().name()) == "cpu");
   CHECK(&backend() == &cpu_backend());
+  CHECK(std::string(be().name()) == backend_under_test_name());  // the backend these tests check
 }
 
 TEST_CASE("backend gemm_rows: x·Wᵀ and x·W, written and accumulated, across 64-row chunks") {
@@ -662,13 +666,6 @@ class CountingBackend final : public Backend {
     ++calls["cd_sweep"];
     return cpu.cd_sweep(s);
   }
-};
-
-// Sets a backend for one scope.
-struct ScopedBackend {
-  Backend* prev;
-  explicit ScopedBackend(Backend* b) : prev(set_backend(b)) {}
-  ~ScopedBackend() { set_backend(prev); }
 };
 
 std::vector<float> bits(const Tensor& t) { return t.contiguous().to_vector(); }
