@@ -96,6 +96,18 @@ static int m_config(lua_State* L) {
   set_field(L, "rope_interleaved", c.rope_interleaved);
   set_field(L, "tied_classifier", c.tied_classifier);
   set_field(L, "arch", c.arch);
+  // Architecture variants (docs/architecture.md#architectures); 0 = off / the default.
+  set_field(L, "sliding_window", c.sliding_window);
+  lua_createtable(L, (int)c.swa_layers.size(), 0);  // sliding[b] for block b (1-based); empty: none slide
+  for (size_t i = 0; i < c.swa_layers.size(); ++i) {
+    lua_pushboolean(L, c.swa_layers[i] != 0);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "sliding");
+  set_field(L, "rope_theta_swa", c.rope_theta_swa);
+  set_field(L, "attn_scale", c.attn_scale);
+  set_field(L, "attn_softcap", c.attn_softcap);
+  set_field(L, "final_softcap", c.final_softcap);
   return 1;
 }
 
@@ -219,7 +231,7 @@ static int m_norm(lua_State* L) {
   Model& m = *check_model(L, 1, "norm").m;
   int b = block_arg(L, 2, "norm", m);
   std::string name = check_str(L, 3, "norm");
-  push_tensor(L, m.block_mut(b).norm(name));
+  push_tensor(L, m.block_mut(b).norm(arch_of(m.cfg).norm(name).name));  // error lists this architecture's norms
   return 1;
 }
 

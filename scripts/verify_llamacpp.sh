@@ -7,7 +7,7 @@
 #   scripts/verify_llamacpp.sh ppl GGUF TEXT CTX [CHUNKS] [-o OUT.json]
 #   scripts/verify_llamacpp.sh kld-base GGUF TEXT CTX BASEFILE [CHUNKS] [-o OUT.json]
 #   scripts/verify_llamacpp.sh kld GGUF TEXT CTX BASEFILE [CHUNKS] [-o OUT.json]
-#   scripts/verify_llamacpp.sh compare [stories|smollm2|all]   # default all; exit 1 on disagreement
+#   scripts/verify_llamacpp.sh compare [stories|smollm2|gemma3|all]   # default all; exit 1 on disagreement
 #   scripts/verify_llamacpp.sh compare-types [TYPE...]   # every GGUF type qforge writes, on SmolLM2
 #
 # build: `pip download --no-deps --no-binary :all: llama-cpp-python==$LLAMACPP_PY_VERSION` into
@@ -33,8 +33,10 @@
 # are checked against qforge's tokenization; every number is compared to 4 significant digits
 # (or half llama.cpp's printed resolution, when it prints fewer digits).
 # Work files under build/llamacpp/work/<model>/ (the GGUFs are exported again when the qforge
-# binary is newer). Settings: CTX (512), STORIES_CHUNKS (100),
-# SMOLLM2_CHUNKS (20), TEXT (../shared/data/wikitext2_test.txt), QFORGE (build/qforge).
+# binary is newer). gemma3 is Gemma 3 270M (models/gemma-3-270m.Q4_K_M.gguf, scripts/fetch-models.sh
+# gemma3): its 262,144-token vocabulary makes llama.cpp's base file 128 MiB per chunk, hence few
+# chunks. Settings: CTX (512), STORIES_CHUNKS (100), SMOLLM2_CHUNKS (20), GEMMA3_CHUNKS (4),
+# TEXT (../shared/data/wikitext2_test.txt), QFORGE (build/qforge).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -246,6 +248,11 @@ compare() {
     local gg=models/SmolLM2-135M-Instruct.Q4_1.gguf
     [ -f "$gg" ] || scripts/fetch-models.sh >&2
     compare_model smollm2 "$gg" "${SMOLLM2_CHUNKS:-20}" || rc=1
+  fi
+  if [ "$which" = all ] || [ "$which" = gemma3 ]; then
+    local gm=models/gemma-3-270m.Q4_K_M.gguf
+    [ -f "$gm" ] || scripts/fetch-models.sh gemma3 >&2
+    compare_model gemma3 "$gm" "${GEMMA3_CHUNKS:-4}" || rc=1
   fi
   echo "machine after: $(uptime | sed 's/.*load average/load average/')"
   [ $rc = 0 ] && echo "verify_llamacpp: qforge and llama.cpp agree" || echo "verify_llamacpp: DISAGREEMENT (see above)"
