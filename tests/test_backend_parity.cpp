@@ -5,6 +5,8 @@
 //   - GPTQ and QuantEase on correlated problems: the same objective within 1e-4 / 1e-3 relative,
 //     and almost every code the same (f32 sums in another order may flip a near-tie);
 //   - stories260K's forward: logits within 1e-4 absolute;
+//   - GeGLU and the attention variants (sliding window, score scale, soft cap), forward and
+//     backward, within 1e-5 of the CPU backend, and the same bits on 1 and 2 threads;
 //   - grids the device code does not run (companded) and stochastic GPTQ: the CPU backend's bits;
 //   - the device backend's results are the same bits for 1 and 2 threads.
 #include <doctest/doctest.h>
@@ -15,6 +17,7 @@
 
 #include "backend/backend.h"
 #include "backend_under_test.h"
+#include "core/rng.h"
 #include "formats/loader.h"
 #include "layer_problems.h"
 #include "model/forward.h"
@@ -57,6 +60,34 @@ Problem diagonal_problem(int64_t r, int64_t c, uint64_t seed) {
   S = Eigen::MatrixXd(S.diagonal().asDiagonal());
   P.S = to_tensor(S);
   return P;
+}
+
+std::vector<float> randv(Rng& g, int64_t n, double sd = 1.0) {
+  std::vector<float> v((size_t)n);
+  for (auto& e : v) e = (float)(sd * g.normal());
+  return v;
+}
+
+// max |a − b| / max |b|
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::abs((double)a[i] - b[i]));
+    den = std::max(den, std::abs((double)b[i]));
+  }
+  return num / den;
+}
+
+// One attention call and its backward on backend b: out, dq, dk, dv one after another.
+std::vector<float> attention_run(Backend& b, const AttentionShape& sh, const std::vector<float>& q,
+                                 const std::vector<float>& k, const std::vector<float>& v, const std::vector<float>& dy) {
+  const size_t nq = q.size(), nk = k.size();
+  std::vector<float> r(2 * nq + 2 * nk, 9.f);
+  b.attention(q.data(), k.data(), v.data(), sh, r.data());
+  b.attention_backward(q.data(), k.data(), v.data(), sh, dy.data(), r.data() + nq, r.data() + 2 * nq,
+                       r.data() + 2 * nq + nk);
+  return r;
 }
 
 GridSpec spec_of(int bits, int64_t group) {
@@ -167,4 +198,55 @@ TEST_CASE("parity: stories260K forward logits within 1e-4 of the CPU backend") {
   }
   MESSAGE("stories260K logits: max |device − cpu| = ", d, " (max |logit| ", mx, ")");
   CHECK(d < 1e-4);
+}
+
+TEST_CASE("parity: geglu and the attention variants against the CPU backend; the same bits on 1 and 2 threads") {
+  Rng g(31);
+  const int64_t n = 5000;
+  const auto a = randv(g, n, 3.0), u = randv(g, n), dh = randv(g, n);
+  std::vector<float> hc((size_t)n), hd((size_t)n);
+  cpu_backend().geglu(a.data(), u.data(), n, hc.data());
+  dev().geglu(a.data(), u.data(), n, hd.data());
+  CHECK(rel_diff(hd, hc) < 1e-6);
+  std::vector<float> ac = a, uc = u, ad = a, ud = u;
+  cpu_backend().geglu_backward(ac.data(), uc.data(), dh.data(), n);
+  dev().geglu_backward(ad.data(), ud.data(), dh.data(), n);
+  CHECK(rel_diff(ad, ac) < 1e-6);
+  CHECK(rel_diff(ud, uc) < 1e-6);
+
+  struct Case {
+    int T, window;
+    float scale, cap;
+  };
+  // windows inside one query block, across blocks, wider than T; Gemma-like scale and caps
+  for (const Case cs : {Case{300, 40, 0.f, 0.f}, Case{260, 129, 0.4f, 3.f}, Case{200, 0, 0.f, 2.f},
+                        Case{150, 500, 0.25f, 0.f}, Case{131, 1, 0.f, 0.f}}) {
+    const int B = 2, H = 4, KVH = 2, hdim = 8, T = cs.T;
+    const int64_t N = (int64_t)B * T;
+    const auto q = randv(g, N * H * hdim, 1.5), k = randv(g, N * KVH * hdim, 1.5), v = randv(g, N * KVH * hdim);
+    const auto dy = randv(g, N * H * hdim);
+    AttentionShape sh{B, T, H, KVH, hdim};
+    sh.window = cs.window, sh.scale = cs.scale, sh.softcap = cs.cap;
+    CAPTURE(T);
+    CAPTURE(cs.window);
+    CAPTURE(cs.scale);
+    CAPTURE(cs.cap);
+    const auto rc = attention_run(cpu_backend(), sh, q, k, v, dy);
+    std::vector<std::vector<float>> rd;
+    for (const int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      rd.push_back(attention_run(dev(), sh, q, k, v, dy));
+    }
+    omp_set_num_threads(omp_get_num_procs());
+    CHECK(rd[0] == rd[1]);
+    // out, dq, dk, dv each against the CPU backend's
+    const size_t nq = q.size(), nk = k.size();
+    const size_t off[5] = {0, nq, 2 * nq, 2 * nq + nk, 2 * nq + 2 * nk};
+    for (int p = 0; p < 4; ++p) {
+      CAPTURE(p);
+      const std::vector<float> c(rc.begin() + off[p], rc.begin() + off[p + 1]);
+      const std::vector<float> d(rd[0].begin() + off[p], rd[0].begin() + off[p + 1]);
+      CHECK(rel_diff(d, c) < 1e-5);
+    }
+  }
 }

@@ -45,7 +45,8 @@ constexpr int64_t kTriBlock = 128;     // columns per block of the triangular in
 constexpr int64_t kGptqRowChunk = 256; // rows per GPTQ loss chunk (GptqBlock::loss)
 constexpr int64_t kCdBlock = 256;      // CD: columns per (EΣ) GEMM block (as the CPU backend)
 constexpr int kCdSub = 32;             // CD: columns per sequential sub-block, held in registers
-constexpr size_t kScoreBytes = size_t(256) << 20;  // attention: score buffers per batch of (window, head) pairs
+constexpr size_t kScoreBytes = size_t(256) << 20;  // attention: score buffers per batch of (sequence, head) pairs
+constexpr int64_t kQBlock = 128;       // attention: queries per block (as the CPU backend)
 
 template <class F>
 void launch(int64_t n, const F& f) {
@@ -175,47 +176,98 @@ struct FSwigluBackward {
   }
 };
 
+// gelu_tanh(a) = a/2·(1 + tanh(√(2/π)(a + 0.044715a³))) and its derivative, in the CPU backend's
+// f32 formulas.
+constexpr float kGeluC = 0.7978845608028654f;  // √(2/π)
+QF_HD inline float gelu_tanh(float a) { return 0.5f * a * (1.0f + tanhf(kGeluC * (a + 0.044715f * a * a * a))); }
+QF_HD inline float gelu_tanh_grad(float a) {
+  const float t = tanhf(kGeluC * (a + 0.044715f * a * a * a));
+  return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * 0.044715f * a * a);
+}
+
+struct FGeglu {
+  const float *a, *u;
+  float* h;
+  QF_HD void operator()(int64_t i) const { h[i] = gelu_tanh(a[i]) * u[i]; }
+};
+
+// h = gelu_tanh(a)·u:  a ← dh·u·gelu_tanh'(a),  u ← dh·gelu_tanh(a).
+struct FGegluBackward {
+  float *a, *u;
+  const float* dh;
+  QF_HD void operator()(int64_t i) const {
+    const float x = a[i];
+    a[i] = dh[i] * u[i] * gelu_tanh_grad(x);
+    u[i] = dh[i] * gelu_tanh(x);
+  }
+};
+
 struct FAdd {
   float* a;
   const float* b;
   QF_HD void operator()(int64_t i) const { a[i] += b[i]; }
 };
 
-// Row i of score matrix t (rows of T floats, query i against keys 0..T−1) becomes the causal
-// softmax over keys 0..i, the masked rest zero. Sums in f64.
-struct FCausalSoftmax {
+// The keys a query block starting at i0 sees: [first_key, i1), first_key = 0 unless a sliding
+// window (AttentionShape::window) cuts it (as the CPU backend's attention).
+QF_HD inline int64_t first_key(int64_t i0, int64_t window) {
+  return window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0;
+}
+
+// One query block [i0, i0 + nq) of a batch of score matrices, keys [k0, k0 + nk): row t (query
+// i0 + t % nq, nk floats, column c = key k0 + c) holds the scaled scores. The keys the query sees,
+// [first, last] (causal, inside the window when window > 0), are soft-capped when softcap > 0
+// (s ← softcap·tanh(s/softcap); th, when given, receives the tanh for the backward) and become
+// their softmax, sums in f64; the rest of the row is zero.
+struct FBandSoftmax {
   float* S;
-  int64_t T;
+  float* th;
+  int64_t nq, nk, i0, k0, window;
+  float softcap;
   QF_HD void operator()(int64_t t) const {
-    const int64_t i = t % T;
-    float* s = S + t * T;
-    float mx = s[0];
-    for (int64_t j = 1; j <= i; ++j) mx = s[j] > mx ? s[j] : mx;
+    const int64_t i = i0 + t % nq, first = first_key(i, window) - k0, last = i - k0;
+    float* s = S + t * nk;
+    if (softcap > 0.f) {
+      const float inv_cap = 1.0f / softcap;
+      for (int64_t j = first; j <= last; ++j) {
+        const float tj = tanhf(s[j] * inv_cap);
+        if (th) th[t * nk + j] = tj;
+        s[j] = tj * softcap;
+      }
+    }
+    float mx = s[first];
+    for (int64_t j = first + 1; j <= last; ++j) mx = s[j] > mx ? s[j] : mx;
     double sum = 0;
-    for (int64_t j = 0; j <= i; ++j) {
+    for (int64_t j = first; j <= last; ++j) {
       s[j] = expf(s[j] - mx);
       sum += s[j];
     }
     const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j <= i; ++j) s[j] *= inv;
-    for (int64_t j = i + 1; j < T; ++j) s[j] = 0.f;
+    for (int64_t j = 0; j < first; ++j) s[j] = 0.f;
+    for (int64_t j = first; j <= last; ++j) s[j] *= inv;
+    for (int64_t j = last + 1; j < nk; ++j) s[j] = 0.f;
   }
 };
 
-// dS = P ⊙ (dP − Σ_j P dP) row by row, masked entries zero (the row dot in f64).
-struct FSoftmaxBackward {
+// Its backward, rows as FBandSoftmax: dS = P ⊙ (dP − Σ_j P dP) over the keys the query sees (the
+// row dot in f64), times 1 − tanh² through the soft cap when th is given; the rest zero.
+struct FBandSoftmaxBackward {
   const float* P;
   float* dP;
-  int64_t T;
+  const float* th;
+  int64_t nq, nk, i0, k0, window;
   QF_HD void operator()(int64_t t) const {
-    const int64_t i = t % T;
-    const float* s = P + t * T;
-    float* d = dP + t * T;
+    const int64_t i = i0 + t % nq, first = first_key(i, window) - k0, last = i - k0;
+    const float* s = P + t * nk;
+    float* d = dP + t * nk;
     double sum = 0;
-    for (int64_t j = 0; j <= i; ++j) sum += (double)s[j] * d[j];
+    for (int64_t j = first; j <= last; ++j) sum += (double)s[j] * d[j];
     const float rs = (float)sum;
-    for (int64_t j = 0; j <= i; ++j) d[j] = s[j] * (d[j] - rs);
-    for (int64_t j = i + 1; j < T; ++j) d[j] = 0.f;
+    for (int64_t j = 0; j < first; ++j) d[j] = 0.f;
+    for (int64_t j = first; j <= last; ++j) d[j] = s[j] * (d[j] - rs);
+    if (th)
+      for (int64_t j = first; j <= last; ++j) d[j] *= 1.0f - th[t * nk + j] * th[t * nk + j];
+    for (int64_t j = last + 1; j < nk; ++j) d[j] = 0.f;
   }
 };
 
@@ -536,6 +588,29 @@ class DeviceBackend final : public Backend {
     U.to_host();
   }
 
+  void geglu(const float* a, const float* u, int64_t n, float* h) override {
+    auto U = stage_in(u, (size_t)n);
+    if (h == a) {  // h may be a
+      auto H = stage_inout(h, (size_t)n);
+      launch(n, FGeglu{H.dev(), U.dev(), H.dev()});
+      H.to_host();
+      return;
+    }
+    auto A = stage_in(a, (size_t)n);
+    auto H = stage_out(h, (size_t)n);
+    launch(n, FGeglu{A.dev(), U.dev(), H.dev()});
+    H.to_host();
+  }
+
+  void geglu_backward(float* a, float* u, const float* dh, int64_t n) override {
+    auto A = stage_inout(a, (size_t)n);
+    auto U = stage_inout(u, (size_t)n);
+    auto DH = stage_in(dh, (size_t)n);
+    launch(n, FGegluBackward{A.dev(), U.dev(), DH.dev()});
+    A.to_host();
+    U.to_host();
+  }
+
   void add_inplace(float* a, const float* b, int64_t n) override {
     auto A = stage_inout(a, (size_t)n);
     auto B = stage_in(b, (size_t)n);
@@ -543,60 +618,86 @@ class DeviceBackend final : public Backend {
     A.to_host();
   }
 
-  // Batches of (window, head) pairs: scores S = K Qᵀ·scale for the whole window (the masked half
-  // too: one batched GEMM), causal softmax per row, O = P V.
+  // Attention by query blocks (the CPU backend's): block qb holds queries [i0, i1), i0 = qb·bq,
+  // and sees keys [k0, i1), k0 = first_key(i0, window), so the causal upper part beyond the block
+  // and, with a sliding window, the keys before it are never computed (T·(bq + window) scores per
+  // head instead of T²). bq = kQBlock when that saves work, else T: one block of every key.
+  struct AttnBlocks {
+    int64_t bq, nb, nk_max;
+    AttnBlocks(const AttentionShape& s) {
+      const int64_t T = s.T;
+      bq = T > kQBlock ? kQBlock : T;
+      nb = (T + bq - 1) / bq;
+      nk_max = s.window > 0 ? std::min<int64_t>(T, bq + s.window - 1) : T;
+    }
+    int64_t i0(int64_t qb) const { return qb * bq; }
+    int64_t i1(int64_t qb, int64_t T) const { return std::min(T, (qb + 1) * bq); }
+  };
+
+  static float attention_scale(const AttentionShape& s) {
+    return s.scale > 0.f ? s.scale : 1.0f / std::sqrt((float)s.head_dim);
+  }
+
+  // Per query block, batches of (sequence, head) pairs: scores Sᵀ = K_blk·Q_blkᵀ·scale (one
+  // batched GEMM), the soft cap and softmax per row (FBandSoftmax), O_blk = P·V_blk.
   void attention(const float* q, const float* k, const float* v, const AttentionShape& s, float* out) override {
     const int64_t N = (int64_t)s.B * s.T, QW = (int64_t)s.n_heads * s.head_dim, KW = (int64_t)s.n_kv_heads * s.head_dim;
     const int64_t T = s.T, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const float scale = 1.0f / std::sqrt((float)hd);
+    const float scale = attention_scale(s);
     auto Q = stage_in(q, (size_t)(N * QW));
     auto K = stage_in(k, (size_t)(N * KW));
     auto V = stage_in(v, (size_t)(N * KW));
     auto O = stage_out(out, (size_t)(N * QW));
-    const int64_t pairs = (int64_t)s.B * s.n_heads;
-    const int64_t per = std::max<int64_t>(1, std::min<int64_t>(pairs, (int64_t)(kScoreBytes / (sizeof(float) * T * T))));
-    Buf<float> S((size_t)(per * T * T));
-    std::vector<const float*> pa, pb;
-    std::vector<float*> pc;
-    for (int64_t t0 = 0; t0 < pairs; t0 += per) {
-      const int64_t np = std::min(per, pairs - t0);
-      auto ptrs = [&](int64_t t, const float*& qp, const float*& kp, const float*& vp, float*& op) {
-        const int64_t b = t / s.n_heads, h = t % s.n_heads, kh = h / group;
-        qp = Q.dev() + b * T * QW + h * hd;
-        kp = K.dev() + b * T * KW + kh * hd;
-        vp = V.dev() + b * T * KW + kh * hd;
-        op = O.dev() + b * T * QW + h * hd;
-      };
-      // Sᵀ[keys, queries] (column-major) = K·Qᵀ: row i of S (query i) is contiguous
-      pa.assign(np, nullptr), pb.assign(np, nullptr), pc.assign(np, nullptr);
-      for (int64_t j = 0; j < np; ++j) {
-        const float *qp, *kp, *vp;
-        float* op;
-        ptrs(t0 + j, qp, kp, vp, op);
-        pa[j] = kp, pb[j] = qp, pc[j] = S.get() + j * T * T;
+    const AttnBlocks blk(s);
+    const int64_t pairs = (int64_t)s.B * s.n_heads, per_pair = blk.bq * blk.nk_max;
+    const int64_t per =
+        std::max<int64_t>(1, std::min<int64_t>(pairs, (int64_t)(kScoreBytes / (sizeof(float) * per_pair))));
+    Buf<float> S((size_t)(per * per_pair));
+    std::vector<const float*> pa((size_t)per), pb((size_t)per);
+    std::vector<float*> pc((size_t)per);
+    for (int64_t qb = 0; qb < blk.nb; ++qb) {
+      const int64_t i0 = blk.i0(qb), i1 = blk.i1(qb, T), nq = i1 - i0;
+      const int64_t k0 = first_key(i0, s.window), nk = i1 - k0;
+      for (int64_t t0 = 0; t0 < pairs; t0 += per) {
+        const int64_t np = std::min(per, pairs - t0);
+        auto at = [&](int64_t j, const float*& qp, const float*& kp, const float*& vp, float*& op) {
+          const int64_t t = t0 + j, b = t / s.n_heads, h = t % s.n_heads, kh = h / group;
+          qp = Q.dev() + (b * T + i0) * QW + h * hd;
+          kp = K.dev() + (b * T + k0) * KW + kh * hd;
+          vp = V.dev() + (b * T + k0) * KW + kh * hd;
+          op = O.dev() + (b * T + i0) * QW + h * hd;
+        };
+        // Sᵀ[keys, queries] (column-major) = K_blk·Q_blkᵀ: row r of S (query i0 + r) is contiguous
+        for (int64_t j = 0; j < np; ++j) {
+          const float *qp, *kp, *vp;
+          float* op;
+          at(j, qp, kp, vp, op);
+          pa[j] = kp, pb[j] = qp, pc[j] = S.get() + j * nq * nk;
+        }
+        dla::sgemm_batched(true, false, nk, nq, hd, scale, pa.data(), KW, pb.data(), QW, 0.f, pc.data(), nk, (int)np);
+        launch(np * nq, FBandSoftmax{S.get(), nullptr, nq, nk, i0, k0, s.window, s.softcap});
+        // Oᵀ[hd, queries] = V_blkᵀ·Pᵀ
+        for (int64_t j = 0; j < np; ++j) {
+          const float *qp, *kp, *vp;
+          at(j, qp, kp, vp, pc[j]);
+          pa[j] = vp, pb[j] = S.get() + j * nq * nk;
+        }
+        dla::sgemm_batched(false, false, hd, nq, nk, 1.f, pa.data(), KW, pb.data(), nk, 0.f, pc.data(), QW, (int)np);
       }
-      dla::sgemm_batched(true, false, T, T, hd, scale, pa.data(), KW, pb.data(), QW, 0.f, pc.data(), T, (int)np);
-      launch(np * T, FCausalSoftmax{S.get(), T});
-      // Oᵀ[hd, queries] = Vᵀ·Pᵀ
-      std::vector<float*> po(np);
-      for (int64_t j = 0; j < np; ++j) {
-        const float *qp, *kp, *vp;
-        ptrs(t0 + j, qp, kp, vp, po[j]);
-        pa[j] = vp, pb[j] = S.get() + j * T * T;
-      }
-      dla::sgemm_batched(false, false, hd, T, T, 1.f, pa.data(), KW, pb.data(), T, 0.f, po.data(), QW, (int)np);
     }
     O.to_host();
   }
 
-  // The heads sharing a kv head accumulate into its dK/dV in head order: a batch holds one head
-  // of each group (member m of every (window, kv head)), so no two of its products write the
-  // same dK/dV slice, and the members follow one another.
+  // The heads sharing a kv head, and the query blocks, accumulate into its dK/dV in a fixed
+  // order (head-group member, then query block): a batch holds one head of each group (member m
+  // of every (sequence, kv head)) at one query block, so no two of its products write the same
+  // dK/dV rows (the key ranges of consecutive blocks overlap under a window).
   void attention_backward(const float* q, const float* k, const float* v, const AttentionShape& s, const float* dy,
                           float* dq, float* dk, float* dv) override {
     const int64_t N = (int64_t)s.B * s.T, QW = (int64_t)s.n_heads * s.head_dim, KW = (int64_t)s.n_kv_heads * s.head_dim;
     const int64_t T = s.T, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const float scale = 1.0f / std::sqrt((float)hd);
+    const float scale = attention_scale(s);
+    const bool capped = s.softcap > 0.f;
     auto Q = stage_in(q, (size_t)(N * QW));
     auto K = stage_in(k, (size_t)(N * KW));
     auto V = stage_in(v, (size_t)(N * KW));
@@ -606,49 +707,54 @@ class DeviceBackend final : public Backend {
     auto DV = stage_out(dv, (size_t)(N * KW));
     launch(N * KW, FFill{DK.dev(), 0.f});  // accumulated into
     launch(N * KW, FFill{DV.dev(), 0.f});
-    const int64_t pairs = (int64_t)s.B * s.n_kv_heads;  // per group member
+    const AttnBlocks blk(s);
+    const int64_t pairs = (int64_t)s.B * s.n_kv_heads, per_pair = blk.bq * blk.nk_max;  // per group member
+    const int64_t nbuf = capped ? 3 : 2;
     const int64_t per =
-        std::max<int64_t>(1, std::min<int64_t>(pairs, (int64_t)(kScoreBytes / (2 * sizeof(float) * T * T))));
-    Buf<float> P((size_t)(per * T * T)), dP((size_t)(per * T * T));
-    const int64_t np_max = per;
-    std::vector<const float*> pa(np_max), pb(np_max);
-    std::vector<float*> pc(np_max);
+        std::max<int64_t>(1, std::min<int64_t>(pairs, (int64_t)(kScoreBytes / (nbuf * sizeof(float) * per_pair))));
+    Buf<float> P((size_t)(per * per_pair)), dP((size_t)(per * per_pair)), Th;
+    if (capped) Th = Buf<float>((size_t)(per * per_pair));
+    std::vector<const float*> pa((size_t)per), pb((size_t)per);
+    std::vector<float*> pc((size_t)per);
+    struct Ptr {
+      const float *q, *k, *v, *dy;
+      float *dq, *dk, *dv;
+    };
+    std::vector<Ptr> pt((size_t)per);
     for (int64_t m = 0; m < group; ++m)
-      for (int64_t t0 = 0; t0 < pairs; t0 += per) {
-        const int np = (int)std::min(per, pairs - t0);
-        struct Ptr {
-          const float *q, *k, *v, *dy;
-          float *dq, *dk, *dv;
-        };
-        std::vector<Ptr> pt((size_t)np);
-        for (int j = 0; j < np; ++j) {
-          const int64_t t = t0 + j, b = t / s.n_kv_heads, kh = t % s.n_kv_heads, h = kh * group + m;
-          pt[j] = {Q.dev() + b * T * QW + h * hd,  K.dev() + b * T * KW + kh * hd, V.dev() + b * T * KW + kh * hd,
-                   DY.dev() + b * T * QW + h * hd, DQ.dev() + b * T * QW + h * hd, DK.dev() + b * T * KW + kh * hd,
-                   DV.dev() + b * T * KW + kh * hd};
+      for (int64_t qb = 0; qb < blk.nb; ++qb) {
+        const int64_t i0 = blk.i0(qb), i1 = blk.i1(qb, T), nq = i1 - i0;
+        const int64_t k0 = first_key(i0, s.window), nk = i1 - k0;
+        for (int64_t t0 = 0; t0 < pairs; t0 += per) {
+          const int np = (int)std::min(per, pairs - t0);
+          for (int j = 0; j < np; ++j) {
+            const int64_t t = t0 + j, b = t / s.n_kv_heads, kh = t % s.n_kv_heads, h = kh * group + m;
+            const int64_t qo = (b * T + i0) * QW + h * hd, ko = (b * T + k0) * KW + kh * hd;
+            pt[j] = {Q.dev() + qo, K.dev() + ko, V.dev() + ko, DY.dev() + qo, DQ.dev() + qo, DK.dev() + ko, DV.dev() + ko};
+          }
+          auto run = [&](bool ta, bool tb, int64_t mm, int64_t nn, int64_t kk, float alpha, auto fa, int64_t lda, auto fb,
+                         int64_t ldb, float beta, auto fc, int64_t ldc) {
+            for (int j = 0; j < np; ++j) pa[j] = fa(j), pb[j] = fb(j), pc[j] = fc(j);
+            dla::sgemm_batched(ta, tb, mm, nn, kk, alpha, pa.data(), lda, pb.data(), ldb, beta, pc.data(), ldc, np);
+          };
+          auto Pj = [&](int j) { return P.get() + (int64_t)j * nq * nk; };
+          auto dPj = [&](int j) { return dP.get() + (int64_t)j * nq * nk; };
+          // recompute P exactly as the forward does (and the soft cap's tanh)
+          run(true, false, nk, nq, hd, scale, [&](int j) { return pt[j].k; }, KW, [&](int j) { return pt[j].q; }, QW,
+              0.f, Pj, nk);
+          launch(np * nq, FBandSoftmax{P.get(), capped ? Th.get() : nullptr, nq, nk, i0, k0, s.window, s.softcap});
+          // dPᵀ[keys, queries] = V_blk·dOᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)) (⊙ (1 − tanh²)) in dP's place
+          run(true, false, nk, nq, hd, 1.f, [&](int j) { return pt[j].v; }, KW, [&](int j) { return pt[j].dy; }, QW,
+              0.f, dPj, nk);
+          launch(np * nq, FBandSoftmaxBackward{P.get(), dP.get(), capped ? Th.get() : nullptr, nq, nk, i0, k0, s.window});
+          // dQᵀ[hd, queries] = K_blkᵀ·dSᵀ·scale;  dKᵀ[hd, keys] += Qᵀ·dS·scale;  dVᵀ[hd, keys] += dOᵀ·P
+          run(false, false, hd, nq, nk, scale, [&](int j) { return pt[j].k; }, KW,
+              [&](int j) { return (const float*)dPj(j); }, nk, 0.f, [&](int j) { return pt[j].dq; }, QW);
+          run(false, true, hd, nk, nq, scale, [&](int j) { return pt[j].q; }, QW,
+              [&](int j) { return (const float*)dPj(j); }, nk, 1.f, [&](int j) { return pt[j].dk; }, KW);
+          run(false, true, hd, nk, nq, 1.f, [&](int j) { return pt[j].dy; }, QW, [&](int j) { return (const float*)Pj(j); },
+              nk, 1.f, [&](int j) { return pt[j].dv; }, KW);
         }
-        auto run = [&](bool ta, bool tb, int64_t mm, int64_t nn, int64_t kk, float alpha, auto fa, int64_t lda, auto fb,
-                       int64_t ldb, float beta, auto fc, int64_t ldc) {
-          for (int j = 0; j < np; ++j) pa[j] = fa(j), pb[j] = fb(j), pc[j] = fc(j);
-          dla::sgemm_batched(ta, tb, mm, nn, kk, alpha, pa.data(), lda, pb.data(), ldb, beta, pc.data(), ldc, np);
-        };
-        auto Pj = [&](int j) { return P.get() + (int64_t)j * T * T; };
-        auto dPj = [&](int j) { return dP.get() + (int64_t)j * T * T; };
-        // recompute P exactly as the forward does
-        run(true, false, T, T, hd, scale, [&](int j) { return pt[j].k; }, KW, [&](int j) { return pt[j].q; }, QW, 0.f,
-            Pj, T);
-        launch(np * T, FCausalSoftmax{P.get(), T});
-        // dPᵀ[keys, queries] = V·dOᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)) in dP's place
-        run(true, false, T, T, hd, 1.f, [&](int j) { return pt[j].v; }, KW, [&](int j) { return pt[j].dy; }, QW, 0.f,
-            dPj, T);
-        launch(np * T, FSoftmaxBackward{P.get(), dP.get(), T});
-        // dQᵀ[hd, queries] = Kᵀ·dSᵀ·scale;  dKᵀ[hd, keys] += Qᵀ·dS·scale;  dVᵀ[hd, keys] += dOᵀ·P
-        run(false, false, hd, T, T, scale, [&](int j) { return pt[j].k; }, KW, [&](int j) { return (const float*)dPj(j); },
-            T, 0.f, [&](int j) { return pt[j].dq; }, QW);
-        run(false, true, hd, T, T, scale, [&](int j) { return pt[j].q; }, QW, [&](int j) { return (const float*)dPj(j); },
-            T, 1.f, [&](int j) { return pt[j].dk; }, KW);
-        run(false, true, hd, T, T, 1.f, [&](int j) { return pt[j].dy; }, QW, [&](int j) { return (const float*)Pj(j); }, T,
-            1.f, [&](int j) { return pt[j].dv; }, KW);
       }
     DQ.to_host();
     DK.to_host();
