@@ -346,4 +346,18 @@ TEST_CASE("architectures: HF configs that do not fit are refused by name") {
   CHECK_THROWS_WITH_AS(load(hf), doctest::Contains("'sliding_window' is not set"), Error);
   write_file_atomic(hf + "/config.json", cfg);
   CHECK(load(hf).cfg.sliding_window == 3);
+
+  // transformers' Gemma 3 never applies an attention soft cap: one in its config is refused.
+  const Model g = tiny_arch_model("gemma3", 6);
+  const std::string gd = dir + "/g";
+  save_hf(g, nullptr, gd, "F32");
+  std::string gc = read_file(gd + "/config.json");
+  const std::string from = "\"attn_logit_softcapping\": null";
+  REQUIRE(gc.find(from) != std::string::npos);
+  gc.replace(gc.find(from), from.size(), "\"attn_logit_softcapping\": 50.0");
+  write_file_atomic(gd + "/config.json", gc);
+  CHECK_THROWS_WITH_AS(load(gd), doctest::Contains("field 'attn_logit_softcapping' is set for Gemma3ForCausalLM"), Error);
+  Model capped = g.clone();
+  capped.cfg.attn_softcap = 50.f;
+  CHECK_THROWS_WITH_AS(save_hf(capped, nullptr, dir + "/g2", "F32"), doctest::Contains("ignores attn_logit_softcapping"), Error);
 }

@@ -131,6 +131,8 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     j["max_window_layers"] = first;
   }
   if (spec.hf_norm_shift != 0.f) {  // Gemma
+    if (c.attn_softcap > 0.f && spec.has_norm("q_norm"))
+      fail(what, ": transformers' Gemma 3 ignores attn_logit_softcapping; the model's attention soft cap cannot be written");
     // transformers scales by query_pre_attn_scalar^−½ (f64, then f32): an integer when one gives
     // our scale exactly (real checkpoints: the head size), else the f64 that does.
     const double qpas = c.attn_scale > 0.f ? 1.0 / ((double)c.attn_scale * c.attn_scale) : (double)c.head_dim();
@@ -158,6 +160,10 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     j["bos_token_id"] = tok->bos_id();
     j["eos_token_id"] = tok->eos_id();
   }
+  // Stated, never left to a config class's default: Phi3Config's 32000 lies outside a smaller
+  // vocabulary and transformers then refuses the model.
+  const int32_t pad = tok ? tok->spec().pad_id : m.src ? m.src->tokenizer.pad_id : -1;
+  j["pad_token_id"] = pad >= 0 && pad < c.vocab_size ? nlohmann::ordered_json(pad) : nlohmann::ordered_json(nullptr);
   j["torch_dtype"] = torch_dtype;
   return j;
 }

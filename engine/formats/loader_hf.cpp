@@ -282,7 +282,13 @@ static ModelConfig read_config(const std::string& path, const HfLayout** layout_
   if (c.rope_theta_swa == c.rope_theta || c.swa_layers.empty()) c.rope_theta_swa = 0.f;  // 0: the global base
   if (r.find("query_pre_attn_scalar"))  // transformers: scaling = query_pre_attn_scalar ** -0.5 in f64
     c.attn_scale = (float)(1.0 / std::sqrt(r.number("query_pre_attn_scalar", 1.0)));
-  if (r.find("attn_logit_softcapping")) c.attn_softcap = (float)r.number("attn_logit_softcapping", 0.0);
+  if (r.find("attn_logit_softcapping")) {
+    // transformers' Gemma 3 stores it but its attention never applies it (nor does llama.cpp's):
+    // refused rather than computed differently from both.
+    if (spec.has_norm("q_norm") && spec.hf_norm_shift != 0.f)
+      fail(what, ": field 'attn_logit_softcapping' is set for ", layout.architecture, ", whose attention in transformers ignores it; qforge will not guess");
+    c.attn_softcap = (float)r.number("attn_logit_softcapping", 0.0);
+  }
   if (r.find("final_logit_softcapping")) c.final_softcap = (float)r.number("final_logit_softcapping", 0.0);
   if (spec.hf_norm_shift == 0.f && (c.attn_scale > 0.f || c.attn_softcap > 0.f || c.final_softcap > 0.f))
     fail(what, ": query_pre_attn_scalar or soft-capping is set for ", layout.architecture, ", which does not use them");
