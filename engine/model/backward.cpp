@@ -288,6 +288,16 @@ BlockGradRequest BlockGradRequest::all() {
   return r;
 }
 
+const Tensor& BlockGrads::norm(const std::string& n) const {
+  if (n == "attn_norm") return d_attn_norm;
+  if (n == "ffn_norm") return d_ffn_norm;
+  if (n == "q_norm") return d_q_norm;
+  if (n == "k_norm") return d_k_norm;
+  if (n == "post_attn_norm") return d_post_attn_norm;
+  if (n == "post_ffn_norm") return d_post_ffn_norm;
+  fail("BlockGrads: unknown norm '", n, "'");
+}
+
 const Tensor& BlockGrads::weight(const std::string& name) const {
   std::string canon = name;
   for (const LinearSpec& s : kLlama.linears)

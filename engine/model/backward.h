@@ -101,6 +101,8 @@ struct BlockGrads {
   Tensor d_attn_norm, d_ffn_norm;  // [dim] when req.norms
   // The optional norms' gradients, when req.norms and the block has them.
   Tensor d_q_norm, d_k_norm, d_post_attn_norm, d_post_ffn_norm;
+  // A norm's gradient by canonical name (undefined when not computed); error for an unknown name.
+  const Tensor& norm(const std::string& name) const;
   // The weight gradient of one linear by name or alias; fails if it was not requested.
   const Tensor& weight(const std::string& name) const;
 };

@@ -104,6 +104,11 @@ StepGrads step_grads(const Model& m, int layer, const Tensor& x_, const Tensor& 
     const std::vector<float> a = bg.d_attn_norm.to_vector(), f = bg.d_ffn_norm.to_vector();
     s.g.d_attn_norm.assign(a.begin(), a.end());
     s.g.d_ffn_norm.assign(f.begin(), f.end());
+    for (const NormSpec& n : arch_of(m.cfg).norms) {
+      const std::vector<float> v = bg.norm(n.name).to_vector();
+      s.g.norm_names.push_back(n.name);
+      s.g.dnorms.emplace_back(v.begin(), v.end());
+    }
   }
   return s;
 }
@@ -235,15 +240,6 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
   }
   if (layer < 0 || layer >= m.n_blocks())
     fail(fn, ": block ", layer + 1, " out of range (the model has ", m.n_blocks(), " blocks, numbered from 1)");
-  if (tr_norms && arch_of(m.cfg).norms.size() > 2)
-    fail(fn, ": params 'norms' trains attn_norm and ffn_norm only; ", m.cfg.arch, " blocks also have ",
-         [&] {
-           std::string n;
-           for (const NormSpec& s : arch_of(m.cfg).norms)
-             if (std::string(s.name) != "attn_norm" && std::string(s.name) != "ffn_norm") n += (n.empty() ? "" : ", ") + std::string(s.name);
-           return n;
-         }(),
-         " (not trained yet: leave 'norms' out)");
   const int64_t N = (int64_t)B * T, D = m.cfg.dim;
   check_acts(fn, "inputs", inputs, N, D, B, T);
   check_acts(fn, "targets", targets, N, D, B, T);
@@ -298,10 +294,13 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
     }
     if (!s.sp.empty() || !s.zp.empty() || s.bias) slots.push_back(std::move(s));
   }
-  const size_t norm_off = theta.size();
+  // Every norm of the architecture, in its table's order (gradients come in the same order).
+  const std::vector<NormSpec>& norm_specs = arch_of(m.cfg).norms;
+  std::vector<size_t> norm_offs;
   if (tr_norms) {
-    for (const Tensor* n : {&blk.attn_norm, &blk.ffn_norm}) {
-      const std::vector<float> v = n->contiguous().to_vector();
+    for (const NormSpec& ns : norm_specs) {
+      norm_offs.push_back(theta.size());
+      const std::vector<float> v = blk.norm(ns.name).contiguous().to_vector();
       theta.insert(theta.end(), v.begin(), v.end());
     }
   }
@@ -321,15 +320,14 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
   struct Snapshot {
     std::vector<std::shared_ptr<const QuantizedLinear>> quant;
     std::vector<Tensor> weight, bias;
-    Tensor g1, g2;
+    std::vector<Tensor> norms;  // norm_specs order
   } snap;
   for (const Linear& l : blk.linears) {
     snap.quant.push_back(l.quant);
     snap.weight.push_back(l.quant ? l.weight.clone() : Tensor());
     snap.bias.push_back(l.bias.defined() ? l.bias.clone() : Tensor());
   }
-  snap.g1 = blk.attn_norm.clone();
-  snap.g2 = blk.ffn_norm.clone();
+  for (const NormSpec& ns : norm_specs) snap.norms.push_back(blk.norm(ns.name).clone());
   auto restore = [&] {
     for (size_t i = 0; i < blk.linears.size(); ++i) {
       Linear& l = blk.linears[i];
@@ -337,8 +335,7 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
       l.quant = snap.quant[i];
       if (snap.bias[i].defined()) l.bias.copy_(snap.bias[i]);
     }
-    blk.attn_norm.copy_(snap.g1);
-    blk.ffn_norm.copy_(snap.g2);
+    for (size_t k = 0; k < norm_specs.size(); ++k) blk.norm(norm_specs[k].name).copy_(snap.norms[k]);
   };
 
   // ---- writes theta into the block: new grids (same codes, outliers), weights, biases, norms
@@ -378,12 +375,12 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
                                                                              theta.begin() + (ptrdiff_t)(s.b_off + n))));
       }
     }
-    if (tr_norms) {
-      blk.attn_norm.copy_(Tensor::from_data(blk.attn_norm.shape(), std::vector<float>(theta.begin() + (ptrdiff_t)norm_off,
-                                                                                   theta.begin() + (ptrdiff_t)(norm_off + D))));
-      blk.ffn_norm.copy_(Tensor::from_data(blk.ffn_norm.shape(), std::vector<float>(theta.begin() + (ptrdiff_t)(norm_off + D),
-                                                                                 theta.begin() + (ptrdiff_t)(norm_off + 2 * D))));
-    }
+    if (tr_norms)
+      for (size_t k = 0; k < norm_specs.size(); ++k) {
+        Tensor& g = blk.norm(norm_specs[k].name);
+        g.copy_(Tensor::from_data(g.shape(), std::vector<float>(theta.begin() + (ptrdiff_t)norm_offs[k],
+                                                                theta.begin() + (ptrdiff_t)(norm_offs[k] + g.numel()))));
+      }
   };
 
   // ---- gradient of the flat vector from one step's gradients
@@ -396,10 +393,8 @@ FinetuneResult block_finetune(Model& m, int layer, const Tensor& inputs, const T
         for (size_t k = 0; k < g.dbias[s.li].size(); ++k) grad[s.b_off + k] = g.dbias[s.li][k];
     }
     if (tr_norms)
-      for (int64_t j = 0; j < D; ++j) {
-        grad[norm_off + (size_t)j] = g.d_attn_norm[(size_t)j];
-        grad[norm_off + (size_t)(D + j)] = g.d_ffn_norm[(size_t)j];
-      }
+      for (size_t k = 0; k < norm_specs.size(); ++k)
+        for (size_t j = 0; j < g.dnorms[k].size(); ++j) grad[norm_offs[k] + j] = g.dnorms[k][j];
     for (double v : grad)
       if (!std::isfinite(v)) return false;
     return true;

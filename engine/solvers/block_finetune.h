@@ -86,6 +86,10 @@ struct BlockParamGrads {
   std::vector<std::string> names;  // the block's linears, Block::linears order
   std::vector<std::vector<double>> dscale, dzero, dbias;
   std::vector<double> d_attn_norm, d_ffn_norm;
+  // Every norm of the block (the architecture table's order: attn_norm, ffn_norm, then q_norm,
+  // k_norm, post_attn_norm, post_ffn_norm where it has them) and its gradient, when norms = true.
+  std::vector<std::string> norm_names;
+  std::vector<std::vector<double>> dnorms;
 };
 BlockParamGrads block_param_grads(const Model& m, int layer, const Tensor& x, const Tensor& target, int B, int T,
                                   bool linears = true, bool norms = true);
