@@ -1,7 +1,9 @@
 -- qronos.lua — Qronos (docs/methods.md#qronos): each linear rounded for the mismatched objective
 -- ‖W X − Ŵ X̃‖², X its full-precision inputs and X̃ the inputs the already-quantized prefix produces,
 -- so a layer corrects the errors of the layers before it. Every block's statistics (H = X̃ᵀX̃,
--- G = XᵀX̃, XᵀX) are captured at its start from the two chains. solver = gpfq runs the greedy
+-- G = XᵀX̃, XᵀX) are captured at its start from the two chains; with true_sequential = true again
+-- before each later stage, X̃ then coming from the block's already quantized linears (X from its
+-- full-precision copy). solver = gpfq runs the greedy
 -- variant; solver = gptq runs GPTQ on the same statistics (it sees only H), so the three are
 -- compared on one calibration — each layer's mismatched objective is recorded (`mismatched`).
 --   qforge run recipes/qronos.lua bits=3 act_order=true
@@ -20,9 +22,6 @@ if opt.solver == "gptq" then  -- options that would be silently ignored are erro
 elseif opt.gptq_percdamp ~= 0.01 then
   qf.option_error("gptq_percdamp", "applies to solver = gptq only (solver = " .. opt.solver .. ")")
 end
-if opt.true_sequential then
-  qf.option_error("true_sequential", "Qronos's statistics are captured at each block's start (docs/methods.md#qronos); true_sequential is not supported")
-end
 local ctx = P.prepare(opt, true)  -- the full-precision chain: X
 local grid = P.grid(opt)
 print("grid: " .. tostring(grid) .. ", solver " .. opt.solver)
@@ -34,7 +33,7 @@ if opt.solver == "gptq" then
 end
 local s = P.quantize_model(ctx.model, ctx.cal, P.solver(opt.solver, sopt, grid),
                            { cross = true, finetune = P.finetune(opt), refit_scales = opt.refit_scales,
-                             sigma_shrink = opt.sigma_shrink })
+                             sigma_shrink = opt.sigma_shrink, true_sequential = opt.true_sequential })
 local mism = 0
 for _, l in ipairs(s.layers) do mism = mism + (l.mismatched or 0) end
 qf.record("mismatched_objective", mism)

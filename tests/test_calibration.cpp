@@ -159,3 +159,33 @@ TEST_CASE("pipeline: fp_chain=false gives the same quantized-prefix chain and Σ
   CHECK(without.memory_bytes() == 2 * 32 * 64 * 4);
   CHECK(with.memory_bytes() == 2 * 2 * 32 * 64 * 4);
 }
+
+TEST_CASE("capture_cross, true-sequential: X from the block's full-precision copy, X̃ from the partly quantized block") {
+  Model m = stories().clone();
+  CalibWindowsOptions o;
+  o.nsamples = 2;
+  o.seqlen = 32;
+  const auto windows = draw_windows(fake_tokens(1000), o);
+  Calibration cal(m, windows, 2, 32);
+  const auto first = cal.capture_cross(m);  // block 0 still full precision: copied here
+  // The first stage is "quantized" (badly), then o's site is captured again.
+  m.blocks[0].linear("v").weight.fill_(0.01f);
+  const auto later = cal.capture_cross(m, {Site::AttnOut});
+  REQUIRE(later.count(Site::AttnOut) == 1);
+  const CrossStats& a = first.at(Site::AttnOut);
+  const CrossStats& b = later.at(Site::AttnOut);
+  CHECK((b.fp - a.fp).cwiseAbs().maxCoeff() == 0.0);  // X: the full-precision block, bit for bit
+  CHECK((b.q.sum - a.q.sum).cwiseAbs().maxCoeff() > 1e-3 * a.q.sum.cwiseAbs().maxCoeff());  // X̃ sees the new v
+  // X̃ is what capture() gives with the current weights; G = Xᵀ X̃ from the two activations.
+  const auto plain = cal.capture(m, {Site::AttnOut});
+  CHECK((plain.at(Site::AttnOut).sum - b.q.sum).cwiseAbs().maxCoeff() == 0.0);
+  const Tensor xq = cal.activations(m, Site::AttnOut, 0, 2, false);
+  Model fp = stories().clone();  // the unchanged weights: the full-precision chain's block
+  const Tensor xf = cal.activations(fp, Site::AttnOut, 0, 2, true);
+  const Eigen::MatrixXd G = xf.cmat().cast<double>().transpose() * xq.cmat().cast<double>();
+  CHECK((G - b.cross).cwiseAbs().maxCoeff() <= 1e-4 * G.cwiseAbs().maxCoeff());
+  // The next block starts from a fresh copy.
+  cal.advance(m);
+  const auto next = cal.capture_cross(m, {Site::AttnIn});
+  CHECK(next.at(Site::AttnIn).fp.rows() == m.cfg.dim);
+}

@@ -787,9 +787,6 @@ function P.quantize_model(m, cal, solve, opts)
   local total, nlayers = 0, nb * #arch.linears
   local layers, finetunes = {}, {}
   local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
-  if opts.cross and opts.true_sequential then
-    error("quantize_model: cross statistics (Qronos, GPFQ) are captured once at each block's start, with the block still in full precision; true_sequential would need the block's full-precision weights for the later stages (docs/methods.md#qronos)", 0)
-  end
   for b = 1, nb do
     if opts.before_block then opts.before_block(b) end  -- e.g. AWQ's scales (methods.md#awq), before Σ is taken
     local tc = qf.now()
@@ -802,7 +799,8 @@ function P.quantize_model(m, cal, solve, opts)
         for _, name in ipairs(group) do
           if not seen[SITES[name]] then sites[#sites + 1] = SITES[name]; seen[SITES[name]] = true end
         end
-        stats = cal:capture(sites)
+        -- cross: X from the block's full-precision copy, X̃ from the partly quantized block
+        stats = cal:capture(sites, opts.cross and { cross = true } or nil)
       end
       for _, name in ipairs(group) do
         local rule = ov and ov.of[b][name]

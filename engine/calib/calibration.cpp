@@ -129,6 +129,26 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
   const std::vector<Site> sites = sites_.empty() ? std::vector<Site>{Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid} : sites_;
   std::map<Site, CrossStats> out;
   for (Site s : sites) out[s].q.site = s;
+  // The full-precision chain runs through the block as it was at its first capture_cross: a model
+  // holding only that block's copy (block_forward reads m.cfg and m.block(block_) alone).
+  if (fp_block_of_ != block_) {
+    const Block& cur = m.block(block_);
+    fp_block_ = Block{};
+    for (const auto* n : {"attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"})
+      if (cur.norm(n).defined()) fp_block_.norm(n) = cur.norm(n).clone();
+    for (const Linear& l : cur.linears) {
+      Linear c = l;
+      c.weight = l.weight.clone();
+      if (l.bias.defined()) c.bias = l.bias.clone();
+      c.quant = nullptr;
+      fp_block_.linears.push_back(std::move(c));
+    }
+    fp_block_of_ = block_;
+  }
+  Model fpm;
+  fpm.cfg = m.cfg;
+  fpm.blocks.resize((size_t)m.n_blocks());
+  fpm.blocks[(size_t)block_] = fp_block_;
   // Whole windows per chunk, as chunked_block_forward: the quantized chain's Σ is bit-identical to capture()'s.
   constexpr int64_t kChunkTokens = 8192;
   const int wc = (int)std::max<int64_t>(1, kChunkTokens / T_);
@@ -157,7 +177,7 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
         fail("calibration: site ", site_name(s), ": the two chains gave different activations");  // cannot happen: same block
       accumulate_cross(it->second.cross, f->second, xc);
     };
-    const Tensor yf = block_forward(m, block_, xfp_.rows(r0, nr), nb, T_, obs_fp);
+    const Tensor yf = block_forward(fpm, block_, xfp_.rows(r0, nr), nb, T_, obs_fp);
     if (!yfp_.defined()) {  // as capture(): the full-precision outputs, before the recipe changes the block
       if (w0 == 0) yfp_partial_ = Tensor::empty(xfp_.shape());
       yfp_partial_.rows(r0, nr).copy_(yf);
@@ -202,6 +222,8 @@ void Calibration::advance(const Model& m) {
     xfp_ = yfp_;
     yfp_ = Tensor();
   }
+  fp_block_ = Block{};
+  fp_block_of_ = -1;
   ++block_;
 }
 

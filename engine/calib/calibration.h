@@ -71,10 +71,13 @@ class Calibration {
   // site (empty: all four). With true-sequential quantization call it again after each
   // sub-group so later linears see the quantized earlier ones.
   std::map<Site, SiteStats> capture(const Model& m, const std::vector<Site>& sites = {});
-  // capture() plus the cross statistics of each requested site: both chains run through the block
-  // with its current weights (so call it before the block's linears change: at the block's start
-  // the full-precision chain sees the full-precision block). Needs the full-precision chain. The
-  // quantized-prefix Σ is bit-identical to capture()'s.
+  // capture() plus the cross statistics of each requested site. The quantized-prefix chain runs
+  // through the block with its current weights; the full-precision chain through the block's
+  // full-precision weights, copied at the first capture_cross of each block (so make that first
+  // call before the block's linears change). A later call in the same block — true-sequential
+  // quantization, docs/methods.md#qronos — thus pairs X of the full-precision block with X̃ of the
+  // partly quantized one. Needs the full-precision chain. The quantized-prefix Σ is bit-identical
+  // to capture()'s.
   std::map<Site, CrossStats> capture_cross(const Model& m, const std::vector<Site>& sites = {});
   // The input activations of one site of the current block, [nw·seqlen, c], for windows
   // w0 .. w0+nw−1 (0-based) of the quantized-prefix chain (fp: the full-precision chain), with the
@@ -95,6 +98,8 @@ class Calibration {
   bool fp_chain_ = true;
   Tensor xq_, xfp_, yfp_;
   Tensor yfp_partial_;  // capture_cross's full-precision outputs while they are being filled
+  Block fp_block_;       // capture_cross: the current block's full-precision weights (a deep copy)
+  int fp_block_of_ = -1; // the block fp_block_ holds
   std::vector<int32_t> windows_;
 };
 
