@@ -6,6 +6,7 @@
   python3 scripts/verify_archs.py CASE [CASE...]   # some of them (names: `list`)
   python3 scripts/verify_archs.py list             # the cases and what each switches on
   python3 scripts/verify_archs.py gemma3-gguf      # (d) models/gemma-3-270m.Q4_K_M.gguf: transformers' GGUF loader vs qforge
+  python3 scripts/verify_archs.py convert [CASE...]  # (e) llama.cpp's own convert_hf_to_gguf.py, then qforge on its GGUF
 
 For each case transformers creates a tiny float32 model (hidden 64, 3–4 layers, 4 heads, 2 KV
 heads, the 512-token vocabulary of ../shared/models/stories260K/tok512.bin, copied into the
@@ -34,6 +35,13 @@ windows and soft caps):
       transformers' GGUF loader (dequantized to f32, as qforge does) vs qforge on the same file: a
       14-token prompt (every position) and the first 600 tokens of WikiText-2, beyond the 512-token
       sliding window (the last 16 positions); max abs logit difference ≤ 1e-3.
+  (e) `convert [CASE...]` (default: every case, plus gemma3-p6): the HF model converted by llama.cpp's
+      own convert_hf_to_gguf.py (f32; tokenizer: ../shared/models/llama2-tokenizer/tokenizer.model,
+      truncated by the converter to the 512-token vocabulary), loaded by qforge: its logits vs
+      transformers', ≤ 1e-4; where the converter drops a feature llama.cpp cannot represent, vs
+      transformers with the config as the GGUF describes it. See scripts/verify/convert_check.py.
+      Needs sentencepiece in the venv; LLAMACPP_SRC (default
+      build/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp) has the converter.
 Mixture-of-experts cases are not here yet (qforge does not load MoE models).
 
 Environment: the venv build/venv-ct (torch, transformers ≥ 5, safetensors, gguf); VENV=DIR picks
@@ -430,6 +438,17 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     if args == ["gemma3-gguf"]:
         sys.exit(0 if gemma3_gguf(torch, np) else 1)
+    if args[0] == "convert":
+        sys.path.insert(0, os.path.join(ROOT, "scripts", "verify"))
+        import convert_check as cc
+        CASES.update(cc.EXTRA)
+        names = args[1:] or list(CASES)
+        for n in names:
+            if n not in CASES:
+                sys.exit(f"verify_archs: unknown case '{n}' (list: {', '.join(CASES)})")
+        rows = cc.run(names, CASES, make_model, logits_of, load_hf, qforge, PROMPT_IDS, ROOT, WORK, TOL, torch, np)
+        json.dump(rows, open(os.path.join(WORK, "convert", "results.json"), "w"), indent=1)
+        sys.exit(0 if cc.report(rows, TOL) else 1)
     names = list(CASES) if args == ["all"] else args
     for n in names:
         if n not in CASES:
