@@ -35,6 +35,10 @@ run gptq           recipes/gptq.lua      bits=$ORDER
 run quantease      recipes/quantease.lua bits=$ORDER
 run qronos         recipes/qronos.lua    bits=$ORDER solver=qronos
 run gpfq           recipes/qronos.lua    bits=$ORDER solver=gpfq
+# Qronos's own setting: a block's linears in order, X̃ of o/down through the quantized q/k/v, gate/up
+run qronos_ts      recipes/qronos.lua    bits=$ORDER true_sequential=true
+run gpfq_ts        recipes/qronos.lua    bits=$ORDER solver=gpfq true_sequential=true
+run gptq_ts        recipes/gptq.lua      bits=$ORDER true_sequential=true
 run magr_gptq      recipes/gptq.lua      bits=$ORDER pre=magr
 run magr_quantease recipes/quantease.lua bits=$ORDER pre=magr
 run quip_gptq      recipes/gptq.lua      bits=$ORDER pre=quip

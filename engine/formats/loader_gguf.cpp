@@ -86,6 +86,46 @@ static TokenizerSpec read_tokenizer(const GGUFFile& g) {
   return t;
 }
 
+// A fused tensor of the architecture (GgufArch::fused: Phi-3's attn_qkv, ffn_up) as one
+// TensorSource per part over its own rows of the file (rows are whole blocks of any type);
+// false when t is not one.
+static bool split_fused(ModelSource& src, const GGUFFile& g, const GgufArch& ga, const GGUFTensorInfo& t, const ModelConfig& c) {
+  const std::string& path = g.file->path;
+  for (const HfFused& f : ga.fused) {
+    const size_t dot = t.name.find('.', 4);
+    if (t.name.rfind("blk.", 0) != 0 || dot == std::string::npos || t.name.substr(dot + 1) != std::string(f.hf) + ".weight") continue;
+    const std::string num = t.name.substr(4, dot - 4);
+    if (num.empty() || num.size() > 4 || num.find_first_not_of("0123456789") != std::string::npos) return false;
+    const int layer = std::stoi(num);
+    if (layer >= c.n_layers) fail("file '", path, "': tensor '", t.name, "' is for layer ", layer, " but the model has ", c.n_layers);
+    int64_t rows = 0;
+    for (const char* p : f.parts) rows += linear_shape(c, p)[0];
+    const int64_t cols = linear_shape(c, f.parts[0])[1];
+    if (t.ne.size() != 2 || (int64_t)t.ne[0] != cols || (int64_t)t.ne[1] != rows)
+      fail("file '", path, "': tensor '", t.name, "' is not [", rows, " rows, ", cols, " columns] (", f.hf, " stacks its parts by rows)");
+    const DTypeTraits* dt = ggml_type_info(t.type);
+    if (!dt || !dt->to_f32) fail("file '", path, "': tensor '", t.name, "' has type ", t.type_name(), ", which qforge cannot read");
+    const uint64_t row_bytes = t.nbytes / (uint64_t)rows;
+    int64_t r0 = 0;
+    for (const char* p : f.parts) {
+      const int64_t n = linear_shape(c, p)[0];
+      TensorSource ts;
+      ts.name = t.name;
+      ts.file = g.file;
+      ts.offset = t.abs_offset + (uint64_t)r0 * row_bytes;
+      ts.nbytes = (uint64_t)n * row_bytes;
+      ts.dtype = t.type_name();
+      ts.shape = {n, cols};
+      const std::string canon = "blocks." + std::to_string(layer) + "." + p + ".weight";
+      if (src.tensors.count(canon)) fail("file '", path, "': tensor '", t.name, "' holds ", p, ", which another tensor holds too");
+      src.tensors[canon] = std::move(ts);
+      r0 += n;
+    }
+    return true;
+  }
+  return false;
+}
+
 ModelSource open_gguf(const std::string& path) {
   GGUFFile g = gguf_read(path);
   ModelSource src;
@@ -163,7 +203,7 @@ ModelSource open_gguf(const std::string& path) {
       c.rope_theta_swa = g.find(A + "rope.freq_base_swa") ? (float)g.get_float(A + "rope.freq_base_swa") : ga->swa_theta;
       if (c.rope_theta_swa == c.rope_theta) c.rope_theta_swa = 0.f;  // 0: the global base (one way to say it)
     }
-  } else if (g.find(A + "attention.sliding_window") && g.get_int(A + "attention.sliding_window", 0, 1 << 24) > 0) {
+  } else if (!ga->ignores_window && g.find(A + "attention.sliding_window") && g.get_int(A + "attention.sliding_window", 0, 1 << 24) > 0) {
     fail("file '", path, "': metadata '", A, "attention.sliding_window' is set, but llama.cpp's '", garch,
          "' has no sliding layers; qforge will not guess them");
   }
@@ -189,6 +229,7 @@ ModelSource open_gguf(const std::string& path) {
   for (const GGUFTensorInfo& t : g.tensors) {
     if (t.name == "rope_freqs.weight")
       fail("file '", path, "': tensor 'rope_freqs.weight' (per-frequency RoPE factors, Llama 3.1 scaling) is not supported");
+    if (split_fused(src, g, *ga, t, c)) continue;
     const std::string canon = canonical_name(arch_of(c), t.name, c.n_layers);
     if (canon.empty()) fail("file '", path, "': tensor '", t.name, "' is not part of the ", garch, " architecture qforge reads");
     const std::string type = t.type_name();

@@ -211,6 +211,8 @@ const std::vector<GgufArch> kGgufArchs = {
     {"qwen3", "qwen3", false, 0, 0, 0.f, 0.f, 0.f, 0},
     {"gemma2", "gemma2", false, 2, 4096, 0.f, 50.f, 30.f, 46},
     {"gemma3", "gemma3", false, 6, 0, 10000.f, 0.f, 0.f, 62},
+    // Phi-3: q/k/v in attn_qkv, gate and up in ffn_up (gate first, as HF's gate_up_proj)
+    {"phi3", "llama", false, 0, 0, 0.f, 0.f, 0.f, 0, true, {{"attn_qkv", {"q", "k", "v"}}, {"ffn_up", {"gate", "up"}}}},
 };
 
 const GgufArch* gguf_arch(const std::string& g) {

@@ -135,6 +135,10 @@ struct GgufArch {
   float attn_softcap;    // when <gguf>.attn_logit_softcapping is absent
   float final_softcap;   // when <gguf>.final_logit_softcapping is absent
   int big_model_layers;  // Gemma's 27B (this many layers) scales scores by (dim/heads)^−½, others by head_dim^−½; 0: no rule
+  // llama.cpp ignores <gguf>.attention.sliding_window (Phi-3: "SWA is currently disabled"); so does qforge
+  bool ignores_window = false;
+  // Tensors stored fused, stacked by rows: "blk.N.<hf>.weight" holds its parts (HfFused's rows, GGUF names)
+  std::vector<HfFused> fused = {};
 };
 extern const std::vector<GgufArch> kGgufArchs;
 const GgufArch* gguf_arch(const std::string& gguf);  // nullptr when unknown

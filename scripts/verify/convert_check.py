@@ -47,6 +47,9 @@ ALT = {
     "gemma3": (dict(layer_types=["sliding_attention"] * 4, query_pre_attn_scalar=32),
                "the converter writes no layer pattern for Gemma 3 (llama.cpp assumes 5 sliding : 1 global, so layers 0-3 all "
                "slide; HF's layer 1 is global) and no query_pre_attn_scalar (llama.cpp scales by head_dim^-1/2 = 32^-1/2, HF by 24^-1/2)"),
+    "phi3": (dict(sliding_window=None),
+             "llama.cpp's phi3 ignores phi3.attention.sliding_window ('Phi SWA is currently disabled'), and qforge's GGUF loader "
+             "follows it (kGgufArchs ignores_window)"),
     "gemma3-gguf": (dict(layer_types=["sliding_attention"] * 4),
                     "the converter writes no layer pattern for Gemma 3 (llama.cpp assumes 5 sliding : 1 global, so layers 0-3 "
                     "all slide; HF's layer 1 is global)"),
