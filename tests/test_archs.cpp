@@ -222,7 +222,11 @@ TEST_CASE("architectures: tables") {
   CHECK(std::string(gguf_arch("qwen2")->arch) == "llama");
   CHECK_FALSE(gguf_arch("qwen2")->permuted_qk);
   CHECK(gguf_arch("llama")->permuted_qk);
-  CHECK(gguf_arch("phi3") == nullptr);
+  REQUIRE(gguf_arch("phi3"));
+  CHECK(std::string(gguf_arch("phi3")->arch) == "llama");
+  CHECK(gguf_arch("phi3")->fused.size() == 2);  // attn_qkv = q, k, v; ffn_up = gate, up
+  CHECK(gguf_arch("phi3")->ignores_window);     // as llama.cpp ("Phi SWA is currently disabled")
+  CHECK(gguf_arch("mamba") == nullptr);
 }
 
 TEST_CASE("architectures: forward equals the f64 reference; gradients equal its differences") {
