@@ -16,6 +16,7 @@
 #include "core/rng.h"
 #include "formats/export.h"
 #include "formats/export_hf.h"
+#include "formats/gguf.h"
 #include "formats/loader.h"
 #include "model/backward.h"
 #include "model/forward.h"
@@ -411,4 +412,55 @@ TEST_CASE("architectures: block finetuning trains every norm a Gemma 3 block has
     const std::vector<float> a = before[n.name].to_vector(), b = m.block(0).norm(n.name).to_vector();
     CHECK(a != b);  // every norm moved
   }
+}
+
+TEST_CASE("architectures: a Phi-3 GGUF (fused attn_qkv and ffn_up, as llama.cpp's converter writes) loads as its parts") {
+  // A llama-table model in HF row order, written by hand in llama.cpp's phi3 layout.
+  const Model m = tiny_model(32, /*interleaved=*/false, /*qkv_bias=*/false, /*tied=*/false, 2);
+  const ModelConfig& c = m.cfg;
+  const std::string path = qf_test::scratch_dir("archs_phi3") + "/phi3.gguf";
+  GGUFWriter w;
+  const std::string A = "phi3.";
+  w.add_kv("general.architecture", GGUFValue::make_str("phi3"));
+  w.add_kv(A + "context_length", GGUFValue::make_u32((uint32_t)c.seq_len));
+  w.add_kv(A + "embedding_length", GGUFValue::make_u32((uint32_t)c.dim));
+  w.add_kv(A + "block_count", GGUFValue::make_u32((uint32_t)c.n_layers));
+  w.add_kv(A + "feed_forward_length", GGUFValue::make_u32((uint32_t)c.hidden_dim));
+  w.add_kv(A + "rope.dimension_count", GGUFValue::make_u32((uint32_t)c.head_dim()));
+  w.add_kv(A + "attention.head_count", GGUFValue::make_u32((uint32_t)c.n_heads));
+  w.add_kv(A + "attention.head_count_kv", GGUFValue::make_u32((uint32_t)c.n_kv_heads));
+  w.add_kv(A + "attention.layer_norm_rms_epsilon", GGUFValue::make_f32(c.norm_eps));
+  w.add_kv(A + "rope.freq_base", GGUFValue::make_f32(c.rope_theta));
+  w.add_kv(A + "attention.sliding_window", GGUFValue::make_u32(3));  // llama.cpp's phi3 ignores it; so must qforge
+  w.add_kv(A + "vocab_size", GGUFValue::make_u32((uint32_t)c.vocab_size));
+  const uint32_t f32 = 0;
+  auto rows = [](std::vector<Tensor> parts) {
+    return [parts](const GGUFWriter::Sink& out) {
+      for (const Tensor& t : parts) {
+        const Tensor ct = t.contiguous();
+        out(ct.f32(), (size_t)ct.numel() * 4);
+      }
+    };
+  };
+  const uint64_t D = c.dim, V = c.vocab_size, F = c.hidden_dim, Q = c.q_dim(), KV = c.kv_dim();
+  w.add_tensor("token_embd.weight", {D, V}, f32, rows({m.tok_emb}));
+  for (int b = 0; b < c.n_layers; ++b) {
+    const Block& blk = m.block(b);
+    const std::string p = "blk." + std::to_string(b) + ".";
+    w.add_tensor(p + "attn_norm.weight", {D}, f32, rows({blk.attn_norm}));
+    w.add_tensor(p + "attn_qkv.weight", {D, Q + 2 * KV}, f32, rows({blk.linear("q").weight, blk.linear("k").weight, blk.linear("v").weight}));
+    w.add_tensor(p + "attn_output.weight", {Q, D}, f32, rows({blk.linear("o").weight}));
+    w.add_tensor(p + "ffn_norm.weight", {D}, f32, rows({blk.ffn_norm}));
+    w.add_tensor(p + "ffn_up.weight", {D, 2 * F}, f32, rows({blk.linear("gate").weight, blk.linear("up").weight}));
+    w.add_tensor(p + "ffn_down.weight", {F, D}, f32, rows({blk.linear("down").weight}));
+  }
+  w.add_tensor("output_norm.weight", {D}, f32, rows({m.final_norm}));
+  w.add_tensor("output.weight", {D, V}, f32, rows({m.classifier}));
+  w.write(path);
+  const Model back = load(path);
+  CHECK(back.cfg.arch == "llama");
+  CHECK(back.cfg.sliding_window == 0);
+  const std::vector<int32_t> tok = tokens(33, 16, c.vocab_size);
+  const Tensor a = forward(m, tok, 2, 8), b = forward(back, tok, 2, 8);
+  CHECK(std::memcmp(a.f32(), b.f32(), sizeof(float) * a.numel()) == 0);
 }
