@@ -153,7 +153,8 @@ static void push_field(lua_State* L, const OptionField& f, bool for_options) {
   }
 }
 
-// A registry as {{name =, help =, options = {...}}, ...} (qf.solvers, qf.preprocessors).
+// A registry as {{name =, help =, options = {...}}, ...} (qf.solvers, qf.preprocessors; a
+// preprocessing step also says changes_basis).
 template <class Entry>
 static void push_registry(lua_State* L, const std::vector<Entry>& r) {
   lua_createtable(L, (int)r.size(), 0);
@@ -161,6 +162,7 @@ static void push_registry(lua_State* L, const std::vector<Entry>& r) {
     lua_createtable(L, 0, 3);
     set_field(L, "name", r[i].name);
     set_field(L, "help", r[i].help);
+    if constexpr (requires { r[i].changes_basis; }) set_field(L, "changes_basis", r[i].changes_basis);
     lua_createtable(L, (int)r[i].options.size(), 0);
     for (size_t j = 0; j < r[i].options.size(); ++j) {
       push_field(L, r[i].options[j], false);
@@ -267,7 +269,7 @@ static int f_solve(lua_State* L) {
   return 2;
 }
 
-// qf.preprocessors() -> { {name =, help =, options = {...}}, ... } (as qf.solvers()).
+// qf.preprocessors() -> { {name =, help =, changes_basis =, options = {...}}, ... } (as qf.solvers()).
 static int f_preprocessors(lua_State* L) {
   push_registry(L, preprocess_registry());
   return 1;

@@ -45,5 +45,11 @@ expect_in "names the reason" stderr "transforms"
 run bad4 run recipes/gptq.lua pre=quip finetune=true $SMALL out="$WORK/bad4"
 expect_rc "finetuning scales after pre=quip is refused before any work" 2
 expect_in "names the reason" stderr "ft_params"
+run bad5 run recipes/gptq.lua pre=magr+quip finetune=true $SMALL out="$WORK/bad5"
+expect_rc "the same when QuIP is the second of two steps (pre=magr+quip)" 2
+expect_in "names the reason" stderr "ft_params"
+run bad6 run recipes/gptq.lua bits=4 group=32 sym=true f16_scales=true pre=magr+quip save_format=gguf save_dtype=Q4_0 save="$WORK/q6.gguf" out="$WORK/bad6"
+expect_rc "GGUF Q4_0 after pre=magr+quip: refused before any work" 2
+expect_in "names the reason" stderr "transforms"
 
 finish cli_quip

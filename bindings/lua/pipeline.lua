@@ -6,7 +6,9 @@ local P = {}
 local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
 local CAL_KQUANT = setmetatable({}, { __mode = "k" })     -- calibration -> K-quant fallback spec (P.prepare)
 local CAL_PRE = setmetatable({}, { __mode = "k" })        -- calibration -> preprocessing steps (P.preprocess)
-local BASIS_STEPS = { quip = true }  -- preprocessing steps that put transforms on the solve's result
+-- Preprocessing steps that put transforms on the solve's result: the registry says (changes_basis).
+local BASIS_STEPS = {}
+for _, e in ipairs(qf.preprocessors()) do BASIS_STEPS[e.name] = e.changes_basis end
 
 -- Options every layer-wise recipe shares (merge with the recipe's own, then qf.options).
 P.common_options = {
@@ -583,7 +585,7 @@ function P.prepare(opt, fp_chain, grid)
   -- Steps that change the basis (docs/methods.md#quip) leave transforms on every linear: exports of
   -- plain codes and a finetune of scales/zeros (which does not pass through them) are refused now.
   local basis_step
-  for name in (opt.pre or "none"):gmatch("[^,%s]+") do
+  for name in (opt.pre or "none"):gmatch("[^+,%s]+") do  -- pre=magr+quip: every step, as P.preprocess reads it
     if BASIS_STEPS[name] then basis_step = name end
   end
   if basis_step then

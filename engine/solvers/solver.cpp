@@ -444,7 +444,8 @@ static std::vector<PreprocessEntry> make_preprocess_registry() {
                  pr.input = std::move(ir.input);
                  pr.output = std::move(ir.output);
                  return pr;
-               }});
+               },
+               /*changes_basis=*/true});
   return r;
 }
 

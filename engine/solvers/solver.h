@@ -116,6 +116,9 @@ struct PreprocessEntry {
   std::string help;  // one line
   std::vector<OptionField> options;
   std::function<PreprocessResult(const LayerProblem&, const GridSpec&, const nlohmann::ordered_json&, const SolverLog&)> run;
+  // The step leaves input/output transforms on the solve's result (QuIP): exports of plain codes
+  // and finetuning scales/zeros cannot follow it (the pipeline refuses them before any work).
+  bool changes_basis = false;
 };
 
 const std::vector<PreprocessEntry>& preprocess_registry();

@@ -209,6 +209,9 @@ check_eq(dd.sides.choices, { "both", "input", "output" })
 local found = false
 for _, e in ipairs(qf.preprocessors()) do found = found or (e.name == "quip" and #e.options == 5) end
 check(found, "qf.preprocessors() lists quip with its 5 options")
+local basis = {}
+for _, e in ipairs(qf.preprocessors()) do basis[e.name] = e.changes_basis end
+check(basis.quip == true and basis.magr == false, "changes_basis: quip leaves transforms on the result, magr does not")
 check_error(function() qf.preprocess("quip", prob, g3, { seed = 7, side = "both" }) end, "quip: unknown option 'side'")
 check_error(function() qf.preprocess("quip", prob, g3, { kind = "dense" }) end, "quip: option 'kind' must be one of hadamard, butterfly")
 check_error(function() qf.preprocess("quip", prob, g3, { seed = -1 }) end, "quip: option 'seed' must be an integer >= 0, got -1")
