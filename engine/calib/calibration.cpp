@@ -132,17 +132,7 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
   // The full-precision chain runs through the block as it was at its first capture_cross: a model
   // holding only that block's copy (block_forward reads m.cfg and m.block(block_) alone).
   if (fp_block_of_ != block_) {
-    const Block& cur = m.block(block_);
-    fp_block_ = Block{};
-    for (const auto* n : {"attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"})
-      if (cur.norm(n).defined()) fp_block_.norm(n) = cur.norm(n).clone();
-    for (const Linear& l : cur.linears) {
-      Linear c = l;
-      c.weight = l.weight.clone();
-      if (l.bias.defined()) c.bias = l.bias.clone();
-      c.quant = nullptr;
-      fp_block_.linears.push_back(std::move(c));
-    }
+    fp_block_ = m.block(block_).clone(/*drop_quant=*/true);
     fp_block_of_ = block_;
   }
   Model fpm;

@@ -83,18 +83,24 @@ void rope_rotate(Tensor& x, int n_heads, int head_dim, int T, const std::vector<
   backend().rope_rotate(x.f32(), N, n_heads, head_dim, T, inv_freq.data(), interleaved, transpose);
 }
 
-void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, int B, int T, int n_heads, int n_kv_heads,
-               int head_dim, Tensor& out) {
-  const int64_t N = (int64_t)B * T, QW = (int64_t)n_heads * head_dim, KW = (int64_t)n_kv_heads * head_dim;
+// Shapes checked against sh, then the backend's attention (both public forms).
+static void attention_checked(const Tensor& q_, const Tensor& k_, const Tensor& v_, const AttentionShape& sh, Tensor& out) {
+  const int64_t N = (int64_t)sh.B * sh.T, QW = (int64_t)sh.n_heads * sh.head_dim, KW = (int64_t)sh.n_kv_heads * sh.head_dim;
   check_2d(q_, QW, "attention q");
   check_2d(k_, KW, "attention k");
   check_2d(v_, KW, "attention v");
   if (q_.size(0) != N || k_.size(0) != N || v_.size(0) != N)
     fail("attention: q/k/v rows (", q_.size(0), ", ", k_.size(0), ", ", v_.size(0), ") != B·T = ", N);
-  if (n_kv_heads <= 0 || n_heads % n_kv_heads) fail("attention: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
+  if (sh.n_kv_heads <= 0 || sh.n_heads % sh.n_kv_heads)
+    fail("attention: n_heads ", sh.n_heads, " is not a multiple of n_kv_heads ", sh.n_kv_heads);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   if (!out.defined() || out.shape() != Shape{N, QW}) out = Tensor::empty({N, QW});
-  backend().attention(q.f32(), k.f32(), v.f32(), AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, out.f32());
+  backend().attention(q.f32(), k.f32(), v.f32(), sh, out.f32());
+}
+
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, int B, int T, int n_heads, int n_kv_heads, int head_dim,
+               Tensor& out) {
+  attention_checked(q, k, v, AttentionShape{B, T, n_heads, n_kv_heads, head_dim}, out);
 }
 
 std::vector<float> layer_inv_freq(const ModelConfig& c, int layer) {
@@ -112,17 +118,8 @@ AttentionShape attention_shape(const ModelConfig& c, int layer, int B, int T) {
   return s;
 }
 
-void attention(const Tensor& q_, const Tensor& k_, const Tensor& v_, const ModelConfig& c, int layer, int B, int T, Tensor& out) {
-  const AttentionShape sh = attention_shape(c, layer, B, T);
-  const int64_t N = (int64_t)B * T, QW = (int64_t)sh.n_heads * sh.head_dim, KW = (int64_t)sh.n_kv_heads * sh.head_dim;
-  check_2d(q_, QW, "attention q");
-  check_2d(k_, KW, "attention k");
-  check_2d(v_, KW, "attention v");
-  if (q_.size(0) != N || k_.size(0) != N || v_.size(0) != N)
-    fail("attention: q/k/v rows (", q_.size(0), ", ", k_.size(0), ", ", v_.size(0), ") != B·T = ", N);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  if (!out.defined() || out.shape() != Shape{N, QW}) out = Tensor::empty({N, QW});
-  backend().attention(q.f32(), k.f32(), v.f32(), sh, out.f32());
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const ModelConfig& c, int layer, int B, int T, Tensor& out) {
+  attention_checked(q, k, v, attention_shape(c, layer, B, T), out);
 }
 
 Tensor head_rmsnorm(const Tensor& x, const Tensor& g, float eps) {

@@ -50,6 +50,20 @@ const Tensor& Block::norm(const std::string& name) const {
 
 Tensor& Block::norm(const std::string& name) { return const_cast<Tensor&>(static_cast<const Block*>(this)->norm(name)); }
 
+Block Block::clone(bool drop_quant) const {
+  Block nb;
+  for (const auto& e : kBlockNorms)
+    if ((this->*e.field).defined()) nb.*e.field = (this->*e.field).clone();
+  for (const Linear& l : linears) {
+    Linear nl = l;
+    nl.weight = l.weight.clone();
+    if (l.bias.defined()) nl.bias = l.bias.clone();
+    if (drop_quant) nl.quant = nullptr;
+    nb.linears.push_back(std::move(nl));
+  }
+  return nb;
+}
+
 const Block& Model::block(int i) const {
   if (i < 0 || i >= (int)blocks.size()) fail("block ", i + 1, " out of range (the model has ", blocks.size(), " blocks, numbered from 1)");
   if (!resident.empty() && resident[i] == 0) {
@@ -94,17 +108,7 @@ Model Model::clone() const {
   m.classifier = cfg.tied_classifier ? m.tok_emb : classifier.clone();
   m.blocks.reserve(blocks.size());
   for (int i = 0; i < (int)blocks.size(); ++i) {
-    const Block& b = block(i);
-    Block nb;
-    for (const auto& e : kBlockNorms)
-      if ((b.*e.field).defined()) nb.*e.field = (b.*e.field).clone();
-    for (const Linear& l : b.linears) {
-      Linear nl = l;
-      nl.weight = l.weight.clone();
-      if (l.bias.defined()) nl.bias = l.bias.clone();
-      nb.linears.push_back(std::move(nl));
-    }
-    m.blocks.push_back(std::move(nb));
+    m.blocks.push_back(block(i).clone());
   }
   return m;
 }

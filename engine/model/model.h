@@ -79,6 +79,8 @@ struct Block {
   // A norm by canonical name (or llama2.c alias rms_att, rms_ffn); error names the known ones.
   Tensor& norm(const std::string& name);
   const Tensor& norm(const std::string& name) const;
+  // Deep copy of every norm, weight and bias; quant kept unless drop_quant (the float block alone).
+  Block clone(bool drop_quant = false) const;
 };
 
 struct ModelSource;
