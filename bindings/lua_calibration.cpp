@@ -1,6 +1,6 @@
 // qforge — the calibration pipeline in Lua: qf.calibration{...} -> userdata "qforge.Calibration"
 // (calib/calibration.h: seeded windows, the sequential block pipeline) and every method on it:
-//   cal:capture, advance, block, nblocks, memory_bytes, tokens, inputs, fp_inputs, fp_outputs,
+//   cal:capture, advance, save_state, load_state, block, nblocks, memory_bytes, tokens, inputs, fp_inputs, fp_outputs,
 //   cal:gradient_statistics{...} (CVXQ's sensitivities, calib/sensitivity.h),
 //   cal:finetune{...} (block-wise finetuning of the current block, lua_block.cpp).
 // Also qf.input_site(name): the site feeding a linear.
@@ -139,6 +139,17 @@ static int c_capture(lua_State* L) {
 static int c_advance(lua_State* L) {
   LCal& c = check_cal(L, 1, "advance");
   c.cal->advance(*c.m);
+  return 0;
+}
+// cal:save_state(path) / cal:load_state(path): the state between blocks (calib/calibration.h).
+static int c_save_state(lua_State* L) {
+  LCal& c = check_cal(L, 1, "save_state");
+  c.cal->save_state(check_str(L, 2, "save_state"));
+  return 0;
+}
+static int c_load_state(lua_State* L) {
+  LCal& c = check_cal(L, 1, "load_state");
+  c.cal->load_state(check_str(L, 2, "load_state"));
   return 0;
 }
 static int c_block(lua_State* L) {  // 1-based current block
@@ -312,6 +323,7 @@ void open_calibration(lua_State* L, int mod) {
   // Arities (the most arguments used, self included): lua_util.h.
   register_class(L, kCalMT,
                  {{"capture", qf_guard<c_capture>, 3}, {"advance", qf_guard<c_advance>, 1}, {"block", qf_guard<c_block>, 1},
+                  {"save_state", qf_guard<c_save_state>, 2}, {"load_state", qf_guard<c_load_state>, 2},
                   {"nblocks", qf_guard<c_nblocks>, 1}, {"memory_bytes", qf_guard<c_memory_bytes>, 1},
                   {"tokens", qf_guard<c_tokens>, 1}, {"fingerprint", qf_guard<c_fingerprint>, 1}, {"inputs", qf_guard<c_inputs>, 1}, {"activations", qf_guard<c_activations>, 3},
                   {"fp_inputs", qf_guard<c_fp_inputs>, 1}, {"fp_outputs", qf_guard<c_fp_outputs>, 1},

@@ -13,6 +13,7 @@
 #include "model/forward.h"
 #include "core/io.h"
 #include "formats/loader.h"
+#include "formats/loader_qforge.h"
 #include "formats/model_source.h"
 #include "quant/storage.h"
 #include <algorithm>
@@ -529,6 +530,27 @@ static int m_save(lua_State* L) {
   return 0;
 }
 
+// m:save_blocks(path, first, last): blocks first..last (1-based, inclusive) alone, in the qforge
+// layout (a run's block checkpoint: formats/loader_qforge.h); m:load_blocks(path) puts them back
+// (config checked) and returns first, last.
+static int m_save_blocks(lua_State* L) {
+  LModel& lm = check_model(L, 1, "save_blocks");
+  const std::string path = check_str(L, 2, "save_blocks");
+  const int64_t first = check_int(L, 3, "save_blocks"), last = check_int(L, 4, "save_blocks");
+  const int nb = lm.m->n_blocks();
+  if (first < 1 || last < first || last > nb)
+    fail("save_blocks: blocks ", first, "..", last, " are not a range within 1..", nb);
+  save_qforge_blocks(*lm.m, path, (int)first - 1, (int)(last - first + 1));
+  return 0;
+}
+static int m_load_blocks(lua_State* L) {
+  LModel& lm = check_model(L, 1, "load_blocks");
+  const auto [first, count] = load_qforge_blocks(check_str(L, 2, "load_blocks"), *lm.m);
+  lua_pushinteger(L, first + 1);
+  lua_pushinteger(L, first + count);
+  return 2;
+}
+
 // qf.check_save{format=, dtype=, grid={bits=, group=, sym=, f16_scales=, outliers=, allocated=,
 // float_zero=}, model=, path=} -> nil when the export can be stored, else option, message (the
 // engine's check_save: the exporter and storage-type tables).
@@ -763,6 +785,8 @@ void open_model(lua_State* L, int mod) {
                   {"eval_plan", qf_guard<m_eval_plan>, 3},
                   {"multiple_choice", qf_guard<model_multiple_choice>, 3},
                   {"save", qf_guard<m_save>, 3},
+                  {"save_blocks", qf_guard<m_save_blocks>, 4},
+                  {"load_blocks", qf_guard<m_load_blocks>, 2},
                   {"set_linear", qf_guard<m_set_linear>, 4},
                   {"bias", qf_guard<m_bias>, 3},
                   {"set_bias", qf_guard<m_set_bias>, 4},

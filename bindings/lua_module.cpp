@@ -463,6 +463,22 @@ static int f_run_dir(lua_State* L) {
   return 1;
 }
 
+// qf.remove_on_success(path): the file (or, once emptied, directory) is removed when the run ends
+// with status ok — a block checkpoint, kept for a resume if the run fails or is killed.
+static int f_remove_on_success(lua_State* L) {
+  const std::string p = check_str(L, 1, "remove_on_success");
+  need_ctx(L, "remove_on_success").remove_on_success.push_back(p);
+  return 0;
+}
+
+// qf.recipe_fingerprint(): "fnv1a64:<hex>" of the running recipe's source (nil outside a run).
+static int f_recipe_fingerprint(lua_State* L) {
+  RunContext* ctx = run_context(L);
+  if (ctx && !ctx->recipe_fingerprint.empty()) push_str(L, ctx->recipe_fingerprint);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int f_version(lua_State* L) {
   lua_createtable(L, 0, 2);
   lua_pushstring(L, QFORGE_VERSION);
@@ -546,6 +562,7 @@ int luaopen_qforge(lua_State* L) {
   set_funcs(L, -1,  // each with the most arguments it uses (lua_util.h)
             {{"options", qf_guard<f_options>, 2}, {"option_error", ::f_option_error, 2}, {"check_options", qf_guard<f_check_options>, 3}, {"record", qf_guard<f_record>, 2},   {"log", qf_guard<f_log>, 1},
              {"read_text", qf_guard<f_read_text>, 1}, {"fingerprint", qf_guard<f_fingerprint>, 1}, {"make_dirs", qf_guard<f_make_dirs>, 1}, {"regex_search", qf_guard<f_regex_search>, 2}, {"run_dir", qf_guard<f_run_dir>, 0}, {"version", qf_guard<f_version>, 0},
+             {"remove_on_success", qf_guard<f_remove_on_success>, 1}, {"recipe_fingerprint", qf_guard<f_recipe_fingerprint>, 0},
              {"seed", qf_guard<f_seed>, 0},       {"now", qf_guard<f_now>, 0},         {"threads", qf_guard<f_threads>, 0},
              {"device", qf_guard<f_device>, 0},   {"devices", qf_guard<f_devices>, 0}});
   open_tensor(L, -1);

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -450,6 +452,9 @@ int run_recipe(const RunArgs& a) {
     write_file_atomic(ctx.run_dir + "/options.json", dump(json{{"seed", ctx.seed}}));
   if (err.empty() && ctx.check) return 0;
   if (err.empty()) {
+    for (const std::string& p : ctx.remove_on_success)
+      if (::remove(p.c_str()) != 0 && errno != ENOENT)
+        std::cerr << "qforge: warning: could not remove '" << p << "': " << std::strerror(errno) << "\n";
     ctx.log({{"event", "end"}, {"status", "ok"}});
     ctx.write_run_json("ok");
     ctx.write_rerun_sh();

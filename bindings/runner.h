@@ -46,6 +46,9 @@ struct RunContext {
   // run refused for its options before any work removes them again (see nothing_done).
   std::vector<std::string> created_dirs;
   int64_t log_events = 0;  // lines appended to log.jsonl (the runner's start event included)
+  // Paths qf.remove_on_success registered (a block checkpoint's files, then its directory):
+  // removed in this order once the run ended with status ok, kept when it failed or was killed.
+  std::vector<std::string> remove_on_success;
 
   double elapsed() const;
   // Records a file read through qf (path, size, fingerprint) once in run.json's inputs.

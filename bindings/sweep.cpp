@@ -22,6 +22,9 @@
 //   the command line sets one: full-precision results that do not depend on the varying options
 //   (reference logits, CVXQ's gradient statistics) are computed by the first run that needs them
 //   and read by the others (files named by the fingerprint of what they were computed from).
+// * A recipe that declares `checkpoint` (every pipeline recipe) gets checkpoint=SWEEP/checkpoints
+//   unless the command line sets it: a run killed mid-way resumes after its last finished block
+//   when the sweep is run again (the checkpoint= value is not compared with existing runs').
 // * SWEEP/sweep.json (rewritten atomically after every run) lists the runs, their options and
 //   states; `qforge table SWEEP` reads it.
 // * One sweep at a time per directory: SWEEP/sweep.lock is held (flock) while a sweep works.
@@ -419,6 +422,15 @@ int sweep_command(const std::vector<std::string>& args) {
     std::cerr << "qforge sweep: full-precision results shared under " << out << "/cache\n";
   }
 
+  // Block checkpoints: a recipe that declares `checkpoint` gets checkpoint=DIR/checkpoints unless
+  // the command line sets it, so a run killed mid-way (a machine's session ending) resumes after
+  // its last finished block when the sweep is run again (P.quantize_model, docs/api/calibration.md#block-checkpoints).
+  const bool checkpoint_given = std::any_of(specs.begin(), specs.end(), [](const Spec& s) { return s.key == "checkpoint"; });
+  if (declared.is_object() && declared.contains("checkpoint") && !checkpoint_given) {
+    for (Run& run : runs) run.kv.push_back("checkpoint=" + out + "/checkpoints");
+    std::cerr << "qforge sweep: block checkpoints under " << out << "/checkpoints (a killed run resumes)\n";
+  }
+
   // 2. What the sweep directory already holds.
   const std::string recipe_fp = fingerprint(read_file(recipe));
   if (path_exists(out) && !is_directory(out)) return sweep_usage_error("'" + out + "' exists and is not a directory");
@@ -470,7 +482,10 @@ int sweep_command(const std::vector<std::string>& args) {
     }
     std::map<std::string, std::string> want;
     for (const std::string& kv : run.kv) want[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
-    const auto have = kv_map(rj.value("args", json::array()));
+    auto have = kv_map(rj.value("args", json::array()));
+    // Where checkpoints go does not change a result (runs made before checkpoints existed match).
+    want.erase("checkpoint");
+    have.erase("checkpoint");
     if (have != want || rj.value("recipe_fingerprint", "") != recipe_fp) {
       std::string why = have != want ? "other options" : "another recipe (fingerprint " + rj.value("recipe_fingerprint", "?") + ")";
       if (have != want) {

@@ -381,7 +381,8 @@ int table_command(const std::vector<std::string>& args) {
     for (const std::string& k : all)
       if (std::find(opt_keys.begin(), opt_keys.end(), k) == opt_keys.end()) opt_keys.push_back(k);
   }
-  std::set<std::string> taken = {"run", "recipe", "seconds", "commit", "status"};
+  // checkpoint: where block checkpoints went, never a result-affecting difference
+  std::set<std::string> taken = {"run", "recipe", "seconds", "commit", "status", "checkpoint"};
   for (const std::string& k : opt_keys) {  // differing among the runs that have it (another recipe's lack is no column)
     std::set<std::string> vals;
     for (const Row& r : rows)

@@ -13,6 +13,7 @@ local opt = P.options(C.options({ target_bits = 3.0, cluster_rows = 64, kind = "
     kind = { "compand | uniform", choices = { "compand", "uniform" } }, compand_search = "grid-search the compander's scale and offset per group",
     bias_correction = "b' = b - (W^ - W) mu_x after quantizing", bmax = { "most bits a group may get", min = 1, max = 8 } }))
 C.check_options(opt)
+if opt.checkpoint ~= "" then qf.option_error("checkpoint", "CVXQ quantizes from one full-precision statistics pass (RTN at the allocated bits), not block by block: nothing to checkpoint") end
 local ctx = P.prepare(opt)
 local m = ctx.model
 local alloc, stats = C.allocate_model(ctx, opt)

@@ -4,5 +4,6 @@
 --   qforge run recipes/eval_heldout.lua model=... calib_text=../shared/data/ptb_valid.txt eval_seqlen=2048
 local P = require("qforge.pipeline")
 local opt = P.options({ kld = false })  -- the full-precision model itself: nothing to compare with
+if opt.checkpoint ~= "" then qf.option_error("checkpoint", "nothing is quantized: nothing to checkpoint") end
 local ctx = P.prepare(opt)
 P.evaluate(ctx, opt)

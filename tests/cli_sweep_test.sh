@@ -124,6 +124,11 @@ for b in 3 4; do
   expect_file_has "bits-$b read the shared reference" "$S/logs/bits-$b.log" "held-out reference logits: $S/cache/fp_logits-heldout-"
 done
 [ "$(ls "$S/cache" | wc -l)" = 2 ] && ok || bad "cache holds $(ls "$S/cache")"
+# Block checkpoints: every run writes them under SWEEP/checkpoints; all removed once the runs end
+# ok (the 5 directories counted above hold none).
+expect_in "sweep checkpoints its runs" stderr "block checkpoints under $S/checkpoints"
+expect_file_has "bits-2 ran with checkpoint=" "$S/bits-2/run.json" "checkpoint=$S/checkpoints"
+expect_file_has "bits-2 saved block checkpoints" "$S/logs/bits-2.log" "checkpoint $S/checkpoints/"
 expect_in "progress: run i/N" stderr "run 1/3 bits-2 (bits=2) ..."
 expect_in "progress: run i/N" stderr "run 3/3 bits-4: ok in"
 expect_in "progress: ETA" stderr "ETA"

@@ -6,6 +6,8 @@ local P = {}
 local CAL_OVERRIDES = setmetatable({}, { __mode = "k" })  -- calibration -> P.overrides plan (P.prepare)
 local CAL_KQUANT = setmetatable({}, { __mode = "k" })     -- calibration -> K-quant fallback spec (P.prepare)
 local CAL_PRE = setmetatable({}, { __mode = "k" })        -- calibration -> preprocessing steps (P.preprocess)
+local CAL_OPT = setmetatable({}, { __mode = "k" })        -- calibration -> the recipe's options (block checkpoints)
+local CHECKPOINT = { calls = 0, used = false }            -- quantize_model calls so far; whether checkpoint= was read
 -- Preprocessing steps that put transforms on the solve's result: the registry says (changes_basis).
 local BASIS_STEPS = {}
 for _, e in ipairs(qf.preprocessors()) do BASIS_STEPS[e.name] = e.changes_basis end
@@ -30,6 +32,7 @@ P.common_options = {
   true_sequential = false,
   f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ lose nothing
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
+  checkpoint = "",        -- block checkpoints: a killed run resumes after its last finished block (P.quantize_model)
 }
 
 -- Help and accepted values (qf.options declarations: {"help", min=, max=, gt=, lt=, also=, choices=}).
@@ -64,6 +67,7 @@ P.common_help = {
   f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
   save_format = { "qforge | gguf | gptq | compressed-tensors | hf", choices = { "qforge", "gguf", "gptq", "compressed-tensors", "hf" } },
+  checkpoint = "directory of block checkpoints: after each block P.quantize_model saves the run's state under DIR/<fingerprint of recipe, options, seed, commit, model, windows>/; a run with the same fingerprint (the same command, killed or failed) resumes after the last finished block, bit-identically; removed when the run ends ok (qforge sweep sets it to SWEEP/checkpoints; empty: off)",
   save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq, compressed-tensors: none",
 }
 
@@ -641,6 +645,7 @@ function P.prepare(opt, fp_chain, grid)
                             seqlen = opt.seqlen, seed = opt.seed, fp_chain = fp_chain }
   CAL_OVERRIDES[ctx.cal] = ov
   CAL_PRE[ctx.cal] = pre
+  CAL_OPT[ctx.cal] = opt
   if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[ctx.cal] = P.kquant_fallback(opt) end
   io.stderr:write(string.format("calibration tokens [1, %d] of %d; held-out tokens [%d, %d]\n", split, #ids, split + 1, #ids))
   if ov then
@@ -732,6 +737,7 @@ function P.calibration(ctx, opt)
                               seqlen = opt.seqlen, seed = opt.seed, fp_chain = opt.finetune == true }
   CAL_OVERRIDES[cal] = ctx.overrides
   CAL_PRE[cal] = ctx.pre
+  CAL_OPT[cal] = opt
   if opt.ktype ~= nil and opt.ktype ~= "none" then CAL_KQUANT[cal] = P.kquant_fallback(opt) end
   return cal
 end
@@ -752,6 +758,122 @@ function P.fp_statistics(cal)
   return stats
 end
 
+-- ---- Block checkpoints (checkpoint=DIR; docs/api/calibration.md#block-checkpoints) -------------------
+-- A Lua value as Lua source that load() reads back exactly: integers in decimal, floats in
+-- hexadecimal (%a: every bit), table keys sorted (the same value, the same text). `loose`: a
+-- function or userdata becomes its type name (for fingerprints); otherwise it is an error.
+local function serialize(v, where, loose)
+  local t = type(v)
+  if t == "number" then
+    if math.type(v) == "integer" then return string.format("%d", v) end
+    if v ~= v then return "(0/0)" end
+    if v == math.huge then return "(1/0)" elseif v == -math.huge then return "(-1/0)" end
+    return string.format("%a", v)
+  elseif t == "string" then
+    return string.format("%q", v)
+  elseif t == "boolean" then
+    return tostring(v)
+  elseif t == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b)
+      local ta, tb = type(a), type(b)
+      if ta ~= tb then return ta < tb end
+      if ta == "number" or ta == "string" then return a < b end
+      return tostring(a) < tostring(b)
+    end)
+    local parts = {}
+    for i, k in ipairs(keys) do
+      parts[i] = "[" .. serialize(k, where, loose) .. "]=" .. serialize(v[k], where .. "." .. tostring(k), loose)
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif loose then
+    return "<" .. t .. ">"
+  end
+  error(string.format("checkpoint: %s is a %s (a checkpoint holds numbers, strings, booleans and tables)", where, t), 0)
+end
+
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then error("checkpoint: cannot write '" .. tmp .. "': " .. tostring(err), 0) end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then error("checkpoint: cannot rename '" .. tmp .. "' to '" .. path .. "': " .. tostring(rerr), 0) end
+end
+
+local function block_file(dir, b) return string.format("%s/block-%04d.qforge", dir, b) end
+local function cal_file(dir, b) return string.format("%s/calibration-%04d.safetensors", dir, b) end
+
+-- The checkpoint of this quantize_model call, or nil when checkpoint= is off. Its directory is
+-- named by the fingerprint of everything the run's state depends on: the recipe's source, the
+-- binary's commit (pipeline.lua is compiled in), the seed, every option but checkpoint, the data
+-- options of this call (functions are the recipe's: its fingerprint covers them), the model's
+-- weights as quantize_model finds them, the calibration windows, and which quantize_model call of
+-- the run this is. A resume of the same command finds the same directory; any change, a fresh one.
+local function checkpoint_open(m, cal, opts)
+  local opt = CAL_OPT[cal]
+  local dir = opts.checkpoint
+  if dir == nil then dir = opt and opt.checkpoint or "" end
+  if dir == false or dir == "" then return nil end
+  CHECKPOINT.used = true
+  CHECKPOINT.calls = CHECKPOINT.calls + 1
+  if cal:block() ~= 1 then
+    error(string.format("quantize_model: checkpoint=%s needs the calibration at block 1, it is at block %d", dir, cal:block()), 0)
+  end
+  local o = {}
+  for k, v in pairs(opt or {}) do if k ~= "checkpoint" then o[k] = v end end
+  local data = {}
+  for k, v in pairs(opts) do if k ~= "checkpoint" and type(v) ~= "function" then data[k] = v end end
+  local key = qf.fingerprint(table.concat({ "qforge block checkpoint 1", qf.recipe_fingerprint() or "", qf.version().commit,
+    tostring(qf.seed()), serialize(o, "options", true), serialize(data, "opts", true), m:fingerprint(), cal:fingerprint(),
+    tostring(CHECKPOINT.calls), tostring(cal:nblocks()) }, "\n")):gsub("^fnv1a64:", "")
+  local ck = { root = dir, dir = dir .. "/" .. key, key = key }
+  qf.make_dirs(ck.dir)
+  return ck
+end
+
+-- The state a killed run left in ck.dir (nil when none): blocks 1..done restored into m, the
+-- calibration moved to block done+1. A damaged checkpoint is an error naming its file.
+local function checkpoint_resume(ck, m, cal)
+  local path = ck.dir .. "/state.lua"
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  local where = "checkpoint '" .. path .. "'"
+  local chunk = load(text, "=" .. path, "t", {})
+  local ok, st = false, nil
+  if chunk then ok, st = pcall(chunk) end
+  local nb = cal:nblocks()
+  if not ok or type(st) ~= "table" or st.key ~= ck.key or math.type(st.done) ~= "integer" or st.done < 1 or st.done > nb
+     or st.nblocks ~= nb or type(st.layers) ~= "table" then
+    error(where .. ": unreadable or not this run's (remove " .. ck.dir .. " to start over)", 0)
+  end
+  for b = 1, st.done do m:load_blocks(block_file(ck.dir, b)) end
+  cal:load_state(cal_file(ck.dir, st.done))
+  return st
+end
+
+local function checkpoint_save(ck, m, cal, b, st)
+  m:save_blocks(block_file(ck.dir, b), b, b)
+  cal:save_state(cal_file(ck.dir, b))
+  st.key, st.done, st.nblocks = ck.key, b, cal:nblocks()
+  write_atomic(ck.dir .. "/state.lua", "return " .. serialize(st, "state") .. "\n")
+  if b > 1 then os.remove(cal_file(ck.dir, b - 1)) end  -- state.lua names the new one now
+end
+
+-- After a complete quantize_model: the checkpoint stays until the run ends ok (a failure in the
+-- evaluation resumes with every block done), then the runner removes it.
+local function checkpoint_finish(ck, nb)
+  for b = 1, nb do qf.remove_on_success(block_file(ck.dir, b)) end
+  qf.remove_on_success(cal_file(ck.dir, nb))
+  qf.remove_on_success(ck.dir .. "/state.lua")
+  qf.remove_on_success(ck.dir)
+  qf.remove_on_success(ck.root)  -- removed only when empty
+end
+
 -- Quantizes every linear, block by block. solve{block=, name=, W=, sigma=, mu=, tokens=} (mu: the
 -- mean input) returns a QLinear (or a Tensor Ŵ) and optionally an info table; the weight is replaced
 -- by Ŵ. W is a copy of the weight: a solve may edit it, the objective is always measured against
@@ -767,6 +889,10 @@ end
 -- opts.sigma_shrink = α > 0: the solve (and the refit) see qf.shrink_sigma(Σ, α); the objective
 -- recorded is still measured on Σ. opts.refit_scales: each QLinear a solve returns gets
 -- qf.refit_scales (its info gains `refit`).
+-- opts.checkpoint = DIR | false (default: the recipe's checkpoint= option): after every block the
+-- finished blocks, the calibration's state and the records so far are saved under DIR/<fingerprint>/;
+-- the same command, killed or failed, resumes after the last saved block with bit-identical results
+-- (docs/api/calibration.md#block-checkpoints). State a recipe keeps in its own Lua variables is not saved.
 -- opts.before_block(b): called at the start of block b, before its first capture — the block's
 -- weights may be changed there (function-preservingly: AWQ's per-channel scales folded into the
 -- norms and linears, bindings/lua/awq.lua, methods.md#awq), so its Σ, its objectives and its solves
@@ -789,7 +915,23 @@ function P.quantize_model(m, cal, solve, opts)
   local total, nlayers = 0, nb * #arch.linears
   local layers, finetunes = {}, {}
   local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
-  for b = 1, nb do
+  local ck = checkpoint_open(m, cal, opts)
+  local first = 1
+  if ck then
+    local st = checkpoint_resume(ck, m, cal)
+    if st then
+      layers, finetunes, total, solve_sum, overhead_done = st.layers, st.finetunes or {}, st.total, st.solve_sum, st.overhead_done
+      t0 = qf.now() - st.elapsed  -- elapsed, ETA and the seconds recorded count the earlier attempts
+      first = st.done + 1
+      if #finetunes > 0 then qf.record("finetune", finetunes) end
+      io.stderr:write(string.format("checkpoint %s: resuming after block %d/%d (%d layers, %.1f s of earlier work)\n",
+        ck.dir, st.done, nb, #layers, st.elapsed))
+      qf.log{ event = "resume", checkpoint = ck.dir, block = st.done, nblocks = nb, seconds_before = st.elapsed }
+    else
+      io.stderr:write(string.format("checkpoint %s: a new run (state saved after every block)\n", ck.dir))
+    end
+  end
+  for b = first, nb do
     if opts.before_block then opts.before_block(b) end  -- e.g. AWQ's scales (methods.md#awq), before Σ is taken
     local tc = qf.now()
     local stats = cal:capture(nil, opts.cross and { cross = true } or nil)
@@ -919,8 +1061,15 @@ function P.quantize_model(m, cal, solve, opts)
       qf.record("finetune", finetunes)
     end
     cal:advance()
+    if ck then
+      local tk = qf.now()
+      checkpoint_save(ck, m, cal, b, { layers = layers, finetunes = finetunes, total = total, solve_sum = solve_sum,
+                                       overhead_done = (qf.now() - t0) - solve_sum, elapsed = qf.now() - t0 })
+      qf.log{ event = "checkpoint", block = b, nblocks = nb, seconds = qf.now() - tk }
+    end
     overhead_done = (qf.now() - t0) - solve_sum
   end
+  if ck then checkpoint_finish(ck, nb) end
   return { layers = layers, objective = total, seconds = qf.now() - t0, finetune = opts.finetune and finetunes or nil }
 end
 
@@ -929,6 +1078,9 @@ end
 -- with their protocols and recorded (docs/results_schema.md).
 function P.evaluate(ctx, opt, prefix)
   prefix = prefix or ""
+  if prefix == "" and (opt.checkpoint or "") ~= "" and not CHECKPOINT.used then  -- never silently ignored
+    qf.option_error("checkpoint", "this recipe never ran P.quantize_model, the loop that writes block checkpoints")
+  end
   local m = ctx.model
   local st = m:storage()
   print(string.format("%sstorage %.4f bits/weight over the block linears (codes %.4f + scales/zeros %.4f + side info %.4f + outliers %.4f + unquantized %.4f [%s]), %.2f%% pruned",

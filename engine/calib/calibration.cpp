@@ -1,7 +1,11 @@
 #include "calib/calibration.h"
 
+#include <cstdlib>
+
 #include "backend/backend.h"
 #include "model/forward.h"
+#include "formats/safetensors.h"
+#include "core/io.h"
 
 namespace qf {
 
@@ -222,6 +226,69 @@ int64_t Calibration::memory_bytes() const {
   for (const Tensor* t : {&xq_, &xfp_, &yfp_})
     if (t->defined()) b += t->numel() * 4;
   return b;
+}
+
+static std::string windows_fingerprint(const std::vector<int32_t>& w) {
+  return fingerprint(std::string((const char*)w.data(), w.size() * sizeof(int32_t)));
+}
+
+void Calibration::save_state(const std::string& path) const {
+  if (yfp_.defined() || fp_block_of_ >= 0)
+    fail("calibration save_state '", path, "': block ", block_ + 1, " has been captured; the state is saved between blocks (after advance)");
+  std::vector<SafetensorsEntry> e;
+  auto add = [&](const char* name, const Tensor& t) {
+    e.push_back({name, "F32", t.shape(), "", [t] {
+                   const Tensor c = t.contiguous();
+                   return std::string((const char*)c.f32(), sizeof(float) * c.numel());
+                 }});
+  };
+  add("xq", xq_);
+  if (fp_chain_) add("xfp", xfp_);
+  safetensors_write(path, e, {{"qforge_calibration", "1"}, {"block", std::to_string(block_)}, {"nblocks", std::to_string(nblocks_)},
+                              {"nsamples", std::to_string(B_)}, {"seqlen", std::to_string(T_)},
+                              {"fp_chain", fp_chain_ ? "true" : "false"}, {"windows", windows_fingerprint(windows_)}});
+}
+
+void Calibration::load_state(const std::string& path) {
+  const std::string what = "calibration state '" + path + "'";
+  SafetensorsFile st = safetensors_open(path);
+  auto field = [&](const char* k) -> std::string {
+    auto it = st.metadata.find(k);
+    if (it == st.metadata.end()) fail(what, ": field '__metadata__.", k, "' is missing");
+    return it->second;
+  };
+  if (field("qforge_calibration") != "1") fail(what, ": field '__metadata__.qforge_calibration' = '", field("qforge_calibration"), "' (expected 1)");
+  auto expect = [&](const char* k, const std::string& want) {
+    const std::string have = field(k);
+    if (have != want) fail(what, ": field '__metadata__.", k, "' = '", have, "', this calibration has '", want, "'");
+  };
+  expect("nblocks", std::to_string(nblocks_));
+  expect("nsamples", std::to_string(B_));
+  expect("seqlen", std::to_string(T_));
+  expect("fp_chain", fp_chain_ ? "true" : "false");
+  expect("windows", windows_fingerprint(windows_));
+  int64_t block = -1;
+  {
+    const std::string b = field("block");
+    char* end = nullptr;
+    block = b.empty() ? -1 : std::strtoll(b.c_str(), &end, 10);
+    if (end && *end) block = -1;
+  }
+  if (block < 0 || block > nblocks_)
+    fail(what, ": field '__metadata__.block' = '", field("block"), "' (expected 0..", nblocks_, ": the blocks done)");
+  auto read = [&](const char* name) {
+    const TensorSource& ts = st.get(name);
+    if (ts.shape != xq_.shape()) fail(what, ": tensor '", name, "' has shape ", shape_str(ts.shape), ", expected ", shape_str(xq_.shape()));
+    const std::vector<float> v = safetensors_read<float>(ts, "F32");
+    return Tensor::from_data(xq_.shape(), v);
+  };
+  Tensor xq = read("xq"), xfp = fp_chain_ ? read("xfp") : Tensor();
+  xq_ = std::move(xq);
+  xfp_ = std::move(xfp);
+  yfp_ = yfp_partial_ = Tensor();
+  fp_block_ = Block{};
+  fp_block_of_ = -1;
+  block_ = (int)block;
 }
 
 }  // namespace qf

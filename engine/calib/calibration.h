@@ -93,6 +93,14 @@ class Calibration {
   const Tensor& fp_outputs() const { return yfp_; }  // FP block on FP inputs (after the first capture)
   int64_t memory_bytes() const;  // activations held (both chains, FP outputs)
 
+  // The state between blocks (after an advance, before the next capture): the current block and
+  // both chains' inputs, as a safetensors file (tensors xq, xfp; metadata qforge_calibration 1,
+  // block, nblocks, nsamples, seqlen, fp_chain, windows = fingerprint of the token ids). Written
+  // atomically. load_state restores it into a calibration made over the same windows (every field
+  // is checked, naming the file and the field) — a run's block checkpoint, resumed bit-identically.
+  void save_state(const std::string& path) const;
+  void load_state(const std::string& path);
+
  private:
   int B_, T_, nblocks_, block_ = 0;
   bool fp_chain_ = true;

@@ -85,6 +85,9 @@ SaveRefusal check_save(const SaveOptions& o, const GridPlan* plan, const Model* 
 void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const std::string& dtype);
 void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir);
 void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path);
+// Blocks first .. first+count−1 (0-based) alone, in the qforge layout with header field "blocks"
+// (loader_qforge.h): a run's block checkpoint, restored by load_qforge_blocks.
+void save_qforge_blocks(const Model& m, const std::string& path, int first, int count);
 void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, const std::string& dtype);
 void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::string& dir);
 void check_compressed_tensors(const Model& m, const Tokenizer* tok, const std::string& dir);

@@ -41,10 +41,15 @@ static void add_tokenizer(const TokenizerSpec& t, nlohmann::ordered_json& header
 // checks below run while the header is assembled, before any file is opened).
 void check_qforge(const Model& m, const std::string& path) { validate_config(m.cfg, "save qforge '" + path + "'"); }
 
-void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) {
+// The whole model, or (count >= 0) only blocks first .. first+count−1: a block checkpoint.
+static void write_qforge(const Model& m, const Tokenizer* tok, const std::string& path, int first, int count) {
   const std::string what = "save qforge '" + path + "'";
   const ModelConfig& c = m.cfg;
   check_qforge(m, path);
+  const bool partial = count >= 0;
+  if (!partial) first = 0, count = m.n_blocks();
+  if (first < 0 || count < 0 || first + count > m.n_blocks())
+    fail(what, ": blocks ", first + 1, "..", first + count, " are outside the model's ", m.n_blocks());
   nlohmann::ordered_json header;
   // Version 2 only for what version 1 cannot hold (a butterfly transform, a diagonal on a seeded
   // transform), so every other file keeps its bytes and older readers refuse what they would misread.
@@ -52,16 +57,19 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
   header["qforge_format"] = version;  // set again after the linears (the key keeps its place)
   header["config"] = qforge_config_json(c);
   header["source"] = {{"path", m.source}, {"format", m.format}};
+  if (partial) header["blocks"] = {{"first", first}, {"count", count}};  // 0-based; loader_qforge.h
   nlohmann::ordered_json lins = nlohmann::ordered_json::object();
   std::vector<SafetensorsEntry> entries;
 
   auto f32 = [&](const std::string& name, const Tensor& t) {
     entries.push_back({name, "F32", t.shape(), "", [t] { return bytes_of_f32(t.to_vector()); }});
   };
-  f32("tok_emb", m.tok_emb);
-  f32("final_norm", m.final_norm);
-  if (!c.tied_classifier) f32("classifier", m.classifier);
-  for (int b = 0; b < m.n_blocks(); ++b) {
+  if (!partial) {
+    f32("tok_emb", m.tok_emb);
+    f32("final_norm", m.final_norm);
+    if (!c.tied_classifier) f32("classifier", m.classifier);
+  }
+  for (int b = first; b < first + count; ++b) {
     const Block& blk = m.block(b);  // small tensors are captured by reference-counted view
     const std::string pre = "blocks." + std::to_string(b) + ".";
     for (const NormSpec& n : arch_of(c).norms) f32(pre + n.name, blk.norm(n.name));
@@ -157,11 +165,19 @@ void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) 
   }
   header["linears"] = lins;
   header["qforge_format"] = version;
-  if (tok) add_tokenizer(tok->spec(), header, entries);
+  if (partial) {
+  } else if (tok) add_tokenizer(tok->spec(), header, entries);
   else if (m.src && !m.src->tokenizer.model.empty()) add_tokenizer(m.src->tokenizer, header, entries);
   // Paths and tokenizer names may hold bytes that are not UTF-8: replaced in the JSON only.
   const std::string text = header.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   safetensors_write(path, entries, {{"qforge_format", std::to_string(version)}, {"qforge", text}});
+}
+
+void save_qforge(const Model& m, const Tokenizer* tok, const std::string& path) { write_qforge(m, tok, path, 0, -1); }
+
+void save_qforge_blocks(const Model& m, const std::string& path, int first, int count) {
+  if (count < 1) fail("save qforge '", path, "': a block checkpoint needs at least one block");
+  write_qforge(m, nullptr, path, first, count);
 }
 
 }  // namespace qf

@@ -56,9 +56,10 @@ ModelFiles resolve_model_files(const std::string& path) {
   if (!path_exists(path)) fail("model path '", path, "' does not exist");
   if (!is_directory(path)) check_regular_file(path);  // never open a FIFO or a device
   ModelFiles f;
-  // qforge's own format: a safetensors file whose metadata has qforge_format (or a directory
-  // without config.json holding one as model.safetensors). Its tokenizer travels inside.
-  if (!is_directory(path) && ends_with(path, ".safetensors") && is_qforge_file(path)) {
+  // qforge's own format: a safetensors file whose metadata has qforge_format, whatever its name
+  // (save=model.qforge is common), or a directory without config.json holding one as
+  // model.safetensors. Its tokenizer travels inside.
+  if (!is_directory(path) && is_qforge_file(path)) {
     f.format = "qforge";
     f.model = path;
     return f;

@@ -337,9 +337,8 @@ static TokenizerSpec load_tokenizer(const SafetensorsFile& st, const json& t, co
   return s;
 }
 
-Model load_qforge(const std::string& path) {
-  SafetensorsFile st = safetensors_open(path);
-  const std::string what = "qforge file '" + path + "'";
+// The header of a qforge file, checked (version, metadata agreement); sets *version.
+static json read_header(const SafetensorsFile& st, const std::string& what, int64_t* version) {
   auto v = st.metadata.find("qforge_format");
   if (v == st.metadata.end()) fail(what, ": field '__metadata__.qforge_format' is missing (not a qforge file)");
   if (v->second != std::to_string(kQforgeFormat) && v->second != std::to_string(kQforgeFormatSeededDiag))
@@ -350,8 +349,47 @@ Model load_qforge(const std::string& path) {
   const json header = parse_json_bounded(h->second, what + ": field '__metadata__.qforge'");
   if (!header.is_object()) fail(what, ": field '__metadata__.qforge' is not a JSON object");
   const Fields top{header, what, ""};
-  const int64_t version = top.integer("qforge_format", 0, 1 << 30);
-  if (std::to_string(version) != v->second) fail(what, ": field 'qforge_format' disagrees with the metadata");
+  *version = top.integer("qforge_format", 0, 1 << 30);
+  if (std::to_string(*version) != v->second) fail(what, ": field 'qforge_format' disagrees with the metadata");
+  return header;
+}
+
+// Block b (0-based) as the file stores it.
+static Block load_block(const SafetensorsFile& st, const ModelConfig& c, const json& lins, int b, const std::string& what,
+                        int64_t version) {
+  const std::string pre = "blocks." + std::to_string(b) + ".";
+  Block blk;
+  for (const NormSpec& n : arch_of(c).norms) blk.norm(n.name) = load_f32(st, pre + n.name, {norm_size(c, n)});
+  for (const LinearSpec& s : arch_of(c).linears) {
+    const std::string ln = pre + s.name;
+    const Shape shape = linear_shape(c, s.name);
+    Linear l;
+    l.name = s.name;
+    l.input = s.input;
+    if (st.find(ln + ".bias")) l.bias = load_f32(st, ln + ".bias", {shape[0]});
+    auto d = lins.find(ln);
+    if (d == lins.end()) {
+      l.weight = load_f32(st, ln + ".weight", shape);
+    } else {
+      l.quant = load_quant(st, ln, *d, shape, what, version);
+      const std::string kind = Fields{*d, what, "linears." + ln + "."}.str("weight");
+      if (kind == "codes") l.weight = l.quant->dequantize();
+      else if (kind == "f32") l.weight = load_f32(st, ln + ".weight", shape);
+      else fail(what, ": field 'linears.", ln, ".weight' = '", kind, "' (expected codes or f32)");
+    }
+    blk.linears.push_back(std::move(l));
+  }
+  return blk;
+}
+
+Model load_qforge(const std::string& path) {
+  SafetensorsFile st = safetensors_open(path);
+  const std::string what = "qforge file '" + path + "'";
+  int64_t version = 0;
+  const json header = read_header(st, what, &version);
+  const Fields top{header, what, ""};
+  if (header.contains("blocks"))
+    fail(what, ": a block checkpoint (field 'blocks'), not a model: it holds only some blocks' weights");
 
   auto src = std::make_shared<ModelSource>();
   src->format = "qforge";
@@ -370,33 +408,40 @@ Model load_qforge(const std::string& path) {
   m.tok_emb = load_f32(st, "tok_emb", {c.vocab_size, c.dim});
   m.final_norm = load_f32(st, "final_norm", {c.dim});
   m.classifier = c.tied_classifier ? m.tok_emb : load_f32(st, "classifier", {c.vocab_size, c.dim});
-  for (int b = 0; b < c.n_layers; ++b) {
-    const std::string pre = "blocks." + std::to_string(b) + ".";
-    Block blk;
-    for (const NormSpec& n : arch_of(c).norms) blk.norm(n.name) = load_f32(st, pre + n.name, {norm_size(c, n)});
-    for (const LinearSpec& s : arch_of(c).linears) {
-      const std::string ln = pre + s.name;
-      const Shape shape = linear_shape(c, s.name);
-      Linear l;
-      l.name = s.name;
-      l.input = s.input;
-      if (st.find(ln + ".bias")) l.bias = load_f32(st, ln + ".bias", {shape[0]});
-      auto d = lins.find(ln);
-      if (d == lins.end()) {
-        l.weight = load_f32(st, ln + ".weight", shape);
-      } else {
-        l.quant = load_quant(st, ln, *d, shape, what, version);
-        const std::string kind = Fields{*d, what, "linears." + ln + "."}.str("weight");
-        if (kind == "codes") l.weight = l.quant->dequantize();
-        else if (kind == "f32") l.weight = load_f32(st, ln + ".weight", shape);
-        else fail(what, ": field 'linears.", ln, ".weight' = '", kind, "' (expected codes or f32)");
-      }
-      blk.linears.push_back(std::move(l));
-    }
-    m.blocks.push_back(std::move(blk));
-  }
+  for (int b = 0; b < c.n_layers; ++b) m.blocks.push_back(load_block(st, c, lins, b, what, version));
   m.src = src;
   return m;
+}
+
+std::pair<int, int> load_qforge_blocks(const std::string& path, Model& m) {
+  SafetensorsFile st = safetensors_open(path);
+  const std::string what = "qforge block checkpoint '" + path + "'";
+  int64_t version = 0;
+  const json header = read_header(st, what, &version);
+  const Fields top{header, what, ""};
+  if (!header.contains("blocks")) fail(what, ": field 'blocks' is missing (a whole model, not a block checkpoint)");
+  const Fields bl{top.at("blocks"), what, "blocks."};
+  const int first = (int)bl.integer("first", 0, 1 << 20), count = (int)bl.integer("count", 1, 1 << 20);
+  const ModelConfig c = qforge_config_from_json(top.at("config"), what);
+  {
+    const nlohmann::ordered_json have = qforge_config_json(c), want = qforge_config_json(m.cfg);
+    if (have != want) {
+      std::string keys;
+      for (auto it = want.begin(); it != want.end(); ++it)
+        if (!have.contains(it.key()) || have[it.key()] != it.value()) keys += (keys.empty() ? "" : ", ") + it.key();
+      for (auto it = have.begin(); it != have.end(); ++it)
+        if (!want.contains(it.key())) keys += (keys.empty() ? "" : ", ") + it.key();
+      fail(what, ": its config differs from the model's (field 'config': ", keys, ")");
+    }
+  }
+  if (first + count > m.n_blocks())
+    fail(what, ": field 'blocks' = ", first + 1, "..", first + count, " (1-based), the model has ", m.n_blocks(), " blocks");
+  const json& lins = top.at("linears");
+  if (!lins.is_object()) fail(what, ": field 'linears' is not an object");
+  std::vector<Block> loaded;  // all read before any is replaced: a bad file leaves the model as it was
+  for (int b = first; b < first + count; ++b) loaded.push_back(load_block(st, c, lins, b, what, version));
+  for (int b = first; b < first + count; ++b) m.block_mut(b) = std::move(loaded[b - first]);
+  return {first, count};
 }
 
 }  // namespace qf

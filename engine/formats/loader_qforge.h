@@ -19,9 +19,13 @@
 // tokenizer.token_offsets I32 [n+1], tokenizer.scores F32, tokenizer.token_type I32,
 // tokenizer.merges U8 + tokenizer.merge_offsets I32 (those present).
 // q/k rows stay in the model's own RoPE layout (config.rope_interleaved says which).
+// A block checkpoint (save_qforge_blocks) has header field blocks {first, count} (0-based) and
+// only those blocks' tensors (no tok_emb, final_norm, classifier, tokenizer): load_qforge refuses
+// it, load_qforge_blocks restores it into a model of the same config.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
 #include "model/model.h"
 
@@ -38,6 +42,10 @@ bool is_qforge_file(const std::string& path);
 // Loads the model with every Linear::quant reconstructed (identical codes, bit-exact weights).
 // Always eager. The tokenizer, when saved, is in model.src->tokenizer.
 Model load_qforge(const std::string& path);
+
+// Replaces blocks first .. first+count−1 of m with a block checkpoint's (codes, grids, transforms
+// and norms exactly as saved). The file's config must equal m's; returns {first, count}.
+std::pair<int, int> load_qforge_blocks(const std::string& path, Model& m);
 
 // The config as the header stores it, and back (errors name `what` and the field).
 nlohmann::ordered_json qforge_config_json(const ModelConfig& c);
