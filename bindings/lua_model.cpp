@@ -118,10 +118,10 @@ static int m_nblocks(lua_State* L) {
 }
 
 static int m_linear_names(lua_State* L) {
-  const ArchSpec& a = arch_of(check_model(L, 1, "linear_names").m->cfg);
-  lua_createtable(L, (int)a.linears.size(), 0);
-  for (size_t i = 0; i < a.linears.size(); ++i) {
-    lua_pushstring(L, a.linears[i].name);
+  const std::vector<BlockLinear> ls = block_linears(check_model(L, 1, "linear_names").m->cfg);
+  lua_createtable(L, (int)ls.size(), 0);
+  for (size_t i = 0; i < ls.size(); ++i) {
+    push_str(L, ls[i].name);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
@@ -139,22 +139,24 @@ static int m_arch(lua_State* L) {
   const ArchSpec& a = arch_of(m.cfg);
   lua_createtable(L, 0, 9);
   set_field(L, "name", std::string(a.name));
-  set_field(L, "block_kind", std::string(a.kind == BlockKind::LlamaDense ? "llama_dense" : "?"));
+  set_field(L, "block_kind", std::string(a.kind == BlockKind::LlamaDense ? "llama_dense" : "llama_moe"));
   set_field(L, "hf_layout", m.cfg.hf_layout);
   set_field(L, "stages", (int64_t)a.stages());
-  lua_createtable(L, (int)a.linears.size(), 0);
-  for (size_t i = 0; i < a.linears.size(); ++i) {
-    const LinearSpec& s = a.linears[i];
-    lua_createtable(L, 0, 8);
-    set_field(L, "name", std::string(s.name));
+  const std::vector<BlockLinear> ls = block_linears(m.cfg);  // per-expert rows expanded (experts.0.gate, …)
+  lua_createtable(L, (int)ls.size(), 0);
+  for (size_t i = 0; i < ls.size(); ++i) {
+    const LinearSpec& s = *ls[i].spec;
+    lua_createtable(L, 0, 9);
+    set_field(L, "name", ls[i].name);
     set_field(L, "alias", std::string(s.alias));
     set_field(L, "site", std::string(site_name(s.input)));
     set_field(L, "stage", (int64_t)s.stage);
-    push_shape(L, linear_shape(m.cfg, s.name));
+    push_shape(L, linear_shape(m.cfg, ls[i].name));
     lua_setfield(L, -2, "shape");
     set_field(L, "rope", std::string(s.rope == Rope::Heads ? "heads" : s.rope == Rope::KvHeads ? "kv_heads" : "none"));
     set_field(L, "gguf", std::string(s.gguf));
-    set_field(L, "hf", std::string(s.hf));
+    set_field(L, "hf", expert_name(s.hf, ls[i].expert));
+    if (ls[i].expert >= 0) set_field(L, "expert", (int64_t)ls[i].expert + 1);  // 1-based, as blocks
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "linears");
@@ -169,15 +171,15 @@ static int m_arch(lua_State* L) {
   }
   lua_setfield(L, -2, "norms");
   lua_newtable(L);
-  for (const LinearSpec& s : a.linears) set_field(L, s.name, std::string(site_name(s.input)));
+  for (const BlockLinear& s : ls) set_field(L, s.name.c_str(), std::string(site_name(s.spec->input)));
   lua_setfield(L, -2, "site_of");
   lua_createtable(L, a.stages(), 0);
   for (int st = 1; st <= a.stages(); ++st) {
     lua_newtable(L);
     lua_Integer n = 0;
-    for (const LinearSpec& s : a.linears)
-      if (s.stage == st) {
-        lua_pushstring(L, s.name);
+    for (const BlockLinear& s : ls)
+      if (s.spec->stage == st) {
+        push_str(L, s.name);
         lua_rawseti(L, -2, ++n);
       }
     lua_rawseti(L, -2, st);

@@ -42,7 +42,16 @@ windows and soft caps):
       transformers with the config as the GGUF describes it. See scripts/verify/convert_check.py.
       Needs sentencepiece in the venv; LLAMACPP_SRC (default
       build/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp) has the converter.
-Mixture-of-experts cases are not here yet (qforge does not load MoE models).
+Mixture-of-experts cases (8 experts, top-2, expert feed-forward 32; qforge does not load MoE models yet, so
+(a)-(c) report "qforge could not load it" until it does): `mixtral` (sliding_window 8; GGUF variant
+`mixtral-nowin`, llama.cpp's "llama" has no window), `qwen2-moe` (shared expert 48 with its sigmoid gate,
+q/k/v biases, norm_topk_prob False), `qwen3-moe` (norm_topk_prob True, q/k norms, head_dim 32 != hidden/heads).
+They are saved as transformers 5 saves by default (save_original_format=True): the per-expert layout of the
+hub checkpoints (Mixtral block_sparse_moe.experts.E.w1/w2/w3 + block_sparse_moe.gate; Qwen
+mlp.experts.E.gate_proj/up_proj/down_proj + mlp.gate), which transformers fuses on load into
+mlp.experts.gate_up_proj [E, 2*ff, dim] (gate rows first) and mlp.experts.down_proj [E, dim, ff].
+`mixtral-fused` / `qwen2-moe-fused` are saved in that fused in-memory layout (save_original_format=False),
+which transformers also loads. The MoE references run with experts_implementation="eager".
 
 Environment: the venv build/venv-ct (torch, transformers ≥ 5, safetensors, gguf); VENV=DIR picks
 another. It is not created here (torch is large); to make one:
@@ -51,7 +60,7 @@ another. It is not created here (torch is large); to make one:
 QFORGE (default build/qforge), LLAMACPP_BIN (default build/llamacpp/build/bin), TEXT
 (../shared/data/wikitext2_test.txt). Exit status 1 when any check mismatches.
 """
-import json, os, shutil, struct, subprocess, sys
+import functools, json, os, shutil, struct, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.environ.get("VENV", os.path.join(ROOT, "build", "venv-ct"))
@@ -74,6 +83,7 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 GEMMA3_ROPE = {"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+MOE = dict(num_experts_per_tok=2)  # with 8 experts (num_local_experts / num_experts) and an expert feed-forward of 32
 
 # name: (config class, config overrides, what it switches on, GGUF variant case or None)
 CASES = {
@@ -112,8 +122,32 @@ CASES = {
                                                 layer_types=["full_attention", "sliding_attention", "sliding_attention"],
                                                 attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
                        "gemma3 with an attention soft cap 2 too, layer_types F,S,S", "gemma3-gguf"),
+    # mixture of experts: 8 experts, top-2, expert feed-forward 32 (Mixtral's intermediate_size is the expert's)
+    "mixtral": ("MixtralConfig", dict(MOE, intermediate_size=32, num_local_experts=8, rope_parameters=dict(ROPE, rope_theta=1e6),
+                                      sliding_window=WINDOW, tie_word_embeddings=False),
+                "MoE 8 experts top-2 (softmax, top-2, renormalized), per-expert layout, sliding_window 8", "mixtral-nowin"),
+    "mixtral-nowin": ("MixtralConfig", dict(MOE, intermediate_size=32, num_local_experts=8, rope_parameters=dict(ROPE, rope_theta=1e6),
+                                            sliding_window=None, tie_word_embeddings=False),
+                      "MoE 8 experts top-2, per-expert layout, no window", None),
+    "mixtral-fused": ("MixtralConfig", dict(MOE, intermediate_size=32, num_local_experts=8, rope_parameters=dict(ROPE, rope_theta=1e6),
+                                            sliding_window=None, tie_word_embeddings=False),
+                      "mixtral-nowin's config, saved in transformers' fused layout (mlp.gate, mlp.experts.gate_up_proj / down_proj)", None),
+    "qwen2-moe": ("Qwen2MoeConfig", dict(MOE, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+                                         norm_topk_prob=False, rope_parameters=ROPE, use_sliding_window=False, tie_word_embeddings=False),
+                  "MoE 8 experts top-2 without renormalization, shared expert 48 x sigmoid(shared_expert_gate), q/k/v biases, "
+                  "per-expert layout", None),
+    "qwen2-moe-fused": ("Qwen2MoeConfig", dict(MOE, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+                                               norm_topk_prob=False, rope_parameters=ROPE, use_sliding_window=False,
+                                               tie_word_embeddings=False),
+                        "qwen2-moe's config, saved in transformers' fused layout (mlp.experts.gate_up_proj / down_proj)", None),
+    "qwen3-moe": ("Qwen3MoeConfig", dict(MOE, moe_intermediate_size=32, num_experts=8, norm_topk_prob=True, head_dim=32,
+                                         rope_parameters=ROPE, use_sliding_window=False, tie_word_embeddings=False),
+                  "MoE 8 experts top-2 renormalized, q/k norms, head_dim 32 != hidden/heads, per-expert layout", None),
 }
 GEMMA = ("Gemma2Config", "Gemma3TextConfig")
+MOE_CLASSES = ("MixtralConfig", "Qwen2MoeConfig", "Qwen3MoeConfig")
+# Cases saved in transformers' fused in-memory expert layout instead of its default per-expert (hub) layout.
+FUSED_LAYOUT = ("mixtral-fused", "qwen2-moe-fused")
 # Cases qforge must refuse to load, with the words its message must contain: transformers' Gemma 3
 # keeps attn_logit_softcapping but never applies it, llama.cpp has none, so qforge will not guess.
 EXPECT_REFUSAL = {"gemma3-attncap": "field 'attn_logit_softcapping' is set for Gemma3ForCausalLM"}
@@ -145,7 +179,9 @@ def make_model(name, torch):
     kw.update(over)
     cfg = getattr(transformers, cls)(**kw)
     torch.manual_seed(1234 + sum(map(ord, name)))
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    # MoE: the reference is transformers' eager experts loop (its default may be grouped_mm)
+    extra = dict(experts_implementation="eager") if cls in MOE_CLASSES else {}
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32, **extra)
     gemma = cls in GEMMA
     with torch.no_grad():
         for pname, p in model.named_parameters():
@@ -155,10 +191,26 @@ def make_model(name, torch):
                 p.normal_(0.0, 0.2)
             elif "embed_tokens" in pname:
                 p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, p.shape[1] ** -0.5)
+            else:  # fan-in is the last dimension (MoE's 3-d expert tensors [E, out, in] too)
+                p.normal_(0.0, p.shape[-1] ** -0.5)
     model.eval()
+    if name in FUSED_LAYOUT:
+        # every save of this case (here and in scripts/verify/convert_check.py) writes the fused layout
+        model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
     return model
+
+
+def router_margin(model, ids, torch):
+    """MoE: the smallest gap between the k-th and (k+1)-th routing probability over all layers and
+    positions (a gap near f32 noise would let a correct implementation pick another expert)."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_router_logits=True)
+    k = model.config.num_experts_per_tok
+    gaps = []
+    for logits in out.router_logits:
+        p = torch.softmax(logits.float(), dim=-1).sort(dim=-1, descending=True).values
+        gaps.append(float((p[:, k - 1] - p[:, k]).min()))
+    return min(gaps)
 
 
 def logits_of(model, ids, torch):
@@ -168,7 +220,9 @@ def logits_of(model, ids, torch):
 
 def load_hf(d, torch):
     from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    moe = "num_experts_per_tok" in json.load(open(os.path.join(d, "config.json")))
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                             **(dict(experts_implementation="eager") if moe else {}))
     m.eval()
     return m
 
@@ -270,6 +324,14 @@ def run_case(name, torch, np, gguf_of=None):
     shutil.copy(TOKENIZER, os.path.join(hf, "tokenizer.bin"))
     ref = logits_of(model, PROMPT_IDS, torch)
     row = {"case": name, "arch": model.config.architectures[0] if model.config.architectures else cls, "max_logit": float(np.abs(ref).max())}
+    moe_notes = []
+    if cls in MOE_CLASSES:
+        # transformers loads its own save back (per-expert or fused layout) to the same logits
+        back = float(np.abs(logits_of(load_hf(hf, torch), PROMPT_IDS, torch) - ref).max())
+        moe_notes.append(f"{'fused' if name in FUSED_LAYOUT else 'per-expert'} layout saved; transformers' reload: max |dlogit| = {back:.1e}; "
+                         f"smallest top-{model.config.num_experts_per_tok} routing margin {router_margin(model, PROMPT_IDS, torch):.1e}")
+        if back > TOL:
+            row["reload_failed"] = True
     qf_hf, qf_gguf = os.path.join(work, "qf_hf"), os.path.join(work, "qf.gguf")
     try:
         r = qforge(["scripts/verify/dump_logits_ids.lua", "model=" + hf, "ids=" + ",".join(map(str, PROMPT_IDS)),
@@ -281,9 +343,9 @@ def run_case(name, torch, np, gguf_of=None):
             row["refused_as_expected"] = True
             row["notes"] = [f"refused as expected ({want})"]
         else:
-            row["notes"] = [f"qforge could not load it: {e}"]
+            row["notes"] = moe_notes + [f"qforge could not load it: {e}"]
         return row
-    notes = []
+    notes = moe_notes
     ours = np.array(r["logits"], dtype=np.float64)
     row["a"] = float(np.abs(ours - ref).max())
     cap = getattr(model.config, "attn_logit_softcapping", None)
@@ -352,7 +414,7 @@ def ok_row(row):
         return True
     good = row["a"] is not None and row["a"] <= TOL
     good = good and not row.get("b_failed") and (row["b"] is None or row["b"] <= TOL)
-    good = good and not row.get("c_failed")
+    good = good and not row.get("c_failed") and not row.get("reload_failed")
     if row["c"] is not None:
         good = good and row["c"] <= row["c_tol"] and row["c_qf"] <= TOL
     return good
@@ -364,10 +426,10 @@ def fmt(v):
 
 def print_table(rows):
     print()
-    print(f"{'case':<15} {'architecture':<18} {'max|logit|':>10} {'(a) qf-tf':>10} {'(b) export':>10} {'(c) llama':>10} {'c tol':>9} {'gguf→qf':>9}  ok")
+    print(f"{'case':<15} {'architecture':<20} {'max|logit|':>10} {'(a) qf-tf':>10} {'(b) export':>10} {'(c) llama':>10} {'c tol':>9} {'gguf→qf':>9}  ok")
     for r in rows:
         c = "refused" if r.get("c_refused") else fmt(r["c"])
-        print(f"{r['case']:<15} {r['arch']:<18} {r['max_logit']:>10.3f} {fmt(r['a']):>10} {fmt(r['b']):>10} {c:>10} "
+        print(f"{r['case']:<15} {r['arch']:<20} {r['max_logit']:>10.3f} {fmt(r['a']):>10} {fmt(r['b']):>10} {c:>10} "
               f"{fmt(r['c_tol']):>9} {fmt(r['c_qf']):>9}  {'OK' if ok_row(r) else 'MISMATCH'}")
     for r in rows:
         for n in r["notes"]:

@@ -46,9 +46,10 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
   const ModelConfig& c = m.cfg;
   // Which linears carry biases decides the architecture; the pattern must hold in every block.
   std::string pattern;
+  const std::vector<BlockLinear> lins = block_linears(c);
   for (int b = 0; b < m.n_blocks(); ++b) {
     std::string p;
-    for (const LinearSpec& s : kLlama.linears)
+    for (const BlockLinear& s : lins)
       if (hf_has_bias(m, b, s.name)) p += std::string(p.empty() ? "" : ",") + s.name;
     if (b == 0) pattern = p;
     else if (p != pattern)
@@ -68,8 +69,11 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     fail(what, ": biases on {", pattern, "} do not fit the ", fused->architecture, " layout, which has none");
   const ArchSpec& spec = arch_of(c);
   const bool llama_kind = &spec == &kLlama;
-  if (!llama_kind && !pattern.empty())
-    fail(what, ": biases on {", pattern, "} do not fit ", spec.name, ", whose HF architecture has none");
+  // Qwen2-MoE's attention always has q/k/v biases (transformers makes them); the others none.
+  const std::string want_bias = &spec == &kQwen2Moe ? "q,k,v" : "";
+  if (!llama_kind && pattern != want_bias)
+    fail(what, ": biases on {", pattern, "} do not fit ", spec.name, ", whose HF architecture has ",
+         want_bias.empty() ? "none" : "exactly {" + want_bias + "}");
   bool all_swa = !c.swa_layers.empty();
   for (uint8_t v : c.swa_layers) all_swa = all_swa && v;
   // A Llama-kind model whose every layer slides is Mistral's architecture; Qwen2's slides from
@@ -155,7 +159,22 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     j["attention_bias"] = attn_bias;
     j["mlp_bias"] = mlp_bias;
   }
-  if (&spec == &kQwen3) j["attention_bias"] = false;
+  if (&spec == &kQwen3 || &spec == &kQwen3Moe) j["attention_bias"] = false;
+  if (spec.kind == BlockKind::LlamaMoe) {  // docs/architecture.md#mixture-of-experts; read back by loader_hf's read_moe
+    if (&spec == &kMixtral) {
+      if (!c.moe_norm_topk) fail(what, ": Mixtral always renormalizes the top-k routing weights; this model does not");
+      j["num_local_experts"] = c.n_experts;
+      j["intermediate_size"] = c.expert_hidden;
+    } else {
+      j["num_experts"] = c.n_experts;
+      j["moe_intermediate_size"] = c.expert_hidden;
+      j["norm_topk_prob"] = c.moe_norm_topk;
+      j["decoder_sparse_step"] = 1;
+      j["mlp_only_layers"] = nlohmann::ordered_json::array();
+      if (c.shared_hidden > 0) j["shared_expert_intermediate_size"] = c.shared_hidden;
+    }
+    j["num_experts_per_tok"] = c.n_experts_used;
+  }
   if (tok) {
     j["bos_token_id"] = tok->bos_id();
     j["eos_token_id"] = tok->eos_id();
@@ -295,9 +314,10 @@ void save_hf(const Model& m, const Tokenizer* tok, const std::string& dir, const
     const ArchSpec& spec = arch_of(c);
     for (const NormSpec& n : spec.norms) add(pre + n.name, {norm_size(c, n)}, -1);
     const HfLayout* layout = c.hf_layout.empty() ? nullptr : hf_layout(c.hf_layout);
-    for (const LinearSpec& s : spec.linears) {
+    const std::vector<BlockLinear> lins = block_linears(c);
+    for (const BlockLinear& s : lins) {
       const Shape w = m.weight_shape(b, s.name);
-      const int release = s.name == spec.linears.back().name ? b : -1;
+      const int release = s.name == lins.back().name ? b : -1;
       if (const HfFused* f = layout ? layout->fused_of(s.name) : nullptr) {
         if (s.name != std::string(f->parts[0])) continue;  // written once, with its first part
         add_fused(pre, *f, b, release);

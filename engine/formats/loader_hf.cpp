@@ -46,6 +46,9 @@ std::string hf_tensor_name(const std::string& canonical, const ArchSpec& a) {
     for (const LinearSpec& e : a.linears) {
       if (rest == std::string(e.name) + ".weight") return pre + e.hf + ".weight";
       if (rest == std::string(e.name) + ".bias") return pre + e.hf + ".bias";
+      int x = -1;
+      for (const char* kind : {".weight", ".bias"})
+        if (match_expert((std::string(e.name) + kind).c_str(), rest, &x)) return pre + expert_name(e.hf, x) + kind;
     }
   }
   fail("tensor '", canonical, "' has no Hugging Face name");
@@ -63,6 +66,9 @@ std::string hf_canonical_name(const std::string& hf, const ArchSpec& a) {
     for (const LinearSpec& e : a.linears) {
       if (rest == std::string(e.hf) + ".weight") return pre + e.name + ".weight";
       if (rest == std::string(e.hf) + ".bias") return pre + e.name + ".bias";
+      int x = -1;
+      for (const char* kind : {".weight", ".bias"})
+        if (match_expert((std::string(e.hf) + kind).c_str(), rest, &x)) return pre + expert_name(e.name, x) + kind;
     }
   }
   return "";
@@ -207,6 +213,31 @@ static void read_sliding_layers(const ConfigReader& r, const HfLayout& layout, M
   if (!any) c.swa_layers.clear(), c.sliding_window = 0;
 }
 
+// Mixture of experts (docs/architecture.md#mixture-of-experts). Mixtral: num_local_experts experts
+// of width intermediate_size, the top-k weights always renormalized. Qwen2-MoE / Qwen3-MoE:
+// num_experts of width moe_intermediate_size, norm_topk_prob (Qwen2-MoE: default false), Qwen2-MoE's
+// shared expert of width shared_expert_intermediate_size. Layers with a dense MLP instead
+// (decoder_sparse_step > 1, mlp_only_layers) are refused: every block here is one kind.
+static void read_moe(const ConfigReader& r, const HfLayout& layout, ModelConfig& c) {
+  const bool mixtral = std::string(layout.arch) == "mixtral";
+  c.n_experts = (int)r.integer(mixtral ? "num_local_experts" : "num_experts", 1, 4096);
+  c.n_experts_used = (int)r.integer("num_experts_per_tok", 1, c.n_experts);
+  if (mixtral) {
+    c.expert_hidden = c.hidden_dim;
+    c.moe_norm_topk = true;
+    return;
+  }
+  c.expert_hidden = (int)r.integer("moe_intermediate_size", 1, 1 << 18);
+  c.moe_norm_topk = r.boolean("norm_topk_prob", std::string(layout.arch) == "qwen3_moe");
+  if (arch_spec(layout.arch).find("shared.gate")) c.shared_hidden = (int)r.integer("shared_expert_intermediate_size", 1, 1 << 18);
+  const int64_t one = 1;
+  if (const int64_t step = r.integer("decoder_sparse_step", 0, 1 << 16, &one); step != 1)
+    fail(r.what, ": field 'decoder_sparse_step' = ", step, " (layers with a dense MLP between MoE layers are not implemented: 1 expected)");
+  if (const json* mo = r.find("mlp_only_layers"))
+    if (!mo->is_array() || !mo->empty())
+      fail(r.what, ": field 'mlp_only_layers' = ", json_brief(*mo), " (layers with a dense MLP between MoE layers are not implemented: [] expected)");
+}
+
 static ModelConfig read_config(const std::string& path, const HfLayout** layout_out) {
   const std::string text = read_file(path);
   const std::string what = "config.json '" + path + "'";
@@ -292,6 +323,7 @@ static ModelConfig read_config(const std::string& path, const HfLayout** layout_
   if (r.find("final_logit_softcapping")) c.final_softcap = (float)r.number("final_logit_softcapping", 0.0);
   if (spec.hf_norm_shift == 0.f && (c.attn_scale > 0.f || c.attn_softcap > 0.f || c.final_softcap > 0.f))
     fail(what, ": query_pre_attn_scalar or soft-capping is set for ", layout.architecture, ", which does not use them");
+  if (spec.kind == BlockKind::LlamaMoe) read_moe(r, layout, c);
   validate_config(c, what);
   return c;
 }

@@ -48,6 +48,13 @@ nlohmann::ordered_json qforge_config_json(const ModelConfig& c) {
   if (c.attn_scale > 0.f) j["attn_scale"] = c.attn_scale;
   if (c.attn_softcap > 0.f) j["attn_softcap"] = c.attn_softcap;
   if (c.final_softcap > 0.f) j["final_softcap"] = c.final_softcap;
+  if (c.n_experts > 0) {
+    j["n_experts"] = c.n_experts;
+    j["n_experts_used"] = c.n_experts_used;
+    j["expert_hidden"] = c.expert_hidden;
+    j["shared_hidden"] = c.shared_hidden;
+    j["moe_norm_topk"] = c.moe_norm_topk;
+  }
   return j;
 }
 
@@ -122,6 +129,13 @@ ModelConfig qforge_config_from_json(const json& j, const std::string& what) {
       *field = f.number(name);
       if (!(*field > 0.f) || !std::isfinite(*field)) fail(what, ": field 'config.", name, "' = ", *field, " (expected > 0)");
     }
+  if (j.contains("n_experts")) {
+    c.n_experts = (int)f.integer("n_experts", 1, 4096);
+    c.n_experts_used = (int)f.integer("n_experts_used", 1, 4096);
+    c.expert_hidden = (int)f.integer("expert_hidden", 1, 1 << 18);
+    c.shared_hidden = (int)f.integer("shared_hidden", 0, 1 << 18);
+    c.moe_norm_topk = f.boolean("moe_norm_topk");
+  }
   // Values the forward pass would turn into NaN silently.
   if (!(c.norm_eps > 0.f && c.norm_eps < 1.f)) fail(what, ": field 'config.norm_eps' = ", c.norm_eps, " (expected in (0, 1))");
   if (!(c.rope_theta > 1.f && std::isfinite(c.rope_theta))) fail(what, ": field 'config.rope_theta' = ", c.rope_theta, " (expected > 1)");
@@ -360,12 +374,12 @@ static Block load_block(const SafetensorsFile& st, const ModelConfig& c, const j
   const std::string pre = "blocks." + std::to_string(b) + ".";
   Block blk;
   for (const NormSpec& n : arch_of(c).norms) blk.norm(n.name) = load_f32(st, pre + n.name, {norm_size(c, n)});
-  for (const LinearSpec& s : arch_of(c).linears) {
+  for (const BlockLinear& s : block_linears(c)) {
     const std::string ln = pre + s.name;
     const Shape shape = linear_shape(c, s.name);
     Linear l;
     l.name = s.name;
-    l.input = s.input;
+    l.input = s.spec->input;
     if (st.find(ln + ".bias")) l.bias = load_f32(st, ln + ".bias", {shape[0]});
     auto d = lins.find(ln);
     if (d == lins.end()) {

@@ -91,13 +91,13 @@ static const TensorSource& need(const ModelSource& src, const std::string& name,
 }
 
 
-static Linear make_linear(const ModelSource& src, const std::string& pre, const LinearSpec& spec) {
-  const Shape shape = linear_shape(src.cfg, spec.name);
+static Linear make_linear(const ModelSource& src, const std::string& pre, const BlockLinear& bl) {
+  const Shape shape = linear_shape(src.cfg, bl.name);
   Linear l;
-  l.name = spec.name;
-  l.input = spec.input;
-  l.weight = tensor_source_load(need(src, pre + spec.name + ".weight", shape));
-  const std::string bname = pre + spec.name + ".bias";
+  l.name = bl.name;
+  l.input = bl.spec->input;
+  l.weight = tensor_source_load(need(src, pre + bl.name + ".weight", shape));
+  const std::string bname = pre + bl.name + ".bias";
   if (src.tensors.count(bname)) l.bias = tensor_source_load(need(src, bname, {shape[0]}));
   return l;
 }
@@ -115,7 +115,7 @@ Block load_block(const ModelSource& src, int i) {
     }
     b.norm(n.name) = std::move(g);
   }
-  for (const LinearSpec& s : a.linears) b.linears.push_back(make_linear(src, pre, s));
+  for (const BlockLinear& s : block_linears(c)) b.linears.push_back(make_linear(src, pre, s));
   return b;
 }
 
@@ -169,7 +169,7 @@ Model assemble_model(std::shared_ptr<const ModelSource> src, bool lazy) {
     for (int i = 0; i < c.n_layers; ++i) {
       const std::string pre = "blocks." + std::to_string(i) + ".";
       for (const NormSpec& n : arch_of(c).norms) need(*src, pre + n.name, {norm_size(c, n)});
-      for (const LinearSpec& s : arch_of(c).linears) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
+      for (const BlockLinear& s : block_linears(c)) need(*src, pre + s.name + ".weight", linear_shape(c, s.name));
     }
     m.resident.assign(c.n_layers, 0);
     m.lazy_blocks = std::make_shared<SourceBlocks>(src);

@@ -1,6 +1,7 @@
 #include "model/arch.h"
 
 #include <algorithm>
+#include <deque>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -13,6 +14,9 @@ const char* site_name(Site s) {
     case Site::AttnOut: return "attn_out";
     case Site::FfnIn: return "ffn_in";
     case Site::FfnMid: return "ffn_mid";
+    case Site::ExpertIn: return "expert_in";
+    case Site::ExpertMid: return "expert_mid";
+    case Site::SharedMid: return "shared_mid";
   }
   return "?";
 }
@@ -24,6 +28,10 @@ int64_t extent(const ModelConfig& c, Extent e) {
     case Extent::Hidden: return c.hidden_dim;
     case Extent::QDim: return c.q_dim();
     case Extent::HeadDim: return c.head_dim();
+    case Extent::Experts: return c.n_experts;
+    case Extent::ExpertHidden: return c.expert_hidden;
+    case Extent::SharedHidden: return c.shared_hidden;
+    case Extent::One: return 1;
   }
   return 0;
 }
@@ -98,9 +106,102 @@ const ArchSpec kGemma3 = {"gemma3",
                           true,
                           1.f};
 
+// ---- Mixture of experts (docs/architecture.md#mixture-of-experts) ----
+// The Llama attention, then an FFN of routed SwiGLU experts: the router (full precision by
+// default in the recipes: it decides, it does not compute), each expert's gate/up/down, and for
+// Qwen2-MoE a shared expert every token passes through, scaled by sigmoid(shared_gate · x).
+// True-sequential stages as the dense block's: router and gate/up after o, downs last.
+// HF names are transformers' per-expert module names (the fused 3-d tensors of transformers 5's
+// checkpoints are rows of kHfLayouts); GGUF's merged [n_experts, …] tensors are not read yet.
+static std::vector<LinearSpec> moe_linears(const char* router_hf, const char* expert_hf, const char* gate, const char* up,
+                                           const char* down, bool shared) {
+  std::vector<LinearSpec> v(kDenseLinears.begin(), kDenseLinears.begin() + 4);  // q, k, v, o
+  static std::deque<std::string> names;  // the HF patterns, alive (and never moved) as long as the tables
+  auto keep = [](std::string s) {
+    names.push_back(std::move(s));
+    return names.back().c_str();
+  };
+  v.push_back({"router", "", Site::FfnIn, Extent::Experts, Extent::Dim, 3, Rope::None, "ffn_gate_inp", router_hf});
+  v.push_back({"experts.{e}.gate", "", Site::ExpertIn, Extent::ExpertHidden, Extent::Dim, 3, Rope::None, "ffn_gate_exps",
+               keep(std::string(expert_hf) + ".{e}." + gate)});
+  v.push_back({"experts.{e}.up", "", Site::ExpertIn, Extent::ExpertHidden, Extent::Dim, 3, Rope::None, "ffn_up_exps",
+               keep(std::string(expert_hf) + ".{e}." + up)});
+  v.push_back({"experts.{e}.down", "", Site::ExpertMid, Extent::Dim, Extent::ExpertHidden, 4, Rope::None, "ffn_down_exps",
+               keep(std::string(expert_hf) + ".{e}." + down)});
+  if (shared) {
+    v.push_back({"shared.gate", "", Site::FfnIn, Extent::SharedHidden, Extent::Dim, 3, Rope::None, "ffn_gate_shexp", "mlp.shared_expert.gate_proj"});
+    v.push_back({"shared.up", "", Site::FfnIn, Extent::SharedHidden, Extent::Dim, 3, Rope::None, "ffn_up_shexp", "mlp.shared_expert.up_proj"});
+    v.push_back({"shared.down", "", Site::SharedMid, Extent::Dim, Extent::SharedHidden, 4, Rope::None, "ffn_down_shexp", "mlp.shared_expert.down_proj"});
+    v.push_back({"shared_gate", "", Site::FfnIn, Extent::One, Extent::Dim, 3, Rope::None, "ffn_gate_inp_shexp", "mlp.shared_expert_gate"});
+  }
+  return v;
+}
+
+static const std::vector<NormSpec> kLlamaNorms = {
+    {"attn_norm", "rms_att", "attn_norm", "input_layernorm"},
+    {"ffn_norm", "rms_ffn", "ffn_norm", "post_attention_layernorm"},
+};
+
+const ArchSpec kMixtral = {"mixtral", BlockKind::LlamaMoe,
+                           moe_linears("mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj", false), kLlamaNorms,
+                           kDenseTensors};
+const ArchSpec kQwen2Moe = {"qwen2_moe", BlockKind::LlamaMoe,
+                            moe_linears("mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj", true), kLlamaNorms,
+                            kDenseTensors};
+const ArchSpec kQwen3Moe = {"qwen3_moe", BlockKind::LlamaMoe,
+                            moe_linears("mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj", false),
+                            {kLlamaNorms[0], kLlamaNorms[1], kQNorm, kKNorm}, kDenseTensors};
+
 const std::vector<const ArchSpec*>& arch_specs() {
-  static const std::vector<const ArchSpec*> all = {&kLlama, &kQwen3, &kGemma2, &kGemma3};
+  static const std::vector<const ArchSpec*> all = {&kLlama, &kQwen3, &kGemma2, &kGemma3, &kMixtral, &kQwen2Moe, &kQwen3Moe};
   return all;
+}
+
+std::string expert_name(const char* pattern, int expert) {
+  std::string s = pattern;
+  const size_t p = s.find("{e}");
+  if (p != std::string::npos) s.replace(p, 3, std::to_string(expert));
+  return s;
+}
+
+bool match_expert(const char* pattern, const std::string& name, int* e) {
+  const std::string p = pattern;
+  const size_t at = p.find("{e}");
+  if (at == std::string::npos) return false;
+  const std::string pre = p.substr(0, at), post = p.substr(at + 3);
+  if (name.size() <= pre.size() + post.size() || name.compare(0, pre.size(), pre) != 0 ||
+      name.compare(name.size() - post.size(), post.size(), post) != 0)
+    return false;
+  const std::string digits = name.substr(pre.size(), name.size() - pre.size() - post.size());
+  if (digits.empty() || digits.size() > 6 || (digits.size() > 1 && digits[0] == '0')) return false;
+  int v = 0;
+  for (char ch : digits) {
+    if (ch < '0' || ch > '9') return false;
+    v = v * 10 + (ch - '0');
+  }
+  *e = v;
+  return true;
+}
+
+// Consecutive per-expert rows expand expert by expert: experts.0.gate, experts.0.up,
+// experts.0.down, experts.1.gate, …
+std::vector<BlockLinear> block_linears(const ModelConfig& c) {
+  const std::vector<LinearSpec>& rows = arch_of(c).linears;
+  auto per_expert = [](const LinearSpec& s) { return std::string(s.name).find("{e}") != std::string::npos; };
+  std::vector<BlockLinear> out;
+  for (size_t i = 0; i < rows.size();) {
+    if (!per_expert(rows[i])) {
+      out.push_back({rows[i].name, &rows[i], -1});
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < rows.size() && per_expert(rows[j])) ++j;
+    for (int e = 0; e < c.n_experts; ++e)
+      for (size_t k = i; k < j; ++k) out.push_back({expert_name(rows[k].name, e), &rows[k], e});
+    i = j;
+  }
+  return out;
 }
 
 bool ArchSpec::has_norm(const std::string& n) const {
@@ -117,11 +218,18 @@ int ArchSpec::stages() const {
   return n;
 }
 
-const LinearSpec* ArchSpec::find(const std::string& n) const {
+const LinearSpec* ArchSpec::find(const std::string& n, int* expert) const {
+  if (expert) *expert = -1;
   for (const LinearSpec& s : linears)
     if (n == s.name) return &s;
   for (const LinearSpec& s : linears)
-    if (n == s.alias) return &s;
+    if (*s.alias && n == s.alias) return &s;
+  int e = -1;
+  for (const LinearSpec& s : linears)
+    if (match_expert(s.name, n, &e)) {
+      if (expert) *expert = e;
+      return &s;
+    }
   return nullptr;
 }
 
@@ -134,7 +242,8 @@ std::string ArchSpec::names() const {
 const LinearSpec& ArchSpec::linear(const std::string& n) const {
   if (const LinearSpec* s = find(n)) return *s;
   std::string aliases;
-  for (const LinearSpec& l : linears) aliases += (aliases.empty() ? "" : " ") + std::string(l.alias);
+  for (const LinearSpec& l : linears)
+    if (*l.alias) aliases += (aliases.empty() ? "" : " ") + std::string(l.alias);
   fail("unknown linear '", n, "' (", name, " blocks have: ", names(), "; llama2.c aliases ", aliases, ")");
 }
 
@@ -169,7 +278,10 @@ const ArchSpec& arch_spec(const std::string& name) {
 const ArchSpec& arch_of(const ModelConfig& c) { return arch_spec(c.arch); }
 
 Shape linear_shape(const ModelConfig& c, const std::string& name) {
-  const LinearSpec& s = arch_of(c).linear(name);
+  int e = -1;
+  const ArchSpec& a = arch_of(c);
+  const LinearSpec& s = a.find(name, &e) ? *a.find(name, &e) : a.linear(name);
+  if (e >= c.n_experts) fail("linear '", name, "': expert ", e, " out of range (the model has ", c.n_experts, " experts, numbered from 0)");
   return {extent(c, s.out), extent(c, s.in)};
 }
 
@@ -184,9 +296,9 @@ const LinearSpec* linear_of_tensor(const ArchSpec& a, const std::string& n) {
   const std::string kind = n.substr(d2 + 1);
   if (kind != "weight" && kind != "bias") return nullptr;
   const std::string lin = n.substr(d1 + 1, d2 - d1 - 1);
-  for (const LinearSpec& s : a.linears)
-    if (lin == s.name) return &s;
-  return nullptr;
+  int e = -1;
+  const LinearSpec* s = a.find(lin, &e);
+  return s && (lin == s->name || e >= 0) ? s : nullptr;  // canonical names only, not llama2.c aliases
 }
 
 // Llama, Mistral, Qwen2 and Phi-3 are the Llama block. Qwen2 adds q/k/v biases, which the
@@ -200,6 +312,9 @@ const std::vector<HfLayout> kHfLayouts = {
     {"Qwen3ForCausalLM", "qwen3", "qwen3", {}, "from_max_window_layers"},
     {"Gemma2ForCausalLM", "gemma2", "gemma2", {}, "even"},
     {"Gemma3ForCausalLM", "gemma3_text", "gemma3", {}, "pattern"},
+    {"MixtralForCausalLM", "mixtral", "mixtral", {}, "all"},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", "qwen2_moe", {}, "from_max_window_layers"},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3_moe", {}, "from_max_window_layers"},
 };
 
 // llama.cpp writes Mistral as "llama"; Qwen2 is the Llama block with biases. Only "llama" has its

@@ -17,23 +17,31 @@ struct ModelConfig;
 
 // Activation sites inside a block: each linear reads exactly one of them. Linears that share a
 // site share a calibration Gram matrix (q/k/v; gate/up).
-enum class Site { AttnIn, AttnOut, FfnIn, FfnMid };
-const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid"
+// Mixture of experts: each expert's gate/up read ExpertIn (the FFN input of the tokens routed to
+// it), its down ExpertMid; the shared expert's down reads SharedMid (the router, the shared
+// expert's gate/up and its sigmoid gate read FfnIn, every token).
+enum class Site { AttnIn, AttnOut, FfnIn, FfnMid, ExpertIn, ExpertMid, SharedMid };
+const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid", "expert_in", "expert_mid", "shared_mid"
 
 // A linear's out or in size, from the config: dim, n_kv_heads·head_dim, the FFN width,
 // n_heads·head_dim (= dim unless the head size is decoupled), one head.
-enum class Extent { Dim, KvDim, Hidden, QDim, HeadDim };
+// MoE: the number of experts (the router's rows), one expert's width, the shared expert's, 1
+// (the shared expert's gate is a single row).
+enum class Extent { Dim, KvDim, Hidden, QDim, HeadDim, Experts, ExpertHidden, SharedHidden, One };
 int64_t extent(const ModelConfig& c, Extent e);
 
 // Whether RoPE rotates the linear's output rows, and over how many heads.
 enum class Rope { None, Heads, KvHeads };
 
 // Which forward/backward code runs a block.
-enum class BlockKind { LlamaDense };
+// LlamaMoe: the FFN is a routed mixture of SwiGLU experts (config n_experts, …).
+enum class BlockKind { LlamaDense, LlamaMoe };
 
 // The FFN's gated activation: h = act(gate) ⊙ up.
 enum class GluAct { Silu, GeluTanh };  // SwiGLU; GeGLU with the tanh-approximated GELU
 
+// A row whose name holds "{e}" (experts.{e}.gate) is one linear per expert: block_linears
+// expands it to experts.0.gate … experts.<n_experts−1>.gate, and its GGUF/HF names' "{e}" the same.
 struct LinearSpec {
   const char* name;   // canonical name
   const char* alias;  // llama2.c name
@@ -75,13 +83,29 @@ struct ArchSpec {
   bool has_norm(const std::string& name) const;
   const ModelTensorSpec& tensor(const std::string& name) const;  // canonical name; error when unknown
   int stages() const;                                 // the last stage number
-  const LinearSpec* find(const std::string& name_or_alias) const;  // nullptr when unknown
+  // nullptr when unknown; "experts.3.gate" finds the row experts.{e}.gate (*expert = 3, else −1)
+  const LinearSpec* find(const std::string& name_or_alias, int* expert = nullptr) const;
   const LinearSpec& linear(const std::string& name_or_alias) const;  // error lists the names
   std::string names() const;                          // "q, k, v, o, gate, up, down"
   const NormSpec& norm(const std::string& name) const;  // canonical name; error when unknown
 };
 
-extern const ArchSpec kLlama, kQwen3, kGemma2, kGemma3;
+extern const ArchSpec kLlama, kQwen3, kGemma2, kGemma3, kMixtral, kQwen2Moe, kQwen3Moe;
+
+// One linear of a block under a config: its canonical name (per-expert rows expanded), its row.
+struct BlockLinear {
+  std::string name;
+  const LinearSpec* spec;
+  int expert = -1;  // per-expert rows: the expert, 0-based
+};
+// Every linear of a block of config c, in forward order (the arch table's, each per-expert row
+// expanded in place, expert 0 first). Block::linears holds them in this order.
+std::vector<BlockLinear> block_linears(const ModelConfig& c);
+// A name pattern with "{e}" replaced by the expert's number (no "{e}": the pattern itself).
+std::string expert_name(const char* pattern, int expert);
+// Whether name is pattern with its "{e}" replaced by a decimal expert number (no leading zeros);
+// sets *expert. A pattern without "{e}" matches nothing here.
+bool match_expert(const char* pattern, const std::string& name, int* expert);
 // Every architecture table, kLlama first.
 const std::vector<const ArchSpec*>& arch_specs();
 // The table of an architecture by name (ModelConfig::arch); error names the known ones.

@@ -6,6 +6,7 @@
 #include "core/parallel.h"
 #include "model/arch.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -199,6 +200,96 @@ Tensor embed(const Model& m, const std::vector<int32_t>& tokens) {
 
 static void add_inplace(Tensor& a, const Tensor& b) { backend().add_inplace(a.f32(), b.f32(), a.numel()); }
 
+// ---- Mixture of experts (docs/architecture.md#mixture-of-experts) ----
+
+MoeRouting moe_route(const ModelConfig& c, const Tensor& logits_) {
+  const int E = c.n_experts, K = c.n_experts_used;
+  if (logits_.dim() != 2 || logits_.size(1) != E) fail("moe_route: router logits ", shape_str(logits_.shape()), " are not [N, ", E, "]");
+  const Tensor logits = logits_.contiguous();
+  const int64_t N = logits.size(0);
+  MoeRouting r;
+  r.k = K;
+  r.expert.resize(N * K);
+  r.weight.resize(N * K);
+  const float* L = logits.f32();
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(N * E * 8))
+  for (int64_t t = 0; t < N; ++t) {
+    // Softmax over every expert in f32 (its sum in f64), then the k largest probabilities,
+    // ties to the lower expert; moe_norm_topk: the k weights divided by their sum.
+    const float* l = L + t * E;
+    float mx = l[0];
+    for (int e = 1; e < E; ++e) mx = std::max(mx, l[e]);
+    std::vector<float> p(E);
+    double sum = 0;
+    for (int e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - mx));
+    for (int e = 0; e < E; ++e) p[e] = (float)(p[e] / sum);
+    std::vector<int> order(E);
+    for (int e = 0; e < E; ++e) order[e] = e;
+    std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                      [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+    float ks = 0;
+    for (int j = 0; j < K; ++j) ks += p[order[j]];
+    for (int j = 0; j < K; ++j) {
+      r.expert[t * K + j] = order[j];
+      r.weight[t * K + j] = c.moe_norm_topk ? p[order[j]] / ks : p[order[j]];
+    }
+  }
+  return r;
+}
+
+// y = act(gate·x) ⊙ (up·x), then down: one SwiGLU FFN (an expert, or the shared expert).
+static Tensor glu_ffn(const ModelConfig& c, const Tensor& x, const Linear& gate, const Linear& up, const Linear& down) {
+  std::vector<Tensor> gu = linear_forward(x, {&gate, &up});
+  glu_forward(c, gu[0], gu[1]);
+  return linear_forward(gu[0], down);
+}
+
+Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_) {
+  const Tensor xn = xn_.contiguous();
+  const int64_t N = xn.size(0), D = c.dim;
+  const MoeRouting r = moe_route(c, linear_forward(xn, blk.linear("router")));
+  Tensor out = Tensor::empty({N, D});
+  float* o = out.f32();
+  // Experts in ascending order, each on the rows routed to it (ascending token order); a token's
+  // k contributions are added to its row in expert order, the same for any thread count.
+  std::vector<std::vector<int64_t>> rows(c.n_experts);
+  std::vector<std::vector<float>> wts(c.n_experts);
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < r.k; ++j) {
+      rows[r.expert[t * r.k + j]].push_back(t);
+      wts[r.expert[t * r.k + j]].push_back(r.weight[t * r.k + j]);
+    }
+  for (int e = 0; e < c.n_experts; ++e) {
+    const std::vector<int64_t>& idx = rows[e];
+    if (idx.empty()) continue;
+    const int64_t n = (int64_t)idx.size();
+    Tensor xe = Tensor::empty({n, D});
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
+    for (int64_t i = 0; i < n; ++i) std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
+    const std::string pre = "experts." + std::to_string(e) + ".";
+    const Tensor ye = glu_ffn(c, xe, blk.linear(pre + "gate"), blk.linear(pre + "up"), blk.linear(pre + "down"));
+    const float* y = ye.f32();
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = wts[e][i];
+      float* dst = o + idx[i] * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] += w * y[i * D + d];
+    }
+  }
+  if (c.shared_hidden > 0) {  // Qwen2-MoE: every token through the shared expert, scaled by sigmoid(shared_gate·x)
+    Tensor s = glu_ffn(c, xn, blk.linear("shared.gate"), blk.linear("shared.up"), blk.linear("shared.down"));
+    const Tensor g = linear_forward(xn, blk.linear("shared_gate"));  // [N, 1]
+    const float* gp = g.f32();
+    float* sp = s.f32();
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(N * D))
+    for (int64_t t = 0; t < N; ++t) {
+      const float sg = 1.0f / (1.0f + std::exp(-gp[t]));
+      for (int64_t d = 0; d < D; ++d) o[t * D + d] += sg * sp[t * D + d];
+    }
+  }
+  return out;
+}
+
 Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
   const ModelConfig& c = m.cfg;
   if (layer < 0 || layer >= (int)m.blocks.size()) fail("block ", layer + 1, " out of range (model has ", m.blocks.size(), " blocks, numbered from 1)");
@@ -227,6 +318,12 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
 
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn);
   if (obs) obs(Site::FfnIn, xn);
+  if (arch_of(c).kind == BlockKind::LlamaMoe) {
+    Tensor f = moe_ffn_forward(c, blk, xn);
+    if (blk.post_ffn_norm.defined()) rmsnorm(Tensor(f), blk.post_ffn_norm, c.norm_eps, f);
+    add_inplace(h, f);
+    return h;
+  }
   std::vector<Tensor> gu = linear_forward(xn, {&blk.linear("gate"), &blk.linear("up")});
   Tensor g = std::move(gu[0]);
   const Tensor u = std::move(gu[1]);

@@ -54,6 +54,17 @@ std::vector<Tensor> linear_forward(const Tensor& x, const std::vector<const Line
 float embed_scale(const ModelConfig& c);
 // [N, dim] (× embed_scale); errors on an id out of range.
 Tensor embed(const Model& m, const std::vector<int32_t>& tokens);
+// Mixture of experts (ModelConfig n_experts, …): each token's n_experts_used experts, best first,
+// and their weights (softmax over all experts in f32, the top k, renormalized when moe_norm_topk).
+struct MoeRouting {
+  int k = 0;
+  std::vector<int32_t> expert;  // [N·k]
+  std::vector<float> weight;    // [N·k]
+};
+MoeRouting moe_route(const ModelConfig& c, const Tensor& router_logits);
+// The MoE FFN of block blk on its normed input xn [N, dim]: Σ_k weight · expert(xn) (+ the shared
+// expert scaled by sigmoid(shared_gate·xn)) -> [N, dim].
+Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn);
 // One transformer block: x [B·T, dim] -> new tensor [B·T, dim].
 Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs = nullptr);
 Tensor head_forward(const Model& m, const Tensor& x);  // final norm + classifier (+ soft cap) -> [N, vocab]

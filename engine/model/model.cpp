@@ -205,7 +205,16 @@ void validate_config(const ModelConfig& c, const std::string& what) {
   nonneg("attn_scale", c.attn_scale);
   nonneg("attn_softcap", c.attn_softcap);
   nonneg("final_softcap", c.final_softcap);
-  arch_spec(c.arch);  // a known architecture
+  const ArchSpec& a = arch_spec(c.arch);  // a known architecture
+  if (a.kind == BlockKind::LlamaMoe) {
+    if (c.n_experts < 1 || c.n_experts > 4096) bad("n_experts", c.n_experts, "expected 1..4096");
+    if (c.n_experts_used < 1 || c.n_experts_used > c.n_experts) bad("n_experts_used", c.n_experts_used, "expected 1..n_experts");
+    if (c.expert_hidden <= 0 || c.expert_hidden > (1 << 18)) bad("expert_hidden", c.expert_hidden, "expected 1..262144");
+    if (c.shared_hidden < 0 || c.shared_hidden > (1 << 18)) bad("shared_hidden", c.shared_hidden, "expected 0..262144");
+    if (a.find("shared.gate") && c.shared_hidden == 0) bad("shared_hidden", 0, "this architecture has a shared expert");
+  } else if (c.n_experts != 0) {
+    bad("n_experts", c.n_experts, "a dense architecture has none");
+  }
 }
 
 }  // namespace qf

@@ -47,6 +47,15 @@ struct ModelConfig {
   float attn_scale = 0.f;     // score scale; 0 = 1/√head_dim (Gemma: query_pre_attn_scalar^−½)
   float attn_softcap = 0.f;   // scores ← c·tanh(scores/c) before the softmax (Gemma 2); 0 = off
   float final_softcap = 0.f;  // logits ← c·tanh(logits/c) (Gemma 2); 0 = off
+  // Mixture of experts (architectures with BlockKind::LlamaMoe; docs/architecture.md#mixture-of-experts):
+  // the FFN is n_experts SwiGLU experts of width expert_hidden, of which a router picks
+  // n_experts_used per token (softmax over all experts, then the top k; moe_norm_topk: the k
+  // weights renormalized to sum 1), plus a shared expert of width shared_hidden (0: none).
+  int n_experts = 0;
+  int n_experts_used = 0;
+  int expert_hidden = 0;
+  int shared_hidden = 0;
+  bool moe_norm_topk = true;
   int head_dim() const { return head_size > 0 ? head_size : dim / n_heads; }
   int q_dim() const { return head_dim() * n_heads; }
   int kv_dim() const { return head_dim() * n_kv_heads; }

@@ -50,6 +50,8 @@ ALT = {
     "phi3": (dict(sliding_window=None),
              "llama.cpp's phi3 ignores phi3.attention.sliding_window ('Phi SWA is currently disabled'), and qforge's GGUF loader "
              "follows it (kGgufArchs ignores_window)"),
+    "mixtral": (dict(sliding_window=None),
+                "the converter writes no sliding window for MixtralForCausalLM (GGUF arch 'llama', which has none in llama.cpp)"),
     "gemma3-gguf": (dict(layer_types=["sliding_attention"] * 4),
                     "the converter writes no layer pattern for Gemma 3 (llama.cpp assumes 5 sliding : 1 global, so layers 0-3 "
                     "all slide; HF's layer 1 is global)"),
@@ -72,7 +74,9 @@ QF_GAPS = {c: ("metadata 'general.architecture' = 'phi3' is not supported",
                "rope.dimension_count, attention.sliding_window (0 = none)") for c in ("phi3", "phi3-nowin")}
 
 # Cases the converter must refuse, with the words its log must contain.
-EXPECT_REFUSAL = {"gemma3-attncap": 'assert hparams.get("attn_logit_softcapping") is None'}
+EXPECT_REFUSAL = {"gemma3-attncap": 'assert hparams.get("attn_logit_softcapping") is None',
+                  # its Mixtral (LlamaModel) class merges only block_sparse_moe.experts.E.w1/w2/w3, not transformers' fused layout
+                  "mixtral-fused": "Can not map tensor 'model.layers.0.mlp.experts.gate_up_proj'"}
 
 
 def src_dir(root):
