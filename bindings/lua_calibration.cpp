@@ -24,10 +24,13 @@ struct LCal {
 
 static LCal& check_cal(lua_State* L, int arg, const char* fn) { return *static_cast<LCal*>(check_udata(L, arg, kCalMT, fn)); }
 
-static Site site_from_name(const std::string& s, const char* fn) {
-  for (Site x : {Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid})
-    if (s == site_name(x)) return x;
-  fail(fn, ": unknown site '", s, "' (expected attn_in, attn_out, ffn_in or ffn_mid)");
+// A site of the model's blocks by name (attn_in, …; an expert's experts.3.ffn_in): arch.h parse_site_key.
+static SiteKey site_from_name(const Model& m, const std::string& s, const char* fn) {
+  try {
+    return parse_site_key(m.cfg, s);
+  } catch (const Error& e) {
+    fail(fn, ": ", e.what());
+  }
 }
 
 // qf.calibration{model=, text= | tokens=, nsamples=128, seqlen=0, seed=run seed, range={first, last}, fp_chain=true}
@@ -81,45 +84,53 @@ static int f_calibration(lua_State* L) {
   return 1;
 }
 
-// cal:capture([sites] [, {cross = bool}]) -> {attn_in = {sigma = Tensor, mu = Tensor, tokens = N
-// [, cross = Tensor, sigma_fp = Tensor]}, ...}. cross = true adds, per site, G = Σ x·x̃ᵀ and the
-// full-precision Σ x·xᵀ (x: the full-precision chain's input, x̃: the quantized prefix's; the block's
-// current weights run both: capture at the block's start; docs/methods.md#qronos).
+// cal:capture([sites] [, {cross = bool, all_experts = bool}]) -> {attn_in = {sigma = Tensor, mu = Tensor
+// (nil when no token reached the site: an expert nothing was routed to), tokens = N [, cross = Tensor,
+// sigma_fp = Tensor]}, ...}; an expert's sites are experts.<e>.ffn_in / ffn_mid (0-based e), over
+// the tokens routed to it, or every token with all_experts = true. cross = true adds, per site,
+// G = Σ x·x̃ᵀ and the full-precision Σ x·xᵀ (x: the full-precision chain's input, x̃: the quantized
+// prefix's; the block's current weights run both: capture at the block's start; docs/methods.md#qronos).
 static int c_capture(lua_State* L) {
   const char* fn = "capture";
   LCal& c = check_cal(L, 1, fn);
-  std::vector<Site> sites;
+  std::vector<SiteKey> sites;
   if (!is_none_or_nil(L, 2)) {
     check_table(L, 2, fn);
     const lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     for (lua_Integer i = 1; i <= n; ++i) {
       lua_rawgeti(L, 2, i);
-      if (lua_type(L, -1) != LUA_TSTRING) fail(fn, ": sites must be names (attn_in, attn_out, ffn_in, ffn_mid)");
-      sites.push_back(site_from_name(lua_tostring(L, -1), fn));
+      if (lua_type(L, -1) != LUA_TSTRING) fail(fn, ": sites must be names (attn_in, attn_out, ffn_in, ffn_mid, experts.<e>.ffn_in, ...)");
+      sites.push_back(site_from_name(*c.m, lua_tostring(L, -1), fn));
       lua_pop(L, 1);
     }
   }
-  bool cross = false;
+  bool cross = false, all_experts = false;
   if (!is_none_or_nil(L, 3)) {
     check_table(L, 3, fn);
-    check_opts(L, 3, fn, {"cross"});
+    check_opts(L, 3, fn, {"cross", "all_experts"});
     cross = opt_field_bool(L, 3, "cross", fn, false);
+    all_experts = opt_field_bool(L, 3, "all_experts", fn, false);
+    if (all_experts && arch_of(c.m->cfg).kind != BlockKind::LlamaMoe)
+      fail(fn, ": all_experts applies to mixture-of-experts blocks; ", c.m->cfg.arch, " has none");
+    if (all_experts && cross) fail(fn, ": all_experts and cross cannot be combined");
   }
-  std::map<Site, SiteStats> st;
-  std::map<Site, CrossStats> cs;
+  std::map<SiteKey, SiteStats> st;
+  std::map<SiteKey, CrossStats> cs;
   if (cross) {
     cs = c.cal->capture_cross(*c.m, sites);
     for (auto& [site, x] : cs) st[site] = x.q;
   } else {
-    st = c.cal->capture(*c.m, sites);
+    st = c.cal->capture(*c.m, sites, all_experts);
   }
   lua_createtable(L, 0, (int)st.size());
   for (auto& [site, s] : st) {
     lua_createtable(L, 0, 5);
     push_tensor(L, s.sigma());
     lua_setfield(L, -2, "sigma");
-    push_tensor(L, s.mu());
-    lua_setfield(L, -2, "mu");
+    if (s.tokens > 0) {
+      push_tensor(L, s.mu());
+      lua_setfield(L, -2, "mu");
+    }
     set_field(L, "tokens", s.tokens);
     if (cross) {
       const CrossStats& x = cs.at(site);
@@ -131,7 +142,7 @@ static int c_capture(lua_State* L) {
       push_tensor(L, f);
       lua_setfield(L, -2, "sigma_fp");
     }
-    lua_setfield(L, -2, site_name(site));
+    lua_setfield(L, -2, site_key_name(site).c_str());
   }
   return 1;
 }
@@ -189,7 +200,7 @@ static int c_inputs(lua_State* L) {
 static int c_activations(lua_State* L) {
   const char* fn = "activations";
   LCal& c = check_cal(L, 1, fn);
-  const Site site = site_from_name(check_str(L, 2, fn), fn);
+  const SiteKey site = site_from_name(*c.m, check_str(L, 2, fn), fn);
   check_opts(L, 3, fn, {"first", "count", "chain"});
   const int64_t n = c.cal->nsamples();
   const int64_t first = opt_field_int(L, 3, "first", fn, 1);

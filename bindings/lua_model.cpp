@@ -10,6 +10,7 @@
 #include "eval/eval.h"
 #include "formats/export.h"
 #include "model/fold.h"
+#include "model/moe_from_dense.h"
 #include "model/forward.h"
 #include "core/io.h"
 #include "formats/loader.h"
@@ -109,6 +110,12 @@ static int m_config(lua_State* L) {
   set_field(L, "attn_scale", c.attn_scale);
   set_field(L, "attn_softcap", c.attn_softcap);
   set_field(L, "final_softcap", c.final_softcap);
+  // Mixture of experts (0 experts: a dense model)
+  set_field(L, "n_experts", c.n_experts);
+  set_field(L, "n_experts_used", c.n_experts_used);
+  set_field(L, "expert_hidden", c.expert_hidden);
+  set_field(L, "shared_hidden", c.shared_hidden);
+  set_field(L, "moe_norm_topk", c.moe_norm_topk);
   return 1;
 }
 
@@ -149,7 +156,7 @@ static int m_arch(lua_State* L) {
     lua_createtable(L, 0, 9);
     set_field(L, "name", ls[i].name);
     set_field(L, "alias", std::string(s.alias));
-    set_field(L, "site", std::string(site_name(s.input)));
+    set_field(L, "site", site_key_name(SiteKey(s.input, ls[i].expert)));
     set_field(L, "stage", (int64_t)s.stage);
     push_shape(L, linear_shape(m.cfg, ls[i].name));
     lua_setfield(L, -2, "shape");
@@ -171,7 +178,7 @@ static int m_arch(lua_State* L) {
   }
   lua_setfield(L, -2, "norms");
   lua_newtable(L);
-  for (const BlockLinear& s : ls) set_field(L, s.name.c_str(), std::string(site_name(s.spec->input)));
+  for (const BlockLinear& s : ls) set_field(L, s.name.c_str(), site_key_name(SiteKey(s.spec->input, s.expert)));
   lua_setfield(L, -2, "site_of");
   lua_createtable(L, a.stages(), 0);
   for (int st = 1; st <= a.stages(); ++st) {
@@ -188,13 +195,10 @@ static int m_arch(lua_State* L) {
   lua_newtable(L);
   {
     lua_Integer n = 0;
-    std::vector<Site> seen;
-    for (const LinearSpec& s : a.linears)
-      if (std::find(seen.begin(), seen.end(), s.input) == seen.end()) {
-        seen.push_back(s.input);
-        lua_pushstring(L, site_name(s.input));
-        lua_rawseti(L, -2, ++n);
-      }
+    for (const SiteKey& k : block_sites(m.cfg)) {
+      push_str(L, site_key_name(k));
+      lua_rawseti(L, -2, ++n);
+    }
   }
   lua_setfield(L, -2, "sites");
   return 1;
@@ -213,7 +217,7 @@ static int m_linears(lua_State* L) {
       lua_setfield(L, -2, "name");
       push_shape(L, lin.weight.shape());
       lua_setfield(L, -2, "shape");
-      lua_pushstring(L, site_name(lin.input));
+      push_str(L, site_key_name(linear_site(m.cfg, lin.name)));
       lua_setfield(L, -2, "input");
       lua_rawseti(L, -2, ++n);
     }
@@ -254,6 +258,21 @@ static int m_classifier(lua_State* L) {
 static int m_clone(lua_State* L) {
   const LModel& src = check_model(L, 1, "clone");
   LModel lm{std::make_shared<Model>(src.m->clone()), src.tok};
+  new_udata<LModel>(L, kModelMT, std::move(lm));
+  return 1;
+}
+
+// m:to_moe{experts = 8, used = 2, router_scale = 0.01} -> a Mixtral-architecture copy whose FFNs are
+// split into experts (model/moe_from_dense.h); the tokenizer travels on.
+static int m_to_moe(lua_State* L) {
+  const char* fn = "to_moe";
+  const LModel& src = check_model(L, 1, fn);
+  check_opts(L, 2, fn, {"experts", "used", "router_scale"});
+  MoeFromDenseOptions o;
+  o.experts = (int)opt_field_int(L, 2, "experts", fn, o.experts);
+  o.used = (int)opt_field_int(L, 2, "used", fn, o.used);
+  o.router_scale = (float)opt_field_num(L, 2, "router_scale", fn, o.router_scale);
+  LModel lm{std::make_shared<Model>(moe_from_dense(*src.m, o)), src.tok};
   new_udata<LModel>(L, kModelMT, std::move(lm));
   return 1;
 }
@@ -788,6 +807,7 @@ void open_model(lua_State* L, int mod) {
                   {"multiple_choice", qf_guard<model_multiple_choice>, 3},
                   {"save", qf_guard<m_save>, 3},
                   {"save_blocks", qf_guard<m_save_blocks>, 4},
+                  {"to_moe", qf_guard<m_to_moe>, 2},
                   {"load_blocks", qf_guard<m_load_blocks>, 2},
                   {"set_linear", qf_guard<m_set_linear>, 4},
                   {"bias", qf_guard<m_bias>, 3},

@@ -42,8 +42,8 @@ windows and soft caps):
       transformers with the config as the GGUF describes it. See scripts/verify/convert_check.py.
       Needs sentencepiece in the venv; LLAMACPP_SRC (default
       build/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp) has the converter.
-Mixture-of-experts cases (8 experts, top-2, expert feed-forward 32; qforge does not load MoE models yet, so
-(a)-(c) report "qforge could not load it" until it does): `mixtral` (sliding_window 8; GGUF variant
+Mixture-of-experts cases (8 experts, top-2, expert feed-forward 32; a case whose architecture or layout qforge
+does not load reports "qforge could not load it" in (a)-(c)): `mixtral` (sliding_window 8; GGUF variant
 `mixtral-nowin`, llama.cpp's "llama" has no window), `qwen2-moe` (shared expert 48 with its sigmoid gate,
 q/k/v biases, norm_topk_prob False), `qwen3-moe` (norm_topk_prob True, q/k norms, head_dim 32 != hidden/heads).
 They are saved as transformers 5 saves by default (save_original_format=True): the per-expert layout of the

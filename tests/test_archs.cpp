@@ -22,6 +22,7 @@
 #include "formats/loader.h"
 #include "model/backward.h"
 #include "model/forward.h"
+#include "model/moe_from_dense.h"
 #include "solvers/block_finetune.h"
 #include "ref_llama.h"
 #include "scratch_dir.h"
@@ -580,11 +581,75 @@ TEST_CASE("architectures: mixture-of-experts tables, forward against the f64 ref
     CHECK(hb.cfg.swa_layers == m.cfg.swa_layers);
     const Tensor hg = forward(hb, tok, B, T);
     CHECK(std::memcmp(hg.f32(), want.f32(), sizeof(float) * want.numel()) == 0);
-    // Not built yet, so refused by name rather than computed wrong: per-expert calibration, the backward.
-    CHECK_THROWS_WITH_AS(Calibration(m, tok, B, T), doctest::Contains("per-expert calibration statistics are not built yet"), Error);
+    // Per-expert statistics: an expert's Σ sums exactly the tokens routed to it; every token goes to
+    // k experts, so the experts' Σ add up to k times the FFN input's.
+    {
+      Calibration cal(m, tok, B, T, /*fp_chain=*/true);
+      cal.advance(m);  // block 2: its inputs come from block 1
+      const auto st = cal.capture(m);
+      const SiteStats& fin = st.at(Site::FfnIn);
+      Eigen::MatrixXd sum = Eigen::MatrixXd::Zero(16, 16);
+      int64_t total = 0;
+      for (int e = 0; e < 5; ++e) {
+        const SiteStats& se = st.at(SiteKey(Site::ExpertIn, e));
+        total += se.tokens;
+        sum += se.sum;
+        CHECK(st.at(SiteKey(Site::ExpertMid, e)).tokens == se.tokens);
+        CHECK(st.at(SiteKey(Site::ExpertMid, e)).sum.rows() == 12);
+      }
+      CHECK(total == 2 * (int64_t)B * T);
+      CHECK((sum - 2.0 * fin.sum).norm() <= 1e-6 * fin.sum.norm());
+      // Expert 0's Σ again, from the routing of the FFN input's activations.
+      const Tensor xn = cal.activations(m, Site::FfnIn, 0, B);
+      const MoeRouting rt = moe_route(m.cfg, linear_forward(xn, m.block(1).linear("router")));
+      Eigen::MatrixXd s0 = Eigen::MatrixXd::Zero(16, 16);
+      int64_t n0 = 0;
+      for (int64_t t = 0; t < (int64_t)B * T; ++t)
+        for (int j = 0; j < rt.k; ++j)
+          if (rt.expert[t * rt.k + j] == 0) {
+            Eigen::VectorXd x(16);
+            for (int d = 0; d < 16; ++d) x(d) = xn.f32()[t * 16 + d];
+            s0 += x * x.transpose();
+            ++n0;
+          }
+      CHECK(st.at(SiteKey(Site::ExpertIn, 0)).tokens == n0);
+      CHECK((st.at(SiteKey(Site::ExpertIn, 0)).sum - s0).norm() <= 1e-6 * s0.norm() + 1e-12);
+      // all_experts: every expert sees every token; its input Σ is the FFN input's, bit for bit.
+      const auto all = cal.capture(m, {}, /*moe_all_experts=*/true);
+      for (int e = 0; e < 5; ++e) {
+        CHECK(all.at(SiteKey(Site::ExpertIn, e)).tokens == (int64_t)B * T);
+        CHECK(all.at(SiteKey(Site::ExpertIn, e)).sum == all.at(Site::FfnIn).sum);
+      }
+      CHECK(all.at(Site::FfnIn).sum == fin.sum);  // the dense sites are unchanged by the option
+      CHECK_THROWS_WITH_AS(cal.capture_cross(m, {SiteKey(Site::ExpertIn, 1)}), doctest::Contains("route tokens to experts differently"), Error);
+      CHECK(site_key_name(SiteKey(Site::ExpertMid, 3)) == "experts.3.ffn_mid");
+      CHECK(parse_site_key(m.cfg, "experts.4.ffn_in") == SiteKey(Site::ExpertIn, 4));
+      CHECK_THROWS_WITH_AS(parse_site_key(m.cfg, "experts.5.ffn_in"), doctest::Contains("unknown site 'experts.5.ffn_in'"), Error);
+    }
+    // Not built yet, so refused by name rather than computed wrong: the backward.
     BlockGrads g;
     CHECK_THROWS_WITH_AS(block_backward(m, 0, embed(m, tok), B, T, embed(m, tok), &g, BlockGradRequest::all()),
                          doctest::Contains("have no backward yet"), Error);
     CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, dir + "/x.gguf", "F32"), doctest::Contains("no GGUF name"), Error);
   }
+}
+
+TEST_CASE("architectures: a dense model split into experts computes the same function when every expert is used") {
+  const Model dense = tiny_model(41, /*interleaved=*/false, /*qkv_bias=*/false, /*tied=*/true, 2);
+  const std::vector<int32_t> tok = tokens(5, 16, dense.cfg.vocab_size);
+  const Tensor want = forward(dense, tok, 2, 8);
+  const int H = dense.cfg.hidden_dim;
+  int E = 1;
+  while (E * 2 <= 8 && H % (E * 2) == 0) E *= 2;  // a power of two dividing the width
+  REQUIRE(E >= 2);
+  const Model moe = moe_from_dense(dense, {E, E, 0.f});
+  CHECK(moe.cfg.arch == "mixtral");
+  CHECK(moe.cfg.expert_hidden == H / E);
+  CHECK(max_rel(to_vec(forward(moe, tok, 2, 8)), to_vec(want)) < 1e-5);
+  // Fewer experts per token: a different function, still the reference's.
+  const Model sparse = moe_from_dense(dense, {E, 1, 0.5f});
+  CHECK(max_rel(to_vec(forward(sparse, tok, 2, 8)), ref_logits(ref_of(sparse), tok, 2, 8)) < 2e-6);
+  CHECK(max_rel(to_vec(forward(sparse, tok, 2, 8)), to_vec(want)) > 1e-3);
+  CHECK_THROWS_WITH_AS(moe_from_dense(dense, {5, 1, 0.f}), doctest::Contains("not divisible by experts = 5"), Error);
+  CHECK_THROWS_WITH_AS(moe_from_dense(dense, {E, E + 1, 0.f}), doctest::Contains("used = "), Error);
 }

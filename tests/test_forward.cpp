@@ -131,7 +131,9 @@ TEST_CASE("block observer sees each linear's input; block_forward composes to fo
   Tensor x = embed(m, ids);
   std::vector<Site> seen;
   Tensor ffn_mid;
-  Tensor x1 = block_forward(m, 0, x, 1, 8, [&](Site s, const Tensor& t) {
+  Tensor x1 = block_forward(m, 0, x, 1, 8, [&](const SiteKey& k, const Tensor& t) {
+    const Site s = k.site;
+    CHECK(k.expert == -1);
     seen.push_back(s);
     if (s == Site::FfnMid) ffn_mid = t.clone();
     const int64_t want = s == Site::FfnMid ? m.cfg.hidden_dim : m.cfg.dim;

@@ -33,6 +33,8 @@ P.common_options = {
   f16_scales = false,     -- fp16-exact scales: exports to GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ lose nothing
   save = "", save_format = "qforge", save_dtype = "",  -- write the quantized model (m:save) when save is set
   checkpoint = "",        -- block checkpoints: a killed run resumes after its last finished block (P.quantize_model)
+  -- Mixture of experts (docs/methods.md#moe-calibration); a non-default value on a dense model is an option error.
+  moe_calibrate = "routed", moe_min_tokens = 16, moe_fallback = "all_tokens", moe_router = "fp",
 }
 
 -- Help and accepted values (qf.options declarations: {"help", min=, max=, gt=, lt=, also=, choices=}).
@@ -67,6 +69,10 @@ P.common_help = {
   f16_scales = "round grid scales to fp16 (asym <= 5 bits: so scale*zero is fp16 too): exact GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and GPTQ exports",
   save = "write the quantized model here after evaluation (empty: don't); checked before any work",
   save_format = { "qforge | gguf | gptq | compressed-tensors | hf", choices = { "qforge", "gguf", "gptq", "compressed-tensors", "hf" } },
+  moe_calibrate = { "mixture of experts: each expert's Σ from the tokens routed to it (routed), or from every token (all: llm-compressor's moe_calibrate_all_experts; the forward still combines only the routed experts)", choices = { "routed", "all" } },
+  moe_min_tokens = { "mixture of experts: an expert whose Σ has fewer tokens gets moe_fallback (named in the progress, the log and results.json's moe_fallbacks)", min = 1 },
+  moe_fallback = { "mixture of experts: what an expert with fewer than moe_min_tokens tokens gets: all_tokens (Σ from every token through it), rtn (round to nearest, no Σ) or fp (left in full precision, counted as unquantized)", choices = { "all_tokens", "rtn", "fp" } },
+  moe_router = { "mixture of experts: the router (a decision, not a computation) stays in full precision (fp) or is solved like the other linears (quantize); an override rule naming it decides instead", choices = { "fp", "quantize" } },
   checkpoint = "directory of block checkpoints: after each block P.quantize_model saves the run's state under DIR/<fingerprint of recipe, options, seed, commit, model, windows>/; a run with the same fingerprint (the same command, killed or failed) resumes after the last finished block, bit-identically; removed when the run ends ok (qforge sweep sets it to SWEEP/checkpoints; empty: off)",
   save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq, compressed-tensors: none",
 }
@@ -361,6 +367,15 @@ end
 -- The options the model decides (window lengths within its context), checked after loading.
 function P.check_model_options(opt, m)
   local ctxlen = m:config().seq_len
+  if m:arch().block_kind ~= "llama_moe" then  -- the moe_* options must not be silently ignored
+    for k, v in pairs(P.common_options) do
+      if k:match("^moe_") and opt[k] ~= nil and opt[k] ~= v then
+        qf.option_error(k, string.format("applies to mixture-of-experts models; %s has none", m:arch().name))
+      end
+    end
+  elseif opt.finetune then
+    qf.option_error("finetune", string.format("%s is a mixture of experts, whose blocks have no backward yet: block finetuning is not available", m:arch().name))
+  end
   if opt.seqlen ~= nil and opt.seqlen > ctxlen then
     qf.option_error("seqlen", string.format("%d exceeds the model's context length %d", opt.seqlen, ctxlen))
   end
@@ -914,6 +929,36 @@ function P.quantize_model(m, cal, solve, opts)
   local nb, t0 = cal:nblocks(), qf.now()
   local total, nlayers = 0, nb * #arch.linears
   local layers, finetunes = {}, {}
+  -- Mixture of experts (docs/methods.md#moe-calibration): the options from the recipe's, else the defaults.
+  local copt = CAL_OPT[cal] or {}
+  local moe = arch.block_kind == "llama_moe" and {
+    calibrate = copt.moe_calibrate or P.common_options.moe_calibrate,
+    min_tokens = copt.moe_min_tokens or P.common_options.moe_min_tokens,
+    fallback = copt.moe_fallback or P.common_options.moe_fallback,
+    router = copt.moe_router or P.common_options.moe_router,
+    tokens = {}, fallbacks = {} } or nil
+  local starved = {}  -- expert (0-based) -> routed tokens, for the current capture
+  local function capture(sites)
+    local copts = opts.cross and { cross = true } or nil
+    if moe and moe.calibrate == "all" then copts = { all_experts = true, cross = opts.cross } end
+    local st = cal:capture(sites, copts)
+    if not moe then return st end
+    starved = {}
+    for key, v in pairs(st) do
+      local e = key:match("^experts%.(%d+)%.ffn_")
+      if e and v.tokens < moe.min_tokens then starved[tonumber(e)] = v.tokens end
+    end
+    if next(starved) and moe.fallback == "all_tokens" then  -- those experts' Σ from every token through them
+      local again = {}
+      for key in pairs(st) do
+        local e = key:match("^experts%.(%d+)%.ffn_")
+        if e and starved[tonumber(e)] then again[#again + 1] = key end
+      end
+      table.sort(again)
+      for k, v in pairs(cal:capture(again, { all_experts = true })) do st[k] = v end
+    end
+    return st
+  end
   local solve_sum, overhead_done = 0, 0  -- solve seconds so far; overhead of the finished blocks
   local ck = checkpoint_open(m, cal, opts)
   local first = 1
@@ -934,9 +979,25 @@ function P.quantize_model(m, cal, solve, opts)
   for b = first, nb do
     if opts.before_block then opts.before_block(b) end  -- e.g. AWQ's scales (methods.md#awq), before Σ is taken
     local tc = qf.now()
-    local stats = cal:capture(nil, opts.cross and { cross = true } or nil)
+    local stats = capture(nil)
     local capture_seconds = qf.now() - tc
     qf.log{ event = "block_capture", block = b, nblocks = nb, seconds = capture_seconds }
+    if moe then  -- tokens per expert, and the experts that get the fallback
+      local counts, names = {}, {}
+      for e = 0, m:config().n_experts - 1 do counts[e + 1] = starved[e] or stats["experts." .. e .. ".ffn_in"].tokens end  -- routed, before a fallback
+      local sorted = {}
+      for i, v in ipairs(counts) do sorted[i] = v end
+      table.sort(sorted)
+      for e = 0, #counts - 1 do
+        if starved[e] then names[#names + 1] = string.format("%d (%d tokens)", e, starved[e]) end
+      end
+      moe.tokens[#moe.tokens + 1] = { block = b, tokens = counts, calibrate = moe.calibrate }
+      io.stderr:write(string.format("block %d/%d experts: %s tokens per expert min %d, median %d, max %d%s\n", b, nb,
+        moe.calibrate == "all" and "all" or "routed", sorted[1], sorted[(#sorted + 1) // 2], sorted[#sorted],
+        #names > 0 and string.format("; under moe_min_tokens=%d: experts %s -> moe_fallback=%s", moe.min_tokens, table.concat(names, ", "), moe.fallback) or ""))
+      qf.log{ event = "moe_tokens", block = b, nblocks = nb, tokens = counts, starved = #names }
+      qf.record("moe_tokens", moe.tokens)
+    end
     for gi, group in ipairs(groups) do
       if gi > 1 then  -- true-sequential: Σ of this sub-group sees the quantized earlier ones
         local sites, seen = {}, {}
@@ -944,10 +1005,25 @@ function P.quantize_model(m, cal, solve, opts)
           if not seen[SITES[name]] then sites[#sites + 1] = SITES[name]; seen[SITES[name]] = true end
         end
         -- cross: X from the block's full-precision copy, X̃ from the partly quantized block
-        stats = cal:capture(sites, opts.cross and { cross = true } or nil)
+        stats = capture(sites)
       end
       for _, name in ipairs(group) do
         local rule = ov and ov.of[b][name]
+        local expert = moe and tonumber(name:match("^experts%.(%d+)%."))
+        local moe_fb = expert and starved[expert] and moe.fallback or nil
+        if moe_fb then  -- named in the progress, the log and results.json's moe_fallbacks
+          moe.fallbacks[#moe.fallbacks + 1] = { block = b, layer = name, expert = expert, tokens = starved[expert], fallback = moe_fb }
+          qf.record("moe_fallbacks", moe.fallbacks)
+        end
+        if not rule and (moe_fb == "fp" or (moe and name == "router" and moe.router == "fp")) then
+          local why = moe_fb and string.format("expert %d had %d tokens < moe_min_tokens=%d, moe_fallback=fp", expert, starved[expert], moe.min_tokens)
+                      or "the router (moe_router=fp)"
+          layers[#layers + 1] = { block = b, layer = name, objective = 0, relative = 0, seconds = 0, outliers = 0, skipped = true,
+                                  reason = why }
+          io.stderr:write(string.format("block %d/%d %-5s skipped: full precision (%s)\n", b, nb, name, why))
+          qf.log{ event = "layer", block = b, nblocks = nb, layer = name, skipped = true, reason = why }
+          goto continue
+        end
         if rule and rule.skip then  -- stays in full precision
           layers[#layers + 1] = { block = b, layer = name, objective = 0, relative = 0, seconds = 0, outliers = 0,
                                   skipped = true, rule = rule.index }
@@ -984,7 +1060,14 @@ function P.quantize_model(m, cal, solve, opts)
             pre_info[#pre_info + 1] = pinfo
           end
         end
-        local q, info = solve(problem, spec and qf.grid(spec) or nil)
+        local q, info
+        if moe_fb == "rtn" then  -- too few tokens for a Σ: round to nearest on the grid the solve would use
+          local g = spec and qf.grid(spec) or REGISTRY_SOLVES[solve] and qf.grid(REGISTRY_SOLVES[solve]) or opts.grid and qf.grid(opts.grid)
+          if g == nil then error("quantize_model: moe_fallback=rtn needs the grid: pass opts.grid (a grid spec) for a recipe's own solve", 0) end
+          q, info = qf.rtn(problem.W, g), { moe_fallback = "rtn" }
+        else
+          q, info = solve(problem, spec and qf.grid(spec) or nil)
+        end
         if pre and (problem.input or problem.output) and not qf.is_tensor(q) then
           local qi, qo = q:transforms()
           if (problem.input and not qi) or (problem.output and not qo) then  -- a recipe's own solve: put them on
@@ -1025,7 +1108,7 @@ function P.quantize_model(m, cal, solve, opts)
         end
         if opts.refit_scales or shrink or pre then  -- measured on the layer's own Σ and original W
           obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)
-        elseif REGISTRY_SOLVES[solve] then
+        elseif REGISTRY_SOLVES[solve] and moe_fb ~= "rtn" then
           obj, rel = info.objective, info.relative
         else  -- a recipe's own solve: measured here, against the original W
           obj, rel = qf.objective(W, qf.is_tensor(q) and q or q:dequantize(), st.sigma)
@@ -1037,17 +1120,20 @@ function P.quantize_model(m, cal, solve, opts)
         layers[#layers + 1] = { block = b, layer = name, objective = obj, relative = rel, seconds = secs,
                                 outliers = (not qf.is_tensor(q)) and q:nnz() or 0,
                                 grid = tname or (rule or fallback) and spec_label(spec) or nil, rule = rule and rule.index or nil,
-                                fallback = fallback or nil, mismatched = info and info.mismatched or nil }
+                                fallback = fallback or nil, mismatched = info and info.mismatched or nil,
+                                tokens = expert and (starved[expert] or st.tokens) or nil, moe_fallback = moe_fb }
         local elapsed = qf.now() - t0
         local overhead = elapsed - solve_sum                      -- all non-solve time so far
         local per_block = b == 1 and 1.5 * overhead or overhead_done / (b - 1)
         local left_here = math.max(0, per_block - (overhead - overhead_done))
         local eta = (nlayers - #layers) * solve_sum / #layers + left_here + (nb - b) * per_block
-        io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs%s\n",
+        io.stderr:write(string.format("block %d/%d %-5s objective %.5g (rel %.3e)  %.2fs  elapsed %.1fs  ETA %.1fs%s%s\n",
           b, nb, name, obj, rel, secs, elapsed, eta, rule and string.format("  [%s: override rule %d%s]", tname or spec_label(spec), rule.index,
               fallback and string.format(", %s's fallback for %d columns", rule.type, W:size(2)) or "")
-            or fallback and string.format("  [%s: K-quant fallback, %d columns]", spec_label(spec), W:size(2)) or ""))
-        qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel,
+            or fallback and string.format("  [%s: K-quant fallback, %d columns]", spec_label(spec), W:size(2)) or "",
+          moe_fb and string.format("  [expert %d: %d routed tokens < moe_min_tokens=%d: %s]", expert, starved[expert], moe.min_tokens,
+            moe_fb == "all_tokens" and "Σ from all tokens" or "round to nearest") or ""))
+        qf.log{ event = "layer", block = b, nblocks = nb, layer = name, objective = obj, relative = rel, moe_fallback = moe_fb,
                 seconds = secs, elapsed = elapsed, eta = eta, info = info, solve_seconds = solve_sum,
                 overhead_seconds = overhead, overhead_done = overhead_done, block_overhead = per_block,
                 capture_seconds = capture_seconds }

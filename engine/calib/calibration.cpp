@@ -38,7 +38,7 @@ Tensor SiteStats::sigma() const {
 }
 
 Tensor SiteStats::mu() const {
-  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_name(site));
+  if (tokens <= 0) fail("calibration: no tokens captured for site ", site_key_name(site));
   Tensor t = Tensor::empty({(int64_t)xsum.size()});
   for (int64_t j = 0; j < (int64_t)xsum.size(); ++j) t.f32()[j] = (float)(xsum(j) / (double)tokens);
   return t;
@@ -59,7 +59,7 @@ static Tensor accumulate_site(SiteStats& st, const Tensor& x) {
     st.xsum = Eigen::VectorXd::Zero(x.size(1));
   }
   if (x.dim() != 2 || x.dtype() != DType::F32 || x.size(1) != st.sum.rows())
-    fail("calibration: site ", site_name(st.site), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
+    fail("calibration: site ", site_key_name(st.site), " gave ", shape_str(x.shape()), ", expected f32 [N, ", st.sum.rows(), "]");
   Tensor xc = x.contiguous();
   backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), st.sum.data(), st.xsum.data());
   st.tokens += x.size(0);
@@ -71,14 +71,15 @@ static Tensor accumulate_site(SiteStats& st, const Tensor& x) {
 // bounded by the chunk, not by nsamples·seqlen. Rows are independent between windows, and
 // 8192 is a multiple of accumulate_gram's 512-token and linear_forward's 64-row blocks, so
 // when seqlen divides it the result is bit-identical to one call on all windows.
-static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
+static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs,
+                                    bool moe_all_experts = false) {
   constexpr int64_t kChunkTokens = 8192;
   const int wc = (int)std::max<int64_t>(1, kChunkTokens / T);
-  if (wc >= B) return block_forward(m, layer, x, B, T, obs);
+  if (wc >= B) return block_forward(m, layer, x, B, T, obs, moe_all_experts);
   Tensor out = Tensor::empty(x.shape());
   for (int w0 = 0; w0 < B; w0 += wc) {
     const int nb = std::min(wc, B - w0);
-    const Tensor y = block_forward(m, layer, x.rows((int64_t)w0 * T, (int64_t)nb * T), nb, T, obs);
+    const Tensor y = block_forward(m, layer, x.rows((int64_t)w0 * T, (int64_t)nb * T), nb, T, obs, moe_all_experts);
     out.rows((int64_t)w0 * T, (int64_t)nb * T).copy_(y);
   }
   return out;
@@ -86,8 +87,6 @@ static Tensor chunked_block_forward(const Model& m, int layer, const Tensor& x, 
 
 Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, int nsamples, int seqlen, bool fp_chain)
     : B_(nsamples), T_(seqlen), nblocks_(m.n_blocks()), fp_chain_(fp_chain), windows_(windows) {
-  if (arch_of(m.cfg).kind == BlockKind::LlamaMoe)  // per-expert Σ of the routed tokens: issue 20, not built yet
-    fail("calibration: ", m.cfg.arch, " (mixture of experts): per-expert calibration statistics are not built yet; such models load, evaluate and export, but cannot be quantized by the layer-wise pipeline");
   if (nsamples <= 0 || seqlen <= 0 || (int64_t)windows.size() != (int64_t)nsamples * seqlen)
     fail("calibration: ", windows.size(), " tokens is not nsamples·seqlen = ", nsamples, "·", seqlen);
   if (seqlen > m.cfg.seq_len) fail("calibration: seqlen ", seqlen, " exceeds the model's context length ", m.cfg.seq_len);
@@ -95,20 +94,23 @@ Calibration::Calibration(const Model& m, const std::vector<int32_t>& windows, in
   if (fp_chain_) xfp_ = xq_.clone();
 }
 
-std::map<Site, SiteStats> Calibration::capture(const Model& m, const std::vector<Site>& sites_) {
+std::map<SiteKey, SiteStats> Calibration::capture(const Model& m, const std::vector<SiteKey>& sites_, bool moe_all_experts) {
   if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done (capture after the last advance)");
-  const std::vector<Site> sites = sites_.empty() ? std::vector<Site>{Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid} : sites_;
-  std::map<Site, SiteStats> out;
-  for (Site s : sites) {
+  const std::vector<SiteKey> sites = sites_.empty() ? block_sites(m.cfg) : sites_;
+  std::map<SiteKey, SiteStats> out;
+  for (const SiteKey& s : sites) {
     SiteStats st;
     st.site = s;
+    const int64_t w = site_width(m.cfg, s);  // zeros first: an expert no token reaches still has its (empty) statistics
+    st.sum = Eigen::MatrixXd::Zero(w, w);
+    st.xsum = Eigen::VectorXd::Zero(w);
     out[s] = st;
   }
-  auto obs = [&](Site s, const Tensor& x) {
+  auto obs = [&](const SiteKey& s, const Tensor& x) {
     auto it = out.find(s);
     if (it != out.end()) accumulate_site(it->second, x);
   };
-  chunked_block_forward(m, block_, xq_, B_, T_, obs);
+  chunked_block_forward(m, block_, xq_, B_, T_, obs, moe_all_experts);
   // exact symmetry; .eval(): assigning A + Aᵀ to A in place would read entries it already overwrote
   for (auto& [s, st] : out) st.sum = (0.5 * (st.sum + st.sum.transpose())).eval();
   if (fp_chain_ && !yfp_.defined()) yfp_ = chunked_block_forward(m, block_, xfp_, B_, T_, nullptr);  // weights still full precision here
@@ -129,12 +131,15 @@ static void accumulate_cross(Eigen::MatrixXd& G, const Tensor& X, const Tensor& 
   }
 }
 
-std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std::vector<Site>& sites_) {
+std::map<SiteKey, CrossStats> Calibration::capture_cross(const Model& m, const std::vector<SiteKey>& sites_) {
   if (block_ >= nblocks_) fail("calibration: all ", nblocks_, " blocks are done (capture after the last advance)");
   if (!fp_chain_) fail("calibration: cross statistics need the full-precision chain (made with fp_chain=false)");
-  const std::vector<Site> sites = sites_.empty() ? std::vector<Site>{Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnMid} : sites_;
-  std::map<Site, CrossStats> out;
-  for (Site s : sites) out[s].q.site = s;
+  const std::vector<SiteKey> sites = sites_.empty() ? block_sites(m.cfg) : sites_;
+  for (const SiteKey& s : sites)
+    if (s.expert >= 0)
+      fail("calibration: cross statistics of site ", site_key_name(s), ": the full-precision and quantized chains route tokens to experts differently, so their activations do not pair");
+  std::map<SiteKey, CrossStats> out;
+  for (const SiteKey& s : sites) out[s].q.site = s;
   // The full-precision chain runs through the block as it was at its first capture_cross: a model
   // holding only that block's copy (block_forward reads m.cfg and m.block(block_) alone).
   if (fp_block_of_ != block_) {
@@ -151,8 +156,8 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
   for (int w0 = 0; w0 < B_; w0 += std::min(wc, B_)) {
     const int nb = std::min(std::min(wc, B_), B_ - w0);
     const int64_t r0 = (int64_t)w0 * T_, nr = (int64_t)nb * T_;
-    std::map<Site, Tensor> xfp;
-    auto obs_fp = [&](Site s, const Tensor& x) {
+    std::map<SiteKey, Tensor> xfp;
+    auto obs_fp = [&](const SiteKey& s, const Tensor& x) {
       auto it = out.find(s);
       if (it == out.end()) return;
       CrossStats& cs = it->second;
@@ -164,13 +169,13 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
       backend().gram_accumulate(xc.f32(), xc.size(0), xc.size(1), cs.fp.data(), nullptr);
       xfp[s] = xc;
     };
-    auto obs_q = [&](Site s, const Tensor& x) {
+    auto obs_q = [&](const SiteKey& s, const Tensor& x) {
       auto it = out.find(s);
       if (it == out.end()) return;
       const Tensor xc = accumulate_site(it->second.q, x);
       auto f = xfp.find(s);
       if (f == xfp.end() || f->second.shape() != xc.shape())
-        fail("calibration: site ", site_name(s), ": the two chains gave different activations");  // cannot happen: same block
+        fail("calibration: site ", site_key_name(s), ": the two chains gave different activations");  // cannot happen: same block
       accumulate_cross(it->second.cross, f->second, xc);
     };
     const Tensor yf = block_forward(fpm, block_, xfp_.rows(r0, nr), nb, T_, obs_fp);
@@ -191,22 +196,23 @@ std::map<Site, CrossStats> Calibration::capture_cross(const Model& m, const std:
   return out;
 }
 
-Tensor Calibration::activations(const Model& m, Site site, int w0, int nw, bool fp) const {
+Tensor Calibration::activations(const Model& m, const SiteKey& site, int w0, int nw, bool fp) const {
   if (block_ >= nblocks_) fail("activations: all ", nblocks_, " blocks are done");
+  if (site.expert >= 0) fail("activations: site ", site_key_name(site), " holds only the tokens routed to the expert; not available here");
   if (fp && !fp_chain_) fail("activations: this calibration has no full-precision chain (made with fp_chain=false)");
   if (w0 < 0 || nw < 1 || w0 + nw > B_)
     fail("activations: windows ", w0 + 1, "..", w0 + nw, " are outside the calibration's 1..", B_);
   const Tensor& x = fp ? xfp_ : xq_;
   Tensor out;
   int64_t filled = 0;
-  auto obs = [&](Site s, const Tensor& a) {
-    if (s != site) return;
+  auto obs = [&](const SiteKey& s, const Tensor& a) {
+    if (!(s == site)) return;
     if (!out.defined()) out = Tensor::empty({(int64_t)nw * T_, a.size(1)});
     out.rows(filled, a.size(0)).copy_(a);
     filled += a.size(0);
   };
   chunked_block_forward(m, block_, x.rows((int64_t)w0 * T_, (int64_t)nw * T_), nw, T_, obs);
-  if (filled != (int64_t)nw * T_) fail("activations: site ", site_name(site), " gave ", filled, " rows, expected ", (int64_t)nw * T_);
+  if (filled != (int64_t)nw * T_) fail("activations: site ", site_key_name(site), " gave ", filled, " rows, expected ", (int64_t)nw * T_);
   return out;
 }
 

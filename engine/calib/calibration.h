@@ -33,7 +33,7 @@ std::vector<int32_t> draw_windows(const std::vector<int32_t>& tokens, const Cali
 
 // Gram matrix of one activation site, accumulated in f64.
 struct SiteStats {
-  Site site = Site::AttnIn;
+  SiteKey site;
   Eigen::MatrixXd sum;   // Σ_tokens x xᵀ  [c, c]
   Eigen::VectorXd xsum;  // Σ_tokens x     [c]  (first moment, for bias correction, methods.md#bias-correction)
   int64_t tokens = 0;
@@ -68,9 +68,11 @@ class Calibration {
   bool fp_chain() const { return fp_chain_; }
 
   // Runs the current block on the quantized-prefix inputs and returns Σ of each requested
-  // site (empty: all four). With true-sequential quantization call it again after each
-  // sub-group so later linears see the quantized earlier ones.
-  std::map<Site, SiteStats> capture(const Model& m, const std::vector<Site>& sites = {});
+  // site (empty: every site of the block, block_sites). With true-sequential quantization call it
+  // again after each sub-group so later linears see the quantized earlier ones. Mixture of
+  // experts: an expert's sites sum only the tokens routed to it (tokens = their count; an expert
+  // no token reached has Σ = 0, tokens = 0), or with moe_all_experts every token.
+  std::map<SiteKey, SiteStats> capture(const Model& m, const std::vector<SiteKey>& sites = {}, bool moe_all_experts = false);
   // capture() plus the cross statistics of each requested site. The quantized-prefix chain runs
   // through the block with its current weights; the full-precision chain through the block's
   // full-precision weights, copied at the first capture_cross of each block (so make that first
@@ -78,12 +80,14 @@ class Calibration {
   // quantization, docs/methods.md#qronos — thus pairs X of the full-precision block with X̃ of the
   // partly quantized one. Needs the full-precision chain. The quantized-prefix Σ is bit-identical
   // to capture()'s.
-  std::map<Site, CrossStats> capture_cross(const Model& m, const std::vector<Site>& sites = {});
+  // Expert sites are refused: the two chains route tokens differently.
+  std::map<SiteKey, CrossStats> capture_cross(const Model& m, const std::vector<SiteKey>& sites = {});
   // The input activations of one site of the current block, [nw·seqlen, c], for windows
   // w0 .. w0+nw−1 (0-based) of the quantized-prefix chain (fp: the full-precision chain), with the
   // model's current weights — what capture() sums into Σ, for output-based searches in Lua
   // (AWQ-style scales, SmoothQuant-style migration). Memory is the caller's choice of nw.
-  Tensor activations(const Model& m, Site site, int w0, int nw, bool fp = false) const;
+  // Not for expert sites (their rows are the routed tokens').
+  Tensor activations(const Model& m, const SiteKey& site, int w0, int nw, bool fp = false) const;
   // Re-runs the current block with the model's current weights; moves to the next block.
   void advance(const Model& m);
 

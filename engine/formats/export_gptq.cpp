@@ -53,6 +53,8 @@ static std::tuple<int, int64_t, bool> gptq_key(const GridSpec& s) { return {s.bi
 // Every check before anything is written; returns the base grid spec (the most common
 // bits/group/sym among the quantized linears; the first seen on ties).
 static GridSpec check_linears(const Model& m, const std::string& what, std::vector<GptqLinear>* out) {
+  if (arch_of(m.cfg).kind == BlockKind::LlamaMoe)  // issue 20: the per-expert layout is not written yet
+    fail(what, ": ", m.cfg.arch, " (mixture of experts) is not exported in this format yet (the qforge and hf exports hold it)");
   std::string first_unquantized;
   for (int b = 0; b < m.n_blocks(); ++b) {
     if (m.is_lazy() && m.resident[b] == 0)

@@ -133,6 +133,9 @@ nlohmann::ordered_json hf_config_json(const Model& m, const Tokenizer* tok, cons
     for (int l = c.n_layers - 1; l >= 0 && c.is_swa(l); --l) first = l;
     j["use_sliding_window"] = !c.swa_layers.empty();
     j["max_window_layers"] = first;
+  } else if (rule == "qwen2_moe" || rule == "all_if_used") {  // layer_types (above) says which layers slide
+    j["use_sliding_window"] = !c.swa_layers.empty();
+    if (rule == "qwen2_moe") j["max_window_layers"] = c.n_layers;
   }
   if (spec.hf_norm_shift != 0.f) {  // Gemma
     if (c.attn_softcap > 0.f && spec.has_norm("q_norm"))

@@ -199,6 +199,13 @@ static void read_sliding_layers(const ConfigReader& r, const HfLayout& layout, M
     const int64_t dflt = 28;  // Qwen2Config's default
     const int64_t m = r.integer("max_window_layers", 0, 1 << 16, &dflt);
     for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = l >= m;
+  } else if (rule == "qwen2_moe") {  // transformers' Qwen2-MoE: even layers below max_window_layers
+    if (!r.boolean("use_sliding_window", false)) c.swa_layers.clear(), c.sliding_window = 0;
+    const int64_t dflt = 28;
+    const int64_t m = r.integer("max_window_layers", 0, 1 << 16, &dflt);
+    for (int l = 0; l < (int)c.swa_layers.size(); ++l) c.swa_layers[l] = l % 2 == 0 && l < m;
+  } else if (rule == "all_if_used") {  // Qwen3-MoE: every layer, when use_sliding_window
+    if (r.boolean("use_sliding_window", false)) c.swa_layers.assign(c.n_layers, 1);
   } else if (rule == "even") {
     for (int l = 0; l < c.n_layers; ++l) c.swa_layers[l] = l % 2 == 0;
   } else if (rule == "pattern") {
@@ -215,12 +222,14 @@ static void read_sliding_layers(const ConfigReader& r, const HfLayout& layout, M
 
 // Mixture of experts (docs/architecture.md#mixture-of-experts). Mixtral: num_local_experts experts
 // of width intermediate_size, the top-k weights always renormalized. Qwen2-MoE / Qwen3-MoE:
-// num_experts of width moe_intermediate_size, norm_topk_prob (Qwen2-MoE: default false), Qwen2-MoE's
+// num_experts of width moe_intermediate_size, norm_topk_prob (default false), Qwen2-MoE's
 // shared expert of width shared_expert_intermediate_size. Layers with a dense MLP instead
 // (decoder_sparse_step > 1, mlp_only_layers) are refused: every block here is one kind.
 static void read_moe(const ConfigReader& r, const HfLayout& layout, ModelConfig& c) {
   const bool mixtral = std::string(layout.arch) == "mixtral";
-  c.n_experts = (int)r.integer(mixtral ? "num_local_experts" : "num_experts", 1, 4096);
+  // Qwen3-MoE: hub configs say num_experts, transformers 5 writes num_local_experts.
+  const char* ne = mixtral || (std::string(layout.arch) == "qwen3_moe" && !r.find("num_experts")) ? "num_local_experts" : "num_experts";
+  c.n_experts = (int)r.integer(ne, 1, 4096);
   c.n_experts_used = (int)r.integer("num_experts_per_tok", 1, c.n_experts);
   if (mixtral) {
     c.expert_hidden = c.hidden_dim;
@@ -228,7 +237,7 @@ static void read_moe(const ConfigReader& r, const HfLayout& layout, ModelConfig&
     return;
   }
   c.expert_hidden = (int)r.integer("moe_intermediate_size", 1, 1 << 18);
-  c.moe_norm_topk = r.boolean("norm_topk_prob", std::string(layout.arch) == "qwen3_moe");
+  c.moe_norm_topk = r.boolean("norm_topk_prob", false);  // both Qwen configs' default (real Qwen3-MoE files set true)
   if (arch_spec(layout.arch).find("shared.gate")) c.shared_hidden = (int)r.integer("shared_expert_intermediate_size", 1, 1 << 18);
   const int64_t one = 1;
   if (const int64_t step = r.integer("decoder_sparse_step", 0, 1 << 16, &one); step != 1)
@@ -363,12 +372,60 @@ static void add_fused(ModelSource& src, const SafetensorsFile& st, const TensorS
   }
 }
 
+// transformers 5's fused expert tensors (docs/architecture.md#mixture-of-experts; its in-memory
+// layout, written by save_pretrained(save_original_format=False)): "mlp.experts.gate_up_proj"
+// [E, 2·ff, dim] holds each expert's gate rows then its up rows, "mlp.experts.down_proj"
+// [E, dim, ff] its down; each expert's part becomes a TensorSource over its own rows of the file.
+// Mixtral's router is then "mlp.gate" (block_sparse_moe.gate in the per-expert files).
+static bool add_moe_fused(ModelSource& src, const SafetensorsFile& st, const TensorSource& ts, long layer, const std::string& rest) {
+  const ModelConfig& c = src.cfg;
+  if (arch_of(c).kind != BlockKind::LlamaMoe) return false;
+  const std::string what = "safetensors file '" + st.file->path + "': tensor '" + ts.name + "'";
+  const std::string pre = "blocks." + std::to_string(layer) + ".";
+  auto put = [&](const std::string& canon, const TensorSource& part) {
+    if (src.tensors.count(canon)) fail(what, " holds ", canon.substr(pre.size()), ", which another tensor of layer ", layer, " holds too");
+    src.tensors[canon] = part;
+  };
+  if (rest == "mlp.gate.weight" && std::string(c.arch) == "mixtral") {
+    put(pre + "router.weight", ts);
+    return true;
+  }
+  const bool gu = rest == "mlp.experts.gate_up_proj", dn = rest == "mlp.experts.down_proj";
+  if (!gu && !dn) return false;
+  if (layer >= c.n_layers) fail(what, " is for layer ", layer, " but config.json has num_hidden_layers = ", c.n_layers);
+  if (ts.dtype != "F32" && ts.dtype != "F16" && ts.dtype != "BF16") fail(what, " has dtype ", ts.dtype, " (weights must be F32, F16 or BF16)");
+  const int64_t E = c.n_experts, ff = c.expert_hidden, D = c.dim;
+  const Shape want = gu ? Shape{E, 2 * ff, D} : Shape{E, D, ff};
+  if (ts.shape != want)
+    fail(what, " has shape ", shape_str(ts.shape), ", the config implies ", shape_str(want), gu ? " (experts × gate and up rows × dim)" : " (experts × dim × ff)");
+  const uint64_t row_bytes = ts.nbytes / (uint64_t)(want[0] * want[1]);
+  for (int64_t e = 0; e < E; ++e) {
+    const uint64_t base = ts.offset + (uint64_t)(e * want[1]) * row_bytes;
+    auto slice = [&](int64_t r0, int64_t n) {
+      TensorSource part = ts;
+      part.offset = base + (uint64_t)r0 * row_bytes;
+      part.nbytes = (uint64_t)n * row_bytes;
+      part.shape = {n, want[2]};
+      return part;
+    };
+    const std::string ep = pre + "experts." + std::to_string(e) + ".";
+    if (gu) {
+      put(ep + "gate.weight", slice(0, ff));
+      put(ep + "up.weight", slice(ff, ff));
+    } else {
+      put(ep + "down.weight", slice(0, D));
+    }
+  }
+  return true;
+}
+
 static void add_tensors(ModelSource& src, const SafetensorsFile& st, const std::set<std::string>* only, const HfLayout& layout) {
   const ModelConfig& c = src.cfg;
   for (const TensorSource& ts : st.tensors) {
     if (only && !only->count(ts.name)) continue;
     long layer;
     std::string rest;
+    if (split_layer(ts.name, "model.layers.", &layer, &rest) && add_moe_fused(src, st, ts, layer, rest)) continue;
     if (!layout.fused.empty() && split_layer(ts.name, "model.layers.", &layer, &rest)) {
       const HfFused* fused = nullptr;
       std::string kind;

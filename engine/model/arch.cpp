@@ -21,6 +21,15 @@ const char* site_name(Site s) {
   return "?";
 }
 
+std::string site_key_name(const SiteKey& k) {
+  switch (k.site) {
+    case Site::ExpertIn: return "experts." + std::to_string(k.expert) + ".ffn_in";
+    case Site::ExpertMid: return "experts." + std::to_string(k.expert) + ".ffn_mid";
+    case Site::SharedMid: return "shared.ffn_mid";
+    default: return site_name(k.site);
+  }
+}
+
 int64_t extent(const ModelConfig& c, Extent e) {
   switch (e) {
     case Extent::Dim: return c.dim;
@@ -111,8 +120,9 @@ const ArchSpec kGemma3 = {"gemma3",
 // default in the recipes: it decides, it does not compute), each expert's gate/up/down, and for
 // Qwen2-MoE a shared expert every token passes through, scaled by sigmoid(shared_gate · x).
 // True-sequential stages as the dense block's: router and gate/up after o, downs last.
-// HF names are transformers' per-expert module names (the fused 3-d tensors of transformers 5's
-// checkpoints are rows of kHfLayouts); GGUF's merged [n_experts, …] tensors are not read yet.
+// HF names are the per-expert names transformers' save_pretrained writes (Mixtral's
+// block_sparse_moe.experts.E.w1/w3/w2); transformers 5's fused 3-d tensors are read too
+// (loader_hf.cpp add_moe_fused). GGUF's merged [n_experts, …] tensors are not read yet.
 static std::vector<LinearSpec> moe_linears(const char* router_hf, const char* expert_hf, const char* gate, const char* up,
                                            const char* down, bool shared) {
   std::vector<LinearSpec> v(kDenseLinears.begin(), kDenseLinears.begin() + 4);  // q, k, v, o
@@ -143,7 +153,7 @@ static const std::vector<NormSpec> kLlamaNorms = {
 };
 
 const ArchSpec kMixtral = {"mixtral", BlockKind::LlamaMoe,
-                           moe_linears("mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj", false), kLlamaNorms,
+                           moe_linears("block_sparse_moe.gate", "block_sparse_moe.experts", "w1", "w3", "w2", false), kLlamaNorms,
                            kDenseTensors};
 const ArchSpec kQwen2Moe = {"qwen2_moe", BlockKind::LlamaMoe,
                             moe_linears("mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj", true), kLlamaNorms,
@@ -185,6 +195,38 @@ bool match_expert(const char* pattern, const std::string& name, int* e) {
 
 // Consecutive per-expert rows expand expert by expert: experts.0.gate, experts.0.up,
 // experts.0.down, experts.1.gate, …
+SiteKey linear_site(const ModelConfig& c, const std::string& name) {
+  int e = -1;
+  const ArchSpec& a = arch_of(c);
+  const LinearSpec* s = a.find(name, &e);
+  if (!s) a.linear(name);  // the error naming the block's linears
+  return SiteKey(s->input, e);
+}
+
+std::vector<SiteKey> block_sites(const ModelConfig& c) {
+  std::vector<SiteKey> out;
+  for (const BlockLinear& l : block_linears(c)) {
+    const SiteKey k(l.spec->input, l.expert);
+    if (std::find(out.begin(), out.end(), k) == out.end()) out.push_back(k);
+  }
+  return out;
+}
+
+SiteKey parse_site_key(const ModelConfig& c, const std::string& name) {
+  std::string known;
+  for (const SiteKey& k : block_sites(c)) {
+    if (site_key_name(k) == name) return k;
+    if (known.size() < 200) known += (known.empty() ? "" : ", ") + site_key_name(k);
+  }
+  fail("unknown site '", name, "' (", c.arch, " blocks have: ", known, known.size() >= 200 ? ", …" : "", ")");
+}
+
+int64_t site_width(const ModelConfig& c, const SiteKey& k) {
+  for (const BlockLinear& l : block_linears(c))
+    if (SiteKey(l.spec->input, l.expert) == k) return extent(c, l.spec->in);
+  fail("site '", site_key_name(k), "' is not a site of ", c.arch, " blocks");
+}
+
 std::vector<BlockLinear> block_linears(const ModelConfig& c) {
   const std::vector<LinearSpec>& rows = arch_of(c).linears;
   auto per_expert = [](const LinearSpec& s) { return std::string(s.name).find("{e}") != std::string::npos; };
@@ -313,8 +355,8 @@ const std::vector<HfLayout> kHfLayouts = {
     {"Gemma2ForCausalLM", "gemma2", "gemma2", {}, "even"},
     {"Gemma3ForCausalLM", "gemma3_text", "gemma3", {}, "pattern"},
     {"MixtralForCausalLM", "mixtral", "mixtral", {}, "all"},
-    {"Qwen2MoeForCausalLM", "qwen2_moe", "qwen2_moe", {}, "from_max_window_layers"},
-    {"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3_moe", {}, "from_max_window_layers"},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", "qwen2_moe", {}, "qwen2_moe"},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3_moe", {}, "all_if_used"},
 };
 
 // llama.cpp writes Mistral as "llama"; Qwen2 is the Llama block with biases. Only "llama" has its

@@ -23,6 +23,18 @@ struct ModelConfig;
 enum class Site { AttnIn, AttnOut, FfnIn, FfnMid, ExpertIn, ExpertMid, SharedMid };
 const char* site_name(Site s);  // "attn_in", "attn_out", "ffn_in", "ffn_mid", "expert_in", "expert_mid", "shared_mid"
 
+// A site of one block as calibration keys it: an expert's sites are one per expert.
+struct SiteKey {
+  Site site = Site::AttnIn;
+  int expert = -1;  // ExpertIn / ExpertMid: the expert, 0-based; −1 otherwise
+  SiteKey() = default;
+  SiteKey(Site s, int e = -1) : site(s), expert(e) {}  // NOLINT: a Site is its own key
+  bool operator<(const SiteKey& o) const { return site != o.site ? site < o.site : expert < o.expert; }
+  bool operator==(const SiteKey& o) const { return site == o.site && expert == o.expert; }
+};
+// "attn_in", "attn_out", "ffn_in", "ffn_mid", "experts.3.ffn_in", "experts.3.ffn_mid", "shared.ffn_mid"
+std::string site_key_name(const SiteKey& k);
+
 // A linear's out or in size, from the config: dim, n_kv_heads·head_dim, the FFN width,
 // n_heads·head_dim (= dim unless the head size is decoupled), one head.
 // MoE: the number of experts (the router's rows), one expert's width, the shared expert's, 1
@@ -101,6 +113,14 @@ struct BlockLinear {
 // Every linear of a block of config c, in forward order (the arch table's, each per-expert row
 // expanded in place, expert 0 first). Block::linears holds them in this order.
 std::vector<BlockLinear> block_linears(const ModelConfig& c);
+// The site feeding linear `name` of a block of config c (an expert's linears: that expert's site).
+SiteKey linear_site(const ModelConfig& c, const std::string& name);
+// Every site of a block of config c, once each, in forward order of their first linear.
+std::vector<SiteKey> block_sites(const ModelConfig& c);
+// A site by its name (site_key_name); the error names the block's sites.
+SiteKey parse_site_key(const ModelConfig& c, const std::string& name);
+// The width of a site's activations (the in-features of the linears reading it).
+int64_t site_width(const ModelConfig& c, const SiteKey& k);
 // A name pattern with "{e}" replaced by the expert's number (no "{e}": the pattern itself).
 std::string expert_name(const char* pattern, int expert);
 // Whether name is pattern with its "{e}" replaced by a decimal expert number (no leading zeros);
@@ -137,7 +157,9 @@ struct HfLayout {
   // How layers are marked sliding when config.json has no layer_types: "" none, "all" (Mistral:
   // every layer when sliding_window is set), "from_max_window_layers" (Qwen2/3: layers ≥
   // max_window_layers when use_sliding_window), "pattern" (Gemma 3: every sliding_window_pattern-th
-  // layer, default 6, is global), "even" (Gemma 2: even layers slide).
+  // layer, default 6, is global), "even" (Gemma 2: even layers slide), "qwen2_moe" (even layers
+  // below max_window_layers, when use_sliding_window), "all_if_used" (Qwen3-MoE: every layer, when
+  // use_sliding_window).
   const char* swa_rule = "";
   const HfFused* fused_of(const std::string& linear) const;  // the fused tensor holding `linear`, or nullptr
 };

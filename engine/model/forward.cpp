@@ -237,14 +237,7 @@ MoeRouting moe_route(const ModelConfig& c, const Tensor& logits_) {
   return r;
 }
 
-// y = act(gate·x) ⊙ (up·x), then down: one SwiGLU FFN (an expert, or the shared expert).
-static Tensor glu_ffn(const ModelConfig& c, const Tensor& x, const Linear& gate, const Linear& up, const Linear& down) {
-  std::vector<Tensor> gu = linear_forward(x, {&gate, &up});
-  glu_forward(c, gu[0], gu[1]);
-  return linear_forward(gu[0], down);
-}
-
-Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_) {
+Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_, const SiteObserver& obs, bool all_experts) {
   const Tensor xn = xn_.contiguous();
   const int64_t N = xn.size(0), D = c.dim;
   const MoeRouting r = moe_route(c, linear_forward(xn, blk.linear("router")));
@@ -261,13 +254,29 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
     }
   for (int e = 0; e < c.n_experts; ++e) {
     const std::vector<int64_t>& idx = rows[e];
-    if (idx.empty()) continue;
+    if (idx.empty() && !(all_experts && obs)) continue;
     const int64_t n = (int64_t)idx.size();
-    Tensor xe = Tensor::empty({n, D});
-#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
-    for (int64_t i = 0; i < n; ++i) std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
     const std::string pre = "experts." + std::to_string(e) + ".";
-    const Tensor ye = glu_ffn(c, xe, blk.linear(pre + "gate"), blk.linear(pre + "up"), blk.linear(pre + "down"));
+    const Linear &gate = blk.linear(pre + "gate"), &up = blk.linear(pre + "up"), &down = blk.linear(pre + "down");
+    Tensor ye;               // the expert's output on its routed rows, in idx order
+    if (all_experts && obs) {  // every token through the expert for its statistics; the routed rows kept
+      std::vector<Tensor> gu = linear_forward(xn, {&gate, &up});
+      obs(SiteKey(Site::ExpertIn, e), xn);
+      glu_forward(c, gu[0], gu[1]);
+      obs(SiteKey(Site::ExpertMid, e), gu[0]);
+      const Tensor yall = linear_forward(gu[0], down);
+      ye = Tensor::empty({n, D});
+      for (int64_t i = 0; i < n; ++i) std::memcpy(ye.f32() + i * D, yall.f32() + idx[i] * D, sizeof(float) * D);
+    } else {
+      Tensor xe = Tensor::empty({n, D});
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
+      for (int64_t i = 0; i < n; ++i) std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
+      std::vector<Tensor> gu = linear_forward(xe, {&gate, &up});
+      if (obs) obs(SiteKey(Site::ExpertIn, e), xe);
+      glu_forward(c, gu[0], gu[1]);
+      if (obs) obs(SiteKey(Site::ExpertMid, e), gu[0]);
+      ye = linear_forward(gu[0], down);
+    }
     const float* y = ye.f32();
 #pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
     for (int64_t i = 0; i < n; ++i) {
@@ -277,7 +286,10 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
     }
   }
   if (c.shared_hidden > 0) {  // Qwen2-MoE: every token through the shared expert, scaled by sigmoid(shared_gate·x)
-    Tensor s = glu_ffn(c, xn, blk.linear("shared.gate"), blk.linear("shared.up"), blk.linear("shared.down"));
+    std::vector<Tensor> gu = linear_forward(xn, {&blk.linear("shared.gate"), &blk.linear("shared.up")});
+    glu_forward(c, gu[0], gu[1]);
+    if (obs) obs(SiteKey(Site::SharedMid), gu[0]);
+    Tensor s = linear_forward(gu[0], blk.linear("shared.down"));
     const Tensor g = linear_forward(xn, blk.linear("shared_gate"));  // [N, 1]
     const float* gp = g.f32();
     float* sp = s.f32();
@@ -290,7 +302,7 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
   return out;
 }
 
-Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs) {
+Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs, bool moe_all_experts) {
   const ModelConfig& c = m.cfg;
   if (layer < 0 || layer >= (int)m.blocks.size()) fail("block ", layer + 1, " out of range (model has ", m.blocks.size(), " blocks, numbered from 1)");
   check_2d(x, c.dim, "block input");
@@ -319,7 +331,7 @@ Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, c
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn);
   if (obs) obs(Site::FfnIn, xn);
   if (arch_of(c).kind == BlockKind::LlamaMoe) {
-    Tensor f = moe_ffn_forward(c, blk, xn);
+    Tensor f = moe_ffn_forward(c, blk, xn, obs, moe_all_experts);
     if (blk.post_ffn_norm.defined()) rmsnorm(Tensor(f), blk.post_ffn_norm, c.norm_eps, f);
     add_inplace(h, f);
     return h;

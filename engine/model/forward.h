@@ -13,7 +13,7 @@
 namespace qf {
 
 // Called with the activation feeding the linears of `site` (shape [N, in_features]).
-using SiteObserver = std::function<void(Site site, const Tensor& x)>;
+using SiteObserver = std::function<void(const SiteKey& site, const Tensor& x)>;
 
 // ---- primitive ops (exposed for tests) ----
 // out[i,:] = x[i,:] / sqrt(mean(x[i,:]²) + eps) * g
@@ -64,9 +64,16 @@ struct MoeRouting {
 MoeRouting moe_route(const ModelConfig& c, const Tensor& router_logits);
 // The MoE FFN of block blk on its normed input xn [N, dim]: Σ_k weight · expert(xn) (+ the shared
 // expert scaled by sigmoid(shared_gate·xn)) -> [N, dim].
-Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn);
+// obs sees each expert's input and mid activations (experts.E.ffn_in / ffn_mid) of the tokens routed
+// to it — or, with all_experts, of every token (llm-compressor's moe_calibrate_all_experts: the
+// statistics of every expert over all tokens; the output still combines only the routed ones) —
+// and the shared expert's mid.
+Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn, const SiteObserver& obs = nullptr,
+                       bool all_experts = false);
 // One transformer block: x [B·T, dim] -> new tensor [B·T, dim].
-Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs = nullptr);
+// moe_all_experts: see moe_ffn_forward (dense blocks ignore it).
+Tensor block_forward(const Model& m, int layer, const Tensor& x, int B, int T, const SiteObserver& obs = nullptr,
+                     bool moe_all_experts = false);
 Tensor head_forward(const Model& m, const Tensor& x);  // final norm + classifier (+ soft cap) -> [N, vocab]
 // Full forward of B windows of T tokens (tokens.size() == B·T) -> logits [B·T, vocab].
 Tensor forward(const Model& m, const std::vector<int32_t>& tokens, int B, int T);
