@@ -59,7 +59,7 @@ TEST_CASE("arch table: the Llama block's shapes, sites, stages, RoPE and names")
   CHECK(linear_of_tensor(a, "blocks.1.up.weight") == &a.linear("up"));
   CHECK(linear_of_tensor(a, "blocks.1.attn_norm") == nullptr);
   CHECK_THROWS_WITH_AS(a.linear("qkv"), doctest::Contains("unknown linear 'qkv' (llama blocks have: q, k, v, o, gate, up, down"), Error);
-  CHECK_THROWS_WITH_AS(arch_spec("mamba"), doctest::Contains("unknown architecture 'mamba' (known: llama, qwen3, gemma2, gemma3)"), Error);
+  CHECK_THROWS_WITH_AS(arch_spec("mamba"), doctest::Contains("unknown architecture 'mamba' (known: llama, qwen3, gemma2, gemma3, mixtral, qwen2_moe, qwen3_moe)"), Error);
   const HfLayout* phi3 = hf_layout("Phi3ForCausalLM");
   REQUIRE(phi3);
   CHECK(std::string(phi3->fused_of("k")->hf) == "self_attn.qkv_proj");
