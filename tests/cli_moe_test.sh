@@ -7,7 +7,8 @@
 # the log and results.json (all_tokens: Σ from every token; rtn; fp: left unquantized and counted
 # so by the storage), moe_calibrate=all gives every expert every token, the router stays in full
 # precision unless moe_router=quantize; the moe_* options are refused on a dense model and
-# finetune on an MoE one; the HF export of the quantized MoE loads back with the same perplexity.
+# finetune on an MoE one; the HF and Q4_0 GGUF exports of the quantized MoE load back with the same
+# perplexity; the GPTQ export is refused by name.
 # Usage: tests/cli_moe_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"
@@ -117,6 +118,17 @@ expect_file_has "Mixtral config" "$WORK/hf/config.json" '"num_local_experts": 4'
 run hfev run recipes/eval_heldout.lua model="$WORK/hf" eval_seqlen=128 wiki_windows=2 out="$WORK/hfev"
 expect_rc "eval of the exported MoE" 0
 python3 - "$WORK/hfrun/results.json" "$WORK/hfev/results.json" <<'PY' && ok || bad "exported MoE perplexity differs"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert abs(a["ppl_heldout"] - b["ppl_heldout"]) <= 1e-3 * a["ppl_heldout"], (a["ppl_heldout"], b["ppl_heldout"])
+PY
+# The same as a Q4_0 GGUF (llama.cpp's merged ffn_*_exps tensors; the downs, 43 columns wide, F32).
+run gguf run recipes/gptq.lua model="$M1" nsamples=8 seqlen=64 eval_seqlen=128 wiki_windows=2 bits=4 group=32 sym=true \
+  f16_scales=true mapping=llamacpp save="$WORK/moe.gguf" save_format=gguf save_dtype=Q4_0 out="$WORK/ggrun"
+expect_rc "gguf Q4_0 export of a quantized MoE" 0
+run ggev run recipes/eval_heldout.lua model="$WORK/moe.gguf" eval_seqlen=128 wiki_windows=2 out="$WORK/ggev"
+expect_rc "eval of the MoE GGUF" 0
+python3 - "$WORK/ggrun/results.json" "$WORK/ggev/results.json" <<'PY' && ok || bad "MoE GGUF perplexity differs"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert abs(a["ppl_heldout"] - b["ppl_heldout"]) <= 1e-3 * a["ppl_heldout"], (a["ppl_heldout"], b["ppl_heldout"])

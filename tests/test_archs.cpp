@@ -64,6 +64,7 @@ Model tiny_arch_model(const std::string& arch, uint64_t seed, int n_layers = 3) 
     c.n_experts = 5, c.n_experts_used = 2, c.expert_hidden = 12;
     c.shared_hidden = arch_spec(arch).find("shared.gate") ? 10 : 0;
     c.moe_norm_topk = arch != "qwen2_moe";  // Qwen2-MoE's default norm_topk_prob is false
+    if (arch == "mixtral") c.hidden_dim = 12;  // Mixtral's FFN width is its experts'
     if (arch != "mixtral") c.swa_layers.clear(), c.sliding_window = 0;
   }
   validate_config(c, "tiny " + arch);
@@ -630,7 +631,25 @@ TEST_CASE("architectures: mixture-of-experts tables, forward against the f64 ref
     BlockGrads g;
     CHECK_THROWS_WITH_AS(block_backward(m, 0, embed(m, tok), B, T, embed(m, tok), &g, BlockGradRequest::all()),
                          doctest::Contains("have no backward yet"), Error);
-    CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, dir + "/x.gguf", "F32"), doctest::Contains("no GGUF name"), Error);
+    // GGUF: llama.cpp's merged expert tensors; what llama.cpp hard-codes must hold (refused otherwise).
+    const std::string gg = dir + "/" + arch + ".gguf";
+    if (arch_name == "qwen2_moe") {  // llama.cpp's qwen2moe: attn_output is [dim, dim]
+      CHECK_THROWS_WITH_AS(save_gguf(m, nullptr, gg, "F32"), doctest::Contains("needs n_heads·head_dim = dim"), Error);
+    } else {
+      Model fit = m.clone();
+      fit.cfg.swa_layers.clear(), fit.cfg.sliding_window = 0;  // llama.cpp's llama/qwen3moe have no window
+      Model flip = fit.clone();
+      flip.cfg.moe_norm_topk = !flip.cfg.moe_norm_topk;
+      CHECK_THROWS_WITH_AS(save_gguf(flip, nullptr, gg, "F32"), doctest::Contains("always renormalizes the top-k routing weights"), Error);
+      save_gguf(fit, nullptr, gg, "F32");
+      const Model gb = load(gg);
+      CHECK(gb.cfg.arch == arch_name);
+      CHECK(gb.cfg.n_experts == 5);
+      CHECK(gb.cfg.expert_hidden == 12);
+      const Tensor fl = forward(fit, tok, B, T), gl = forward(gb, tok, B, T);
+      CHECK(std::memcmp(gl.f32(), fl.f32(), sizeof(float) * fl.numel()) == 0);
+      CHECK(gb.fingerprint() == fit.fingerprint());
+    }
   }
 }
 

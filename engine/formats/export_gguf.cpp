@@ -1,4 +1,5 @@
-// Model → GGUF v3 as llama.cpp reads it: architecture llama, qwen3, gemma2 or gemma3 (arch.h kGgufArchs).
+// Model → GGUF v3 as llama.cpp reads it: architecture llama, qwen3, gemma2, gemma3, and the mixtures of
+// experts (Mixtral as llama with experts, qwen2moe, qwen3moe: merged expert tensors) (arch.h kGgufArchs).
 //
 // Tensor types: norms and biases F32; token embedding and an untied classifier F32 when
 // dtype is F32, else F16 (qforge does not quantize them, so they keep what was evaluated up
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 
 #include "formats/dtypes.h"
 #include "formats/export.h"
@@ -82,9 +84,10 @@ static const DTypeTraits& linear_type(const std::string& dtype_arg, const std::s
   return *t;
 }
 
-static std::string linear_what(const std::string& path, int b, const Linear& l) {
+static std::string linear_what(const Model& m, const std::string& path, int b, const Linear& l) {
+  const LinearSpec* s = arch_of(m.cfg).find(l.name);
   return "save gguf '" + path + "': block " + std::to_string(b + 1) + " linear '" + l.name + "' (blk." + std::to_string(b) + "." +
-         kLlama.linear(l.name).gguf + ".weight)";  // the dense tables share the linears
+         (s ? s->gguf : "?") + ".weight)";
 }
 
 static bool is_kquant(const DTypeTraits& t) {
@@ -140,6 +143,17 @@ void check_gguf(const Model& m, const std::string& path, const std::string& dtyp
   if (c.attn_softcap > 0.f && c.arch == "gemma3") fail("save gguf '", path, "': llama.cpp's gemma3 has no attention soft cap");
   if (ga.attn_softcap > 0.f && !(c.attn_softcap > 0.f && c.final_softcap > 0.f))
     fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' always soft-caps (", ga.attn_softcap, ", ", ga.final_softcap, " when unset)");
+  if (ga.moe_norm_topk >= 0) {  // docs/architecture.md#mixture-of-experts: what llama.cpp hard-codes must be the model's
+    if (c.moe_norm_topk != (ga.moe_norm_topk == 1))
+      fail("save gguf '", path, "': llama.cpp's '", ga.gguf, "' ", ga.moe_norm_topk ? "always renormalizes" : "never renormalizes",
+           " the top-k routing weights; this model ", c.moe_norm_topk ? "does" : "does not");
+    if (c.arch == "qwen2_moe" && c.q_dim() != c.dim)
+      fail("save gguf '", path, "': llama.cpp's qwen2moe needs n_heads·head_dim = dim (", c.q_dim(), " ≠ ", c.dim, ")");
+    for (int b = 0; b < m.n_blocks(); ++b)
+      for (const BlockLinear& bl : block_linears(c))
+        if (bl.expert >= 0 && m.has_bias(b, bl.name))
+          fail("save gguf '", path, "': block ", b + 1, " linear '", bl.name, "' has a bias; llama.cpp's experts have none");
+  }
   if (c.rope_scaling == "llama3")
     fail("save gguf '", path, "': llama3 RoPE scaling is stored by llama.cpp as a rope_freqs.weight tensor, which qforge does not write yet");
   if (!c.rope_scaling.empty() && c.rope_scaling != "linear")
@@ -162,12 +176,56 @@ void check_gguf(const Model& m, const std::string& path, const std::string& dtyp
         fail("save gguf '", path, "': block ", b + 1, " is not quantized (lazily loaded and never edited); quantize it or export gguf F16");
       for (const Linear& l : m.block(b).linears) {
         if (!l.quant) continue;  // full precision (a skip: rule): written F32
-        const DTypeTraits& t = linear_dtype(lin, l, linear_what(path, b, l));
+        const DTypeTraits& t = linear_dtype(lin, l, linear_what(m, path, b, l));
         if (l.in_features() % t.block_elems || (t.grid.cols == 0 && !is_kquant(t))) continue;  // written F32
-        if (is_kquant(t)) check_kquant_encodable(*l.quant, t.name, linear_what(path, b, l));
-        else check_grid_encodable(*l.quant, t.name, linear_what(path, b, l));
+        if (is_kquant(t)) check_kquant_encodable(*l.quant, t.name, linear_what(m, path, b, l));
+        else check_grid_encodable(*l.quant, t.name, linear_what(m, path, b, l));
       }
     }
+}
+
+// The experts of one per-expert row of block b as llama.cpp's merged tensor: ggml {in, out,
+// n_experts}, expert 0's rows first, every expert in one type (the file's, or for K-quant files each
+// linear's own: they must agree).
+static void add_experts(GGUFWriter& w, const Model& m, int b, const LinearSpec& ls, const DTypeTraits& lin, bool quant,
+                        const std::string& path) {
+  const ModelConfig& c = m.cfg;
+  const int64_t E = c.n_experts, out_f = extent(c, ls.out), in_f = extent(c, ls.in);
+  const DTypeTraits& f32 = *dtype_by_name("F32");
+  const DTypeTraits* tp = &lin;
+  if (quant) {
+    for (int64_t e = 0; e < E; ++e) {
+      const Linear& l = m.block(b).linear(expert_name(ls.name, (int)e));
+      const DTypeTraits* t = &linear_dtype(lin, l, linear_what(m, path, b, l));
+      if (in_f % t->block_elems) t = &f32;
+      if (e == 0) tp = t;
+      else if (t != tp)
+        fail(linear_what(m, path, b, l), ": its type ", t->name, " differs from expert 0's ", tp->name,
+             " (llama.cpp stores a block's experts in one tensor of one type)");
+    }
+  }
+  const std::string pattern = ls.name;
+  w.add_tensor("blk." + std::to_string(b) + "." + ls.gguf + ".weight", {(uint64_t)in_f, (uint64_t)out_f, (uint64_t)E}, tp->id,
+               [&m, b, pattern, E, tp, path](const GGUFWriter::Sink& out) {
+                 const DTypeTraits& type = *tp;
+                 for (int64_t e = 0; e < E; ++e) {
+                   const Linear& l = m.block(b).linear(expert_name(pattern.c_str(), (int)e));
+                   const std::vector<int64_t> order = row_order(l.out_features(), 0);
+                   if (type.grid.cols == 0 && !is_kquant(type)) {
+                     write_rows(l.weight, order, type, out);
+                     continue;
+                   }
+                   const Tensor dq = l.quant->dequantize(), W = l.weight.contiguous();
+                   if (std::memcmp(dq.f32(), W.f32(), sizeof(float) * dq.numel()) != 0)
+                     fail(linear_what(m, path, b, l), ": the weight no longer equals its codes' dequantization; re-quantize or export gguf F16");
+                   std::vector<uint8_t> row((size_t)(l.in_features() / type.block_elems * type.block_bytes));
+                   for (int64_t r : order) {
+                     if (is_kquant(type)) encode_kquant_row(*l.quant, r, type.name, row.data(), linear_what(m, path, b, l));
+                     else encode_grid_row(*l.quant, r, type.name, row.data(), linear_what(m, path, b, l));
+                     out(row.data(), row.size());
+                   }
+                 }
+               });
 }
 
 void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, const std::string& dtype_arg) {
@@ -181,7 +239,7 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   const DTypeTraits& f32 = *dtype_by_name("F32");
   const uint32_t emb_type = emb.id;
   const ModelConfig& c = m.cfg;
-  auto what = [&](int b, const Linear& l) { return linear_what(path, b, l); };
+  auto what = [&](int b, const Linear& l) { return linear_what(m, path, b, l); };
 
   // Tokenizer: the one given, else the one the checkpoint carried.
   TokenizerSpec spec;
@@ -206,7 +264,14 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
   w.add_kv(A + "context_length", GGUFValue::make_u32((uint32_t)c.seq_len));
   w.add_kv(A + "embedding_length", GGUFValue::make_u32((uint32_t)c.dim));
   w.add_kv(A + "block_count", GGUFValue::make_u32((uint32_t)c.n_layers));
-  w.add_kv(A + "feed_forward_length", GGUFValue::make_u32((uint32_t)c.hidden_dim));
+  // Mixtral's experts are feed_forward_length wide (llama.cpp's llama); Qwen-MoE's have their own key.
+  w.add_kv(A + "feed_forward_length", GGUFValue::make_u32((uint32_t)(c.arch == "mixtral" ? c.expert_hidden : c.hidden_dim)));
+  if (c.n_experts > 0) {
+    w.add_kv(A + "expert_count", GGUFValue::make_u32((uint32_t)c.n_experts));
+    w.add_kv(A + "expert_used_count", GGUFValue::make_u32((uint32_t)c.n_experts_used));
+    if (c.arch != "mixtral") w.add_kv(A + "expert_feed_forward_length", GGUFValue::make_u32((uint32_t)c.expert_hidden));
+    if (c.shared_hidden > 0) w.add_kv(A + "expert_shared_feed_forward_length", GGUFValue::make_u32((uint32_t)c.shared_hidden));
+  }
   w.add_kv(A + "rope.dimension_count", GGUFValue::make_u32((uint32_t)c.head_dim()));
   w.add_kv(A + "attention.head_count", GGUFValue::make_u32((uint32_t)c.n_heads));
   w.add_kv(A + "attention.head_count_kv", GGUFValue::make_u32((uint32_t)c.n_kv_heads));
@@ -247,6 +312,10 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
     w.add_tensor(pre + arch.norm("attn_norm").gguf + ".weight", {D}, f32.id,
                  [&m, &f32, b](const GGUFWriter::Sink& out) { write_rows(m.block(b).attn_norm, {}, f32, out); });
     for (const LinearSpec& ls : arch.linears) {
+      if (std::string(ls.name).find("{e}") != std::string::npos) {  // one merged tensor {in, out, n_experts}
+        add_experts(w, m, b, ls, lin, quant, path);
+        continue;
+      }
       const std::string lname = ls.name;
       // llama's converter permutes q/k rows to RoPE-pair order; the NEOX architectures keep HF's.
       const int heads = c.rope_interleaved || !ga.permuted_qk || ls.rope == Rope::None ? 0 : ls.rope == Rope::Heads ? c.n_heads : c.n_kv_heads;
@@ -259,7 +328,10 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
         tp = &linear_dtype(lin, l0, what(b, l0));
         if (in_f % tp->block_elems) tp = &f32;
       }
-      w.add_tensor(pre + ls.gguf + ".weight", {(uint64_t)in_f, (uint64_t)out_f}, tp->id,
+      // Qwen2-MoE's shared-expert gate is one row: llama.cpp declares it {n_embd}.
+      const std::vector<uint64_t> dims = out_f == 1 && std::string(ls.name) == "shared_gate" ? std::vector<uint64_t>{(uint64_t)in_f}
+                                                                                              : std::vector<uint64_t>{(uint64_t)in_f, (uint64_t)out_f};
+      w.add_tensor(pre + ls.gguf + ".weight", dims, tp->id,
                    [&m, &dtype, &what, b, lname, heads, tp](const GGUFWriter::Sink& out) {
                      const DTypeTraits& type = *tp;
                      const Linear& l = m.block(b).linear(lname);
@@ -299,7 +371,8 @@ void save_gguf(const Model& m, const Tokenizer* tok, const std::string& path, co
     }
   }
   w.add_tensor(arch.tensor("final_norm").gguf, {D}, f32.id, [&m, &f32](const GGUFWriter::Sink& out) { write_rows(m.final_norm, {}, f32, out); });
-  if (!c.tied_classifier)
+  // llama.cpp's qwen2moe needs output.weight even when tied (it has no fallback to token_embd).
+  if (!c.tied_classifier || c.arch == "qwen2_moe")
     w.add_tensor(arch.tensor("classifier").gguf, {D, V}, emb_type, [&](const GGUFWriter::Sink& out) { write_rows(m.classifier, {}, emb, out); });
   w.write(path);
 }

@@ -1,4 +1,5 @@
-// GGUF (architectures of kGgufArchs: llama, qwen2, qwen3, gemma2, gemma3) → ModelSource. Tensors
+// GGUF (architectures of kGgufArchs: llama (and Mixtral: llama with experts), qwen2, qwen3, gemma2,
+// gemma3, phi3, qwen2moe, qwen3moe) → ModelSource. Tensors
 // stay in the mapping; llama's q/k rows, stored by llama.cpp's converter in RoPE-pair order, are
 // returned to HF rotate-half order on load (TensorSource::unpermute_heads), the others are stored
 // that way already; the config says rope_interleaved = false.
@@ -126,6 +127,43 @@ static bool split_fused(ModelSource& src, const GGUFFile& g, const GgufArch& ga,
   return false;
 }
 
+// A merged expert tensor (llama.cpp's ffn_gate_exps, ffn_up_exps, ffn_down_exps: ggml {in, out,
+// n_experts}) as one TensorSource per expert over its own rows (each expert's rows are whole
+// blocks of any type); false when t is not one.
+static bool split_experts(ModelSource& src, const GGUFFile& g, const GGUFTensorInfo& t, const ModelConfig& c) {
+  if (c.n_experts <= 0 || t.name.rfind("blk.", 0) != 0) return false;
+  const std::string& path = g.file->path;
+  const size_t dot = t.name.find('.', 4);
+  if (dot == std::string::npos) return false;
+  const std::string num = t.name.substr(4, dot - 4), rest = t.name.substr(dot + 1);
+  for (const LinearSpec& ls : arch_of(c).linears) {
+    if (std::string(ls.name).find("{e}") == std::string::npos || rest != std::string(ls.gguf) + ".weight") continue;
+    if (num.empty() || num.size() > 4 || num.find_first_not_of("0123456789") != std::string::npos) return false;
+    const int layer = std::stoi(num);
+    if (layer >= c.n_layers) fail("file '", path, "': tensor '", t.name, "' is for layer ", layer, " but the model has ", c.n_layers);
+    const int64_t out = extent(c, ls.out), in = extent(c, ls.in), E = c.n_experts;
+    if (t.ne.size() != 3 || (int64_t)t.ne[0] != in || (int64_t)t.ne[1] != out || (int64_t)t.ne[2] != E)
+      fail("file '", path, "': tensor '", t.name, "' is not {", in, ", ", out, ", ", E, "} (ggml order: columns, rows, experts)");
+    const DTypeTraits* dt = ggml_type_info(t.type);
+    if (!dt || !dt->to_f32) fail("file '", path, "': tensor '", t.name, "' has type ", t.type_name(), ", which qforge cannot read");
+    const uint64_t per = t.nbytes / (uint64_t)E;
+    for (int64_t e = 0; e < E; ++e) {
+      TensorSource ts;
+      ts.name = t.name;
+      ts.file = g.file;
+      ts.offset = t.abs_offset + (uint64_t)e * per;
+      ts.nbytes = per;
+      ts.dtype = t.type_name();
+      ts.shape = {out, in};
+      const std::string canon = "blocks." + std::to_string(layer) + "." + expert_name(ls.name, (int)e) + ".weight";
+      if (src.tensors.count(canon)) fail("file '", path, "': tensor '", t.name, "' holds ", canon, ", which another tensor holds too");
+      src.tensors[canon] = std::move(ts);
+    }
+    return true;
+  }
+  return false;
+}
+
 ModelSource open_gguf(const std::string& path) {
   GGUFFile g = gguf_read(path);
   ModelSource src;
@@ -141,11 +179,29 @@ ModelSource open_gguf(const std::string& path) {
     fail("file '", path, "': metadata 'general.architecture' = '", garch, "' is not supported (qforge reads ", known, ")");
   }
   const std::string A = garch + ".";  // every hyperparameter key is "<arch>.<name>"
+  if (ga->moe_norm_topk < 0 && g.find(A + "expert_count") && g.get_int(A + "expert_count", 0, 4096) > 0) {
+    const GgufArch* moe = nullptr;  // Mixtral: "llama" with experts
+    for (const GgufArch& a : kGgufArchs)
+      if (garch == a.gguf && a.moe_norm_topk >= 0) moe = &a;
+    if (!moe) fail("file '", path, "': metadata '", A, "expert_count' is set, but qforge reads no mixture of experts as '", garch, "'");
+    ga = moe;
+  }
 
   ModelConfig& c = src.cfg;
   c.arch = ga->arch;
   c.dim = get_dim(g, A + "embedding_length", 1, 1 << 16);
   c.hidden_dim = get_dim(g, A + "feed_forward_length", 1, 1 << 18);
+  if (ga->moe_norm_topk >= 0) {  // docs/architecture.md#mixture-of-experts; the defaults are llama.cpp's
+    c.n_experts = get_dim(g, A + "expert_count", 1, 4096);
+    c.n_experts_used = get_dim(g, A + "expert_used_count", 1, c.n_experts);
+    c.moe_norm_topk = ga->moe_norm_topk == 1;
+    if (std::string(ga->arch) == "mixtral") c.expert_hidden = c.hidden_dim;
+    else c.expert_hidden = g.find(A + "expert_feed_forward_length") ? get_dim(g, A + "expert_feed_forward_length", 1, 1 << 18)
+                                                                     : c.hidden_dim / c.n_experts_used;
+    if (arch_spec(ga->arch).find("shared.gate"))
+      c.shared_hidden = g.find(A + "expert_shared_feed_forward_length") ? get_dim(g, A + "expert_shared_feed_forward_length", 1, 1 << 18)
+                                                                        : c.hidden_dim;
+  }
   c.n_layers = get_dim(g, A + "block_count", 1, 1024);
   c.n_heads = get_dim(g, A + "attention.head_count", 1, c.dim);
   c.n_kv_heads = g.find(A + "attention.head_count_kv") ? get_dim(g, A + "attention.head_count_kv", 1, c.n_heads) : c.n_heads;
@@ -230,6 +286,7 @@ ModelSource open_gguf(const std::string& path) {
     if (t.name == "rope_freqs.weight")
       fail("file '", path, "': tensor 'rope_freqs.weight' (per-frequency RoPE factors, Llama 3.1 scaling) is not supported");
     if (split_fused(src, g, *ga, t, c)) continue;
+    if (split_experts(src, g, t, c)) continue;
     const std::string canon = canonical_name(arch_of(c), t.name, c.n_layers);
     if (canon.empty()) fail("file '", path, "': tensor '", t.name, "' is not part of the ", garch, " architecture qforge reads");
     const std::string type = t.type_name();
@@ -244,6 +301,9 @@ ModelSource open_gguf(const std::string& path) {
     ts.nbytes = t.nbytes;
     ts.dtype = type;
     for (size_t d = t.ne.size(); d-- > 0;) ts.shape.push_back((int64_t)t.ne[d]);  // ggml dims are innermost first
+    // Qwen2-MoE's shared-expert gate: llama.cpp declares it {n_embd}; our linear is [1, dim].
+    if (ts.shape.size() == 1 && canon.size() > 19 && canon.compare(canon.size() - 19, 19, ".shared_gate.weight") == 0)
+      ts.shape = {1, ts.shape[0]};
     if (const LinearSpec* ls = linear_of_tensor(arch_of(c), canon); ls && ga->permuted_qk) ts.unpermute_heads = rope_heads(c, *ls);
     if (canon == "classifier") has_output = true;
     src.tensors[canon] = std::move(ts);

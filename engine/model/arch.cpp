@@ -370,6 +370,12 @@ const std::vector<GgufArch> kGgufArchs = {
     {"gemma3", "gemma3", false, 6, 0, 10000.f, 0.f, 0.f, 62},
     // Phi-3: q/k/v in attn_qkv, gate and up in ffn_up (gate first, as HF's gate_up_proj)
     {"phi3", "llama", false, 0, 0, 0.f, 0.f, 0.f, 0, true, {{"attn_qkv", {"q", "k", "v"}}, {"ffn_up", {"gate", "up"}}}},
+    // Mixtral is llama.cpp's "llama" with <arch>.expert_count set (the loader picks this row then);
+    // its experts are feed_forward_length wide. Qwen2-MoE never renormalizes the top-k weights in
+    // llama.cpp, Qwen3-MoE and Mixtral always (whatever norm_topk_prob said).
+    {"llama", "mixtral", true, 0, 0, 0.f, 0.f, 0.f, 0, false, {}, 1},
+    {"qwen2moe", "qwen2_moe", false, 0, 0, 0.f, 0.f, 0.f, 0, false, {}, 0},
+    {"qwen3moe", "qwen3_moe", false, 0, 0, 0.f, 0.f, 0.f, 0, false, {}, 1},
 };
 
 const GgufArch* gguf_arch(const std::string& g) {

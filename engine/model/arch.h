@@ -185,6 +185,10 @@ struct GgufArch {
   bool ignores_window = false;
   // Tensors stored fused, stacked by rows: "blk.N.<hf>.weight" holds its parts (HfFused's rows, GGUF names)
   std::vector<HfFused> fused = {};
+  // Mixture of experts: llama.cpp hard-codes whether the top-k weights are renormalized per
+  // architecture (1 yes, 0 no; −1: not an MoE row). Experts are merged tensors "blk.N.<gguf>.weight"
+  // of ggml shape {in, out, n_experts} (expert e's rows consecutive, in HF order).
+  int moe_norm_topk = -1;
 };
 extern const std::vector<GgufArch> kGgufArchs;
 const GgufArch* gguf_arch(const std::string& gguf);  // nullptr when unknown

@@ -212,6 +212,8 @@ void validate_config(const ModelConfig& c, const std::string& what) {
     if (c.expert_hidden <= 0 || c.expert_hidden > (1 << 18)) bad("expert_hidden", c.expert_hidden, "expected 1..262144");
     if (c.shared_hidden < 0 || c.shared_hidden > (1 << 18)) bad("shared_hidden", c.shared_hidden, "expected 0..262144");
     if (a.find("shared.gate") && c.shared_hidden == 0) bad("shared_hidden", 0, "this architecture has a shared expert");
+    // Mixtral has no dense FFN: its configs (HF intermediate_size, GGUF feed_forward_length) state the experts' width.
+    if (c.arch == "mixtral" && c.hidden_dim != c.expert_hidden) bad("hidden_dim", c.hidden_dim, "Mixtral's FFN width is its experts' (expert_hidden)");
   } else if (c.n_experts != 0) {
     bad("n_experts", c.n_experts, "a dense architecture has none");
   }

@@ -23,6 +23,7 @@ Model moe_from_dense(const Model& dense, const MoeFromDenseOptions& o) {
   m.cfg.n_experts = E;
   m.cfg.n_experts_used = o.used;
   m.cfg.expert_hidden = F;
+  m.cfg.hidden_dim = F;  // Mixtral states its experts' width as the FFN width
   m.cfg.shared_hidden = 0;
   m.cfg.moe_norm_topk = true;
   validate_config(m.cfg, what);
