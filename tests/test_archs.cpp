@@ -627,10 +627,26 @@ TEST_CASE("architectures: mixture-of-experts tables, forward against the f64 ref
       CHECK(parse_site_key(m.cfg, "experts.4.ffn_in") == SiteKey(Site::ExpertIn, 4));
       CHECK_THROWS_WITH_AS(parse_site_key(m.cfg, "experts.5.ffn_in"), doctest::Contains("unknown site 'experts.5.ffn_in'"), Error);
     }
-    // Not built yet, so refused by name rather than computed wrong: the backward.
-    BlockGrads g;
-    CHECK_THROWS_WITH_AS(block_backward(m, 0, embed(m, tok), B, T, embed(m, tok), &g, BlockGradRequest::all()),
-                         doctest::Contains("have no backward yet"), Error);
+    // The backward (routing held fixed; through the renormalized softmax into the router): every
+    // linear and norm of block 1 against central differences of the f64 loss.
+    {
+      RefModel r = ref_of(m);
+      BlockGrads g0;
+      const ModelGrads mg = model_loss_backward(
+          m, tok, B, T, [&](int l) { return l == 0 ? BlockGradRequest::all(m.cfg) : BlockGradRequest::none(); },
+          [&](int l, BlockGrads& g) {
+            if (l == 0) g0 = g;
+          },
+          true);
+      auto L = [&] { return ref_loss(r, tok, B, T); };
+      CHECK(std::abs(mg.loss - L()) < 1e-5 * L());
+      for (const BlockLinear& s : block_linears(m.cfg)) {
+        CAPTURE(s.name);
+        CHECK(fd_rel(r.blocks[0].w[s.name], g0.weight(s.name).to_vector(), L) < 1e-3);
+      }
+      CHECK(fd_rel(r.blocks[0].norm["ffn_norm"], g0.d_ffn_norm.to_vector(), L) < 1e-3);
+      CHECK(fd_rel(r.blocks[0].norm["attn_norm"], g0.d_attn_norm.to_vector(), L) < 1e-3);
+    }
     // GGUF: llama.cpp's merged expert tensors; what llama.cpp hard-codes must hold (refused otherwise).
     const std::string gg = dir + "/" + arch + ".gguf";
     if (arch_name == "qwen2_moe") {  // llama.cpp's qwen2moe: attn_output is [dim, dim]

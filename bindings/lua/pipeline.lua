@@ -373,8 +373,6 @@ function P.check_model_options(opt, m)
         qf.option_error(k, string.format("applies to mixture-of-experts models; %s has none", m:arch().name))
       end
     end
-  elseif opt.finetune then
-    qf.option_error("finetune", string.format("%s is a mixture of experts, whose blocks have no backward yet: block finetuning is not available", m:arch().name))
   end
   if opt.seqlen ~= nil and opt.seqlen > ctxlen then
     qf.option_error("seqlen", string.format("%d exceeds the model's context length %d", opt.seqlen, ctxlen))

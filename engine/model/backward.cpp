@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "backend/backend.h"
 #include "core/parallel.h"
@@ -288,6 +289,13 @@ BlockGradRequest BlockGradRequest::all() {
   return r;
 }
 
+BlockGradRequest BlockGradRequest::all(const ModelConfig& c) {
+  BlockGradRequest r;
+  for (const BlockLinear& s : block_linears(c)) r.linears.push_back(s.name);
+  r.norms = true;
+  return r;
+}
+
 const Tensor& BlockGrads::norm(const std::string& n) const {
   if (n == "attn_norm") return d_attn_norm;
   if (n == "ffn_norm") return d_ffn_norm;
@@ -310,11 +318,148 @@ const Tensor& BlockGrads::weight(const std::string& name) const {
   fail("BlockGrads: no linear '", name, "' in this block's gradients");
 }
 
+// The MoE FFN's backward (docs/architecture.md#mixture-of-experts): y = Σ_{j∈top-k} w_j f_j(x)
+// (+ σ(z) f_sh(x), z = shared_gate·x). With the top-k set held fixed (it is piecewise constant):
+// df_j = w_j dy, dw_j = ⟨dy, f_j(x)⟩; renormalized w_j = p_j/s gives dp_j = (dw_j − Σ_i w_i dw_i)/s on
+// the set (else dp_j = dw_j); the softmax gives dr_e = p_e (dp_e − Σ_i p_i dp_i) over every expert;
+// the router dW = drᵀ x. Each expert's SwiGLU backward runs on its routed rows; dx adds the
+// experts' (in expert order, as the forward), the router's and the shared expert's parts.
+// want(i): whether linear i of the block (Block::linears index) needs its dW.
+static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Tensor& xn, const Tensor& dy,
+                               const std::function<bool(const std::string&)>& want, BlockGrads* g) {
+  const int64_t N = xn.size(0), D = c.dim;
+  const int E = c.n_experts;
+  auto put = [&](const std::string& name, Tensor dW) {
+    for (size_t i = 0; i < g->names.size(); ++i)
+      if (g->names[i] == name) g->dW[i] = std::move(dW);
+  };
+  const Linear& router = blk.linear("router");
+  const Tensor logits = linear_forward(xn, router);
+  const MoeRouting rt = moe_route(c, logits);
+  const int K = rt.k;
+  std::vector<std::vector<int64_t>> rows(E);
+  std::vector<std::vector<int>> slot(E);  // the slot j of each routed row in its token's top-k
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < K; ++j) rows[rt.expert[t * K + j]].push_back(t), slot[rt.expert[t * K + j]].push_back(j);
+  std::vector<double> dw((size_t)(N * K), 0.0);  // dL/dw of each token's slots
+  Tensor dx = Tensor::empty({N, D});
+  const float* dyp = dy.f32();
+  for (int e = 0; e < E; ++e) {
+    const std::vector<int64_t>& idx = rows[e];
+    const int64_t n = (int64_t)idx.size();
+    const std::string pre = "experts." + std::to_string(e) + ".";
+    const Linear &gate = blk.linear(pre + "gate"), &up = blk.linear(pre + "up"), &down = blk.linear(pre + "down");
+    if (n == 0) {  // no token: zero gradients where asked
+      for (const Linear* l : {&gate, &up, &down})
+        if (want(l->name)) put(l->name, Tensor::zeros(l->weight.shape()));
+      continue;
+    }
+    Tensor xe = Tensor::empty({n, D}), dye = Tensor::empty({n, D});
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
+      const float w = rt.weight[idx[i] * K + slot[e][i]];
+      for (int64_t d = 0; d < D; ++d) dye.f32()[i * D + d] = w * dyp[idx[i] * D + d];
+    }
+    std::vector<Tensor> gu = linear_forward(xe, {&gate, &up});
+    Tensor a = std::move(gu[0]), u = std::move(gu[1]);
+    const Tensor mid = glu(c, a, u);
+    const Tensor f = linear_forward(mid, down);  // f_j(x) for dw_j
+    for (int64_t i = 0; i < n; ++i) {
+      double s = 0;
+      for (int64_t d = 0; d < D; ++d) s += (double)dyp[idx[i] * D + d] * f.f32()[i * D + d];
+      dw[(size_t)(idx[i] * K + slot[e][i])] = s;
+    }
+    if (want(down.name)) {
+      Tensor dW;
+      dyt_times_x(dye, mid, dW, nullptr);
+      put(down.name, std::move(dW));
+    }
+    Tensor dmid;
+    dy_times_w(dye, down.weight.contiguous(), dmid, false);
+    glu_backward_inplace(c, a, u, dmid);  // a ← da, u ← du
+    for (const auto& [l, d] : {std::pair<const Linear*, const Tensor*>{&gate, &a}, {&up, &u}})
+      if (want(l->name)) {
+        Tensor dW;
+        dyt_times_x(*d, xe, dW, nullptr);
+        put(l->name, std::move(dW));
+      }
+    const Tensor dxe = sum_dy_times_w({{&a, &gate}, {&u, &up}});
+    // rows of one expert are distinct tokens; experts in order: the same sums for any thread count
+    for (int64_t i = 0; i < n; ++i) {
+      float* dst = dx.f32() + idx[i] * D;
+      const float* src = dxe.f32() + i * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+    }
+  }
+  // Router: through the renormalization and the softmax over every expert.
+  Tensor dr = Tensor::empty({N, E});
+  {
+    const Tensor lg = logits.contiguous();
+    for (int64_t t = 0; t < N; ++t) {
+      const float* l = lg.f32() + t * E;
+      double mx = l[0], sum = 0;
+      for (int e = 1; e < E; ++e) mx = std::max(mx, (double)l[e]);
+      std::vector<double> p(E), dp(E, 0.0);
+      for (int e = 0; e < E; ++e) sum += (p[e] = std::exp((double)l[e] - mx));
+      for (double& v : p) v /= sum;
+      double ssel = 0, wdw = 0;
+      for (int j = 0; j < K; ++j) ssel += p[rt.expert[t * K + j]];
+      for (int j = 0; j < K; ++j) wdw += (p[rt.expert[t * K + j]] / ssel) * dw[(size_t)(t * K + j)];
+      for (int j = 0; j < K; ++j) {
+        const int e = rt.expert[t * K + j];
+        dp[e] = c.moe_norm_topk ? (dw[(size_t)(t * K + j)] - wdw) / ssel : dw[(size_t)(t * K + j)];
+      }
+      double pdp = 0;
+      for (int e = 0; e < E; ++e) pdp += p[e] * dp[e];
+      for (int e = 0; e < E; ++e) dr.f32()[t * E + e] = (float)(p[e] * (dp[e] - pdp));
+    }
+  }
+  if (want("router")) {
+    Tensor dW;
+    dyt_times_x(dr, xn, dW, nullptr);
+    put("router", std::move(dW));
+  }
+  dy_times_w(dr, router.weight.contiguous(), dx, /*accumulate=*/true);
+  if (c.shared_hidden > 0) {  // y += σ(z) f_sh(x), z = shared_gate·x
+    const Linear &sg = blk.linear("shared.gate"), &su = blk.linear("shared.up"), &sd = blk.linear("shared.down"),
+                 &sgate = blk.linear("shared_gate");
+    std::vector<Tensor> gu = linear_forward(xn, {&sg, &su});
+    Tensor a = std::move(gu[0]), u = std::move(gu[1]);
+    const Tensor mid = glu(c, a, u);
+    const Tensor f = linear_forward(mid, sd);
+    const Tensor z = linear_forward(xn, sgate);  // [N, 1]
+    Tensor dys = Tensor::empty({N, D}), dz = Tensor::empty({N, 1});
+    for (int64_t t = 0; t < N; ++t) {
+      const double sig = 1.0 / (1.0 + std::exp(-(double)z.f32()[t]));
+      double dsig = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        dys.f32()[t * D + d] = (float)sig * dyp[t * D + d];
+        dsig += (double)dyp[t * D + d] * f.f32()[t * D + d];
+      }
+      dz.f32()[t] = (float)(dsig * sig * (1.0 - sig));
+    }
+    if (want(sd.name)) {
+      Tensor dW;
+      dyt_times_x(dys, mid, dW, nullptr);
+      put(sd.name, std::move(dW));
+    }
+    Tensor dmid;
+    dy_times_w(dys, sd.weight.contiguous(), dmid, false);
+    glu_backward_inplace(c, a, u, dmid);
+    for (const auto& [l, d] : {std::pair<const Linear*, const Tensor*>{&sg, &a}, {&su, &u}, {&sgate, &dz}})
+      if (want(l->name)) {
+        Tensor dW;
+        dyt_times_x(*d, xn, dW, nullptr);
+        put(l->name, std::move(dW));
+      }
+    add_inplace(dx, sum_dy_times_w({{&a, &sg}, {&u, &su}, {&dz, &sgate}}));
+  }
+  return dx;
+}
+
 Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T, const Tensor& dy_, BlockGrads* g,
                       const BlockGradRequest& req) {
   const ModelConfig& c = m.cfg;
-  if (arch_of(c).kind == BlockKind::LlamaMoe)  // issue 20: the router's and experts' backward are not built yet
-    fail("block_backward: ", c.arch, " blocks (mixture of experts) have no backward yet: block finetuning and gradient statistics need it");
   if (layer < 0 || layer >= m.n_blocks()) fail("block_backward: block ", layer + 1, " out of range (model has ", m.n_blocks(), " blocks, numbered from 1)");
   if (B <= 0 || T <= 0) fail("block_backward: B = ", B, ", T = ", T, " must be positive");
   const int64_t N = (int64_t)B * T;
@@ -385,13 +530,19 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   if (!want[idx("o")]) att = Tensor();
   Tensor xn2;
   rmsnorm(h, blk.ffn_norm, c.norm_eps, xn2);
+  Tensor dxn2;
+  RmsnormGrads npf;
+  if (arch_of(c).kind == BlockKind::LlamaMoe) {
+    if (blk.post_ffn_norm.defined()) fail("block_backward: a post-FFN norm around experts is not implemented");
+    dxn2 = moe_ffn_backward(c, blk, xn2, dy, [&](const std::string& n) { return (bool)want[idx(n.c_str())]; }, g);
+    xn2 = Tensor();
+  } else {
   std::vector<Tensor> gu = linear_forward(xn2, {&blk.linear("gate"), &blk.linear("up")});
   Tensor a = std::move(gu[0]), u = std::move(gu[1]);
   if (!want[idx("gate")] && !want[idx("up")]) xn2 = Tensor();
   // the block output itself is not needed; act(a)·u only for down's dW and a post-FFN norm
   Tensor f0;  // down's output before the post-FFN norm
   Tensor dF = dy;
-  RmsnormGrads npf;
   if (blk.post_ffn_norm.defined()) {
     const Tensor mid = glu(c, a, u);
     f0 = linear_forward(mid, blk.linear("down"));
@@ -411,8 +562,9 @@ Tensor block_backward(const Model& m, int layer, const Tensor& x_, int B, int T,
   glu_backward_inplace(c, a, u, dmid);  // a ← da, u ← du
   dmid = Tensor();
   weight_grads({{"gate", &a}, {"up", &u}}, xn2);
-  Tensor dxn2 = sum_dy_times_w({{&a, &blk.linear("gate")}, {&u, &blk.linear("up")}});
+  dxn2 = sum_dy_times_w({{&a, &blk.linear("gate")}, {&u, &blk.linear("up")}});
   a = u = xn2 = Tensor();
+  }
   RmsnormGrads n2 = rmsnorm_backward(h, blk.ffn_norm, c.norm_eps, dxn2, req.norms);
   h = dxn2 = Tensor();
   Tensor dh = dy.clone();  // dL/dh: the residual path plus the FFN branch

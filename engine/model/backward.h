@@ -92,6 +92,7 @@ struct BlockGradRequest {
   bool norms = false;                // the gradients of every norm the block has
   static BlockGradRequest none() { return {}; }
   static BlockGradRequest all();     // every linear of kLlama.linears and both norms
+  static BlockGradRequest all(const ModelConfig& c);  // every linear of a block of config c (experts too) and its norms
 };
 
 struct BlockGrads {
