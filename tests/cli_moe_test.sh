@@ -143,4 +143,26 @@ run gptqsave run recipes/gptq.lua model="$M1" $FAST save="$WORK/g" save_format=g
 expect_fail "gptq export of an MoE"
 expect_in "gptq export of an MoE refused by name" stderr "mixtral (mixture of experts) is not exported in this format yet"
 
+# A killed MoE run (decoupleQ + block stage, starved experts) resumes with its experts' token counts
+# and fallbacks: the same bytes and records as an uninterrupted run (block checkpoints).
+R=tests/recipes/checkpoint_interrupted.lua
+CKA=(model="$M1" nsamples=8 seqlen=64 eval_seqlen=128 wiki_windows=2 moe_min_tokens=100 finetune=true ft_epochs=1 ft_lr=1e-3
+     save_format=qforge)
+run ckfull run $R "${CKA[@]}" save="$WORK/ckfull.qforge" out="$WORK/ckfull"
+expect_rc "uninterrupted MoE run" 0
+QF_TEST_FAIL_AT=3 run ckbroken run $R "${CKA[@]}" save="$WORK/ckres.qforge" checkpoint="$WORK/ck" out="$WORK/ckb"
+expect_rc "MoE run failing at block 3" 1
+run ckres run $R "${CKA[@]}" save="$WORK/ckres.qforge" checkpoint="$WORK/ck" out="$WORK/ckr"
+expect_rc "resumed MoE run" 0
+expect_in "MoE resume announced" stderr "resuming after block 2/5"
+cmp -s "$WORK/ckfull.qforge" "$WORK/ckres.qforge" && ok || bad "resumed MoE model differs from the uninterrupted one"
+python3 - "$WORK/ckfull/results.json" "$WORK/ckr/results.json" <<'PY' && ok || bad "resumed MoE records differ"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["moe_tokens"] == b["moe_tokens"] and len(a["moe_tokens"]) == 5, (a["moe_tokens"], b["moe_tokens"])
+assert a["moe_fallbacks"] == b["moe_fallbacks"] and a["moe_fallbacks"], b["moe_fallbacks"]
+assert [l["objective"] for l in a["layers"]] == [l["objective"] for l in b["layers"]]
+assert a["ppl_heldout"] == b["ppl_heldout"]
+PY
+
 finish cli_moe

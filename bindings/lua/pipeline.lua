@@ -967,6 +967,11 @@ function P.quantize_model(m, cal, solve, opts)
       t0 = qf.now() - st.elapsed  -- elapsed, ETA and the seconds recorded count the earlier attempts
       first = st.done + 1
       if #finetunes > 0 then qf.record("finetune", finetunes) end
+      if moe then  -- the experts' token counts and fallbacks of the blocks done
+        moe.tokens, moe.fallbacks = st.moe_tokens or {}, st.moe_fallbacks or {}
+        if #moe.tokens > 0 then qf.record("moe_tokens", moe.tokens) end
+        if #moe.fallbacks > 0 then qf.record("moe_fallbacks", moe.fallbacks) end
+      end
       io.stderr:write(string.format("checkpoint %s: resuming after block %d/%d (%d layers, %.1f s of earlier work)\n",
         ck.dir, st.done, nb, #layers, st.elapsed))
       qf.log{ event = "resume", checkpoint = ck.dir, block = st.done, nblocks = nb, seconds_before = st.elapsed }
@@ -1148,7 +1153,8 @@ function P.quantize_model(m, cal, solve, opts)
     if ck then
       local tk = qf.now()
       checkpoint_save(ck, m, cal, b, { layers = layers, finetunes = finetunes, total = total, solve_sum = solve_sum,
-                                       overhead_done = (qf.now() - t0) - solve_sum, elapsed = qf.now() - t0 })
+                                       overhead_done = (qf.now() - t0) - solve_sum, elapsed = qf.now() - t0,
+                                       moe_tokens = moe and moe.tokens, moe_fallbacks = moe and moe.fallbacks })
       qf.log{ event = "checkpoint", block = b, nblocks = nb, seconds = qf.now() - tk }
     end
     overhead_done = (qf.now() - t0) - solve_sum
