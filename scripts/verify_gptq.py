@@ -3,7 +3,8 @@
 dequantized weights with the fake-quant HF export of the same quantized model.
 
   python3 scripts/verify_gptq.py            # stories260K, RTN at 2/3/4/8 bits, sym/asym, g32/per-channel,
-                                            # and a mixed model (GPTQModel's `dynamic` overrides)
+                                            # a mixed model (GPTQModel's `dynamic` overrides) and a
+                                            # mixture of experts (per-expert modules, router in fp16)
 Uses build/venv-verify (numpy, safetensors) and build/qforge.
 """
 import json, os, subprocess, sys
@@ -39,6 +40,23 @@ for b = 1, m:nblocks() do
   for _, n in ipairs(m:linear_names()) do
     local g = (b == 2 and n == "v") and g8 or n == "down" and g2 or (b == 3 and n == "q") and g3 or g4
     if not (b == 4 and n == "o") then m:set_linear(b, n, qf.rtn(m:weight(b, n), g)) end  -- block 4 'o' stays float
+  end
+end
+m:save(opt.dest .. "/gptq", { format = "gptq" })
+m:save(opt.dest .. "/hf", { format = "hf" })
+"""
+
+# A mixture of experts (stories260K split into 4 Mixtral experts): every expert's gate/up at 4 bits
+# g32 sym, its down (43 wide) per channel, the router left in full precision — the GPTQModel
+# module names transformers saves (block_sparse_moe.experts.E.w1/w3/w2, block_sparse_moe.gate).
+MOE = """
+local opt = qf.options({ dest = "" })
+local m = qf.load_model("../shared/models/stories260K"):to_moe{ experts = 4, used = 2 }
+local g4 = qf.grid{ bits = 4, group = 32, sym = true, f16_scales = true }
+local gc = qf.grid{ bits = 4, group = -1, sym = false, f16_scales = true }
+for b = 1, m:nblocks() do
+  for _, n in ipairs(m:linear_names()) do
+    if n ~= "router" then m:set_linear(b, n, qf.rtn(m:weight(b, n), n:match("down$") and gc or g4)) end
   end
 end
 m:save(opt.dest .. "/gptq", { format = "gptq" })
@@ -116,19 +134,28 @@ def main():
                 checked += 1
                 print(f"{bits}-bit {'sym' if sym else 'asym'} g{group}: group_size {cfg['group_size']}, "
                       f"max |numpy-unpacked GPTQ - qforge| = {worst:.3e}")
-    # Mixed: per-linear bits/group/sym through `dynamic`, one linear kept in fp16.
-    out = os.path.join(ROOT, "runs", "verify", "gptq_mixed")
-    open(script, "w").write(MIXED)
+    # Mixed: per-linear bits/group/sym through `dynamic`, one linear kept in fp16; then the MoE.
+    for case, src in (("mixed", MIXED), ("moe", MOE)):
+        checked, worst_all = compare_mixed(case, src, script, checked, worst_all, np, load_file)
+    ok = checked > 0 and worst_all == 0.0
+    print(f"{checked} exports compared: " + ("OK" if ok else "MISMATCH"))
+    sys.exit(0 if ok else 1)
+
+
+def compare_mixed(case, src, script, checked, worst_all, np, load_file):
+    out = os.path.join(ROOT, "runs", "verify", "gptq_" + case)
+    open(script, "w").write(src)
     r = subprocess.run([QF, "run", script, "dest=" + out, "out=" + out + "/run"], cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit("mixed export failed: " + r.stderr)
+        sys.exit(case + " export failed: " + r.stderr)
     cfg = json.load(open(os.path.join(out, "gptq", "config.json")))["quantization_config"]
     base = {"bits": cfg["bits"], "group_size": cfg["group_size"], "sym": cfg["sym"]}
     q = load_file(os.path.join(out, "gptq", "model.safetensors"))
     ref = load_file(os.path.join(out, "hf", "model.safetensors"))
     worst, kinds = 0.0, {}
     for name in ref:
-        if not name.endswith("proj.weight"):
+        # every block linear: 2-d weights under model.layers (norms are 1-d)
+        if not (name.startswith("model.layers.") and name.endswith(".weight") and ref[name].ndim == 2):
             continue
         mod = name[: -len(".weight")]
         rule = rule_for(cfg.get("dynamic", {}), mod, base)
@@ -150,10 +177,8 @@ def main():
         worst = max(worst, float(d))
     checked += 1
     worst_all = max(worst_all, worst)
-    print(f"mixed (dynamic {json.dumps(cfg.get('dynamic'))}): linears {kinds}, max |numpy-unpacked GPTQ - qforge| = {worst:.3e}")
-    ok = checked > 0 and worst_all == 0.0
-    print(f"{checked} exports compared: " + ("OK" if ok else "MISMATCH"))
-    sys.exit(0 if ok else 1)
+    print(f"{case} (dynamic {json.dumps(cfg.get('dynamic'))}): linears {kinds}, max |numpy-unpacked GPTQ - qforge| = {worst:.3e}")
+    return checked, worst_all
 
 
 if __name__ == "__main__":

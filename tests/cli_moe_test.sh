@@ -8,7 +8,7 @@
 # so by the storage), moe_calibrate=all gives every expert every token, the router stays in full
 # precision unless moe_router=quantize; the moe_* options are refused on a dense model; decoupleQ's
 # block stage trains an MoE block; the HF and Q4_0 GGUF exports of the quantized MoE load back with the same
-# perplexity; the GPTQ export is refused by name.
+# perplexity; the GPTQ and compressed-tensors exports name every expert and leave the router unquantized.
 # Usage: tests/cli_moe_test.sh QFORGE_BIN WORKDIR   (run from the repository root)
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh" "$@"
@@ -139,9 +139,24 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert abs(a["ppl_heldout"] - b["ppl_heldout"]) <= 1e-3 * a["ppl_heldout"], (a["ppl_heldout"], b["ppl_heldout"])
 PY
-run gptqsave run recipes/gptq.lua model="$M1" $FAST save="$WORK/g" save_format=gptq out="$WORK/x3"
-expect_fail "gptq export of an MoE"
-expect_in "gptq export of an MoE refused by name" stderr "mixtral (mixture of experts) is not exported in this format yet"
+# GPTQ and compressed-tensors: the experts as transformers' per-expert modules, the router left in
+# full precision as a GPTQModel "-:" dynamic entry / a compressed-tensors ignore entry
+# (scripts/verify_gptq.py unpacks such an export with numpy: identical weights).
+run gptqsave run recipes/gptq.lua model="$M1" nsamples=8 seqlen=64 eval_seqlen=128 wiki_windows=2 bits=4 f16_scales=true \
+  save="$WORK/g" save_format=gptq out="$WORK/x3"
+expect_rc "gptq export of an MoE" 0
+expect_file_has "router unquantized in dynamic" "$WORK/g/config.json" '"-:^model\\.layers\\.\\d+\\.block_sparse_moe\\.gate$"'
+python3 - "$WORK/g/model.safetensors" <<'PY' && ok || bad "gptq MoE tensors"
+import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+assert "model.layers.0.block_sparse_moe.experts.3.w2.qweight" in h, sorted(h)[:20]
+assert "model.layers.4.block_sparse_moe.gate.weight" in h and h["model.layers.4.block_sparse_moe.gate.weight"]["dtype"] == "F16"
+PY
+run ctsave run recipes/gptq.lua model="$M1" nsamples=8 seqlen=64 eval_seqlen=128 wiki_windows=2 bits=4 f16_scales=true \
+  save="$WORK/ct" save_format=compressed-tensors out="$WORK/x4"
+expect_rc "compressed-tensors export of an MoE" 0
+expect_file_has "router in ignore" "$WORK/ct/config.json" '"model.layers.0.block_sparse_moe.gate"'
+
 
 # A killed MoE run (decoupleQ + block stage, starved experts) resumes with its experts' token counts
 # and fallbacks: the same bytes and records as an uninterrupted run (block checkpoints).

@@ -72,7 +72,7 @@ P.common_help = {
   moe_calibrate = { "mixture of experts: each expert's Σ from the tokens routed to it (routed), or from every token (all: llm-compressor's moe_calibrate_all_experts; the forward still combines only the routed experts)", choices = { "routed", "all" } },
   moe_min_tokens = { "mixture of experts: an expert whose Σ has fewer tokens gets moe_fallback (named in the progress, the log and results.json's moe_fallbacks)", min = 1 },
   moe_fallback = { "mixture of experts: what an expert with fewer than moe_min_tokens tokens gets: all_tokens (Σ from every token through it), rtn (round to nearest, no Σ) or fp (left in full precision, counted as unquantized)", choices = { "all_tokens", "rtn", "fp" } },
-  moe_router = { "mixture of experts: the router (a decision, not a computation) stays in full precision (fp) or is solved like the other linears (quantize); an override rule naming it decides instead", choices = { "fp", "quantize" } },
+  moe_router = { "mixture of experts: the router and Qwen2-MoE's shared-expert gate (decisions, not computations; llm-compressor and GPTQModel leave them unquantized too) stay in full precision (fp) or are solved like the other linears (quantize); an override rule naming one decides instead", choices = { "fp", "quantize" } },
   checkpoint = "directory of block checkpoints: after each block P.quantize_model saves the run's state under DIR/<fingerprint of recipe, options, seed, commit, model, windows>/; a run with the same fingerprint (the same command, killed or failed) resumes after the last finished block, bit-identically; removed when the run ends ok (qforge sweep sets it to SWEEP/checkpoints; empty: off)",
   save_dtype = "gguf: F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, or Q2_K..Q6_K with ktype (default F16); hf: F32 F16 BF16 (default F32); qforge, gptq, compressed-tensors: none",
 }
@@ -1018,9 +1018,9 @@ function P.quantize_model(m, cal, solve, opts)
           moe.fallbacks[#moe.fallbacks + 1] = { block = b, layer = name, expert = expert, tokens = starved[expert], fallback = moe_fb }
           qf.record("moe_fallbacks", moe.fallbacks)
         end
-        if not rule and (moe_fb == "fp" or (moe and name == "router" and moe.router == "fp")) then
+        if not rule and (moe_fb == "fp" or (moe and (name == "router" or name == "shared_gate") and moe.router == "fp")) then
           local why = moe_fb and string.format("expert %d had %d tokens < moe_min_tokens=%d, moe_fallback=fp", expert, starved[expert], moe.min_tokens)
-                      or "the router (moe_router=fp)"
+                      or string.format("the %s (moe_router=fp)", name == "router" and "router" or "shared expert's gate")
           layers[#layers + 1] = { block = b, layer = name, objective = 0, relative = 0, seconds = 0, outliers = 0, skipped = true,
                                   reason = why }
           io.stderr:write(string.format("block %d/%d %-5s skipped: full precision (%s)\n", b, nb, name, why))

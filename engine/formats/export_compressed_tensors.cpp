@@ -45,8 +45,9 @@ std::string ct_what(const std::string& what, int b, const std::string& name) {
   return what + ": block " + std::to_string(b + 1) + " linear '" + name + "'";
 }
 
-std::string hf_module(int b, const std::string& name) {
-  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");  // the dense tables share the linears' names
+// The HF module of block b's linear (an expert's: its per-expert module, as transformers saves it).
+std::string hf_module(const ModelConfig& c, int b, const std::string& name) {
+  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight", arch_of(c));
   return w.substr(0, w.size() - 7);
 }
 
@@ -54,8 +55,6 @@ int64_t dense_words(int64_t n, int bits) { return (n * bits + 31) / 32; }
 
 // Every check before anything is written.
 void check_linears(const Model& m, const std::string& what, std::vector<CtLinear>* out) {
-  if (arch_of(m.cfg).kind == BlockKind::LlamaMoe)  // issue 20: the per-expert layout is not written yet
-    fail(what, ": ", m.cfg.arch, " (mixture of experts) is not exported in this format yet (the qforge and hf exports hold it)");
   if (!m.cfg.hf_layout.empty())
     fail(what, ": the model came in the fused ", m.cfg.hf_layout, " layout; compressed-tensors export of fused layouts is not implemented");
   validate_config(m.cfg, what);
@@ -171,9 +170,9 @@ void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::st
       add_f16(hf_tensor_name("blocks." + std::to_string(b) + "." + nname, arch_of(c)), {norm_size(c, n)},
          [&m, &blk, nname] { return hf_norm(m, blk.norm(nname)); });
     }
-    for (size_t k = 0; k < arch_of(c).linears.size(); ++k, ++li) {
+    for (size_t k = 0; k < blk.linears.size(); ++k, ++li) {  // every linear, experts' too
       const CtLinear* cl = &lins[li];
-      const std::string pre = hf_module(b, cl->lin->name);
+      const std::string pre = hf_module(c, b, cl->lin->name);
       if (cl->lin->bias.defined())
         add_f16(pre + ".bias", {cl->lin->out_features()}, [&m, cl] { return hf_rows(m, cl->lin->name, cl->lin->bias); });
       if (!cl->q) {
@@ -235,7 +234,7 @@ void save_compressed_tensors(const Model& m, const Tokenizer* tok, const std::st
   std::vector<CtKey> key_order;
   nlohmann::ordered_json ignore = nlohmann::ordered_json::array();
   for (const CtLinear& cl : lins) {
-    const std::string mod = hf_module(cl.block, cl.lin->name);
+    const std::string mod = hf_module(m.cfg, cl.block, cl.lin->name);
     if (!cl.q) {
       ignore.push_back(mod);
       continue;

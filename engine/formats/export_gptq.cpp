@@ -53,8 +53,6 @@ static std::tuple<int, int64_t, bool> gptq_key(const GridSpec& s) { return {s.bi
 // Every check before anything is written; returns the base grid spec (the most common
 // bits/group/sym among the quantized linears; the first seen on ties).
 static GridSpec check_linears(const Model& m, const std::string& what, std::vector<GptqLinear>* out) {
-  if (arch_of(m.cfg).kind == BlockKind::LlamaMoe)  // issue 20: the per-expert layout is not written yet
-    fail(what, ": ", m.cfg.arch, " (mixture of experts) is not exported in this format yet (the qforge and hf exports hold it)");
   std::string first_unquantized;
   for (int b = 0; b < m.n_blocks(); ++b) {
     if (m.is_lazy() && m.resident[b] == 0)
@@ -127,8 +125,9 @@ static GridSpec check_linears(const Model& m, const std::string& what, std::vect
   return *base;
 }
 
-static std::string hf_linear_prefix(int b, const std::string& name) {
-  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight");  // the dense tables share the linears' names
+// The HF module of block b's linear (an expert's: its per-expert module, as transformers saves it).
+static std::string hf_linear_prefix(const ModelConfig& c, int b, const std::string& name) {
+  const std::string w = hf_tensor_name("blocks." + std::to_string(b) + "." + name + ".weight", arch_of(c));
   return w.substr(0, w.size() - 7);  // drop ".weight"
 }
 
@@ -196,9 +195,9 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
       add_float(hf_tensor_name("blocks." + std::to_string(b) + "." + nname, arch_of(c)), {norm_size(c, n)},
          [&m, &blk, nname] { return hf_norm(m, blk.norm(nname)); });
     }
-    for (size_t k = 0; k < arch_of(c).linears.size(); ++k, ++li) {
+    for (size_t k = 0; k < blk.linears.size(); ++k, ++li) {  // every linear, experts' too (block_linears order)
       const GptqLinear* gl = &lins[li];
-      const std::string pre = hf_linear_prefix(b, gl->lin->name);
+      const std::string pre = hf_linear_prefix(c, b, gl->lin->name);
       if (!gl->q) {  // full precision ("-:" dynamic entry)
         add_float(pre + ".weight", {gl->lin->out_features(), gl->lin->in_features()}, [&m, gl] { return hf_rows(m, gl->lin->name, gl->lin->weight); });
         if (gl->lin->bias.defined())
@@ -280,7 +279,7 @@ void save_gptq(const Model& m, const Tokenizer* tok, const std::string& dir) {
         o["group_size"] = s.group > 0 ? s.group : -1;
         o["sym"] = s.sym;
       }
-      const std::string full = hf_linear_prefix(gl.block, gl.lin->name);
+      const std::string full = hf_linear_prefix(m.cfg, gl.block, gl.lin->name);
       const std::string lead = "model.layers." + std::to_string(gl.block) + ".";
       const std::string suffix = full.substr(lead.size());
       const std::string key = gl.q ? o.dump() : "-";
