@@ -325,11 +325,36 @@ const Tensor& BlockGrads::weight(const std::string& name) const {
 // the router dW = drᵀ x. Each expert's SwiGLU backward runs on its routed rows; dx adds the
 // experts' (in expert order, as the forward), the router's and the shared expert's parts.
 // want(i): whether linear i of the block (Block::linears index) needs its dW.
-static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Tensor& xn, const Tensor& dy,
-                               const std::function<bool(const std::string&)>& want, BlockGrads* g) {
+using WantGrad = std::function<bool(const std::string&)>;
+using PutGrad = std::function<void(const std::string&, Tensor)>;
+
+// One SwiGLU FFN's backward (an expert, the shared expert) on its inputs x with upstream dy; a, u
+// are its gate/up pre-activations (overwritten by their gradients), mid = act(a)·u. The requested
+// weight gradients go to put; returns dx = da·W_gate + du·W_up.
+static Tensor glu_ffn_backward(const ModelConfig& c, const Tensor& x, Tensor& a, Tensor& u, const Tensor& mid, const Tensor& dy,
+                               const Linear& gate, const Linear& up, const Linear& down, const WantGrad& want, const PutGrad& put) {
+  if (want(down.name)) {
+    Tensor dW;
+    dyt_times_x(dy, mid, dW, nullptr);
+    put(down.name, std::move(dW));
+  }
+  Tensor dmid;
+  dy_times_w(dy, down.weight.contiguous(), dmid, false);
+  glu_backward_inplace(c, a, u, dmid);  // a ← da, u ← du
+  for (const auto& [l, d] : {std::pair<const Linear*, const Tensor*>{&gate, &a}, {&up, &u}})
+    if (want(l->name)) {
+      Tensor dW;
+      dyt_times_x(*d, x, dW, nullptr);
+      put(l->name, std::move(dW));
+    }
+  return sum_dy_times_w({{&a, &gate}, {&u, &up}});
+}
+
+static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Tensor& xn, const Tensor& dy, const WantGrad& want,
+                               BlockGrads* g) {
   const int64_t N = xn.size(0), D = c.dim;
   const int E = c.n_experts;
-  auto put = [&](const std::string& name, Tensor dW) {
+  const PutGrad put = [&](const std::string& name, Tensor dW) {
     for (size_t i = 0; i < g->names.size(); ++i)
       if (g->names[i] == name) g->dW[i] = std::move(dW);
   };
@@ -369,21 +394,7 @@ static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Ten
       for (int64_t d = 0; d < D; ++d) s += (double)dyp[idx[i] * D + d] * f.f32()[i * D + d];
       dw[(size_t)(idx[i] * K + slot[e][i])] = s;
     }
-    if (want(down.name)) {
-      Tensor dW;
-      dyt_times_x(dye, mid, dW, nullptr);
-      put(down.name, std::move(dW));
-    }
-    Tensor dmid;
-    dy_times_w(dye, down.weight.contiguous(), dmid, false);
-    glu_backward_inplace(c, a, u, dmid);  // a ← da, u ← du
-    for (const auto& [l, d] : {std::pair<const Linear*, const Tensor*>{&gate, &a}, {&up, &u}})
-      if (want(l->name)) {
-        Tensor dW;
-        dyt_times_x(*d, xe, dW, nullptr);
-        put(l->name, std::move(dW));
-      }
-    const Tensor dxe = sum_dy_times_w({{&a, &gate}, {&u, &up}});
+    const Tensor dxe = glu_ffn_backward(c, xe, a, u, mid, dye, gate, up, down, want, put);
     // rows of one expert are distinct tokens; experts in order: the same sums for any thread count
     for (int64_t i = 0; i < n; ++i) {
       float* dst = dx.f32() + idx[i] * D;
@@ -438,21 +449,14 @@ static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Ten
       }
       dz.f32()[t] = (float)(dsig * sig * (1.0 - sig));
     }
-    if (want(sd.name)) {
+    Tensor dxs = glu_ffn_backward(c, xn, a, u, mid, dys, sg, su, sd, want, put);
+    if (want(sgate.name)) {
       Tensor dW;
-      dyt_times_x(dys, mid, dW, nullptr);
-      put(sd.name, std::move(dW));
+      dyt_times_x(dz, xn, dW, nullptr);
+      put(sgate.name, std::move(dW));
     }
-    Tensor dmid;
-    dy_times_w(dys, sd.weight.contiguous(), dmid, false);
-    glu_backward_inplace(c, a, u, dmid);
-    for (const auto& [l, d] : {std::pair<const Linear*, const Tensor*>{&sg, &a}, {&su, &u}, {&sgate, &dz}})
-      if (want(l->name)) {
-        Tensor dW;
-        dyt_times_x(*d, xn, dW, nullptr);
-        put(l->name, std::move(dW));
-      }
-    add_inplace(dx, sum_dy_times_w({{&a, &sg}, {&u, &su}, {&dz, &sgate}}));
+    dy_times_w(dz, sgate.weight.contiguous(), dxs, /*accumulate=*/true);
+    add_inplace(dx, dxs);
   }
   return dx;
 }
