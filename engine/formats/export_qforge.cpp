@@ -165,9 +165,10 @@ static void write_qforge(const Model& m, const Tokenizer* tok, const std::string
   }
   header["linears"] = lins;
   header["qforge_format"] = version;
-  if (partial) {
-  } else if (tok) add_tokenizer(tok->spec(), header, entries);
-  else if (m.src && !m.src->tokenizer.model.empty()) add_tokenizer(m.src->tokenizer, header, entries);
+  if (!partial) {  // a block checkpoint carries no tokenizer
+    if (tok) add_tokenizer(tok->spec(), header, entries);
+    else if (m.src && !m.src->tokenizer.model.empty()) add_tokenizer(m.src->tokenizer, header, entries);
+  }
   // Paths and tokenizer names may hold bytes that are not UTF-8: replaced in the JSON only.
   const std::string text = header.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   safetensors_write(path, entries, {{"qforge_format", std::to_string(version)}, {"qforge", text}});

@@ -362,10 +362,9 @@ static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Ten
   const Tensor logits = linear_forward(xn, router);
   const MoeRouting rt = moe_route(c, logits);
   const int K = rt.k;
-  std::vector<std::vector<int64_t>> rows(E);
-  std::vector<std::vector<int>> slot(E);  // the slot j of each routed row in its token's top-k
-  for (int64_t t = 0; t < N; ++t)
-    for (int j = 0; j < K; ++j) rows[rt.expert[t * K + j]].push_back(t), slot[rt.expert[t * K + j]].push_back(j);
+  const ExpertRows er = expert_rows(rt, E);
+  const auto& rows = er.rows;
+  const auto& slot = er.slot;
   std::vector<double> dw((size_t)(N * K), 0.0);  // dL/dw of each token's slots
   Tensor dx = Tensor::empty({N, D});
   const float* dyp = dy.f32();
@@ -379,9 +378,9 @@ static Tensor moe_ffn_backward(const ModelConfig& c, const Block& blk, const Ten
         if (want(l->name)) put(l->name, Tensor::zeros(l->weight.shape()));
       continue;
     }
-    Tensor xe = Tensor::empty({n, D}), dye = Tensor::empty({n, D});
+    const Tensor xe = take_rows(xn, idx);
+    Tensor dye = Tensor::empty({n, D});
     for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
       const float w = rt.weight[idx[i] * K + slot[e][i]];
       for (int64_t d = 0; d < D; ++d) dye.f32()[i * D + d] = w * dyp[idx[i] * D + d];
     }

@@ -237,6 +237,27 @@ MoeRouting moe_route(const ModelConfig& c, const Tensor& logits_) {
   return r;
 }
 
+ExpertRows expert_rows(const MoeRouting& r, int n_experts) {
+  ExpertRows er;
+  er.rows.resize(n_experts);
+  er.slot.resize(n_experts);
+  const int64_t N = r.k ? (int64_t)r.expert.size() / r.k : 0;
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < r.k; ++j) {
+      er.rows[r.expert[t * r.k + j]].push_back(t);
+      er.slot[r.expert[t * r.k + j]].push_back(j);
+    }
+  return er;
+}
+
+Tensor take_rows(const Tensor& x, const std::vector<int64_t>& idx) {
+  const int64_t n = (int64_t)idx.size(), c = x.size(1);
+  Tensor out = Tensor::empty({n, c});
+#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * c))
+  for (int64_t i = 0; i < n; ++i) std::memcpy(out.f32() + i * c, x.f32() + idx[i] * c, sizeof(float) * c);
+  return out;
+}
+
 Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_, const SiteObserver& obs, bool all_experts) {
   const Tensor xn = xn_.contiguous();
   const int64_t N = xn.size(0), D = c.dim;
@@ -245,15 +266,9 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
   float* o = out.f32();
   // Experts in ascending order, each on the rows routed to it (ascending token order); a token's
   // k contributions are added to its row in expert order, the same for any thread count.
-  std::vector<std::vector<int64_t>> rows(c.n_experts);
-  std::vector<std::vector<float>> wts(c.n_experts);
-  for (int64_t t = 0; t < N; ++t)
-    for (int j = 0; j < r.k; ++j) {
-      rows[r.expert[t * r.k + j]].push_back(t);
-      wts[r.expert[t * r.k + j]].push_back(r.weight[t * r.k + j]);
-    }
+  const ExpertRows er = expert_rows(r, c.n_experts);
   for (int e = 0; e < c.n_experts; ++e) {
-    const std::vector<int64_t>& idx = rows[e];
+    const std::vector<int64_t>& idx = er.rows[e];
     if (idx.empty() && !(all_experts && obs)) continue;
     const int64_t n = (int64_t)idx.size();
     const std::string pre = "experts." + std::to_string(e) + ".";
@@ -264,13 +279,9 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
       obs(SiteKey(Site::ExpertIn, e), xn);
       glu_forward(c, gu[0], gu[1]);
       obs(SiteKey(Site::ExpertMid, e), gu[0]);
-      const Tensor yall = linear_forward(gu[0], down);
-      ye = Tensor::empty({n, D});
-      for (int64_t i = 0; i < n; ++i) std::memcpy(ye.f32() + i * D, yall.f32() + idx[i] * D, sizeof(float) * D);
+      ye = take_rows(linear_forward(gu[0], down), idx);
     } else {
-      Tensor xe = Tensor::empty({n, D});
-#pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
-      for (int64_t i = 0; i < n; ++i) std::memcpy(xe.f32() + i * D, xn.f32() + idx[i] * D, sizeof(float) * D);
+      const Tensor xe = take_rows(xn, idx);
       std::vector<Tensor> gu = linear_forward(xe, {&gate, &up});
       if (obs) obs(SiteKey(Site::ExpertIn, e), xe);
       glu_forward(c, gu[0], gu[1]);
@@ -280,7 +291,7 @@ Tensor moe_ffn_forward(const ModelConfig& c, const Block& blk, const Tensor& xn_
     const float* y = ye.f32();
 #pragma omp parallel for schedule(static) if (worth_parallel_stream(n * D))
     for (int64_t i = 0; i < n; ++i) {
-      const float w = wts[e][i];
+      const float w = r.weight[idx[i] * r.k + er.slot[e][i]];
       float* dst = o + idx[i] * D;
       for (int64_t d = 0; d < D; ++d) dst[d] += w * y[i * D + d];
     }

@@ -62,6 +62,15 @@ struct MoeRouting {
   std::vector<float> weight;    // [N·k]
 };
 MoeRouting moe_route(const ModelConfig& c, const Tensor& router_logits);
+// Each expert's routed rows: rows[e] the tokens routed to expert e (ascending), slot[e] parallel to
+// it, which of the token's k choices was e (its weight is r.weight[t·k + slot]).
+struct ExpertRows {
+  std::vector<std::vector<int64_t>> rows;
+  std::vector<std::vector<int>> slot;
+};
+ExpertRows expert_rows(const MoeRouting& r, int n_experts);
+// Rows idx of x [N, c] (contiguous), in order -> [idx.size(), c].
+Tensor take_rows(const Tensor& x, const std::vector<int64_t>& idx);
 // The MoE FFN of block blk on its normed input xn [N, dim]: Σ_k weight · expert(xn) (+ the shared
 // expert scaled by sigmoid(shared_gate·xn)) -> [N, dim].
 // obs sees each expert's input and mid activations (experts.E.ffn_in / ffn_mid) of the tokens routed
